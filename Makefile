@@ -1,0 +1,50 @@
+# levy: `make help` lists the targets.
+GO      ?= go
+PKGS    ?= ./...
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+CONFIG  ?= examples/levy.yaml
+DATA    ?= levy-data
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build bin/levy
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/levy ./cmd/levy
+
+.PHONY: run
+run: ## Serve the demo config on the embedded store and print demo keys
+	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/levy serve --config $(CONFIG) --data-dir $(DATA)
+
+.PHONY: test
+test: ## Run every test with the race detector
+	$(GO) test -race -count=1 -timeout 9m $(PKGS)
+
+.PHONY: bench
+bench: ## Benchmarks: levy next to a no-op server in the same run
+	$(GO) test -run '^$$' -bench . -benchtime 3s -count 1 ./test/bench/
+
+.PHONY: lint
+lint: ## go vet, and gofmt must have nothing to change
+	$(GO) vet $(PKGS)
+	@out=$$(gofmt -l $$(git ls-files '*.go') 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+.PHONY: fmt
+fmt: ## Format the code
+	gofmt -w $$(git ls-files '*.go')
+
+.PHONY: tidy
+tidy: ## go mod tidy; fails when it changes go.mod or go.sum
+	$(GO) mod tidy
+	@git diff --exit-code go.mod go.sum
+
+.PHONY: ci
+ci: lint test ## What .ci/run runs
+
+.PHONY: clean
+clean: ## Remove build output and the demo data dir
+	rm -rf bin $(DATA)

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/levyhq/levy/examples"
+	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/server"
+	"github.com/levyhq/levy/pkg/telemetry"
+)
+
+func serveCmd() *cobra.Command {
+	var path, dataDir, grpcAddr, httpAddr string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve ext_authz, RateLimitService and access logs for Envoy",
+		Long: `Serve levy. Settings come from the built-in defaults, then the config file
+(--config; without it, the embedded demo config), then LEVY_* environment
+variables, then these flags.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(path, func(c *config.Config) {
+				if dataDir != "" {
+					c.Store.DataDir = dataDir
+				}
+				if grpcAddr != "" {
+					c.Listen.GRPC = grpcAddr
+				}
+				if httpAddr != "" {
+					c.Listen.HTTP = httpAddr
+				}
+			})
+			if err != nil {
+				return err
+			}
+			log, err := telemetry.NewLogger(cfg.Log.Level, cfg.Log.Format)
+			if err != nil {
+				return err
+			}
+			defer log.Sync() //nolint:errcheck // stderr sync fails on terminals
+			srv, err := server.New(cfg, server.Options{Log: log, Out: cmd.OutOrStdout()})
+			if err != nil {
+				return err
+			}
+			return srv.Run(cmd.Context())
+		},
+	}
+	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (default: the embedded demo config)")
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory of the local store")
+	cmd.Flags().StringVar(&grpcAddr, "grpc-addr", "", "gRPC listen address")
+	cmd.Flags().StringVar(&httpAddr, "http-addr", "", "HTTP listen address")
+	return cmd
+}
+
+// loadConfig reads path (or the embedded demo config), applies the
+// environment, then flags, then validates.
+func loadConfig(path string, flags func(*config.Config)) (*config.Config, error) {
+	var cfg *config.Config
+	var err error
+	if path == "" {
+		cfg, err = config.Parse(examples.LevyYAML, "embedded examples/levy.yaml")
+		if err == nil {
+			cfg.Source = "" // nothing to watch
+		}
+	} else {
+		cfg, err = config.ParseFile(path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	cfg.ApplyEnv(nil)
+	if flags != nil {
+		flags(cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config:\n%w", err)
+	}
+	return cfg, nil
+}

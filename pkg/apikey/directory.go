@@ -1,0 +1,76 @@
+package apikey
+
+import (
+	"context"
+	"time"
+)
+
+// Key is a stored credential. The key itself is never stored, only its hash.
+type Key struct {
+	ID         string
+	Hash       string
+	ConsumerID string
+	Revoked    bool
+	ExpiresAt  time.Time // zero: never
+}
+
+// Expired reports whether the key has expired at now.
+func (k *Key) Expired(now time.Time) bool {
+	return !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt)
+}
+
+// Consumer is whoever pays for the API: a customer, an app, a team.
+type Consumer struct {
+	ID               string
+	Plan             string
+	Suspended        bool
+	StripeCustomerID string
+	// PeriodAnchor starts the consumer's billing cycle (the Stripe
+	// subscription's period start); zero means calendar months.
+	PeriodAnchor time.Time
+}
+
+// Directory resolves a key hash to the key and its consumer.
+type Directory interface {
+	Lookup(ctx context.Context, hash string) (*Key, *Consumer, error)
+}
+
+// Index is an immutable in-memory Directory.
+type Index struct {
+	keys      map[string]*Key
+	consumers map[string]*Consumer
+}
+
+var _ Directory = (*Index)(nil)
+
+// NewIndex builds an index. Keys whose consumer is missing are skipped by
+// Lookup (it answers ErrUnknown), so a half-deleted consumer admits nobody.
+func NewIndex(consumers []*Consumer, keys []*Key) *Index {
+	ix := &Index{keys: make(map[string]*Key, len(keys)), consumers: make(map[string]*Consumer, len(consumers))}
+	for _, c := range consumers {
+		ix.consumers[c.ID] = c
+	}
+	for _, k := range keys {
+		ix.keys[k.Hash] = k
+	}
+	return ix
+}
+
+// Lookup implements Directory.
+func (ix *Index) Lookup(_ context.Context, hash string) (*Key, *Consumer, error) {
+	k, ok := ix.keys[hash]
+	if !ok {
+		return nil, nil, ErrUnknown
+	}
+	c, ok := ix.consumers[k.ConsumerID]
+	if !ok {
+		return nil, nil, ErrUnknown
+	}
+	return k, c, nil
+}
+
+// Consumer returns a consumer by id.
+func (ix *Index) Consumer(id string) (*Consumer, bool) {
+	c, ok := ix.consumers[id]
+	return c, ok
+}

@@ -1,0 +1,348 @@
+// Package authz is levy's Envoy ext_authz v3 server: it finds the API key in
+// a request, resolves it to a consumer and plan, decides the plan's rate and
+// quota in one limiter call, and answers Envoy with an allow (identity
+// headers for the upstream, the key header removed, dynamic metadata) or a
+// denial (401, 403, 429 with a problem body and rate-limit headers). A denial
+// is a response, never an RPC error: Envoy's failure mode must only ever see
+// levy being broken.
+package authz
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"go.uber.org/zap"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/limiter"
+	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/telemetry"
+)
+
+// Snapshot is everything a decision reads that a reload may change. It is
+// immutable; Server.Swap replaces it whole.
+type Snapshot struct {
+	Catalog   *plan.Catalog
+	Directory apikey.Directory
+	Hasher    apikey.Hasher
+	// KeyHeaders carry the key as their whole value; Bearer also accepts
+	// "authorization: Bearer <key>".
+	KeyHeaders []string
+	Bearer     bool
+	// Header names set on allowed requests.
+	ConsumerHeader, PlanHeader, CredentialHeader string
+}
+
+// Config configures a Server.
+type Config struct {
+	Snapshot *Snapshot
+	Limiter  limiter.Limiter
+	Metrics  *telemetry.Metrics
+	Log      *zap.Logger
+	// Clock decides key expiry; nil means time.Now.
+	Clock func() time.Time
+}
+
+// Server implements Envoy's Authorization service.
+type Server struct {
+	authv3.UnimplementedAuthorizationServer
+	snap    atomic.Pointer[Snapshot]
+	limiter limiter.Limiter
+	metrics *telemetry.Metrics
+	log     *zap.Logger
+	clock   func() time.Time
+}
+
+var _ authv3.AuthorizationServer = (*Server)(nil)
+
+// New returns a server.
+func New(cfg Config) *Server {
+	s := &Server{limiter: cfg.Limiter, metrics: cfg.Metrics, log: cfg.Log, clock: cfg.Clock}
+	if s.log == nil {
+		s.log = zap.NewNop()
+	}
+	if s.metrics == nil {
+		s.metrics = telemetry.NewMetrics()
+	}
+	if s.clock == nil {
+		s.clock = time.Now
+	}
+	s.snap.Store(cfg.Snapshot)
+	return s
+}
+
+// Swap installs a new snapshot; requests in flight finish on the old one.
+func (s *Server) Swap(snap *Snapshot) { s.snap.Store(snap) }
+
+// Reasons a request is denied, as they appear in metrics and bodies.
+const (
+	ReasonMissingKey   = "missing_key"
+	ReasonMalformedKey = "malformed_key"
+	ReasonUnknownKey   = "unknown_key"
+	ReasonRevokedKey   = "revoked_key"
+	ReasonExpiredKey   = "expired_key"
+	ReasonSuspended    = "consumer_suspended"
+	ReasonRateLimited  = "rate_limited"
+	ReasonQuota        = "quota_exceeded"
+	ReasonSpendCap     = "spend_cap_reached"
+)
+
+// Check implements authv3.AuthorizationServer.
+func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	start := time.Now()
+	resp, reason, err := s.check(ctx, req)
+	result := "allow"
+	switch {
+	case err != nil:
+		result, reason = "error", "internal"
+	case resp.GetStatus().GetCode() != int32(codes.OK):
+		result = "deny"
+	}
+	s.metrics.Observe("authz", result, reason, time.Since(start))
+	return resp, err
+}
+
+func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, string, error) {
+	snap := s.snap.Load()
+	httpReq := req.GetAttributes().GetRequest().GetHttp()
+	headers := httpReq.GetHeaders()
+	log := s.log.With(zap.String("request_id", headers["x-request-id"]))
+
+	key, keyHeader := snap.extractKey(headers)
+	if keyHeader == "" {
+		return unauthorized(ReasonMissingKey, "no API key: send it in the "+snap.describeKeyHeaders()), ReasonMissingKey, nil
+	}
+	if apikey.Check(key) != nil {
+		return unauthorized(ReasonMalformedKey, "the API key is not well formed"), ReasonMalformedKey, nil
+	}
+	k, c, err := snap.Directory.Lookup(ctx, snap.Hasher.Hash(key))
+	if errors.Is(err, apikey.ErrUnknown) {
+		return unauthorized(ReasonUnknownKey, "unknown API key"), ReasonUnknownKey, nil
+	}
+	if err != nil {
+		log.Error("look up key", zap.Error(err))
+		return nil, "", status.Error(codes.Unavailable, "key lookup failed")
+	}
+	log = log.With(zap.String("key_id", k.ID), zap.String("consumer", c.ID))
+	now := s.clock()
+	switch {
+	case k.Revoked:
+		return forbidden(ReasonRevokedKey, "this API key was revoked"), ReasonRevokedKey, nil
+	case k.Expired(now):
+		return forbidden(ReasonExpiredKey, "this API key expired at "+k.ExpiresAt.UTC().Format(time.RFC3339)), ReasonExpiredKey, nil
+	case c.Suspended:
+		return forbidden(ReasonSuspended, "this consumer is suspended"), ReasonSuspended, nil
+	}
+	p, ok := snap.Catalog.Get(c.Plan)
+	if !ok {
+		log.Error("consumer has an unknown plan", zap.String("plan", c.Plan))
+		return nil, "", status.Errorf(codes.Internal, "consumer %s has unknown plan %s", c.ID, c.Plan)
+	}
+
+	cost := p.CostFor(httpReq.GetPath())
+	limits := Limits(c, p, cost)
+	d, err := s.limiter.Decide(ctx, limits)
+	if err != nil {
+		log.Error("decide", zap.Error(err))
+		return nil, "", status.Error(codes.Unavailable, "limiter unavailable")
+	}
+	md := metadata(c, p, k, cost)
+	headersOut := d.Headers(limits)
+	if !d.OK {
+		reason := denialReason(&limits[d.Denied])
+		log.Debug("deny", zap.String("reason", reason))
+		return tooMany(reason, denialDetail(&limits[d.Denied], &d.Statuses[d.Denied]), headersOut, md), reason, nil
+	}
+	log.Debug("allow", zap.Int64("cost", cost))
+	return s.allow(snap, keyHeader, c, p, k, headersOut, md), "ok", nil
+}
+
+// extractKey finds the key: the key headers in order, then a bearer token.
+// It returns the header it came from ("" when there is none).
+func (snap *Snapshot) extractKey(headers map[string]string) (key, header string) {
+	for _, h := range snap.KeyHeaders {
+		if v := strings.TrimSpace(headers[h]); v != "" {
+			return v, h
+		}
+	}
+	if snap.Bearer {
+		v := headers["authorization"]
+		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
+			if t := strings.TrimSpace(v[7:]); t != "" {
+				return t, "authorization"
+			}
+		}
+	}
+	return "", ""
+}
+
+func (snap *Snapshot) describeKeyHeaders() string {
+	var parts []string
+	for _, h := range snap.KeyHeaders {
+		parts = append(parts, h+" header")
+	}
+	if snap.Bearer {
+		parts = append(parts, "Authorization: Bearer header")
+	}
+	return strings.Join(parts, " or the ")
+}
+
+// Limits are the limits a consumer's request on plan p is decided against:
+// the plan's token bucket (one token a request) and its quota, or a usage
+// counter when the plan has no quota (usage is counted either way). All of
+// them carry the consumer's hash tag, so they share one store slot.
+func Limits(c *apikey.Consumer, p *plan.Plan, cost int64) []limiter.Limit {
+	tag := "{c:" + c.ID + "}"
+	limits := make([]limiter.Limit, 0, 2)
+	if r := p.Rate; r != nil {
+		limits = append(limits, limiter.Limit{
+			Kind: limiter.Bucket, Name: "rate", Key: tag + ":rate", Cost: 1,
+			Requests: r.Requests, Per: r.Per, Burst: r.Burst,
+		})
+	}
+	q := limiter.Limit{Kind: limiter.Quota, Name: "usage", Key: tag + ":units", Cost: cost,
+		Unit: p.UsagePeriod(), Anchor: c.PeriodAnchor, Soft: true}
+	if pq := p.Quota; pq != nil {
+		q.Name, q.Max, q.Soft, q.Cap = "quota", pq.Requests, pq.Enforcement == plan.Soft, pq.Cap
+	}
+	return append(limits, q)
+}
+
+func denialReason(l *limiter.Limit) string {
+	switch {
+	case l.Kind == limiter.Bucket:
+		return ReasonRateLimited
+	case l.Soft:
+		return ReasonSpendCap
+	default:
+		return ReasonQuota
+	}
+}
+
+func denialDetail(l *limiter.Limit, st *limiter.Status) string {
+	retry := strconv.FormatInt(max(limiter.Seconds(st.RetryAfter), 1), 10) + "s"
+	switch {
+	case l.Kind == limiter.Bucket:
+		return "rate limit of " + strconv.FormatInt(l.Requests, 10) + " requests per " + l.Per.String() + " exceeded; retry in " + retry
+	case l.Soft:
+		return "spend cap of " + strconv.FormatInt(l.Cap, 10) + " units this " + string(l.Unit) + " reached; it resets in " + retry
+	default:
+		return "quota of " + strconv.FormatInt(l.Max, 10) + " units this " + string(l.Unit) + " used up; it resets in " + retry
+	}
+}
+
+func metadata(c *apikey.Consumer, p *plan.Plan, k *apikey.Key, cost int64) *structpb.Struct {
+	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		"consumer": structpb.NewStringValue(c.ID),
+		"plan":     structpb.NewStringValue(p.Name),
+		"model":    structpb.NewStringValue(string(p.Model)),
+		"key_id":   structpb.NewStringValue(k.ID),
+		"cost":     structpb.NewNumberValue(float64(cost)),
+	}}
+}
+
+func (s *Server) allow(snap *Snapshot, keyHeader string, c *apikey.Consumer, p *plan.Plan, k *apikey.Key, rl []limiter.Header, md *structpb.Struct) *authv3.CheckResponse {
+	// append unset: Envoy overwrites, so a client cannot smuggle its own
+	// identity headers to the upstream.
+	set := func(name, value string) *corev3.HeaderValueOption {
+		return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: name, Value: value}}
+	}
+	ok := &authv3.OkHttpResponse{
+		Headers: []*corev3.HeaderValueOption{
+			set(snap.ConsumerHeader, c.ID),
+			set(snap.PlanHeader, p.Name),
+			set(snap.CredentialHeader, k.ID),
+		},
+		HeadersToRemove:      []string{keyHeader},
+		ResponseHeadersToAdd: responseHeaders(rl),
+	}
+	return &authv3.CheckResponse{
+		Status:          &rpcstatus.Status{Code: int32(codes.OK)},
+		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
+		DynamicMetadata: md,
+	}
+}
+
+func responseHeaders(hs []limiter.Header) []*corev3.HeaderValueOption {
+	out := make([]*corev3.HeaderValueOption, len(hs))
+	for i, h := range hs {
+		out[i] = &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		}
+	}
+	return out
+}
+
+func unauthorized(reason, detail string) *authv3.CheckResponse {
+	return denied(codes.Unauthenticated, typev3.StatusCode_Unauthorized, reason, detail,
+		[]limiter.Header{{Name: "www-authenticate", Value: `Bearer realm="levy"` + wwwError(reason)}}, nil)
+}
+
+func wwwError(reason string) string {
+	if reason == ReasonMissingKey {
+		return ""
+	}
+	return `, error="invalid_token"`
+}
+
+func forbidden(reason, detail string) *authv3.CheckResponse {
+	return denied(codes.PermissionDenied, typev3.StatusCode_Forbidden, reason, detail, nil, nil)
+}
+
+func tooMany(reason, detail string, rl []limiter.Header, md *structpb.Struct) *authv3.CheckResponse {
+	return denied(codes.ResourceExhausted, typev3.StatusCode_TooManyRequests, reason, detail, rl, md)
+}
+
+func denied(code codes.Code, httpStatus typev3.StatusCode, reason, detail string, extra []limiter.Header, md *structpb.Struct) *authv3.CheckResponse {
+	hs := make([]*corev3.HeaderValueOption, 0, len(extra)+1)
+	hs = append(hs, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "content-type", Value: "application/problem+json"}})
+	hs = append(hs, responseHeaders(extra)...)
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(code), Message: reason},
+		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
+			Status:  &typev3.HttpStatus{Code: httpStatus},
+			Headers: hs,
+			Body:    Problem(int(httpStatus), reason, detail),
+		}},
+		DynamicMetadata: md,
+	}
+}
+
+// Problem renders an RFC 9457 problem document.
+func Problem(httpStatus int, reason, detail string) string {
+	b, _ := json.Marshal(struct {
+		Type   string `json:"type"`
+		Title  string `json:"title"`
+		Status int    `json:"status"`
+		Reason string `json:"reason"`
+		Detail string `json:"detail"`
+	}{"https://levy.dev/problems/" + strings.ReplaceAll(reason, "_", "-"), title(httpStatus), httpStatus, reason, detail})
+	return string(b)
+}
+
+func title(code int) string {
+	switch code {
+	case 401:
+		return "Unauthorized"
+	case 403:
+		return "Forbidden"
+	case 429:
+		return "Too Many Requests"
+	case 503:
+		return "Service Unavailable"
+	}
+	return "Error"
+}

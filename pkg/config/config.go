@@ -1,0 +1,252 @@
+// Package config loads levy's configuration file: defaults, then the YAML
+// file (strictly decoded: an unknown key is an error naming file, line and
+// key), then LEVY_* environment variables, then validation. A loaded Config
+// builds the immutable runtime snapshot (plans, consumers, keys) that the
+// servers swap in atomically on reload.
+package config
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole levy.yaml.
+type Config struct {
+	Listen    Listen              `yaml:"listen"`
+	Store     Store               `yaml:"store"`
+	Keys      Keys                `yaml:"keys"`
+	Headers   Headers             `yaml:"headers"`
+	Log       Log                 `yaml:"log"`
+	DevMode   bool                `yaml:"dev_mode"`
+	Demo      bool                `yaml:"demo"`
+	Plans     map[string]PlanSpec `yaml:"plans"`
+	Consumers []ConsumerSpec      `yaml:"consumers"`
+
+	// Source is the file the config came from ("" for defaults only).
+	Source string `yaml:"-"`
+	lines  lineIndex
+}
+
+// Listen holds the listener addresses.
+type Listen struct {
+	// GRPC serves ext_authz, RateLimitService, access logs and gRPC health.
+	GRPC string `yaml:"grpc"`
+	// HTTP serves /healthz, /readyz and /metrics.
+	HTTP string `yaml:"http"`
+}
+
+// Store selects where shared state lives.
+type Store struct {
+	// Type is local (embedded file database, one process) or redis.
+	Type    string `yaml:"type"`
+	DataDir string `yaml:"data_dir"`
+	// OnStoreError is allow or deny: what a decision does when the store
+	// cannot be reached.
+	OnStoreError string `yaml:"on_store_error"`
+}
+
+// Keys says where API keys are found in requests and how they are stored.
+type Keys struct {
+	// Headers are request headers that carry the key as their whole value.
+	Headers []string `yaml:"headers"`
+	// Bearer also accepts "Authorization: Bearer <key>".
+	Bearer *bool `yaml:"bearer"`
+	// Prefix starts keys that `levy keys generate` makes.
+	Prefix string `yaml:"prefix"`
+	// HashSecret, when set, stores keys as HMAC-SHA-256 instead of SHA-256.
+	HashSecret Secret `yaml:"hash_secret"`
+}
+
+// BearerEnabled reports whether Authorization: Bearer is accepted.
+func (k Keys) BearerEnabled() bool { return k.Bearer == nil || *k.Bearer }
+
+// Headers names the headers levy sets on requests it allows.
+type Headers struct {
+	ConsumerID   string `yaml:"consumer_id"`
+	Plan         string `yaml:"plan"`
+	CredentialID string `yaml:"credential_id"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // json or console
+}
+
+// PlanSpec is one plan as written in the file.
+type PlanSpec struct {
+	Model string           `yaml:"model"`
+	Rate  *RateSpec        `yaml:"rate"`
+	Quota *QuotaSpec       `yaml:"quota"`
+	Costs map[string]int64 `yaml:"costs"`
+}
+
+// RateSpec is a token bucket: requests per duration, burst tokens at most.
+type RateSpec struct {
+	Requests int64    `yaml:"requests"`
+	Per      Duration `yaml:"per"`
+	Burst    int64    `yaml:"burst"`
+}
+
+// QuotaSpec is a quota per billing period.
+type QuotaSpec struct {
+	Requests    int64  `yaml:"requests"`
+	Period      string `yaml:"period"`
+	Enforcement string `yaml:"enforcement"`
+	Cap         int64  `yaml:"cap"`
+}
+
+// ConsumerSpec is a consumer declared in the file, with its keys.
+type ConsumerSpec struct {
+	ID               string     `yaml:"id"`
+	Plan             string     `yaml:"plan"`
+	Status           string     `yaml:"status"`
+	StripeCustomerID string     `yaml:"stripe_customer_id"`
+	PeriodAnchor     *time.Time `yaml:"period_anchor"`
+	Keys             []KeySpec  `yaml:"keys"`
+}
+
+// KeySpec is one key: its SHA-256 (or HMAC) hash, or in dev mode the key.
+type KeySpec struct {
+	ID        string     `yaml:"id"`
+	SHA256    string     `yaml:"sha256"`
+	Key       string     `yaml:"key"`
+	Status    string     `yaml:"status"`
+	ExpiresAt *time.Time `yaml:"expires_at"`
+}
+
+// Default returns the built-in defaults.
+func Default() *Config {
+	return &Config{
+		Listen: Listen{GRPC: "127.0.0.1:8081", HTTP: "127.0.0.1:8080"},
+		Store:  Store{Type: "local", DataDir: "levy-data", OnStoreError: "deny"},
+		Keys:   Keys{Headers: []string{"x-api-key"}, Prefix: "levy"},
+		Headers: Headers{
+			ConsumerID:   "x-consumer-id",
+			Plan:         "x-consumer-plan",
+			CredentialID: "x-credential-id",
+		},
+		Log: Log{Level: "info", Format: "json"},
+	}
+}
+
+// envOverrides maps LEVY_* variables onto settings.
+var envOverrides = []struct {
+	name string
+	set  func(c *Config, v string)
+}{
+	{"LEVY_GRPC_ADDR", func(c *Config, v string) { c.Listen.GRPC = v }},
+	{"LEVY_HTTP_ADDR", func(c *Config, v string) { c.Listen.HTTP = v }},
+	{"LEVY_STORE", func(c *Config, v string) { c.Store.Type = v }},
+	{"LEVY_DATA_DIR", func(c *Config, v string) { c.Store.DataDir = v }},
+	{"LEVY_ON_STORE_ERROR", func(c *Config, v string) { c.Store.OnStoreError = v }},
+	{"LEVY_LOG_LEVEL", func(c *Config, v string) { c.Log.Level = v }},
+	{"LEVY_LOG_FORMAT", func(c *Config, v string) { c.Log.Format = v }},
+}
+
+// ApplyEnv overrides settings from LEVY_* environment variables.
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	for _, o := range envOverrides {
+		if v, ok := lookup(o.name); ok && v != "" {
+			o.set(c, v)
+		}
+	}
+}
+
+// Duration is a time.Duration written as "1s", "500ms", "1m", or as one of
+// the words second, minute, hour, day.
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler, reporting the line of a bad value.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	return lineError(n, d.parse(n.Value))
+}
+
+func (d *Duration) parse(s string) error {
+	s = strings.TrimSpace(s)
+	words := map[string]time.Duration{"second": time.Second, "minute": time.Minute, "hour": time.Hour, "day": 24 * time.Hour}
+	if w, ok := words[s]; ok {
+		*d = Duration(w)
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q (want e.g. 1s, 1m, 1h, or second, minute, hour, day)", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Secret is a value read from the environment ("env:NAME") or a file
+// ("file:/path"). It never prints its value.
+type Secret struct {
+	Ref   string
+	value string
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (s *Secret) UnmarshalYAML(n *yaml.Node) error {
+	ref := n.Value
+	if n.Kind != yaml.ScalarNode || !strings.HasPrefix(ref, "env:") && !strings.HasPrefix(ref, "file:") {
+		return lineError(n, fmt.Errorf("a secret is written env:NAME or file:/path, never inline"))
+	}
+	s.Ref = ref
+	return nil
+}
+
+// Set points the secret at ref (env:NAME or file:/path) and resolves it.
+func (s *Secret) Set(ref string) error {
+	if !strings.HasPrefix(ref, "env:") && !strings.HasPrefix(ref, "file:") {
+		return fmt.Errorf("a secret is written env:NAME or file:/path")
+	}
+	s.Ref = ref
+	return s.Resolve()
+}
+
+// lineError turns err into the yaml package's TypeError so that the decoder
+// reports it with the line of n.
+func lineError(n *yaml.Node, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: %v", n.Line, err)}}
+}
+
+// Resolve reads the secret's value.
+func (s *Secret) Resolve() error {
+	switch {
+	case s.Ref == "":
+		return nil
+	case strings.HasPrefix(s.Ref, "env:"):
+		v, ok := os.LookupEnv(strings.TrimPrefix(s.Ref, "env:"))
+		if !ok || v == "" {
+			return fmt.Errorf("environment variable %s is not set", strings.TrimPrefix(s.Ref, "env:"))
+		}
+		s.value = v
+	default:
+		v, err := os.ReadFile(strings.TrimPrefix(s.Ref, "file:"))
+		if err != nil {
+			return err
+		}
+		s.value = strings.TrimSpace(string(v))
+	}
+	return nil
+}
+
+// Value returns the resolved secret.
+func (s Secret) Value() string { return s.value }
+
+// String redacts the secret.
+func (s Secret) String() string {
+	if s.Ref == "" {
+		return ""
+	}
+	return s.Ref + " (redacted)"
+}

@@ -1,0 +1,196 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Load reads, decodes and validates a config file; env overrides apply
+// before validation.
+func Load(path string) (*Config, error) {
+	c, err := ParseFile(path)
+	if err != nil {
+		return nil, err
+	}
+	c.ApplyEnv(nil)
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// ParseFile reads and decodes a config file without validating it.
+func ParseFile(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes data over the defaults, strictly. name is used in errors.
+// It does not apply the environment or validate.
+func Parse(data []byte, name string) (*Config, error) {
+	c := Default()
+	c.Source = name
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("%s: %s", name, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	c.lines = indexLines(&root)
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, c.decodeError(err)
+	}
+	// A second document would be silently ignored: refuse it.
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, fmt.Errorf("%s:%d: a config file holds one YAML document", name, extra.Line)
+	}
+	return c, nil
+}
+
+var (
+	lineRE    = regexp.MustCompile(`^line (\d+): (.*)$`)
+	unknownRE = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+)
+
+// decodeError rewrites the yaml package's messages as file:line: key: what.
+func (c *Config) decodeError(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return fmt.Errorf("%s: %s", c.Source, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	msgs := make([]string, 0, len(te.Errors))
+	for _, e := range te.Errors {
+		m := lineRE.FindStringSubmatch(e)
+		if m == nil {
+			msgs = append(msgs, fmt.Sprintf("%s: %s", c.Source, e))
+			continue
+		}
+		line, _ := strconv.Atoi(m[1])
+		msg := m[2]
+		if u := unknownRE.FindStringSubmatch(msg); u != nil {
+			path := c.lines.keyAt(line, u[1])
+			msgs = append(msgs, fmt.Sprintf("%s:%d: unknown key %q", c.Source, line, path))
+			continue
+		}
+		if path := c.lines.valueAt(line); path != "" {
+			msg = path + ": " + msg
+		}
+		msgs = append(msgs, fmt.Sprintf("%s:%d: %s", c.Source, line, msg))
+	}
+	return errors.New(strings.Join(msgs, "\n"))
+}
+
+// lineIndex maps dotted key paths to the lines they are written on.
+type lineIndex struct {
+	byPath map[string]int
+	keys   map[int][]string // line -> paths of keys on that line
+}
+
+func indexLines(root *yaml.Node) lineIndex {
+	ix := lineIndex{byPath: map[string]int{}, keys: map[int][]string{}}
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, path)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				p := join(path, k.Value)
+				ix.byPath[p] = k.Line
+				ix.keys[k.Line] = append(ix.keys[k.Line], p)
+				walk(v, p)
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				p := fmt.Sprintf("%s[%d]", path, i)
+				ix.byPath[p] = c.Line
+				walk(c, p)
+			}
+		}
+	}
+	walk(root, "")
+	return ix
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// keyAt returns the full path of key written on line.
+func (ix lineIndex) keyAt(line int, key string) string {
+	for _, p := range ix.keys[line] {
+		if p == key || strings.HasSuffix(p, "."+key) {
+			return p
+		}
+	}
+	return key
+}
+
+// valueAt returns the path of the (last) key written on line.
+func (ix lineIndex) valueAt(line int) string {
+	ps := ix.keys[line]
+	if len(ps) == 0 {
+		return ""
+	}
+	return ps[len(ps)-1]
+}
+
+// lineOf returns the line of path, or of its nearest written ancestor.
+func (ix lineIndex) lineOf(path string) int {
+	for path != "" {
+		if l, ok := ix.byPath[path]; ok {
+			return l
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	return 0
+}
+
+// Errors collects validation problems, each naming file, line and key.
+type Errors []string
+
+func (e Errors) Error() string { return strings.Join(e, "\n") }
+
+// problem records one validation error at a key path.
+func (c *Config) problem(errs *Errors, path, format string, args ...any) {
+	loc := c.Source
+	if loc == "" {
+		loc = "config"
+	}
+	if l := c.lines.lineOf(path); l > 0 {
+		loc = fmt.Sprintf("%s:%d", loc, l)
+	}
+	*errs = append(*errs, fmt.Sprintf("%s: %s: %s", loc, path, fmt.Sprintf(format, args...)))
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

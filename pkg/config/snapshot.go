@@ -1,0 +1,51 @@
+package config
+
+import (
+	"time"
+
+	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/plan"
+)
+
+// Catalog builds the plan catalog. Call it on a validated config.
+func (c *Config) Catalog() (*plan.Catalog, error) {
+	plans := make([]*plan.Plan, 0, len(c.Plans))
+	for _, name := range sortedKeys(c.Plans) {
+		ps := c.Plans[name]
+		p := &plan.Plan{Name: name, Model: plan.Model(ps.Model), Costs: ps.Costs}
+		if r := ps.Rate; r != nil {
+			p.Rate = &plan.Rate{Requests: r.Requests, Per: time.Duration(r.Per), Burst: r.Burst}
+		}
+		if q := ps.Quota; q != nil {
+			unit, _ := plan.ParseUnit(q.Period)
+			enf := q.Enforcement
+			if enf == "" {
+				enf = defaultEnforcement(ps.Model)
+			}
+			p.Quota = &plan.Quota{Requests: q.Requests, Period: unit, Enforcement: plan.Enforcement(enf), Cap: q.Cap}
+		}
+		plans = append(plans, p)
+	}
+	return plan.NewCatalog(plans...)
+}
+
+// Directory returns the consumers and keys declared in the file.
+func (c *Config) Directory() ([]*apikey.Consumer, []*apikey.Key) {
+	var consumers []*apikey.Consumer
+	var keys []*apikey.Key
+	for _, cs := range c.Consumers {
+		con := &apikey.Consumer{ID: cs.ID, Plan: cs.Plan, Suspended: cs.Status == "suspended", StripeCustomerID: cs.StripeCustomerID}
+		if cs.PeriodAnchor != nil {
+			con.PeriodAnchor = cs.PeriodAnchor.UTC()
+		}
+		consumers = append(consumers, con)
+		for _, ks := range cs.Keys {
+			k := &apikey.Key{ID: c.keyID(ks), Hash: c.keyHash(ks), ConsumerID: cs.ID, Revoked: ks.Status == "revoked"}
+			if ks.ExpiresAt != nil {
+				k.ExpiresAt = ks.ExpiresAt.UTC()
+			}
+			keys = append(keys, k)
+		}
+	}
+	return consumers, keys
+}

@@ -1,0 +1,195 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/plan"
+)
+
+// Validate checks every setting and returns all problems at once.
+func (c *Config) Validate() error {
+	var errs Errors
+	for path, addr := range map[string]string{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			c.problem(&errs, path, "%q is not host:port", addr)
+		}
+	}
+	oneOf(c, &errs, "store.type", c.Store.Type, "local", "redis")
+	oneOf(c, &errs, "store.on_store_error", c.Store.OnStoreError, "allow", "deny")
+	if c.Store.Type == "local" && c.Store.DataDir == "" {
+		c.problem(&errs, "store.data_dir", "the local store needs a data directory")
+	}
+	oneOf(c, &errs, "log.level", c.Log.Level, "debug", "info", "warn", "error")
+	oneOf(c, &errs, "log.format", c.Log.Format, "json", "console")
+	c.validateKeys(&errs)
+	c.validatePlans(&errs)
+	c.validateConsumers(&errs)
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
+}
+
+func oneOf(c *Config, errs *Errors, path, v string, allowed ...string) {
+	for _, a := range allowed {
+		if v == a {
+			return
+		}
+	}
+	c.problem(errs, path, "%q is not one of %s", v, strings.Join(allowed, ", "))
+}
+
+func (c *Config) validateKeys(errs *Errors) {
+	if len(c.Keys.Headers) == 0 && !c.Keys.BearerEnabled() {
+		c.problem(errs, "keys", "no way to send a key: set keys.headers or keys.bearer")
+	}
+	for i, h := range c.Keys.Headers {
+		if h == "" || h != strings.ToLower(h) || strings.ContainsAny(h, ": ") {
+			c.problem(errs, fmt.Sprintf("keys.headers[%d]", i), "%q: header names are lower-case, without ':' or spaces", h)
+		}
+	}
+	if err := apikey.ValidatePrefix(c.Keys.Prefix); err != nil {
+		c.problem(errs, "keys.prefix", "%v", err)
+	}
+	if err := c.Keys.HashSecret.Resolve(); err != nil {
+		c.problem(errs, "keys.hash_secret", "%v", err)
+	}
+	for path, h := range map[string]string{"headers.consumer_id": c.Headers.ConsumerID, "headers.plan": c.Headers.Plan, "headers.credential_id": c.Headers.CredentialID} {
+		if h == "" || h != strings.ToLower(h) || strings.ContainsAny(h, ": ") {
+			c.problem(errs, path, "%q: header names are lower-case, without ':' or spaces", h)
+		}
+	}
+}
+
+func (c *Config) validatePlans(errs *Errors) {
+	if len(c.Plans) == 0 {
+		c.problem(errs, "plans", "at least one plan is needed")
+	}
+	for _, name := range sortedKeys(c.Plans) {
+		p := c.Plans[name]
+		at := "plans." + name
+		if name == "" {
+			c.problem(errs, at, "a plan needs a name")
+		}
+		oneOf(c, errs, at+".model", p.Model, string(plan.Tiered), string(plan.PayG), string(plan.Freemium))
+		if r := p.Rate; r != nil {
+			if r.Requests <= 0 {
+				c.problem(errs, at+".rate.requests", "must be > 0 (leave out rate for no rate limit)")
+			}
+			if r.Per <= 0 {
+				c.problem(errs, at+".rate.per", "must be a positive duration, e.g. 1s or minute")
+			}
+			if r.Burst < 0 {
+				c.problem(errs, at+".rate.burst", "must be >= 0 (0 means requests)")
+			}
+		} else if p.Model == string(plan.Freemium) {
+			c.problem(errs, at+".rate", "a freemium plan needs a rate limit")
+		}
+		if q := p.Quota; q != nil {
+			if _, err := plan.ParseUnit(q.Period); err != nil {
+				c.problem(errs, at+".quota.period", "%v", err)
+			}
+			if q.Requests < 0 {
+				c.problem(errs, at+".quota.requests", "must be >= 0")
+			}
+			enf := q.Enforcement
+			if enf == "" {
+				enf = defaultEnforcement(p.Model)
+			}
+			oneOf(c, errs, at+".quota.enforcement", enf, string(plan.Hard), string(plan.Soft))
+			if p.Model == string(plan.Freemium) && enf != string(plan.Hard) {
+				c.problem(errs, at+".quota.enforcement", "a freemium quota is hard")
+			}
+			if q.Cap != 0 && (enf != string(plan.Soft) || q.Cap < q.Requests) {
+				c.problem(errs, at+".quota.cap", "a cap goes with a soft quota and is >= its requests")
+			}
+		} else if p.Model == string(plan.Freemium) {
+			c.problem(errs, at+".quota", "a freemium plan needs a quota")
+		}
+		for prefix, cost := range p.Costs {
+			if !strings.HasPrefix(prefix, "/") {
+				c.problem(errs, at+".costs."+prefix, "a cost is keyed by a path prefix starting with /")
+			}
+			if cost < 0 {
+				c.problem(errs, at+".costs."+prefix, "cost must be >= 0")
+			}
+		}
+	}
+}
+
+func defaultEnforcement(model string) string {
+	if model == string(plan.PayG) {
+		return string(plan.Soft)
+	}
+	return string(plan.Hard)
+}
+
+func (c *Config) validateConsumers(errs *Errors) {
+	seen := map[string]bool{}
+	keyIDs := map[string]string{}
+	for i, cs := range c.Consumers {
+		at := fmt.Sprintf("consumers[%d]", i)
+		if cs.ID == "" {
+			c.problem(errs, at+".id", "a consumer needs an id")
+		} else if seen[cs.ID] {
+			c.problem(errs, at+".id", "duplicate consumer %q", cs.ID)
+		}
+		seen[cs.ID] = true
+		if _, ok := c.Plans[cs.Plan]; !ok {
+			c.problem(errs, at+".plan", "unknown plan %q (plans: %s)", cs.Plan, strings.Join(sortedKeys(c.Plans), ", "))
+		}
+		if cs.Status != "" {
+			oneOf(c, errs, at+".status", cs.Status, "active", "suspended")
+		}
+		for j, k := range cs.Keys {
+			kat := fmt.Sprintf("%s.keys[%d]", at, j)
+			switch {
+			case k.SHA256 != "" && k.Key != "":
+				c.problem(errs, kat, "give sha256 or key, not both")
+			case k.SHA256 != "":
+				if !apikey.IsHash(k.SHA256) {
+					c.problem(errs, kat+".sha256", "want 64 lower-case hex characters (levy keys generate prints it)")
+				}
+			case k.Key != "":
+				if !c.DevMode {
+					c.problem(errs, kat+".key", "plaintext keys need dev_mode: true; store sha256 instead")
+				} else if err := apikey.Check(k.Key); err != nil {
+					c.problem(errs, kat+".key", "not a well-formed key (levy keys generate makes one)")
+				}
+			default:
+				c.problem(errs, kat, "a key needs sha256 (or key, in dev mode)")
+			}
+			if k.Status != "" {
+				oneOf(c, errs, kat+".status", k.Status, "active", "revoked")
+			}
+			id := c.keyID(k)
+			if other, dup := keyIDs[id]; dup {
+				c.problem(errs, kat+".id", "duplicate key id %q (also at %s)", id, other)
+			}
+			keyIDs[id] = kat
+		}
+	}
+}
+
+// keyID is the configured id, or one derived from the hash.
+func (c *Config) keyID(k KeySpec) string {
+	if k.ID != "" {
+		return k.ID
+	}
+	return apikey.IDFromHash(c.keyHash(k))
+}
+
+func (c *Config) keyHash(k KeySpec) string {
+	if k.SHA256 != "" {
+		return k.SHA256
+	}
+	return c.Hasher().Hash(k.Key)
+}
+
+// Hasher returns the key hasher the config selects.
+func (c *Config) Hasher() apikey.Hasher {
+	return apikey.NewHasher([]byte(c.Keys.HashSecret.Value()))
+}

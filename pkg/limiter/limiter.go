@@ -1,0 +1,127 @@
+// Package limiter decides whether a request may proceed against all of its
+// limits at once: token buckets for rates and counters for quotas over
+// calendar periods. A request is allowed by every limit or it is denied and
+// consumes nothing. One interface, implemented by an in-process store and by
+// Redis, serves ext_authz and RateLimitService alike.
+package limiter
+
+import (
+	"context"
+	"time"
+
+	"github.com/levyhq/levy/pkg/plan"
+)
+
+// Kind tells a bucket from a quota.
+type Kind uint8
+
+const (
+	// Bucket is a token bucket: capacity Burst, refilled at Requests per Per.
+	Bucket Kind = iota
+	// Quota counts units over a period and resets at the period's start.
+	Quota
+)
+
+// Limit is one limit a request is checked against.
+type Limit struct {
+	Kind Kind
+	// Name labels the limit in headers and reasons ("rate", "quota", a
+	// descriptor rule's name).
+	Name string
+	// Key identifies the limit's state in the store. Keys that start with
+	// "{...}" are hash-tagged: the Redis store keeps one tag in one slot.
+	Key string
+	// Cost is the units this request takes; zero checks without taking.
+	Cost int64
+
+	// Bucket: Requests per Per, at most Burst (Burst 0 means Requests).
+	Requests int64
+	Per      time.Duration
+	Burst    int64
+
+	// Quota: at most Max units per period of Unit (anchored at Anchor).
+	// Soft quotas allow past Max (the excess is overage) up to Cap, if set;
+	// a soft quota with Max 0 only counts.
+	Max    int64
+	Unit   plan.Unit
+	Anchor time.Time
+	Soft   bool
+	Cap    int64
+}
+
+// Capacity is the most a bucket holds.
+func (l *Limit) Capacity() int64 {
+	if l.Burst > 0 {
+		return l.Burst
+	}
+	return l.Requests
+}
+
+// Window is the limit's window for headers: Per for buckets, the period's
+// length for quotas.
+func (l *Limit) Window(now time.Time) time.Duration {
+	if l.Kind == Bucket {
+		return l.Per
+	}
+	p := plan.PeriodAt(now, l.Unit, l.Anchor)
+	return p.End.Sub(p.Start)
+}
+
+// Enforced reports whether the limit can deny.
+func (l *Limit) Enforced() bool {
+	return l.Kind == Bucket || !l.Soft || l.Cap > 0
+}
+
+// Status is what one limit said about a request.
+type Status struct {
+	// OK is false when this limit denies the request.
+	OK bool
+	// Limit is the number shown to clients: Requests for buckets, Max for
+	// hard quotas, Cap for capped soft quotas.
+	Limit int64
+	// Remaining is what is left after this request (or before it, when
+	// denied); -1 for soft quotas without a cap.
+	Remaining int64
+	// Reset is how long until the bucket is full again or the period ends.
+	Reset time.Duration
+	// RetryAfter, when denied, is how long until the request could pass.
+	RetryAfter time.Duration
+	// Used is the quota's count for the period including this request when
+	// allowed; Overage the part of it beyond Max (soft quotas).
+	Used, Overage int64
+	// PeriodStart is the quota period the count belongs to.
+	PeriodStart time.Time
+}
+
+// Decision is the outcome of one request against all of its limits.
+type Decision struct {
+	OK       bool
+	Statuses []Status // one per limit, in order
+	// Denied is the index of the limit that denied, -1 when OK.
+	Denied int
+	Now    time.Time
+}
+
+// Limiter decides requests. Decide is atomic: either every limit takes its
+// cost, or (when any limit denies) none does.
+type Limiter interface {
+	Decide(ctx context.Context, limits []Limit) (Decision, error)
+}
+
+// Tightest returns the index of the enforced limit with the least remaining
+// (the denying one when denied), or -1 when no limit is enforced.
+func (d *Decision) Tightest(limits []Limit) int {
+	if d.Denied >= 0 {
+		return d.Denied
+	}
+	best := -1
+	for i := range limits {
+		if !limits[i].Enforced() {
+			continue
+		}
+		if best < 0 || d.Statuses[i].Remaining < d.Statuses[best].Remaining {
+			best = i
+		}
+	}
+	return best
+}

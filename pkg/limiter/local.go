@@ -1,0 +1,410 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/levyhq/levy/pkg/plan"
+)
+
+// Counter is a persisted quota counter: its value and when its period ends.
+type Counter struct {
+	Value int64
+	End   time.Time
+}
+
+// CounterStore persists quota counters for the local limiter.
+type CounterStore interface {
+	LoadCounters() (map[string]Counter, error)
+	SaveCounters(set map[string]Counter, del []string) error
+}
+
+// LocalConfig configures a Local limiter.
+type LocalConfig struct {
+	// Clock is the time source; nil means time.Now.
+	Clock func() time.Time
+	// Counters persists quota counters; nil keeps them in memory only.
+	Counters CounterStore
+	// FlushEvery is how often changed counters are persisted (default 1s):
+	// a crash loses at most this much counting.
+	FlushEvery time.Duration
+	Log        *zap.Logger
+}
+
+const shardCount = 64
+
+// Local is the in-process limiter: token buckets in memory, quota counters
+// in memory and written behind to a CounterStore, never synchronously per
+// request.
+type Local struct {
+	clock  func() time.Time
+	store  CounterStore
+	log    *zap.Logger
+	seed   maphash.Seed
+	shards [shardCount]shard
+
+	flushMu sync.Mutex // serialises flushes
+	stop    chan struct{}
+	done    chan struct{}
+	closed  sync.Once
+}
+
+type shard struct {
+	mu       sync.Mutex
+	buckets  map[string]int64 // theoretical arrival time, unix nanos
+	counters map[string]*Counter
+	dirty    map[string]struct{}
+}
+
+var _ Limiter = (*Local)(nil)
+
+// NewLocal loads persisted counters and starts the write-behind loop; Close
+// stops it and writes what is left.
+func NewLocal(cfg LocalConfig) (*Local, error) {
+	l := &Local{clock: cfg.Clock, store: cfg.Counters, log: cfg.Log, seed: maphash.MakeSeed(),
+		stop: make(chan struct{}), done: make(chan struct{})}
+	if l.clock == nil {
+		l.clock = time.Now
+	}
+	if l.log == nil {
+		l.log = zap.NewNop()
+	}
+	for i := range l.shards {
+		l.shards[i] = shard{buckets: map[string]int64{}, counters: map[string]*Counter{}, dirty: map[string]struct{}{}}
+	}
+	if l.store != nil {
+		loaded, err := l.store.LoadCounters()
+		if err != nil {
+			return nil, fmt.Errorf("load quota counters: %w", err)
+		}
+		for k, c := range loaded {
+			c := c
+			l.counterShard(k).counters[k] = &c
+		}
+	}
+	every := cfg.FlushEvery
+	if every <= 0 {
+		every = time.Second
+	}
+	go l.loop(every)
+	return l, nil
+}
+
+func (l *Local) loop(every time.Duration) {
+	defer close(l.done)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			if err := l.Flush(); err != nil {
+				l.log.Error("persist quota counters", zap.Error(err))
+			}
+		}
+	}
+}
+
+// Close stops the write-behind loop and persists every changed counter.
+func (l *Local) Close() error {
+	var err error
+	l.closed.Do(func() {
+		close(l.stop)
+		<-l.done
+		err = l.Flush()
+	})
+	return err
+}
+
+// Flush persists changed counters and forgets ones whose period ended over
+// a day ago.
+func (l *Local) Flush() error {
+	l.flushMu.Lock()
+	defer l.flushMu.Unlock()
+	if l.store == nil {
+		return nil
+	}
+	expired := l.clock().Add(-24 * time.Hour)
+	set := map[string]Counter{}
+	var del []string
+	for i := range l.shards {
+		s := &l.shards[i]
+		s.mu.Lock()
+		for k := range s.dirty {
+			set[k] = *s.counters[k]
+		}
+		for k, c := range s.counters {
+			if c.End.Before(expired) {
+				delete(s.counters, k)
+				del = append(del, k)
+			}
+		}
+		if len(s.dirty) > 0 {
+			s.dirty = map[string]struct{}{}
+		}
+		s.mu.Unlock()
+	}
+	if len(set) == 0 && len(del) == 0 {
+		return nil
+	}
+	if err := l.store.SaveCounters(set, del); err != nil {
+		// Put the keys back so the next flush retries them.
+		for k := range set {
+			s := l.counterShard(k)
+			s.mu.Lock()
+			s.dirty[k] = struct{}{}
+			s.mu.Unlock()
+		}
+		return err
+	}
+	return nil
+}
+
+// shardFor picks a shard by the key's hash tag ("{...}"), so all limits
+// of one consumer share a shard and a decision usually takes one lock.
+func (l *Local) shardFor(key string) *shard {
+	return &l.shards[l.shardIndex(key)]
+}
+
+// counterShard finds the shard of a counter key (a limit key with its
+// period start appended).
+func (l *Local) counterShard(ck string) *shard {
+	if i := strings.LastIndexByte(ck, ':'); i >= 0 {
+		ck = ck[:i]
+	}
+	return l.shardFor(ck)
+}
+
+func (l *Local) shardIndex(key string) int {
+	return int(maphash.String(l.seed, hashTag(key)) % shardCount)
+}
+
+// hashTag returns the part of key Redis Cluster would hash: the text
+// between the first '{' and the next '}', when non-empty.
+func hashTag(key string) string {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '{' {
+			for j := i + 1; j < len(key); j++ {
+				if key[j] == '}' {
+					if j > i+1 {
+						return key[i+1 : j]
+					}
+					return key
+				}
+			}
+			return key
+		}
+	}
+	return key
+}
+
+// ErrBadLimit is returned for a limit that cannot be evaluated.
+var ErrBadLimit = errors.New("bad limit")
+
+// Decide implements Limiter.
+func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
+	if err := ctx.Err(); err != nil {
+		return Decision{}, err
+	}
+	for i := range limits {
+		if err := validLimit(&limits[i]); err != nil {
+			return Decision{}, err
+		}
+	}
+	now := l.clock()
+	d := Decision{OK: true, Denied: -1, Now: now, Statuses: make([]Status, len(limits))}
+
+	// Lock every shard the request touches, in index order.
+	var idx [8]int
+	shards := idx[:0]
+	for i := range limits {
+		shards = append(shards, l.shardIndex(limits[i].Key))
+	}
+	sort.Ints(shards)
+	last := -1
+	for _, s := range shards {
+		if s != last {
+			l.shards[s].mu.Lock()
+			last = s
+		}
+	}
+	defer func() {
+		last := -1
+		for _, s := range shards {
+			if s != last {
+				l.shards[s].mu.Unlock()
+				last = s
+			}
+		}
+	}()
+
+	// Pass 1: evaluate against current state plus what earlier limits of
+	// this same request would take (two limits may share a key).
+	pending := make([]pendingState, len(limits))
+	for i := range limits {
+		lim := &limits[i]
+		sh := l.shardFor(lim.Key)
+		switch lim.Kind {
+		case Bucket:
+			tat, ok := sh.buckets[lim.Key]
+			if !ok {
+				tat = now.UnixNano()
+			}
+			tat = earlierPending(pending[:i], lim.Key, tat)
+			st, next := evalBucket(lim, now.UnixNano(), tat)
+			d.Statuses[i], pending[i] = st, pendingState{key: lim.Key, val: next}
+		case Quota:
+			period := plan.PeriodAt(now, lim.Unit, lim.Anchor)
+			ck := counterKey(lim.Key, period.Start)
+			var used int64
+			if c, ok := sh.counters[ck]; ok {
+				used = c.Value
+			}
+			used = earlierPending(pending[:i], ck, used)
+			st := evalQuota(lim, used, now, period)
+			d.Statuses[i], pending[i] = st, pendingState{key: ck, val: used + lim.Cost, end: period.End}
+		}
+		if !d.Statuses[i].OK && d.OK {
+			d.OK, d.Denied = false, i
+		}
+	}
+	if !d.OK {
+		return d, nil
+	}
+	// Pass 2: every limit allowed; take the costs.
+	for i := range limits {
+		p := pending[i]
+		sh := l.shardFor(limits[i].Key)
+		switch limits[i].Kind {
+		case Bucket:
+			sh.buckets[p.key] = p.val
+		case Quota:
+			if limits[i].Cost == 0 {
+				continue
+			}
+			c, ok := sh.counters[p.key]
+			if !ok {
+				c = &Counter{End: p.end}
+				sh.counters[p.key] = c
+			}
+			c.Value = p.val
+			sh.dirty[p.key] = struct{}{}
+		}
+	}
+	return d, nil
+}
+
+type pendingState struct {
+	key string
+	val int64
+	end time.Time
+}
+
+// earlierPending returns the state an earlier limit of the same request
+// left for key, or cur when none touched it.
+func earlierPending(pending []pendingState, key string, cur int64) int64 {
+	for j := len(pending) - 1; j >= 0; j-- {
+		if pending[j].key == key {
+			return pending[j].val
+		}
+	}
+	return cur
+}
+
+func counterKey(key string, start time.Time) string {
+	return key + ":" + strconv.FormatInt(start.Unix(), 10)
+}
+
+func validLimit(l *Limit) error {
+	switch {
+	case l.Cost < 0:
+		return fmt.Errorf("%w %q: negative cost", ErrBadLimit, l.Name)
+	case l.Kind == Bucket && (l.Requests <= 0 || l.Per <= 0):
+		return fmt.Errorf("%w %q: a bucket needs requests > 0 and per > 0", ErrBadLimit, l.Name)
+	case l.Kind == Quota && l.Unit == "":
+		return fmt.Errorf("%w %q: a quota needs a period", ErrBadLimit, l.Name)
+	}
+	return nil
+}
+
+// evalBucket applies GCRA, the exact form of a token bucket: a bucket of
+// Capacity tokens refilled one token every Per/Requests. tat is the time
+// at which the bucket would be full again.
+func evalBucket(l *Limit, now, tat int64) (Status, int64) {
+	interval := l.Per.Nanoseconds() / l.Requests
+	if interval < 1 {
+		interval = 1
+	}
+	tolerance := interval * l.Capacity()
+	if tat < now {
+		tat = now
+	}
+	next := tat + l.Cost*interval
+	if next-now > tolerance {
+		return Status{
+			OK:         false,
+			Limit:      l.Requests,
+			Remaining:  (tolerance - (tat - now)) / interval,
+			Reset:      time.Duration(tat - now),
+			RetryAfter: time.Duration(next - now - tolerance),
+		}, tat
+	}
+	return Status{
+		OK:        true,
+		Limit:     l.Requests,
+		Remaining: (tolerance - (next - now)) / interval,
+		Reset:     time.Duration(next - now),
+	}, next
+}
+
+func evalQuota(l *Limit, used int64, now time.Time, p plan.Period) Status {
+	st := Status{OK: true, Reset: p.End.Sub(now), PeriodStart: p.Start}
+	after := used + l.Cost
+	switch {
+	case !l.Soft:
+		st.Limit = l.Max
+		if after > l.Max {
+			st.OK, st.Remaining, st.RetryAfter, st.Used = false, max(l.Max-used, 0), st.Reset, used
+			return st
+		}
+		st.Remaining = l.Max - after
+	case l.Cap > 0:
+		st.Limit = l.Cap
+		if after > l.Cap {
+			st.OK, st.Remaining, st.RetryAfter, st.Used = false, max(l.Cap-used, 0), st.Reset, used
+			st.Overage = max(used-l.Max, 0)
+			return st
+		}
+		st.Remaining = l.Cap - after
+	default:
+		st.Limit, st.Remaining = l.Max, -1
+	}
+	st.Used = after
+	if l.Soft {
+		st.Overage = max(after-l.Max, 0)
+	}
+	return st
+}
+
+// Usage returns the quota counter of key for the period containing now.
+func (l *Local) Usage(key string, unit plan.Unit, anchor time.Time) (int64, plan.Period) {
+	p := plan.PeriodAt(l.clock(), unit, anchor)
+	ck := counterKey(key, p.Start)
+	sh := l.shardFor(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if c, ok := sh.counters[ck]; ok {
+		return c.Value, p
+	}
+	return 0, p
+}

@@ -1,0 +1,134 @@
+// Package localstore is levy's embedded store: one bbolt file under the data
+// directory that keeps quota counters and demo keys across restarts, so a
+// single levy process needs no Redis.
+package localstore
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/levyhq/levy/pkg/limiter"
+)
+
+var (
+	bucketCounters = []byte("counters")
+	bucketMeta     = []byte("meta")
+	keyDemo        = []byte("demo-keys")
+)
+
+// DB is the embedded store.
+type DB struct {
+	bolt *bolt.DB
+}
+
+var _ limiter.CounterStore = (*DB)(nil)
+
+// Open opens (creating if needed) levy.db under dir.
+func Open(dir string) (*DB, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	path := filepath.Join(dir, "levy.db")
+	// A second levy on the same data dir would wait forever for the file
+	// lock; fail fast with a message that says why.
+	b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("open %s: another levy process holds it (one process per --data-dir)", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	err = b.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketCounters, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("init %s: %w", path, err)
+	}
+	return &DB{bolt: b}, nil
+}
+
+// Close closes the file.
+func (db *DB) Close() error { return db.bolt.Close() }
+
+// LoadCounters implements limiter.CounterStore.
+func (db *DB) LoadCounters() (map[string]limiter.Counter, error) {
+	out := map[string]limiter.Counter{}
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketCounters).ForEach(func(k, v []byte) error {
+			if len(v) != 16 {
+				return fmt.Errorf("counter %q: corrupt value", k)
+			}
+			out[string(k)] = limiter.Counter{
+				Value: int64(binary.BigEndian.Uint64(v[:8])),
+				End:   time.Unix(0, int64(binary.BigEndian.Uint64(v[8:]))).UTC(),
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// SaveCounters implements limiter.CounterStore: one transaction, fsynced.
+func (db *DB) SaveCounters(set map[string]limiter.Counter, del []string) error {
+	return db.bolt.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketCounters)
+		for k, c := range set {
+			var v [16]byte
+			binary.BigEndian.PutUint64(v[:8], uint64(c.Value))
+			binary.BigEndian.PutUint64(v[8:], uint64(c.End.UnixNano()))
+			if err := b.Put([]byte(k), v[:]); err != nil {
+				return err
+			}
+		}
+		for _, k := range del {
+			if err := b.Delete([]byte(k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// DemoKey is a demo consumer's plaintext key, kept only in dev setups so
+// `make run` prints the same keys after a restart.
+type DemoKey struct {
+	Plan string `json:"plan"`
+	Key  string `json:"key"`
+}
+
+// DemoKeys returns the stored demo keys.
+func (db *DB) DemoKeys() ([]DemoKey, error) {
+	var out []DemoKey
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketMeta).Get(keyDemo)
+		if v == nil {
+			return nil
+		}
+		return json.Unmarshal(v, &out)
+	})
+	return out, err
+}
+
+// SetDemoKeys replaces the stored demo keys.
+func (db *DB) SetDemoKeys(keys []DemoKey) error {
+	v, err := json.Marshal(keys)
+	if err != nil {
+		return err
+	}
+	return db.bolt.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyDemo, v)
+	})
+}

@@ -1,0 +1,314 @@
+// Package server wires levy together: the store, the limiter, the gRPC
+// services Envoy calls, the HTTP endpoints for health and metrics, config
+// reloads and graceful shutdown. It holds no decision logic of its own.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/authz"
+	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/limiter"
+	"github.com/levyhq/levy/pkg/localstore"
+	"github.com/levyhq/levy/pkg/telemetry"
+)
+
+// Options configure a Server beyond the config file.
+type Options struct {
+	Log *zap.Logger
+	// Out receives the demo key lines (stdout in levy serve).
+	Out io.Writer
+	// Clock drives the limiter and key expiry; nil means time.Now.
+	Clock func() time.Time
+	// ReloadEvery is how often the config file is checked for changes
+	// (default 1s; negative disables reloading).
+	ReloadEvery time.Duration
+	// ShutdownGrace bounds how long in-flight calls may take at shutdown.
+	ShutdownGrace time.Duration
+}
+
+// Server is a running levy.
+type Server struct {
+	cfg     *config.Config
+	opts    Options
+	log     *zap.Logger
+	metrics *telemetry.Metrics
+	db      *localstore.DB
+	limiter *limiter.Local
+	authz   *authz.Server
+	demo    []*apikey.Consumer
+	demoKey []*apikey.Key
+
+	grpcLis, httpLis net.Listener
+	grpc             *grpc.Server
+	http             *http.Server
+	health           *health.Server
+	ready            atomic.Bool
+}
+
+// New opens the store and binds the listeners; Run serves.
+func New(cfg *config.Config, opts Options) (*Server, error) {
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	if opts.Out == nil {
+		opts.Out = io.Discard
+	}
+	if opts.ReloadEvery == 0 {
+		opts.ReloadEvery = time.Second
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = 10 * time.Second
+	}
+	if cfg.Store.Type != "local" {
+		return nil, fmt.Errorf("store.type %q is not available in this build (use local)", cfg.Store.Type)
+	}
+	s := &Server{cfg: cfg, opts: opts, log: opts.Log, metrics: telemetry.NewMetrics()}
+	var err error
+	if s.db, err = localstore.Open(cfg.Store.DataDir); err != nil {
+		return nil, err
+	}
+	s.limiter, err = limiter.NewLocal(limiter.LocalConfig{Clock: opts.Clock, Counters: s.db, Log: s.log})
+	if err != nil {
+		s.db.Close()
+		return nil, err
+	}
+	if err := s.setupDemo(); err != nil {
+		s.closeStore()
+		return nil, err
+	}
+	snap, err := s.snapshot(cfg)
+	if err != nil {
+		s.closeStore()
+		return nil, err
+	}
+	s.authz = authz.New(authz.Config{Snapshot: snap, Limiter: s.limiter, Metrics: s.metrics, Log: s.log, Clock: opts.Clock})
+	if err := s.listen(); err != nil {
+		s.closeStore()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) listen() error {
+	var err error
+	if s.grpcLis, err = net.Listen("tcp", s.cfg.Listen.GRPC); err != nil {
+		return fmt.Errorf("listen grpc: %w", err)
+	}
+	if s.httpLis, err = net.Listen("tcp", s.cfg.Listen.HTTP); err != nil {
+		s.grpcLis.Close()
+		return fmt.Errorf("listen http: %w", err)
+	}
+	s.grpc = grpc.NewServer(
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxConcurrentStreams(10000),
+	)
+	authv3.RegisterAuthorizationServer(s.grpc, s.authz)
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return nil
+}
+
+// GRPCAddr is the bound gRPC address (useful with port 0).
+func (s *Server) GRPCAddr() string { return s.grpcLis.Addr().String() }
+
+// HTTPAddr is the bound HTTP address.
+func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
+
+// Run serves until ctx ends, then stops accepting, lets in-flight calls
+// finish, persists counters and returns nil.
+func (s *Server) Run(ctx context.Context) error {
+	errc := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := s.grpc.Serve(s.grpcLis); err != nil {
+			errc <- fmt.Errorf("serve grpc: %w", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := s.http.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("serve http: %w", err)
+		}
+	}()
+	stopReload := make(chan struct{})
+	reloadDone := make(chan struct{})
+	go func() {
+		defer close(reloadDone)
+		if s.cfg.Source != "" && s.opts.ReloadEvery > 0 {
+			config.Watch([]string{s.cfg.Source}, s.opts.ReloadEvery, stopReload, s.reload)
+		}
+	}()
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.ready.Store(true)
+	s.log.Info("levy serving", zap.String("grpc", s.GRPCAddr()), zap.String("http", s.HTTPAddr()),
+		zap.String("store", s.cfg.Store.Type), zap.String("config", s.cfg.Source))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	s.log.Info("levy stopping")
+	s.ready.Store(false)
+	s.health.Shutdown()
+	close(stopReload)
+	<-reloadDone
+
+	stopped := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(s.opts.ShutdownGrace):
+		s.log.Warn("in-flight calls outlived the shutdown grace; cancelling them")
+		s.grpc.Stop()
+		<-stopped
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ShutdownGrace)
+	defer cancel()
+	if err := s.http.Shutdown(shutdownCtx); err != nil {
+		s.http.Close()
+	}
+	wg.Wait()
+	if err := s.closeStore(); err != nil && runErr == nil {
+		runErr = err
+	}
+	s.log.Info("levy stopped")
+	return runErr
+}
+
+func (s *Server) closeStore() error {
+	err := s.limiter.Close()
+	if cerr := s.db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("persist counters: %w", err)
+	}
+	return nil
+}
+
+// snapshot builds what decisions read from a config.
+func (s *Server) snapshot(cfg *config.Config) (*authz.Snapshot, error) {
+	catalog, err := cfg.Catalog()
+	if err != nil {
+		return nil, err
+	}
+	consumers, keys := cfg.Directory()
+	for _, c := range s.demo {
+		if _, ok := catalog.Get(c.Plan); ok {
+			consumers = append(consumers, c)
+		}
+	}
+	keys = append(keys, s.demoKey...)
+	return &authz.Snapshot{
+		Catalog:          catalog,
+		Directory:        apikey.NewIndex(consumers, keys),
+		Hasher:           cfg.Hasher(),
+		KeyHeaders:       cfg.Keys.Headers,
+		Bearer:           cfg.Keys.BearerEnabled(),
+		ConsumerHeader:   cfg.Headers.ConsumerID,
+		PlanHeader:       cfg.Headers.Plan,
+		CredentialHeader: cfg.Headers.CredentialID,
+	}, nil
+}
+
+// reload re-reads the config file; a bad file keeps the running config.
+func (s *Server) reload() {
+	next, err := config.Load(s.cfg.Source)
+	if err == nil {
+		var snap *authz.Snapshot
+		if snap, err = s.snapshot(next); err == nil {
+			s.authz.Swap(snap)
+			s.metrics.ConfigReloads.WithLabelValues("success").Inc()
+			s.metrics.ConfigLastReloadSuccess.Set(1)
+			s.log.Info("config reloaded", zap.String("config", s.cfg.Source))
+			return
+		}
+	}
+	s.metrics.ConfigReloads.WithLabelValues("failure").Inc()
+	s.metrics.ConfigLastReloadSuccess.Set(0)
+	s.log.Error("config reload failed; keeping the running config", zap.Error(err))
+}
+
+// setupDemo gives every plan a demo consumer and key when demo is on. The
+// keys are kept in the data dir, so a restart prints the same ones.
+func (s *Server) setupDemo() error {
+	if !s.cfg.Demo {
+		return nil
+	}
+	stored, err := s.db.DemoKeys()
+	if err != nil {
+		return fmt.Errorf("read demo keys: %w", err)
+	}
+	byPlan := map[string]string{}
+	for _, d := range stored {
+		byPlan[d.Plan] = d.Key
+	}
+	plans := make([]string, 0, len(s.cfg.Plans))
+	for name := range s.cfg.Plans {
+		plans = append(plans, name)
+	}
+	sort.Strings(plans)
+	changed := false
+	hasher := s.cfg.Hasher()
+	for _, name := range plans {
+		key, ok := byPlan[name]
+		if !ok || apikey.Check(key) != nil {
+			if key, err = apikey.Generate(s.cfg.Keys.Prefix); err != nil {
+				return err
+			}
+			byPlan[name], changed = key, true
+		}
+		hash := hasher.Hash(key)
+		id := "demo-" + name
+		s.demo = append(s.demo, &apikey.Consumer{ID: id, Plan: name})
+		s.demoKey = append(s.demoKey, &apikey.Key{ID: apikey.IDFromHash(hash), Hash: hash, ConsumerID: id})
+		fmt.Fprintf(s.opts.Out, "demo key for plan %s: %s\n", name, key)
+	}
+	if changed {
+		out := make([]localstore.DemoKey, 0, len(byPlan))
+		for _, name := range plans {
+			out = append(out, localstore.DemoKey{Plan: name, Key: byPlan[name]})
+		}
+		if err := s.db.SetDemoKeys(out); err != nil {
+			return fmt.Errorf("store demo keys: %w", err)
+		}
+	}
+	return nil
+}
+
+// Limiter exposes the limiter, for usage reports and tests.
+func (s *Server) Limiter() *limiter.Local { return s.limiter }
