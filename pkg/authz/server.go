@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/telemetry"
@@ -43,6 +44,31 @@ type Snapshot struct {
 	Bearer     bool
 	// Header names set on allowed requests.
 	ConsumerHeader, PlanHeader, CredentialHeader string
+}
+
+// NewSnapshot builds a snapshot from a validated config, adding consumers
+// and keys kept outside it (demo keys, the store's).
+func NewSnapshot(cfg *config.Config, consumers []*apikey.Consumer, keys []*apikey.Key) (*Snapshot, error) {
+	catalog, err := cfg.Catalog()
+	if err != nil {
+		return nil, err
+	}
+	cs, ks := cfg.Directory()
+	for _, c := range consumers {
+		if _, ok := catalog.Get(c.Plan); ok {
+			cs = append(cs, c)
+		}
+	}
+	return &Snapshot{
+		Catalog:          catalog,
+		Directory:        apikey.NewIndex(cs, append(ks, keys...)),
+		Hasher:           cfg.Hasher(),
+		KeyHeaders:       cfg.Keys.Headers,
+		Bearer:           cfg.Keys.BearerEnabled(),
+		ConsumerHeader:   cfg.Headers.ConsumerID,
+		PlanHeader:       cfg.Headers.Plan,
+		CredentialHeader: cfg.Headers.CredentialID,
+	}, nil
 }
 
 // Config configures a Server.
@@ -203,12 +229,16 @@ func (snap *Snapshot) describeKeyHeaders() string {
 // the plan's token bucket (one token a request) and its quota, or a usage
 // counter when the plan has no quota (usage is counted either way). All of
 // them carry the consumer's hash tag, so they share one store slot.
+//
+// The bucket is per plan, so an upgrade starts on the new plan's full
+// bucket at once; the units counter is not, so usage so far in the period
+// carries over to the new plan's quota.
 func Limits(c *apikey.Consumer, p *plan.Plan, cost int64) []limiter.Limit {
 	tag := "{c:" + c.ID + "}"
 	limits := make([]limiter.Limit, 0, 2)
 	if r := p.Rate; r != nil {
 		limits = append(limits, limiter.Limit{
-			Kind: limiter.Bucket, Name: "rate", Key: tag + ":rate", Cost: 1,
+			Kind: limiter.Bucket, Name: "rate", Key: tag + ":rate:" + p.Name, Cost: 1,
 			Requests: r.Requests, Per: r.Per, Burst: r.Burst,
 		})
 	}

@@ -44,7 +44,11 @@ func Parse(data []byte, name string) (*Config, error) {
 	c.Source = name
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, fmt.Errorf("%s: %s", name, strings.TrimPrefix(err.Error(), "yaml: "))
+		msg := strings.TrimPrefix(err.Error(), "yaml: ")
+		if m := lineRE.FindStringSubmatch(msg); m != nil {
+			return nil, fmt.Errorf("%s:%s: invalid YAML: %s", name, m[1], m[2])
+		}
+		return nil, fmt.Errorf("%s: invalid YAML: %s", name, msg)
 	}
 	c.lines = indexLines(&root)
 	dec := yaml.NewDecoder(bytes.NewReader(data))

@@ -349,6 +349,11 @@ func evalBucket(l *Limit, now, tat int64) (Status, int64) {
 	if tat < now {
 		tat = now
 	}
+	// State left by a larger bucket (the limit was lowered): treat it as
+	// this bucket, empty, rather than denying for the old bucket's depth.
+	if tat > now+tolerance {
+		tat = now + tolerance
+	}
 	next := tat + l.Cost*interval
 	if next-now > tolerance {
 		return Status{

@@ -222,27 +222,7 @@ func (s *Server) closeStore() error {
 
 // snapshot builds what decisions read from a config.
 func (s *Server) snapshot(cfg *config.Config) (*authz.Snapshot, error) {
-	catalog, err := cfg.Catalog()
-	if err != nil {
-		return nil, err
-	}
-	consumers, keys := cfg.Directory()
-	for _, c := range s.demo {
-		if _, ok := catalog.Get(c.Plan); ok {
-			consumers = append(consumers, c)
-		}
-	}
-	keys = append(keys, s.demoKey...)
-	return &authz.Snapshot{
-		Catalog:          catalog,
-		Directory:        apikey.NewIndex(consumers, keys),
-		Hasher:           cfg.Hasher(),
-		KeyHeaders:       cfg.Keys.Headers,
-		Bearer:           cfg.Keys.BearerEnabled(),
-		ConsumerHeader:   cfg.Headers.ConsumerID,
-		PlanHeader:       cfg.Headers.Plan,
-		CredentialHeader: cfg.Headers.CredentialID,
-	}, nil
+	return authz.NewSnapshot(cfg, s.demo, s.demoKey)
 }
 
 // reload re-reads the config file; a bad file keeps the running config.

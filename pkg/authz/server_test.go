@@ -1,0 +1,443 @@
+package authz_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/authz"
+	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/limiter"
+	"github.com/levyhq/levy/pkg/limiter/limitertest"
+	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/test/envoy"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const testConfig = `
+dev_mode: true
+plans:
+  free:
+    model: freemium
+    rate: {requests: 10, per: minute, burst: 3}
+    quota: {requests: 5, period: month}
+  pro:
+    model: tiered
+    rate: {requests: 100, per: 1s, burst: 100}
+    quota: {requests: 1000, period: month}
+    costs: {/v1/search: 5}
+  payg:
+    model: payg
+    rate: {requests: 100, per: 1s, burst: 100}
+    quota: {requests: 3, period: month, enforcement: soft, cap: 6}
+  open:
+    model: tiered
+consumers:
+  - {id: free-co, plan: free, keys: [{id: free-key, key: KEY_FREE}]}
+  - {id: pro-co, plan: pro, keys: [{id: pro-key, key: KEY_PRO}, {id: old-key, key: KEY_REVOKED, status: revoked}, {id: temp-key, key: KEY_EXPIRED, expires_at: 2026-03-01T00:00:00Z}]}
+  - {id: payg-co, plan: payg, keys: [{id: payg-key, key: KEY_PAYG}]}
+  - {id: gone-co, plan: pro, status: suspended, keys: [{id: gone-key, key: KEY_SUSPENDED}]}
+  - {id: open-co, plan: open, keys: [{id: open-key, key: KEY_OPEN}]}
+`
+
+type fixture struct {
+	keys    map[string]string
+	clock   *limitertest.Clock
+	local   *limiter.Local
+	srv     *authz.Server
+	cfgText string
+	client  *envoy.AuthzClient
+}
+
+// start serves a real authz server over gRPC on loopback, on the local
+// limiter with a settable clock, and returns an Envoy-faithful client.
+func start(t *testing.T, lim limiter.Limiter) *fixture {
+	t.Helper()
+	f := &fixture{keys: map[string]string{}, clock: limitertest.NewClock(limitertest.Start)}
+	text := testConfig
+	for _, name := range []string{"KEY_FREE", "KEY_PRO", "KEY_REVOKED", "KEY_EXPIRED", "KEY_PAYG", "KEY_SUSPENDED", "KEY_OPEN"} {
+		k, err := apikey.Generate("levy_test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.keys[name] = k
+		text = strings.ReplaceAll(text, name, k)
+	}
+	f.cfgText = text
+	snap := snapshot(t, text)
+	if lim == nil {
+		local, err := limiter.NewLocal(limiter.LocalConfig{Clock: f.clock.Now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { local.Close() })
+		f.local, lim = local, local
+	}
+	f.srv = authz.New(authz.Config{Snapshot: snap, Limiter: lim, Log: zaptest.NewLogger(t), Clock: f.clock.Now})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	authv3.RegisterAuthorizationServer(gs, f.srv)
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	f.client = envoy.NewAuthzClient(conn, envoy.AuthzConfig{Timeout: 5 * time.Second})
+	return f
+}
+
+func snapshot(t *testing.T, text string) *authz.Snapshot {
+	t.Helper()
+	cfg, err := config.Parse([]byte(text), "test.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := authz.NewSnapshot(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
+
+func (f *fixture) check(t *testing.T, path string, headers ...envoy.Header) *envoy.Outcome {
+	t.Helper()
+	o, err := f.client.Check(context.Background(), &envoy.Request{Path: path, Headers: headers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.RPCError != nil {
+		t.Fatalf("Check returned an RPC error: %v", o.RPCError)
+	}
+	return o
+}
+
+func (f *fixture) withKey(t *testing.T, name, path string) *envoy.Outcome {
+	t.Helper()
+	return f.check(t, path, envoy.Header{Name: "X-Api-Key", Value: f.keys[name]})
+}
+
+type problem struct {
+	Status int    `json:"status"`
+	Reason string `json:"reason"`
+	Detail string `json:"detail"`
+}
+
+func problemOf(t *testing.T, o *envoy.Outcome) problem {
+	t.Helper()
+	if ct := o.ResponseHeaders.Get("content-type"); ct != "application/problem+json" {
+		t.Fatalf("content-type %q, want application/problem+json", ct)
+	}
+	var p problem
+	if err := json.Unmarshal([]byte(o.Body), &p); err != nil {
+		t.Fatalf("body %q: %v", o.Body, err)
+	}
+	if p.Status != o.Status {
+		t.Fatalf("problem status %d, HTTP status %d", p.Status, o.Status)
+	}
+	return p
+}
+
+func TestAllowTellsUpstreamWhoIsCallingAndHidesTheKey(t *testing.T) {
+	f := start(t, nil)
+	o := f.check(t, "/v1/items?page=2",
+		envoy.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]},
+		envoy.Header{Name: "X-Consumer-Id", Value: "someone-else"}, // smuggled by the client
+		envoy.Header{Name: "x-consumer-plan", Value: "enterprise"},
+	)
+	if !o.Allowed || o.Status != 200 {
+		t.Fatalf("status %d, want allowed: %s", o.Status, o.Body)
+	}
+	up := o.UpstreamHeaders
+	for name, want := range map[string]string{"x-consumer-id": "pro-co", "x-consumer-plan": "pro", "x-credential-id": "pro-key"} {
+		if got := up.Values(name); len(got) != 1 || got[0] != want {
+			t.Errorf("upstream %s = %q, want exactly %q", name, got, want)
+		}
+	}
+	if up.Has("x-api-key") {
+		t.Error("the API key reached the upstream")
+	}
+	if o.ResponseHeaders.Get("x-ratelimit-limit") != "100" || o.ResponseHeaders.Get("x-ratelimit-remaining") != "99" {
+		t.Errorf("rate-limit headers %v", o.ResponseHeaders)
+	}
+	if got := o.ResponseHeaders.Get("ratelimit-policy"); got != `"rate";q=100;w=1, "quota";q=1000;w=2678400` {
+		t.Errorf("RateLimit-Policy %q", got)
+	}
+	md := o.DynamicMetadata.GetFields()
+	for k, want := range map[string]string{"consumer": "pro-co", "plan": "pro", "key_id": "pro-key"} {
+		if got := md[k].GetStringValue(); got != want {
+			t.Errorf("dynamic metadata %s = %q, want %q", k, got, want)
+		}
+	}
+}
+
+func TestBearerKeyIsAcceptedAndRemoved(t *testing.T) {
+	f := start(t, nil)
+	o := f.check(t, "/", envoy.Header{Name: "Authorization", Value: "Bearer " + f.keys["KEY_PRO"]})
+	if !o.Allowed {
+		t.Fatalf("bearer key denied: %d %s", o.Status, o.Body)
+	}
+	if o.UpstreamHeaders.Has("authorization") {
+		t.Error("the bearer key reached the upstream")
+	}
+}
+
+func TestDenialsCarryStatusReasonAndProblemBody(t *testing.T) {
+	f := start(t, nil)
+	bad := []byte(f.keys["KEY_PRO"])
+	bad[12] ^= 1
+	other, _ := apikey.Generate("levy_test")
+	tests := []struct {
+		name    string
+		headers []envoy.Header
+		status  int
+		reason  string
+	}{
+		{"no key", nil, 401, authz.ReasonMissingKey},
+		{"empty key header", []envoy.Header{{Name: "x-api-key", Value: "  "}}, 401, authz.ReasonMissingKey},
+		{"basic auth is not a key", []envoy.Header{{Name: "authorization", Value: "Basic dXNlcjpwYXNz"}}, 401, authz.ReasonMissingKey},
+		{"typo in the key", []envoy.Header{{Name: "x-api-key", Value: string(bad)}}, 401, authz.ReasonMalformedKey},
+		{"garbage", []envoy.Header{{Name: "x-api-key", Value: "'; DROP TABLE keys;--"}}, 401, authz.ReasonMalformedKey},
+		{"10 KB key", []envoy.Header{{Name: "x-api-key", Value: strings.Repeat("k", 10<<10)}}, 401, authz.ReasonMalformedKey},
+		{"invalid UTF-8 (Envoy sanitises to !)", []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"][:20] + "\xff\xfe" + f.keys["KEY_PRO"][22:]}}, 401, authz.ReasonMalformedKey},
+		{"two keys joined by Envoy", []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}, {Name: "x-api-key", Value: f.keys["KEY_FREE"]}}, 401, authz.ReasonMalformedKey},
+		{"well formed but unknown", []envoy.Header{{Name: "x-api-key", Value: other}}, 401, authz.ReasonUnknownKey},
+		{"revoked", []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_REVOKED"]}}, 403, authz.ReasonRevokedKey},
+		{"expired", []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_EXPIRED"]}}, 403, authz.ReasonExpiredKey},
+		{"suspended consumer", []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_SUSPENDED"]}}, 403, authz.ReasonSuspended},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := f.check(t, "/v1/items", tt.headers...)
+			if o.Allowed || o.Status != tt.status {
+				t.Fatalf("status %d allowed=%v, want %d", o.Status, o.Allowed, tt.status)
+			}
+			if p := problemOf(t, o); p.Reason != tt.reason {
+				t.Fatalf("reason %q, want %q (%s)", p.Reason, tt.reason, p.Detail)
+			}
+			if tt.status == 401 && !strings.HasPrefix(o.ResponseHeaders.Get("www-authenticate"), "Bearer") {
+				t.Errorf("401 without WWW-Authenticate: %v", o.ResponseHeaders)
+			}
+			if strings.Contains(o.Body, f.keys["KEY_PRO"]) {
+				t.Error("the body echoes the key")
+			}
+		})
+	}
+}
+
+func TestRateLimitDeniesWithRetryAfterThenRefills(t *testing.T) {
+	f := start(t, nil)
+	for i := 0; i < 3; i++ {
+		if o := f.withKey(t, "KEY_FREE", "/v1/items"); !o.Allowed {
+			t.Fatalf("request %d of the burst denied", i+1)
+		}
+	}
+	o := f.withKey(t, "KEY_FREE", "/v1/items")
+	if o.Status != 429 || problemOf(t, o).Reason != authz.ReasonRateLimited {
+		t.Fatalf("4th request: %d %s", o.Status, o.Body)
+	}
+	h := o.ResponseHeaders
+	if h.Get("retry-after") != "6" || h.Get("x-ratelimit-remaining") != "0" || h.Get("x-ratelimit-reset") != "6" || h.Get("x-ratelimit-limit") != "10" {
+		t.Fatalf("429 headers: %v", h)
+	}
+	if h.Get("ratelimit") != `"rate";r=0;t=6` {
+		t.Fatalf("RateLimit %q", h.Get("ratelimit"))
+	}
+	if o.DynamicMetadata.GetFields()["consumer"].GetStringValue() != "free-co" {
+		t.Error("a 429 does not name the consumer for the access log")
+	}
+	f.clock.Advance(6 * time.Second)
+	if o := f.withKey(t, "KEY_FREE", "/v1/items"); !o.Allowed {
+		t.Fatalf("after 6s: %d", o.Status)
+	}
+}
+
+func TestHardQuotaDeniesUntilNextMonthAndDeniedRequestsCostNothing(t *testing.T) {
+	f := start(t, nil)
+	for i := 0; i < 5; i++ {
+		f.clock.Advance(time.Minute) // stay clear of the rate limit
+		if o := f.withKey(t, "KEY_FREE", "/v1/items"); !o.Allowed {
+			t.Fatalf("request %d of a quota of 5 denied: %s", i+1, o.Body)
+		}
+	}
+	f.clock.Advance(time.Minute)
+	o := f.withKey(t, "KEY_FREE", "/v1/items")
+	if o.Status != 429 || problemOf(t, o).Reason != authz.ReasonQuota {
+		t.Fatalf("6th request: %d %s", o.Status, o.Body)
+	}
+	// Mid-March start: the quota resets on April 1st, 00:00 UTC.
+	wantReset := time.Date(2026, time.April, 1, 0, 0, 0, 0, time.UTC).Sub(f.clock.Now())
+	if got := o.ResponseHeaders.Get("retry-after"); got != itoa(limiter.Seconds(wantReset)) {
+		t.Fatalf("Retry-After %s, want %d", got, limiter.Seconds(wantReset))
+	}
+	// Quota denials do not drain the rate bucket.
+	for i := 0; i < 10; i++ {
+		if o := f.withKey(t, "KEY_FREE", "/v1/items"); problemOf(t, o).Reason != authz.ReasonQuota {
+			t.Fatalf("denial %d: %s, want quota (rate tokens were consumed by denied requests)", i, o.Body)
+		}
+	}
+	f.clock.Set(time.Date(2026, time.April, 1, 0, 0, 0, 0, time.UTC))
+	if o := f.withKey(t, "KEY_FREE", "/v1/items"); !o.Allowed {
+		t.Fatalf("April 1st: %d %s", o.Status, o.Body)
+	}
+}
+
+func TestPaygPastIncludedUnitsIsAllowedAndCountedUpToTheCap(t *testing.T) {
+	f := start(t, nil)
+	for i := 1; i <= 6; i++ {
+		o := f.withKey(t, "KEY_PAYG", "/v1/items")
+		if !o.Allowed {
+			t.Fatalf("request %d (included 3, cap 6) denied: %s", i, o.Body)
+		}
+	}
+	used, _ := f.local.Usage("{c:payg-co}:units", plan.Month, time.Time{})
+	if used != 6 {
+		t.Fatalf("usage %d, want 6 (3 included + 3 overage)", used)
+	}
+	o := f.withKey(t, "KEY_PAYG", "/v1/items")
+	if o.Status != 429 || problemOf(t, o).Reason != authz.ReasonSpendCap {
+		t.Fatalf("7th request past the cap: %d %s", o.Status, o.Body)
+	}
+	if used, _ := f.local.Usage("{c:payg-co}:units", plan.Month, time.Time{}); used != 6 {
+		t.Fatalf("a denied request was counted: usage %d", used)
+	}
+}
+
+func TestRouteCostsWeighTheQuota(t *testing.T) {
+	f := start(t, nil)
+	f.withKey(t, "KEY_PRO", "/v1/search?q=x")
+	f.withKey(t, "KEY_PRO", "/v1/items")
+	o := f.withKey(t, "KEY_PRO", "/v1/search/deep")
+	if got := o.DynamicMetadata.GetFields()["cost"].GetNumberValue(); got != 5 {
+		t.Fatalf("cost metadata %v, want 5", got)
+	}
+	if used, _ := f.local.Usage("{c:pro-co}:units", plan.Month, time.Time{}); used != 11 {
+		t.Fatalf("usage %d, want 5+1+5", used)
+	}
+}
+
+func TestPlanWithoutQuotaStillCountsUsage(t *testing.T) {
+	f := start(t, nil)
+	for i := 0; i < 3; i++ {
+		if o := f.withKey(t, "KEY_OPEN", "/"); !o.Allowed || o.ResponseHeaders.Has("x-ratelimit-limit") {
+			t.Fatalf("unlimited plan: %d %v", o.Status, o.ResponseHeaders)
+		}
+	}
+	if used, _ := f.local.Usage("{c:open-co}:units", plan.Month, time.Time{}); used != 3 {
+		t.Fatalf("usage %d, want 3", used)
+	}
+}
+
+func TestPlanChangeAppliesAtOnceWithoutNewKey(t *testing.T) {
+	f := start(t, nil)
+	for i := 0; i < 3; i++ {
+		f.withKey(t, "KEY_FREE", "/")
+	}
+	if o := f.withKey(t, "KEY_FREE", "/"); o.Status != 429 {
+		t.Fatalf("free plan not limited: %d", o.Status)
+	}
+	f.srv.Swap(snapshot(t, strings.Replace(f.cfgText, "{id: free-co, plan: free", "{id: free-co, plan: pro", 1)))
+	o := f.withKey(t, "KEY_FREE", "/")
+	if !o.Allowed || o.UpstreamHeaders.Get("x-consumer-plan") != "pro" {
+		t.Fatalf("after upgrade: %d plan %q", o.Status, o.UpstreamHeaders.Get("x-consumer-plan"))
+	}
+}
+
+func TestMalformedRequestsAreDeniedNotPanics(t *testing.T) {
+	f := start(t, nil)
+	tests := []struct {
+		name string
+		give *authv3.CheckRequest
+	}{
+		{"empty request", &authv3.CheckRequest{}},
+		{"no http", &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{}}}},
+		{"no headers", envoy.BuildCheckRequest(&envoy.Request{Path: "/"}, 1)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := f.srv.Check(context.Background(), tt.give)
+			if err != nil {
+				t.Fatalf("RPC error %v: a bad request is a denial", err)
+			}
+			if resp.GetDeniedResponse().GetStatus().GetCode() != 401 {
+				t.Fatalf("status %v, want 401", resp.GetDeniedResponse().GetStatus())
+			}
+		})
+	}
+	huge := f.check(t, "/"+strings.Repeat("p", 10<<10), envoy.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]}, envoy.Header{Name: "x-big", Value: strings.Repeat("v", 10<<10)})
+	if !huge.Allowed {
+		t.Fatalf("10 KB path and header: %d %s", huge.Status, huge.Body)
+	}
+}
+
+type brokenLimiter struct{}
+
+func (brokenLimiter) Decide(context.Context, []limiter.Limit) (limiter.Decision, error) {
+	return limiter.Decision{}, errors.New("store unreachable")
+}
+
+// A broken store is an RPC error, so Envoy's failure mode decides; denials
+// never are.
+func TestStoreFailureIsAnRPCErrorSoEnvoyFailureModeDecides(t *testing.T) {
+	f := start(t, brokenLimiter{})
+	_, err := f.srv.Check(context.Background(), envoy.BuildCheckRequest(&envoy.Request{Headers: []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}}, 1))
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("err %v, want Unavailable", err)
+	}
+	o, _ := f.client.Check(context.Background(), &envoy.Request{Headers: []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}})
+	if o.Allowed || o.Status != 403 {
+		t.Fatalf("failure_mode_allow=false: %d allowed=%v, want Envoy's status_on_error 403", o.Status, o.Allowed)
+	}
+}
+
+func TestParallelChecksNeverExceedTheBucket(t *testing.T) {
+	f := start(t, nil) // the clock is frozen: no refill
+	var allowed, limited atomic.Int64
+	var wg sync.WaitGroup
+	for i := 0; i < 1000; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o, err := f.client.Check(context.Background(), &envoy.Request{Headers: []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}})
+			switch {
+			case err != nil || o.RPCError != nil:
+			case o.Allowed:
+				allowed.Add(1)
+			case o.Status == 429:
+				limited.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if allowed.Load() != 100 || limited.Load() != 900 {
+		t.Fatalf("allowed %d, limited %d of 1000 on a bucket of 100", allowed.Load(), limited.Load())
+	}
+}
+
+func itoa(n int64) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}

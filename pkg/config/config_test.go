@@ -1,0 +1,148 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/levyhq/levy/pkg/plan"
+)
+
+// Every failure mode has a fixture; its error names the file, the line and
+// the key.
+func TestLoadRejectsBadFilesNamingFileLineAndKey(t *testing.T) {
+	tests := []struct {
+		file string
+		want []string
+	}{
+		{"unknown_key.yaml", []string{"unknown_key.yaml:4:", `unknown key "plans.free.ratelimit"`}},
+		{"unknown_top_key.yaml", []string{"unknown_top_key.yaml:3:", `unknown key "listen.htp"`}},
+		{"bad_yaml.yaml", []string{"bad_yaml.yaml:3:", "invalid YAML"}},
+		{"bad_duration.yaml", []string{"bad_duration.yaml:4:", `invalid duration "fortnight"`}},
+		{"wrong_type.yaml", []string{"wrong_type.yaml:5:", "plans.free.rate.requests", "lots"}},
+		{"unknown_model.yaml", []string{"unknown_model.yaml:3:", "plans.gold.model", `"premium" is not one of tiered, payg, freemium`}},
+		{"unknown_plan_ref.yaml", []string{"unknown_plan_ref.yaml:6:", "consumers[0].plan", `unknown plan "enterprise"`}},
+		{"plaintext_key_without_dev_mode.yaml", []string{"plaintext_key_without_dev_mode.yaml:7:", "consumers[0].keys[0].key", "dev_mode"}},
+		{"bad_hash.yaml", []string{"bad_hash.yaml:7:", "consumers[0].keys[0].sha256", "64 lower-case hex"}},
+		{"duplicate_consumer.yaml", []string{"duplicate_consumer.yaml:6:", "consumers[1].id", `duplicate consumer "acme"`}},
+		{"freemium_soft_quota.yaml", []string{"freemium_soft_quota.yaml:5:", "plans.free.quota.enforcement", "hard"}},
+		{"cap_on_hard_quota.yaml", []string{"cap_on_hard_quota.yaml:4:", "plans.pro.quota.cap"}},
+		{"bad_period.yaml", []string{"bad_period.yaml:4:", "plans.pro.quota.period", "fortnight"}},
+		{"no_plans.yaml", []string{"no_plans.yaml", "plans", "at least one plan"}},
+		{"bad_listen.yaml", []string{"bad_listen.yaml:2:", "listen.grpc", "host:port"}},
+		{"inline_secret.yaml", []string{"inline_secret.yaml:2:", "env:NAME or file:/path"}},
+		{"two_documents.yaml", []string{"two_documents.yaml:3:", "one YAML document"}},
+		{"bad_store_type.yaml", []string{"bad_store_type.yaml:2:", "store.type", "local, redis"}},
+		{"uppercase_key_header.yaml", []string{"uppercase_key_header.yaml:2:", "keys.headers[0]", "lower-case"}},
+		{"bad_cost.yaml", []string{"bad_cost.yaml:5:", "plans.pro.costs.v1/search", "path prefix"}},
+		{"malformed_dev_key.yaml", []string{"malformed_dev_key.yaml:8:", "consumers[0].keys[0].key", "well-formed"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			_, err := Load(filepath.Join("testdata", tt.file))
+			if err == nil {
+				t.Fatal("loaded without error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// Every fixture under testdata is in the table above, or is the valid base.
+func TestEveryFixtureIsCovered(t *testing.T) {
+	files, _ := filepath.Glob("testdata/*.yaml")
+	if len(files) < 20 {
+		t.Fatalf("only %d fixtures", len(files))
+	}
+	for _, f := range files {
+		if _, err := Load(f); err == nil && filepath.Base(f) != "base.yaml" {
+			t.Errorf("%s loads without error but is not the valid base", f)
+		}
+	}
+}
+
+func TestBaseConfigBuildsCatalogAndDirectory(t *testing.T) {
+	c, err := Load("testdata/base.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := c.Catalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := cat.Get("free")
+	if !ok || p.Rate.Per != time.Minute || p.Rate.Burst != 5 || p.Quota.Enforcement != plan.Hard || p.Quota.Period != plan.Month {
+		t.Fatalf("plan free = %+v %+v %+v", p, p.Rate, p.Quota)
+	}
+	consumers, keys := c.Directory()
+	if len(consumers) != 1 || len(keys) != 1 || keys[0].ConsumerID != "acme" || keys[0].ID != "key_5a1a84de8c2ec09b" {
+		t.Fatalf("directory = %+v %+v", consumers, keys)
+	}
+	// The defaults that were not in the file.
+	if c.Listen.GRPC != "127.0.0.1:8081" || c.Keys.Headers[0] != "x-api-key" || !c.Keys.BearerEnabled() {
+		t.Fatalf("defaults lost: %+v %+v", c.Listen, c.Keys)
+	}
+}
+
+func TestExampleConfigLoads(t *testing.T) {
+	c, err := Load("../../examples/levy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cat, err := c.Catalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]plan.Model{"free": plan.Freemium, "pro": plan.Tiered, "payg": plan.PayG}
+	for name, model := range want {
+		if p, ok := cat.Get(name); !ok || p.Model != model {
+			t.Errorf("plan %s: %+v, want model %s", name, p, model)
+		}
+	}
+	payg, _ := cat.Get("payg")
+	if payg.Quota.Enforcement != plan.Soft || payg.Quota.Cap == 0 {
+		t.Errorf("payg quota %+v, want soft with a cap", payg.Quota)
+	}
+}
+
+func TestEnvironmentOverridesFileAndDefaults(t *testing.T) {
+	c, err := Parse([]byte("listen: {grpc: 127.0.0.1:1}\nplans: {free: {model: tiered}}\n"), "x.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"LEVY_GRPC_ADDR": "127.0.0.1:2", "LEVY_DATA_DIR": "/tmp/d", "LEVY_LOG_LEVEL": ""}
+	c.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if c.Listen.GRPC != "127.0.0.1:2" || c.Store.DataDir != "/tmp/d" || c.Log.Level != "info" {
+		t.Fatalf("after env: %+v %+v %+v", c.Listen, c.Store, c.Log)
+	}
+}
+
+func TestSecretsResolveFromEnvAndFileAndNeverPrint(t *testing.T) {
+	t.Setenv("LEVY_TEST_SECRET", "s3cret")
+	path := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(path, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for ref, want := range map[string]string{"env:LEVY_TEST_SECRET": "s3cret", "file:" + path: "from-file"} {
+		var s Secret
+		if err := s.Set(ref); err != nil {
+			t.Fatal(err)
+		}
+		if s.Value() != want {
+			t.Errorf("%s resolved to %q, want %q", ref, s.Value(), want)
+		}
+		if strings.Contains(s.String(), want) {
+			t.Errorf("String() = %q leaks the secret", s.String())
+		}
+	}
+	var missing Secret
+	if err := missing.Set("env:LEVY_TEST_NOT_SET"); err == nil {
+		t.Error("an unset variable resolved")
+	}
+}
