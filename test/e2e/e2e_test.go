@@ -1,0 +1,369 @@
+// Package e2e drives the real levy binary: built once, started as a
+// process on loopback ports, spoken to through the Envoy-faithful client
+// and through its own `levy check` command.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/test/envoy"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "levy-e2e")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "levy")
+	build := exec.Command("go", "build", "-o", binary, "../../cmd/levy")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build levy:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// proc is a running levy.
+type proc struct {
+	cmd      *exec.Cmd
+	grpcAddr string
+	httpAddr string
+	mu       sync.Mutex
+	demoKeys map[string]string
+	done     chan error
+	stderr   *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var demoLine = regexp.MustCompile(`^demo key for plan (\S+): (\S+)$`)
+
+// serve starts `levy serve args...` on free ports and waits until it is
+// serving (its "levy serving" log line names the bound addresses).
+func serve(t *testing.T, args ...string) *proc {
+	t.Helper()
+	args = append([]string{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, args...)
+	cmd := exec.Command(binary, args...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderrR, stderrW := io.Pipe()
+	cmd.Stderr = stderrW
+	p := &proc{cmd: cmd, demoKeys: map[string]string{}, done: make(chan error, 1), stderr: &syncBuffer{}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan struct{})
+	var outDone sync.WaitGroup
+	outDone.Add(2)
+	go func() {
+		defer outDone.Done()
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if m := demoLine.FindStringSubmatch(sc.Text()); m != nil {
+				p.mu.Lock()
+				p.demoKeys[m[1]] = m[2]
+				p.mu.Unlock()
+			}
+		}
+	}()
+	go func() {
+		defer outDone.Done()
+		sc := bufio.NewScanner(stderrR)
+		signalled := false
+		for sc.Scan() {
+			p.stderr.Write([]byte(sc.Text() + "\n"))
+			var rec struct{ Msg, GRPC, HTTP string }
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "levy serving" && !signalled {
+				p.grpcAddr, p.httpAddr, signalled = rec.GRPC, rec.HTTP, true
+				close(ready)
+			}
+		}
+	}()
+	go func() {
+		err := cmd.Wait()
+		stderrW.Close()
+		outDone.Wait()
+		p.done <- err
+	}()
+	select {
+	case <-ready:
+	case err := <-p.done:
+		t.Fatalf("levy exited before serving: %v\n%s", err, p.stderr.String())
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("levy did not start serving:\n%s", p.stderr.String())
+	}
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// demoKey waits for the printed demo key of plan (stdout and the log on
+// stderr arrive on separate pipes, in no fixed order).
+func (p *proc) demoKey(t *testing.T, plan string) string {
+	t.Helper()
+	var key string
+	waitFor(t, 10*time.Second, func() bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		key = p.demoKeys[plan]
+		return key != ""
+	})
+	return key
+}
+
+// stop sends SIGTERM and returns the exit error (nil for exit 0).
+func (p *proc) stop(t *testing.T) error {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.done:
+		return err
+	case <-time.After(30 * time.Second):
+		p.cmd.Process.Kill()
+		t.Fatal("levy did not stop within 30s of SIGTERM")
+		return nil
+	}
+}
+
+func (p *proc) client(t *testing.T) *envoy.AuthzClient {
+	t.Helper()
+	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return envoy.NewAuthzClient(conn, envoy.AuthzConfig{Timeout: 5 * time.Second})
+}
+
+func check(t *testing.T, c *envoy.AuthzClient, key, path string) *envoy.Outcome {
+	t.Helper()
+	o, err := c.Check(context.Background(), &envoy.Request{Path: path, Headers: []envoy.Header{{Name: "x-api-key", Value: key}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.RPCError != nil {
+		t.Fatalf("RPC error: %v", o.RPCError)
+	}
+	return o
+}
+
+func writeConfig(t *testing.T, dir, text string) string {
+	t.Helper()
+	path := filepath.Join(dir, "levy.yaml")
+	if err := os.WriteFile(path+".tmp", []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil { // atomic, as a ConfigMap update is
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestDemoKeysAreServedAndTheFreeOneGets429(t *testing.T) {
+	p := serve(t, "--data-dir", t.TempDir())
+	for _, plan := range []string{"free", "pro", "payg"} {
+		if k := p.demoKey(t, plan); apikey.Check(k) != nil {
+			t.Fatalf("demo key for plan %s is not well formed: %q", plan, k)
+		}
+	}
+	out, err := exec.Command(binary, "check", "--addr", p.grpcAddr, "--key", p.demoKey(t, "free"), "--path", "/v1/items", "--count", "6").CombinedOutput()
+	if err != nil {
+		t.Fatalf("levy check: %v\n%s", err, out)
+	}
+	text := string(out)
+	for _, want := range []string{"decision: allow", "x-consumer-id: demo-free", "decision: deny", "status:   429", "retry-after:", "rate limit of 10 requests per 1m0s exceeded"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("levy check output lacks %q:\n%s", want, text)
+		}
+	}
+	if strings.Contains(text, "x-api-key") {
+		t.Errorf("the key header shows among the upstream headers:\n%s", text)
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+}
+
+func TestDemoKeysSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	p := serve(t, "--data-dir", dir)
+	first := p.demoKey(t, "pro")
+	if err := p.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	p = serve(t, "--data-dir", dir)
+	if again := p.demoKey(t, "pro"); again != first {
+		t.Fatalf("demo key changed across a restart: %s -> %s", first, again)
+	}
+}
+
+const quotaConfig = `
+dev_mode: true
+plans:
+  daily:
+    model: tiered
+    rate: {requests: 1000, per: 1s}
+    quota: {requests: 5, period: day}
+consumers:
+  - id: acme
+    plan: %s
+    keys: [{key: %s}]
+`
+
+func TestQuotaSurvivesRestartOfTheBinary(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := apikey.Generate("levy")
+	cfg := writeConfig(t, dir, fmt.Sprintf(quotaConfig, "daily", key))
+	p := serve(t, "--config", cfg, "--data-dir", filepath.Join(dir, "data"))
+	c := p.client(t)
+	for i := 0; i < 3; i++ {
+		if o := check(t, c, key, "/"); !o.Allowed {
+			t.Fatalf("request %d: %d", i+1, o.Status)
+		}
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+
+	p = serve(t, "--config", cfg, "--data-dir", filepath.Join(dir, "data"))
+	c = p.client(t)
+	for i := 4; i <= 5; i++ {
+		if o := check(t, c, key, "/"); !o.Allowed || o.ResponseHeaders.Get("x-ratelimit-remaining") != fmt.Sprint(5-i) {
+			t.Fatalf("request %d after restart: %d remaining %s", i, o.Status, o.ResponseHeaders.Get("x-ratelimit-remaining"))
+		}
+	}
+	if o := check(t, c, key, "/"); o.Status != 429 {
+		t.Fatalf("6th request of a daily quota of 5 across a restart: %d", o.Status)
+	}
+}
+
+func TestBadConfigRefusesToStartNamingFileLineAndKey(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, "plans:\n  free:\n    model: tiered\n    rate: {requests: 1, pre: 1s}\n")
+	out, err := exec.Command(binary, "serve", "--config", cfg, "--data-dir", dir).CombinedOutput()
+	if err == nil {
+		t.Fatal("levy started with a bad config")
+	}
+	if want := cfg + `:4: unknown key "plans.free.rate.pre"`; !strings.Contains(string(out), want) {
+		t.Fatalf("output lacks %q:\n%s", want, out)
+	}
+	out, err = exec.Command(binary, "config", "validate", cfg).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), ":4:") {
+		t.Fatalf("config validate: %v\n%s", err, out)
+	}
+}
+
+func TestConfigReloadChangesPlanAndBadReloadKeepsTheOld(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := apikey.Generate("levy")
+	text := `
+dev_mode: true
+plans:
+  small: {model: tiered, rate: {requests: 1, per: 1h}}
+  big: {model: tiered, rate: {requests: 1000, per: 1s}}
+consumers:
+  - {id: acme, plan: PLAN, keys: [{key: KEY}]}
+`
+	cfgFor := func(plan string) string {
+		return strings.NewReplacer("PLAN", plan, "KEY", key).Replace(text)
+	}
+	cfg := writeConfig(t, dir, cfgFor("small"))
+	p := serve(t, "--config", cfg, "--data-dir", filepath.Join(dir, "data"))
+	c := p.client(t)
+	check(t, c, key, "/")
+	if o := check(t, c, key, "/"); o.Status != 429 {
+		t.Fatalf("small plan: %d", o.Status)
+	}
+	writeConfig(t, dir, cfgFor("big"))
+	waitFor(t, 10*time.Second, func() bool { return check(t, c, key, "/").Allowed })
+	if o := check(t, c, key, "/"); o.UpstreamHeaders.Get("x-consumer-plan") != "big" {
+		t.Fatalf("after reload: plan %q", o.UpstreamHeaders.Get("x-consumer-plan"))
+	}
+	writeConfig(t, dir, cfgFor("big")+"bogus: true\n")
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(p.stderr.String(), "config reload failed") })
+	if o := check(t, c, key, "/"); !o.Allowed || o.UpstreamHeaders.Get("x-consumer-plan") != "big" {
+		t.Fatalf("after a bad reload: %d plan %q, want the old config kept", o.Status, o.UpstreamHeaders.Get("x-consumer-plan"))
+	}
+	if !strings.Contains(p.stderr.String(), `unknown key \"bogus\"`) {
+		t.Errorf("the reload error does not name the key:\n%s", p.stderr.String())
+	}
+}
+
+func TestLogsNeverContainTheKey(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := apikey.Generate("levy")
+	cfg := writeConfig(t, dir, "log: {level: debug}\n"+fmt.Sprintf(quotaConfig, "daily", key))
+	p := serve(t, "--config", cfg, "--data-dir", filepath.Join(dir, "data"))
+	c := p.client(t)
+	for i := 0; i < 7; i++ {
+		check(t, c, key, "/")
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	logs := p.stderr.String()
+	if !strings.Contains(logs, `"consumer":"acme"`) || !strings.Contains(logs, "request_id") {
+		t.Fatalf("debug logs lack decisions:\n%s", logs)
+	}
+	if strings.Contains(logs, key) || strings.Contains(logs, key[5:20]) {
+		t.Fatal("the API key appears in the logs")
+	}
+}
+
+func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
