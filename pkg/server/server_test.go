@@ -1,0 +1,108 @@
+package server
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/test/envoy"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
+	cfg, err := config.Parse([]byte("demo: true\nplans: {free: {model: freemium, rate: {requests: 1, per: 1h}, quota: {requests: 10, period: month}}}\n"), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Source = ""
+	cfg.Listen = config.Listen{GRPC: "127.0.0.1:0", HTTP: "127.0.0.1:0"}
+	cfg.Store.DataDir = t.TempDir()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	srv, err := New(cfg, Options{Log: zaptest.NewLogger(t), Out: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+
+	base := "http://" + srv.HTTPAddr()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if code, _ := get(t, base+"/readyz"); code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never ready")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code, body := get(t, base+"/healthz"); code != 200 || body != "ok\n" {
+		t.Fatalf("/healthz %d %q", code, body)
+	}
+
+	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hr, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || hr.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("gRPC health: %v %v", hr, err)
+	}
+	key := strings.TrimSpace(strings.TrimPrefix(out.String(), "demo key for plan free:"))
+	client := envoy.NewAuthzClient(conn, envoy.AuthzConfig{Timeout: 5 * time.Second})
+	for i := 0; i < 2; i++ {
+		if _, err := client.Check(ctx, &envoy.Request{Headers: []envoy.Header{{Name: "x-api-key", Value: key}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, metrics := get(t, base+"/metrics")
+	for _, want := range []string{
+		`levy_decisions_total{api="authz",reason="ok",result="allow"} 1`,
+		`levy_decisions_total{api="authz",reason="rate_limited",result="deny"} 1`,
+		`levy_decision_duration_seconds_count{api="authz"} 2`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after cancel: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	if used, _ := srv.Limiter().Usage("{c:demo-free}:units", "month", time.Time{}); used != 1 {
+		t.Fatalf("usage after shutdown %d, want 1", used)
+	}
+}
