@@ -79,10 +79,17 @@ type Log struct {
 
 // PlanSpec is one plan as written in the file.
 type PlanSpec struct {
-	Model string           `yaml:"model"`
-	Rate  *RateSpec        `yaml:"rate"`
-	Quota *QuotaSpec       `yaml:"quota"`
-	Costs map[string]int64 `yaml:"costs"`
+	Model  string               `yaml:"model"`
+	Rate   *RateSpec            `yaml:"rate"`
+	Quota  *QuotaSpec           `yaml:"quota"`
+	Costs  map[string]int64     `yaml:"costs"`
+	Routes map[string]RouteSpec `yaml:"routes"`
+}
+
+// RouteSpec is a plan's limit and cost for one RateLimitService route.
+type RouteSpec struct {
+	Rate *RateSpec `yaml:"rate"`
+	Cost int64     `yaml:"cost"`
 }
 
 // RateSpec is a token bucket: requests per duration, burst tokens at most.

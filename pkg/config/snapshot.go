@@ -13,8 +13,12 @@ func (c *Config) Catalog() (*plan.Catalog, error) {
 	for _, name := range sortedKeys(c.Plans) {
 		ps := c.Plans[name]
 		p := &plan.Plan{Name: name, Model: plan.Model(ps.Model), Costs: ps.Costs}
-		if r := ps.Rate; r != nil {
-			p.Rate = &plan.Rate{Requests: r.Requests, Per: time.Duration(r.Per), Burst: r.Burst}
+		p.Rate = ps.Rate.rate()
+		for route, rs := range ps.Routes {
+			if p.Routes == nil {
+				p.Routes = map[string]plan.Route{}
+			}
+			p.Routes[route] = plan.Route{Rate: rs.Rate.rate(), Cost: rs.Cost}
 		}
 		if q := ps.Quota; q != nil {
 			unit, _ := plan.ParseUnit(q.Period)
@@ -48,4 +52,11 @@ func (c *Config) Directory() ([]*apikey.Consumer, []*apikey.Key) {
 		}
 	}
 	return consumers, keys
+}
+
+func (r *RateSpec) rate() *plan.Rate {
+	if r == nil {
+		return nil
+	}
+	return &plan.Rate{Requests: r.Requests, Per: time.Duration(r.Per), Burst: r.Burst}
 }

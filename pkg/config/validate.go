@@ -75,16 +75,8 @@ func (c *Config) validatePlans(errs *Errors) {
 			c.problem(errs, at, "a plan needs a name")
 		}
 		oneOf(c, errs, at+".model", p.Model, string(plan.Tiered), string(plan.PayG), string(plan.Freemium))
-		if r := p.Rate; r != nil {
-			if r.Requests <= 0 {
-				c.problem(errs, at+".rate.requests", "must be > 0 (leave out rate for no rate limit)")
-			}
-			if r.Per <= 0 {
-				c.problem(errs, at+".rate.per", "must be a positive duration, e.g. 1s or minute")
-			}
-			if r.Burst < 0 {
-				c.problem(errs, at+".rate.burst", "must be >= 0 (0 means requests)")
-			}
+		if p.Rate != nil {
+			c.validateRate(errs, at+".rate", p.Rate)
 		} else if p.Model == string(plan.Freemium) {
 			c.problem(errs, at+".rate", "a freemium plan needs a rate limit")
 		}
@@ -109,6 +101,15 @@ func (c *Config) validatePlans(errs *Errors) {
 		} else if p.Model == string(plan.Freemium) {
 			c.problem(errs, at+".quota", "a freemium plan needs a quota")
 		}
+		for _, route := range sortedKeys(p.Routes) {
+			rs := p.Routes[route]
+			if rs.Rate != nil {
+				c.validateRate(errs, at+".routes."+route+".rate", rs.Rate)
+			}
+			if rs.Cost < 0 {
+				c.problem(errs, at+".routes."+route+".cost", "must be >= 0 (0 means 1)")
+			}
+		}
 		for prefix, cost := range p.Costs {
 			if !strings.HasPrefix(prefix, "/") {
 				c.problem(errs, at+".costs."+prefix, "a cost is keyed by a path prefix starting with /")
@@ -117,6 +118,18 @@ func (c *Config) validatePlans(errs *Errors) {
 				c.problem(errs, at+".costs."+prefix, "cost must be >= 0")
 			}
 		}
+	}
+}
+
+func (c *Config) validateRate(errs *Errors, at string, r *RateSpec) {
+	if r.Requests <= 0 {
+		c.problem(errs, at+".requests", "must be > 0 (leave out rate for no rate limit)")
+	}
+	if r.Per <= 0 {
+		c.problem(errs, at+".per", "must be a positive duration, e.g. 1s or minute")
+	}
+	if r.Burst < 0 {
+		c.problem(errs, at+".burst", "must be >= 0 (0 means requests)")
 	}
 }
 

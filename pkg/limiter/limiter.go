@@ -47,6 +47,10 @@ type Limit struct {
 	Anchor time.Time
 	Soft   bool
 	Cap    int64
+
+	// Shadow limits are evaluated and reported but never deny; one that is
+	// over takes nothing.
+	Shadow bool
 }
 
 // Capacity is the most a bucket holds.
@@ -69,7 +73,7 @@ func (l *Limit) Window(now time.Time) time.Duration {
 
 // Enforced reports whether the limit can deny.
 func (l *Limit) Enforced() bool {
-	return l.Kind == Bucket || !l.Soft || l.Cap > 0
+	return !l.Shadow && (l.Kind == Bucket || !l.Soft || l.Cap > 0)
 }
 
 // Status is what one limit said about a request.

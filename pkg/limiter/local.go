@@ -251,6 +251,7 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	// Pass 1: evaluate against current state plus what earlier limits of
 	// this same request would take (two limits may share a key).
 	pending := make([]pendingState, len(limits))
+	stored := make([]int64, len(limits))
 	for i := range limits {
 		lim := &limits[i]
 		sh := l.shardFor(lim.Key)
@@ -260,6 +261,7 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 			if !ok {
 				tat = now.UnixNano()
 			}
+			stored[i] = tat
 			tat = earlierPending(pending[:i], lim.Key, tat)
 			st, next := evalBucket(lim, now.UnixNano(), tat)
 			d.Statuses[i], pending[i] = st, pendingState{key: lim.Key, val: next}
@@ -270,20 +272,42 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 			if c, ok := sh.counters[ck]; ok {
 				used = c.Value
 			}
+			stored[i] = used
 			used = earlierPending(pending[:i], ck, used)
 			st := evalQuota(lim, used, now, period)
 			d.Statuses[i], pending[i] = st, pendingState{key: ck, val: used + lim.Cost, end: period.End}
 		}
-		if !d.Statuses[i].OK && d.OK {
-			d.OK, d.Denied = false, i
+		if !d.Statuses[i].OK {
+			if lim.Shadow {
+				pending[i].skip = true
+			} else if d.OK {
+				d.OK, d.Denied = false, i
+			}
 		}
 	}
 	if !d.OK {
+		// Nothing is taken: report what the other limits have left.
+		for i := range limits {
+			if i == d.Denied || !d.Statuses[i].OK {
+				continue
+			}
+			peek := limits[i]
+			peek.Cost = 0
+			if peek.Kind == Bucket {
+				d.Statuses[i], _ = evalBucket(&peek, now.UnixNano(), stored[i])
+			} else {
+				p := plan.PeriodAt(now, peek.Unit, peek.Anchor)
+				d.Statuses[i] = evalQuota(&peek, stored[i], now, p)
+			}
+		}
 		return d, nil
 	}
 	// Pass 2: every limit allowed; take the costs.
 	for i := range limits {
 		p := pending[i]
+		if p.skip {
+			continue
+		}
 		sh := l.shardFor(limits[i].Key)
 		switch limits[i].Kind {
 		case Bucket:
@@ -305,16 +329,17 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 }
 
 type pendingState struct {
-	key string
-	val int64
-	end time.Time
+	key  string
+	val  int64
+	end  time.Time
+	skip bool // a shadow limit that is over: take nothing
 }
 
 // earlierPending returns the state an earlier limit of the same request
 // left for key, or cur when none touched it.
 func earlierPending(pending []pendingState, key string, cur int64) int64 {
 	for j := len(pending) - 1; j >= 0; j-- {
-		if pending[j].key == key {
+		if pending[j].key == key && !pending[j].skip {
 			return pending[j].val
 		}
 	}

@@ -60,8 +60,17 @@ type Plan struct {
 	// Costs maps a path prefix to the units one request costs; the longest
 	// matching prefix wins, otherwise a request costs one unit.
 	Costs map[string]int64
+	// Routes set limits and costs per `route` descriptor value for
+	// RateLimitService rules that take their limit from the plan.
+	Routes map[string]Route
 	// costPrefixes is Costs' keys, longest first.
 	costPrefixes []string
+}
+
+// Route is a plan's limit and cost for one route of the RateLimitService.
+type Route struct {
+	Rate *Rate // nil: the rule's own limit
+	Cost int64 // units per hit; 0 means 1
 }
 
 // Finish prepares derived fields; call it once after filling a Plan.

@@ -59,6 +59,7 @@ func Run(t *testing.T, newLimiter Factory) {
 	t.Run("ZeroCostChecksWithoutConsuming", func(t *testing.T) { testZeroCost(t, newLimiter) })
 	t.Run("ParallelNeverExceedsBucket", func(t *testing.T) { testParallel(t, newLimiter) })
 	t.Run("LoweredLimitDoesNotDenyForTheOldDepth", func(t *testing.T) { testLoweredLimit(t, newLimiter) })
+	t.Run("ShadowLimitReportsButNeverDenies", func(t *testing.T) { testShadow(t, newLimiter) })
 }
 
 func bucket(key string, requests int64, per time.Duration, burst int64) limiter.Limit {
@@ -133,7 +134,11 @@ func testAllOrNothing(t *testing.T, newLimiter Factory) {
 			t.Fatalf("request %d: ok=%v denied=%d, want denied by the narrow bucket", i, d.OK, d.Denied)
 		}
 	}
-	// The 20 denied requests took nothing from the wide bucket or the quota.
+	// A denied request reports what the others still have, untouched.
+	if d := decide(t, l, wide, narrow, q); d.Statuses[0].Remaining != 99 || d.Statuses[2].Remaining != 49 || !d.Statuses[0].OK {
+		t.Fatalf("denied request reports wide remaining %d (want 99), quota remaining %d (want 49)", d.Statuses[0].Remaining, d.Statuses[2].Remaining)
+	}
+	// The 21 denied requests took nothing from the wide bucket or the quota.
 	d := decide(t, l, wide, q)
 	if d.Statuses[0].Remaining != 98 || d.Statuses[1].Used != 2 {
 		t.Fatalf("after denials: wide remaining %d (want 98), quota used %d (want 2)", d.Statuses[0].Remaining, d.Statuses[1].Used)
@@ -286,5 +291,28 @@ func testLoweredLimit(t *testing.T, newLimiter Factory) {
 	clock.Advance(100 * time.Millisecond)
 	if d := decide(t, l, small); !d.OK {
 		t.Fatal("denied after the refill interval of the lowered limit")
+	}
+}
+
+func testShadow(t *testing.T, newLimiter Factory) {
+	clock := NewClock(Start)
+	l := newLimiter(t, clock)
+	shadow := bucket("{c:shadow}:narrow", 1, time.Hour, 1)
+	shadow.Shadow = true
+	wide := bucket("{c:shadow}:wide", 100, time.Hour, 100)
+	for i := 0; i < 5; i++ {
+		d := decide(t, l, shadow, wide)
+		if !d.OK || d.Denied != -1 {
+			t.Fatalf("request %d denied by a shadow limit", i+1)
+		}
+		if over := i > 0; d.Statuses[0].OK == over {
+			t.Fatalf("request %d: shadow status ok=%v, want over=%v", i+1, d.Statuses[0].OK, over)
+		}
+		if d.Statuses[1].Remaining != int64(99-i) {
+			t.Fatalf("request %d: wide remaining %d, want %d", i+1, d.Statuses[1].Remaining, 99-i)
+		}
+	}
+	if hs := (&limiter.Decision{OK: true, Denied: -1, Statuses: []limiter.Status{{Remaining: 0}}}).Headers([]limiter.Limit{shadow}); hs != nil {
+		t.Fatalf("headers for a shadow limit: %v", hs)
 	}
 }

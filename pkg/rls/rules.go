@@ -1,0 +1,462 @@
+// Package rls is levy's Envoy RateLimitService v3 server. Its rules use
+// envoyproxy/ratelimit's YAML format (domain, nested descriptors,
+// rate_limit, unlimited, shadow_mode, replaces, wildcards), so that
+// project's users bring their files as they are. levy decides them with
+// token buckets and calendar quotas, all descriptors of a request at once,
+// and can take a descriptor's limit from the calling consumer's plan.
+package rls
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Unit is a rate_limit unit as written in rule files.
+type Unit string
+
+// The units envoyproxy/ratelimit accepts.
+const (
+	Second Unit = "second"
+	Minute Unit = "minute"
+	Hour   Unit = "hour"
+	Day    Unit = "day"
+	Week   Unit = "week"
+	Month  Unit = "month"
+	Year   Unit = "year"
+)
+
+var units = map[string]Unit{"second": Second, "minute": Minute, "hour": Hour, "day": Day, "week": Week, "month": Month, "year": Year}
+
+// Rule is one rate_limit of a descriptor.
+type Rule struct {
+	Name            string
+	Unit            Unit
+	RequestsPerUnit uint32
+	// Burst (a levy extension) is the bucket's capacity for second,
+	// minute and hour units; 0 means RequestsPerUnit.
+	Burst     uint32
+	Unlimited bool
+	Shadow    bool
+	Replaces  []string
+	// FromPlan (a levy extension) takes the limit from the consumer's
+	// plan when the descriptor names a consumer whose plan has a rule for
+	// the descriptor's route; the rule's own limit is the fallback.
+	FromPlan bool
+	// Path is the rule's place in the file, e.g. "levy.consumer.route_items".
+	Path string
+}
+
+type node struct {
+	children  map[string]*node
+	wildcards []wildcard // in file order
+	rule      *Rule
+	share     bool   // share_threshold
+	pattern   string // the value with '*' when share is set
+}
+
+type wildcard struct {
+	key   string // key_value with '*'
+	parts []string
+}
+
+// Rules is an immutable set of domains.
+type Rules struct {
+	domains map[string]*node
+}
+
+// Source is one rule file (or the rules inline in levy.yaml).
+type Source struct {
+	Name string
+	// Node is the parsed document (for inline rules); when nil, Data is
+	// parsed.
+	Node *yaml.Node
+	Data []byte
+}
+
+// ReadDir returns every *.yaml file of dir as a Source, in name order.
+func ReadDir(dir string) ([]Source, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(files)
+	out := make([]Source, 0, len(files))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("read rules: %w", err)
+		}
+		out = append(out, Source{Name: f, Data: data})
+	}
+	return out, nil
+}
+
+// Load builds rules from sources. A domain may appear in one source only
+// unless merge is set (envoyproxy/ratelimit's MERGE_DOMAIN_CONFIG).
+func Load(sources []Source, merge bool) (*Rules, error) {
+	r := &Rules{domains: map[string]*node{}}
+	for _, src := range sources {
+		if err := r.load(src, merge); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// ruleError names the file, the line and what is wrong.
+func ruleError(src string, n *yaml.Node, format string, args ...any) error {
+	if n != nil && n.Line > 0 {
+		return fmt.Errorf("%s:%d: %s", src, n.Line, fmt.Sprintf(format, args...))
+	}
+	return fmt.Errorf("%s: %s", src, fmt.Sprintf(format, args...))
+}
+
+var validKeys = map[string]bool{
+	"domain": true, "key": true, "value": true, "descriptors": true, "rate_limit": true,
+	"unit": true, "requests_per_unit": true, "unlimited": true, "shadow_mode": true,
+	"quota_mode": true, "name": true, "replaces": true, "detailed_metric": true,
+	"value_to_metric": true, "share_threshold": true, "metadata": true,
+	// levy's extensions
+	"burst": true, "from_plan": true,
+}
+
+func (r *Rules) load(src Source, merge bool) error {
+	root := src.Node
+	if root == nil {
+		var doc yaml.Node
+		if err := yaml.Unmarshal(src.Data, &doc); err != nil {
+			return fmt.Errorf("%s: invalid YAML: %s", src.Name, strings.TrimPrefix(err.Error(), "yaml: "))
+		}
+		root = &doc
+	}
+	if root.Kind == yaml.DocumentNode {
+		if len(root.Content) == 0 {
+			return ruleError(src.Name, nil, "config file cannot have empty domain")
+		}
+		root = root.Content[0]
+	}
+	if root.Kind != yaml.MappingNode {
+		return ruleError(src.Name, root, "a rule file is a mapping with domain and descriptors")
+	}
+	if err := validateKeys(src.Name, root); err != nil {
+		return err
+	}
+	domainNode := field(root, "domain")
+	domain := ""
+	if domainNode != nil {
+		domain = domainNode.Value
+	}
+	if domain == "" {
+		return ruleError(src.Name, root, "config file cannot have empty domain")
+	}
+	d, present := r.domains[domain]
+	if present && !merge {
+		return ruleError(src.Name, domainNode, "duplicate domain '%s' in config file", domain)
+	}
+	if !present {
+		d = &node{children: map[string]*node{}}
+		r.domains[domain] = d
+	}
+	return d.loadDescriptors(src.Name, domain, field(root, "descriptors"))
+}
+
+// validateKeys checks every key against envoyproxy/ratelimit's list (plus
+// levy's extensions), that keys are strings and lists hold mappings.
+func validateKeys(src string, n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if k.Kind != yaml.ScalarNode || k.Tag != "!!str" {
+				return ruleError(src, k, "config error, key is not of type string: %v", k.Value)
+			}
+			if !validKeys[k.Value] {
+				return ruleError(src, k, "config error, unknown key '%s'", k.Value)
+			}
+			if k.Value == "metadata" {
+				continue // free-form
+			}
+			if err := validateKeys(src, v); err != nil {
+				return err
+			}
+		}
+	case yaml.SequenceNode:
+		for _, e := range n.Content {
+			if e.Kind != yaml.MappingNode {
+				return ruleError(src, e, "config error, yaml file contains list of type other than map: %v", e.Value)
+			}
+			if err := validateKeys(src, e); err != nil {
+				return err
+			}
+		}
+	case yaml.AliasNode:
+		return ruleError(src, n, "config error, aliases are not supported")
+	}
+	return nil
+}
+
+func field(m *yaml.Node, key string) *yaml.Node {
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i+1]
+		}
+	}
+	return nil
+}
+
+func str(src string, m *yaml.Node, key string) (string, error) {
+	v := field(m, key)
+	if v == nil || v.Tag == "!!null" {
+		return "", nil
+	}
+	if v.Kind != yaml.ScalarNode {
+		return "", ruleError(src, v, "%s must be a string", key)
+	}
+	return v.Value, nil
+}
+
+func boolean(src string, m *yaml.Node, key string) (bool, error) {
+	v := field(m, key)
+	if v == nil || v.Tag == "!!null" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v.Value)
+	if v.Kind != yaml.ScalarNode || err != nil {
+		return false, ruleError(src, v, "%s must be true or false, not %q", key, v.Value)
+	}
+	return b, nil
+}
+
+func uint32Field(src string, m *yaml.Node, key string) (uint32, error) {
+	v := field(m, key)
+	if v == nil || v.Tag == "!!null" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(v.Value, 10, 32)
+	if v.Kind != yaml.ScalarNode || err != nil {
+		return 0, ruleError(src, v, "%s must be a whole number from 0 to 4294967295, not %q", key, v.Value)
+	}
+	return uint32(n), nil
+}
+
+func (d *node) loadDescriptors(src, parent string, list *yaml.Node) error {
+	if list == nil || list.Tag == "!!null" {
+		return nil
+	}
+	if list.Kind != yaml.SequenceNode {
+		return ruleError(src, list, "descriptors must be a list")
+	}
+	for _, dn := range list.Content {
+		key, err := str(src, dn, "key")
+		if err != nil {
+			return err
+		}
+		if key == "" {
+			return ruleError(src, dn, "descriptor has empty key")
+		}
+		value, err := str(src, dn, "value")
+		if err != nil {
+			return err
+		}
+		finalKey := key
+		if value != "" {
+			finalKey += "_" + value
+		}
+		path := parent + "." + finalKey
+		if _, dup := d.children[finalKey]; dup {
+			return ruleError(src, dn, "duplicate descriptor composite key '%s'", path)
+		}
+		child := &node{children: map[string]*node{}}
+		if child.rule, err = loadRule(src, path, dn); err != nil {
+			return err
+		}
+		if child.share, err = boolean(src, dn, "share_threshold"); err != nil {
+			return err
+		}
+		wild := strings.Contains(finalKey, "*")
+		if child.share && !wild {
+			return ruleError(src, field(dn, "share_threshold"), "share_threshold can only be used with wildcard values (containing '*'), but found key '%s'", finalKey)
+		}
+		if child.share {
+			child.pattern = value
+		}
+		if wild {
+			d.wildcards = append(d.wildcards, wildcard{key: finalKey, parts: strings.Split(finalKey, "*")})
+		}
+		for _, flag := range []string{"detailed_metric", "value_to_metric", "quota_mode"} {
+			if _, err := boolean(src, dn, flag); err != nil {
+				return err
+			}
+		}
+		if err := child.loadDescriptors(src, path, field(dn, "descriptors")); err != nil {
+			return err
+		}
+		d.children[finalKey] = child
+	}
+	return nil
+}
+
+func loadRule(src, path string, dn *yaml.Node) (*Rule, error) {
+	rn := field(dn, "rate_limit")
+	if rn == nil || rn.Tag == "!!null" {
+		return nil, nil
+	}
+	if rn.Kind != yaml.MappingNode {
+		return nil, ruleError(src, rn, "rate_limit must be a mapping")
+	}
+	rule := &Rule{Path: path}
+	var err error
+	if rule.Shadow, err = boolean(src, dn, "shadow_mode"); err != nil {
+		return nil, err
+	}
+	if rule.Unlimited, err = boolean(src, rn, "unlimited"); err != nil {
+		return nil, err
+	}
+	if rule.FromPlan, err = boolean(src, rn, "from_plan"); err != nil {
+		return nil, err
+	}
+	if rule.RequestsPerUnit, err = uint32Field(src, rn, "requests_per_unit"); err != nil {
+		return nil, err
+	}
+	if rule.Burst, err = uint32Field(src, rn, "burst"); err != nil {
+		return nil, err
+	}
+	if rule.Name, err = str(src, rn, "name"); err != nil {
+		return nil, err
+	}
+	unitText, err := str(src, rn, "unit")
+	if err != nil {
+		return nil, err
+	}
+	unit, validUnit := units[strings.ToLower(unitText)]
+	switch {
+	case rule.Unlimited && validUnit:
+		return nil, ruleError(src, field(rn, "unit"), "should not specify rate limit unit when unlimited")
+	case !rule.Unlimited && !validUnit:
+		return nil, ruleError(src, rn, "invalid rate limit unit '%s'", unitText)
+	}
+	rule.Unit = unit
+	if rule.Burst > 0 && unit != Second && unit != Minute && unit != Hour {
+		return nil, ruleError(src, field(rn, "burst"), "burst goes with second, minute or hour units, not %s", unit)
+	}
+	if reps := field(rn, "replaces"); reps != nil && reps.Tag != "!!null" {
+		for _, e := range reps.Content {
+			name, err := str(src, e, "name")
+			if err != nil {
+				return nil, err
+			}
+			if name == "" {
+				return nil, ruleError(src, e, "should not have an empty replaces entry")
+			}
+			if name == rule.Name {
+				return nil, ruleError(src, e, "replaces should not contain name of same descriptor")
+			}
+			rule.Replaces = append(rule.Replaces, name)
+		}
+	}
+	return rule, nil
+}
+
+// Entry is one key/value of a request descriptor.
+type Entry struct{ Key, Value string }
+
+// Match is the rule a descriptor matched and the key its state lives
+// under: the domain and the request's own entries, except that values
+// matched by a share_threshold wildcard share the pattern.
+type Match struct {
+	Rule *Rule
+	Key  string
+}
+
+// Lookup finds the rule for a descriptor as envoyproxy/ratelimit does:
+// at each level an exact key_value beats a wildcard, which beats the key
+// alone; a rule applies only when the descriptor ends at its level.
+func (r *Rules) Lookup(domain string, entries []Entry) (Match, bool) {
+	d := r.domains[domain]
+	if d == nil {
+		return Match{}, false
+	}
+	var key strings.Builder
+	key.WriteString(domain)
+	for i, e := range entries {
+		finalKey := e.Key + "_" + e.Value
+		next := d.children[finalKey]
+		shared := ""
+		if next == nil {
+			for _, w := range d.wildcards {
+				if wildcardMatch(w.parts, finalKey) {
+					next = d.children[w.key]
+					if next != nil && next.share {
+						shared = next.pattern
+					}
+					break
+				}
+			}
+		}
+		if next == nil {
+			next = d.children[e.Key]
+		}
+		if next == nil {
+			return Match{}, false
+		}
+		key.WriteByte('.')
+		key.WriteString(e.Key)
+		key.WriteByte('=')
+		if shared != "" {
+			key.WriteString(shared)
+		} else {
+			key.WriteString(e.Value)
+		}
+		if i == len(entries)-1 {
+			if next.rule == nil {
+				return Match{}, false
+			}
+			return Match{Rule: next.rule, Key: key.String()}, true
+		}
+		if len(next.children) == 0 {
+			return Match{}, false // the descriptor is deeper than the rules
+		}
+		d = next
+	}
+	return Match{}, false
+}
+
+// wildcardMatch reports whether value matches a pattern split on '*';
+// each '*' matches any run of characters, including none.
+func wildcardMatch(parts []string, value string) bool {
+	if len(parts) == 1 {
+		return parts[0] == value
+	}
+	first, last := parts[0], parts[len(parts)-1]
+	if !strings.HasPrefix(value, first) || !strings.HasSuffix(value, last) || len(value) < len(first)+len(last) {
+		return false
+	}
+	rest := value[len(first) : len(value)-len(last)]
+	for _, p := range parts[1 : len(parts)-1] {
+		i := strings.Index(rest, p)
+		if i < 0 {
+			return false
+		}
+		rest = rest[i+len(p):]
+	}
+	return true
+}
+
+// Domains lists the loaded domains.
+func (r *Rules) Domains() []string {
+	out := make([]string, 0, len(r.domains))
+	for d := range r.domains {
+		out = append(out, d)
+	}
+	sort.Strings(out)
+	return out
+}
