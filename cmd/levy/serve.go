@@ -12,7 +12,7 @@ import (
 )
 
 func serveCmd() *cobra.Command {
-	var path, dataDir, grpcAddr, httpAddr string
+	var path, dataDir, grpcAddr, httpAddr, rlDir string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve ext_authz, RateLimitService and access logs for Envoy",
@@ -21,7 +21,7 @@ func serveCmd() *cobra.Command {
 variables, then these flags.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadConfig(path, func(c *config.Config) {
+			flags := func(c *config.Config) {
 				if dataDir != "" {
 					c.Store.DataDir = dataDir
 				}
@@ -31,7 +31,11 @@ variables, then these flags.`,
 				if httpAddr != "" {
 					c.Listen.HTTP = httpAddr
 				}
-			})
+				if rlDir != "" {
+					c.RateLimit.Dir = rlDir
+				}
+			}
+			cfg, err := loadConfig(path, flags)
 			if err != nil {
 				return err
 			}
@@ -40,7 +44,8 @@ variables, then these flags.`,
 				return err
 			}
 			defer log.Sync() //nolint:errcheck // stderr sync fails on terminals
-			srv, err := server.New(cfg, server.Options{Log: log, Out: cmd.OutOrStdout()})
+			reload := func() (*config.Config, error) { return loadConfig(path, flags) }
+			srv, err := server.New(cfg, server.Options{Log: log, Out: cmd.OutOrStdout(), Reload: reload})
 			if err != nil {
 				return err
 			}
@@ -51,6 +56,7 @@ variables, then these flags.`,
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory of the local store")
 	cmd.Flags().StringVar(&grpcAddr, "grpc-addr", "", "gRPC listen address")
 	cmd.Flags().StringVar(&httpAddr, "http-addr", "", "HTTP listen address")
+	cmd.Flags().StringVar(&rlDir, "ratelimit-dir", "", "directory of RateLimitService rule files (envoyproxy/ratelimit format)")
 	return cmd
 }
 

@@ -30,9 +30,11 @@ type Consumer struct {
 	PeriodAnchor time.Time
 }
 
-// Directory resolves a key hash to the key and its consumer.
+// Directory resolves a key hash to the key and its consumer, and a
+// consumer id to the consumer.
 type Directory interface {
 	Lookup(ctx context.Context, hash string) (*Key, *Consumer, error)
+	Consumer(id string) (*Consumer, bool)
 }
 
 // Index is an immutable in-memory Directory.

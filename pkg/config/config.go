@@ -25,10 +25,23 @@ type Config struct {
 	Demo      bool                `yaml:"demo"`
 	Plans     map[string]PlanSpec `yaml:"plans"`
 	Consumers []ConsumerSpec      `yaml:"consumers"`
+	RateLimit RateLimit           `yaml:"ratelimit"`
 
 	// Source is the file the config came from ("" for defaults only).
 	Source string `yaml:"-"`
 	lines  lineIndex
+}
+
+// RateLimit configures the RateLimitService.
+type RateLimit struct {
+	// Dir holds rule files in envoyproxy/ratelimit's format (every *.yaml).
+	Dir string `yaml:"dir"`
+	// ShadowMode reports every request OK while still counting.
+	ShadowMode bool `yaml:"shadow_mode"`
+	// MergeDomains lets several files add to one domain.
+	MergeDomains bool `yaml:"merge_domains"`
+	// Domains are rule files written inline, one entry per file's content.
+	Domains []yaml.Node `yaml:"domains"`
 }
 
 // Listen holds the listener addresses.
@@ -153,6 +166,7 @@ var envOverrides = []struct {
 	{"LEVY_ON_STORE_ERROR", func(c *Config, v string) { c.Store.OnStoreError = v }},
 	{"LEVY_LOG_LEVEL", func(c *Config, v string) { c.Log.Level = v }},
 	{"LEVY_LOG_FORMAT", func(c *Config, v string) { c.Log.Format = v }},
+	{"LEVY_RATELIMIT_DIR", func(c *Config, v string) { c.RateLimit.Dir = v }},
 }
 
 // ApplyEnv overrides settings from LEVY_* environment variables.

@@ -1,11 +1,34 @@
 package config
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/rls"
 )
+
+// RateLimitRules loads the RateLimitService rules: those inline in the
+// file, then every *.yaml of ratelimit.dir. Errors name file and line.
+func (c *Config) RateLimitRules() (*rls.Rules, error) {
+	var sources []rls.Source
+	for i := range c.RateLimit.Domains {
+		name := c.Source
+		if name == "" {
+			name = "config"
+		}
+		sources = append(sources, rls.Source{Name: fmt.Sprintf("%s (ratelimit.domains[%d])", name, i), Node: &c.RateLimit.Domains[i]})
+	}
+	if c.RateLimit.Dir != "" {
+		files, err := rls.ReadDir(c.RateLimit.Dir)
+		if err != nil {
+			return nil, err
+		}
+		sources = append(sources, files...)
+	}
+	return rls.Load(sources, c.RateLimit.MergeDomains)
+}
 
 // Catalog builds the plan catalog. Call it on a validated config.
 func (c *Config) Catalog() (*plan.Catalog, error) {

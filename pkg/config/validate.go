@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"os"
 	"strings"
 
 	"github.com/levyhq/levy/pkg/apikey"
@@ -27,6 +28,16 @@ func (c *Config) Validate() error {
 	c.validateKeys(&errs)
 	c.validatePlans(&errs)
 	c.validateConsumers(&errs)
+	if c.RateLimit.Dir != "" {
+		if st, err := os.Stat(c.RateLimit.Dir); err != nil || !st.IsDir() {
+			c.problem(&errs, "ratelimit.dir", "%q is not a directory", c.RateLimit.Dir)
+		}
+	}
+	if len(errs) == 0 {
+		if _, err := c.RateLimitRules(); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
 	if len(errs) > 0 {
 		return errs
 	}

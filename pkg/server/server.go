@@ -16,6 +16,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -28,6 +29,7 @@ import (
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/localstore"
+	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/pkg/telemetry"
 )
 
@@ -38,9 +40,12 @@ type Options struct {
 	Out io.Writer
 	// Clock drives the limiter and key expiry; nil means time.Now.
 	Clock func() time.Time
-	// ReloadEvery is how often the config file is checked for changes
-	// (default 1s; negative disables reloading).
+	// ReloadEvery is how often the config file and the rate limit rule
+	// directory are checked for changes (default 250ms; negative disables
+	// reloading).
 	ReloadEvery time.Duration
+	// Reload loads the config again; nil means config.Load(cfg.Source).
+	Reload func() (*config.Config, error)
 	// ShutdownGrace bounds how long in-flight calls may take at shutdown.
 	ShutdownGrace time.Duration
 }
@@ -54,6 +59,7 @@ type Server struct {
 	db      *localstore.DB
 	limiter *limiter.Local
 	authz   *authz.Server
+	rls     *rls.Server
 	demo    []*apikey.Consumer
 	demoKey []*apikey.Key
 
@@ -73,7 +79,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		opts.Out = io.Discard
 	}
 	if opts.ReloadEvery == 0 {
-		opts.ReloadEvery = time.Second
+		opts.ReloadEvery = 250 * time.Millisecond
+	}
+	if opts.Reload == nil {
+		src := cfg.Source
+		opts.Reload = func() (*config.Config, error) { return config.Load(src) }
 	}
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = 10 * time.Second
@@ -95,12 +105,13 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		s.closeStore()
 		return nil, err
 	}
-	snap, err := s.snapshot(cfg)
+	authzSnap, rlsSnap, err := s.snapshots(cfg)
 	if err != nil {
 		s.closeStore()
 		return nil, err
 	}
-	s.authz = authz.New(authz.Config{Snapshot: snap, Limiter: s.limiter, Metrics: s.metrics, Log: s.log, Clock: opts.Clock})
+	s.authz = authz.New(authz.Config{Snapshot: authzSnap, Limiter: s.limiter, Metrics: s.metrics, Log: s.log, Clock: opts.Clock})
+	s.rls = rls.New(rls.Config{Snapshot: rlsSnap, Limiter: s.limiter, Metrics: s.metrics, Log: s.log})
 	if err := s.listen(); err != nil {
 		s.closeStore()
 		return nil, err
@@ -122,6 +133,7 @@ func (s *Server) listen() error {
 		grpc.MaxConcurrentStreams(10000),
 	)
 	authv3.RegisterAuthorizationServer(s.grpc, s.authz)
+	rlsv3.RegisterRateLimitServiceServer(s.grpc, s.rls)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 
@@ -167,8 +179,14 @@ func (s *Server) Run(ctx context.Context) error {
 	reloadDone := make(chan struct{})
 	go func() {
 		defer close(reloadDone)
-		if s.cfg.Source != "" && s.opts.ReloadEvery > 0 {
-			config.Watch([]string{s.cfg.Source}, s.opts.ReloadEvery, stopReload, s.reload)
+		var watch []string
+		for _, p := range []string{s.cfg.Source, s.cfg.RateLimit.Dir} {
+			if p != "" {
+				watch = append(watch, p)
+			}
+		}
+		if len(watch) > 0 && s.opts.ReloadEvery > 0 {
+			config.Watch(watch, s.opts.ReloadEvery, stopReload, s.reload)
 		}
 	}()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -220,27 +238,39 @@ func (s *Server) closeStore() error {
 	return nil
 }
 
-// snapshot builds what decisions read from a config.
-func (s *Server) snapshot(cfg *config.Config) (*authz.Snapshot, error) {
-	return authz.NewSnapshot(cfg, s.demo, s.demoKey)
+// snapshots build what decisions read from a config.
+func (s *Server) snapshots(cfg *config.Config) (*authz.Snapshot, *rls.Snapshot, error) {
+	a, err := authz.NewSnapshot(cfg, s.demo, s.demoKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	rules, err := cfg.RateLimitRules()
+	if err != nil {
+		return nil, nil, err
+	}
+	return a, &rls.Snapshot{Rules: rules, Catalog: a.Catalog, Consumers: a.Directory, Shadow: cfg.RateLimit.ShadowMode}, nil
 }
 
-// reload re-reads the config file; a bad file keeps the running config.
+// reload re-reads the config file and the rule files; anything bad keeps
+// the running config and rules whole.
 func (s *Server) reload() {
-	next, err := config.Load(s.cfg.Source)
+	next, err := s.opts.Reload()
 	if err == nil {
-		var snap *authz.Snapshot
-		if snap, err = s.snapshot(next); err == nil {
-			s.authz.Swap(snap)
+		var a *authz.Snapshot
+		var r *rls.Snapshot
+		if a, r, err = s.snapshots(next); err == nil {
+			s.authz.Swap(a)
+			s.rls.Swap(r)
 			s.metrics.ConfigReloads.WithLabelValues("success").Inc()
 			s.metrics.ConfigLastReloadSuccess.Set(1)
-			s.log.Info("config reloaded", zap.String("config", s.cfg.Source))
+			s.log.Info("config reloaded", zap.String("config", s.cfg.Source), zap.String("ratelimit_dir", next.RateLimit.Dir),
+				zap.Strings("domains", r.Rules.Domains()))
 			return
 		}
 	}
 	s.metrics.ConfigReloads.WithLabelValues("failure").Inc()
 	s.metrics.ConfigLastReloadSuccess.Set(0)
-	s.log.Error("config reload failed; keeping the running config", zap.Error(err))
+	s.log.Error("config reload failed; keeping the running config and rules", zap.Error(err))
 }
 
 // setupDemo gives every plan a demo consumer and key when demo is on. The

@@ -1,0 +1,378 @@
+package rls
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/limiter"
+	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/telemetry"
+)
+
+// Consumers finds a consumer by id, for plan-aware rules.
+type Consumers interface {
+	Consumer(id string) (*apikey.Consumer, bool)
+}
+
+// Snapshot is what a decision reads that a reload may change.
+type Snapshot struct {
+	Rules     *Rules
+	Catalog   *plan.Catalog
+	Consumers Consumers
+	// Shadow reports every request OK while still counting (the global
+	// shadow switch).
+	Shadow bool
+}
+
+// Config configures a Server.
+type Config struct {
+	Snapshot *Snapshot
+	Limiter  limiter.Limiter
+	Metrics  *telemetry.Metrics
+	Log      *zap.Logger
+}
+
+// Server implements Envoy's RateLimitService.
+type Server struct {
+	rlsv3.UnimplementedRateLimitServiceServer
+	snap    atomic.Pointer[Snapshot]
+	limiter limiter.Limiter
+	metrics *telemetry.Metrics
+	log     *zap.Logger
+}
+
+var _ rlsv3.RateLimitServiceServer = (*Server)(nil)
+
+// New returns a server.
+func New(cfg Config) *Server {
+	s := &Server{limiter: cfg.Limiter, metrics: cfg.Metrics, log: cfg.Log}
+	if s.log == nil {
+		s.log = zap.NewNop()
+	}
+	if s.metrics == nil {
+		s.metrics = telemetry.NewMetrics()
+	}
+	s.snap.Store(cfg.Snapshot)
+	return s
+}
+
+// Swap installs new rules, plans and consumers.
+func (s *Server) Swap(snap *Snapshot) { s.snap.Store(snap) }
+
+// ConsumerEntry is the descriptor key that names the calling consumer:
+// what Envoy's metadata action produces from levy's ext_authz metadata.
+const ConsumerEntry = "consumer"
+
+// RouteEntry is the descriptor key whose value selects a plan's route.
+const RouteEntry = "route"
+
+// ShouldRateLimit implements rlsv3.RateLimitServiceServer.
+func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	start := time.Now()
+	resp, err := s.decide(ctx, req)
+	result, reason := "allow", "ok"
+	switch {
+	case err != nil:
+		result, reason = "error", status.Code(err).String()
+	case resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT:
+		result, reason = "deny", "over_limit"
+	}
+	s.metrics.Observe("ratelimit", result, reason, time.Since(start))
+	return resp, err
+}
+
+// limited is one descriptor that has a limit to decide.
+type limited struct {
+	desc  int // index in the request
+	limit limiter.Limit
+	rule  *Rule
+	unit  rlsv3.RateLimitResponse_RateLimit_Unit
+	rpu   uint32
+}
+
+func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	if req.GetDomain() == "" {
+		return nil, status.Error(codes.InvalidArgument, "rate limit domain must not be empty")
+	}
+	if len(req.GetDescriptors()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "rate limit descriptor list must not be empty")
+	}
+	snap := s.snap.Load()
+	hits := uint64(req.GetHitsAddend())
+	if hits == 0 {
+		hits = 1
+	}
+	statuses := make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(req.Descriptors))
+	var todo []limited
+	replaced := map[string]bool{}
+	for i, desc := range req.Descriptors {
+		if len(desc.GetEntries()) == 0 {
+			return nil, status.Errorf(codes.InvalidArgument, "descriptor %d has no entries", i)
+		}
+		statuses[i] = &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
+		cost := hits
+		if h := desc.GetHitsAddend(); h != nil {
+			cost = h.GetValue()
+		}
+		if desc.GetIsNegativeHits() {
+			cost = 0 // refunds are not applied: check only
+		}
+		l, ok, err := s.limitFor(snap, req.Domain, desc, cost)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		if l.rule != nil && l.rule.Unlimited {
+			statuses[i].LimitRemaining = math.MaxUint32
+			continue
+		}
+		if l.rule != nil {
+			for _, r := range l.rule.Replaces {
+				replaced[r] = true
+			}
+		}
+		l.desc = i
+		todo = append(todo, l)
+	}
+	// replaces: a matched rule drops the others it names.
+	kept := todo[:0]
+	for _, l := range todo {
+		if l.rule != nil && l.rule.Name != "" && replaced[l.rule.Name] {
+			continue
+		}
+		kept = append(kept, l)
+	}
+	todo = kept
+	resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK, Statuses: statuses}
+	if len(todo) == 0 {
+		return resp, nil
+	}
+
+	limits := make([]limiter.Limit, len(todo))
+	for i := range todo {
+		limits[i] = todo[i].limit
+		if snap.Shadow {
+			limits[i].Shadow = true
+		}
+	}
+	d, err := s.limiter.Decide(ctx, limits)
+	if err != nil {
+		s.log.Error("decide", zap.Error(err), zap.String("domain", req.Domain))
+		return nil, status.Error(codes.Unavailable, "limiter unavailable")
+	}
+	for i, l := range todo {
+		st := d.Statuses[i]
+		reset := st.Reset
+		code := rlsv3.RateLimitResponse_OK
+		if !st.OK && !limits[i].Shadow {
+			code, reset = rlsv3.RateLimitResponse_OVER_LIMIT, st.RetryAfter
+		}
+		statuses[l.desc] = &rlsv3.RateLimitResponse_DescriptorStatus{
+			Code:               code,
+			CurrentLimit:       &rlsv3.RateLimitResponse_RateLimit{Name: ruleName(l.rule), RequestsPerUnit: l.rpu, Unit: l.unit},
+			LimitRemaining:     uint32(min(max(st.Remaining, 0), math.MaxUint32)),
+			DurationUntilReset: durationpb.New(reset.Round(time.Millisecond)),
+		}
+		if !st.OK && limits[i].Shadow {
+			s.log.Debug("shadow limit over", zap.String("rule", limits[i].Name))
+		}
+	}
+	hs := d.Headers(limits)
+	if !d.OK {
+		resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+		hs = append([]limiter.Header{{Name: "content-type", Value: "application/problem+json"}}, hs...)
+		resp.RawBody = problem(&limits[d.Denied], &d.Statuses[d.Denied])
+	}
+	resp.ResponseHeadersToAdd = make([]*corev3.HeaderValue, len(hs))
+	for i, h := range hs {
+		resp.ResponseHeadersToAdd[i] = &corev3.HeaderValue{Key: h.Name, Value: h.Value}
+	}
+	return resp, nil
+}
+
+func ruleName(r *Rule) string {
+	if r == nil {
+		return ""
+	}
+	return r.Name
+}
+
+// limitFor resolves one descriptor to the limit it is decided against.
+func (s *Server) limitFor(snap *Snapshot, domain string, desc *rlv3.RateLimitDescriptor, cost uint64) (limited, bool, error) {
+	entries := make([]Entry, len(desc.Entries))
+	var consumer, route string
+	for i, e := range desc.Entries {
+		entries[i] = Entry{Key: e.GetKey(), Value: e.GetValue()}
+		switch e.GetKey() {
+		case ConsumerEntry:
+			consumer = e.GetValue()
+		case RouteEntry:
+			route = e.GetValue()
+		}
+	}
+	if o := desc.GetLimit(); o != nil {
+		return overrideLimit(domain, entries, consumer, o, cost)
+	}
+	if snap.Rules == nil {
+		return limited{}, false, nil
+	}
+	m, ok := snap.Rules.Lookup(domain, entries)
+	if !ok {
+		return limited{}, false, nil
+	}
+	rule := m.Rule
+	l := limited{rule: rule}
+	if rule.Unlimited {
+		return l, true, nil
+	}
+	rpu, burst, unit := int64(rule.RequestsPerUnit), int64(rule.Burst), rule.Unit
+	per := unitDuration(unit)
+	name := rule.Name
+	if name == "" {
+		name = rule.Path
+	}
+	if rule.FromPlan && consumer != "" && snap.Consumers != nil {
+		if c, ok := snap.Consumers.Consumer(consumer); ok {
+			if p, ok := snap.Catalog.Get(c.Plan); ok {
+				if r, ok := p.Routes[route]; ok {
+					if r.Rate != nil {
+						rpu, burst, per, unit = r.Rate.Requests, r.Rate.Burst, r.Rate.Per, ""
+						name = p.Name + "/" + route
+					}
+					if r.Cost > 0 {
+						cost *= uint64(r.Cost)
+					}
+				}
+			}
+		}
+	}
+	key := stateKey(m.Key, consumer)
+	if unit == "" || unit == Second || unit == Minute || unit == Hour {
+		l.limit = limiter.Limit{Kind: limiter.Bucket, Name: name, Key: key + ":b:" + strconv.FormatInt(int64(per), 10), Cost: int64(cost), Requests: rpu, Per: per, Burst: burst}
+		l.unit, l.rpu = responseUnit(per), uint32(rpu)
+	} else {
+		l.limit = limiter.Limit{Kind: limiter.Quota, Name: name, Key: key + ":q:" + string(unit), Cost: int64(cost), Max: rpu, Unit: plan.Unit(unit)}
+		l.unit, l.rpu = quotaUnit(unit), uint32(rpu)
+	}
+	if rpu <= 0 {
+		// requests_per_unit 0 denies everything, as in envoyproxy/ratelimit.
+		l.limit.Kind, l.limit.Max, l.limit.Unit, l.limit.Requests = limiter.Quota, 0, plan.Year, 0
+		l.limit.Key = key + ":zero"
+	}
+	l.limit.Shadow = rule.Shadow
+	return l, true, nil
+}
+
+// stateKey hash-tags a descriptor's state: by consumer when the descriptor
+// names one (so one consumer's limits share a Redis slot), else by itself.
+func stateKey(matchKey, consumer string) string {
+	if consumer != "" {
+		return "{c:" + consumer + "}:rl:" + matchKey
+	}
+	return "{rl:" + matchKey + "}"
+}
+
+func overrideLimit(domain string, entries []Entry, consumer string, o *rlv3.RateLimitDescriptor_RateLimitOverride, cost uint64) (limited, bool, error) {
+	var key strings.Builder
+	key.WriteString(domain)
+	for _, e := range entries {
+		key.WriteString("." + e.Key + "=" + e.Value)
+	}
+	k := stateKey(key.String(), consumer) + ":override"
+	rpu := int64(o.GetRequestsPerUnit())
+	l := limited{rpu: o.GetRequestsPerUnit()}
+	switch o.GetUnit() {
+	case typev3.RateLimitUnit_SECOND, typev3.RateLimitUnit_MINUTE, typev3.RateLimitUnit_HOUR:
+		per := map[typev3.RateLimitUnit]time.Duration{typev3.RateLimitUnit_SECOND: time.Second, typev3.RateLimitUnit_MINUTE: time.Minute, typev3.RateLimitUnit_HOUR: time.Hour}[o.GetUnit()]
+		l.limit = limiter.Limit{Kind: limiter.Bucket, Name: "override", Key: k + ":" + strconv.FormatInt(int64(per), 10), Cost: int64(cost), Requests: rpu, Per: per}
+		l.unit = responseUnit(per)
+	case typev3.RateLimitUnit_DAY, typev3.RateLimitUnit_MONTH, typev3.RateLimitUnit_YEAR:
+		u := map[typev3.RateLimitUnit]Unit{typev3.RateLimitUnit_DAY: Day, typev3.RateLimitUnit_MONTH: Month, typev3.RateLimitUnit_YEAR: Year}[o.GetUnit()]
+		l.limit = limiter.Limit{Kind: limiter.Quota, Name: "override", Key: k + ":" + string(u), Cost: int64(cost), Max: rpu, Unit: plan.Unit(u)}
+		l.unit = quotaUnit(u)
+	default:
+		return limited{}, false, status.Errorf(codes.InvalidArgument, "limit override has unit %s; want SECOND, MINUTE, HOUR, DAY, MONTH or YEAR", o.GetUnit())
+	}
+	if rpu <= 0 {
+		l.limit = limiter.Limit{Kind: limiter.Quota, Name: "override", Key: k + ":zero", Cost: int64(cost), Unit: plan.Year}
+	}
+	return l, true, nil
+}
+
+func unitDuration(u Unit) time.Duration {
+	switch u {
+	case Second:
+		return time.Second
+	case Minute:
+		return time.Minute
+	case Hour:
+		return time.Hour
+	}
+	return 0
+}
+
+// responseUnit names a bucket's period for Envoy: the unit it is a whole
+// number of, else UNKNOWN.
+func responseUnit(per time.Duration) rlsv3.RateLimitResponse_RateLimit_Unit {
+	switch per {
+	case time.Second:
+		return rlsv3.RateLimitResponse_RateLimit_SECOND
+	case time.Minute:
+		return rlsv3.RateLimitResponse_RateLimit_MINUTE
+	case time.Hour:
+		return rlsv3.RateLimitResponse_RateLimit_HOUR
+	case 24 * time.Hour:
+		return rlsv3.RateLimitResponse_RateLimit_DAY
+	}
+	return rlsv3.RateLimitResponse_RateLimit_UNKNOWN
+}
+
+func quotaUnit(u Unit) rlsv3.RateLimitResponse_RateLimit_Unit {
+	switch u {
+	case Day:
+		return rlsv3.RateLimitResponse_RateLimit_DAY
+	case Week:
+		return rlsv3.RateLimitResponse_RateLimit_WEEK
+	case Month:
+		return rlsv3.RateLimitResponse_RateLimit_MONTH
+	case Year:
+		return rlsv3.RateLimitResponse_RateLimit_YEAR
+	}
+	return rlsv3.RateLimitResponse_RateLimit_UNKNOWN
+}
+
+func problem(l *limiter.Limit, st *limiter.Status) []byte {
+	retry := max(limiter.Seconds(st.RetryAfter), 1)
+	var detail string
+	if l.Kind == limiter.Bucket {
+		detail = "rate limit " + strconv.Quote(l.Name) + " of " + strconv.FormatInt(l.Requests, 10) + " per " + l.Per.String() + " exceeded; retry in " + strconv.FormatInt(retry, 10) + "s"
+	} else {
+		detail = "limit " + strconv.Quote(l.Name) + " of " + strconv.FormatInt(l.Max, 10) + " per " + string(l.Unit) + " used up; it resets in " + strconv.FormatInt(retry, 10) + "s"
+	}
+	b, _ := json.Marshal(struct {
+		Type   string `json:"type"`
+		Title  string `json:"title"`
+		Status int    `json:"status"`
+		Reason string `json:"reason"`
+		Detail string `json:"detail"`
+		Limit  string `json:"limit"`
+	}{"https://levy.dev/problems/rate-limited", "Too Many Requests", 429, "rate_limited", detail, l.Name})
+	return b
+}

@@ -1,0 +1,421 @@
+package rls_test
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	rlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/limiter"
+	"github.com/levyhq/levy/pkg/limiter/limitertest"
+	"github.com/levyhq/levy/pkg/rls"
+	"github.com/levyhq/levy/test/envoy"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const levyYAML = `
+plans:
+  free:
+    model: freemium
+    rate: {requests: 10, per: minute}
+    quota: {requests: 100, period: month}
+    routes:
+      items: {rate: {requests: 2, per: 1s}}
+      search: {cost: 3}
+  pro:
+    model: tiered
+    routes:
+      items: {rate: {requests: 5, per: 1s}}
+consumers:
+  - {id: small, plan: free}
+  - {id: big, plan: pro}
+ratelimit:
+  domains:
+    - domain: api
+      descriptors:
+        - key: remote_address
+          rate_limit: {unit: second, requests_per_unit: 3}
+        - key: generic_key
+          value: tight
+          rate_limit: {unit: minute, requests_per_unit: 1, name: tight}
+        - key: generic_key
+          value: loose
+          rate_limit: {unit: minute, requests_per_unit: 100, name: loose, replaces: [{name: tight}]}
+        - key: generic_key
+          value: daily
+          rate_limit: {unit: day, requests_per_unit: 2}
+        - key: generic_key
+          value: burst
+          rate_limit: {unit: second, requests_per_unit: 1, burst: 4}
+        - key: generic_key
+          value: free-pass
+          rate_limit: {unlimited: true}
+        - key: generic_key
+          value: blocked
+          rate_limit: {unit: second, requests_per_unit: 0}
+        - key: generic_key
+          value: watched
+          shadow_mode: true
+          rate_limit: {unit: minute, requests_per_unit: 1, name: watched}
+        - key: consumer
+          descriptors:
+            - key: route
+              rate_limit: {unit: second, requests_per_unit: 1, from_plan: true}
+`
+
+type fixture struct {
+	clock  *limitertest.Clock
+	srv    *rls.Server
+	client *envoy.RateLimitClient
+	raw    rlsv3.RateLimitServiceClient
+	cfg    *config.Config
+}
+
+func start(t *testing.T, text string) *fixture {
+	t.Helper()
+	f := &fixture{clock: limitertest.NewClock(limitertest.Start)}
+	f.cfg = mustConfig(t, text)
+	lim, err := limiter.NewLocal(limiter.LocalConfig{Clock: f.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lim.Close() })
+	f.srv = rls.New(rls.Config{Snapshot: snapshot(t, f.cfg, false), Limiter: lim, Log: zaptest.NewLogger(t)})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	rlsv3.RegisterRateLimitServiceServer(gs, f.srv)
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	f.client = envoy.NewRateLimitClient(conn, envoy.RateLimitConfig{Domain: "api", Timeout: 5 * time.Second, XRateLimitHeaders: true})
+	f.raw = rlsv3.NewRateLimitServiceClient(conn)
+	return f
+}
+
+func mustConfig(t *testing.T, text string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse([]byte(text), "levy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func snapshot(t *testing.T, cfg *config.Config, shadow bool) *rls.Snapshot {
+	t.Helper()
+	rules, err := cfg.RateLimitRules()
+	if err != nil {
+		t.Fatal(err)
+	}
+	catalog, err := cfg.Catalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	consumers, keys := cfg.Directory()
+	return &rls.Snapshot{Rules: rules, Catalog: catalog, Consumers: apikeyIndex(consumers, keys), Shadow: shadow}
+}
+
+func d(kv ...string) envoy.Descriptor {
+	var out envoy.Descriptor
+	for i := 0; i+1 < len(kv); i += 2 {
+		out.Entries = append(out.Entries, [2]string{kv[i], kv[i+1]})
+	}
+	return out
+}
+
+func hits(n uint64, desc envoy.Descriptor) envoy.Descriptor {
+	desc.HitsAddend = &n
+	return desc
+}
+
+func (f *fixture) call(t *testing.T, hitsAddend uint32, descs ...envoy.Descriptor) *envoy.RateLimitOutcome {
+	t.Helper()
+	o, err := f.client.ShouldRateLimit(context.Background(), descs, hitsAddend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.RPCError != nil {
+		t.Fatalf("RPC error: %v", o.RPCError)
+	}
+	return o
+}
+
+// codes lists each descriptor status as OK or OVER_LIMIT.
+func statusCodes(o *envoy.RateLimitOutcome) string {
+	var parts []string
+	for _, s := range o.Response.Statuses {
+		parts = append(parts, s.Code.String())
+	}
+	return strings.Join(parts, ",")
+}
+
+func TestBucketPerSecondRefillsEvenly(t *testing.T) {
+	f := start(t, levyYAML)
+	ip := d("remote_address", "10.0.0.1")
+	for i := 0; i < 3; i++ {
+		if o := f.call(t, 0, ip); o.Limited {
+			t.Fatalf("request %d limited", i+1)
+		}
+	}
+	o := f.call(t, 0, ip)
+	if !o.Limited || o.Status != 429 {
+		t.Fatalf("4th request: %d", o.Status)
+	}
+	st := o.Response.Statuses[0]
+	if st.CurrentLimit.RequestsPerUnit != 3 || st.CurrentLimit.Unit != rlsv3.RateLimitResponse_RateLimit_SECOND || st.LimitRemaining != 0 {
+		t.Fatalf("status %+v", st)
+	}
+	if got := st.DurationUntilReset.AsDuration(); got != (time.Second / 3).Round(time.Millisecond) {
+		t.Fatalf("duration until reset %s, want 333ms (one token)", got)
+	}
+	if o.ResponseHeaders.Get("retry-after") != "1" || o.ResponseHeaders.Get("x-envoy-ratelimited") != "true" {
+		t.Fatalf("429 headers %v", o.ResponseHeaders)
+	}
+	var p struct{ Status int }
+	if err := json.Unmarshal([]byte(o.Body), &p); err != nil || p.Status != 429 {
+		t.Fatalf("body %q", o.Body)
+	}
+	// Other addresses have their own bucket; a third of a second refills one token.
+	if o := f.call(t, 0, d("remote_address", "10.0.0.2")); o.Limited {
+		t.Fatal("another address shares the bucket")
+	}
+	f.clock.Advance(time.Second / 3)
+	if o := f.call(t, 0, ip); o.Limited {
+		t.Fatal("no token after a third of a second")
+	}
+}
+
+func TestDeniedRequestConsumesNoDescriptor(t *testing.T) {
+	f := start(t, levyYAML)
+	ip := d("remote_address", "10.1.1.1")
+	tight := d("generic_key", "tight")
+	if o := f.call(t, 0, ip, tight); o.Limited {
+		t.Fatal("first request limited")
+	}
+	for i := 0; i < 5; i++ {
+		o := f.call(t, 0, ip, tight)
+		if !o.Limited || statusCodes(o) != "OK,OVER_LIMIT" {
+			t.Fatalf("denial %d: %s", i, statusCodes(o))
+		}
+		if o.Response.Statuses[0].LimitRemaining != 2 {
+			t.Fatalf("the address bucket reports %d left, want 2 (untouched)", o.Response.Statuses[0].LimitRemaining)
+		}
+	}
+	// envoyproxy/ratelimit would have drained the address bucket by now (its #1060).
+	for i := 0; i < 2; i++ {
+		if o := f.call(t, 0, ip); o.Limited {
+			t.Fatalf("address request %d limited: the denials consumed it", i+1)
+		}
+	}
+}
+
+func TestStatusesInRequestOrderWithLimitsAndHeaders(t *testing.T) {
+	f := start(t, levyYAML)
+	o := f.call(t, 0, d("unknown", "x"), d("generic_key", "loose"), d("remote_address", "10.2.2.2"), d("generic_key", "free-pass"))
+	if o.Limited || len(o.Response.Statuses) != 4 {
+		t.Fatalf("%v %d statuses", o.Limited, len(o.Response.Statuses))
+	}
+	s := o.Response.Statuses
+	if s[0].CurrentLimit != nil || s[0].Code != rlsv3.RateLimitResponse_OK {
+		t.Errorf("unmatched descriptor: %+v", s[0])
+	}
+	if s[1].CurrentLimit.Name != "loose" || s[1].CurrentLimit.RequestsPerUnit != 100 || s[1].LimitRemaining != 99 || s[1].CurrentLimit.Unit != rlsv3.RateLimitResponse_RateLimit_MINUTE {
+		t.Errorf("loose: %+v", s[1])
+	}
+	if s[2].LimitRemaining != 2 {
+		t.Errorf("address: %+v", s[2])
+	}
+	if s[3].LimitRemaining != math.MaxUint32 || s[3].CurrentLimit != nil {
+		t.Errorf("unlimited: %+v", s[3])
+	}
+	h := o.Response.ResponseHeadersToAdd
+	got := map[string]string{}
+	for _, hv := range h {
+		got[hv.Key] = hv.Value
+	}
+	if got["x-ratelimit-limit"] != "3" || got["x-ratelimit-remaining"] != "2" || !strings.Contains(got["ratelimit-policy"], `"loose";q=100;w=60`) {
+		t.Errorf("headers %v: want the most restrictive (the address bucket)", got)
+	}
+	if _, ok := got["content-type"]; ok {
+		t.Error("content-type on an OK response would replace the upstream's")
+	}
+}
+
+func TestUnknownDomainIsOKWithoutLimits(t *testing.T) {
+	f := start(t, levyYAML)
+	resp, err := f.raw.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "nope", Descriptors: []*rlv3.RateLimitDescriptor{{Entries: []*rlv3.RateLimitDescriptor_Entry{{Key: "remote_address", Value: "1"}}}}})
+	if err != nil || resp.OverallCode != rlsv3.RateLimitResponse_OK || len(resp.Statuses) != 1 {
+		t.Fatalf("%v %v", resp, err)
+	}
+}
+
+func TestBadRequestsAreInvalidArgument(t *testing.T) {
+	f := start(t, levyYAML)
+	tests := []struct {
+		name string
+		give *rlsv3.RateLimitRequest
+		want string
+	}{
+		{"empty domain", &rlsv3.RateLimitRequest{Descriptors: []*rlv3.RateLimitDescriptor{{Entries: []*rlv3.RateLimitDescriptor_Entry{{Key: "k", Value: "v"}}}}}, "domain must not be empty"},
+		{"no descriptors", &rlsv3.RateLimitRequest{Domain: "api"}, "descriptor list must not be empty"},
+		{"descriptor without entries", &rlsv3.RateLimitRequest{Domain: "api", Descriptors: []*rlv3.RateLimitDescriptor{{}}}, "descriptor 0 has no entries"},
+		{"override with unknown unit", &rlsv3.RateLimitRequest{Domain: "api", Descriptors: []*rlv3.RateLimitDescriptor{{Entries: []*rlv3.RateLimitDescriptor_Entry{{Key: "k", Value: "v"}}, Limit: &rlv3.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 1}}}}, "unit"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := f.raw.ShouldRateLimit(context.Background(), tt.give)
+			if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err %v, want InvalidArgument mentioning %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestHitsAddendRequestAndPerDescriptor(t *testing.T) {
+	f := start(t, levyYAML)
+	loose := d("generic_key", "loose")
+	if o := f.call(t, 40, loose); o.Response.Statuses[0].LimitRemaining != 60 {
+		t.Fatalf("hits_addend 40: remaining %d", o.Response.Statuses[0].LimitRemaining)
+	}
+	// Per-descriptor hits_addend overrides the request's; 0 checks only.
+	o := f.call(t, 40, hits(0, loose), hits(1, d("remote_address", "10.9.9.9")))
+	if o.Limited || o.Response.Statuses[0].LimitRemaining != 60 {
+		t.Fatalf("hits 0: %v remaining %d, want a check that takes nothing", o.Limited, o.Response.Statuses[0].LimitRemaining)
+	}
+	if !strings.Contains(statusCodes(f.call(t, 0, hits(5, d("generic_key", "burst")))), "OVER_LIMIT") {
+		t.Fatal("5 hits on a burst of 4 allowed")
+	}
+	if o := f.call(t, 0, hits(4, d("generic_key", "burst"))); o.Limited {
+		t.Fatal("4 hits on a burst of 4 denied")
+	}
+	if o := f.call(t, 61, loose); !o.Limited {
+		t.Fatal("61 hits with 60 left allowed")
+	}
+}
+
+func TestDayLimitIsACalendarQuota(t *testing.T) {
+	f := start(t, levyYAML)
+	daily := d("generic_key", "daily")
+	f.call(t, 0, daily)
+	f.call(t, 0, daily)
+	o := f.call(t, 0, daily)
+	if !o.Limited {
+		t.Fatal("3rd of 2 per day allowed")
+	}
+	midnight := time.Date(2026, time.March, 15, 0, 0, 0, 0, time.UTC)
+	if got, want := o.Response.Statuses[0].DurationUntilReset.AsDuration(), midnight.Sub(f.clock.Now()); got != want {
+		t.Fatalf("reset in %s, want %s (UTC midnight)", got, want)
+	}
+	f.clock.Set(midnight)
+	if o := f.call(t, 0, daily); o.Limited {
+		t.Fatal("limited after UTC midnight")
+	}
+}
+
+func TestUnlimitedZeroAndReplaces(t *testing.T) {
+	f := start(t, levyYAML)
+	for i := 0; i < 50; i++ {
+		if o := f.call(t, 0, d("generic_key", "free-pass")); o.Limited {
+			t.Fatal("unlimited limited")
+		}
+	}
+	if o := f.call(t, 0, d("generic_key", "blocked")); !o.Limited {
+		t.Fatal("requests_per_unit 0 allowed")
+	}
+	// "loose" replaces "tight": together, tight is not applied.
+	for i := 0; i < 3; i++ {
+		o := f.call(t, 0, d("generic_key", "tight"), d("generic_key", "loose"))
+		if o.Limited || o.Response.Statuses[0].CurrentLimit != nil {
+			t.Fatalf("request %d: %s, tight should be replaced", i+1, statusCodes(o))
+		}
+	}
+}
+
+func TestShadowModeReportsOKButCounts(t *testing.T) {
+	f := start(t, levyYAML)
+	watched := d("generic_key", "watched")
+	for i := 0; i < 3; i++ {
+		if o := f.call(t, 0, watched); o.Limited || o.Response.OverallCode != rlsv3.RateLimitResponse_OK {
+			t.Fatalf("shadow rule limited request %d", i+1)
+		}
+	}
+	// Global shadow: the tight limit is over, yet OK.
+	f.srv.Swap(snapshot(t, f.cfg, true))
+	tight := d("generic_key", "tight")
+	f.call(t, 0, tight)
+	o := f.call(t, 0, tight)
+	if o.Limited || o.Response.OverallCode != rlsv3.RateLimitResponse_OK || o.Response.Statuses[0].LimitRemaining != 0 {
+		t.Fatalf("global shadow: %v %s", o.Limited, statusCodes(o))
+	}
+	f.srv.Swap(snapshot(t, f.cfg, false))
+	if o := f.call(t, 0, tight); !o.Limited {
+		t.Fatal("tight not counted while in shadow mode")
+	}
+}
+
+func TestLimitOverrideFromEnvoyIsHonoured(t *testing.T) {
+	f := start(t, levyYAML)
+	desc := d("remote_address", "10.3.3.3")
+	desc.Limit = &rlv3.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 1, Unit: typev3.RateLimitUnit_HOUR}
+	f.call(t, 0, desc)
+	o := f.call(t, 0, desc)
+	if !o.Limited || o.Response.Statuses[0].CurrentLimit.Unit != rlsv3.RateLimitResponse_RateLimit_HOUR {
+		t.Fatalf("override 1/hour: %s %+v", statusCodes(o), o.Response.Statuses[0])
+	}
+}
+
+func TestPlanAwareRouteLimitsAndCosts(t *testing.T) {
+	f := start(t, levyYAML)
+	count := func(consumer, route string) int {
+		n := 0
+		for i := 0; i < 10; i++ {
+			if o := f.call(t, 0, d("consumer", consumer, "route", route)); !o.Limited {
+				n++
+			}
+		}
+		return n
+	}
+	if got := count("small", "items"); got != 2 {
+		t.Errorf("free plan items: %d allowed, want 2", got)
+	}
+	if got := count("big", "items"); got != 5 {
+		t.Errorf("pro plan items: %d allowed, want 5", got)
+	}
+	// search has no plan rate: the rule's own 1/s, at a cost of 3 units:
+	// more than the bucket holds.
+	if got := count("small", "search"); got != 0 {
+		t.Errorf("free plan search at cost 3 on a bucket of 1: %d allowed", got)
+	}
+	if got := count("stranger", "items"); got != 1 {
+		t.Errorf("unknown consumer: %d allowed, want the rule's own 1", got)
+	}
+	o := f.call(t, 0, d("consumer", "big", "route", "items"))
+	if o.Response.Statuses[0].CurrentLimit.RequestsPerUnit != 5 {
+		t.Errorf("current_limit %+v, want the plan's 5", o.Response.Statuses[0].CurrentLimit)
+	}
+}

@@ -1,0 +1,128 @@
+package e2e
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/levyhq/levy/test/envoy"
+)
+
+func rlClient(t *testing.T, p *proc, domain string) *envoy.RateLimitClient {
+	t.Helper()
+	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return envoy.NewRateLimitClient(conn, envoy.RateLimitConfig{Domain: domain, Timeout: 5 * time.Second})
+}
+
+func limited(t *testing.T, c *envoy.RateLimitClient, kv ...string) bool {
+	t.Helper()
+	var desc envoy.Descriptor
+	for i := 0; i+1 < len(kv); i += 2 {
+		desc.Entries = append(desc.Entries, [2]string{kv[i], kv[i+1]})
+	}
+	o, err := c.ShouldRateLimit(context.Background(), []envoy.Descriptor{desc}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.RPCError != nil {
+		t.Fatalf("RPC error: %v", o.RPCError)
+	}
+	return o.Limited
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	data, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to+".tmp", data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(to+".tmp", to); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// envoyproxy/ratelimit's own runtime directory serves as levy's
+// --ratelimit-dir, and rule edits apply without a restart.
+func TestRatelimitDirServesUpstreamRulesAndReloads(t *testing.T) {
+	dir := t.TempDir()
+	rules := filepath.Join(dir, "rules")
+	if err := os.Mkdir(rules, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	upstream := "../../../shared/compat/envoyproxy-ratelimit/integration-runtime"
+	for _, f := range []string{"basic.yaml", "another.yaml"} {
+		copyFile(t, filepath.Join(upstream, f), filepath.Join(rules, f))
+	}
+	p := serve(t, "--data-dir", filepath.Join(dir, "data"), "--ratelimit-dir", rules)
+	c := rlClient(t, p, "basic")
+	if limited(t, c, "one_per_minute", "x") || !limited(t, c, "one_per_minute", "x") {
+		t.Fatal("one_per_minute does not allow exactly one")
+	}
+	if limited(t, rlClient(t, p, "another"), "key4", "a") {
+		t.Fatal("another/key4 limited on its first hit")
+	}
+
+	// Edit: one_per_minute becomes unlimited.
+	edited := strings.Replace(mustRead(t, filepath.Join(rules, "basic.yaml")), "  - key: one_per_minute\n    rate_limit:\n      unit: minute\n      requests_per_unit: 1", "  - key: one_per_minute\n    rate_limit:\n      unlimited: true", 1)
+	writeFile(t, filepath.Join(rules, "basic.yaml"), edited)
+	waitFor(t, 3*time.Second, func() bool { return !limited(t, c, "one_per_minute", "x") })
+
+	// A bad file keeps the rules in force and says where the error is.
+	writeFile(t, filepath.Join(rules, "broken.yaml"), "domain: broken\ndescriptors:\n  - key: k\n    ratelimit: {unit: second}\n")
+	waitFor(t, 5*time.Second, func() bool { return strings.Contains(p.stderr.String(), "broken.yaml:4: config error, unknown key 'ratelimit'") })
+	if limited(t, c, "one_per_minute", "x") {
+		t.Fatal("a bad file changed the rules in force")
+	}
+	resp, err := http.Get("http://" + p.httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `levy_config_reloads_total{result="failure"}`) || !strings.Contains(string(body), "levy_config_last_reload_successful 0") {
+		t.Fatalf("metrics do not show the failed reload:\n%s", body)
+	}
+}
+
+func TestBadRuleFileRefusesToStart(t *testing.T) {
+	dir := t.TempDir()
+	copyFile(t, "../../../shared/compat/envoyproxy-ratelimit/test-config/duplicate_key.yaml", filepath.Join(dir, "dup.yaml"))
+	out, err := runLevy("serve", "--data-dir", filepath.Join(dir, "data"), "--ratelimit-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
+	if err == nil || !strings.Contains(out, "dup.yaml:6: duplicate descriptor composite key 'test-domain.key1_value1'") {
+		t.Fatalf("err %v, output:\n%s", err, out)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+func writeFile(t *testing.T, path, text string) {
+	t.Helper()
+	if err := os.WriteFile(path+".tmp", []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+}
