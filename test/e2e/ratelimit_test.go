@@ -84,7 +84,9 @@ func TestRatelimitDirServesUpstreamRulesAndReloads(t *testing.T) {
 
 	// A bad file keeps the rules in force and says where the error is.
 	writeFile(t, filepath.Join(rules, "broken.yaml"), "domain: broken\ndescriptors:\n  - key: k\n    ratelimit: {unit: second}\n")
-	waitFor(t, 5*time.Second, func() bool { return strings.Contains(p.stderr.String(), "broken.yaml:4: config error, unknown key 'ratelimit'") })
+	waitFor(t, 5*time.Second, func() bool {
+		return strings.Contains(p.stderr.String(), "broken.yaml:4: config error, unknown key 'ratelimit'")
+	})
 	if limited(t, c, "one_per_minute", "x") {
 		t.Fatal("a bad file changed the rules in force")
 	}
