@@ -26,7 +26,7 @@ test: ## Run every test with the race detector
 
 .PHONY: bench
 bench: ## Benchmarks: levy next to a no-op server in the same run
-	$(GO) test -run '^$$' -bench . -benchtime 3s -count 1 ./test/bench/
+	$(GO) test -run '^$$' -bench . -benchtime 3s -count 3 ./test/bench/
 
 .PHONY: lint
 lint: ## go vet, and gofmt must have nothing to change

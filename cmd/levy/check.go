@@ -102,7 +102,7 @@ func printOutcome(w io.Writer, o *envoy.Outcome) {
 	}
 	if md := o.DynamicMetadata; md != nil {
 		var parts []string
-		for _, k := range []string{"consumer", "plan", "key_id", "cost"} {
+		for _, k := range []string{"consumer", "plan", "model", "key_id"} {
 			if v, ok := md.Fields[k]; ok {
 				parts = append(parts, fmt.Sprintf("%s=%v", k, v.AsInterface()))
 			}

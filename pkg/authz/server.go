@@ -13,12 +13,14 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
@@ -44,6 +46,9 @@ type Snapshot struct {
 	Bearer     bool
 	// Header names set on allowed requests.
 	ConsumerHeader, PlanHeader, CredentialHeader string
+
+	identities sync.Map            // identityKey -> *identity
+	removals   map[string][]string // key header -> headers_to_remove
 }
 
 // NewSnapshot builds a snapshot from a validated config, adding consumers
@@ -59,7 +64,7 @@ func NewSnapshot(cfg *config.Config, consumers []*apikey.Consumer, keys []*apike
 			cs = append(cs, c)
 		}
 	}
-	return &Snapshot{
+	snap := &Snapshot{
 		Catalog:          catalog,
 		Directory:        apikey.NewIndex(cs, append(ks, keys...)),
 		Hasher:           cfg.Hasher(),
@@ -68,7 +73,18 @@ func NewSnapshot(cfg *config.Config, consumers []*apikey.Consumer, keys []*apike
 		ConsumerHeader:   cfg.Headers.ConsumerID,
 		PlanHeader:       cfg.Headers.Plan,
 		CredentialHeader: cfg.Headers.CredentialID,
-	}, nil
+	}
+	snap.Prepare()
+	return snap, nil
+}
+
+// Prepare fills derived fields; NewSnapshot calls it, and so must code that
+// builds a Snapshot by hand.
+func (snap *Snapshot) Prepare() {
+	snap.removals = map[string][]string{"authorization": {"authorization"}}
+	for _, h := range snap.KeyHeaders {
+		snap.removals[h] = []string{h}
+	}
 }
 
 // Config configures a Server.
@@ -89,6 +105,9 @@ type Server struct {
 	metrics *telemetry.Metrics
 	log     *zap.Logger
 	clock   func() time.Time
+	// The allow path's metrics, resolved once.
+	allowed prometheus.Counter
+	latency prometheus.Observer
 }
 
 var _ authv3.AuthorizationServer = (*Server)(nil)
@@ -105,6 +124,8 @@ func New(cfg Config) *Server {
 	if s.clock == nil {
 		s.clock = time.Now
 	}
+	s.allowed = s.metrics.Decisions.WithLabelValues("authz", "allow", "ok")
+	s.latency = s.metrics.Latency.WithLabelValues("authz")
 	s.snap.Store(cfg.Snapshot)
 	return s
 }
@@ -136,7 +157,12 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	case resp.GetStatus().GetCode() != int32(codes.OK):
 		result = "deny"
 	}
-	s.metrics.Observe("authz", result, reason, time.Since(start))
+	if result == "allow" {
+		s.allowed.Inc()
+		s.latency.Observe(time.Since(start).Seconds())
+	} else {
+		s.metrics.Observe("authz", result, reason, time.Since(start))
+	}
 	return resp, err
 }
 
@@ -144,7 +170,6 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	snap := s.snap.Load()
 	httpReq := req.GetAttributes().GetRequest().GetHttp()
 	headers := httpReq.GetHeaders()
-	log := s.log.With(zap.String("request_id", headers["x-request-id"]))
 
 	key, keyHeader := snap.extractKey(headers)
 	if keyHeader == "" {
@@ -158,10 +183,9 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		return unauthorized(ReasonUnknownKey, "unknown API key"), ReasonUnknownKey, nil
 	}
 	if err != nil {
-		log.Error("look up key", zap.Error(err))
+		s.log.Error("look up key", zap.String("request_id", headers["x-request-id"]), zap.Error(err))
 		return nil, "", status.Error(codes.Unavailable, "key lookup failed")
 	}
-	log = log.With(zap.String("key_id", k.ID), zap.String("consumer", c.ID))
 	now := s.clock()
 	switch {
 	case k.Revoked:
@@ -173,26 +197,108 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	}
 	p, ok := snap.Catalog.Get(c.Plan)
 	if !ok {
-		log.Error("consumer has an unknown plan", zap.String("plan", c.Plan))
+		s.log.Error("consumer has an unknown plan", zap.String("consumer", c.ID), zap.String("plan", c.Plan))
 		return nil, "", status.Errorf(codes.Internal, "consumer %s has unknown plan %s", c.ID, c.Plan)
 	}
 
 	cost := p.CostFor(httpReq.GetPath())
-	limits := Limits(c, p, cost)
+	id := snap.identity(k, c, p)
+	limits := id.limits(cost)
 	d, err := s.limiter.Decide(ctx, limits)
 	if err != nil {
-		log.Error("decide", zap.Error(err))
+		s.log.Error("decide", zap.String("request_id", headers["x-request-id"]), zap.String("consumer", c.ID), zap.Error(err))
 		return nil, "", status.Error(codes.Unavailable, "limiter unavailable")
 	}
-	md := metadata(c, p, k, cost)
-	headersOut := d.Headers(limits)
+	rl := d.Headers(limits)
+	debug := s.log.Core().Enabled(zap.DebugLevel)
 	if !d.OK {
 		reason := denialReason(&limits[d.Denied])
-		log.Debug("deny", zap.String("reason", reason))
-		return tooMany(reason, denialDetail(&limits[d.Denied], &d.Statuses[d.Denied]), headersOut, md), reason, nil
+		if debug {
+			s.log.Debug("deny", zap.String("request_id", headers["x-request-id"]), zap.String("key_id", k.ID),
+				zap.String("consumer", c.ID), zap.String("reason", reason))
+		}
+		return tooMany(reason, denialDetail(&limits[d.Denied], &d.Statuses[d.Denied]), rl, id.metadata), reason, nil
 	}
-	log.Debug("allow", zap.Int64("cost", cost))
-	return s.allow(snap, keyHeader, c, p, k, headersOut, md), "ok", nil
+	if debug {
+		s.log.Debug("allow", zap.String("request_id", headers["x-request-id"]), zap.String("key_id", k.ID),
+			zap.String("consumer", c.ID), zap.Int64("cost", cost))
+	}
+	return &authv3.CheckResponse{
+		Status: &rpcstatus.Status{Code: int32(codes.OK)},
+		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+			Headers:              id.headers,
+			HeadersToRemove:      snap.removeHeader(keyHeader),
+			ResponseHeadersToAdd: responseHeaders(rl),
+		}},
+		DynamicMetadata: id.metadata,
+	}, "ok", nil
+}
+
+// identity is what levy tells Envoy about an allowed caller: the same for
+// every request of a key on a plan, so it is built once per snapshot and
+// shared (protobuf messages are safe to marshal concurrently).
+type identity struct {
+	headers  []*corev3.HeaderValueOption
+	metadata *structpb.Struct
+	bucket   limiter.Limit
+	units    limiter.Limit
+	hasRate  bool
+}
+
+type identityKey struct {
+	key      *apikey.Key
+	consumer *apikey.Consumer
+	plan     *plan.Plan
+}
+
+func (snap *Snapshot) identity(k *apikey.Key, c *apikey.Consumer, p *plan.Plan) *identity {
+	ik := identityKey{k, c, p}
+	if v, ok := snap.identities.Load(ik); ok {
+		return v.(*identity)
+	}
+	// append unset: Envoy overwrites, so a client cannot smuggle its own
+	// identity headers to the upstream.
+	set := func(name, value string) *corev3.HeaderValueOption {
+		return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: name, Value: value}}
+	}
+	id := &identity{
+		headers: []*corev3.HeaderValueOption{
+			set(snap.ConsumerHeader, c.ID),
+			set(snap.PlanHeader, p.Name),
+			set(snap.CredentialHeader, k.ID),
+		},
+		metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
+			"consumer": structpb.NewStringValue(c.ID),
+			"plan":     structpb.NewStringValue(p.Name),
+			"model":    structpb.NewStringValue(string(p.Model)),
+			"key_id":   structpb.NewStringValue(k.ID),
+		}},
+	}
+	ls := Limits(c, p, 1)
+	id.hasRate = len(ls) == 2
+	if id.hasRate {
+		id.bucket = ls[0]
+	}
+	id.units = ls[len(ls)-1]
+	v, _ := snap.identities.LoadOrStore(ik, id)
+	return v.(*identity)
+}
+
+// limits returns the request's limits with the units counter at cost.
+func (id *identity) limits(cost int64) []limiter.Limit {
+	units := id.units
+	units.Cost = cost
+	if id.hasRate {
+		return []limiter.Limit{id.bucket, units}
+	}
+	return []limiter.Limit{units}
+}
+
+func (snap *Snapshot) removeHeader(h string) []string {
+	if r, ok := snap.removals[h]; ok {
+		return r
+	}
+	return []string{h}
 }
 
 // extractKey finds the key: the key headers in order, then a bearer token.
@@ -270,38 +376,6 @@ func denialDetail(l *limiter.Limit, st *limiter.Status) string {
 		return "spend cap of " + strconv.FormatInt(l.Cap, 10) + " units this " + string(l.Unit) + " reached; it resets in " + retry
 	default:
 		return "quota of " + strconv.FormatInt(l.Max, 10) + " units this " + string(l.Unit) + " used up; it resets in " + retry
-	}
-}
-
-func metadata(c *apikey.Consumer, p *plan.Plan, k *apikey.Key, cost int64) *structpb.Struct {
-	return &structpb.Struct{Fields: map[string]*structpb.Value{
-		"consumer": structpb.NewStringValue(c.ID),
-		"plan":     structpb.NewStringValue(p.Name),
-		"model":    structpb.NewStringValue(string(p.Model)),
-		"key_id":   structpb.NewStringValue(k.ID),
-		"cost":     structpb.NewNumberValue(float64(cost)),
-	}}
-}
-
-func (s *Server) allow(snap *Snapshot, keyHeader string, c *apikey.Consumer, p *plan.Plan, k *apikey.Key, rl []limiter.Header, md *structpb.Struct) *authv3.CheckResponse {
-	// append unset: Envoy overwrites, so a client cannot smuggle its own
-	// identity headers to the upstream.
-	set := func(name, value string) *corev3.HeaderValueOption {
-		return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: name, Value: value}}
-	}
-	ok := &authv3.OkHttpResponse{
-		Headers: []*corev3.HeaderValueOption{
-			set(snap.ConsumerHeader, c.ID),
-			set(snap.PlanHeader, p.Name),
-			set(snap.CredentialHeader, k.ID),
-		},
-		HeadersToRemove:      []string{keyHeader},
-		ResponseHeadersToAdd: responseHeaders(rl),
-	}
-	return &authv3.CheckResponse{
-		Status:          &rpcstatus.Status{Code: int32(codes.OK)},
-		HttpResponse:    &authv3.CheckResponse_OkResponse{OkResponse: ok},
-		DynamicMetadata: md,
 	}
 }
 

@@ -61,8 +61,26 @@ type Local struct {
 type shard struct {
 	mu       sync.Mutex
 	buckets  map[string]int64 // theoretical arrival time, unix nanos
-	counters map[string]*Counter
-	dirty    map[string]struct{}
+	counters map[counterID]*Counter
+	dirty    map[counterID]struct{}
+}
+
+// counterID names a quota counter: the limit's key and its period start.
+type counterID struct {
+	key   string
+	start int64 // unix seconds
+}
+
+// String is the counter's name in the CounterStore.
+func (c counterID) String() string { return c.key + ":" + strconv.FormatInt(c.start, 10) }
+
+func parseCounterID(s string) (counterID, bool) {
+	i := strings.LastIndexByte(s, ':')
+	if i < 0 {
+		return counterID{}, false
+	}
+	start, err := strconv.ParseInt(s[i+1:], 10, 64)
+	return counterID{s[:i], start}, err == nil
 }
 
 var _ Limiter = (*Local)(nil)
@@ -79,7 +97,7 @@ func NewLocal(cfg LocalConfig) (*Local, error) {
 		l.log = zap.NewNop()
 	}
 	for i := range l.shards {
-		l.shards[i] = shard{buckets: map[string]int64{}, counters: map[string]*Counter{}, dirty: map[string]struct{}{}}
+		l.shards[i] = shard{buckets: map[string]int64{}, counters: map[counterID]*Counter{}, dirty: map[counterID]struct{}{}}
 	}
 	if l.store != nil {
 		loaded, err := l.store.LoadCounters()
@@ -87,8 +105,13 @@ func NewLocal(cfg LocalConfig) (*Local, error) {
 			return nil, fmt.Errorf("load quota counters: %w", err)
 		}
 		for k, c := range loaded {
+			id, ok := parseCounterID(k)
+			if !ok {
+				l.log.Warn("skip a malformed counter", zap.String("counter", k))
+				continue
+			}
 			c := c
-			l.counterShard(k).counters[k] = &c
+			l.shardFor(id.key).counters[id] = &c
 		}
 	}
 	every := cfg.FlushEvery
@@ -137,20 +160,22 @@ func (l *Local) Flush() error {
 	expired := l.clock().Add(-24 * time.Hour)
 	set := map[string]Counter{}
 	var del []string
+	var written []counterID
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
-		for k := range s.dirty {
-			set[k] = *s.counters[k]
+		for id := range s.dirty {
+			set[id.String()] = *s.counters[id]
+			written = append(written, id)
 		}
-		for k, c := range s.counters {
+		for id, c := range s.counters {
 			if c.End.Before(expired) {
-				delete(s.counters, k)
-				del = append(del, k)
+				delete(s.counters, id)
+				del = append(del, id.String())
 			}
 		}
 		if len(s.dirty) > 0 {
-			s.dirty = map[string]struct{}{}
+			s.dirty = map[counterID]struct{}{}
 		}
 		s.mu.Unlock()
 	}
@@ -158,11 +183,13 @@ func (l *Local) Flush() error {
 		return nil
 	}
 	if err := l.store.SaveCounters(set, del); err != nil {
-		// Put the keys back so the next flush retries them.
-		for k := range set {
-			s := l.counterShard(k)
+		// Mark them dirty again so the next flush retries them.
+		for _, id := range written {
+			s := l.shardFor(id.key)
 			s.mu.Lock()
-			s.dirty[k] = struct{}{}
+			if _, ok := s.counters[id]; ok {
+				s.dirty[id] = struct{}{}
+			}
 			s.mu.Unlock()
 		}
 		return err
@@ -174,15 +201,6 @@ func (l *Local) Flush() error {
 // of one consumer share a shard and a decision usually takes one lock.
 func (l *Local) shardFor(key string) *shard {
 	return &l.shards[l.shardIndex(key)]
-}
-
-// counterShard finds the shard of a counter key (a limit key with its
-// period start appended).
-func (l *Local) counterShard(ck string) *shard {
-	if i := strings.LastIndexByte(ck, ':'); i >= 0 {
-		ck = ck[:i]
-	}
-	return l.shardFor(ck)
 }
 
 func (l *Local) shardIndex(key string) int {
@@ -225,11 +243,12 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	d := Decision{OK: true, Denied: -1, Now: now, Statuses: make([]Status, len(limits))}
 
 	// Lock every shard the request touches, in index order.
-	var idx [8]int
-	shards := idx[:0]
+	var idxBuf, sortedBuf [4]int
+	idx, shards := idxBuf[:0], sortedBuf[:0]
 	for i := range limits {
-		shards = append(shards, l.shardIndex(limits[i].Key))
+		idx = append(idx, l.shardIndex(limits[i].Key))
 	}
+	shards = append(shards, idx...)
 	sort.Ints(shards)
 	last := -1
 	for _, s := range shards {
@@ -250,11 +269,15 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 
 	// Pass 1: evaluate against current state plus what earlier limits of
 	// this same request would take (two limits may share a key).
-	pending := make([]pendingState, len(limits))
-	stored := make([]int64, len(limits))
+	var pendingBuf [4]pendingState
+	var storedBuf [4]int64
+	pending, stored := pendingBuf[:0], storedBuf[:0]
+	for range limits {
+		pending, stored = append(pending, pendingState{}), append(stored, 0)
+	}
 	for i := range limits {
 		lim := &limits[i]
-		sh := l.shardFor(lim.Key)
+		sh := &l.shards[idx[i]]
 		switch lim.Kind {
 		case Bucket:
 			tat, ok := sh.buckets[lim.Key]
@@ -262,20 +285,20 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 				tat = now.UnixNano()
 			}
 			stored[i] = tat
-			tat = earlierPending(pending[:i], lim.Key, tat)
+			tat = earlierPending(pending[:i], limits, Bucket, lim.Key, 0, tat)
 			st, next := evalBucket(lim, now.UnixNano(), tat)
-			d.Statuses[i], pending[i] = st, pendingState{key: lim.Key, val: next}
+			d.Statuses[i], pending[i] = st, pendingState{val: next}
 		case Quota:
 			period := plan.PeriodAt(now, lim.Unit, lim.Anchor)
-			ck := counterKey(lim.Key, period.Start)
+			id := counterID{lim.Key, period.Start.Unix()}
 			var used int64
-			if c, ok := sh.counters[ck]; ok {
+			if c, ok := sh.counters[id]; ok {
 				used = c.Value
 			}
 			stored[i] = used
-			used = earlierPending(pending[:i], ck, used)
+			used = earlierPending(pending[:i], limits, Quota, lim.Key, id.start, used)
 			st := evalQuota(lim, used, now, period)
-			d.Statuses[i], pending[i] = st, pendingState{key: ck, val: used + lim.Cost, end: period.End}
+			d.Statuses[i], pending[i] = st, pendingState{start: id.start, val: used + lim.Cost, end: period.End}
 		}
 		if !d.Statuses[i].OK {
 			if lim.Shadow {
@@ -308,46 +331,44 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 		if p.skip {
 			continue
 		}
-		sh := l.shardFor(limits[i].Key)
+		sh := &l.shards[idx[i]]
 		switch limits[i].Kind {
 		case Bucket:
-			sh.buckets[p.key] = p.val
+			sh.buckets[limits[i].Key] = p.val
 		case Quota:
 			if limits[i].Cost == 0 {
 				continue
 			}
-			c, ok := sh.counters[p.key]
+			id := counterID{limits[i].Key, p.start}
+			c, ok := sh.counters[id]
 			if !ok {
 				c = &Counter{End: p.end}
-				sh.counters[p.key] = c
+				sh.counters[id] = c
 			}
 			c.Value = p.val
-			sh.dirty[p.key] = struct{}{}
+			sh.dirty[id] = struct{}{}
 		}
 	}
 	return d, nil
 }
 
 type pendingState struct {
-	key  string
-	val  int64
-	end  time.Time
-	skip bool // a shadow limit that is over: take nothing
+	start int64 // quota period start
+	val   int64
+	end   time.Time
+	skip  bool // a shadow limit that is over: take nothing
 }
 
 // earlierPending returns the state an earlier limit of the same request
-// left for key, or cur when none touched it.
-func earlierPending(pending []pendingState, key string, cur int64) int64 {
+// left for the same bucket or counter, or cur when none touched it.
+func earlierPending(pending []pendingState, limits []Limit, kind Kind, key string, start, cur int64) int64 {
 	for j := len(pending) - 1; j >= 0; j-- {
-		if pending[j].key == key && !pending[j].skip {
-			return pending[j].val
+		p := &pending[j]
+		if !p.skip && limits[j].Kind == kind && limits[j].Key == key && (kind == Bucket || p.start == start) {
+			return p.val
 		}
 	}
 	return cur
-}
-
-func counterKey(key string, start time.Time) string {
-	return key + ":" + strconv.FormatInt(start.Unix(), 10)
 }
 
 func validLimit(l *Limit) error {
@@ -429,11 +450,10 @@ func evalQuota(l *Limit, used int64, now time.Time, p plan.Period) Status {
 // Usage returns the quota counter of key for the period containing now.
 func (l *Local) Usage(key string, unit plan.Unit, anchor time.Time) (int64, plan.Period) {
 	p := plan.PeriodAt(l.clock(), unit, anchor)
-	ck := counterKey(key, p.Start)
 	sh := l.shardFor(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if c, ok := sh.counters[ck]; ok {
+	if c, ok := sh.counters[counterID{key, p.Start.Unix()}]; ok {
 		return c.Value, p
 	}
 	return 0, p
