@@ -15,17 +15,20 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/localstore"
+	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/test/envoy"
 )
 
@@ -39,44 +42,71 @@ const (
 // BenchmarkCheck measures Check on the no-op server and on levy with the
 // same harness, client and request; see the package doc.
 func BenchmarkCheck(b *testing.B) {
-	env := newEnv(b)
+	env := newCheckEnv(b)
 	for _, t := range env.targets {
-		b.Run(t.name, func(b *testing.B) {
-			b.ReportAllocs()
-			b.ResetTimer()
-			res, err := run(t, env.req, callers, b.N)
-			b.StopTimer()
+		b.Run(t.name, func(b *testing.B) { measure(b, t, env.reqs[0].msg, "check") })
+	}
+}
+
+// BenchmarkShouldRateLimit measures ShouldRateLimit on the no-op RLS server
+// and on levy's, for a request of one descriptor and one of three.
+func BenchmarkShouldRateLimit(b *testing.B) {
+	env := newRateLimitEnv(b)
+	for _, r := range env.reqs {
+		for _, t := range env.targets {
+			b.Run(t.name+"-"+r.name, func(b *testing.B) { measure(b, t, r.msg, "call") })
+		}
+	}
+}
+
+// measure runs b.N calls of req on t and reports the harness's figures,
+// naming them after what one call is ("check" gives checks/s and
+// cpu-us/check).
+func measure(b *testing.B, t *target, req proto.Message, what string) {
+	b.ReportAllocs()
+	b.ResetTimer()
+	res, err := run(t, req, callers, b.N)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(res.calls)/res.elapsed.Seconds(), what+"s/s")
+	b.ReportMetric(res.hist.quantile(0.50).Seconds()*1e6, "p50-us")
+	b.ReportMetric(res.hist.quantile(0.99).Seconds()*1e6, "p99-us")
+	b.ReportMetric(res.cpu.Seconds()*1e6/float64(res.calls), "cpu-us/"+what)
+}
+
+// runBriefly runs the harness with n calls of each request on each target:
+// every call must pass the target's check and be counted.
+func runBriefly(t *testing.T, env *env, n int) {
+	t.Helper()
+	for _, r := range env.reqs {
+		for _, tg := range env.targets {
+			res, err := run(tg, r.msg, callers, n)
 			if err != nil {
-				b.Fatal(err)
+				t.Fatalf("%s %s: %v", tg.name, r.name, err)
 			}
-			b.ReportMetric(float64(res.calls)/res.elapsed.Seconds(), "checks/s")
-			b.ReportMetric(res.hist.quantile(0.50).Seconds()*1e6, "p50-us")
-			b.ReportMetric(res.hist.quantile(0.99).Seconds()*1e6, "p99-us")
-			b.ReportMetric(res.cpu.Seconds()*1e6/float64(res.calls), "cpu-us/check")
-		})
+			if res.calls != int64(n) || res.hist.count() != int64(n) {
+				t.Fatalf("%s %s: %d calls, %d latencies recorded, want %d", tg.name, r.name, res.calls, res.hist.count(), n)
+			}
+			if p50, p99 := res.hist.quantile(0.5), res.hist.quantile(0.99); p50 <= 0 || p99 < p50 {
+				t.Fatalf("%s %s: p50 %v, p99 %v", tg.name, r.name, p50, p99)
+			}
+		}
 	}
 }
 
 // TestBenchHarnessAllows runs the benchmark harness briefly against both
 // servers: every call must be allowed and counted.
 func TestBenchHarnessAllows(t *testing.T) {
-	env := newEnv(t)
-	const n = 200
-	for _, tg := range env.targets {
-		res, err := run(tg, env.req, callers, n)
-		if err != nil {
-			t.Fatalf("%s: %v", tg.name, err)
-		}
-		if res.calls != n || res.hist.count() != n {
-			t.Fatalf("%s: %d calls, %d latencies recorded, want %d", tg.name, res.calls, res.hist.count(), n)
-		}
-		if p50, p99 := res.hist.quantile(0.5), res.hist.quantile(0.99); p50 <= 0 || p99 < p50 {
-			t.Fatalf("%s: p50 %v, p99 %v", tg.name, p50, p99)
-		}
-	}
+	env := newCheckEnv(t)
+	runBriefly(t, env, 200)
 	// The levy answer is levy's allow, not a stand-in.
-	resp, err := env.targets[1].clients[0].Check(context.Background(), env.req)
+	resp, err := authv3.NewAuthorizationClient(env.targets[1].conns[0]).Check(context.Background(), env.reqs[0].msg.(*authv3.CheckRequest))
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := isAllow(resp); err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]string{}
@@ -91,23 +121,84 @@ func TestBenchHarnessAllows(t *testing.T) {
 	}
 }
 
-// target is one server under test and its clients.
-type target struct {
-	name    string
-	clients []authv3.AuthorizationClient
-	conns   []*grpc.ClientConn
-	// check validates one response.
-	check func(*authv3.CheckResponse) error
+// TestRateLimitHarnessAllows runs the harness briefly against both RLS
+// servers, then decodes a full answer from each: one OK status per
+// descriptor, and from levy a current limit on every one, the last taken
+// from acme's plan.
+func TestRateLimitHarnessAllows(t *testing.T) {
+	env := newRateLimitEnv(t)
+	runBriefly(t, env, 200)
+	for _, r := range env.reqs {
+		req := r.msg.(*rlsv3.RateLimitRequest)
+		for _, tg := range env.targets {
+			resp, err := rlsv3.NewRateLimitServiceClient(tg.conns[0]).ShouldRateLimit(context.Background(), req)
+			if err != nil {
+				t.Fatalf("%s %s: %v", tg.name, r.name, err)
+			}
+			if resp.GetOverallCode() != rlsv3.RateLimitResponse_OK {
+				t.Fatalf("%s %s: overall code %v", tg.name, r.name, resp.GetOverallCode())
+			}
+			sts := resp.GetStatuses()
+			if len(sts) != len(req.GetDescriptors()) {
+				t.Fatalf("%s %s: %d statuses for %d descriptors", tg.name, r.name, len(sts), len(req.GetDescriptors()))
+			}
+			for i, st := range sts {
+				if st.GetCode() != rlsv3.RateLimitResponse_OK {
+					t.Fatalf("%s %s: status %d is %v", tg.name, r.name, i, st.GetCode())
+				}
+				if tg.name != "levy" {
+					continue
+				}
+				want := rateLimitWant[req.GetDescriptors()[i].GetEntries()[0].GetKey()]
+				lim := st.GetCurrentLimit()
+				if lim == nil || lim.GetRequestsPerUnit() != want.rpu || lim.GetUnit() != want.unit {
+					t.Fatalf("levy %s: status %d has current limit %v, want %d per %v", r.name, i, lim, want.rpu, want.unit)
+				}
+				if st.GetLimitRemaining() == 0 || st.GetDurationUntilReset() == nil {
+					t.Fatalf("levy %s: status %d: %v", r.name, i, st)
+				}
+			}
+		}
+	}
 }
 
-// env is both servers, their clients and the request they are sent.
+// rateLimitWant is the current limit levy reports for each descriptor of
+// the benchmark, by its first key. The consumer's is acme's plan route rate,
+// not the rule's own.
+var rateLimitWant = map[string]struct {
+	rpu  uint32
+	unit rlsv3.RateLimitResponse_RateLimit_Unit
+}{
+	"remote_address": {4_000_000_000, rlsv3.RateLimitResponse_RateLimit_SECOND},
+	"generic_key":    {4_000_000_000, rlsv3.RateLimitResponse_RateLimit_MINUTE},
+	"consumer":       {1_000_000_000, rlsv3.RateLimitResponse_RateLimit_SECOND},
+}
+
+// target is one server under test: its connections, the method the
+// callers invoke and how they check a response without decoding it.
+type target struct {
+	name   string
+	conns  []*grpc.ClientConn
+	method string
+	check  func(*wireResponse) error
+}
+
+// request is one request the callers send, named for sub-benchmarks.
+type request struct {
+	name string
+	msg  proto.Message
+}
+
+// env is both servers of one API, their connections and the requests they
+// are sent.
 type env struct {
 	targets []*target // noop, then levy
-	req     *authv3.CheckRequest
+	reqs    []request
 }
 
-// benchConfig is levy's config for the benchmark: one consumer whose plan
-// never denies within a run (a rate of 1e12/s, a quota of 1e15 a month).
+// benchConfig is levy's config for the ext_authz benchmark: one consumer
+// whose plan never denies within a run (a rate of 1e12/s, a quota of 1e15 a
+// month).
 const benchConfig = `
 store:
   type: local
@@ -131,21 +222,101 @@ consumers:
         key: %s
 `
 
-func newEnv(tb testing.TB) *env {
+// rateLimitConfig is levy's config for the RLS benchmark: rules for what
+// Envoy's remote_address, generic_key and metadata actions send, all far
+// above what a run can use (requests_per_unit is a uint32, so 4e9), and
+// consumer acme on a plan whose items route allows 1e9 a second.
+const rateLimitConfig = `
+store:
+  type: local
+  data_dir: %s
+plans:
+  partner:
+    model: tiered
+    routes:
+      items: {rate: {requests: 1000000000, per: 1s}}
+consumers:
+  - {id: acme, plan: partner}
+ratelimit:
+  domains:
+    - domain: bench
+      descriptors:
+        - key: remote_address
+          rate_limit: {unit: second, requests_per_unit: 4000000000}
+        - key: generic_key
+          value: items
+          rate_limit: {unit: minute, requests_per_unit: 4000000000, name: items}
+        - key: consumer
+          descriptors:
+            - key: route
+              rate_limit: {unit: second, requests_per_unit: 4000000000, from_plan: true}
+`
+
+// newCheckEnv is the no-op and levy ext_authz servers and a CheckRequest
+// with the key of levy's one consumer.
+func newCheckEnv(tb testing.TB) *env {
 	tb.Helper()
 	key, err := apikey.Generate("levy")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	dir := tb.TempDir()
-	cfg, err := config.Parse(fmt.Appendf(nil, benchConfig, dir, key), "bench.yaml")
+	cfg, lim := levyConfig(tb, benchConfig, key)
+	snap, err := snapshot(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	levy := authz.New(authz.Config{Snapshot: snap, Limiter: lim, Log: infoLogger()})
+	return newEnv(tb, checkMethod, (*wireResponse).allowed,
+		func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, NewNoop()) },
+		func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, levy) },
+		request{msg: checkRequest(tb, key)})
+}
+
+// newRateLimitEnv is the no-op and levy RLS servers and the requests Envoy
+// sends for one descriptor (the client address) and for three (the address,
+// a generic key and the consumer's route).
+func newRateLimitEnv(tb testing.TB) *env {
+	tb.Helper()
+	cfg, lim := levyConfig(tb, rateLimitConfig)
+	rules, err := cfg.RateLimitRules()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	catalog, err := cfg.Catalog()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	consumers, keys := cfg.Directory()
+	levy := rls.New(rls.Config{
+		Snapshot: &rls.Snapshot{Rules: rules, Catalog: catalog, Consumers: apikey.NewIndex(consumers, keys), Shadow: cfg.RateLimit.ShadowMode},
+		Limiter:  lim,
+		Log:      infoLogger(),
+	})
+	addr := envoy.Descriptor{Entries: [][2]string{{"remote_address", "10.0.0.1"}}}
+	items := envoy.Descriptor{Entries: [][2]string{{"generic_key", "items"}}}
+	route := envoy.Descriptor{Entries: [][2]string{{"consumer", "acme"}, {"route", "items"}}}
+	reqs := []request{
+		{name: "1desc", msg: envoy.BuildRateLimitRequest("bench", []envoy.Descriptor{addr}, 0)},
+		{name: "3desc", msg: envoy.BuildRateLimitRequest("bench", []envoy.Descriptor{addr, items, route}, 0)},
+	}
+	return newEnv(tb, rateLimitMethod, (*wireResponse).rateLimitOK,
+		func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, NewNoopRateLimit()) },
+		func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, levy) },
+		reqs...)
+}
+
+// levyConfig parses and validates a config whose first argument is its data
+// directory (a temporary one) and opens the local limiter over a localstore
+// there, as levy serve does.
+func levyConfig(tb testing.TB, text string, args ...any) (*config.Config, limiter.Limiter) {
+	tb.Helper()
+	cfg, err := config.Parse(fmt.Appendf(nil, text, append([]any{tb.TempDir()}, args...)...), "bench.yaml")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	if err := cfg.Validate(); err != nil {
 		tb.Fatal(err)
 	}
-
 	db, err := localstore.Open(cfg.Store.DataDir)
 	if err != nil {
 		tb.Fatal(err)
@@ -160,41 +331,50 @@ func newEnv(tb testing.TB) *env {
 			tb.Error(err)
 		}
 	})
-	snap, err := snapshot(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	levy := authz.New(authz.Config{Snapshot: snap, Limiter: lim, Log: infoLogger()})
+	return cfg, lim
+}
 
-	e := &env{req: checkRequest(tb, key)}
-	e.targets = []*target{
-		{name: "noop", check: isAllow},
-		{name: "levy", check: isAllow},
-	}
-	for i, srv := range []authv3.AuthorizationServer{NewNoop(), levy} {
-		addr := serve(tb, srv)
+// newEnv serves the no-op and the levy implementation of one API, dials
+// each, and warms every connection up with every request.
+func newEnv(tb testing.TB, method string, check func(*wireResponse) error, noop, levy func(grpc.ServiceRegistrar), reqs ...request) *env {
+	tb.Helper()
+	e := &env{reqs: reqs}
+	for _, s := range []struct {
+		name     string
+		register func(grpc.ServiceRegistrar)
+	}{{"noop", noop}, {"levy", levy}} {
+		t := &target{name: s.name, method: method, check: check}
+		addr := serve(tb, s.register)
 		for range conns {
 			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
 				tb.Fatal(err)
 			}
 			tb.Cleanup(func() { conn.Close() })
-			e.targets[i].clients = append(e.targets[i].clients, authv3.NewAuthorizationClient(conn))
-			e.targets[i].conns = append(e.targets[i].conns, conn)
+			t.conns = append(t.conns, conn)
 		}
-		// Connect every connection and, for levy, take the key's first
-		// decision, so that the measured calls find everything in memory.
-		for _, c := range e.targets[i].clients {
-			resp, err := c.Check(context.Background(), e.req)
-			if err == nil {
-				err = e.targets[i].check(resp)
-			}
-			if err != nil {
-				tb.Fatalf("%s: warm-up: %v", e.targets[i].name, err)
+		// Connect every connection and, for levy, take the first decision
+		// of every request, so that the measured calls find everything in
+		// memory.
+		for _, r := range reqs {
+			for _, c := range t.conns {
+				if err := t.call(context.Background(), c, r.msg); err != nil {
+					tb.Fatalf("%s: warm-up: %v", t.name, err)
+				}
 			}
 		}
+		e.targets = append(e.targets, t)
 	}
 	return e
+}
+
+// call makes one call on c and checks the response.
+func (t *target) call(ctx context.Context, c *grpc.ClientConn, req proto.Message) error {
+	var w wireResponse
+	if err := c.Invoke(ctx, t.method, req, &w, grpc.ForceCodecV2(wireCodec{})); err != nil {
+		return err
+	}
+	return t.check(&w)
 }
 
 // snapshot builds the authz snapshot the way pkg/server does, without demo
@@ -226,8 +406,9 @@ func infoLogger() *zap.Logger {
 	return zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.AddSync(io.Discard), zapcore.InfoLevel))
 }
 
-// serve starts a gRPC server with levy serve's options on 127.0.0.1:0.
-func serve(tb testing.TB, srv authv3.AuthorizationServer) string {
+// serve starts a gRPC server with levy serve's options on 127.0.0.1:0 and
+// registers a service on it.
+func serve(tb testing.TB, register func(grpc.ServiceRegistrar)) string {
 	tb.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -237,7 +418,7 @@ func serve(tb testing.TB, srv authv3.AuthorizationServer) string {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(10000),
 	)
-	authv3.RegisterAuthorizationServer(g, srv)
+	register(g)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -300,12 +481,15 @@ type result struct {
 	hist *histogram
 }
 
-const checkMethod = "/envoy.service.auth.v3.Authorization/Check"
+const (
+	checkMethod     = "/envoy.service.auth.v3.Authorization/Check"
+	rateLimitMethod = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
+)
 
 // run makes n calls of req on t from workers concurrent callers, each
-// taking the next connection round robin, and validates every response. It
+// taking the next connection round robin, and checks every response. It
 // stops at the first failure and returns it.
-func run(t *target, req *authv3.CheckRequest, workers, n int) (result, error) {
+func run(t *target, req proto.Message, workers, n int) (result, error) {
 	ctx := context.Background()
 	var (
 		next     atomic.Int64
@@ -334,10 +518,10 @@ func run(t *target, req *authv3.CheckRequest, workers, n int) (result, error) {
 				c := t.conns[i%int64(len(t.conns))]
 				var w wireResponse
 				t0 := time.Now()
-				err := c.Invoke(ctx, checkMethod, req, &w, grpc.ForceCodecV2(wireCodec{}))
+				err := c.Invoke(ctx, t.method, req, &w, grpc.ForceCodecV2(wireCodec{}))
 				h.record(time.Since(t0))
 				if err == nil {
-					err = w.allowed()
+					err = t.check(&w)
 				}
 				if err != nil {
 					fail(fmt.Errorf("%s: call %d: %w", t.name, i, err))
@@ -449,5 +633,27 @@ func TestHistogram(t *testing.T) {
 	if p50, p99 := h.quantile(0.5), h.quantile(0.99); p50 < 500*time.Microsecond || p50 > 508*time.Microsecond ||
 		p99 < 990*time.Microsecond || p99 > 1006*time.Microsecond {
 		t.Fatalf("p50 %v, p99 %v, want about 500µs and 990µs", p50, p99)
+	}
+}
+
+func TestWireRateLimitOK(t *testing.T) {
+	for _, tc := range []struct {
+		resp *rlsv3.RateLimitResponse
+		ok   bool
+	}{
+		{okRateLimit(3), true},
+		{&rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OVER_LIMIT, Statuses: okRateLimit(1).Statuses, RawBody: []byte("{}")}, false},
+		{&rlsv3.RateLimitResponse{Statuses: okRateLimit(1).Statuses}, false}, // UNKNOWN
+	} {
+		b, err := proto.Marshal(tc.resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := (&wireResponse{b: b}).rateLimitOK(); (err == nil) != tc.ok {
+			t.Fatalf("%v: %v, want ok %v", tc.resp, err, tc.ok)
+		}
+	}
+	if err := (&wireResponse{b: []byte{0x08}}).rateLimitOK(); err == nil {
+		t.Fatal("a truncated overall_code passed")
 	}
 }

@@ -16,9 +16,11 @@ import (
 // response the way a cheap proxy would: as wire bytes, checking only
 // status.code (field 1.1) and that an ok_response (field 3) is present.
 // Both servers are read the same way; TestBenchHarnessAllows still decodes
-// fully and checks the headers levy sends.
+// fully and checks the headers levy sends. RateLimitResponses are read the
+// same way, for overall_code (field 1) only; TestRateLimitHarnessAllows
+// decodes levy's statuses.
 
-// wireResponse holds a CheckResponse as it came off the wire.
+// wireResponse holds a response as it came off the wire.
 type wireResponse struct{ b []byte }
 
 // wireCodec marshals requests as protobuf and keeps responses as bytes.
@@ -102,6 +104,39 @@ func (w *wireResponse) allowed() error {
 	}
 	if code != 0 || !ok {
 		return fmt.Errorf("status code %d, ok_response %v: want an allow", code, ok)
+	}
+	return nil
+}
+
+// rateLimitOK reports whether a RateLimitResponse's overall_code (field 1,
+// a varint) is OK (1). It reads the top-level fields without decoding the
+// statuses or headers; as in protobuf, the last overall_code wins.
+func (w *wireResponse) rateLimitOK() error {
+	const ok = 1 // envoy.service.ratelimit.v3.RateLimitResponse.Code OK
+	b := w.b
+	var code uint64 // an absent overall_code is UNKNOWN (0)
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return errors.New("bad response tag")
+		}
+		b = b[n:]
+		if num == 1 && typ == protowire.VarintType {
+			c, m := protowire.ConsumeVarint(b)
+			if m < 0 {
+				return errors.New("bad overall_code")
+			}
+			code, b = c, b[m:]
+			continue
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b)
+		if m < 0 {
+			return errors.New("bad response field")
+		}
+		b = b[m:]
+	}
+	if code != ok {
+		return fmt.Errorf("overall_code %d, want 1 (OK)", code)
 	}
 	return nil
 }

@@ -1,0 +1,214 @@
+-- levy's atomic decision: every limit of a request, evaluated against the
+-- store's clock, then all taken or (when any denies) none.
+--
+-- KEYS[i]: the state of limit i (a bucket's theoretical arrival time, or a
+-- quota hash {s = period start, v = count}); all in one hash slot.
+-- ARGV[1]: "" to use TIME, or a test clock in microseconds.
+-- ARGV[2..]: 10 values per limit:
+--   kind (0 bucket, 1 quota), cost, shadow (0/1),
+--   bucket: interval_us, tolerance_us, -, -, -, -, -
+--   quota:  unit (1 hour, 2 day, 3 week, 4 month, 5 year), max, soft (0/1), cap,
+--           anchor_day (0 = calendar), anchor_month*100000+anchor_second_of_day
+-- Returns {now_s, now_us, denied_index (0 = none), then per limit:
+--   ok (0/1), remaining, reset_us, retry_us, used, overage, period_start_s, period_end_s}
+
+local now
+if ARGV[1] ~= "" then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local now_s = math.floor(now / 1000000)
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m > 2) and (m - 3) or (m + 9)
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = (mp < 10) and (mp + 3) or (mp - 9)
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+local function add_months(y, m, n)
+  local total = y * 12 + (m - 1) + n
+  return math.floor(total / 12), total % 12 + 1
+end
+
+local function days_in(y, m)
+  local ny, nm = add_months(y, m, 1)
+  return days_from_civil(ny, nm, 1) - days_from_civil(y, m, 1)
+end
+
+-- boundary: the anchor's day (clamped) and second of day in month m of y.
+local function boundary(y, m, aday, asec)
+  local d = aday
+  local last = days_in(y, m)
+  if d > last then d = last end
+  return days_from_civil(y, m, d) * 86400 + asec
+end
+
+-- period returns [start, end) in seconds of the period containing t.
+local function period(t, unit, aday, amonth_sec)
+  local day = math.floor(t / 86400)
+  if unit == 1 then
+    local s = math.floor(t / 3600) * 3600
+    return s, s + 3600
+  elseif unit == 2 then
+    return day * 86400, day * 86400 + 86400
+  elseif unit == 3 then
+    local back = (day + 3) % 7 -- 1970-01-01 was a Thursday; weeks start Monday
+    local s = (day - back) * 86400
+    return s, s + 7 * 86400
+  end
+  local amonth = math.floor(amonth_sec / 100000)
+  local asec = amonth_sec % 100000
+  if aday == 0 then aday, amonth, asec = 1, 1, 0 end
+  local step = (unit == 5) and 12 or 1
+  local y, m = civil_from_days(day)
+  if unit == 5 then m = amonth end
+  local s = boundary(y, m, aday, asec)
+  while s > t do
+    y, m = add_months(y, m, -step)
+    s = boundary(y, m, aday, asec)
+  end
+  local ny, nm = add_months(y, m, step)
+  return s, boundary(ny, nm, aday, asec)
+end
+
+local n = #KEYS
+local out = {now_s, now % 1000000, 0}
+local pending = {} -- key -> value this request would leave
+local plan = {}    -- per limit: {key, value, kind, expire, start, skip}
+local denied = 0
+
+local function eval(i, cost, stored)
+  local base = 2 + (i - 1) * 10
+  local kind = tonumber(ARGV[base])
+  if kind == 0 then
+    local interval = tonumber(ARGV[base + 3])
+    local tolerance = tonumber(ARGV[base + 4])
+    local tat = stored or now
+    if tat < now then tat = now end
+    if tat > now + tolerance then tat = now + tolerance end
+    local nxt = tat + cost * interval
+    if nxt - now > tolerance then
+      return {0, math.floor((tolerance - (tat - now)) / interval), tat - now, nxt - now - tolerance, 0, 0, 0, 0}, tat
+    end
+    return {1, math.floor((tolerance - (nxt - now)) / interval), nxt - now, 0, 0, 0, 0, 0}, nxt
+  end
+  local unit = tonumber(ARGV[base + 3])
+  local max = tonumber(ARGV[base + 4])
+  local soft = tonumber(ARGV[base + 5]) == 1
+  local cap = tonumber(ARGV[base + 6])
+  local ps, pe = period(now_s, unit, tonumber(ARGV[base + 7]), tonumber(ARGV[base + 8]))
+  local used = stored or 0
+  local after = used + cost
+  local reset = pe * 1000000 - now
+  if not soft then
+    if after > max then
+      local rem = max - used
+      if rem < 0 then rem = 0 end
+      return {0, rem, reset, reset, used, 0, ps, pe}, used
+    end
+    return {1, max - after, reset, 0, after, 0, ps, pe}, after
+  end
+  local over = after - max
+  if over < 0 then over = 0 end
+  if cap > 0 then
+    if after > cap then
+      local rem = cap - used
+      if rem < 0 then rem = 0 end
+      local o = used - max
+      if o < 0 then o = 0 end
+      return {0, rem, reset, reset, used, o, ps, pe}, used
+    end
+    return {1, cap - after, reset, 0, after, over, ps, pe}, after
+  end
+  return {1, -1, reset, 0, after, over, ps, pe}, after
+end
+
+-- read returns limit i's stored state for the current period.
+local function read(i)
+  local base = 2 + (i - 1) * 10
+  local key = KEYS[i]
+  if tonumber(ARGV[base]) == 0 then
+    local v = redis.call("GET", key)
+    return v and tonumber(v) or nil, 0
+  end
+  local ps = period(now_s, tonumber(ARGV[base + 3]), tonumber(ARGV[base + 7]), tonumber(ARGV[base + 8]))
+  local h = redis.call("HMGET", key, "s", "v")
+  if h[1] and tonumber(h[1]) == ps then
+    return tonumber(h[2]), ps
+  end
+  return nil, ps
+end
+
+local stored = {}
+local statuses = {}
+for i = 1, n do
+  local base = 2 + (i - 1) * 10
+  local cost = tonumber(ARGV[base + 1])
+  local shadow = tonumber(ARGV[base + 2]) == 1
+  local v, ps = read(i)
+  stored[i] = v
+  local cur = v
+  local pk = KEYS[i] .. "|" .. ps
+  if pending[pk] ~= nil then cur = pending[pk] end
+  local st, nv = eval(i, cost, cur)
+  statuses[i] = st
+  local skip = false
+  if st[1] == 0 then
+    if shadow then skip = true elseif denied == 0 then denied = i end
+  end
+  if not skip then pending[pk] = nv end
+  plan[i] = {nv, skip, st}
+end
+
+if denied > 0 then
+  for i = 1, n do
+    if i ~= denied and statuses[i][1] == 1 then
+      statuses[i] = eval(i, 0, stored[i])
+    end
+  end
+else
+  for i = 1, n do
+    local base = 2 + (i - 1) * 10
+    local p = plan[i]
+    local cost = tonumber(ARGV[base + 1])
+    if not p[2] then
+      if tonumber(ARGV[base]) == 0 and cost > 0 then
+        local ttl = math.floor((p[1] - now) / 1000) + 1
+        redis.call("SET", KEYS[i], string.format("%d", p[1]), "PX", ttl)
+      elseif cost > 0 then
+        local st = p[3]
+        redis.call("HSET", KEYS[i], "s", st[7], "v", p[1])
+        -- kept a day past the period's end, relative to the decision's clock
+        redis.call("PEXPIRE", KEYS[i], math.floor((st[8] * 1000000 - now) / 1000) + 86400000)
+      end
+    end
+  end
+end
+
+out[3] = denied
+for i = 1, n do
+  for _, v in ipairs(statuses[i]) do
+    table.insert(out, v)
+  end
+end
+return out

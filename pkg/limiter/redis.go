@@ -1,0 +1,232 @@
+package limiter
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/levyhq/levy/pkg/plan"
+)
+
+//go:embed decide.lua
+var decideLua string
+
+//go:embed refund.lua
+var refundLua string
+
+// Scripter is what the Redis limiter needs of a client: *redis.Client,
+// *redis.ClusterClient and *redis.Ring all qualify.
+type Scripter interface {
+	redis.Scripter
+}
+
+// RedisConfig configures a Redis limiter.
+type RedisConfig struct {
+	Client Scripter
+	// Cluster is set when Client is a Redis Cluster: limits are then
+	// grouped by hash slot, one script call per slot.
+	Cluster bool
+	// Clock replaces Redis TIME; for tests only (nil in production, where
+	// the store's clock is the only clock).
+	Clock func() time.Time
+	// Timeout bounds one decision's store call (default 50ms), within the
+	// caller's own deadline.
+	Timeout time.Duration
+}
+
+// Redis decides with one Lua script call per decision (per hash slot in
+// a cluster), on the store's clock.
+type Redis struct {
+	client  Scripter
+	cluster bool
+	clock   func() time.Time
+	timeout time.Duration
+	decide  *redis.Script
+	refund  *redis.Script
+}
+
+var _ Limiter = (*Redis)(nil)
+
+// NewRedis returns a Redis limiter.
+func NewRedis(cfg RedisConfig) *Redis {
+	r := &Redis{client: cfg.Client, cluster: cfg.Cluster, clock: cfg.Clock, timeout: cfg.Timeout,
+		decide: redis.NewScript(decideLua), refund: redis.NewScript(refundLua)}
+	if r.timeout <= 0 {
+		r.timeout = 50 * time.Millisecond
+	}
+	return r
+}
+
+const argsPerLimit = 10
+
+// Decide implements Limiter. In a cluster, limits in different hash slots
+// are decided slot by slot, each atomically; when a later slot denies, the
+// earlier slots' takings are given back.
+func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
+	for i := range limits {
+		if err := validLimit(&limits[i]); err != nil {
+			return Decision{}, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	groups := r.groups(limits)
+	d := Decision{OK: true, Denied: -1, Statuses: make([]Status, len(limits))}
+	for g, idx := range groups {
+		res, now, denied, err := r.run(ctx, r.decide, limits, idx)
+		if err != nil {
+			r.giveBack(ctx, limits, groups[:g])
+			return Decision{}, err
+		}
+		d.Now = now
+		for j, i := range idx {
+			d.Statuses[i] = res[j]
+		}
+		if denied >= 0 {
+			d.OK, d.Denied = false, idx[denied]
+			if g > 0 {
+				if err := r.giveBack(ctx, limits, groups[:g]); err != nil {
+					return Decision{}, fmt.Errorf("give back earlier slots: %w", err)
+				}
+			}
+			return d, nil
+		}
+	}
+	return d, nil
+}
+
+// giveBack refunds what the groups took.
+func (r *Redis) giveBack(ctx context.Context, limits []Limit, groups [][]int) error {
+	var first error
+	for _, idx := range groups {
+		if _, _, _, err := r.run(context.WithoutCancel(ctx), r.refund, limits, idx); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func (r *Redis) groups(limits []Limit) [][]int {
+	if !r.cluster || len(limits) == 1 {
+		all := make([]int, len(limits))
+		for i := range all {
+			all[i] = i
+		}
+		return [][]int{all}
+	}
+	var groups [][]int
+	slots := map[uint16]int{}
+	for i := range limits {
+		s := Slot(limits[i].Key)
+		g, ok := slots[s]
+		if !ok {
+			g = len(groups)
+			slots[s] = g
+			groups = append(groups, nil)
+		}
+		groups[g] = append(groups[g], i)
+	}
+	return groups
+}
+
+func (r *Redis) run(ctx context.Context, script *redis.Script, limits []Limit, idx []int) ([]Status, time.Time, int, error) {
+	keys := make([]string, len(idx))
+	args := make([]any, 1, 1+argsPerLimit*len(idx))
+	args[0] = ""
+	if r.clock != nil {
+		args[0] = strconv.FormatInt(r.clock().UnixMicro(), 10)
+	}
+	for j, i := range idx {
+		l := &limits[i]
+		keys[j] = l.Key
+		args = append(args, limitArgs(l)...)
+	}
+	v, err := script.Run(ctx, r.client, keys, args...).Int64Slice()
+	if err != nil {
+		return nil, time.Time{}, 0, fmt.Errorf("redis decide: %w", err)
+	}
+	if len(v) != 3+8*len(idx) {
+		return nil, time.Time{}, 0, errors.New("redis decide: malformed reply")
+	}
+	now := time.Unix(v[0], v[1]*1000).UTC()
+	out := make([]Status, len(idx))
+	for j := range idx {
+		f := v[3+8*j:]
+		out[j] = Status{
+			OK:          f[0] == 1,
+			Limit:       displayLimit(&limits[idx[j]]),
+			Remaining:   f[1],
+			Reset:       time.Duration(f[2]) * time.Microsecond,
+			RetryAfter:  time.Duration(f[3]) * time.Microsecond,
+			Used:        f[4],
+			Overage:     f[5],
+			PeriodStart: time.Unix(f[6], 0).UTC(),
+		}
+	}
+	return out, now, int(v[2]) - 1, nil
+}
+
+// displayLimit is the number clients are shown for a limit.
+func displayLimit(l *Limit) int64 {
+	switch {
+	case l.Kind == Bucket:
+		return l.Requests
+	case l.Soft && l.Cap > 0:
+		return l.Cap
+	default:
+		return l.Max
+	}
+}
+
+var unitCodes = map[plan.Unit]int{plan.Hour: 1, plan.Day: 2, plan.Week: 3, plan.Month: 4, plan.Year: 5}
+
+func limitArgs(l *Limit) []any {
+	shadow := 0
+	if l.Shadow {
+		shadow = 1
+	}
+	if l.Kind == Bucket {
+		interval := l.Per.Microseconds() / l.Requests
+		if interval < 1 {
+			interval = 1
+		}
+		return []any{0, l.Cost, shadow, interval, interval * l.Capacity(), 0, 0, 0, 0, 0}
+	}
+	soft := 0
+	if l.Soft {
+		soft = 1
+	}
+	aday, amonthSec := 0, 0
+	if !l.Anchor.IsZero() {
+		a := l.Anchor.UTC()
+		aday = a.Day()
+		amonthSec = int(a.Month())*100000 + a.Hour()*3600 + a.Minute()*60 + a.Second()
+	}
+	return []any{1, l.Cost, shadow, unitCodes[l.Unit], l.Max, soft, l.Cap, aday, amonthSec, 0}
+}
+
+// Slot is the Redis Cluster hash slot of key (CRC16/XMODEM of its hash
+// tag, mod 16384).
+func Slot(key string) uint16 {
+	return crc16(hashTag(key)) % 16384
+}
+
+func crc16(s string) uint16 {
+	var crc uint16
+	for i := 0; i < len(s); i++ {
+		crc ^= uint16(s[i]) << 8
+		for b := 0; b < 8; b++ {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc
+}
