@@ -1,0 +1,417 @@
+// Package redisstore keeps levy's shared state in Redis (standalone or
+// Cluster): consumers and keys with an in-process cache, the replica
+// registry that sizes each replica's share when Redis is away, readiness,
+// and the demo keys. The limiter's Redis side lives in pkg/limiter.
+package redisstore
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/levyhq/levy/pkg/apikey"
+)
+
+// Options say how to reach Redis.
+type Options struct {
+	Addr         string   // standalone
+	ClusterAddrs []string // Redis Cluster seeds; wins over Addr
+	Username     string
+	Password     string
+	TLS          *tls.Config
+	// Timeout bounds each command (dial, read, write).
+	Timeout time.Duration
+}
+
+// NewClient returns a client for standalone Redis or a Cluster, and
+// whether it is a cluster. Failed commands are not retried: a retried
+// decision could count twice, and the caller's fault handling decides.
+func NewClient(o Options) (redis.UniversalClient, bool) {
+	if o.Timeout <= 0 {
+		o.Timeout = 100 * time.Millisecond
+	}
+	if len(o.ClusterAddrs) > 0 {
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: o.ClusterAddrs, Username: o.Username, Password: o.Password, TLSConfig: o.TLS,
+			DialTimeout: o.Timeout, ReadTimeout: o.Timeout, WriteTimeout: o.Timeout,
+			ContextTimeoutEnabled: true, MaxRetries: -1, PoolSize: 64, MinIdleConns: 4,
+			ConnMaxIdleTime: time.Minute,
+		}), true
+	}
+	return redis.NewClient(&redis.Options{
+		Addr: o.Addr, Username: o.Username, Password: o.Password, TLSConfig: o.TLS,
+		DialTimeout: o.Timeout, ReadTimeout: o.Timeout, WriteTimeout: o.Timeout,
+		ContextTimeoutEnabled: true, MaxRetries: -1, PoolSize: 64, MinIdleConns: 4,
+		ConnMaxIdleTime: time.Minute,
+	}), false
+}
+
+// DirectoryConfig configures a Directory.
+type DirectoryConfig struct {
+	Client redis.UniversalClient
+	// TTL is how long a lookup is trusted before Redis is asked again
+	// (default 500ms): a revocation or plan change reaches every replica
+	// within TTL plus one lookup.
+	TTL time.Duration
+	// MaxEntries bounds the cache, unknown keys included (default 100000).
+	MaxEntries int
+	// Timeout bounds a lookup when the caller has no deadline of its own.
+	Timeout time.Duration
+	Log     *zap.Logger
+	Clock   func() time.Time
+}
+
+// Directory is the Redis-backed apikey.Store with an in-process cache.
+// When Redis cannot be reached, cached entries are served past their TTL.
+type Directory struct {
+	client  redis.UniversalClient
+	ttl     time.Duration
+	max     int
+	timeout time.Duration
+	log     *zap.Logger
+	clock   func() time.Time
+	group   singleflight.Group
+
+	mu        sync.Mutex
+	keys      map[string]cachedKey
+	consumers map[string]cachedConsumer
+}
+
+type cachedKey struct {
+	key      *apikey.Key // nil: unknown
+	consumer *apikey.Consumer
+	at       time.Time
+}
+
+type cachedConsumer struct {
+	c  *apikey.Consumer // nil: unknown
+	at time.Time
+}
+
+var _ apikey.Store = (*Directory)(nil)
+
+// NewDirectory returns a directory.
+func NewDirectory(cfg DirectoryConfig) *Directory {
+	d := &Directory{client: cfg.Client, ttl: cfg.TTL, max: cfg.MaxEntries, timeout: cfg.Timeout, log: cfg.Log, clock: cfg.Clock,
+		keys: map[string]cachedKey{}, consumers: map[string]cachedConsumer{}}
+	if d.ttl <= 0 {
+		d.ttl = 500 * time.Millisecond
+	}
+	if d.max <= 0 {
+		d.max = 100000
+	}
+	if d.timeout <= 0 {
+		d.timeout = 100 * time.Millisecond
+	}
+	if d.log == nil {
+		d.log = zap.NewNop()
+	}
+	if d.clock == nil {
+		d.clock = time.Now
+	}
+	return d
+}
+
+func keyKey(hash string) string             { return "levy:key:{" + hash + "}" }
+func keyIDKey(id string) string             { return "levy:keyid:{" + id + "}" }
+func consumerKey(id string) string          { return "levy:consumer:{" + id + "}" }
+func (d *Directory) fresh(t time.Time) bool { return d.clock().Sub(t) < d.ttl }
+
+// Lookup implements apikey.Directory.
+func (d *Directory) Lookup(ctx context.Context, hash string) (*apikey.Key, *apikey.Consumer, error) {
+	d.mu.Lock()
+	e, ok := d.keys[hash]
+	d.mu.Unlock()
+	if ok && d.fresh(e.at) {
+		return e.result()
+	}
+	v, err, _ := d.group.Do("k"+hash, func() (any, error) {
+		return d.fetchKey(context.WithoutCancel(ctx), hash)
+	})
+	if err != nil {
+		if ok {
+			return e.result() // Redis is away: the last answer stands
+		}
+		return nil, nil, err
+	}
+	return v.(cachedKey).result()
+}
+
+func (e cachedKey) result() (*apikey.Key, *apikey.Consumer, error) {
+	if e.key == nil || e.consumer == nil {
+		return nil, nil, apikey.ErrUnknown
+	}
+	return e.key, e.consumer, nil
+}
+
+func (d *Directory) fetchKey(ctx context.Context, hash string) (cachedKey, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	now := d.clock()
+	m, err := d.client.HGetAll(ctx, keyKey(hash)).Result()
+	if err != nil {
+		return cachedKey{}, fmt.Errorf("redis key lookup: %w", err)
+	}
+	e := cachedKey{at: now}
+	if len(m) > 0 {
+		e.key = parseKey(hash, m)
+		if e.consumer, err = d.fetchConsumer(ctx, e.key.ConsumerID); err != nil {
+			return cachedKey{}, err
+		}
+	}
+	d.mu.Lock()
+	d.evictIfFull()
+	d.keys[hash] = e
+	d.mu.Unlock()
+	return e, nil
+}
+
+func (d *Directory) fetchConsumer(ctx context.Context, id string) (*apikey.Consumer, error) {
+	m, err := d.client.HGetAll(ctx, consumerKey(id)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis consumer lookup: %w", err)
+	}
+	var c *apikey.Consumer
+	if len(m) > 0 {
+		c = parseConsumer(id, m)
+	}
+	d.mu.Lock()
+	d.evictIfFull()
+	d.consumers[id] = cachedConsumer{c: c, at: d.clock()}
+	d.mu.Unlock()
+	return c, nil
+}
+
+// evictIfFull drops stale entries, and everything if that is not enough.
+// Call with mu held.
+func (d *Directory) evictIfFull() {
+	if len(d.keys)+len(d.consumers) < d.max {
+		return
+	}
+	for h, e := range d.keys {
+		if !d.fresh(e.at) {
+			delete(d.keys, h)
+		}
+	}
+	for id, e := range d.consumers {
+		if !d.fresh(e.at) {
+			delete(d.consumers, id)
+		}
+	}
+	if len(d.keys)+len(d.consumers) >= d.max {
+		clear(d.keys)
+		clear(d.consumers)
+	}
+}
+
+// Consumer implements apikey.Directory (plan-aware rate limits).
+func (d *Directory) Consumer(id string) (*apikey.Consumer, bool) {
+	d.mu.Lock()
+	e, ok := d.consumers[id]
+	d.mu.Unlock()
+	if ok && d.fresh(e.at) {
+		return e.c, e.c != nil
+	}
+	v, err, _ := d.group.Do("c"+id, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
+		defer cancel()
+		return d.fetchConsumer(ctx, id)
+	})
+	if err != nil {
+		return e.c, ok && e.c != nil
+	}
+	c := v.(*apikey.Consumer)
+	return c, c != nil
+}
+
+// GetConsumer implements apikey.Store (uncached: the admin API reads).
+func (d *Directory) GetConsumer(ctx context.Context, id string) (*apikey.Consumer, error) {
+	m, err := d.client.HGetAll(ctx, consumerKey(id)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis consumer lookup: %w", err)
+	}
+	if len(m) == 0 {
+		return nil, apikey.ErrNotFound
+	}
+	return parseConsumer(id, m), nil
+}
+
+// PutConsumer implements apikey.Store.
+func (d *Directory) PutConsumer(ctx context.Context, c *apikey.Consumer) error {
+	fields := map[string]any{"plan": c.Plan, "suspended": boolString(c.Suspended), "stripe_customer_id": c.StripeCustomerID, "period_anchor": timeString(c.PeriodAnchor)}
+	if err := d.client.HSet(ctx, consumerKey(c.ID), fields).Err(); err != nil {
+		return fmt.Errorf("redis put consumer: %w", err)
+	}
+	d.mu.Lock()
+	delete(d.consumers, c.ID)
+	d.mu.Unlock()
+	return nil
+}
+
+// PutKey implements apikey.Store.
+func (d *Directory) PutKey(ctx context.Context, k *apikey.Key) error {
+	fields := map[string]any{"id": k.ID, "consumer": k.ConsumerID, "revoked": boolString(k.Revoked), "expires_at": timeString(k.ExpiresAt)}
+	if err := d.client.HSet(ctx, keyKey(k.Hash), fields).Err(); err != nil {
+		return fmt.Errorf("redis put key: %w", err)
+	}
+	if err := d.client.Set(ctx, keyIDKey(k.ID), k.Hash, 0).Err(); err != nil {
+		return fmt.Errorf("redis put key id: %w", err)
+	}
+	d.mu.Lock()
+	delete(d.keys, k.Hash)
+	d.mu.Unlock()
+	return nil
+}
+
+// RevokeKey implements apikey.Store.
+func (d *Directory) RevokeKey(ctx context.Context, id string) error {
+	hash, err := d.client.Get(ctx, keyIDKey(id)).Result()
+	if errors.Is(err, redis.Nil) {
+		return apikey.ErrNotFound
+	}
+	if err != nil {
+		return fmt.Errorf("redis key id: %w", err)
+	}
+	if err := d.client.HSet(ctx, keyKey(hash), "revoked", "1").Err(); err != nil {
+		return fmt.Errorf("redis revoke: %w", err)
+	}
+	d.mu.Lock()
+	delete(d.keys, hash)
+	d.mu.Unlock()
+	return nil
+}
+
+func parseKey(hash string, m map[string]string) *apikey.Key {
+	return &apikey.Key{ID: m["id"], Hash: hash, ConsumerID: m["consumer"], Revoked: m["revoked"] == "1", ExpiresAt: parseTime(m["expires_at"])}
+}
+
+func parseConsumer(id string, m map[string]string) *apikey.Consumer {
+	return &apikey.Consumer{ID: id, Plan: m["plan"], Suspended: m["suspended"] == "1", StripeCustomerID: m["stripe_customer_id"], PeriodAnchor: parseTime(m["period_anchor"])}
+}
+
+func boolString(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+func timeString(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return strconv.FormatInt(t.UnixNano(), 10)
+}
+
+func parseTime(s string) time.Time {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// Health pings Redis and keeps this replica in the replica registry.
+type Health struct {
+	client redis.UniversalClient
+	id     string
+	every  time.Duration
+	log    *zap.Logger
+
+	ready    atomic.Bool
+	replicas atomic.Int64
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+const replicasKey = "{levy}:replicas"
+
+// StartHealth begins pinging every interval; Stop ends it.
+func StartHealth(client redis.UniversalClient, replicaID string, every time.Duration, log *zap.Logger) *Health {
+	h := &Health{client: client, id: replicaID, every: every, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	h.replicas.Store(1)
+	h.beat()
+	go h.loop()
+	return h
+}
+
+func (h *Health) loop() {
+	defer close(h.done)
+	t := time.NewTicker(h.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stop:
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			h.client.ZRem(ctx, replicasKey, h.id)
+			cancel()
+			return
+		case <-t.C:
+			h.beat()
+		}
+	}
+}
+
+// beat records this replica and counts the live ones.
+func (h *Health) beat() {
+	ctx, cancel := context.WithTimeout(context.Background(), h.every)
+	defer cancel()
+	now := time.Now().UnixMilli()
+	pipe := h.client.TxPipeline()
+	pipe.ZAdd(ctx, replicasKey, redis.Z{Score: float64(now), Member: h.id})
+	pipe.ZRemRangeByScore(ctx, replicasKey, "-inf", strconv.FormatInt(now-5*h.every.Milliseconds()-1000, 10))
+	card := pipe.ZCard(ctx, replicasKey)
+	_, err := pipe.Exec(ctx)
+	was := h.ready.Swap(err == nil)
+	switch {
+	case err != nil && was:
+		h.log.Error("redis unreachable; levy is not ready", zap.Error(err))
+	case err == nil && !was:
+		h.log.Info("redis reachable; levy is ready")
+	}
+	if err == nil && card.Val() > 0 {
+		h.replicas.Store(card.Val())
+	}
+}
+
+// Ready reports whether the last ping worked.
+func (h *Health) Ready() bool { return h.ready.Load() }
+
+// Replicas is the number of live replicas at the last good ping (at least 1).
+func (h *Health) Replicas() int { return int(max(h.replicas.Load(), 1)) }
+
+// Stop ends pinging and leaves the registry.
+func (h *Health) Stop() {
+	close(h.stop)
+	<-h.done
+}
+
+const demoKeysKey = "{levy}:demo-keys"
+
+// DemoKeys returns each plan's demo key, creating missing ones with gen so
+// that every replica prints the same keys.
+func DemoKeys(ctx context.Context, client redis.UniversalClient, plans []string, gen func() (string, error)) (map[string]string, error) {
+	for _, p := range plans {
+		k, err := gen()
+		if err != nil {
+			return nil, err
+		}
+		if err := client.HSetNX(ctx, demoKeysKey, p, k).Err(); err != nil {
+			return nil, fmt.Errorf("redis demo keys: %w", err)
+		}
+	}
+	m, err := client.HGetAll(ctx, demoKeysKey).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis demo keys: %w", err)
+	}
+	return m, nil
+}
