@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
@@ -24,8 +25,15 @@ func TestRedis(t *testing.T) {
 	})
 }
 
+// One cluster serves every cluster test: starting one takes seconds.
 func TestRedisCluster(t *testing.T) {
 	cluster := redistest.StartCluster(t)
+	t.Run("Suite", func(t *testing.T) { testClusterSuite(t, cluster) })
+	t.Run("GivesBackEarlierSlots", func(t *testing.T) { testClusterGivesBack(t, cluster) })
+	t.Run("SlotMatchesRedis", func(t *testing.T) { testSlotMatchesRedis(t, cluster) })
+}
+
+func testClusterSuite(t *testing.T, cluster *redistest.Cluster) {
 	client := cluster.Client(t)
 	limitertest.Run(t, func(t *testing.T, clock *limitertest.Clock) limiter.Limiter {
 		err := client.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
@@ -73,8 +81,7 @@ func TestRedisUsesStoreClockAndOneCallPerDecision(t *testing.T) {
 
 // In a cluster, limits in two slots: a denial in the second slot gives
 // back what the first slot took.
-func TestRedisClusterGivesBackEarlierSlots(t *testing.T) {
-	cluster := redistest.StartCluster(t)
+func testClusterGivesBack(t *testing.T, cluster *redistest.Cluster) {
 	client := cluster.Client(t)
 	l := limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: true, Timeout: 5 * time.Second})
 	a := limiter.Limit{Kind: limiter.Quota, Name: "a", Key: "{a}:q", Cost: 1, Max: 100, Unit: plan.Month}
@@ -98,8 +105,7 @@ func TestRedisClusterGivesBackEarlierSlots(t *testing.T) {
 	}
 }
 
-func TestSlotMatchesRedisCluster(t *testing.T) {
-	cluster := redistest.StartCluster(t)
+func testSlotMatchesRedis(t *testing.T, cluster *redistest.Cluster) {
 	client := cluster.Client(t)
 	for _, key := range []string{"foo", "{user1000}.following", "{user1000}.followers", "{}x", "bar{}", "{c:acme}:rate:pro", "a{b}c{d}", "{", "}{x}"} {
 		want, err := client.ClusterKeySlot(context.Background(), key).Result()
@@ -109,5 +115,70 @@ func TestSlotMatchesRedisCluster(t *testing.T) {
 		if got := limiter.Slot(key); int64(got) != want {
 			t.Errorf("Slot(%q) = %d, Redis says %d", key, got, want)
 		}
+	}
+}
+
+// With the store down, each replica enforces its share of the rate and
+// counts usage; when the store is back the usage is added, none lost.
+func TestFallbackEnforcesShareAndReconcilesUsage(t *testing.T) {
+	srv := redistest.Start(t)
+	client := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialerRetries: 1, DialTimeout: 100 * time.Millisecond})
+	defer client.Close()
+	local, err := limiter.NewLocal(limiter.LocalConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	var failures int
+	f := limiter.NewFallback(limiter.FallbackConfig{
+		Primary:        limiter.NewRedis(limiter.RedisConfig{Client: client, Timeout: time.Second}),
+		Local:          local,
+		Share:          func() int { return 4 },
+		ReconcileEvery: time.Hour, // driven by hand below
+		OnError:        func(error) { failures++ },
+		Log:            zaptest.NewLogger(t),
+	})
+	defer f.Close()
+	ctx := context.Background()
+	limits := []limiter.Limit{
+		{Kind: limiter.Bucket, Name: "rate", Key: "{c:f}:rate", Cost: 1, Requests: 40, Per: time.Hour},
+		{Kind: limiter.Quota, Name: "quota", Key: "{c:f}:quota", Cost: 2, Max: 1000, Unit: plan.Month},
+	}
+	if d, err := f.Decide(ctx, limits); err != nil || !d.OK {
+		t.Fatalf("with Redis up: %v %v", d.OK, err)
+	}
+	srv.Kill()
+	allowed := 0
+	for i := 0; i < 30; i++ {
+		d, err := f.Decide(ctx, limits)
+		if err != nil {
+			t.Fatalf("fallback returned an error: %v", err)
+		}
+		if d.OK {
+			allowed++
+		}
+	}
+	if allowed != 10 || failures != 30 {
+		t.Fatalf("with Redis down: %d allowed (want 10, a quarter of 40), %d store errors seen", allowed, failures)
+	}
+	f.Reconcile(ctx) // Redis still down: the usage stays owed
+	if f.Owed() != 1 {
+		t.Fatalf("owed %d counters, want 1", f.Owed())
+	}
+	srv.Restart()
+	// The client's pool may keep answering with the last dial error for
+	// up to a second after Redis returns.
+	deadline := time.Now().Add(5 * time.Second)
+	for f.Reconcile(ctx); f.Owed() != 0; f.Reconcile(ctx) {
+		if time.Now().After(deadline) {
+			t.Fatal("usage still owed 5s after Redis came back")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// 1 request before the outage was lost with Redis's memory (no
+	// persistence in this test); the 10 during it were added back.
+	d, err := f.Decide(ctx, limits[1:])
+	if err != nil || d.Statuses[0].Used != 22 {
+		t.Fatalf("quota used %d after reconcile, want 20 + 2 (%v)", d.Statuses[0].Used, err)
 	}
 }

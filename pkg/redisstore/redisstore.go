@@ -43,14 +43,14 @@ func NewClient(o Options) (redis.UniversalClient, bool) {
 		return redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs: o.ClusterAddrs, Username: o.Username, Password: o.Password, TLSConfig: o.TLS,
 			DialTimeout: o.Timeout, ReadTimeout: o.Timeout, WriteTimeout: o.Timeout,
-			ContextTimeoutEnabled: true, MaxRetries: -1, PoolSize: 64, MinIdleConns: 4,
+			ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1, PoolSize: 64, MinIdleConns: 4,
 			ConnMaxIdleTime: time.Minute,
 		}), true
 	}
 	return redis.NewClient(&redis.Options{
 		Addr: o.Addr, Username: o.Username, Password: o.Password, TLSConfig: o.TLS,
 		DialTimeout: o.Timeout, ReadTimeout: o.Timeout, WriteTimeout: o.Timeout,
-		ContextTimeoutEnabled: true, MaxRetries: -1, PoolSize: 64, MinIdleConns: 4,
+		ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1, PoolSize: 64, MinIdleConns: 4,
 		ConnMaxIdleTime: time.Minute,
 	}), false
 }

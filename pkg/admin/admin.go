@@ -1,0 +1,549 @@
+// Package admin is levy's HTTP admin API: it creates, reads and changes
+// consumers (plan, suspension, Stripe customer) and issues and revokes their
+// API keys in the run-time store. It answers JSON, and RFC 9457 problem
+// documents for errors. Every call needs the admin bearer token; without a
+// configured token the API is off.
+//
+// A new key is shown once, in the response that creates it; the store gets
+// only its hash, and logs name keys by id only.
+package admin
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/plan"
+)
+
+// MaxBody is the largest request body the API reads.
+const MaxBody = 64 << 10
+
+// MaxIDLen is the longest consumer or key id.
+const MaxIDLen = 128
+
+// Consumer statuses on the wire.
+const (
+	StatusActive    = "active"
+	StatusSuspended = "suspended"
+)
+
+// Config configures a Handler.
+type Config struct {
+	// Store keeps the consumers and keys; nil answers 503 on every route.
+	Store apikey.Store
+	// Catalog returns the current plans (they reload).
+	Catalog func() *plan.Catalog
+	// Hasher returns the current key hasher.
+	Hasher func() apikey.Hasher
+	// Prefix returns the prefix for new keys; nil means apikey.DefaultPrefix.
+	Prefix func() string
+	// Token is the bearer token every call must carry; empty turns the API
+	// off (every route answers 404).
+	Token string
+	Log   *zap.Logger
+	// Clock decides whether an expiry lies in the past; nil means time.Now.
+	Clock func() time.Time
+}
+
+// Handler serves the admin API under /v1/.
+type Handler struct {
+	cfg   Config
+	log   *zap.Logger
+	clock func() time.Time
+	token [sha256.Size]byte
+	mux   *http.ServeMux
+	// unready says why the API cannot work ("" when it can).
+	unready string
+	// mu serialises read-modify-write of consumers (PATCH) within this
+	// process; the store has no compare-and-swap.
+	mu sync.Mutex
+}
+
+var _ http.Handler = (*Handler)(nil)
+
+// New returns a handler. It never fails: a missing dependency shows as a
+// 503 problem on every call, a missing token as the API being off.
+func New(cfg Config) *Handler {
+	h := &Handler{cfg: cfg, log: cfg.Log, clock: cfg.Clock, mux: http.NewServeMux()}
+	if h.log == nil {
+		h.log = zap.NewNop()
+	}
+	if h.clock == nil {
+		h.clock = time.Now
+	}
+	if h.cfg.Prefix == nil {
+		h.cfg.Prefix = func() string { return apikey.DefaultPrefix }
+	}
+	switch {
+	case cfg.Store == nil:
+		h.unready = "the admin API has no store to keep consumers and keys in"
+	case cfg.Catalog == nil:
+		h.unready = "the admin API has no plan catalog"
+	case cfg.Hasher == nil:
+		h.unready = "the admin API has no key hasher"
+	}
+	// Hashing first makes the comparison's time independent of the
+	// token's length as well as its content.
+	h.token = sha256.Sum256([]byte(cfg.Token))
+	h.mux.HandleFunc("PUT /v1/consumers/{id}", h.putConsumer)
+	h.mux.HandleFunc("GET /v1/consumers/{id}", h.getConsumer)
+	h.mux.HandleFunc("PATCH /v1/consumers/{id}", h.patchConsumer)
+	h.mux.HandleFunc("POST /v1/consumers/{id}/keys", h.createKey)
+	h.mux.HandleFunc("POST /v1/keys/{id}/revoke", h.revokeKey)
+	return h
+}
+
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.cfg.Token == "" {
+		writeProblem(w, http.StatusNotFound, "admin_disabled",
+			"the admin API is off: set LEVY_ADMIN_TOKEN to turn it on")
+		return
+	}
+	if !h.authorized(r) {
+		h.log.Warn("admin call refused: missing or wrong bearer token",
+			zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("remote", r.RemoteAddr))
+		w.Header().Set("WWW-Authenticate", `Bearer realm="levy-admin"`)
+		writeProblem(w, http.StatusUnauthorized, "unauthorized",
+			"send the admin token as 'Authorization: Bearer <token>'")
+		return
+	}
+	if h.unready != "" {
+		writeProblem(w, http.StatusServiceUnavailable, "admin_unavailable", h.unready)
+		return
+	}
+	if _, pattern := h.mux.Handler(r); pattern == "" {
+		h.noRoute(w, r)
+		return
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+func (h *Handler) authorized(r *http.Request) bool {
+	v := r.Header.Get("Authorization")
+	if len(v) < 7 || !strings.EqualFold(v[:7], "bearer ") {
+		return false
+	}
+	got := sha256.Sum256([]byte(strings.TrimSpace(v[7:])))
+	return subtle.ConstantTimeCompare(got[:], h.token[:]) == 1
+}
+
+// noRoute answers a request no route matches (404) or whose path matches
+// with another method (405, with Allow) as a problem document.
+func (h *Handler) noRoute(w http.ResponseWriter, r *http.Request) {
+	c := &captured{header: http.Header{}}
+	h.mux.ServeHTTP(c, r)
+	if c.code == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", c.header.Get("Allow"))
+		writeProblem(w, http.StatusMethodNotAllowed, "method_not_allowed",
+			fmt.Sprintf("%s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, c.header.Get("Allow")))
+		return
+	}
+	writeProblem(w, http.StatusNotFound, "not_found", "no admin route "+r.Method+" "+r.URL.Path)
+}
+
+// captured records the status the mux would send.
+type captured struct {
+	header http.Header
+	code   int
+}
+
+func (c *captured) Header() http.Header         { return c.header }
+func (c *captured) Write(b []byte) (int, error) { return len(b), nil }
+func (c *captured) WriteHeader(code int)        { c.code = code }
+
+// consumerJSON is a consumer on the wire.
+type consumerJSON struct {
+	ID               string `json:"id"`
+	Plan             string `json:"plan"`
+	Status           string `json:"status"`
+	StripeCustomerID string `json:"stripe_customer_id,omitempty"`
+	PeriodAnchor     string `json:"period_anchor,omitempty"`
+}
+
+func toJSON(c *apikey.Consumer) consumerJSON {
+	out := consumerJSON{ID: c.ID, Plan: c.Plan, Status: StatusActive, StripeCustomerID: c.StripeCustomerID}
+	if c.Suspended {
+		out.Status = StatusSuspended
+	}
+	if !c.PeriodAnchor.IsZero() {
+		out.PeriodAnchor = c.PeriodAnchor.UTC().Format(time.RFC3339)
+	}
+	return out
+}
+
+type putConsumerRequest struct {
+	Plan             string `json:"plan"`
+	Status           string `json:"status"`
+	StripeCustomerID string `json:"stripe_customer_id"`
+	PeriodAnchor     string `json:"period_anchor"`
+}
+
+func (h *Handler) putConsumer(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r, "consumer")
+	if !ok {
+		return
+	}
+	var req putConsumerRequest
+	if !decode(w, r, &req, false) {
+		return
+	}
+	c := &apikey.Consumer{ID: id, StripeCustomerID: req.StripeCustomerID}
+	var p problem
+	if c.Plan, p = h.checkPlan(req.Plan); p.status != 0 {
+		p.write(w)
+		return
+	}
+	if c.Suspended, p = checkStatus(req.Status); p.status != 0 {
+		p.write(w)
+		return
+	}
+	if c.PeriodAnchor, p = checkTime("period_anchor", req.PeriodAnchor); p.status != 0 {
+		p.write(w)
+		return
+	}
+	if err := h.cfg.Store.PutConsumer(r.Context(), c); err != nil {
+		h.storeFailed(w, "put consumer", err, zap.String("consumer", id))
+		return
+	}
+	h.log.Info("consumer put", zap.String("consumer", id), zap.String("plan", c.Plan), zap.Bool("suspended", c.Suspended))
+	writeJSON(w, http.StatusOK, toJSON(c))
+}
+
+func (h *Handler) getConsumer(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r, "consumer")
+	if !ok {
+		return
+	}
+	c, ok := h.consumer(w, r, id)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, toJSON(c))
+}
+
+type patchConsumerRequest struct {
+	Plan             *string `json:"plan"`
+	Status           *string `json:"status"`
+	StripeCustomerID *string `json:"stripe_customer_id"`
+	PeriodAnchor     *string `json:"period_anchor"`
+}
+
+func (h *Handler) patchConsumer(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r, "consumer")
+	if !ok {
+		return
+	}
+	var req patchConsumerRequest
+	if !decode(w, r, &req, false) {
+		return
+	}
+	// Check the whole request before touching the store.
+	var (
+		planName  string
+		suspended bool
+		at        time.Time
+		p         problem
+	)
+	if req.Plan != nil {
+		if planName, p = h.checkPlan(*req.Plan); p.status != 0 {
+			p.write(w)
+			return
+		}
+	}
+	if req.Status != nil {
+		if suspended, p = checkStatus(*req.Status); p.status != 0 {
+			p.write(w)
+			return
+		}
+	}
+	if req.PeriodAnchor != nil {
+		if at, p = checkTime("period_anchor", *req.PeriodAnchor); p.status != 0 {
+			p.write(w)
+			return
+		}
+	}
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	old, ok := h.consumer(w, r, id)
+	if !ok {
+		return
+	}
+	c := *old
+	if req.Plan != nil {
+		c.Plan = planName
+	}
+	if req.Status != nil {
+		c.Suspended = suspended
+	}
+	if req.StripeCustomerID != nil {
+		c.StripeCustomerID = *req.StripeCustomerID
+	}
+	if req.PeriodAnchor != nil {
+		c.PeriodAnchor = at
+	}
+	if err := h.cfg.Store.PutConsumer(r.Context(), &c); err != nil {
+		h.storeFailed(w, "patch consumer", err, zap.String("consumer", id))
+		return
+	}
+	h.log.Info("consumer updated", zap.String("consumer", id), zap.String("plan", c.Plan), zap.Bool("suspended", c.Suspended))
+	writeJSON(w, http.StatusOK, toJSON(&c))
+}
+
+type createKeyRequest struct {
+	ID        string `json:"id"`
+	ExpiresAt string `json:"expires_at"`
+}
+
+type createKeyResponse struct {
+	ID        string `json:"id"`
+	Key       string `json:"key"`
+	Consumer  string `json:"consumer"`
+	ExpiresAt string `json:"expires_at,omitempty"`
+}
+
+func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
+	consumerID, ok := pathID(w, r, "consumer")
+	if !ok {
+		return
+	}
+	var req createKeyRequest
+	if !decode(w, r, &req, true) {
+		return
+	}
+	if req.ID != "" {
+		if p := checkID("key", req.ID); p.status != 0 {
+			p.write(w)
+			return
+		}
+	}
+	expires, p := checkTime("expires_at", req.ExpiresAt)
+	if p.status != 0 {
+		p.write(w)
+		return
+	}
+	if !expires.IsZero() && !expires.After(h.clock()) {
+		writeProblem(w, http.StatusBadRequest, "invalid_expiry",
+			"expires_at "+req.ExpiresAt+" is not in the future")
+		return
+	}
+	if _, ok := h.consumer(w, r, consumerID); !ok {
+		return
+	}
+	key, err := apikey.Generate(h.cfg.Prefix())
+	if err != nil {
+		h.log.Error("generate key", zap.String("consumer", consumerID), zap.Error(err))
+		writeProblem(w, http.StatusInternalServerError, "internal", "could not generate a key: "+err.Error())
+		return
+	}
+	hash := h.cfg.Hasher().Hash(key)
+	k := &apikey.Key{ID: req.ID, Hash: hash, ConsumerID: consumerID, ExpiresAt: expires}
+	if k.ID == "" {
+		k.ID = apikey.IDFromHash(hash)
+	}
+	if err := h.cfg.Store.PutKey(r.Context(), k); err != nil {
+		h.storeFailed(w, "put key", err, zap.String("consumer", consumerID), zap.String("key_id", k.ID))
+		return
+	}
+	h.log.Info("key created", zap.String("consumer", consumerID), zap.String("key_id", k.ID))
+	resp := createKeyResponse{ID: k.ID, Key: key, Consumer: consumerID}
+	if !expires.IsZero() {
+		resp.ExpiresAt = expires.UTC().Format(time.RFC3339)
+	}
+	// The body holds a secret: keep it out of every cache.
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusCreated, resp)
+}
+
+func (h *Handler) revokeKey(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r, "key")
+	if !ok {
+		return
+	}
+	err := h.cfg.Store.RevokeKey(r.Context(), id)
+	if errors.Is(err, apikey.ErrNotFound) {
+		writeProblem(w, http.StatusNotFound, "key_not_found", "no key with id "+id)
+		return
+	}
+	if err != nil {
+		h.storeFailed(w, "revoke key", err, zap.String("key_id", id))
+		return
+	}
+	h.log.Info("key revoked", zap.String("key_id", id))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// consumer reads a consumer, answering 404 or 503 itself when it cannot.
+func (h *Handler) consumer(w http.ResponseWriter, r *http.Request, id string) (*apikey.Consumer, bool) {
+	c, err := h.cfg.Store.GetConsumer(r.Context(), id)
+	if errors.Is(err, apikey.ErrNotFound) || err == nil && c == nil {
+		writeProblem(w, http.StatusNotFound, "consumer_not_found", "no consumer with id "+id)
+		return nil, false
+	}
+	if err != nil {
+		h.storeFailed(w, "get consumer", err, zap.String("consumer", id))
+		return nil, false
+	}
+	return c, true
+}
+
+func (h *Handler) storeFailed(w http.ResponseWriter, op string, err error, fields ...zap.Field) {
+	h.log.Error(op, append(fields, zap.Error(err))...)
+	writeProblem(w, http.StatusServiceUnavailable, "store_unavailable", op+": the store failed; try again")
+}
+
+func (h *Handler) checkPlan(name string) (string, problem) {
+	catalog := h.cfg.Catalog()
+	if catalog == nil {
+		return "", problem{http.StatusServiceUnavailable, "admin_unavailable", "no plans are loaded"}
+	}
+	if _, ok := catalog.Get(name); ok {
+		return name, problem{}
+	}
+	known := "known plans: " + strings.Join(catalog.Names(), ", ")
+	if name == "" {
+		return "", problem{http.StatusBadRequest, "unknown_plan", "plan is required; " + known}
+	}
+	return "", problem{http.StatusBadRequest, "unknown_plan", fmt.Sprintf("unknown plan %q; %s", name, known)}
+}
+
+// checkStatus returns whether status means suspended; empty is active.
+func checkStatus(status string) (bool, problem) {
+	switch status {
+	case "", StatusActive:
+		return false, problem{}
+	case StatusSuspended:
+		return true, problem{}
+	}
+	return false, problem{http.StatusBadRequest, "invalid_status",
+		fmt.Sprintf("status %q: want %q or %q", status, StatusActive, StatusSuspended)}
+}
+
+// checkTime parses an optional RFC 3339 time; empty is the zero time.
+func checkTime(field, v string) (time.Time, problem) {
+	if v == "" {
+		return time.Time{}, problem{}
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return time.Time{}, problem{http.StatusBadRequest, "invalid_time",
+			fmt.Sprintf("%s %q: want an RFC 3339 time such as 2026-01-31T00:00:00Z", field, v)}
+	}
+	return t, problem{}
+}
+
+func pathID(w http.ResponseWriter, r *http.Request, what string) (string, bool) {
+	id := r.PathValue("id")
+	if p := checkID(what, id); p.status != 0 {
+		p.write(w)
+		return "", false
+	}
+	return id, true
+}
+
+// checkID accepts 1 to 128 characters of [A-Za-z0-9._:-].
+func checkID(what, id string) problem {
+	const want = "want 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+	if len(id) > MaxIDLen {
+		return problem{http.StatusBadRequest, "invalid_id", fmt.Sprintf("%s id is %d bytes long: %s", what, len(id), want)}
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+			return problem{http.StatusBadRequest, "invalid_id", fmt.Sprintf("%s id %q: %s", what, id, want)}
+		}
+	}
+	if id == "" {
+		return problem{http.StatusBadRequest, "invalid_id", what + " id is empty: " + want}
+	}
+	return problem{}
+}
+
+// decode reads one JSON object into v, strictly: unknown fields, trailing
+// data and bodies over MaxBody are errors it answers itself. An empty body
+// is accepted only when optional.
+func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
+	body := http.MaxBytesReader(w, r.Body, MaxBody)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if errors.Is(err, io.EOF) {
+		if optional {
+			return true
+		}
+		writeProblem(w, http.StatusBadRequest, "invalid_json", "a JSON object body is required")
+		return false
+	}
+	if err == nil {
+		// Exactly one value: anything after it is an error too.
+		if err = dec.Decode(&struct{}{}); errors.Is(err, io.EOF) {
+			return true
+		}
+		if err == nil {
+			err = errors.New("more than one JSON value")
+		}
+	}
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		writeProblem(w, http.StatusRequestEntityTooLarge, "body_too_large",
+			fmt.Sprintf("the request body is over %d bytes", MaxBody))
+		return false
+	}
+	if field, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		writeProblem(w, http.StatusBadRequest, "unknown_field", "unknown field "+field)
+		return false
+	}
+	writeProblem(w, http.StatusBadRequest, "invalid_json", "the request body is not valid JSON: "+
+		strings.TrimPrefix(err.Error(), "json: "))
+	return false
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// problem is an RFC 9457 problem; the zero value means none.
+type problem struct {
+	status         int
+	reason, detail string
+}
+
+func (p problem) write(w http.ResponseWriter) { writeProblem(w, p.status, p.reason, p.detail) }
+
+// writeProblem answers an RFC 9457 problem document, shaped like the ones
+// levy's ext_authz denials carry.
+func writeProblem(w http.ResponseWriter, status int, reason, detail string) {
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(Problem{
+		Type:   "https://levy.dev/problems/" + strings.ReplaceAll(reason, "_", "-"),
+		Title:  http.StatusText(status),
+		Status: status,
+		Reason: reason,
+		Detail: detail,
+	})
+}
+
+// Problem is the error body of every failed call.
+type Problem struct {
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Reason string `json:"reason"`
+	Detail string `json:"detail"`
+}

@@ -1,0 +1,157 @@
+package limiter
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/levyhq/levy/pkg/plan"
+)
+
+// FallbackConfig configures a Fallback.
+type FallbackConfig struct {
+	Primary Limiter
+	// Local decides while Primary cannot (in memory; no counter store).
+	Local *Local
+	// Share is how many replicas split the limits while the store is away
+	// (each enforces its share of every bucket).
+	Share func() int
+	// ReconcileEvery is how often usage counted during an outage is
+	// pushed to Primary (default 1s).
+	ReconcileEvery time.Duration
+	// OnError observes every Primary failure (metrics).
+	OnError func(error)
+	Log     *zap.Logger
+}
+
+// Fallback keeps protecting when the shared store is unreachable
+// (on_store_error: allow): each replica enforces its share of every rate
+// on its own, quotas are counted locally without being enforced (no replica
+// knows the others' counts), and the usage so counted is added to the
+// store once it is back, so none is lost.
+type Fallback struct {
+	cfg     FallbackConfig
+	mu      sync.Mutex
+	owed    map[owedKey]int64 // quota units to add to Primary
+	stop    chan struct{}
+	done    chan struct{}
+	stopped sync.Once
+}
+
+type owedKey struct {
+	key    string
+	unit   plan.Unit
+	anchor time.Time
+}
+
+var _ Limiter = (*Fallback)(nil)
+
+// NewFallback starts the reconcile loop; Close stops it after a last try.
+func NewFallback(cfg FallbackConfig) *Fallback {
+	if cfg.ReconcileEvery <= 0 {
+		cfg.ReconcileEvery = time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	f := &Fallback{cfg: cfg, owed: map[owedKey]int64{}, stop: make(chan struct{}), done: make(chan struct{})}
+	go f.loop()
+	return f
+}
+
+// Decide implements Limiter.
+func (f *Fallback) Decide(ctx context.Context, limits []Limit) (Decision, error) {
+	d, err := f.cfg.Primary.Decide(ctx, limits)
+	if err == nil {
+		return d, nil
+	}
+	if f.cfg.OnError != nil {
+		f.cfg.OnError(err)
+	}
+	n := int64(1)
+	if f.cfg.Share != nil {
+		n = int64(max(f.cfg.Share(), 1))
+	}
+	local := make([]Limit, len(limits))
+	for i, l := range limits {
+		if l.Kind == Bucket {
+			l.Requests, l.Burst = max(l.Requests/n, 1), max(l.Capacity()/n, 1)
+		} else {
+			l.Soft, l.Max, l.Cap = true, 0, 0 // count, do not enforce
+		}
+		local[i] = l
+	}
+	d, err = f.cfg.Local.Decide(ctx, local)
+	if err != nil || !d.OK {
+		return d, err
+	}
+	f.mu.Lock()
+	for _, l := range limits {
+		if l.Kind == Quota && l.Cost > 0 {
+			f.owed[owedKey{l.Key, l.Unit, l.Anchor}] += l.Cost
+		}
+	}
+	f.mu.Unlock()
+	return d, nil
+}
+
+func (f *Fallback) loop() {
+	defer close(f.done)
+	t := time.NewTicker(f.cfg.ReconcileEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.stop:
+			return
+		case <-t.C:
+			f.Reconcile(context.Background())
+		}
+	}
+}
+
+// Reconcile adds the usage counted during an outage to the store, as
+// count-only quota decisions; what fails stays owed.
+func (f *Fallback) Reconcile(ctx context.Context) {
+	f.mu.Lock()
+	owed := f.owed
+	f.owed = map[owedKey]int64{}
+	f.mu.Unlock()
+	if len(owed) == 0 {
+		return
+	}
+	failed := 0
+	for k, units := range owed {
+		add := Limit{Kind: Quota, Name: "reconcile", Key: k.key, Cost: units, Unit: k.unit, Anchor: k.anchor, Soft: true}
+		if _, err := f.cfg.Primary.Decide(ctx, []Limit{add}); err != nil {
+			f.mu.Lock()
+			f.owed[k] += units
+			f.mu.Unlock()
+			if failed == 0 {
+				f.cfg.Log.Warn("reconcile usage counted during the store outage; will retry", zap.Error(err))
+			}
+			failed++
+		}
+	}
+	if failed == 0 {
+		f.cfg.Log.Info("usage counted during the store outage reconciled", zap.Int("counters", len(owed)))
+	}
+}
+
+// Owed reports how many counters still wait to be reconciled.
+func (f *Fallback) Owed() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.owed)
+}
+
+// Close stops reconciling after one last attempt.
+func (f *Fallback) Close() error {
+	f.stopped.Do(func() {
+		close(f.stop)
+		<-f.done
+		f.Reconcile(context.Background())
+	})
+	return nil
+}
