@@ -36,7 +36,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(serveCmd(), checkCmd(), keysCmd(), configCmd(), versionCmd())
+	keys := keysCmd()
+	addAdminKeyCmds(keys)
+	root.AddCommand(serveCmd(), checkCmd(), keys, consumersCmd(), configCmd(), versionCmd())
 	return root.ExecuteContext(ctx)
 }
 

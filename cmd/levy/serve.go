@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -12,7 +13,7 @@ import (
 )
 
 func serveCmd() *cobra.Command {
-	var path, dataDir, grpcAddr, httpAddr, rlDir string
+	var path, dataDir, grpcAddr, httpAddr, rlDir, store, redisAddr, redisCluster string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve ext_authz, RateLimitService and access logs for Envoy",
@@ -33,6 +34,15 @@ variables, then these flags.`,
 				}
 				if rlDir != "" {
 					c.RateLimit.Dir = rlDir
+				}
+				if store != "" {
+					c.Store.Type = store
+				}
+				if redisAddr != "" {
+					c.Store.Redis.Addr = redisAddr
+				}
+				if redisCluster != "" {
+					c.Store.Redis.Cluster = strings.Split(redisCluster, ",")
 				}
 			}
 			cfg, err := loadConfig(path, flags)
@@ -57,6 +67,9 @@ variables, then these flags.`,
 	cmd.Flags().StringVar(&grpcAddr, "grpc-addr", "", "gRPC listen address")
 	cmd.Flags().StringVar(&httpAddr, "http-addr", "", "HTTP listen address")
 	cmd.Flags().StringVar(&rlDir, "ratelimit-dir", "", "directory of RateLimitService rule files (envoyproxy/ratelimit format)")
+	cmd.Flags().StringVar(&store, "store", "", "where shared state lives: local or redis")
+	cmd.Flags().StringVar(&redisAddr, "redis-addr", "", "Redis host:port (with --store redis)")
+	cmd.Flags().StringVar(&redisCluster, "redis-cluster", "", "Redis Cluster seed nodes, comma-separated (with --store redis)")
 	return cmd
 }
 

@@ -116,7 +116,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.String("remote", r.RemoteAddr))
 		w.Header().Set("WWW-Authenticate", `Bearer realm="levy-admin"`)
 		writeProblem(w, http.StatusUnauthorized, "unauthorized",
-			"send the admin token as 'Authorization: Bearer <token>'")
+			"missing or wrong admin token: send it as 'Authorization: Bearer <token>'")
 		return
 	}
 	if h.unready != "" {

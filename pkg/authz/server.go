@@ -53,7 +53,7 @@ type Snapshot struct {
 
 // NewSnapshot builds a snapshot from a validated config, adding consumers
 // and keys kept outside it (demo keys, the store's).
-func NewSnapshot(cfg *config.Config, consumers []*apikey.Consumer, keys []*apikey.Key) (*Snapshot, error) {
+func NewSnapshot(cfg *config.Config, consumers []*apikey.Consumer, keys []*apikey.Key, store apikey.Store) (*Snapshot, error) {
 	catalog, err := cfg.Catalog()
 	if err != nil {
 		return nil, err
@@ -66,7 +66,7 @@ func NewSnapshot(cfg *config.Config, consumers []*apikey.Consumer, keys []*apike
 	}
 	snap := &Snapshot{
 		Catalog:          catalog,
-		Directory:        apikey.NewIndex(cs, append(ks, keys...)),
+		Directory:        apikey.Layered{Static: apikey.NewIndex(cs, append(ks, keys...)), Store: store},
 		Hasher:           cfg.Hasher(),
 		KeyHeaders:       cfg.Keys.Headers,
 		Bearer:           cfg.Keys.BearerEnabled(),
@@ -130,6 +130,9 @@ func New(cfg Config) *Server {
 	return s
 }
 
+// Snapshot returns the snapshot in force.
+func (s *Server) Snapshot() *Snapshot { return s.snap.Load() }
+
 // Swap installs a new snapshot; requests in flight finish on the old one.
 func (s *Server) Swap(snap *Snapshot) { s.snap.Store(snap) }
 
@@ -144,6 +147,9 @@ const (
 	ReasonRateLimited  = "rate_limited"
 	ReasonQuota        = "quota_exceeded"
 	ReasonSpendCap     = "spend_cap_reached"
+	// ReasonStoreUnavailable: the store cannot be reached and
+	// on_store_error is deny (or the key is not cached).
+	ReasonStoreUnavailable = "store_unavailable"
 )
 
 // Check implements authv3.AuthorizationServer.
@@ -184,7 +190,8 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	}
 	if err != nil {
 		s.log.Error("look up key", zap.String("request_id", headers["x-request-id"]), zap.Error(err))
-		return nil, "", status.Error(codes.Unavailable, "key lookup failed")
+		s.metrics.StoreErrors.WithLabelValues("lookup").Inc()
+		return storeUnavailable("the key cannot be checked right now"), ReasonStoreUnavailable, nil
 	}
 	now := s.clock()
 	switch {
@@ -207,7 +214,8 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	d, err := s.limiter.Decide(ctx, limits)
 	if err != nil {
 		s.log.Error("decide", zap.String("request_id", headers["x-request-id"]), zap.String("consumer", c.ID), zap.Error(err))
-		return nil, "", status.Error(codes.Unavailable, "limiter unavailable")
+		s.metrics.StoreErrors.WithLabelValues("decide").Inc()
+		return storeUnavailable("limits cannot be checked right now"), ReasonStoreUnavailable, nil
 	}
 	rl := d.Headers(limits)
 	debug := s.log.Core().Enabled(zap.DebugLevel)
@@ -400,6 +408,12 @@ func wwwError(reason string) string {
 		return ""
 	}
 	return `, error="invalid_token"`
+}
+
+// storeUnavailable is on_store_error: deny: a 503 the client can retry.
+func storeUnavailable(detail string) *authv3.CheckResponse {
+	return denied(codes.Unavailable, typev3.StatusCode_ServiceUnavailable, ReasonStoreUnavailable, detail+"; retry shortly",
+		[]limiter.Header{{Name: "retry-after", Value: "1"}}, nil)
 }
 
 func forbidden(reason, detail string) *authv3.CheckResponse {

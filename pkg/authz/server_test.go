@@ -15,9 +15,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
@@ -116,7 +114,7 @@ func snapshot(t *testing.T, text string) *authz.Snapshot {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	snap, err := authz.NewSnapshot(cfg, nil, nil)
+	snap, err := authz.NewSnapshot(cfg, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -396,17 +394,16 @@ func (brokenLimiter) Decide(context.Context, []limiter.Limit) (limiter.Decision,
 	return limiter.Decision{}, errors.New("store unreachable")
 }
 
-// A broken store is an RPC error, so Envoy's failure mode decides; denials
-// never are.
-func TestStoreFailureIsAnRPCErrorSoEnvoyFailureModeDecides(t *testing.T) {
+// An unreachable store (with on_store_error: deny) is a 503 the client can
+// retry, with a body that says so: a response, not an RPC error.
+func TestStoreFailureDeniesWith503(t *testing.T) {
 	f := start(t, brokenLimiter{})
-	_, err := f.srv.Check(context.Background(), envoy.BuildCheckRequest(&envoy.Request{Headers: []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}}, 1))
-	if status.Code(err) != codes.Unavailable {
-		t.Fatalf("err %v, want Unavailable", err)
+	o := f.withKey(t, "KEY_PRO", "/")
+	if o.Allowed || o.Status != 503 || o.ResponseHeaders.Get("retry-after") != "1" {
+		t.Fatalf("status %d allowed=%v headers %v", o.Status, o.Allowed, o.ResponseHeaders)
 	}
-	o, _ := f.client.Check(context.Background(), &envoy.Request{Headers: []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}})
-	if o.Allowed || o.Status != 403 {
-		t.Fatalf("failure_mode_allow=false: %d allowed=%v, want Envoy's status_on_error 403", o.Status, o.Allowed)
+	if p := problemOf(t, o); p.Reason != authz.ReasonStoreUnavailable {
+		t.Fatalf("reason %q", p.Reason)
 	}
 }
 

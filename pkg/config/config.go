@@ -60,6 +60,20 @@ type Store struct {
 	// OnStoreError is allow or deny: what a decision does when the store
 	// cannot be reached.
 	OnStoreError string `yaml:"on_store_error"`
+	// Timeout bounds one decision's store call.
+	Timeout Duration `yaml:"timeout"`
+	Redis   Redis    `yaml:"redis"`
+}
+
+// Redis says how to reach Redis. The password and TLS settings come from
+// the environment: LEVY_REDIS_USERNAME, LEVY_REDIS_PASSWORD, LEVY_REDIS_TLS
+// (true), LEVY_REDIS_TLS_CA (a PEM file), LEVY_REDIS_TLS_SERVER_NAME.
+type Redis struct {
+	Addr string `yaml:"addr"`
+	// Cluster lists Redis Cluster seed nodes; it wins over Addr.
+	Cluster []string `yaml:"cluster"`
+	// CacheTTL is how long a key lookup is trusted in-process.
+	CacheTTL Duration `yaml:"cache_ttl"`
 }
 
 // Keys says where API keys are found in requests and how they are stored.
@@ -143,7 +157,8 @@ type KeySpec struct {
 func Default() *Config {
 	return &Config{
 		Listen: Listen{GRPC: "127.0.0.1:8081", HTTP: "127.0.0.1:8080"},
-		Store:  Store{Type: "local", DataDir: "levy-data", OnStoreError: "deny"},
+		Store: Store{Type: "local", DataDir: "levy-data", OnStoreError: "deny", Timeout: Duration(50 * time.Millisecond),
+			Redis: Redis{CacheTTL: Duration(500 * time.Millisecond)}},
 		Keys:   Keys{Headers: []string{"x-api-key"}, Prefix: "levy"},
 		Headers: Headers{
 			ConsumerID:   "x-consumer-id",
@@ -167,6 +182,8 @@ var envOverrides = []struct {
 	{"LEVY_LOG_LEVEL", func(c *Config, v string) { c.Log.Level = v }},
 	{"LEVY_LOG_FORMAT", func(c *Config, v string) { c.Log.Format = v }},
 	{"LEVY_RATELIMIT_DIR", func(c *Config, v string) { c.RateLimit.Dir = v }},
+	{"LEVY_REDIS_ADDR", func(c *Config, v string) { c.Store.Redis.Addr = v }},
+	{"LEVY_REDIS_CLUSTER", func(c *Config, v string) { c.Store.Redis.Cluster = strings.Split(v, ",") }},
 }
 
 // ApplyEnv overrides settings from LEVY_* environment variables.

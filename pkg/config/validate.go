@@ -23,6 +23,23 @@ func (c *Config) Validate() error {
 	if c.Store.Type == "local" && c.Store.DataDir == "" {
 		c.problem(&errs, "store.data_dir", "the local store needs a data directory")
 	}
+	if c.Store.Type == "redis" {
+		if c.Store.Redis.Addr == "" && len(c.Store.Redis.Cluster) == 0 {
+			c.problem(&errs, "store.redis", "set store.redis.addr (or --redis-addr, LEVY_REDIS_ADDR) or store.redis.cluster")
+		}
+		for i, a := range append([]string{c.Store.Redis.Addr}, c.Store.Redis.Cluster...) {
+			if _, _, err := net.SplitHostPort(a); a != "" && err != nil {
+				path := "store.redis.addr"
+				if i > 0 {
+					path = fmt.Sprintf("store.redis.cluster[%d]", i-1)
+				}
+				c.problem(&errs, path, "%q is not host:port", a)
+			}
+		}
+	}
+	if c.Store.Timeout <= 0 {
+		c.problem(&errs, "store.timeout", "must be a positive duration, e.g. 50ms")
+	}
 	oneOf(c, &errs, "log.level", c.Log.Level, "debug", "info", "warn", "error")
 	oneOf(c, &errs, "log.format", c.Log.Format, "json", "console")
 	c.validateKeys(&errs)

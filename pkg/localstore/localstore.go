@@ -102,33 +102,37 @@ func (db *DB) SaveCounters(set map[string]limiter.Counter, del []string) error {
 	})
 }
 
-// DemoKey is a demo consumer's plaintext key, kept only in dev setups so
-// `make run` prints the same keys after a restart.
-type DemoKey struct {
-	Plan string `json:"plan"`
-	Key  string `json:"key"`
-}
-
-// DemoKeys returns the stored demo keys.
-func (db *DB) DemoKeys() ([]DemoKey, error) {
-	var out []DemoKey
-	err := db.bolt.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketMeta).Get(keyDemo)
-		if v == nil {
+// DemoKeys returns each plan's demo key (a dev-only plaintext key, kept so
+// that `make run` prints the same keys after a restart), creating missing
+// ones with gen.
+func (db *DB) DemoKeys(plans []string, gen func() (string, error)) (map[string]string, error) {
+	out := map[string]string{}
+	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketMeta)
+		if v := b.Get(keyDemo); v != nil {
+			if err := json.Unmarshal(v, &out); err != nil {
+				return fmt.Errorf("read demo keys: %w", err)
+			}
+		}
+		changed := false
+		for _, p := range plans {
+			if _, ok := out[p]; ok {
+				continue
+			}
+			k, err := gen()
+			if err != nil {
+				return err
+			}
+			out[p], changed = k, true
+		}
+		if !changed {
 			return nil
 		}
-		return json.Unmarshal(v, &out)
+		v, err := json.Marshal(out)
+		if err != nil {
+			return err
+		}
+		return b.Put(keyDemo, v)
 	})
 	return out, err
-}
-
-// SetDemoKeys replaces the stored demo keys.
-func (db *DB) SetDemoKeys(keys []DemoKey) error {
-	v, err := json.Marshal(keys)
-	if err != nil {
-		return err
-	}
-	return db.bolt.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketMeta).Put(keyDemo, v)
-	})
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -24,11 +25,12 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/levyhq/levy/pkg/admin"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter"
-	"github.com/levyhq/levy/pkg/localstore"
+	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/pkg/telemetry"
 )
@@ -56,8 +58,7 @@ type Server struct {
 	opts    Options
 	log     *zap.Logger
 	metrics *telemetry.Metrics
-	db      *localstore.DB
-	limiter *limiter.Local
+	backend *backend
 	authz   *authz.Server
 	rls     *rls.Server
 	demo    []*apikey.Consumer
@@ -88,17 +89,9 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = 10 * time.Second
 	}
-	if cfg.Store.Type != "local" {
-		return nil, fmt.Errorf("store.type %q is not available in this build (use local)", cfg.Store.Type)
-	}
 	s := &Server{cfg: cfg, opts: opts, log: opts.Log, metrics: telemetry.NewMetrics()}
 	var err error
-	if s.db, err = localstore.Open(cfg.Store.DataDir); err != nil {
-		return nil, err
-	}
-	s.limiter, err = limiter.NewLocal(limiter.LocalConfig{Clock: opts.Clock, Counters: s.db, Log: s.log})
-	if err != nil {
-		s.db.Close()
+	if s.backend, err = s.openBackend(cfg); err != nil {
 		return nil, err
 	}
 	if err := s.setupDemo(); err != nil {
@@ -110,8 +103,8 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		s.closeStore()
 		return nil, err
 	}
-	s.authz = authz.New(authz.Config{Snapshot: authzSnap, Limiter: s.limiter, Metrics: s.metrics, Log: s.log, Clock: opts.Clock})
-	s.rls = rls.New(rls.Config{Snapshot: rlsSnap, Limiter: s.limiter, Metrics: s.metrics, Log: s.log})
+	s.authz = authz.New(authz.Config{Snapshot: authzSnap, Limiter: s.backend.limiter, Metrics: s.metrics, Log: s.log, Clock: opts.Clock})
+	s.rls = rls.New(rls.Config{Snapshot: rlsSnap, Limiter: s.backend.limiter, Metrics: s.metrics, Log: s.log})
 	if err := s.listen(); err != nil {
 		s.closeStore()
 		return nil, err
@@ -140,15 +133,50 @@ func (s *Server) listen() error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !s.ready.Load() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
+		switch {
+		case !s.ready.Load():
+			http.Error(w, "not ready: stopping or starting", http.StatusServiceUnavailable)
+		case !s.backend.ready():
+			http.Error(w, "not ready: the store ("+s.cfg.Store.Type+") is unreachable", http.StatusServiceUnavailable)
+		default:
+			io.WriteString(w, "ready\n")
 		}
-		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
+	mux.Handle("/v1/", admin.New(admin.Config{
+		Store:   s.backend.store,
+		Catalog: func() *plan.Catalog { return s.authz.Snapshot().Catalog },
+		Hasher:  func() apikey.Hasher { return s.authz.Snapshot().Hasher },
+		Prefix:  func() string { return s.cfg.Keys.Prefix },
+		Token:   os.Getenv("LEVY_ADMIN_TOKEN"),
+		Log:     s.log,
+		Clock:   s.opts.Clock,
+	}))
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return nil
+}
+
+// followReadiness mirrors the store's reachability in the gRPC health
+// service until stop is closed.
+func (s *Server) followReadiness(stop <-chan struct{}) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	last := healthpb.HealthCheckResponse_UNKNOWN
+	for {
+		st := healthpb.HealthCheckResponse_NOT_SERVING
+		if s.backend.ready() {
+			st = healthpb.HealthCheckResponse_SERVING
+		}
+		if st != last {
+			s.health.SetServingStatus("", st)
+			last = st
+		}
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // GRPCAddr is the bound gRPC address (useful with port 0).
@@ -189,8 +217,12 @@ func (s *Server) Run(ctx context.Context) error {
 			config.Watch(watch, s.opts.ReloadEvery, stopReload, s.reload)
 		}
 	}()
-	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.ready.Store(true)
+	healthDone := make(chan struct{})
+	go func() {
+		defer close(healthDone)
+		s.followReadiness(stopReload)
+	}()
 	s.log.Info("levy serving", zap.String("grpc", s.GRPCAddr()), zap.String("http", s.HTTPAddr()),
 		zap.String("store", s.cfg.Store.Type), zap.String("config", s.cfg.Source))
 
@@ -204,6 +236,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.health.Shutdown()
 	close(stopReload)
 	<-reloadDone
+	<-healthDone
 
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
@@ -228,19 +261,15 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 func (s *Server) closeStore() error {
-	err := s.limiter.Close()
-	if cerr := s.db.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("persist counters: %w", err)
+	if err := s.backend.close(); err != nil {
+		return fmt.Errorf("close store: %w", err)
 	}
 	return nil
 }
 
 // snapshots build what decisions read from a config.
 func (s *Server) snapshots(cfg *config.Config) (*authz.Snapshot, *rls.Snapshot, error) {
-	a, err := authz.NewSnapshot(cfg, s.demo, s.demoKey)
+	a, err := authz.NewSnapshot(cfg, s.demo, s.demoKey, s.backend.store)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -274,33 +303,27 @@ func (s *Server) reload() {
 }
 
 // setupDemo gives every plan a demo consumer and key when demo is on. The
-// keys are kept in the data dir, so a restart prints the same ones.
+// keys are kept in the store, so a restart (or another replica on the same
+// Redis) prints the same ones.
 func (s *Server) setupDemo() error {
 	if !s.cfg.Demo {
 		return nil
-	}
-	stored, err := s.db.DemoKeys()
-	if err != nil {
-		return fmt.Errorf("read demo keys: %w", err)
-	}
-	byPlan := map[string]string{}
-	for _, d := range stored {
-		byPlan[d.Plan] = d.Key
 	}
 	plans := make([]string, 0, len(s.cfg.Plans))
 	for name := range s.cfg.Plans {
 		plans = append(plans, name)
 	}
 	sort.Strings(plans)
-	changed := false
+	keys, err := s.backend.demoKeys(plans, func() (string, error) { return apikey.Generate(s.cfg.Keys.Prefix) })
+	if err != nil {
+		s.log.Error("demo keys unavailable", zap.Error(err))
+		return nil // demo is a convenience: serve without it
+	}
 	hasher := s.cfg.Hasher()
 	for _, name := range plans {
-		key, ok := byPlan[name]
-		if !ok || apikey.Check(key) != nil {
-			if key, err = apikey.Generate(s.cfg.Keys.Prefix); err != nil {
-				return err
-			}
-			byPlan[name], changed = key, true
+		key := keys[name]
+		if apikey.Check(key) != nil {
+			continue
 		}
 		hash := hasher.Hash(key)
 		id := "demo-" + name
@@ -308,17 +331,9 @@ func (s *Server) setupDemo() error {
 		s.demoKey = append(s.demoKey, &apikey.Key{ID: apikey.IDFromHash(hash), Hash: hash, ConsumerID: id})
 		fmt.Fprintf(s.opts.Out, "demo key for plan %s: %s\n", name, key)
 	}
-	if changed {
-		out := make([]localstore.DemoKey, 0, len(byPlan))
-		for _, name := range plans {
-			out = append(out, localstore.DemoKey{Plan: name, Key: byPlan[name]})
-		}
-		if err := s.db.SetDemoKeys(out); err != nil {
-			return fmt.Errorf("store demo keys: %w", err)
-		}
-	}
 	return nil
 }
 
-// Limiter exposes the limiter, for usage reports and tests.
-func (s *Server) Limiter() *limiter.Local { return s.limiter }
+// Limiter exposes the local store's limiter, for usage reports and tests
+// (nil on Redis).
+func (s *Server) Limiter() *limiter.Local { return s.backend.local }

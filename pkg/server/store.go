@@ -1,0 +1,134 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/limiter"
+	"github.com/levyhq/levy/pkg/localstore"
+	"github.com/levyhq/levy/pkg/redisstore"
+)
+
+// backend is the store levy runs on: what decides, what remembers
+// consumers and keys, whether it is reachable, and how to close it.
+type backend struct {
+	limiter  limiter.Limiter
+	store    apikey.Store
+	local    *limiter.Local // the local store's limiter (usage reports)
+	ready    func() bool
+	demoKeys func(plans []string, gen func() (string, error)) (map[string]string, error)
+	closers  []func() error
+}
+
+func (b *backend) close() error {
+	var errs []error
+	for i := len(b.closers) - 1; i >= 0; i-- {
+		errs = append(errs, b.closers[i]())
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) openBackend(cfg *config.Config) (*backend, error) {
+	if cfg.Store.Type == "redis" {
+		return s.openRedis(cfg)
+	}
+	b := &backend{ready: func() bool { return true }}
+	db, err := localstore.Open(cfg.Store.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	b.closers = append(b.closers, db.Close)
+	local, err := limiter.NewLocal(limiter.LocalConfig{Clock: s.opts.Clock, Counters: db, Log: s.log})
+	if err != nil {
+		b.close()
+		return nil, err
+	}
+	b.closers = append(b.closers, local.Close)
+	dir, err := db.Directory()
+	if err != nil {
+		b.close()
+		return nil, err
+	}
+	b.limiter, b.local, b.store, b.demoKeys = local, local, dir, db.DemoKeys
+	return b, nil
+}
+
+func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
+	opts, err := redisOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	redis.SetLogger(quietRedisLog{}) // levy logs store errors itself
+	client, cluster := redisstore.NewClient(opts)
+	b := &backend{closers: []func() error{client.Close}}
+	health := redisstore.StartHealth(client, uuid.NewString(), 500*time.Millisecond, s.log)
+	b.closers = append(b.closers, func() error { health.Stop(); return nil })
+	b.ready = health.Ready
+	var lim limiter.Limiter = limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: cluster, Timeout: time.Duration(cfg.Store.Timeout)})
+	if cfg.Store.OnStoreError == "allow" {
+		local, err := limiter.NewLocal(limiter.LocalConfig{Log: s.log})
+		if err != nil {
+			b.close()
+			return nil, err
+		}
+		b.closers = append(b.closers, local.Close)
+		fb := limiter.NewFallback(limiter.FallbackConfig{
+			Primary: lim, Local: local, Share: health.Replicas, Log: s.log,
+			OnError: func(error) { s.metrics.StoreErrors.WithLabelValues("decide").Inc() },
+		})
+		b.closers = append(b.closers, fb.Close)
+		lim = fb
+	}
+	b.limiter = lim
+	b.store = redisstore.NewDirectory(redisstore.DirectoryConfig{Client: client, TTL: time.Duration(cfg.Store.Redis.CacheTTL),
+		Timeout: time.Duration(cfg.Store.Timeout), Log: s.log})
+	b.demoKeys = func(plans []string, gen func() (string, error)) (map[string]string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return redisstore.DemoKeys(ctx, client, plans, gen)
+	}
+	return b, nil
+}
+
+// redisOptions reads the Redis settings, secrets from the environment.
+func redisOptions(cfg *config.Config) (redisstore.Options, error) {
+	o := redisstore.Options{
+		Addr: cfg.Store.Redis.Addr, ClusterAddrs: cfg.Store.Redis.Cluster,
+		Username: os.Getenv("LEVY_REDIS_USERNAME"), Password: os.Getenv("LEVY_REDIS_PASSWORD"),
+		Timeout: max(time.Duration(cfg.Store.Timeout), 100*time.Millisecond),
+	}
+	if os.Getenv("LEVY_REDIS_TLS") == "true" {
+		o.TLS = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: os.Getenv("LEVY_REDIS_TLS_SERVER_NAME")}
+		if ca := os.Getenv("LEVY_REDIS_TLS_CA"); ca != "" {
+			pem, err := os.ReadFile(ca)
+			if err != nil {
+				return o, fmt.Errorf("LEVY_REDIS_TLS_CA: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return o, fmt.Errorf("LEVY_REDIS_TLS_CA: no certificate in %s", ca)
+			}
+			o.TLS.RootCAs = pool
+		}
+	}
+	return o, nil
+}
+
+// quietRedisLog drops go-redis's own log lines (dial retries while Redis
+// is down); levy reports store state through readiness, logs and metrics.
+type quietRedisLog struct{}
+
+func (quietRedisLog) Printf(context.Context, string, ...any) {}
+
+var _ = zap.NewNop
