@@ -159,7 +159,7 @@ func Default() *Config {
 		Listen: Listen{GRPC: "127.0.0.1:8081", HTTP: "127.0.0.1:8080"},
 		Store: Store{Type: "local", DataDir: "levy-data", OnStoreError: "deny", Timeout: Duration(50 * time.Millisecond),
 			Redis: Redis{CacheTTL: Duration(500 * time.Millisecond)}},
-		Keys:   Keys{Headers: []string{"x-api-key"}, Prefix: "levy"},
+		Keys: Keys{Headers: []string{"x-api-key"}, Prefix: "levy"},
 		Headers: Headers{
 			ConsumerID:   "x-consumer-id",
 			Plan:         "x-consumer-plan",
