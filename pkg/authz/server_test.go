@@ -57,15 +57,16 @@ consumers:
 type fixture struct {
 	keys    map[string]string
 	clock   *limitertest.Clock
-	local   *limiter.Local
+	lim     limiter.Limiter
 	srv     *authz.Server
 	cfgText string
 	client  *envoy.AuthzClient
 }
 
-// start serves a real authz server over gRPC on loopback, on the local
-// limiter with a settable clock, and returns an Envoy-faithful client.
-func start(t *testing.T, lim limiter.Limiter) *fixture {
+// start serves a real authz server over gRPC on loopback, on a limiter
+// from newLimiter (nil: a broken one) with a settable clock, and returns an
+// Envoy-faithful client.
+func start(t *testing.T, newLimiter limitertest.Factory) *fixture {
 	t.Helper()
 	f := &fixture{keys: map[string]string{}, clock: limitertest.NewClock(limitertest.Start)}
 	text := testConfig
@@ -79,14 +80,11 @@ func start(t *testing.T, lim limiter.Limiter) *fixture {
 	}
 	f.cfgText = text
 	snap := snapshot(t, text)
-	if lim == nil {
-		local, err := limiter.NewLocal(limiter.LocalConfig{Clock: f.clock.Now})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { local.Close() })
-		f.local, lim = local, local
+	var lim limiter.Limiter = brokenLimiter{}
+	if newLimiter != nil {
+		lim = newLimiter(t, f.clock)
 	}
+	f.lim = lim
 	f.srv = authz.New(authz.Config{Snapshot: snap, Limiter: lim, Log: zaptest.NewLogger(t), Clock: f.clock.Now})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -138,6 +136,39 @@ func (f *fixture) withKey(t *testing.T, name, path string) *envoy.Outcome {
 	return f.check(t, path, envoy.Header{Name: "X-Api-Key", Value: f.keys[name]})
 }
 
+// TestBehaviour runs every behaviour test on the local store, on Redis
+// and on a Redis Cluster: the same table, so the stores cannot drift.
+func TestBehaviour(t *testing.T) {
+	tests := []struct {
+		name string
+		run  func(*testing.T, limitertest.Factory)
+	}{
+		{"AllowTellsUpstreamWhoIsCallingAndHidesTheKey", testAllowTellsUpstreamWhoIsCallingAndHidesTheKey},
+		{"BearerKeyIsAcceptedAndRemoved", testBearerKeyIsAcceptedAndRemoved},
+		{"DenialsCarryStatusReasonAndProblemBody", testDenialsCarryStatusReasonAndProblemBody},
+		{"RateLimitDeniesWithRetryAfterThenRefills", testRateLimitDeniesWithRetryAfterThenRefills},
+		{"HardQuotaDeniesUntilNextMonthAndDeniedRequestsCostNothing", testHardQuotaDeniesUntilNextMonthAndDeniedRequestsCostNothing},
+		{"PaygPastIncludedUnitsIsAllowedAndCountedUpToTheCap", testPaygPastIncludedUnitsIsAllowedAndCountedUpToTheCap},
+		{"RouteCostsWeighTheQuota", testRouteCostsWeighTheQuota},
+		{"PlanWithoutQuotaStillCountsUsage", testPlanWithoutQuotaStillCountsUsage},
+		{"PlanChangeAppliesAtOnceWithoutNewKey", testPlanChangeAppliesAtOnceWithoutNewKey},
+		{"MalformedRequestsAreDeniedNotPanics", testMalformedRequestsAreDeniedNotPanics},
+		{"ParallelChecksNeverExceedTheBucket", testParallelChecksNeverExceedTheBucket},
+	}
+	for _, store := range limitertest.Stores(t) {
+		t.Run(store.Name, func(t *testing.T) {
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) { tt.run(t, store.New) })
+			}
+		})
+	}
+}
+
+func (f *fixture) usage(t *testing.T, key string) int64 {
+	t.Helper()
+	return limitertest.Usage(t, f.lim, limiter.Limit{Kind: limiter.Quota, Name: "usage", Key: key, Unit: plan.Month})
+}
+
 type problem struct {
 	Status int    `json:"status"`
 	Reason string `json:"reason"`
@@ -159,8 +190,8 @@ func problemOf(t *testing.T, o *envoy.Outcome) problem {
 	return p
 }
 
-func TestAllowTellsUpstreamWhoIsCallingAndHidesTheKey(t *testing.T) {
-	f := start(t, nil)
+func testAllowTellsUpstreamWhoIsCallingAndHidesTheKey(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
 	o := f.check(t, "/v1/items?page=2",
 		envoy.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]},
 		envoy.Header{Name: "X-Consumer-Id", Value: "someone-else"}, // smuggled by the client
@@ -192,8 +223,8 @@ func TestAllowTellsUpstreamWhoIsCallingAndHidesTheKey(t *testing.T) {
 	}
 }
 
-func TestBearerKeyIsAcceptedAndRemoved(t *testing.T) {
-	f := start(t, nil)
+func testBearerKeyIsAcceptedAndRemoved(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
 	o := f.check(t, "/", envoy.Header{Name: "Authorization", Value: "Bearer " + f.keys["KEY_PRO"]})
 	if !o.Allowed {
 		t.Fatalf("bearer key denied: %d %s", o.Status, o.Body)
@@ -203,8 +234,8 @@ func TestBearerKeyIsAcceptedAndRemoved(t *testing.T) {
 	}
 }
 
-func TestDenialsCarryStatusReasonAndProblemBody(t *testing.T) {
-	f := start(t, nil)
+func testDenialsCarryStatusReasonAndProblemBody(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
 	bad := []byte(f.keys["KEY_PRO"])
 	bad[12] ^= 1
 	other, _ := apikey.Generate("levy_test")
@@ -246,8 +277,8 @@ func TestDenialsCarryStatusReasonAndProblemBody(t *testing.T) {
 	}
 }
 
-func TestRateLimitDeniesWithRetryAfterThenRefills(t *testing.T) {
-	f := start(t, nil)
+func testRateLimitDeniesWithRetryAfterThenRefills(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
 	for i := 0; i < 3; i++ {
 		if o := f.withKey(t, "KEY_FREE", "/v1/items"); !o.Allowed {
 			t.Fatalf("request %d of the burst denied", i+1)
@@ -273,8 +304,8 @@ func TestRateLimitDeniesWithRetryAfterThenRefills(t *testing.T) {
 	}
 }
 
-func TestHardQuotaDeniesUntilNextMonthAndDeniedRequestsCostNothing(t *testing.T) {
-	f := start(t, nil)
+func testHardQuotaDeniesUntilNextMonthAndDeniedRequestsCostNothing(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
 	for i := 0; i < 5; i++ {
 		f.clock.Advance(time.Minute) // stay clear of the rate limit
 		if o := f.withKey(t, "KEY_FREE", "/v1/items"); !o.Allowed {
@@ -303,15 +334,15 @@ func TestHardQuotaDeniesUntilNextMonthAndDeniedRequestsCostNothing(t *testing.T)
 	}
 }
 
-func TestPaygPastIncludedUnitsIsAllowedAndCountedUpToTheCap(t *testing.T) {
-	f := start(t, nil)
+func testPaygPastIncludedUnitsIsAllowedAndCountedUpToTheCap(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
 	for i := 1; i <= 6; i++ {
 		o := f.withKey(t, "KEY_PAYG", "/v1/items")
 		if !o.Allowed {
 			t.Fatalf("request %d (included 3, cap 6) denied: %s", i, o.Body)
 		}
 	}
-	used, _ := f.local.Usage("{c:payg-co}:units", plan.Month, time.Time{})
+	used := f.usage(t, "{c:payg-co}:units")
 	if used != 6 {
 		t.Fatalf("usage %d, want 6 (3 included + 3 overage)", used)
 	}
@@ -319,35 +350,35 @@ func TestPaygPastIncludedUnitsIsAllowedAndCountedUpToTheCap(t *testing.T) {
 	if o.Status != 429 || problemOf(t, o).Reason != authz.ReasonSpendCap {
 		t.Fatalf("7th request past the cap: %d %s", o.Status, o.Body)
 	}
-	if used, _ := f.local.Usage("{c:payg-co}:units", plan.Month, time.Time{}); used != 6 {
+	if used := f.usage(t, "{c:payg-co}:units"); used != 6 {
 		t.Fatalf("a denied request was counted: usage %d", used)
 	}
 }
 
-func TestRouteCostsWeighTheQuota(t *testing.T) {
-	f := start(t, nil)
+func testRouteCostsWeighTheQuota(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
 	f.withKey(t, "KEY_PRO", "/v1/search?q=x")
 	f.withKey(t, "KEY_PRO", "/v1/items")
 	f.withKey(t, "KEY_PRO", "/v1/search/deep")
-	if used, _ := f.local.Usage("{c:pro-co}:units", plan.Month, time.Time{}); used != 11 {
+	if used := f.usage(t, "{c:pro-co}:units"); used != 11 {
 		t.Fatalf("usage %d, want 5+1+5", used)
 	}
 }
 
-func TestPlanWithoutQuotaStillCountsUsage(t *testing.T) {
-	f := start(t, nil)
+func testPlanWithoutQuotaStillCountsUsage(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
 	for i := 0; i < 3; i++ {
 		if o := f.withKey(t, "KEY_OPEN", "/"); !o.Allowed || o.ResponseHeaders.Has("x-ratelimit-limit") {
 			t.Fatalf("unlimited plan: %d %v", o.Status, o.ResponseHeaders)
 		}
 	}
-	if used, _ := f.local.Usage("{c:open-co}:units", plan.Month, time.Time{}); used != 3 {
+	if used := f.usage(t, "{c:open-co}:units"); used != 3 {
 		t.Fatalf("usage %d, want 3", used)
 	}
 }
 
-func TestPlanChangeAppliesAtOnceWithoutNewKey(t *testing.T) {
-	f := start(t, nil)
+func testPlanChangeAppliesAtOnceWithoutNewKey(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
 	for i := 0; i < 3; i++ {
 		f.withKey(t, "KEY_FREE", "/")
 	}
@@ -361,8 +392,8 @@ func TestPlanChangeAppliesAtOnceWithoutNewKey(t *testing.T) {
 	}
 }
 
-func TestMalformedRequestsAreDeniedNotPanics(t *testing.T) {
-	f := start(t, nil)
+func testMalformedRequestsAreDeniedNotPanics(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
 	tests := []struct {
 		name string
 		give *authv3.CheckRequest
@@ -397,7 +428,7 @@ func (brokenLimiter) Decide(context.Context, []limiter.Limit) (limiter.Decision,
 // An unreachable store (with on_store_error: deny) is a 503 the client can
 // retry, with a body that says so: a response, not an RPC error.
 func TestStoreFailureDeniesWith503(t *testing.T) {
-	f := start(t, brokenLimiter{})
+	f := start(t, nil)
 	o := f.withKey(t, "KEY_PRO", "/")
 	if o.Allowed || o.Status != 503 || o.ResponseHeaders.Get("retry-after") != "1" {
 		t.Fatalf("status %d allowed=%v headers %v", o.Status, o.Allowed, o.ResponseHeaders)
@@ -407,8 +438,8 @@ func TestStoreFailureDeniesWith503(t *testing.T) {
 	}
 }
 
-func TestParallelChecksNeverExceedTheBucket(t *testing.T) {
-	f := start(t, nil) // the clock is frozen: no refill
+func testParallelChecksNeverExceedTheBucket(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter) // the clock is frozen: no refill
 	var allowed, limited atomic.Int64
 	var wg sync.WaitGroup
 	for i := 0; i < 1000; i++ {

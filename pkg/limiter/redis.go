@@ -93,11 +93,35 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 				if err := r.giveBack(ctx, limits, groups[:g]); err != nil {
 					return Decision{}, fmt.Errorf("give back earlier slots: %w", err)
 				}
+				for _, earlier := range groups[:g] {
+					for _, i := range earlier {
+						d.Statuses[i] = givenBack(&limits[i], d.Statuses[i])
+					}
+				}
 			}
 			return d, nil
 		}
 	}
 	return d, nil
+}
+
+// givenBack is a status as it stands once the limit's cost is returned.
+func givenBack(l *Limit, st Status) Status {
+	if l.Shadow && !st.OK {
+		return st // took nothing
+	}
+	switch {
+	case l.Kind == Bucket:
+		st.Remaining = min(st.Remaining+l.Cost, l.Capacity())
+		st.Reset = max(st.Reset-time.Duration(l.Cost)*l.Per/time.Duration(l.Requests), 0)
+	case st.Remaining >= 0:
+		st.Remaining += l.Cost
+		st.Used -= l.Cost
+	default:
+		st.Used -= l.Cost
+	}
+	st.Overage = max(st.Overage-l.Cost, 0)
+	return st
 }
 
 // giveBack refunds what the groups took.

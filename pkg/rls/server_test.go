@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/levyhq/levy/pkg/config"
-	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/test/envoy"
@@ -86,15 +85,11 @@ type fixture struct {
 	cfg    *config.Config
 }
 
-func start(t *testing.T, text string) *fixture {
+func start(t *testing.T, newLimiter limitertest.Factory, text string) *fixture {
 	t.Helper()
 	f := &fixture{clock: limitertest.NewClock(limitertest.Start)}
 	f.cfg = mustConfig(t, text)
-	lim, err := limiter.NewLocal(limiter.LocalConfig{Clock: f.clock.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lim.Close() })
+	lim := newLimiter(t, f.clock)
 	f.srv = rls.New(rls.Config{Snapshot: snapshot(t, f.cfg, false), Limiter: lim, Log: zaptest.NewLogger(t)})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -140,6 +135,34 @@ func snapshot(t *testing.T, cfg *config.Config, shadow bool) *rls.Snapshot {
 	return &rls.Snapshot{Rules: rules, Catalog: catalog, Consumers: apikeyIndex(consumers, keys), Shadow: shadow}
 }
 
+// TestBehaviour runs every behaviour test on the local store, on Redis
+// and on a Redis Cluster.
+func TestBehaviour(t *testing.T) {
+	tests := []struct {
+		name string
+		run  func(*testing.T, limitertest.Factory)
+	}{
+		{"BucketPerSecondRefillsEvenly", testBucketPerSecondRefillsEvenly},
+		{"DeniedRequestConsumesNoDescriptor", testDeniedRequestConsumesNoDescriptor},
+		{"StatusesInRequestOrderWithLimitsAndHeaders", testStatusesInRequestOrderWithLimitsAndHeaders},
+		{"UnknownDomainIsOKWithoutLimits", testUnknownDomainIsOKWithoutLimits},
+		{"BadRequestsAreInvalidArgument", testBadRequestsAreInvalidArgument},
+		{"HitsAddendRequestAndPerDescriptor", testHitsAddendRequestAndPerDescriptor},
+		{"DayLimitIsACalendarQuota", testDayLimitIsACalendarQuota},
+		{"UnlimitedZeroAndReplaces", testUnlimitedZeroAndReplaces},
+		{"ShadowModeReportsOKButCounts", testShadowModeReportsOKButCounts},
+		{"LimitOverrideFromEnvoyIsHonoured", testLimitOverrideFromEnvoyIsHonoured},
+		{"PlanAwareRouteLimitsAndCosts", testPlanAwareRouteLimitsAndCosts},
+	}
+	for _, store := range limitertest.Stores(t) {
+		t.Run(store.Name, func(t *testing.T) {
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) { tt.run(t, store.New) })
+			}
+		})
+	}
+}
+
 func d(kv ...string) envoy.Descriptor {
 	var out envoy.Descriptor
 	for i := 0; i+1 < len(kv); i += 2 {
@@ -174,8 +197,8 @@ func statusCodes(o *envoy.RateLimitOutcome) string {
 	return strings.Join(parts, ",")
 }
 
-func TestBucketPerSecondRefillsEvenly(t *testing.T) {
-	f := start(t, levyYAML)
+func testBucketPerSecondRefillsEvenly(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter, levyYAML)
 	ip := d("remote_address", "10.0.0.1")
 	for i := 0; i < 3; i++ {
 		if o := f.call(t, 0, ip); o.Limited {
@@ -210,8 +233,8 @@ func TestBucketPerSecondRefillsEvenly(t *testing.T) {
 	}
 }
 
-func TestDeniedRequestConsumesNoDescriptor(t *testing.T) {
-	f := start(t, levyYAML)
+func testDeniedRequestConsumesNoDescriptor(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter, levyYAML)
 	ip := d("remote_address", "10.1.1.1")
 	tight := d("generic_key", "tight")
 	if o := f.call(t, 0, ip, tight); o.Limited {
@@ -234,8 +257,8 @@ func TestDeniedRequestConsumesNoDescriptor(t *testing.T) {
 	}
 }
 
-func TestStatusesInRequestOrderWithLimitsAndHeaders(t *testing.T) {
-	f := start(t, levyYAML)
+func testStatusesInRequestOrderWithLimitsAndHeaders(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter, levyYAML)
 	o := f.call(t, 0, d("unknown", "x"), d("generic_key", "loose"), d("remote_address", "10.2.2.2"), d("generic_key", "free-pass"))
 	if o.Limited || len(o.Response.Statuses) != 4 {
 		t.Fatalf("%v %d statuses", o.Limited, len(o.Response.Statuses))
@@ -266,16 +289,16 @@ func TestStatusesInRequestOrderWithLimitsAndHeaders(t *testing.T) {
 	}
 }
 
-func TestUnknownDomainIsOKWithoutLimits(t *testing.T) {
-	f := start(t, levyYAML)
+func testUnknownDomainIsOKWithoutLimits(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter, levyYAML)
 	resp, err := f.raw.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "nope", Descriptors: []*rlv3.RateLimitDescriptor{{Entries: []*rlv3.RateLimitDescriptor_Entry{{Key: "remote_address", Value: "1"}}}}})
 	if err != nil || resp.OverallCode != rlsv3.RateLimitResponse_OK || len(resp.Statuses) != 1 {
 		t.Fatalf("%v %v", resp, err)
 	}
 }
 
-func TestBadRequestsAreInvalidArgument(t *testing.T) {
-	f := start(t, levyYAML)
+func testBadRequestsAreInvalidArgument(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter, levyYAML)
 	tests := []struct {
 		name string
 		give *rlsv3.RateLimitRequest
@@ -296,8 +319,8 @@ func TestBadRequestsAreInvalidArgument(t *testing.T) {
 	}
 }
 
-func TestHitsAddendRequestAndPerDescriptor(t *testing.T) {
-	f := start(t, levyYAML)
+func testHitsAddendRequestAndPerDescriptor(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter, levyYAML)
 	loose := d("generic_key", "loose")
 	if o := f.call(t, 40, loose); o.Response.Statuses[0].LimitRemaining != 60 {
 		t.Fatalf("hits_addend 40: remaining %d", o.Response.Statuses[0].LimitRemaining)
@@ -318,8 +341,8 @@ func TestHitsAddendRequestAndPerDescriptor(t *testing.T) {
 	}
 }
 
-func TestDayLimitIsACalendarQuota(t *testing.T) {
-	f := start(t, levyYAML)
+func testDayLimitIsACalendarQuota(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter, levyYAML)
 	daily := d("generic_key", "daily")
 	f.call(t, 0, daily)
 	f.call(t, 0, daily)
@@ -337,8 +360,8 @@ func TestDayLimitIsACalendarQuota(t *testing.T) {
 	}
 }
 
-func TestUnlimitedZeroAndReplaces(t *testing.T) {
-	f := start(t, levyYAML)
+func testUnlimitedZeroAndReplaces(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter, levyYAML)
 	for i := 0; i < 50; i++ {
 		if o := f.call(t, 0, d("generic_key", "free-pass")); o.Limited {
 			t.Fatal("unlimited limited")
@@ -356,8 +379,8 @@ func TestUnlimitedZeroAndReplaces(t *testing.T) {
 	}
 }
 
-func TestShadowModeReportsOKButCounts(t *testing.T) {
-	f := start(t, levyYAML)
+func testShadowModeReportsOKButCounts(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter, levyYAML)
 	watched := d("generic_key", "watched")
 	for i := 0; i < 3; i++ {
 		if o := f.call(t, 0, watched); o.Limited || o.Response.OverallCode != rlsv3.RateLimitResponse_OK {
@@ -378,8 +401,8 @@ func TestShadowModeReportsOKButCounts(t *testing.T) {
 	}
 }
 
-func TestLimitOverrideFromEnvoyIsHonoured(t *testing.T) {
-	f := start(t, levyYAML)
+func testLimitOverrideFromEnvoyIsHonoured(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter, levyYAML)
 	desc := d("remote_address", "10.3.3.3")
 	desc.Limit = &rlv3.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 1, Unit: typev3.RateLimitUnit_HOUR}
 	f.call(t, 0, desc)
@@ -389,8 +412,8 @@ func TestLimitOverrideFromEnvoyIsHonoured(t *testing.T) {
 	}
 }
 
-func TestPlanAwareRouteLimitsAndCosts(t *testing.T) {
-	f := start(t, levyYAML)
+func testPlanAwareRouteLimitsAndCosts(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter, levyYAML)
 	count := func(consumer, route string) int {
 		n := 0
 		for i := 0; i < 10; i++ {
