@@ -37,7 +37,18 @@ type RedisConfig struct {
 	// Timeout bounds one decision's store call (default 50ms), within the
 	// caller's own deadline.
 	Timeout time.Duration
+	// Available, when set, is asked first: while it says no, decisions
+	// fail at once with ErrStoreDown instead of dialing a Redis that is
+	// known to be away (which also keeps the client's dial breaker from
+	// tripping and answering errors for a second after Redis returns).
+	Available func() bool
+	// Failed, when set, hears of every failed store call, so that health
+	// can mark the store down at once rather than at its next ping.
+	Failed func(error)
 }
+
+// ErrStoreDown is returned while the store is known to be unreachable.
+var ErrStoreDown = errors.New("store unreachable")
 
 // Redis decides with one Lua script call per decision (per hash slot in
 // a cluster), on the store's clock.
@@ -46,6 +57,8 @@ type Redis struct {
 	cluster bool
 	clock   func() time.Time
 	timeout time.Duration
+	avail   func() bool
+	failed  func(error)
 	decide  *redis.Script
 	refund  *redis.Script
 }
@@ -54,7 +67,7 @@ var _ Limiter = (*Redis)(nil)
 
 // NewRedis returns a Redis limiter.
 func NewRedis(cfg RedisConfig) *Redis {
-	r := &Redis{client: cfg.Client, cluster: cfg.Cluster, clock: cfg.Clock, timeout: cfg.Timeout,
+	r := &Redis{client: cfg.Client, cluster: cfg.Cluster, clock: cfg.Clock, timeout: cfg.Timeout, avail: cfg.Available, failed: cfg.Failed,
 		decide: redis.NewScript(decideLua), refund: redis.NewScript(refundLua)}
 	if r.timeout <= 0 {
 		r.timeout = 50 * time.Millisecond
@@ -72,6 +85,9 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 		if err := validLimit(&limits[i]); err != nil {
 			return Decision{}, err
 		}
+	}
+	if r.avail != nil && !r.avail() {
+		return Decision{}, ErrStoreDown
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
@@ -172,6 +188,9 @@ func (r *Redis) run(ctx context.Context, script *redis.Script, limits []Limit, i
 	}
 	v, err := script.Run(ctx, r.client, keys, args...).Int64Slice()
 	if err != nil {
+		if r.failed != nil {
+			r.failed(err)
+		}
 		return nil, time.Time{}, 0, fmt.Errorf("redis decide: %w", err)
 	}
 	if len(v) != 3+8*len(idx) {

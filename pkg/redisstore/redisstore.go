@@ -43,14 +43,14 @@ func NewClient(o Options) (redis.UniversalClient, bool) {
 		return redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs: o.ClusterAddrs, Username: o.Username, Password: o.Password, TLSConfig: o.TLS,
 			DialTimeout: o.Timeout, ReadTimeout: o.Timeout, WriteTimeout: o.Timeout,
-			ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1, PoolSize: 64, MinIdleConns: 4,
+			ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1, PoolSize: 64,
 			ConnMaxIdleTime: time.Minute,
 		}), true
 	}
 	return redis.NewClient(&redis.Options{
 		Addr: o.Addr, Username: o.Username, Password: o.Password, TLSConfig: o.TLS,
 		DialTimeout: o.Timeout, ReadTimeout: o.Timeout, WriteTimeout: o.Timeout,
-		ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1, PoolSize: 64, MinIdleConns: 4,
+		ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1, PoolSize: 64,
 		ConnMaxIdleTime: time.Minute,
 	}), false
 }
@@ -68,7 +68,15 @@ type DirectoryConfig struct {
 	Timeout time.Duration
 	Log     *zap.Logger
 	Clock   func() time.Time
+	// Available, when set, is asked before Redis: while it says no, a
+	// lookup is answered from the cache or fails at once.
+	Available func() bool
+	// Failed hears of every failed Redis call (see Health.Failed).
+	Failed func(error)
 }
+
+// ErrDown is returned while Redis is known to be unreachable.
+var ErrDown = errors.New("redis unreachable")
 
 // Directory is the Redis-backed apikey.Store with an in-process cache.
 // When Redis cannot be reached, cached entries are served past their TTL.
@@ -79,6 +87,8 @@ type Directory struct {
 	timeout time.Duration
 	log     *zap.Logger
 	clock   func() time.Time
+	avail   func() bool
+	failed  func(error)
 	group   singleflight.Group
 
 	mu        sync.Mutex
@@ -101,7 +111,7 @@ var _ apikey.Store = (*Directory)(nil)
 
 // NewDirectory returns a directory.
 func NewDirectory(cfg DirectoryConfig) *Directory {
-	d := &Directory{client: cfg.Client, ttl: cfg.TTL, max: cfg.MaxEntries, timeout: cfg.Timeout, log: cfg.Log, clock: cfg.Clock,
+	d := &Directory{client: cfg.Client, ttl: cfg.TTL, max: cfg.MaxEntries, timeout: cfg.Timeout, log: cfg.Log, clock: cfg.Clock, avail: cfg.Available, failed: cfg.Failed,
 		keys: map[string]cachedKey{}, consumers: map[string]cachedConsumer{}}
 	if d.ttl <= 0 {
 		d.ttl = 500 * time.Millisecond
@@ -154,11 +164,15 @@ func (e cachedKey) result() (*apikey.Key, *apikey.Consumer, error) {
 }
 
 func (d *Directory) fetchKey(ctx context.Context, hash string) (cachedKey, error) {
+	if d.avail != nil && !d.avail() {
+		return cachedKey{}, ErrDown
+	}
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	now := d.clock()
 	m, err := d.client.HGetAll(ctx, keyKey(hash)).Result()
 	if err != nil {
+		d.fail(err)
 		return cachedKey{}, fmt.Errorf("redis key lookup: %w", err)
 	}
 	e := cachedKey{at: now}
@@ -178,6 +192,7 @@ func (d *Directory) fetchKey(ctx context.Context, hash string) (cachedKey, error
 func (d *Directory) fetchConsumer(ctx context.Context, id string) (*apikey.Consumer, error) {
 	m, err := d.client.HGetAll(ctx, consumerKey(id)).Result()
 	if err != nil {
+		d.fail(err)
 		return nil, fmt.Errorf("redis consumer lookup: %w", err)
 	}
 	var c *apikey.Consumer
@@ -189,6 +204,12 @@ func (d *Directory) fetchConsumer(ctx context.Context, id string) (*apikey.Consu
 	d.consumers[id] = cachedConsumer{c: c, at: d.clock()}
 	d.mu.Unlock()
 	return c, nil
+}
+
+func (d *Directory) fail(err error) {
+	if d.failed != nil {
+		d.failed(err)
+	}
 }
 
 // evictIfFull drops stale entries, and everything if that is not enough.
@@ -222,6 +243,9 @@ func (d *Directory) Consumer(id string) (*apikey.Consumer, bool) {
 		return e.c, e.c != nil
 	}
 	v, err, _ := d.group.Do("c"+id, func() (any, error) {
+		if d.avail != nil && !d.avail() {
+			return nil, ErrDown
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
 		defer cancel()
 		return d.fetchConsumer(ctx, id)
@@ -380,6 +404,20 @@ func (h *Health) beat() {
 	}
 	if err == nil && card.Val() > 0 {
 		h.replicas.Store(card.Val())
+	}
+}
+
+// Failed marks Redis down at once when err says the connection failed (a
+// network error or timeout, not a Redis error reply); the next good ping
+// marks it up again. Callers that ask Ready before calling Redis then stop
+// dialing a Redis that is away.
+func (h *Health) Failed(err error) {
+	var rerr redis.Error
+	if err == nil || errors.As(err, &rerr) {
+		return
+	}
+	if h.ready.Swap(false) {
+		h.log.Error("redis unreachable; levy is not ready", zap.Error(err))
 	}
 }
 

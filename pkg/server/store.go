@@ -75,7 +75,8 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	health := redisstore.StartHealth(client, uuid.NewString(), 500*time.Millisecond, s.log)
 	b.closers = append(b.closers, func() error { health.Stop(); return nil })
 	b.ready = health.Ready
-	var lim limiter.Limiter = limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: cluster, Timeout: time.Duration(cfg.Store.Timeout)})
+	var lim limiter.Limiter = limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: cluster,
+		Timeout: time.Duration(cfg.Store.Timeout), Available: health.Ready, Failed: health.Failed})
 	if cfg.Store.OnStoreError == "allow" {
 		local, err := limiter.NewLocal(limiter.LocalConfig{Log: s.log})
 		if err != nil {
@@ -92,7 +93,7 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	}
 	b.limiter = lim
 	b.store = redisstore.NewDirectory(redisstore.DirectoryConfig{Client: client, TTL: time.Duration(cfg.Store.Redis.CacheTTL),
-		Timeout: time.Duration(cfg.Store.Timeout), Log: s.log})
+		Timeout: time.Duration(cfg.Store.Timeout), Log: s.log, Available: health.Ready, Failed: health.Failed})
 	b.demoKeys = func(plans []string, gen func() (string, error)) (map[string]string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

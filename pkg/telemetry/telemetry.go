@@ -80,6 +80,8 @@ func NewLogger(level, format string) (*zap.Logger, error) {
 	cfg.Level = zap.NewAtomicLevelAt(lvl)
 	cfg.EncoderConfig.TimeKey = "ts"
 	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-	cfg.Sampling = nil
+	// Sampling (the production default: per message, the first 100 a
+	// second, then every 100th) keeps a store outage from flooding the log.
+	cfg.DisableStacktrace = true
 	return cfg.Build()
 }
