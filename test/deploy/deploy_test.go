@@ -260,6 +260,7 @@ func TestValidatorRejectsBrokenManifests(t *testing.T) {
 // The levy.yaml shipped in a ConfigMap must load in levy itself.
 func TestShippedLevyConfigsLoad(t *testing.T) {
 	cfgs := levyConfigs(t)
+	env := levyEnv(t)
 	if len(cfgs) == 0 {
 		t.Fatal("no ConfigMap ships a levy.yaml")
 	}
@@ -269,8 +270,30 @@ func TestShippedLevyConfigsLoad(t *testing.T) {
 			t.Errorf("%v", err)
 			continue
 		}
+		cfg.ApplyEnv(func(name string) (string, bool) { v, ok := env[name]; return v, ok })
 		if err := cfg.Validate(); err != nil {
 			t.Errorf("%v", err)
 		}
 	}
+}
+
+// levyEnv is the LEVY_* environment the shipped Deployments give levy.
+func levyEnv(t *testing.T) map[string]string {
+	t.Helper()
+	_, k8sFiles, _ := deployFiles(t)
+	m, err := decodeManifests(readFiles(t, k8sFiles))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, d := range m.deployments {
+		for _, c := range d.Spec.Template.Spec.Containers {
+			for _, e := range c.Env {
+				if strings.HasPrefix(e.Name, "LEVY_") && e.ValueFrom == nil {
+					env[e.Name] = e.Value
+				}
+			}
+		}
+	}
+	return env
 }
