@@ -69,6 +69,17 @@ func (s *memStore) Consumer(id string) (*apikey.Consumer, bool) {
 	return c, err == nil
 }
 
+func (s *memStore) ConsumerByStripeCustomer(_ context.Context, customerID string) (*apikey.Consumer, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.consumers {
+		if c.StripeCustomerID == customerID {
+			return &c, nil
+		}
+	}
+	return nil, apikey.ErrNotFound
+}
+
 func (s *memStore) GetConsumer(_ context.Context, id string) (*apikey.Consumer, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -28,6 +28,17 @@ type Consumer struct {
 	// PeriodAnchor starts the consumer's billing cycle (the Stripe
 	// subscription's period start); zero means calendar months.
 	PeriodAnchor time.Time
+	// PlanSince is when the billing event that set the plan happened (a
+	// Stripe event's creation time): older events do not override it.
+	PlanSince time.Time
+	// SuspendAt, when set, suspends the consumer from then on (a failed
+	// payment's grace period ends).
+	SuspendAt time.Time
+}
+
+// SuspendedAt reports whether the consumer is suspended at now.
+func (c *Consumer) SuspendedAt(now time.Time) bool {
+	return c.Suspended || !c.SuspendAt.IsZero() && !now.Before(c.SuspendAt)
 }
 
 // Directory resolves a key hash to the key and its consumer, and a

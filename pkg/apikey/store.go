@@ -21,6 +21,9 @@ type Store interface {
 	PutKey(ctx context.Context, k *Key) error
 	// RevokeKey marks the key with this id revoked; ErrNotFound if none.
 	RevokeKey(ctx context.Context, id string) error
+	// ConsumerByStripeCustomer finds the consumer billed to a Stripe
+	// customer; ErrNotFound if none.
+	ConsumerByStripeCustomer(ctx context.Context, customerID string) (*Consumer, error)
 }
 
 // Layered answers from the config file's index first, then from the store.
@@ -31,22 +34,53 @@ type Layered struct {
 
 var _ Directory = Layered{}
 
-// Lookup implements Directory.
+// Lookup implements Directory. A consumer the store holds wins over the
+// file's: that is how a Stripe webhook or the admin API changes the plan
+// of a consumer declared in the file.
 func (l Layered) Lookup(ctx context.Context, hash string) (*Key, *Consumer, error) {
 	k, c, err := l.Static.Lookup(ctx, hash)
-	if !errors.Is(err, ErrUnknown) || l.Store == nil {
+	if l.Store == nil {
 		return k, c, err
 	}
-	return l.Store.Lookup(ctx, hash)
+	if errors.Is(err, ErrUnknown) {
+		return l.Store.Lookup(ctx, hash)
+	}
+	if err == nil {
+		if sc, ok := l.Store.Consumer(c.ID); ok {
+			c = sc
+		}
+	}
+	return k, c, err
 }
 
 // Consumer implements Directory.
 func (l Layered) Consumer(id string) (*Consumer, bool) {
-	if c, ok := l.Static.Consumer(id); ok {
-		return c, true
+	if l.Store != nil {
+		if c, ok := l.Store.Consumer(id); ok {
+			return c, true
+		}
 	}
-	if l.Store == nil {
-		return nil, false
+	return l.Static.Consumer(id)
+}
+
+// ConsumerByStripeCustomer finds a consumer by Stripe customer id in the
+// store, then in the file; a store consumer wins.
+func (l Layered) ConsumerByStripeCustomer(ctx context.Context, customerID string) (*Consumer, error) {
+	if l.Store != nil {
+		c, err := l.Store.ConsumerByStripeCustomer(ctx, customerID)
+		if !errors.Is(err, ErrNotFound) {
+			return c, err
+		}
 	}
-	return l.Store.Consumer(id)
+	for _, c := range l.Static.consumers {
+		if c.StripeCustomerID != "" && c.StripeCustomerID == customerID {
+			if l.Store != nil {
+				if sc, ok := l.Store.Consumer(c.ID); ok {
+					return sc, nil
+				}
+			}
+			return c, nil
+		}
+	}
+	return nil, ErrNotFound
 }

@@ -199,7 +199,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		return forbidden(ReasonRevokedKey, "this API key was revoked"), ReasonRevokedKey, nil
 	case k.Expired(now):
 		return forbidden(ReasonExpiredKey, "this API key expired at "+k.ExpiresAt.UTC().Format(time.RFC3339)), ReasonExpiredKey, nil
-	case c.Suspended:
+	case c.SuspendedAt(now):
 		return forbidden(ReasonSuspended, "this consumer is suspended"), ReasonSuspended, nil
 	}
 	p, ok := snap.Catalog.Get(c.Plan)

@@ -35,6 +35,8 @@ type consumerRecord struct {
 	Suspended        bool      `json:"suspended,omitempty"`
 	StripeCustomerID string    `json:"stripe_customer_id,omitempty"`
 	PeriodAnchor     time.Time `json:"period_anchor,omitzero"`
+	PlanSince        time.Time `json:"plan_since,omitzero"`
+	SuspendAt        time.Time `json:"suspend_at,omitzero"`
 }
 
 type keyRecord struct {
@@ -55,7 +57,8 @@ func (db *DB) Directory() (*Directory, error) {
 				if err := json.Unmarshal(v, &r); err != nil {
 					return err
 				}
-				d.consumers[r.ID] = &apikey.Consumer{ID: r.ID, Plan: r.Plan, Suspended: r.Suspended, StripeCustomerID: r.StripeCustomerID, PeriodAnchor: r.PeriodAnchor}
+				d.consumers[r.ID] = &apikey.Consumer{ID: r.ID, Plan: r.Plan, Suspended: r.Suspended, StripeCustomerID: r.StripeCustomerID,
+					PeriodAnchor: r.PeriodAnchor, PlanSince: r.PlanSince, SuspendAt: r.SuspendAt}
 				return nil
 			}); err != nil {
 				return err
@@ -111,11 +114,24 @@ func (d *Directory) GetConsumer(_ context.Context, id string) (*apikey.Consumer,
 	return nil, apikey.ErrNotFound
 }
 
+// ConsumerByStripeCustomer implements apikey.Store.
+func (d *Directory) ConsumerByStripeCustomer(_ context.Context, customerID string) (*apikey.Consumer, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	for _, c := range d.consumers {
+		if customerID != "" && c.StripeCustomerID == customerID {
+			return c, nil
+		}
+	}
+	return nil, apikey.ErrNotFound
+}
+
 // PutConsumer implements apikey.Store. Records are replaced, never
 // mutated, so readers holding the old one see a consistent consumer.
 func (d *Directory) PutConsumer(_ context.Context, c *apikey.Consumer) error {
 	cp := *c
-	rec := consumerRecord{ID: cp.ID, Plan: cp.Plan, Suspended: cp.Suspended, StripeCustomerID: cp.StripeCustomerID, PeriodAnchor: cp.PeriodAnchor}
+	rec := consumerRecord{ID: cp.ID, Plan: cp.Plan, Suspended: cp.Suspended, StripeCustomerID: cp.StripeCustomerID,
+		PeriodAnchor: cp.PeriodAnchor, PlanSince: cp.PlanSince, SuspendAt: cp.SuspendAt}
 	if err := d.db.put(bucketConsumers, cp.ID, rec); err != nil {
 		return err
 	}

@@ -134,6 +134,7 @@ func NewDirectory(cfg DirectoryConfig) *Directory {
 func keyKey(hash string) string             { return "levy:key:{" + hash + "}" }
 func keyIDKey(id string) string             { return "levy:keyid:{" + id + "}" }
 func consumerKey(id string) string          { return "levy:consumer:{" + id + "}" }
+func stripeKey(customer string) string      { return "levy:stripe:{" + customer + "}" }
 func (d *Directory) fresh(t time.Time) bool { return d.clock().Sub(t) < d.ttl }
 
 // Lookup implements apikey.Directory.
@@ -269,11 +270,33 @@ func (d *Directory) GetConsumer(ctx context.Context, id string) (*apikey.Consume
 	return parseConsumer(id, m), nil
 }
 
+// ConsumerByStripeCustomer implements apikey.Store.
+func (d *Directory) ConsumerByStripeCustomer(ctx context.Context, customerID string) (*apikey.Consumer, error) {
+	id, err := d.client.Get(ctx, stripeKey(customerID)).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, apikey.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redis stripe customer: %w", err)
+	}
+	c, err := d.GetConsumer(ctx, id)
+	if err != nil || c.StripeCustomerID != customerID {
+		return nil, apikey.ErrNotFound // moved to another customer since
+	}
+	return c, nil
+}
+
 // PutConsumer implements apikey.Store.
 func (d *Directory) PutConsumer(ctx context.Context, c *apikey.Consumer) error {
-	fields := map[string]any{"plan": c.Plan, "suspended": boolString(c.Suspended), "stripe_customer_id": c.StripeCustomerID, "period_anchor": timeString(c.PeriodAnchor)}
+	fields := map[string]any{"plan": c.Plan, "suspended": boolString(c.Suspended), "stripe_customer_id": c.StripeCustomerID,
+		"period_anchor": timeString(c.PeriodAnchor), "plan_since": timeString(c.PlanSince), "suspend_at": timeString(c.SuspendAt)}
 	if err := d.client.HSet(ctx, consumerKey(c.ID), fields).Err(); err != nil {
 		return fmt.Errorf("redis put consumer: %w", err)
+	}
+	if c.StripeCustomerID != "" {
+		if err := d.client.Set(ctx, stripeKey(c.StripeCustomerID), c.ID, 0).Err(); err != nil {
+			return fmt.Errorf("redis put consumer: %w", err)
+		}
 	}
 	d.mu.Lock()
 	delete(d.consumers, c.ID)
@@ -319,7 +342,8 @@ func parseKey(hash string, m map[string]string) *apikey.Key {
 }
 
 func parseConsumer(id string, m map[string]string) *apikey.Consumer {
-	return &apikey.Consumer{ID: id, Plan: m["plan"], Suspended: m["suspended"] == "1", StripeCustomerID: m["stripe_customer_id"], PeriodAnchor: parseTime(m["period_anchor"])}
+	return &apikey.Consumer{ID: id, Plan: m["plan"], Suspended: m["suspended"] == "1", StripeCustomerID: m["stripe_customer_id"],
+		PeriodAnchor: parseTime(m["period_anchor"]), PlanSince: parseTime(m["plan_since"]), SuspendAt: parseTime(m["suspend_at"])}
 }
 
 func boolString(b bool) string {

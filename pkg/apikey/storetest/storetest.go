@@ -17,7 +17,8 @@ func Run(t *testing.T, newStore func(t *testing.T) apikey.Store) {
 	t.Run("ConsumerRoundTrip", func(t *testing.T) {
 		s := newStore(t)
 		anchor := time.Date(2026, 1, 15, 8, 0, 0, 0, time.UTC)
-		want := &apikey.Consumer{ID: "acme", Plan: "pro", StripeCustomerID: "cus_1", PeriodAnchor: anchor}
+		want := &apikey.Consumer{ID: "acme", Plan: "pro", StripeCustomerID: "cus_1", PeriodAnchor: anchor,
+			PlanSince: anchor.Add(time.Hour), SuspendAt: anchor.Add(2 * time.Hour)}
 		if err := s.PutConsumer(ctx, want); err != nil {
 			t.Fatal(err)
 		}
@@ -33,6 +34,12 @@ func Run(t *testing.T, newStore func(t *testing.T) apikey.Store) {
 		}
 		if _, ok := s.Consumer("nobody"); ok {
 			t.Fatal("Consumer found nobody")
+		}
+		if c, err := s.ConsumerByStripeCustomer(ctx, "cus_1"); err != nil || c.ID != "acme" {
+			t.Fatalf("ConsumerByStripeCustomer = %+v, %v", c, err)
+		}
+		if _, err := s.ConsumerByStripeCustomer(ctx, "cus_nobody"); !errors.Is(err, apikey.ErrNotFound) {
+			t.Fatalf("unknown customer: %v", err)
 		}
 	})
 	t.Run("KeyLookupRevokeAndPlanChange", func(t *testing.T) {
