@@ -26,6 +26,7 @@ type Config struct {
 	Plans     map[string]PlanSpec `yaml:"plans"`
 	Consumers []ConsumerSpec      `yaml:"consumers"`
 	RateLimit RateLimit           `yaml:"ratelimit"`
+	Billing   Billing             `yaml:"billing"`
 
 	// Source is the file the config came from ("" for defaults only).
 	Source string `yaml:"-"`
@@ -111,6 +112,56 @@ type PlanSpec struct {
 	Quota  *QuotaSpec           `yaml:"quota"`
 	Costs  map[string]int64     `yaml:"costs"`
 	Routes map[string]RouteSpec `yaml:"routes"`
+	// Billing ties the plan to Stripe.
+	Billing PlanBilling `yaml:"billing"`
+}
+
+// PlanBilling ties a plan to Stripe.
+type PlanBilling struct {
+	// Meter is the Stripe meter event name for the plan's billable units.
+	Meter string `yaml:"meter"`
+	// StripePrices put subscriptions on these prices on this plan.
+	StripePrices []string `yaml:"stripe_prices"`
+	// NonBillable statuses are refunded at settlement: codes ("429") or
+	// classes ("5xx"). Default: 429 and 5xx.
+	NonBillable []string `yaml:"non_billable_statuses"`
+}
+
+// Billing configures the money path: the usage ledger, settlement, the
+// export to Stripe meters and Stripe webhooks. Secrets come from the
+// environment: STRIPE_API_KEY and STRIPE_WEBHOOK_SECRET.
+type Billing struct {
+	// Window is the ledger's window (default 1m; down to 1s for tests).
+	Window Duration `yaml:"window"`
+	// SettleDelay is how long after a window closes it waits for late
+	// access logs before it is exported (default 30s).
+	SettleDelay Duration `yaml:"settle_delay"`
+	// ExportEvery is how often closed windows are exported (default 10s).
+	ExportEvery Duration `yaml:"export_every"`
+	// FallbackPlan is where a consumer goes when its subscription ends.
+	FallbackPlan string `yaml:"fallback_plan"`
+	// PaymentFailed is what a failed invoice payment does.
+	PaymentFailed PaymentFailed `yaml:"payment_failed"`
+	// UnitsHeader is the response header an upstream reports a request's
+	// real units in (settled from access logs).
+	UnitsHeader string `yaml:"units_header"`
+	// ConsumerHeader names the consumer in access logs that carry no
+	// ext_authz metadata.
+	ConsumerHeader string `yaml:"consumer_header"`
+	Stripe         Stripe `yaml:"stripe"`
+}
+
+// PaymentFailed: action none or suspend (after Grace).
+type PaymentFailed struct {
+	Action string   `yaml:"action"`
+	Grace  Duration `yaml:"grace"`
+}
+
+// Stripe says where Stripe is.
+type Stripe struct {
+	// APIBase is Stripe's API (default https://api.stripe.com); tests point
+	// it at stripe-mock.
+	APIBase string `yaml:"api_base"`
 }
 
 // RouteSpec is a plan's limit and cost for one RateLimitService route.
@@ -166,6 +217,12 @@ func Default() *Config {
 			CredentialID: "x-credential-id",
 		},
 		Log: Log{Level: "info", Format: "json"},
+		Billing: Billing{
+			Window: Duration(time.Minute), SettleDelay: Duration(30 * time.Second), ExportEvery: Duration(10 * time.Second),
+			PaymentFailed: PaymentFailed{Action: "suspend", Grace: Duration(72 * time.Hour)},
+			UnitsHeader:   "x-levy-units", ConsumerHeader: "x-consumer-id",
+			Stripe: Stripe{APIBase: "https://api.stripe.com"},
+		},
 	}
 }
 
@@ -182,6 +239,7 @@ var envOverrides = []struct {
 	{"LEVY_LOG_LEVEL", func(c *Config, v string) { c.Log.Level = v }},
 	{"LEVY_LOG_FORMAT", func(c *Config, v string) { c.Log.Format = v }},
 	{"LEVY_RATELIMIT_DIR", func(c *Config, v string) { c.RateLimit.Dir = v }},
+	{"LEVY_STRIPE_API_BASE", func(c *Config, v string) { c.Billing.Stripe.APIBase = v }},
 	{"LEVY_REDIS_ADDR", func(c *Config, v string) { c.Store.Redis.Addr = v }},
 	{"LEVY_REDIS_CLUSTER", func(c *Config, v string) { c.Store.Redis.Cluster = strings.Split(v, ",") }},
 }

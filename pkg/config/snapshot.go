@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/levyhq/levy/pkg/apikey"
@@ -35,7 +36,8 @@ func (c *Config) Catalog() (*plan.Catalog, error) {
 	plans := make([]*plan.Plan, 0, len(c.Plans))
 	for _, name := range sortedKeys(c.Plans) {
 		ps := c.Plans[name]
-		p := &plan.Plan{Name: name, Model: plan.Model(ps.Model), Costs: ps.Costs}
+		p := &plan.Plan{Name: name, Model: plan.Model(ps.Model), Costs: ps.Costs,
+			Meter: ps.Billing.Meter, StripePrices: ps.Billing.StripePrices, NonBillable: nonBillable(ps.Billing.NonBillable)}
 		p.Rate = ps.Rate.rate()
 		for route, rs := range ps.Routes {
 			if p.Routes == nil {
@@ -82,4 +84,20 @@ func (r *RateSpec) rate() *plan.Rate {
 		return nil
 	}
 	return &plan.Rate{Requests: r.Requests, Per: time.Duration(r.Per), Burst: r.Burst}
+}
+
+// nonBillable parses validated status patterns ("429", "5xx").
+func nonBillable(patterns []string) plan.NonBillable {
+	if len(patterns) == 0 {
+		return plan.DefaultNonBillable()
+	}
+	n := plan.NonBillable{Codes: map[int]bool{}, Classes: map[int]bool{}}
+	for _, p := range patterns {
+		if len(p) == 3 && p[1:] == "xx" {
+			n.Classes[int(p[0]-'0')] = true
+		} else if code, err := strconv.Atoi(p); err == nil {
+			n.Codes[code] = true
+		}
+	}
+	return n
 }

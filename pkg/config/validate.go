@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/plan"
@@ -45,6 +46,7 @@ func (c *Config) Validate() error {
 	c.validateKeys(&errs)
 	c.validatePlans(&errs)
 	c.validateConsumers(&errs)
+	c.validateBilling(&errs)
 	if c.RateLimit.Dir != "" {
 		if st, err := os.Stat(c.RateLimit.Dir); err != nil || !st.IsDir() {
 			c.problem(&errs, "ratelimit.dir", "%q is not a directory", c.RateLimit.Dir)
@@ -136,6 +138,11 @@ func (c *Config) validatePlans(errs *Errors) {
 			}
 			if rs.Cost < 0 {
 				c.problem(errs, at+".routes."+route+".cost", "must be >= 0 (0 means 1)")
+			}
+		}
+		for i, st := range p.Billing.NonBillable {
+			if !validStatusPattern(st) {
+				c.problem(errs, fmt.Sprintf("%s.billing.non_billable_statuses[%d]", at, i), "%q: want a status (429) or a class (5xx)", st)
 			}
 		}
 		for prefix, cost := range p.Costs {
@@ -233,4 +240,42 @@ func (c *Config) keyHash(k KeySpec) string {
 // Hasher returns the key hasher the config selects.
 func (c *Config) Hasher() apikey.Hasher {
 	return apikey.NewHasher([]byte(c.Keys.HashSecret.Value()))
+}
+
+func validStatusPattern(s string) bool {
+	if len(s) != 3 || s[0] < '1' || s[0] > '5' {
+		return false
+	}
+	if s[1:] == "xx" {
+		return true
+	}
+	return s[1] >= '0' && s[1] <= '9' && s[2] >= '0' && s[2] <= '9'
+}
+
+func (c *Config) validateBilling(errs *Errors) {
+	b := c.Billing
+	if time.Duration(b.Window) < time.Second {
+		c.problem(errs, "billing.window", "must be at least 1s")
+	}
+	if b.SettleDelay < 0 || b.ExportEvery <= 0 {
+		c.problem(errs, "billing.export_every", "export_every must be positive and settle_delay not negative")
+	}
+	if b.FallbackPlan != "" {
+		if _, ok := c.Plans[b.FallbackPlan]; !ok {
+			c.problem(errs, "billing.fallback_plan", "unknown plan %q", b.FallbackPlan)
+		}
+	}
+	oneOf(c, errs, "billing.payment_failed.action", b.PaymentFailed.Action, "none", "suspend")
+	if b.Stripe.APIBase == "" || !strings.HasPrefix(b.Stripe.APIBase, "http") {
+		c.problem(errs, "billing.stripe.api_base", "%q is not an http(s) URL", b.Stripe.APIBase)
+	}
+	prices := map[string]string{}
+	for _, name := range sortedKeys(c.Plans) {
+		for i, price := range c.Plans[name].Billing.StripePrices {
+			if other, dup := prices[price]; dup {
+				c.problem(errs, fmt.Sprintf("plans.%s.billing.stripe_prices[%d]", name, i), "price %q already belongs to plan %s", price, other)
+			}
+			prices[price] = name
+		}
+	}
 }

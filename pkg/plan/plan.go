@@ -63,8 +63,33 @@ type Plan struct {
 	// Routes set limits and costs per `route` descriptor value for
 	// RateLimitService rules that take their limit from the plan.
 	Routes map[string]Route
+	// Meter is the Stripe billing meter's event name that this plan's
+	// billable usage is reported to; empty reports nothing.
+	Meter string
+	// StripePrices are the Stripe prices whose subscriptions put a
+	// consumer on this plan.
+	StripePrices []string
+	// NonBillable lists response statuses that are refunded at settlement:
+	// exact codes (429) or classes (500 for "5xx", as 5 in Classes).
+	NonBillable NonBillable
 	// costPrefixes is Costs' keys, longest first.
 	costPrefixes []string
+}
+
+// NonBillable is a set of response statuses that cost nothing.
+type NonBillable struct {
+	Codes   map[int]bool
+	Classes map[int]bool // 5 means 5xx
+}
+
+// DefaultNonBillable refunds 429 and every 5xx.
+func DefaultNonBillable() NonBillable {
+	return NonBillable{Codes: map[int]bool{429: true}, Classes: map[int]bool{5: true}}
+}
+
+// Billable reports whether a response with this status is billed.
+func (n NonBillable) Billable(status int) bool {
+	return !n.Codes[status] && !n.Classes[status/100]
 }
 
 // Route is a plan's limit and cost for one route of the RateLimitService.
@@ -113,19 +138,23 @@ func (p *Plan) UsagePeriod() Unit {
 
 // Catalog is an immutable set of plans by name.
 type Catalog struct {
-	plans map[string]*Plan
-	names []string
+	plans  map[string]*Plan
+	names  []string
+	prices map[string]*Plan
 }
 
 // NewCatalog builds a catalog; plans must not be changed afterwards.
 func NewCatalog(plans ...*Plan) (*Catalog, error) {
-	c := &Catalog{plans: make(map[string]*Plan, len(plans))}
+	c := &Catalog{plans: make(map[string]*Plan, len(plans)), prices: map[string]*Plan{}}
 	for _, p := range plans {
 		if _, dup := c.plans[p.Name]; dup {
 			return nil, fmt.Errorf("duplicate plan %q", p.Name)
 		}
 		p.Finish()
 		c.plans[p.Name] = p
+		for _, price := range p.StripePrices {
+			c.prices[price] = p
+		}
 		c.names = append(c.names, p.Name)
 	}
 	sort.Strings(c.names)
@@ -135,6 +164,12 @@ func NewCatalog(plans ...*Plan) (*Catalog, error) {
 // Get returns the named plan.
 func (c *Catalog) Get(name string) (*Plan, bool) {
 	p, ok := c.plans[name]
+	return p, ok
+}
+
+// ByStripePrice returns the plan a Stripe price puts a subscriber on.
+func (c *Catalog) ByStripePrice(price string) (*Plan, bool) {
+	p, ok := c.prices[price]
 	return p, ok
 }
 
