@@ -254,8 +254,8 @@ func validStatusPattern(s string) bool {
 
 func (c *Config) validateBilling(errs *Errors) {
 	b := c.Billing
-	if time.Duration(b.Window) < time.Second {
-		c.problem(errs, "billing.window", "must be at least 1s")
+	if w := time.Duration(b.Window); w < time.Second || w > time.Hour || w%time.Second != 0 || time.Hour%w != 0 {
+		c.problem(errs, "billing.window", "%s: want whole seconds that divide an hour, from 1s to 1h (e.g. 1s, 10s, 1m, 5m)", w)
 	}
 	if b.SettleDelay < 0 || b.ExportEvery <= 0 {
 		c.problem(errs, "billing.export_every", "export_every must be positive and settle_delay not negative")

@@ -9,6 +9,9 @@
 --   bucket: interval_us, tolerance_us, -, -, -, -, -
 --   quota:  unit (1 hour, 2 day, 3 week, 4 month, 5 year), max, soft (0/1), cap,
 --           anchor_day (0 = calendar), anchor_month*100000+anchor_second_of_day
+--   ledger (kind 2): window_s, billable_from (-1 all, 0 none, i: the overage
+--           of limit i), -, -, -, -; KEYS[i] is the ledger's index of
+--           unexported windows, the window itself is KEYS[i]..":"..start
 -- Returns {now_s, now_us, denied_index (0 = none), then per limit:
 --   ok (0/1), remaining, reset_us, retry_us, used, overage, period_start_s, period_end_s}
 
@@ -101,9 +104,25 @@ local pending = {} -- key -> value this request would leave
 local plan = {}    -- per limit: {key, value, kind, expire, start, skip}
 local denied = 0
 
+local statuses = {}
+
 local function eval(i, cost, stored)
   local base = 2 + (i - 1) * 10
   local kind = tonumber(ARGV[base])
+  if kind == 2 then
+    local size = tonumber(ARGV[base + 3])
+    local from = tonumber(ARGV[base + 4])
+    local start = math.floor(now_s / size) * size
+    local bill = 0
+    if from == -1 then
+      bill = cost
+    elseif from > 0 and statuses[from] then
+      bill = statuses[from][6]
+      if bill > cost then bill = cost end
+    end
+    local units = (stored or 0) + cost
+    return {1, -1, 0, 0, units, bill, start, start + size}, units
+  end
   if kind == 0 then
     local interval = tonumber(ARGV[base + 3])
     local tolerance = tonumber(ARGV[base + 4])
@@ -151,9 +170,16 @@ end
 local function read(i)
   local base = 2 + (i - 1) * 10
   local key = KEYS[i]
-  if tonumber(ARGV[base]) == 0 then
+  local kind = tonumber(ARGV[base])
+  if kind == 0 then
     local v = redis.call("GET", key)
     return v and tonumber(v) or nil, 0
+  end
+  if kind == 2 then
+    local size = tonumber(ARGV[base + 3])
+    local start = math.floor(now_s / size) * size
+    local v = redis.call("HGET", key .. ":" .. start, "u")
+    return v and tonumber(v) or nil, start
   end
   local ps = period(now_s, tonumber(ARGV[base + 3]), tonumber(ARGV[base + 7]), tonumber(ARGV[base + 8]))
   local h = redis.call("HMGET", key, "s", "v")
@@ -164,7 +190,6 @@ local function read(i)
 end
 
 local stored = {}
-local statuses = {}
 for i = 1, n do
   local base = 2 + (i - 1) * 10
   local cost = tonumber(ARGV[base + 1])
@@ -199,6 +224,15 @@ else
       if tonumber(ARGV[base]) == 0 and cost > 0 then
         local ttl = math.floor((p[1] - now) / 1000) + 1 + ttl_extra
         redis.call("SET", KEYS[i], string.format("%d", p[1]), "PX", ttl)
+      elseif tonumber(ARGV[base]) == 2 then
+        if cost > 0 then
+          local st = p[3]
+          local w = KEYS[i] .. ":" .. st[7]
+          redis.call("HINCRBY", w, "u", cost)
+          if st[6] > 0 then redis.call("HINCRBY", w, "b", st[6]) end
+          redis.call("HSETNX", w, "z", tonumber(ARGV[base + 3]))
+          redis.call("ZADD", KEYS[i], st[7], st[7])
+        end
       elseif cost > 0 then
         local st = p[3]
         redis.call("HSET", KEYS[i], "s", st[7], "v", p[1])

@@ -20,7 +20,13 @@ const (
 	Bucket Kind = iota
 	// Quota counts units over a period and resets at the period's start.
 	Quota
+	// Ledger counts units (and the billable part of them) per consumer,
+	// meter and window for the usage ledger; it never denies.
+	Ledger
 )
+
+// BillAll, as a ledger's BillableFrom, bills every unit.
+const BillAll = -1
 
 // Limit is one limit a request is checked against.
 type Limit struct {
@@ -51,6 +57,12 @@ type Limit struct {
 	// Shadow limits are evaluated and reported but never deny; one that is
 	// over takes nothing.
 	Shadow bool
+
+	// Ledger: the window the units are counted in (epoch-aligned), and
+	// which units are billable: BillAll, 0 for none, or i+1 to bill the
+	// units that go beyond the soft quota at index i of the same request.
+	WindowSize   time.Duration
+	BillableFrom int
 }
 
 // Capacity is the most a bucket holds.
@@ -73,7 +85,7 @@ func (l *Limit) Window(now time.Time) time.Duration {
 
 // Enforced reports whether the limit can deny.
 func (l *Limit) Enforced() bool {
-	return !l.Shadow && (l.Kind == Bucket || !l.Soft || l.Cap > 0)
+	return !l.Shadow && l.Kind != Ledger && (l.Kind == Bucket || !l.Soft || l.Cap > 0)
 }
 
 // Status is what one limit said about a request.
@@ -91,7 +103,9 @@ type Status struct {
 	// RetryAfter, when denied, is how long until the request could pass.
 	RetryAfter time.Duration
 	// Used is the quota's count for the period including this request when
-	// allowed; Overage the part of it beyond Max (soft quotas).
+	// allowed; Overage the part of it beyond Max (soft quotas). For a
+	// ledger: Used is the window's units, Overage the billable units this
+	// request added.
 	Used, Overage int64
 	// PeriodStart is the quota period the count belongs to.
 	PeriodStart time.Time

@@ -22,10 +22,20 @@ type Counter struct {
 	End   time.Time
 }
 
-// CounterStore persists quota counters for the local limiter.
+// LedgerEntry is one usage ledger window as the local store keeps it.
+type LedgerEntry struct {
+	Units, Billable int64
+	Size            time.Duration
+	Exported        bool
+}
+
+// CounterStore persists quota counters and the usage ledger for the local
+// limiter.
 type CounterStore interface {
 	LoadCounters() (map[string]Counter, error)
 	SaveCounters(set map[string]Counter, del []string) error
+	LoadLedger() (map[string]LedgerEntry, error)
+	SaveLedger(set map[string]LedgerEntry, del []string) error
 }
 
 // LocalConfig configures a Local limiter.
@@ -59,10 +69,13 @@ type Local struct {
 }
 
 type shard struct {
-	mu       sync.Mutex
-	buckets  map[string]int64 // theoretical arrival time, unix nanos
-	counters map[counterID]*Counter
-	dirty    map[counterID]struct{}
+	mu          sync.Mutex
+	buckets     map[string]int64 // theoretical arrival time, unix nanos
+	counters    map[counterID]*Counter
+	dirty       map[counterID]struct{}
+	ledger      map[counterID]*LedgerEntry
+	ledgerDirty map[counterID]struct{}
+	ledgerSize  map[string]time.Duration // ledger key -> its latest window size
 }
 
 // counterID names a quota counter: the limit's key and its period start.
@@ -97,7 +110,8 @@ func NewLocal(cfg LocalConfig) (*Local, error) {
 		l.log = zap.NewNop()
 	}
 	for i := range l.shards {
-		l.shards[i] = shard{buckets: map[string]int64{}, counters: map[counterID]*Counter{}, dirty: map[counterID]struct{}{}}
+		l.shards[i] = shard{buckets: map[string]int64{}, counters: map[counterID]*Counter{}, dirty: map[counterID]struct{}{},
+			ledger: map[counterID]*LedgerEntry{}, ledgerDirty: map[counterID]struct{}{}, ledgerSize: map[string]time.Duration{}}
 	}
 	if l.store != nil {
 		loaded, err := l.store.LoadCounters()
@@ -112,6 +126,21 @@ func NewLocal(cfg LocalConfig) (*Local, error) {
 			}
 			c := c
 			l.shardFor(id.key).counters[id] = &c
+		}
+		ledger, err := l.store.LoadLedger()
+		if err != nil {
+			return nil, fmt.Errorf("load usage ledger: %w", err)
+		}
+		for k, e := range ledger {
+			id, ok := parseCounterID(k)
+			if !ok {
+				l.log.Warn("skip a malformed ledger window", zap.String("window", k))
+				continue
+			}
+			e := e
+			sh := l.shardFor(id.key)
+			sh.ledger[id] = &e
+			sh.ledgerSize[id.key] = e.Size
 		}
 	}
 	every := cfg.FlushEvery
@@ -149,18 +178,20 @@ func (l *Local) Close() error {
 	return err
 }
 
-// Flush persists changed counters and forgets ones whose period ended over
-// a day ago.
+// Flush persists changed counters and ledger windows, forgets counters
+// whose period ended over a day ago and exported windows older than 35
+// days (Stripe takes no older usage).
 func (l *Local) Flush() error {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
 	if l.store == nil {
 		return nil
 	}
-	expired := l.clock().Add(-24 * time.Hour)
-	set := map[string]Counter{}
-	var del []string
-	var written []counterID
+	now := l.clock()
+	expired, ledgerExpired := now.Add(-24*time.Hour), now.Add(-35*24*time.Hour).Unix()
+	set, ledgerSet := map[string]Counter{}, map[string]LedgerEntry{}
+	var del, ledgerDel []string
+	var written, ledgerWritten []counterID
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
@@ -174,27 +205,48 @@ func (l *Local) Flush() error {
 				del = append(del, id.String())
 			}
 		}
-		if len(s.dirty) > 0 {
-			s.dirty = map[counterID]struct{}{}
+		for id := range s.ledgerDirty {
+			ledgerSet[id.String()] = *s.ledger[id]
+			ledgerWritten = append(ledgerWritten, id)
+		}
+		for id, e := range s.ledger {
+			if e.Exported && id.start < ledgerExpired {
+				delete(s.ledger, id)
+				ledgerDel = append(ledgerDel, id.String())
+			}
+		}
+		clear(s.dirty)
+		clear(s.ledgerDirty)
+		s.mu.Unlock()
+	}
+	var errs []error
+	if len(set) > 0 || len(del) > 0 {
+		if err := l.store.SaveCounters(set, del); err != nil {
+			errs = append(errs, err)
+			l.redirty(written, false)
+		}
+	}
+	if len(ledgerSet) > 0 || len(ledgerDel) > 0 {
+		if err := l.store.SaveLedger(ledgerSet, ledgerDel); err != nil {
+			errs = append(errs, err)
+			l.redirty(ledgerWritten, true)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// redirty marks ids dirty again so that the next flush retries them.
+func (l *Local) redirty(ids []counterID, ledger bool) {
+	for _, id := range ids {
+		s := l.shardFor(id.key)
+		s.mu.Lock()
+		if _, ok := s.ledger[id]; ledger && ok {
+			s.ledgerDirty[id] = struct{}{}
+		} else if _, ok := s.counters[id]; !ledger && ok {
+			s.dirty[id] = struct{}{}
 		}
 		s.mu.Unlock()
 	}
-	if len(set) == 0 && len(del) == 0 {
-		return nil
-	}
-	if err := l.store.SaveCounters(set, del); err != nil {
-		// Mark them dirty again so the next flush retries them.
-		for _, id := range written {
-			s := l.shardFor(id.key)
-			s.mu.Lock()
-			if _, ok := s.counters[id]; ok {
-				s.dirty[id] = struct{}{}
-			}
-			s.mu.Unlock()
-		}
-		return err
-	}
-	return nil
 }
 
 // shardFor picks a shard by the key's hash tag ("{...}"), so all limits
@@ -299,6 +351,15 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 			used = earlierPending(pending[:i], limits, Quota, lim.Key, id.start, used)
 			st := evalQuota(lim, used, now, period)
 			d.Statuses[i], pending[i] = st, pendingState{start: id.start, val: used + lim.Cost, end: period.End}
+		case Ledger:
+			start := now.Truncate(lim.WindowSize)
+			var units int64
+			if e, ok := sh.ledger[counterID{lim.Key, start.Unix()}]; ok {
+				units = e.Units
+			}
+			bill := billable(lim, d.Statuses)
+			d.Statuses[i] = Status{OK: true, Used: units + lim.Cost, Overage: bill, PeriodStart: start, Remaining: -1}
+			pending[i] = pendingState{start: start.Unix(), val: bill}
 		}
 		if !d.Statuses[i].OK {
 			if lim.Shadow {
@@ -316,9 +377,13 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 			}
 			peek := limits[i]
 			peek.Cost = 0
-			if peek.Kind == Bucket {
+			switch peek.Kind {
+			case Ledger:
+				d.Statuses[i].Used -= limits[i].Cost
+				d.Statuses[i].Overage = 0
+			case Bucket:
 				d.Statuses[i], _ = evalBucket(&peek, now.UnixNano(), stored[i])
-			} else {
+			default:
 				p := plan.PeriodAt(now, peek.Unit, peek.Anchor)
 				d.Statuses[i] = evalQuota(&peek, stored[i], now, p)
 			}
@@ -347,9 +412,32 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 			}
 			c.Value = p.val
 			sh.dirty[id] = struct{}{}
+		case Ledger:
+			id := counterID{limits[i].Key, p.start}
+			e, ok := sh.ledger[id]
+			if !ok {
+				e = &LedgerEntry{Size: limits[i].WindowSize}
+				sh.ledger[id] = e
+			}
+			e.Units += limits[i].Cost
+			e.Billable += p.val
+			sh.ledgerDirty[id] = struct{}{}
+			sh.ledgerSize[id.key] = e.Size
 		}
 	}
 	return d, nil
+}
+
+// billable is the part of a ledger limit's units that is billed, given
+// the statuses of the request's limits before it.
+func billable(l *Limit, statuses []Status) int64 {
+	switch {
+	case l.BillableFrom == BillAll:
+		return l.Cost
+	case l.BillableFrom > 0 && l.BillableFrom <= len(statuses):
+		return min(l.Cost, statuses[l.BillableFrom-1].Overage)
+	}
+	return 0
 }
 
 type pendingState struct {
@@ -379,6 +467,8 @@ func validLimit(l *Limit) error {
 		return fmt.Errorf("%w %q: a bucket needs requests > 0 and per > 0", ErrBadLimit, l.Name)
 	case l.Kind == Quota && l.Unit == "":
 		return fmt.Errorf("%w %q: a quota needs a period", ErrBadLimit, l.Name)
+	case l.Kind == Ledger && l.WindowSize < time.Second:
+		return fmt.Errorf("%w %q: a ledger window is at least a second", ErrBadLimit, l.Name)
 	}
 	return nil
 }

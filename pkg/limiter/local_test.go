@@ -13,6 +13,7 @@ import (
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/localstore"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/usage"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -27,6 +28,13 @@ func newLocal(t *testing.T, clock *limitertest.Clock) limiter.Limiter {
 }
 
 func TestLocal(t *testing.T) { limitertest.Run(t, newLocal) }
+
+func TestLedgerOnLocal(t *testing.T) {
+	limitertest.RunLedger(t, func(t *testing.T, clock *limitertest.Clock) (limiter.Limiter, usage.Ledger) {
+		l := newLocal(t, clock).(*limiter.Local)
+		return l, l
+	})
+}
 
 // A restart keeps quota counters: they are in the file database.
 func TestLocalQuotaSurvivesRestart(t *testing.T) {
@@ -76,7 +84,11 @@ type flakyStore struct {
 	saved  map[string]limiter.Counter
 }
 
-func (f *flakyStore) LoadCounters() (map[string]limiter.Counter, error) { return nil, nil }
+func (f *flakyStore) LoadCounters() (map[string]limiter.Counter, error)   { return nil, nil }
+func (f *flakyStore) LoadLedger() (map[string]limiter.LedgerEntry, error) { return nil, nil }
+func (f *flakyStore) SaveLedger(map[string]limiter.LedgerEntry, []string) error {
+	return nil
+}
 func (f *flakyStore) SaveCounters(set map[string]limiter.Counter, del []string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -233,6 +233,9 @@ func limitArgs(l *Limit) []any {
 	if l.Shadow {
 		shadow = 1
 	}
+	if l.Kind == Ledger {
+		return []any{2, l.Cost, 0, int64(l.WindowSize / time.Second), l.BillableFrom, 0, 0, 0, 0, 0}
+	}
 	if l.Kind == Bucket {
 		interval := l.Per.Microseconds() / l.Requests
 		if interval < 1 {

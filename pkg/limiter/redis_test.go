@@ -12,6 +12,7 @@ import (
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/redistest"
+	"github.com/levyhq/levy/pkg/usage"
 )
 
 func TestRedis(t *testing.T) {
@@ -31,6 +32,14 @@ func TestRedisCluster(t *testing.T) {
 	t.Run("Suite", func(t *testing.T) { testClusterSuite(t, cluster) })
 	t.Run("GivesBackEarlierSlots", func(t *testing.T) { testClusterGivesBack(t, cluster) })
 	t.Run("SlotMatchesRedis", func(t *testing.T) { testSlotMatchesRedis(t, cluster) })
+	t.Run("Ledger", func(t *testing.T) {
+		client := cluster.Client(t)
+		limitertest.RunLedger(t, func(t *testing.T, clock *limitertest.Clock) (limiter.Limiter, usage.Ledger) {
+			client.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error { return m.FlushAll(ctx).Err() })
+			return limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: true, Clock: clock.Now, Timeout: 5 * time.Second}),
+				limiter.NewRedisLedger(client, time.Minute)
+		})
+	})
 }
 
 func testClusterSuite(t *testing.T, cluster *redistest.Cluster) {
@@ -181,4 +190,14 @@ func TestFallbackEnforcesShareAndReconcilesUsage(t *testing.T) {
 	if err != nil || d.Statuses[0].Used != 22 {
 		t.Fatalf("quota used %d after reconcile, want 20 + 2 (%v)", d.Statuses[0].Used, err)
 	}
+}
+
+func TestLedgerOnRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client()
+	limitertest.RunLedger(t, func(t *testing.T, clock *limitertest.Clock) (limiter.Limiter, usage.Ledger) {
+		client.FlushAll(context.Background())
+		return limiter.NewRedis(limiter.RedisConfig{Client: client, Clock: clock.Now, Timeout: 5 * time.Second}),
+			limiter.NewRedisLedger(client, time.Minute)
+	})
 }

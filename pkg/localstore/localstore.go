@@ -18,6 +18,7 @@ import (
 )
 
 var (
+	bucketLedger   = []byte("ledger")
 	bucketCounters = []byte("counters")
 	bucketMeta     = []byte("meta")
 	keyDemo        = []byte("demo-keys")
@@ -46,7 +47,7 @@ func Open(dir string) (*DB, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	err = b.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketCounters, bucketMeta} {
+		for _, name := range [][]byte{bucketCounters, bucketMeta, bucketLedger} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -90,6 +91,44 @@ func (db *DB) SaveCounters(set map[string]limiter.Counter, del []string) error {
 			binary.BigEndian.PutUint64(v[:8], uint64(c.Value))
 			binary.BigEndian.PutUint64(v[8:], uint64(c.End.UnixNano()))
 			if err := b.Put([]byte(k), v[:]); err != nil {
+				return err
+			}
+		}
+		for _, k := range del {
+			if err := b.Delete([]byte(k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// LoadLedger implements limiter.CounterStore.
+func (db *DB) LoadLedger() (map[string]limiter.LedgerEntry, error) {
+	out := map[string]limiter.LedgerEntry{}
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketLedger).ForEach(func(k, v []byte) error {
+			var e limiter.LedgerEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("ledger window %q: %w", k, err)
+			}
+			out[string(k)] = e
+			return nil
+		})
+	})
+	return out, err
+}
+
+// SaveLedger implements limiter.CounterStore: one transaction, fsynced.
+func (db *DB) SaveLedger(set map[string]limiter.LedgerEntry, del []string) error {
+	return db.bolt.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketLedger)
+		for k, e := range set {
+			v, err := json.Marshal(e)
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(k), v); err != nil {
 				return err
 			}
 		}
