@@ -46,6 +46,8 @@ type Snapshot struct {
 	Bearer     bool
 	// Header names set on allowed requests.
 	ConsumerHeader, PlanHeader, CredentialHeader string
+	// LedgerWindow is the usage ledger's window; zero counts no ledger.
+	LedgerWindow time.Duration
 
 	identities sync.Map            // identityKey -> *identity
 	removals   map[string][]string // key header -> headers_to_remove
@@ -73,6 +75,7 @@ func NewSnapshot(cfg *config.Config, consumers []*apikey.Consumer, keys []*apike
 		ConsumerHeader:   cfg.Headers.ConsumerID,
 		PlanHeader:       cfg.Headers.Plan,
 		CredentialHeader: cfg.Headers.CredentialID,
+		LedgerWindow:     time.Duration(cfg.Billing.Window),
 	}
 	snap.Prepare()
 	return snap, nil
@@ -210,7 +213,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 
 	cost := p.CostFor(httpReq.GetPath())
 	id := snap.identity(k, c, p)
-	limits := id.limits(cost)
+	limits := id.withCost(cost)
 	d, err := s.limiter.Decide(ctx, limits)
 	if err != nil {
 		s.log.Error("decide", zap.String("request_id", headers["x-request-id"]), zap.String("consumer", c.ID), zap.Error(err))
@@ -238,7 +241,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 			HeadersToRemove:      snap.removeHeader(keyHeader),
 			ResponseHeadersToAdd: responseHeaders(rl),
 		}},
-		DynamicMetadata: id.metadata,
+		DynamicMetadata: id.metadataFor(&d, limits),
 	}, "ok", nil
 }
 
@@ -248,9 +251,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 type identity struct {
 	headers  []*corev3.HeaderValueOption
 	metadata *structpb.Struct
-	bucket   limiter.Limit
-	units    limiter.Limit
-	hasRate  bool
+	limits   []limiter.Limit // with cost 1
 }
 
 type identityKey struct {
@@ -282,24 +283,37 @@ func (snap *Snapshot) identity(k *apikey.Key, c *apikey.Consumer, p *plan.Plan) 
 			"key_id":   structpb.NewStringValue(k.ID),
 		}},
 	}
-	ls := Limits(c, p, 1)
-	id.hasRate = len(ls) == 2
-	if id.hasRate {
-		id.bucket = ls[0]
-	}
-	id.units = ls[len(ls)-1]
+	id.limits = Limits(c, p, 1, snap.LedgerWindow)
 	v, _ := snap.identities.LoadOrStore(ik, id)
 	return v.(*identity)
 }
 
-// limits returns the request's limits with the units counter at cost.
-func (id *identity) limits(cost int64) []limiter.Limit {
-	units := id.units
-	units.Cost = cost
-	if id.hasRate {
-		return []limiter.Limit{id.bucket, units}
+// withCost returns the request's limits with the units counter and the
+// ledger at cost.
+func (id *identity) withCost(cost int64) []limiter.Limit {
+	ls := make([]limiter.Limit, len(id.limits))
+	copy(ls, id.limits)
+	for i := range ls {
+		if ls[i].Kind != limiter.Bucket {
+			ls[i].Cost = cost
+		}
 	}
-	return []limiter.Limit{units}
+	return ls
+}
+
+// metadataFor is the identity's metadata, plus the request's billable
+// units when it has any (so settlement can refund exactly those).
+func (id *identity) metadataFor(d *limiter.Decision, limits []limiter.Limit) *structpb.Struct {
+	last := len(limits) - 1
+	if last < 0 || limits[last].Kind != limiter.Ledger || d.Statuses[last].Overage <= 0 {
+		return id.metadata
+	}
+	md := &structpb.Struct{Fields: make(map[string]*structpb.Value, len(id.metadata.Fields)+1)}
+	for k, v := range id.metadata.Fields {
+		md.Fields[k] = v
+	}
+	md.Fields["billable"] = structpb.NewNumberValue(float64(d.Statuses[last].Overage))
+	return md
 }
 
 func (snap *Snapshot) removeHeader(h string) []string {
@@ -347,9 +361,13 @@ func (snap *Snapshot) describeKeyHeaders() string {
 // The bucket is per plan, so an upgrade starts on the new plan's full
 // bucket at once; the units counter is not, so usage so far in the period
 // carries over to the new plan's quota.
-func Limits(c *apikey.Consumer, p *plan.Plan, cost int64) []limiter.Limit {
+//
+// When window is set, a ledger limit counts the units (and the billable
+// part: beyond the included units, for payg plans and tiered plans with a
+// soft quota) in the usage ledger, in the same decision.
+func Limits(c *apikey.Consumer, p *plan.Plan, cost int64, window time.Duration) []limiter.Limit {
 	tag := "{c:" + c.ID + "}"
-	limits := make([]limiter.Limit, 0, 2)
+	limits := make([]limiter.Limit, 0, 3)
 	if r := p.Rate; r != nil {
 		limits = append(limits, limiter.Limit{
 			Kind: limiter.Bucket, Name: "rate", Key: tag + ":rate:" + p.Name, Cost: 1,
@@ -361,7 +379,15 @@ func Limits(c *apikey.Consumer, p *plan.Plan, cost int64) []limiter.Limit {
 	if pq := p.Quota; pq != nil {
 		q.Name, q.Max, q.Soft, q.Cap = "quota", pq.Requests, pq.Enforcement == plan.Soft, pq.Cap
 	}
-	return append(limits, q)
+	limits = append(limits, q)
+	if window > 0 {
+		l := limiter.Limit{Kind: limiter.Ledger, Name: "ledger", Key: limiter.LedgerKey(c.ID, p.Meter), Cost: cost, WindowSize: window}
+		if p.Model == plan.PayG || p.Model == plan.Tiered && q.Soft && p.Quota != nil {
+			l.BillableFrom = len(limits) // the units counter, 1-based
+		}
+		limits = append(limits, l)
+	}
+	return limits
 }
 
 func denialReason(l *limiter.Limit) string {
