@@ -1,0 +1,250 @@
+package billing_test
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/billing"
+	"github.com/levyhq/levy/pkg/limiter"
+	"github.com/levyhq/levy/pkg/limiter/limitertest"
+	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/redisstore"
+	"github.com/levyhq/levy/pkg/redistest"
+	"github.com/levyhq/levy/pkg/stripetest"
+	"github.com/levyhq/levy/pkg/usage"
+)
+
+const meterPath = "/v1/billing/meter_events"
+
+type consumers struct {
+	mu sync.Mutex
+	m  map[string]*apikey.Consumer
+}
+
+func (c *consumers) get(id string) (*apikey.Consumer, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.m[id]
+	return v, ok
+}
+
+func (c *consumers) set(v *apikey.Consumer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m[v.ID] = v
+}
+
+// admit decides n requests of cost 1 for consumer on a payg plan with
+// `included` units, counting the ledger as ext_authz does.
+func admit(t *testing.T, lim limiter.Limiter, consumer string, included int64, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		limits := []limiter.Limit{
+			{Kind: limiter.Quota, Name: "quota", Key: "{c:" + consumer + "}:units", Cost: 1, Max: included, Soft: true, Unit: plan.Month},
+			{Kind: limiter.Ledger, Name: "ledger", Key: limiter.LedgerKey(consumer, "api_calls"), Cost: 1, WindowSize: time.Minute, BillableFrom: 1},
+		}
+		if d, err := lim.Decide(context.Background(), limits); err != nil || !d.OK {
+			t.Fatalf("admit: %v %v", d.OK, err)
+		}
+	}
+}
+
+type rig struct {
+	clock  *limitertest.Clock
+	local  *limiter.Local
+	stripe *stripetest.Stripe
+	people *consumers
+}
+
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	r := &rig{clock: limitertest.NewClock(time.Now().UTC().Truncate(time.Minute).Add(-10 * time.Minute)), stripe: stripetest.Start(t),
+		people: &consumers{m: map[string]*apikey.Consumer{}}}
+	var err error
+	r.local, err = limiter.NewLocal(limiter.LocalConfig{Clock: r.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.local.Close() })
+	r.people.set(&apikey.Consumer{ID: "acme", Plan: "payg", StripeCustomerID: "cus_acme"})
+	r.people.set(&apikey.Consumer{ID: "beta", Plan: "payg", StripeCustomerID: "cus_beta"})
+	return r
+}
+
+func (r *rig) exporter(t *testing.T, ledger usage.Ledger, lease billing.Lease, holder string) *billing.Exporter {
+	return billing.NewExporter(billing.ExporterConfig{
+		Ledger: ledger, Consumer: r.people.get, Lease: lease, Holder: holder,
+		APIKey: "sk_test_levy", APIBase: r.stripe.URL, Every: 10 * time.Millisecond, SettleDelay: 5 * time.Second,
+		Log: zaptest.NewLogger(t), Clock: r.clock.Now,
+	})
+}
+
+// sent sums the accepted meter events by identifier and checks none was
+// accepted twice.
+func sent(t *testing.T, s *stripetest.Stripe) map[string]int64 {
+	t.Helper()
+	out := map[string]int64{}
+	for _, c := range s.Calls(meterPath) {
+		if c.Status != 200 {
+			continue
+		}
+		id := c.Form.Get("identifier")
+		if _, dup := out[id]; dup {
+			t.Fatalf("identifier %s accepted twice", id)
+		}
+		v, err := strconv.ParseInt(c.Form.Get("payload[value]"), 10, 64)
+		if err != nil {
+			t.Fatalf("value %q", c.Form.Get("payload[value]"))
+		}
+		out[id] = v
+	}
+	return out
+}
+
+func total(m map[string]int64) (sum int64) {
+	for _, v := range m {
+		sum += v
+	}
+	return sum
+}
+
+func TestExportSendsOneEventPerClosedWindowWithBillableUnits(t *testing.T) {
+	r := newRig(t)
+	// acme: 7 requests in window 1 (3 included), 4 in window 2; beta: 2
+	// with nothing included.
+	admit(t, r.local, "acme", 3, 7)
+	admit(t, r.local, "beta", 0, 2)
+	r.clock.Advance(time.Minute)
+	admit(t, r.local, "acme", 3, 4)
+	e := r.exporter(t, r.local, nil, "a")
+
+	// Windows still inside the settle delay are not sent yet.
+	if n, err := e.ExportOnce(context.Background()); err != nil || n != 0 {
+		t.Fatalf("before the settle delay: %d %v", n, err)
+	}
+	r.clock.Advance(2 * time.Minute)
+	n, err := e.ExportOnce(context.Background())
+	if err != nil || n != 3 {
+		t.Fatalf("exported %d windows (%v), want 3", n, err)
+	}
+	got := sent(t, r.stripe)
+	if len(got) != 3 || total(got) != 4+2+4 {
+		t.Fatalf("events %v: want 3 events totalling 10 billable units", got)
+	}
+	calls := r.stripe.Calls(meterPath)
+	for _, c := range calls {
+		if c.Form.Get("event_name") != "api_calls" || c.Form.Get("payload[stripe_customer_id]") == "" {
+			t.Fatalf("event %v", c.Form)
+		}
+		ts, _ := strconv.ParseInt(c.Form.Get("timestamp"), 10, 64)
+		if ts >= r.clock.Now().Unix() {
+			t.Fatalf("timestamp %d is not inside a closed window", ts)
+		}
+	}
+	// Nothing is sent twice.
+	if n, _ := e.ExportOnce(context.Background()); n != 0 || len(r.stripe.Calls(meterPath)) != 3 {
+		t.Fatalf("second export sent more: %d", len(r.stripe.Calls(meterPath)))
+	}
+}
+
+func TestStripeFailingThenRecoveringGivesTheSameTotalsAndNoDuplicates(t *testing.T) {
+	r := newRig(t)
+	for i := 0; i < 5; i++ { // five windows of 3 billable units each
+		admit(t, r.local, "acme", 0, 3)
+		r.clock.Advance(time.Minute)
+	}
+	r.clock.Advance(time.Minute)
+	e := r.exporter(t, r.local, nil, "a")
+	r.stripe.Fail(500, 3)
+	e.ExportOnce(context.Background()) // 3 fail, 2 get through
+	r.stripe.Fail(429, -1)
+	for i := 0; i < 3; i++ {
+		r.clock.Advance(10 * time.Second) // past every backoff
+		e.ExportOnce(context.Background())
+	}
+	r.stripe.Recover()
+	for i := 0; i < 5; i++ {
+		r.clock.Advance(5 * time.Minute)
+		e.ExportOnce(context.Background())
+	}
+	got := sent(t, r.stripe)
+	if len(got) != 5 || total(got) != 15 {
+		t.Fatalf("after recovery: %v, want 5 windows, 15 units", got)
+	}
+	if left, _ := r.local.Closed(context.Background(), r.clock.Now(), 0); len(left) != 0 {
+		t.Fatalf("windows left unexported: %+v", left)
+	}
+}
+
+func TestConsumerWithoutStripeCustomerIsKeptNotDropped(t *testing.T) {
+	r := newRig(t)
+	r.people.set(&apikey.Consumer{ID: "nocard", Plan: "payg"})
+	admit(t, r.local, "nocard", 0, 4)
+	r.clock.Advance(2 * time.Minute)
+	e := r.exporter(t, r.local, nil, "a")
+	e.ExportOnce(context.Background())
+	if len(r.stripe.Calls(meterPath)) != 0 {
+		t.Fatal("an event without a Stripe customer was sent")
+	}
+	if left, _ := r.local.Closed(context.Background(), r.clock.Now(), 0); len(left) != 1 || left[0].Billable != 4 {
+		t.Fatalf("the window was dropped: %+v", left)
+	}
+	r.people.set(&apikey.Consumer{ID: "nocard", Plan: "payg", StripeCustomerID: "cus_late"})
+	if n, _ := e.ExportOnce(context.Background()); n != 1 || total(sent(t, r.stripe)) != 4 {
+		t.Fatalf("after the customer id arrived: %d", n)
+	}
+}
+
+// Two replicas on one Redis: one holds the lease and exports, the other
+// waits; when the holder stops, the other takes over.
+func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
+	r := newRig(t)
+	rdb := redistest.Start(t)
+	client := rdb.Client()
+	lim := limiter.NewRedis(limiter.RedisConfig{Client: client, Clock: r.clock.Now, Timeout: 5 * time.Second})
+	ledger := limiter.NewRedisLedger(client, time.Minute)
+	for i := 0; i < 4; i++ {
+		admit(t, lim, "acme", 0, 2)
+		r.clock.Advance(time.Minute)
+	}
+	r.clock.Advance(time.Minute)
+	lease := redisstore.NewLease(client, "usage-export")
+	a, b := r.exporter(t, ledger, lease, "replica-a"), r.exporter(t, ledger, lease, "replica-b")
+
+	ctxA, stopA := context.WithCancel(context.Background())
+	doneA := make(chan struct{})
+	go func() { a.Run(ctxA); close(doneA) }()
+	ctxB, stopB := context.WithCancel(context.Background())
+	doneB := make(chan struct{})
+	go func() { b.Run(ctxB); close(doneB) }()
+	defer func() { stopB(); <-doneB }()
+
+	deadline := time.Now().Add(10 * time.Second)
+	for total(sent(t, r.stripe)) < 8 {
+		if time.Now().After(deadline) {
+			t.Fatalf("exported %v", sent(t, r.stripe))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := len(r.stripe.Calls(meterPath)); n != 4 {
+		t.Fatalf("%d meter event calls for 4 windows: two exporters ran", n)
+	}
+	stopA()
+	<-doneA
+	// The next windows go out through b.
+	admit(t, lim, "acme", 0, 5)
+	r.clock.Advance(2 * time.Minute)
+	deadline = time.Now().Add(10 * time.Second)
+	for total(sent(t, r.stripe)) < 13 {
+		if time.Now().After(deadline) {
+			t.Fatalf("b did not take over: %v", sent(t, r.stripe))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

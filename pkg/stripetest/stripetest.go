@@ -1,0 +1,188 @@
+// Package stripetest runs the real stripe-mock (pinned as a go tool in
+// go.mod) on a free loopback port, behind a recording proxy that counts
+// what levy sends and can make Stripe fail for a while.
+package stripetest
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Call is one request the proxy saw.
+type Call struct {
+	Method, Path string
+	Form         url.Values
+	Status       int
+}
+
+// Stripe is stripe-mock behind a recording proxy. Point levy at URL.
+type Stripe struct {
+	URL string
+
+	mu      sync.Mutex
+	calls   []Call
+	failing int // answer this status instead of forwarding, while > 0
+	remain  int // how many more requests fail (-1: until Recover)
+}
+
+var (
+	buildOnce sync.Once
+	binary    string
+	buildErr  error
+)
+
+// stripeMock builds stripe-mock once per test binary.
+func stripeMock(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "stripe-mock")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(dir, "stripe-mock")
+		cmd := exec.Command("go", "build", "-o", binary, "github.com/stripe/stripe-mock")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			buildErr = &buildError{err, out}
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build stripe-mock: %v", buildErr)
+	}
+	return binary
+}
+
+type buildError struct {
+	err error
+	out []byte
+}
+
+func (e *buildError) Error() string { return e.err.Error() + ": " + string(e.out) }
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Start runs stripe-mock and the proxy, stopped with the test.
+func Start(t testing.TB) *Stripe {
+	t.Helper()
+	addr := freeAddr(t)
+	cmd := exec.Command(stripeMock(t), "-http-addr", addr)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-done:
+			t.Fatalf("stripe-mock exited:\n%s", logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stripe-mock not listening on %s", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	s := &Stripe{}
+	target, _ := url.Parse("http://" + addr)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		form, _ := url.ParseQuery(string(body))
+		call := Call{Method: r.Method, Path: r.URL.Path, Form: form}
+		s.mu.Lock()
+		fail := s.failing
+		if fail > 0 && s.remain > 0 {
+			s.remain--
+		}
+		if s.remain == 0 {
+			s.failing = 0
+		}
+		s.mu.Unlock()
+		rec := &statusRecorder{ResponseWriter: w, status: 200}
+		if fail > 0 {
+			rec.Header().Set("Content-Type", "application/json")
+			rec.WriteHeader(fail)
+			io.WriteString(rec, `{"error":{"type":"api_error","message":"injected by stripetest"}}`)
+		} else {
+			proxy.ServeHTTP(rec, r)
+		}
+		call.Status = rec.status
+		s.mu.Lock()
+		s.calls = append(s.calls, call)
+		s.mu.Unlock()
+	})}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	s.URL = "http://" + lis.Addr().String()
+	return s
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// Fail makes the next n requests (-1: all until Recover) answer status.
+func (s *Stripe) Fail(status, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failing, s.remain = status, n
+}
+
+// Recover ends Fail.
+func (s *Stripe) Recover() { s.Fail(0, 0) }
+
+// Calls returns the requests seen so far, optionally only those to path.
+func (s *Stripe) Calls(path string) []Call {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Call
+	for _, c := range s.calls {
+		if path == "" || c.Path == path {
+			out = append(out, c)
+		}
+	}
+	return out
+}
