@@ -38,7 +38,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root.SetErr(stderr)
 	keys := keysCmd()
 	addAdminKeyCmds(keys)
-	root.AddCommand(serveCmd(), checkCmd(), keys, consumersCmd(), configCmd(), versionCmd())
+	root.AddCommand(serveCmd(), checkCmd(), keys, consumersCmd(), usageCmd(), configCmd(), versionCmd())
 	return root.ExecuteContext(ctx)
 }
 

@@ -9,6 +9,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -54,6 +56,9 @@ type Config struct {
 	Log   *zap.Logger
 	// Clock decides whether an expiry lies in the past; nil means time.Now.
 	Clock func() time.Time
+	// Usage reports a consumer's current billing period (GET
+	// /v1/consumers/{id}/usage); apikey.ErrNotFound gives 404.
+	Usage func(ctx context.Context, consumerID string) (any, error)
 }
 
 // Handler serves the admin API under /v1/.
@@ -101,6 +106,7 @@ func New(cfg Config) *Handler {
 	h.mux.HandleFunc("PATCH /v1/consumers/{id}", h.patchConsumer)
 	h.mux.HandleFunc("POST /v1/consumers/{id}/keys", h.createKey)
 	h.mux.HandleFunc("POST /v1/keys/{id}/revoke", h.revokeKey)
+	h.mux.HandleFunc("GET /v1/consumers/{id}/usage", h.usage)
 	return h
 }
 
@@ -231,6 +237,27 @@ func (h *Handler) getConsumer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, toJSON(c))
+}
+
+func (h *Handler) usage(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r, "consumer")
+	if !ok {
+		return
+	}
+	if h.cfg.Usage == nil {
+		writeProblem(w, http.StatusServiceUnavailable, "usage_unavailable", "usage reports are not available")
+		return
+	}
+	rep, err := h.cfg.Usage(r.Context(), id)
+	switch {
+	case errors.Is(err, apikey.ErrNotFound):
+		writeProblem(w, http.StatusNotFound, "consumer_not_found", "no consumer "+strconv.Quote(id))
+	case err != nil:
+		h.log.Error("usage report", zap.String("consumer", id), zap.Error(err))
+		writeProblem(w, http.StatusServiceUnavailable, "store_unavailable", "the usage report cannot be read right now")
+	default:
+		writeJSON(w, http.StatusOK, rep)
+	}
 }
 
 type patchConsumerRequest struct {

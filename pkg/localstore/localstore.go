@@ -4,6 +4,7 @@
 package localstore
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -174,4 +175,36 @@ func (db *DB) DemoKeys(plans []string, gen func() (string, error)) (map[string]s
 		return b.Put(keyDemo, v)
 	})
 	return out, err
+}
+
+var bucketEvents = []byte("stripe-events")
+
+// Claim records an event id; true the first time within ttl (billing.Events).
+func (db *DB) Claim(_ context.Context, id string, ttl time.Duration) (bool, error) {
+	first := false
+	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucketEvents)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		if v := b.Get([]byte(id)); len(v) == 8 && now.Before(time.Unix(0, int64(binary.BigEndian.Uint64(v)))) {
+			return nil
+		}
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], uint64(now.Add(ttl).UnixNano()))
+		first = true
+		return b.Put([]byte(id), v[:])
+	})
+	return first, err
+}
+
+// Release forgets a claim (billing.Events).
+func (db *DB) Release(_ context.Context, id string) error {
+	return db.bolt.Update(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketEvents); b != nil {
+			return b.Delete([]byte(id))
+		}
+		return nil
+	})
 }

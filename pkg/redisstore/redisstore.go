@@ -519,3 +519,20 @@ func (l *Lease) Hold(ctx context.Context, holder string, ttl time.Duration) (boo
 func (l *Lease) Release(ctx context.Context, holder string) error {
 	return releaseScript.Run(ctx, l.client, []string{l.key}, holder).Err()
 }
+
+// Events remembers applied Stripe event ids in Redis (billing.Events).
+type Events struct{ Client redis.UniversalClient }
+
+// Claim reports true the first time id is claimed within ttl.
+func (e Events) Claim(ctx context.Context, id string, ttl time.Duration) (bool, error) {
+	ok, err := e.Client.SetNX(ctx, "levy:stripe-event:{"+id+"}", 1, ttl).Result()
+	if err != nil {
+		return false, fmt.Errorf("redis claim event: %w", err)
+	}
+	return ok, nil
+}
+
+// Release forgets a claim.
+func (e Events) Release(ctx context.Context, id string) error {
+	return e.Client.Del(ctx, "levy:stripe-event:{"+id+"}").Err()
+}

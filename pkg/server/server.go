@@ -18,6 +18,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -28,6 +29,7 @@ import (
 	"github.com/levyhq/levy/pkg/admin"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
+	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
@@ -69,6 +71,7 @@ type Server struct {
 	http             *http.Server
 	health           *health.Server
 	ready            atomic.Bool
+	replicaID        string
 }
 
 // New opens the store and binds the listeners; Run serves.
@@ -89,7 +92,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = 10 * time.Second
 	}
-	s := &Server{cfg: cfg, opts: opts, log: opts.Log, metrics: telemetry.NewMetrics()}
+	s := &Server{cfg: cfg, opts: opts, log: opts.Log, metrics: telemetry.NewMetrics(), replicaID: uuid.NewString()}
 	var err error
 	if s.backend, err = s.openBackend(cfg); err != nil {
 		return nil, err
@@ -151,9 +154,73 @@ func (s *Server) listen() error {
 		Token:   os.Getenv("LEVY_ADMIN_TOKEN"),
 		Log:     s.log,
 		Clock:   s.opts.Clock,
+		Usage:   s.usageReport,
+	}))
+	mux.Handle("POST /stripe/webhook", billing.NewWebhook(billing.WebhookConfig{
+		Secret:       os.Getenv("STRIPE_WEBHOOK_SECRET"),
+		Consumers:    webhookConsumers{s},
+		Events:       s.backend.events,
+		Catalog:      func() *plan.Catalog { return s.authz.Snapshot().Catalog },
+		FallbackPlan: func() string { return s.cfg.Billing.FallbackPlan },
+		PaymentFailed: func() (string, time.Duration) {
+			return s.cfg.Billing.PaymentFailed.Action, time.Duration(s.cfg.Billing.PaymentFailed.Grace)
+		},
+		Log:   s.log,
+		Clock: s.opts.Clock,
 	}))
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return nil
+}
+
+// usageReport is a consumer's current period, for the admin API.
+func (s *Server) usageReport(ctx context.Context, id string) (any, error) {
+	snap := s.authz.Snapshot()
+	c, ok := snap.Directory.Consumer(id)
+	if !ok {
+		return nil, apikey.ErrNotFound
+	}
+	p, ok := snap.Catalog.Get(c.Plan)
+	if !ok {
+		return nil, fmt.Errorf("consumer %s has unknown plan %s", c.ID, c.Plan)
+	}
+	return billing.Report(ctx, s.backend.limiter, s.backend.ledger, c, p)
+}
+
+// webhookConsumers finds consumers in the file and the store, and writes
+// changes to the store (a stored consumer overrides the file's).
+type webhookConsumers struct{ s *Server }
+
+func (w webhookConsumers) ConsumerByStripeCustomer(ctx context.Context, customer string) (*apikey.Consumer, error) {
+	l, ok := w.s.authz.Snapshot().Directory.(apikey.Layered)
+	if !ok {
+		return nil, apikey.ErrNotFound
+	}
+	return l.ConsumerByStripeCustomer(ctx, customer)
+}
+
+func (w webhookConsumers) PutConsumer(ctx context.Context, c *apikey.Consumer) error {
+	return w.s.backend.store.PutConsumer(ctx, c)
+}
+
+// exportUsage runs the Stripe meter export until ctx ends, when a Stripe
+// key is configured.
+func (s *Server) exportUsage(ctx context.Context) {
+	key := os.Getenv("STRIPE_API_KEY")
+	if key == "" {
+		s.log.Info("usage export to Stripe is off: STRIPE_API_KEY is not set")
+		return
+	}
+	e := billing.NewExporter(billing.ExporterConfig{
+		Ledger: s.backend.ledger,
+		Consumer: func(id string) (*apikey.Consumer, bool) {
+			return s.authz.Snapshot().Directory.Consumer(id)
+		},
+		Lease: s.backend.lease, Holder: s.replicaID,
+		APIKey: key, APIBase: s.cfg.Billing.Stripe.APIBase,
+		Every: time.Duration(s.cfg.Billing.ExportEvery), SettleDelay: time.Duration(s.cfg.Billing.SettleDelay),
+		Registerer: s.metrics.Registry, Log: s.log, Clock: s.opts.Clock,
+	})
+	e.Run(ctx)
 }
 
 // followReadiness mirrors the store's reachability in the gRPC health
@@ -218,6 +285,12 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	s.ready.Store(true)
+	exportCtx, stopExport := context.WithCancel(context.WithoutCancel(ctx))
+	exportDone := make(chan struct{})
+	go func() {
+		defer close(exportDone)
+		s.exportUsage(exportCtx)
+	}()
 	healthDone := make(chan struct{})
 	go func() {
 		defer close(healthDone)
@@ -237,6 +310,8 @@ func (s *Server) Run(ctx context.Context) error {
 	close(stopReload)
 	<-reloadDone
 	<-healthDone
+	stopExport()
+	<-exportDone
 
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()

@@ -11,19 +11,23 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/localstore"
 	"github.com/levyhq/levy/pkg/redisstore"
+	"github.com/levyhq/levy/pkg/usage"
 )
 
 // backend is the store levy runs on: what decides, what remembers
 // consumers and keys, whether it is reachable, and how to close it.
 type backend struct {
 	limiter  limiter.Limiter
+	ledger   usage.Ledger
+	lease    billing.Lease
+	events   billing.Events
 	store    apikey.Store
 	local    *limiter.Local // the local store's limiter (usage reports)
 	ready    func() bool
@@ -61,6 +65,7 @@ func (s *Server) openBackend(cfg *config.Config) (*backend, error) {
 		return nil, err
 	}
 	b.limiter, b.local, b.store, b.demoKeys = local, local, dir, db.DemoKeys
+	b.ledger, b.lease, b.events = local, billing.SoleLease{}, db
 	return b, nil
 }
 
@@ -92,6 +97,9 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 		lim = fb
 	}
 	b.limiter = lim
+	b.ledger = limiter.NewRedisLedger(client, time.Duration(cfg.Billing.Window))
+	b.lease = redisstore.NewLease(client, "usage-export")
+	b.events = redisstore.Events{Client: client}
 	b.store = redisstore.NewDirectory(redisstore.DirectoryConfig{Client: client, TTL: time.Duration(cfg.Store.Redis.CacheTTL),
 		Timeout: time.Duration(cfg.Store.Timeout), Log: s.log, Available: health.Ready, Failed: health.Failed})
 	b.demoKeys = func(plans []string, gen func() (string, error)) (map[string]string, error) {
@@ -131,5 +139,3 @@ func redisOptions(cfg *config.Config) (redisstore.Options, error) {
 type quietRedisLog struct{}
 
 func (quietRedisLog) Printf(context.Context, string, ...any) {}
-
-var _ = zap.NewNop
