@@ -248,3 +248,45 @@ func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// forgetful loses the first MarkExported, as a replica killed between
+// Stripe's answer and marking the window would.
+type forgetful struct {
+	usage.Ledger
+	mu     sync.Mutex
+	forgot bool
+}
+
+func (f *forgetful) MarkExported(ctx context.Context, w usage.Window) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.forgot {
+		f.forgot = true
+		return context.DeadlineExceeded
+	}
+	return f.Ledger.MarkExported(ctx, w)
+}
+
+// Stripe accepted a window but the replica never marked it: the next
+// attempt sends the same identifier, Stripe refuses it as a duplicate, and
+// the window counts as exported: billed once.
+func TestAcceptedButUnmarkedWindowIsNotBilledTwice(t *testing.T) {
+	r := newRig(t)
+	admit(t, r.local, "acme", 0, 6)
+	r.clock.Advance(2 * time.Minute)
+	e := r.exporter(t, &forgetful{Ledger: r.local}, nil, "a")
+	if _, err := e.ExportOnce(context.Background()); err == nil {
+		t.Fatal("the lost mark was not reported")
+	}
+	r.clock.Advance(time.Minute)
+	if _, err := e.ExportOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	calls := r.stripe.Calls(meterPath)
+	if len(calls) != 2 || calls[1].Status != 400 || total(sent(t, r.stripe)) != 6 {
+		t.Fatalf("calls %+v", calls)
+	}
+	if left, _ := r.local.Closed(context.Background(), r.clock.Now(), 0); len(left) != 0 {
+		t.Fatalf("window still unexported: %+v", left)
+	}
+}

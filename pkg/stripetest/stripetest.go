@@ -35,6 +35,7 @@ type Stripe struct {
 	calls   []Call
 	failing int // answer this status instead of forwarding, while > 0
 	remain  int // how many more requests fail (-1: until Recover)
+	seen    map[string]bool
 }
 
 var (
@@ -114,7 +115,7 @@ func Start(t testing.TB) *Stripe {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	s := &Stripe{}
+	s := &Stripe{seen: map[string]bool{}}
 	target, _ := url.Parse("http://" + addr)
 	proxy := httputil.NewSingleHostReverseProxy(target)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -132,7 +133,20 @@ func Start(t testing.TB) *Stripe {
 		}
 		s.mu.Unlock()
 		rec := &statusRecorder{ResponseWriter: w, status: 200}
-		if fail > 0 {
+		// stripe-mock keeps no state; Stripe refuses a meter event whose
+		// identifier it already has (within 24h). The proxy does the same.
+		ident := ""
+		if r.URL.Path == "/v1/billing/meter_events" {
+			ident = form.Get("identifier")
+		}
+		s.mu.Lock()
+		dup := ident != "" && fail == 0 && s.seen[ident]
+		s.mu.Unlock()
+		if dup {
+			rec.Header().Set("Content-Type", "application/json")
+			rec.WriteHeader(http.StatusBadRequest)
+			io.WriteString(rec, `{"error":{"type":"invalid_request_error","param":"identifier","message":"An event with this identifier already exists."}}`)
+		} else if fail > 0 {
 			rec.Header().Set("Content-Type", "application/json")
 			rec.WriteHeader(fail)
 			io.WriteString(rec, `{"error":{"type":"api_error","message":"injected by stripetest"}}`)
@@ -141,6 +155,9 @@ func Start(t testing.TB) *Stripe {
 		}
 		call.Status = rec.status
 		s.mu.Lock()
+		if ident != "" && rec.status == 200 {
+			s.seen[ident] = true
+		}
 		s.calls = append(s.calls, call)
 		s.mu.Unlock()
 	})}
