@@ -64,14 +64,19 @@ func (r *RedisLedger) Adjust(ctx context.Context, adjs []usage.Adjustment) error
 // scanLedgers lists the ledger index keys matching pattern on every master.
 func (r *RedisLedger) scanLedgers(ctx context.Context, pattern string) ([]string, error) {
 	var mu sync.Mutex
+	seen := map[string]bool{}
 	var keys []string
 	scan := func(ctx context.Context, c *redis.Client) error {
 		it := c.ScanType(ctx, 0, pattern, 1000, "zset").Iterator()
 		for it.Next(ctx) {
-			k := it.Val()
-			if _, _, ok := parseLedgerKey(k); ok && !strings.HasSuffix(k, ":done") {
+			// A ledger whose windows are all exported has only ":done".
+			k := strings.TrimSuffix(it.Val(), ":done")
+			if _, _, ok := parseLedgerKey(k); ok {
 				mu.Lock()
-				keys = append(keys, k)
+				if !seen[k] {
+					seen[k] = true
+					keys = append(keys, k)
+				}
 				mu.Unlock()
 			}
 		}

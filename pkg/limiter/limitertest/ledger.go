@@ -105,6 +105,11 @@ func RunLedger(t *testing.T, newLedger LedgerFactory) {
 		if err := led.MarkExported(ctx, ws[0]); err != nil {
 			t.Fatal(err)
 		}
+		// A ledger whose windows are all exported still lists them.
+		one, _ := led.Windows(ctx, "acme", ws[0].Start, ws[0].End())
+		if len(one) != 1 || !one[0].Exported {
+			t.Fatalf("the exported window alone: %+v", one)
+		}
 		rest, _ := led.Closed(ctx, clock.Now(), 0)
 		if len(rest) != 2 || rest[0].Start.Equal(ws[0].Start) {
 			t.Fatalf("after export: %+v", rest)

@@ -1,0 +1,213 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stripe/stripe-go/v76/webhook"
+
+	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/redistest"
+	"github.com/levyhq/levy/pkg/stripetest"
+)
+
+const moneyConfig = `
+dev_mode: true
+billing:
+  window: 1s
+  settle_delay: 1s
+  export_every: 100ms
+  fallback_plan: free
+  stripe: {api_base: %s}
+plans:
+  free: {model: freemium, rate: {requests: 100, per: 1s}, quota: {requests: 1000, period: month}, billing: {stripe_prices: [price_free]}}
+  payg:
+    model: payg
+    rate: {requests: 1000, per: 1s}
+    quota: {requests: 5, period: month, enforcement: soft}
+    billing: {meter: api_calls, stripe_prices: [price_payg]}
+consumers:
+  - {id: acme, plan: payg, stripe_customer_id: cus_acme, keys: [{key: %s}]}
+`
+
+type moneyRig struct {
+	rdb    *redistest.Server
+	stripe *stripetest.Stripe
+	cfg    string
+	key    string
+}
+
+func newMoneyRig(t *testing.T) *moneyRig {
+	t.Helper()
+	m := &moneyRig{rdb: redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always"), stripe: stripetest.Start(t)}
+	m.key, _ = apikey.Generate("levy")
+	m.cfg = writeConfig(t, t.TempDir(), fmt.Sprintf(moneyConfig, m.stripe.URL, m.key))
+	t.Setenv("STRIPE_API_KEY", "sk_test_levy")
+	t.Setenv("STRIPE_WEBHOOK_SECRET", "whsec_levy")
+	t.Setenv("LEVY_ADMIN_TOKEN", "test-token")
+	return m
+}
+
+func (m *moneyRig) serve(t *testing.T) *proc {
+	return serve(t, "--config", m.cfg, "--store", "redis", "--redis-addr", m.rdb.Addr)
+}
+
+// exported sums the meter events Stripe accepted and fails on a repeated
+// identifier.
+func exported(t *testing.T, s *stripetest.Stripe) (total int64, events int) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, c := range s.Calls("/v1/billing/meter_events") {
+		if c.Status != 200 {
+			continue
+		}
+		id := c.Form.Get("identifier")
+		if seen[id] {
+			t.Fatalf("identifier %s accepted twice", id)
+		}
+		seen[id] = true
+		v, _ := strconv.ParseInt(c.Form.Get("payload[value]"), 10, 64)
+		total += v
+		if c.Form.Get("payload[stripe_customer_id]") != "cus_acme" || c.Form.Get("event_name") != "api_calls" {
+			t.Fatalf("event %v", c.Form)
+		}
+	}
+	return total, len(seen)
+}
+
+// Admitted usage reaches Stripe exactly once, even when Stripe fails for a
+// while and levy is killed mid-export and restarted.
+func TestUsageReachesStripeOnceThroughFailuresAndSIGKILL(t *testing.T) {
+	m := newMoneyRig(t)
+	p := m.serve(t)
+	c := p.client(t)
+	for i := 0; i < 25; i++ { // 5 included, 20 billable
+		if o := check(t, c, m.key, "/v1/items"); !o.Allowed {
+			t.Fatalf("request %d: %d", i, o.Status)
+		}
+	}
+	m.stripe.Fail(503, -1) // Stripe is down while levy tries to export
+	waitFor(t, 10*time.Second, func() bool { return len(m.stripe.Calls("/v1/billing/meter_events")) >= 2 })
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-p.done
+	m.stripe.Recover()
+	p = m.serve(t)
+	waitFor(t, 20*time.Second, func() bool { total, _ := exported(t, m.stripe); return total == 20 })
+
+	// levy usage reports the period.
+	out, err := runLevy("usage", "acme", "--admin-url", "http://"+p.httpAddr)
+	if err != nil {
+		t.Fatalf("levy usage: %v\n%s", err, out)
+	}
+	for _, want := range []string{"used:     25 units", "included: 5", "overage:  20", "exported to Stripe 20, pending 0"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("levy usage lacks %q:\n%s", want, out)
+		}
+	}
+	if total, _ := exported(t, m.stripe); total != 20 {
+		t.Fatalf("exported %d", total)
+	}
+}
+
+func signedEvent(t *testing.T, secret, body string, at time.Time) (payload []byte, sig string) {
+	t.Helper()
+	sp := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: []byte(body), Secret: secret, Timestamp: at})
+	return sp.Payload, sp.Header
+}
+
+func subscriptionEvent(id, typ, price string, created int64) string {
+	return fmt.Sprintf(`{"id": %q, "object": "event", "api_version": "2023-10-16", "created": %d, "type": %q,
+  "data": {"object": {"id": "sub_1", "object": "subscription", "customer": "cus_acme", "status": "active",
+    "current_period_start": %d,
+    "items": {"object": "list", "data": [{"id": "si_1", "object": "subscription_item", "price": {"id": %q, "object": "price"}}]}}}}`,
+		id, created, typ, created, price)
+}
+
+func postWebhook(t *testing.T, p *proc, payload []byte, sig string) int {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+p.httpAddr+"/stripe/webhook", bytes.NewReader(payload))
+	if sig != "" {
+		req.Header.Set("Stripe-Signature", sig)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// Signed webhooks change the plan for the next request; tampered or
+// unsigned ones change nothing.
+func TestStripeWebhooksChangePlans(t *testing.T) {
+	m := newMoneyRig(t)
+	p := m.serve(t)
+	c := p.client(t)
+	plan := func() string { return check(t, c, m.key, "/").UpstreamHeaders.Get("x-consumer-plan") }
+	if got := plan(); got != "payg" {
+		t.Fatalf("plan %q", got)
+	}
+	now := time.Now()
+	body := subscriptionEvent("evt_1", "customer.subscription.updated", "price_free", now.Unix())
+
+	payload, sig := signedEvent(t, "whsec_wrong", body, now)
+	if code := postWebhook(t, p, payload, sig); code != 400 {
+		t.Fatalf("wrong secret: %d", code)
+	}
+	payload, sig = signedEvent(t, "whsec_levy", body, now)
+	tampered := bytes.Replace(payload, []byte("price_free"), []byte("price_payg"), 1)
+	if code := postWebhook(t, p, tampered, sig); code != 400 {
+		t.Fatalf("tampered: %d", code)
+	}
+	if code := postWebhook(t, p, payload, ""); code != 400 {
+		t.Fatalf("unsigned: %d", code)
+	}
+	old, oldSig := signedEvent(t, "whsec_levy", body, now.Add(-10*time.Minute))
+	if code := postWebhook(t, p, old, oldSig); code != 400 {
+		t.Fatalf("signed 10 minutes ago: %d", code)
+	}
+	if got := plan(); got != "payg" {
+		t.Fatalf("a rejected webhook changed the plan to %q", got)
+	}
+
+	if code := postWebhook(t, p, payload, sig); code != 200 {
+		t.Fatalf("signed: %d", code)
+	}
+	waitFor(t, 3*time.Second, func() bool { return plan() == "free" })
+
+	// An older event arriving late changes nothing.
+	late := subscriptionEvent("evt_0", "customer.subscription.updated", "price_payg", now.Add(-time.Hour).Unix())
+	payload, sig = signedEvent(t, "whsec_levy", late, now)
+	if code := postWebhook(t, p, payload, sig); code != 200 {
+		t.Fatalf("late event: %d", code)
+	}
+	for i := 0; i < 3; i++ {
+		if got := plan(); got != "free" {
+			t.Fatalf("an older event changed the plan to %q", got)
+		}
+	}
+	var rep map[string]any
+	req, _ := http.NewRequest("GET", "http://"+p.httpAddr+"/v1/consumers/acme/usage", nil)
+	req.Header.Set("Authorization", "Bearer test-token")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	json.NewDecoder(resp.Body).Decode(&rep)
+	resp.Body.Close()
+	if rep["plan"] != "free" {
+		t.Fatalf("usage report plan %v", rep["plan"])
+	}
+}
+
+var _ = filepath.Join
