@@ -237,7 +237,6 @@ func connTo(t *testing.T, p *proc) *grpcConn {
 	return dial(t, p.grpcAddr)
 }
 
-
 func tail(s string, n int) string {
 	if len(s) > n {
 		return s[len(s)-n:]
