@@ -15,7 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/levyhq/levy/pkg/admin"
+	"github.com/levyhq/levy/pkg/problem"
 )
 
 // adminTokenEnv names the environment variable the admin token comes from.
@@ -93,7 +93,7 @@ func (c *adminClient) call(ctx context.Context, method, path string, body, out a
 }
 
 func problemError(resp *http.Response, body []byte) error {
-	var p admin.Problem
+	var p problem.Doc
 	if json.Unmarshal(body, &p) == nil && p.Detail != "" {
 		return fmt.Errorf("%s (HTTP %d)", p.Detail, resp.StatusCode)
 	}

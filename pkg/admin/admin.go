@@ -26,6 +26,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/problem"
 )
 
 // MaxBody is the largest request body the API reads.
@@ -206,7 +207,7 @@ func (h *Handler) putConsumer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := &apikey.Consumer{ID: id, StripeCustomerID: req.StripeCustomerID}
-	var p problem
+	var p apiError
 	if c.Plan, p = h.checkPlan(req.Plan); p.status != 0 {
 		p.write(w)
 		return
@@ -281,7 +282,7 @@ func (h *Handler) patchConsumer(w http.ResponseWriter, r *http.Request) {
 		planName  string
 		suspended bool
 		at        time.Time
-		p         problem
+		p         apiError
 	)
 	if req.Plan != nil {
 		if planName, p = h.checkPlan(*req.Plan); p.status != 0 {
@@ -431,44 +432,44 @@ func (h *Handler) storeFailed(w http.ResponseWriter, op string, err error, field
 	writeProblem(w, http.StatusServiceUnavailable, "store_unavailable", op+": the store failed; try again")
 }
 
-func (h *Handler) checkPlan(name string) (string, problem) {
+func (h *Handler) checkPlan(name string) (string, apiError) {
 	catalog := h.cfg.Catalog()
 	if catalog == nil {
-		return "", problem{http.StatusServiceUnavailable, "admin_unavailable", "no plans are loaded"}
+		return "", apiError{http.StatusServiceUnavailable, "admin_unavailable", "no plans are loaded"}
 	}
 	if _, ok := catalog.Get(name); ok {
-		return name, problem{}
+		return name, apiError{}
 	}
 	known := "known plans: " + strings.Join(catalog.Names(), ", ")
 	if name == "" {
-		return "", problem{http.StatusBadRequest, "unknown_plan", "plan is required; " + known}
+		return "", apiError{http.StatusBadRequest, "unknown_plan", "plan is required; " + known}
 	}
-	return "", problem{http.StatusBadRequest, "unknown_plan", fmt.Sprintf("unknown plan %q; %s", name, known)}
+	return "", apiError{http.StatusBadRequest, "unknown_plan", fmt.Sprintf("unknown plan %q; %s", name, known)}
 }
 
 // checkStatus returns whether status means suspended; empty is active.
-func checkStatus(status string) (bool, problem) {
+func checkStatus(status string) (bool, apiError) {
 	switch status {
 	case "", StatusActive:
-		return false, problem{}
+		return false, apiError{}
 	case StatusSuspended:
-		return true, problem{}
+		return true, apiError{}
 	}
-	return false, problem{http.StatusBadRequest, "invalid_status",
+	return false, apiError{http.StatusBadRequest, "invalid_status",
 		fmt.Sprintf("status %q: want %q or %q", status, StatusActive, StatusSuspended)}
 }
 
 // checkTime parses an optional RFC 3339 time; empty is the zero time.
-func checkTime(field, v string) (time.Time, problem) {
+func checkTime(field, v string) (time.Time, apiError) {
 	if v == "" {
-		return time.Time{}, problem{}
+		return time.Time{}, apiError{}
 	}
 	t, err := time.Parse(time.RFC3339, v)
 	if err != nil {
-		return time.Time{}, problem{http.StatusBadRequest, "invalid_time",
+		return time.Time{}, apiError{http.StatusBadRequest, "invalid_time",
 			fmt.Sprintf("%s %q: want an RFC 3339 time such as 2026-01-31T00:00:00Z", field, v)}
 	}
-	return t, problem{}
+	return t, apiError{}
 }
 
 func pathID(w http.ResponseWriter, r *http.Request, what string) (string, bool) {
@@ -481,21 +482,21 @@ func pathID(w http.ResponseWriter, r *http.Request, what string) (string, bool) 
 }
 
 // checkID accepts 1 to 128 characters of [A-Za-z0-9._:-].
-func checkID(what, id string) problem {
+func checkID(what, id string) apiError {
 	const want = "want 1 to 128 characters of A-Z a-z 0-9 . _ : -"
 	if len(id) > MaxIDLen {
-		return problem{http.StatusBadRequest, "invalid_id", fmt.Sprintf("%s id is %d bytes long: %s", what, len(id), want)}
+		return apiError{http.StatusBadRequest, "invalid_id", fmt.Sprintf("%s id is %d bytes long: %s", what, len(id), want)}
 	}
 	for i := 0; i < len(id); i++ {
 		c := id[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
-			return problem{http.StatusBadRequest, "invalid_id", fmt.Sprintf("%s id %q: %s", what, id, want)}
+			return apiError{http.StatusBadRequest, "invalid_id", fmt.Sprintf("%s id %q: %s", what, id, want)}
 		}
 	}
 	if id == "" {
-		return problem{http.StatusBadRequest, "invalid_id", what + " id is empty: " + want}
+		return apiError{http.StatusBadRequest, "invalid_id", what + " id is empty: " + want}
 	}
-	return problem{}
+	return apiError{}
 }
 
 // decode reads one JSON object into v, strictly: unknown fields, trailing
@@ -543,34 +544,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// problem is an RFC 9457 problem; the zero value means none.
-type problem struct {
+// apiError is an admin API error, sent as a problem document; the zero
+// value means none.
+type apiError struct {
 	status         int
 	reason, detail string
 }
 
-func (p problem) write(w http.ResponseWriter) { writeProblem(w, p.status, p.reason, p.detail) }
+func (p apiError) write(w http.ResponseWriter) { writeProblem(w, p.status, p.reason, p.detail) }
 
 // writeProblem answers an RFC 9457 problem document, shaped like the ones
 // levy's ext_authz denials carry.
 func writeProblem(w http.ResponseWriter, status int, reason, detail string) {
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(Problem{
-		Type:   "https://levy.dev/problems/" + strings.ReplaceAll(reason, "_", "-"),
-		Title:  http.StatusText(status),
-		Status: status,
-		Reason: reason,
-		Detail: detail,
-	})
-}
-
-// Problem is the error body of every failed call.
-type Problem struct {
-	Type   string `json:"type"`
-	Title  string `json:"title"`
-	Status int    `json:"status"`
-	Reason string `json:"reason"`
-	Detail string `json:"detail"`
+	problem.Write(w, problem.New(status, reason, detail))
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/levyhq/levy/pkg/admin"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/problem"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -343,11 +344,11 @@ func TestDisabledAPIAnswers404OnEveryRoute(t *testing.T) {
 func TestProblemHasTypeTitleStatusDetail(t *testing.T) {
 	f := newFixture(t, token)
 	got := f.do(t, "PUT", "/v1/consumers/c2", bearer, `{"plan":"gold"}`)
-	var p admin.Problem
+	var p problem.Doc
 	if err := json.Unmarshal([]byte(got.body), &p); err != nil {
 		t.Fatal(err)
 	}
-	want := admin.Problem{Type: "https://levy.dev/problems/unknown-plan", Title: "Bad Request", Status: 400,
+	want := problem.Doc{Type: "https://levy.dev/problems/unknown-plan", Title: "Bad Request", Status: 400,
 		Reason: "unknown_plan", Detail: `unknown plan "gold"; known plans: free, pro`}
 	if p != want {
 		t.Fatalf("problem = %+v, want %+v", p, want)

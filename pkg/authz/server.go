@@ -9,9 +9,7 @@ package authz
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +29,7 @@ import (
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/problem"
 	"github.com/levyhq/levy/pkg/telemetry"
 )
 
@@ -228,7 +227,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 			s.log.Debug("deny", zap.String("request_id", headers["x-request-id"]), zap.String("key_id", k.ID),
 				zap.String("consumer", c.ID), zap.String("reason", reason))
 		}
-		return tooMany(reason, denialDetail(&limits[d.Denied], &d.Statuses[d.Denied]), rl, id.metadata), reason, nil
+		return tooMany(reason, limiter.Explain(&limits[d.Denied], &d.Statuses[d.Denied]), rl, id.metadata), reason, nil
 	}
 	if debug {
 		s.log.Debug("allow", zap.String("request_id", headers["x-request-id"]), zap.String("key_id", k.ID),
@@ -401,18 +400,6 @@ func denialReason(l *limiter.Limit) string {
 	}
 }
 
-func denialDetail(l *limiter.Limit, st *limiter.Status) string {
-	retry := strconv.FormatInt(max(limiter.Seconds(st.RetryAfter), 1), 10) + "s"
-	switch {
-	case l.Kind == limiter.Bucket:
-		return "rate limit of " + strconv.FormatInt(l.Requests, 10) + " requests per " + l.Per.String() + " exceeded; retry in " + retry
-	case l.Soft:
-		return "spend cap of " + strconv.FormatInt(l.Cap, 10) + " units this " + string(l.Unit) + " reached; it resets in " + retry
-	default:
-		return "quota of " + strconv.FormatInt(l.Max, 10) + " units this " + string(l.Unit) + " used up; it resets in " + retry
-	}
-}
-
 func responseHeaders(hs []limiter.Header) []*corev3.HeaderValueOption {
 	out := make([]*corev3.HeaderValueOption, len(hs))
 	for i, h := range hs {
@@ -452,41 +439,15 @@ func tooMany(reason, detail string, rl []limiter.Header, md *structpb.Struct) *a
 
 func denied(code codes.Code, httpStatus typev3.StatusCode, reason, detail string, extra []limiter.Header, md *structpb.Struct) *authv3.CheckResponse {
 	hs := make([]*corev3.HeaderValueOption, 0, len(extra)+1)
-	hs = append(hs, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "content-type", Value: "application/problem+json"}})
+	hs = append(hs, &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: "content-type", Value: problem.ContentType}})
 	hs = append(hs, responseHeaders(extra)...)
 	return &authv3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(code), Message: reason},
 		HttpResponse: &authv3.CheckResponse_DeniedResponse{DeniedResponse: &authv3.DeniedHttpResponse{
 			Status:  &typev3.HttpStatus{Code: httpStatus},
 			Headers: hs,
-			Body:    Problem(int(httpStatus), reason, detail),
+			Body:    string(problem.New(int(httpStatus), reason, detail).JSON()),
 		}},
 		DynamicMetadata: md,
 	}
-}
-
-// Problem renders an RFC 9457 problem document.
-func Problem(httpStatus int, reason, detail string) string {
-	b, _ := json.Marshal(struct {
-		Type   string `json:"type"`
-		Title  string `json:"title"`
-		Status int    `json:"status"`
-		Reason string `json:"reason"`
-		Detail string `json:"detail"`
-	}{"https://levy.dev/problems/" + strings.ReplaceAll(reason, "_", "-"), title(httpStatus), httpStatus, reason, detail})
-	return string(b)
-}
-
-func title(code int) string {
-	switch code {
-	case 401:
-		return "Unauthorized"
-	case 403:
-		return "Forbidden"
-	case 429:
-		return "Too Many Requests"
-	case 503:
-		return "Service Unavailable"
-	}
-	return "Error"
 }

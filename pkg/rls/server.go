@@ -2,8 +2,8 @@ package rls
 
 import (
 	"context"
-	"encoding/json"
 	"math"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -21,6 +21,7 @@ import (
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/problem"
 	"github.com/levyhq/levy/pkg/telemetry"
 )
 
@@ -197,8 +198,8 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 	hs := d.Headers(limits)
 	if !d.OK {
 		resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
-		hs = append([]limiter.Header{{Name: "content-type", Value: "application/problem+json"}}, hs...)
-		resp.RawBody = problem(&limits[d.Denied], &d.Statuses[d.Denied])
+		hs = append([]limiter.Header{{Name: "content-type", Value: problem.ContentType}}, hs...)
+		resp.RawBody = overLimitBody(&limits[d.Denied], &d.Statuses[d.Denied])
 	}
 	resp.ResponseHeadersToAdd = make([]*corev3.HeaderValue, len(hs))
 	for i, h := range hs {
@@ -358,21 +359,9 @@ func quotaUnit(u Unit) rlsv3.RateLimitResponse_RateLimit_Unit {
 	return rlsv3.RateLimitResponse_RateLimit_UNKNOWN
 }
 
-func problem(l *limiter.Limit, st *limiter.Status) []byte {
-	retry := max(limiter.Seconds(st.RetryAfter), 1)
-	var detail string
-	if l.Kind == limiter.Bucket {
-		detail = "rate limit " + strconv.Quote(l.Name) + " of " + strconv.FormatInt(l.Requests, 10) + " per " + l.Per.String() + " exceeded; retry in " + strconv.FormatInt(retry, 10) + "s"
-	} else {
-		detail = "limit " + strconv.Quote(l.Name) + " of " + strconv.FormatInt(l.Max, 10) + " per " + string(l.Unit) + " used up; it resets in " + strconv.FormatInt(retry, 10) + "s"
-	}
-	b, _ := json.Marshal(struct {
-		Type   string `json:"type"`
-		Title  string `json:"title"`
-		Status int    `json:"status"`
-		Reason string `json:"reason"`
-		Detail string `json:"detail"`
-		Limit  string `json:"limit"`
-	}{"https://levy.dev/problems/rate-limited", "Too Many Requests", 429, "rate_limited", detail, l.Name})
-	return b
+// overLimitBody is the 429's problem document.
+func overLimitBody(l *limiter.Limit, st *limiter.Status) []byte {
+	d := problem.New(http.StatusTooManyRequests, "rate_limited", limiter.Explain(l, st))
+	d.Limit = l.Name
+	return d.JSON()
 }

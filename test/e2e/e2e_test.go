@@ -218,7 +218,7 @@ func TestDemoKeysAreServedAndTheFreeOneGets429(t *testing.T) {
 		t.Fatalf("levy check: %v\n%s", err, out)
 	}
 	text := string(out)
-	for _, want := range []string{"decision: allow", "x-consumer-id: demo-free", "decision: deny", "status:   429", "retry-after:", "rate limit of 10 requests per 1m0s exceeded"} {
+	for _, want := range []string{"decision: allow", "x-consumer-id: demo-free", "decision: deny", "status:   429", "retry-after:", "of 10 requests per 1m0s exceeded; retry in"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("levy check output lacks %q:\n%s", want, text)
 		}
