@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/google/uuid"
@@ -35,6 +36,7 @@ import (
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/pkg/telemetry"
+	"github.com/levyhq/levy/pkg/usage"
 )
 
 // Options configure a Server beyond the config file.
@@ -63,6 +65,7 @@ type Server struct {
 	backend *backend
 	authz   *authz.Server
 	rls     *rls.Server
+	als     *usage.Receiver
 	demo    []*apikey.Consumer
 	demoKey []*apikey.Key
 
@@ -108,7 +111,16 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	}
 	s.authz = authz.New(authz.Config{Snapshot: authzSnap, Limiter: s.backend.limiter, Metrics: s.metrics, Log: s.log, Clock: opts.Clock})
 	s.rls = rls.New(rls.Config{Snapshot: rlsSnap, Limiter: s.backend.limiter, Metrics: s.metrics, Log: s.log})
+	s.als = usage.NewReceiver(usage.ReceiverConfig{
+		Ledger:         s.backend.ledger,
+		Catalog:        func() *plan.Catalog { return s.authz.Snapshot().Catalog },
+		UnitsHeader:    cfg.Billing.UnitsHeader,
+		ConsumerHeader: cfg.Billing.ConsumerHeader,
+		Metrics:        s.metrics,
+		Log:            s.log,
+	})
 	if err := s.listen(); err != nil {
+		s.als.Close(context.Background())
 		s.closeStore()
 		return nil, err
 	}
@@ -130,6 +142,7 @@ func (s *Server) listen() error {
 	)
 	authv3.RegisterAuthorizationServer(s.grpc, s.authz)
 	rlsv3.RegisterRateLimitServiceServer(s.grpc, s.rls)
+	accesslogv3.RegisterAccessLogServiceServer(s.grpc, s.als)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 
@@ -313,6 +326,7 @@ func (s *Server) Run(ctx context.Context) error {
 	stopExport()
 	<-exportDone
 
+	s.als.Drain() // Envoy never ends its access-log streams itself
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
 	select {
@@ -328,6 +342,9 @@ func (s *Server) Run(ctx context.Context) error {
 		s.http.Close()
 	}
 	wg.Wait()
+	if err := s.als.Close(ctx); err != nil && runErr == nil {
+		runErr = fmt.Errorf("settle usage: %w", err)
+	}
 	if err := s.closeStore(); err != nil && runErr == nil {
 		runErr = err
 	}

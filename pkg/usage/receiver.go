@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -64,7 +63,8 @@ type ReceiverConfig struct {
 // settlement only corrects what admission counted (refunds, reported
 // units) and never creates usage on its own. Adjustments are summed in
 // memory per consumer, meter and second, and written every FlushEvery; a
-// failed write is kept and retried.
+// failed write is kept and retried. Settle is the policy; the Receiver
+// applies it to the few fields it reads straight off the wire (wire.go).
 type Receiver struct {
 	accesslogv3.UnimplementedAccessLogServiceServer
 
@@ -83,6 +83,12 @@ type Receiver struct {
 	loopCtx context.Context
 	stop    context.CancelFunc
 	done    chan struct{}
+
+	// draining ends open streams (Drain); readers counts the goroutines
+	// still reading them.
+	draining  chan struct{}
+	drainOnce sync.Once
+	readers   sync.WaitGroup
 }
 
 var _ accesslogv3.AccessLogServiceServer = (*Receiver)(nil)
@@ -125,12 +131,13 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 		cfg.Catalog = func() *plan.Catalog { return nil }
 	}
 	r := &Receiver{
-		cfg:     cfg,
-		log:     cfg.Log,
-		dedup:   newDedup(cfg.DedupTTL, cfg.DedupMax, cfg.Clock()),
-		metrics: newReceiverMetrics(cfg.Metrics, cfg.Log),
-		pending: map[aggKey]delta{},
-		done:    make(chan struct{}),
+		cfg:      cfg,
+		log:      cfg.Log,
+		dedup:    newDedup(cfg.DedupTTL, cfg.DedupMax, cfg.Clock()),
+		metrics:  newReceiverMetrics(cfg.Metrics, cfg.Log),
+		pending:  map[aggKey]delta{},
+		done:     make(chan struct{}),
+		draining: make(chan struct{}),
 	}
 	r.loopCtx, r.stop = context.WithCancel(context.Background())
 	go r.flushLoop()
@@ -138,17 +145,40 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 }
 
 // StreamAccessLogs implements accesslogv3.AccessLogServiceServer. It
-// reads until Envoy ends the stream and sends nothing back.
+// reads until Envoy ends the stream, or until Drain, and sends nothing
+// back. Envoy keeps its streams open for ever, so a shutdown must end them
+// (Envoy reconnects, to another replica) rather than wait for them.
 func (r *Receiver) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccessLogsServer) error {
 	r.metrics.streamOpened()
 	defer r.metrics.streamClosed()
+	r.readers.Add(1)
+	errc := make(chan error, 1)
+	go func() {
+		defer r.readers.Done()
+		errc <- r.read(stream)
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-r.draining:
+		// Returning ends the stream; the reader's RecvMsg then fails and
+		// it exits. Close waits for it before the final flush.
+		return nil
+	}
+}
+
+// Drain ends every open stream and refuses none: new streams started
+// afterwards end at once.
+func (r *Receiver) Drain() {
+	r.drainOnce.Do(func() { close(r.draining) })
+}
+
+func (r *Receiver) read(stream accesslogv3.AccessLogService_StreamAccessLogsServer) error {
 	ctx := stream.Context()
-	var (
-		msg accesslogv3.StreamAccessLogsMessage
-		b   = batch{sums: map[aggKey]delta{}}
-	)
+	msg := &wireMessage{r: r, b: &batch{sums: map[aggKey]delta{}}}
 	for {
-		if err := stream.RecvMsg(&msg); err != nil {
+		// Decoding msg settles its entries into msg.b (wire.go).
+		if err := stream.RecvMsg(msg); err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
@@ -157,45 +187,45 @@ func (r *Receiver) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAc
 			}
 			return err
 		}
-		if id := msg.GetIdentifier(); id != nil {
+		if id := msg.identifier; id != nil {
 			r.log.Debug("access log stream", zap.String("node", id.GetNode().GetId()),
 				zap.String("cluster", id.GetNode().GetCluster()), zap.String("log_name", id.GetLogName()))
 		}
-		if logs := msg.GetHttpLogs(); logs != nil {
-			r.settleBatch(&b, logs.GetLogEntry())
-		}
+		r.commit(msg.b)
 	}
 }
 
-// batch sums one message's entries before they are merged into the
-// receiver's pending adjustments under its lock once. A stream reuses its
-// batch.
+// batch sums one message's settled entries; they are merged into the
+// receiver's pending adjustments under its lock once per message. A
+// stream reuses its batch.
 type batch struct {
 	sums   map[aggKey]delta
 	counts [numOutcomes]int
 }
 
-func (r *Receiver) settleBatch(b *batch, entries []*accesslogdatav3.HTTPAccessLogEntry) {
-	if len(entries) == 0 {
+// settleFacts settles one entry into b.
+func (r *Receiver) settleFacts(b *batch, f *facts, cat *plan.Catalog, now time.Time) {
+	adj, out := f.settle(cat)
+	if out == outSettled && f.requestID != "" && !r.dedup.firstSeen(r.dedup.key(f.requestID, adj.At.UnixNano()), now) {
+		out = outDuplicate
+	}
+	b.counts[out]++
+	if out != outSettled {
 		return
 	}
-	cat := r.cfg.Catalog()
-	now := r.cfg.Clock()
-	for _, e := range entries {
-		adj, id, out := settle(e, cat, r.cfg.UnitsHeader, r.cfg.ConsumerHeader)
-		if out == outSettled && id != "" && !r.dedup.firstSeen(r.dedup.key(id, adj.At.UnixNano()), now) {
-			out = outDuplicate
-		}
-		b.counts[out]++
-		if out != outSettled {
-			continue
-		}
-		k := aggKey{consumer: adj.Consumer, meter: adj.Meter, at: adj.At.Unix()}
-		d := b.sums[k]
-		d.units += adj.Units
-		d.billable += adj.Billable
-		b.sums[k] = d
+	k := aggKey{consumer: adj.Consumer, meter: adj.Meter, at: adj.At.Unix()}
+	d, found := b.sums[k]
+	if !found {
+		k.consumer = strings.Clone(k.consumer) // it points into the message
 	}
+	d.units += adj.Units
+	d.billable += adj.Billable
+	b.sums[k] = d
+}
+
+// commit moves a batch's sums into the pending adjustments and its counts
+// into the metrics.
+func (r *Receiver) commit(b *batch) {
 	if len(b.sums) > 0 {
 		r.mu.Lock()
 		r.mergeLocked(b.sums)
@@ -262,10 +292,13 @@ func (r *Receiver) Flush(ctx context.Context) error {
 
 var errNoLedger = errors.New("no ledger configured")
 
-// Close stops the flush loop and writes what is pending, even if ctx is
-// already cancelled (a shutdown). It does not end open streams: stop the
-// gRPC server first, so that nothing arrives after the final flush.
+// Close ends the streams (Drain), waits for their readers, stops the
+// flush loop and writes what is pending, even if ctx is already cancelled
+// (a shutdown). Call it after the gRPC server stopped serving, so that
+// nothing arrives after the final flush.
 func (r *Receiver) Close(ctx context.Context) error {
+	r.Drain()
+	r.readers.Wait()
 	r.stop()
 	<-r.done
 	return r.Flush(context.WithoutCancel(ctx))

@@ -4,8 +4,11 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
+	"unicode/utf8"
 
 	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/levyhq/levy/pkg/plan"
 )
@@ -58,7 +61,8 @@ var outcomeNames = [numOutcomes]string{
 // them).
 //
 // The policy:
-//   - Only final entries count: access_log_type unset or DownstreamEnd.
+//   - Only final entries count: access_log_type unset or DownstreamEnd
+//     (and not the deprecated intermediate_log_entry).
 //   - A request levy's ext_authz denied (response flag UAEX) was never
 //     counted: nothing to settle. A 429 from the ratelimit filter (RL)
 //     after an allow was counted, and is refunded like any other status.
@@ -77,72 +81,131 @@ var outcomeNames = [numOutcomes]string{
 //     below zero for the request (at most -billable); a request inside the
 //     included units stays there. That is deliberately simple: a request
 //     whose reported units cross the included units is not billed for the
-//     part beyond them until the next admission counts it.
+//     part beyond them.
+//   - The adjustment is for the plan's meter (possibly "") at start_time.
 func Settle(e *accesslogdatav3.HTTPAccessLogEntry, cat *plan.Catalog, unitsHeader, consumerHeader string) (adj Adjustment, requestID string, ok bool) {
-	adj, requestID, out := settle(e, cat, strings.ToLower(unitsHeader), strings.ToLower(consumerHeader))
-	return adj, requestID, out == outSettled || out == outUnchanged
+	var f facts
+	f.fromEntry(e, strings.ToLower(unitsHeader), strings.ToLower(consumerHeader))
+	adj, out := f.settle(cat)
+	return adj, f.requestID, out == outSettled || out == outUnchanged
 }
 
-// settle is Settle with lower-case header names, saying why an entry is
-// skipped.
-func settle(e *accesslogdatav3.HTTPAccessLogEntry, cat *plan.Catalog, unitsHeader, consumerHeader string) (Adjustment, string, outcome) {
-	common := e.GetCommonProperties()
-	if common == nil {
-		return Adjustment{}, "", outMalformed
+// facts are the fields of an HTTPAccessLogEntry that settlement reads. The
+// Receiver reads them straight off the wire (wire.go); Settle from a
+// decoded entry.
+type facts struct {
+	hasCommon, hasRequest, hasResponse, hasCode, hasStart bool
+	logType                                               int32
+	intermediate                                          bool
+	denied                                                bool // response_flags.unauthorized_details set (UAEX)
+	startSec                                              int64
+	startNanos                                            int32
+	consumer, plan                                        string // ext_authz metadata strings
+	billable                                              float64
+	path, originalPath, requestID                         string
+	consumerHeader                                        string // request header consumerHeader
+	code                                                  uint32
+	unitsHeader                                           string // response header unitsHeader
+}
+
+// fromEntry reads e's facts; the strings stay e's.
+func (f *facts) fromEntry(e *accesslogdatav3.HTTPAccessLogEntry, unitsHeader, consumerHeader string) {
+	if c := e.GetCommonProperties(); c != nil {
+		f.hasCommon = true
+		f.logType = int32(c.GetAccessLogType())
+		f.intermediate = c.GetIntermediateLogEntry()
+		f.denied = c.GetResponseFlags().GetUnauthorizedDetails() != nil
+		if st := c.GetStartTime(); st != nil {
+			f.hasStart, f.startSec, f.startNanos = true, st.GetSeconds(), st.GetNanos()
+		}
+		fields := c.GetMetadata().GetFilterMetadata()[ExtAuthzNamespace].GetFields()
+		f.consumer = stringValue(fields[mdConsumer])
+		f.plan = stringValue(fields[mdPlan])
+		f.billable = numberValue(fields[mdBillable])
 	}
-	switch common.GetAccessLogType() {
+	if r := e.GetRequest(); r != nil {
+		f.hasRequest = true
+		f.path, f.originalPath, f.requestID = r.GetPath(), r.GetOriginalPath(), r.GetRequestId()
+		f.consumerHeader = r.GetRequestHeaders()[consumerHeader]
+	}
+	if r := e.GetResponse(); r != nil {
+		f.hasResponse = true
+		if c := r.GetResponseCode(); c != nil {
+			f.hasCode, f.code = true, c.GetValue()
+		}
+		f.unitsHeader = r.GetResponseHeaders()[unitsHeader]
+	}
+}
+
+func stringValue(v *structpb.Value) string {
+	if s, ok := v.GetKind().(*structpb.Value_StringValue); ok {
+		return s.StringValue
+	}
+	return ""
+}
+
+func numberValue(v *structpb.Value) float64 {
+	if n, ok := v.GetKind().(*structpb.Value_NumberValue); ok {
+		return n.NumberValue
+	}
+	return 0
+}
+
+// settle applies the policy Settle describes. The adjustment's Consumer
+// is f's string.
+func (f *facts) settle(cat *plan.Catalog) (Adjustment, outcome) {
+	if !f.hasCommon {
+		return Adjustment{}, outMalformed
+	}
+	switch accesslogdatav3.AccessLogType(f.logType) {
 	case accesslogdatav3.AccessLogType_NotSet, accesslogdatav3.AccessLogType_DownstreamEnd:
 	default:
-		return Adjustment{}, "", outPartial
+		return Adjustment{}, outPartial
 	}
-	if common.GetResponseFlags().GetUnauthorizedDetails() != nil {
-		return Adjustment{}, "", outDenied
+	if f.intermediate {
+		return Adjustment{}, outPartial
 	}
-	req, resp := e.GetRequest(), e.GetResponse()
-	code := resp.GetResponseCode()
-	start := common.GetStartTime()
-	if req == nil || code == nil || code.GetValue() == 0 || start == nil {
-		return Adjustment{}, "", outMalformed
+	if f.denied {
+		return Adjustment{}, outDenied
 	}
-
-	fields := common.GetMetadata().GetFilterMetadata()[ExtAuthzNamespace].GetFields()
-	consumer := fields[mdConsumer].GetStringValue()
+	if !f.hasRequest || !f.hasResponse || !f.hasCode || f.code == 0 || !f.hasStart {
+		return Adjustment{}, outMalformed
+	}
+	consumer := f.consumer
 	if consumer == "" {
-		consumer = req.GetRequestHeaders()[consumerHeader]
+		consumer = f.consumerHeader
 	}
 	if consumer == "" {
-		return Adjustment{}, "", outUnattributed
+		return Adjustment{}, outUnattributed
 	}
-	p, found := lookupPlan(cat, fields[mdPlan].GetStringValue())
+	p, found := lookupPlan(cat, f.plan)
 	if !found {
-		return Adjustment{}, "", outUnknownPlan
+		return Adjustment{}, outUnknownPlan
 	}
 
-	path := req.GetOriginalPath()
+	path := f.originalPath
 	if path == "" {
-		path = req.GetPath()
+		path = f.path
 	}
 	cost := p.CostFor(path)
-	billable := units(fields[mdBillable].GetNumberValue())
+	billable := wholeUnits(f.billable)
 
-	adj := Adjustment{Consumer: consumer, Meter: p.Meter, At: start.AsTime()}
-	switch status := int(code.GetValue()); {
-	case !p.NonBillable.Billable(status):
+	adj := Adjustment{Consumer: consumer, Meter: p.Meter, At: time.Unix(f.startSec, int64(f.startNanos)).UTC()}
+	if !p.NonBillable.Billable(int(f.code)) {
 		adj.Units, adj.Billable = -cost, -billable
-	default:
-		n, reported := reportedUnits(resp.GetResponseHeaders()[unitsHeader])
-		if !reported {
-			break
-		}
+	} else if n, reported := reportedUnits(f.unitsHeader); reported {
 		adj.Units = n - cost
 		if billable > 0 {
 			adj.Billable = max(n-cost, -billable)
 		}
 	}
 	if adj.Units == 0 && adj.Billable == 0 {
-		return adj, req.GetRequestId(), outUnchanged
+		return adj, outUnchanged
 	}
-	return adj, req.GetRequestId(), outSettled
+	if !utf8.ValidString(consumer) { // read off the wire unchecked
+		return Adjustment{}, outMalformed
+	}
+	return adj, outSettled
 }
 
 // lookupPlan is Catalog.Get that tolerates a nil catalog and an empty
@@ -154,10 +217,14 @@ func lookupPlan(cat *plan.Catalog, name string) (*plan.Plan, bool) {
 	return cat.Get(name)
 }
 
-// units converts a metadata number to whole units: 0 unless finite and
-// positive.
-func units(v float64) int64 {
-	if !(v > 0) || v > math.MaxInt64/4 || math.IsInf(v, 0) {
+// maxUnits bounds the units one request can report or be billed, so that
+// sums cannot overflow.
+const maxUnits = math.MaxInt64 / 4
+
+// wholeUnits converts a metadata number to whole units: 0 unless finite
+// and positive.
+func wholeUnits(v float64) int64 {
+	if !(v > 0) || v > maxUnits {
 		return 0
 	}
 	return int64(v)
@@ -165,11 +232,11 @@ func units(v float64) int64 {
 
 // reportedUnits parses the units header: a non-negative decimal integer.
 func reportedUnits(v string) (int64, bool) {
-	if v == "" || v[0] == '-' || v[0] == '+' {
+	if v == "" || v[0] < '0' || v[0] > '9' {
 		return 0, false
 	}
 	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n > math.MaxInt64/4 {
+	if err != nil || n > maxUnits {
 		return 0, false
 	}
 	return n, true

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/stripetest"
+	"github.com/levyhq/levy/test/envoy"
 )
 
 const moneyConfig = `
@@ -211,3 +213,57 @@ func TestStripeWebhooksChangePlans(t *testing.T) {
 }
 
 var _ = filepath.Join
+
+// Access logs settle what admission counted: a 5xx is refunded, units an
+// upstream reports are added, a repeated log changes nothing; and SIGTERM
+// ends Envoy's open access-log streams at once and keeps the settlement.
+func TestAccessLogsSettleUsage(t *testing.T) {
+	m := newMoneyRig(t)
+	p := m.serve(t)
+	c := p.client(t)
+	als := envoy.NewAccessLogger(dial(t, p.grpcAddr), envoy.AccessLogConfig{LogName: "levy", NodeID: "envoy-1", Cluster: "front"})
+	defer als.Close()
+	status := []int{200, 200, 500, 503, 200, 200, 200, 200, 200, 200} // 10 requests, 5 included
+	for i, code := range status {
+		req := &envoy.Request{Path: "/v1/items", Headers: []envoy.Header{{Name: "x-api-key", Value: m.key}}}
+		o, err := c.Check(context.Background(), req)
+		if err != nil || !o.Allowed {
+			t.Fatalf("request %d: %v %v", i, err, o.Status)
+		}
+		in := envoy.LogInput{Request: req, Authz: o, UpstreamStatus: code, AdditionalResponseHeaders: []string{"x-levy-units"}}
+		if i == 9 {
+			in.ResponseHeaders = []envoy.Header{{Name: "x-levy-units", Value: "4"}} // costs 4, not 1
+		}
+		entry := envoy.HTTPLogEntry(in)
+		als.Log(entry)
+		if i == 9 {
+			als.Log(entry) // logged twice (two access loggers): counted once
+		}
+	}
+	if err := als.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// 10 admitted, 2 refunded, +3 reported: 11 units, 6 beyond the 5 included.
+	usage := func() string {
+		out, _ := runLevy("usage", "acme", "--admin-url", "http://"+p.httpAddr)
+		return out
+	}
+	waitFor(t, 5*time.Second, func() bool { return strings.Contains(usage(), "billable: ") })
+	deadline := time.Now().Add(10 * time.Second)
+	for total, _ := exported(t, m.stripe); total != 6; total, _ = exported(t, m.stripe) {
+		if time.Now().After(deadline) {
+			t.Fatalf("exported %d billable units, want 6 (10 admitted - 2 refunded + 3 reported - 5 included)\n%s\nlevy's log:\n%s",
+				total, usage(), tail(p.stderr.String(), 2000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// SIGTERM with the access-log stream still open: levy exits promptly.
+	start := time.Now()
+	if err := p.stop(t); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("SIGTERM took %s with an access-log stream open", took)
+	}
+}
