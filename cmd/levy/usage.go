@@ -23,7 +23,7 @@ func usageCmd() *cobra.Command {
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "consumer: %s (plan %s, %s)\n", r.Consumer, r.Plan, r.Model)
 			fmt.Fprintf(out, "period:   %s to %s\n", r.PeriodStart.Format(time.RFC3339), r.PeriodEnd.Format(time.RFC3339))
-			fmt.Fprintf(out, "used:     %d units\n", r.Used)
+			fmt.Fprintf(out, "used:     %d units (%d after access-log settlement)\n", r.Used, r.Settled)
 			fmt.Fprintf(out, "included: %d\n", r.Included)
 			fmt.Fprintf(out, "overage:  %d\n", r.Overage)
 			fmt.Fprintf(out, "billable: %d (exported to Stripe %d, pending %d)\n", r.Billable, r.Exported, r.Pending)

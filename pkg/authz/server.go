@@ -240,7 +240,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 			HeadersToRemove:      snap.removeHeader(keyHeader),
 			ResponseHeadersToAdd: responseHeaders(rl),
 		}},
-		DynamicMetadata: id.metadataFor(&d, limits),
+		DynamicMetadata: id.metadata,
 	}, "ok", nil
 }
 
@@ -300,21 +300,6 @@ func (id *identity) withCost(cost int64) []limiter.Limit {
 	return ls
 }
 
-// metadataFor is the identity's metadata, plus the request's billable
-// units when it has any (so settlement can refund exactly those).
-func (id *identity) metadataFor(d *limiter.Decision, limits []limiter.Limit) *structpb.Struct {
-	last := len(limits) - 1
-	if last < 0 || limits[last].Kind != limiter.Ledger || d.Statuses[last].Overage <= 0 {
-		return id.metadata
-	}
-	md := &structpb.Struct{Fields: make(map[string]*structpb.Value, len(id.metadata.Fields)+1)}
-	for k, v := range id.metadata.Fields {
-		md.Fields[k] = v
-	}
-	md.Fields["billable"] = structpb.NewNumberValue(float64(d.Statuses[last].Overage))
-	return md
-}
-
 func (snap *Snapshot) removeHeader(h string) []string {
 	if r, ok := snap.removals[h]; ok {
 		return r
@@ -361,9 +346,8 @@ func (snap *Snapshot) describeKeyHeaders() string {
 // bucket at once; the units counter is not, so usage so far in the period
 // carries over to the new plan's quota.
 //
-// When window is set, a ledger limit counts the units (and the billable
-// part: beyond the included units, for payg plans and tiered plans with a
-// soft quota) in the usage ledger, in the same decision.
+// When window is set, a ledger limit counts the units in the usage ledger,
+// in the same decision.
 func Limits(c *apikey.Consumer, p *plan.Plan, cost int64, window time.Duration) []limiter.Limit {
 	tag := "{c:" + c.ID + "}"
 	limits := make([]limiter.Limit, 0, 3)
@@ -380,11 +364,7 @@ func Limits(c *apikey.Consumer, p *plan.Plan, cost int64, window time.Duration) 
 	}
 	limits = append(limits, q)
 	if window > 0 {
-		l := limiter.Limit{Kind: limiter.Ledger, Name: "ledger", Key: limiter.LedgerKey(c.ID, p.Meter), Cost: cost, WindowSize: window}
-		if p.Model == plan.PayG || p.Model == plan.Tiered && q.Soft && p.Quota != nil {
-			l.BillableFrom = len(limits) // the units counter, 1-based
-		}
-		limits = append(limits, l)
+		limits = append(limits, limiter.Limit{Kind: limiter.Ledger, Name: "ledger", Key: limiter.LedgerKey(c.ID, p.Meter), Cost: cost, WindowSize: window})
 	}
 	return limits
 }

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/usage"
 )
 
@@ -41,10 +42,12 @@ func (SoleLease) Release(context.Context, string) error { return nil }
 // ExporterConfig configures an Exporter.
 type ExporterConfig struct {
 	Ledger usage.Ledger
-	// Consumer finds a consumer (for its Stripe customer id).
+	// Consumer finds a consumer (for its Stripe customer id and plan).
 	Consumer func(id string) (*apikey.Consumer, bool)
-	Lease    Lease
-	Holder   string // this replica's name in the lease
+	// Catalog returns the current plans.
+	Catalog func() *plan.Catalog
+	Lease   Lease
+	Holder  string // this replica's name in the lease
 	// APIKey and APIBase reach Stripe (STRIPE_API_KEY; billing.stripe.api_base).
 	APIKey, APIBase string
 	// Every is how often closed windows are exported; SettleDelay how long
@@ -168,12 +171,29 @@ func (e *Exporter) ExportOnce(ctx context.Context) (int, error) {
 	}
 	accepted, unbillable := 0, 0
 	var errs []error
+	running := map[periodKey]int64{} // units so far in each consumer's period
 	for _, w := range windows {
 		if ctx.Err() != nil {
 			break
 		}
 		id := Identifier(w)
-		if w.Billable <= 0 || w.Meter == "" {
+		c, ok := e.cfg.Consumer(w.Consumer)
+		var p *plan.Plan
+		if ok {
+			p, ok = e.cfg.Catalog().Get(c.Plan)
+		}
+		if !ok {
+			unbillable++ // a consumer or plan that is gone: keep the usage
+			e.events.WithLabelValues("unbillable").Inc()
+			continue
+		}
+		bill, err := e.billable(ctx, running, c, p, &w)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		w.Billable = bill
+		if bill <= 0 {
 			// Nothing to invoice: done, without a call.
 			if err := e.cfg.Ledger.MarkExported(ctx, w); err != nil {
 				errs = append(errs, err)
@@ -181,8 +201,7 @@ func (e *Exporter) ExportOnce(ctx context.Context) (int, error) {
 			e.events.WithLabelValues("zero").Inc()
 			continue
 		}
-		c, ok := e.cfg.Consumer(w.Consumer)
-		if !ok || c.StripeCustomerID == "" {
+		if c.StripeCustomerID == "" {
 			unbillable++
 			e.events.WithLabelValues("unbillable").Inc()
 			continue
@@ -190,7 +209,7 @@ func (e *Exporter) ExportOnce(ctx context.Context) (int, error) {
 		if !e.due(id, now) {
 			continue
 		}
-		err := e.send(ctx, w, c.StripeCustomerID, id)
+		err = e.send(ctx, w, c.StripeCustomerID, id)
 		if err == nil {
 			err = e.cfg.Ledger.MarkExported(ctx, w)
 			if err == nil {
@@ -236,6 +255,67 @@ func (e *Exporter) send(ctx context.Context, w usage.Window, customer, id string
 	e.cfg.Log.Debug("meter event accepted", zap.String("consumer", w.Consumer), zap.String("meter", w.Meter),
 		zap.Time("window", w.Start), zap.Int64("value", w.Billable))
 	return nil
+}
+
+// periodKey names one consumer's billing period on one meter.
+type periodKey struct {
+	consumer, meter string
+	start           int64
+}
+
+// billable works out a window's billable units: those beyond the plan's
+// included units in the billing period, given the units of the period's
+// earlier windows (read once per pass, then carried in running). Units are
+// settled by then, so a refund inside the included units frees them for
+// later requests.
+func (e *Exporter) billable(ctx context.Context, running map[periodKey]int64, c *apikey.Consumer, p *plan.Plan, w *usage.Window) (int64, error) {
+	t := termsOf(c, p)
+	if !t.billed || w.Meter != p.Meter {
+		return 0, nil
+	}
+	period := plan.PeriodAt(w.Start, t.unit, t.anchor)
+	k := periodKey{w.Consumer, w.Meter, period.Start.Unix()}
+	prior, ok := running[k]
+	if !ok {
+		earlier, err := e.cfg.Ledger.Windows(ctx, w.Consumer, period.Start, w.Start)
+		if err != nil {
+			return 0, err
+		}
+		for _, x := range earlier {
+			if x.Meter == w.Meter {
+				prior += x.Units
+			}
+		}
+	}
+	running[k] = prior + w.Units
+	return beyond(prior, w.Units, t.included), nil
+}
+
+// terms say how a consumer's usage is billed.
+type terms struct {
+	billed   bool
+	included int64
+	unit     plan.Unit
+	anchor   time.Time
+}
+
+// termsOf: payg plans bill the units beyond their included units (the
+// soft quota's requests, or none); tiered plans only when their quota is
+// soft (they allow overage); freemium never. A plan without a meter bills
+// nothing.
+func termsOf(c *apikey.Consumer, p *plan.Plan) terms {
+	t := terms{unit: p.UsagePeriod(), anchor: c.PeriodAnchor}
+	soft := p.Quota != nil && p.Quota.Enforcement == plan.Soft
+	t.billed = p.Meter != "" && (p.Model == plan.PayG || p.Model == plan.Tiered && soft)
+	if p.Quota != nil {
+		t.included = p.Quota.Requests
+	}
+	return t
+}
+
+// beyond is how many of units go past included, after prior.
+func beyond(prior, units, included int64) int64 {
+	return max(prior+units-included, 0) - max(prior-included, 0)
 }
 
 // isDuplicate recognises Stripe's refusal of an identifier it already has.

@@ -40,14 +40,13 @@ func (c *consumers) set(v *apikey.Consumer) {
 	c.m[v.ID] = v
 }
 
-// admit decides n requests of cost 1 for consumer on a payg plan with
-// `included` units, counting the ledger as ext_authz does.
-func admit(t *testing.T, lim limiter.Limiter, consumer string, included int64, n int) {
+// admit decides n requests of cost 1 for consumer, counting the ledger as
+// ext_authz does.
+func admit(t *testing.T, lim limiter.Limiter, consumer string, n int) {
 	t.Helper()
 	for i := 0; i < n; i++ {
 		limits := []limiter.Limit{
-			{Kind: limiter.Quota, Name: "quota", Key: "{c:" + consumer + "}:units", Cost: 1, Max: included, Soft: true, Unit: plan.Month},
-			{Kind: limiter.Ledger, Name: "ledger", Key: limiter.LedgerKey(consumer, "api_calls"), Cost: 1, WindowSize: time.Minute, BillableFrom: 1},
+			{Kind: limiter.Ledger, Name: "ledger", Key: limiter.LedgerKey(consumer, "api_calls"), Cost: 1, WindowSize: time.Minute},
 		}
 		if d, err := lim.Decide(context.Background(), limits); err != nil || !d.OK {
 			t.Fatalf("admit: %v %v", d.OK, err)
@@ -55,11 +54,27 @@ func admit(t *testing.T, lim limiter.Limiter, consumer string, included int64, n
 	}
 }
 
+// catalog: payg3 includes 3 units a month, payg0 none, pro is a tiered
+// plan with a hard quota (never billed per unit).
+func catalog(t *testing.T) *plan.Catalog {
+	t.Helper()
+	c, err := plan.NewCatalog(
+		&plan.Plan{Name: "payg3", Model: plan.PayG, Meter: "api_calls", Quota: &plan.Quota{Requests: 3, Period: plan.Month, Enforcement: plan.Soft}},
+		&plan.Plan{Name: "payg0", Model: plan.PayG, Meter: "api_calls"},
+		&plan.Plan{Name: "pro", Model: plan.Tiered, Meter: "api_calls", Quota: &plan.Quota{Requests: 1000, Period: plan.Month, Enforcement: plan.Hard}},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 type rig struct {
-	clock  *limitertest.Clock
-	local  *limiter.Local
-	stripe *stripetest.Stripe
-	people *consumers
+	catalog *plan.Catalog
+	clock   *limitertest.Clock
+	local   *limiter.Local
+	stripe  *stripetest.Stripe
+	people  *consumers
 }
 
 func newRig(t *testing.T) *rig {
@@ -72,14 +87,15 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.local.Close() })
-	r.people.set(&apikey.Consumer{ID: "acme", Plan: "payg", StripeCustomerID: "cus_acme"})
-	r.people.set(&apikey.Consumer{ID: "beta", Plan: "payg", StripeCustomerID: "cus_beta"})
+	r.people.set(&apikey.Consumer{ID: "acme", Plan: "payg3", StripeCustomerID: "cus_acme"})
+	r.people.set(&apikey.Consumer{ID: "beta", Plan: "payg0", StripeCustomerID: "cus_beta"})
+	r.catalog = catalog(t)
 	return r
 }
 
 func (r *rig) exporter(t *testing.T, ledger usage.Ledger, lease billing.Lease, holder string) *billing.Exporter {
 	return billing.NewExporter(billing.ExporterConfig{
-		Ledger: ledger, Consumer: r.people.get, Lease: lease, Holder: holder,
+		Ledger: ledger, Consumer: r.people.get, Catalog: func() *plan.Catalog { return r.catalog }, Lease: lease, Holder: holder,
 		APIKey: "sk_test_levy", APIBase: r.stripe.URL, Every: 10 * time.Millisecond, SettleDelay: 5 * time.Second,
 		Log: zaptest.NewLogger(t), Clock: r.clock.Now,
 	})
@@ -114,14 +130,14 @@ func total(m map[string]int64) (sum int64) {
 	return sum
 }
 
-func TestExportSendsOneEventPerClosedWindowWithBillableUnits(t *testing.T) {
+func TestExportSendsOneEventPerClosedWindowWithUnitsBeyondIncluded(t *testing.T) {
 	r := newRig(t)
 	// acme: 7 requests in window 1 (3 included), 4 in window 2; beta: 2
 	// with nothing included.
-	admit(t, r.local, "acme", 3, 7)
-	admit(t, r.local, "beta", 0, 2)
+	admit(t, r.local, "acme", 7)
+	admit(t, r.local, "beta", 2)
 	r.clock.Advance(time.Minute)
-	admit(t, r.local, "acme", 3, 4)
+	admit(t, r.local, "acme", 4)
 	e := r.exporter(t, r.local, nil, "a")
 
 	// Windows still inside the settle delay are not sent yet.
@@ -156,7 +172,7 @@ func TestExportSendsOneEventPerClosedWindowWithBillableUnits(t *testing.T) {
 func TestStripeFailingThenRecoveringGivesTheSameTotalsAndNoDuplicates(t *testing.T) {
 	r := newRig(t)
 	for i := 0; i < 5; i++ { // five windows of 3 billable units each
-		admit(t, r.local, "acme", 0, 3)
+		admit(t, r.local, "beta", 3)
 		r.clock.Advance(time.Minute)
 	}
 	r.clock.Advance(time.Minute)
@@ -184,18 +200,18 @@ func TestStripeFailingThenRecoveringGivesTheSameTotalsAndNoDuplicates(t *testing
 
 func TestConsumerWithoutStripeCustomerIsKeptNotDropped(t *testing.T) {
 	r := newRig(t)
-	r.people.set(&apikey.Consumer{ID: "nocard", Plan: "payg"})
-	admit(t, r.local, "nocard", 0, 4)
+	r.people.set(&apikey.Consumer{ID: "nocard", Plan: "payg0"})
+	admit(t, r.local, "nocard", 4)
 	r.clock.Advance(2 * time.Minute)
 	e := r.exporter(t, r.local, nil, "a")
 	e.ExportOnce(context.Background())
 	if len(r.stripe.Calls(meterPath)) != 0 {
 		t.Fatal("an event without a Stripe customer was sent")
 	}
-	if left, _ := r.local.Closed(context.Background(), r.clock.Now(), 0); len(left) != 1 || left[0].Billable != 4 {
+	if left, _ := r.local.Closed(context.Background(), r.clock.Now(), 0); len(left) != 1 || left[0].Units != 4 {
 		t.Fatalf("the window was dropped: %+v", left)
 	}
-	r.people.set(&apikey.Consumer{ID: "nocard", Plan: "payg", StripeCustomerID: "cus_late"})
+	r.people.set(&apikey.Consumer{ID: "nocard", Plan: "payg0", StripeCustomerID: "cus_late"})
 	if n, _ := e.ExportOnce(context.Background()); n != 1 || total(sent(t, r.stripe)) != 4 {
 		t.Fatalf("after the customer id arrived: %d", n)
 	}
@@ -210,7 +226,7 @@ func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
 	lim := limiter.NewRedis(limiter.RedisConfig{Client: client, Clock: r.clock.Now, Timeout: 5 * time.Second})
 	ledger := limiter.NewRedisLedger(client, time.Minute)
 	for i := 0; i < 4; i++ {
-		admit(t, lim, "acme", 0, 2)
+		admit(t, lim, "beta", 2)
 		r.clock.Advance(time.Minute)
 	}
 	r.clock.Advance(time.Minute)
@@ -238,7 +254,7 @@ func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
 	stopA()
 	<-doneA
 	// The next windows go out through b.
-	admit(t, lim, "acme", 0, 5)
+	admit(t, lim, "beta", 5)
 	r.clock.Advance(2 * time.Minute)
 	deadline = time.Now().Add(10 * time.Second)
 	for total(sent(t, r.stripe)) < 13 {
@@ -272,7 +288,7 @@ func (f *forgetful) MarkExported(ctx context.Context, w usage.Window) error {
 // the window counts as exported: billed once.
 func TestAcceptedButUnmarkedWindowIsNotBilledTwice(t *testing.T) {
 	r := newRig(t)
-	admit(t, r.local, "acme", 0, 6)
+	admit(t, r.local, "beta", 6)
 	r.clock.Advance(2 * time.Minute)
 	e := r.exporter(t, &forgetful{Ledger: r.local}, nil, "a")
 	if _, err := e.ExportOnce(context.Background()); err == nil {
@@ -288,5 +304,35 @@ func TestAcceptedButUnmarkedWindowIsNotBilledTwice(t *testing.T) {
 	}
 	if left, _ := r.local.Closed(context.Background(), r.clock.Now(), 0); len(left) != 0 {
 		t.Fatalf("window still unexported: %+v", left)
+	}
+}
+
+// Billable units are those beyond the included ones over the period's
+// settled units: a refunded request inside the included units frees its
+// unit for a later one, and a plan that bills no overage sends nothing.
+func TestBillableUnitsFollowSettlementAcrossWindows(t *testing.T) {
+	r := newRig(t)
+	start := r.clock.Now()
+	admit(t, r.local, "acme", 4) // payg3: 3 included
+	if err := r.local.Adjust(context.Background(), []usage.Adjustment{{Consumer: "acme", Meter: "api_calls", At: start, Units: -2}}); err != nil {
+		t.Fatal(err) // two 5xx refunded: 2 units settled in window 1
+	}
+	r.clock.Advance(time.Minute)
+	admit(t, r.local, "acme", 3) // 5 settled so far: 2 beyond the 3 included
+	r.people.set(&apikey.Consumer{ID: "tier", Plan: "pro", StripeCustomerID: "cus_tier"})
+	admit(t, r.local, "tier", 50)
+	r.clock.Advance(2 * time.Minute)
+	e := r.exporter(t, r.local, nil, "a")
+	if _, err := e.ExportOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := sent(t, r.stripe)
+	if len(got) != 1 || total(got) != 2 {
+		t.Fatalf("events %v: want one event of 2 units (acme's second window); nothing for the tiered plan", got)
+	}
+	payg3, _ := r.catalog.Get("payg3")
+	rep, err := billing.Report(context.Background(), r.local, r.local, &apikey.Consumer{ID: "acme", Plan: "payg3"}, payg3)
+	if err != nil || rep.Settled != 5 || rep.Billable != 2 || rep.Exported != 2 || rep.Overage != 2 {
+		t.Fatalf("report %+v %v", rep, err)
 	}
 }

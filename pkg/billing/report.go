@@ -24,8 +24,10 @@ type UsageReport struct {
 	Used     int64 `json:"used"`
 	Included int64 `json:"included"`
 	Overage  int64 `json:"overage"`
-	// Billable is the ledger's billable units in the period; Exported the
-	// part Stripe has accepted, Pending the rest.
+	// Settled is the ledger's units in the period (after access-log
+	// settlement); Billable the part to invoice; Exported the part Stripe
+	// has accepted, Pending the rest.
+	Settled  int64 `json:"settled"`
 	Billable int64 `json:"billable"`
 	Exported int64 `json:"exported"`
 	Pending  int64 `json:"pending"`
@@ -54,12 +56,26 @@ func Report(ctx context.Context, lim limiter.Limiter, ledger usage.Ledger, c *ap
 	if err != nil {
 		return UsageReport{}, err
 	}
+	t := termsOf(c, p)
+	var prior int64
 	for _, w := range windows {
-		r.Billable += w.Billable
+		if w.Meter != p.Meter {
+			continue
+		}
+		var bill int64
+		if t.billed {
+			bill = beyond(prior, w.Units, t.included)
+		}
+		prior += w.Units
+		r.Settled += w.Units
+		r.Billable += bill
 		if w.Exported {
-			r.Exported += w.Billable
+			r.Exported += bill
 		}
 	}
 	r.Pending = r.Billable - r.Exported
+	if t.billed {
+		r.Overage = max(r.Settled-r.Included, 0)
+	}
 	return r, nil
 }

@@ -9,9 +9,8 @@
 --   bucket: interval_us, tolerance_us, -, -, -, -, -
 --   quota:  unit (1 hour, 2 day, 3 week, 4 month, 5 year), max, soft (0/1), cap,
 --           anchor_day (0 = calendar), anchor_month*100000+anchor_second_of_day
---   ledger (kind 2): window_s, billable_from (-1 all, 0 none, i: the overage
---           of limit i), -, -, -, -; KEYS[i] is the ledger's index of
---           unexported windows, the window itself is KEYS[i]..":"..start
+--   ledger (kind 2): window_s, -, -, -, -, -; KEYS[i] is the ledger's index
+--           of unexported windows, the window itself is KEYS[i]..":"..start
 -- Returns {now_s, now_us, denied_index (0 = none), then per limit:
 --   ok (0/1), remaining, reset_us, retry_us, used, overage, period_start_s, period_end_s}
 
@@ -111,17 +110,9 @@ local function eval(i, cost, stored)
   local kind = tonumber(ARGV[base])
   if kind == 2 then
     local size = tonumber(ARGV[base + 3])
-    local from = tonumber(ARGV[base + 4])
     local start = math.floor(now_s / size) * size
-    local bill = 0
-    if from == -1 then
-      bill = cost
-    elseif from > 0 and statuses[from] then
-      bill = statuses[from][6]
-      if bill > cost then bill = cost end
-    end
     local units = (stored or 0) + cost
-    return {1, -1, 0, 0, units, bill, start, start + size}, units
+    return {1, -1, 0, 0, units, 0, start, start + size}, units
   end
   if kind == 0 then
     local interval = tonumber(ARGV[base + 3])
@@ -229,7 +220,6 @@ else
           local st = p[3]
           local w = KEYS[i] .. ":" .. st[7]
           redis.call("HINCRBY", w, "u", cost)
-          if st[6] > 0 then redis.call("HINCRBY", w, "b", st[6]) end
           redis.call("HSETNX", w, "z", tonumber(ARGV[base + 3]))
           redis.call("ZADD", KEYS[i], st[7], st[7])
         end

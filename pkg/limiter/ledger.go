@@ -42,7 +42,6 @@ func (l *Local) Adjust(_ context.Context, adjs []usage.Adjustment) error {
 			id := counterID{key, a.At.Truncate(size).Unix()}
 			if e, ok := sh.ledger[id]; ok {
 				e.Units = max(e.Units+a.Units, 0)
-				e.Billable = max(e.Billable+a.Billable, 0)
 				sh.ledgerDirty[id] = struct{}{}
 			}
 		}
@@ -114,7 +113,7 @@ func window(id counterID, e *LedgerEntry) (usage.Window, bool) {
 		return usage.Window{}, false
 	}
 	return usage.Window{Consumer: consumer, Meter: meter, Start: time.Unix(id.start, 0).UTC(), Size: e.Size,
-		Units: e.Units, Billable: e.Billable, Exported: e.Exported}, true
+		Units: e.Units, Exported: e.Exported}, true
 }
 
 func sortWindows(ws []usage.Window) {

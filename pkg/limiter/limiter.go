@@ -20,13 +20,10 @@ const (
 	Bucket Kind = iota
 	// Quota counts units over a period and resets at the period's start.
 	Quota
-	// Ledger counts units (and the billable part of them) per consumer,
-	// meter and window for the usage ledger; it never denies.
+	// Ledger counts units per consumer, meter and window for the usage
+	// ledger; it never denies.
 	Ledger
 )
-
-// BillAll, as a ledger's BillableFrom, bills every unit.
-const BillAll = -1
 
 // Limit is one limit a request is checked against.
 type Limit struct {
@@ -61,8 +58,7 @@ type Limit struct {
 	// Ledger: the window the units are counted in (epoch-aligned), and
 	// which units are billable: BillAll, 0 for none, or i+1 to bill the
 	// units that go beyond the soft quota at index i of the same request.
-	WindowSize   time.Duration
-	BillableFrom int
+	WindowSize time.Duration
 }
 
 // Capacity is the most a bucket holds.
@@ -104,8 +100,7 @@ type Status struct {
 	RetryAfter time.Duration
 	// Used is the quota's count for the period including this request when
 	// allowed; Overage the part of it beyond Max (soft quotas). For a
-	// ledger: Used is the window's units, Overage the billable units this
-	// request added.
+	// ledger: Used is the window's units.
 	Used, Overage int64
 	// PeriodStart is the quota period the count belongs to.
 	PeriodStart time.Time

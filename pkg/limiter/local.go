@@ -24,9 +24,9 @@ type Counter struct {
 
 // LedgerEntry is one usage ledger window as the local store keeps it.
 type LedgerEntry struct {
-	Units, Billable int64
-	Size            time.Duration
-	Exported        bool
+	Units    int64
+	Size     time.Duration
+	Exported bool
 }
 
 // CounterStore persists quota counters and the usage ledger for the local
@@ -357,9 +357,8 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 			if e, ok := sh.ledger[counterID{lim.Key, start.Unix()}]; ok {
 				units = e.Units
 			}
-			bill := billable(lim, d.Statuses)
-			d.Statuses[i] = Status{OK: true, Used: units + lim.Cost, Overage: bill, PeriodStart: start, Remaining: -1}
-			pending[i] = pendingState{start: start.Unix(), val: bill}
+			d.Statuses[i] = Status{OK: true, Used: units + lim.Cost, PeriodStart: start, Remaining: -1}
+			pending[i] = pendingState{start: start.Unix()}
 		}
 		if !d.Statuses[i].OK {
 			if lim.Shadow {
@@ -380,7 +379,6 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 			switch peek.Kind {
 			case Ledger:
 				d.Statuses[i].Used -= limits[i].Cost
-				d.Statuses[i].Overage = 0
 			case Bucket:
 				d.Statuses[i], _ = evalBucket(&peek, now.UnixNano(), stored[i])
 			default:
@@ -420,24 +418,11 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 				sh.ledger[id] = e
 			}
 			e.Units += limits[i].Cost
-			e.Billable += p.val
 			sh.ledgerDirty[id] = struct{}{}
 			sh.ledgerSize[id.key] = e.Size
 		}
 	}
 	return d, nil
-}
-
-// billable is the part of a ledger limit's units that is billed, given
-// the statuses of the request's limits before it.
-func billable(l *Limit, statuses []Status) int64 {
-	switch {
-	case l.BillableFrom == BillAll:
-		return l.Cost
-	case l.BillableFrom > 0 && l.BillableFrom <= len(statuses):
-		return min(l.Cost, statuses[l.BillableFrom-1].Overage)
-	}
-	return 0
 }
 
 type pendingState struct {

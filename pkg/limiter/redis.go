@@ -234,7 +234,7 @@ func limitArgs(l *Limit) []any {
 		shadow = 1
 	}
 	if l.Kind == Ledger {
-		return []any{2, l.Cost, 0, int64(l.WindowSize / time.Second), l.BillableFrom, 0, 0, 0, 0, 0}
+		return []any{2, l.Cost, 0, int64(l.WindowSize / time.Second), 0, 0, 0, 0, 0, 0}
 	}
 	if l.Kind == Bucket {
 		interval := l.Per.Microseconds() / l.Requests

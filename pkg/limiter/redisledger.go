@@ -21,7 +21,7 @@ var adjustLua string
 // decision script; this type settles, lists and marks windows. A
 // consumer's meter has a sorted set of unexported window starts (the
 // LedgerKey), another of exported ones (":done"), and a hash per window
-// (":<start>": u units, b billable, z size, e exported).
+// (":<start>": u units, z size, e exported).
 type RedisLedger struct {
 	client redis.UniversalClient
 	// Window is the ledger window (billing.window): settlements find their
@@ -43,14 +43,14 @@ func (r *RedisLedger) Adjust(ctx context.Context, adjs []usage.Adjustment) error
 	pipe := r.client.Pipeline()
 	for _, a := range adjs {
 		start := a.At.Unix() / size * size
-		r.adjust.Run(ctx, pipe, []string{LedgerKey(a.Consumer, a.Meter)}, start, a.Units, a.Billable)
+		r.adjust.Run(ctx, pipe, []string{LedgerKey(a.Consumer, a.Meter)}, start, a.Units)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		// A script not yet loaded on a node: load and retry once.
 		if redis.HasErrorPrefix(err, "NOSCRIPT") {
 			for _, a := range adjs {
 				start := a.At.Unix() / size * size
-				if err := r.adjust.Run(ctx, r.client, []string{LedgerKey(a.Consumer, a.Meter)}, start, a.Units, a.Billable).Err(); err != nil {
+				if err := r.adjust.Run(ctx, r.client, []string{LedgerKey(a.Consumer, a.Meter)}, start, a.Units).Err(); err != nil {
 					return fmt.Errorf("redis ledger adjust: %w", err)
 				}
 			}
@@ -140,7 +140,7 @@ func (r *RedisLedger) read(ctx context.Context, key, start string) (usage.Window
 	n := func(f string) int64 { v, _ := strconv.ParseInt(m[f], 10, 64); return v }
 	s, _ := strconv.ParseInt(start, 10, 64)
 	return usage.Window{Consumer: consumer, Meter: meter, Start: time.Unix(s, 0).UTC(), Size: time.Duration(n("z")) * time.Second,
-		Units: n("u"), Billable: n("b"), Exported: m["e"] == "1"}, true, nil
+		Units: n("u"), Exported: m["e"] == "1"}, true, nil
 }
 
 // MarkExported implements usage.Ledger.

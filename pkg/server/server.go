@@ -228,7 +228,8 @@ func (s *Server) exportUsage(ctx context.Context) {
 		Consumer: func(id string) (*apikey.Consumer, bool) {
 			return s.authz.Snapshot().Directory.Consumer(id)
 		},
-		Lease: s.backend.lease, Holder: s.replicaID,
+		Catalog: func() *plan.Catalog { return s.authz.Snapshot().Catalog },
+		Lease:   s.backend.lease, Holder: s.replicaID,
 		APIKey: key, APIBase: s.cfg.Billing.Stripe.APIBase,
 		Every: time.Duration(s.cfg.Billing.ExportEvery), SettleDelay: time.Duration(s.cfg.Billing.SettleDelay),
 		Registerer: s.metrics.Registry, Log: s.log, Clock: s.opts.Clock,

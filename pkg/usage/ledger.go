@@ -17,8 +17,10 @@ type Window struct {
 	Meter    string
 	Start    time.Time
 	Size     time.Duration
-	// Units is everything counted; Billable is the part to invoice (for
-	// payg, the units beyond the plan's included units).
+	// Units is everything counted, settled. Billable is the part to
+	// invoice (for payg, the units beyond the plan's included units in
+	// the billing period); it is not stored but worked out at export from
+	// the period's windows.
 	Units, Billable int64
 	// Exported is set once Stripe accepted the window's meter event.
 	Exported bool
@@ -32,15 +34,16 @@ type Adjustment struct {
 	Consumer string
 	Meter    string
 	// At is when the request started: it picks the window.
-	At              time.Time
-	Units, Billable int64 // deltas, may be negative
+	At    time.Time
+	Units int64 // a delta, may be negative
 }
 
 // Ledger is the durable usage ledger. Both stores implement it; admission
 // counts arrive through the limiter's decisions, not through this
 // interface.
 type Ledger interface {
-	// Adjust applies settlements. A window never goes below zero.
+	// Adjust applies settlements to windows that admission counted. A
+	// window never goes below zero.
 	Adjust(ctx context.Context, adjustments []Adjustment) error
 	// Closed lists unexported windows that ended before `before`, oldest
 	// first, at most max.

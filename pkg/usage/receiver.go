@@ -100,7 +100,7 @@ type aggKey struct {
 	at              int64 // unix seconds
 }
 
-type delta struct{ units, billable int64 }
+type delta struct{ units int64 }
 
 // NewReceiver returns a receiver and starts its flush loop; Close stops it.
 func NewReceiver(cfg ReceiverConfig) *Receiver {
@@ -219,7 +219,6 @@ func (r *Receiver) settleFacts(b *batch, f *facts, cat *plan.Catalog, now time.T
 		k.consumer = strings.Clone(k.consumer) // it points into the message
 	}
 	d.units += adj.Units
-	d.billable += adj.Billable
 	b.sums[k] = d
 }
 
@@ -241,7 +240,6 @@ func (r *Receiver) mergeLocked(sums map[aggKey]delta) {
 	for k, d := range sums {
 		p := r.pending[k]
 		p.units += d.units
-		p.billable += d.billable
 		if p == (delta{}) {
 			delete(r.pending, k)
 			continue
@@ -269,7 +267,7 @@ func (r *Receiver) Flush(ctx context.Context) error {
 	adjs := make([]Adjustment, 0, len(sums))
 	for k, d := range sums {
 		adjs = append(adjs, Adjustment{Consumer: k.consumer, Meter: k.meter, At: time.Unix(k.at, 0).UTC(),
-			Units: d.units, Billable: d.billable})
+			Units: d.units})
 	}
 	// A stable order: stores that lock rows take them in the same order.
 	slices.SortFunc(adjs, func(a, b Adjustment) int {

@@ -115,14 +115,13 @@ func sumAdjustments(adjs []Adjustment) []Adjustment {
 		k := aggKey{consumer: a.Consumer, meter: a.Meter, at: a.At.UnixNano()}
 		d := byKey[k]
 		d.units += a.Units
-		d.billable += a.Billable
 		byKey[k] = d
 	}
 	var out []Adjustment
 	for k, d := range byKey {
 		if d != (delta{}) {
 			out = append(out, Adjustment{Consumer: k.consumer, Meter: k.meter, At: time.Unix(0, k.at).UTC(),
-				Units: d.units, Billable: d.billable})
+				Units: d.units})
 		}
 	}
 	slices.SortFunc(out, func(a, b Adjustment) int {
@@ -267,7 +266,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // give describes one request as Envoy logs it.
 type give struct {
 	consumer, plan string
-	billable       float64 // ext_authz metadata "billable"; 0 leaves it out
 	path           string
 	status         int    // upstream status; default 200
 	units          string // x-levy-units from the upstream; "" sends none
@@ -289,9 +287,6 @@ func entry(g give) *accesslogdatav3.HTTPAccessLogEntry {
 	}
 	if g.plan != "" {
 		md.Fields["plan"] = structpb.NewStringValue(g.plan)
-	}
-	if g.billable != 0 {
-		md.Fields["billable"] = structpb.NewNumberValue(g.billable)
 	}
 	if g.id == "" {
 		g.id = freshID()
@@ -346,8 +341,8 @@ func entries(gs ...give) []*accesslogdatav3.HTTPAccessLogEntry {
 	return out
 }
 
-func adj(consumer, meter string, units, billable int64) Adjustment {
-	return Adjustment{Consumer: consumer, Meter: meter, At: sec, Units: units, Billable: billable}
+func adj(consumer, meter string, units int64) Adjustment {
+	return Adjustment{Consumer: consumer, Meter: meter, At: sec, Units: units}
 }
 
 func TestSettlementAdjustsOnlyWhatAdmissionCountedWrongly(t *testing.T) {
@@ -359,22 +354,22 @@ func TestSettlementAdjustsOnlyWhatAdmissionCountedWrongly(t *testing.T) {
 	}{
 		{
 			name:        "200 is unchanged",
-			give:        []give{{consumer: "acme", plan: "payg", billable: 1}},
+			give:        []give{{consumer: "acme", plan: "payg"}},
 			wantResults: map[string]int{"unchanged": 1},
 		},
 		{
-			name: "500 refunds units and billable",
+			name: "500 refunds the units",
 			give: []give{
 				{consumer: "acme", plan: "payg", status: 500},
-				{consumer: "acme", plan: "payg", status: 503, billable: 5, path: "/v1/search?q=x"},
+				{consumer: "acme", plan: "payg", status: 503, path: "/v1/search?q=x"},
 			},
-			want:        []Adjustment{adj("acme", "api_calls", -6, -5)},
+			want:        []Adjustment{adj("acme", "api_calls", -6)},
 			wantResults: map[string]int{"settled": 2},
 		},
 		{
 			name:        "429 from the ratelimit filter after an allow is refunded",
-			give:        []give{{consumer: "acme", plan: "payg", rateLimited: true, billable: 1}},
-			want:        []Adjustment{adj("acme", "api_calls", -1, -1)},
+			give:        []give{{consumer: "acme", plan: "payg", rateLimited: true}},
+			want:        []Adjustment{adj("acme", "api_calls", -1)},
 			wantResults: map[string]int{"settled": 1},
 		},
 		{
@@ -392,17 +387,17 @@ func TestSettlementAdjustsOnlyWhatAdmissionCountedWrongly(t *testing.T) {
 			wantResults: map[string]int{"skipped_denied": 3},
 		},
 		{
-			name: "units header sets the cost, billable moves only for billable requests",
+			name: "units header sets the cost",
 			give: []give{
 				{consumer: "acme", plan: "payg", units: "7"},
-				{consumer: "acme", plan: "payg", units: "7", billable: 1},
-				{consumer: "beta", plan: "payg", units: "0", path: "/v1/search", billable: 2},
-				{consumer: "gamma", plan: "payg", units: "1", path: "/v1/search", billable: 5},
+				{consumer: "acme", plan: "payg", units: "7"},
+				{consumer: "beta", plan: "payg", units: "0", path: "/v1/search"},
+				{consumer: "gamma", plan: "payg", units: "1", path: "/v1/search"},
 			},
 			want: []Adjustment{
-				adj("acme", "api_calls", 12, 6),
-				adj("beta", "api_calls", -5, -2),
-				adj("gamma", "api_calls", -4, -4),
+				adj("acme", "api_calls", 12),
+				adj("beta", "api_calls", -5),
+				adj("gamma", "api_calls", -4),
 			},
 			wantResults: map[string]int{"settled": 4},
 		},
@@ -419,25 +414,25 @@ func TestSettlementAdjustsOnlyWhatAdmissionCountedWrongly(t *testing.T) {
 		{
 			name:        "units header on a refunded status is ignored",
 			give:        []give{{consumer: "acme", plan: "payg", units: "9", status: 502}},
-			want:        []Adjustment{adj("acme", "api_calls", -1, 0)},
+			want:        []Adjustment{adj("acme", "api_calls", -1)},
 			wantResults: map[string]int{"settled": 1},
 		},
 		{
 			name:        "plan without a meter settles under meter empty",
 			give:        []give{{consumer: "acme", plan: "free", status: 500}},
-			want:        []Adjustment{adj("acme", "", -1, 0)},
+			want:        []Adjustment{adj("acme", "", -1)},
 			wantResults: map[string]int{"settled": 1},
 		},
 		{
 			name:        "consumer from the logged request header when the metadata has none",
 			give:        []give{{plan: "payg", consumerHeader: "from-header", status: 500}},
-			want:        []Adjustment{adj("from-header", "api_calls", -1, 0)},
+			want:        []Adjustment{adj("from-header", "api_calls", -1)},
 			wantResults: map[string]int{"settled": 1},
 		},
 		{
 			name:        "metadata consumer wins over the header",
 			give:        []give{{consumer: "acme", plan: "payg", consumerHeader: "other", status: 500}},
-			want:        []Adjustment{adj("acme", "api_calls", -1, 0)},
+			want:        []Adjustment{adj("acme", "api_calls", -1)},
 			wantResults: map[string]int{"settled": 1},
 		},
 		{
@@ -460,7 +455,7 @@ func TestSettlementAdjustsOnlyWhatAdmissionCountedWrongly(t *testing.T) {
 				{consumer: "acme", plan: "payg", status: 500, logType: accesslogdatav3.AccessLogType_UpstreamPoolReady},
 				{consumer: "acme", plan: "payg", status: 500, logType: accesslogdatav3.AccessLogType_DownstreamEnd},
 			},
-			want:        []Adjustment{adj("acme", "api_calls", -1, 0)},
+			want:        []Adjustment{adj("acme", "api_calls", -1)},
 			wantResults: map[string]int{"settled": 1, "skipped_partial": 2},
 		},
 		{
@@ -469,7 +464,7 @@ func TestSettlementAdjustsOnlyWhatAdmissionCountedWrongly(t *testing.T) {
 				{consumer: "acme", plan: "payg", status: 500, id: "dup-1"},
 				{consumer: "acme", plan: "payg", status: 500, id: "dup-1"},
 			},
-			want:        []Adjustment{adj("acme", "api_calls", -1, 0)},
+			want:        []Adjustment{adj("acme", "api_calls", -1)},
 			wantResults: map[string]int{"settled": 1, "skipped_duplicate": 1},
 		},
 		{
@@ -513,7 +508,7 @@ func TestDuplicateAcrossStreamsIsSettledOnce(t *testing.T) {
 	e.sendOn(t, e.logger("gw-1"), entries(same, give{consumer: "acme", plan: "payg", status: 500}))
 	e.sendOn(t, e.logger("gw-2"), entries(same))
 	e.waitStreams(t, 0)
-	assertAdjustments(t, e.flush(t), []Adjustment{adj("acme", "api_calls", -2, 0)})
+	assertAdjustments(t, e.flush(t), []Adjustment{adj("acme", "api_calls", -2)})
 	assertResults(t, e.results(t), map[string]int{"settled": 2, "skipped_duplicate": 1})
 }
 
@@ -526,7 +521,7 @@ func TestLaterBatchesWithoutIdentifierAreSettled(t *testing.T) {
 		entries(give{consumer: "acme", plan: "payg", status: 500}, give{consumer: "beta", plan: "payg", status: 500}),
 		entries(give{consumer: "beta", plan: "payg", status: 500}),
 	)
-	assertAdjustments(t, e.flush(t), []Adjustment{adj("acme", "api_calls", -2, 0), adj("beta", "api_calls", -2, 0)})
+	assertAdjustments(t, e.flush(t), []Adjustment{adj("acme", "api_calls", -2), adj("beta", "api_calls", -2)})
 	logged := e.logs.FilterMessage("access log stream").All()
 	if len(logged) != 1 {
 		t.Fatalf("identifier logged %d times, want once", len(logged))
@@ -561,7 +556,7 @@ func TestMalformedEntriesAreCountedNotFatal(t *testing.T) {
 		{}, {CommonProperties: &accesslogdatav3.AccessLogCommon{}}, noCode, noResponse, noRequest, noStart,
 		numberConsumer, emptyValues, noMetadata, stringBillable,
 	})
-	assertAdjustments(t, e.flush(t), []Adjustment{adj("acme", "api_calls", -1, 0)})
+	assertAdjustments(t, e.flush(t), []Adjustment{adj("acme", "api_calls", -1)})
 	assertResults(t, e.results(t), map[string]int{
 		"malformed": 6, "skipped_unattributed": 3, "settled": 1,
 	})
@@ -619,10 +614,10 @@ func TestLedgerFailureIsRetriedOnNextFlush(t *testing.T) {
 		t.Fatalf("ledger after a failed write = %v, want nothing", got)
 	}
 	// More arrives for the same window before the retry.
-	e.send(t, entries(give{consumer: "acme", plan: "payg", status: 500, billable: 1}))
-	assertAdjustments(t, e.flush(t), []Adjustment{adj("acme", "api_calls", -2, -1), adj("beta", "api_calls", -1, 0)})
+	e.send(t, entries(give{consumer: "acme", plan: "payg", status: 500}))
+	assertAdjustments(t, e.flush(t), []Adjustment{adj("acme", "api_calls", -2), adj("beta", "api_calls", -1)})
 	// Nothing is written twice.
-	assertAdjustments(t, e.flush(t), []Adjustment{adj("acme", "api_calls", -2, -1), adj("beta", "api_calls", -1, 0)})
+	assertAdjustments(t, e.flush(t), []Adjustment{adj("acme", "api_calls", -2), adj("beta", "api_calls", -1)})
 }
 
 func TestCloseFlushesEvenWhenItsContextIsDone(t *testing.T) {
@@ -633,7 +628,7 @@ func TestCloseFlushesEvenWhenItsContextIsDone(t *testing.T) {
 	if err := e.r.Close(ctx); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	assertAdjustments(t, e.ledger.totals(), []Adjustment{adj("acme", "api_calls", -1, 0)})
+	assertAdjustments(t, e.ledger.totals(), []Adjustment{adj("acme", "api_calls", -1)})
 }
 
 func TestFlushLoopWritesPeriodically(t *testing.T) {
@@ -641,7 +636,7 @@ func TestFlushLoopWritesPeriodically(t *testing.T) {
 	e.ledger.failNext(1) // the loop logs the failure and retries
 	e.send(t, entries(give{consumer: "acme", plan: "payg", status: 500}))
 	<-e.ledger.wrote
-	assertAdjustments(t, e.ledger.totals(), []Adjustment{adj("acme", "api_calls", -1, 0)})
+	assertAdjustments(t, e.ledger.totals(), []Adjustment{adj("acme", "api_calls", -1)})
 }
 
 func TestMetricsRegisterTwiceOnOneRegistry(t *testing.T) {
@@ -761,11 +756,11 @@ func TestLastLogEntriesMemberOfAMessageWins(t *testing.T) {
 	if err := r.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	assertAdjustments(t, l.totals(), []Adjustment{adj("acme", "api_calls", -1, 0)})
+	assertAdjustments(t, l.totals(), []Adjustment{adj("acme", "api_calls", -1)})
 }
 
 func TestSettleWithoutUnitsAllocationsStayLow(t *testing.T) {
-	e := entry(give{consumer: "acme", plan: "payg", status: 500, billable: 1})
+	e := entry(give{consumer: "acme", plan: "payg", status: 500})
 	cat := testCatalog(t)
 	allocs := testing.AllocsPerRun(100, func() {
 		Settle(e, cat, "x-levy-units", "x-consumer-id")

@@ -14,15 +14,14 @@ import (
 )
 
 // ExtAuthzNamespace is the dynamic-metadata namespace of Envoy's HTTP
-// ext_authz filter, where levy's Check puts consumer, plan, model, key_id
-// and billable.
+// ext_authz filter, where levy's Check puts consumer, plan, model and
+// key_id.
 const ExtAuthzNamespace = "envoy.filters.http.ext_authz"
 
 // Metadata fields levy's ext_authz sets.
 const (
 	mdConsumer = "consumer"
 	mdPlan     = "plan"
-	mdBillable = "billable"
 )
 
 // outcome is what settlement made of one access-log entry; each is one
@@ -70,18 +69,16 @@ var outcomeNames = [numOutcomes]string{
 //     consumerHeader request header (logged only when Envoy is configured
 //     to); the plan is the metadata's plan and must be in cat. Access logs
 //     are lossy, so they never create usage for a request without both.
-//   - Admission counted cost = plan.CostFor(path) units, of which the
-//     metadata's billable were billable. path is original_path when Envoy
-//     rewrote it, since ext_authz runs before the router's rewrite.
-//   - A status the plan does not bill refunds both.
+//   - Admission counted cost = plan.CostFor(path) units. path is
+//     original_path when Envoy rewrote it, since ext_authz runs before the
+//     router's rewrite.
+//   - A status the plan does not bill refunds them.
 //   - On a billed status, an upstream that reports N units in the
 //     unitsHeader response header (a non-negative integer) makes the
-//     request cost N: Units += N-cost. Billable moves by the same amount
-//     only when the request was already billable (billable > 0), and never
-//     below zero for the request (at most -billable); a request inside the
-//     included units stays there. That is deliberately simple: a request
-//     whose reported units cross the included units is not billed for the
-//     part beyond them.
+//     request cost N: Units += N-cost.
+//   - Which units are billable (beyond the included ones) is worked out at
+//     export from the period's settled units, so a refund inside the
+//     included units frees them for later requests, as an invoice should.
 //   - The adjustment is for the plan's meter (possibly "") at start_time.
 func Settle(e *accesslogdatav3.HTTPAccessLogEntry, cat *plan.Catalog, unitsHeader, consumerHeader string) (adj Adjustment, requestID string, ok bool) {
 	var f facts
@@ -101,7 +98,6 @@ type facts struct {
 	startSec                                              int64
 	startNanos                                            int32
 	consumer, plan                                        string // ext_authz metadata strings
-	billable                                              float64
 	path, originalPath, requestID                         string
 	consumerHeader                                        string // request header consumerHeader
 	code                                                  uint32
@@ -121,7 +117,6 @@ func (f *facts) fromEntry(e *accesslogdatav3.HTTPAccessLogEntry, unitsHeader, co
 		fields := c.GetMetadata().GetFilterMetadata()[ExtAuthzNamespace].GetFields()
 		f.consumer = stringValue(fields[mdConsumer])
 		f.plan = stringValue(fields[mdPlan])
-		f.billable = numberValue(fields[mdBillable])
 	}
 	if r := e.GetRequest(); r != nil {
 		f.hasRequest = true
@@ -188,18 +183,14 @@ func (f *facts) settle(cat *plan.Catalog) (Adjustment, outcome) {
 		path = f.path
 	}
 	cost := p.CostFor(path)
-	billable := wholeUnits(f.billable)
 
 	adj := Adjustment{Consumer: consumer, Meter: p.Meter, At: time.Unix(f.startSec, int64(f.startNanos)).UTC()}
 	if !p.NonBillable.Billable(int(f.code)) {
-		adj.Units, adj.Billable = -cost, -billable
+		adj.Units = -cost
 	} else if n, reported := reportedUnits(f.unitsHeader); reported {
 		adj.Units = n - cost
-		if billable > 0 {
-			adj.Billable = max(n-cost, -billable)
-		}
 	}
-	if adj.Units == 0 && adj.Billable == 0 {
+	if adj.Units == 0 {
 		return adj, outUnchanged
 	}
 	if !utf8.ValidString(consumer) { // read off the wire unchecked
@@ -220,15 +211,6 @@ func lookupPlan(cat *plan.Catalog, name string) (*plan.Plan, bool) {
 // maxUnits bounds the units one request can report or be billed, so that
 // sums cannot overflow.
 const maxUnits = math.MaxInt64 / 4
-
-// wholeUnits converts a metadata number to whole units: 0 unless finite
-// and positive.
-func wholeUnits(v float64) int64 {
-	if !(v > 0) || v > maxUnits {
-		return 0
-	}
-	return int64(v)
-}
 
 // reportedUnits parses the units header: a non-negative decimal integer.
 func reportedUnits(v string) (int64, bool) {

@@ -302,7 +302,7 @@ func (f *facts) metadataFromWire(b []byte) bool {
 			continue
 		}
 		// This entry replaces any earlier one for the namespace.
-		f.consumer, f.plan, f.billable = "", "", 0
+		f.consumer, f.plan = "", ""
 		for len(entry) > 0 {
 			num, typ, _, val, n := consumeField(entry)
 			if n < 0 {
@@ -332,7 +332,7 @@ func (f *facts) structFromWire(b []byte) bool {
 		if !ok {
 			return false
 		}
-		if key != mdConsumer && key != mdPlan && key != mdBillable {
+		if key != mdConsumer && key != mdPlan {
 			continue
 		}
 		// The Value, merged over its occurrences in the entry.
@@ -352,8 +352,6 @@ func (f *facts) structFromWire(b []byte) bool {
 			f.consumer = v.str()
 		case mdPlan:
 			f.plan = v.str()
-		case mdBillable:
-			f.billable = v.number()
 		}
 	}
 	return true

@@ -147,11 +147,10 @@ func TestALSHarnessCountsEveryEntry(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("receiver counted %v, want %v", got, want)
 	}
-	// Per send: 5 refunds of 1 unit, 3 refunds of 1 unit and 1 billable,
-	// 5 requests that reported 3 units (+2 each, 1 of them billable).
-	wantUnits, wantBillable := int64(sends*(-5-3+5*2)), int64(sends*(-3+2))
-	if u, bl := ledger.totals(); u != wantUnits || bl != wantBillable {
-		t.Errorf("ledger got units %d, billable %d; want %d, %d", u, bl, wantUnits, wantBillable)
+	// Per send: 5 refunds of 1 unit, 3 more refunds of 1 unit, 5 requests
+	// that reported 3 units (+2 each).
+	if u, want := ledger.totals(), int64(sends*(-5-3+5*2)); u != want {
+		t.Errorf("ledger got units %d, want %d", u, want)
 	}
 }
 
@@ -164,9 +163,9 @@ var alsMix = []struct {
 }{
 	{n: 80, result: "unchanged", give: alsGive{status: 200}},
 	{n: 4, result: "settled", give: alsGive{status: 200, units: "3"}},
-	{n: 1, result: "settled", give: alsGive{status: 200, units: "3", billable: 1}},
+	{n: 1, result: "settled", give: alsGive{status: 200, units: "3"}},
 	{n: 5, result: "settled", give: alsGive{status: 503}},
-	{n: 3, result: "settled", give: alsGive{rateLimited: true, billable: 1}},
+	{n: 3, result: "settled", give: alsGive{rateLimited: true}},
 	{n: 3, result: "skipped_denied", give: alsGive{denied: 429}},
 	{n: 2, result: "skipped_unattributed", give: alsGive{status: 200, anonymous: true}},
 	{n: 2, result: "unchanged", give: alsGive{status: 404}},
@@ -175,7 +174,6 @@ var alsMix = []struct {
 type alsGive struct {
 	status      int
 	units       string
-	billable    float64
 	rateLimited bool
 	denied      int
 	anonymous   bool // no ext_authz metadata (failure_mode_allow)
@@ -214,9 +212,6 @@ func alsEntries(tb testing.TB) []*accesslogdatav3.HTTPAccessLogEntry {
 				"key_id":             structpb.NewStringValue("key_" + strconv.Itoa(i%20)),
 				"ext_authz_duration": structpb.NewNumberValue(183),
 			}}
-			if g.billable > 0 {
-				md.Fields["billable"] = structpb.NewNumberValue(g.billable)
-			}
 			in := envoy.LogInput{
 				Request: &envoy.Request{
 					Method: "GET", Scheme: "https", Authority: "api.example.com",
@@ -408,8 +403,8 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 
 // noopLedger accepts adjustments and keeps only their sums.
 type noopLedger struct {
-	mu              sync.Mutex
-	units, billable int64
+	mu    sync.Mutex
+	units int64
 }
 
 func (l *noopLedger) Adjust(_ context.Context, adjs []usage.Adjustment) error {
@@ -417,15 +412,14 @@ func (l *noopLedger) Adjust(_ context.Context, adjs []usage.Adjustment) error {
 	defer l.mu.Unlock()
 	for _, a := range adjs {
 		l.units += a.Units
-		l.billable += a.Billable
 	}
 	return nil
 }
 
-func (l *noopLedger) totals() (units, billable int64) {
+func (l *noopLedger) totals() int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.units, l.billable
+	return l.units
 }
 
 func (l *noopLedger) Closed(context.Context, time.Time, int) ([]usage.Window, error) { return nil, nil }

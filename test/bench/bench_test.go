@@ -16,6 +16,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
@@ -41,19 +42,25 @@ const (
 
 // BenchmarkCheck measures Check on the no-op server and on levy with the
 // same harness, client and request; see the package doc.
-func BenchmarkCheck(b *testing.B) {
-	env := newCheckEnv(b)
+func BenchmarkCheck(b *testing.B) { benchCheck(b, localStore()) }
+
+// BenchmarkShouldRateLimit measures ShouldRateLimit on the no-op RLS server
+// and on levy's, for a request of one descriptor and one of three.
+func BenchmarkShouldRateLimit(b *testing.B) { benchRateLimit(b, localStore()) }
+
+func benchCheck(b *testing.B, st *store) {
+	env := newCheckEnv(b, st)
 	for _, t := range env.targets {
 		b.Run(t.name, func(b *testing.B) { measure(b, t, env.reqs[0].msg, "check") })
 	}
 }
 
-// BenchmarkShouldRateLimit measures ShouldRateLimit on the no-op RLS server
-// and on levy's, for a request of one descriptor and one of three.
-func BenchmarkShouldRateLimit(b *testing.B) {
-	env := newRateLimitEnv(b)
+// benchRateLimit runs each request on every target, then on every peer,
+// so that the figures compared are taken within seconds of each other.
+func benchRateLimit(b *testing.B, st *store) {
+	env := newRateLimitEnv(b, st)
 	for _, r := range env.reqs {
-		for _, t := range env.targets {
+		for _, t := range env.all() {
 			b.Run(t.name+"-"+r.name, func(b *testing.B) { measure(b, t, r.msg, "call") })
 		}
 	}
@@ -61,8 +68,16 @@ func BenchmarkShouldRateLimit(b *testing.B) {
 
 // measure runs b.N calls of req on t and reports the harness's figures,
 // naming them after what one call is ("check" gives checks/s and
-// cpu-us/check).
+// cpu-us/check), and, when t decides on Redis, the commands Redis ran and
+// the CPU it used per call.
 func measure(b *testing.B, t *target, req proto.Message, what string) {
+	if t.skip != "" {
+		b.Skip(t.skip)
+	}
+	var before redisStats
+	if t.redis != nil {
+		before = readRedisStats(b, t.redis)
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	res, err := run(t, req, callers, b.N)
@@ -73,15 +88,27 @@ func measure(b *testing.B, t *target, req proto.Message, what string) {
 	b.ReportMetric(float64(res.calls)/res.elapsed.Seconds(), what+"s/s")
 	b.ReportMetric(res.hist.quantile(0.50).Seconds()*1e6, "p50-us")
 	b.ReportMetric(res.hist.quantile(0.99).Seconds()*1e6, "p99-us")
-	b.ReportMetric(res.cpu.Seconds()*1e6/float64(res.calls), "cpu-us/"+what)
+	if res.cpu >= 0 {
+		b.ReportMetric(res.cpu.Seconds()*1e6/float64(res.calls), "cpu-us/"+what)
+	}
+	if t.redis != nil {
+		d := readRedisStats(b, t.redis).since(before)
+		n := float64(res.calls)
+		if t.scripts {
+			b.ReportMetric(float64(d.scripts())/n, "redis-cmds/op")
+		}
+		b.ReportMetric(float64(d.all())/n, "redis-all-cmds/op")
+		b.ReportMetric(d.cpu.Seconds()*1e6/n, "redis-cpu-us/op")
+	}
 }
 
-// runBriefly runs the harness with n calls of each request on each target:
-// every call must pass the target's check and be counted.
+// runBriefly runs the harness with n calls of each request on each target
+// and peer not skipped: every call must pass the target's check and be
+// counted.
 func runBriefly(t *testing.T, env *env, n int) {
 	t.Helper()
 	for _, r := range env.reqs {
-		for _, tg := range env.targets {
+		for _, tg := range env.measured() {
 			res, err := run(tg, r.msg, callers, n)
 			if err != nil {
 				t.Fatalf("%s %s: %v", tg.name, r.name, err)
@@ -97,9 +124,11 @@ func runBriefly(t *testing.T, env *env, n int) {
 }
 
 // TestBenchHarnessAllows runs the benchmark harness briefly against both
-// servers: every call must be allowed and counted.
-func TestBenchHarnessAllows(t *testing.T) {
-	env := newCheckEnv(t)
+// servers, levy on each store: every call must be allowed and counted.
+func TestBenchHarnessAllows(t *testing.T) { forStores(t, testBenchHarnessAllows) }
+
+func testBenchHarnessAllows(t *testing.T, st *store) {
+	env := newCheckEnv(t, st)
 	runBriefly(t, env, 200)
 	// The levy answer is levy's allow, not a stand-in.
 	resp, err := authv3.NewAuthorizationClient(env.targets[1].conns[0]).Check(context.Background(), env.reqs[0].msg.(*authv3.CheckRequest))
@@ -122,15 +151,17 @@ func TestBenchHarnessAllows(t *testing.T) {
 }
 
 // TestRateLimitHarnessAllows runs the harness briefly against both RLS
-// servers, then decodes a full answer from each: one OK status per
-// descriptor, and from levy a current limit on every one, the last taken
-// from acme's plan.
-func TestRateLimitHarnessAllows(t *testing.T) {
-	env := newRateLimitEnv(t)
+// servers, levy on each store (and the peer, when there is one), then
+// decodes a full answer from each: one OK status per descriptor, and from
+// levy a current limit on every one, the last taken from acme's plan.
+func TestRateLimitHarnessAllows(t *testing.T) { forStores(t, testRateLimitHarnessAllows) }
+
+func testRateLimitHarnessAllows(t *testing.T, st *store) {
+	env := newRateLimitEnv(t, st)
 	runBriefly(t, env, 200)
 	for _, r := range env.reqs {
 		req := r.msg.(*rlsv3.RateLimitRequest)
-		for _, tg := range env.targets {
+		for _, tg := range env.measured() {
 			resp, err := rlsv3.NewRateLimitServiceClient(tg.conns[0]).ShouldRateLimit(context.Background(), req)
 			if err != nil {
 				t.Fatalf("%s %s: %v", tg.name, r.name, err)
@@ -146,16 +177,18 @@ func TestRateLimitHarnessAllows(t *testing.T) {
 				if st.GetCode() != rlsv3.RateLimitResponse_OK {
 					t.Fatalf("%s %s: status %d is %v", tg.name, r.name, i, st.GetCode())
 				}
-				if tg.name != "levy" {
+				if tg.name == "noop" {
 					continue
 				}
+				// The peer's rules must match every descriptor with the
+				// same limit, or it would answer OK without deciding.
 				want := rateLimitWant[req.GetDescriptors()[i].GetEntries()[0].GetKey()]
 				lim := st.GetCurrentLimit()
 				if lim == nil || lim.GetRequestsPerUnit() != want.rpu || lim.GetUnit() != want.unit {
-					t.Fatalf("levy %s: status %d has current limit %v, want %d per %v", r.name, i, lim, want.rpu, want.unit)
+					t.Fatalf("%s %s: status %d has current limit %v, want %d per %v", tg.name, r.name, i, lim, want.rpu, want.unit)
 				}
 				if st.GetLimitRemaining() == 0 || st.GetDurationUntilReset() == nil {
-					t.Fatalf("levy %s: status %d: %v", r.name, i, st)
+					t.Fatalf("%s %s: status %d: %v", tg.name, r.name, i, st)
 				}
 			}
 		}
@@ -164,7 +197,7 @@ func TestRateLimitHarnessAllows(t *testing.T) {
 
 // rateLimitWant is the current limit levy reports for each descriptor of
 // the benchmark, by its first key. The consumer's is acme's plan route rate,
-// not the rule's own.
+// not the rule's own. The peer's rules (see the package doc) give the same.
 var rateLimitWant = map[string]struct {
 	rpu  uint32
 	unit rlsv3.RateLimitResponse_RateLimit_Unit
@@ -181,6 +214,21 @@ type target struct {
 	conns  []*grpc.ClientConn
 	method string
 	check  func(*wireResponse) error
+	// register serves the target in this process; when nil, the target is
+	// another process's server at addr.
+	register func(grpc.ServiceRegistrar)
+	addr     string
+	// serverCPU, for a server in another process, is that process's CPU
+	// time; nil when it is not known, and cpu-us is then not reported.
+	serverCPU func() (time.Duration, error)
+	// redis, when set, is the Redis the server decides on: measure reports
+	// the commands it ran and the CPU it used per call.
+	redis redis.UniversalClient
+	// scripts says the server decides with Lua scripts (levy): measure
+	// also reports its EVALSHA and EVAL calls per call.
+	scripts bool
+	// skip, when set, is why the target is not measured.
+	skip string
 }
 
 // request is one request the callers send, named for sub-benchmarks.
@@ -190,10 +238,27 @@ type request struct {
 }
 
 // env is both servers of one API, their connections and the requests they
-// are sent.
+// are sent, and servers of the same API in other processes to compare with.
 type env struct {
 	targets []*target // noop, then levy
+	peers   []*target
 	reqs    []request
+}
+
+// all is the targets, then the peers.
+func (e *env) all() []*target {
+	return append(e.targets[:len(e.targets):len(e.targets)], e.peers...)
+}
+
+// measured is the targets and peers that are not skipped.
+func (e *env) measured() []*target {
+	var out []*target
+	for _, t := range e.all() {
+		if t.skip == "" {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // benchConfig is levy's config for the ext_authz benchmark: one consumer
@@ -252,32 +317,33 @@ ratelimit:
               rate_limit: {unit: second, requests_per_unit: 4000000000, from_plan: true}
 `
 
-// newCheckEnv is the no-op and levy ext_authz servers and a CheckRequest
-// with the key of levy's one consumer.
-func newCheckEnv(tb testing.TB) *env {
+// newCheckEnv is the no-op and levy ext_authz servers, levy deciding on
+// st, and a CheckRequest with the key of levy's one consumer.
+func newCheckEnv(tb testing.TB, st *store) *env {
 	tb.Helper()
 	key, err := apikey.Generate("levy")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cfg, lim := levyConfig(tb, benchConfig, key)
+	cfg, lim := levyConfig(tb, st, benchConfig, key)
 	snap, err := snapshot(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	levy := authz.New(authz.Config{Snapshot: snap, Limiter: lim, Log: infoLogger()})
-	return newEnv(tb, checkMethod, (*wireResponse).allowed,
-		func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, NewNoop()) },
-		func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, levy) },
-		request{msg: checkRequest(tb, key)})
+	return newEnv(tb, checkMethod, (*wireResponse).allowed, []request{{msg: checkRequest(tb, key)}},
+		&target{name: "noop", register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, NewNoop()) }},
+		&target{name: "levy", register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, levy) },
+			redis: st.admin, scripts: true})
 }
 
-// newRateLimitEnv is the no-op and levy RLS servers and the requests Envoy
-// sends for one descriptor (the client address) and for three (the address,
-// a generic key and the consumer's route).
-func newRateLimitEnv(tb testing.TB) *env {
+// newRateLimitEnv is the no-op and levy RLS servers, levy deciding on st,
+// and the requests Envoy sends for one descriptor (the client address) and
+// for three (the address, a generic key and the consumer's route). On
+// Redis, the peer RLS (see peerTarget) is measured too.
+func newRateLimitEnv(tb testing.TB, st *store) *env {
 	tb.Helper()
-	cfg, lim := levyConfig(tb, rateLimitConfig)
+	cfg, lim := levyConfig(tb, st, rateLimitConfig)
 	rules, err := cfg.RateLimitRules()
 	if err != nil {
 		tb.Fatal(err)
@@ -299,16 +365,20 @@ func newRateLimitEnv(tb testing.TB) *env {
 		{name: "1desc", msg: envoy.BuildRateLimitRequest("bench", []envoy.Descriptor{addr}, 0)},
 		{name: "3desc", msg: envoy.BuildRateLimitRequest("bench", []envoy.Descriptor{addr, items, route}, 0)},
 	}
-	return newEnv(tb, rateLimitMethod, (*wireResponse).rateLimitOK,
-		func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, NewNoopRateLimit()) },
-		func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, levy) },
-		reqs...)
+	targets := []*target{
+		{name: "noop", register: func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, NewNoopRateLimit()) }},
+		{name: "levy", register: func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, levy) },
+			redis: st.admin, scripts: true},
+	}
+	if st.redis != nil {
+		targets = append(targets, peerTarget(tb, st))
+	}
+	return newEnv(tb, rateLimitMethod, (*wireResponse).rateLimitOK, reqs, targets...)
 }
 
 // levyConfig parses and validates a config whose first argument is its data
-// directory (a temporary one) and opens the local limiter over a localstore
-// there, as levy serve does.
-func levyConfig(tb testing.TB, text string, args ...any) (*config.Config, limiter.Limiter) {
+// directory (a temporary one) and opens levy's limiter on st.
+func levyConfig(tb testing.TB, st *store, text string, args ...any) (*config.Config, limiter.Limiter) {
 	tb.Helper()
 	cfg, err := config.Parse(fmt.Appendf(nil, text, append([]any{tb.TempDir()}, args...)...), "bench.yaml")
 	if err != nil {
@@ -316,6 +386,29 @@ func levyConfig(tb testing.TB, text string, args ...any) (*config.Config, limite
 	}
 	if err := cfg.Validate(); err != nil {
 		tb.Fatal(err)
+	}
+	return cfg, st.limiter(tb, cfg)
+}
+
+// store is where levy keeps its counters: the local store, as levy serve
+// --store local, or Redis, as --store redis.
+type store struct {
+	// redis is levy's Redis client, nil for the local store.
+	redis redis.UniversalClient
+	// admin reads the Redis server's statistics.
+	admin redis.UniversalClient
+}
+
+// localStore is levy's local store, in a temporary directory per config.
+func localStore() *store { return &store{} }
+
+// limiter opens levy's limiter for cfg on s as levy serve does: the local
+// limiter over a localstore in cfg's data directory, or the Redis limiter
+// with a store timeout of redisTimeout.
+func (s *store) limiter(tb testing.TB, cfg *config.Config) limiter.Limiter {
+	tb.Helper()
+	if s.redis != nil {
+		return limiter.NewRedis(limiter.RedisConfig{Client: s.redis, Timeout: redisTimeout})
 	}
 	db, err := localstore.Open(cfg.Store.DataDir)
 	if err != nil {
@@ -331,20 +424,28 @@ func levyConfig(tb testing.TB, text string, args ...any) (*config.Config, limite
 			tb.Error(err)
 		}
 	})
-	return cfg, lim
+	return lim
 }
 
-// newEnv serves the no-op and the levy implementation of one API, dials
-// each, and warms every connection up with every request.
-func newEnv(tb testing.TB, method string, check func(*wireResponse) error, noop, levy func(grpc.ServiceRegistrar), reqs ...request) *env {
+// newEnv serves the targets of one API that run in this process, dials
+// every target not skipped, and warms every connection up with every
+// request. The targets served here are the env's targets, the others its
+// peers.
+func newEnv(tb testing.TB, method string, check func(*wireResponse) error, reqs []request, targets ...*target) *env {
 	tb.Helper()
 	e := &env{reqs: reqs}
-	for _, s := range []struct {
-		name     string
-		register func(grpc.ServiceRegistrar)
-	}{{"noop", noop}, {"levy", levy}} {
-		t := &target{name: s.name, method: method, check: check}
-		addr := serve(tb, s.register)
+	for _, t := range targets {
+		t.method, t.check = method, check
+		addr := t.addr
+		if t.register != nil {
+			addr = serve(tb, t.register)
+			e.targets = append(e.targets, t)
+		} else {
+			e.peers = append(e.peers, t)
+		}
+		if t.skip != "" {
+			continue
+		}
 		for range conns {
 			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
@@ -363,7 +464,6 @@ func newEnv(tb testing.TB, method string, check func(*wireResponse) error, noop,
 				}
 			}
 		}
-		e.targets = append(e.targets, t)
 	}
 	return e
 }
@@ -476,7 +576,8 @@ func isAllow(resp *authv3.CheckResponse) error {
 type result struct {
 	calls   int64
 	elapsed time.Duration
-	// cpu is the CPU time the whole process (clients and server) used.
+	// cpu is the CPU time the callers and the server used: the whole
+	// process, plus the server's when it runs in another (-1 if unknown).
 	cpu  time.Duration
 	hist *histogram
 }
@@ -503,7 +604,10 @@ func run(t *target, req proto.Message, workers, n int) (result, error) {
 		errOnce.Do(func() { firstErr = err })
 		failed.Store(true)
 	}
-	cpu0 := processCPU()
+	cpu0, err := t.cpuTime()
+	if err != nil {
+		return result{}, err
+	}
 	start := time.Now()
 	for w := range workers {
 		wg.Add(1)
@@ -532,15 +636,39 @@ func run(t *target, req proto.Message, workers, n int) (result, error) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	cpu := processCPU() - cpu0
+	cpu1, err := t.cpuTime()
 	if firstErr != nil {
 		return result{}, firstErr
+	}
+	if err != nil {
+		return result{}, err
+	}
+	cpu := cpu1 - cpu0
+	if cpu0 < 0 {
+		cpu = -1
 	}
 	total := &histogram{}
 	for i := range hists {
 		total.merge(&hists[i])
 	}
 	return result{calls: int64(n), elapsed: elapsed, cpu: cpu, hist: total}, nil
+}
+
+// cpuTime is the CPU time the callers and t's server have used so far:
+// this process's, plus the server's process's when the server runs
+// elsewhere; -1 when that is not known.
+func (t *target) cpuTime() (time.Duration, error) {
+	if t.register != nil {
+		return processCPU(), nil
+	}
+	if t.serverCPU == nil {
+		return -1, nil
+	}
+	s, err := t.serverCPU()
+	if err != nil {
+		return 0, fmt.Errorf("%s: CPU time: %w", t.name, err)
+	}
+	return processCPU() + s, nil
 }
 
 // processCPU is the user and system CPU time this process has used. Unlike

@@ -8,7 +8,9 @@
 //	make bench
 //
 // which is go test -run '^$' -bench . -benchtime 3s -count 3 ./test/bench/.
-// Each count prints six lines:
+// Each count prints these six lines for levy on its local store, and the
+// same six again for levy on Redis (BenchmarkCheckRedis,
+// BenchmarkShouldRateLimitRedis; see On Redis below):
 //
 //	BenchmarkCheck/noop  ...  <checks/s>  <cpu-us/check>  <p50-us>  <p99-us>  ...
 //	BenchmarkCheck/levy  ...  <checks/s>  <cpu-us/check>  <p50-us>  <p99-us>  ...
@@ -57,4 +59,63 @@
 // decodes in C++, so levy's larger responses cost the harness little. Use
 // -count 5 to see the spread, and -cpuprofile with -bench Check/levy or
 // -bench ShouldRateLimit/levy-3desc to see where the time goes.
+//
+// # On Redis
+//
+// BenchmarkCheckRedis and BenchmarkShouldRateLimitRedis run the same
+// sub-benchmarks with levy deciding on Redis, as levy serve --store redis
+// does: limiter.NewRedis over a redisstore.NewClient client, one Lua script
+// call per decision. The Redis is a redis-server the benchmark starts on a
+// free loopback port, or the one at LEVY_BENCH_REDIS_ADDR (host:port),
+// which LEVY_BENCH_REDIS_FLUSH=1 empties (FLUSHALL) once first. levy's
+// store timeout there is 1s, not its 50ms default: on a few shared cores a
+// scheduling stall now and then outlasts 50ms, and a run would fail on a
+// 503. Redis's own work is read from INFO before and after each run and
+// reported per call:
+//
+//	redis-cmds/op      levy's EVALSHA and EVAL calls (1 per decision)
+//	redis-all-cmds/op  every command in INFO commandstats, which counts
+//	                   the commands a script runs too (TIME, GET, SET ...)
+//	redis-cpu-us/op    Redis's CPU time (used_cpu_sys + used_cpu_user)
+//
+// Redis runs in another process, so cpu-us/call does not include its CPU;
+// redis-cpu-us/op is that part.
+//
+// # Against envoyproxy/ratelimit
+//
+// With LEVY_BENCH_PEER_RLS set to the gRPC host:port of an
+// envoyproxy/ratelimit server deciding on the Redis at
+// LEVY_BENCH_REDIS_ADDR, BenchmarkShouldRateLimitRedis also measures it as
+// peer-1desc and peer-3desc, right after levy on the same request, with the
+// same callers and checks, and reports redis-all-cmds/op and
+// redis-cpu-us/op from the same Redis (a peer sub-benchmark is skipped when
+// the variable is not set). Its cpu-us/call adds the server's CPU time,
+// read from /proc, when LEVY_BENCH_PEER_PID is its process id, and is not
+// reported otherwise; its B/op and allocs/op are the callers' alone. The
+// peer's rules must match every descriptor with the limits levy reports
+// (TestRateLimitHarnessAllows checks that); these are levy's, for its
+// runtime config directory:
+//
+//	domain: bench
+//	descriptors:
+//	  - key: remote_address
+//	    rate_limit: {unit: second, requests_per_unit: 4000000000}
+//	  - key: generic_key
+//	    value: items
+//	    rate_limit: {unit: minute, requests_per_unit: 4000000000}
+//	  - key: consumer
+//	    descriptors:
+//	      - key: route
+//	        rate_limit: {unit: second, requests_per_unit: 1000000000}
+//
+// Run it with REDIS_SOCKET_TYPE=tcp, REDIS_URL at that Redis,
+// USE_STATSD=false and its listeners on 127.0.0.1, then
+//
+//	LEVY_BENCH_REDIS_ADDR=127.0.0.1:<redis> LEVY_BENCH_PEER_RLS=127.0.0.1:<grpc> \
+//	LEVY_BENCH_PEER_PID=<pid> go test -run '^$' -bench Redis -benchtime 3s -count 3 ./test/bench/
+//
+// The two do not decide alike, which the per-call Redis figures show:
+// levy takes all of a request's limits in one atomic script (a GCRA bucket
+// per second, minute or hour rule, read and written), the peer pipelines an
+// INCRBY and an EXPIRE per descriptor on a fixed window.
 package bench

@@ -1,0 +1,284 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/levyhq/levy/pkg/redisstore"
+	"github.com/levyhq/levy/pkg/redistest"
+)
+
+// The environment the Redis benchmarks read; see the package doc.
+const (
+	// envRedisAddr is an external Redis (host:port) to decide on instead
+	// of a redis-server started for the run.
+	envRedisAddr = "LEVY_BENCH_REDIS_ADDR"
+	// envRedisFlush=1 empties that external Redis (FLUSHALL) once, first.
+	envRedisFlush = "LEVY_BENCH_REDIS_FLUSH"
+	// envPeerRLS is the gRPC host:port of an envoyproxy/ratelimit server
+	// deciding on the same Redis, measured as the peer-* sub-benchmarks.
+	envPeerRLS = "LEVY_BENCH_PEER_RLS"
+	// envPeerPID is that server's process id, to add its CPU time to
+	// cpu-us/call; without it the peer's cpu-us/call is not reported.
+	envPeerPID = "LEVY_BENCH_PEER_PID"
+)
+
+// BenchmarkCheckRedis is BenchmarkCheck with levy deciding on Redis, as
+// levy serve --store redis does.
+func BenchmarkCheckRedis(b *testing.B) { benchCheck(b, redisStore(b)) }
+
+// BenchmarkShouldRateLimitRedis is BenchmarkShouldRateLimit with levy
+// deciding on Redis, and with the peer RLS on the same Redis when
+// LEVY_BENCH_PEER_RLS names one.
+func BenchmarkShouldRateLimitRedis(b *testing.B) { benchRateLimit(b, redisStore(b)) }
+
+// redisTimeout is levy's store.timeout on Redis in the benchmarks, for
+// its client as for its decisions. levy's default, 50ms, is a production
+// deadline; with 32 callers, levy and Redis sharing a few busy cores, a
+// scheduling stall now and then outlasts it and the run fails on a 503
+// (envoyproxy/ratelimit's REDIS_TIMEOUT is 10s). The benchmarks measure
+// throughput and latency, so they give levy a deadline no run reaches.
+const redisTimeout = time.Second
+
+// flushOnce makes LEVY_BENCH_REDIS_FLUSH empty the external Redis once per
+// run, not once per benchmark.
+var (
+	flushOnce sync.Once
+	flushErr  error
+)
+
+// redisStore is Redis for levy to decide on: a redis-server started for tb
+// on a free port, or the one at LEVY_BENCH_REDIS_ADDR. levy's client is
+// built by redisstore.NewClient as levy serve builds it; a second client,
+// with a longer timeout, reads the server's statistics.
+func redisStore(tb testing.TB) *store {
+	tb.Helper()
+	addr := os.Getenv(envRedisAddr)
+	external := addr != ""
+	if !external {
+		addr = redistest.Start(tb).Addr
+	}
+	client, _ := redisstore.NewClient(redisstore.Options{Addr: addr, Timeout: redisTimeout})
+	admin, _ := redisstore.NewClient(redisstore.Options{Addr: addr, Timeout: 10 * time.Second})
+	tb.Cleanup(func() {
+		client.Close()
+		admin.Close()
+	})
+	ctx := context.Background()
+	if err := admin.Ping(ctx).Err(); err != nil {
+		tb.Fatalf("redis at %s: %v", addr, err)
+	}
+	if external && os.Getenv(envRedisFlush) == "1" {
+		flushOnce.Do(func() { flushErr = admin.FlushAll(ctx).Err() })
+		if flushErr != nil {
+			tb.Fatalf("FLUSHALL %s: %v", addr, flushErr)
+		}
+	}
+	return &store{redis: client, admin: admin}
+}
+
+// peerTarget is the envoyproxy/ratelimit server at LEVY_BENCH_PEER_RLS,
+// whose Redis commands are counted on st; a skipped target when the
+// variable is not set.
+func peerTarget(tb testing.TB, st *store) *target {
+	tb.Helper()
+	addr := os.Getenv(envPeerRLS)
+	if addr == "" {
+		return &target{name: "peer", skip: envPeerRLS + " is not set: set it to the gRPC host:port of an envoyproxy/ratelimit server " +
+			"deciding on the Redis at " + envRedisAddr + ", with the rules in the package doc, to compare levy with it"}
+	}
+	if os.Getenv(envRedisAddr) == "" {
+		tb.Fatalf("%s is set but %s is not: the peer's Redis commands are counted on the Redis the benchmark decides on", envPeerRLS, envRedisAddr)
+	}
+	t := &target{name: "peer", addr: addr, redis: st.admin}
+	if v := os.Getenv(envPeerPID); v != "" {
+		pid, err := strconv.Atoi(v)
+		if err != nil {
+			tb.Fatalf("%s: %v", envPeerPID, err)
+		}
+		if _, err := processCPUOf(pid); err != nil {
+			tb.Fatalf("%s: %v", envPeerPID, err)
+		}
+		t.serverCPU = func() (time.Duration, error) { return processCPUOf(pid) }
+	}
+	return t
+}
+
+// processCPUOf is the user and system CPU time process pid has used, from
+// /proc/<pid>/stat (Linux), to within a clock tick (10ms).
+func processCPUOf(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which is in parentheses and may hold
+	// spaces: state (3), ... utime (14), stime (15), in clock ticks.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	const userHZ = 100 // USER_HZ: the unit of /proc times on Linux
+	return time.Duration(ticks) * (time.Second / userHZ), nil
+}
+
+// redisStats is what a Redis server has done so far, from INFO: the calls
+// of each command (commandstats, which counts the commands a script runs
+// too) and the CPU time it has used.
+type redisStats struct {
+	calls map[string]int64
+	cpu   time.Duration
+}
+
+// readRedisStats reads c's statistics with one INFO.
+func readRedisStats(tb testing.TB, c redis.UniversalClient) redisStats {
+	tb.Helper()
+	info, err := c.Info(context.Background(), "all").Result()
+	if err != nil {
+		tb.Fatalf("INFO: %v", err)
+	}
+	s, err := parseRedisStats(info)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+func parseRedisStats(info string) (redisStats, error) {
+	s := redisStats{calls: map[string]int64{}}
+	for line := range strings.Lines(info) {
+		line = strings.TrimSpace(line)
+		if stat, ok := strings.CutPrefix(line, "cmdstat_"); ok {
+			cmd, fields, _ := strings.Cut(stat, ":")
+			for f := range strings.SplitSeq(fields, ",") {
+				if v, ok := strings.CutPrefix(f, "calls="); ok {
+					n, err := strconv.ParseInt(v, 10, 64)
+					if err != nil {
+						return s, fmt.Errorf("INFO: %q: %w", line, err)
+					}
+					s.calls[cmd] = n
+				}
+			}
+			continue
+		}
+		for _, k := range []string{"used_cpu_sys:", "used_cpu_user:"} {
+			if v, ok := strings.CutPrefix(line, k); ok {
+				sec, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					return s, fmt.Errorf("INFO: %q: %w", line, err)
+				}
+				s.cpu += time.Duration(sec * float64(time.Second))
+			}
+		}
+	}
+	if len(s.calls) == 0 {
+		return s, fmt.Errorf("INFO: no commandstats")
+	}
+	return s, nil
+}
+
+// since is what the server did between before and s, less the INFO that
+// read before (one INFO falls between two reads, whether or not a read
+// counts itself).
+func (s redisStats) since(before redisStats) redisStats {
+	d := redisStats{calls: map[string]int64{}, cpu: s.cpu - before.cpu}
+	for cmd, n := range s.calls {
+		if n -= before.calls[cmd]; n != 0 {
+			d.calls[cmd] = n
+		}
+	}
+	if d.calls["info"]--; d.calls["info"] == 0 {
+		delete(d.calls, "info")
+	}
+	return d
+}
+
+// scripts is the EVALSHA and EVAL calls.
+func (s redisStats) scripts() int64 { return s.calls["evalsha"] + s.calls["eval"] }
+
+// all is every command's calls, those that scripts ran included.
+func (s redisStats) all() int64 {
+	var n int64
+	for _, c := range s.calls {
+		n += c
+	}
+	return n
+}
+
+// forStores runs test with levy on the local store and on Redis.
+func forStores(t *testing.T, test func(*testing.T, *store)) {
+	t.Run("local", func(t *testing.T) { test(t, localStore()) })
+	t.Run("redis", func(t *testing.T) { test(t, redisStore(t)) })
+}
+
+// TestRedisCommandsCounted checks the Redis figures measure reports: levy
+// decides a call with one script call, Redis counts the commands the
+// script runs besides, and the harness's own INFO is not counted.
+func TestRedisCommandsCounted(t *testing.T) {
+	st := redisStore(t)
+	if os.Getenv(envRedisAddr) == "" { // nothing else talks to this one
+		before := readRedisStats(t, st.admin)
+		if d := readRedisStats(t, st.admin).since(before); d.all() != 0 {
+			t.Fatalf("an idle Redis ran %v", d.calls)
+		}
+	}
+	const n = 300
+	for _, env := range []*env{newCheckEnv(t, st), newRateLimitEnv(t, st)} {
+		levy := env.targets[1]
+		for _, r := range env.reqs {
+			before := readRedisStats(t, levy.redis)
+			if _, err := run(levy, r.msg, callers, n); err != nil {
+				t.Fatal(err)
+			}
+			d := readRedisStats(t, levy.redis).since(before)
+			if d.scripts() != n {
+				t.Fatalf("%s %s: %d calls ran %d scripts: %v", levy.method, r.name, n, d.scripts(), d.calls)
+			}
+			if d.all() <= n {
+				t.Fatalf("%s %s: %d commands in all, with the scripts' own: %v", levy.method, r.name, d.all(), d.calls)
+			}
+			t.Logf("%s %s: per call: %v", levy.method, r.name, perCall(d.calls, n))
+		}
+	}
+}
+
+func perCall(calls map[string]int64, n int) map[string]float64 {
+	out := map[string]float64{}
+	for c, k := range calls {
+		out[c] = float64(k) / float64(n)
+	}
+	return out
+}
+
+func TestParseRedisStats(t *testing.T) {
+	s, err := parseRedisStats("# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:0.250000\r\n# Commandstats\r\n" +
+		"cmdstat_evalsha:calls=10,usec=100,usec_per_call=10.00,rejected_calls=0,failed_calls=1\r\n" +
+		"cmdstat_client|setinfo:calls=2,usec=1,usec_per_call=0.50,rejected_calls=0,failed_calls=0\r\n" +
+		"cmdstat_info:calls=3,usec=30,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.cpu != 1750*time.Millisecond || s.calls["evalsha"] != 10 || s.calls["client|setinfo"] != 2 || s.calls["info"] != 3 {
+		t.Fatalf("%+v", s)
+	}
+	d := s.since(redisStats{calls: map[string]int64{"evalsha": 4, "info": 2}, cpu: time.Second})
+	if d.scripts() != 6 || d.all() != 8 || d.cpu != 750*time.Millisecond {
+		t.Fatalf("since: %+v", d)
+	}
+}
