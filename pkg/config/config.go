@@ -49,8 +49,20 @@ type RateLimit struct {
 type Listen struct {
 	// GRPC serves ext_authz, RateLimitService, access logs and gRPC health.
 	GRPC string `yaml:"grpc"`
-	// HTTP serves /healthz, /readyz and /metrics.
+	// HTTP serves /healthz, /readyz, /metrics, the admin API and Stripe
+	// webhooks.
 	HTTP string `yaml:"http"`
+	// TLS, when cert_file is set, serves both listeners over TLS; with
+	// client_ca_file, clients must present a certificate it signed (mTLS,
+	// e.g. Envoy's or the mesh's).
+	TLS TLS `yaml:"tls"`
+}
+
+// TLS configures the listeners' TLS.
+type TLS struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
 }
 
 // Store selects where shared state lives.

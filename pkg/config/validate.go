@@ -19,6 +19,11 @@ func (c *Config) Validate() error {
 			c.problem(&errs, path, "%q is not host:port", addr)
 		}
 	}
+	if t := c.Listen.TLS; t.CertFile != "" || t.KeyFile != "" || t.ClientCAFile != "" {
+		if _, err := c.ServerTLS(); err != nil {
+			c.problem(&errs, "listen.tls", "%v", err)
+		}
+	}
 	oneOf(c, &errs, "store.type", c.Store.Type, "local", "redis")
 	oneOf(c, &errs, "store.on_store_error", c.Store.OnStoreError, "allow", "deny")
 	if c.Store.Type == "local" && c.Store.DataDir == "" {

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -136,10 +138,21 @@ func (s *Server) listen() error {
 		s.grpcLis.Close()
 		return fmt.Errorf("listen http: %w", err)
 	}
-	s.grpc = grpc.NewServer(
+	tlsCfg, err := s.cfg.ServerTLS()
+	if err != nil {
+		s.grpcLis.Close()
+		s.httpLis.Close()
+		return fmt.Errorf("listen tls: %w", err)
+	}
+	opts := []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(10000),
-	)
+	}
+	if tlsCfg != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
+		s.httpLis = tls.NewListener(s.httpLis, tlsCfg)
+	}
+	s.grpc = grpc.NewServer(opts...)
 	authv3.RegisterAuthorizationServer(s.grpc, s.authz)
 	rlsv3.RegisterRateLimitServiceServer(s.grpc, s.rls)
 	accesslogv3.RegisterAccessLogServiceServer(s.grpc, s.als)
