@@ -5,9 +5,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/levyhq/levy/test/compat"
 )
 
-const compat = "../../../shared/compat/envoyproxy-ratelimit"
 
 func loadFiles(t *testing.T, merge bool, files ...string) (*Rules, error) {
 	t.Helper()
@@ -25,7 +26,7 @@ func loadFiles(t *testing.T, merge bool, files ...string) (*Rules, error) {
 // Every upstream fixture loads, or fails as upstream's table says, naming
 // the file (and the offending key or line).
 func TestEnvoyproxyRatelimitFixtures(t *testing.T) {
-	dir := filepath.Join(compat, "test-config")
+	dir := filepath.Join(compat.Dir(t), "test-config")
 	tests := []struct {
 		files []string
 		merge bool
@@ -86,7 +87,7 @@ func TestEnvoyproxyRatelimitFixtures(t *testing.T) {
 }
 
 func TestUpstreamRuntimeAndExampleConfigsLoad(t *testing.T) {
-	files, _ := filepath.Glob(filepath.Join(compat, "integration-runtime", "*.yaml"))
+	files, _ := filepath.Glob(filepath.Join(compat.Dir(t), "integration-runtime", "*.yaml"))
 	if len(files) == 0 {
 		t.Fatal("no integration-runtime fixtures")
 	}
@@ -99,7 +100,7 @@ func TestUpstreamRuntimeAndExampleConfigsLoad(t *testing.T) {
 	}
 	// example.yaml is a multi-document stream in upstream's docs; config.yaml
 	// is one file per domain.
-	if _, err := loadFiles(t, false, filepath.Join(compat, "examples", "config.yaml")); err != nil {
+	if _, err := loadFiles(t, false, filepath.Join(compat.Dir(t), "examples", "config.yaml")); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -113,11 +114,11 @@ func TestShareThresholdNeedsAWildcard(t *testing.T) {
 }
 
 func TestLookupMatchesAsEnvoyproxyRatelimit(t *testing.T) {
-	r, err := loadFiles(t, false, filepath.Join(compat, "test-config", "basic_config.yaml"), filepath.Join(compat, "test-config", "wildcard.yaml"))
+	r, err := loadFiles(t, false, filepath.Join(compat.Dir(t), "test-config", "basic_config.yaml"), filepath.Join(compat.Dir(t), "test-config", "wildcard.yaml"))
 	if err == nil {
 		t.Fatal("both use test-domain: want a duplicate-domain error")
 	}
-	r, err = loadFiles(t, true, filepath.Join(compat, "test-config", "basic_config.yaml"), filepath.Join(compat, "test-config", "share_threshold.yaml"), filepath.Join(compat, "test-config", "wildcard.yaml"))
+	r, err = loadFiles(t, true, filepath.Join(compat.Dir(t), "test-config", "basic_config.yaml"), filepath.Join(compat.Dir(t), "test-config", "share_threshold.yaml"), filepath.Join(compat.Dir(t), "test-config", "wildcard.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

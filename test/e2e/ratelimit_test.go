@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/levyhq/levy/test/compat"
 	"github.com/levyhq/levy/test/envoy"
 )
 
@@ -64,7 +65,7 @@ func TestRatelimitDirServesUpstreamRulesAndReloads(t *testing.T) {
 	if err := os.Mkdir(rules, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	upstream := "../../../shared/compat/envoyproxy-ratelimit/integration-runtime"
+	upstream := filepath.Join(compat.Dir(t), "integration-runtime")
 	for _, f := range []string{"basic.yaml", "another.yaml"} {
 		copyFile(t, filepath.Join(upstream, f), filepath.Join(rules, f))
 	}
@@ -103,7 +104,7 @@ func TestRatelimitDirServesUpstreamRulesAndReloads(t *testing.T) {
 
 func TestBadRuleFileRefusesToStart(t *testing.T) {
 	dir := t.TempDir()
-	copyFile(t, "../../../shared/compat/envoyproxy-ratelimit/test-config/duplicate_key.yaml", filepath.Join(dir, "dup.yaml"))
+	copyFile(t, filepath.Join(compat.Dir(t), "test-config", "duplicate_key.yaml"), filepath.Join(dir, "dup.yaml"))
 	out, err := runLevy("serve", "--data-dir", filepath.Join(dir, "data"), "--ratelimit-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
 	if err == nil || !strings.Contains(out, "dup.yaml:6: duplicate descriptor composite key 'test-domain.key1_value1'") {
 		t.Fatalf("err %v, output:\n%s", err, out)
