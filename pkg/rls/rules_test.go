@@ -9,7 +9,6 @@ import (
 	"github.com/levyhq/levy/test/compat"
 )
 
-
 func loadFiles(t *testing.T, merge bool, files ...string) (*Rules, error) {
 	t.Helper()
 	var sources []Source
