@@ -223,7 +223,7 @@ func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
 	r := newRig(t)
 	rdb := redistest.Start(t)
 	client := rdb.Client()
-	lim := limiter.NewRedis(limiter.RedisConfig{Client: client, Clock: r.clock.Now, Timeout: 5 * time.Second})
+	lim := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Clock: r.clock.Now, Timeout: 5 * time.Second})
 	ledger := limiter.NewRedisLedger(client, time.Minute)
 	for i := 0; i < 4; i++ {
 		admit(t, lim, "beta", 2)

@@ -1,18 +1,23 @@
--- levy's atomic decision: every limit of a request, evaluated against the
--- store's clock, then all taken or (when any denies) none.
+-- levy's atomic decisions: every limit of a request, evaluated against the
+-- store's clock, then all taken or (when any denies) none. One call
+-- decides a batch of requests, one after the other, as if each were its
+-- own call.
 --
--- KEYS[i]: the state of limit i (a bucket's theoretical arrival time, or a
--- quota hash {s = period start, v = count}); all in one hash slot.
+-- KEYS: the state of each limit of each request, in order (a bucket's
+-- theoretical arrival time, or a quota hash {s = period start, v = count});
+-- all in one hash slot.
 -- ARGV[1]: "" to use TIME, or a test clock in microseconds.
--- ARGV[2..]: 10 values per limit:
+-- ARGV[2]: D, the number of requests; ARGV[3..2+D]: each request's number
+-- of limits. Then, from ARGV[3+D], 10 values per limit:
 --   kind (0 bucket, 1 quota), cost, shadow (0/1),
 --   bucket: interval_us, tolerance_us, -, -, -, -, -
 --   quota:  unit (1 hour, 2 day, 3 week, 4 month, 5 year), max, soft (0/1), cap,
 --           anchor_day (0 = calendar), anchor_month*100000+anchor_second_of_day
 --   ledger (kind 2): window_s, -, -, -, -, -; KEYS[i] is the ledger's index
 --           of unexported windows, the window itself is KEYS[i]..":"..start
--- Returns {now_s, now_us, denied_index (0 = none), then per limit:
---   ok (0/1), remaining, reset_us, retry_us, used, overage, period_start_s, period_end_s}
+-- Returns {now_s, now_us, then per request: denied_index (0 = none), then
+-- per limit: ok (0/1), remaining, reset_us, retry_us, used, overage,
+-- period_start_s, period_end_s}
 
 local now
 -- Redis expires keys on its own clock; under a test clock a bucket key
@@ -97,16 +102,10 @@ local function period(t, unit, aday, amonth_sec)
   return s, boundary(ny, nm, aday, asec)
 end
 
-local n = #KEYS
-local out = {now_s, now % 1000000, 0}
-local pending = {} -- key -> value this request would leave
-local plan = {}    -- per limit: {key, value, kind, expire, start, skip}
-local denied = 0
 
-local statuses = {}
-
-local function eval(i, cost, stored)
-  local base = 2 + (i - 1) * 10
+-- eval decides one limit (its values start at ARGV[base]) from its stored
+-- state; it returns the status and the state it would leave.
+local function eval(base, cost, stored)
   local kind = tonumber(ARGV[base])
   if kind == 2 then
     local size = tonumber(ARGV[base + 3])
@@ -126,11 +125,10 @@ local function eval(i, cost, stored)
     end
     return {1, math.floor((tolerance - (nxt - now)) / interval), nxt - now, 0, 0, 0, 0, 0}, nxt
   end
-  local unit = tonumber(ARGV[base + 3])
   local max = tonumber(ARGV[base + 4])
   local soft = tonumber(ARGV[base + 5]) == 1
   local cap = tonumber(ARGV[base + 6])
-  local ps, pe = period(now_s, unit, tonumber(ARGV[base + 7]), tonumber(ARGV[base + 8]))
+  local ps, pe = period(now_s, tonumber(ARGV[base + 3]), tonumber(ARGV[base + 7]), tonumber(ARGV[base + 8]))
   local used = stored or 0
   local after = used + cost
   local reset = pe * 1000000 - now
@@ -157,10 +155,9 @@ local function eval(i, cost, stored)
   return {1, -1, reset, 0, after, over, ps, pe}, after
 end
 
--- read returns limit i's stored state for the current period.
-local function read(i)
-  local base = 2 + (i - 1) * 10
-  local key = KEYS[i]
+-- read returns a limit's stored state for the current period, and the
+-- period (or window) start that names it.
+local function read(key, base)
   local kind = tonumber(ARGV[base])
   if kind == 0 then
     local v = redis.call("GET", key)
@@ -180,63 +177,74 @@ local function read(i)
   return nil, ps
 end
 
-local stored = {}
-for i = 1, n do
-  local base = 2 + (i - 1) * 10
+-- write stores what an allowed limit took.
+local function write(key, base, value, st)
+  local kind = tonumber(ARGV[base])
   local cost = tonumber(ARGV[base + 1])
-  local shadow = tonumber(ARGV[base + 2]) == 1
-  local v, ps = read(i)
-  stored[i] = v
-  local cur = v
-  local pk = KEYS[i] .. "|" .. ps
-  if pending[pk] ~= nil then cur = pending[pk] end
-  local st, nv = eval(i, cost, cur)
-  statuses[i] = st
-  local skip = false
-  if st[1] == 0 then
-    if shadow then skip = true elseif denied == 0 then denied = i end
+  if cost <= 0 then return end
+  if kind == 0 then
+    local ttl = math.floor((value - now) / 1000) + 1 + ttl_extra
+    redis.call("SET", key, string.format("%d", value), "PX", ttl)
+  elseif kind == 2 then
+    local w = key .. ":" .. st[7]
+    redis.call("HINCRBY", w, "u", cost)
+    redis.call("HSETNX", w, "z", tonumber(ARGV[base + 3]))
+    redis.call("ZADD", key, st[7], st[7])
+  else
+    redis.call("HSET", key, "s", st[7], "v", value)
+    -- kept a day past the period's end, relative to the decision's clock
+    redis.call("PEXPIRE", key, math.floor((st[8] * 1000000 - now) / 1000) + 86400000)
   end
-  if not skip then pending[pk] = nv end
-  plan[i] = {nv, skip, st}
 end
 
-if denied > 0 then
+-- decide decides one request: n limits, keys from KEYS[k0], values from
+-- ARGV[a0]; it appends its answer to out.
+local function decide(k0, a0, n, out)
+  local pending = {} -- key|period -> the state earlier limits of this request leave
+  local stored, statuses, values, skips = {}, {}, {}, {}
+  local denied = 0
   for i = 1, n do
-    if i ~= denied and statuses[i][1] == 1 then
-      statuses[i] = eval(i, 0, stored[i])
+    local key, base = KEYS[k0 + i - 1], a0 + (i - 1) * 10
+    local v, ps = read(key, base)
+    stored[i] = v
+    local pk = key .. "|" .. ps
+    local cur = v
+    if pending[pk] ~= nil then cur = pending[pk] end
+    local st, nv = eval(base, tonumber(ARGV[base + 1]), cur)
+    statuses[i], values[i] = st, nv
+    if st[1] == 0 then
+      if tonumber(ARGV[base + 2]) == 1 then skips[i] = true elseif denied == 0 then denied = i end
     end
+    if not skips[i] then pending[pk] = nv end
   end
-else
-  for i = 1, n do
-    local base = 2 + (i - 1) * 10
-    local p = plan[i]
-    local cost = tonumber(ARGV[base + 1])
-    if not p[2] then
-      if tonumber(ARGV[base]) == 0 and cost > 0 then
-        local ttl = math.floor((p[1] - now) / 1000) + 1 + ttl_extra
-        redis.call("SET", KEYS[i], string.format("%d", p[1]), "PX", ttl)
-      elseif tonumber(ARGV[base]) == 2 then
-        if cost > 0 then
-          local st = p[3]
-          local w = KEYS[i] .. ":" .. st[7]
-          redis.call("HINCRBY", w, "u", cost)
-          redis.call("HSETNX", w, "z", tonumber(ARGV[base + 3]))
-          redis.call("ZADD", KEYS[i], st[7], st[7])
-        end
-      elseif cost > 0 then
-        local st = p[3]
-        redis.call("HSET", KEYS[i], "s", st[7], "v", p[1])
-        -- kept a day past the period's end, relative to the decision's clock
-        redis.call("PEXPIRE", KEYS[i], math.floor((st[8] * 1000000 - now) / 1000) + 86400000)
+  if denied > 0 then
+    -- Nothing is taken: report what the other limits have left.
+    for i = 1, n do
+      if i ~= denied and statuses[i][1] == 1 then
+        statuses[i] = eval(a0 + (i - 1) * 10, 0, stored[i])
+      end
+    end
+  else
+    for i = 1, n do
+      if not skips[i] then
+        write(KEYS[k0 + i - 1], a0 + (i - 1) * 10, values[i], statuses[i])
       end
     end
   end
+  table.insert(out, denied)
+  for i = 1, n do
+    for _, v in ipairs(statuses[i]) do
+      table.insert(out, v)
+    end
+  end
 end
 
-out[3] = denied
-for i = 1, n do
-  for _, v in ipairs(statuses[i]) do
-    table.insert(out, v)
-  end
+local out = {now_s, now % 1000000}
+local count = tonumber(ARGV[2])
+local k0, a0 = 1, 3 + count
+for d = 1, count do
+  local n = tonumber(ARGV[2 + d])
+  decide(k0, a0, n, out)
+  k0, a0 = k0 + n, a0 + n * 10
 end
 return out

@@ -61,6 +61,7 @@ type Redis struct {
 	failed  func(error)
 	decide  *redis.Script
 	refund  *redis.Script
+	batch   *batcher // standalone Redis only
 }
 
 var _ Limiter = (*Redis)(nil)
@@ -72,7 +73,18 @@ func NewRedis(cfg RedisConfig) *Redis {
 	if r.timeout <= 0 {
 		r.timeout = 50 * time.Millisecond
 	}
+	if !r.cluster {
+		r.batch = newBatcher(r)
+	}
 	return r
+}
+
+// Close stops the batching workers.
+func (r *Redis) Close() error {
+	if r.batch != nil {
+		r.batch.close()
+	}
+	return nil
 }
 
 const argsPerLimit = 10
@@ -88,6 +100,9 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	}
 	if r.avail != nil && !r.avail() {
 		return Decision{}, ErrStoreDown
+	}
+	if r.batch != nil {
+		return r.batch.decide(ctx, limits)
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
@@ -175,43 +190,82 @@ func (r *Redis) groups(limits []Limit) [][]int {
 }
 
 func (r *Redis) run(ctx context.Context, script *redis.Script, limits []Limit, idx []int) ([]Status, time.Time, int, error) {
-	keys := make([]string, len(idx))
-	args := make([]any, 1, 1+argsPerLimit*len(idx))
-	args[0] = ""
+	res, now, err := r.runBatch(ctx, script, [][]Limit{pick(limits, idx)})
+	if err != nil {
+		return nil, time.Time{}, 0, err
+	}
+	return res[0].statuses, now, res[0].denied, nil
+}
+
+func pick(limits []Limit, idx []int) []Limit {
+	out := make([]Limit, len(idx))
+	for j, i := range idx {
+		out[j] = limits[i]
+	}
+	return out
+}
+
+// decided is one request's answer within a batch.
+type decided struct {
+	statuses []Status
+	denied   int // -1: none
+}
+
+// runBatch decides several requests in one script call, one after the
+// other, each as if alone.
+func (r *Redis) runBatch(ctx context.Context, script *redis.Script, batch [][]Limit) ([]decided, time.Time, error) {
+	total := 0
+	for _, limits := range batch {
+		total += len(limits)
+	}
+	keys := make([]string, 0, total)
+	args := make([]any, 2, 2+len(batch)+argsPerLimit*total)
+	args[0], args[1] = "", len(batch)
 	if r.clock != nil {
 		args[0] = strconv.FormatInt(r.clock().UnixMicro(), 10)
 	}
-	for j, i := range idx {
-		l := &limits[i]
-		keys[j] = l.Key
-		args = append(args, limitArgs(l)...)
+	for _, limits := range batch {
+		args = append(args, len(limits))
+	}
+	for _, limits := range batch {
+		for i := range limits {
+			keys = append(keys, limits[i].Key)
+			args = append(args, limitArgs(&limits[i])...)
+		}
 	}
 	v, err := script.Run(ctx, r.client, keys, args...).Int64Slice()
 	if err != nil {
 		if r.failed != nil {
 			r.failed(err)
 		}
-		return nil, time.Time{}, 0, fmt.Errorf("redis decide: %w", err)
+		return nil, time.Time{}, fmt.Errorf("redis decide: %w", err)
 	}
-	if len(v) != 3+8*len(idx) {
-		return nil, time.Time{}, 0, errors.New("redis decide: malformed reply")
+	if len(v) != 2+len(batch)+8*total {
+		return nil, time.Time{}, errors.New("redis decide: malformed reply")
 	}
 	now := time.Unix(v[0], v[1]*1000).UTC()
-	out := make([]Status, len(idx))
-	for j := range idx {
-		f := v[3+8*j:]
-		out[j] = Status{
-			OK:          f[0] == 1,
-			Limit:       displayLimit(&limits[idx[j]]),
-			Remaining:   f[1],
-			Reset:       time.Duration(f[2]) * time.Microsecond,
-			RetryAfter:  time.Duration(f[3]) * time.Microsecond,
-			Used:        f[4],
-			Overage:     f[5],
-			PeriodStart: time.Unix(f[6], 0).UTC(),
+	out := make([]decided, len(batch))
+	p := 2
+	for b, limits := range batch {
+		d := decided{denied: int(v[p]) - 1, statuses: make([]Status, len(limits))}
+		p++
+		for j := range limits {
+			f := v[p : p+8]
+			p += 8
+			d.statuses[j] = Status{
+				OK:          f[0] == 1,
+				Limit:       displayLimit(&limits[j]),
+				Remaining:   f[1],
+				Reset:       time.Duration(f[2]) * time.Microsecond,
+				RetryAfter:  time.Duration(f[3]) * time.Microsecond,
+				Used:        f[4],
+				Overage:     f[5],
+				PeriodStart: time.Unix(f[6], 0).UTC(),
+			}
 		}
+		out[b] = d
 	}
-	return out, now, int(v[2]) - 1, nil
+	return out, now, nil
 }
 
 // displayLimit is the number clients are shown for a limit.

@@ -22,7 +22,7 @@ func TestRedis(t *testing.T) {
 		if err := client.FlushAll(context.Background()).Err(); err != nil {
 			t.Fatal(err)
 		}
-		return limiter.NewRedis(limiter.RedisConfig{Client: client, Clock: clock.Now, Timeout: 5 * time.Second})
+		return limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Clock: clock.Now, Timeout: 5 * time.Second})
 	})
 }
 
@@ -36,7 +36,7 @@ func TestRedisCluster(t *testing.T) {
 		client := cluster.Client(t)
 		limitertest.RunLedger(t, func(t *testing.T, clock *limitertest.Clock) (limiter.Limiter, usage.Ledger) {
 			client.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error { return m.FlushAll(ctx).Err() })
-			return limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: true, Clock: clock.Now, Timeout: 5 * time.Second}),
+			return limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Cluster: true, Clock: clock.Now, Timeout: 5 * time.Second}),
 				limiter.NewRedisLedger(client, time.Minute)
 		})
 	})
@@ -51,7 +51,7 @@ func testClusterSuite(t *testing.T, cluster *redistest.Cluster) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: true, Clock: clock.Now, Timeout: 5 * time.Second})
+		return limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Cluster: true, Clock: clock.Now, Timeout: 5 * time.Second})
 	})
 }
 
@@ -60,7 +60,7 @@ func testClusterSuite(t *testing.T, cluster *redistest.Cluster) {
 func TestRedisUsesStoreClockAndOneCallPerDecision(t *testing.T) {
 	srv := redistest.Start(t)
 	client := srv.Client()
-	l := limiter.NewRedis(limiter.RedisConfig{Client: client})
+	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client})
 	limits := []limiter.Limit{
 		{Kind: limiter.Bucket, Name: "rate", Key: "{c:x}:rate", Cost: 1, Requests: 10, Per: time.Second},
 		{Kind: limiter.Quota, Name: "quota", Key: "{c:x}:quota", Cost: 1, Max: 100, Unit: plan.Month},
@@ -92,7 +92,7 @@ func TestRedisUsesStoreClockAndOneCallPerDecision(t *testing.T) {
 // back what the first slot took.
 func testClusterGivesBack(t *testing.T, cluster *redistest.Cluster) {
 	client := cluster.Client(t)
-	l := limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: true, Timeout: 5 * time.Second})
+	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Cluster: true, Timeout: 5 * time.Second})
 	a := limiter.Limit{Kind: limiter.Quota, Name: "a", Key: "{a}:q", Cost: 1, Max: 100, Unit: plan.Month}
 	b := limiter.Limit{Kind: limiter.Quota, Name: "b", Key: "{b}:q", Cost: 1, Max: 1, Unit: plan.Month}
 	if limiter.Slot(a.Key) == limiter.Slot(b.Key) {
@@ -140,7 +140,7 @@ func TestFallbackEnforcesShareAndReconcilesUsage(t *testing.T) {
 	defer local.Close()
 	var failures int
 	f := limiter.NewFallback(limiter.FallbackConfig{
-		Primary:        limiter.NewRedis(limiter.RedisConfig{Client: client, Timeout: time.Second}),
+		Primary:        limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Timeout: time.Second}),
 		Local:          local,
 		Share:          func() int { return 4 },
 		ReconcileEvery: time.Hour, // driven by hand below
@@ -197,7 +197,7 @@ func TestLedgerOnRedis(t *testing.T) {
 	client := srv.Client()
 	limitertest.RunLedger(t, func(t *testing.T, clock *limitertest.Clock) (limiter.Limiter, usage.Ledger) {
 		client.FlushAll(context.Background())
-		return limiter.NewRedis(limiter.RedisConfig{Client: client, Clock: clock.Now, Timeout: 5 * time.Second}),
+		return limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Clock: clock.Now, Timeout: 5 * time.Second}),
 			limiter.NewRedisLedger(client, time.Minute)
 	})
 }

@@ -1,5 +1,6 @@
--- Give back what decide.lua took for these limits (used when a later hash
--- slot of the same request denied). Same KEYS and ARGV layout.
+-- Give back what decide.lua took for one request's limits (used when a
+-- later hash slot of the same request denied). The KEYS and ARGV of a
+-- decide.lua call for that one request (ARGV[2] = 1, ARGV[3] = n).
 -- Returns decide.lua's shape with every limit marked ok and zeros.
 local now
 if ARGV[1] ~= "" then
@@ -10,7 +11,7 @@ else
 end
 local out = {math.floor(now / 1000000), now % 1000000, 0}
 for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 10
+  local base = 4 + (i - 1) * 10
   local kind = tonumber(ARGV[base])
   local cost = tonumber(ARGV[base + 1])
   if cost > 0 then
@@ -24,7 +25,7 @@ for i = 1, #KEYS do
           redis.call("DEL", KEYS[i])
         end
       end
-    else
+    elseif kind == 1 then
       local v = redis.call("HGET", KEYS[i], "v")
       if v and tonumber(v) >= cost then
         redis.call("HINCRBY", KEYS[i], "v", -cost)

@@ -80,8 +80,10 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	health := redisstore.StartHealth(client, uuid.NewString(), 500*time.Millisecond, s.log)
 	b.closers = append(b.closers, func() error { health.Stop(); return nil })
 	b.ready = health.Ready
-	var lim limiter.Limiter = limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: cluster,
+	rl := limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: cluster,
 		Timeout: time.Duration(cfg.Store.Timeout), Available: health.Ready, Failed: health.Failed})
+	b.closers = append(b.closers, rl.Close)
+	var lim limiter.Limiter = rl
 	if cfg.Store.OnStoreError == "allow" {
 		local, err := limiter.NewLocal(limiter.LocalConfig{Log: s.log})
 		if err != nil {

@@ -28,6 +28,7 @@ import (
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter"
+	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/localstore"
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/test/envoy"
@@ -408,7 +409,7 @@ func localStore() *store { return &store{} }
 func (s *store) limiter(tb testing.TB, cfg *config.Config) limiter.Limiter {
 	tb.Helper()
 	if s.redis != nil {
-		return limiter.NewRedis(limiter.RedisConfig{Client: s.redis, Timeout: redisTimeout})
+		return limitertest.NewRedis(tb, limiter.RedisConfig{Client: s.redis, Timeout: redisTimeout})
 	}
 	db, err := localstore.Open(cfg.Store.DataDir)
 	if err != nil {

@@ -247,7 +247,8 @@ func TestRedisCommandsCounted(t *testing.T) {
 				t.Fatal(err)
 			}
 			d := readRedisStats(t, levy.redis).since(before)
-			if d.scripts() != n {
+			// At most one script a decision; concurrent decisions share one.
+			if d.scripts() < 1 || d.scripts() > n {
 				t.Fatalf("%s %s: %d calls ran %d scripts: %v", levy.method, r.name, n, d.scripts(), d.calls)
 			}
 			if d.all() <= n {

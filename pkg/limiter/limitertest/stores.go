@@ -40,14 +40,14 @@ func Stores(t *testing.T) []Store {
 			if err := client.FlushAll(context.Background()).Err(); err != nil {
 				t.Fatal(err)
 			}
-			return limiter.NewRedis(limiter.RedisConfig{Client: client, Clock: clock.Now, Timeout: 5 * time.Second})
+			return NewRedis(t, limiter.RedisConfig{Client: client, Clock: clock.Now, Timeout: 5 * time.Second})
 		}},
 		{"cluster", func(t *testing.T, clock *Clock) limiter.Limiter {
 			err := cc.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error { return m.FlushAll(ctx).Err() })
 			if err != nil {
 				t.Fatal(err)
 			}
-			return limiter.NewRedis(limiter.RedisConfig{Client: cc, Cluster: true, Clock: clock.Now, Timeout: 5 * time.Second})
+			return NewRedis(t, limiter.RedisConfig{Client: cc, Cluster: true, Clock: clock.Now, Timeout: 5 * time.Second})
 		}},
 	}
 }
@@ -61,4 +61,12 @@ func Usage(t *testing.T, l limiter.Limiter, l0 limiter.Limit) int64 {
 		t.Fatal(err)
 	}
 	return d.Statuses[0].Used
+}
+
+// NewRedis returns a Redis limiter closed with the test.
+func NewRedis(t testing.TB, cfg limiter.RedisConfig) *limiter.Redis {
+	t.Helper()
+	r := limiter.NewRedis(cfg)
+	t.Cleanup(func() { r.Close() })
+	return r
 }

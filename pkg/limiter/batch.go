@@ -1,0 +1,113 @@
+package limiter
+
+import (
+	"context"
+	"sync"
+)
+
+// batcher combines concurrent decisions into one script call. Its workers
+// take whatever requests are waiting (up to maxBatch) and decide them in
+// one EVALSHA, one after the other as if each were alone: under load the
+// script's fixed cost and the round trip are paid once per batch, and with
+// one request waiting nothing waits for company.
+type batcher struct {
+	r    *Redis
+	in   chan *call
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+type call struct {
+	limits []Limit
+	done   chan struct{}
+	d      Decision
+	err    error
+}
+
+const (
+	maxBatch       = 64
+	batchWorkers   = 4 // script calls in flight at once
+	batchQueueSize = 1024
+)
+
+func newBatcher(r *Redis) *batcher {
+	b := &batcher{r: r, in: make(chan *call, batchQueueSize), stop: make(chan struct{})}
+	b.wg.Add(batchWorkers)
+	for range batchWorkers {
+		go b.work()
+	}
+	return b
+}
+
+// decide queues a request and waits for its answer or ctx.
+func (b *batcher) decide(ctx context.Context, limits []Limit) (Decision, error) {
+	c := &call{limits: limits, done: make(chan struct{})}
+	select {
+	case b.in <- c:
+	case <-ctx.Done():
+		return Decision{}, ctx.Err()
+	case <-b.stop:
+		return Decision{}, ErrStoreDown
+	}
+	select {
+	case <-c.done:
+		return c.d, c.err
+	case <-ctx.Done():
+		// The decision may still be taken; so might a call that timed out
+		// on the wire.
+		return Decision{}, ctx.Err()
+	}
+}
+
+func (b *batcher) work() {
+	defer b.wg.Done()
+	batch := make([]*call, 0, maxBatch)
+	limits := make([][]Limit, 0, maxBatch)
+	for {
+		select {
+		case <-b.stop:
+			return
+		case c := <-b.in:
+			batch = append(batch[:0], c)
+		}
+	more:
+		for len(batch) < maxBatch {
+			select {
+			case c := <-b.in:
+				batch = append(batch, c)
+			default:
+				break more
+			}
+		}
+		limits = limits[:0]
+		for _, c := range batch {
+			limits = append(limits, c.limits)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), b.r.timeout)
+		res, now, err := b.r.runBatch(ctx, b.r.decide, limits)
+		cancel()
+		for i, c := range batch {
+			if err != nil {
+				c.err = err
+			} else {
+				c.d = Decision{OK: res[i].denied < 0, Denied: res[i].denied, Statuses: res[i].statuses, Now: now}
+			}
+			close(c.done)
+		}
+	}
+}
+
+// close stops the workers; queued requests that were not taken fail.
+func (b *batcher) close() {
+	close(b.stop)
+	b.wg.Wait()
+	for {
+		select {
+		case c := <-b.in:
+			c.err = ErrStoreDown
+			close(c.done)
+		default:
+			return
+		}
+	}
+}
