@@ -253,14 +253,17 @@ type identity struct {
 	limits   []limiter.Limit // with cost 1
 }
 
+// identityKey is what an identity is built from, by value: the Redis
+// directory hands out new records on every cache refresh, and keying by
+// pointer would grow the cache with each.
 type identityKey struct {
-	key      *apikey.Key
-	consumer *apikey.Consumer
-	plan     *plan.Plan
+	key, consumer string
+	plan          *plan.Plan // from this snapshot's catalog
+	anchor        int64      // the consumer's period anchor
 }
 
 func (snap *Snapshot) identity(k *apikey.Key, c *apikey.Consumer, p *plan.Plan) *identity {
-	ik := identityKey{k, c, p}
+	ik := identityKey{k.ID, c.ID, p, c.PeriodAnchor.UnixNano()}
 	if v, ok := snap.identities.Load(ik); ok {
 		return v.(*identity)
 	}
