@@ -22,7 +22,6 @@ import (
 	"go.uber.org/zap"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/levyhq/levy/pkg/apikey"
@@ -48,8 +47,9 @@ type Snapshot struct {
 	// LedgerWindow is the usage ledger's window; zero counts no ledger.
 	LedgerWindow time.Duration
 
-	identities sync.Map            // identityKey -> *identity
-	removals   map[string][]string // key header -> headers_to_remove
+	identities    sync.Map     // identityKey -> *identity
+	identityCount atomic.Int64 // bounds identities
+	keyHeadersOut []string     // headers_to_remove
 }
 
 // NewSnapshot builds a snapshot from a validated config, adding consumers
@@ -83,10 +83,7 @@ func NewSnapshot(cfg *config.Config, consumers []*apikey.Consumer, keys []*apike
 // Prepare fills derived fields; NewSnapshot calls it, and so must code that
 // builds a Snapshot by hand.
 func (snap *Snapshot) Prepare() {
-	snap.removals = map[string][]string{"authorization": {"authorization"}}
-	for _, h := range snap.KeyHeaders {
-		snap.removals[h] = []string{h}
-	}
+	snap.keyHeadersOut = append([]string(nil), snap.KeyHeaders...)
 }
 
 // Config configures a Server.
@@ -152,6 +149,8 @@ const (
 	// ReasonStoreUnavailable: the store cannot be reached and
 	// on_store_error is deny (or the key is not cached).
 	ReasonStoreUnavailable = "store_unavailable"
+	// ReasonPlanUnavailable: the consumer's plan is not in the config.
+	ReasonPlanUnavailable = "plan_unavailable"
 )
 
 // Check implements authv3.AuthorizationServer.
@@ -206,8 +205,11 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	}
 	p, ok := snap.Catalog.Get(c.Plan)
 	if !ok {
+		// A plan removed by a reload while stored consumers are still on it:
+		// deny (an RPC error would be an allow under failure_mode_allow).
 		s.log.Error("consumer has an unknown plan", zap.String("consumer", c.ID), zap.String("plan", c.Plan))
-		return nil, "", status.Errorf(codes.Internal, "consumer %s has unknown plan %s", c.ID, c.Plan)
+		return denied(codes.Unavailable, typev3.StatusCode_ServiceUnavailable, ReasonPlanUnavailable,
+			"this consumer's plan is not available right now", nil, nil), ReasonPlanUnavailable, nil
 	}
 
 	cost := p.CostFor(httpReq.GetPath())
@@ -237,7 +239,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		Status: &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
 			Headers:              id.headers,
-			HeadersToRemove:      snap.removeHeader(keyHeader),
+			HeadersToRemove:      snap.removeHeaders(headers),
 			ResponseHeadersToAdd: responseHeaders(rl),
 		}},
 		DynamicMetadata: id.metadata,
@@ -252,6 +254,9 @@ type identity struct {
 	metadata *structpb.Struct
 	limits   []limiter.Limit // with cost 1
 }
+
+// maxIdentities bounds the identity cache.
+const maxIdentities = 200_000
 
 // identityKey is what an identity is built from, by value: the Redis
 // directory hands out new records on every cache refresh, and keying by
@@ -286,6 +291,11 @@ func (snap *Snapshot) identity(k *apikey.Key, c *apikey.Consumer, p *plan.Plan) 
 		}},
 	}
 	id.limits = Limits(c, p, 1, snap.LedgerWindow)
+	if snap.identityCount.Add(1) > maxIdentities {
+		// Keys come and go (revoked, rotated): start over rather than grow.
+		snap.identities.Clear()
+		snap.identityCount.Store(1)
+	}
 	v, _ := snap.identities.LoadOrStore(ik, id)
 	return v.(*identity)
 }
@@ -303,11 +313,18 @@ func (id *identity) withCost(cost int64) []limiter.Limit {
 	return ls
 }
 
-func (snap *Snapshot) removeHeader(h string) []string {
-	if r, ok := snap.removals[h]; ok {
-		return r
+// removeHeaders lists what to strip before the upstream: every configured
+// key header (a client may send a key in more than one), and the bearer
+// token when it holds a key, whichever header this request's key came from.
+func (snap *Snapshot) removeHeaders(headers map[string]string) []string {
+	if !snap.Bearer {
+		return snap.keyHeadersOut
 	}
-	return []string{h}
+	v := headers["authorization"]
+	if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") && apikey.Check(strings.TrimSpace(v[7:])) == nil {
+		return append(snap.keyHeadersOut[:len(snap.keyHeadersOut):len(snap.keyHeadersOut)], "authorization")
+	}
+	return snap.keyHeadersOut
 }
 
 // extractKey finds the key: the key headers in order, then a bearer token.

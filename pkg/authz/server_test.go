@@ -145,6 +145,8 @@ func TestBehaviour(t *testing.T) {
 	}{
 		{"AllowTellsUpstreamWhoIsCallingAndHidesTheKey", testAllowTellsUpstreamWhoIsCallingAndHidesTheKey},
 		{"BearerKeyIsAcceptedAndRemoved", testBearerKeyIsAcceptedAndRemoved},
+		{"EveryKeyHeaderIsRemovedNotOnlyTheOneUsed", testEveryKeyHeaderIsRemovedNotOnlyTheOneUsed},
+		{"ConsumerOnARemovedPlanIsDeniedNotAnRPCError", testConsumerOnARemovedPlanIsDeniedNotAnRPCError},
 		{"DenialsCarryStatusReasonAndProblemBody", testDenialsCarryStatusReasonAndProblemBody},
 		{"RateLimitDeniesWithRetryAfterThenRefills", testRateLimitDeniesWithRetryAfterThenRefills},
 		{"HardQuotaDeniesUntilNextMonthAndDeniedRequestsCostNothing", testHardQuotaDeniesUntilNextMonthAndDeniedRequestsCostNothing},
@@ -220,6 +222,43 @@ func testAllowTellsUpstreamWhoIsCallingAndHidesTheKey(t *testing.T, newLimiter l
 		if got := md[k].GetStringValue(); got != want {
 			t.Errorf("dynamic metadata %s = %q, want %q", k, got, want)
 		}
+	}
+}
+
+func testEveryKeyHeaderIsRemovedNotOnlyTheOneUsed(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
+	o := f.check(t, "/", envoy.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]},
+		envoy.Header{Name: "Authorization", Value: "Bearer " + f.keys["KEY_FREE"]})
+	if !o.Allowed || o.UpstreamHeaders.Get("x-consumer-id") != "pro-co" {
+		t.Fatalf("status %d consumer %q", o.Status, o.UpstreamHeaders.Get("x-consumer-id"))
+	}
+	if o.UpstreamHeaders.Has("x-api-key") || o.UpstreamHeaders.Has("authorization") {
+		t.Fatalf("a key reached the upstream: %v", o.UpstreamHeaders)
+	}
+	// An Authorization header that is not a levy key is the upstream's.
+	o = f.check(t, "/", envoy.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]}, envoy.Header{Name: "Authorization", Value: "Basic dXNlcjpwYXNz"})
+	if o.UpstreamHeaders.Get("authorization") != "Basic dXNlcjpwYXNz" {
+		t.Fatalf("the upstream's own credentials were removed: %v", o.UpstreamHeaders)
+	}
+}
+
+func testConsumerOnARemovedPlanIsDeniedNotAnRPCError(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
+	snap := snapshot(t, f.cfgText)
+	var kept []*plan.Plan
+	for _, name := range []string{"free", "pro", "open"} { // payg is gone
+		p, _ := snap.Catalog.Get(name)
+		kept = append(kept, p)
+	}
+	cat, err := plan.NewCatalog(kept...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap.Catalog = cat
+	f.srv.Swap(snap)
+	o := f.withKey(t, "KEY_PAYG", "/")
+	if o.Allowed || o.Status != 503 || problemOf(t, o).Reason != authz.ReasonPlanUnavailable {
+		t.Fatalf("status %d allowed %v %s", o.Status, o.Allowed, o.Body)
 	}
 }
 

@@ -18,6 +18,7 @@ type batcher struct {
 }
 
 type call struct {
+	ctx    context.Context
 	limits []Limit
 	done   chan struct{}
 	d      Decision
@@ -41,7 +42,7 @@ func newBatcher(r *Redis) *batcher {
 
 // decide queues a request and waits for its answer or ctx.
 func (b *batcher) decide(ctx context.Context, limits []Limit) (Decision, error) {
-	c := &call{limits: limits, done: make(chan struct{})}
+	c := &call{ctx: ctx, limits: limits, done: make(chan struct{})}
 	select {
 	case b.in <- c:
 	case <-ctx.Done():
@@ -78,6 +79,21 @@ func (b *batcher) work() {
 			default:
 				break more
 			}
+		}
+		// A caller that gave up while queued is not decided: its request
+		// was answered with an error and must not be counted.
+		live := batch[:0]
+		for _, c := range batch {
+			if err := c.ctx.Err(); err != nil {
+				c.err = err
+				close(c.done)
+				continue
+			}
+			live = append(live, c)
+		}
+		batch = live
+		if len(batch) == 0 {
+			continue
 		}
 		limits = limits[:0]
 		for _, c := range batch {

@@ -119,6 +119,10 @@ local function eval(base, cost, stored)
     local tat = stored or now
     if tat < now then tat = now end
     if tat > now + tolerance then tat = now + tolerance end
+    if cost * interval > tolerance then
+      -- more than the bucket ever holds: never passes
+      return {0, math.floor((tolerance - (tat - now)) / interval), tat - now, tolerance, 0, 0, 0, 0}, tat
+    end
     local nxt = tat + cost * interval
     if nxt - now > tolerance then
       return {0, math.floor((tolerance - (tat - now)) / interval), tat - now, nxt - now - tolerance, 0, 0, 0, 0}, tat

@@ -278,6 +278,10 @@ func hashTag(key string) string {
 	return key
 }
 
+// MaxCost bounds a request's cost and a limit's size (2^40), so that
+// token arithmetic in nanoseconds cannot overflow and both stores agree.
+const MaxCost = 1 << 40
+
 // ErrBadLimit is returned for a limit that cannot be evaluated.
 var ErrBadLimit = errors.New("bad limit")
 
@@ -448,6 +452,10 @@ func validLimit(l *Limit) error {
 	switch {
 	case l.Cost < 0:
 		return fmt.Errorf("%w %q: negative cost", ErrBadLimit, l.Name)
+	case l.Cost > MaxCost:
+		return fmt.Errorf("%w %q: cost %d is over %d", ErrBadLimit, l.Name, l.Cost, int64(MaxCost))
+	case l.Requests > MaxCost || l.Burst > MaxCost || l.Max > MaxCost || l.Cap > MaxCost:
+		return fmt.Errorf("%w %q: a limit over %d", ErrBadLimit, l.Name, int64(MaxCost))
 	case l.Kind == Bucket && (l.Requests <= 0 || l.Per <= 0):
 		return fmt.Errorf("%w %q: a bucket needs requests > 0 and per > 0", ErrBadLimit, l.Name)
 	case l.Kind == Quota && l.Unit == "":
@@ -469,6 +477,12 @@ func evalBucket(l *Limit, now, tat int64) (Status, int64) {
 	tolerance := interval * l.Capacity()
 	if tat < now {
 		tat = now
+	}
+	if l.Cost > l.Capacity() {
+		// More than the bucket ever holds: never passes (and cost*interval
+		// could overflow).
+		return Status{OK: false, Limit: l.Requests, Remaining: max((tolerance-(tat-now))/interval, 0),
+			Reset: time.Duration(max(tat-now, 0)), RetryAfter: l.Per}, tat
 	}
 	// State left by a larger bucket (the limit was lowered): treat it as
 	// this bucket, empty, rather than denying for the old bucket's depth.

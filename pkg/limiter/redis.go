@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -62,6 +63,7 @@ type Redis struct {
 	decide  *redis.Script
 	refund  *redis.Script
 	batch   *batcher // standalone Redis only
+	closed  sync.Once
 }
 
 var _ Limiter = (*Redis)(nil)
@@ -81,9 +83,11 @@ func NewRedis(cfg RedisConfig) *Redis {
 
 // Close stops the batching workers.
 func (r *Redis) Close() error {
-	if r.batch != nil {
-		r.batch.close()
-	}
+	r.closed.Do(func() {
+		if r.batch != nil {
+			r.batch.close()
+		}
+	})
 	return nil
 }
 
@@ -111,29 +115,51 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	for g, idx := range groups {
 		res, now, denied, err := r.run(ctx, r.decide, limits, idx)
 		if err != nil {
-			r.giveBack(ctx, limits, groups[:g])
+			r.giveBack(ctx, limits, d.Statuses, groups[:g])
 			return Decision{}, err
 		}
 		d.Now = now
 		for j, i := range idx {
 			d.Statuses[i] = res[j]
 		}
-		if denied >= 0 {
-			d.OK, d.Denied = false, idx[denied]
-			if g > 0 {
-				if err := r.giveBack(ctx, limits, groups[:g]); err != nil {
-					return Decision{}, fmt.Errorf("give back earlier slots: %w", err)
-				}
-				for _, earlier := range groups[:g] {
-					for _, i := range earlier {
-						d.Statuses[i] = givenBack(&limits[i], d.Statuses[i])
-					}
+		if denied < 0 {
+			continue
+		}
+		d.OK, d.Denied = false, idx[denied]
+		if g > 0 {
+			// A give-back that fails leaves earlier slots short for a
+			// while (towards strictness); the denial stands either way.
+			r.giveBack(ctx, limits, d.Statuses, groups[:g])
+			for _, earlier := range groups[:g] {
+				for _, i := range earlier {
+					d.Statuses[i] = givenBack(&limits[i], d.Statuses[i])
 				}
 			}
-			return d, nil
 		}
+		// The later slots were not asked: report what they have, taking
+		// nothing.
+		for _, later := range groups[g+1:] {
+			peek := pick(limits, later)
+			for i := range peek {
+				peek[i].Cost = 0
+			}
+			if res, _, _, err := r.run(ctx, r.decide, peek, allOf(len(peek))); err == nil {
+				for j, i := range later {
+					d.Statuses[i] = res[j]
+				}
+			}
+		}
+		return d, nil
 	}
 	return d, nil
+}
+
+func allOf(n int) []int {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	return idx
 }
 
 // givenBack is a status as it stands once the limit's cost is returned.
@@ -155,15 +181,23 @@ func givenBack(l *Limit, st Status) Status {
 	return st
 }
 
-// giveBack refunds what the groups took.
-func (r *Redis) giveBack(ctx context.Context, limits []Limit, groups [][]int) error {
-	var first error
+// giveBack refunds what the groups took: the limits that allowed (a
+// shadow limit that was over took nothing).
+func (r *Redis) giveBack(ctx context.Context, limits []Limit, statuses []Status, groups [][]int) {
 	for _, idx := range groups {
-		if _, _, _, err := r.run(context.WithoutCancel(ctx), r.refund, limits, idx); err != nil && first == nil {
-			first = err
+		var took []int
+		for _, i := range idx {
+			if statuses[i].OK {
+				took = append(took, i)
+			}
+		}
+		if len(took) == 0 {
+			continue
+		}
+		if _, _, _, err := r.run(context.WithoutCancel(ctx), r.refund, limits, took); err != nil && r.failed != nil {
+			r.failed(err)
 		}
 	}
-	return first
 }
 
 func (r *Redis) groups(limits []Limit) [][]int {

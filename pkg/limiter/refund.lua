@@ -30,6 +30,13 @@ for i = 1, #KEYS do
       if v and tonumber(v) >= cost then
         redis.call("HINCRBY", KEYS[i], "v", -cost)
       end
+    elseif kind == 2 then
+      local size = tonumber(ARGV[base + 3])
+      local w = KEYS[i] .. ":" .. (math.floor(now / 1000000 / size) * size)
+      local v = redis.call("HGET", w, "u")
+      if v and tonumber(v) >= cost then
+        redis.call("HINCRBY", w, "u", -cost)
+      end
     end
   end
   for _ = 1, 8 do table.insert(out, 0) end

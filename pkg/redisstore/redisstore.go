@@ -280,7 +280,10 @@ func (d *Directory) ConsumerByStripeCustomer(ctx context.Context, customerID str
 		return nil, fmt.Errorf("redis stripe customer: %w", err)
 	}
 	c, err := d.GetConsumer(ctx, id)
-	if err != nil || c.StripeCustomerID != customerID {
+	if err != nil {
+		return nil, err // a store error is not "no such consumer": the webhook must retry
+	}
+	if c.StripeCustomerID != customerID {
 		return nil, apikey.ErrNotFound // moved to another customer since
 	}
 	return c, nil
@@ -379,6 +382,7 @@ type Health struct {
 	replicas atomic.Int64
 	stop     chan struct{}
 	done     chan struct{}
+	stopOnce sync.Once
 }
 
 const replicasKey = "{levy}:replicas"
@@ -453,7 +457,7 @@ func (h *Health) Replicas() int { return int(max(h.replicas.Load(), 1)) }
 
 // Stop ends pinging and leaves the registry.
 func (h *Health) Stop() {
-	close(h.stop)
+	h.stopOnce.Do(func() { close(h.stop) })
 	<-h.done
 }
 

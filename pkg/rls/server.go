@@ -2,6 +2,7 @@ package rls
 
 import (
 	"context"
+	"errors"
 	"math"
 	"net/http"
 	"strconv"
@@ -133,6 +134,9 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		if desc.GetIsNegativeHits() {
 			cost = 0 // refunds are not applied: check only
 		}
+		if cost > limiter.MaxCost {
+			return nil, status.Errorf(codes.InvalidArgument, "descriptor %d: hits_addend %d is over %d", i, cost, limiter.MaxCost)
+		}
 		l, ok, err := s.limitFor(snap, req.Domain, desc, cost)
 		if err != nil {
 			return nil, err
@@ -174,6 +178,9 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		}
 	}
 	d, err := s.limiter.Decide(ctx, limits)
+	if errors.Is(err, limiter.ErrBadLimit) {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	if err != nil {
 		s.log.Error("decide", zap.Error(err), zap.String("domain", req.Domain))
 		return nil, status.Error(codes.Unavailable, "limiter unavailable")
@@ -258,7 +265,7 @@ func (s *Server) limitFor(snap *Snapshot, domain string, desc *rlv3.RateLimitDes
 						name = p.Name + "/" + route
 					}
 					if r.Cost > 0 {
-						cost *= uint64(r.Cost)
+						cost = min(cost*uint64(r.Cost), limiter.MaxCost+1) // over MaxCost: a bad limit, not a wrap
 					}
 				}
 			}

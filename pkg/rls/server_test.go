@@ -442,3 +442,21 @@ func testPlanAwareRouteLimitsAndCosts(t *testing.T, newLimiter limitertest.Facto
 		t.Errorf("current_limit %+v, want the plan's 5", o.Response.Statuses[0].CurrentLimit)
 	}
 }
+
+// A hits_addend large enough to overflow the bucket arithmetic is refused,
+// on every store alike.
+func TestHugeHitsAddendIsInvalidArgument(t *testing.T) {
+	for _, store := range limitertest.Stores(t) {
+		t.Run(store.Name, func(t *testing.T) {
+			f := start(t, store.New, levyYAML)
+			huge := uint64(1) << 50
+			_, err := f.raw.ShouldRateLimit(context.Background(), envoy.BuildRateLimitRequest("api", []envoy.Descriptor{hits(huge, d("remote_address", "1.2.3.4"))}, 0))
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("hits_addend 2^50: %v", err)
+			}
+			if o := f.call(t, 0, d("remote_address", "1.2.3.4")); o.Limited {
+				t.Fatal("the refused request consumed")
+			}
+		})
+	}
+}

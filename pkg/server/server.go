@@ -150,7 +150,14 @@ func (s *Server) listen() error {
 	}
 	if tlsCfg != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
-		s.httpLis = tls.NewListener(s.httpLis, tlsCfg)
+		// The HTTP port serves kubelet probes and Stripe's webhooks, which
+		// present no client certificate: TLS there, client certificates
+		// optional (the admin API has its token).
+		httpTLS := tlsCfg.Clone()
+		if httpTLS.ClientAuth == tls.RequireAndVerifyClientCert {
+			httpTLS.ClientAuth = tls.VerifyClientCertIfGiven
+		}
+		s.httpLis = tls.NewListener(s.httpLis, httpTLS)
 	}
 	s.grpc = grpc.NewServer(opts...)
 	authv3.RegisterAuthorizationServer(s.grpc, s.authz)

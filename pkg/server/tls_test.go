@@ -80,8 +80,8 @@ func (p *pki) issue(t *testing.T, name string, serial int64) (tls.Certificate, s
 	return cert, certFile, keyFile
 }
 
-// With listen.tls and a client CA, both listeners speak TLS and only
-// clients with a certificate from that CA get an answer.
+// With listen.tls and a client CA, both listeners speak TLS; gRPC answers
+// only clients with a certificate from that CA.
 func TestMutualTLSOnBothListeners(t *testing.T) {
 	p := newPKI(t)
 	_, certFile, keyFile := p.issue(t, "levy", 2)
@@ -135,6 +135,14 @@ func TestMutualTLSOnBothListeners(t *testing.T) {
 	}
 	resp.Body.Close()
 	hc.CloseIdleConnections()
+	// Probes and Stripe present no client certificate: HTTPS still answers.
+	bare := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: p.caPool}}}
+	resp, err = bare.Get("https://" + srv.HTTPAddr() + "/healthz")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("HTTPS /healthz without a client certificate: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	bare.CloseIdleConnections()
 }
 
 func TestBadTLSFilesAreAConfigError(t *testing.T) {

@@ -60,6 +60,7 @@ func Run(t *testing.T, newLimiter Factory) {
 	t.Run("ParallelNeverExceedsBucket", func(t *testing.T) { testParallel(t, newLimiter) })
 	t.Run("LoweredLimitDoesNotDenyForTheOldDepth", func(t *testing.T) { testLoweredLimit(t, newLimiter) })
 	t.Run("ShadowLimitReportsButNeverDenies", func(t *testing.T) { testShadow(t, newLimiter) })
+	t.Run("CostBeyondCapacityNeverPasses", func(t *testing.T) { testHugeCost(t, newLimiter) })
 }
 
 func bucket(key string, requests int64, per time.Duration, burst int64) limiter.Limit {
@@ -314,5 +315,20 @@ func testShadow(t *testing.T, newLimiter Factory) {
 	}
 	if hs := (&limiter.Decision{OK: true, Denied: -1, Statuses: []limiter.Status{{Remaining: 0}}}).Headers([]limiter.Limit{shadow}); hs != nil {
 		t.Fatalf("headers for a shadow limit: %v", hs)
+	}
+}
+
+func testHugeCost(t *testing.T, newLimiter Factory) {
+	l := newLimiter(t, NewClock(Start))
+	b := bucket("{c:huge}:rate", 1, time.Minute, 1)
+	for _, cost := range []int64{2, 4294967295, limiter.MaxCost} {
+		b.Cost = cost
+		if d := decide(t, l, b); d.OK {
+			t.Fatalf("cost %d allowed on a bucket of 1", cost)
+		}
+	}
+	b.Cost = 1
+	if d := decide(t, l, b); !d.OK {
+		t.Fatal("the refused costs consumed the bucket")
 	}
 }
