@@ -220,6 +220,12 @@ func (h *Handler) putConsumer(w http.ResponseWriter, r *http.Request) {
 		p.write(w)
 		return
 	}
+	// Replacing a consumer keeps what billing set on it: the time of the
+	// Stripe event behind its plan (so older events stay ignored) and a
+	// pending suspension for a failed payment.
+	if old, err := h.cfg.Store.GetConsumer(r.Context(), id); err == nil {
+		c.PlanSince, c.SuspendAt = old.PlanSince, old.SuspendAt
+	}
 	if err := h.cfg.Store.PutConsumer(r.Context(), c); err != nil {
 		h.storeFailed(w, "put consumer", err, zap.String("consumer", id))
 		return
@@ -315,6 +321,9 @@ func (h *Handler) patchConsumer(w http.ResponseWriter, r *http.Request) {
 	}
 	if req.Status != nil {
 		c.Suspended = suspended
+		if !suspended {
+			c.SuspendAt = time.Time{} // "active" lifts a pending payment suspension too
+		}
 	}
 	if req.StripeCustomerID != nil {
 		c.StripeCustomerID = *req.StripeCustomerID

@@ -145,6 +145,10 @@ func (e *Exporter) Run(ctx context.Context) {
 	}
 }
 
+// maxSendsPerPass bounds the meter events of one export pass (Stripe
+// takes about 1000 calls a second).
+const maxSendsPerPass = 1000
+
 // Identifier names a window's meter event: the same for every attempt, so
 // that Stripe rejects a second one instead of billing twice.
 func Identifier(w usage.Window) string {
@@ -160,7 +164,10 @@ func Identifier(w usage.Window) string {
 // Stripe accepted.
 func (e *Exporter) ExportOnce(ctx context.Context) (int, error) {
 	now := e.cfg.Clock()
-	windows, err := e.cfg.Ledger.Closed(ctx, now.Add(-e.cfg.SettleDelay), 1000)
+	// Every closed window: windows that wait (no Stripe customer yet,
+	// backing off) must not hide the ones behind them. At most
+	// maxSendsPerPass events go out per pass.
+	windows, err := e.cfg.Ledger.Closed(ctx, now.Add(-e.cfg.SettleDelay), 0)
 	if err != nil {
 		return 0, err
 	}
@@ -169,7 +176,7 @@ func (e *Exporter) ExportOnce(ctx context.Context) (int, error) {
 	} else {
 		e.lag.Set(0)
 	}
-	accepted, unbillable := 0, 0
+	accepted, unbillable, sends := 0, 0, 0
 	var errs []error
 	running := map[periodKey]int64{} // units so far in each consumer's period
 	for _, w := range windows {
@@ -206,9 +213,10 @@ func (e *Exporter) ExportOnce(ctx context.Context) (int, error) {
 			e.events.WithLabelValues("unbillable").Inc()
 			continue
 		}
-		if !e.due(id, now) {
+		if !e.due(id, now) || sends >= maxSendsPerPass {
 			continue
 		}
+		sends++
 		err = e.send(ctx, w, c.StripeCustomerID, id)
 		if err == nil {
 			err = e.cfg.Ledger.MarkExported(ctx, w)

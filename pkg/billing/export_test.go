@@ -336,3 +336,20 @@ func TestBillableUnitsFollowSettlementAcrossWindows(t *testing.T) {
 		t.Fatalf("report %+v %v", rep, err)
 	}
 }
+
+// Windows that must wait (no Stripe customer) do not hold back the others,
+// however many there are.
+func TestWaitingWindowsDoNotBlockOthers(t *testing.T) {
+	r := newRig(t)
+	r.people.set(&apikey.Consumer{ID: "nocard", Plan: "payg0"})
+	for i := 0; i < 1200; i++ { // more waiting windows than one page used to hold
+		admit(t, r.local, "nocard", 1)
+		r.clock.Advance(time.Minute)
+	}
+	admit(t, r.local, "beta", 2)
+	r.clock.Advance(2 * time.Minute)
+	e := r.exporter(t, r.local, nil, "a")
+	if n, _ := e.ExportOnce(context.Background()); n != 1 || total(sent(t, r.stripe)) != 2 {
+		t.Fatalf("exported %d windows, %v", n, sent(t, r.stripe))
+	}
+}

@@ -310,6 +310,12 @@ func subscriptionEnded(s stripe.SubscriptionStatus) bool {
 // the subscription; later ones only on each item (stripe-go v76 has no
 // field for that, so it is read from the raw object).
 func subscriptionPeriodStart(sub *stripe.Subscription, raw json.RawMessage) time.Time {
+	// The billing cycle anchor, not the current period's start: a cycle
+	// anchored on the 31st has a February period starting on the 28th, and
+	// anchoring on that would move every later period to the 28th.
+	if sub.BillingCycleAnchor > 0 {
+		return time.Unix(sub.BillingCycleAnchor, 0).UTC()
+	}
 	if sub.CurrentPeriodStart > 0 {
 		return time.Unix(sub.CurrentPeriodStart, 0).UTC()
 	}

@@ -45,18 +45,27 @@ func (r *RedisLedger) Adjust(ctx context.Context, adjs []usage.Adjustment) error
 		start := a.At.Unix() / size * size
 		r.adjust.Run(ctx, pipe, []string{LedgerKey(a.Consumer, a.Meter)}, start, a.Units)
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		// A script not yet loaded on a node: load and retry once.
-		if redis.HasErrorPrefix(err, "NOSCRIPT") {
-			for _, a := range adjs {
-				start := a.At.Unix() / size * size
-				if err := r.adjust.Run(ctx, r.client, []string{LedgerKey(a.Consumer, a.Meter)}, start, a.Units).Err(); err != nil {
-					return fmt.Errorf("redis ledger adjust: %w", err)
-				}
-			}
-			return nil
+	cmds, err := pipe.Exec(ctx)
+	if err == nil {
+		return nil
+	}
+	// Some commands failed (NOSCRIPT on a node that restarted, a broken
+	// connection): try each of those once more on its own; the others are
+	// applied and must not be again.
+	var failed []usage.Adjustment
+	var last error
+	for i, c := range cmds {
+		if c.Err() == nil {
+			continue
 		}
-		return fmt.Errorf("redis ledger adjust: %w", err)
+		a := adjs[i]
+		start := a.At.Unix() / size * size
+		if err := r.adjust.Run(ctx, r.client, []string{LedgerKey(a.Consumer, a.Meter)}, start, a.Units).Err(); err != nil {
+			failed, last = append(failed, a), err
+		}
+	}
+	if len(failed) > 0 {
+		return &usage.PartialError{Failed: failed, Err: fmt.Errorf("redis ledger adjust: %w", last)}
 	}
 	return nil
 }

@@ -75,7 +75,8 @@ func PeriodAt(t time.Time, u Unit, anchor time.Time) Period {
 // anchoredPeriod finds the period of `months` months containing t whose
 // boundaries fall on the anchor's day of month and time of day.
 func anchoredPeriod(t, anchor time.Time, months int) Period {
-	anchor = anchor.UTC()
+	// Whole seconds, as the Redis store computes them.
+	anchor = anchor.UTC().Truncate(time.Second)
 	if anchor.IsZero() {
 		anchor = time.Date(2000, time.January, 1, 0, 0, 0, 0, time.UTC)
 	}

@@ -7,6 +7,7 @@ package usage
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -43,7 +44,8 @@ type Adjustment struct {
 // interface.
 type Ledger interface {
 	// Adjust applies settlements to windows that admission counted. A
-	// window never goes below zero.
+	// window never goes below zero. When only some were applied, the
+	// error is a *PartialError naming the others.
 	Adjust(ctx context.Context, adjustments []Adjustment) error
 	// Closed lists unexported windows that ended before `before`, oldest
 	// first, at most max.
@@ -53,3 +55,15 @@ type Ledger interface {
 	// Windows lists a consumer's windows that start in [from, to).
 	Windows(ctx context.Context, consumer string, from, to time.Time) ([]Window, error)
 }
+
+// PartialError reports adjustments that were not applied; the rest were.
+type PartialError struct {
+	Failed []Adjustment
+	Err    error
+}
+
+func (e *PartialError) Error() string {
+	return fmt.Sprintf("%d adjustments not applied: %v", len(e.Failed), e.Err)
+}
+
+func (e *PartialError) Unwrap() error { return e.Err }

@@ -280,10 +280,22 @@ func (r *Receiver) Flush(ctx context.Context) error {
 		err = r.cfg.Ledger.Adjust(ctx, adjs)
 	}
 	if err != nil {
+		// Keep what was not applied (all of it, unless the ledger says
+		// which) for the next flush: nothing lost, nothing applied twice.
+		var partial *PartialError
+		if errors.As(err, &partial) {
+			sums = map[aggKey]delta{}
+			for _, a := range partial.Failed {
+				k := aggKey{consumer: a.Consumer, meter: a.Meter, at: a.At.Unix()}
+				d := sums[k]
+				d.units += a.Units
+				sums[k] = d
+			}
+		}
 		r.mu.Lock()
 		r.mergeLocked(sums)
 		r.mu.Unlock()
-		return fmt.Errorf("adjust usage (%d adjustments kept for the next flush): %w", len(adjs), err)
+		return fmt.Errorf("adjust usage (%d adjustments kept for the next flush): %w", len(sums), err)
 	}
 	return nil
 }
