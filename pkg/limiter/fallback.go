@@ -23,7 +23,14 @@ type FallbackConfig struct {
 	ReconcileEvery time.Duration
 	// OnError observes every Primary failure (metrics).
 	OnError func(error)
-	Log     *zap.Logger
+	// Ledger takes the usage ledger units counted during an outage.
+	Ledger LedgerAdder
+	Log    *zap.Logger
+}
+
+// LedgerAdder adds units to a ledger window, creating it.
+type LedgerAdder interface {
+	AddUnits(ctx context.Context, key string, start time.Time, size time.Duration, units int64) error
 }
 
 // Fallback keeps protecting when the shared store is unreachable
@@ -34,7 +41,8 @@ type FallbackConfig struct {
 type Fallback struct {
 	cfg     FallbackConfig
 	mu      sync.Mutex
-	owed    map[owedKey]int64 // quota units to add to Primary
+	owed    map[owedKey]int64 // quota units to add to Primary, by period
+	ledger  map[owedWindow]int64
 	stop    chan struct{}
 	done    chan struct{}
 	stopped sync.Once
@@ -44,6 +52,13 @@ type owedKey struct {
 	key    string
 	unit   plan.Unit
 	anchor time.Time
+	start  int64 // the period the units were counted in
+}
+
+type owedWindow struct {
+	key   string
+	start int64
+	size  time.Duration
 }
 
 var _ Limiter = (*Fallback)(nil)
@@ -56,7 +71,7 @@ func NewFallback(cfg FallbackConfig) *Fallback {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	f := &Fallback{cfg: cfg, owed: map[owedKey]int64{}, stop: make(chan struct{}), done: make(chan struct{})}
+	f := &Fallback{cfg: cfg, owed: map[owedKey]int64{}, ledger: map[owedWindow]int64{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go f.loop()
 	return f
 }
@@ -89,8 +104,13 @@ func (f *Fallback) Decide(ctx context.Context, limits []Limit) (Decision, error)
 	}
 	f.mu.Lock()
 	for _, l := range limits {
-		if l.Kind == Quota && l.Cost > 0 {
-			f.owed[owedKey{l.Key, l.Unit, l.Anchor}] += l.Cost
+		switch {
+		case l.Cost <= 0:
+		case l.Kind == Quota:
+			start := plan.PeriodAt(d.Now, l.Unit, l.Anchor).Start.Unix()
+			f.owed[owedKey{l.Key, l.Unit, l.Anchor, start}] += l.Cost
+		case l.Kind == Ledger:
+			f.ledger[owedWindow{l.Key, d.Now.Truncate(l.WindowSize).Unix(), l.WindowSize}] += l.Cost
 		}
 	}
 	f.mu.Unlock()
@@ -111,39 +131,54 @@ func (f *Fallback) loop() {
 	}
 }
 
-// Reconcile adds the usage counted during an outage to the store, as
-// count-only quota decisions; what fails stays owed.
+// Reconcile adds the usage counted during an outage to the store: ledger
+// units to their windows (so they are billed), quota units to their
+// counters when the period is still the current one (an ended period's
+// quota no longer limits anyone); what fails stays owed.
 func (f *Fallback) Reconcile(ctx context.Context) {
 	f.mu.Lock()
-	owed := f.owed
-	f.owed = map[owedKey]int64{}
+	owed, ledger := f.owed, f.ledger
+	f.owed, f.ledger = map[owedKey]int64{}, map[owedWindow]int64{}
 	f.mu.Unlock()
-	if len(owed) == 0 {
+	if len(owed) == 0 && len(ledger) == 0 {
 		return
 	}
-	failed := 0
+	var failed []error
+	for w, units := range ledger {
+		if f.cfg.Ledger == nil {
+			break
+		}
+		if err := f.cfg.Ledger.AddUnits(ctx, w.key, time.Unix(w.start, 0).UTC(), w.size, units); err != nil {
+			f.mu.Lock()
+			f.ledger[w] += units
+			f.mu.Unlock()
+			failed = append(failed, err)
+		}
+	}
 	for k, units := range owed {
+		if plan.PeriodAt(time.Now(), k.unit, k.anchor).Start.Unix() != k.start {
+			continue // that period ended: its quota limits no one any more
+		}
 		add := Limit{Kind: Quota, Name: "reconcile", Key: k.key, Cost: units, Unit: k.unit, Anchor: k.anchor, Soft: true}
 		if _, err := f.cfg.Primary.Decide(ctx, []Limit{add}); err != nil {
 			f.mu.Lock()
 			f.owed[k] += units
 			f.mu.Unlock()
-			if failed == 0 {
-				f.cfg.Log.Warn("reconcile usage counted during the store outage; will retry", zap.Error(err))
-			}
-			failed++
+			failed = append(failed, err)
 		}
 	}
-	if failed == 0 {
-		f.cfg.Log.Info("usage counted during the store outage reconciled", zap.Int("counters", len(owed)))
+	if len(failed) > 0 {
+		f.cfg.Log.Warn("reconcile usage counted during the store outage; will retry", zap.Error(failed[0]), zap.Int("failed", len(failed)))
+		return
 	}
+	f.cfg.Log.Info("usage counted during the store outage reconciled", zap.Int("counters", len(owed)), zap.Int("ledger_windows", len(ledger)))
 }
 
 // Owed reports how many counters still wait to be reconciled.
 func (f *Fallback) Owed() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.owed)
+	return len(f.owed) + len(f.ledger)
 }
 
 // Close stops reconciling after one last attempt.

@@ -146,12 +146,14 @@ func TestFallbackEnforcesShareAndReconcilesUsage(t *testing.T) {
 		ReconcileEvery: time.Hour, // driven by hand below
 		OnError:        func(error) { failures++ },
 		Log:            zaptest.NewLogger(t),
+		Ledger:         limiter.NewRedisLedger(client, time.Minute),
 	})
 	defer f.Close()
 	ctx := context.Background()
 	limits := []limiter.Limit{
 		{Kind: limiter.Bucket, Name: "rate", Key: "{c:f}:rate", Cost: 1, Requests: 40, Per: time.Hour},
 		{Kind: limiter.Quota, Name: "quota", Key: "{c:f}:quota", Cost: 2, Max: 1000, Unit: plan.Month},
+		{Kind: limiter.Ledger, Name: "ledger", Key: limiter.LedgerKey("f", "api_calls"), Cost: 2, WindowSize: time.Minute},
 	}
 	if d, err := f.Decide(ctx, limits); err != nil || !d.OK {
 		t.Fatalf("with Redis up: %v %v", d.OK, err)
@@ -171,8 +173,8 @@ func TestFallbackEnforcesShareAndReconcilesUsage(t *testing.T) {
 		t.Fatalf("with Redis down: %d allowed (want 10, a quarter of 40), %d store errors seen", allowed, failures)
 	}
 	f.Reconcile(ctx) // Redis still down: the usage stays owed
-	if f.Owed() != 1 {
-		t.Fatalf("owed %d counters, want 1", f.Owed())
+	if f.Owed() != 2 {
+		t.Fatalf("owed %d counters and windows, want 2", f.Owed())
 	}
 	srv.Restart()
 	// The client's pool may keep answering with the last dial error for
@@ -186,9 +188,18 @@ func TestFallbackEnforcesShareAndReconcilesUsage(t *testing.T) {
 	}
 	// 1 request before the outage was lost with Redis's memory (no
 	// persistence in this test); the 10 during it were added back.
-	d, err := f.Decide(ctx, limits[1:])
+	d, err := f.Decide(ctx, limits[1:2])
 	if err != nil || d.Statuses[0].Used != 22 {
 		t.Fatalf("quota used %d after reconcile, want 20 + 2 (%v)", d.Statuses[0].Used, err)
+	}
+	// The outage's usage reached the ledger, where the exporter bills it.
+	ws, err := limiter.NewRedisLedger(client, time.Minute).Windows(ctx, "f", time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	var units int64
+	for _, w := range ws {
+		units += w.Units
+	}
+	if err != nil || units != 20 {
+		t.Fatalf("ledger units %d after reconcile, want the outage's 20 (%v)", units, err)
 	}
 }
 

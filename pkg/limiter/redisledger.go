@@ -17,6 +17,9 @@ import (
 //go:embed adjust.lua
 var adjustLua string
 
+//go:embed add.lua
+var addLua string
+
 // RedisLedger is the usage ledger in Redis. Admission writes it inside the
 // decision script; this type settles, lists and marks windows. A
 // consumer's meter has a sorted set of unexported window starts (the
@@ -28,13 +31,14 @@ type RedisLedger struct {
 	// window with it.
 	Window time.Duration
 	adjust *redis.Script
+	add    *redis.Script
 }
 
 var _ usage.Ledger = (*RedisLedger)(nil)
 
 // NewRedisLedger returns the ledger on client.
 func NewRedisLedger(client redis.UniversalClient, window time.Duration) *RedisLedger {
-	return &RedisLedger{client: client, Window: window, adjust: redis.NewScript(adjustLua)}
+	return &RedisLedger{client: client, Window: window, adjust: redis.NewScript(adjustLua), add: redis.NewScript(addLua)}
 }
 
 // Adjust implements usage.Ledger.
@@ -68,6 +72,21 @@ func (r *RedisLedger) Adjust(ctx context.Context, adjs []usage.Adjustment) error
 		return &usage.PartialError{Failed: failed, Err: fmt.Errorf("redis ledger adjust: %w", last)}
 	}
 	return nil
+}
+
+// AddUnits adds units counted elsewhere (by a replica while Redis was
+// away) to the window of key starting at start, creating it; a window
+// already exported passes them to the window after.
+func (r *RedisLedger) AddUnits(ctx context.Context, key string, start time.Time, size time.Duration, units int64) error {
+	for s := start; ; s = s.Add(size) {
+		n, err := r.add.Run(ctx, r.client, []string{key}, s.Unix(), int64(size/time.Second), units).Int()
+		if err != nil {
+			return fmt.Errorf("redis ledger add: %w", err)
+		}
+		if n == 1 {
+			return nil
+		}
+	}
 }
 
 // scanLedgers lists the ledger index keys matching pattern on every master.

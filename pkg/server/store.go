@@ -84,6 +84,7 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 		Timeout: time.Duration(cfg.Store.Timeout), Available: health.Ready, Failed: health.Failed})
 	b.closers = append(b.closers, rl.Close)
 	var lim limiter.Limiter = rl
+	ledger := limiter.NewRedisLedger(client, time.Duration(cfg.Billing.Window))
 	if cfg.Store.OnStoreError == "allow" {
 		local, err := limiter.NewLocal(limiter.LocalConfig{Log: s.log})
 		if err != nil {
@@ -92,14 +93,14 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 		}
 		b.closers = append(b.closers, local.Close)
 		fb := limiter.NewFallback(limiter.FallbackConfig{
-			Primary: lim, Local: local, Share: health.Replicas, Log: s.log,
+			Primary: lim, Local: local, Share: health.Replicas, Log: s.log, Ledger: ledger,
 			OnError: func(error) { s.metrics.StoreErrors.WithLabelValues("decide").Inc() },
 		})
 		b.closers = append(b.closers, fb.Close)
 		lim = fb
 	}
 	b.limiter = lim
-	b.ledger = limiter.NewRedisLedger(client, time.Duration(cfg.Billing.Window))
+	b.ledger = ledger
 	b.lease = redisstore.NewLease(client, "usage-export")
 	b.events = redisstore.Events{Client: client}
 	b.store = redisstore.NewDirectory(redisstore.DirectoryConfig{Client: client, TTL: time.Duration(cfg.Store.Redis.CacheTTL),
