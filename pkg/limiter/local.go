@@ -160,6 +160,7 @@ func (l *Local) loop(every time.Duration) {
 		case <-l.stop:
 			return
 		case <-t.C:
+			l.prune()
 			if err := l.Flush(); err != nil {
 				l.log.Error("persist quota counters", zap.Error(err))
 			}
@@ -233,6 +234,31 @@ func (l *Local) Flush() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// prune forgets full buckets (a bucket that is full is the same as one
+// never used), so per-address or per-descriptor buckets do not pile up;
+// without a counter store it also forgets ended periods' counters.
+func (l *Local) prune() {
+	now := l.clock()
+	expired := now.Add(-24 * time.Hour)
+	for i := range l.shards {
+		s := &l.shards[i]
+		s.mu.Lock()
+		for k, tat := range s.buckets {
+			if tat <= now.UnixNano() {
+				delete(s.buckets, k)
+			}
+		}
+		if l.store == nil {
+			for id, c := range s.counters {
+				if c.End.Before(expired) {
+					delete(s.counters, id)
+				}
+			}
+		}
+		s.mu.Unlock()
+	}
 }
 
 // redirty marks ids dirty again so that the next flush retries them.
@@ -534,6 +560,18 @@ func evalQuota(l *Limit, used int64, now time.Time, p plan.Period) Status {
 		st.Overage = max(after-l.Max, 0)
 	}
 	return st
+}
+
+// Buckets counts the buckets held in memory.
+func (l *Local) Buckets() int {
+	n := 0
+	for i := range l.shards {
+		s := &l.shards[i]
+		s.mu.Lock()
+		n += len(s.buckets)
+		s.mu.Unlock()
+	}
+	return n
 }
 
 // Usage returns the quota counter of key for the period containing now.

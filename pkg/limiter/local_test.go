@@ -3,6 +3,7 @@ package limiter_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -146,5 +147,30 @@ func TestDecideRejectsBadLimits(t *testing.T) {
 		if _, err := l.Decide(context.Background(), []limiter.Limit{tt.give}); !errors.Is(err, limiter.ErrBadLimit) {
 			t.Errorf("%s: err = %v, want ErrBadLimit", tt.name, err)
 		}
+	}
+}
+
+// Full buckets are forgotten: per-address buckets do not pile up.
+func TestLocalForgetsFullBuckets(t *testing.T) {
+	clock := limitertest.NewClock(limitertest.Start)
+	l, err := limiter.NewLocal(limiter.LocalConfig{Clock: clock.Now, FlushEvery: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := 0; i < 100; i++ {
+		b := limiter.Limit{Kind: limiter.Bucket, Name: "ip", Key: fmt.Sprintf("{rl:ip=%d}", i), Cost: 1, Requests: 10, Per: time.Second}
+		l.Decide(context.Background(), []limiter.Limit{b})
+	}
+	if l.Buckets() != 100 {
+		t.Fatalf("%d buckets, want 100", l.Buckets())
+	}
+	clock.Advance(time.Second) // every bucket is full again
+	deadline := time.Now().Add(5 * time.Second)
+	for l.Buckets() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d full buckets kept", l.Buckets())
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

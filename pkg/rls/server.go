@@ -306,12 +306,20 @@ func overrideLimit(domain string, entries []Entry, consumer string, o *rlv3.Rate
 	k := stateKey(key.String(), consumer) + ":override"
 	rpu := int64(o.GetRequestsPerUnit())
 	l := limited{rpu: o.GetRequestsPerUnit()}
-	switch o.GetUnit() {
-	case typev3.RateLimitUnit_SECOND, typev3.RateLimitUnit_MINUTE, typev3.RateLimitUnit_HOUR:
-		per := map[typev3.RateLimitUnit]time.Duration{typev3.RateLimitUnit_SECOND: time.Second, typev3.RateLimitUnit_MINUTE: time.Minute, typev3.RateLimitUnit_HOUR: time.Hour}[o.GetUnit()]
+	mult := time.Duration(max(o.GetUnitMultiplier().GetValue(), 1))
+	fixed := map[typev3.RateLimitUnit]time.Duration{typev3.RateLimitUnit_SECOND: time.Second, typev3.RateLimitUnit_MINUTE: time.Minute,
+		typev3.RateLimitUnit_HOUR: time.Hour, typev3.RateLimitUnit_DAY: 24 * time.Hour}
+	unit, isFixed := fixed[o.GetUnit()]
+	switch {
+	case isFixed && (mult > 1 || o.GetUnit() != typev3.RateLimitUnit_DAY):
+		// A bucket over unit x unit_multiplier (several days are a bucket
+		// too: no calendar has "every 3 days").
+		per := unit * mult
 		l.limit = limiter.Limit{Kind: limiter.Bucket, Name: "override", Key: k + ":" + strconv.FormatInt(int64(per), 10), Cost: int64(cost), Requests: rpu, Per: per}
-		l.unit = responseUnit(per)
-	case typev3.RateLimitUnit_DAY, typev3.RateLimitUnit_MONTH, typev3.RateLimitUnit_YEAR:
+		l.unit = responseUnit(unit)
+	case mult > 1:
+		return limited{}, false, status.Errorf(codes.InvalidArgument, "limit override: unit_multiplier %d with unit %s; calendar months and years take no multiplier", mult, o.GetUnit())
+	case o.GetUnit() == typev3.RateLimitUnit_DAY || o.GetUnit() == typev3.RateLimitUnit_MONTH || o.GetUnit() == typev3.RateLimitUnit_YEAR:
 		u := map[typev3.RateLimitUnit]Unit{typev3.RateLimitUnit_DAY: Day, typev3.RateLimitUnit_MONTH: Month, typev3.RateLimitUnit_YEAR: Year}[o.GetUnit()]
 		l.limit = limiter.Limit{Kind: limiter.Quota, Name: "override", Key: k + ":" + string(u), Cost: int64(cost), Max: rpu, Unit: plan.Unit(u)}
 		l.unit = quotaUnit(u)

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
@@ -458,5 +459,24 @@ func TestHugeHitsAddendIsInvalidArgument(t *testing.T) {
 				t.Fatal("the refused request consumed")
 			}
 		})
+	}
+}
+
+func TestLimitOverrideUnitMultiplier(t *testing.T) {
+	f := start(t, limitertest.Stores(t)[0].New, levyYAML)
+	desc := d("remote_address", "10.4.4.4")
+	desc.Limit = &rlv3.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 2, Unit: typev3.RateLimitUnit_MINUTE, UnitMultiplier: wrapperspb.UInt32(5)}
+	f.call(t, 0, desc)
+	f.call(t, 0, desc)
+	if o := f.call(t, 0, desc); !o.Limited {
+		t.Fatal("3rd of 2 per 5 minutes allowed")
+	}
+	f.clock.Advance(time.Minute) // per minute, one token would be back
+	if o := f.call(t, 0, desc); !o.Limited {
+		t.Fatal("allowed after a minute: the multiplier was ignored")
+	}
+	f.clock.Advance(90 * time.Second) // 2.5 minutes: one token per 2.5 minutes
+	if o := f.call(t, 0, desc); o.Limited {
+		t.Fatal("denied after 2.5 minutes")
 	}
 }
