@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,6 +78,9 @@ type Server struct {
 	health           *health.Server
 	ready            atomic.Bool
 	replicaID        string
+	// live is the config in force (s.cfg is the one levy started with:
+	// listeners, store and billing windows take a restart).
+	live atomic.Pointer[config.Config]
 }
 
 // New opens the store and binds the listeners; Run serves.
@@ -98,6 +102,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		opts.ShutdownGrace = 10 * time.Second
 	}
 	s := &Server{cfg: cfg, opts: opts, log: opts.Log, metrics: telemetry.NewMetrics(), replicaID: uuid.NewString()}
+	s.live.Store(cfg)
 	var err error
 	if s.backend, err = s.openBackend(cfg); err != nil {
 		return nil, err
@@ -183,7 +188,7 @@ func (s *Server) listen() error {
 		Store:   s.backend.store,
 		Catalog: func() *plan.Catalog { return s.authz.Snapshot().Catalog },
 		Hasher:  func() apikey.Hasher { return s.authz.Snapshot().Hasher },
-		Prefix:  func() string { return s.cfg.Keys.Prefix },
+		Prefix:  func() string { return s.live.Load().Keys.Prefix },
 		Token:   os.Getenv("LEVY_ADMIN_TOKEN"),
 		Log:     s.log,
 		Clock:   s.opts.Clock,
@@ -194,9 +199,10 @@ func (s *Server) listen() error {
 		Consumers:    webhookConsumers{s},
 		Events:       s.backend.events,
 		Catalog:      func() *plan.Catalog { return s.authz.Snapshot().Catalog },
-		FallbackPlan: func() string { return s.cfg.Billing.FallbackPlan },
+		FallbackPlan: func() string { return s.live.Load().Billing.FallbackPlan },
 		PaymentFailed: func() (string, time.Duration) {
-			return s.cfg.Billing.PaymentFailed.Action, time.Duration(s.cfg.Billing.PaymentFailed.Grace)
+			pf := s.live.Load().Billing.PaymentFailed
+			return pf.Action, time.Duration(pf.Grace)
 		},
 		Log:   s.log,
 		Clock: s.opts.Clock,
@@ -386,6 +392,9 @@ func (s *Server) snapshots(cfg *config.Config) (*authz.Snapshot, *rls.Snapshot, 
 	if err != nil {
 		return nil, nil, err
 	}
+	// The ledger's window is the one levy started with: settlement and
+	// export look windows up by it.
+	a.LedgerWindow = time.Duration(s.cfg.Billing.Window)
 	rules, err := cfg.RateLimitRules()
 	if err != nil {
 		return nil, nil, err
@@ -403,6 +412,10 @@ func (s *Server) reload() {
 		if a, r, err = s.snapshots(next); err == nil {
 			s.authz.Swap(a)
 			s.rls.Swap(r)
+			s.live.Store(next)
+			if restart := restartNeeded(s.cfg, next); len(restart) > 0 {
+				s.log.Warn("config changes that take effect at the next restart", zap.Strings("settings", restart))
+			}
 			s.metrics.ConfigReloads.WithLabelValues("success").Inc()
 			s.metrics.ConfigLastReloadSuccess.Set(1)
 			s.log.Info("config reloaded", zap.String("config", s.cfg.Source), zap.String("ratelimit_dir", next.RateLimit.Dir),
@@ -413,6 +426,29 @@ func (s *Server) reload() {
 	s.metrics.ConfigReloads.WithLabelValues("failure").Inc()
 	s.metrics.ConfigLastReloadSuccess.Set(0)
 	s.log.Error("config reload failed; keeping the running config and rules", zap.Error(err))
+}
+
+// restartNeeded names settings a reload changed that only a restart
+// applies.
+func restartNeeded(started, next *config.Config) []string {
+	var out []string
+	check := func(name string, changed bool) {
+		if changed {
+			out = append(out, name)
+		}
+	}
+	check("listen", started.Listen != next.Listen)
+	check("store", started.Store.Type != next.Store.Type || started.Store.DataDir != next.Store.DataDir ||
+		started.Store.OnStoreError != next.Store.OnStoreError || started.Store.Timeout != next.Store.Timeout ||
+		started.Store.Redis.Addr != next.Store.Redis.Addr || started.Store.Redis.CacheTTL != next.Store.Redis.CacheTTL ||
+		strings.Join(started.Store.Redis.Cluster, ",") != strings.Join(next.Store.Redis.Cluster, ","))
+	check("billing.window", started.Billing.Window != next.Billing.Window)
+	check("billing.units_header/consumer_header", started.Billing.UnitsHeader != next.Billing.UnitsHeader ||
+		started.Billing.ConsumerHeader != next.Billing.ConsumerHeader)
+	check("billing.stripe/export_every/settle_delay", started.Billing.Stripe != next.Billing.Stripe ||
+		started.Billing.ExportEvery != next.Billing.ExportEvery || started.Billing.SettleDelay != next.Billing.SettleDelay)
+	check("ratelimit.dir (watched)", started.RateLimit.Dir != next.RateLimit.Dir)
+	return out
 }
 
 // setupDemo gives every plan a demo consumer and key when demo is on. The
