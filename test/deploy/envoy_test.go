@@ -219,6 +219,9 @@ func checkBootstrap(b *bootstrapv3.Bootstrap) error {
 	}
 	for i, hcm := range hcms {
 		p.add(checkFilterOrder(fmt.Sprintf("http_connection_manager %d (%s)", i, hcm.GetStatPrefix()), hcm.GetHttpFilters()))
+		if !hcm.GetNormalizePath().GetValue() || !hcm.GetMergeSlashes() {
+			p.addf("http_connection_manager %d (%s): set normalize_path and merge_slashes, or //v1/x dodges a /v1/x route cost", i, hcm.GetStatPrefix())
+		}
 	}
 	for _, ea := range collect[*extauthzv3.ExtAuthz](b) {
 		p.add(checkExtAuthz(ea)...)
