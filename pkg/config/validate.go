@@ -119,8 +119,8 @@ func (c *Config) validatePlans(errs *Errors) {
 			if _, err := plan.ParseUnit(q.Period); err != nil {
 				c.problem(errs, at+".quota.period", "%v", err)
 			}
-			if q.Requests < 0 {
-				c.problem(errs, at+".quota.requests", "must be >= 0")
+			if q.Requests < 0 || q.Requests > maxLimit || q.Cap > maxLimit {
+				c.problem(errs, at+".quota", "requests and cap are from 0 to %d", int64(maxLimit))
 			}
 			enf := q.Enforcement
 			if enf == "" {
@@ -154,14 +154,20 @@ func (c *Config) validatePlans(errs *Errors) {
 			if !strings.HasPrefix(prefix, "/") {
 				c.problem(errs, at+".costs."+prefix, "a cost is keyed by a path prefix starting with /")
 			}
-			if cost < 0 {
-				c.problem(errs, at+".costs."+prefix, "cost must be >= 0")
+			if cost < 0 || cost > maxLimit {
+				c.problem(errs, at+".costs."+prefix, "cost is from 0 to %d", int64(maxLimit))
 			}
 		}
 	}
 }
 
+// maxLimit is the largest limit or cost levy decides (limiter.MaxCost).
+const maxLimit = 1 << 40
+
 func (c *Config) validateRate(errs *Errors, at string, r *RateSpec) {
+	if r.Requests > maxLimit || r.Burst > maxLimit {
+		c.problem(errs, at, "requests and burst are at most %d", int64(maxLimit))
+	}
 	if r.Requests <= 0 {
 		c.problem(errs, at+".requests", "must be > 0 (leave out rate for no rate limit)")
 	}

@@ -277,7 +277,7 @@ plans:
   bench:
     model: tiered
     rate: {requests: 1000000000000, per: 1s}
-    quota: {requests: 1000000000000000, period: month}
+    quota: {requests: 1000000000000, period: month}
     costs:
       /v1/search: 5
 consumers:
@@ -478,24 +478,10 @@ func (t *target) call(ctx context.Context, c *grpc.ClientConn, req proto.Message
 	return t.check(&w)
 }
 
-// snapshot builds the authz snapshot the way pkg/server does, without demo
-// consumers.
+// snapshot builds the authz snapshot as pkg/server does, without demo
+// consumers or a run-time store.
 func snapshot(cfg *config.Config) (*authz.Snapshot, error) {
-	catalog, err := cfg.Catalog()
-	if err != nil {
-		return nil, err
-	}
-	consumers, keys := cfg.Directory()
-	return &authz.Snapshot{
-		Catalog:          catalog,
-		Directory:        apikey.NewIndex(consumers, keys),
-		Hasher:           cfg.Hasher(),
-		KeyHeaders:       cfg.Keys.Headers,
-		Bearer:           cfg.Keys.BearerEnabled(),
-		ConsumerHeader:   cfg.Headers.ConsumerID,
-		PlanHeader:       cfg.Headers.Plan,
-		CredentialHeader: cfg.Headers.CredentialID,
-	}, nil
+	return authz.NewSnapshot(cfg, nil, nil, nil)
 }
 
 // infoLogger is levy serve's default logger (JSON at info) with its output
