@@ -191,9 +191,12 @@ local function write(key, base, value, st)
     redis.call("SET", key, string.format("%d", value), "PX", ttl)
   elseif kind == 2 then
     local w = key .. ":" .. st[7]
-    redis.call("HINCRBY", w, "u", cost)
-    redis.call("HSETNX", w, "z", tonumber(ARGV[base + 3]))
-    redis.call("ZADD", key, st[7], st[7])
+    if redis.call("HINCRBY", w, "u", cost) == cost then
+      -- the window's first units: record its size and index it (both
+      -- idempotent, so a window settled down to zero may do it again)
+      redis.call("HSETNX", w, "z", tonumber(ARGV[base + 3]))
+      redis.call("ZADD", key, st[7], st[7])
+    end
   else
     redis.call("HSET", key, "s", st[7], "v", value)
     -- kept a day past the period's end, relative to the decision's clock
