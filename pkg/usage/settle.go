@@ -139,13 +139,6 @@ func stringValue(v *structpb.Value) string {
 	return ""
 }
 
-func numberValue(v *structpb.Value) float64 {
-	if n, ok := v.GetKind().(*structpb.Value_NumberValue); ok {
-		return n.NumberValue
-	}
-	return 0
-}
-
 // settle applies the policy Settle describes. The adjustment's Consumer
 // is f's string.
 func (f *facts) settle(cat *plan.Catalog) (Adjustment, outcome) {

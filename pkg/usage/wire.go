@@ -392,13 +392,6 @@ func (v *wireValue) str() string {
 	return ""
 }
 
-func (v *wireValue) number() float64 {
-	if v.kind == fValueNumber {
-		return v.n
-	}
-	return 0
-}
-
 func (f *facts) requestFromWire(b []byte, consumerHeader string) bool {
 	for len(b) > 0 {
 		num, typ, _, val, n := consumeField(b)
