@@ -285,73 +285,67 @@ func (f *facts) flagsFromWire(b []byte) bool {
 // metadataFromWire reads config.core.v3.Metadata for the ext_authz
 // namespace's Struct.
 func (f *facts) metadataFromWire(b []byte) bool {
+	return mapEntries(b, fMetadataFilter, func(key string, entry []byte) bool {
+		if key != ExtAuthzNamespace {
+			return true
+		}
+		// This entry replaces any earlier one for the namespace.
+		f.consumer, f.plan = "", ""
+		return mapValues(entry, f.structFromWire)
+	})
+}
+
+// structFromWire reads the ext_authz google.protobuf.Struct's fields.
+func (f *facts) structFromWire(b []byte) bool {
+	return mapEntries(b, fStructFields, func(key string, entry []byte) bool {
+		if key != mdConsumer && key != mdPlan {
+			return true
+		}
+		// The Value, merged over its occurrences in the entry.
+		var v wireValue
+		if !mapValues(entry, v.fromWire) {
+			return false
+		}
+		if key == mdConsumer {
+			f.consumer = v.str()
+		} else {
+			f.plan = v.str()
+		}
+		return true
+	})
+}
+
+// mapEntries calls fn with the key and the bytes of each entry of the map
+// field `field` in b; it stops at the first false.
+func mapEntries(b []byte, field protowire.Number, fn func(key string, entry []byte) bool) bool {
 	for len(b) > 0 {
 		num, typ, _, entry, n := consumeField(b)
 		if n < 0 {
 			return false
 		}
 		b = b[n:]
-		if num != fMetadataFilter || typ != protowire.BytesType {
+		if num != field || typ != protowire.BytesType {
 			continue
 		}
 		key, ok := mapKey(entry)
-		if !ok {
+		if !ok || !fn(key, entry) {
 			return false
-		}
-		if key != ExtAuthzNamespace {
-			continue
-		}
-		// This entry replaces any earlier one for the namespace.
-		f.consumer, f.plan = "", ""
-		for len(entry) > 0 {
-			num, typ, _, val, n := consumeField(entry)
-			if n < 0 {
-				return false
-			}
-			entry = entry[n:]
-			if num == fMapValue && typ == protowire.BytesType && !f.structFromWire(val) {
-				return false
-			}
 		}
 	}
 	return true
 }
 
-// structFromWire reads the ext_authz google.protobuf.Struct's fields.
-func (f *facts) structFromWire(b []byte) bool {
-	for len(b) > 0 {
-		num, typ, _, entry, n := consumeField(b)
+// mapValues calls fn with each occurrence of a map entry's message value
+// (protobuf merges them); it stops at the first false.
+func mapValues(entry []byte, fn func(val []byte) bool) bool {
+	for len(entry) > 0 {
+		num, typ, _, val, n := consumeField(entry)
 		if n < 0 {
 			return false
 		}
-		b = b[n:]
-		if num != fStructFields || typ != protowire.BytesType {
-			continue
-		}
-		key, ok := mapKey(entry)
-		if !ok {
+		entry = entry[n:]
+		if num == fMapValue && typ == protowire.BytesType && !fn(val) {
 			return false
-		}
-		if key != mdConsumer && key != mdPlan {
-			continue
-		}
-		// The Value, merged over its occurrences in the entry.
-		var v wireValue
-		for len(entry) > 0 {
-			num, typ, _, val, n := consumeField(entry)
-			if n < 0 {
-				return false
-			}
-			entry = entry[n:]
-			if num == fMapValue && typ == protowire.BytesType && !v.fromWire(val) {
-				return false
-			}
-		}
-		switch key {
-		case mdConsumer:
-			f.consumer = v.str()
-		case mdPlan:
-			f.plan = v.str()
 		}
 	}
 	return true
