@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,7 +14,6 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
@@ -86,19 +84,7 @@ func start(t *testing.T, newLimiter limitertest.Factory) *fixture {
 	}
 	f.lim = lim
 	f.srv = authz.New(authz.Config{Snapshot: snap, Limiter: lim, Log: zaptest.NewLogger(t), Clock: f.clock.Now})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	authv3.RegisterAuthorizationServer(gs, f.srv)
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := envoy.Loopback(t, func(gs *grpc.Server) { authv3.RegisterAuthorizationServer(gs, f.srv) })
 	f.client = envoy.NewAuthzClient(conn, envoy.AuthzConfig{Timeout: 5 * time.Second})
 	return f
 }

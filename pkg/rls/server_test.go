@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"math"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +15,6 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -92,19 +90,7 @@ func start(t *testing.T, newLimiter limitertest.Factory, text string) *fixture {
 	f.cfg = mustConfig(t, text)
 	lim := newLimiter(t, f.clock)
 	f.srv = rls.New(rls.Config{Snapshot: snapshot(t, f.cfg, false), Limiter: lim, Log: zaptest.NewLogger(t)})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	rlsv3.RegisterRateLimitServiceServer(gs, f.srv)
-	go gs.Serve(lis)
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := envoy.Loopback(t, func(gs *grpc.Server) { rlsv3.RegisterRateLimitServiceServer(gs, f.srv) })
 	f.client = envoy.NewRateLimitClient(conn, envoy.RateLimitConfig{Domain: "api", Timeout: 5 * time.Second, XRateLimitHeaders: true})
 	f.raw = rlsv3.NewRateLimitServiceClient(conn)
 	return f

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -21,7 +20,6 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
@@ -157,29 +155,13 @@ func newTestEnv(t *testing.T, flushEvery time.Duration) *testEnv {
 		Metrics:    e.metrics,
 		Log:        log,
 	})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := grpc.NewServer()
-	accesslogv3.RegisterAccessLogServiceServer(g, e.r)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		g.Serve(lis)
-	}()
-	e.conn, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Cleanups run last first: the server stops, then the receiver closes.
 	t.Cleanup(func() {
-		e.conn.Close()
-		g.Stop()
-		<-served
 		if err := e.r.Close(context.Background()); err != nil {
 			t.Errorf("Close: %v", err)
 		}
 	})
+	e.conn = envoy.Loopback(t, func(g *grpc.Server) { accesslogv3.RegisterAccessLogServiceServer(g, e.r) })
 	return e
 }
 

@@ -14,34 +14,7 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// serve starts a gRPC server on 127.0.0.1:0 with the services register adds, and returns a
-// client connection to it. Both are stopped when the test ends.
-func serve(t *testing.T, register func(*grpc.Server)) *grpc.ClientConn {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	srv := grpc.NewServer()
-	register(srv)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		srv.Stop()
-		<-served
-		t.Fatalf("dial: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = conn.Close()
-		srv.Stop()
-		<-served
-	})
-	return conn
-}
+func serve(t *testing.T, register func(*grpc.Server)) *grpc.ClientConn { return Loopback(t, register) }
 
 // stoppedServerConn returns a client connection to an address nothing listens on.
 func stoppedServerConn(t *testing.T) *grpc.ClientConn {
