@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/levyhq/levy/pkg/rls"
 )
 
 // Config is the whole levy.yaml.
@@ -31,6 +33,7 @@ type Config struct {
 	// Source is the file the config came from ("" for defaults only).
 	Source string `yaml:"-"`
 	lines  lineIndex
+	rules  *rls.Rules // loaded rate-limit rules
 }
 
 // RateLimit configures the RateLimitService.

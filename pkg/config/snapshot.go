@@ -12,7 +12,13 @@ import (
 
 // RateLimitRules loads the RateLimitService rules: those inline in the
 // file, then every *.yaml of ratelimit.dir. Errors name file and line.
+//
+// The first successful load is kept (Validate loads them): the files are
+// read once per config, not again by every snapshot built from it.
 func (c *Config) RateLimitRules() (*rls.Rules, error) {
+	if c.rules != nil {
+		return c.rules, nil
+	}
 	var sources []rls.Source
 	for i := range c.RateLimit.Domains {
 		name := c.Source
@@ -28,7 +34,11 @@ func (c *Config) RateLimitRules() (*rls.Rules, error) {
 		}
 		sources = append(sources, files...)
 	}
-	return rls.Load(sources, c.RateLimit.MergeDomains)
+	rules, err := rls.Load(sources, c.RateLimit.MergeDomains)
+	if err == nil {
+		c.rules = rules
+	}
+	return rules, err
 }
 
 // Catalog builds the plan catalog. Call it on a validated config.
