@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -212,7 +211,6 @@ func TestStripeWebhooksChangePlans(t *testing.T) {
 	}
 }
 
-var _ = filepath.Join
 
 // Access logs settle what admission counted: a 5xx is refunded, units an
 // upstream reports are added, a repeated log changes nothing; and SIGTERM
@@ -248,7 +246,6 @@ func TestAccessLogsSettleUsage(t *testing.T) {
 		out, _ := runLevy("usage", "acme", "--admin-url", "http://"+p.httpAddr)
 		return out
 	}
-	waitFor(t, 5*time.Second, func() bool { return strings.Contains(usage(), "billable: ") })
 	deadline := time.Now().Add(10 * time.Second)
 	for total, _ := exported(t, m.stripe); total != 6; total, _ = exported(t, m.stripe) {
 		if time.Now().After(deadline) {
@@ -256,6 +253,10 @@ func TestAccessLogsSettleUsage(t *testing.T) {
 				total, usage(), tail(p.stderr.String(), 2000))
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+
+	if out := usage(); !strings.Contains(out, "used:     10 units (11 after access-log settlement)") || !strings.Contains(out, "billable: 6 (exported to Stripe 6, pending 0)") {
+		t.Fatalf("levy usage:\n%s", out)
 	}
 
 	// SIGTERM with the access-log stream still open: levy exits promptly.
