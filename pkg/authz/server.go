@@ -221,7 +221,9 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		s.metrics.StoreErrors.WithLabelValues("decide").Inc()
 		return storeUnavailable("limits cannot be checked right now"), ReasonStoreUnavailable, nil
 	}
-	rl := d.Headers(limits)
+	// The IETF pair only with denials: on every allow it would double what
+	// levy adds to each response.
+	rl := d.Headers(limits, !d.OK)
 	debug := s.log.Core().Enabled(zap.DebugLevel)
 	if !d.OK {
 		reason := denialReason(&limits[d.Denied])
@@ -240,7 +242,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
 			Headers:              id.headers,
 			HeadersToRemove:      snap.removeHeaders(headers),
-			ResponseHeadersToAdd: responseHeaders(allowHeaders(rl)),
+			ResponseHeadersToAdd: responseHeaders(rl),
 		}},
 		DynamicMetadata: id.metadata,
 	}, "ok", nil
@@ -398,18 +400,6 @@ func denialReason(l *limiter.Limit) string {
 	default:
 		return ReasonQuota
 	}
-}
-
-// allowHeaders are the rate-limit headers of an allowed request: the
-// X-RateLimit-* trio clients read (what Envoy's DRAFT_VERSION_03 emits).
-// The IETF RateLimit-Policy/RateLimit pair comes with denials, where a
-// client needs the whole picture; on every allow it would double what
-// levy adds to each response.
-func allowHeaders(hs []limiter.Header) []limiter.Header {
-	if len(hs) > 3 && hs[0].Name == "x-ratelimit-limit" {
-		return hs[:3]
-	}
-	return hs
 }
 
 func responseHeaders(hs []limiter.Header) []*corev3.HeaderValueOption {

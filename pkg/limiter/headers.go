@@ -11,10 +11,11 @@ type Header struct{ Name, Value string }
 
 // Headers returns the rate-limit headers clients expect for a decision:
 // X-RateLimit-Limit/Remaining/Reset for the tightest enforced limit (what
-// Envoy's DRAFT_VERSION_03 emits), the IETF RateLimit-Policy listing every
-// enforced limit and RateLimit for the tightest, and Retry-After when
-// denied. Unenforced limits (soft quotas without a cap) are left out.
-func (d *Decision) Headers(limits []Limit) []Header {
+// Envoy's DRAFT_VERSION_03 emits), with ietf the IETF RateLimit-Policy
+// listing every enforced limit and RateLimit for the tightest, and
+// Retry-After when denied. Unenforced limits (soft quotas without a cap)
+// are left out.
+func (d *Decision) Headers(limits []Limit, ietf bool) []Header {
 	t := d.Tightest(limits)
 	if t < 0 {
 		return nil
@@ -30,28 +31,35 @@ func (d *Decision) Headers(limits []Limit) []Header {
 		Header{"x-ratelimit-remaining", strconv.FormatInt(max(st.Remaining, 0), 10)},
 		Header{"x-ratelimit-reset", strconv.FormatInt(Seconds(reset), 10)},
 	)
-	var policy strings.Builder
-	for i := range limits {
-		if !limits[i].Enforced() {
-			continue
-		}
-		if policy.Len() > 0 {
-			policy.WriteString(", ")
-		}
-		policy.WriteString(strconv.Quote(limits[i].Name))
-		policy.WriteString(";q=")
-		policy.WriteString(strconv.FormatInt(d.Statuses[i].Limit, 10))
-		policy.WriteString(";w=")
-		policy.WriteString(strconv.FormatInt(Seconds(limits[i].Window(d.Now)), 10))
+	if ietf {
+		hs = append(hs,
+			Header{"ratelimit-policy", d.policy(limits)},
+			Header{"ratelimit", strconv.Quote(limits[t].Name) + ";r=" + strconv.FormatInt(max(st.Remaining, 0), 10) + ";t=" + strconv.FormatInt(Seconds(reset), 10)},
+		)
 	}
-	hs = append(hs,
-		Header{"ratelimit-policy", policy.String()},
-		Header{"ratelimit", strconv.Quote(limits[t].Name) + ";r=" + strconv.FormatInt(max(st.Remaining, 0), 10) + ";t=" + strconv.FormatInt(Seconds(reset), 10)},
-	)
 	if !d.OK {
 		hs = append(hs, Header{"retry-after", strconv.FormatInt(max(Seconds(st.RetryAfter), 1), 10)})
 	}
 	return hs
+}
+
+// policy is the RateLimit-Policy value: every enforced limit and window.
+func (d *Decision) policy(limits []Limit) string {
+	var b strings.Builder
+	for i := range limits {
+		if !limits[i].Enforced() {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(strconv.Quote(limits[i].Name))
+		b.WriteString(";q=")
+		b.WriteString(strconv.FormatInt(d.Statuses[i].Limit, 10))
+		b.WriteString(";w=")
+		b.WriteString(strconv.FormatInt(Seconds(limits[i].Window(d.Now)), 10))
+	}
+	return b.String()
 }
 
 // Seconds rounds a duration up to whole seconds, as clients want them.

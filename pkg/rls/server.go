@@ -202,7 +202,7 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 			s.log.Debug("shadow limit over", zap.String("rule", limits[i].Name))
 		}
 	}
-	hs := d.Headers(limits)
+	hs := d.Headers(limits, true) // Envoy adds them on OK and 429 alike
 	if !d.OK {
 		resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
 		hs = append([]limiter.Header{{Name: "content-type", Value: problem.ContentType}}, hs...)
