@@ -574,14 +574,3 @@ func (l *Local) Buckets() int {
 	return n
 }
 
-// Usage returns the quota counter of key for the period containing now.
-func (l *Local) Usage(key string, unit plan.Unit, anchor time.Time) (int64, plan.Period) {
-	p := plan.PeriodAt(l.clock(), unit, anchor)
-	sh := l.shardFor(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if c, ok := sh.counters[counterID{key, p.Start.Unix()}]; ok {
-		return c.Value, p
-	}
-	return 0, p
-}

@@ -35,7 +35,6 @@ import (
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
-	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/pkg/telemetry"
@@ -483,6 +482,3 @@ func (s *Server) setupDemo() error {
 	return nil
 }
 
-// Limiter exposes the local store's limiter, for usage reports and tests
-// (nil on Redis).
-func (s *Server) Limiter() *limiter.Local { return s.backend.local }

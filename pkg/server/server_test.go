@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/test/envoy"
 )
@@ -102,7 +103,15 @@ func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("Run did not return after cancel")
 	}
-	if used, _ := srv.Limiter().Usage("{c:demo-free}:units", "month", time.Time{}); used != 1 {
-		t.Fatalf("usage after shutdown %d, want 1", used)
+	// The local store's counters were flushed: a fresh server on the same
+	// data dir reports the allowed request (and not the denied one).
+	again, err := New(cfg, Options{Log: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { again.als.Close(context.Background()); again.closeStore() }()
+	rep, err := again.usageReport(context.Background(), "demo-free")
+	if err != nil || rep.(billing.UsageReport).Used != 1 {
+		t.Fatalf("usage after a restart: %+v %v, want 1 used", rep, err)
 	}
 }

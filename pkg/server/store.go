@@ -29,7 +29,6 @@ type backend struct {
 	lease    billing.Lease
 	events   billing.Events
 	store    apikey.Store
-	local    *limiter.Local // the local store's limiter (usage reports)
 	ready    func() bool
 	demoKeys func(plans []string, gen func() (string, error)) (map[string]string, error)
 	closers  []func() error
@@ -64,7 +63,7 @@ func (s *Server) openBackend(cfg *config.Config) (*backend, error) {
 		b.close()
 		return nil, err
 	}
-	b.limiter, b.local, b.store, b.demoKeys = local, local, dir, db.DemoKeys
+	b.limiter, b.store, b.demoKeys = local, dir, db.DemoKeys
 	b.ledger, b.lease, b.events = local, billing.SoleLease{}, db
 	return b, nil
 }
