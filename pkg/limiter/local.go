@@ -573,4 +573,3 @@ func (l *Local) Buckets() int {
 	}
 	return n
 }
-

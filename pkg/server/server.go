@@ -481,4 +481,3 @@ func (s *Server) setupDemo() error {
 	}
 	return nil
 }
-
