@@ -211,7 +211,6 @@ func TestStripeWebhooksChangePlans(t *testing.T) {
 	}
 }
 
-
 // Access logs settle what admission counted: a 5xx is refunded, units an
 // upstream reports are added, a repeated log changes nothing; and SIGTERM
 // ends Envoy's open access-log streams at once and keeps the settlement.
