@@ -1,24 +1,27 @@
 -- levy's atomic decisions: every limit of a request, evaluated against the
 -- store's clock, then all taken or (when any denies) none. One call
 -- decides a batch of requests, one after the other, as if each were its
--- own call.
+-- own call. It runs for every decision, so it is written for speed: each
+-- value is parsed once, the few tables it needs are reused across the
+-- batch, and a limit's answer is only the fields its kind has.
 --
 -- KEYS: the state of each limit of each request, in order (a bucket's
--- theoretical arrival time, or a quota hash {s = period start, v = count});
--- all in one hash slot.
+-- theoretical arrival time, a quota hash {s = period start, v = count},
+-- or a ledger's index of unexported windows); all in one hash slot.
 -- ARGV[1]: "" to use TIME, or a test clock in microseconds.
 -- ARGV[2]: D, the number of requests; ARGV[3..2+D]: each request's number
--- of limits. Then, from ARGV[3+D], 10 values per limit:
---   kind (0 bucket, 1 quota), cost, shadow (0/1),
---   bucket: interval_us, tolerance_us, -, -, -, -, -
---   quota:  unit (1 hour, 2 day, 3 week, 4 month, 5 year), max, soft (0/1), cap,
---           anchor_day (0 = calendar), anchor_month*100000+anchor_second_of_day
---   ledger (kind 2): window_s, -, -, -, -, -; KEYS[i] is the ledger's index
---           of unexported windows, the window itself is KEYS[i]..":"..start
+-- of limits. Then, from ARGV[3+D], each limit's values, by kind:
+--   bucket (0): kind, cost, shadow (0/1), interval_us, tolerance_us
+--   quota (1):  kind, cost, shadow, unit (1 hour, 2 day, 3 week, 4 month,
+--               5 year), max, soft (0/1), cap, anchor_day (0 = calendar),
+--               anchor_month*100000+anchor_second_of_day
+--   ledger (2): kind, cost, window_s; the window itself is
+--               KEYS[i]..":"..start
 -- Returns {now_s, now_us, then per request: denied_index (0 = none), then
--- per limit: ok (0/1), remaining, reset_us, retry_us, used, overage,
--- period_start_s, period_end_s}
+-- per limit: ok (0/1), remaining, reset_us, retry_us, and for quotas and
+-- ledgers also used, overage, period_start_s}
 
+local floor = math.floor
 local now
 -- Redis expires keys on its own clock; under a test clock a bucket key
 -- must outlive the test's real time, so it gets a minute more.
@@ -30,7 +33,7 @@ else
   local t = redis.call("TIME")
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local now_s = math.floor(now / 1000000)
+local now_s = floor(now / 1000000)
 
 local function days_from_civil(y, m, d)
   if m <= 2 then y = y - 1 end
@@ -103,46 +106,52 @@ local function period(t, unit, aday, amonth_sec)
 end
 
 
--- eval decides one limit (its values start at ARGV[base]) from its stored
--- state; it returns the status and the state it would leave.
-local function eval(base, cost, stored)
-  local kind = tonumber(ARGV[base])
-  if kind == 2 then
-    local size = tonumber(ARGV[base + 3])
-    local start = math.floor(now_s / size) * size
-    local units = (stored or 0) + cost
-    return {1, -1, 0, 0, units, 0, start, start + size}, units
-  end
+-- A request's limits, parsed once; the tables are reused by every
+-- request of the batch (only entries 1..n of the current one are read).
+local kinds, costs, shadows, keys = {}, {}, {}, {}
+local pa, pb, pc, pd, pe, pf = {}, {}, {}, {}, {}, {} -- kind's parameters
+local stored, starts, nexts = {}, {}, {}
+local oks, rems, resets, retries, useds, overs = {}, {}, {}, {}, {}, {}
+
+-- eval decides limit i from state cur, taking cost c; it sets the limit's
+-- status and the state it would leave (nexts[i]).
+local function eval(i, c, cur)
+  local kind = kinds[i]
   if kind == 0 then
-    local interval = tonumber(ARGV[base + 3])
-    local tolerance = tonumber(ARGV[base + 4])
-    local tat = stored or now
+    local interval, tolerance = pa[i], pb[i]
+    local tat = cur or now
     if tat < now then tat = now end
     if tat > now + tolerance then tat = now + tolerance end
-    if cost * interval > tolerance then
-      -- more than the bucket ever holds: never passes
-      return {0, math.floor((tolerance - (tat - now)) / interval), tat - now, tolerance, 0, 0, 0, 0}, tat
+    local nxt = tat + c * interval
+    if c * interval > tolerance or nxt - now > tolerance then
+      -- over, or more than the bucket ever holds (never passes)
+      local retry = tolerance
+      if c * interval <= tolerance then retry = nxt - now - tolerance end
+      oks[i], rems[i], resets[i], retries[i], nexts[i] = 0, floor((tolerance - (tat - now)) / interval), tat - now, retry, tat
+      return
     end
-    local nxt = tat + cost * interval
-    if nxt - now > tolerance then
-      return {0, math.floor((tolerance - (tat - now)) / interval), tat - now, nxt - now - tolerance, 0, 0, 0, 0}, tat
-    end
-    return {1, math.floor((tolerance - (nxt - now)) / interval), nxt - now, 0, 0, 0, 0, 0}, nxt
+    oks[i], rems[i], resets[i], retries[i], nexts[i] = 1, floor((tolerance - (nxt - now)) / interval), nxt - now, 0, nxt
+    return
   end
-  local max = tonumber(ARGV[base + 4])
-  local soft = tonumber(ARGV[base + 5]) == 1
-  local cap = tonumber(ARGV[base + 6])
-  local ps, pe = period(now_s, tonumber(ARGV[base + 3]), tonumber(ARGV[base + 7]), tonumber(ARGV[base + 8]))
-  local used = stored or 0
-  local after = used + cost
-  local reset = pe * 1000000 - now
-  if not soft then
+  local ps = starts[i]
+  if kind == 2 then
+    local units = (cur or 0) + c
+    oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, -1, 0, 0, units, 0, units
+    return
+  end
+  local max, soft, cap = pb[i], pc[i], pd[i]
+  local used = cur or 0
+  local after = used + c
+  local reset = pe[i] * 1000000 - now -- pe: the period's end
+  if soft == 0 then
     if after > max then
       local rem = max - used
       if rem < 0 then rem = 0 end
-      return {0, rem, reset, reset, used, 0, ps, pe}, used
+      oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 0, rem, reset, reset, used, 0, used
+      return
     end
-    return {1, max - after, reset, 0, after, 0, ps, pe}, after
+    oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, max - after, reset, 0, after, 0, after
+    return
   end
   local over = after - max
   if over < 0 then over = 0 end
@@ -152,106 +161,108 @@ local function eval(base, cost, stored)
       if rem < 0 then rem = 0 end
       local o = used - max
       if o < 0 then o = 0 end
-      return {0, rem, reset, reset, used, o, ps, pe}, used
+      oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 0, rem, reset, reset, used, o, used
+      return
     end
-    return {1, cap - after, reset, 0, after, over, ps, pe}, after
+    oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, cap - after, reset, 0, after, over, after
+    return
   end
-  return {1, -1, reset, 0, after, over, ps, pe}, after
+  oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, -1, reset, 0, after, over, after
 end
 
--- read returns a limit's stored state for the current period, and the
--- period (or window) start that names it.
-local function read(key, base)
-  local kind = tonumber(ARGV[base])
+-- parse reads limit i's values from ARGV[a] on, and its stored state for
+-- the current period; it returns where the next limit's values start.
+local function parse(i, key, a)
+  local kind = tonumber(ARGV[a])
+  kinds[i], costs[i], keys[i] = kind, tonumber(ARGV[a + 1]), key
   if kind == 0 then
+    shadows[i], pa[i], pb[i], starts[i] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), 0
     local v = redis.call("GET", key)
-    return v and tonumber(v) or nil, 0
+    stored[i] = v and tonumber(v) or nil
+    return a + 5
   end
   if kind == 2 then
-    local size = tonumber(ARGV[base + 3])
-    local start = math.floor(now_s / size) * size
+    local size = tonumber(ARGV[a + 2])
+    local start = floor(now_s / size) * size
+    shadows[i], pa[i], starts[i] = 0, size, start
     local v = redis.call("HGET", key .. ":" .. start, "u")
-    return v and tonumber(v) or nil, start
+    stored[i] = v and tonumber(v) or nil
+    return a + 3
   end
-  local ps = period(now_s, tonumber(ARGV[base + 3]), tonumber(ARGV[base + 7]), tonumber(ARGV[base + 8]))
+  local ps, pend = period(now_s, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8]))
+  shadows[i], pb[i], pc[i], pd[i], pe[i], starts[i] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), pend, ps
   local h = redis.call("HMGET", key, "s", "v")
   if h[1] and tonumber(h[1]) == ps then
-    return tonumber(h[2]), ps
+    stored[i] = tonumber(h[2])
+  else
+    stored[i] = nil
   end
-  return nil, ps
+  return a + 9
 end
 
--- write stores what an allowed limit took.
-local function write(key, base, value, st)
-  local kind = tonumber(ARGV[base])
-  local cost = tonumber(ARGV[base + 1])
-  if cost <= 0 then return end
+-- write stores what allowed limit i took.
+local function write(i)
+  local c = costs[i]
+  if c <= 0 then return end
+  local kind, key, value = kinds[i], keys[i], nexts[i]
   if kind == 0 then
-    local ttl = math.floor((value - now) / 1000) + 1 + ttl_extra
-    redis.call("SET", key, string.format("%d", value), "PX", ttl)
+    redis.call("SET", key, string.format("%d", value), "PX", floor((value - now) / 1000) + 1 + ttl_extra)
   elseif kind == 2 then
-    local w = key .. ":" .. st[7]
-    if redis.call("HINCRBY", w, "u", cost) == cost then
+    local start = starts[i]
+    local w = key .. ":" .. start
+    if redis.call("HINCRBY", w, "u", c) == c then
       -- the window's first units: record its size and index it (both
       -- idempotent, so a window settled down to zero may do it again)
-      redis.call("HSETNX", w, "z", tonumber(ARGV[base + 3]))
-      redis.call("ZADD", key, st[7], st[7])
+      redis.call("HSETNX", w, "z", pa[i])
+      redis.call("ZADD", key, start, start)
     end
   else
-    redis.call("HSET", key, "s", st[7], "v", value)
+    redis.call("HSET", key, "s", starts[i], "v", value)
     -- kept a day past the period's end, relative to the decision's clock
-    redis.call("PEXPIRE", key, math.floor((st[8] * 1000000 - now) / 1000) + 86400000)
+    redis.call("PEXPIRE", key, floor((pe[i] * 1000000 - now) / 1000) + 86400000)
   end
 end
 
--- decide decides one request: n limits, keys from KEYS[k0], values from
--- ARGV[a0]; it appends its answer to out.
-local function decide(k0, a0, n, out)
-  local pending = {} -- key|period -> the state earlier limits of this request leave
-  local stored, statuses, values, skips = {}, {}, {}, {}
+local out, o = {now_s, now % 1000000}, 2
+local count = tonumber(ARGV[2])
+local k, a = 1, 3 + count
+for r = 1, count do
+  local n = tonumber(ARGV[2 + r])
   local denied = 0
   for i = 1, n do
-    local key, base = KEYS[k0 + i - 1], a0 + (i - 1) * 10
-    local v, ps = read(key, base)
-    stored[i] = v
-    local pk = key .. "|" .. ps
-    local cur = v
-    if pending[pk] ~= nil then cur = pending[pk] end
-    local st, nv = eval(base, tonumber(ARGV[base + 1]), cur)
-    statuses[i], values[i] = st, nv
-    if st[1] == 0 then
-      if tonumber(ARGV[base + 2]) == 1 then skips[i] = true elseif denied == 0 then denied = i end
+    a = parse(i, KEYS[k], a)
+    k = k + 1
+    -- An earlier limit of this request on the same state decides on what
+    -- that one would leave.
+    local cur = stored[i]
+    for j = i - 1, 1, -1 do
+      if keys[j] == keys[i] and starts[j] == starts[i] and not (oks[j] == 0 and shadows[j] == 1) then
+        cur = nexts[j]
+        break
+      end
     end
-    if not skips[i] then pending[pk] = nv end
+    eval(i, costs[i], cur)
+    if oks[i] == 0 and shadows[i] == 0 and denied == 0 then denied = i end
   end
   if denied > 0 then
     -- Nothing is taken: report what the other limits have left.
     for i = 1, n do
-      if i ~= denied and statuses[i][1] == 1 then
-        statuses[i] = eval(a0 + (i - 1) * 10, 0, stored[i])
-      end
+      if i ~= denied and oks[i] == 1 then eval(i, 0, stored[i]) end
     end
   else
     for i = 1, n do
-      if not skips[i] then
-        write(KEYS[k0 + i - 1], a0 + (i - 1) * 10, values[i], statuses[i])
-      end
+      if oks[i] == 1 or shadows[i] == 0 then write(i) end
     end
   end
-  table.insert(out, denied)
+  o = o + 1
+  out[o] = denied
   for i = 1, n do
-    for _, v in ipairs(statuses[i]) do
-      table.insert(out, v)
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4] = oks[i], rems[i], resets[i], retries[i]
+    o = o + 4
+    if kinds[i] ~= 0 then
+      out[o + 1], out[o + 2], out[o + 3] = useds[i], overs[i], starts[i]
+      o = o + 3
     end
   end
-end
-
-local out = {now_s, now % 1000000}
-local count = tonumber(ARGV[2])
-local k0, a0 = 1, 3 + count
-for d = 1, count do
-  local n = tonumber(ARGV[2 + d])
-  decide(k0, a0, n, out)
-  k0, a0 = k0 + n, a0 + n * 10
 end
 return out

@@ -91,8 +91,6 @@ func (r *Redis) Close() error {
 	return nil
 }
 
-const argsPerLimit = 10
-
 // Decide implements Limiter. In a cluster, limits in different hash slots
 // are decided slot by slot, each atomically; when a later slot denies, the
 // earlier slots' takings are given back.
@@ -248,12 +246,15 @@ type decided struct {
 // runBatch decides several requests in one script call, one after the
 // other, each as if alone.
 func (r *Redis) runBatch(ctx context.Context, script *redis.Script, batch [][]Limit) ([]decided, time.Time, error) {
-	total := 0
+	total, want := 0, 2+len(batch)
 	for _, limits := range batch {
 		total += len(limits)
+		for i := range limits {
+			want += replyFields(limits[i].Kind)
+		}
 	}
 	keys := make([]string, 0, total)
-	args := make([]any, 2, 2+len(batch)+argsPerLimit*total)
+	args := make([]any, 2, 2+len(batch)+maxArgsPerLimit*total)
 	args[0], args[1] = "", len(batch)
 	if r.clock != nil {
 		args[0] = strconv.FormatInt(r.clock().UnixMicro(), 10)
@@ -264,7 +265,7 @@ func (r *Redis) runBatch(ctx context.Context, script *redis.Script, batch [][]Li
 	for _, limits := range batch {
 		for i := range limits {
 			keys = append(keys, limits[i].Key)
-			args = append(args, limitArgs(&limits[i])...)
+			args = appendLimitArgs(args, &limits[i])
 		}
 	}
 	v, err := script.Run(ctx, r.client, keys, args...).Int64Slice()
@@ -274,32 +275,44 @@ func (r *Redis) runBatch(ctx context.Context, script *redis.Script, batch [][]Li
 		}
 		return nil, time.Time{}, fmt.Errorf("redis decide: %w", err)
 	}
-	if len(v) != 2+len(batch)+8*total {
+	if len(v) != want {
 		return nil, time.Time{}, errors.New("redis decide: malformed reply")
 	}
 	now := time.Unix(v[0], v[1]*1000).UTC()
 	out := make([]decided, len(batch))
+	statuses := make([]Status, total)
 	p := 2
 	for b, limits := range batch {
-		d := decided{denied: int(v[p]) - 1, statuses: make([]Status, len(limits))}
+		d := decided{denied: int(v[p]) - 1, statuses: statuses[:len(limits):len(limits)]}
+		statuses = statuses[len(limits):]
 		p++
 		for j := range limits {
-			f := v[p : p+8]
-			p += 8
-			d.statuses[j] = Status{
-				OK:          f[0] == 1,
-				Limit:       displayLimit(&limits[j]),
-				Remaining:   f[1],
-				Reset:       time.Duration(f[2]) * time.Microsecond,
-				RetryAfter:  time.Duration(f[3]) * time.Microsecond,
-				Used:        f[4],
-				Overage:     f[5],
-				PeriodStart: time.Unix(f[6], 0).UTC(),
+			st := &d.statuses[j]
+			*st = Status{
+				OK:         v[p] == 1,
+				Limit:      displayLimit(&limits[j]),
+				Remaining:  v[p+1],
+				Reset:      time.Duration(v[p+2]) * time.Microsecond,
+				RetryAfter: time.Duration(v[p+3]) * time.Microsecond,
 			}
+			if limits[j].Kind != Bucket {
+				st.Used, st.Overage, st.PeriodStart = v[p+4], v[p+5], time.Unix(v[p+6], 0).UTC()
+			}
+			p += replyFields(limits[j].Kind)
 		}
 		out[b] = d
 	}
 	return out, now, nil
+}
+
+// replyFields is how many values decide.lua answers for a limit of kind k:
+// ok, remaining, reset and retry, and for quotas and ledgers used, overage
+// and the period's start.
+func replyFields(k Kind) int {
+	if k == Bucket {
+		return 4
+	}
+	return 7
 }
 
 // displayLimit is the number clients are shown for a limit.
@@ -316,20 +329,21 @@ func displayLimit(l *Limit) int64 {
 
 var unitCodes = map[plan.Unit]int{plan.Hour: 1, plan.Day: 2, plan.Week: 3, plan.Month: 4, plan.Year: 5}
 
-func limitArgs(l *Limit) []any {
+// maxArgsPerLimit is the most values decide.lua reads for one limit.
+const maxArgsPerLimit = 9
+
+// appendLimitArgs appends l's values in decide.lua's order for its kind.
+func appendLimitArgs(args []any, l *Limit) []any {
 	shadow := 0
 	if l.Shadow {
 		shadow = 1
 	}
-	if l.Kind == Ledger {
-		return []any{2, l.Cost, 0, int64(l.WindowSize / time.Second), 0, 0, 0, 0, 0, 0}
-	}
-	if l.Kind == Bucket {
-		interval := l.Per.Microseconds() / l.Requests
-		if interval < 1 {
-			interval = 1
-		}
-		return []any{0, l.Cost, shadow, interval, interval * l.Capacity(), 0, 0, 0, 0, 0}
+	switch l.Kind {
+	case Ledger:
+		return append(args, 2, l.Cost, int64(l.WindowSize/time.Second))
+	case Bucket:
+		interval := max(l.Per.Microseconds()/l.Requests, 1)
+		return append(args, 0, l.Cost, shadow, interval, interval*l.Capacity())
 	}
 	soft := 0
 	if l.Soft {
@@ -341,7 +355,7 @@ func limitArgs(l *Limit) []any {
 		aday = a.Day()
 		amonthSec = int(a.Month())*100000 + a.Hour()*3600 + a.Minute()*60 + a.Second()
 	}
-	return []any{1, l.Cost, shadow, unitCodes[l.Unit], l.Max, soft, l.Cap, aday, amonthSec, 0}
+	return append(args, 1, l.Cost, shadow, unitCodes[l.Unit], l.Max, soft, l.Cap, aday, amonthSec)
 }
 
 // Slot is the Redis Cluster hash slot of key (CRC16/XMODEM of its hash

@@ -10,15 +10,15 @@ else
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local out = {math.floor(now / 1000000), now % 1000000, 0}
+local a = 4
 for i = 1, #KEYS do
-  local base = 4 + (i - 1) * 10
-  local kind = tonumber(ARGV[base])
-  local cost = tonumber(ARGV[base + 1])
+  local kind = tonumber(ARGV[a])
+  local cost = tonumber(ARGV[a + 1])
   if cost > 0 then
     if kind == 0 then
       local v = redis.call("GET", KEYS[i])
       if v then
-        local tat = tonumber(v) - cost * tonumber(ARGV[base + 3])
+        local tat = tonumber(v) - cost * tonumber(ARGV[a + 3])
         if tat > now then
           redis.call("SET", KEYS[i], string.format("%d", tat), "PX", math.floor((tat - now) / 1000) + 1)
         else
@@ -31,7 +31,7 @@ for i = 1, #KEYS do
         redis.call("HINCRBY", KEYS[i], "v", -cost)
       end
     elseif kind == 2 then
-      local size = tonumber(ARGV[base + 3])
+      local size = tonumber(ARGV[a + 2])
       local w = KEYS[i] .. ":" .. (math.floor(now / 1000000 / size) * size)
       local v = redis.call("HGET", w, "u")
       if v and tonumber(v) >= cost then
@@ -39,7 +39,12 @@ for i = 1, #KEYS do
       end
     end
   end
-  for _ = 1, 8 do table.insert(out, 0) end
-  out[#out - 7] = 1
+  -- decide.lua's shape: ok, remaining, reset, retry (and used, overage,
+  -- period start for quotas and ledgers)
+  local fields, step = 4, 5
+  if kind == 1 then fields, step = 7, 9 elseif kind == 2 then fields, step = 7, 3 end
+  out[#out + 1] = 1
+  for _ = 2, fields do out[#out + 1] = 0 end
+  a = a + step
 end
 return out
