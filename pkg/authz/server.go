@@ -223,7 +223,11 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	}
 	// The IETF pair only with denials: on every allow it would double what
 	// levy adds to each response.
-	rl := d.Headers(limits, !d.OK)
+	set := limiter.XRateLimit
+	if !d.OK {
+		set |= limiter.IETF
+	}
+	rl := d.Headers(limits, set)
 	debug := s.log.Core().Enabled(zap.DebugLevel)
 	if !d.OK {
 		reason := denialReason(&limits[d.Denied])

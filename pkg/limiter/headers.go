@@ -9,13 +9,22 @@ import (
 // Header is one response header.
 type Header struct{ Name, Value string }
 
-// Headers returns the rate-limit headers clients expect for a decision:
-// X-RateLimit-Limit/Remaining/Reset for the tightest enforced limit (what
-// Envoy's DRAFT_VERSION_03 emits), with ietf the IETF RateLimit-Policy
-// listing every enforced limit and RateLimit for the tightest, and
-// Retry-After when denied. Unenforced limits (soft quotas without a cap)
-// are left out.
-func (d *Decision) Headers(limits []Limit, ietf bool) []Header {
+// HeaderSet chooses the rate-limit headers Headers returns.
+type HeaderSet uint8
+
+const (
+	// XRateLimit is X-RateLimit-Limit/Remaining/Reset for the tightest
+	// enforced limit (what Envoy's DRAFT_VERSION_03 emits).
+	XRateLimit HeaderSet = 1 << iota
+	// IETF is RateLimit-Policy, listing every enforced limit, and
+	// RateLimit for the tightest.
+	IETF
+)
+
+// Headers returns the rate-limit headers of set that clients expect for a
+// decision, and Retry-After when it denied. Unenforced limits (soft quotas
+// without a cap) are left out.
+func (d *Decision) Headers(limits []Limit, set HeaderSet) []Header {
 	t := d.Tightest(limits)
 	if t < 0 {
 		return nil
@@ -26,12 +35,14 @@ func (d *Decision) Headers(limits []Limit, ietf bool) []Header {
 		reset = st.RetryAfter
 	}
 	hs := make([]Header, 0, 6)
-	hs = append(hs,
-		Header{"x-ratelimit-limit", strconv.FormatInt(st.Limit, 10)},
-		Header{"x-ratelimit-remaining", strconv.FormatInt(max(st.Remaining, 0), 10)},
-		Header{"x-ratelimit-reset", strconv.FormatInt(Seconds(reset), 10)},
-	)
-	if ietf {
+	if set&XRateLimit != 0 {
+		hs = append(hs,
+			Header{"x-ratelimit-limit", strconv.FormatInt(st.Limit, 10)},
+			Header{"x-ratelimit-remaining", strconv.FormatInt(max(st.Remaining, 0), 10)},
+			Header{"x-ratelimit-reset", strconv.FormatInt(Seconds(reset), 10)},
+		)
+	}
+	if set&IETF != 0 {
 		hs = append(hs,
 			Header{"ratelimit-policy", d.policy(limits)},
 			Header{"ratelimit", strconv.Quote(limits[t].Name) + ";r=" + strconv.FormatInt(max(st.Remaining, 0), 10) + ";t=" + strconv.FormatInt(Seconds(reset), 10)},

@@ -202,12 +202,16 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 			s.log.Debug("shadow limit over", zap.String("rule", limits[i].Name))
 		}
 	}
-	hs := d.Headers(limits, true) // Envoy adds them on OK and 429 alike
-	if !d.OK {
-		resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
-		hs = append([]limiter.Header{{Name: "content-type", Value: problem.ContentType}}, hs...)
-		resp.RawBody = overLimitBody(&limits[d.Denied], &d.Statuses[d.Denied])
+	if d.OK {
+		// X-RateLimit-* come from the statuses: the ratelimit filter's
+		// enable_x_ratelimit_headers: DRAFT_VERSION_03 computes them, on
+		// OK and OVER_LIMIT alike, so levy adding them too would send
+		// every client each header twice.
+		return resp, nil
 	}
+	resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+	resp.RawBody = overLimitBody(&limits[d.Denied], &d.Statuses[d.Denied])
+	hs := append([]limiter.Header{{Name: "content-type", Value: problem.ContentType}}, d.Headers(limits, limiter.IETF)...)
 	resp.ResponseHeadersToAdd = make([]*corev3.HeaderValue, len(hs))
 	for i, h := range hs {
 		resp.ResponseHeadersToAdd[i] = &corev3.HeaderValue{Key: h.Name, Value: h.Value}

@@ -263,16 +263,42 @@ func testStatusesInRequestOrderWithLimitsAndHeaders(t *testing.T, newLimiter lim
 	if s[3].LimitRemaining != math.MaxUint32 || s[3].CurrentLimit != nil {
 		t.Errorf("unlimited: %+v", s[3])
 	}
-	h := o.Response.ResponseHeadersToAdd
-	got := map[string]string{}
-	for _, hv := range h {
-		got[hv.Key] = hv.Value
+	// Through the ratelimit filter with enable_x_ratelimit_headers on, as
+	// levy's Envoy configs set it: each X-RateLimit header once, for the
+	// most restrictive descriptor (the address bucket), and no content-type
+	// that would replace the upstream's.
+	if len(o.Response.ResponseHeadersToAdd) != 0 {
+		t.Errorf("OK carries %v: the filter makes the client's headers from the statuses", o.Response.ResponseHeadersToAdd)
 	}
-	if got["x-ratelimit-limit"] != "3" || got["x-ratelimit-remaining"] != "2" || !strings.Contains(got["ratelimit-policy"], `"loose";q=100;w=60`) {
-		t.Errorf("headers %v: want the most restrictive (the address bucket)", got)
+	want := map[string]string{"x-ratelimit-limit": `3, 100;w=60;name="loose", 3;w=1`, "x-ratelimit-remaining": "2", "x-ratelimit-reset": "0"}
+	for name, v := range want {
+		if got := o.ResponseHeaders.Values(name); len(got) != 1 || got[0] != v {
+			t.Errorf("%s: %q, want once %q", name, got, v)
+		}
 	}
-	if _, ok := got["content-type"]; ok {
+	if o.ResponseHeaders.Has("content-type") {
 		t.Error("content-type on an OK response would replace the upstream's")
+	}
+	// A 429 adds Retry-After and the IETF pair, still with each X-RateLimit
+	// header once.
+	ip := d("remote_address", "10.2.2.2")
+	for range 2 {
+		f.call(t, 0, ip)
+	}
+	o = f.call(t, 0, d("generic_key", "loose"), ip)
+	if !o.Limited {
+		t.Fatal("4th call from the address: not limited")
+	}
+	for _, name := range []string{"x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "retry-after", "ratelimit-policy", "ratelimit", "content-type"} {
+		if got := o.ResponseHeaders.Values(name); len(got) != 1 {
+			t.Errorf("429 %s: %q, want one", name, got)
+		}
+	}
+	if got := o.ResponseHeaders.Get("ratelimit-policy"); !strings.Contains(got, `"loose";q=100;w=60`) {
+		t.Errorf("ratelimit-policy %q", got)
+	}
+	if o.ResponseHeaders.Get("x-ratelimit-remaining") != "0" || o.ResponseHeaders.Get("retry-after") != "1" {
+		t.Errorf("429 headers %v", o.ResponseHeaders)
 	}
 }
 

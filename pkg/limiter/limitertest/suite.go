@@ -313,7 +313,7 @@ func testShadow(t *testing.T, newLimiter Factory) {
 			t.Fatalf("request %d: wide remaining %d, want %d", i+1, d.Statuses[1].Remaining, 99-i)
 		}
 	}
-	if hs := (&limiter.Decision{OK: true, Denied: -1, Statuses: []limiter.Status{{Remaining: 0}}}).Headers([]limiter.Limit{shadow}, true); hs != nil {
+	if hs := (&limiter.Decision{OK: true, Denied: -1, Statuses: []limiter.Status{{Remaining: 0}}}).Headers([]limiter.Limit{shadow}, limiter.XRateLimit|limiter.IETF); hs != nil {
 		t.Fatalf("headers for a shadow limit: %v", hs)
 	}
 }
