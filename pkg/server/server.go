@@ -148,10 +148,7 @@ func (s *Server) listen() error {
 		s.httpLis.Close()
 		return fmt.Errorf("listen tls: %w", err)
 	}
-	opts := []grpc.ServerOption{
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxConcurrentStreams(10000),
-	}
+	opts := GRPCOptions()
 	if tlsCfg != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsCfg)))
 		// The HTTP port serves kubelet probes and Stripe's webhooks, which
@@ -480,4 +477,12 @@ func (s *Server) setupDemo() error {
 		fmt.Fprintf(s.opts.Out, "demo key for plan %s: %s\n", name, key)
 	}
 	return nil
+}
+
+// GRPCOptions are the options levy's gRPC server runs with, TLS aside.
+func GRPCOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.MaxConcurrentStreams(10000),
+	}
 }

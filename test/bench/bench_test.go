@@ -21,7 +21,6 @@ import (
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/levyhq/levy/pkg/apikey"
@@ -31,6 +30,7 @@ import (
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/localstore"
 	"github.com/levyhq/levy/pkg/rls"
+	"github.com/levyhq/levy/pkg/server"
 	"github.com/levyhq/levy/test/envoy"
 )
 
@@ -501,10 +501,7 @@ func serve(tb testing.TB, register func(grpc.ServiceRegistrar)) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	g := grpc.NewServer(
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxConcurrentStreams(10000),
-	)
+	g := grpc.NewServer(server.GRPCOptions()...)
 	register(g)
 	done := make(chan struct{})
 	go func() {
