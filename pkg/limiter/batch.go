@@ -27,7 +27,7 @@ type call struct {
 
 const (
 	maxBatch       = 64
-	batchWorkers   = 2 // script calls in flight at once
+	batchWorkers   = 1 // script calls in flight at once
 	batchQueueSize = 1024
 )
 

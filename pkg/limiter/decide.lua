@@ -170,6 +170,14 @@ local function eval(i, c, cur)
   oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, -1, reset, 0, after, over, after
 end
 
+-- The state this call has read or taken, by key (a ledger's by window):
+-- requests of a batch that share a key (a busy consumer, a global
+-- descriptor) read it once and write it once, when the batch is decided.
+-- The script runs atomically, so nobody can tell the difference.
+local seen, seen_start = {}, {} -- key -> value (false: none), a quota's period start
+local dirty = {}                -- keys to write, in the order first taken
+local dirty_kind, dirty_end, dirty_add, dirty_size, dirty_index, dirty_start = {}, {}, {}, {}, {}, {}
+
 -- parse reads limit i's values from ARGV[a] on, and its stored state for
 -- the current period; it returns where the next limit's values start.
 local function parse(i, key, a)
@@ -177,49 +185,81 @@ local function parse(i, key, a)
   kinds[i], costs[i], keys[i] = kind, tonumber(ARGV[a + 1]), key
   if kind == 0 then
     shadows[i], pa[i], pb[i], starts[i] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), 0
-    local v = redis.call("GET", key)
-    stored[i] = v and tonumber(v) or nil
+    local v = seen[key]
+    if v == nil then
+      v = redis.call("GET", key)
+      v = v and tonumber(v)
+      seen[key] = v
+    end
+    stored[i] = v or nil
     return a + 5
   end
   if kind == 2 then
     local size = tonumber(ARGV[a + 2])
     local start = floor(now_s / size) * size
-    shadows[i], pa[i], starts[i] = 0, size, start
-    local v = redis.call("HGET", key .. ":" .. start, "u")
-    stored[i] = v and tonumber(v) or nil
+    local w = key .. ":" .. start
+    shadows[i], pa[i], starts[i], keys[i] = 0, size, start, w
+    dirty_index[w] = key
+    local v = seen[w]
+    if v == nil then
+      v = redis.call("HGET", w, "u")
+      v = v and tonumber(v)
+      seen[w] = v
+    end
+    stored[i] = v or nil
     return a + 3
   end
   local ps, pend = period(now_s, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8]))
   shadows[i], pb[i], pc[i], pd[i], pe[i], starts[i] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), pend, ps
-  local h = redis.call("HMGET", key, "s", "v")
-  if h[1] and tonumber(h[1]) == ps then
-    stored[i] = tonumber(h[2])
+  if seen[key] == nil then
+    local h = redis.call("HMGET", key, "s", "v")
+    seen_start[key] = h[1] and tonumber(h[1])
+    seen[key] = h[2] and tonumber(h[2]) or false
+  end
+  if seen_start[key] == ps then
+    stored[i] = seen[key] or nil
   else
     stored[i] = nil
   end
   return a + 9
 end
 
--- write stores what allowed limit i took.
-local function write(i)
+-- take records what allowed limit i took; flush writes it.
+local function take(i)
   local c = costs[i]
   if c <= 0 then return end
-  local kind, key, value = kinds[i], keys[i], nexts[i]
-  if kind == 0 then
-    redis.call("SET", key, string.format("%d", value), "PX", floor((value - now) / 1000) + 1 + ttl_extra)
+  local key, kind = keys[i], kinds[i]
+  if dirty_kind[key] == nil then
+    dirty[#dirty + 1] = key
+    dirty_kind[key] = kind
+  end
+  seen[key] = nexts[i]
+  if kind == 1 then
+    seen_start[key], dirty_start[key], dirty_end[key] = starts[i], starts[i], pe[i]
   elseif kind == 2 then
-    local start = starts[i]
-    local w = key .. ":" .. start
-    if redis.call("HINCRBY", w, "u", c) == c then
-      -- the window's first units: record its size and index it (both
-      -- idempotent, so a window settled down to zero may do it again)
-      redis.call("HSETNX", w, "z", pa[i])
-      redis.call("ZADD", key, start, start)
+    dirty_add[key], dirty_size[key], dirty_start[key] = (dirty_add[key] or 0) + c, pa[i], starts[i]
+  end
+end
+
+-- flush writes every state the batch took.
+local function flush()
+  for _, key in ipairs(dirty) do
+    local kind, value = dirty_kind[key], seen[key]
+    if kind == 0 then
+      redis.call("SET", key, string.format("%d", value), "PX", floor((value - now) / 1000) + 1 + ttl_extra)
+    elseif kind == 2 then
+      local add, start = dirty_add[key], dirty_start[key]
+      if redis.call("HINCRBY", key, "u", add) == add then
+        -- the window's first units: record its size and index it (both
+        -- idempotent, so a window settled down to zero may do it again)
+        redis.call("HSETNX", key, "z", dirty_size[key])
+        redis.call("ZADD", dirty_index[key], start, start)
+      end
+    else
+      redis.call("HSET", key, "s", dirty_start[key], "v", value)
+      -- kept a day past the period's end, relative to the decision's clock
+      redis.call("PEXPIRE", key, floor((dirty_end[key] * 1000000 - now) / 1000) + 86400000)
     end
-  else
-    redis.call("HSET", key, "s", starts[i], "v", value)
-    -- kept a day past the period's end, relative to the decision's clock
-    redis.call("PEXPIRE", key, floor((pe[i] * 1000000 - now) / 1000) + 86400000)
   end
 end
 
@@ -251,7 +291,7 @@ for r = 1, count do
     end
   else
     for i = 1, n do
-      if oks[i] == 1 or shadows[i] == 0 then write(i) end
+      if oks[i] == 1 or shadows[i] == 0 then take(i) end
     end
   end
   o = o + 1
@@ -265,4 +305,5 @@ for r = 1, count do
     end
   end
 end
+flush()
 return out
