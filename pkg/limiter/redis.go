@@ -24,7 +24,13 @@ var refundLua string
 // *redis.ClusterClient and *redis.Ring all qualify.
 type Scripter interface {
 	redis.Scripter
+	Process(ctx context.Context, cmd redis.Cmder) error
 }
+
+// script is a Lua script levy calls by its digest.
+type script struct{ src, sha string }
+
+func newScript(src string) script { return script{src: src, sha: redis.NewScript(src).Hash()} }
 
 // RedisConfig configures a Redis limiter.
 type RedisConfig struct {
@@ -60,8 +66,8 @@ type Redis struct {
 	timeout time.Duration
 	avail   func() bool
 	failed  func(error)
-	decide  *redis.Script
-	refund  *redis.Script
+	decide  script
+	refund  script
 	batch   *batcher // standalone Redis only
 	closed  sync.Once
 }
@@ -71,7 +77,7 @@ var _ Limiter = (*Redis)(nil)
 // NewRedis returns a Redis limiter.
 func NewRedis(cfg RedisConfig) *Redis {
 	r := &Redis{client: cfg.Client, cluster: cfg.Cluster, clock: cfg.Clock, timeout: cfg.Timeout, avail: cfg.Available, failed: cfg.Failed,
-		decide: redis.NewScript(decideLua), refund: redis.NewScript(refundLua)}
+		decide: newScript(decideLua), refund: newScript(refundLua)}
 	if r.timeout <= 0 {
 		r.timeout = 50 * time.Millisecond
 	}
@@ -221,7 +227,7 @@ func (r *Redis) groups(limits []Limit) [][]int {
 	return groups
 }
 
-func (r *Redis) run(ctx context.Context, script *redis.Script, limits []Limit, idx []int) ([]Status, time.Time, int, error) {
+func (r *Redis) run(ctx context.Context, script script, limits []Limit, idx []int) ([]Status, time.Time, int, error) {
 	res, now, err := r.runBatch(ctx, script, [][]Limit{pick(limits, idx)})
 	if err != nil {
 		return nil, time.Time{}, 0, err
@@ -245,7 +251,7 @@ type decided struct {
 
 // runBatch decides several requests in one script call, one after the
 // other, each as if alone.
-func (r *Redis) runBatch(ctx context.Context, script *redis.Script, batch [][]Limit) ([]decided, time.Time, error) {
+func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([]decided, time.Time, error) {
 	total, want := 0, 2+len(batch)
 	for _, limits := range batch {
 		total += len(limits)
@@ -253,22 +259,26 @@ func (r *Redis) runBatch(ctx context.Context, script *redis.Script, batch [][]Li
 			want += replyFields(limits[i].Kind)
 		}
 	}
-	keys := make([]string, 0, total)
-	args := make([]any, 2, 2+len(batch)+maxArgsPerLimit*total)
-	args[0], args[1] = "", len(batch)
+	// EVALSHA digest numkeys KEYS... ARGV...
+	args := make([]any, 3+total, 3+total+2+len(batch)+maxArgsPerLimit*total)
+	args[0], args[1], args[2] = "evalsha", script.sha, total
+	clock := ""
 	if r.clock != nil {
-		args[0] = strconv.FormatInt(r.clock().UnixMicro(), 10)
+		clock = strconv.FormatInt(r.clock().UnixMicro(), 10)
 	}
+	args = append(args, clock, len(batch))
 	for _, limits := range batch {
 		args = append(args, len(limits))
 	}
+	k := 3
 	for _, limits := range batch {
 		for i := range limits {
-			keys = append(keys, limits[i].Key)
+			args[k] = limits[i].Key
+			k++
 			args = appendLimitArgs(args, &limits[i])
 		}
 	}
-	v, err := script.Run(ctx, r.client, keys, args...).Int64Slice()
+	v, err := r.eval(ctx, script, args)
 	if err != nil {
 		if r.failed != nil {
 			r.failed(err)
@@ -303,6 +313,22 @@ func (r *Redis) runBatch(ctx context.Context, script *redis.Script, batch [][]Li
 		out[b] = d
 	}
 	return out, now, nil
+}
+
+// eval runs args, an EVALSHA of script, and reads its reply (integers)
+// straight into an []int64. A Redis that does not know the script (it
+// restarted, or SCRIPT FLUSH) gets it with EVAL.
+func (r *Redis) eval(ctx context.Context, script script, args []any) ([]int64, error) {
+	cmd := redis.NewIntSliceCmd(ctx, args...)
+	cmd.SetFirstKeyPos(3) // a cluster routes the call by its first key
+	err := r.client.Process(ctx, cmd)
+	if redis.HasErrorPrefix(err, "NOSCRIPT") {
+		args[0], args[1] = "eval", script.src
+		cmd = redis.NewIntSliceCmd(ctx, args...)
+		cmd.SetFirstKeyPos(3)
+		err = r.client.Process(ctx, cmd)
+	}
+	return cmd.Val(), err
 }
 
 // replyFields is how many values decide.lua answers for a limit of kind k:
