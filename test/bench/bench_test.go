@@ -566,6 +566,22 @@ type result struct {
 	hist *histogram
 }
 
+// add sums o into r: calls, time and CPU (unknown if either's is), and
+// latencies.
+func (r *result) add(o result) {
+	if r.hist == nil {
+		r.hist = &histogram{}
+	}
+	r.calls += o.calls
+	r.elapsed += o.elapsed
+	if r.cpu >= 0 && o.cpu >= 0 {
+		r.cpu += o.cpu
+	} else {
+		r.cpu = -1
+	}
+	r.hist.merge(o.hist)
+}
+
 const (
 	checkMethod     = "/envoy.service.auth.v3.Authorization/Check"
 	rateLimitMethod = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/levyhq/levy/pkg/redisstore"
 	"github.com/levyhq/levy/pkg/redistest"
@@ -39,6 +40,53 @@ func BenchmarkCheckRedis(b *testing.B) { benchCheck(b, redisStore(b)) }
 // deciding on Redis, and with the peer RLS on the same Redis when
 // LEVY_BENCH_PEER_RLS names one.
 func BenchmarkShouldRateLimitRedis(b *testing.B) { benchRateLimit(b, redisStore(b)) }
+
+// BenchmarkVersusPeer measures levy and the peer RLS (LEVY_BENCH_PEER_RLS)
+// on the same Redis in alternating slices of one run, ten of each, so that
+// a noisy machine slows both alike: the figure to read is x-peer, levy's
+// calls/s over the peer's. It is skipped without a peer.
+func BenchmarkVersusPeer(b *testing.B) {
+	st := redisStore(b)
+	env := newRateLimitEnv(b, st)
+	levy, peer := env.targets[1], env.peers[0]
+	if peer.skip != "" {
+		b.Skip(peer.skip)
+	}
+	for _, r := range env.reqs {
+		b.Run(r.name, func(b *testing.B) { versus(b, levy, peer, r.msg) })
+	}
+}
+
+// versusRounds is how many slices of calls each server gets, alternately.
+const versusRounds = 10
+
+// versus runs b.N calls of req, half on each of a and c in alternating
+// slices, and reports each one's calls/s, p99 and CPU per call, and a's
+// calls/s over c's.
+func versus(b *testing.B, a, c *target, req proto.Message) {
+	n := max(b.N/(2*versusRounds), callers)
+	var sum [2]result
+	b.ResetTimer()
+	for range versusRounds {
+		for i, t := range []*target{a, c} {
+			res, err := run(t, req, callers, n)
+			if err != nil {
+				b.Fatal(err)
+			}
+			sum[i].add(res)
+		}
+	}
+	b.StopTimer()
+	rate := func(r result) float64 { return float64(r.calls) / r.elapsed.Seconds() }
+	for i, t := range []*target{a, c} {
+		b.ReportMetric(rate(sum[i]), t.name+"-calls/s")
+		b.ReportMetric(sum[i].hist.quantile(0.99).Seconds()*1e6, t.name+"-p99-us")
+		if sum[i].cpu >= 0 {
+			b.ReportMetric(sum[i].cpu.Seconds()*1e6/float64(sum[i].calls), t.name+"-cpu-us/call")
+		}
+	}
+	b.ReportMetric(rate(sum[0])/rate(sum[1]), "x-"+c.name)
+}
 
 // redisTimeout is levy's store.timeout on Redis in the benchmarks, for
 // its client as for its decisions. levy's default, 50ms, is a production
