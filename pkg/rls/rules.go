@@ -386,12 +386,21 @@ func (r *Rules) Lookup(domain string, entries []Entry) (Match, bool) {
 		return Match{}, false
 	}
 	var key strings.Builder
+	size := len(domain)
+	for _, e := range entries {
+		size += len(e.Key) + len(e.Value) + 2
+	}
+	key.Grow(size)
 	key.WriteString(domain)
+	var buf [128]byte
 	for i, e := range entries {
-		finalKey := e.Key + "_" + e.Value
-		next := d.children[finalKey]
+		// key_value, built on the stack: a map index by string(bytes)
+		// does not allocate.
+		kv := append(append(append(buf[:0], e.Key...), '_'), e.Value...)
+		next := d.children[string(kv)]
 		shared := ""
-		if next == nil {
+		if next == nil && len(d.wildcards) > 0 {
+			finalKey := string(kv)
 			for _, w := range d.wildcards {
 				if wildcardMatch(w.parts, finalKey) {
 					next = d.children[w.key]

@@ -98,13 +98,13 @@ func (s *Server) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitReques
 	return resp, err
 }
 
-// limited is one descriptor that has a limit to decide.
+// limited is one descriptor that has a limit to decide: what its status
+// reports besides the limiter's answer.
 type limited struct {
-	desc  int // index in the request
-	limit limiter.Limit
-	rule  *Rule
-	unit  rlsv3.RateLimitResponse_RateLimit_Unit
-	rpu   uint32
+	desc int // index in the request
+	rule *Rule
+	unit rlsv3.RateLimitResponse_RateLimit_Unit
+	rpu  uint32
 }
 
 func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
@@ -119,14 +119,20 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 	if hits == 0 {
 		hits = 1
 	}
-	statuses := make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(req.Descriptors))
-	var todo []limited
-	replaced := map[string]bool{}
+	// The answer's statuses, and below its limits and durations, are
+	// allocated once per request, not once per descriptor.
+	n := len(req.Descriptors)
+	sts := make([]rlsv3.RateLimitResponse_DescriptorStatus, n)
+	statuses := make([]*rlsv3.RateLimitResponse_DescriptorStatus, n)
+	todo := make([]limited, 0, n)
+	limits := make([]limiter.Limit, 0, n) // todo's limits
+	var replaced map[string]bool
 	for i, desc := range req.Descriptors {
 		if len(desc.GetEntries()) == 0 {
 			return nil, status.Errorf(codes.InvalidArgument, "descriptor %d has no entries", i)
 		}
-		statuses[i] = &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
+		sts[i].Code = rlsv3.RateLimitResponse_OK
+		statuses[i] = &sts[i]
 		cost := hits
 		if h := desc.GetHitsAddend(); h != nil {
 			cost = h.GetValue()
@@ -137,18 +143,25 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		if cost > limiter.MaxCost {
 			return nil, status.Errorf(codes.InvalidArgument, "descriptor %d: hits_addend %d is over %d", i, cost, limiter.MaxCost)
 		}
-		l, ok, err := s.limitFor(snap, req.Domain, desc, cost)
+		limits = append(limits, limiter.Limit{})
+		l, ok, err := s.limitFor(snap, req.Domain, desc, cost, &limits[len(limits)-1])
 		if err != nil {
 			return nil, err
 		}
-		if !ok {
+		if !ok || l.rule != nil && l.rule.Unlimited {
+			limits = limits[:len(limits)-1]
+			if ok {
+				statuses[i].LimitRemaining = math.MaxUint32
+			}
 			continue
 		}
-		if l.rule != nil && l.rule.Unlimited {
-			statuses[i].LimitRemaining = math.MaxUint32
-			continue
+		if snap.Shadow {
+			limits[len(limits)-1].Shadow = true
 		}
-		if l.rule != nil {
+		if l.rule != nil && len(l.rule.Replaces) > 0 {
+			if replaced == nil {
+				replaced = map[string]bool{}
+			}
 			for _, r := range l.rule.Replaces {
 				replaced[r] = true
 			}
@@ -156,26 +169,20 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		l.desc = i
 		todo = append(todo, l)
 	}
-	// replaces: a matched rule drops the others it names.
-	kept := todo[:0]
-	for _, l := range todo {
-		if l.rule != nil && l.rule.Name != "" && replaced[l.rule.Name] {
-			continue
+	if replaced != nil {
+		// replaces: a matched rule drops the others it names.
+		kept, keptLimits := todo[:0], limits[:0]
+		for i, l := range todo {
+			if l.rule != nil && l.rule.Name != "" && replaced[l.rule.Name] {
+				continue
+			}
+			kept, keptLimits = append(kept, l), append(keptLimits, limits[i])
 		}
-		kept = append(kept, l)
+		todo, limits = kept, keptLimits
 	}
-	todo = kept
 	resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK, Statuses: statuses}
 	if len(todo) == 0 {
 		return resp, nil
-	}
-
-	limits := make([]limiter.Limit, len(todo))
-	for i := range todo {
-		limits[i] = todo[i].limit
-		if snap.Shadow {
-			limits[i].Shadow = true
-		}
 	}
 	d, err := s.limiter.Decide(ctx, limits)
 	if errors.Is(err, limiter.ErrBadLimit) {
@@ -185,6 +192,8 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		s.log.Error("decide", zap.Error(err), zap.String("domain", req.Domain))
 		return nil, status.Error(codes.Unavailable, "limiter unavailable")
 	}
+	current := make([]rlsv3.RateLimitResponse_RateLimit, len(todo))
+	resets := make([]durationpb.Duration, len(todo))
 	for i, l := range todo {
 		st := d.Statuses[i]
 		reset := st.Reset
@@ -192,12 +201,12 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		if !st.OK && !limits[i].Shadow {
 			code, reset = rlsv3.RateLimitResponse_OVER_LIMIT, st.RetryAfter
 		}
-		statuses[l.desc] = &rlsv3.RateLimitResponse_DescriptorStatus{
-			Code:               code,
-			CurrentLimit:       &rlsv3.RateLimitResponse_RateLimit{Name: ruleName(l.rule), RequestsPerUnit: l.rpu, Unit: l.unit},
-			LimitRemaining:     uint32(min(max(st.Remaining, 0), math.MaxUint32)),
-			DurationUntilReset: durationpb.New(reset.Round(time.Millisecond)),
-		}
+		reset = reset.Round(time.Millisecond)
+		current[i].Name, current[i].RequestsPerUnit, current[i].Unit = ruleName(l.rule), l.rpu, l.unit
+		resets[i].Seconds, resets[i].Nanos = int64(reset/time.Second), int32(reset%time.Second) // as durationpb.New
+		ds := &sts[l.desc]
+		ds.Code, ds.CurrentLimit, ds.DurationUntilReset = code, &current[i], &resets[i]
+		ds.LimitRemaining = uint32(min(max(st.Remaining, 0), math.MaxUint32))
 		if !st.OK && limits[i].Shadow {
 			s.log.Debug("shadow limit over", zap.String("rule", limits[i].Name))
 		}
@@ -226,8 +235,9 @@ func ruleName(r *Rule) string {
 	return r.Name
 }
 
-// limitFor resolves one descriptor to the limit it is decided against.
-func (s *Server) limitFor(snap *Snapshot, domain string, desc *rlv3.RateLimitDescriptor, cost uint64) (limited, bool, error) {
+// limitFor resolves one descriptor to the limit it is decided against,
+// which it writes to lim.
+func (s *Server) limitFor(snap *Snapshot, domain string, desc *rlv3.RateLimitDescriptor, cost uint64, lim *limiter.Limit) (limited, bool, error) {
 	entries := make([]Entry, len(desc.Entries))
 	var consumer, route string
 	for i, e := range desc.Entries {
@@ -240,7 +250,7 @@ func (s *Server) limitFor(snap *Snapshot, domain string, desc *rlv3.RateLimitDes
 		}
 	}
 	if o := desc.GetLimit(); o != nil {
-		return overrideLimit(domain, entries, consumer, o, cost)
+		return overrideLimit(domain, entries, consumer, o, cost, lim)
 	}
 	if snap.Rules == nil {
 		return limited{}, false, nil
@@ -275,39 +285,42 @@ func (s *Server) limitFor(snap *Snapshot, domain string, desc *rlv3.RateLimitDes
 			}
 		}
 	}
-	key := stateKey(m.Key, consumer)
+	var suffix [32]byte // the state's kind and window, on the stack
 	if unit == "" || unit == Second || unit == Minute || unit == Hour {
-		l.limit = limiter.Limit{Kind: limiter.Bucket, Name: name, Key: key + ":b:" + strconv.FormatInt(int64(per), 10), Cost: int64(cost), Requests: rpu, Per: per, Burst: burst}
+		*lim = limiter.Limit{Kind: limiter.Bucket, Name: name, Key: stateKey(m.Key, consumer, strconv.AppendInt(append(suffix[:0], ":b:"...), int64(per), 10)),
+			Cost: int64(cost), Requests: rpu, Per: per, Burst: burst}
 		l.unit, l.rpu = responseUnit(per), uint32(rpu)
 	} else {
-		l.limit = limiter.Limit{Kind: limiter.Quota, Name: name, Key: key + ":q:" + string(unit), Cost: int64(cost), Max: rpu, Unit: plan.Unit(unit)}
+		*lim = limiter.Limit{Kind: limiter.Quota, Name: name, Key: stateKey(m.Key, consumer, append(append(suffix[:0], ":q:"...), unit...)),
+			Cost: int64(cost), Max: rpu, Unit: plan.Unit(unit)}
 		l.unit, l.rpu = quotaUnit(unit), uint32(rpu)
 	}
 	if rpu <= 0 {
 		// requests_per_unit 0 denies everything, as in envoyproxy/ratelimit.
-		l.limit.Kind, l.limit.Max, l.limit.Unit, l.limit.Requests = limiter.Quota, 0, plan.Year, 0
-		l.limit.Key = key + ":zero"
+		lim.Kind, lim.Max, lim.Unit, lim.Requests = limiter.Quota, 0, plan.Year, 0
+		lim.Key = stateKey(m.Key, consumer, []byte(":zero"))
 	}
-	l.limit.Shadow = rule.Shadow
+	lim.Shadow = rule.Shadow
 	return l, true, nil
 }
 
-// stateKey hash-tags a descriptor's state: by consumer when the descriptor
-// names one (so one consumer's limits share a Redis slot), else by itself.
-func stateKey(matchKey, consumer string) string {
+// stateKey hash-tags a descriptor's state, and appends suffix: by consumer
+// when the descriptor names one (so one consumer's limits share a Redis
+// slot), else by itself. (One concatenation: one allocation.)
+func stateKey(matchKey, consumer string, suffix []byte) string {
 	if consumer != "" {
-		return "{c:" + consumer + "}:rl:" + matchKey
+		return "{c:" + consumer + "}:rl:" + matchKey + string(suffix)
 	}
-	return "{rl:" + matchKey + "}"
+	return "{rl:" + matchKey + "}" + string(suffix)
 }
 
-func overrideLimit(domain string, entries []Entry, consumer string, o *rlv3.RateLimitDescriptor_RateLimitOverride, cost uint64) (limited, bool, error) {
+func overrideLimit(domain string, entries []Entry, consumer string, o *rlv3.RateLimitDescriptor_RateLimitOverride, cost uint64, lim *limiter.Limit) (limited, bool, error) {
 	var key strings.Builder
 	key.WriteString(domain)
 	for _, e := range entries {
 		key.WriteString("." + e.Key + "=" + e.Value)
 	}
-	k := stateKey(key.String(), consumer) + ":override"
+	k := stateKey(key.String(), consumer, []byte(":override"))
 	rpu := int64(o.GetRequestsPerUnit())
 	l := limited{rpu: o.GetRequestsPerUnit()}
 	mult := time.Duration(max(o.GetUnitMultiplier().GetValue(), 1))
@@ -319,19 +332,19 @@ func overrideLimit(domain string, entries []Entry, consumer string, o *rlv3.Rate
 		// A bucket over unit x unit_multiplier (several days are a bucket
 		// too: no calendar has "every 3 days").
 		per := unit * mult
-		l.limit = limiter.Limit{Kind: limiter.Bucket, Name: "override", Key: k + ":" + strconv.FormatInt(int64(per), 10), Cost: int64(cost), Requests: rpu, Per: per}
+		*lim = limiter.Limit{Kind: limiter.Bucket, Name: "override", Key: k + ":" + strconv.FormatInt(int64(per), 10), Cost: int64(cost), Requests: rpu, Per: per}
 		l.unit = responseUnit(unit)
 	case mult > 1:
 		return limited{}, false, status.Errorf(codes.InvalidArgument, "limit override: unit_multiplier %d with unit %s; calendar months and years take no multiplier", mult, o.GetUnit())
 	case o.GetUnit() == typev3.RateLimitUnit_DAY || o.GetUnit() == typev3.RateLimitUnit_MONTH || o.GetUnit() == typev3.RateLimitUnit_YEAR:
 		u := map[typev3.RateLimitUnit]Unit{typev3.RateLimitUnit_DAY: Day, typev3.RateLimitUnit_MONTH: Month, typev3.RateLimitUnit_YEAR: Year}[o.GetUnit()]
-		l.limit = limiter.Limit{Kind: limiter.Quota, Name: "override", Key: k + ":" + string(u), Cost: int64(cost), Max: rpu, Unit: plan.Unit(u)}
+		*lim = limiter.Limit{Kind: limiter.Quota, Name: "override", Key: k + ":" + string(u), Cost: int64(cost), Max: rpu, Unit: plan.Unit(u)}
 		l.unit = quotaUnit(u)
 	default:
 		return limited{}, false, status.Errorf(codes.InvalidArgument, "limit override has unit %s; want SECOND, MINUTE, HOUR, DAY, MONTH or YEAR", o.GetUnit())
 	}
 	if rpu <= 0 {
-		l.limit = limiter.Limit{Kind: limiter.Quota, Name: "override", Key: k + ":zero", Cost: int64(cost), Unit: plan.Year}
+		*lim = limiter.Limit{Kind: limiter.Quota, Name: "override", Key: k + ":zero", Cost: int64(cost), Unit: plan.Year}
 	}
 	return l, true, nil
 }

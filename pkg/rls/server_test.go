@@ -96,7 +96,7 @@ func start(t *testing.T, newLimiter limitertest.Factory, text string) *fixture {
 	return f
 }
 
-func mustConfig(t *testing.T, text string) *config.Config {
+func mustConfig(t testing.TB, text string) *config.Config {
 	t.Helper()
 	cfg, err := config.Parse([]byte(text), "levy.yaml")
 	if err != nil {
@@ -108,7 +108,7 @@ func mustConfig(t *testing.T, text string) *config.Config {
 	return cfg
 }
 
-func snapshot(t *testing.T, cfg *config.Config, shadow bool) *rls.Snapshot {
+func snapshot(t testing.TB, cfg *config.Config, shadow bool) *rls.Snapshot {
 	t.Helper()
 	rules, err := cfg.RateLimitRules()
 	if err != nil {
