@@ -437,36 +437,39 @@ func newEnv(tb testing.TB, method string, check func(*wireResponse) error, reqs 
 	e := &env{reqs: reqs}
 	for _, t := range targets {
 		t.method, t.check = method, check
-		addr := t.addr
 		if t.register != nil {
-			addr = serve(tb, t.register)
+			t.addr = serve(tb, t.register)
 			e.targets = append(e.targets, t)
 		} else {
 			e.peers = append(e.peers, t)
 		}
-		if t.skip != "" {
-			continue
-		}
-		for range conns {
-			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				tb.Fatal(err)
-			}
-			tb.Cleanup(func() { conn.Close() })
-			t.conns = append(t.conns, conn)
-		}
-		// Connect every connection and, for levy, take the first decision
-		// of every request, so that the measured calls find everything in
-		// memory.
-		for _, r := range reqs {
-			for _, c := range t.conns {
-				if err := t.call(context.Background(), c, r.msg); err != nil {
-					tb.Fatalf("%s: warm-up: %v", t.name, err)
-				}
-			}
+		if t.skip == "" {
+			dial(tb, t, reqs)
 		}
 	}
 	return e
+}
+
+// dial opens t's connections to t.addr, connects every one and, for levy,
+// takes the first decision of every request, so that the measured calls
+// find everything in memory.
+func dial(tb testing.TB, t *target, reqs []request) {
+	tb.Helper()
+	for range conns {
+		conn, err := grpc.NewClient(t.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() { conn.Close() })
+		t.conns = append(t.conns, conn)
+	}
+	for _, r := range reqs {
+		for _, c := range t.conns {
+			if err := t.call(context.Background(), c, r.msg); err != nil {
+				tb.Fatalf("%s: warm-up: %v", t.name, err)
+			}
+		}
+	}
 }
 
 // call makes one call on c and checks the response.

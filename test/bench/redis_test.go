@@ -30,6 +30,12 @@ const (
 	// envPeerPID is that server's process id, to add its CPU time to
 	// cpu-us/call; without it the peer's cpu-us/call is not reported.
 	envPeerPID = "LEVY_BENCH_PEER_PID"
+	// envLevyRLS and envLevyPID make BenchmarkVersusPeer measure a levy
+	// serve process at that gRPC host:port (deciding on the same Redis,
+	// with the rules of rateLimitConfig) instead of levy in this process,
+	// as the peer is measured.
+	envLevyRLS = "LEVY_BENCH_LEVY_RLS"
+	envLevyPID = "LEVY_BENCH_LEVY_PID"
 )
 
 // BenchmarkCheckRedis is BenchmarkCheck with levy deciding on Redis, as
@@ -51,6 +57,9 @@ func BenchmarkVersusPeer(b *testing.B) {
 	levy, peer := env.targets[1], env.peers[0]
 	if peer.skip != "" {
 		b.Skip(peer.skip)
+	}
+	if addr := os.Getenv(envLevyRLS); addr != "" {
+		levy = externalTarget(b, "levy", addr, levy, env.reqs)
 	}
 	for _, r := range env.reqs {
 		b.Run(r.name, func(b *testing.B) { versus(b, levy, peer, r.msg) })
@@ -147,16 +156,36 @@ func peerTarget(tb testing.TB, st *store) *target {
 		tb.Fatalf("%s is set but %s is not: the peer's Redis commands are counted on the Redis the benchmark decides on", envPeerRLS, envRedisAddr)
 	}
 	t := &target{name: "peer", addr: addr, redis: st.admin}
-	if v := os.Getenv(envPeerPID); v != "" {
-		pid, err := strconv.Atoi(v)
-		if err != nil {
-			tb.Fatalf("%s: %v", envPeerPID, err)
-		}
-		if _, err := processCPUOf(pid); err != nil {
-			tb.Fatalf("%s: %v", envPeerPID, err)
-		}
-		t.serverCPU = func() (time.Duration, error) { return processCPUOf(pid) }
+	setServerPID(tb, t, envPeerPID)
+	return t
+}
+
+// setServerPID has t report its server's CPU time when the variable env
+// names the server's process.
+func setServerPID(tb testing.TB, t *target, env string) {
+	tb.Helper()
+	v := os.Getenv(env)
+	if v == "" {
+		return
 	}
+	pid, err := strconv.Atoi(v)
+	if err != nil {
+		tb.Fatalf("%s: %v", env, err)
+	}
+	if _, err := processCPUOf(pid); err != nil {
+		tb.Fatalf("%s: %v", env, err)
+	}
+	t.serverCPU = func() (time.Duration, error) { return processCPUOf(pid) }
+}
+
+// externalTarget is a server like like in another process, at addr: dialed
+// and warmed up as newEnv does, its CPU time read when LEVY_BENCH_LEVY_PID
+// is set.
+func externalTarget(tb testing.TB, name, addr string, like *target, reqs []request) *target {
+	tb.Helper()
+	t := &target{name: name, addr: addr, method: like.method, check: like.check, redis: like.redis}
+	setServerPID(tb, t, envLevyPID)
+	dial(tb, t, reqs)
 	return t
 }
 
