@@ -64,8 +64,8 @@
 //
 // BenchmarkCheckRedis and BenchmarkShouldRateLimitRedis run the same
 // sub-benchmarks with levy deciding on Redis, as levy serve --store redis
-// does: limiter.NewRedis over a redisstore.NewClient client, one Lua script
-// call per decision. The Redis is a redis-server the benchmark starts on a
+// does: limiter.NewRedis over a redisstore.NewClient client, at most one
+// Lua script call per decision. The Redis is a redis-server the benchmark starts on a
 // free loopback port, or the one at LEVY_BENCH_REDIS_ADDR (host:port),
 // which LEVY_BENCH_REDIS_FLUSH=1 empties (FLUSHALL) once first. levy's
 // store timeout there is 1s, not its 50ms default: on a few shared cores a
@@ -73,9 +73,12 @@
 // 503. Redis's own work is read from INFO before and after each run and
 // reported per call:
 //
-//	redis-cmds/op      levy's EVALSHA and EVAL calls (1 per decision)
+//	redis-cmds/op      levy's EVALSHA and EVAL calls: at most 1 per
+//	                   decision, fewer as concurrent decisions share one
 //	redis-all-cmds/op  every command in INFO commandstats, which counts
-//	                   the commands a script runs too (TIME, GET, SET ...)
+//	                   the commands a script runs too (TIME, GET, SET ...);
+//	                   decisions of one call on the same key read it and
+//	                   write it once
 //	redis-cpu-us/op    Redis's CPU time (used_cpu_sys + used_cpu_user)
 //
 // Redis runs in another process, so cpu-us/call does not include its CPU;
@@ -109,10 +112,20 @@
 //	        rate_limit: {unit: second, requests_per_unit: 1000000000}
 //
 // Run it with REDIS_SOCKET_TYPE=tcp, REDIS_URL at that Redis,
-// USE_STATSD=false and its listeners on 127.0.0.1, then
+// USE_STATSD=false, DISABLE_STATS=true and its listeners on 127.0.0.1, then
 //
 //	LEVY_BENCH_REDIS_ADDR=127.0.0.1:<redis> LEVY_BENCH_PEER_RLS=127.0.0.1:<grpc> \
 //	LEVY_BENCH_PEER_PID=<pid> go test -run '^$' -bench Redis -benchtime 3s -count 3 ./test/bench/
+//
+// Seconds apart on a shared machine, the two can meet different weather.
+// BenchmarkVersusPeer (in that -bench Redis) measures levy and the peer in
+// ten alternating slices of one run instead, and reports levy-calls/s,
+// peer-calls/s, their p99 and CPU per call, and x-peer, levy's calls/s over
+// the peer's: the steadier figure. With LEVY_BENCH_LEVY_RLS (and
+// LEVY_BENCH_LEVY_PID) it measures a levy serve process at that address, on
+// the same Redis with the rules of rateLimitConfig, instead of levy in the
+// benchmark's process: both servers then pay for their own process, as in
+// production, where levy in-process shares the callers' scheduler.
 //
 // The two do not decide alike, which the per-call Redis figures show:
 // levy takes all of a request's limits in one atomic script (a GCRA bucket
