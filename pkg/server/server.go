@@ -288,6 +288,16 @@ func (s *Server) GRPCAddr() string { return s.grpcLis.Addr().String() }
 // HTTPAddr is the bound HTTP address.
 func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
 
+// Close releases a server that was never Run: its listeners, its gRPC
+// server's workers, the access-log receiver and the store.
+func (s *Server) Close() {
+	s.grpc.Stop()
+	s.grpcLis.Close()
+	s.httpLis.Close()
+	s.als.Close(context.Background())
+	s.closeStore()
+}
+
 // Run serves until ctx ends, then stops accepting, lets in-flight calls
 // finish, persists counters and returns nil.
 func (s *Server) Run(ctx context.Context) error {
@@ -484,5 +494,12 @@ func GRPCOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(10000),
+		// Calls run on long-lived workers (and on a new goroutine only when
+		// all are busy): a new goroutine per call grows its stack through
+		// gRPC's and levy's frames every time.
+		grpc.NumStreamWorkers(streamWorkers),
 	}
 }
+
+// streamWorkers is how many goroutines serve gRPC calls.
+const streamWorkers = 64

@@ -109,7 +109,7 @@ func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { again.als.Close(context.Background()); again.closeStore() }()
+	defer again.Close()
 	rep, err := again.usageReport(context.Background(), "demo-free")
 	if err != nil || rep.(billing.UsageReport).Used != 1 {
 		t.Fatalf("usage after a restart: %+v %v, want 1 used", rep, err)
