@@ -118,7 +118,7 @@
 //	LEVY_BENCH_PEER_PID=<pid> go test -run '^$' -bench Redis -benchtime 3s -count 3 ./test/bench/
 //
 // Seconds apart on a shared machine, the two can meet different weather.
-// BenchmarkVersusPeer (in that -bench Redis) measures levy and the peer in
+// BenchmarkRedisVersusPeer (in that -bench Redis) measures levy and the peer in
 // ten alternating slices of one run instead, and reports levy-calls/s,
 // peer-calls/s, their p99 and CPU per call, and x-peer, levy's calls/s over
 // the peer's: the steadier figure. With LEVY_BENCH_LEVY_RLS (and

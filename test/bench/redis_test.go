@@ -30,7 +30,7 @@ const (
 	// envPeerPID is that server's process id, to add its CPU time to
 	// cpu-us/call; without it the peer's cpu-us/call is not reported.
 	envPeerPID = "LEVY_BENCH_PEER_PID"
-	// envLevyRLS and envLevyPID make BenchmarkVersusPeer measure a levy
+	// envLevyRLS and envLevyPID make BenchmarkRedisVersusPeer measure a levy
 	// serve process at that gRPC host:port (deciding on the same Redis,
 	// with the rules of rateLimitConfig) instead of levy in this process,
 	// as the peer is measured.
@@ -47,11 +47,11 @@ func BenchmarkCheckRedis(b *testing.B) { benchCheck(b, redisStore(b)) }
 // LEVY_BENCH_PEER_RLS names one.
 func BenchmarkShouldRateLimitRedis(b *testing.B) { benchRateLimit(b, redisStore(b)) }
 
-// BenchmarkVersusPeer measures levy and the peer RLS (LEVY_BENCH_PEER_RLS)
+// BenchmarkRedisVersusPeer measures levy and the peer RLS (LEVY_BENCH_PEER_RLS)
 // on the same Redis in alternating slices of one run, ten of each, so that
 // a noisy machine slows both alike: the figure to read is x-peer, levy's
 // calls/s over the peer's. It is skipped without a peer.
-func BenchmarkVersusPeer(b *testing.B) {
+func BenchmarkRedisVersusPeer(b *testing.B) {
 	st := redisStore(b)
 	env := newRateLimitEnv(b, st)
 	levy, peer := env.targets[1], env.peers[0]
