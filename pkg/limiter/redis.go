@@ -20,10 +20,9 @@ var decideLua string
 //go:embed refund.lua
 var refundLua string
 
-// Scripter is what the Redis limiter needs of a client: *redis.Client,
-// *redis.ClusterClient and *redis.Ring all qualify.
+// Scripter is what the Redis limiter needs of a client: *redis.Client and
+// *redis.ClusterClient qualify.
 type Scripter interface {
-	redis.Scripter
 	Process(ctx context.Context, cmd redis.Cmder) error
 }
 
