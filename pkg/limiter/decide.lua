@@ -178,6 +178,18 @@ local seen, seen_start = {}, {} -- key -> value (false: none), a quota's period 
 local dirty = {}                -- keys to write, in the order first taken
 local dirty_kind, dirty_end, dirty_add, dirty_size, dirty_index, dirty_start = {}, {}, {}, {}, {}, {}
 
+-- remembered is key's number as this call last saw or left it, read with
+-- the command given (GET, HGET) the first time; nil when there is none.
+local function remembered(key, ...)
+  local v = seen[key]
+  if v == nil then
+    v = redis.call(...)
+    v = v and tonumber(v)
+    seen[key] = v
+  end
+  return v or nil
+end
+
 -- parse reads limit i's values from ARGV[a] on, and its stored state for
 -- the current period; it returns where the next limit's values start.
 local function parse(i, key, a)
@@ -185,13 +197,7 @@ local function parse(i, key, a)
   kinds[i], costs[i], keys[i] = kind, tonumber(ARGV[a + 1]), key
   if kind == 0 then
     shadows[i], pa[i], pb[i], starts[i] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), 0
-    local v = seen[key]
-    if v == nil then
-      v = redis.call("GET", key)
-      v = v and tonumber(v)
-      seen[key] = v
-    end
-    stored[i] = v or nil
+    stored[i] = remembered(key, "GET", key)
     return a + 5
   end
   if kind == 2 then
@@ -200,13 +206,7 @@ local function parse(i, key, a)
     local w = key .. ":" .. start
     shadows[i], pa[i], starts[i], keys[i] = 0, size, start, w
     dirty_index[w] = key
-    local v = seen[w]
-    if v == nil then
-      v = redis.call("HGET", w, "u")
-      v = v and tonumber(v)
-      seen[w] = v
-    end
-    stored[i] = v or nil
+    stored[i] = remembered(w, "HGET", w, "u")
     return a + 3
   end
   local ps, pend = period(now_s, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8]))
