@@ -109,7 +109,7 @@ end
 -- A request's limits, parsed once; the tables are reused by every
 -- request of the batch (only entries 1..n of the current one are read).
 local kinds, costs, shadows, keys = {}, {}, {}, {}
-local pa, pb, pc, pd, pe, pf = {}, {}, {}, {}, {}, {} -- kind's parameters
+local pa, pb, pc, pd, pe = {}, {}, {}, {}, {} -- the kind's parameters
 local stored, starts, nexts = {}, {}, {}
 local oks, rems, resets, retries, useds, overs = {}, {}, {}, {}, {}, {}
 
