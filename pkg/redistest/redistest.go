@@ -42,13 +42,37 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// freeClusterPort is a free loopback port whose cluster bus port (10000
+// higher, so at most 55535) is free too.
+func freeClusterPort(t testing.TB) int {
+	t.Helper()
+	for range 100 {
+		port := freePort(t)
+		if port > 55535 {
+			continue
+		}
+		bus, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port+10000))
+		if err != nil {
+			continue
+		}
+		bus.Close()
+		return port
+	}
+	t.Fatal("no free port with a free cluster bus port")
+	return 0
+}
+
 // Start runs a standalone redis-server with AOF off and no snapshots.
 func Start(t testing.TB, extra ...string) *Server {
+	t.Helper()
+	return startOn(t, freePort(t), extra...)
+}
+
+func startOn(t testing.TB, port int, extra ...string) *Server {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatal("redis-server is not installed (apt-get install redis-server); .ci/run installs it")
 	}
-	port := freePort(t)
 	dir := t.TempDir()
 	s := &Server{t: t, Addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir}
 	s.args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -155,7 +179,7 @@ func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
 	c := &Cluster{}
 	for i := 0; i < 3; i++ {
-		c.Nodes = append(c.Nodes, Start(t, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"))
+		c.Nodes = append(c.Nodes, startOn(t, freeClusterPort(t), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"))
 	}
 	args := append([]string{"--cluster", "create"}, c.Addrs()...)
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
