@@ -3,13 +3,16 @@ package limiter
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // batcher combines concurrent decisions into one script call. Its workers
 // take whatever requests are waiting (up to maxBatch) and decide them in
 // one EVALSHA, one after the other as if each were alone: under load the
 // script's fixed cost and the round trip are paid once per batch, and with
-// one request waiting nothing waits for company.
+// one request waiting nothing waits for company. In a cluster it takes
+// requests whose limits share a hash slot, and sends one EVALSHA per slot,
+// pipelined: one round trip per node.
 type batcher struct {
 	r    *Redis
 	in   chan *call
@@ -95,21 +98,57 @@ func (b *batcher) work() {
 		if len(batch) == 0 {
 			continue
 		}
-		limits = limits[:0]
-		for _, c := range batch {
-			limits = append(limits, c.limits)
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), b.r.timeout)
-		res, now, err := b.r.runBatch(ctx, b.r.decide, limits)
-		cancel()
-		for i, c := range batch {
-			if err != nil {
-				c.err = err
-			} else {
-				c.d = Decision{OK: res[i].denied < 0, Denied: res[i].denied, Statuses: res[i].statuses, Now: now}
+		if b.r.cluster {
+			b.runSlots(ctx, batch)
+		} else {
+			limits = limits[:0]
+			for _, c := range batch {
+				limits = append(limits, c.limits)
 			}
-			close(c.done)
+			res, now, err := b.r.runBatch(ctx, b.r.decide, limits)
+			answer(batch, res, now, err)
 		}
+		cancel()
+	}
+}
+
+// runSlots decides a cluster's batch: one script call per hash slot (each
+// call's limits share one), pipelined.
+func (b *batcher) runSlots(ctx context.Context, batch []*call) {
+	slots := map[uint16]int{}
+	var calls [][]*call
+	var limits [][][]Limit
+	for _, c := range batch {
+		s := Slot(c.limits[0].Key)
+		g, ok := slots[s]
+		if !ok {
+			g = len(calls)
+			slots[s] = g
+			calls, limits = append(calls, nil), append(limits, nil)
+		}
+		calls[g], limits[g] = append(calls[g], c), append(limits[g], c.limits)
+	}
+	if len(calls) == 1 {
+		res, now, err := b.r.runBatch(ctx, b.r.decide, limits[0])
+		answer(calls[0], res, now, err)
+		return
+	}
+	res, nows, errs := b.r.runBatches(ctx, b.r.decide, limits)
+	for g := range calls {
+		answer(calls[g], res[g], nows[g], errs[g])
+	}
+}
+
+// answer hands each call its decision, or err.
+func answer(calls []*call, res []decided, now time.Time, err error) {
+	for i, c := range calls {
+		if err != nil {
+			c.err = err
+		} else {
+			c.d = Decision{OK: res[i].denied < 0, Denied: res[i].denied, Statuses: res[i].statuses, Now: now}
+		}
+		close(c.done)
 	}
 }
 

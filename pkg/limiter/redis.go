@@ -24,6 +24,7 @@ var refundLua string
 // *redis.ClusterClient qualify.
 type Scripter interface {
 	Process(ctx context.Context, cmd redis.Cmder) error
+	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
 }
 
 // script is a Lua script levy calls by its digest.
@@ -80,9 +81,7 @@ func NewRedis(cfg RedisConfig) *Redis {
 	if r.timeout <= 0 {
 		r.timeout = 50 * time.Millisecond
 	}
-	if !r.cluster {
-		r.batch = newBatcher(r)
-	}
+	r.batch = newBatcher(r)
 	return r
 }
 
@@ -108,7 +107,7 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	if r.avail != nil && !r.avail() {
 		return Decision{}, ErrStoreDown
 	}
-	if r.batch != nil {
+	if !r.cluster || oneSlot(limits) {
 		return r.batch.decide(ctx, limits)
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
@@ -155,6 +154,17 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 		return d, nil
 	}
 	return d, nil
+}
+
+// oneSlot reports whether all of limits live in one cluster hash slot (a
+// consumer's do: they are hash-tagged by consumer).
+func oneSlot(limits []Limit) bool {
+	for i := 1; i < len(limits); i++ {
+		if Slot(limits[i].Key) != Slot(limits[0].Key) {
+			return false
+		}
+	}
+	return true
 }
 
 func allOf(n int) []int {
@@ -249,8 +259,56 @@ type decided struct {
 }
 
 // runBatch decides several requests in one script call, one after the
-// other, each as if alone.
+// other, each as if alone. Their limits must share a hash slot in a
+// cluster.
 func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([]decided, time.Time, error) {
+	args, want := r.batchArgs(script, batch)
+	v, err := r.eval(ctx, script, args)
+	if err != nil {
+		if r.failed != nil {
+			r.failed(err)
+		}
+		return nil, time.Time{}, fmt.Errorf("redis decide: %w", err)
+	}
+	return parseBatch(v, want, batch)
+}
+
+// runBatches decides batches whose limits lie in different hash slots of a
+// cluster: one script call each, pipelined, so that each node gets its
+// calls in one round trip. A batch whose call fails gets its error.
+func (r *Redis) runBatches(ctx context.Context, script script, batches [][][]Limit) ([][]decided, []time.Time, []error) {
+	cmds := make([]*redis.IntSliceCmd, len(batches))
+	args := make([][]any, len(batches))
+	wants := make([]int, len(batches))
+	r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, b := range batches {
+			args[i], wants[i] = r.batchArgs(script, b)
+			cmds[i] = newScriptCmd(ctx, args[i])
+			p.Process(ctx, cmds[i])
+		}
+		return nil
+	})
+	out, nows, errs := make([][]decided, len(batches)), make([]time.Time, len(batches)), make([]error, len(batches))
+	for i, cmd := range cmds {
+		v, err := cmd.Result()
+		if redis.HasErrorPrefix(err, "NOSCRIPT") {
+			v, err = r.eval(ctx, script, args[i])
+		}
+		if err != nil {
+			if r.failed != nil {
+				r.failed(err)
+			}
+			errs[i] = fmt.Errorf("redis decide: %w", err)
+			continue
+		}
+		out[i], nows[i], errs[i] = parseBatch(v, wants[i], batches[i])
+	}
+	return out, nows, errs
+}
+
+// batchArgs is the EVALSHA of script for batch, and how many values its
+// reply must hold.
+func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 	total, want := 0, 2+len(batch)
 	for _, limits := range batch {
 		total += len(limits)
@@ -277,15 +335,17 @@ func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([
 			args = appendLimitArgs(args, &limits[i])
 		}
 	}
-	v, err := r.eval(ctx, script, args)
-	if err != nil {
-		if r.failed != nil {
-			r.failed(err)
-		}
-		return nil, time.Time{}, fmt.Errorf("redis decide: %w", err)
-	}
+	return args, want
+}
+
+// parseBatch reads decide.lua's reply v (want values) for batch.
+func parseBatch(v []int64, want int, batch [][]Limit) ([]decided, time.Time, error) {
 	if len(v) != want {
 		return nil, time.Time{}, errors.New("redis decide: malformed reply")
+	}
+	total := 0
+	for _, limits := range batch {
+		total += len(limits)
 	}
 	now := time.Unix(v[0], v[1]*1000).UTC()
 	out := make([]decided, len(batch))
@@ -318,16 +378,21 @@ func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([
 // straight into an []int64. A Redis that does not know the script (it
 // restarted, or SCRIPT FLUSH) gets it with EVAL.
 func (r *Redis) eval(ctx context.Context, script script, args []any) ([]int64, error) {
-	cmd := redis.NewIntSliceCmd(ctx, args...)
-	cmd.SetFirstKeyPos(3) // a cluster routes the call by its first key
+	cmd := newScriptCmd(ctx, args)
 	err := r.client.Process(ctx, cmd)
 	if redis.HasErrorPrefix(err, "NOSCRIPT") {
 		args[0], args[1] = "eval", script.src
-		cmd = redis.NewIntSliceCmd(ctx, args...)
-		cmd.SetFirstKeyPos(3)
+		cmd = newScriptCmd(ctx, args)
 		err = r.client.Process(ctx, cmd)
 	}
 	return cmd.Val(), err
+}
+
+// newScriptCmd is an EVALSHA or EVAL (args) whose reply is integers.
+func newScriptCmd(ctx context.Context, args []any) *redis.IntSliceCmd {
+	cmd := redis.NewIntSliceCmd(ctx, args...)
+	cmd.SetFirstKeyPos(3) // a cluster routes the call by its first key
+	return cmd
 }
 
 // replyFields is how many values decide.lua answers for a limit of kind k:

@@ -2,6 +2,9 @@ package limiter_test
 
 import (
 	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,6 +34,7 @@ func TestRedisCluster(t *testing.T) {
 	cluster := redistest.StartCluster(t)
 	t.Run("Suite", func(t *testing.T) { testClusterSuite(t, cluster) })
 	t.Run("GivesBackEarlierSlots", func(t *testing.T) { testClusterGivesBack(t, cluster) })
+	t.Run("BatchesAcrossSlots", func(t *testing.T) { testClusterBatchesAcrossSlots(t, cluster) })
 	t.Run("SlotMatchesRedis", func(t *testing.T) { testSlotMatchesRedis(t, cluster) })
 	t.Run("Ledger", func(t *testing.T) {
 		client := cluster.Client(t)
@@ -111,6 +115,56 @@ func testClusterGivesBack(t *testing.T, cluster *redistest.Cluster) {
 	d, err := l.Decide(ctx, []limiter.Limit{a})
 	if err != nil || d.Statuses[0].Used != 2 {
 		t.Fatalf("slot a used %d after 1 allowed request and 5 denied, want 2 (%v)", d.Statuses[0].Used, err)
+	}
+}
+
+// In a cluster, concurrent requests of many consumers (many slots, every
+// node) are decided in pipelined batches, one script call per slot: each
+// consumer's bucket still admits exactly its size, on nodes that have
+// forgotten the script.
+func testClusterBatchesAcrossSlots(t *testing.T, cluster *redistest.Cluster) {
+	client := cluster.Client(t)
+	ctx := context.Background()
+	err := client.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		if err := m.FlushAll(ctx).Err(); err != nil {
+			return err
+		}
+		return m.ScriptFlush(ctx).Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Cluster: true, Timeout: 5 * time.Second})
+	const consumers, each, size = 24, 8, 5
+	slots := map[uint16]bool{}
+	var allowed [consumers]atomic.Int32
+	var wg sync.WaitGroup
+	for c := range consumers {
+		key := fmt.Sprintf("{c:consumer-%d}:rate", c)
+		slots[limiter.Slot(key)] = true
+		for range each {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d, err := l.Decide(ctx, []limiter.Limit{{Kind: limiter.Bucket, Name: "rate", Key: key, Cost: 1, Requests: size, Per: time.Hour}})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if d.OK {
+					allowed[c].Add(1)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if len(slots) < 3 {
+		t.Fatalf("%d slots: the test wants consumers on several nodes", len(slots))
+	}
+	for c := range consumers {
+		if n := allowed[c].Load(); n != size {
+			t.Errorf("consumer %d: %d of %d requests allowed, want %d", c, n, each, size)
+		}
 	}
 }
 
