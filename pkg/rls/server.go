@@ -238,10 +238,11 @@ func ruleName(r *Rule) string {
 // limitFor resolves one descriptor to the limit it is decided against,
 // which it writes to lim.
 func (s *Server) limitFor(snap *Snapshot, domain string, desc *rlv3.RateLimitDescriptor, cost uint64, lim *limiter.Limit) (limited, bool, error) {
-	entries := make([]Entry, len(desc.Entries))
+	var buf [4]Entry // on the stack for the usual few entries
+	entries := buf[:0]
 	var consumer, route string
-	for i, e := range desc.Entries {
-		entries[i] = Entry{Key: e.GetKey(), Value: e.GetValue()}
+	for _, e := range desc.Entries {
+		entries = append(entries, Entry{Key: e.GetKey(), Value: e.GetValue()})
 		switch e.GetKey() {
 		case ConsumerEntry:
 			consumer = e.GetValue()
