@@ -159,6 +159,7 @@ func TestValidatorRejectsBrokenEnvoyConfig(t *testing.T) {
 		{"misspelled field inside typed_config", "enable_x_ratelimit_headers:", "enable_x_rate_limit_headers:", `unknown field "enable_x_rate_limit_headers"`},
 		{"wrong @type", "envoy.extensions.filters.http.ratelimit.v3.RateLimit\n", "envoy.extensions.filters.http.ratelimit.v3.RateLimiter\n", "unable to resolve"},
 		{"unknown enum value", "enable_x_ratelimit_headers: DRAFT_VERSION_03", "enable_x_ratelimit_headers: DRAFT_03", "invalid value for enum"},
+		{"no X-RateLimit headers", "enable_x_ratelimit_headers: DRAFT_VERSION_03", "enable_x_ratelimit_headers: \"OFF\"", "want DRAFT_VERSION_03"},
 		{"rule violated inside an Any", "domain: levy", `domain: ""`, "RateLimit.Domain"},
 		{"fails open", "failure_mode_allow: false", "failure_mode_allow: true", "failure_mode_allow is true"},
 		{"wrong status on error", "status_on_error: {code: ServiceUnavailable}", "status_on_error: {code: Forbidden}", "want ServiceUnavailable"},

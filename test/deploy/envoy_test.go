@@ -337,6 +337,11 @@ func checkRateLimitFilter(rl *rlfilterv3.RateLimit) []error {
 	if rls.GetTransportApiVersion() != corev3.ApiVersion_V3 {
 		p.addf("ratelimit filter: rate_limit_service.transport_api_version is %v, want V3", rls.GetTransportApiVersion())
 	}
+	// levy's RateLimitService leaves X-RateLimit-* to the filter, which
+	// makes them from the statuses levy returns.
+	if rl.GetEnableXRatelimitHeaders() != rlfilterv3.RateLimit_DRAFT_VERSION_03 {
+		p.addf("ratelimit filter: enable_x_ratelimit_headers is %v, want DRAFT_VERSION_03 (clients get X-RateLimit-* from it)", rl.GetEnableXRatelimitHeaders())
+	}
 	return p
 }
 
