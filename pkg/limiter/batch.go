@@ -12,7 +12,7 @@ import (
 // script's fixed cost and the round trip are paid once per batch, and with
 // one request waiting nothing waits for company. In a cluster it takes
 // requests whose limits share a hash slot, and sends one EVALSHA per slot,
-// pipelined: one round trip per node.
+// all at once.
 type batcher struct {
 	r    *Redis
 	in   chan *call
@@ -114,7 +114,7 @@ func (b *batcher) work() {
 }
 
 // runSlots decides a cluster's batch: one script call per hash slot (each
-// call's limits share one), pipelined.
+// call's limits share one), all at once.
 func (b *batcher) runSlots(ctx context.Context, batch []*call) {
 	slots := map[uint16]int{}
 	var calls [][]*call

@@ -24,7 +24,6 @@ var refundLua string
 // *redis.ClusterClient qualify.
 type Scripter interface {
 	Process(ctx context.Context, cmd redis.Cmder) error
-	Pipelined(ctx context.Context, fn func(redis.Pipeliner) error) ([]redis.Cmder, error)
 }
 
 // script is a Lua script levy calls by its digest.
@@ -274,35 +273,21 @@ func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([
 }
 
 // runBatches decides batches whose limits lie in different hash slots of a
-// cluster: one script call each, pipelined, so that each node gets its
-// calls in one round trip. A batch whose call fails gets its error.
+// cluster: one script call each, all at once, each to its slot's node. A
+// batch whose call fails (its node is down) gets its error; the others are
+// decided. (A go-redis cluster pipeline would share round trips, but one
+// dead node holds all of its commands until the deadline.)
 func (r *Redis) runBatches(ctx context.Context, script script, batches [][][]Limit) ([][]decided, []time.Time, []error) {
-	cmds := make([]*redis.IntSliceCmd, len(batches))
-	args := make([][]any, len(batches))
-	wants := make([]int, len(batches))
-	r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, b := range batches {
-			args[i], wants[i] = r.batchArgs(script, b)
-			cmds[i] = newScriptCmd(ctx, args[i])
-			p.Process(ctx, cmds[i])
-		}
-		return nil
-	})
 	out, nows, errs := make([][]decided, len(batches)), make([]time.Time, len(batches)), make([]error, len(batches))
-	for i, cmd := range cmds {
-		v, err := cmd.Result()
-		if redis.HasErrorPrefix(err, "NOSCRIPT") {
-			v, err = r.eval(ctx, script, args[i])
-		}
-		if err != nil {
-			if r.failed != nil {
-				r.failed(err)
-			}
-			errs[i] = fmt.Errorf("redis decide: %w", err)
-			continue
-		}
-		out[i], nows[i], errs[i] = parseBatch(v, wants[i], batches[i])
+	var wg sync.WaitGroup
+	for i, b := range batches {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i], nows[i], errs[i] = r.runBatch(ctx, script, b)
+		}()
 	}
+	wg.Wait()
 	return out, nows, errs
 }
 

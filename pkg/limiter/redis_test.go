@@ -2,6 +2,7 @@ package limiter_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -165,6 +166,89 @@ func testClusterBatchesAcrossSlots(t *testing.T, cluster *redistest.Cluster) {
 		if n := allowed[c].Load(); n != size {
 			t.Errorf("consumer %d: %d of %d requests allowed, want %d", c, n, each, size)
 		}
+	}
+}
+
+// A cluster node that dies fails the decisions of its slots, and only
+// those: the other nodes' slots, batched with them, are still decided
+// (on a cluster that serves what it has: cluster-require-full-coverage
+// no). When the node is back, so are its slots.
+func TestRedisClusterNodeDownFailsOnlyItsSlots(t *testing.T) {
+	cluster := redistest.StartCluster(t, "--cluster-require-full-coverage", "no")
+	client := redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster.Addrs(), MaxRetries: -1,
+		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
+	defer client.Close()
+	ctx := context.Background()
+	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Cluster: true, Timeout: time.Second})
+	slots, err := client.ClusterSlots(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := func(key string) string {
+		s := int(limiter.Slot(key))
+		for _, r := range slots {
+			if s >= r.Start && s <= r.End {
+				return r.Nodes[0].Addr
+			}
+		}
+		t.Fatalf("no node owns slot %d", s)
+		return ""
+	}
+	const consumers = 30
+	decideAll := func() []error {
+		errs := make([]error, consumers)
+		var wg sync.WaitGroup
+		for c := range consumers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				key := fmt.Sprintf("{c:consumer-%d}:rate", c)
+				_, errs[c] = l.Decide(ctx, []limiter.Limit{{Kind: limiter.Bucket, Name: "rate", Key: key, Cost: 1, Requests: 100, Per: time.Hour}})
+			}()
+		}
+		wg.Wait()
+		return errs
+	}
+	for c, err := range decideAll() {
+		if err != nil {
+			t.Fatalf("consumer %d with every node up: %v", c, err)
+		}
+	}
+	dead := cluster.Nodes[0].Addr
+	cluster.Nodes[0].Kill()
+	start := time.Now()
+	errs := decideAll()
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("decisions with a node down took %s", took)
+	}
+	var failed, decided int
+	for c, err := range errs {
+		onDead := owner(fmt.Sprintf("{c:consumer-%d}:rate", c)) == dead
+		switch {
+		case onDead && err == nil:
+			t.Errorf("consumer %d lives on the dead node, yet was decided", c)
+		case !onDead && err != nil:
+			t.Errorf("consumer %d lives on a live node, yet: %v", c, err)
+		case onDead:
+			failed++
+		default:
+			decided++
+		}
+	}
+	if failed == 0 || decided == 0 {
+		t.Fatalf("%d failed, %d decided: the test wants consumers on the dead node and on live ones", failed, decided)
+	}
+	cluster.Nodes[0].Restart()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		errs := decideAll()
+		if errors.Join(errs...) == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the node is back, yet: %v", errors.Join(errs...))
+		}
+		time.Sleep(20 * time.Millisecond) // between polls
 	}
 }
 

@@ -173,13 +173,14 @@ func (c *Cluster) Client(t testing.TB) *redis.ClusterClient {
 	return cc
 }
 
-// StartCluster runs three cluster-enabled servers and joins them with
-// redis-cli --cluster create.
-func StartCluster(t testing.TB) *Cluster {
+// StartCluster runs three cluster-enabled servers, with extra arguments,
+// and joins them with redis-cli --cluster create.
+func StartCluster(t testing.TB, extra ...string) *Cluster {
 	t.Helper()
 	c := &Cluster{}
 	for i := 0; i < 3; i++ {
-		c.Nodes = append(c.Nodes, startOn(t, freeClusterPort(t), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"))
+		args := append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}, extra...)
+		c.Nodes = append(c.Nodes, startOn(t, freeClusterPort(t), args...))
 	}
 	args := append([]string{"--cluster", "create"}, c.Addrs()...)
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
