@@ -178,6 +178,21 @@ local seen, seen_start = {}, {} -- key -> value (false: none), a quota's period 
 local dirty = {}                -- keys to write, in the order first taken
 local dirty_kind, dirty_end, dirty_add, dirty_size, dirty_index, dirty_start = {}, {}, {}, {}, {}, {}
 
+-- period_of is period() at now for a quota's unit and anchor (as ARGV
+-- gives them), worked out once per call for each: the requests of a batch
+-- mostly share their plans' periods.
+local periods = {}
+local function period_of(unit, aday, amonth_sec)
+  local id = unit .. "|" .. aday .. "|" .. amonth_sec
+  local p = periods[id]
+  if p == nil then
+    local s, e = period(now_s, tonumber(unit), tonumber(aday), tonumber(amonth_sec))
+    p = {s, e}
+    periods[id] = p
+  end
+  return p[1], p[2]
+end
+
 -- remembered is key's number as this call last saw or left it, read with
 -- the command given (GET, HGET) the first time; nil when there is none.
 local function remembered(key, ...)
@@ -209,7 +224,7 @@ local function parse(i, key, a)
     stored[i] = remembered(w, "HGET", w, "u")
     return a + 3
   end
-  local ps, pend = period(now_s, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8]))
+  local ps, pend = period_of(ARGV[a + 3], ARGV[a + 7], ARGV[a + 8])
   shadows[i], pb[i], pc[i], pd[i], pe[i], starts[i] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), pend, ps
   if seen[key] == nil then
     local h = redis.call("HMGET", key, "s", "v")
