@@ -78,26 +78,11 @@ func (w *wireResponse) allowed() error {
 		b = b[m:]
 		switch num {
 		case 1: // status
-			for len(v) > 0 {
-				sn, st, k := protowire.ConsumeTag(v)
-				if k < 0 {
-					return errors.New("bad status")
-				}
-				v = v[k:]
-				if sn == 1 && st == protowire.VarintType {
-					c, k := protowire.ConsumeVarint(v)
-					if k < 0 {
-						return errors.New("bad status code")
-					}
-					code, v = c, v[k:]
-					continue
-				}
-				k = protowire.ConsumeFieldValue(sn, st, v)
-				if k < 0 {
-					return errors.New("bad status field")
-				}
-				v = v[k:]
+			c, err := lastVarint(v, 1) // google.rpc.Status.code
+			if err != nil {
+				return fmt.Errorf("status: %w", err)
 			}
+			code = c
 		case 3: // ok_response
 			ok = true
 		}
@@ -112,31 +97,40 @@ func (w *wireResponse) allowed() error {
 // a varint) is OK (1). It reads the top-level fields without decoding the
 // statuses or headers; as in protobuf, the last overall_code wins.
 func (w *wireResponse) rateLimitOK() error {
-	const ok = 1 // envoy.service.ratelimit.v3.RateLimitResponse.Code OK
-	b := w.b
-	var code uint64 // an absent overall_code is UNKNOWN (0)
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return errors.New("bad response tag")
-		}
-		b = b[n:]
-		if num == 1 && typ == protowire.VarintType {
-			c, m := protowire.ConsumeVarint(b)
-			if m < 0 {
-				return errors.New("bad overall_code")
-			}
-			code, b = c, b[m:]
-			continue
-		}
-		m := protowire.ConsumeFieldValue(num, typ, b)
-		if m < 0 {
-			return errors.New("bad response field")
-		}
-		b = b[m:]
+	const ok = 1                    // envoy.service.ratelimit.v3.RateLimitResponse.Code OK
+	code, err := lastVarint(w.b, 1) // an absent overall_code is UNKNOWN (0)
+	if err != nil {
+		return fmt.Errorf("overall_code: %w", err)
 	}
 	if code != ok {
 		return fmt.Errorf("overall_code %d, want 1 (OK)", code)
 	}
 	return nil
+}
+
+// lastVarint is the varint field num of message b (0 when absent; the
+// last one when repeated, as in protobuf), skipping the other fields.
+func lastVarint(b []byte, num protowire.Number) (uint64, error) {
+	var v uint64
+	for len(b) > 0 {
+		n, typ, k := protowire.ConsumeTag(b)
+		if k < 0 {
+			return 0, errors.New("bad tag")
+		}
+		b = b[k:]
+		if n == num && typ == protowire.VarintType {
+			c, k := protowire.ConsumeVarint(b)
+			if k < 0 {
+				return 0, errors.New("bad varint")
+			}
+			v, b = c, b[k:]
+			continue
+		}
+		k = protowire.ConsumeFieldValue(n, typ, b)
+		if k < 0 {
+			return 0, errors.New("bad field")
+		}
+		b = b[k:]
+	}
+	return v, nil
 }
