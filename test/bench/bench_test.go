@@ -349,13 +349,12 @@ func newRateLimitEnv(tb testing.TB, st *store) *env {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	catalog, err := cfg.Catalog()
+	a, err := snapshot(cfg) // its catalog and consumers, as levy serve reads them
 	if err != nil {
 		tb.Fatal(err)
 	}
-	consumers, keys := cfg.Directory()
 	levy := rls.New(rls.Config{
-		Snapshot: &rls.Snapshot{Rules: rules, Catalog: catalog, Consumers: apikey.NewIndex(consumers, keys), Shadow: cfg.RateLimit.ShadowMode},
+		Snapshot: &rls.Snapshot{Rules: rules, Catalog: a.Catalog, Consumers: a.Directory, Shadow: cfg.RateLimit.ShadowMode},
 		Limiter:  lim,
 		Log:      infoLogger(),
 	})
