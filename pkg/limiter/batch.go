@@ -23,6 +23,7 @@ type batcher struct {
 type call struct {
 	ctx    context.Context
 	limits []Limit
+	slot   uint16 // in a cluster, the hash slot of every limit
 	done   chan struct{}
 	d      Decision
 	err    error
@@ -43,9 +44,10 @@ func newBatcher(r *Redis) *batcher {
 	return b
 }
 
-// decide queues a request and waits for its answer or ctx.
-func (b *batcher) decide(ctx context.Context, limits []Limit) (Decision, error) {
-	c := &call{ctx: ctx, limits: limits, done: make(chan struct{})}
+// decide queues a request and waits for its answer or ctx. In a cluster,
+// slot is the hash slot of all its limits.
+func (b *batcher) decide(ctx context.Context, limits []Limit, slot uint16) (Decision, error) {
+	c := &call{ctx: ctx, limits: limits, slot: slot, done: make(chan struct{})}
 	select {
 	case b.in <- c:
 	case <-ctx.Done():
@@ -120,11 +122,10 @@ func (b *batcher) runSlots(ctx context.Context, batch []*call) {
 	var calls [][]*call
 	var limits [][][]Limit
 	for _, c := range batch {
-		s := Slot(c.limits[0].Key)
-		g, ok := slots[s]
+		g, ok := slots[c.slot]
 		if !ok {
 			g = len(calls)
-			slots[s] = g
+			slots[c.slot] = g
 			calls, limits = append(calls, nil), append(limits, nil)
 		}
 		calls[g], limits[g] = append(calls[g], c), append(limits[g], c.limits)

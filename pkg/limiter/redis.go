@@ -106,8 +106,11 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	if r.avail != nil && !r.avail() {
 		return Decision{}, ErrStoreDown
 	}
-	if !r.cluster || oneSlot(limits) {
-		return r.batch.decide(ctx, limits)
+	if !r.cluster {
+		return r.batch.decide(ctx, limits, 0)
+	}
+	if slot, ok := oneSlot(limits); ok {
+		return r.batch.decide(ctx, limits, slot)
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
@@ -155,15 +158,19 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	return d, nil
 }
 
-// oneSlot reports whether all of limits live in one cluster hash slot (a
-// consumer's do: they are hash-tagged by consumer).
-func oneSlot(limits []Limit) bool {
+// oneSlot is the cluster hash slot all of limits live in, if they share
+// one (a consumer's do: they are hash-tagged by consumer).
+func oneSlot(limits []Limit) (uint16, bool) {
+	if len(limits) == 0 {
+		return 0, true
+	}
+	slot := Slot(limits[0].Key)
 	for i := 1; i < len(limits); i++ {
-		if Slot(limits[i].Key) != Slot(limits[0].Key) {
-			return false
+		if Slot(limits[i].Key) != slot {
+			return 0, false
 		}
 	}
-	return true
+	return slot, true
 }
 
 func allOf(n int) []int {
