@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/bits"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -33,6 +34,10 @@ import (
 	"github.com/levyhq/levy/pkg/server"
 	"github.com/levyhq/levy/test/envoy"
 )
+
+// envCaller set to h2 makes every benchmark call its servers through the
+// lean caller (h2.go) instead of grpc-go.
+const envCaller = "LEVY_BENCH_CALLER"
 
 const (
 	// callers is how many calls are in flight at once.
@@ -211,8 +216,11 @@ var rateLimitWant = map[string]struct {
 // target is one server under test: its connections, the method the
 // callers invoke and how they check a response without decoding it.
 type target struct {
-	name   string
-	conns  []*grpc.ClientConn
+	name  string
+	conns []*grpc.ClientConn
+	// h2, when set, is the lean caller's connections (h2.go), which run
+	// calls through instead of conns.
+	h2     []*h2Conn
 	method string
 	check  func(*wireResponse) error
 	// register serves the target in this process; when nil, the target is
@@ -444,6 +452,9 @@ func newEnv(tb testing.TB, method string, check func(*wireResponse) error, reqs 
 		}
 		if t.skip == "" {
 			dial(tb, t, reqs)
+			if os.Getenv(envCaller) == "h2" {
+				*t = *viaH2(tb, t, reqs)
+			}
 		}
 	}
 	return e
@@ -469,6 +480,28 @@ func dial(tb testing.TB, t *target, reqs []request) {
 			}
 		}
 	}
+}
+
+// viaH2 is t called through the lean caller (h2.go) on connections of
+// its own, warmed up with every request: the same server, measured with
+// less of the callers' CPU in its figures.
+func viaH2(tb testing.TB, t *target, reqs []request) *target {
+	tb.Helper()
+	v := *t
+	for range conns {
+		c, err := dialH2(t.addr, t.method)
+		if err != nil {
+			tb.Fatalf("%s: %v", t.name, err)
+		}
+		tb.Cleanup(func() { c.conn.Close() })
+		v.h2 = append(v.h2, c)
+	}
+	for _, r := range reqs {
+		if _, err := run(&v, r.msg, len(v.h2), len(v.h2)); err != nil {
+			tb.Fatalf("%s: warm-up: %v", t.name, err)
+		}
+	}
+	return &v
 }
 
 // call makes one call on c and checks the response.
@@ -564,8 +597,11 @@ type result struct {
 	elapsed time.Duration
 	// cpu is the CPU time the callers and the server used: the whole
 	// process, plus the server's when it runs in another (-1 if unknown).
-	cpu  time.Duration
-	hist *histogram
+	cpu time.Duration
+	// callers is the CPU time of this process alone: the callers', and
+	// the server's when it runs here.
+	callers time.Duration
+	hist    *histogram
 }
 
 // add sums o into r: calls, time and CPU (unknown if either's is), and
@@ -576,6 +612,7 @@ func (r *result) add(o result) {
 	}
 	r.calls += o.calls
 	r.elapsed += o.elapsed
+	r.callers += o.callers
 	if r.cpu >= 0 && o.cpu >= 0 {
 		r.cpu += o.cpu
 	} else {
@@ -590,10 +627,10 @@ const (
 )
 
 // run makes n calls of req on t from workers concurrent callers, each
-// taking the next connection round robin, and checks every response. It
-// stops at the first failure and returns it.
+// taking the next connection round robin (with the lean caller, each
+// connection keeps its share of the calls in flight), and checks every
+// response. It stops at the first failure and returns it.
 func run(t *target, req proto.Message, workers, n int) (result, error) {
-	ctx := context.Background()
 	var (
 		next     atomic.Int64
 		failed   atomic.Bool
@@ -601,44 +638,89 @@ func run(t *target, req proto.Message, workers, n int) (result, error) {
 		errOnce  sync.Once
 		wg       sync.WaitGroup
 	)
-	hists := make([]histogram, workers) // one per caller: no sharing per call
 	fail := func(err error) {
 		errOnce.Do(func() { firstErr = err })
 		failed.Store(true)
 	}
+	// take claims the next call, i; false when all n are claimed or a call
+	// has failed.
+	take := func() (int64, bool) {
+		if failed.Load() {
+			return 0, false
+		}
+		i := next.Add(1)
+		return i, i <= int64(n)
+	}
+	var msg []byte // req as the lean caller sends it
+	if len(t.h2) > 0 {
+		var err error
+		if msg, err = grpcMessage(req); err != nil {
+			return result{}, err
+		}
+		workers = max(workers/len(t.h2), 1) * len(t.h2)
+	}
+	hists := make([]histogram, workers) // one per caller: no sharing per call
+	own0 := processCPU()
 	cpu0, err := t.cpuTime()
 	if err != nil {
 		return result{}, err
 	}
 	start := time.Now()
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			h := &hists[w]
-			for !failed.Load() {
-				i := next.Add(1)
-				if i > int64(n) {
-					return
-				}
-				c := t.conns[i%int64(len(t.conns))]
+	if len(t.h2) > 0 {
+		for k, c := range t.h2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				h := &hists[k]
 				var w wireResponse
-				t0 := time.Now()
-				err := c.Invoke(ctx, t.method, req, &w, grpc.ForceCodecV2(wireCodec{}))
-				h.record(time.Since(t0))
-				if err == nil {
-					err = t.check(&w)
-				}
+				err := c.drive(msg, workers/len(t.h2), func() bool { _, ok := take(); return ok },
+					func(d time.Duration, resp []byte, err error) bool {
+						h.record(d)
+						if w.b = resp; err == nil {
+							err = t.check(&w)
+						}
+						if err != nil {
+							fail(fmt.Errorf("%s: %w", t.name, err))
+						}
+						return err == nil
+					})
 				if err != nil {
-					fail(fmt.Errorf("%s: call %d: %w", t.name, i, err))
-					return
+					fail(fmt.Errorf("%s: connection %d: %w", t.name, k, err))
 				}
-			}
-		}()
+			}()
+		}
+	} else {
+		ctx := context.Background()
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				h := &hists[w]
+				for {
+					i, ok := take()
+					if !ok {
+						return
+					}
+					c := t.conns[i%int64(len(t.conns))]
+					var w wireResponse
+					t0 := time.Now()
+					err := c.Invoke(ctx, t.method, req, &w, grpc.ForceCodecV2(wireCodec{}))
+					h.record(time.Since(t0))
+					if err == nil {
+						err = t.check(&w)
+					}
+					if err != nil {
+						fail(fmt.Errorf("%s: call %d: %w", t.name, i, err))
+						return
+					}
+				}
+			}()
+		}
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
 	cpu1, err := t.cpuTime()
+	own := processCPU() - own0
 	if firstErr != nil {
 		return result{}, firstErr
 	}
@@ -653,7 +735,7 @@ func run(t *target, req proto.Message, workers, n int) (result, error) {
 	for i := range hists {
 		total.merge(&hists[i])
 	}
-	return result{calls: int64(n), elapsed: elapsed, cpu: cpu, hist: total}, nil
+	return result{calls: int64(n), elapsed: elapsed, cpu: cpu, callers: own, hist: total}, nil
 }
 
 // cpuTime is the CPU time the callers and t's server have used so far:

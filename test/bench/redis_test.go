@@ -61,8 +61,10 @@ func BenchmarkRedisVersusPeer(b *testing.B) {
 	if addr := os.Getenv(envLevyRLS); addr != "" {
 		levy = externalTarget(b, "levy", addr, levy, env.reqs)
 	}
+	levyH2, peerH2 := viaH2(b, levy, env.reqs), viaH2(b, peer, env.reqs)
 	for _, r := range env.reqs {
-		b.Run(r.name, func(b *testing.B) { versus(b, levy, peer, r.msg) })
+		b.Run(r.name+"/grpc-go", func(b *testing.B) { versus(b, levy, peer, r.msg) })
+		b.Run(r.name+"/h2", func(b *testing.B) { versus(b, levyH2, peerH2, r.msg) })
 	}
 }
 
@@ -92,6 +94,9 @@ func versus(b *testing.B, a, c *target, req proto.Message) {
 		b.ReportMetric(sum[i].hist.quantile(0.99).Seconds()*1e6, t.name+"-p99-us")
 		if sum[i].cpu >= 0 {
 			b.ReportMetric(sum[i].cpu.Seconds()*1e6/float64(sum[i].calls), t.name+"-cpu-us/call")
+		}
+		if t.register == nil {
+			b.ReportMetric(sum[i].callers.Seconds()*1e6/float64(sum[i].calls), t.name+"-callers-cpu-us/call")
 		}
 	}
 	b.ReportMetric(rate(sum[0])/rate(sum[1]), "x-"+c.name)

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,8 +81,15 @@ var demoLine = regexp.MustCompile(`^demo key for plan (\S+): (\S+)$`)
 // serving (its "levy serving" log line names the bound addresses).
 func serve(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return serveEnv(t, nil, args...)
+}
+
+// serveEnv is serve with env (NAME=value) added to the environment.
+func serveEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	args = append([]string{"serve", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, args...)
 	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), env...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -383,4 +391,51 @@ func dial(t *testing.T, addr string) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// metrics is the process's /metrics page.
+func (p *proc) metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + p.httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
+// TestServeCollectsGarbageLessOftenUnlessGOGCIsSet checks the GC target an
+// operator sees in /metrics: levy serve's own (400) by default, GOGC's
+// when it is set.
+func TestServeCollectsGarbageLessOftenUnlessGOGCIsSet(t *testing.T) {
+	for _, tc := range []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"GOGC="}, "go_gc_gogc_percent 400\n"}, // unset, whatever the tests run with
+		{[]string{"GOGC=150"}, "go_gc_gogc_percent 150\n"},
+	} {
+		p := serveEnv(t, tc.env, "--data-dir", t.TempDir())
+		if m := p.metrics(t); !strings.Contains(m, tc.want) {
+			t.Errorf("with %v, /metrics has no %q:\n%s", tc.env, tc.want, grepLines(m, "go_gc_gogc"))
+		}
+		if err := p.stop(t); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// grepLines is the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for line := range strings.Lines(s) {
+		if strings.Contains(line, sub) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "")
 }

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,13 +89,8 @@ func TestRatelimitDirServesUpstreamRulesAndReloads(t *testing.T) {
 	if limited(t, c, "one_per_minute", "x") {
 		t.Fatal("a bad file changed the rules in force")
 	}
-	resp, err := http.Get("http://" + p.httpAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(body), `levy_config_reloads_total{result="failure"}`) || !strings.Contains(string(body), "levy_config_last_reload_successful 0") {
+	body := p.metrics(t)
+	if !strings.Contains(body, `levy_config_reloads_total{result="failure"}`) || !strings.Contains(body, "levy_config_last_reload_successful 0") {
 		t.Fatalf("metrics do not show the failed reload:\n%s", body)
 	}
 }
