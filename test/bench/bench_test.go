@@ -109,12 +109,18 @@ func measure(b *testing.B, t *target, req proto.Message, what string) {
 }
 
 // runBriefly runs the harness with n calls of each request on each target
-// and peer not skipped: every call must pass the target's check and be
-// counted.
+// and peer not skipped, through grpc-go and through the lean caller: every
+// call must pass the target's check and be counted.
 func runBriefly(t *testing.T, env *env, n int) {
 	t.Helper()
+	var lean []*target // the same servers through the lean caller
+	for _, tg := range env.measured() {
+		if len(tg.h2) == 0 {
+			lean = append(lean, viaH2(t, tg, env.reqs))
+		}
+	}
 	for _, r := range env.reqs {
-		for _, tg := range env.measured() {
+		for _, tg := range append(env.measured(), lean...) {
 			res, err := run(tg, r.msg, callers, n)
 			if err != nil {
 				t.Fatalf("%s %s: %v", tg.name, r.name, err)

@@ -60,6 +60,20 @@
 // -count 5 to see the spread, and -cpuprofile with -bench Check/levy or
 // -bench ShouldRateLimit/levy-3desc to see where the time goes.
 //
+// # The lean caller
+//
+// In production Envoy calls levy from its own cores, in C++. Here the
+// callers share the machine's cores with the server, and 32 grpc-go
+// callers spend about as much CPU per call as the server they measure,
+// which caps every server's throughput near the harness's own. The lean
+// caller (h2.go) is closer to Envoy: an event loop per connection that
+// keeps its share of the 32 calls in flight and speaks gRPC over HTTP/2
+// and nothing else, writing each round of new calls in one write, with
+// Envoy's 256 MiB windows, an HPACK dynamic table and a grpc-timeout. It
+// costs about a third of grpc-go's CPU per call. LEVY_BENCH_CALLER=h2
+// makes every benchmark call through it; BenchmarkRedisVersusPeer always
+// runs both (sub-benchmarks .../grpc-go and .../h2).
+//
 // # On Redis
 //
 // BenchmarkCheckRedis and BenchmarkShouldRateLimitRedis run the same
@@ -120,8 +134,11 @@
 // Seconds apart on a shared machine, the two can meet different weather.
 // BenchmarkRedisVersusPeer (in that -bench Redis) measures levy and the peer in
 // ten alternating slices of one run instead, and reports levy-calls/s,
-// peer-calls/s, their p99 and CPU per call, and x-peer, levy's calls/s over
-// the peer's: the steadier figure. With LEVY_BENCH_LEVY_RLS (and
+// peer-calls/s, their p99 and CPU per call (and, for a server in another
+// process, callers-cpu-us/call: the benchmark process's own share), and
+// x-peer, levy's calls/s over the peer's: the steadier figure. Whichever
+// server runs first in each round gains a little: two identical levy
+// serve processes measured 1.02-1.04. With LEVY_BENCH_LEVY_RLS (and
 // LEVY_BENCH_LEVY_PID) it measures a levy serve process at that address, on
 // the same Redis with the rules of rateLimitConfig, instead of levy in the
 // benchmark's process: both servers then pay for their own process, as in

@@ -185,11 +185,22 @@ func (c *h2Conn) start(msg []byte) error {
 	}
 	s.start = time.Now()
 	c.streams[id] = s
-	return errors.Join(
-		c.wf.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.block.Bytes(), EndHeaders: true}),
-		c.wf.WriteData(id, true, msg),
-	)
+	if err := c.wf.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.block.Bytes(), EndHeaders: true}); err != nil {
+		return err
+	}
+	for { // DATA frames no larger than RFC 9113's initial SETTINGS_MAX_FRAME_SIZE
+		n := min(len(msg), maxFrame)
+		if err := c.wf.WriteData(id, n == len(msg), msg[:n]); err != nil {
+			return err
+		}
+		if msg = msg[n:]; len(msg) == 0 {
+			return nil
+		}
+	}
 }
+
+// maxFrame is the largest frame payload a peer must accept (RFC 9113 4.2).
+const maxFrame = 16384
 
 // flush writes the queued frames.
 func (c *h2Conn) flush() error {
