@@ -137,8 +137,8 @@
 // peer-calls/s, their p99 and CPU per call (and, for a server in another
 // process, callers-cpu-us/call: the benchmark process's own share), and
 // x-peer, levy's calls/s over the peer's: the steadier figure. Whichever
-// server runs first in each round gains a little: two identical levy
-// serve processes measured 1.02-1.04. With LEVY_BENCH_LEVY_RLS (and
+// server runs first in a round gains a little (two identical levy serve
+// processes measured 1.02-1.04), so the two take turns. With LEVY_BENCH_LEVY_RLS (and
 // LEVY_BENCH_LEVY_PID) it measures a levy serve process at that address, on
 // the same Redis with the rules of rateLimitConfig, instead of levy in the
 // benchmark's process: both servers then pay for their own process, as in
