@@ -498,6 +498,12 @@ func GRPCOptions() []grpc.ServerOption {
 		// all are busy): a new goroutine per call grows its stack through
 		// gRPC's and levy's frames every time.
 		grpc.NumStreamWorkers(streamWorkers),
+		// Fixed flow-control windows, larger than any burst of calls on one
+		// connection, turn off gRPC's bandwidth-delay probing: a PING and
+		// its handling for every few reads, for windows Envoy's 256 MiB
+		// ones never needed (2-5% fewer CPU-µs per call, measured).
+		grpc.InitialWindowSize(1 << 20),
+		grpc.InitialConnWindowSize(1 << 24),
 	}
 }
 
