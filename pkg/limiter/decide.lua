@@ -2,21 +2,24 @@
 -- store's clock, then all taken or (when any denies) none. One call
 -- decides a batch of requests, one after the other, as if each were its
 -- own call. It runs for every decision, so it is written for speed: each
--- value is parsed once, the few tables it needs are reused across the
--- batch, and a limit's answer is only the fields its kind has.
+-- distinct key and each distinct set of parameters is sent and parsed
+-- once per call, the few tables it needs are reused across the batch, and
+-- a limit's answer is only the fields its kind has.
 --
--- KEYS: the state of each limit of each request, in order (a bucket's
--- theoretical arrival time, a quota hash {s = period start, v = count},
--- or a ledger's index of unexported windows); all in one hash slot.
+-- KEYS: the distinct keys of the batch's limits: a bucket's theoretical
+-- arrival time, a quota hash {s = period start, v = count}, or a ledger's
+-- index of unexported windows; all in one hash slot.
 -- ARGV[1]: "" to use TIME, or a test clock in microseconds.
--- ARGV[2]: D, the number of requests; ARGV[3..2+D]: each request's number
--- of limits. Then, from ARGV[3+D], each limit's values, by kind:
+-- ARGV[2]: D, the number of requests; ARGV[3]: P, the number of distinct
+-- parameter sets. From ARGV[4], the P sets, by kind:
 --   bucket (0): kind, cost, shadow (0/1), interval_us, tolerance_us
 --   quota (1):  kind, cost, shadow, unit (1 hour, 2 day, 3 week, 4 month,
 --               5 year), max, soft (0/1), cap, anchor_day (0 = calendar),
 --               anchor_month*100000+anchor_second_of_day
 --   ledger (2): kind, cost, window_s; the window itself is
---               KEYS[i]..":"..start
+--               key..":"..start
+-- Then each request: its number of limits n, and n references, each
+-- key_index * 2^20 + set_index (both from 0).
 -- Returns {now_s, now_us, then per request: denied_index (0 = none), then
 -- per limit: ok (0/1), remaining, reset_us, retry_us, and for quotas and
 -- ledgers also used, overage, period_start_s}
@@ -106,19 +109,42 @@ local function period(t, unit, aday, amonth_sec)
 end
 
 
--- A request's limits, parsed once; the tables are reused by every
--- request of the batch (only entries 1..n of the current one are read).
-local kinds, costs, shadows, keys = {}, {}, {}, {}
-local pa, pb, pc, pd, pe = {}, {}, {}, {}, {} -- the kind's parameters
-local stored, starts, nexts = {}, {}, {}
+-- The batch's parameter sets, parsed once: kind, cost, shadow, the kind's
+-- values (pa..pd) and the period they count in now (a quota's or a
+-- ledger window's start, and a quota's end).
+local pkind, pcost, pshadow, pa, pb, pc, pd, pstart, pend = {}, {}, {}, {}, {}, {}, {}, {}, {}
+local a = 4
+for p = 1, tonumber(ARGV[3]) do
+  local kind = tonumber(ARGV[a])
+  pkind[p], pcost[p] = kind, tonumber(ARGV[a + 1])
+  if kind == 0 then
+    pshadow[p], pa[p], pb[p], pstart[p] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), 0
+    a = a + 5
+  elseif kind == 2 then
+    local size = tonumber(ARGV[a + 2])
+    pshadow[p], pa[p], pstart[p] = 0, size, floor(now_s / size) * size
+    a = a + 3
+  else
+    local s, e = period(now_s, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8]))
+    pshadow[p], pb[p], pc[p], pd[p], pstart[p], pend[p] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), s, e
+    a = a + 9
+  end
+end
+
+-- A request's limits: their parameter sets, state keys (a ledger's
+-- window), period starts, stored and resulting state, and answers. The
+-- tables are reused by every request of the batch (only entries 1..n of
+-- the current one are read).
+local lp, keys, starts, stored, nexts = {}, {}, {}, {}, {}
 local oks, rems, resets, retries, useds, overs = {}, {}, {}, {}, {}, {}
 
 -- eval decides limit i from state cur, taking cost c; it sets the limit's
 -- status and the state it would leave (nexts[i]).
 local function eval(i, c, cur)
-  local kind = kinds[i]
+  local p = lp[i]
+  local kind = pkind[p]
   if kind == 0 then
-    local interval, tolerance = pa[i], pb[i]
+    local interval, tolerance = pa[p], pb[p]
     local tat = cur or now
     if tat < now then tat = now end
     if tat > now + tolerance then tat = now + tolerance end
@@ -133,16 +159,15 @@ local function eval(i, c, cur)
     oks[i], rems[i], resets[i], retries[i], nexts[i] = 1, floor((tolerance - (nxt - now)) / interval), nxt - now, 0, nxt
     return
   end
-  local ps = starts[i]
   if kind == 2 then
     local units = (cur or 0) + c
     oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, -1, 0, 0, units, 0, units
     return
   end
-  local max, soft, cap = pb[i], pc[i], pd[i]
+  local max, soft, cap = pb[p], pc[p], pd[p]
   local used = cur or 0
   local after = used + c
-  local reset = pe[i] * 1000000 - now -- pe: the period's end
+  local reset = pend[p] * 1000000 - now
   if soft == 0 then
     if after > max then
       local rem = max - used
@@ -178,21 +203,6 @@ local seen, seen_start = {}, {} -- key -> value (false: none), a quota's period 
 local dirty = {}                -- keys to write, in the order first taken
 local dirty_kind, dirty_end, dirty_add, dirty_size, dirty_index, dirty_start = {}, {}, {}, {}, {}, {}
 
--- period_of is period() at now for a quota's unit and anchor (as ARGV
--- gives them), worked out once per call for each: the requests of a batch
--- mostly share their plans' periods.
-local periods = {}
-local function period_of(unit, aday, amonth_sec)
-  local id = unit .. "|" .. aday .. "|" .. amonth_sec
-  local p = periods[id]
-  if p == nil then
-    local s, e = period(now_s, tonumber(unit), tonumber(aday), tonumber(amonth_sec))
-    p = {s, e}
-    periods[id] = p
-  end
-  return p[1], p[2]
-end
-
 -- remembered is key's number as this call last saw or left it, read with
 -- the command given (GET, HGET) the first time; nil when there is none.
 local function remembered(key, ...)
@@ -205,27 +215,27 @@ local function remembered(key, ...)
   return v or nil
 end
 
--- parse reads limit i's values from ARGV[a] on, and its stored state for
--- the current period; it returns where the next limit's values start.
-local function parse(i, key, a)
-  local kind = tonumber(ARGV[a])
-  kinds[i], costs[i], keys[i] = kind, tonumber(ARGV[a + 1]), key
+-- parse reads limit i's reference (key and parameter set) and its stored
+-- state for the current period.
+local function parse(i, ref)
+  local p = ref % 1048576
+  local key = KEYS[(ref - p) / 1048576 + 1]
+  p = p + 1
+  local kind, ps = pkind[p], pstart[p]
+  lp[i], starts[i] = p, ps
   if kind == 0 then
-    shadows[i], pa[i], pb[i], starts[i] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), 0
+    keys[i] = key
     stored[i] = remembered(key, "GET", key)
-    return a + 5
+    return
   end
   if kind == 2 then
-    local size = tonumber(ARGV[a + 2])
-    local start = floor(now_s / size) * size
-    local w = key .. ":" .. start
-    shadows[i], pa[i], starts[i], keys[i] = 0, size, start, w
+    local w = key .. ":" .. ps
+    keys[i] = w
     dirty_index[w] = key
     stored[i] = remembered(w, "HGET", w, "u")
-    return a + 3
+    return
   end
-  local ps, pend = period_of(ARGV[a + 3], ARGV[a + 7], ARGV[a + 8])
-  shadows[i], pb[i], pc[i], pd[i], pe[i], starts[i] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), pend, ps
+  keys[i] = key
   if seen[key] == nil then
     local h = redis.call("HMGET", key, "s", "v")
     seen_start[key] = h[1] and tonumber(h[1])
@@ -236,23 +246,23 @@ local function parse(i, key, a)
   else
     stored[i] = nil
   end
-  return a + 9
 end
 
 -- take records what allowed limit i took; flush writes it.
 local function take(i)
-  local c = costs[i]
+  local p = lp[i]
+  local c = pcost[p]
   if c <= 0 then return end
-  local key, kind = keys[i], kinds[i]
+  local key, kind = keys[i], pkind[p]
   if dirty_kind[key] == nil then
     dirty[#dirty + 1] = key
     dirty_kind[key] = kind
   end
   seen[key] = nexts[i]
   if kind == 1 then
-    seen_start[key], dirty_start[key], dirty_end[key] = starts[i], starts[i], pe[i]
+    seen_start[key], dirty_start[key], dirty_end[key] = starts[i], starts[i], pend[p]
   elseif kind == 2 then
-    dirty_add[key], dirty_size[key], dirty_start[key] = (dirty_add[key] or 0) + c, pa[i], starts[i]
+    dirty_add[key], dirty_size[key], dirty_start[key] = (dirty_add[key] or 0) + c, pa[p], starts[i]
   end
 end
 
@@ -279,25 +289,25 @@ local function flush()
 end
 
 local out, o = {now_s, now % 1000000}, 2
-local count = tonumber(ARGV[2])
-local k, a = 1, 3 + count
-for r = 1, count do
-  local n = tonumber(ARGV[2 + r])
+for _ = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[a])
+  a = a + 1
   local denied = 0
   for i = 1, n do
-    a = parse(i, KEYS[k], a)
-    k = k + 1
+    parse(i, tonumber(ARGV[a]))
+    a = a + 1
     -- An earlier limit of this request on the same state decides on what
     -- that one would leave.
     local cur = stored[i]
     for j = i - 1, 1, -1 do
-      if keys[j] == keys[i] and starts[j] == starts[i] and not (oks[j] == 0 and shadows[j] == 1) then
+      if keys[j] == keys[i] and starts[j] == starts[i] and not (oks[j] == 0 and pshadow[lp[j]] == 1) then
         cur = nexts[j]
         break
       end
     end
-    eval(i, costs[i], cur)
-    if oks[i] == 0 and shadows[i] == 0 and denied == 0 then denied = i end
+    local p = lp[i]
+    eval(i, pcost[p], cur)
+    if oks[i] == 0 and pshadow[p] == 0 and denied == 0 then denied = i end
   end
   if denied > 0 then
     -- Nothing is taken: report what the other limits have left.
@@ -306,7 +316,7 @@ for r = 1, count do
     end
   else
     for i = 1, n do
-      if oks[i] == 1 or shadows[i] == 0 then take(i) end
+      if oks[i] == 1 or pshadow[lp[i]] == 0 then take(i) end
     end
   end
   o = o + 1
@@ -314,7 +324,7 @@ for r = 1, count do
   for i = 1, n do
     out[o + 1], out[o + 2], out[o + 3], out[o + 4] = oks[i], rems[i], resets[i], retries[i]
     o = o + 4
-    if kinds[i] ~= 0 then
+    if pkind[lp[i]] ~= 0 then
       out[o + 1], out[o + 2], out[o + 3] = useds[i], overs[i], starts[i]
       o = o + 3
     end

@@ -299,7 +299,11 @@ func (r *Redis) runBatches(ctx context.Context, script script, batches [][][]Lim
 }
 
 // batchArgs is the EVALSHA of script for batch, and how many values its
-// reply must hold.
+// reply must hold. Each distinct key is sent once, in KEYS, and each
+// distinct set of a limit's parameters (kind, cost, rate, quota, ...)
+// once, in ARGV; a limit refers to both by index. The requests of a batch
+// mostly share them (one plan's parameters, a global descriptor's key),
+// and every value sent is a string Redis makes and the script parses.
 func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 	total, want := 0, 2+len(batch)
 	for _, limits := range batch {
@@ -308,27 +312,57 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 			want += replyFields(limits[i].Kind)
 		}
 	}
+	keys := make(map[string]int64, total)
+	params := make(map[limitParams]int64, 4)
+	var sets []limitParams
+	refs := make([]int64, 0, total)
 	// EVALSHA digest numkeys KEYS... ARGV...
-	args := make([]any, 3+total, 3+total+2+len(batch)+maxArgsPerLimit*total)
-	args[0], args[1], args[2] = "evalsha", script.sha, total
+	args := make([]any, 3, 3+total+3+len(batch)+total+maxArgsPerLimit*4)
+	args[0], args[1] = "evalsha", script.sha
+	for _, limits := range batch {
+		for i := range limits {
+			l := &limits[i]
+			k, ok := keys[l.Key]
+			if !ok {
+				k = int64(len(keys))
+				keys[l.Key] = k
+				args = append(args, l.Key)
+			}
+			lp := paramsOf(l)
+			p, ok := params[lp]
+			if !ok {
+				p = int64(len(sets))
+				params[lp] = p
+				sets = append(sets, lp)
+			}
+			refs = append(refs, k<<refShift|p)
+		}
+	}
+	args[2] = len(keys)
 	clock := ""
 	if r.clock != nil {
 		clock = strconv.FormatInt(r.clock().UnixMicro(), 10)
 	}
-	args = append(args, clock, len(batch))
+	args = append(args, clock, len(batch), len(sets))
+	for i := range sets {
+		for _, v := range sets[i].values() {
+			args = append(args, v)
+		}
+	}
 	for _, limits := range batch {
 		args = append(args, len(limits))
-	}
-	k := 3
-	for _, limits := range batch {
-		for i := range limits {
-			args[k] = limits[i].Key
-			k++
-			args = appendLimitArgs(args, &limits[i])
+		for range limits {
+			args = append(args, refs[0])
+			refs = refs[1:]
 		}
 	}
 	return args, want
 }
+
+// refShift places a limit's key index above its parameters' index in the
+// one number the scripts read for it (key<<refShift | params; Lua's
+// numbers hold integers to 2^53).
+const refShift = 20
 
 // parseBatch reads decide.lua's reply v (want values) for batch.
 func parseBatch(v []int64, want int, batch [][]Limit) ([]decided, time.Time, error) {
@@ -409,35 +443,52 @@ func displayLimit(l *Limit) int64 {
 	}
 }
 
-var unitCodes = map[plan.Unit]int{plan.Hour: 1, plan.Day: 2, plan.Week: 3, plan.Month: 4, plan.Year: 5}
+var unitCodes = map[plan.Unit]int64{plan.Hour: 1, plan.Day: 2, plan.Week: 3, plan.Month: 4, plan.Year: 5}
 
 // maxArgsPerLimit is the most values decide.lua reads for one limit.
 const maxArgsPerLimit = 9
 
-// appendLimitArgs appends l's values in decide.lua's order for its kind.
-func appendLimitArgs(args []any, l *Limit) []any {
-	shadow := 0
+// limitParams is a limit's values in decide.lua's order for its kind: a
+// comparable array, so that the limits of a batch that share them are sent
+// them once.
+type limitParams [maxArgsPerLimit]int64
+
+// values is p's values: as many as its kind has.
+func (p *limitParams) values() []int64 {
+	switch Kind(p[0]) {
+	case Bucket:
+		return p[:5]
+	case Ledger:
+		return p[:3]
+	}
+	return p[:9]
+}
+
+// paramsOf is l's parameters. The kinds' codes are decide.lua's: bucket 0,
+// quota 1, ledger 2.
+func paramsOf(l *Limit) limitParams {
+	shadow := int64(0)
 	if l.Shadow {
 		shadow = 1
 	}
 	switch l.Kind {
 	case Ledger:
-		return append(args, 2, l.Cost, int64(l.WindowSize/time.Second))
+		return limitParams{2, l.Cost, int64(l.WindowSize / time.Second)}
 	case Bucket:
 		interval := max(l.Per.Microseconds()/l.Requests, 1)
-		return append(args, 0, l.Cost, shadow, interval, interval*l.Capacity())
+		return limitParams{0, l.Cost, shadow, interval, interval * l.Capacity()}
 	}
-	soft := 0
+	soft := int64(0)
 	if l.Soft {
 		soft = 1
 	}
-	aday, amonthSec := 0, 0
+	var aday, amonthSec int64
 	if !l.Anchor.IsZero() {
 		a := l.Anchor.UTC()
-		aday = a.Day()
-		amonthSec = int(a.Month())*100000 + a.Hour()*3600 + a.Minute()*60 + a.Second()
+		aday = int64(a.Day())
+		amonthSec = int64(a.Month())*100000 + int64(a.Hour()*3600+a.Minute()*60+a.Second())
 	}
-	return append(args, 1, l.Cost, shadow, unitCodes[l.Unit], l.Max, soft, l.Cap, aday, amonthSec)
+	return limitParams{1, l.Cost, shadow, unitCodes[l.Unit], l.Max, soft, l.Cap, aday, amonthSec}
 }
 
 // Slot is the Redis Cluster hash slot of key (CRC16/XMODEM of its hash

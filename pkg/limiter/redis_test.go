@@ -98,24 +98,36 @@ func TestRedisUsesStoreClockAndOneCallPerDecision(t *testing.T) {
 func testClusterGivesBack(t *testing.T, cluster *redistest.Cluster) {
 	client := cluster.Client(t)
 	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Cluster: true, Timeout: 5 * time.Second})
-	a := limiter.Limit{Kind: limiter.Quota, Name: "a", Key: "{a}:q", Cost: 1, Max: 100, Unit: plan.Month}
+	// Slot a holds a quota, a bucket and a usage ledger; slot b a quota
+	// that allows one request.
+	a := []limiter.Limit{
+		{Kind: limiter.Quota, Name: "a", Key: "{a}:q", Cost: 1, Max: 100, Unit: plan.Month},
+		{Kind: limiter.Bucket, Name: "a-rate", Key: "{a}:r", Cost: 1, Requests: 100, Per: time.Hour},
+		{Kind: limiter.Ledger, Name: "a-usage", Key: "{a}:u", Cost: 1, WindowSize: time.Hour},
+	}
 	b := limiter.Limit{Kind: limiter.Quota, Name: "b", Key: "{b}:q", Cost: 1, Max: 1, Unit: plan.Month}
-	if limiter.Slot(a.Key) == limiter.Slot(b.Key) {
+	if limiter.Slot(a[0].Key) == limiter.Slot(b.Key) {
 		t.Fatal("test keys share a slot")
 	}
 	ctx := context.Background()
-	if d, err := l.Decide(ctx, []limiter.Limit{a, b}); err != nil || !d.OK {
+	both := append(a[:len(a):len(a)], b)
+	if d, err := l.Decide(ctx, both); err != nil || !d.OK {
 		t.Fatalf("first: %v %v", d.OK, err)
 	}
 	for i := 0; i < 5; i++ {
-		d, err := l.Decide(ctx, []limiter.Limit{a, b})
-		if err != nil || d.OK || d.Denied != 1 {
+		d, err := l.Decide(ctx, both)
+		if err != nil || d.OK || d.Denied != 3 {
 			t.Fatalf("denial %d: ok=%v denied=%d err=%v", i, d.OK, d.Denied, err)
 		}
 	}
-	d, err := l.Decide(ctx, []limiter.Limit{a})
-	if err != nil || d.Statuses[0].Used != 2 {
-		t.Fatalf("slot a used %d after 1 allowed request and 5 denied, want 2 (%v)", d.Statuses[0].Used, err)
+	// Slot a took 1 for the allowed request, gave back the 5 denied, and
+	// takes 1 now.
+	d, err := l.Decide(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q, r, u := d.Statuses[0].Used, d.Statuses[1].Remaining, d.Statuses[2].Used; q != 2 || r != 98 || u != 2 {
+		t.Fatalf("after 1 allowed request and 5 denied: quota used %d, bucket remaining %d, ledger used %d; want 2, 98, 2", q, r, u)
 	}
 }
 

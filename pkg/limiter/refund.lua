@@ -1,7 +1,8 @@
 -- Give back what decide.lua took for one request's limits (used when a
 -- later hash slot of the same request denied). The KEYS and ARGV of a
--- decide.lua call for that one request (ARGV[2] = 1, ARGV[3] = n).
+-- decide.lua call for that one request (ARGV[2] = 1).
 -- Returns decide.lua's shape with every limit marked ok and zeros.
+local floor = math.floor
 local now
 if ARGV[1] ~= "" then
   now = tonumber(ARGV[1])
@@ -9,30 +10,52 @@ else
   local t = redis.call("TIME")
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
-local out = {math.floor(now / 1000000), now % 1000000, 0}
+-- the parameter sets: kind, cost, and a bucket's interval or a ledger's
+-- window
+local kinds, costs, vals = {}, {}, {}
 local a = 4
-for i = 1, #KEYS do
+for p = 1, tonumber(ARGV[3]) do
   local kind = tonumber(ARGV[a])
-  local cost = tonumber(ARGV[a + 1])
+  kinds[p], costs[p] = kind, tonumber(ARGV[a + 1])
+  if kind == 0 then
+    vals[p] = tonumber(ARGV[a + 3])
+    a = a + 5
+  elseif kind == 2 then
+    vals[p] = tonumber(ARGV[a + 2])
+    a = a + 3
+  else
+    a = a + 9
+  end
+end
+local out = {floor(now / 1000000), now % 1000000, 0}
+local n = tonumber(ARGV[a])
+a = a + 1
+for _ = 1, n do
+  local ref = tonumber(ARGV[a])
+  a = a + 1
+  local p = ref % 1048576
+  local key = KEYS[(ref - p) / 1048576 + 1]
+  p = p + 1
+  local kind, cost = kinds[p], costs[p]
   if cost > 0 then
     if kind == 0 then
-      local v = redis.call("GET", KEYS[i])
+      local v = redis.call("GET", key)
       if v then
-        local tat = tonumber(v) - cost * tonumber(ARGV[a + 3])
+        local tat = tonumber(v) - cost * vals[p]
         if tat > now then
-          redis.call("SET", KEYS[i], string.format("%d", tat), "PX", math.floor((tat - now) / 1000) + 1)
+          redis.call("SET", key, string.format("%d", tat), "PX", floor((tat - now) / 1000) + 1)
         else
-          redis.call("DEL", KEYS[i])
+          redis.call("DEL", key)
         end
       end
     elseif kind == 1 then
-      local v = redis.call("HGET", KEYS[i], "v")
+      local v = redis.call("HGET", key, "v")
       if v and tonumber(v) >= cost then
-        redis.call("HINCRBY", KEYS[i], "v", -cost)
+        redis.call("HINCRBY", key, "v", -cost)
       end
     elseif kind == 2 then
-      local size = tonumber(ARGV[a + 2])
-      local w = KEYS[i] .. ":" .. (math.floor(now / 1000000 / size) * size)
+      local size = vals[p]
+      local w = key .. ":" .. (floor(now / 1000000 / size) * size)
       local v = redis.call("HGET", w, "u")
       if v and tonumber(v) >= cost then
         redis.call("HINCRBY", w, "u", -cost)
@@ -41,10 +64,9 @@ for i = 1, #KEYS do
   end
   -- decide.lua's shape: ok, remaining, reset, retry (and used, overage,
   -- period start for quotas and ledgers)
-  local fields, step = 4, 5
-  if kind == 1 then fields, step = 7, 9 elseif kind == 2 then fields, step = 7, 3 end
+  local fields = 4
+  if kind ~= 0 then fields = 7 end
   out[#out + 1] = 1
   for _ = 2, fields do out[#out + 1] = 0 end
-  a = a + step
 end
 return out
