@@ -90,3 +90,80 @@ func TestBatchDecidesAsIfEachWereAlone(t *testing.T) {
 		t.Fatalf("usage counted by one call %d, by each %d", units[0], units[1])
 	}
 }
+
+// TestMsgpackArrayDecodesInRedis checks the numbers batchArgs sends against
+// the decoder the scripts use, Redis's cmsgpack, at each encoding's edges.
+func TestMsgpackArrayDecodesInRedis(t *testing.T) {
+	client := redistest.Start(t).Client()
+	vals := []int64{0, 1, 127, 128, 255, 65535, 65536, 1<<32 - 1, 1 << 32, 1<<53 - 1, -1, -129, -(1 << 40)}
+	var m msgpackArray
+	m.add(vals[:3]...)
+	m.add(vals[3:]...)
+	// Each value back as a string, exactly (tostring would round large
+	// numbers to 14 digits).
+	got, err := client.Eval(context.Background(), `
+local out = {}
+for i, v in ipairs(cmsgpack.unpack(ARGV[1])) do out[i] = string.format("%.0f", v) end
+return out`, nil, m.bytes()).StringSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]string, len(vals))
+	for i, v := range vals {
+		want[i] = strconv.FormatInt(v, 10)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Redis decoded %v, want %v", got, want)
+	}
+	var empty msgpackArray
+	n, err := client.Eval(context.Background(), `return #cmsgpack.unpack(ARGV[1])`, nil, empty.bytes()).Int()
+	if err != nil || n != 0 {
+		t.Fatalf("empty array: %d values, %v", n, err)
+	}
+}
+
+// TestUnpackIntsReadsRedisReplies checks unpackInts against what the
+// scripts' cmsgpack.pack answers: each integer encoding, a fraction, and
+// arrays whose length takes each header (fixarray, array 16, array 32).
+func TestUnpackIntsReadsRedisReplies(t *testing.T) {
+	client := redistest.Start(t).Client()
+	ctx := context.Background()
+	for _, tc := range []struct {
+		script string
+		want   func(i int) int64
+		n      int
+	}{
+		{`return cmsgpack.pack({0, 127, 128, 255, 256, 65535, 65536, 4294967295, 4294967296, 9007199254740991,
+			-1, -32, -33, -128, -129, -32768, -32769, -2147483648, -2147483649, 2.5, -2.5})`,
+			func(i int) int64 {
+				return []int64{0, 127, 128, 255, 256, 65535, 65536, 4294967295, 4294967296, 9007199254740991,
+					-1, -32, -33, -128, -129, -32768, -32769, -2147483648, -2147483649, 2, -2}[i]
+			}, 21},
+		{`return cmsgpack.pack({})`, nil, 0},
+		{`local t = {} for i = 1, 16 do t[i] = i end return cmsgpack.pack(t)`, func(i int) int64 { return int64(i + 1) }, 16},
+		{`local t = {} for i = 1, 70000 do t[i] = i * 1000 end return cmsgpack.pack(t)`, func(i int) int64 { return int64(i+1) * 1000 }, 70000},
+	} {
+		s, err := client.Eval(ctx, tc.script, nil).Text()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := unpackInts(s)
+		if err != nil || len(got) != tc.n {
+			t.Fatalf("%.40s: %d values, %v; want %d", tc.script, len(got), err, tc.n)
+		}
+		for i, v := range got {
+			if v != tc.want(i) {
+				t.Fatalf("%.40s: value %d is %d, want %d", tc.script, i, v, tc.want(i))
+			}
+		}
+		// Cut short anywhere, or with a byte too many, it is refused.
+		for _, bad := range []string{s[:len(s)-1], s + "\x00", "", "\xc1"} {
+			if len(bad) > 0 && bad == s {
+				continue
+			}
+			if _, err := unpackInts(bad); err == nil {
+				t.Fatalf("%.40s: %q was read", tc.script, bad)
+			}
+		}
+	}
+}

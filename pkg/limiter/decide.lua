@@ -10,19 +10,22 @@
 -- arrival time, a quota hash {s = period start, v = count}, or a ledger's
 -- index of unexported windows; all in one hash slot.
 -- ARGV[1]: "" to use TIME, or a test clock in microseconds.
--- ARGV[2]: D, the number of requests; ARGV[3]: P, the number of distinct
--- parameter sets. From ARGV[4], the P sets, by kind:
+-- ARGV[2]: every other number of the batch, as one MessagePack array
+-- (Redis makes a string of each argument, which costs more than decoding
+-- them all at once): D, the number of requests, and P, the number of
+-- distinct parameter sets; then the P sets, by kind:
 --   bucket (0): kind, cost, shadow (0/1), interval_us, tolerance_us
 --   quota (1):  kind, cost, shadow, unit (1 hour, 2 day, 3 week, 4 month,
 --               5 year), max, soft (0/1), cap, anchor_day (0 = calendar),
 --               anchor_month*100000+anchor_second_of_day
 --   ledger (2): kind, cost, window_s; the window itself is
 --               key..":"..start
--- Then each request: its number of limits n, and n references, each
+-- then each request: its number of limits n, and n references, each
 -- key_index * 2^20 + set_index (both from 0).
--- Returns {now_s, now_us, then per request: denied_index (0 = none), then
--- per limit: ok (0/1), remaining, reset_us, retry_us, and for quotas and
--- ledgers also used, overage, period_start_s}
+-- Returns, packed as one MessagePack array (cheaper for Redis than a reply
+-- of as many integers): now_s, now_us, then per request: denied_index
+-- (0 = none), then per limit: ok (0/1), remaining, reset_us, retry_us, and
+-- for quotas and ledgers also used, overage, period_start_s.
 
 local floor = math.floor
 local now
@@ -113,20 +116,21 @@ end
 -- values (pa..pd) and the period they count in now (a quota's or a
 -- ledger window's start, and a quota's end).
 local pkind, pcost, pshadow, pa, pb, pc, pd, pstart, pend = {}, {}, {}, {}, {}, {}, {}, {}, {}
-local a = 4
-for p = 1, tonumber(ARGV[3]) do
-  local kind = tonumber(ARGV[a])
-  pkind[p], pcost[p] = kind, tonumber(ARGV[a + 1])
+local v = cmsgpack.unpack(ARGV[2])
+local a = 3
+for p = 1, v[2] do
+  local kind = v[a]
+  pkind[p], pcost[p] = kind, v[a + 1]
   if kind == 0 then
-    pshadow[p], pa[p], pb[p], pstart[p] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), 0
+    pshadow[p], pa[p], pb[p], pstart[p] = v[a + 2], v[a + 3], v[a + 4], 0
     a = a + 5
   elseif kind == 2 then
-    local size = tonumber(ARGV[a + 2])
+    local size = v[a + 2]
     pshadow[p], pa[p], pstart[p] = 0, size, floor(now_s / size) * size
     a = a + 3
   else
-    local s, e = period(now_s, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8]))
-    pshadow[p], pb[p], pc[p], pd[p], pstart[p], pend[p] = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), s, e
+    local s, e = period(now_s, v[a + 3], v[a + 7], v[a + 8])
+    pshadow[p], pb[p], pc[p], pd[p], pstart[p], pend[p] = v[a + 2], v[a + 4], v[a + 5], v[a + 6], s, e
     a = a + 9
   end
 end
@@ -289,12 +293,12 @@ local function flush()
 end
 
 local out, o = {now_s, now % 1000000}, 2
-for _ = 1, tonumber(ARGV[2]) do
-  local n = tonumber(ARGV[a])
+for _ = 1, v[1] do
+  local n = v[a]
   a = a + 1
   local denied = 0
   for i = 1, n do
-    parse(i, tonumber(ARGV[a]))
+    parse(i, v[a])
     a = a + 1
     -- An earlier limit of this request on the same state decides on what
     -- that one would leave.
@@ -331,4 +335,4 @@ for _ = 1, tonumber(ARGV[2]) do
   end
 end
 flush()
-return out
+return cmsgpack.pack(out)

@@ -3,8 +3,10 @@ package limiter
 import (
 	"context"
 	_ "embed"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"sync"
 	"time"
@@ -301,9 +303,10 @@ func (r *Redis) runBatches(ctx context.Context, script script, batches [][][]Lim
 // batchArgs is the EVALSHA of script for batch, and how many values its
 // reply must hold. Each distinct key is sent once, in KEYS, and each
 // distinct set of a limit's parameters (kind, cost, rate, quota, ...)
-// once, in ARGV; a limit refers to both by index. The requests of a batch
-// mostly share them (one plan's parameters, a global descriptor's key),
-// and every value sent is a string Redis makes and the script parses.
+// once; a limit refers to both by index. The requests of a batch mostly
+// share them (one plan's parameters, a global descriptor's key). The
+// numbers travel as one MessagePack array: Redis makes a Lua string of
+// every argument, which cost more than the script's own work.
 func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 	total, want := 0, 2+len(batch)
 	for _, limits := range batch {
@@ -316,8 +319,8 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 	params := make(map[limitParams]int64, 4)
 	var sets []limitParams
 	refs := make([]int64, 0, total)
-	// EVALSHA digest numkeys KEYS... ARGV...
-	args := make([]any, 3, 3+total+3+len(batch)+total+maxArgsPerLimit*4)
+	// EVALSHA digest numkeys KEYS... clock numbers
+	args := make([]any, 3, 5+total)
 	args[0], args[1] = "evalsha", script.sha
 	for _, limits := range batch {
 		for i := range limits {
@@ -343,20 +346,51 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 	if r.clock != nil {
 		clock = strconv.FormatInt(r.clock().UnixMicro(), 10)
 	}
-	args = append(args, clock, len(batch), len(sets))
+	var m msgpackArray
+	m.add(int64(len(batch)), int64(len(sets)))
 	for i := range sets {
-		for _, v := range sets[i].values() {
-			args = append(args, v)
-		}
+		m.add(sets[i].values()...)
 	}
 	for _, limits := range batch {
-		args = append(args, len(limits))
-		for range limits {
-			args = append(args, refs[0])
-			refs = refs[1:]
+		m.add(int64(len(limits)))
+		m.add(refs[:len(limits)]...)
+		refs = refs[len(limits):]
+	}
+	return append(args, clock, m.bytes()), want
+}
+
+// msgpackArray builds a MessagePack array of integers (what the scripts
+// decode with Redis's cmsgpack).
+type msgpackArray struct {
+	b []byte
+	n uint32
+}
+
+func (m *msgpackArray) add(vs ...int64) {
+	if m.b == nil {
+		m.b = make([]byte, 5, 64) // array 32 header, filled in by bytes
+		m.b[0] = 0xdd
+	}
+	for _, v := range vs {
+		switch {
+		case v >= 0 && v < 128: // positive fixint
+			m.b = append(m.b, byte(v))
+		case v >= 0 && v <= math.MaxUint32: // uint 32
+			m.b = append(m.b, 0xce, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+		default: // int 64
+			m.b = append(m.b, 0xd3)
+			m.b = binary.BigEndian.AppendUint64(m.b, uint64(v))
 		}
 	}
-	return args, want
+	m.n += uint32(len(vs))
+}
+
+func (m *msgpackArray) bytes() []byte {
+	if m.b == nil {
+		m.add()
+	}
+	binary.BigEndian.PutUint32(m.b[1:5], m.n)
+	return m.b
 }
 
 // refShift places a limit's key index above its parameters' index in the
@@ -400,9 +434,11 @@ func parseBatch(v []int64, want int, batch [][]Limit) ([]decided, time.Time, err
 	return out, now, nil
 }
 
-// eval runs args, an EVALSHA of script, and reads its reply (integers)
-// straight into an []int64. A Redis that does not know the script (it
-// restarted, or SCRIPT FLUSH) gets it with EVAL.
+// eval runs args, an EVALSHA of script, and reads its reply: integers,
+// packed by the script as one MessagePack array (Redis turns each value
+// of a Lua table into its own reply, which costs the script more than
+// packing them). A Redis that does not know the script (it restarted, or
+// SCRIPT FLUSH) gets it with EVAL.
 func (r *Redis) eval(ctx context.Context, script script, args []any) ([]int64, error) {
 	cmd := newScriptCmd(ctx, args)
 	err := r.client.Process(ctx, cmd)
@@ -411,14 +447,99 @@ func (r *Redis) eval(ctx context.Context, script script, args []any) ([]int64, e
 		cmd = newScriptCmd(ctx, args)
 		err = r.client.Process(ctx, cmd)
 	}
-	return cmd.Val(), err
+	if err != nil {
+		return nil, err
+	}
+	return unpackInts(cmd.Val())
 }
 
-// newScriptCmd is an EVALSHA or EVAL (args) whose reply is integers.
-func newScriptCmd(ctx context.Context, args []any) *redis.IntSliceCmd {
-	cmd := redis.NewIntSliceCmd(ctx, args...)
+// newScriptCmd is an EVALSHA or EVAL (args).
+func newScriptCmd(ctx context.Context, args []any) *redis.StringCmd {
+	cmd := redis.NewStringCmd(ctx, args...)
 	cmd.SetFirstKeyPos(3) // a cluster routes the call by its first key
 	return cmd
+}
+
+// unpackInts reads a MessagePack array of numbers, as Redis's cmsgpack
+// packs a Lua array: integers in their shortest form, other numbers as
+// doubles (truncated here; the scripts answer whole numbers).
+func unpackInts(s string) ([]int64, error) {
+	errBad := errors.New("malformed script reply")
+	if len(s) == 0 {
+		return nil, errBad
+	}
+	var n uint64
+	switch b := s[0]; {
+	case b&0xf0 == 0x90: // fixarray
+		n, s = uint64(b&0x0f), s[1:]
+	case b == 0xdc && len(s) >= 3: // array 16
+		n, s = bigEndian(s[1:3]), s[3:]
+	case b == 0xdd && len(s) >= 5: // array 32
+		n, s = bigEndian(s[1:5]), s[5:]
+	default:
+		return nil, errBad
+	}
+	if n > uint64(len(s)) { // every value takes a byte at least
+		return nil, errBad
+	}
+	out := make([]int64, n)
+	for i := range out {
+		if len(s) == 0 {
+			return nil, errBad
+		}
+		b := s[0]
+		switch {
+		case b < 0x80: // positive fixint
+			out[i], s = int64(b), s[1:]
+			continue
+		case b >= 0xe0: // negative fixint
+			out[i], s = int64(int8(b)), s[1:]
+			continue
+		}
+		size := 0
+		switch b {
+		case 0xcc, 0xd0:
+			size = 1
+		case 0xcd, 0xd1:
+			size = 2
+		case 0xce, 0xd2, 0xca:
+			size = 4
+		case 0xcf, 0xd3, 0xcb:
+			size = 8
+		}
+		if size == 0 || len(s) < 1+size {
+			return nil, errBad
+		}
+		u := bigEndian(s[1 : 1+size])
+		s = s[1+size:]
+		switch b {
+		case 0xd0:
+			out[i] = int64(int8(u))
+		case 0xd1:
+			out[i] = int64(int16(u))
+		case 0xd2:
+			out[i] = int64(int32(u))
+		case 0xca:
+			out[i] = int64(math.Float32frombits(uint32(u)))
+		case 0xcb:
+			out[i] = int64(math.Float64frombits(u))
+		default: // unsigned, and int 64
+			out[i] = int64(u)
+		}
+	}
+	if len(s) != 0 {
+		return nil, errBad
+	}
+	return out, nil
+}
+
+// bigEndian is the unsigned big-endian number in s (at most 8 bytes).
+func bigEndian(s string) uint64 {
+	var u uint64
+	for i := 0; i < len(s); i++ {
+		u = u<<8 | uint64(s[i])
+	}
+	return u
 }
 
 // replyFields is how many values decide.lua answers for a limit of kind k:

@@ -1,6 +1,6 @@
 -- Give back what decide.lua took for one request's limits (used when a
 -- later hash slot of the same request denied). The KEYS and ARGV of a
--- decide.lua call for that one request (ARGV[2] = 1).
+-- decide.lua call for that one request (D = 1).
 -- Returns decide.lua's shape with every limit marked ok and zeros.
 local floor = math.floor
 local now
@@ -12,26 +12,27 @@ else
 end
 -- the parameter sets: kind, cost, and a bucket's interval or a ledger's
 -- window
+local v = cmsgpack.unpack(ARGV[2])
 local kinds, costs, vals = {}, {}, {}
-local a = 4
-for p = 1, tonumber(ARGV[3]) do
-  local kind = tonumber(ARGV[a])
-  kinds[p], costs[p] = kind, tonumber(ARGV[a + 1])
+local a = 3
+for p = 1, v[2] do
+  local kind = v[a]
+  kinds[p], costs[p] = kind, v[a + 1]
   if kind == 0 then
-    vals[p] = tonumber(ARGV[a + 3])
+    vals[p] = v[a + 3]
     a = a + 5
   elseif kind == 2 then
-    vals[p] = tonumber(ARGV[a + 2])
+    vals[p] = v[a + 2]
     a = a + 3
   else
     a = a + 9
   end
 end
 local out = {floor(now / 1000000), now % 1000000, 0}
-local n = tonumber(ARGV[a])
+local n = v[a]
 a = a + 1
 for _ = 1, n do
-  local ref = tonumber(ARGV[a])
+  local ref = v[a]
   a = a + 1
   local p = ref % 1048576
   local key = KEYS[(ref - p) / 1048576 + 1]
@@ -69,4 +70,4 @@ for _ = 1, n do
   out[#out + 1] = 1
   for _ = 2, fields do out[#out + 1] = 0 end
 end
-return out
+return cmsgpack.pack(out)
