@@ -13,11 +13,18 @@ import (
 // package to call. Both stop when the test ends.
 func Loopback(t testing.TB, register func(*grpc.Server)) *grpc.ClientConn {
 	t.Helper()
+	return LoopbackWith(t, nil, register)
+}
+
+// LoopbackWith is Loopback with a server built with opts (levy's own
+// codec, say).
+func LoopbackWith(t testing.TB, opts []grpc.ServerOption, register func(*grpc.Server)) *grpc.ClientConn {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(opts...)
 	register(srv)
 	served := make(chan struct{})
 	go func() {
