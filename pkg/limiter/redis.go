@@ -45,14 +45,17 @@ type RedisConfig struct {
 	// Timeout bounds one decision's store call (default 50ms), within the
 	// caller's own deadline.
 	Timeout time.Duration
-	// Available, when set, is asked first: while it says no, decisions
-	// fail at once with ErrStoreDown instead of dialing a Redis that is
-	// known to be away (which also keeps the client's dial breaker from
-	// tripping and answering errors for a second after Redis returns).
-	Available func() bool
-	// Failed, when set, hears of every failed store call, so that health
-	// can mark the store down at once rather than at its next ping.
-	Failed func(error)
+	// Available, when set, is asked first, with the hash slot of the
+	// limits (0 on a standalone Redis): while it says no, decisions fail
+	// at once with ErrStoreDown instead of dialing a Redis (on a cluster,
+	// a master) that is known to be away, which also keeps the client's
+	// dial breaker from tripping and answering errors for a second after
+	// it returns.
+	Available func(slot uint16) bool
+	// Failed, when set, hears of every failed store call and its slot, so
+	// that health can mark the store (or the slot's master) down at once
+	// rather than at its next ping.
+	Failed func(slot uint16, err error)
 }
 
 // ErrStoreDown is returned while the store is known to be unreachable.
@@ -65,8 +68,8 @@ type Redis struct {
 	cluster bool
 	clock   func() time.Time
 	timeout time.Duration
-	avail   func() bool
-	failed  func(error)
+	avail   func(slot uint16) bool
+	failed  func(slot uint16, err error)
 	decide  script
 	refund  script
 	batch   *batcher // standalone Redis only
@@ -105,13 +108,16 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 			return Decision{}, err
 		}
 	}
-	if r.avail != nil && !r.avail() {
-		return Decision{}, ErrStoreDown
-	}
 	if !r.cluster {
+		if !r.available(0) {
+			return Decision{}, ErrStoreDown
+		}
 		return r.batch.decide(ctx, limits, 0)
 	}
 	if slot, ok := oneSlot(limits); ok {
+		if !r.available(slot) {
+			return Decision{}, ErrStoreDown
+		}
 		return r.batch.decide(ctx, limits, slot)
 	}
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
@@ -119,7 +125,12 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	groups := r.groups(limits)
 	d := Decision{OK: true, Denied: -1, Statuses: make([]Status, len(limits))}
 	for g, idx := range groups {
-		res, now, denied, err := r.run(ctx, r.decide, limits, idx)
+		var res []Status
+		var now time.Time
+		denied, err := -1, error(ErrStoreDown)
+		if r.available(Slot(limits[idx[0]].Key)) {
+			res, now, denied, err = r.run(ctx, r.decide, limits, idx)
+		}
 		if err != nil {
 			r.giveBack(ctx, limits, d.Statuses, groups[:g])
 			return Decision{}, err
@@ -215,9 +226,9 @@ func (r *Redis) giveBack(ctx context.Context, limits []Limit, statuses []Status,
 		if len(took) == 0 {
 			continue
 		}
-		if _, _, _, err := r.run(context.WithoutCancel(ctx), r.refund, limits, took); err != nil && r.failed != nil {
-			r.failed(err)
-		}
+		// A failure is reported to health by runBatch; the earlier slots
+		// stay short for a while (towards strictness).
+		_, _, _, _ = r.run(context.WithoutCancel(ctx), r.refund, limits, took)
 	}
 }
 
@@ -274,12 +285,19 @@ func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([
 	v, err := r.eval(ctx, script, args)
 	if err != nil {
 		if r.failed != nil {
-			r.failed(err)
+			var slot uint16
+			if key, ok := args[3].(string); r.cluster && ok {
+				slot = Slot(key) // the first key's; the batch shares a slot
+			}
+			r.failed(slot, err)
 		}
 		return nil, time.Time{}, fmt.Errorf("redis decide: %w", err)
 	}
 	return parseBatch(v, want, batch)
 }
+
+// available asks Available whether slot's Redis is worth a call.
+func (r *Redis) available(slot uint16) bool { return r.avail == nil || r.avail(slot) }
 
 // runBatches decides batches whose limits lie in different hash slots of a
 // cluster: one script call each, all at once, each to its slot's node. A

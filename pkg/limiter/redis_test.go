@@ -15,6 +15,7 @@ import (
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/redisstore"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/usage"
 )
@@ -191,7 +192,12 @@ func TestRedisClusterNodeDownFailsOnlyItsSlots(t *testing.T) {
 		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
 	defer client.Close()
 	ctx := context.Background()
-	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Cluster: true, Timeout: time.Second})
+	// Health as levy serve wires it: a failed call marks its slot's master
+	// down, and the pings mark it up again.
+	health := redisstore.StartHealth(client, "test", 100*time.Millisecond, zaptest.NewLogger(t))
+	defer health.Stop()
+	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Cluster: true, Timeout: time.Second,
+		Available: health.SlotReady, Failed: health.SlotFailed})
 	slots, err := client.ClusterSlots(ctx).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -249,6 +255,17 @@ func TestRedisClusterNodeDownFailsOnlyItsSlots(t *testing.T) {
 	}
 	if failed == 0 || decided == 0 {
 		t.Fatalf("%d failed, %d decided: the test wants consumers on the dead node and on live ones", failed, decided)
+	}
+	// Now the dead node is known: its consumers fail at once, without a
+	// call, and the others are still decided by Redis; levy stays ready.
+	for c, err := range decideAll() {
+		onDead := owner(fmt.Sprintf("{c:consumer-%d}:rate", c)) == dead
+		if onDead && !errors.Is(err, limiter.ErrStoreDown) || !onDead && err != nil {
+			t.Errorf("consumer %d (on the dead node: %v), with the node known to be down: %v", c, onDead, err)
+		}
+	}
+	if !health.Ready() {
+		t.Error("one master of three down, and health says Redis is not ready")
 	}
 	cluster.Nodes[0].Restart()
 	deadline := time.Now().Add(15 * time.Second)

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -68,11 +69,12 @@ type DirectoryConfig struct {
 	Timeout time.Duration
 	Log     *zap.Logger
 	Clock   func() time.Time
-	// Available, when set, is asked before Redis: while it says no, a
-	// lookup is answered from the cache or fails at once.
-	Available func() bool
-	// Failed hears of every failed Redis call (see Health.Failed).
-	Failed func(error)
+	// Available, when set, is asked before Redis for a key: while it says
+	// no, a lookup is answered from the cache or fails at once.
+	Available func(key string) bool
+	// Failed hears of every failed Redis call, with its key (see
+	// Health.SlotFailed).
+	Failed func(key string, err error)
 }
 
 // ErrDown is returned while Redis is known to be unreachable.
@@ -87,8 +89,8 @@ type Directory struct {
 	timeout time.Duration
 	log     *zap.Logger
 	clock   func() time.Time
-	avail   func() bool
-	failed  func(error)
+	avail   func(key string) bool
+	failed  func(key string, err error)
 	group   singleflight.Group
 
 	mu        sync.Mutex
@@ -165,15 +167,16 @@ func (e cachedKey) result() (*apikey.Key, *apikey.Consumer, error) {
 }
 
 func (d *Directory) fetchKey(ctx context.Context, hash string) (cachedKey, error) {
-	if d.avail != nil && !d.avail() {
+	key := keyKey(hash)
+	if !d.available(key) {
 		return cachedKey{}, ErrDown
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	now := d.clock()
-	m, err := d.client.HGetAll(ctx, keyKey(hash)).Result()
+	m, err := d.client.HGetAll(ctx, key).Result()
 	if err != nil {
-		d.fail(err)
+		d.fail(key, err)
 		return cachedKey{}, fmt.Errorf("redis key lookup: %w", err)
 	}
 	e := cachedKey{at: now}
@@ -191,9 +194,13 @@ func (d *Directory) fetchKey(ctx context.Context, hash string) (cachedKey, error
 }
 
 func (d *Directory) fetchConsumer(ctx context.Context, id string) (*apikey.Consumer, error) {
-	m, err := d.client.HGetAll(ctx, consumerKey(id)).Result()
+	key := consumerKey(id)
+	if !d.available(key) {
+		return nil, ErrDown
+	}
+	m, err := d.client.HGetAll(ctx, key).Result()
 	if err != nil {
-		d.fail(err)
+		d.fail(key, err)
 		return nil, fmt.Errorf("redis consumer lookup: %w", err)
 	}
 	var c *apikey.Consumer
@@ -207,9 +214,11 @@ func (d *Directory) fetchConsumer(ctx context.Context, id string) (*apikey.Consu
 	return c, nil
 }
 
-func (d *Directory) fail(err error) {
+func (d *Directory) available(key string) bool { return d.avail == nil || d.avail(key) }
+
+func (d *Directory) fail(key string, err error) {
 	if d.failed != nil {
-		d.failed(err)
+		d.failed(key, err)
 	}
 }
 
@@ -244,9 +253,6 @@ func (d *Directory) Consumer(id string) (*apikey.Consumer, bool) {
 		return e.c, e.c != nil
 	}
 	v, err, _ := d.group.Do("c"+id, func() (any, error) {
-		if d.avail != nil && !d.avail() {
-			return nil, ErrDown
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
 		defer cancel()
 		return d.fetchConsumer(ctx, id)
@@ -371,18 +377,33 @@ func parseTime(s string) time.Time {
 	return time.Unix(0, n).UTC()
 }
 
-// Health pings Redis and keeps this replica in the replica registry.
+// Health pings Redis and keeps this replica in the replica registry. On
+// a Redis Cluster it pings every master and knows which serves each hash
+// slot, so that a master that is down stops only the decisions and
+// lookups of its own slots: levy stays ready while any master answers.
 type Health struct {
-	client redis.UniversalClient
-	id     string
-	every  time.Duration
-	log    *zap.Logger
+	client  redis.UniversalClient
+	cluster *redis.ClusterClient // nil on a standalone Redis
+	id      string
+	every   time.Duration
+	log     *zap.Logger
 
 	ready    atomic.Bool
+	nodes    atomic.Pointer[nodeMap]  // a cluster's masters, from the last ping
+	pingers  map[string]*redis.Client // by master; used by beat alone
 	replicas atomic.Int64
+	pings    atomic.Uint64
 	stop     chan struct{}
 	done     chan struct{}
 	stopOnce sync.Once
+}
+
+// nodeMap is a cluster's masters as a ping found them: which serves each
+// hash slot, and which are down (their ping, or a call since, failed).
+type nodeMap struct {
+	addrs []string
+	slots [16384]uint16 // 1 + index in addrs; 0: no master known
+	down  []atomic.Bool
 }
 
 const replicasKey = "{levy}:replicas"
@@ -390,6 +411,7 @@ const replicasKey = "{levy}:replicas"
 // StartHealth begins pinging every interval; Stop ends it.
 func StartHealth(client redis.UniversalClient, replicaID string, every time.Duration, log *zap.Logger) *Health {
 	h := &Health{client: client, id: replicaID, every: every, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	h.cluster, _ = client.(*redis.ClusterClient)
 	h.replicas.Store(1)
 	h.beat()
 	go h.loop()
@@ -406,6 +428,7 @@ func (h *Health) loop() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			h.client.ZRem(ctx, replicasKey, h.id)
 			cancel()
+			h.closePingers(nil)
 			return
 		case <-t.C:
 			h.beat()
@@ -413,7 +436,8 @@ func (h *Health) loop() {
 	}
 }
 
-// beat records this replica and counts the live ones.
+// beat pings Redis (every master of a cluster), records this replica and
+// counts the live ones.
 func (h *Health) beat() {
 	ctx, cancel := context.WithTimeout(context.Background(), h.every)
 	defer cancel()
@@ -423,6 +447,13 @@ func (h *Health) beat() {
 	pipe.ZRemRangeByScore(ctx, replicasKey, "-inf", strconv.FormatInt(now-5*h.every.Milliseconds()-1000, 10))
 	card := pipe.ZCard(ctx, replicasKey)
 	_, err := pipe.Exec(ctx)
+	if err == nil && card.Val() > 0 {
+		h.replicas.Store(card.Val())
+	}
+	if h.cluster != nil {
+		// The registry lives on one master; readiness is any master's.
+		err = h.pingMasters()
+	}
 	was := h.ready.Swap(err == nil)
 	switch {
 	case err != nil && was:
@@ -430,18 +461,140 @@ func (h *Health) beat() {
 	case err == nil && !was:
 		h.log.Info("redis reachable; levy is ready")
 	}
-	if err == nil && card.Val() > 0 {
-		h.replicas.Store(card.Val())
+	h.pings.Add(1)
+}
+
+// Pings is how many pings have completed.
+func (h *Health) Pings() uint64 { return h.pings.Load() }
+
+// pingMasters reads which master serves each slot and pings every one,
+// each on a connection of its own (a cluster client would route the pings
+// through its view of the cluster, which a dead node slows for all); it
+// fails when none answers.
+func (h *Health) pingMasters() error {
+	ctx, cancel := context.WithTimeout(context.Background(), h.every)
+	m := &nodeMap{}
+	slots, err := h.cluster.ClusterSlots(ctx).Result()
+	cancel()
+	switch {
+	case err == nil:
+		index := map[string]uint16{}
+		for _, r := range slots {
+			if len(r.Nodes) == 0 || r.Start < 0 || r.End >= len(m.slots) {
+				continue
+			}
+			addr := r.Nodes[0].Addr
+			i, ok := index[addr]
+			if !ok {
+				m.addrs = append(m.addrs, addr)
+				i = uint16(len(m.addrs))
+				index[addr] = i
+			}
+			for s := r.Start; s <= r.End; s++ {
+				m.slots[s] = i
+			}
+		}
+	case h.nodes.Load() != nil: // the node asked is down: the last map stands
+		old := h.nodes.Load()
+		m.addrs, m.slots = old.addrs, old.slots
+	default:
+		return err
+	}
+	m.down = make([]atomic.Bool, len(m.addrs))
+	ctx, cancel = context.WithTimeout(context.Background(), h.every)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(m.addrs))
+	for i, addr := range m.addrs {
+		c := h.pinger(addr)
+		wg.Go(func() {
+			errs[i] = c.Ping(ctx).Err()
+			m.down[i].Store(errs[i] != nil)
+		})
+	}
+	wg.Wait()
+	h.closePingers(m.addrs)
+	wasDown := map[string]bool{}
+	if old := h.nodes.Swap(m); old != nil {
+		for i, a := range old.addrs {
+			wasDown[a] = old.down[i].Load()
+		}
+	}
+	up := 0
+	for i, a := range m.addrs {
+		was, known := wasDown[a]
+		switch down := m.down[i].Load(); {
+		case down && !was:
+			h.log.Error("redis node unreachable; its hash slots are decided as the store being down", zap.String("node", a), zap.Error(errs[i]))
+		case !down && known && was:
+			h.log.Info("redis node reachable", zap.String("node", a))
+		}
+		if !m.down[i].Load() {
+			up++
+		}
+	}
+	if up == 0 {
+		return fmt.Errorf("no cluster master answered: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// pinger is the ping connection to the master at addr, opened with the
+// cluster client's settings.
+func (h *Health) pinger(addr string) *redis.Client {
+	if c, ok := h.pingers[addr]; ok {
+		return c
+	}
+	o := h.cluster.Options()
+	c := redis.NewClient(&redis.Options{Addr: addr, Username: o.Username, Password: o.Password, TLSConfig: o.TLSConfig,
+		DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout, PoolSize: 1, MaxRetries: -1})
+	if h.pingers == nil {
+		h.pingers = map[string]*redis.Client{}
+	}
+	h.pingers[addr] = c
+	return c
+}
+
+// closePingers closes the ping connections of nodes that are not among
+// masters (all of them, given none).
+func (h *Health) closePingers(masters []string) {
+	for addr, c := range h.pingers {
+		if !slices.Contains(masters, addr) {
+			c.Close()
+			delete(h.pingers, addr)
+		}
 	}
 }
 
-// Failed marks Redis down at once when err says the connection failed (a
-// network error or timeout, not a Redis error reply); the next good ping
-// marks it up again. Callers that ask Ready before calling Redis then stop
-// dialing a Redis that is away.
-func (h *Health) Failed(err error) {
+// SlotReady reports whether a call for hash slot slot (0 on a standalone
+// Redis) should be made: Redis answered the last ping and, on a cluster,
+// so did the master of that slot, and no call to it has failed since.
+func (h *Health) SlotReady(slot uint16) bool {
+	if !h.ready.Load() {
+		return false
+	}
+	m := h.nodes.Load()
+	if m == nil || int(slot) >= len(m.slots) || m.slots[slot] == 0 {
+		return true
+	}
+	return !m.down[m.slots[slot]-1].Load()
+}
+
+// SlotFailed marks Redis down at once (on a cluster, the master of slot)
+// when err says the connection failed (a network error or timeout, not a
+// Redis error reply); the next good ping marks it up again. Callers that
+// ask SlotReady first then stop dialing a Redis that is away.
+func (h *Health) SlotFailed(slot uint16, err error) {
 	var rerr redis.Error
 	if err == nil || errors.As(err, &rerr) {
+		return
+	}
+	if m := h.nodes.Load(); m != nil && int(slot) < len(m.slots) && m.slots[slot] != 0 {
+		i := m.slots[slot] - 1
+		if !m.down[i].Swap(true) {
+			h.log.Error("redis node unreachable; its hash slots are decided as the store being down",
+				zap.String("node", m.addrs[i]), zap.Error(err))
+		}
 		return
 	}
 	if h.ready.Swap(false) {
@@ -449,7 +602,8 @@ func (h *Health) Failed(err error) {
 	}
 }
 
-// Ready reports whether the last ping worked.
+// Ready reports whether the last ping worked (on a cluster, whether any
+// master answered it).
 func (h *Health) Ready() bool { return h.ready.Load() }
 
 // Replicas is the number of live replicas at the last good ping (at least 1).

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 
@@ -77,5 +78,70 @@ func TestOtherReplicaSeesChangesWithinTTLAndServesStaleWhenRedisIsDown(t *testin
 	}
 	if _, _, err := b.Lookup(ctx, "never-seen"); err == nil || errors.Is(err, apikey.ErrUnknown) {
 		t.Fatalf("an uncached key with Redis down: %v, want a store error (not 'unknown')", err)
+	}
+}
+
+// On a cluster, a master that is down stops only its own hash slots: a
+// failed call marks it down at once, the pings keep it down while it is
+// away and mark it up when it is back, and levy stays ready meanwhile.
+func TestHealthOnClusterStopsOnlyTheDeadMastersSlots(t *testing.T) {
+	cluster := redistest.StartCluster(t, "--cluster-require-full-coverage", "no")
+	client, _ := redisstore.NewClient(redisstore.Options{ClusterAddrs: cluster.Addrs(), Timeout: 200 * time.Millisecond})
+	defer client.Close()
+	ctx := context.Background()
+	slots, err := client.ClusterSlots(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := cluster.Nodes[0].Addr
+	var onDead, onLive uint16
+	for _, r := range slots {
+		if r.Nodes[0].Addr == dead {
+			onDead = uint16(r.Start)
+		} else {
+			onLive = uint16(r.Start)
+		}
+	}
+	h := redisstore.StartHealth(client, "replica", 100*time.Millisecond, zaptest.NewLogger(t))
+	defer h.Stop()
+	if !h.Ready() || !h.SlotReady(onDead) || !h.SlotReady(onLive) {
+		t.Fatalf("every master up: ready %v, slots %v %v", h.Ready(), h.SlotReady(onDead), h.SlotReady(onLive))
+	}
+	// A Redis error reply is no sign of a dead node.
+	h.SlotFailed(onLive, redis.Nil)
+	if !h.SlotReady(onLive) {
+		t.Fatal("a Redis error reply marked the slot's master down")
+	}
+
+	cluster.Nodes[0].Kill()
+	h.SlotFailed(onDead, context.DeadlineExceeded) // as a decision's call would
+	if h.SlotReady(onDead) || !h.SlotReady(onLive) || !h.Ready() {
+		t.Fatalf("after a failed call to the dead master: its slot ready %v, a live one's %v, ready %v",
+			h.SlotReady(onDead), h.SlotReady(onLive), h.Ready())
+	}
+	// Pings that find it away keep it down; the others stay up.
+	pings := h.Pings()
+	waitUntil(t, func() bool { return h.Pings() >= pings+3 })
+	if h.SlotReady(onDead) || !h.SlotReady(onLive) || !h.Ready() {
+		t.Fatalf("after pings with the master dead: its slot ready %v, a live one's %v, ready %v",
+			h.SlotReady(onDead), h.SlotReady(onLive), h.Ready())
+	}
+
+	cluster.Nodes[0].Restart()
+	waitUntil(t, func() bool { return h.SlotReady(onDead) })
+	if !h.SlotReady(onLive) || !h.Ready() {
+		t.Fatal("the master is back, and a live slot or readiness is not")
+	}
+}
+
+// waitUntil polls cond until it holds, for at most 20 seconds.
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(10 * time.Millisecond) // between polls of a condition
 	}
 }

@@ -80,7 +80,7 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	b.closers = append(b.closers, func() error { health.Stop(); return nil })
 	b.ready = health.Ready
 	rl := limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: cluster,
-		Timeout: time.Duration(cfg.Store.Timeout), Available: health.Ready, Failed: health.Failed})
+		Timeout: time.Duration(cfg.Store.Timeout), Available: health.SlotReady, Failed: health.SlotFailed})
 	b.closers = append(b.closers, rl.Close)
 	var lim limiter.Limiter = rl
 	ledger := limiter.NewRedisLedger(client, time.Duration(cfg.Billing.Window))
@@ -103,7 +103,9 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	b.lease = redisstore.NewLease(client, "usage-export")
 	b.events = redisstore.Events{Client: client}
 	b.store = redisstore.NewDirectory(redisstore.DirectoryConfig{Client: client, TTL: time.Duration(cfg.Store.Redis.CacheTTL),
-		Timeout: time.Duration(cfg.Store.Timeout), Log: s.log, Available: health.Ready, Failed: health.Failed})
+		Timeout: time.Duration(cfg.Store.Timeout), Log: s.log,
+		Available: func(key string) bool { return health.SlotReady(keySlot(cluster, key)) },
+		Failed:    func(key string, err error) { health.SlotFailed(keySlot(cluster, key), err) }})
 	b.demoKeys = func(plans []string, gen func() (string, error)) (map[string]string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -141,3 +143,11 @@ func redisOptions(cfg *config.Config) (redisstore.Options, error) {
 type quietRedisLog struct{}
 
 func (quietRedisLog) Printf(context.Context, string, ...any) {}
+
+// keySlot is key's hash slot on a cluster, 0 on a standalone Redis.
+func keySlot(cluster bool, key string) uint16 {
+	if !cluster {
+		return 0
+	}
+	return limiter.Slot(key)
+}
