@@ -21,6 +21,7 @@ import (
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/wire"
 	"github.com/levyhq/levy/test/envoy"
 )
 
@@ -84,7 +85,10 @@ func start(t *testing.T, newLimiter limitertest.Factory) *fixture {
 	}
 	f.lim = lim
 	f.srv = authz.New(authz.Config{Snapshot: snap, Limiter: lim, Log: zaptest.NewLogger(t), Clock: f.clock.Now})
-	conn := envoy.Loopback(t, func(gs *grpc.Server) { authv3.RegisterAuthorizationServer(gs, f.srv) })
+	// Requests read as levy serve reads them (server.GRPCOptions), so that
+	// every behaviour is also a test of authz.Decode.
+	codec := []grpc.ServerOption{grpc.ForceServerCodecV2(wire.Codec{Decode: authz.Decode})}
+	conn := envoy.LoopbackWith(t, codec, func(gs *grpc.Server) { authv3.RegisterAuthorizationServer(gs, f.srv) })
 	f.client = envoy.NewAuthzClient(conn, envoy.AuthzConfig{Timeout: 5 * time.Second})
 	return f
 }

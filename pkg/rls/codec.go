@@ -1,159 +1,79 @@
 package rls
 
 import (
-	"unicode/utf8"
-
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"google.golang.org/grpc/encoding"
-	grpcproto "google.golang.org/grpc/encoding/proto"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/levyhq/levy/pkg/wire"
 )
 
-// Codec is the gRPC codec of levy's server. It reads RateLimitRequests and
-// writes RateLimitResponses itself, and hands every other message (and any
-// of these with a field it does not write exactly as protobuf does) to
-// gRPC's protobuf codec. Generic protobuf decoding and encoding took about
-// a tenth of levy's CPU per ShouldRateLimit; reading a request here takes
-// a handful of allocations (descriptors and entries each in one slice,
-// every string a piece of one copy of the request), and the answer is
-// written in one pass into one buffer of the right size. Both produce what
-// protobuf would: the tests compare them, field by field and byte by byte.
-type Codec struct{}
+// Codec reads RateLimitRequests and writes RateLimitResponses itself, and
+// hands every other message (and any of these with a field it does not
+// write exactly as protobuf does) to gRPC's protobuf codec. Generic
+// protobuf decoding and encoding took about a tenth of levy's CPU per
+// ShouldRateLimit; reading a request here takes a handful of allocations
+// (descriptors and entries each in one slice, every string a piece of one
+// copy of the request), and the answer is written in one pass into one
+// buffer of the right size. Both produce what protobuf would: the tests
+// compare them, field by field and byte by byte. levy serve's codec
+// (server.GRPCOptions) uses Decode and Encode with ext_authz's.
+var Codec = wire.Codec{Decode: Decode, Encode: Encode}
 
-var _ encoding.CodecV2 = Codec{}
-
-var protoCodec = encoding.GetCodecV2(grpcproto.Name)
-
-// Name implements encoding.CodecV2: levy's codec is the protobuf codec.
-func (Codec) Name() string { return grpcproto.Name }
-
-// Marshal implements encoding.CodecV2.
-func (Codec) Marshal(v any) (mem.BufferSlice, error) {
-	if r, ok := v.(*rlsv3.RateLimitResponse); ok && r != nil {
-		if n, ok := responseSize(r); ok {
-			return mem.BufferSlice{mem.SliceBuffer(appendResponse(make([]byte, 0, n), r))}, nil
-		}
-	}
-	return protoCodec.Marshal(v)
+// Decode reads a RateLimitRequest (v) from b as proto.Unmarshal would, or
+// returns false.
+func Decode(b []byte, v any) bool {
+	r, ok := v.(*rlsv3.RateLimitRequest)
+	return ok && r != nil && decodeRequest(b, r)
 }
 
-// Unmarshal implements encoding.CodecV2.
-func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	if r, ok := v.(*rlsv3.RateLimitRequest); ok && r != nil {
-		var b []byte
-		if len(data) == 1 {
-			b = data[0].ReadOnlyData() // copied below, before the buffer is freed
-		} else {
-			b = data.Materialize()
-		}
-		if decodeRequest(b, r) {
-			return nil
-		}
+// Encode writes a RateLimitResponse (v) as proto.Marshal would, or returns
+// false.
+func Encode(v any) ([]byte, bool) {
+	r, ok := v.(*rlsv3.RateLimitResponse)
+	if !ok || r == nil {
+		return nil, false
 	}
-	return protoCodec.Unmarshal(data, v)
-}
-
-// wireField is one field of a message as it came off the wire: a varint's
-// value, or the offset and length of a length-delimited field's bytes.
-type wireField struct {
-	num    protowire.Number
-	typ    protowire.Type
-	v      uint64
-	off, n int
-}
-
-// nextField reads the field at b[i:] and returns it and the offset after
-// it; false when the bytes are malformed or the field is neither a varint
-// nor length-delimited (none that levy reads is).
-func nextField(b []byte, i int) (wireField, int, bool) {
-	num, typ, k := protowire.ConsumeTag(b[i:])
-	if k < 0 {
-		return wireField{}, 0, false
+	n, ok := responseSize(r)
+	if !ok {
+		return nil, false
 	}
-	i += k
-	f := wireField{num: num, typ: typ}
-	switch typ {
-	case protowire.VarintType:
-		v, k := protowire.ConsumeVarint(b[i:])
-		if k < 0 {
-			return wireField{}, 0, false
-		}
-		f.v = v
-		return f, i + k, true
-	case protowire.BytesType:
-		n, k := protowire.ConsumeVarint(b[i:])
-		if k < 0 || n > uint64(len(b)-i-k) {
-			return wireField{}, 0, false
-		}
-		f.off, f.n = i+k, int(n)
-		return f, f.off + f.n, true
-	}
-	return wireField{}, 0, false
-}
-
-// known reports whether f is a field the decoder below reads exactly as
-// protobuf does, in a message whose fields are given as number: wire type.
-func known(f wireField, fields map[protowire.Number]protowire.Type) bool {
-	t, ok := fields[f.num]
-	return ok && t == f.typ
+	return appendResponse(make([]byte, 0, n), r), true
 }
 
 // The fields decodeRequest reads, by message. A field of another number or
 // type (unit_multiplier, a field Envoy adds later) sends the request to the
 // protobuf codec instead.
 var (
-	requestFields    = map[protowire.Number]protowire.Type{1: protowire.BytesType, 2: protowire.BytesType, 3: protowire.VarintType}
-	descriptorFields = map[protowire.Number]protowire.Type{1: protowire.BytesType, 2: protowire.BytesType, 3: protowire.BytesType, 4: protowire.VarintType}
-	entryFields      = map[protowire.Number]protowire.Type{1: protowire.BytesType, 2: protowire.BytesType}
-	overrideFields   = map[protowire.Number]protowire.Type{1: protowire.VarintType, 2: protowire.VarintType}
-	uint64Fields     = map[protowire.Number]protowire.Type{1: protowire.VarintType}
+	requestFields    = wire.Fields{1: wire.String, 2: wire.Message, 3: wire.Varint}
+	descriptorFields = wire.Fields{1: wire.Message, 2: wire.Message, 3: wire.Message, 4: wire.Varint}
+	entryFields      = wire.Fields{1: wire.String, 2: wire.String}
+	overrideFields   = wire.Fields{1: wire.Varint, 2: wire.Varint}
+	uint64Fields     = wire.Fields{1: wire.Varint}
 )
 
-// scanMessage checks that every field of b[off:off+n] is in fields and
-// calls sub, when not nil, with each length-delimited one.
-func scanMessage(b []byte, off, n int, fields map[protowire.Number]protowire.Type, sub func(wireField) bool) bool {
-	for i, end := off, off+n; i < end; {
-		f, j, ok := nextField(b[:end], i)
-		if !ok || !known(f, fields) {
-			return false
-		}
-		if sub != nil && f.typ == protowire.BytesType && !sub(f) {
-			return false
-		}
-		i = j
-	}
-	return true
-}
-
 // checkRequest checks that b is a RateLimitRequest of fields decodeRequest
-// reads, with valid UTF-8 strings, and counts its descriptors and entries.
+// reads, and counts its descriptors and entries.
 func checkRequest(b []byte) (descs, entries int, ok bool) {
-	validString := func(f wireField) bool { return utf8.Valid(b[f.off : f.off+f.n]) }
-	entry := func(f wireField) bool { return validString(f) }
-	descriptor := func(f wireField) bool {
-		switch f.num {
+	descriptor := func(f wire.Field) bool {
+		switch f.Num {
 		case 1:
 			entries++
-			return scanMessage(b, f.off, f.n, entryFields, entry)
+			return wire.Check(b, f.Off, f.N, entryFields, nil)
 		case 2:
-			return scanMessage(b, f.off, f.n, overrideFields, nil)
+			return wire.Check(b, f.Off, f.N, overrideFields, nil)
 		default: // 3, hits_addend
-			return scanMessage(b, f.off, f.n, uint64Fields, nil)
+			return wire.Check(b, f.Off, f.N, uint64Fields, nil)
 		}
 	}
-	ok = scanMessage(b, 0, len(b), requestFields, func(f wireField) bool {
-		if f.num == 1 {
-			return validString(f)
-		}
+	ok = wire.Check(b, 0, len(b), requestFields, func(f wire.Field) bool {
 		descs++
-		return scanMessage(b, f.off, f.n, descriptorFields, descriptor)
+		return wire.Check(b, f.Off, f.N, descriptorFields, descriptor)
 	})
 	return descs, entries, ok
 }
@@ -168,7 +88,7 @@ func decodeRequest(b []byte, req *rlsv3.RateLimitRequest) bool {
 	}
 	proto.Reset(req) // as proto.Unmarshal does
 	s := string(b)   // every string is a piece of this one copy
-	str := func(f wireField) string { return s[f.off : f.off+f.n] }
+	str := func(f wire.Field) string { return s[f.Off : f.Off+f.N] }
 	descs := make([]rlv3.RateLimitDescriptor, nd)
 	entries := make([]rlv3.RateLimitDescriptor_Entry, ne)
 	entryPtrs := make([]*rlv3.RateLimitDescriptor_Entry, ne)
@@ -177,32 +97,25 @@ func decodeRequest(b []byte, req *rlsv3.RateLimitRequest) bool {
 		req.Descriptors = out
 	}
 	di, ei := 0, 0
-	forEach := func(off, n int, fn func(wireField)) {
-		for i, end := off, off+n; i < end; {
-			f, j, _ := nextField(b[:end], i) // checked above
-			fn(f)
-			i = j
-		}
-	}
-	forEach(0, len(b), func(f wireField) {
-		switch f.num {
+	wire.Each(b, 0, len(b), func(f wire.Field) {
+		switch f.Num {
 		case 1:
 			req.Domain = str(f)
 		case 3:
-			req.HitsAddend = uint32(f.v)
+			req.HitsAddend = uint32(f.V)
 		case 2:
 			d := &descs[di]
 			out[di] = d
 			di++
 			first := ei
-			forEach(f.off, f.n, func(g wireField) {
-				switch g.num {
+			wire.Each(b, f.Off, f.N, func(g wire.Field) {
+				switch g.Num {
 				case 1:
 					e := &entries[ei]
 					entryPtrs[ei] = e
 					ei++
-					forEach(g.off, g.n, func(h wireField) {
-						if h.num == 1 {
+					wire.Each(b, g.Off, g.N, func(h wire.Field) {
+						if h.Num == 1 {
 							e.Key = str(h)
 						} else {
 							e.Value = str(h)
@@ -212,20 +125,20 @@ func decodeRequest(b []byte, req *rlsv3.RateLimitRequest) bool {
 					if d.Limit == nil {
 						d.Limit = &rlv3.RateLimitDescriptor_RateLimitOverride{}
 					}
-					forEach(g.off, g.n, func(h wireField) {
-						if h.num == 1 {
-							d.Limit.RequestsPerUnit = uint32(h.v)
+					wire.Each(b, g.Off, g.N, func(h wire.Field) {
+						if h.Num == 1 {
+							d.Limit.RequestsPerUnit = uint32(h.V)
 						} else {
-							d.Limit.Unit = typev3.RateLimitUnit(int32(h.v))
+							d.Limit.Unit = typev3.RateLimitUnit(int32(h.V))
 						}
 					})
 				case 3:
 					if d.HitsAddend == nil {
 						d.HitsAddend = &wrapperspb.UInt64Value{}
 					}
-					forEach(g.off, g.n, func(h wireField) { d.HitsAddend.Value = h.v })
+					wire.Each(b, g.Off, g.N, func(h wire.Field) { d.HitsAddend.Value = h.V })
 				case 4:
-					d.IsNegativeHits = g.v != 0
+					d.IsNegativeHits = g.V != 0
 				}
 			})
 			if ei > first {

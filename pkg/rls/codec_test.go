@@ -85,7 +85,7 @@ func sameAsProtobuf(t *testing.T, name string, b []byte) {
 	want := &rlsv3.RateLimitRequest{}
 	wantErr := proto.Unmarshal(b, want)
 	got := &rlsv3.RateLimitRequest{Domain: "stale", HitsAddend: 9} // reset first, as protobuf does
-	gotErr := Codec{}.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got)
+	gotErr := Codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got)
 	if (gotErr != nil) != (wantErr != nil) {
 		t.Fatalf("%s: codec error %v, protobuf %v", name, gotErr, wantErr)
 	}
@@ -101,7 +101,7 @@ func TestCodecReadsRequestsAsProtobufDoes(t *testing.T) {
 	// Split across buffers, as gRPC hands over a large message.
 	b := requestCases(t)["envoy"]
 	got, want := &rlsv3.RateLimitRequest{}, &rlsv3.RateLimitRequest{}
-	if err := (Codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b[:10]), mem.SliceBuffer(b[10:])}, got); err != nil {
+	if err := Codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(b[:10]), mem.SliceBuffer(b[10:])}, got); err != nil {
 		t.Fatal(err)
 	}
 	if proto.Unmarshal(b, want) != nil || !proto.Equal(got, want) {
@@ -206,7 +206,7 @@ func TestCodecWritesResponsesAsProtobufDoes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := Codec{}.Marshal(x)
+		got, err := Codec.Marshal(x)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -92,7 +92,7 @@ func start(t *testing.T, newLimiter limitertest.Factory, text string) *fixture {
 	f.srv = rls.New(rls.Config{Snapshot: snapshot(t, f.cfg, false), Limiter: lim, Log: zaptest.NewLogger(t)})
 	// levy serve's codec (server.GRPCOptions), so that every behaviour is
 	// also a test of how it reads requests and writes answers.
-	codec := []grpc.ServerOption{grpc.ForceServerCodecV2(rls.Codec{})}
+	codec := []grpc.ServerOption{grpc.ForceServerCodecV2(rls.Codec)}
 	conn := envoy.LoopbackWith(t, codec, func(gs *grpc.Server) { rlsv3.RegisterRateLimitServiceServer(gs, f.srv) })
 	f.client = envoy.NewRateLimitClient(conn, envoy.RateLimitConfig{Domain: "api", Timeout: 5 * time.Second, XRateLimitHeaders: true})
 	f.raw = rlsv3.NewRateLimitServiceClient(conn)

@@ -39,6 +39,7 @@ import (
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/pkg/telemetry"
 	"github.com/levyhq/levy/pkg/usage"
+	"github.com/levyhq/levy/pkg/wire"
 )
 
 // Options configure a Server beyond the config file.
@@ -504,10 +505,17 @@ func GRPCOptions() []grpc.ServerOption {
 		// ones never needed (2-5% fewer CPU-µs per call, measured).
 		grpc.InitialWindowSize(1 << 20),
 		grpc.InitialConnWindowSize(1 << 24),
-		// RateLimitService messages read and written by levy itself, the
-		// rest by protobuf (see rls.Codec).
-		grpc.ForceServerCodecV2(rls.Codec{}),
+		// CheckRequests and RateLimitService messages read and written by
+		// levy itself, the rest by protobuf (see authz.Decode, rls.Codec).
+		grpc.ForceServerCodecV2(codec),
 	}
+}
+
+// codec is levy's gRPC codec: the hottest messages by hand, exactly as
+// protobuf would read and write them, and the rest by protobuf.
+var codec = wire.Codec{
+	Decode: func(b []byte, v any) bool { return authz.Decode(b, v) || rls.Decode(b, v) },
+	Encode: rls.Encode,
 }
 
 // streamWorkers is how many goroutines serve gRPC calls.

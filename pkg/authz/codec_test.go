@@ -1,0 +1,178 @@
+package authz
+
+import (
+	"bytes"
+	"slices"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/levyhq/levy/test/envoy"
+)
+
+// checkCases are CheckRequests on the wire: what Envoy sends, what
+// protobuf allows that Envoy does not send (repeated fields, which merge;
+// duplicate map keys, the last kept), what the reader leaves to protobuf
+// (metadata, TLS, named ports, unknown fields) and what protobuf refuses
+// (bad UTF-8, cut short).
+func checkCases(t testing.TB) map[string][]byte {
+	t.Helper()
+	marshal := func(m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	sdk := envoy.BuildCheckRequest(&envoy.Request{
+		Method: "GET", Path: "/v1/search?q=x", Authority: "api.example.com", Scheme: "https", Protocol: "HTTP/2",
+		SourceAddress: "203.0.113.9:51234", DestinationAddress: "10.0.0.7:8443",
+		StartTime: time.Date(2026, 11, 27, 10, 0, 0, 123, time.UTC),
+		Headers: []envoy.Header{
+			{Name: "x-api-key", Value: "levy_abc"}, {Name: "user-agent", Value: "sdk/1.2"},
+			{Name: "accept", Value: "a"}, {Name: "accept", Value: "b"}, {Name: "x-envoy-downstream-service-cluster", Value: "web"},
+		},
+	}, 42)
+	if sdk == nil {
+		t.Fatal("envoy.BuildCheckRequest refused the request")
+	}
+	full := proto.Clone(sdk).(*authv3.CheckRequest)
+	full.Attributes.ContextExtensions = map[string]string{"route": "search", "": "empty key"}
+	full.Attributes.Source.Labels = map[string]string{"app": "web"}
+	full.Attributes.Source.Principal, full.Attributes.Source.Certificate = "spiffe://x/ns/a", "-----BEGIN"
+	full.Attributes.Destination.Labels = map[string]string{"v": "2"}
+	sock := full.Attributes.Source.Address.GetSocketAddress()
+	sock.Protocol, sock.ResolverName, sock.Ipv4Compat, sock.NetworkNamespaceFilepath = corev3.SocketAddress_UDP, "r", true, "/ns"
+	h := full.Attributes.Request.Http
+	h.Query, h.Fragment, h.Size, h.Body, h.RawBody = "q=x", "frag", 1 << 40, "{}", []byte{0, 0xff}
+	full.Attributes.Request.Time = &timestamppb.Timestamp{Seconds: -5, Nanos: -1}
+
+	withMeta := proto.Clone(sdk).(*authv3.CheckRequest)
+	meta, _ := structpb.NewStruct(map[string]any{"consumer": "acme"})
+	withMeta.Attributes.MetadataContext = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"levy": meta}}
+	named := proto.Clone(sdk).(*authv3.CheckRequest)
+	named.Attributes.Destination.Address.GetSocketAddress().PortSpecifier = &corev3.SocketAddress_NamedPort{NamedPort: "https"}
+	tls := proto.Clone(sdk).(*authv3.CheckRequest)
+	tls.Attributes.TlsSession = &authv3.AttributeContext_TLSSession{Sni: "api.example.com"}
+	headerMap := proto.Clone(sdk).(*authv3.CheckRequest)
+	headerMap.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "k", Value: "v"}}}
+
+	field := func(num protowire.Number, v []byte) []byte {
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), v)
+	}
+	varint := func(num protowire.Number, v uint64) []byte {
+		return protowire.AppendVarint(protowire.AppendTag(nil, num, protowire.VarintType), v)
+	}
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	header := func(k, v string) []byte { return field(3, cat(field(1, []byte(k)), field(2, []byte(v)))) }
+	http := func(fields ...[]byte) []byte { return field(1, field(4, field(2, cat(fields...)))) }
+	b := marshal(sdk)
+	return map[string][]byte{
+		"envoy":             b,
+		"every field":       marshal(full),
+		"empty":             {},
+		"empty attributes":  field(1, nil),
+		"attributes twice":  cat(http(header("a", "1"), field(4, []byte("/p"))), http(header("b", "2"), varint(9, 7))),
+		"duplicate header":  http(header("k", "first"), header("k", "last")),
+		"entry without key": http(field(3, field(2, []byte("v")))),
+		"source merged":     field(1, cat(field(1, field(2, []byte("svc"))), field(1, field(4, []byte("p"))))),
+		"port twice":        field(1, field(1, field(1, field(1, cat(varint(3, 80), varint(3, 443)))))),
+		"metadata":          marshal(withMeta),
+		"named port":        marshal(named),
+		"tls":               marshal(tls),
+		"header map":        marshal(headerMap),
+		"unknown field":     cat(b, varint(7, 1)),
+		"unknown in entry":  http(field(3, cat(field(1, []byte("k")), varint(3, 1)))),
+		"wrong type":        http(varint(4, 1)),
+		"bad utf8 header":   http(header("k", "\xff")),
+		"bad utf8 body":     http(field(11, []byte{0xc0})),
+		"raw body":          http(field(12, []byte{0xc0})),
+		"cut short":         b[:len(b)-4],
+	}
+}
+
+// sameAsProtobuf checks that Decode, or protobuf after it, reads b into
+// what proto.Unmarshal reads, or fails when it does.
+func sameAsProtobuf(t *testing.T, name string, b []byte) {
+	t.Helper()
+	want := &authv3.CheckRequest{}
+	wantErr := proto.Unmarshal(b, want)
+	got := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{ContextExtensions: map[string]string{"stale": "x"}}}
+	if !Decode(b, got) {
+		got = &authv3.CheckRequest{}
+		if err := proto.Unmarshal(b, got); (err != nil) != (wantErr != nil) {
+			t.Fatalf("%s: %v, want %v", name, err, wantErr)
+		}
+	} else if wantErr != nil {
+		t.Fatalf("%s: read, where protobuf fails: %v", name, wantErr)
+	}
+	if wantErr == nil && !proto.Equal(got, want) {
+		t.Fatalf("%s: read\n%v\nprotobuf\n%v", name, got, want)
+	}
+}
+
+func TestDecodeReadsCheckRequestsAsProtobufDoes(t *testing.T) {
+	for name, b := range checkCases(t) {
+		sameAsProtobuf(t, name, b)
+	}
+}
+
+// TestDecodeReadsWhatEnvoySends checks that the fast path, not protobuf,
+// reads what Envoy sends, and that protobuf reads what it does not read
+// exactly.
+func TestDecodeReadsWhatEnvoySends(t *testing.T) {
+	cases := checkCases(t)
+	for name, fast := range map[string]bool{"envoy": true, "every field": true, "attributes twice": true, "duplicate header": true,
+		"metadata": false, "named port": false, "tls": false, "header map": false, "unknown field": false,
+		"unknown in entry": false, "bad utf8 header": false, "cut short": false} {
+		if got := Decode(cases[name], &authv3.CheckRequest{}); got != fast {
+			t.Errorf("%s: read by the fast path %v, want %v", name, got, fast)
+		}
+	}
+	if Decode(cases["envoy"], &authv3.CheckResponse{}) {
+		t.Error("Decode read a CheckResponse")
+	}
+}
+
+func FuzzDecodeCheckRequest(f *testing.F) {
+	for _, b := range checkCases(f) {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) { sameAsProtobuf(t, "fuzz", b) })
+}
+
+// TestDecodeKnowsEveryField fails when go-control-plane adds a field to a
+// message Decode reads: a request with it goes to protobuf, but Decode's
+// tables and this list must be looked at again.
+func TestDecodeKnowsEveryField(t *testing.T) {
+	for _, tc := range []struct {
+		msg  proto.Message
+		want []protoreflect.FieldNumber // read here, or sent to protobuf
+	}{
+		{&authv3.CheckRequest{}, []protoreflect.FieldNumber{1}},
+		{&authv3.AttributeContext{}, []protoreflect.FieldNumber{1, 2, 4, 10, 11, 12, 13}},
+		{&authv3.AttributeContext_Peer{}, []protoreflect.FieldNumber{1, 2, 3, 4, 5}},
+		{&authv3.AttributeContext_Request{}, []protoreflect.FieldNumber{1, 2}},
+		{&authv3.AttributeContext_HttpRequest{}, []protoreflect.FieldNumber{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}},
+		{&corev3.Address{}, []protoreflect.FieldNumber{1, 2, 3}},
+		{&corev3.SocketAddress{}, []protoreflect.FieldNumber{1, 2, 3, 4, 5, 6, 7}},
+		{&corev3.Metadata{}, []protoreflect.FieldNumber{1, 2}},
+	} {
+		fields := tc.msg.ProtoReflect().Descriptor().Fields()
+		var got []protoreflect.FieldNumber
+		for i := range fields.Len() {
+			got = append(got, fields.Get(i).Number())
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s has fields %v, Decode knows %v", tc.msg.ProtoReflect().Descriptor().FullName(), got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,159 @@
+// Package wire reads and writes levy's hottest gRPC messages by hand, for
+// a codec that hands everything else to protobuf. A reader here is exact
+// or declines: it first checks that every field of the message is one it
+// reads exactly as proto.Unmarshal would (by number and wire type, strings
+// valid UTF-8), and when one is not, the message goes to protobuf whole.
+package wire
+
+import (
+	"unicode/utf8"
+
+	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// Codec is a gRPC codec: Decode and Encode take the messages they can,
+// and protobuf the rest.
+type Codec struct {
+	// Decode reads b into v, exactly as proto.Unmarshal would, or returns
+	// false and leaves v alone. b is only valid during the call.
+	Decode func(b []byte, v any) bool
+	// Encode writes v exactly as proto.Marshal would, or returns false.
+	Encode func(v any) ([]byte, bool)
+}
+
+var _ encoding.CodecV2 = Codec{}
+
+var protoCodec = encoding.GetCodecV2(grpcproto.Name)
+
+// Name implements encoding.CodecV2: this is the protobuf codec.
+func (Codec) Name() string { return grpcproto.Name }
+
+// Marshal implements encoding.CodecV2.
+func (c Codec) Marshal(v any) (mem.BufferSlice, error) {
+	if c.Encode != nil {
+		if b, ok := c.Encode(v); ok {
+			return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+		}
+	}
+	return protoCodec.Marshal(v)
+}
+
+// Unmarshal implements encoding.CodecV2.
+func (c Codec) Unmarshal(data mem.BufferSlice, v any) error {
+	if c.Decode != nil {
+		var b []byte
+		if len(data) == 1 {
+			b = data[0].ReadOnlyData() // Decode copies what it keeps
+		} else {
+			b = data.Materialize()
+		}
+		if c.Decode(b, v) {
+			return nil
+		}
+	}
+	return protoCodec.Unmarshal(data, v)
+}
+
+// Field is one field of a message as it came off the wire: a varint's
+// value, or the offset and length of a length-delimited field's bytes.
+type Field struct {
+	Num    protowire.Number
+	Type   protowire.Type
+	V      uint64
+	Off, N int
+}
+
+// Bytes is the bytes of a length-delimited field of b.
+func (f Field) Bytes(b []byte) []byte { return b[f.Off : f.Off+f.N] }
+
+// Next reads the field at b[i:] and returns it and the offset after it;
+// false when the bytes are malformed or the field is neither a varint nor
+// length-delimited.
+func Next(b []byte, i int) (Field, int, bool) {
+	num, typ, k := protowire.ConsumeTag(b[i:])
+	if k < 0 {
+		return Field{}, 0, false
+	}
+	i += k
+	f := Field{Num: num, Type: typ}
+	switch typ {
+	case protowire.VarintType:
+		v, k := protowire.ConsumeVarint(b[i:])
+		if k < 0 {
+			return Field{}, 0, false
+		}
+		f.V = v
+		return f, i + k, true
+	case protowire.BytesType:
+		n, k := protowire.ConsumeVarint(b[i:])
+		if k < 0 || n > uint64(len(b)-i-k) {
+			return Field{}, 0, false
+		}
+		f.Off, f.N = i+k, int(n)
+		return f, f.Off + f.N, true
+	}
+	return Field{}, 0, false
+}
+
+// Kind is how a reader reads a field.
+type Kind uint8
+
+const (
+	Varint  Kind = iota + 1 // an integer, enum or bool
+	String                  // UTF-8, checked
+	Bytes                   // bytes, unchecked
+	Message                 // a message of its own
+)
+
+// Fields are the fields of a message a reader reads, indexed by number
+// (a slice, not a map: it is looked up for every field of every request).
+type Fields []Kind
+
+// kind is how fields reads field number num; 0 when it does not.
+func (fields Fields) kind(num protowire.Number) Kind {
+	if num >= 0 && int(num) < len(fields) {
+		return fields[num]
+	}
+	return 0
+}
+
+// Check checks that every field of b[off:off+n] is in fields with its
+// wire type (strings valid UTF-8), and calls sub, when not nil, with each
+// Message field; false at the first that is not, or when sub says so.
+func Check(b []byte, off, n int, fields Fields, sub func(Field) bool) bool {
+	for i, end := off, off+n; i < end; {
+		f, j, ok := Next(b[:end], i)
+		if !ok {
+			return false
+		}
+		switch fields.kind(f.Num) {
+		case Varint:
+			ok = f.Type == protowire.VarintType
+		case String:
+			ok = f.Type == protowire.BytesType && utf8.Valid(f.Bytes(b))
+		case Bytes:
+			ok = f.Type == protowire.BytesType
+		case Message:
+			ok = f.Type == protowire.BytesType && (sub == nil || sub(f))
+		default:
+			ok = false
+		}
+		if !ok {
+			return false
+		}
+		i = j
+	}
+	return true
+}
+
+// Each calls fn with each field of b[off:off+n], which Check accepted.
+func Each(b []byte, off, n int, fn func(Field)) {
+	for i, end := off, off+n; i < end; {
+		f, j, _ := Next(b[:end], i)
+		fn(f)
+		i = j
+	}
+}
