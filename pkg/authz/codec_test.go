@@ -51,7 +51,7 @@ func checkCases(t testing.TB) map[string][]byte {
 	sock := full.Attributes.Source.Address.GetSocketAddress()
 	sock.Protocol, sock.ResolverName, sock.Ipv4Compat, sock.NetworkNamespaceFilepath = corev3.SocketAddress_UDP, "r", true, "/ns"
 	h := full.Attributes.Request.Http
-	h.Query, h.Fragment, h.Size, h.Body, h.RawBody = "q=x", "frag", 1 << 40, "{}", []byte{0, 0xff}
+	h.Query, h.Fragment, h.Size, h.Body, h.RawBody = "q=x", "frag", 1<<40, "{}", []byte{0, 0xff}
 	full.Attributes.Request.Time = &timestamppb.Timestamp{Seconds: -5, Nanos: -1}
 
 	withMeta := proto.Clone(sdk).(*authv3.CheckRequest)
