@@ -1,19 +1,16 @@
 package authz
 
 import (
-	"bytes"
-	"slices"
 	"testing"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/levyhq/levy/pkg/wire/wiretest"
 	"github.com/levyhq/levy/test/envoy"
 )
 
@@ -24,13 +21,7 @@ import (
 // (bad UTF-8, cut short).
 func checkCases(t testing.TB) map[string][]byte {
 	t.Helper()
-	marshal := func(m proto.Message) []byte {
-		b, err := proto.Marshal(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	marshal := func(m proto.Message) []byte { return wiretest.Marshal(t, m) }
 	sdk := envoy.BuildCheckRequest(&envoy.Request{
 		Method: "GET", Path: "/v1/search?q=x", Authority: "api.example.com", Scheme: "https", Protocol: "HTTP/2",
 		SourceAddress: "203.0.113.9:51234", DestinationAddress: "10.0.0.7:8443",
@@ -64,13 +55,7 @@ func checkCases(t testing.TB) map[string][]byte {
 	headerMap := proto.Clone(sdk).(*authv3.CheckRequest)
 	headerMap.Attributes.Request.Http.HeaderMap = &corev3.HeaderMap{Headers: []*corev3.HeaderValue{{Key: "k", Value: "v"}}}
 
-	field := func(num protowire.Number, v []byte) []byte {
-		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), v)
-	}
-	varint := func(num protowire.Number, v uint64) []byte {
-		return protowire.AppendVarint(protowire.AppendTag(nil, num, protowire.VarintType), v)
-	}
-	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	field, varint, cat := wiretest.Bytes, wiretest.Varint, wiretest.Cat
 	header := func(k, v string) []byte { return field(3, cat(field(1, []byte(k)), field(2, []byte(v)))) }
 	http := func(fields ...[]byte) []byte { return field(1, field(4, field(2, cat(fields...)))) }
 	b := marshal(sdk)
@@ -152,27 +137,12 @@ func FuzzDecodeCheckRequest(f *testing.F) {
 // message Decode reads: a request with it goes to protobuf, but Decode's
 // tables and this list must be looked at again.
 func TestDecodeKnowsEveryField(t *testing.T) {
-	for _, tc := range []struct {
-		msg  proto.Message
-		want []protoreflect.FieldNumber // read here, or sent to protobuf
-	}{
-		{&authv3.CheckRequest{}, []protoreflect.FieldNumber{1}},
-		{&authv3.AttributeContext{}, []protoreflect.FieldNumber{1, 2, 4, 10, 11, 12, 13}},
-		{&authv3.AttributeContext_Peer{}, []protoreflect.FieldNumber{1, 2, 3, 4, 5}},
-		{&authv3.AttributeContext_Request{}, []protoreflect.FieldNumber{1, 2}},
-		{&authv3.AttributeContext_HttpRequest{}, []protoreflect.FieldNumber{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}},
-		{&corev3.Address{}, []protoreflect.FieldNumber{1, 2, 3}},
-		{&corev3.SocketAddress{}, []protoreflect.FieldNumber{1, 2, 3, 4, 5, 6, 7}},
-		{&corev3.Metadata{}, []protoreflect.FieldNumber{1, 2}},
-	} {
-		fields := tc.msg.ProtoReflect().Descriptor().Fields()
-		var got []protoreflect.FieldNumber
-		for i := range fields.Len() {
-			got = append(got, fields.Get(i).Number())
-		}
-		slices.Sort(got)
-		if !slices.Equal(got, tc.want) {
-			t.Errorf("%s has fields %v, Decode knows %v", tc.msg.ProtoReflect().Descriptor().FullName(), got, tc.want)
-		}
-	}
+	wiretest.KnowsFields(t, &authv3.CheckRequest{}, 1)
+	wiretest.KnowsFields(t, &authv3.AttributeContext{}, 1, 2, 4, 10, 11, 12, 13)
+	wiretest.KnowsFields(t, &authv3.AttributeContext_Peer{}, 1, 2, 3, 4, 5)
+	wiretest.KnowsFields(t, &authv3.AttributeContext_Request{}, 1, 2)
+	wiretest.KnowsFields(t, &authv3.AttributeContext_HttpRequest{}, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)
+	wiretest.KnowsFields(t, &corev3.Address{}, 1, 2, 3)
+	wiretest.KnowsFields(t, &corev3.SocketAddress{}, 1, 2, 3, 4, 5, 6, 7)
+	wiretest.KnowsFields(t, &corev3.Metadata{}, 1, 2)
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"math"
 	"math/rand/v2"
-	"slices"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -12,12 +11,12 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc/mem"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/levyhq/levy/pkg/wire/wiretest"
 )
 
 // requestCases are RateLimitRequests on the wire: what Envoy sends, and
@@ -26,13 +25,7 @@ import (
 // what it refuses (bad UTF-8, cut short).
 func requestCases(t testing.TB) map[string][]byte {
 	t.Helper()
-	marshal := func(m proto.Message) []byte {
-		b, err := proto.Marshal(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
+	marshal := func(m proto.Message) []byte { return wiretest.Marshal(t, m) }
 	entry := func(k, v string) *rlv3.RateLimitDescriptor_Entry {
 		return &rlv3.RateLimitDescriptor_Entry{Key: k, Value: v}
 	}
@@ -48,13 +41,7 @@ func requestCases(t testing.TB) map[string][]byte {
 		},
 		HitsAddend: 5,
 	})
-	field := func(num protowire.Number, v []byte) []byte {
-		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), v)
-	}
-	varint := func(num protowire.Number, v uint64) []byte {
-		return protowire.AppendVarint(protowire.AppendTag(nil, num, protowire.VarintType), v)
-	}
-	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	field, varint, cat := wiretest.Bytes, wiretest.Varint, wiretest.Cat
 	desc := field(2, cat(field(1, cat(field(1, []byte("k")), field(2, []byte("v"))))))
 	return map[string][]byte{
 		"envoy":          envoyLike,
@@ -220,36 +207,14 @@ func TestCodecWritesResponsesAsProtobufDoes(t *testing.T) {
 // message the codec reads or writes: the codec would drop it, so it must
 // learn it (or leave the message to protobuf) first.
 func TestCodecKnowsEveryField(t *testing.T) {
-	for _, tc := range []struct {
-		msg  proto.Message
-		want []protoreflect.FieldNumber // those the codec handles, and those it leaves to protobuf
-	}{
-		{&rlsv3.RateLimitRequest{}, []protoreflect.FieldNumber{1, 2, 3}},
-		{&rlv3.RateLimitDescriptor{}, []protoreflect.FieldNumber{1, 2, 3, 4}},
-		{&rlv3.RateLimitDescriptor_Entry{}, []protoreflect.FieldNumber{1, 2}},
-		{&rlv3.RateLimitDescriptor_RateLimitOverride{}, []protoreflect.FieldNumber{1, 2, 3}},
-		{&rlsv3.RateLimitResponse{}, []protoreflect.FieldNumber{1, 2, 3, 4, 5, 6, 7}},
-		{&rlsv3.RateLimitResponse_DescriptorStatus{}, []protoreflect.FieldNumber{1, 2, 3, 4, 5}},
-		{&rlsv3.RateLimitResponse_RateLimit{}, []protoreflect.FieldNumber{1, 2, 3, 4}},
-		{&corev3.HeaderValue{}, []protoreflect.FieldNumber{1, 2, 3}},
-		{&durationpb.Duration{}, []protoreflect.FieldNumber{1, 2}},
-		{&wrapperspb.UInt64Value{}, []protoreflect.FieldNumber{1}},
-	} {
-		fields := tc.msg.ProtoReflect().Descriptor().Fields()
-		var got []protoreflect.FieldNumber
-		for i := range fields.Len() {
-			got = append(got, fields.Get(i).Number())
-		}
-		slices.Sort(got)
-		if len(got) != len(tc.want) {
-			t.Errorf("%s has fields %v, the codec knows %v", tc.msg.ProtoReflect().Descriptor().FullName(), got, tc.want)
-			continue
-		}
-		for i := range got {
-			if got[i] != tc.want[i] {
-				t.Errorf("%s has fields %v, the codec knows %v", tc.msg.ProtoReflect().Descriptor().FullName(), got, tc.want)
-				break
-			}
-		}
-	}
+	wiretest.KnowsFields(t, &rlsv3.RateLimitRequest{}, 1, 2, 3)
+	wiretest.KnowsFields(t, &rlv3.RateLimitDescriptor{}, 1, 2, 3, 4)
+	wiretest.KnowsFields(t, &rlv3.RateLimitDescriptor_Entry{}, 1, 2)
+	wiretest.KnowsFields(t, &rlv3.RateLimitDescriptor_RateLimitOverride{}, 1, 2, 3)
+	wiretest.KnowsFields(t, &rlsv3.RateLimitResponse{}, 1, 2, 3, 4, 5, 6, 7)
+	wiretest.KnowsFields(t, &rlsv3.RateLimitResponse_DescriptorStatus{}, 1, 2, 3, 4, 5)
+	wiretest.KnowsFields(t, &rlsv3.RateLimitResponse_RateLimit{}, 1, 2, 3, 4)
+	wiretest.KnowsFields(t, &corev3.HeaderValue{}, 1, 2, 3)
+	wiretest.KnowsFields(t, &durationpb.Duration{}, 1, 2)
+	wiretest.KnowsFields(t, &wrapperspb.UInt64Value{}, 1)
 }
