@@ -47,14 +47,28 @@ func newBatcher(r *Redis) *batcher {
 // decide queues a request and waits for its answer or ctx. In a cluster,
 // slot is the hash slot of all its limits.
 func (b *batcher) decide(ctx context.Context, limits []Limit, slot uint16) (Decision, error) {
+	c, err := b.submit(ctx, limits, slot)
+	if err != nil {
+		return Decision{}, err
+	}
+	return b.wait(ctx, c)
+}
+
+// submit queues a request without waiting for its answer.
+func (b *batcher) submit(ctx context.Context, limits []Limit, slot uint16) (*call, error) {
 	c := &call{ctx: ctx, limits: limits, slot: slot, done: make(chan struct{})}
 	select {
 	case b.in <- c:
+		return c, nil
 	case <-ctx.Done():
-		return Decision{}, ctx.Err()
+		return nil, ctx.Err()
 	case <-b.stop:
-		return Decision{}, ErrStoreDown
+		return nil, ErrStoreDown
 	}
+}
+
+// wait waits for a submitted request's answer or ctx.
+func (b *batcher) wait(ctx context.Context, c *call) (Decision, error) {
 	select {
 	case <-c.done:
 		return c.d, c.err

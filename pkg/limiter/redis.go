@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"encoding/binary"
@@ -100,8 +101,7 @@ func (r *Redis) Close() error {
 }
 
 // Decide implements Limiter. In a cluster, limits in different hash slots
-// are decided slot by slot, each atomically; when a later slot denies, the
-// earlier slots' takings are given back.
+// are decided slot by slot, each atomically (decideSlots).
 func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	for i := range limits {
 		if err := validLimit(&limits[i]); err != nil {
@@ -120,53 +120,65 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 		}
 		return r.batch.decide(ctx, limits, slot)
 	}
+	return r.decideSlots(ctx, limits)
+}
+
+// decideSlots decides limits that lie in several hash slots of a
+// cluster, each slot's share atomically: all of them are queued at once,
+// each to its slot's batch, and when one denies (or fails), what the
+// others took is given back. Between the two, a concurrent request can
+// find those tokens briefly taken: the error is towards strictness.
+func (r *Redis) decideSlots(ctx context.Context, limits []Limit) (Decision, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	groups := r.groups(limits)
-	d := Decision{OK: true, Denied: -1, Statuses: make([]Status, len(limits))}
+	calls := make([]*call, len(groups))
+	var err error
 	for g, idx := range groups {
-		var res []Status
-		var now time.Time
-		denied, err := -1, error(ErrStoreDown)
-		if r.available(Slot(limits[idx[0]].Key)) {
-			res, now, denied, err = r.run(ctx, r.decide, limits, idx)
+		slot := Slot(limits[idx[0]].Key)
+		if !r.available(slot) {
+			err = ErrStoreDown
+			break
 		}
-		if err != nil {
-			r.giveBack(ctx, limits, d.Statuses, groups[:g])
-			return Decision{}, err
+		if calls[g], err = r.batch.submit(ctx, pick(limits, idx), slot); err != nil {
+			break
 		}
-		d.Now = now
-		for j, i := range idx {
-			d.Statuses[i] = res[j]
-		}
-		if denied < 0 {
+	}
+	d := Decision{OK: true, Denied: -1, Statuses: make([]Status, len(limits))}
+	var took [][]int // the groups that allowed: given back on a denial or an error
+	for g, c := range calls {
+		if c == nil {
 			continue
 		}
-		d.OK, d.Denied = false, idx[denied]
-		if g > 0 {
-			// A give-back that fails leaves earlier slots short for a
-			// while (towards strictness); the denial stands either way.
-			r.giveBack(ctx, limits, d.Statuses, groups[:g])
-			for _, earlier := range groups[:g] {
-				for _, i := range earlier {
-					d.Statuses[i] = givenBack(&limits[i], d.Statuses[i])
-				}
-			}
+		res, werr := r.batch.wait(ctx, c)
+		if werr != nil {
+			err = cmp.Or(err, werr)
+			continue
 		}
-		// The later slots were not asked: report what they have, taking
-		// nothing.
-		for _, later := range groups[g+1:] {
-			peek := pick(limits, later)
-			for i := range peek {
-				peek[i].Cost = 0
-			}
-			if res, _, _, err := r.run(ctx, r.decide, peek, allOf(len(peek))); err == nil {
-				for j, i := range later {
-					d.Statuses[i] = res[j]
-				}
-			}
+		d.Now = res.Now
+		for j, i := range groups[g] {
+			d.Statuses[i] = res.Statuses[j]
 		}
+		switch {
+		case res.OK:
+			took = append(took, groups[g])
+		case d.OK:
+			d.OK, d.Denied = false, groups[g][res.Denied]
+		}
+	}
+	if err == nil && d.OK {
 		return d, nil
+	}
+	// A give-back that fails leaves those slots short for a while
+	// (towards strictness); the denial or the error stands either way.
+	r.giveBack(ctx, limits, d.Statuses, took)
+	if err != nil {
+		return Decision{}, err
+	}
+	for _, idx := range took {
+		for _, i := range idx {
+			d.Statuses[i] = givenBack(&limits[i], d.Statuses[i])
+		}
 	}
 	return d, nil
 }
@@ -184,14 +196,6 @@ func oneSlot(limits []Limit) (uint16, bool) {
 		}
 	}
 	return slot, true
-}
-
-func allOf(n int) []int {
-	idx := make([]int, n)
-	for i := range idx {
-		idx[i] = i
-	}
-	return idx
 }
 
 // givenBack is a status as it stands once the limit's cost is returned.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -37,6 +39,7 @@ func TestRedisCluster(t *testing.T) {
 	t.Run("Suite", func(t *testing.T) { testClusterSuite(t, cluster) })
 	t.Run("GivesBackEarlierSlots", func(t *testing.T) { testClusterGivesBack(t, cluster) })
 	t.Run("BatchesAcrossSlots", func(t *testing.T) { testClusterBatchesAcrossSlots(t, cluster) })
+	t.Run("BatchesRequestsThatSpanSlots", func(t *testing.T) { testClusterBatchesRequestsThatSpanSlots(t, cluster) })
 	t.Run("SlotMatchesRedis", func(t *testing.T) { testSlotMatchesRedis(t, cluster) })
 	t.Run("Ledger", func(t *testing.T) {
 		client := cluster.Client(t)
@@ -179,6 +182,97 @@ func testClusterBatchesAcrossSlots(t *testing.T, cluster *redistest.Cluster) {
 		if n := allowed[c].Load(); n != size {
 			t.Errorf("consumer %d: %d of %d requests allowed, want %d", c, n, each, size)
 		}
+	}
+}
+
+// Requests whose limits span slots (a global descriptor and a consumer's)
+// are batched like the others, each slot's share with that slot's batch,
+// and stay exact: a global bucket of 30 admits exactly 30 of 40 concurrent
+// requests, and each consumer's bucket keeps only what its admitted
+// requests took (the denied ones' takings, decided at the same time in
+// another slot, are given back, one call each).
+func testClusterBatchesRequestsThatSpanSlots(t *testing.T, cluster *redistest.Cluster) {
+	client := cluster.Client(t)
+	ctx := context.Background()
+	scripts := func() int64 {
+		var mu sync.Mutex
+		var n int64
+		err := client.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			info, err := m.Info(ctx, "commandstats").Result()
+			for _, cmd := range []string{"evalsha", "eval"} {
+				if _, rest, ok := strings.Cut(info, "cmdstat_"+cmd+":calls="); ok {
+					v, _ := strconv.ParseInt(rest[:strings.IndexByte(rest, ',')], 10, 64)
+					mu.Lock()
+					n += v
+					mu.Unlock()
+				}
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if err := client.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return m.FlushAll(ctx).Err() }); err != nil {
+		t.Fatal(err)
+	}
+	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Cluster: true, Timeout: 5 * time.Second})
+	const consumers, each, global = 4, 10, 30
+	bucket := func(key string, size int64) limiter.Limit {
+		return limiter.Limit{Kind: limiter.Bucket, Name: key, Key: key, Cost: 1, Requests: size, Per: time.Hour}
+	}
+	g := bucket("{rl:global}:ip", global)
+	before := scripts()
+	// Hold the masters' writes a moment, so that the requests queue and
+	// batch (deterministically) while the first call waits.
+	if err := client.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+		return m.Do(ctx, "CLIENT", "PAUSE", 300, "ALL").Err()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var allowed [consumers]atomic.Int32
+	var wg sync.WaitGroup
+	for c := range consumers {
+		own := bucket(fmt.Sprintf("{c:spanning-%d}:rate", c), 1000)
+		if limiter.Slot(own.Key) == limiter.Slot(g.Key) {
+			t.Fatal("test keys share a slot")
+		}
+		for range each {
+			wg.Go(func() {
+				d, err := l.Decide(ctx, []limiter.Limit{g, own})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if d.OK {
+					allowed[c].Add(1)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	calls := scripts() - before
+	total := int32(0)
+	for c := range consumers {
+		total += allowed[c].Load()
+		own := bucket(fmt.Sprintf("{c:spanning-%d}:rate", c), 1000)
+		own.Cost = 0
+		d, err := l.Decide(ctx, []limiter.Limit{own})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := d.Statuses[0].Remaining, 1000-int64(allowed[c].Load()); got != want {
+			t.Errorf("consumer %d: %d admitted, its bucket has %d left, want %d", c, allowed[c].Load(), got, want)
+		}
+	}
+	if total != global {
+		t.Errorf("%d of %d requests admitted by a global bucket of %d", total, consumers*each, global)
+	}
+	// Unbatched, each request takes a call per slot, and each denied one
+	// a give-back besides: 90 calls.
+	if calls >= consumers*each {
+		t.Errorf("%d script calls for %d requests spanning 2 slots, %d of them denied: not batched", calls, consumers*each, consumers*each-global)
 	}
 }
 
