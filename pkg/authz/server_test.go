@@ -85,9 +85,10 @@ func start(t *testing.T, newLimiter limitertest.Factory) *fixture {
 	}
 	f.lim = lim
 	f.srv = authz.New(authz.Config{Snapshot: snap, Limiter: lim, Log: zaptest.NewLogger(t), Clock: f.clock.Now})
-	// Requests read as levy serve reads them (server.GRPCOptions), so that
-	// every behaviour is also a test of authz.Decode.
-	codec := []grpc.ServerOption{grpc.ForceServerCodecV2(wire.Codec{Decode: authz.Decode})}
+	// Requests read and answers written as levy serve does
+	// (server.GRPCOptions), so that every behaviour is also a test of
+	// authz.Decode and Encode.
+	codec := []grpc.ServerOption{grpc.ForceServerCodecV2(wire.Codec{Decode: authz.Decode, Encode: authz.Encode})}
 	conn := envoy.LoopbackWith(t, codec, func(gs *grpc.Server) { authv3.RegisterAuthorizationServer(gs, f.srv) })
 	f.client = envoy.NewAuthzClient(conn, envoy.AuthzConfig{Timeout: 5 * time.Second})
 	return f

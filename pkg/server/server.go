@@ -505,8 +505,8 @@ func GRPCOptions() []grpc.ServerOption {
 		// ones never needed (2-5% fewer CPU-µs per call, measured).
 		grpc.InitialWindowSize(1 << 20),
 		grpc.InitialConnWindowSize(1 << 24),
-		// CheckRequests and RateLimitService messages read and written by
-		// levy itself, the rest by protobuf (see authz.Decode, rls.Codec).
+		// ext_authz and RateLimitService messages read and written by levy
+		// itself, the rest by protobuf (authz.Decode and Encode, rls.Codec).
 		grpc.ForceServerCodecV2(codec),
 	}
 }
@@ -515,7 +515,12 @@ func GRPCOptions() []grpc.ServerOption {
 // protobuf would read and write them, and the rest by protobuf.
 var codec = wire.Codec{
 	Decode: func(b []byte, v any) bool { return authz.Decode(b, v) || rls.Decode(b, v) },
-	Encode: rls.Encode,
+	Encode: func(v any) ([]byte, bool) {
+		if b, ok := authz.Encode(v); ok {
+			return b, true
+		}
+		return rls.Encode(v)
+	},
 }
 
 // streamWorkers is how many goroutines serve gRPC calls.
