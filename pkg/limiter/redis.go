@@ -73,7 +73,7 @@ type Redis struct {
 	failed  func(slot uint16, err error)
 	decide  script
 	refund  script
-	batch   *batcher // standalone Redis only
+	batch   *batcher
 	closed  sync.Once
 }
 
@@ -100,8 +100,9 @@ func (r *Redis) Close() error {
 	return nil
 }
 
-// Decide implements Limiter. In a cluster, limits in different hash slots
-// are decided slot by slot, each atomically (decideSlots).
+// Decide implements Limiter. Concurrent decisions share script calls (the
+// batcher); in a cluster, limits in different hash slots are decided each
+// slot's share atomically (decideSlots).
 func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	for i := range limits {
 		if err := validLimit(&limits[i]); err != nil {
