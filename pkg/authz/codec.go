@@ -6,6 +6,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -24,9 +25,14 @@ import (
 // context extensions and empty metadata contexts; a request with anything
 // else (metadata, a TLS session, a header_map, a named port, a field Envoy
 // adds later) goes to protobuf whole.
-func Decode(b []byte, v any) bool {
+func Decode(data mem.BufferSlice, v any) bool {
 	r, ok := v.(*authv3.CheckRequest)
-	return ok && r != nil && decodeCheck(b, r)
+	if !ok || r == nil {
+		return false
+	}
+	b, free := wire.Contiguous(data)
+	defer free() // decodeCheck copies what it keeps
+	return decodeCheck(b, r)
 }
 
 // The fields Decode reads, by message.

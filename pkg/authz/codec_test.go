@@ -10,6 +10,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -96,7 +97,7 @@ func sameAsProtobuf(t *testing.T, name string, b []byte) {
 	want := &authv3.CheckRequest{}
 	wantErr := proto.Unmarshal(b, want)
 	got := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{ContextExtensions: map[string]string{"stale": "x"}}}
-	if !Decode(b, got) {
+	if !Decode(mem.BufferSlice{mem.SliceBuffer(b)}, got) {
 		got = &authv3.CheckRequest{}
 		if err := proto.Unmarshal(b, got); (err != nil) != (wantErr != nil) {
 			t.Fatalf("%s: %v, want %v", name, err, wantErr)
@@ -123,11 +124,11 @@ func TestDecodeReadsWhatEnvoySends(t *testing.T) {
 	for name, fast := range map[string]bool{"envoy": true, "every field": true, "attributes twice": true, "duplicate header": true,
 		"metadata": false, "named port": false, "tls": false, "header map": false, "unknown field": false,
 		"unknown in entry": false, "bad utf8 header": false, "cut short": false} {
-		if got := Decode(cases[name], &authv3.CheckRequest{}); got != fast {
+		if got := Decode(mem.BufferSlice{mem.SliceBuffer(cases[name])}, &authv3.CheckRequest{}); got != fast {
 			t.Errorf("%s: read by the fast path %v, want %v", name, got, fast)
 		}
 	}
-	if Decode(cases["envoy"], &authv3.CheckResponse{}) {
+	if Decode(mem.BufferSlice{mem.SliceBuffer(cases["envoy"])}, &authv3.CheckResponse{}) {
 		t.Error("Decode read a CheckResponse")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	rlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -27,9 +28,14 @@ var Codec = wire.Codec{Decode: Decode, Encode: Encode}
 
 // Decode reads a RateLimitRequest (v) from b as proto.Unmarshal would, or
 // returns false.
-func Decode(b []byte, v any) bool {
+func Decode(data mem.BufferSlice, v any) bool {
 	r, ok := v.(*rlsv3.RateLimitRequest)
-	return ok && r != nil && decodeRequest(b, r)
+	if !ok || r == nil {
+		return false
+	}
+	b, free := wire.Contiguous(data)
+	defer free() // decodeRequest copies what it keeps
+	return decodeRequest(b, r)
 }
 
 // Encode writes a RateLimitResponse (v) as proto.Marshal would, or returns

@@ -29,6 +29,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
 
 	"github.com/levyhq/levy/pkg/admin"
 	"github.com/levyhq/levy/pkg/apikey"
@@ -514,7 +515,7 @@ func GRPCOptions() []grpc.ServerOption {
 // codec is levy's gRPC codec: the hottest messages by hand, exactly as
 // protobuf would read and write them, and the rest by protobuf.
 var codec = wire.Codec{
-	Decode: func(b []byte, v any) bool { return authz.Decode(b, v) || rls.Decode(b, v) },
+	Decode: func(data mem.BufferSlice, v any) bool { return authz.Decode(data, v) || rls.Decode(data, v) },
 	Encode: func(v any) ([]byte, bool) {
 		if b, ok := authz.Encode(v); ok {
 			return b, true

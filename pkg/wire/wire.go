@@ -17,9 +17,11 @@ import (
 // Codec is a gRPC codec: Decode and Encode take the messages they can,
 // and protobuf the rest.
 type Codec struct {
-	// Decode reads b into v, exactly as proto.Unmarshal would, or returns
-	// false and leaves v alone. b is only valid during the call.
-	Decode func(b []byte, v any) bool
+	// Decode reads data into v, exactly as proto.Unmarshal would, or
+	// returns false and leaves v alone. It takes the bytes (Contiguous)
+	// only for the messages it reads: an access-log batch, which protobuf
+	// reads, is not copied on its way there.
+	Decode func(data mem.BufferSlice, v any) bool
 	// Encode writes v exactly as proto.Marshal would, or returns false.
 	Encode func(v any) ([]byte, bool)
 }
@@ -43,18 +45,21 @@ func (c Codec) Marshal(v any) (mem.BufferSlice, error) {
 
 // Unmarshal implements encoding.CodecV2.
 func (c Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	if c.Decode != nil {
-		var b []byte
-		if len(data) == 1 {
-			b = data[0].ReadOnlyData() // Decode copies what it keeps
-		} else {
-			b = data.Materialize()
-		}
-		if c.Decode(b, v) {
-			return nil
-		}
+	if c.Decode != nil && c.Decode(data, v) {
+		return nil
 	}
 	return protoCodec.Unmarshal(data, v)
+}
+
+// Contiguous is data's bytes in one slice, valid until free is called
+// (and data's, which gRPC frees after Unmarshal): its one buffer, or a
+// pooled copy of its several.
+func Contiguous(data mem.BufferSlice) (b []byte, free func()) {
+	if len(data) == 1 {
+		return data[0].ReadOnlyData(), func() {}
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	return buf.ReadOnlyData(), buf.Free
 }
 
 // Field is one field of a message as it came off the wire: a varint's
