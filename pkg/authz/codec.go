@@ -288,7 +288,7 @@ func checkResponseSize(r *authv3.CheckResponse) (int, bool) {
 		if len(st.Details) > 0 {
 			return 0, false
 		}
-		n += msgSize(rpcStatusSize(st))
+		n += wire.MessageSize(rpcStatusSize(st))
 	}
 	switch h := r.HttpResponse.(type) {
 	case nil:
@@ -297,13 +297,13 @@ func checkResponseSize(r *authv3.CheckResponse) (int, bool) {
 		if !ok {
 			return 0, false
 		}
-		n += msgSize(m)
+		n += wire.MessageSize(m)
 	case *authv3.CheckResponse_DeniedResponse:
 		m, ok := deniedSize(h.DeniedResponse)
 		if !ok {
 			return 0, false
 		}
-		n += msgSize(m)
+		n += wire.MessageSize(m)
 	default:
 		return 0, false
 	}
@@ -312,38 +312,13 @@ func checkResponseSize(r *authv3.CheckResponse) (int, bool) {
 		if !ok {
 			return 0, false
 		}
-		n += msgSize(m)
+		n += wire.MessageSize(m)
 	}
 	return n, true
 }
 
-// msgSize is the size of a message field numbered below 16 whose message
-// takes m bytes.
-func msgSize(m int) int { return 1 + protowire.SizeBytes(m) }
-
-func varintSize(v uint64) int {
-	if v == 0 {
-		return 0
-	}
-	return 1 + protowire.SizeVarint(v)
-}
-
-func stringSize(s string) int {
-	if s == "" {
-		return 0
-	}
-	return 1 + protowire.SizeBytes(len(s))
-}
-
-func boolSize(b bool) int {
-	if !b {
-		return 0
-	}
-	return 2
-}
-
 func rpcStatusSize(st *rpcstatus.Status) int {
-	return varintSize(uint64(int64(st.Code))) + stringSize(st.Message)
+	return wire.VarintSize(uint64(int64(st.Code))) + wire.StringSize(st.Message)
 }
 
 func okSize(ok *authv3.OkHttpResponse) (int, bool) {
@@ -357,7 +332,7 @@ func okSize(ok *authv3.OkHttpResponse) (int, bool) {
 			if !good {
 				return 0, false
 			}
-			n += msgSize(m)
+			n += wire.MessageSize(m)
 		}
 	}
 	for _, ss := range [][]string{ok.HeadersToRemove, ok.QueryParametersToRemove} {
@@ -372,16 +347,16 @@ func deniedSize(d *authv3.DeniedHttpResponse) (int, bool) {
 	if d == nil {
 		return 0, false
 	}
-	n := stringSize(d.Body)
+	n := wire.StringSize(d.Body)
 	if d.Status != nil {
-		n += msgSize(varintSize(uint64(int64(d.Status.Code))))
+		n += wire.MessageSize(wire.VarintSize(uint64(int64(d.Status.Code))))
 	}
 	for _, h := range d.Headers {
 		m, ok := headerOptionSize(h)
 		if !ok {
 			return 0, false
 		}
-		n += msgSize(m)
+		n += wire.MessageSize(m)
 	}
 	return n, true
 }
@@ -390,12 +365,12 @@ func headerOptionSize(h *corev3.HeaderValueOption) (int, bool) {
 	if h == nil || h.Header != nil && len(h.Header.RawValue) > 0 {
 		return 0, false
 	}
-	n := varintSize(uint64(int64(h.AppendAction))) + boolSize(h.KeepEmptyValue)
+	n := wire.VarintSize(uint64(int64(h.AppendAction))) + wire.BoolSize(h.KeepEmptyValue)
 	if h.Header != nil {
-		n += msgSize(stringSize(h.Header.Key) + stringSize(h.Header.Value))
+		n += wire.MessageSize(wire.StringSize(h.Header.Key) + wire.StringSize(h.Header.Value))
 	}
 	if h.Append != nil {
-		n += msgSize(boolSize(h.Append.Value))
+		n += wire.MessageSize(wire.BoolSize(h.Append.Value))
 	}
 	return n, true
 }
@@ -408,7 +383,7 @@ func structSize(s *structpb.Struct) (int, bool) {
 		if !ok {
 			return 0, false
 		}
-		n += msgSize(1 + protowire.SizeBytes(len(k)) + msgSize(m)) // map entries hold both, always
+		n += wire.MessageSize(1 + protowire.SizeBytes(len(k)) + wire.MessageSize(m)) // map entries hold both, always
 	}
 	return n, true
 }
@@ -434,18 +409,18 @@ func valueSize(v *structpb.Value) (int, bool) {
 // protobuf's order: fields by number, the oneof (the HTTP response) last.
 func appendCheckResponse(b []byte, r *authv3.CheckResponse) []byte {
 	if st := r.Status; st != nil {
-		b = appendMsg(b, 1, rpcStatusSize(st))
-		b = appendVarint(b, 1, uint64(int64(st.Code)))
-		b = appendString(b, 2, st.Message)
+		b = wire.AppendMessage(b, 1, rpcStatusSize(st))
+		b = wire.AppendVarint(b, 1, uint64(int64(st.Code)))
+		b = wire.AppendString(b, 2, st.Message)
 	}
 	if s := r.DynamicMetadata; s != nil {
 		m, _ := structSize(s)
-		b = appendMsg(b, 4, m)
+		b = wire.AppendMessage(b, 4, m)
 		for k, v := range s.Fields {
 			vm, _ := valueSize(v)
-			b = appendMsg(b, 1, 1+protowire.SizeBytes(len(k))+msgSize(vm))
+			b = wire.AppendMessage(b, 1, 1+protowire.SizeBytes(len(k))+wire.MessageSize(vm))
 			b = protowire.AppendString(protowire.AppendTag(b, 1, protowire.BytesType), k)
-			b = appendMsg(b, 2, vm)
+			b = wire.AppendMessage(b, 2, vm)
 			switch k := v.Kind.(type) {
 			case *structpb.Value_StringValue:
 				b = protowire.AppendString(protowire.AppendTag(b, 3, protowire.BytesType), k.StringValue)
@@ -462,17 +437,17 @@ func appendCheckResponse(b []byte, r *authv3.CheckResponse) []byte {
 	case *authv3.CheckResponse_DeniedResponse:
 		d := h.DeniedResponse
 		m, _ := deniedSize(d)
-		b = appendMsg(b, 2, m)
+		b = wire.AppendMessage(b, 2, m)
 		if d.Status != nil {
-			b = appendMsg(b, 1, varintSize(uint64(int64(d.Status.Code))))
-			b = appendVarint(b, 1, uint64(int64(d.Status.Code)))
+			b = wire.AppendMessage(b, 1, wire.VarintSize(uint64(int64(d.Status.Code))))
+			b = wire.AppendVarint(b, 1, uint64(int64(d.Status.Code)))
 		}
 		b = appendHeaderOptions(b, 2, d.Headers)
-		b = appendString(b, 3, d.Body)
+		b = wire.AppendString(b, 3, d.Body)
 	case *authv3.CheckResponse_OkResponse:
 		ok := h.OkResponse
 		m, _ := okSize(ok)
-		b = appendMsg(b, 3, m)
+		b = wire.AppendMessage(b, 3, m)
 		b = appendHeaderOptions(b, 2, ok.Headers)
 		for _, s := range ok.HeadersToRemove {
 			b = protowire.AppendString(protowire.AppendTag(b, 5, protowire.BytesType), s)
@@ -488,43 +463,18 @@ func appendCheckResponse(b []byte, r *authv3.CheckResponse) []byte {
 func appendHeaderOptions(b []byte, num protowire.Number, hs []*corev3.HeaderValueOption) []byte {
 	for _, h := range hs {
 		m, _ := headerOptionSize(h)
-		b = appendMsg(b, num, m)
+		b = wire.AppendMessage(b, num, m)
 		if h.Header != nil {
-			b = appendMsg(b, 1, stringSize(h.Header.Key)+stringSize(h.Header.Value))
-			b = appendString(b, 1, h.Header.Key)
-			b = appendString(b, 2, h.Header.Value)
+			b = wire.AppendMessage(b, 1, wire.StringSize(h.Header.Key)+wire.StringSize(h.Header.Value))
+			b = wire.AppendString(b, 1, h.Header.Key)
+			b = wire.AppendString(b, 2, h.Header.Value)
 		}
 		if h.Append != nil {
-			b = appendMsg(b, 2, boolSize(h.Append.Value))
-			b = appendBool(b, 1, h.Append.Value)
+			b = wire.AppendMessage(b, 2, wire.BoolSize(h.Append.Value))
+			b = wire.AppendBool(b, 1, h.Append.Value)
 		}
-		b = appendVarint(b, 3, uint64(int64(h.AppendAction)))
-		b = appendBool(b, 4, h.KeepEmptyValue)
+		b = wire.AppendVarint(b, 3, uint64(int64(h.AppendAction)))
+		b = wire.AppendBool(b, 4, h.KeepEmptyValue)
 	}
 	return b
-}
-
-func appendMsg(b []byte, num protowire.Number, size int) []byte {
-	return protowire.AppendVarint(protowire.AppendTag(b, num, protowire.BytesType), uint64(size))
-}
-
-func appendVarint(b []byte, num protowire.Number, v uint64) []byte {
-	if v == 0 {
-		return b
-	}
-	return protowire.AppendVarint(protowire.AppendTag(b, num, protowire.VarintType), v)
-}
-
-func appendBool(b []byte, num protowire.Number, v bool) []byte {
-	if !v {
-		return b
-	}
-	return protowire.AppendVarint(protowire.AppendTag(b, num, protowire.VarintType), 1)
-}
-
-func appendString(b []byte, num protowire.Number, s string) []byte {
-	if s == "" {
-		return b
-	}
-	return protowire.AppendString(protowire.AppendTag(b, num, protowire.BytesType), s)
 }

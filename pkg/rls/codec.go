@@ -162,20 +162,20 @@ func responseSize(r *rlsv3.RateLimitResponse) (int, bool) {
 	if r.DynamicMetadata != nil || r.Quota != nil {
 		return 0, false
 	}
-	n := varintSize(uint64(r.OverallCode))
+	n := wire.VarintSize(uint64(r.OverallCode))
 	for _, st := range r.Statuses {
 		m, ok := statusSize(st)
 		if !ok {
 			return 0, false
 		}
-		n += 1 + protowire.SizeBytes(m)
+		n += wire.MessageSize(m)
 	}
 	for _, hs := range [][]*corev3.HeaderValue{r.ResponseHeadersToAdd, r.RequestHeadersToAdd} {
 		for _, h := range hs {
 			if h == nil || len(h.RawValue) > 0 {
 				return 0, false
 			}
-			n += 1 + protowire.SizeBytes(headerSize(h))
+			n += wire.MessageSize(headerSize(h))
 		}
 	}
 	if len(r.RawBody) > 0 {
@@ -188,76 +188,59 @@ func statusSize(st *rlsv3.RateLimitResponse_DescriptorStatus) (int, bool) {
 	if st == nil || st.Quota != nil {
 		return 0, false
 	}
-	n := varintSize(uint64(st.Code)) + varintSize(uint64(st.LimitRemaining))
+	n := wire.VarintSize(uint64(st.Code)) + wire.VarintSize(uint64(st.LimitRemaining))
 	if l := st.CurrentLimit; l != nil {
 		if l.UnitMultiplier != nil {
 			return 0, false
 		}
-		n += 1 + protowire.SizeBytes(limitSize(l))
+		n += wire.MessageSize(limitSize(l))
 	}
 	if d := st.DurationUntilReset; d != nil {
-		n += 1 + protowire.SizeBytes(durationSize(d))
+		n += wire.MessageSize(durationSize(d))
 	}
 	return n, true
 }
 
 func limitSize(l *rlsv3.RateLimitResponse_RateLimit) int {
-	return varintSize(uint64(l.RequestsPerUnit)) + varintSize(uint64(l.Unit)) + stringField(l.Name)
+	return wire.VarintSize(uint64(l.RequestsPerUnit)) + wire.VarintSize(uint64(l.Unit)) + wire.StringSize(l.Name)
 }
 
 func durationSize(d *durationpb.Duration) int {
-	return varintSize(uint64(d.Seconds)) + varintSize(uint64(int64(d.Nanos)))
+	return wire.VarintSize(uint64(d.Seconds)) + wire.VarintSize(uint64(int64(d.Nanos)))
 }
 
-func headerSize(h *corev3.HeaderValue) int { return stringField(h.Key) + stringField(h.Value) }
-
-// varintSize is the size of a varint field numbered below 16 (a one-byte
-// tag): none when v is zero, as proto3 leaves it out.
-func varintSize(v uint64) int {
-	if v == 0 {
-		return 0
-	}
-	return 1 + protowire.SizeVarint(v)
-}
-
-// stringField is the size of a string wireField numbered below 16.
-func stringField(s string) int {
-	if s == "" {
-		return 0
-	}
-	return 1 + protowire.SizeBytes(len(s))
-}
+func headerSize(h *corev3.HeaderValue) int { return wire.StringSize(h.Key) + wire.StringSize(h.Value) }
 
 // appendResponse writes r, whose size responseSize accepted, in field
 // number order, as protobuf does.
 func appendResponse(b []byte, r *rlsv3.RateLimitResponse) []byte {
-	b = appendVarint(b, 1, uint64(r.OverallCode))
+	b = wire.AppendVarint(b, 1, uint64(r.OverallCode))
 	for _, st := range r.Statuses {
 		m, _ := statusSize(st)
 		b = protowire.AppendTag(b, 2, protowire.BytesType)
 		b = protowire.AppendVarint(b, uint64(m))
-		b = appendVarint(b, 1, uint64(st.Code))
+		b = wire.AppendVarint(b, 1, uint64(st.Code))
 		if l := st.CurrentLimit; l != nil {
 			b = protowire.AppendTag(b, 2, protowire.BytesType)
 			b = protowire.AppendVarint(b, uint64(limitSize(l)))
-			b = appendVarint(b, 1, uint64(l.RequestsPerUnit))
-			b = appendVarint(b, 2, uint64(l.Unit))
-			b = appendString(b, 3, l.Name)
+			b = wire.AppendVarint(b, 1, uint64(l.RequestsPerUnit))
+			b = wire.AppendVarint(b, 2, uint64(l.Unit))
+			b = wire.AppendString(b, 3, l.Name)
 		}
-		b = appendVarint(b, 3, uint64(st.LimitRemaining))
+		b = wire.AppendVarint(b, 3, uint64(st.LimitRemaining))
 		if d := st.DurationUntilReset; d != nil {
 			b = protowire.AppendTag(b, 4, protowire.BytesType)
 			b = protowire.AppendVarint(b, uint64(durationSize(d)))
-			b = appendVarint(b, 1, uint64(d.Seconds))
-			b = appendVarint(b, 2, uint64(int64(d.Nanos)))
+			b = wire.AppendVarint(b, 1, uint64(d.Seconds))
+			b = wire.AppendVarint(b, 2, uint64(int64(d.Nanos)))
 		}
 	}
 	for i, hs := range [][]*corev3.HeaderValue{r.ResponseHeadersToAdd, r.RequestHeadersToAdd} {
 		for _, h := range hs {
 			b = protowire.AppendTag(b, protowire.Number(3+i), protowire.BytesType)
 			b = protowire.AppendVarint(b, uint64(headerSize(h)))
-			b = appendString(b, 1, h.Key)
-			b = appendString(b, 2, h.Value)
+			b = wire.AppendString(b, 1, h.Key)
+			b = wire.AppendString(b, 2, h.Value)
 		}
 	}
 	if len(r.RawBody) > 0 {
@@ -265,18 +248,4 @@ func appendResponse(b []byte, r *rlsv3.RateLimitResponse) []byte {
 		b = protowire.AppendBytes(b, r.RawBody)
 	}
 	return b
-}
-
-func appendVarint(b []byte, num protowire.Number, v uint64) []byte {
-	if v == 0 {
-		return b
-	}
-	return protowire.AppendVarint(protowire.AppendTag(b, num, protowire.VarintType), v)
-}
-
-func appendString(b []byte, num protowire.Number, s string) []byte {
-	if s == "" {
-		return b
-	}
-	return protowire.AppendString(protowire.AppendTag(b, num, protowire.BytesType), s)
 }

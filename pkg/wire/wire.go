@@ -162,3 +162,61 @@ func Each(b []byte, off, n int, fn func(Field)) {
 		i = j
 	}
 }
+
+// The sizes and appenders below write proto3 fields numbered below 16 (a
+// one-byte tag), leaving out zero scalars as protobuf does.
+
+// VarintSize is the size of a varint field holding v.
+func VarintSize(v uint64) int {
+	if v == 0 {
+		return 0
+	}
+	return 1 + protowire.SizeVarint(v)
+}
+
+// BoolSize is the size of a bool field holding v.
+func BoolSize(v bool) int {
+	if !v {
+		return 0
+	}
+	return 2
+}
+
+// StringSize is the size of a string field holding s.
+func StringSize(s string) int {
+	if s == "" {
+		return 0
+	}
+	return 1 + protowire.SizeBytes(len(s))
+}
+
+// MessageSize is the size of a message field whose message takes m bytes
+// (written even when empty: a message field is there or not).
+func MessageSize(m int) int { return 1 + protowire.SizeBytes(m) }
+
+// AppendVarint appends a varint field holding v.
+func AppendVarint(b []byte, num protowire.Number, v uint64) []byte {
+	if v == 0 {
+		return b
+	}
+	return protowire.AppendVarint(protowire.AppendTag(b, num, protowire.VarintType), v)
+}
+
+// AppendBool appends a bool field holding v.
+func AppendBool(b []byte, num protowire.Number, v bool) []byte {
+	return AppendVarint(b, num, protowire.EncodeBool(v))
+}
+
+// AppendString appends a string field holding s.
+func AppendString(b []byte, num protowire.Number, s string) []byte {
+	if s == "" {
+		return b
+	}
+	return protowire.AppendString(protowire.AppendTag(b, num, protowire.BytesType), s)
+}
+
+// AppendMessage appends a message field's tag and length, m: its message
+// follows.
+func AppendMessage(b []byte, num protowire.Number, m int) []byte {
+	return protowire.AppendVarint(protowire.AppendTag(b, num, protowire.BytesType), uint64(m))
+}
