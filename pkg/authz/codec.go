@@ -6,7 +6,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -15,7 +14,7 @@ import (
 	"github.com/levyhq/levy/pkg/wire"
 )
 
-// Decode reads a CheckRequest (v) from b as proto.Unmarshal would, or
+// Decode reads a CheckRequest as proto.Unmarshal would, or
 // returns false and leaves it to protobuf. Generic protobuf decoding of
 // Envoy's CheckRequest, a map of every request header above all, took a
 // quarter of levy's CPU per Check. Here every string is a piece of one
@@ -25,15 +24,7 @@ import (
 // context extensions and empty metadata contexts; a request with anything
 // else (metadata, a TLS session, a header_map, a named port, a field Envoy
 // adds later) goes to protobuf whole.
-func Decode(data mem.BufferSlice, v any) bool {
-	r, ok := v.(*authv3.CheckRequest)
-	if !ok || r == nil {
-		return false
-	}
-	b, free := wire.Contiguous(data)
-	defer free() // decodeCheck copies what it keeps
-	return decodeCheck(b, r)
-}
+var Decode = wire.Decoder(decodeCheck)
 
 // The fields Decode reads, by message.
 var (
@@ -261,24 +252,14 @@ func decodeHTTP(b []byte, f wire.Field, h *authv3.AttributeContext_HttpRequest, 
 	})
 }
 
-// Encode writes a CheckResponse (v) as proto.Marshal would (map entries
+// Encode writes a CheckResponse as proto.Marshal would (map entries
 // aside, which protobuf writes in no fixed order either), or returns
 // false. Generic encoding of levy's answers (headers for the upstream, the
 // identity's dynamic metadata) took a tenth of the CPU per Check. It
 // writes what levy answers: a status without details, an OK or denied
 // HTTP response of headers, removals and a body, and metadata of strings,
 // numbers, booleans and nulls; anything else goes to protobuf.
-func Encode(v any) ([]byte, bool) {
-	r, ok := v.(*authv3.CheckResponse)
-	if !ok || r == nil {
-		return nil, false
-	}
-	n, ok := checkResponseSize(r)
-	if !ok {
-		return nil, false
-	}
-	return appendCheckResponse(make([]byte, 0, n), r), true
-}
+var Encode = wire.Encoder(checkResponseSize, appendCheckResponse)
 
 // checkResponseSize is r's encoded size, and false when Encode leaves it
 // to protobuf.

@@ -5,7 +5,6 @@ import (
 	rlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -26,31 +25,11 @@ import (
 // (server.GRPCOptions) uses Decode and Encode with ext_authz's.
 var Codec = wire.Codec{Decode: Decode, Encode: Encode}
 
-// Decode reads a RateLimitRequest (v) from b as proto.Unmarshal would, or
-// returns false.
-func Decode(data mem.BufferSlice, v any) bool {
-	r, ok := v.(*rlsv3.RateLimitRequest)
-	if !ok || r == nil {
-		return false
-	}
-	b, free := wire.Contiguous(data)
-	defer free() // decodeRequest copies what it keeps
-	return decodeRequest(b, r)
-}
+// Decode reads a RateLimitRequest as proto.Unmarshal would, or declines.
+var Decode = wire.Decoder(decodeRequest)
 
-// Encode writes a RateLimitResponse (v) as proto.Marshal would, or returns
-// false.
-func Encode(v any) ([]byte, bool) {
-	r, ok := v.(*rlsv3.RateLimitResponse)
-	if !ok || r == nil {
-		return nil, false
-	}
-	n, ok := responseSize(r)
-	if !ok {
-		return nil, false
-	}
-	return appendResponse(make([]byte, 0, n), r), true
-}
+// Encode writes a RateLimitResponse as proto.Marshal would, or declines.
+var Encode = wire.Encoder(responseSize, appendResponse)
 
 // The fields decodeRequest reads, by message. A field of another number or
 // type (unit_multiplier, a field Envoy adds later) sends the request to the
@@ -217,28 +196,24 @@ func appendResponse(b []byte, r *rlsv3.RateLimitResponse) []byte {
 	b = wire.AppendVarint(b, 1, uint64(r.OverallCode))
 	for _, st := range r.Statuses {
 		m, _ := statusSize(st)
-		b = protowire.AppendTag(b, 2, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(m))
+		b = wire.AppendMessage(b, 2, m)
 		b = wire.AppendVarint(b, 1, uint64(st.Code))
 		if l := st.CurrentLimit; l != nil {
-			b = protowire.AppendTag(b, 2, protowire.BytesType)
-			b = protowire.AppendVarint(b, uint64(limitSize(l)))
+			b = wire.AppendMessage(b, 2, limitSize(l))
 			b = wire.AppendVarint(b, 1, uint64(l.RequestsPerUnit))
 			b = wire.AppendVarint(b, 2, uint64(l.Unit))
 			b = wire.AppendString(b, 3, l.Name)
 		}
 		b = wire.AppendVarint(b, 3, uint64(st.LimitRemaining))
 		if d := st.DurationUntilReset; d != nil {
-			b = protowire.AppendTag(b, 4, protowire.BytesType)
-			b = protowire.AppendVarint(b, uint64(durationSize(d)))
+			b = wire.AppendMessage(b, 4, durationSize(d))
 			b = wire.AppendVarint(b, 1, uint64(d.Seconds))
 			b = wire.AppendVarint(b, 2, uint64(int64(d.Nanos)))
 		}
 	}
 	for i, hs := range [][]*corev3.HeaderValue{r.ResponseHeadersToAdd, r.RequestHeadersToAdd} {
 		for _, h := range hs {
-			b = protowire.AppendTag(b, protowire.Number(3+i), protowire.BytesType)
-			b = protowire.AppendVarint(b, uint64(headerSize(h)))
+			b = wire.AppendMessage(b, protowire.Number(3+i), headerSize(h))
 			b = wire.AppendString(b, 1, h.Key)
 			b = wire.AppendString(b, 2, h.Value)
 		}

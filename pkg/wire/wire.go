@@ -51,6 +51,37 @@ func (c Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	return protoCodec.Unmarshal(data, v)
 }
 
+// Decoder is a Codec.Decode for messages of type T, read by decode from
+// the message's bytes in one slice (valid during the call only) exactly as
+// proto.Unmarshal would, or declined.
+func Decoder[T any](decode func(b []byte, m *T) bool) func(mem.BufferSlice, any) bool {
+	return func(data mem.BufferSlice, v any) bool {
+		m, ok := v.(*T)
+		if !ok || m == nil {
+			return false
+		}
+		b, free := Contiguous(data)
+		defer free()
+		return decode(b, m)
+	}
+}
+
+// Encoder is a Codec.Encode for messages of type T: size is the encoding's
+// size (false to leave the message to protobuf), and write appends it.
+func Encoder[T any](size func(*T) (int, bool), write func(b []byte, m *T) []byte) func(any) ([]byte, bool) {
+	return func(v any) ([]byte, bool) {
+		m, ok := v.(*T)
+		if !ok || m == nil {
+			return nil, false
+		}
+		n, ok := size(m)
+		if !ok {
+			return nil, false
+		}
+		return write(make([]byte, 0, n), m), true
+	}
+}
+
 // Contiguous is data's bytes in one slice, valid until free is called
 // (and data's, which gRPC frees after Unmarshal): its one buffer, or a
 // pooled copy of its several.
