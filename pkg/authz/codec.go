@@ -100,154 +100,172 @@ func decodeCheck(b []byte, req *authv3.CheckRequest) bool {
 		return false
 	}
 	proto.Reset(req) // as proto.Unmarshal does
-	s := string(b)   // every string is a piece of this one copy
-	str := func(f wire.Field) string { return s[f.Off : f.Off+f.N] }
-	entry := func(f wire.Field, m map[string]string) {
-		var k, v string
-		wire.Each(b, f.Off, f.N, func(g wire.Field) {
-			if g.Num == 1 {
-				k = str(g)
-			} else {
-				v = str(g)
-			}
-		})
-		m[k] = v
-	}
-	peer := func(p **authv3.AttributeContext_Peer, f wire.Field, labels int) {
-		if *p == nil {
-			*p = &authv3.AttributeContext_Peer{}
-		}
-		pr := *p
-		wire.Each(b, f.Off, f.N, func(g wire.Field) {
-			switch g.Num {
-			case 1:
-				if pr.Address == nil {
-					pr.Address = &corev3.Address{}
-				}
-				sa, _ := pr.Address.Address.(*corev3.Address_SocketAddress)
-				if sa == nil {
-					sa = &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{}}
-					pr.Address.Address = sa
-				}
-				wire.Each(b, g.Off, g.N, func(h wire.Field) { // Address: socket_address
-					sock := sa.SocketAddress
-					wire.Each(b, h.Off, h.N, func(k wire.Field) {
-						switch k.Num {
-						case 1:
-							sock.Protocol = corev3.SocketAddress_Protocol(int32(k.V))
-						case 2:
-							sock.Address = str(k)
-						case 3:
-							sock.PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(k.V)}
-						case 5:
-							sock.ResolverName = str(k)
-						case 6:
-							sock.Ipv4Compat = k.V != 0
-						case 7:
-							sock.NetworkNamespaceFilepath = str(k)
-						}
-					})
-				})
-			case 2:
-				pr.Service = str(g)
-			case 3:
-				if pr.Labels == nil {
-					pr.Labels = make(map[string]string, labels)
-				}
-				entry(g, pr.Labels)
-			case 4:
-				pr.Principal = str(g)
-			case 5:
-				pr.Certificate = str(g)
-			}
-		})
-	}
+	d := checkDecoder{b: b, s: string(b), n: n}
 	wire.Each(b, 0, len(b), func(f wire.Field) { // CheckRequest: attributes
 		if req.Attributes == nil {
 			req.Attributes = &authv3.AttributeContext{}
 		}
-		a := req.Attributes
-		wire.Each(b, f.Off, f.N, func(g wire.Field) {
-			switch g.Num {
-			case 1:
-				peer(&a.Source, g, n.sourceLabels)
-			case 2:
-				peer(&a.Destination, g, n.destLabels)
-			case 11:
-				if a.MetadataContext == nil {
-					a.MetadataContext = &corev3.Metadata{}
-				}
-			case 13:
-				if a.RouteMetadataContext == nil {
-					a.RouteMetadataContext = &corev3.Metadata{}
-				}
-			case 10:
-				if a.ContextExtensions == nil {
-					a.ContextExtensions = make(map[string]string, n.extensions)
-				}
-				entry(g, a.ContextExtensions)
-			case 4:
-				if a.Request == nil {
-					a.Request = &authv3.AttributeContext_Request{}
-				}
-				r := a.Request
-				wire.Each(b, g.Off, g.N, func(h wire.Field) {
-					if h.Num == 1 {
-						if r.Time == nil {
-							r.Time = &timestamppb.Timestamp{}
-						}
-						wire.Each(b, h.Off, h.N, func(k wire.Field) {
-							if k.Num == 1 {
-								r.Time.Seconds = int64(k.V)
-							} else {
-								r.Time.Nanos = int32(k.V)
-							}
-						})
-						return
-					}
-					if r.Http == nil {
-						r.Http = &authv3.AttributeContext_HttpRequest{}
-					}
-					decodeHTTP(b, h, r.Http, n.headers, str, entry)
-				})
-			}
-		})
+		d.attributes(f, req.Attributes)
 	})
 	return true
 }
 
-// decodeHTTP reads the HttpRequest in field f of b into h.
-func decodeHTTP(b []byte, f wire.Field, h *authv3.AttributeContext_HttpRequest, headers int,
-	str func(wire.Field) string, entry func(wire.Field, map[string]string)) {
-	wire.Each(b, f.Off, f.N, func(g wire.Field) {
+// checkDecoder reads the messages of a CheckRequest that checkCheck
+// accepted, one method each.
+type checkDecoder struct {
+	b []byte
+	s string // b, copied once: every string is a piece of it
+	n checkSizes
+}
+
+func (d *checkDecoder) str(f wire.Field) string { return d.s[f.Off : f.Off+f.N] }
+
+// entry adds the map entry in f to m.
+func (d *checkDecoder) entry(f wire.Field, m map[string]string) {
+	var k, v string
+	wire.Each(d.b, f.Off, f.N, func(g wire.Field) {
+		if g.Num == 1 {
+			k = d.str(g)
+		} else {
+			v = d.str(g)
+		}
+	})
+	m[k] = v
+}
+
+func (d *checkDecoder) attributes(f wire.Field, a *authv3.AttributeContext) {
+	wire.Each(d.b, f.Off, f.N, func(g wire.Field) {
 		switch g.Num {
 		case 1:
-			h.Id = str(g)
+			a.Source = d.peer(g, a.Source, d.n.sourceLabels)
 		case 2:
-			h.Method = str(g)
+			a.Destination = d.peer(g, a.Destination, d.n.destLabels)
+		case 4:
+			if a.Request == nil {
+				a.Request = &authv3.AttributeContext_Request{}
+			}
+			d.request(g, a.Request)
+		case 10:
+			if a.ContextExtensions == nil {
+				a.ContextExtensions = make(map[string]string, d.n.extensions)
+			}
+			d.entry(g, a.ContextExtensions)
+		case 11: // empty, as checkCheck made sure
+			if a.MetadataContext == nil {
+				a.MetadataContext = &corev3.Metadata{}
+			}
+		case 13:
+			if a.RouteMetadataContext == nil {
+				a.RouteMetadataContext = &corev3.Metadata{}
+			}
+		}
+	})
+}
+
+// peer reads the Peer in f into p (a new one when nil) and returns it.
+func (d *checkDecoder) peer(f wire.Field, p *authv3.AttributeContext_Peer, labels int) *authv3.AttributeContext_Peer {
+	if p == nil {
+		p = &authv3.AttributeContext_Peer{}
+	}
+	wire.Each(d.b, f.Off, f.N, func(g wire.Field) {
+		switch g.Num {
+		case 1: // Address, whose one field checkCheck let through is socket_address
+			if p.Address == nil {
+				p.Address = &corev3.Address{}
+			}
+			sa, _ := p.Address.Address.(*corev3.Address_SocketAddress)
+			if sa == nil {
+				sa = &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{}}
+				p.Address.Address = sa
+			}
+			wire.Each(d.b, g.Off, g.N, func(h wire.Field) { d.socket(h, sa.SocketAddress) })
+		case 2:
+			p.Service = d.str(g)
+		case 3:
+			if p.Labels == nil {
+				p.Labels = make(map[string]string, labels)
+			}
+			d.entry(g, p.Labels)
+		case 4:
+			p.Principal = d.str(g)
+		case 5:
+			p.Certificate = d.str(g)
+		}
+	})
+	return p
+}
+
+func (d *checkDecoder) socket(f wire.Field, sock *corev3.SocketAddress) {
+	wire.Each(d.b, f.Off, f.N, func(g wire.Field) {
+		switch g.Num {
+		case 1:
+			sock.Protocol = corev3.SocketAddress_Protocol(int32(g.V))
+		case 2:
+			sock.Address = d.str(g)
+		case 3:
+			sock.PortSpecifier = &corev3.SocketAddress_PortValue{PortValue: uint32(g.V)}
+		case 5:
+			sock.ResolverName = d.str(g)
+		case 6:
+			sock.Ipv4Compat = g.V != 0
+		case 7:
+			sock.NetworkNamespaceFilepath = d.str(g)
+		}
+	})
+}
+
+func (d *checkDecoder) request(f wire.Field, r *authv3.AttributeContext_Request) {
+	wire.Each(d.b, f.Off, f.N, func(g wire.Field) {
+		if g.Num == 2 {
+			if r.Http == nil {
+				r.Http = &authv3.AttributeContext_HttpRequest{}
+			}
+			d.http(g, r.Http)
+			return
+		}
+		if r.Time == nil {
+			r.Time = &timestamppb.Timestamp{}
+		}
+		wire.Each(d.b, g.Off, g.N, func(h wire.Field) {
+			if h.Num == 1 {
+				r.Time.Seconds = int64(h.V)
+			} else {
+				r.Time.Nanos = int32(h.V)
+			}
+		})
+	})
+}
+
+func (d *checkDecoder) http(f wire.Field, h *authv3.AttributeContext_HttpRequest) {
+	wire.Each(d.b, f.Off, f.N, func(g wire.Field) {
+		switch g.Num {
+		case 1:
+			h.Id = d.str(g)
+		case 2:
+			h.Method = d.str(g)
 		case 3:
 			if h.Headers == nil {
-				h.Headers = make(map[string]string, headers)
+				h.Headers = make(map[string]string, d.n.headers)
 			}
-			entry(g, h.Headers)
+			d.entry(g, h.Headers)
 		case 4:
-			h.Path = str(g)
+			h.Path = d.str(g)
 		case 5:
-			h.Host = str(g)
+			h.Host = d.str(g)
 		case 6:
-			h.Scheme = str(g)
+			h.Scheme = d.str(g)
 		case 7:
-			h.Query = str(g)
+			h.Query = d.str(g)
 		case 8:
-			h.Fragment = str(g)
+			h.Fragment = d.str(g)
 		case 9:
 			h.Size = int64(g.V)
 		case 10:
-			h.Protocol = str(g)
+			h.Protocol = d.str(g)
 		case 11:
-			h.Body = str(g)
+			h.Body = d.str(g)
 		case 12:
-			h.RawBody = append([]byte(nil), g.Bytes(b)...)
+			h.RawBody = append([]byte(nil), g.Bytes(d.b)...)
 		}
 	})
 }
