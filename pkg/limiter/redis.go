@@ -290,15 +290,24 @@ func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([
 	v, err := r.eval(ctx, script, args)
 	if err != nil {
 		if r.failed != nil {
-			var slot uint16
-			if key, ok := args[3].(string); r.cluster && ok {
-				slot = Slot(key) // the first key's; the batch shares a slot
-			}
-			r.failed(slot, err)
+			r.failed(r.slotOf(batch), err)
 		}
 		return nil, time.Time{}, fmt.Errorf("redis decide: %w", err)
 	}
 	return parseBatch(v, want, batch)
+}
+
+// slotOf is the hash slot a batch's limits share on a cluster (0 on a
+// standalone Redis, or for a batch without limits).
+func (r *Redis) slotOf(batch [][]Limit) uint16 {
+	if r.cluster {
+		for _, limits := range batch {
+			if len(limits) > 0 {
+				return Slot(limits[0].Key)
+			}
+		}
+	}
+	return 0
 }
 
 // available asks Available whether slot's Redis is worth a call.
