@@ -30,6 +30,7 @@ import (
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/problem"
 	"github.com/levyhq/levy/pkg/telemetry"
+	"github.com/levyhq/levy/pkg/usage"
 )
 
 // Snapshot is everything a decision reads that a reload may change. It is
@@ -390,7 +391,7 @@ func Limits(c *apikey.Consumer, p *plan.Plan, cost int64, window time.Duration) 
 	}
 	limits = append(limits, q)
 	if window > 0 {
-		limits = append(limits, limiter.Limit{Kind: limiter.Ledger, Name: "ledger", Key: limiter.LedgerKey(c.ID, p.Meter), Cost: cost, WindowSize: window})
+		limits = append(limits, limiter.Limit{Kind: limiter.Ledger, Name: "ledger", Key: usage.LedgerKey(c.ID, usage.TermsOf(p)), Cost: cost, WindowSize: window})
 	}
 	return limits
 }

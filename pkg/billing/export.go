@@ -5,8 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,9 +44,11 @@ func (SoleLease) Release(context.Context, string) error { return nil }
 // ExporterConfig configures an Exporter.
 type ExporterConfig struct {
 	Ledger usage.Ledger
-	// Consumer finds a consumer (for its Stripe customer id and plan).
+	// Consumer finds a consumer (for its Stripe customer id and billing
+	// anchor).
 	Consumer func(id string) (*apikey.Consumer, bool)
-	// Catalog returns the current plans.
+	// Catalog returns the current plans: only windows written before levy
+	// recorded billing terms at admission are billed by them.
 	Catalog func() *plan.Catalog
 	Lease   Lease
 	Holder  string // this replica's name in the lease
@@ -53,22 +57,40 @@ type ExporterConfig struct {
 	// Every is how often closed windows are exported; SettleDelay how long
 	// a window waits after it closes for late access logs.
 	Every, SettleDelay time.Duration
-	Registerer         prometheus.Registerer
-	Log                *zap.Logger
-	Clock              func() time.Time
+	// CorrectionGrace is how long after a billing period ends a late
+	// settlement still corrects it (Stripe finalises the period's invoice
+	// about an hour after it ends); default 1h. Later ones are counted in
+	// levy_usage_uncorrectable_units_total.
+	CorrectionGrace time.Duration
+	Registerer      prometheus.Registerer
+	Log             *zap.Logger
+	Clock           func() time.Time
 }
 
-// Exporter sends closed ledger windows to Stripe billing meters.
+// Exporter sends the ledger's billable units to Stripe billing meters.
+//
+// It works per account: a consumer's billing period on one meter. An
+// account's billable units are those beyond the included units of the
+// terms each window was admitted under; what Stripe accepted so far is the
+// sum of the account's events. Each pass sends one event with the
+// difference, identified by the account's last closed window and its
+// event count, so a retry never bills twice; it is recorded as pending
+// before it is sent, so a retry after a crash sends the same identifier
+// and value. A late settlement that lowers the bill is carried into the
+// period's next event; one that comes after the period closed is counted
+// as uncorrectable.
 type Exporter struct {
 	cfg    ExporterConfig
 	stripe *client.API
 
 	mu      sync.Mutex
-	backoff map[string]retry // window identifier -> next attempt
+	backoff map[string]retry // account -> next attempt
 
-	events   *prometheus.CounterVec
-	lag      prometheus.Gauge
-	unbilled prometheus.Gauge
+	events        *prometheus.CounterVec
+	lag           prometheus.Gauge
+	unbilled      prometheus.Gauge
+	uncorrectable *prometheus.CounterVec
+	corrected     prometheus.Counter
 }
 
 type retry struct {
@@ -90,32 +112,57 @@ func NewExporter(cfg ExporterConfig) *Exporter {
 	if cfg.Every <= 0 {
 		cfg.Every = 10 * time.Second
 	}
-	backend := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
-		URL:               stripe.String(cfg.APIBase),
-		HTTPClient:        &http.Client{Timeout: 20 * time.Second},
-		MaxNetworkRetries: stripe.Int64(0), // the exporter retries, with backoff, per window
-		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
-	})
-	sc := &client.API{}
-	sc.Init(cfg.APIKey, &stripe.Backends{API: backend, Connect: backend, Uploads: backend})
-	e := &Exporter{cfg: cfg, stripe: sc, backoff: map[string]retry{},
+	if cfg.CorrectionGrace <= 0 {
+		cfg.CorrectionGrace = time.Hour
+	}
+	if cfg.Catalog == nil {
+		cfg.Catalog = func() *plan.Catalog { return nil }
+	}
+	e := &Exporter{cfg: cfg, stripe: NewStripeClient(cfg.APIKey, cfg.APIBase), backoff: map[string]retry{},
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "levy_usage_export_windows_total",
-			Help: "Closed usage windows by export result: accepted (Stripe took the meter event), zero (nothing billable), failed (retried), unbillable (no Stripe customer: kept).",
+			Help: "Closed usage windows by export result: accepted (in a meter event Stripe took), zero (nothing to bill), failed (an attempt that is retried), unbillable (no Stripe customer: kept), rejected (Stripe refused for good: set aside, see levy billing reconcile).",
 		}, []string{"result"}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "levy_usage_export_lag_seconds",
-			Help: "Age of the oldest closed window not yet exported.",
+			Help: "Age of the oldest closed window with export work left.",
 		}),
 		unbilled: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "levy_usage_unbillable_windows",
-			Help: "Closed windows with billable usage kept because the consumer has no Stripe customer id.",
+			Help: "Closed windows with billable usage kept because the consumer has no Stripe customer id (or is gone).",
+		}),
+		uncorrectable: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "levy_usage_uncorrectable_units_total",
+			Help: "Billable units a late settlement changed after the billing period closed: under (owed, not billed) or over (billed, not owed).",
+		}, []string{"direction"}),
+		corrected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "levy_usage_corrected_windows_total",
+			Help: "Windows accounted again because a settlement changed them after their export.",
 		}),
 	}
+	for _, r := range []string{"accepted", "zero", "failed", "unbillable", "rejected"} {
+		e.events.WithLabelValues(r)
+	}
+	e.uncorrectable.WithLabelValues("under")
+	e.uncorrectable.WithLabelValues("over")
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(e.events, e.lag, e.unbilled)
+		cfg.Registerer.MustRegister(e.events, e.lag, e.unbilled, e.uncorrectable, e.corrected)
 	}
 	return e
+}
+
+// NewStripeClient returns a Stripe client for key at base ("" for
+// Stripe's own), without its own retries: the callers retry per window.
+func NewStripeClient(key, base string) *client.API {
+	backend := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
+		URL:               stripe.String(base),
+		HTTPClient:        &http.Client{Timeout: 20 * time.Second},
+		MaxNetworkRetries: stripe.Int64(0),
+		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
+	})
+	sc := &client.API{}
+	sc.Init(key, &stripe.Backends{API: backend, Connect: backend, Uploads: backend})
+	return sc
 }
 
 // Run exports every interval while this replica holds the lease, until
@@ -149,10 +196,18 @@ func (e *Exporter) Run(ctx context.Context) {
 // takes about 1000 calls a second).
 const maxSendsPerPass = 1000
 
-// Identifier names a window's meter event: the same for every attempt, so
-// that Stripe rejects a second one instead of billing twice.
-func Identifier(w usage.Window) string {
+// Identifier names the n-th meter event identified by window w: the same
+// for every attempt, so that Stripe refuses a second one instead of
+// billing twice.
+func Identifier(w usage.Window, n int) string {
 	id := "levy:" + w.Consumer + ":" + w.Meter + ":" + strconv.FormatInt(w.Start.Unix(), 10)
+	if w.Terms.Known() {
+		sum := sha256.Sum256([]byte(w.Key))
+		id += ":" + hex.EncodeToString(sum[:4])
+	}
+	if n > 0 {
+		id += "." + strconv.Itoa(n)
+	}
 	if len(id) <= 100 { // Stripe's limit
 		return id
 	}
@@ -160,92 +215,308 @@ func Identifier(w usage.Window) string {
 	return "levy:" + hex.EncodeToString(sum[:20])
 }
 
-// ExportOnce exports the closed windows that are due; it returns how many
-// Stripe accepted.
+// Account is one consumer's billing period on one meter: what the
+// exporter bills as a whole.
+type Account struct {
+	Consumer, Meter string
+	Period          plan.Period
+}
+
+func (a Account) String() string {
+	return a.Consumer + "/" + a.Meter + "/" + strconv.FormatInt(a.Period.Start.Unix(), 10)
+}
+
+// TermsOf returns the terms a window is billed under: those recorded at
+// admission, or, for a window written before levy recorded them, its
+// consumer's current plan's when that plan bills the window's meter.
+func TermsOf(w *usage.Window, c *apikey.Consumer, cat *plan.Catalog) usage.Terms {
+	if w.Terms.Known() {
+		return w.Terms
+	}
+	if c != nil && cat != nil {
+		if p, ok := cat.Get(c.Plan); ok && p.Meter == w.Meter {
+			return usage.TermsOf(p)
+		}
+	}
+	return usage.Terms{Meter: w.Meter, Period: plan.Month}
+}
+
+// AccountOf is the account a window belongs to.
+func AccountOf(w *usage.Window, t usage.Terms, c *apikey.Consumer) Account {
+	var anchor time.Time
+	if c != nil {
+		anchor = c.PeriodAnchor
+	}
+	unit := t.Period
+	if unit == "" {
+		unit = plan.Month
+	}
+	return Account{Consumer: w.Consumer, Meter: w.Meter, Period: plan.PeriodAt(w.Start, unit, anchor)}
+}
+
+// Statement is an account's bill as the ledger has it.
+type Statement struct {
+	Account Account
+	// Windows are the account's closed windows, oldest first, with
+	// Billable set.
+	Windows []usage.Window
+	// Target is what the account should have billed: the sum of the
+	// windows' Billable. Billed is what Stripe accepted.
+	Target, Billed int64
+}
+
+// StatementOf works out an account's bill from its windows (closed, of
+// its meter, oldest first). A rejected window counts as it was last
+// accounted: its change was refused.
+func StatementOf(a Account, windows []usage.Window, c *apikey.Consumer, cat *plan.Catalog) Statement {
+	st := Statement{Account: a, Windows: windows}
+	var prior int64
+	for i := range st.Windows {
+		w := &st.Windows[i]
+		units := w.Units
+		if w.Rejected != "" {
+			units = w.Accounted
+		}
+		w.Billable = TermsOf(w, c, cat).Beyond(prior, units)
+		prior += units
+		st.Target += w.Billable
+		st.Billed += w.Billed
+	}
+	return st
+}
+
+// ExportOnce exports what is due; it returns how many meter events Stripe
+// accepted.
 func (e *Exporter) ExportOnce(ctx context.Context) (int, error) {
 	now := e.cfg.Clock()
-	// Every closed window: windows that wait (no Stripe customer yet,
-	// backing off) must not hide the ones behind them. At most
-	// maxSendsPerPass events go out per pass.
-	windows, err := e.cfg.Ledger.Closed(ctx, now.Add(-e.cfg.SettleDelay), 0)
+	cutoff := now.Add(-e.cfg.SettleDelay)
+	due, err := e.cfg.Ledger.Due(ctx, cutoff)
 	if err != nil {
 		return 0, err
 	}
-	if len(windows) > 0 {
-		e.lag.Set(now.Sub(windows[0].End()).Seconds())
+	if len(due) > 0 {
+		e.lag.Set(now.Sub(due[0].End()).Seconds())
 	} else {
 		e.lag.Set(0)
 	}
-	accepted, unbillable, sends := 0, 0, 0
+	cat := e.cfg.Catalog()
+	// Accounts with work, oldest first.
+	var order []Account
+	consumers := map[Account]*apikey.Consumer{}
+	unbillable := 0
+	for i := range due {
+		w := &due[i]
+		c, ok := e.cfg.Consumer(w.Consumer)
+		if !ok {
+			unbillable++ // a consumer that is gone: keep the usage
+			e.events.WithLabelValues("unbillable").Inc()
+			continue
+		}
+		a := AccountOf(w, TermsOf(w, c, cat), c)
+		if _, seen := consumers[a]; !seen {
+			consumers[a] = c
+			order = append(order, a)
+		}
+	}
+	p := pass{e: e, now: now, cutoff: cutoff, cat: cat}
 	var errs []error
-	running := map[periodKey]int64{} // units so far in each consumer's period
-	for _, w := range windows {
-		if ctx.Err() != nil {
+	for _, a := range order {
+		if ctx.Err() != nil || p.sends >= maxSendsPerPass {
 			break
 		}
-		id := Identifier(w)
-		c, ok := e.cfg.Consumer(w.Consumer)
-		var p *plan.Plan
-		if ok {
-			p, ok = e.cfg.Catalog().Get(c.Plan)
+		if err := p.account(ctx, a, consumers[a]); err != nil {
+			errs = append(errs, fmt.Errorf("account %s: %w", a, err))
 		}
-		if !ok {
-			unbillable++ // a consumer or plan that is gone: keep the usage
-			e.events.WithLabelValues("unbillable").Inc()
-			continue
-		}
-		bill, err := e.billable(ctx, running, c, p, &w)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		w.Billable = bill
-		if bill <= 0 {
-			// Nothing to invoice: done, without a call.
-			if err := e.cfg.Ledger.MarkExported(ctx, w); err != nil {
-				errs = append(errs, err)
-			}
-			e.events.WithLabelValues("zero").Inc()
-			continue
-		}
-		if c.StripeCustomerID == "" {
-			unbillable++
-			e.events.WithLabelValues("unbillable").Inc()
-			continue
-		}
-		if !e.due(id, now) || sends >= maxSendsPerPass {
-			continue
-		}
-		sends++
-		err = e.send(ctx, w, c.StripeCustomerID, id)
-		if err == nil {
-			err = e.cfg.Ledger.MarkExported(ctx, w)
-			if err == nil {
-				accepted++
-				e.events.WithLabelValues("accepted").Inc()
-				e.done(id)
-				continue
-			}
-			// Stripe has it; a retry sends the same identifier and is
-			// refused as a duplicate, which counts as accepted.
-		}
-		e.events.WithLabelValues("failed").Inc()
-		e.failed(id, now)
-		errs = append(errs, err)
 	}
+	unbillable += p.unbillable
 	e.unbilled.Set(float64(unbillable))
 	if unbillable > 0 {
 		e.cfg.Log.Warn("usage kept unexported: consumers without a Stripe customer id", zap.Int("windows", unbillable))
 	}
-	return accepted, errors.Join(errs...)
+	return p.accepted, errors.Join(errs...)
 }
 
-func (e *Exporter) send(ctx context.Context, w usage.Window, customer, id string) error {
+// pass is one export pass's state.
+type pass struct {
+	e                           *Exporter
+	now, cutoff                 time.Time
+	cat                         *plan.Catalog
+	sends, accepted, unbillable int
+}
+
+// account exports one account: an event in flight first, then what is
+// left to bill.
+func (p *pass) account(ctx context.Context, a Account, c *apikey.Consumer) error {
+	e := p.e
+	windows, err := p.closed(ctx, a)
+	if err != nil || len(windows) == 0 {
+		return err
+	}
+	key := a.String()
+	for i := range windows {
+		w := &windows[i]
+		if w.Pending <= 0 {
+			continue
+		}
+		// Sent before, or about to be, when the exporter stopped: the same
+		// identifier and value again.
+		if c.StripeCustomerID == "" || !e.due(key, p.now) {
+			p.unbillable++
+			return nil
+		}
+		p.sends++
+		// Accepted: only the event is recorded, and the bill is worked out
+		// again below. Refused for good: the windows with work are set
+		// aside, or they would be sent again and again.
+		sent, err := p.send(ctx, c, w, w.Pending, nil, dueOf(windows))
+		if !sent {
+			return err
+		}
+		if windows, err = p.closed(ctx, a); err != nil {
+			return err
+		}
+		break
+	}
+
+	st := StatementOf(a, windows, c, p.cat)
+	var work []usage.Window
+	corrective := true // every window with work was accounted before
+	// What the work windows' changes did to the bill.
+	change := st.Target - StatementOf(a, accountedView(windows), c, p.cat).Target
+	for _, w := range st.Windows {
+		if w.Due() {
+			work = append(work, w)
+			corrective = corrective && w.Exported
+		}
+	}
+	if len(work) == 0 && st.Target <= st.Billed {
+		return nil
+	}
+	if corrective && len(work) > 0 {
+		e.corrected.Add(float64(len(work)))
+	}
+	last := &st.Windows[len(st.Windows)-1]
+	value := st.Target - st.Billed
+	closed := p.now.After(a.Period.End.Add(e.cfg.CorrectionGrace))
+	if closed && corrective {
+		// The period's invoice is final: count what cannot be put right.
+		switch {
+		case change > 0:
+			e.uncorrectable.WithLabelValues("under").Add(float64(change))
+		case change < 0:
+			e.uncorrectable.WithLabelValues("over").Add(float64(-change))
+		}
+		e.cfg.Log.Warn("late settlement after the billing period closed", zap.String("account", key), zap.Int64("units", change))
+		return e.cfg.Ledger.Commit(ctx, *last, 0, work)
+	}
+	if value <= 0 {
+		// Nothing to bill now; units billed beyond what is owed (a late
+		// refund) are taken off the period's next event.
+		if err := e.cfg.Ledger.Commit(ctx, *last, 0, work); err != nil {
+			return err
+		}
+		e.events.WithLabelValues("zero").Add(float64(len(work)))
+		return nil
+	}
+	if c.StripeCustomerID == "" {
+		p.unbillable += len(work)
+		e.events.WithLabelValues("unbillable").Add(float64(len(work)))
+		return nil
+	}
+	if !e.due(key, p.now) {
+		return nil
+	}
+	if err := e.cfg.Ledger.Prepare(ctx, *last, value); err != nil {
+		return err
+	}
+	p.sends++
+	_, err = p.send(ctx, c, last, value, work, work)
+	return err
+}
+
+func dueOf(windows []usage.Window) []usage.Window {
+	var out []usage.Window
+	for _, w := range windows {
+		if w.Due() {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// accountedView is windows as they were last accounted: what the bill
+// was before the changes that made them due.
+func accountedView(windows []usage.Window) []usage.Window {
+	out := make([]usage.Window, len(windows))
+	for i, w := range windows {
+		if w.Exported || w.Rejected != "" {
+			w.Units = w.Accounted
+		} else {
+			w.Units = 0
+		}
+		w.Rejected = ""
+		out[i] = w
+	}
+	return out
+}
+
+// closed lists the account's closed windows, oldest first.
+func (p *pass) closed(ctx context.Context, a Account) ([]usage.Window, error) {
+	all, err := p.e.cfg.Ledger.Windows(ctx, a.Consumer, a.Period.Start, a.Period.End)
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0]
+	for _, w := range all {
+		if w.Meter == a.Meter && !w.End().After(p.cutoff) {
+			out = append(out, w)
+		}
+	}
+	return out, nil
+}
+
+// send sends the event w identifies with value and records the outcome:
+// accepted, the windows of work are accounted; refused for good, those of
+// aside are set aside. sent reports that Stripe has it.
+func (p *pass) send(ctx context.Context, c *apikey.Consumer, w *usage.Window, value int64, work, aside []usage.Window) (sent bool, err error) {
+	e := p.e
+	key := AccountOf(w, TermsOf(w, c, p.cat), c).String()
+	id := Identifier(*w, w.Events)
+	err = e.post(ctx, w, value, c.StripeCustomerID, id)
+	if reason, permanent := Permanent(err); permanent {
+		e.cfg.Log.Error("Stripe refused a meter event for good; the windows are set aside (levy billing reconcile shows them)",
+			zap.String("consumer", w.Consumer), zap.String("meter", w.Meter), zap.String("identifier", id),
+			zap.Int64("value", value), zap.String("reason", reason))
+		if err := e.cfg.Ledger.Reject(ctx, *w, reason, aside); err != nil {
+			return false, err
+		}
+		e.events.WithLabelValues("rejected").Add(float64(max(len(aside), 1)))
+		e.done(key)
+		return false, nil
+	}
+	if err != nil {
+		e.events.WithLabelValues("failed").Inc()
+		e.failed(key, p.now)
+		return false, err
+	}
+	if err := e.cfg.Ledger.Commit(ctx, *w, value, work); err != nil {
+		// Stripe has it and the ledger still says pending: the next pass
+		// sends the same identifier, is refused as a duplicate, and
+		// commits then.
+		return true, err
+	}
+	p.accepted++
+	e.events.WithLabelValues("accepted").Add(float64(max(len(work), 1)))
+	e.done(key)
+	return true, nil
+}
+
+func (e *Exporter) post(ctx context.Context, w *usage.Window, value int64, customer, id string) error {
 	params := &stripe.BillingMeterEventParams{
 		EventName: stripe.String(w.Meter),
 		Payload: map[string]string{
 			"stripe_customer_id": customer,
-			"value":              strconv.FormatInt(w.Billable, 10),
+			"value":              strconv.FormatInt(value, 10),
 		},
 		Identifier: stripe.String(id),
 		// Inside the window: its last second.
@@ -253,105 +524,76 @@ func (e *Exporter) send(ctx context.Context, w usage.Window, customer, id string
 	}
 	params.Context = ctx
 	_, err := e.stripe.BillingMeterEvents.New(params)
-	var serr *stripe.Error
-	if errors.As(err, &serr) && isDuplicate(serr) {
+	if IsDuplicate(err) {
 		return nil // an earlier attempt got through: already billed once
 	}
 	if err != nil {
 		return err
 	}
 	e.cfg.Log.Debug("meter event accepted", zap.String("consumer", w.Consumer), zap.String("meter", w.Meter),
-		zap.Time("window", w.Start), zap.Int64("value", w.Billable))
+		zap.Time("window", w.Start), zap.Int64("value", value), zap.String("identifier", id))
 	return nil
 }
 
-// periodKey names one consumer's billing period on one meter.
-type periodKey struct {
-	consumer, meter string
-	start           int64
+// IsDuplicate recognises Stripe's refusal of a meter event whose
+// identifier it already has: a 400 naming the identifier parameter, or
+// one whose message says the event already exists (Stripe's documented
+// answer), or the resource_already_exists code.
+func IsDuplicate(err error) bool {
+	var serr *stripe.Error
+	if !errors.As(err, &serr) || serr.HTTPStatusCode != http.StatusBadRequest && serr.HTTPStatusCode != http.StatusConflict {
+		return false
+	}
+	msg := strings.ToLower(serr.Msg)
+	return serr.Param == "identifier" || serr.Code == "resource_already_exists" ||
+		strings.Contains(msg, "already exists") && (strings.Contains(msg, "identifier") || strings.Contains(msg, "event"))
 }
 
-// billable works out a window's billable units: those beyond the plan's
-// included units in the billing period, given the units of the period's
-// earlier windows (read once per pass, then carried in running). Units are
-// settled by then, so a refund inside the included units frees them for
-// later requests.
-func (e *Exporter) billable(ctx context.Context, running map[periodKey]int64, c *apikey.Consumer, p *plan.Plan, w *usage.Window) (int64, error) {
-	t := termsOf(c, p)
-	if !t.billed || w.Meter != p.Meter {
-		return 0, nil
+// Permanent reports whether Stripe refused a request for a reason that
+// sending it again cannot fix (an invalid request: no such customer or
+// meter, a timestamp too old), and why. Rate limits, server errors,
+// network errors and authentication failures (an operator fixes the key,
+// not the window) are retried.
+func Permanent(err error) (reason string, permanent bool) {
+	var serr *stripe.Error
+	if !errors.As(err, &serr) {
+		return "", false
 	}
-	period := plan.PeriodAt(w.Start, t.unit, t.anchor)
-	k := periodKey{w.Consumer, w.Meter, period.Start.Unix()}
-	prior, ok := running[k]
-	if !ok {
-		earlier, err := e.cfg.Ledger.Windows(ctx, w.Consumer, period.Start, w.Start)
-		if err != nil {
-			return 0, err
+	switch serr.HTTPStatusCode {
+	case http.StatusBadRequest, http.StatusNotFound, http.StatusUnprocessableEntity:
+		reason = serr.Msg
+		if reason == "" {
+			reason = fmt.Sprintf("Stripe answered %d", serr.HTTPStatusCode)
 		}
-		for _, x := range earlier {
-			if x.Meter == w.Meter {
-				prior += x.Units
-			}
+		if serr.Param != "" {
+			reason += " (" + serr.Param + ")"
 		}
+		return reason, true
 	}
-	running[k] = prior + w.Units
-	return beyond(prior, w.Units, t.included), nil
+	return "", false
 }
 
-// terms say how a consumer's usage is billed.
-type terms struct {
-	billed   bool
-	included int64
-	unit     plan.Unit
-	anchor   time.Time
-}
-
-// termsOf: payg plans bill the units beyond their included units (the
-// soft quota's requests, or none); tiered plans only when their quota is
-// soft (they allow overage); freemium never. A plan without a meter bills
-// nothing.
-func termsOf(c *apikey.Consumer, p *plan.Plan) terms {
-	t := terms{unit: p.UsagePeriod(), anchor: c.PeriodAnchor}
-	soft := p.Quota != nil && p.Quota.Enforcement == plan.Soft
-	t.billed = p.Meter != "" && (p.Model == plan.PayG || p.Model == plan.Tiered && soft)
-	if p.Quota != nil {
-		t.included = p.Quota.Requests
-	}
-	return t
-}
-
-// beyond is how many of units go past included, after prior.
-func beyond(prior, units, included int64) int64 {
-	return max(prior+units-included, 0) - max(prior-included, 0)
-}
-
-// isDuplicate recognises Stripe's refusal of an identifier it already has.
-func isDuplicate(err *stripe.Error) bool {
-	return err.HTTPStatusCode == http.StatusBadRequest && err.Param == "identifier"
-}
-
-// due reports whether a window's next attempt may run now.
-func (e *Exporter) due(id string, now time.Time) bool {
+// due reports whether an account's next attempt may run now.
+func (e *Exporter) due(key string, now time.Time) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	r, ok := e.backoff[id]
+	r, ok := e.backoff[key]
 	return !ok || !now.Before(r.next)
 }
 
 // failed schedules the next attempt: 1s, 2s, 4s ... up to 5 minutes.
-func (e *Exporter) failed(id string, now time.Time) {
+func (e *Exporter) failed(key string, now time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	r := e.backoff[id]
+	r := e.backoff[key]
 	r.attempts++
 	wait := time.Second << min(r.attempts-1, 9)
 	r.next = now.Add(min(wait, 5*time.Minute))
-	e.backoff[id] = r
+	e.backoff[key] = r
 }
 
-func (e *Exporter) done(id string) {
+func (e *Exporter) done(key string) {
 	e.mu.Lock()
-	delete(e.backoff, id)
+	delete(e.backoff, key)
 	e.mu.Unlock()
 }

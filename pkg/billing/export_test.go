@@ -40,18 +40,46 @@ func (c *consumers) set(v *apikey.Consumer) {
 	c.m[v.ID] = v
 }
 
-// admit decides n requests of cost 1 for consumer, counting the ledger as
-// ext_authz does.
-func admit(t *testing.T, lim limiter.Limiter, consumer string, n int) {
+// admit decides n requests of cost 1 for consumer on its current plan,
+// counting the ledger as ext_authz does.
+func (r *rig) admit(t *testing.T, lim limiter.Limiter, consumer string, n int) {
 	t.Helper()
+	c, _ := r.people.get(consumer)
+	p, _ := r.catalog.Get(c.Plan)
 	for i := 0; i < n; i++ {
 		limits := []limiter.Limit{
-			{Kind: limiter.Ledger, Name: "ledger", Key: limiter.LedgerKey(consumer, "api_calls"), Cost: 1, WindowSize: time.Minute},
+			{Kind: limiter.Ledger, Name: "ledger", Key: usage.LedgerKey(consumer, usage.TermsOf(p)), Cost: 1, WindowSize: time.Minute},
 		}
 		if d, err := lim.Decide(context.Background(), limits); err != nil || !d.OK {
 			t.Fatalf("admit: %v %v", d.OK, err)
 		}
 	}
+}
+
+// settle applies access-log settlements of units (negative: refunds) to
+// consumer's requests admitted at `at` on its current plan.
+func (r *rig) settle(t *testing.T, ledger usage.Ledger, consumer string, at time.Time, units int64) {
+	t.Helper()
+	c, _ := r.people.get(consumer)
+	p, _ := r.catalog.Get(c.Plan)
+	a := usage.Adjustment{Consumer: consumer, Meter: p.Meter, Terms: usage.TermsOf(p), At: at, Units: units}
+	if units < 0 {
+		a.Refunded = -units
+	} else {
+		a.Reported = units
+	}
+	if err := ledger.Adjust(context.Background(), []usage.Adjustment{a}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func due(t *testing.T, ledger usage.Ledger, before time.Time) []usage.Window {
+	t.Helper()
+	ws, err := ledger.Due(context.Background(), before)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ws
 }
 
 // catalog: payg3 includes 3 units a month, payg0 none, pro is a tiered
@@ -130,24 +158,28 @@ func total(m map[string]int64) (sum int64) {
 	return sum
 }
 
-func TestExportSendsOneEventPerClosedWindowWithUnitsBeyondIncluded(t *testing.T) {
+func TestExportSendsEachAccountsUnitsBeyondIncluded(t *testing.T) {
 	r := newRig(t)
 	// acme: 7 requests in window 1 (3 included), 4 in window 2; beta: 2
 	// with nothing included.
-	admit(t, r.local, "acme", 7)
-	admit(t, r.local, "beta", 2)
+	r.admit(t, r.local, "acme", 7)
+	r.admit(t, r.local, "beta", 2)
 	r.clock.Advance(time.Minute)
-	admit(t, r.local, "acme", 4)
+	r.admit(t, r.local, "acme", 4)
 	e := r.exporter(t, r.local, nil, "a")
 
 	// Windows still inside the settle delay are not sent yet.
 	if n, err := e.ExportOnce(context.Background()); err != nil || n != 0 {
 		t.Fatalf("before the settle delay: %d %v", n, err)
 	}
+	r.clock.Advance(5 * time.Second) // window 1 settled, window 2 not yet
+	if n, err := e.ExportOnce(context.Background()); err != nil || n != 2 || total(sent(t, r.stripe)) != 4+2 {
+		t.Fatalf("window 1: %d events (%v): %v", n, err, sent(t, r.stripe))
+	}
 	r.clock.Advance(2 * time.Minute)
 	n, err := e.ExportOnce(context.Background())
-	if err != nil || n != 3 {
-		t.Fatalf("exported %d windows (%v), want 3", n, err)
+	if err != nil || n != 1 {
+		t.Fatalf("exported %d events (%v), want 1", n, err)
 	}
 	got := sent(t, r.stripe)
 	if len(got) != 3 || total(got) != 4+2+4 {
@@ -172,7 +204,7 @@ func TestExportSendsOneEventPerClosedWindowWithUnitsBeyondIncluded(t *testing.T)
 func TestStripeFailingThenRecoveringGivesTheSameTotalsAndNoDuplicates(t *testing.T) {
 	r := newRig(t)
 	for i := 0; i < 5; i++ { // five windows of 3 billable units each
-		admit(t, r.local, "beta", 3)
+		r.admit(t, r.local, "beta", 3)
 		r.clock.Advance(time.Minute)
 	}
 	r.clock.Advance(time.Minute)
@@ -190,10 +222,10 @@ func TestStripeFailingThenRecoveringGivesTheSameTotalsAndNoDuplicates(t *testing
 		e.ExportOnce(context.Background())
 	}
 	got := sent(t, r.stripe)
-	if len(got) != 5 || total(got) != 15 {
-		t.Fatalf("after recovery: %v, want 5 windows, 15 units", got)
+	if total(got) != 15 {
+		t.Fatalf("after recovery: %v, want 15 units", got)
 	}
-	if left, _ := r.local.Closed(context.Background(), r.clock.Now(), 0); len(left) != 0 {
+	if left := due(t, r.local, r.clock.Now()); len(left) != 0 {
 		t.Fatalf("windows left unexported: %+v", left)
 	}
 }
@@ -201,14 +233,14 @@ func TestStripeFailingThenRecoveringGivesTheSameTotalsAndNoDuplicates(t *testing
 func TestConsumerWithoutStripeCustomerIsKeptNotDropped(t *testing.T) {
 	r := newRig(t)
 	r.people.set(&apikey.Consumer{ID: "nocard", Plan: "payg0"})
-	admit(t, r.local, "nocard", 4)
+	r.admit(t, r.local, "nocard", 4)
 	r.clock.Advance(2 * time.Minute)
 	e := r.exporter(t, r.local, nil, "a")
 	e.ExportOnce(context.Background())
 	if len(r.stripe.Calls(meterPath)) != 0 {
 		t.Fatal("an event without a Stripe customer was sent")
 	}
-	if left, _ := r.local.Closed(context.Background(), r.clock.Now(), 0); len(left) != 1 || left[0].Units != 4 {
+	if left := due(t, r.local, r.clock.Now()); len(left) != 1 || left[0].Units != 4 {
 		t.Fatalf("the window was dropped: %+v", left)
 	}
 	r.people.set(&apikey.Consumer{ID: "nocard", Plan: "payg0", StripeCustomerID: "cus_late"})
@@ -226,7 +258,7 @@ func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
 	lim := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Clock: r.clock.Now, Timeout: 5 * time.Second})
 	ledger := limiter.NewRedisLedger(client, time.Minute)
 	for i := 0; i < 4; i++ {
-		admit(t, lim, "beta", 2)
+		r.admit(t, lim, "beta", 2)
 		r.clock.Advance(time.Minute)
 	}
 	r.clock.Advance(time.Minute)
@@ -248,13 +280,13 @@ func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n := len(r.stripe.Calls(meterPath)); n != 4 {
-		t.Fatalf("%d meter event calls for 4 windows: two exporters ran", n)
+	if n := len(r.stripe.Calls(meterPath)); n != len(sent(t, r.stripe)) {
+		t.Fatalf("%d meter event calls for %d events: two exporters ran", n, len(sent(t, r.stripe)))
 	}
 	stopA()
 	<-doneA
 	// The next windows go out through b.
-	admit(t, lim, "beta", 5)
+	r.admit(t, lim, "beta", 5)
 	r.clock.Advance(2 * time.Minute)
 	deadline = time.Now().Add(10 * time.Second)
 	for total(sent(t, r.stripe)) < 13 {
@@ -265,45 +297,49 @@ func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
 	}
 }
 
-// forgetful loses the first MarkExported, as a replica killed between
-// Stripe's answer and marking the window would.
+// forgetful loses the first Commit, as a replica killed between Stripe's
+// answer and recording it would.
 type forgetful struct {
 	usage.Ledger
 	mu     sync.Mutex
 	forgot bool
 }
 
-func (f *forgetful) MarkExported(ctx context.Context, w usage.Window) error {
+func (f *forgetful) Commit(ctx context.Context, w usage.Window, value int64, accounted []usage.Window) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.forgot {
 		f.forgot = true
 		return context.DeadlineExceeded
 	}
-	return f.Ledger.MarkExported(ctx, w)
+	return f.Ledger.Commit(ctx, w, value, accounted)
 }
 
-// Stripe accepted a window but the replica never marked it: the next
-// attempt sends the same identifier, Stripe refuses it as a duplicate, and
-// the window counts as exported: billed once.
-func TestAcceptedButUnmarkedWindowIsNotBilledTwice(t *testing.T) {
+// Stripe accepted an event but the replica never recorded it: the next
+// attempt sends the same identifier and value, Stripe refuses it as a
+// duplicate, and it counts as accepted: billed once, even though more
+// units arrived in between.
+func TestAcceptedButUnrecordedEventIsNotBilledTwice(t *testing.T) {
 	r := newRig(t)
-	admit(t, r.local, "beta", 6)
+	start := r.clock.Now()
+	r.admit(t, r.local, "beta", 6)
 	r.clock.Advance(2 * time.Minute)
 	e := r.exporter(t, &forgetful{Ledger: r.local}, nil, "a")
 	if _, err := e.ExportOnce(context.Background()); err == nil {
-		t.Fatal("the lost mark was not reported")
+		t.Fatal("the lost commit was not reported")
 	}
+	r.settle(t, r.local, "beta", start, 3) // a late log: the upstream reported more
 	r.clock.Advance(time.Minute)
 	if _, err := e.ExportOnce(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	calls := r.stripe.Calls(meterPath)
-	if len(calls) != 2 || calls[1].Status != 400 || total(sent(t, r.stripe)) != 6 {
+	if len(calls) != 3 || calls[1].Status != 400 || calls[1].Form.Get("identifier") != calls[0].Form.Get("identifier") ||
+		calls[1].Form.Get("payload[value]") != "6" || total(sent(t, r.stripe)) != 9 {
 		t.Fatalf("calls %+v", calls)
 	}
-	if left, _ := r.local.Closed(context.Background(), r.clock.Now(), 0); len(left) != 0 {
-		t.Fatalf("window still unexported: %+v", left)
+	if left := due(t, r.local, r.clock.Now()); len(left) != 0 {
+		t.Fatalf("window still due: %+v", left)
 	}
 }
 
@@ -313,14 +349,13 @@ func TestAcceptedButUnmarkedWindowIsNotBilledTwice(t *testing.T) {
 func TestBillableUnitsFollowSettlementAcrossWindows(t *testing.T) {
 	r := newRig(t)
 	start := r.clock.Now()
-	admit(t, r.local, "acme", 4) // payg3: 3 included
-	if err := r.local.Adjust(context.Background(), []usage.Adjustment{{Consumer: "acme", Meter: "api_calls", At: start, Units: -2}}); err != nil {
-		t.Fatal(err) // two 5xx refunded: 2 units settled in window 1
-	}
+	r.admit(t, r.local, "acme", 4) // payg3: 3 included
+	r.settle(t, r.local, "acme", start, -2) // two 5xx refunded: 2 units settled in window 1
 	r.clock.Advance(time.Minute)
-	admit(t, r.local, "acme", 3) // 5 settled so far: 2 beyond the 3 included
+	r.admit(t, r.local, "acme", 3) // 5 settled so far: 2 beyond the 3 included
 	r.people.set(&apikey.Consumer{ID: "tier", Plan: "pro", StripeCustomerID: "cus_tier"})
-	admit(t, r.local, "tier", 50)
+	r.admit(t, r.local, "tier", 50)
+	r.clock.Advance(time.Minute) // acme's two windows go in one event
 	r.clock.Advance(2 * time.Minute)
 	e := r.exporter(t, r.local, nil, "a")
 	if _, err := e.ExportOnce(context.Background()); err != nil {
@@ -331,7 +366,7 @@ func TestBillableUnitsFollowSettlementAcrossWindows(t *testing.T) {
 		t.Fatalf("events %v: want one event of 2 units (acme's second window); nothing for the tiered plan", got)
 	}
 	payg3, _ := r.catalog.Get("payg3")
-	rep, err := billing.Report(context.Background(), r.local, r.local, &apikey.Consumer{ID: "acme", Plan: "payg3"}, payg3)
+	rep, err := billing.Report(context.Background(), r.local, r.local, &apikey.Consumer{ID: "acme", Plan: "payg3"}, payg3, r.catalog)
 	if err != nil || rep.Settled != 5 || rep.Billable != 2 || rep.Exported != 2 || rep.Overage != 2 {
 		t.Fatalf("report %+v %v", rep, err)
 	}
@@ -343,10 +378,10 @@ func TestWaitingWindowsDoNotBlockOthers(t *testing.T) {
 	r := newRig(t)
 	r.people.set(&apikey.Consumer{ID: "nocard", Plan: "payg0"})
 	for i := 0; i < 1200; i++ { // more waiting windows than one page used to hold
-		admit(t, r.local, "nocard", 1)
+		r.admit(t, r.local, "nocard", 1)
 		r.clock.Advance(time.Minute)
 	}
-	admit(t, r.local, "beta", 2)
+	r.admit(t, r.local, "beta", 2)
 	r.clock.Advance(2 * time.Minute)
 	e := r.exporter(t, r.local, nil, "a")
 	if n, _ := e.ExportOnce(context.Background()); n != 1 || total(sent(t, r.stripe)) != 2 {

@@ -31,11 +31,13 @@ type UsageReport struct {
 	Billable int64 `json:"billable"`
 	Exported int64 `json:"exported"`
 	Pending  int64 `json:"pending"`
+	// Windows are the period's ledger windows (levy usage --windows).
+	Windows []WindowReport `json:"windows,omitempty"`
 }
 
 // Report reads a consumer's current period from the limiter (without
 // counting anything) and the ledger.
-func Report(ctx context.Context, lim limiter.Limiter, ledger usage.Ledger, c *apikey.Consumer, p *plan.Plan) (UsageReport, error) {
+func Report(ctx context.Context, lim limiter.Limiter, ledger usage.Ledger, c *apikey.Consumer, p *plan.Plan, cat *plan.Catalog) (UsageReport, error) {
 	limits := authz.Limits(c, p, 0, 0)
 	units := limits[len(limits)-1] // the quota or usage counter
 	d, err := lim.Decide(ctx, []limiter.Limit{units})
@@ -56,26 +58,69 @@ func Report(ctx context.Context, lim limiter.Limiter, ledger usage.Ledger, c *ap
 	if err != nil {
 		return UsageReport{}, err
 	}
-	t := termsOf(c, p)
-	var prior int64
+	// Every meter the consumer's usage in the period went to: a plan
+	// change may have moved it.
+	accounts := map[string][]usage.Window{}
+	var meters []string
 	for _, w := range windows {
-		if w.Meter != p.Meter {
-			continue
+		if _, ok := accounts[w.Meter]; !ok {
+			meters = append(meters, w.Meter)
 		}
-		var bill int64
-		if t.billed {
-			bill = beyond(prior, w.Units, t.included)
+		accounts[w.Meter] = append(accounts[w.Meter], w)
+	}
+	for _, m := range meters {
+		st := StatementOf(Account{Consumer: c.ID, Meter: m, Period: period}, accounts[m], c, cat)
+		r.Billable += st.Target
+		r.Exported += st.Billed
+		for _, w := range st.Windows {
+			r.Settled += w.Units
 		}
-		prior += w.Units
-		r.Settled += w.Units
-		r.Billable += bill
-		if w.Exported {
-			r.Exported += bill
+		for _, w := range st.Windows {
+			r.Windows = append(r.Windows, reportWindow(w))
 		}
 	}
-	r.Pending = r.Billable - r.Exported
-	if t.billed {
+	r.Pending = max(r.Billable-r.Exported, 0)
+	if t := usage.TermsOf(p); t.Billed {
 		r.Overage = max(r.Settled-r.Included, 0)
 	}
 	return r, nil
+}
+
+// WindowReport is one ledger window as levy usage --windows shows it.
+type WindowReport struct {
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	Plan  string    `json:"plan,omitempty"` // the plan its units were admitted under
+	Meter string    `json:"meter"`
+	// Admitted is what admission counted; Refunded and Reported what
+	// settlement took off and added; Units the result.
+	Admitted int64 `json:"admitted"`
+	Refunded int64 `json:"refunded"`
+	Reported int64 `json:"reported"`
+	Units    int64 `json:"units"`
+	// Billable is the window's part of the period's bill; Billed the value
+	// of the meter events it identifies (an event carries its period's
+	// units not billed before); Identifiers those events' identifiers.
+	Billable    int64    `json:"billable"`
+	Billed      int64    `json:"billed"`
+	Exported    bool     `json:"exported"`
+	Identifiers []string `json:"identifiers,omitempty"`
+	// Pending is an event's value sent and not yet confirmed; Rejected why
+	// Stripe refused the window for good.
+	Pending  int64  `json:"pending,omitempty"`
+	Rejected string `json:"rejected,omitempty"`
+}
+
+func reportWindow(w usage.Window) WindowReport {
+	r := WindowReport{Start: w.Start, End: w.End(), Plan: w.Terms.Plan, Meter: w.Meter,
+		Admitted: w.Units - w.Reported + w.Refunded, Refunded: w.Refunded, Reported: w.Reported, Units: w.Units,
+		Billable: w.Billable, Billed: w.Billed, Exported: w.Exported, Pending: w.Pending, Rejected: w.Rejected}
+	n := w.Events
+	if w.Pending > 0 {
+		n++
+	}
+	for i := range n {
+		r.Identifiers = append(r.Identifiers, Identifier(w, i))
+	}
+	return r
 }

@@ -1,9 +1,39 @@
--- Settle one ledger window: add (possibly negative) units, never below
--- zero, only to a window that admission counted.
--- KEYS[1]: the ledger (index of unexported windows); ARGV: start, units.
+-- Settle one ledger window: apply each settled request once (across every
+-- replica sharing this Redis), never below zero, only to a window that
+-- admission counted. A window already accounted to Stripe goes back into
+-- the index of windows with work: its change is a correction.
+-- KEYS[1]: the ledger (index of windows with export work).
+-- ARGV: start, seen_ttl_s, then pairs of fingerprint ("" for a request
+-- without one: always applied) and units (negative: a refund).
+-- Returns -1 when admission never counted the window, else 1.
 local w = KEYS[1] .. ":" .. ARGV[1]
-if redis.call("EXISTS", w) == 0 then return 0 end
-local u = tonumber(redis.call("HGET", w, "u") or "0") + tonumber(ARGV[2])
+if redis.call("EXISTS", w) == 0 then return -1 end
+local seen = w .. ":seen"
+local refunded, reported, used = 0, 0, false
+for i = 3, #ARGV, 2 do
+  local fp, n = ARGV[i], tonumber(ARGV[i + 1])
+  local new = true
+  if fp ~= "" then
+    used = true
+    new = redis.call("SADD", seen, fp) == 1
+  end
+  if new then
+    if n < 0 then refunded = refunded - n else reported = reported + n end
+  end
+end
+if used then redis.call("EXPIRE", seen, ARGV[2]) end
+if refunded == 0 and reported == 0 then return 1 end
+local before = tonumber(redis.call("HGET", w, "u") or "0")
+local u = before + reported - refunded
 if u < 0 then u = 0 end
-redis.call("HSET", w, "u", u)
+redis.call("HSET", w, "u", string.format("%d", u))
+if refunded ~= 0 then redis.call("HINCRBY", w, "r", refunded) end
+if reported ~= 0 then redis.call("HINCRBY", w, "x", reported) end
+if redis.call("HGET", w, "e") == "1" then
+  if redis.call("HEXISTS", w, "a") == 0 then
+    -- exported before levy kept "a": it was accounted as it stood
+    redis.call("HSET", w, "a", string.format("%d", before))
+  end
+  redis.call("ZADD", KEYS[1], ARGV[1], ARGV[1])
+end
 return 1

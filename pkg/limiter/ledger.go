@@ -9,40 +9,29 @@ import (
 	"github.com/levyhq/levy/pkg/usage"
 )
 
-// LedgerKey is the state key of a consumer's usage ledger on one meter:
-// hash-tagged by consumer like the consumer's limits, so that admission
-// counts the ledger in the same atomic store call.
-func LedgerKey(consumer, meter string) string {
-	return "{c:" + consumer + "}:ledger:" + meter
-}
-
-// parseLedgerKey splits a LedgerKey.
-func parseLedgerKey(key string) (consumer, meter string, ok bool) {
-	rest, found := strings.CutPrefix(key, "{c:")
-	if !found {
-		return "", "", false
-	}
-	i := strings.Index(rest, "}:ledger:")
-	if i < 0 {
-		return "", "", false
-	}
-	return rest[:i], rest[i+len("}:ledger:"):], true
-}
-
 var _ usage.Ledger = (*Local)(nil)
 
-// Adjust implements usage.Ledger.
+// Adjust implements usage.Ledger. One process holds the local ledger, so
+// the Receiver's own de-duplication is all there is to do: Requests are
+// not looked at.
 func (l *Local) Adjust(_ context.Context, adjs []usage.Adjustment) error {
-	for _, a := range adjs {
-		key := LedgerKey(a.Consumer, a.Meter)
+	for i := range adjs {
+		a := &adjs[i]
+		key := a.LedgerKeyOf()
 		sh := l.shardFor(key)
 		sh.mu.Lock()
 		// A settlement for a window never counted has nothing to adjust.
 		if size := sh.ledgerSize[key]; size > 0 {
-			id := counterID{key, a.At.Truncate(size).Unix()}
-			if e, ok := sh.ledger[id]; ok {
-				e.Units = max(e.Units+a.Units, 0)
-				sh.ledgerDirty[id] = struct{}{}
+			id := counterID{key, a.WindowStart(size).Unix()}
+			if e, ok := sh.ledger[id]; ok && (a.Refunded != 0 || a.Reported != 0 || a.Units != 0) {
+				refunded, reported := a.Refunded, a.Reported
+				if refunded == 0 && reported == 0 {
+					refunded, reported = max(-a.Units, 0), max(a.Units, 0)
+				}
+				e.Units = max(e.Units+reported-refunded, 0)
+				e.Refunded += refunded
+				e.Reported += reported
+				l.markLedgerDirty(sh, id)
 			}
 		}
 		sh.mu.Unlock()
@@ -50,46 +39,30 @@ func (l *Local) Adjust(_ context.Context, adjs []usage.Adjustment) error {
 	return nil
 }
 
-// Closed implements usage.Ledger.
-func (l *Local) Closed(_ context.Context, before time.Time, maxWindows int) ([]usage.Window, error) {
+// Due implements usage.Ledger.
+func (l *Local) Due(_ context.Context, before time.Time) ([]usage.Window, error) {
 	var out []usage.Window
 	for i := range l.shards {
 		sh := &l.shards[i]
 		sh.mu.Lock()
 		for id, e := range sh.ledger {
 			start := time.Unix(id.start, 0).UTC()
-			if e.Exported || start.Add(e.Size).After(before) {
+			if start.Add(e.Size).After(before) {
 				continue
 			}
-			if w, ok := window(id, e); ok {
+			if w, ok := window(id, e); ok && w.Due() {
 				out = append(out, w)
 			}
 		}
 		sh.mu.Unlock()
 	}
 	sortWindows(out)
-	if maxWindows > 0 && len(out) > maxWindows {
-		out = out[:maxWindows]
-	}
 	return out, nil
-}
-
-// MarkExported implements usage.Ledger.
-func (l *Local) MarkExported(_ context.Context, w usage.Window) error {
-	id := counterID{LedgerKey(w.Consumer, w.Meter), w.Start.Unix()}
-	sh := l.shardFor(id.key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if e, ok := sh.ledger[id]; ok {
-		e.Exported = true
-		sh.ledgerDirty[id] = struct{}{}
-	}
-	return nil
 }
 
 // Windows implements usage.Ledger.
 func (l *Local) Windows(_ context.Context, consumer string, from, to time.Time) ([]usage.Window, error) {
-	prefix := "{c:" + consumer + "}:ledger:"
+	prefix := usage.LedgerPrefix(consumer)
 	sh := l.shardFor(prefix)
 	sh.mu.Lock()
 	var out []usage.Window
@@ -107,13 +80,71 @@ func (l *Local) Windows(_ context.Context, consumer string, from, to time.Time) 
 	return out, nil
 }
 
+// Prepare implements usage.Ledger.
+func (l *Local) Prepare(_ context.Context, w usage.Window, value int64) error {
+	id := counterID{w.Key, w.Start.Unix()}
+	sh := l.shardFor(id.key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e, ok := sh.ledger[id]; ok {
+		e.Pending = value
+		l.markLedgerDirty(sh, id)
+	}
+	return nil
+}
+
+// Commit implements usage.Ledger. Every window of one consumer is in one
+// shard (the consumer's hash tag), so one lock makes it atomic.
+func (l *Local) Commit(_ context.Context, w usage.Window, value int64, accounted []usage.Window) error {
+	return l.settleAccount(w, accounted, func(k *LedgerEntry) {
+		if value > 0 {
+			k.Billed += value
+			k.Events++
+		}
+	}, "")
+}
+
+// Reject implements usage.Ledger.
+func (l *Local) Reject(_ context.Context, w usage.Window, reason string, accounted []usage.Window) error {
+	return l.settleAccount(w, accounted, func(*LedgerEntry) {}, reason)
+}
+
+func (l *Local) settleAccount(w usage.Window, accounted []usage.Window, apply func(*LedgerEntry), rejected string) error {
+	kid := counterID{w.Key, w.Start.Unix()}
+	sh := l.shardFor(kid.key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if k, ok := sh.ledger[kid]; ok {
+		apply(k)
+		k.Pending = 0
+		l.markLedgerDirty(sh, kid)
+	}
+	for _, a := range accounted {
+		id := counterID{a.Key, a.Start.Unix()}
+		e, ok := sh.ledger[id]
+		if !ok {
+			continue
+		}
+		if rejected != "" {
+			e.Rejected = rejected // and Accounted stays what Stripe has
+		} else {
+			e.Exported, e.Accounted = true, a.Units
+		}
+		l.markLedgerDirty(sh, id)
+	}
+	return nil
+}
+
 func window(id counterID, e *LedgerEntry) (usage.Window, bool) {
-	consumer, meter, ok := parseLedgerKey(id.key)
+	consumer, terms, ok := usage.ParseLedgerKey(id.key)
 	if !ok {
 		return usage.Window{}, false
 	}
-	return usage.Window{Consumer: consumer, Meter: meter, Start: time.Unix(id.start, 0).UTC(), Size: e.Size,
-		Units: e.Units, Exported: e.Exported}, true
+	return usage.Window{Consumer: consumer, Meter: terms.Meter, Terms: terms, Key: id.key,
+		Start: time.Unix(id.start, 0).UTC(), Size: e.Size,
+		Units: e.Units, Refunded: e.Refunded, Reported: e.Reported,
+		Exported: e.Exported, Accounted: e.Accounted, Billed: e.Billed, Events: e.Events,
+		Pending: e.Pending, Rejected: e.Rejected}, true
 }
 
 func sortWindows(ws []usage.Window) {
@@ -122,9 +153,11 @@ func sortWindows(ws []usage.Window) {
 		if !a.Start.Equal(b.Start) {
 			return a.Start.Before(b.Start)
 		}
-		if a.Consumer != b.Consumer {
-			return a.Consumer < b.Consumer
-		}
-		return a.Meter < b.Meter
+		return a.Key < b.Key
 	})
+}
+
+// due is usage.Window.Due for an entry.
+func (e *LedgerEntry) due() bool {
+	return e.Rejected == "" && (!e.Exported || e.Units != e.Accounted || e.Pending > 0)
 }

@@ -22,11 +22,19 @@ type Counter struct {
 	End   time.Time
 }
 
-// LedgerEntry is one usage ledger window as the local store keeps it.
+// LedgerEntry is one usage ledger window as the local store keeps it; the
+// fields are usage.Window's.
 type LedgerEntry struct {
 	Units    int64
 	Size     time.Duration
 	Exported bool
+
+	Refunded, Reported int64  `json:",omitempty"`
+	Accounted          int64  `json:",omitempty"`
+	Billed             int64  `json:",omitempty"`
+	Events             int    `json:",omitempty"`
+	Pending            int64  `json:",omitempty"`
+	Rejected           string `json:",omitempty"`
 }
 
 // CounterStore persists quota counters and the usage ledger for the local
@@ -138,6 +146,11 @@ func NewLocal(cfg LocalConfig) (*Local, error) {
 				continue
 			}
 			e := e
+			if e.Exported && e.Accounted == 0 && e.Events == 0 && e.Billed == 0 {
+				// Written before levy kept Accounted: it was exported as
+				// it stands.
+				e.Accounted = e.Units
+			}
 			sh := l.shardFor(id.key)
 			sh.ledger[id] = &e
 			sh.ledgerSize[id.key] = e.Size
@@ -211,7 +224,7 @@ func (l *Local) Flush() error {
 			ledgerWritten = append(ledgerWritten, id)
 		}
 		for id, e := range s.ledger {
-			if e.Exported && id.start < ledgerExpired {
+			if e.Exported && !e.due() && id.start < ledgerExpired {
 				delete(s.ledger, id)
 				ledgerDel = append(ledgerDel, id.String())
 			}
@@ -259,6 +272,11 @@ func (l *Local) prune() {
 		}
 		s.mu.Unlock()
 	}
+}
+
+// markLedgerDirty records that a ledger window changed; sh.mu is held.
+func (l *Local) markLedgerDirty(sh *shard, id counterID) {
+	sh.ledgerDirty[id] = struct{}{}
 }
 
 // redirty marks ids dirty again so that the next flush retries them.

@@ -34,7 +34,7 @@ func TestLedgerOnLocal(t *testing.T) {
 	limitertest.RunLedger(t, func(t *testing.T, clock *limitertest.Clock) (limiter.Limiter, usage.Ledger) {
 		l := newLocal(t, clock).(*limiter.Local)
 		return l, l
-	})
+	}, false)
 }
 
 // A restart keeps quota counters: they are in the file database.

@@ -47,7 +47,7 @@ func TestRedisCluster(t *testing.T) {
 			client.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error { return m.FlushAll(ctx).Err() })
 			return limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Cluster: true, Clock: clock.Now, Timeout: 5 * time.Second}),
 				limiter.NewRedisLedger(client, time.Minute)
-		})
+		}, true)
 	})
 }
 
@@ -414,7 +414,7 @@ func TestFallbackEnforcesShareAndReconcilesUsage(t *testing.T) {
 	limits := []limiter.Limit{
 		{Kind: limiter.Bucket, Name: "rate", Key: "{c:f}:rate", Cost: 1, Requests: 40, Per: time.Hour},
 		{Kind: limiter.Quota, Name: "quota", Key: "{c:f}:quota", Cost: 2, Max: 1000, Unit: plan.Month},
-		{Kind: limiter.Ledger, Name: "ledger", Key: limiter.LedgerKey("f", "api_calls"), Cost: 2, WindowSize: time.Minute},
+		{Kind: limiter.Ledger, Name: "ledger", Key: usage.LedgerKey("f", usage.Terms{Meter: "api_calls"}), Cost: 2, WindowSize: time.Minute},
 	}
 	if d, err := f.Decide(ctx, limits); err != nil || !d.OK {
 		t.Fatalf("with Redis up: %v %v", d.OK, err)
@@ -471,5 +471,5 @@ func TestLedgerOnRedis(t *testing.T) {
 		client.FlushAll(context.Background())
 		return limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Clock: clock.Now, Timeout: 5 * time.Second}),
 			limiter.NewRedisLedger(client, time.Minute)
-	})
+	}, true)
 }

@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -20,34 +21,93 @@ var adjustLua string
 //go:embed add.lua
 var addLua string
 
+//go:embed commit.lua
+var commitLua string
+
 // RedisLedger is the usage ledger in Redis. Admission writes it inside the
-// decision script; this type settles, lists and marks windows. A
-// consumer's meter has a sorted set of unexported window starts (the
-// LedgerKey), another of exported ones (":done"), and a hash per window
-// (":<start>": u units, z size, e exported).
+// decision script; this type settles, lists and accounts windows. A
+// ledger key (usage.LedgerKey: a consumer under one set of billing terms)
+// has a sorted set of the window starts with export work (the key
+// itself), another of the windows accounted (":done"), a hash per window
+// (":<start>": u units, z size, r refunded, x reported, e exported, a
+// accounted, b billed, n events, p pending, j rejected) and a set of the
+// requests settled in it (":<start>:seen").
 type RedisLedger struct {
 	client redis.UniversalClient
-	// Window is the ledger window (billing.window): settlements find their
-	// window with it.
+	// Window is the ledger window (billing.window): settlements without
+	// their window find it with it.
 	Window time.Duration
-	adjust *redis.Script
-	add    *redis.Script
+	// SeenTTL is how long a settled request is remembered across
+	// replicas, after the last settlement of its window (default 10m).
+	SeenTTL time.Duration
+	adjust  *redis.Script
+	add     *redis.Script
+	commit  *redis.Script
 }
 
 var _ usage.Ledger = (*RedisLedger)(nil)
 
 // NewRedisLedger returns the ledger on client.
 func NewRedisLedger(client redis.UniversalClient, window time.Duration) *RedisLedger {
-	return &RedisLedger{client: client, Window: window, adjust: redis.NewScript(adjustLua), add: redis.NewScript(addLua)}
+	return &RedisLedger{client: client, Window: window, SeenTTL: 10 * time.Minute,
+		adjust: redis.NewScript(adjustLua), add: redis.NewScript(addLua), commit: redis.NewScript(commitLua)}
 }
 
-// Adjust implements usage.Ledger.
+// adjustChunk bounds the requests one adjust script call takes, so that no
+// single call holds Redis for long; each request is de-duplicated on its
+// own, so splitting an adjustment is safe.
+const adjustChunk = 256
+
+// adjustCall is one adjust script call: an adjustment, or a part of one.
+type adjustCall struct {
+	adj  int // index in the adjustments
+	key  string
+	args []any
+}
+
+func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
+	ttl := int64(max(r.SeenTTL, time.Second) / time.Second)
+	var calls []adjustCall
+	for i := range adjs {
+		a := &adjs[i]
+		key := a.LedgerKeyOf()
+		start := a.WindowStart(r.Window).Unix()
+		head := []any{start, ttl}
+		reqs := a.Requests
+		if len(reqs) == 0 {
+			args := head
+			if a.Refunded != 0 || a.Reported != 0 {
+				args = append(args, "", -a.Refunded, "", a.Reported)
+			} else {
+				args = append(args, "", a.Units)
+			}
+			calls = append(calls, adjustCall{i, key, args})
+			continue
+		}
+		for len(reqs) > 0 {
+			n := min(len(reqs), adjustChunk)
+			args := append(make([]any, 0, 2+2*n), head...)
+			for _, s := range reqs[:n] {
+				fp := ""
+				if s.ID != (usage.Fingerprint{}) {
+					fp = string(s.ID[:])
+				}
+				args = append(args, fp, s.Units)
+			}
+			calls = append(calls, adjustCall{i, key, args})
+			reqs = reqs[n:]
+		}
+	}
+	return calls
+}
+
+// Adjust implements usage.Ledger: one pipeline of script calls, each
+// request applied once across replicas.
 func (r *RedisLedger) Adjust(ctx context.Context, adjs []usage.Adjustment) error {
-	size := int64(r.Window / time.Second)
+	calls := r.adjustCalls(adjs)
 	pipe := r.client.Pipeline()
-	for _, a := range adjs {
-		start := a.At.Unix() / size * size
-		r.adjust.Run(ctx, pipe, []string{LedgerKey(a.Consumer, a.Meter)}, start, a.Units)
+	for _, c := range calls {
+		r.adjust.Run(ctx, pipe, []string{c.key}, c.args...)
 	}
 	cmds, err := pipe.Exec(ctx)
 	if err == nil {
@@ -55,21 +115,27 @@ func (r *RedisLedger) Adjust(ctx context.Context, adjs []usage.Adjustment) error
 	}
 	// Some commands failed (NOSCRIPT on a node that restarted, a broken
 	// connection): try each of those once more on its own; the others are
-	// applied and must not be again.
-	var failed []usage.Adjustment
+	// applied and must not be again. A retried call that did get through
+	// the first time is harmless: its requests are remembered.
+	failed := map[int]bool{}
 	var last error
 	for i, c := range cmds {
 		if c.Err() == nil {
 			continue
 		}
-		a := adjs[i]
-		start := a.At.Unix() / size * size
-		if err := r.adjust.Run(ctx, r.client, []string{LedgerKey(a.Consumer, a.Meter)}, start, a.Units).Err(); err != nil {
-			failed, last = append(failed, a), err
+		call := calls[i]
+		if err := r.adjust.Run(ctx, r.client, []string{call.key}, call.args...).Err(); err != nil {
+			failed[call.adj], last = true, err
 		}
 	}
 	if len(failed) > 0 {
-		return &usage.PartialError{Failed: failed, Err: fmt.Errorf("redis ledger adjust: %w", last)}
+		var out []usage.Adjustment
+		for i := range adjs {
+			if failed[i] {
+				out = append(out, adjs[i])
+			}
+		}
+		return &usage.PartialError{Failed: out, Err: fmt.Errorf("redis ledger adjust: %w", last)}
 	}
 	return nil
 }
@@ -89,7 +155,7 @@ func (r *RedisLedger) AddUnits(ctx context.Context, key string, start time.Time,
 	}
 }
 
-// scanLedgers lists the ledger index keys matching pattern on every master.
+// scanLedgers lists the ledger keys matching pattern on every master.
 func (r *RedisLedger) scanLedgers(ctx context.Context, pattern string) ([]string, error) {
 	var mu sync.Mutex
 	seen := map[string]bool{}
@@ -97,9 +163,9 @@ func (r *RedisLedger) scanLedgers(ctx context.Context, pattern string) ([]string
 	scan := func(ctx context.Context, c *redis.Client) error {
 		it := c.ScanType(ctx, 0, pattern, 1000, "zset").Iterator()
 		for it.Next(ctx) {
-			// A ledger whose windows are all exported has only ":done".
+			// A ledger whose windows are all accounted has only ":done".
 			k := strings.TrimSuffix(it.Val(), ":done")
-			if _, _, ok := parseLedgerKey(k); ok {
+			if _, _, ok := usage.ParseLedgerKey(k); ok {
 				mu.Lock()
 				if !seen[k] {
 					seen[k] = true
@@ -125,8 +191,8 @@ func (r *RedisLedger) scanLedgers(ctx context.Context, pattern string) ([]string
 	return keys, nil
 }
 
-// Closed implements usage.Ledger.
-func (r *RedisLedger) Closed(ctx context.Context, before time.Time, maxWindows int) ([]usage.Window, error) {
+// Due implements usage.Ledger.
+func (r *RedisLedger) Due(ctx context.Context, before time.Time) ([]usage.Window, error) {
 	keys, err := r.scanLedgers(ctx, "{c:*}:ledger:*")
 	if err != nil {
 		return nil, err
@@ -139,77 +205,142 @@ func (r *RedisLedger) Closed(ctx context.Context, before time.Time, maxWindows i
 		if err != nil {
 			return nil, fmt.Errorf("redis ledger: %w", err)
 		}
-		for _, s := range starts {
-			w, ok, err := r.read(ctx, key, s)
-			if err != nil {
-				return nil, err
-			}
-			if ok && !w.Exported && !w.End().After(before) {
+		ws, err := r.read(ctx, key, starts)
+		if err != nil {
+			return nil, err
+		}
+		for _, w := range ws {
+			if w.Due() && !w.End().After(before) {
 				out = append(out, w)
 			}
 		}
 	}
 	sortWindows(out)
-	if maxWindows > 0 && len(out) > maxWindows {
-		out = out[:maxWindows]
+	return out, nil
+}
+
+var windowFields = []string{"u", "z", "r", "x", "e", "a", "b", "n", "p", "j"}
+
+// read reads the windows of key that start at starts; windows that are
+// gone are left out.
+func (r *RedisLedger) read(ctx context.Context, key string, starts []string) ([]usage.Window, error) {
+	if len(starts) == 0 {
+		return nil, nil
+	}
+	consumer, terms, ok := usage.ParseLedgerKey(key)
+	if !ok {
+		return nil, nil
+	}
+	pipe := r.client.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(starts))
+	for i, s := range starts {
+		cmds[i] = pipe.HMGet(ctx, key+":"+s, windowFields...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("redis ledger: %w", err)
+	}
+	out := make([]usage.Window, 0, len(starts))
+	for i, s := range starts {
+		vals := cmds[i].Val()
+		if len(vals) != len(windowFields) || vals[0] == nil && vals[1] == nil {
+			continue // expired
+		}
+		f := func(j int) string { v, _ := vals[j].(string); return v }
+		n := func(j int) int64 { v, _ := strconv.ParseInt(f(j), 10, 64); return v }
+		start, _ := strconv.ParseInt(s, 10, 64)
+		w := usage.Window{Consumer: consumer, Meter: terms.Meter, Terms: terms, Key: key,
+			Start: time.Unix(start, 0).UTC(), Size: time.Duration(n(1)) * time.Second,
+			Units: n(0), Refunded: n(2), Reported: n(3), Exported: f(4) == "1", Accounted: n(5),
+			Billed: n(6), Events: int(n(7)), Pending: n(8), Rejected: f(9)}
+		if w.Exported && vals[5] == nil {
+			w.Accounted = w.Units // exported before levy kept "a"
+		}
+		out = append(out, w)
 	}
 	return out, nil
 }
 
-func (r *RedisLedger) read(ctx context.Context, key, start string) (usage.Window, bool, error) {
-	m, err := r.client.HGetAll(ctx, key+":"+start).Result()
-	if err != nil {
-		return usage.Window{}, false, fmt.Errorf("redis ledger: %w", err)
+// Prepare implements usage.Ledger.
+func (r *RedisLedger) Prepare(ctx context.Context, w usage.Window, value int64) error {
+	if err := r.client.HSet(ctx, w.Key+":"+strconv.FormatInt(w.Start.Unix(), 10), "p", value).Err(); err != nil {
+		return fmt.Errorf("redis ledger prepare: %w", err)
 	}
-	consumer, meter, ok := parseLedgerKey(key)
-	if len(m) == 0 || !ok {
-		return usage.Window{}, false, nil
-	}
-	n := func(f string) int64 { v, _ := strconv.ParseInt(m[f], 10, 64); return v }
-	s, _ := strconv.ParseInt(start, 10, 64)
-	return usage.Window{Consumer: consumer, Meter: meter, Start: time.Unix(s, 0).UTC(), Size: time.Duration(n("z")) * time.Second,
-		Units: n("u"), Exported: m["e"] == "1"}, true, nil
+	return nil
 }
 
-// MarkExported implements usage.Ledger.
-func (r *RedisLedger) MarkExported(ctx context.Context, w usage.Window) error {
-	key := LedgerKey(w.Consumer, w.Meter)
-	start := strconv.FormatInt(w.Start.Unix(), 10)
-	keep := 35 * 24 * time.Hour
-	pipe := r.client.TxPipeline()
-	pipe.HSet(ctx, key+":"+start, "e", "1")
-	pipe.Expire(ctx, key+":"+start, keep)
-	pipe.ZRem(ctx, key, start)
-	pipe.ZAdd(ctx, key+":done", redis.Z{Score: float64(w.Start.Unix()), Member: start})
-	pipe.ZRemRangeByScore(ctx, key+":done", "-inf", strconv.FormatInt(w.Start.Add(-keep).Unix(), 10))
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("redis ledger mark exported: %w", err)
+// ledgerKeep is how long an accounted window is kept: Stripe takes no
+// usage older than 35 days.
+const ledgerKeep = 35 * 24 * time.Hour
+
+// Commit implements usage.Ledger.
+func (r *RedisLedger) Commit(ctx context.Context, w usage.Window, value int64, accounted []usage.Window) error {
+	return r.settle(ctx, w, value, "", accounted)
+}
+
+// Reject implements usage.Ledger.
+func (r *RedisLedger) Reject(ctx context.Context, w usage.Window, reason string, accounted []usage.Window) error {
+	if reason == "" {
+		reason = "rejected"
+	}
+	return r.settle(ctx, w, 0, reason, accounted)
+}
+
+func (r *RedisLedger) settle(ctx context.Context, w usage.Window, value int64, reason string, accounted []usage.Window) error {
+	keys := make([]string, 0, 1+len(accounted))
+	args := make([]any, 0, 4+2*len(accounted))
+	keys = append(keys, w.Key)
+	args = append(args, w.Start.Unix(), value, int64(ledgerKeep/time.Second), reason)
+	for _, a := range accounted {
+		keys = append(keys, a.Key)
+		args = append(args, a.Start.Unix(), a.Units)
+	}
+	if err := r.commit.Run(ctx, r.client, keys, args...).Err(); err != nil {
+		return fmt.Errorf("redis ledger commit: %w", err)
 	}
 	return nil
 }
 
 // Windows implements usage.Ledger.
 func (r *RedisLedger) Windows(ctx context.Context, consumer string, from, to time.Time) ([]usage.Window, error) {
-	keys, err := r.scanLedgers(ctx, "{c:"+consumer+"}:ledger:*")
+	keys, err := r.scanLedgers(ctx, globEscape(usage.LedgerPrefix(consumer))+"*")
 	if err != nil {
 		return nil, err
 	}
 	var out []usage.Window
 	for _, key := range keys {
+		var starts []string
+		seen := map[string]bool{}
 		for _, set := range []string{key, key + ":done"} {
-			starts, err := r.client.ZRangeByScore(ctx, set, &redis.ZRangeBy{Min: strconv.FormatInt(from.Unix(), 10), Max: "(" + strconv.FormatInt(to.Unix(), 10)}).Result()
+			ss, err := r.client.ZRangeByScore(ctx, set, &redis.ZRangeBy{Min: strconv.FormatInt(from.Unix(), 10), Max: "(" + strconv.FormatInt(to.Unix(), 10)}).Result()
 			if err != nil {
 				return nil, fmt.Errorf("redis ledger: %w", err)
 			}
-			for _, s := range starts {
-				if w, ok, err := r.read(ctx, key, s); err != nil {
-					return nil, err
-				} else if ok {
-					out = append(out, w)
+			for _, s := range ss {
+				if !seen[s] { // a corrected window is in both
+					seen[s] = true
+					starts = append(starts, s)
 				}
 			}
 		}
+		ws, err := r.read(ctx, key, starts)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ws...)
 	}
 	sortWindows(out)
 	return out, nil
+}
+
+// globEscape escapes the characters SCAN's MATCH treats specially.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		switch c {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
 }

@@ -220,7 +220,7 @@ func (s *Server) usageReport(ctx context.Context, id string) (any, error) {
 	if !ok {
 		return nil, fmt.Errorf("consumer %s has unknown plan %s", c.ID, c.Plan)
 	}
-	return billing.Report(ctx, s.backend.limiter, s.backend.ledger, c, p)
+	return billing.Report(ctx, s.backend.limiter, s.backend.ledger, c, p, snap.Catalog)
 }
 
 // webhookConsumers finds consumers in the file and the store, and writes

@@ -33,8 +33,9 @@ type Stripe struct {
 
 	mu      sync.Mutex
 	calls   []Call
-	failing int // answer this status instead of forwarding, while > 0
-	remain  int // how many more requests fail (-1: until Recover)
+	failing int    // answer this status instead of forwarding, while > 0
+	body    string // with this body
+	remain  int    // how many more requests fail (-1: until Recover)
 	seen    map[string]bool
 }
 
@@ -124,7 +125,7 @@ func Start(t testing.TB) *Stripe {
 		form, _ := url.ParseQuery(string(body))
 		call := Call{Method: r.Method, Path: r.URL.Path, Form: form}
 		s.mu.Lock()
-		fail := s.failing
+		fail, failBody := s.failing, s.body
 		if fail > 0 && s.remain > 0 {
 			s.remain--
 		}
@@ -149,7 +150,7 @@ func Start(t testing.TB) *Stripe {
 		} else if fail > 0 {
 			rec.Header().Set("Content-Type", "application/json")
 			rec.WriteHeader(fail)
-			io.WriteString(rec, `{"error":{"type":"api_error","message":"injected by stripetest"}}`)
+			io.WriteString(rec, failBody)
 		} else {
 			proxy.ServeHTTP(rec, r)
 		}
@@ -183,9 +184,15 @@ func (r *statusRecorder) WriteHeader(code int) {
 
 // Fail makes the next n requests (-1: all until Recover) answer status.
 func (s *Stripe) Fail(status, n int) {
+	s.FailWith(status, `{"error":{"type":"api_error","message":"injected by stripetest"}}`, n)
+}
+
+// FailWith makes the next n requests (-1: all until Recover) answer status
+// with body, a Stripe error object.
+func (s *Stripe) FailWith(status int, body string, n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.failing, s.remain = status, n
+	s.failing, s.body, s.remain = status, body, n
 }
 
 // Recover ends Fail.

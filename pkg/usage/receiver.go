@@ -14,6 +14,8 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/telemetry"
@@ -25,7 +27,7 @@ const (
 	DefaultConsumerHeader = "x-consumer-id"
 	DefaultDedupTTL       = 10 * time.Minute
 	DefaultDedupMax       = 1_000_000
-	DefaultFlushEvery     = time.Second
+	DefaultFlushEvery     = 100 * time.Millisecond
 )
 
 // ReceiverConfig configures a Receiver. Ledger and Catalog are required.
@@ -46,7 +48,8 @@ type ReceiverConfig struct {
 	DedupTTL time.Duration
 	DedupMax int
 	// FlushEvery is how often adjustments, aggregated in memory, are
-	// written to the ledger (default 1s).
+	// written to the ledger (default 100ms): what a crash of the process
+	// can lose of settlements, and no more.
 	FlushEvery time.Duration
 	// Metrics, if set, gets levy_access_log_entries_total and
 	// levy_access_log_streams.
@@ -74,7 +77,7 @@ type Receiver struct {
 	metrics *receiverMetrics
 
 	mu      sync.Mutex
-	pending map[aggKey]delta
+	pending map[aggKey]*agg
 
 	flushMu sync.Mutex // one ledger write at a time
 
@@ -93,14 +96,38 @@ type Receiver struct {
 
 var _ accesslogv3.AccessLogServiceServer = (*Receiver)(nil)
 
-// aggKey is what adjustments are summed by: the window is chosen by the
-// ledger from At, and every window is at least a second long.
+// aggKey is what adjustments are summed by: the ledger key the request
+// was counted under and its window start, when the access log says
+// (known), else the request's start second, from which the ledger picks
+// the window. key is always levy's own string, never one that points into
+// a received message.
 type aggKey struct {
-	consumer, meter string
-	at              int64 // unix seconds
+	key   string
+	start int64 // unix seconds
+	known bool
 }
 
-type delta struct{ units int64 }
+// agg is the settlement of one aggKey: what was refunded and reported,
+// and each request's part, for de-duplication across replicas.
+type agg struct {
+	refunded, reported int64
+	reqs               []Settled
+}
+
+func (a *agg) add(s Settled) {
+	if s.Units < 0 {
+		a.refunded -= s.Units
+	} else {
+		a.reported += s.Units
+	}
+	a.reqs = append(a.reqs, s)
+}
+
+func (a *agg) merge(b *agg) {
+	a.refunded += b.refunded
+	a.reported += b.reported
+	a.reqs = append(a.reqs, b.reqs...)
+}
 
 // NewReceiver returns a receiver and starts its flush loop; Close stops it.
 func NewReceiver(cfg ReceiverConfig) *Receiver {
@@ -135,7 +162,7 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 		log:      cfg.Log,
 		dedup:    newDedup(cfg.DedupTTL, cfg.DedupMax, cfg.Clock()),
 		metrics:  newReceiverMetrics(cfg.Metrics, cfg.Log),
-		pending:  map[aggKey]delta{},
+		pending:  map[aggKey]*agg{},
 		done:     make(chan struct{}),
 		draining: make(chan struct{}),
 	}
@@ -145,8 +172,11 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 }
 
 // StreamAccessLogs implements accesslogv3.AccessLogServiceServer. It
-// reads until Envoy ends the stream, or until Drain, and sends nothing
-// back. Envoy keeps its streams open for ever, so a shutdown must end them
+// reads until the sender ends the stream, or until Drain. Envoy never
+// reads an answer and resets its streams rather than half-closing them,
+// but a sender that half-closes (any gRPC client that ends a client
+// stream) gets the empty StreamAccessLogsResponse the protocol promises.
+// Envoy keeps its streams open for ever, so a shutdown must end them
 // (Envoy reconnects, to another replica) rather than wait for them.
 func (r *Receiver) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAccessLogsServer) error {
 	r.metrics.streamOpened()
@@ -159,11 +189,15 @@ func (r *Receiver) StreamAccessLogs(stream accesslogv3.AccessLogService_StreamAc
 	}()
 	select {
 	case err := <-errc:
-		return err
+		if err != nil {
+			return err
+		}
+		// Every message was settled; the reader is done with the stream.
+		return stream.SendAndClose(&accesslogv3.StreamAccessLogsResponse{})
 	case <-r.draining:
 		// Returning ends the stream; the reader's RecvMsg then fails and
 		// it exits. Close waits for it before the final flush.
-		return nil
+		return status.Error(codes.Unavailable, "levy is shutting down: reconnect")
 	}
 }
 
@@ -175,7 +209,7 @@ func (r *Receiver) Drain() {
 
 func (r *Receiver) read(stream accesslogv3.AccessLogService_StreamAccessLogsServer) error {
 	ctx := stream.Context()
-	msg := &wireMessage{r: r, b: &batch{sums: map[aggKey]delta{}}}
+	msg := &wireMessage{r: r, b: newBatch()}
 	for {
 		// Decoding msg settles its entries into msg.b (wire.go).
 		if err := stream.RecvMsg(msg); err != nil {
@@ -199,53 +233,86 @@ func (r *Receiver) read(stream accesslogv3.AccessLogService_StreamAccessLogsServ
 // receiver's pending adjustments under its lock once per message. A
 // stream reuses its batch.
 type batch struct {
-	sums   map[aggKey]delta
+	// index maps a key to its sums in aggs. Entries are only ever added
+	// under a key levy owns and then changed through the index: assigning
+	// to an existing string key would replace the stored key with the one
+	// given, which may point into the message being decoded.
+	index  map[aggKey]int
+	aggs   []agg
 	counts [numOutcomes]int
 }
+
+func newBatch() *batch { return &batch{index: map[aggKey]int{}} }
 
 // settleFacts settles one entry into b.
 func (r *Receiver) settleFacts(b *batch, f *facts, cat *plan.Catalog, now time.Time) {
 	adj, out := f.settle(cat)
-	if out == outSettled && f.requestID != "" && !r.dedup.firstSeen(r.dedup.key(f.requestID, adj.At.UnixNano()), now) {
+	startNanos := adj.At.UnixNano()
+	if out == outSettled && f.requestID != "" && !r.dedup.firstSeen(r.dedup.key(f.requestID, startNanos), now) {
 		out = outDuplicate
 	}
 	b.counts[out]++
 	if out != outSettled {
 		return
 	}
-	k := aggKey{consumer: adj.Consumer, meter: adj.Meter, at: adj.At.Unix()}
-	d, found := b.sums[k]
-	if !found {
-		k.consumer = strings.Clone(k.consumer) // it points into the message
+	k := aggKey{start: adj.At.Unix()}
+	if f.hasWindow && f.ledger != "" && ownsLedgerKey(adj.Consumer, f.ledger) && f.window >= 0 && f.window < 1<<40 {
+		// The window admission counted the request in (defect-free at
+		// window edges: the store's clock picked it, not Envoy's).
+		k.key, k.start, k.known = f.ledger, int64(f.window), true
+	} else {
+		k.key = LedgerKey(adj.Consumer, adj.Terms)
 	}
-	d.units += adj.Units
-	b.sums[k] = d
+	s := Settled{Units: adj.Units}
+	if f.requestID != "" {
+		s.ID = FingerprintOf(f.requestID, startNanos)
+	}
+	i, found := b.index[k]
+	if !found {
+		k.key = strings.Clone(k.key) // it may point into the message
+		i = len(b.aggs)
+		b.aggs = append(b.aggs, agg{})
+		b.index[k] = i
+	}
+	b.aggs[i].add(s)
+}
+
+// ownsLedgerKey reports whether key is one of consumer's ledger keys, so
+// that an access log cannot settle another consumer's usage.
+func ownsLedgerKey(consumer, key string) bool {
+	rest, ok := strings.CutPrefix(key, "{c:")
+	if !ok || !strings.HasPrefix(rest, consumer) {
+		return false
+	}
+	return strings.HasPrefix(rest[len(consumer):], ledgerInfix)
 }
 
 // commit moves a batch's sums into the pending adjustments and its counts
 // into the metrics.
 func (r *Receiver) commit(b *batch) {
-	if len(b.sums) > 0 {
+	if len(b.aggs) > 0 {
 		r.mu.Lock()
-		r.mergeLocked(b.sums)
+		for k, i := range b.index {
+			r.mergeLocked(k, &b.aggs[i])
+		}
 		r.mu.Unlock()
-		clear(b.sums)
+		clear(b.index)
+		clear(b.aggs) // pending may hold their request slices now
+		b.aggs = b.aggs[:0]
 	}
 	r.metrics.add(&b.counts)
 	b.counts = [numOutcomes]int{}
 }
 
-// mergeLocked adds sums to the pending adjustments; r.mu is held.
-func (r *Receiver) mergeLocked(sums map[aggKey]delta) {
-	for k, d := range sums {
-		p := r.pending[k]
-		p.units += d.units
-		if p == (delta{}) {
-			delete(r.pending, k)
-			continue
-		}
-		r.pending[k] = p
+// mergeLocked adds a to the pending adjustment of k, taking a's slices;
+// r.mu is held. k must be a key levy owns.
+func (r *Receiver) mergeLocked(k aggKey, a *agg) {
+	if p, ok := r.pending[k]; ok {
+		p.merge(a)
+		return
 	}
+	moved := *a
+	r.pending[k] = &moved
 }
 
 // Flush writes the pending adjustments to the ledger now. If the ledger
@@ -256,22 +323,28 @@ func (r *Receiver) Flush(ctx context.Context) error {
 	defer r.flushMu.Unlock()
 
 	r.mu.Lock()
-	sums := r.pending
-	if len(sums) == 0 {
+	pending := r.pending
+	if len(pending) == 0 {
 		r.mu.Unlock()
 		return nil
 	}
-	r.pending = make(map[aggKey]delta, len(sums))
+	r.pending = make(map[aggKey]*agg, len(pending))
 	r.mu.Unlock()
 
-	adjs := make([]Adjustment, 0, len(sums))
-	for k, d := range sums {
-		adjs = append(adjs, Adjustment{Consumer: k.consumer, Meter: k.meter, At: time.Unix(k.at, 0).UTC(),
-			Units: d.units})
+	adjs := make([]Adjustment, 0, len(pending))
+	for k, a := range pending {
+		consumer, terms, _ := ParseLedgerKey(k.key)
+		adj := Adjustment{Key: k.key, Consumer: consumer, Meter: terms.Meter, Terms: terms,
+			At: time.Unix(k.start, 0).UTC(), Units: a.reported - a.refunded, Refunded: a.refunded, Reported: a.reported,
+			Requests: a.reqs}
+		if k.known {
+			adj.Start = adj.At
+		}
+		adjs = append(adjs, adj)
 	}
 	// A stable order: stores that lock rows take them in the same order.
 	slices.SortFunc(adjs, func(a, b Adjustment) int {
-		return cmp.Or(strings.Compare(a.Consumer, b.Consumer), strings.Compare(a.Meter, b.Meter), a.At.Compare(b.At))
+		return cmp.Or(strings.Compare(a.Key, b.Key), a.At.Compare(b.At), cmp.Compare(b.Start.Unix(), a.Start.Unix()))
 	})
 	var err error
 	if r.cfg.Ledger == nil {
@@ -282,20 +355,18 @@ func (r *Receiver) Flush(ctx context.Context) error {
 	if err != nil {
 		// Keep what was not applied (all of it, unless the ledger says
 		// which) for the next flush: nothing lost, nothing applied twice.
+		failed := adjs
 		var partial *PartialError
 		if errors.As(err, &partial) {
-			sums = map[aggKey]delta{}
-			for _, a := range partial.Failed {
-				k := aggKey{consumer: a.Consumer, meter: a.Meter, at: a.At.Unix()}
-				d := sums[k]
-				d.units += a.Units
-				sums[k] = d
-			}
+			failed = partial.Failed
 		}
 		r.mu.Lock()
-		r.mergeLocked(sums)
+		for _, a := range failed {
+			r.mergeLocked(aggKey{key: a.Key, start: a.At.Unix(), known: !a.Start.IsZero()},
+				&agg{refunded: a.Refunded, reported: a.Reported, reqs: a.Requests})
+		}
 		r.mu.Unlock()
-		return fmt.Errorf("adjust usage (%d adjustments kept for the next flush): %w", len(sums), err)
+		return fmt.Errorf("adjust usage (%d adjustments kept for the next flush): %w", len(failed), err)
 	}
 	return nil
 }

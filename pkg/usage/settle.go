@@ -22,6 +22,10 @@ const ExtAuthzNamespace = "envoy.filters.http.ext_authz"
 const (
 	mdConsumer = "consumer"
 	mdPlan     = "plan"
+	// mdLedger and mdWindow are the ledger key and window start (unix
+	// seconds) admission counted the request's units in.
+	mdLedger = "ledger"
+	mdWindow = "window"
 )
 
 // outcome is what settlement made of one access-log entry; each is one
@@ -98,6 +102,9 @@ type facts struct {
 	startSec                                              int64
 	startNanos                                            int32
 	consumer, plan                                        string // ext_authz metadata strings
+	ledger                                                string // ext_authz metadata: the ledger key
+	window                                                float64
+	hasWindow                                             bool // ext_authz metadata: the window start
 	path, originalPath, requestID                         string
 	consumerHeader                                        string // request header consumerHeader
 	code                                                  uint32
@@ -117,6 +124,10 @@ func (f *facts) fromEntry(e *accesslogdatav3.HTTPAccessLogEntry, unitsHeader, co
 		fields := c.GetMetadata().GetFilterMetadata()[ExtAuthzNamespace].GetFields()
 		f.consumer = stringValue(fields[mdConsumer])
 		f.plan = stringValue(fields[mdPlan])
+		f.ledger = stringValue(fields[mdLedger])
+		if n, ok := fields[mdWindow].GetKind().(*structpb.Value_NumberValue); ok {
+			f.window, f.hasWindow = n.NumberValue, true
+		}
 	}
 	if r := e.GetRequest(); r != nil {
 		f.hasRequest = true
@@ -177,7 +188,7 @@ func (f *facts) settle(cat *plan.Catalog) (Adjustment, outcome) {
 	}
 	cost := p.CostFor(path)
 
-	adj := Adjustment{Consumer: consumer, Meter: p.Meter, At: time.Unix(f.startSec, int64(f.startNanos)).UTC()}
+	adj := Adjustment{Consumer: consumer, Meter: p.Meter, Terms: TermsOf(p), At: time.Unix(f.startSec, int64(f.startNanos)).UTC()}
 	if !p.NonBillable.Billable(int(f.code)) {
 		adj.Units = -cost
 	} else if n, reported := reportedUnits(f.unitsHeader); reported {
@@ -185,6 +196,11 @@ func (f *facts) settle(cat *plan.Catalog) (Adjustment, outcome) {
 	}
 	if adj.Units == 0 {
 		return adj, outUnchanged
+	}
+	if adj.Units < 0 {
+		adj.Refunded = -adj.Units
+	} else {
+		adj.Reported = adj.Units
 	}
 	if !utf8.ValidString(consumer) { // read off the wire unchecked
 		return Adjustment{}, outMalformed

@@ -290,7 +290,7 @@ func (f *facts) metadataFromWire(b []byte) bool {
 			return true
 		}
 		// This entry replaces any earlier one for the namespace.
-		f.consumer, f.plan = "", ""
+		f.consumer, f.plan, f.ledger, f.window, f.hasWindow = "", "", "", 0, false
 		return mapValues(entry, f.structFromWire)
 	})
 }
@@ -298,7 +298,7 @@ func (f *facts) metadataFromWire(b []byte) bool {
 // structFromWire reads the ext_authz google.protobuf.Struct's fields.
 func (f *facts) structFromWire(b []byte) bool {
 	return mapEntries(b, fStructFields, func(key string, entry []byte) bool {
-		if key != mdConsumer && key != mdPlan {
+		if key != mdConsumer && key != mdPlan && key != mdLedger && key != mdWindow {
 			return true
 		}
 		// The Value, merged over its occurrences in the entry.
@@ -306,10 +306,15 @@ func (f *facts) structFromWire(b []byte) bool {
 		if !mapValues(entry, v.fromWire) {
 			return false
 		}
-		if key == mdConsumer {
+		switch key {
+		case mdConsumer:
 			f.consumer = v.str()
-		} else {
+		case mdPlan:
 			f.plan = v.str()
+		case mdLedger:
+			f.ledger = v.str()
+		case mdWindow:
+			f.window, f.hasWindow = v.n, v.kind == fValueNumber
 		}
 		return true
 	})

@@ -144,7 +144,7 @@ func BenchmarkWireMessage(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	m := &wireMessage{r: r, b: &batch{sums: map[aggKey]delta{}}}
+	m := &wireMessage{r: r, b: newBatch()}
 	b.ReportAllocs()
 	for b.Loop() {
 		if err := m.Unmarshal(msg); err != nil {

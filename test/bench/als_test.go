@@ -422,8 +422,12 @@ func (l *noopLedger) totals() int64 {
 	return l.units
 }
 
-func (l *noopLedger) Closed(context.Context, time.Time, int) ([]usage.Window, error) { return nil, nil }
-func (l *noopLedger) MarkExported(context.Context, usage.Window) error               { return nil }
+func (l *noopLedger) Due(context.Context, time.Time) ([]usage.Window, error)            { return nil, nil }
+func (l *noopLedger) Prepare(context.Context, usage.Window, int64) error                { return nil }
+func (l *noopLedger) Commit(context.Context, usage.Window, int64, []usage.Window) error { return nil }
+func (l *noopLedger) Reject(context.Context, usage.Window, string, []usage.Window) error {
+	return nil
+}
 func (l *noopLedger) Windows(context.Context, string, time.Time, time.Time) ([]usage.Window, error) {
 	return nil, nil
 }
