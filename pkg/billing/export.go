@@ -266,19 +266,22 @@ type Statement struct {
 }
 
 // StatementOf works out an account's bill from its windows (closed, of
-// its meter, oldest first). A rejected window counts as it was last
-// accounted: its change was refused.
+// its meter, oldest first). A plan's included units are for the units
+// admitted under it in the period: a consumer who changes plans gets each
+// plan's allowance for the usage on that plan, whatever the order of the
+// changes within a window (which the ledger does not keep). A rejected
+// window counts as it was last accounted: its change was refused.
 func StatementOf(a Account, windows []usage.Window, c *apikey.Consumer, cat *plan.Catalog) Statement {
 	st := Statement{Account: a, Windows: windows}
-	var prior int64
+	prior := map[string]int64{} // units so far under each ledger key (terms)
 	for i := range st.Windows {
 		w := &st.Windows[i]
 		units := w.Units
 		if w.Rejected != "" {
 			units = w.Accounted
 		}
-		w.Billable = TermsOf(w, c, cat).Beyond(prior, units)
-		prior += units
+		w.Billable = TermsOf(w, c, cat).Beyond(prior[w.Key], units)
+		prior[w.Key] += units
 		st.Target += w.Billable
 		st.Billed += w.Billed
 	}

@@ -3,10 +3,12 @@ package billing_test
 import (
 	"context"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/levyhq/levy/pkg/apikey"
@@ -106,15 +108,19 @@ type rig struct {
 }
 
 func newRig(t *testing.T) *rig {
+	return newRigAt(t, time.Now().UTC().Truncate(time.Minute).Add(-10*time.Minute))
+}
+
+func newRigAt(t *testing.T, start time.Time) *rig {
 	t.Helper()
-	r := &rig{clock: limitertest.NewClock(time.Now().UTC().Truncate(time.Minute).Add(-10 * time.Minute)), stripe: stripetest.Start(t),
+	r := &rig{clock: limitertest.NewClock(start), stripe: stripetest.Start(t),
 		people: &consumers{m: map[string]*apikey.Consumer{}}}
-	var err error
-	r.local, err = limiter.NewLocal(limiter.LocalConfig{Clock: r.clock.Now})
+	local, err := limiter.NewLocal(limiter.LocalConfig{Clock: r.clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.local.Close() })
+	r.local = local
+	t.Cleanup(func() { local.Close() })
 	r.people.set(&apikey.Consumer{ID: "acme", Plan: "payg3", StripeCustomerID: "cus_acme"})
 	r.people.set(&apikey.Consumer{ID: "beta", Plan: "payg0", StripeCustomerID: "cus_beta"})
 	r.catalog = catalog(t)
@@ -386,5 +392,208 @@ func TestWaitingWindowsDoNotBlockOthers(t *testing.T) {
 	e := r.exporter(t, r.local, nil, "a")
 	if n, _ := e.ExportOnce(context.Background()); n != 1 || total(sent(t, r.stripe)) != 2 {
 		t.Fatalf("exported %d windows, %v", n, sent(t, r.stripe))
+	}
+}
+
+// A webhook moves a consumer to another plan before the exporter runs: the
+// window is still billed under the plan its usage was admitted under.
+func TestPlanChangeBeforeExportBillsUnderTheAdmissionPlan(t *testing.T) {
+	tests := []struct {
+		name   string
+		before string // plan at admission
+		give   int    // requests before the change
+		after  string // plan at export (and for later requests)
+		more   int    // requests after the change
+		want   int64
+	}{
+		{name: "payg to a tiered plan that bills nothing", before: "payg0", give: 8, after: "pro", want: 8},
+		{name: "payg to payg with included units", before: "payg0", give: 8, after: "payg3", want: 8},
+		{name: "included units, then none", before: "payg3", give: 2, after: "payg0", more: 4, want: 4},
+		{name: "tiered, then payg with its included units", before: "pro", give: 5, after: "payg3", more: 5, want: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t)
+			r.people.set(&apikey.Consumer{ID: "mover", Plan: tt.before, StripeCustomerID: "cus_mover"})
+			r.admit(t, r.local, "mover", tt.give)
+			r.people.set(&apikey.Consumer{ID: "mover", Plan: tt.after, StripeCustomerID: "cus_mover"})
+			r.admit(t, r.local, "mover", tt.more)
+			r.clock.Advance(2 * time.Minute)
+			e := r.exporter(t, r.local, nil, "a")
+			if _, err := e.ExportOnce(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if got := total(sent(t, r.stripe)); got != tt.want {
+				t.Fatalf("billed %d, want %d (events %v)", got, tt.want, sent(t, r.stripe))
+			}
+			if left := due(t, r.local, r.clock.Now()); len(left) != 0 {
+				t.Fatalf("left: %+v", left)
+			}
+		})
+	}
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+			if label == "" {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no %s{%s=%q}", name, label, value)
+	return 0
+}
+
+func (r *rig) exporterWithMetrics(t *testing.T) (*billing.Exporter, *prometheus.Registry) {
+	reg := prometheus.NewRegistry()
+	return billing.NewExporter(billing.ExporterConfig{
+		Ledger: r.local, Consumer: r.people.get, Catalog: func() *plan.Catalog { return r.catalog },
+		APIKey: "sk_test_levy", APIBase: r.stripe.URL, Every: 10 * time.Millisecond, SettleDelay: 5 * time.Second,
+		Registerer: reg, Log: zaptest.NewLogger(t), Clock: r.clock.Now,
+	}), reg
+}
+
+// Stripe's answer for an identifier it already has is recognised in both
+// of its forms, and counts as accepted.
+func TestDuplicateIsRecognisedInEitherForm(t *testing.T) {
+	for _, body := range []string{
+		`{"error":{"type":"invalid_request_error","param":"identifier","message":"An event with this identifier already exists."}}`,
+		`{"error":{"type":"invalid_request_error","message":"An event with identifier levy:beta already exists."}}`,
+		`{"error":{"type":"invalid_request_error","code":"resource_already_exists","message":"Already there."}}`,
+	} {
+		r := newRig(t)
+		r.admit(t, r.local, "beta", 3)
+		r.clock.Advance(2 * time.Minute)
+		e, reg := r.exporterWithMetrics(t)
+		r.stripe.FailWith(400, body, 1)
+		if n, err := e.ExportOnce(context.Background()); err != nil || n != 1 {
+			t.Fatalf("%s: %d %v", body, n, err)
+		}
+		if left := due(t, r.local, r.clock.Now()); len(left) != 0 || counter(t, reg, "levy_usage_export_windows_total", "result", "accepted") != 1 {
+			t.Fatalf("%s: left %+v", body, left)
+		}
+	}
+}
+
+// A window Stripe refuses for a reason a retry cannot fix is set aside and
+// reported, not retried; one refused for a passing reason is retried.
+func TestPermanentRefusalIsReportedNotRetried(t *testing.T) {
+	r := newRig(t)
+	r.people.set(&apikey.Consumer{ID: "gone", Plan: "payg0", StripeCustomerID: "cus_deleted"})
+	r.admit(t, r.local, "gone", 3)
+	r.clock.Advance(2 * time.Minute)
+	e, reg := r.exporterWithMetrics(t)
+	r.stripe.FailWith(400, `{"error":{"type":"invalid_request_error","param":"payload[stripe_customer_id]","message":"No such customer: 'cus_deleted'"}}`, -1)
+	for range 5 {
+		e.ExportOnce(context.Background())
+		r.clock.Advance(10 * time.Minute) // past any backoff
+	}
+	if n := len(r.stripe.Calls(meterPath)); n != 1 {
+		t.Fatalf("%d attempts, want 1: the refusal was retried", n)
+	}
+	if counter(t, reg, "levy_usage_export_windows_total", "result", "rejected") != 1 {
+		t.Fatal("rejection not counted")
+	}
+	ws, _ := r.local.Windows(context.Background(), "gone", time.Time{}, r.clock.Now())
+	if len(ws) != 1 || !strings.Contains(ws[0].Rejected, "No such customer") || ws[0].Pending != 0 {
+		t.Fatalf("windows %+v", ws)
+	}
+	// Later usage is still billed, without the rejected units.
+	r.stripe.Recover()
+	r.admit(t, r.local, "gone", 2)
+	r.clock.Advance(2 * time.Minute)
+	e.ExportOnce(context.Background())
+	if got := total(sent(t, r.stripe)); got != 2 {
+		t.Fatalf("billed %d after the rejection, want the later 2", got)
+	}
+
+	// 401, 429, 500: retried until Stripe takes it.
+	for _, status := range []int{401, 429, 500} {
+		r := newRig(t)
+		r.admit(t, r.local, "beta", 4)
+		r.clock.Advance(2 * time.Minute)
+		e := r.exporter(t, r.local, nil, "a")
+		r.stripe.Fail(status, 2)
+		for range 3 {
+			e.ExportOnce(context.Background())
+			r.clock.Advance(10 * time.Minute)
+		}
+		if got := total(sent(t, r.stripe)); got != 4 {
+			t.Fatalf("status %d: billed %d, want 4", status, got)
+		}
+	}
+}
+
+// Late access logs correct the bill within the billing period: more units
+// are billed by a later event, a refund is taken off the next one.
+func TestLateSettlementsCorrectTheBillWithinThePeriod(t *testing.T) {
+	r := newRig(t)
+	start := r.clock.Now()
+	r.admit(t, r.local, "beta", 5)
+	r.clock.Advance(2 * time.Minute)
+	e, reg := r.exporterWithMetrics(t)
+	e.ExportOnce(context.Background())
+	r.settle(t, r.local, "beta", start, 3) // the upstream reported 3 more, late
+	r.clock.Advance(time.Minute)
+	e.ExportOnce(context.Background())
+	got := sent(t, r.stripe)
+	if len(got) != 2 || total(got) != 8 {
+		t.Fatalf("after late units: %v, want 5 + a correction of 3", got)
+	}
+	r.settle(t, r.local, "beta", start, -4) // four refunded, late
+	r.clock.Advance(time.Minute)
+	e.ExportOnce(context.Background())
+	if n := len(r.stripe.Calls(meterPath)); n != 2 {
+		t.Fatalf("a refund sent an event: %d calls", n)
+	}
+	r.admit(t, r.local, "beta", 6) // the period's next usage
+	r.clock.Advance(2 * time.Minute)
+	e.ExportOnce(context.Background())
+	if got := total(sent(t, r.stripe)); got != 5+3-4+6 {
+		t.Fatalf("billed %d, want %d", got, 5+3-4+6)
+	}
+	if counter(t, reg, "levy_usage_corrected_windows_total", "", "") != 2 {
+		t.Fatal("corrections not counted")
+	}
+	if left := due(t, r.local, r.clock.Now()); len(left) != 0 {
+		t.Fatalf("left: %+v", left)
+	}
+}
+
+// A late access log for a period whose invoice is final cannot be put
+// right: it is counted, not sent and not dropped silently.
+func TestLateSettlementAfterThePeriodClosedIsCounted(t *testing.T) {
+	r := newRigAt(t, time.Date(2026, 11, 30, 23, 50, 0, 0, time.UTC))
+	start := r.clock.Now()
+	r.admit(t, r.local, "beta", 5)
+	r.clock.Advance(2 * time.Minute)
+	e, reg := r.exporterWithMetrics(t)
+	e.ExportOnce(context.Background())
+	r.clock.Set(time.Date(2026, 12, 1, 1, 30, 0, 0, time.UTC)) // past the period and its grace
+	r.settle(t, r.local, "beta", start, 2)
+	r.settle(t, r.local, "beta", start, -1)
+	e.ExportOnce(context.Background())
+	if got := sent(t, r.stripe); len(got) != 1 || total(got) != 5 {
+		t.Fatalf("events %v: a closed period was billed again", got)
+	}
+	if u := counter(t, reg, "levy_usage_uncorrectable_units_total", "direction", "under"); u != 1 {
+		t.Fatalf("uncorrectable under = %v, want 1", u)
+	}
+	if left := due(t, r.local, r.clock.Now()); len(left) != 0 {
+		t.Fatalf("left: %+v", left)
 	}
 }

@@ -88,7 +88,9 @@ func freeAddr(t testing.TB) string {
 func Start(t testing.TB) *Stripe {
 	t.Helper()
 	addr := freeAddr(t)
-	cmd := exec.Command(stripeMock(t), "-http-addr", addr)
+	// stripe-mock serves HTTPS too, by default on a fixed port: give it
+	// a free one, so that several can run at once.
+	cmd := exec.Command(stripeMock(t), "-http-addr", addr, "-https-addr", freeAddr(t))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
