@@ -58,8 +58,9 @@ type Config struct {
 	// Clock decides whether an expiry lies in the past; nil means time.Now.
 	Clock func() time.Time
 	// Usage reports a consumer's current billing period (GET
-	// /v1/consumers/{id}/usage); apikey.ErrNotFound gives 404.
-	Usage func(ctx context.Context, consumerID string) (any, error)
+	// /v1/consumers/{id}/usage), with its ledger windows when asked
+	// (?windows=true); apikey.ErrNotFound gives 404.
+	Usage func(ctx context.Context, consumerID string, windows bool) (any, error)
 }
 
 // Handler serves the admin API under /v1/.
@@ -255,7 +256,7 @@ func (h *Handler) usage(w http.ResponseWriter, r *http.Request) {
 		writeProblem(w, http.StatusServiceUnavailable, "usage_unavailable", "usage reports are not available")
 		return
 	}
-	rep, err := h.cfg.Usage(r.Context(), id)
+	rep, err := h.cfg.Usage(r.Context(), id, r.URL.Query().Get("windows") == "true")
 	switch {
 	case errors.Is(err, apikey.ErrNotFound):
 		writeProblem(w, http.StatusNotFound, "consumer_not_found", "no consumer "+strconv.Quote(id))

@@ -210,7 +210,7 @@ func (s *Server) listen() error {
 }
 
 // usageReport is a consumer's current period, for the admin API.
-func (s *Server) usageReport(ctx context.Context, id string) (any, error) {
+func (s *Server) usageReport(ctx context.Context, id string, windows bool) (any, error) {
 	snap := s.authz.Snapshot()
 	c, ok := snap.Directory.Consumer(id)
 	if !ok {
@@ -220,7 +220,11 @@ func (s *Server) usageReport(ctx context.Context, id string) (any, error) {
 	if !ok {
 		return nil, fmt.Errorf("consumer %s has unknown plan %s", c.ID, c.Plan)
 	}
-	return billing.Report(ctx, s.backend.limiter, s.backend.ledger, c, p, snap.Catalog)
+	r, err := billing.Report(ctx, s.backend.limiter, s.backend.ledger, c, p, snap.Catalog)
+	if !windows {
+		r.Windows = nil
+	}
+	return r, err
 }
 
 // webhookConsumers finds consumers in the file and the store, and writes

@@ -110,7 +110,7 @@ func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer again.Close()
-	rep, err := again.usageReport(context.Background(), "demo-free")
+	rep, err := again.usageReport(context.Background(), "demo-free", false)
 	if err != nil || rep.(billing.UsageReport).Used != 1 {
 		t.Fatalf("usage after a restart: %+v %v, want 1 used", rep, err)
 	}
