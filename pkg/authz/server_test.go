@@ -154,6 +154,8 @@ func TestBehaviour(t *testing.T) {
 		{"PlanChangeAppliesAtOnceWithoutNewKey", testPlanChangeAppliesAtOnceWithoutNewKey},
 		{"MalformedRequestsAreDeniedNotPanics", testMalformedRequestsAreDeniedNotPanics},
 		{"ParallelChecksNeverExceedTheBucket", testParallelChecksNeverExceedTheBucket},
+		{"AllowCarriesTheLedgerWindowItsUnitsWereCountedIn", testAllowCarriesTheLedgerWindowItsUnitsWereCountedIn},
+		{"WindowAtAnEdgeIsAdmissionsNotTheRequestStart", testWindowAtAnEdgeIsAdmissionsNotTheRequestStart},
 	}
 	for _, store := range limitertest.Stores(t) {
 		t.Run(store.Name, func(t *testing.T) {
