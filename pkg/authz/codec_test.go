@@ -346,3 +346,27 @@ func BenchmarkEncodeAllow(b *testing.B) {
 		})
 	}
 }
+
+// TestDecodeKeepsNoPartOfTheBuffer: gRPC reads the next message into the
+// buffer Decode read from, so what Decode made of a request (its headers
+// map, its strings, its raw body) is still that request afterwards.
+func TestDecodeKeepsNoPartOfTheBuffer(t *testing.T) {
+	cases := checkCases(t)
+	first, next := cases["every field"], cases["envoy"]
+	want := &authv3.CheckRequest{}
+	if err := proto.Unmarshal(first, want); err != nil {
+		t.Fatal(err)
+	}
+	buf := append([]byte(nil), first...)
+	got := &authv3.CheckRequest{}
+	if !Decode(mem.BufferSlice{mem.SliceBuffer(buf)}, got) {
+		t.Fatal("Decode declined")
+	}
+	clear(buf)
+	if !Decode(mem.BufferSlice{mem.SliceBuffer(buf[:copy(buf, next)])}, &authv3.CheckRequest{}) {
+		t.Fatal("Decode declined the next")
+	}
+	if !proto.Equal(got, want) {
+		t.Fatalf("after the next message, the first reads\n%v\nwant\n%v", got, want)
+	}
+}
