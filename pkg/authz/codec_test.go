@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -194,7 +195,11 @@ func randomCheckResponse(r *rand.Rand) *authv3.CheckResponse {
 		}
 		resp.HttpResponse = &authv3.CheckResponse_DeniedResponse{DeniedResponse: d}
 	}
-	if r.IntN(3) > 0 {
+	switch r.IntN(4) {
+	case 0:
+	case 1: // an allow's: who, and the ledger window it was counted in
+		resp.DynamicMetadata = allowMetadata(windows[r.IntN(len(windows))], str())
+	default:
 		fields := map[string]*structpb.Value{}
 		for range r.IntN(4) {
 			fields[str()] = []*structpb.Value{structpb.NewStringValue(str()), structpb.NewNumberValue(r.Float64() * 1e6),
@@ -205,6 +210,60 @@ func randomCheckResponse(r *rand.Rand) *authv3.CheckResponse {
 	return resp
 }
 
+// windows are ledger window starts at the edges of a number's encoding:
+// none, before 1970, now, past 2^31 and 2^32 seconds, the largest a float64
+// holds exactly.
+var windows = []int64{0, -60, 1_773_500_940, 1<<31 + 60, 1<<32 + 60, 1<<53 - 1}
+
+// allowMetadata is the shape of an allow's dynamic metadata.
+func allowMetadata(window int64, ledger string) *structpb.Struct {
+	return &structpb.Struct{Fields: map[string]*structpb.Value{
+		MetadataConsumer: structpb.NewStringValue("acme"),
+		MetadataPlan:     structpb.NewStringValue("pro"),
+		MetadataModel:    structpb.NewStringValue("tiered"),
+		MetadataKeyID:    structpb.NewStringValue("key_1"),
+		MetadataWindow:   structpb.NewNumberValue(float64(window)),
+		MetadataLedger:   structpb.NewStringValue(ledger),
+	}}
+}
+
+// encodesAsProtobuf checks that what Encode writes for x reads back as x,
+// and is byte for byte protobuf's when no map has two entries to order.
+func encodesAsProtobuf(t *testing.T, x *authv3.CheckResponse) {
+	t.Helper()
+	got, ok := Encode(x)
+	if !ok {
+		t.Fatalf("Encode declined %v", x)
+	}
+	back := &authv3.CheckResponse{}
+	if err := proto.Unmarshal(got, back); err != nil || !proto.Equal(back, x) {
+		t.Fatalf("Encode wrote %x, read back as %v (%v), for %v", got, back, err, x)
+	}
+	if x.DynamicMetadata == nil || len(x.DynamicMetadata.Fields) < 2 {
+		if want := wiretest.Marshal(t, x); !bytes.Equal(got, want) {
+			t.Fatalf("Encode wrote %x\nprotobuf     %x\nfor %v", got, want, x)
+		}
+	}
+}
+
+// FuzzEncodeCheckResponse: an answer of random fields (from seed) with an
+// allow's metadata of any window and ledger key is written as protobuf
+// would write it.
+func FuzzEncodeCheckResponse(f *testing.F) {
+	for i, w := range windows {
+		f.Add(uint64(i), w, "{c:acme}:ledger:api_calls")
+	}
+	f.Add(uint64(7), int64(-1), "")
+	f.Fuzz(func(t *testing.T, seed uint64, window int64, ledger string) {
+		if !utf8.ValidString(ledger) {
+			t.Skip("protobuf refuses to write a string that is not UTF-8; levy's keys are")
+		}
+		x := randomCheckResponse(rand.New(rand.NewPCG(seed, seed)))
+		x.DynamicMetadata = allowMetadata(window, ledger)
+		encodesAsProtobuf(t, x)
+	})
+}
+
 // TestEncodeWritesCheckResponsesAsProtobufDoes: what Encode writes reads
 // back as the answer it was, and is byte for byte protobuf's when no map
 // has two entries to order; answers with fields it leaves to protobuf are
@@ -212,20 +271,7 @@ func randomCheckResponse(r *rand.Rand) *authv3.CheckResponse {
 func TestEncodeWritesCheckResponsesAsProtobufDoes(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	for range 3000 {
-		x := randomCheckResponse(r)
-		got, ok := Encode(x)
-		if !ok {
-			t.Fatalf("Encode declined %v", x)
-		}
-		back := &authv3.CheckResponse{}
-		if err := proto.Unmarshal(got, back); err != nil || !proto.Equal(back, x) {
-			t.Fatalf("Encode wrote %x, read back as %v (%v), for %v", got, back, err, x)
-		}
-		if x.DynamicMetadata == nil || len(x.DynamicMetadata.Fields) < 2 {
-			if want := wiretest.Marshal(t, x); !bytes.Equal(got, want) {
-				t.Fatalf("Encode wrote %x\nprotobuf     %x\nfor %v", got, want, x)
-			}
-		}
+		encodesAsProtobuf(t, randomCheckResponse(r))
 	}
 	detail, _ := anypb.New(&structpb.Struct{})
 	list, _ := structpb.NewList([]any{"a"})
@@ -258,4 +304,69 @@ func TestEncodeKnowsEveryField(t *testing.T) {
 	wiretest.KnowsFields(t, &structpb.Struct{}, 1)
 	wiretest.KnowsFields(t, &structpb.Value{}, 1, 2, 3, 4, 5, 6)
 	wiretest.KnowsFields(t, &wrapperspb.BoolValue{}, 1)
+}
+
+// BenchmarkEncodeAllow writes an allow as levy answers it, its metadata
+// with and without the ledger window, by Encode and by protobuf.
+func BenchmarkEncodeAllow(b *testing.B) {
+	who := allowMetadata(1_773_500_940, "{c:acme}:ledger:api_calls")
+	delete(who.Fields, MetadataWindow)
+	delete(who.Fields, MetadataLedger)
+	for _, bb := range []struct {
+		name string
+		md   *structpb.Struct
+	}{
+		{"Who", who},
+		{"WhoAndWindow", allowMetadata(1_773_500_940, "{c:acme}:ledger:api_calls")},
+	} {
+		set := func(k, v string) *corev3.HeaderValueOption {
+			return &corev3.HeaderValueOption{Header: &corev3.HeaderValue{Key: k, Value: v}}
+		}
+		x := &authv3.CheckResponse{
+			Status: &rpcstatus.Status{},
+			HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
+				Headers:         []*corev3.HeaderValueOption{set("x-consumer-id", "acme"), set("x-consumer-plan", "pro"), set("x-credential-id", "key_1")},
+				HeadersToRemove: []string{"x-api-key"},
+				ResponseHeadersToAdd: []*corev3.HeaderValueOption{set("x-ratelimit-limit", "100"),
+					set("x-ratelimit-remaining", "99"), set("x-ratelimit-reset", "1")},
+			}},
+			DynamicMetadata: bb.md,
+		}
+		b.Run("Encode/"+bb.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				Encode(x)
+			}
+		})
+		b.Run("Protobuf/"+bb.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				proto.Marshal(x)
+			}
+		})
+	}
+}
+
+// TestDecodeKeepsNoPartOfTheBuffer: gRPC reads the next message into the
+// buffer Decode read from, so what Decode made of a request (its headers
+// map, its strings, its raw body) is still that request afterwards.
+func TestDecodeKeepsNoPartOfTheBuffer(t *testing.T) {
+	cases := checkCases(t)
+	first, next := cases["every field"], cases["envoy"]
+	want := &authv3.CheckRequest{}
+	if err := proto.Unmarshal(first, want); err != nil {
+		t.Fatal(err)
+	}
+	buf := append([]byte(nil), first...)
+	got := &authv3.CheckRequest{}
+	if !Decode(mem.BufferSlice{mem.SliceBuffer(buf)}, got) {
+		t.Fatal("Decode declined")
+	}
+	clear(buf)
+	if !Decode(mem.BufferSlice{mem.SliceBuffer(buf[:copy(buf, next)])}, &authv3.CheckRequest{}) {
+		t.Fatal("Decode declined the next")
+	}
+	if !proto.Equal(got, want) {
+		t.Fatalf("after the next message, the first reads\n%v\nwant\n%v", got, want)
+	}
 }

@@ -10,6 +10,7 @@ package authz
 import (
 	"context"
 	"errors"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -249,17 +250,79 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 			HeadersToRemove:      snap.removeHeaders(headers),
 			ResponseHeadersToAdd: responseHeaders(rl),
 		}},
-		DynamicMetadata: id.metadata,
+		DynamicMetadata: id.allowMetadata(&d),
 	}, "ok", nil
 }
+
+// The dynamic metadata of an allow, which Envoy's access log carries back
+// to levy under filter_metadata["envoy.filters.http.ext_authz"].
+const (
+	MetadataConsumer = "consumer" // the consumer's id
+	MetadataPlan     = "plan"     // the plan's name
+	MetadataModel    = "model"    // the plan's billing model
+	MetadataKeyID    = "key_id"   // the API key's id
+	// MetadataWindow is a number: the unix seconds of the start of the
+	// usage ledger window this request's units were counted in at
+	// admission (by the store's clock). Settlement adjusts that window, not
+	// the one the request's start time falls in: at a window's edge the two
+	// differ, and a refund in the other window would miss its units.
+	MetadataWindow = "window"
+	// MetadataLedger is a string: the ledger's state key the units were
+	// counted under (limiter.LedgerKey of the consumer and the plan's meter).
+	MetadataLedger = "ledger"
+)
 
 // identity is what levy tells Envoy about an allowed caller: the same for
 // every request of a key on a plan, so it is built once per snapshot and
 // shared (protobuf messages are safe to marshal concurrently).
 type identity struct {
-	headers  []*corev3.HeaderValueOption
+	headers []*corev3.HeaderValueOption
+	// metadata is who is calling, for denials; allows add the ledger window.
 	metadata *structpb.Struct
 	limits   []limiter.Limit // with cost 1
+	// ledgerAt is the index of the ledger limit in limits, -1 when none;
+	// ledger its key as a metadata value.
+	ledgerAt int
+	ledger   *structpb.Value
+	// counted is the metadata of allows counted in the ledger window last
+	// seen: built once a window (not once a request) and then shared, never
+	// changed, like metadata.
+	counted atomic.Pointer[countedMetadata]
+}
+
+// countedMetadata is an identity's metadata with the ledger window a
+// request was counted in, and the messages it is made of: one allocation
+// for the three.
+type countedMetadata struct {
+	window   int64 // unix seconds
+	metadata structpb.Struct
+	value    structpb.Value
+	number   structpb.Value_NumberValue
+}
+
+// allowMetadata is the dynamic metadata of a request that d allowed: the
+// identity's, and the ledger window d counted its units in, with the
+// ledger's key. A limiter that reports no window start leaves them out.
+func (id *identity) allowMetadata(d *limiter.Decision) *structpb.Struct {
+	if id.ledgerAt < 0 || id.ledgerAt >= len(d.Statuses) || d.Statuses[id.ledgerAt].PeriodStart.IsZero() {
+		return id.metadata
+	}
+	window := d.Statuses[id.ledgerAt].PeriodStart.Unix()
+	if c := id.counted.Load(); c != nil && c.window == window {
+		return &c.metadata
+	}
+	// A new window (or, for requests in flight across an edge, the one
+	// before): a new map, sharing the identity's values, which no one
+	// changes.
+	c := &countedMetadata{window: window}
+	c.number.NumberValue = float64(window)
+	c.value.Kind = &c.number
+	c.metadata.Fields = make(map[string]*structpb.Value, len(id.metadata.Fields)+2)
+	maps.Copy(c.metadata.Fields, id.metadata.Fields)
+	c.metadata.Fields[MetadataLedger] = id.ledger
+	c.metadata.Fields[MetadataWindow] = &c.value
+	id.counted.Store(c)
+	return &c.metadata
 }
 
 // maxIdentities bounds the identity cache.
@@ -291,13 +354,19 @@ func (snap *Snapshot) identity(k *apikey.Key, c *apikey.Consumer, p *plan.Plan) 
 			set(snap.CredentialHeader, k.ID),
 		},
 		metadata: &structpb.Struct{Fields: map[string]*structpb.Value{
-			"consumer": structpb.NewStringValue(c.ID),
-			"plan":     structpb.NewStringValue(p.Name),
-			"model":    structpb.NewStringValue(string(p.Model)),
-			"key_id":   structpb.NewStringValue(k.ID),
+			MetadataConsumer: structpb.NewStringValue(c.ID),
+			MetadataPlan:     structpb.NewStringValue(p.Name),
+			MetadataModel:    structpb.NewStringValue(string(p.Model)),
+			MetadataKeyID:    structpb.NewStringValue(k.ID),
 		}},
+		ledgerAt: -1,
 	}
 	id.limits = Limits(c, p, 1, snap.LedgerWindow)
+	for i := range id.limits {
+		if id.limits[i].Kind == limiter.Ledger {
+			id.ledgerAt, id.ledger = i, structpb.NewStringValue(id.limits[i].Key)
+		}
+	}
 	if snap.identityCount.Add(1) > maxIdentities {
 		// Keys come and go (revoked, rotated): start over rather than grow.
 		snap.identities.Clear()

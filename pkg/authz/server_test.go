@@ -67,18 +67,9 @@ type fixture struct {
 // Envoy-faithful client.
 func start(t *testing.T, newLimiter limitertest.Factory) *fixture {
 	t.Helper()
-	f := &fixture{keys: map[string]string{}, clock: limitertest.NewClock(limitertest.Start)}
-	text := testConfig
-	for _, name := range []string{"KEY_FREE", "KEY_PRO", "KEY_REVOKED", "KEY_EXPIRED", "KEY_PAYG", "KEY_SUSPENDED", "KEY_OPEN"} {
-		k, err := apikey.Generate("levy_test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		f.keys[name] = k
-		text = strings.ReplaceAll(text, name, k)
-	}
-	f.cfgText = text
-	snap := snapshot(t, text)
+	f := &fixture{clock: limitertest.NewClock(limitertest.Start)}
+	f.cfgText, f.keys = withKeys(t)
+	snap := snapshot(t, f.cfgText)
 	var lim limiter.Limiter = brokenLimiter{}
 	if newLimiter != nil {
 		lim = newLimiter(t, f.clock)
@@ -94,7 +85,23 @@ func start(t *testing.T, newLimiter limitertest.Factory) *fixture {
 	return f
 }
 
-func snapshot(t *testing.T, text string) *authz.Snapshot {
+// withKeys is testConfig with a new key in place of each KEY_ name, and
+// the keys by name.
+func withKeys(t testing.TB) (string, map[string]string) {
+	t.Helper()
+	text, keys := testConfig, map[string]string{}
+	for _, name := range []string{"KEY_FREE", "KEY_PRO", "KEY_REVOKED", "KEY_EXPIRED", "KEY_PAYG", "KEY_SUSPENDED", "KEY_OPEN"} {
+		k, err := apikey.Generate("levy_test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[name] = k
+		text = strings.ReplaceAll(text, name, k)
+	}
+	return text, keys
+}
+
+func snapshot(t testing.TB, text string) *authz.Snapshot {
 	t.Helper()
 	cfg, err := config.Parse([]byte(text), "test.yaml")
 	if err != nil {
@@ -147,6 +154,8 @@ func TestBehaviour(t *testing.T) {
 		{"PlanChangeAppliesAtOnceWithoutNewKey", testPlanChangeAppliesAtOnceWithoutNewKey},
 		{"MalformedRequestsAreDeniedNotPanics", testMalformedRequestsAreDeniedNotPanics},
 		{"ParallelChecksNeverExceedTheBucket", testParallelChecksNeverExceedTheBucket},
+		{"AllowCarriesTheLedgerWindowItsUnitsWereCountedIn", testAllowCarriesTheLedgerWindowItsUnitsWereCountedIn},
+		{"WindowAtAnEdgeIsAdmissionsNotTheRequestStart", testWindowAtAnEdgeIsAdmissionsNotTheRequestStart},
 	}
 	for _, store := range limitertest.Stores(t) {
 		t.Run(store.Name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -167,6 +168,7 @@ func (e cachedKey) result() (*apikey.Key, *apikey.Consumer, error) {
 }
 
 func (d *Directory) fetchKey(ctx context.Context, hash string) (cachedKey, error) {
+	hash = strings.Clone(hash) // cached: see fetchConsumer
 	key := keyKey(hash)
 	if !d.available(key) {
 		return cachedKey{}, ErrDown
@@ -194,6 +196,11 @@ func (d *Directory) fetchKey(ctx context.Context, hash string) (cachedKey, error
 }
 
 func (d *Directory) fetchConsumer(ctx context.Context, id string) (*apikey.Consumer, error) {
+	// The cache keeps id (as its key and the record's ID) past the call: a
+	// copy of its own, not the caller's string, which may be a piece of a
+	// whole request (RLS's descriptor value, pinning the request) or lie
+	// over a buffer that is reused (a zero-copy decoder's).
+	id = strings.Clone(id)
 	key := consumerKey(id)
 	if !d.available(key) {
 		return nil, ErrDown

@@ -218,3 +218,28 @@ func TestCodecKnowsEveryField(t *testing.T) {
 	wiretest.KnowsFields(t, &durationpb.Duration{}, 1, 2)
 	wiretest.KnowsFields(t, &wrapperspb.UInt64Value{}, 1)
 }
+
+// TestCodecKeepsNoPartOfTheBuffer: gRPC reads the next message into the
+// buffer Decode read from, so what Decode made of a request (the domain,
+// descriptor entries that become state keys and directory look-ups) is
+// still that request afterwards.
+func TestCodecKeepsNoPartOfTheBuffer(t *testing.T) {
+	cases := requestCases(t)
+	first, next := cases["envoy"], cases["domain twice"]
+	want := &rlsv3.RateLimitRequest{}
+	if err := proto.Unmarshal(first, want); err != nil {
+		t.Fatal(err)
+	}
+	buf := append([]byte(nil), first...)
+	got := &rlsv3.RateLimitRequest{}
+	if !Decode(mem.BufferSlice{mem.SliceBuffer(buf)}, got) {
+		t.Fatal("Decode declined")
+	}
+	clear(buf)
+	if !Decode(mem.BufferSlice{mem.SliceBuffer(buf[:copy(buf, next)])}, &rlsv3.RateLimitRequest{}) {
+		t.Fatal("Decode declined the next")
+	}
+	if !proto.Equal(got, want) {
+		t.Fatalf("after the next message, the first reads\n%v\nwant\n%v", got, want)
+	}
+}

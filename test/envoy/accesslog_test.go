@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -174,7 +175,9 @@ func TestAccessLoggerOpensNoStreamForEmptyFlush(t *testing.T) {
 }
 
 func TestHTTPLogEntryReflectsOutcomes(t *testing.T) {
-	md, _ := structpb.NewStruct(map[string]any{"consumer_id": "cus_1"})
+	// levy's allow metadata: who, and the ledger window the units were
+	// counted in, which the access-log receiver settles.
+	md, _ := structpb.NewStruct(map[string]any{"consumer_id": "cus_1", "window": 1_773_500_940, "ledger": "{c:cus_1}:ledger:api_calls"})
 	allow := okResponse(&authv3.OkHttpResponse{
 		Headers:              []*corev3.HeaderValueOption{hvo("x-consumer-id", "cus_1")},
 		HeadersToRemove:      []string{"x-api-key"},
@@ -288,6 +291,11 @@ func TestHTTPLogEntryReflectsOutcomes(t *testing.T) {
 			authzMD := c.GetMetadata().GetFilterMetadata()[ExtAuthzNamespace]
 			if got := authzMD.GetFields()["consumer_id"].GetStringValue() == "cus_1"; got != tt.wantMetadata {
 				t.Errorf("filter_metadata[%s] = %v, want consumer_id: %v", ExtAuthzNamespace, authzMD, tt.wantMetadata)
+			}
+			for k, v := range md.GetFields() {
+				if got := authzMD.GetFields()[k]; tt.wantMetadata && !proto.Equal(got, v) {
+					t.Errorf("filter_metadata[%s][%s] = %v, want %v", ExtAuthzNamespace, k, got, v)
+				}
 			}
 			if !mapsEqual(e.GetRequest().GetRequestHeaders(), tt.wantReqHdrs) {
 				t.Errorf("request_headers = %v, want %v", e.GetRequest().GetRequestHeaders(), tt.wantReqHdrs)

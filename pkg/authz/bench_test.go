@@ -1,0 +1,51 @@
+package authz_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/levyhq/levy/pkg/authz"
+	"github.com/levyhq/levy/pkg/limiter"
+	"github.com/levyhq/levy/pkg/limiter/limitertest"
+	"github.com/levyhq/levy/test/envoy"
+)
+
+// BenchmarkCheckEncode is one allowed Check in process, decided on the
+// local store, and its answer written by Encode: what levy spends on a
+// Check outside gRPC and the network. NewWindowEachCheck moves the clock a
+// ledger window before every Check, so that no two land in one window.
+func BenchmarkCheckEncode(b *testing.B) {
+	for _, bb := range []struct {
+		name string
+		step time.Duration
+	}{
+		{"SameWindow", 0},
+		{"NewWindowEachCheck", time.Minute},
+	} {
+		b.Run(bb.name, func(b *testing.B) {
+			text, keys := withKeys(b)
+			clock := limitertest.NewClock(limitertest.Start)
+			lim, err := limiter.NewLocal(limiter.LocalConfig{Clock: clock.Now})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer lim.Close()
+			srv := authz.New(authz.Config{Snapshot: snapshot(b, text), Limiter: lim, Clock: clock.Now})
+			req := envoy.BuildCheckRequest(&envoy.Request{Path: "/v1/items",
+				Headers: []envoy.Header{{Name: "x-api-key", Value: keys["KEY_OPEN"]}}}, 1)
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				clock.Advance(bb.step)
+				resp, err := srv.Check(ctx, req)
+				if err != nil || resp.GetOkResponse() == nil {
+					b.Fatalf("not allowed: %v %v", resp, err)
+				}
+				if _, ok := authz.Encode(resp); !ok {
+					b.Fatal("Encode declined an allow")
+				}
+			}
+		})
+	}
+}
