@@ -14,6 +14,7 @@ import (
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
+	"github.com/levyhq/levy/pkg/usage"
 	"github.com/levyhq/levy/test/envoy"
 )
 
@@ -35,7 +36,7 @@ func (f *fixture) ledgerKey(t *testing.T, consumer, planName string) string {
 	if !ok {
 		t.Fatalf("no plan %q", planName)
 	}
-	return limiter.LedgerKey(consumer, p.Meter)
+	return usage.LedgerKey(consumer, usage.TermsOf(p))
 }
 
 // windowOf is the window and ledger an ext_authz dynamic metadata holds,

@@ -360,3 +360,29 @@ func getJSON(t *testing.T, p *proc, path string, v any) {
 		t.Fatal(err)
 	}
 }
+
+// Envoy's start time and levy's store clock disagree at window edges: a
+// refund lands in the window admission counted the request in, the one
+// ext_authz names in its metadata, not the one Envoy's start time falls
+// in (defect 7).
+func TestSettlementUsesTheWindowAdmissionCounted(t *testing.T) {
+	for _, store := range []string{"local", "redis"} {
+		t.Run(store, func(t *testing.T) {
+			b := newBillRig(t, store == "redis", "acme")
+			p := b.serve(t)
+			reqs := []request{{"acme", 500, 0}, {"acme", 503, 0}, {"acme", 200, 0}, {"acme", 200, 0}}
+			logs := admitAll(t, p.client(t), b, reqs)
+			als := envoy.NewAccessLogger(dial(t, p.grpcAddr), envoy.AccessLogConfig{LogName: "levy", NodeID: "envoy-1", Cluster: "front"})
+			defer als.Close()
+			for _, in := range logs {
+				// Envoy's clock is 1.5 windows ahead of the store's.
+				in.Authz.StartTime = in.Authz.StartTime.Add(1500 * time.Millisecond)
+				als.Log(envoy.HTTPLogEntry(in))
+			}
+			if err := als.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			waitBilled(t, b.stripe, p, want(reqs))
+		})
+	}
+}
