@@ -76,9 +76,11 @@ type ExporterConfig struct {
 // difference, identified by the account's last closed window and its
 // event count, so a retry never bills twice; it is recorded as pending
 // before it is sent, so a retry after a crash sends the same identifier
-// and value. A late settlement that lowers the bill is carried into the
-// period's next event; one that comes after the period closed is counted
-// as uncorrectable.
+// and value. A late settlement that lowers the bill below what Stripe has
+// cancels the period's latest events (Stripe cancels within 24 hours) and
+// bills what is left; what cannot be cancelled is taken off the period's
+// next event. One that comes after the period closed is counted as
+// uncorrectable.
 type Exporter struct {
 	cfg    ExporterConfig
 	stripe *client.API
@@ -91,6 +93,7 @@ type Exporter struct {
 	unbilled      prometheus.Gauge
 	uncorrectable *prometheus.CounterVec
 	corrected     prometheus.Counter
+	cancelled     prometheus.Counter
 }
 
 type retry struct {
@@ -139,6 +142,10 @@ func NewExporter(cfg ExporterConfig) *Exporter {
 			Name: "levy_usage_corrected_windows_total",
 			Help: "Windows accounted again because a settlement changed them after their export.",
 		}),
+		cancelled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "levy_usage_cancelled_events_total",
+			Help: "Meter events cancelled (a late refund lowered the period's bill below what Stripe had) and billed again at the lower value.",
+		}),
 	}
 	for _, r := range []string{"accepted", "zero", "failed", "unbillable", "rejected"} {
 		e.events.WithLabelValues(r)
@@ -146,7 +153,7 @@ func NewExporter(cfg ExporterConfig) *Exporter {
 	e.uncorrectable.WithLabelValues("under")
 	e.uncorrectable.WithLabelValues("over")
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(e.events, e.lag, e.unbilled, e.uncorrectable, e.corrected)
+		cfg.Registerer.MustRegister(e.events, e.lag, e.unbilled, e.uncorrectable, e.corrected, e.cancelled)
 	}
 	return e
 }
@@ -358,21 +365,26 @@ func (p *pass) account(ctx context.Context, a Account, c *apikey.Consumer) error
 	key := a.String()
 	for i := range windows {
 		w := &windows[i]
-		if w.Pending <= 0 {
+		if w.Pending == 0 {
 			continue
 		}
-		// Sent before, or about to be, when the exporter stopped: the same
-		// identifier and value again.
+		// An event or a cancellation in flight when the exporter stopped:
+		// the same again.
 		if c.StripeCustomerID == "" || !e.due(key, p.now) {
 			p.unbillable++
 			return nil
 		}
 		p.sends++
-		// Accepted: only the event is recorded, and the bill is worked out
-		// again below. Refused for good: the windows with work are set
-		// aside, or they would be sent again and again.
-		sent, err := p.send(ctx, c, w, w.Pending, nil, dueOf(windows))
-		if !sent {
+		var done bool
+		if w.Pending < 0 {
+			done, err = p.cancel(ctx, key, w)
+		} else {
+			// Accepted: only the event is recorded, and the bill is worked
+			// out again below. Refused for good: the windows with work are
+			// set aside, or they would be sent again and again.
+			done, err = p.send(ctx, c, w, w.Pending, nil, dueOf(windows))
+		}
+		if !done {
 			return err
 		}
 		if windows, err = p.closed(ctx, a); err != nil {
@@ -412,9 +424,31 @@ func (p *pass) account(ctx context.Context, a Account, c *apikey.Consumer) error
 		e.cfg.Log.Warn("late settlement after the billing period closed", zap.String("account", key), zap.Int64("units", change))
 		return e.cfg.Ledger.Commit(ctx, *last, 0, work)
 	}
+	// Billed more than is owed (a late refund): take back the period's
+	// latest events Stripe can still cancel, then bill what is left. A
+	// correction upwards replaces the latest event too, so that the
+	// period's events stay few and the next correction can take back all
+	// of it.
+	replace := corrective && value > 0
+	for (value < 0 || replace) && p.sends < maxSendsPerPass && c.StripeCustomerID != "" && e.due(key, p.now) {
+		replace = false
+		w := cancellable(st.Windows, p.now)
+		if w == nil {
+			break
+		}
+		if err := e.cfg.Ledger.Prepare(ctx, *w, -w.LastValue); err != nil {
+			return err
+		}
+		p.sends++
+		if done, err := p.cancel(ctx, key, w); !done {
+			return err
+		}
+		value += w.LastValue
+		w.LastValue = 0
+	}
 	if value <= 0 {
-		// Nothing to bill now; units billed beyond what is owed (a late
-		// refund) are taken off the period's next event.
+		// Nothing to bill now; units billed beyond what is owed and not
+		// taken back are taken off the period's next event.
 		if err := e.cfg.Ledger.Commit(ctx, *last, 0, work); err != nil {
 			return err
 		}
@@ -435,6 +469,62 @@ func (p *pass) account(ctx context.Context, a Account, c *apikey.Consumer) error
 	p.sends++
 	_, err = p.send(ctx, c, last, value, work, work)
 	return err
+}
+
+// cancelWithin is how old an event may be for levy to cancel it: Stripe
+// cancels events within 24 hours of taking them.
+const cancelWithin = 23 * time.Hour
+
+// cancellable is the window of the period's latest event that Stripe can
+// still cancel, or nil.
+func cancellable(windows []usage.Window, now time.Time) *usage.Window {
+	var best *usage.Window
+	for i := range windows {
+		w := &windows[i]
+		if w.LastValue > 0 && w.Events > 0 && now.Sub(w.LastSent) < cancelWithin && (best == nil || w.LastSent.After(best.LastSent)) {
+			best = w
+		}
+	}
+	return best
+}
+
+// cancel cancels w's last event (its cancellation prepared) and records
+// it; done reports that Stripe no longer counts it.
+func (p *pass) cancel(ctx context.Context, key string, w *usage.Window) (done bool, err error) {
+	e := p.e
+	id := Identifier(*w, w.Events-1)
+	params := &stripe.BillingMeterEventAdjustmentParams{
+		EventName: stripe.String(w.Meter),
+		Type:      stripe.String(string(stripe.BillingMeterEventAdjustmentTypeCancel)),
+		Cancel:    &stripe.BillingMeterEventAdjustmentCancelParams{Identifier: stripe.String(id)},
+	}
+	params.Context = ctx
+	_, err = e.stripe.BillingMeterEventAdjustments.New(params)
+	if err != nil && !alreadyCancelled(err) {
+		if reason, permanent := Permanent(err); permanent {
+			// Too old, or unknown: Stripe keeps counting it, and the
+			// surplus is taken off the period's next event instead.
+			e.cfg.Log.Warn("Stripe would not cancel a meter event", zap.String("identifier", id), zap.String("reason", reason))
+			return false, e.cfg.Ledger.Prepare(ctx, *w, 0)
+		}
+		e.events.WithLabelValues("failed").Inc()
+		e.failed(key, p.now)
+		return false, err
+	}
+	if err := e.cfg.Ledger.Commit(ctx, *w, -w.LastValue, nil); err != nil {
+		return false, err // the next pass cancels again: a no-op for Stripe
+	}
+	e.cancelled.Inc()
+	e.cfg.Log.Debug("meter event cancelled", zap.String("identifier", id), zap.Int64("value", w.LastValue))
+	return true, nil
+}
+
+// alreadyCancelled recognises Stripe's answer to cancelling an event
+// again.
+func alreadyCancelled(err error) bool {
+	var serr *stripe.Error
+	return errors.As(err, &serr) && serr.HTTPStatusCode == http.StatusBadRequest &&
+		strings.Contains(strings.ToLower(serr.Msg), "already") && strings.Contains(strings.ToLower(serr.Msg), "cancel")
 }
 
 func dueOf(windows []usage.Window) []usage.Window {

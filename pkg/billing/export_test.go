@@ -107,8 +107,9 @@ type rig struct {
 	people  *consumers
 }
 
+// newRig's clock is mid-month: no test crosses a billing period by chance.
 func newRig(t *testing.T) *rig {
-	return newRigAt(t, time.Now().UTC().Truncate(time.Minute).Add(-10*time.Minute))
+	return newRigAt(t, time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC))
 }
 
 func newRigAt(t *testing.T, start time.Time) *rig {
@@ -135,8 +136,8 @@ func (r *rig) exporter(t *testing.T, ledger usage.Ledger, lease billing.Lease, h
 	})
 }
 
-// sent sums the accepted meter events by identifier and checks none was
-// accepted twice.
+// sent sums the accepted meter events by identifier, leaving out those
+// cancelled, and checks none was accepted twice.
 func sent(t *testing.T, s *stripetest.Stripe) map[string]int64 {
 	t.Helper()
 	out := map[string]int64{}
@@ -153,6 +154,11 @@ func sent(t *testing.T, s *stripetest.Stripe) map[string]int64 {
 			t.Fatalf("value %q", c.Form.Get("payload[value]"))
 		}
 		out[id] = v
+	}
+	for _, c := range s.Calls("/v1/billing/meter_event_adjustments") {
+		if c.Status == 200 && c.Form.Get("type") == "cancel" {
+			delete(out, c.Form.Get("cancel[identifier]"))
+		}
 	}
 	return out
 }
@@ -541,7 +547,7 @@ func TestPermanentRefusalIsReportedNotRetried(t *testing.T) {
 // Late access logs correct the bill within the billing period: more units
 // are billed by a later event, a refund is taken off the next one.
 func TestLateSettlementsCorrectTheBillWithinThePeriod(t *testing.T) {
-	r := newRig(t)
+	r := newRigAt(t, time.Date(2026, 3, 10, 10, 0, 0, 0, time.UTC)) // a day later is the same period
 	start := r.clock.Now()
 	r.admit(t, r.local, "beta", 5)
 	r.clock.Advance(2 * time.Minute)
@@ -551,14 +557,18 @@ func TestLateSettlementsCorrectTheBillWithinThePeriod(t *testing.T) {
 	r.clock.Advance(time.Minute)
 	e.ExportOnce(context.Background())
 	got := sent(t, r.stripe)
-	if len(got) != 2 || total(got) != 8 {
-		t.Fatalf("after late units: %v, want 5 + a correction of 3", got)
+	if len(got) != 1 || total(got) != 8 {
+		t.Fatalf("after late units: %v, want the event of 5 replaced by one of 8", got)
 	}
 	r.settle(t, r.local, "beta", start, -4) // four refunded, late
 	r.clock.Advance(time.Minute)
 	e.ExportOnce(context.Background())
-	if n := len(r.stripe.Calls(meterPath)); n != 2 {
-		t.Fatalf("a refund sent an event: %d calls", n)
+	// The event of 8 is cancelled and the period billed again at 4.
+	if got := sent(t, r.stripe); len(got) != 1 || total(got) != 5+3-4 {
+		t.Fatalf("after a late refund: %v, want one event of 4", got)
+	}
+	if counter(t, reg, "levy_usage_cancelled_events_total", "", "") != 2 { // 5, then 8
+		t.Fatal("cancellations not counted")
 	}
 	r.admit(t, r.local, "beta", 6) // the period's next usage
 	r.clock.Advance(2 * time.Minute)
@@ -566,7 +576,18 @@ func TestLateSettlementsCorrectTheBillWithinThePeriod(t *testing.T) {
 	if got := total(sent(t, r.stripe)); got != 5+3-4+6 {
 		t.Fatalf("billed %d, want %d", got, 5+3-4+6)
 	}
-	if counter(t, reg, "levy_usage_corrected_windows_total", "", "") != 2 {
+	// A day later Stripe cancels nothing more: a refund is taken off the
+	// period's next event.
+	r.clock.Advance(24 * time.Hour)
+	r.settle(t, r.local, "beta", start, -1)
+	e.ExportOnce(context.Background())
+	r.admit(t, r.local, "beta", 2)
+	r.clock.Advance(2 * time.Minute)
+	e.ExportOnce(context.Background())
+	if got := total(sent(t, r.stripe)); got != 5+3-4+6-1+2 {
+		t.Fatalf("billed %d, want %d", got, 5+3-4+6-1+2)
+	}
+	if counter(t, reg, "levy_usage_corrected_windows_total", "", "") != 3 {
 		t.Fatal("corrections not counted")
 	}
 	if left := due(t, r.local, r.clock.Now()); len(left) != 0 {

@@ -1,5 +1,6 @@
 -- Record an export step of one billing period: the event of window K (its
--- value accepted by Stripe, or 0 when nothing was sent) and the windows it
+-- value accepted by Stripe, 0 when nothing was sent, negative when K's last
+-- event was cancelled) and the windows it
 -- accounted, each at the units it held when the value was worked out. A
 -- window whose units moved since stays in the index: the next pass
 -- accounts the difference. With a reason, the windows are set aside as
@@ -13,6 +14,11 @@ if redis.call("EXISTS", kw) == 1 then
   if value > 0 then
     redis.call("HINCRBY", kw, "b", value)
     redis.call("HINCRBY", kw, "n", 1)
+    redis.call("HSET", kw, "l", value, "t", redis.call("TIME")[1])
+  elseif value < 0 then
+    -- the last event was cancelled
+    redis.call("HINCRBY", kw, "b", value)
+    redis.call("HSET", kw, "l", 0)
   end
   redis.call("HDEL", kw, "p")
 end
@@ -29,7 +35,7 @@ for i = 2, #KEYS do
     end
     redis.call("EXPIRE", w, ARGV[3])
     local u = tonumber(redis.call("HGET", w, "u") or "0")
-    if reason ~= "" or (u == tonumber(units) and redis.call("HEXISTS", w, "p") == 0) then
+    if reason ~= "" or (u == tonumber(units) and tonumber(redis.call("HGET", w, "p") or "0") == 0) then
       redis.call("ZREM", KEYS[i], s)
     end
     redis.call("ZADD", KEYS[i] .. ":done", s, s)

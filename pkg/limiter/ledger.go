@@ -96,10 +96,16 @@ func (l *Local) Prepare(_ context.Context, w usage.Window, value int64) error {
 // Commit implements usage.Ledger. Every window of one consumer is in one
 // shard (the consumer's hash tag), so one lock makes it atomic.
 func (l *Local) Commit(_ context.Context, w usage.Window, value int64, accounted []usage.Window) error {
+	now := l.clock().Unix()
 	return l.settleAccount(w, accounted, func(k *LedgerEntry) {
-		if value > 0 {
+		switch {
+		case value > 0:
 			k.Billed += value
 			k.Events++
+			k.LastValue, k.LastSent = value, now
+		case value < 0:
+			k.Billed += value
+			k.LastValue = 0
 		}
 	}, "")
 }
@@ -144,6 +150,7 @@ func window(id counterID, e *LedgerEntry) (usage.Window, bool) {
 		Start: time.Unix(id.start, 0).UTC(), Size: e.Size,
 		Units: e.Units, Refunded: e.Refunded, Reported: e.Reported,
 		Exported: e.Exported, Accounted: e.Accounted, Billed: e.Billed, Events: e.Events,
+		LastValue: e.LastValue, LastSent: time.Unix(e.LastSent, 0).UTC(),
 		Pending: e.Pending, Rejected: e.Rejected}, true
 }
 
@@ -159,5 +166,5 @@ func sortWindows(ws []usage.Window) {
 
 // due is usage.Window.Due for an entry.
 func (e *LedgerEntry) due() bool {
-	return e.Rejected == "" && (!e.Exported || e.Units != e.Accounted || e.Pending > 0)
+	return e.Rejected == "" && (!e.Exported || e.Units != e.Accounted || e.Pending != 0)
 }

@@ -33,6 +33,8 @@ type LedgerEntry struct {
 	Accounted          int64  `json:",omitempty"`
 	Billed             int64  `json:",omitempty"`
 	Events             int    `json:",omitempty"`
+	LastValue          int64  `json:",omitempty"`
+	LastSent           int64  `json:",omitempty"` // unix seconds
 	Pending            int64  `json:",omitempty"`
 	Rejected           string `json:",omitempty"`
 }

@@ -30,7 +30,8 @@ var commitLua string
 // has a sorted set of the window starts with export work (the key
 // itself), another of the windows accounted (":done"), a hash per window
 // (":<start>": u units, z size, r refunded, x reported, e exported, a
-// accounted, b billed, n events, p pending, j rejected) and a set of the
+// accounted, b billed, n events, l and t the last event's value and time,
+// p pending, j rejected) and a set of the
 // requests settled in it (":<start>:seen").
 type RedisLedger struct {
 	client redis.UniversalClient
@@ -219,7 +220,7 @@ func (r *RedisLedger) Due(ctx context.Context, before time.Time) ([]usage.Window
 	return out, nil
 }
 
-var windowFields = []string{"u", "z", "r", "x", "e", "a", "b", "n", "p", "j"}
+var windowFields = []string{"u", "z", "r", "x", "e", "a", "b", "n", "p", "j", "l", "t"}
 
 // read reads the windows of key that start at starts; windows that are
 // gone are left out.
@@ -251,7 +252,8 @@ func (r *RedisLedger) read(ctx context.Context, key string, starts []string) ([]
 		w := usage.Window{Consumer: consumer, Meter: terms.Meter, Terms: terms, Key: key,
 			Start: time.Unix(start, 0).UTC(), Size: time.Duration(n(1)) * time.Second,
 			Units: n(0), Refunded: n(2), Reported: n(3), Exported: f(4) == "1", Accounted: n(5),
-			Billed: n(6), Events: int(n(7)), Pending: n(8), Rejected: f(9)}
+			Billed: n(6), Events: int(n(7)), Pending: n(8), Rejected: f(9),
+			LastValue: n(10), LastSent: time.Unix(n(11), 0).UTC()}
 		if w.Exported && vals[5] == nil {
 			w.Accounted = w.Units // exported before levy kept "a"
 		}

@@ -44,8 +44,15 @@ type Window struct {
 	// window); Events is how many.
 	Billed int64
 	Events int
+	// LastValue is the value of the last of those events while it can
+	// still be cancelled (zero once it was), and LastSent when Stripe
+	// accepted it, by the store's clock: Stripe cancels an event within
+	// 24 hours of taking it.
+	LastValue int64
+	LastSent  time.Time
 	// Pending is the value of an event sent, or about to be, and not yet
 	// known to be accepted: a retry sends the same identifier and value.
+	// Negative: the cancellation of the last event, -LastValue.
 	Pending int64
 	// Rejected is why Stripe refused the window's event for a reason a
 	// retry cannot fix; such a window is not retried (levy billing
@@ -64,7 +71,7 @@ func (w Window) End() time.Time { return w.Start.Add(w.Size) }
 // Due reports whether the exporter still has work for the window: never
 // accounted, settled since it was, or an event in flight.
 func (w Window) Due() bool {
-	return w.Rejected == "" && (!w.Exported || w.Units != w.Accounted || w.Pending > 0)
+	return w.Rejected == "" && (!w.Exported || w.Units != w.Accounted || w.Pending != 0)
 }
 
 // Adjustment changes a window after admission (settlement).
@@ -134,11 +141,13 @@ type Ledger interface {
 	Windows(ctx context.Context, consumer string, from, to time.Time) ([]Window, error)
 	// Prepare records that an event of value is about to be sent for w
 	// (identified by w and w.Events), so that a retry after a crash sends
-	// the same identifier and value.
+	// the same identifier and value; a negative value, that w's last event
+	// is about to be cancelled; zero, that nothing is.
 	Prepare(ctx context.Context, w Window, value int64) error
 	// Commit records that Stripe accepted value for the event w identifies
-	// (zero: nothing was sent), and that each window of accounted is
-	// accounted at the Units it holds there. One atomic step.
+	// (zero: nothing was sent; negative: w's last event was cancelled), and
+	// that each window of accounted is accounted at the Units it holds
+	// there. One atomic step.
 	Commit(ctx context.Context, w Window, value int64, accounted []Window) error
 	// Reject records that Stripe refused w's pending event for good: the
 	// windows of accounted are set aside with the reason.

@@ -79,23 +79,34 @@ func (b *billRig) serve(t *testing.T) *proc {
 	return serve(t, "--config", b.cfg, "--data-dir", b.data)
 }
 
-// billed sums the meter events Stripe accepted per customer, failing on an
-// identifier accepted twice.
+// billed sums the meter events Stripe accepted and did not cancel, per
+// customer, failing on an identifier accepted twice.
 func billed(t *testing.T, s *stripetest.Stripe) map[string]int64 {
 	t.Helper()
-	seen := map[string]bool{}
-	out := map[string]int64{}
+	type event struct {
+		customer string
+		value    int64
+	}
+	events := map[string]event{}
 	for _, c := range s.Calls("/v1/billing/meter_events") {
 		if c.Status != 200 {
 			continue
 		}
 		id := c.Form.Get("identifier")
-		if seen[id] {
+		if _, seen := events[id]; seen {
 			t.Fatalf("identifier %s accepted twice", id)
 		}
-		seen[id] = true
 		v, _ := strconv.ParseInt(c.Form.Get("payload[value]"), 10, 64)
-		out[strings.TrimPrefix(c.Form.Get("payload[stripe_customer_id]"), "cus_")] += v
+		events[id] = event{strings.TrimPrefix(c.Form.Get("payload[stripe_customer_id]"), "cus_"), v}
+	}
+	for _, c := range s.Calls("/v1/billing/meter_event_adjustments") {
+		if c.Status == 200 && c.Form.Get("type") == "cancel" {
+			delete(events, c.Form.Get("cancel[identifier]"))
+		}
+	}
+	out := map[string]int64{}
+	for _, e := range events {
+		out[e.customer] += e.value
 	}
 	return out
 }
@@ -321,6 +332,8 @@ func TestLateAccessLogsCorrectTheBill(t *testing.T) {
 			if err := als.Flush(context.Background()); err != nil {
 				t.Fatal(err)
 			}
+			// Stripe cancels the event of 8 and takes one of 6 instead.
+			waitBilled(t, b.stripe, p, map[string]int64{"acme": 8 - 2})
 			admitAll(t, c, b, first) // the period's next usage: 5 units
 			waitBilled(t, b.stripe, p, map[string]int64{"acme": 8 - 2 + 5})
 
