@@ -24,6 +24,14 @@ run: ## Serve the demo config on the embedded store and print demo keys
 test: ## Run every test with the race detector
 	$(GO) test -race -count=1 -timeout 9m $(PKGS)
 
+.PHONY: soak
+soak: ## The randomized billing test with new seeds (SEEDS runs of STEPS steps; a failure prints its seed)
+	@log=$$(mktemp); for i in $$(seq $${SEEDS:-5}); do \
+		LEVY_SOAK_SEED=random LEVY_SOAK_STEPS=$${STEPS:-300} $(GO) test -count=1 -v -run 'TestRandomTrafficIsBilledExactly' ./test/e2e/ >$$log 2>&1; \
+		rc=$$?; grep -E '^(---|ok|FAIL|panic)|seed [0-9]|Stripe holds' $$log; \
+		if [ $$rc -ne 0 ]; then echo "full output: $$log"; exit 1; fi; \
+	done; rm -f $$log
+
 .PHONY: bench
 bench: ## Benchmarks: levy next to a no-op server in the same run
 	$(GO) test -run '^$$' -bench . -benchtime 3s -count 3 ./test/bench/

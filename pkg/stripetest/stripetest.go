@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"math/rand"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -24,7 +25,10 @@ import (
 type Call struct {
 	Method, Path string
 	Form         url.Values
-	Status       int
+	// Status is Stripe's answer; Lost, that the caller got a 503 instead
+	// (FailRandomly).
+	Status int
+	Lost   bool
 }
 
 // Stripe is stripe-mock behind a recording proxy. Point levy at URL.
@@ -37,6 +41,10 @@ type Stripe struct {
 	body    string // with this body
 	remain  int    // how many more requests fail (-1: until Recover)
 	seen    map[string]bool
+	// chaos, when set, fails requests at random: each with probability
+	// chaosRate.
+	chaos     *rand.Rand
+	chaosRate float64
 }
 
 var (
@@ -128,6 +136,14 @@ func Start(t testing.TB) *Stripe {
 		call := Call{Method: r.Method, Path: r.URL.Path, Form: form}
 		s.mu.Lock()
 		fail, failBody := s.failing, s.body
+		lose := false // Stripe did it, and its answer is lost on the way
+		if fail == 0 && s.chaos != nil && s.chaos.Float64() < s.chaosRate {
+			if s.chaos.Intn(2) == 0 {
+				fail, failBody = http.StatusServiceUnavailable, `{"error":{"type":"api_error","message":"injected at random by stripetest"}}`
+			} else {
+				lose = true
+			}
+		}
 		if fail > 0 && s.remain > 0 {
 			s.remain--
 		}
@@ -153,10 +169,17 @@ func Start(t testing.TB) *Stripe {
 			rec.Header().Set("Content-Type", "application/json")
 			rec.WriteHeader(fail)
 			io.WriteString(rec, failBody)
+		} else if lose {
+			done := &statusRecorder{ResponseWriter: discard{}, status: 200}
+			proxy.ServeHTTP(done, r)
+			rec.status = done.status // what Stripe did; the caller sees a 503
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `{"error":{"type":"api_error","message":"answer lost by stripetest"}}`)
 		} else {
 			proxy.ServeHTTP(rec, r)
 		}
-		call.Status = rec.status
+		call.Status, call.Lost = rec.status, lose
 		s.mu.Lock()
 		if ident != "" && rec.status == 200 {
 			s.seen[ident] = true
@@ -173,6 +196,13 @@ func Start(t testing.TB) *Stripe {
 	s.URL = "http://" + lis.Addr().String()
 	return s
 }
+
+// discard is a ResponseWriter that keeps nothing.
+type discard struct{}
+
+func (discard) Header() http.Header         { return http.Header{} }
+func (discard) Write(b []byte) (int, error) { return len(b), nil }
+func (discard) WriteHeader(int)             {}
 
 type statusRecorder struct {
 	http.ResponseWriter
@@ -197,8 +227,21 @@ func (s *Stripe) FailWith(status int, body string, n int) {
 	s.failing, s.body, s.remain = status, body, n
 }
 
-// Recover ends Fail.
-func (s *Stripe) Recover() { s.Fail(0, 0) }
+// FailRandomly makes each request fail (503) with probability rate, drawn
+// from seed, until Recover.
+func (s *Stripe) FailRandomly(rate float64, seed int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.chaos, s.chaosRate = rand.New(rand.NewSource(seed)), rate
+}
+
+// Recover ends Fail and FailRandomly.
+func (s *Stripe) Recover() {
+	s.Fail(0, 0)
+	s.mu.Lock()
+	s.chaos = nil
+	s.mu.Unlock()
+}
 
 // Calls returns the requests seen so far, optionally only those to path.
 func (s *Stripe) Calls(path string) []Call {
