@@ -349,7 +349,7 @@ func TestAcceptedButUnrecordedEventIsNotBilledTwice(t *testing.T) {
 func TestBillableUnitsFollowSettlementAcrossWindows(t *testing.T) {
 	r := newRig(t)
 	start := r.clock.Now()
-	r.admit(t, r.local, "acme", 4) // payg3: 3 included
+	r.admit(t, r.local, "acme", 4)          // payg3: 3 included
 	r.settle(t, r.local, "acme", start, -2) // two 5xx refunded: 2 units settled in window 1
 	r.clock.Advance(time.Minute)
 	r.admit(t, r.local, "acme", 3) // 5 settled so far: 2 beyond the 3 included
