@@ -24,6 +24,8 @@ const adminTokenEnv = "LEVY_ADMIN_TOKEN"
 // adminClient calls a running levy's admin API.
 type adminClient struct {
 	url, token string
+	// timeout bounds a call (default 30s).
+	timeout time.Duration
 }
 
 // adminFlags adds --admin-url and --token to cmd (and, when persistent, to
@@ -59,7 +61,11 @@ func (c *adminClient) call(ctx context.Context, method, path string, body, out a
 		}
 		rd = bytes.NewReader(b)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	timeout := c.timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	endpoint := strings.TrimRight(c.url, "/") + path
 	req, err := http.NewRequestWithContext(ctx, method, endpoint, rd)

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -22,9 +23,23 @@ func main() {
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "levy:", err)
-		os.Exit(1)
+		code := 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+		os.Exit(code)
 	}
 }
+
+// exitError is an error that main turns into an exit status other than 1.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root := &cobra.Command{
@@ -38,7 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root.SetErr(stderr)
 	keys := keysCmd()
 	addAdminKeyCmds(keys)
-	root.AddCommand(serveCmd(), checkCmd(), keys, consumersCmd(), usageCmd(), configCmd(), versionCmd())
+	root.AddCommand(serveCmd(), checkCmd(), keys, consumersCmd(), usageCmd(), billingCmd(), configCmd(), versionCmd())
 	return root.ExecuteContext(ctx)
 }
 

@@ -1,6 +1,7 @@
 // Package admin is levy's HTTP admin API: it creates, reads and changes
 // consumers (plan, suspension, Stripe customer) and issues and revokes their
-// API keys in the run-time store. It answers JSON, and RFC 9457 problem
+// API keys in the run-time store, and reports usage and its reconciliation
+// with Stripe. It answers JSON, and RFC 9457 problem
 // documents for errors. Every call needs the admin bearer token; without a
 // configured token the API is off.
 //
@@ -61,7 +62,26 @@ type Config struct {
 	// /v1/consumers/{id}/usage), with its ledger windows when asked
 	// (?windows=true); apikey.ErrNotFound gives 404.
 	Usage func(ctx context.Context, consumerID string, windows bool) (any, error)
+	// Reconcile compares the usage ledger with what Stripe holds (GET
+	// /v1/billing/reconcile; POST with fix=true sends what Stripe is
+	// missing); apikey.ErrNotFound gives 404, ErrUnavailable 503.
+	Reconcile func(ctx context.Context, q ReconcileQuery) (any, error)
 }
+
+// ReconcileQuery is what a reconcile call asks for.
+type ReconcileQuery struct {
+	// Month selects the billing periods that start in it (period=2026-11);
+	// zero: the periods in progress.
+	Month time.Time
+	// Consumer, when set, is the only consumer reconciled.
+	Consumer string
+	// Fix sends Stripe what it is missing (POST only).
+	Fix bool
+}
+
+// ErrUnavailable is for a call that cannot be served as levy is set up
+// (Reconcile without a Stripe key): the error's text says why.
+var ErrUnavailable = errors.New("unavailable")
 
 // Handler serves the admin API under /v1/.
 type Handler struct {
@@ -109,6 +129,8 @@ func New(cfg Config) *Handler {
 	h.mux.HandleFunc("POST /v1/consumers/{id}/keys", h.createKey)
 	h.mux.HandleFunc("POST /v1/keys/{id}/revoke", h.revokeKey)
 	h.mux.HandleFunc("GET /v1/consumers/{id}/usage", h.usage)
+	h.mux.HandleFunc("GET /v1/billing/reconcile", h.reconcile)
+	h.mux.HandleFunc("POST /v1/billing/reconcile", h.reconcile)
 	return h
 }
 
@@ -266,6 +288,70 @@ func (h *Handler) usage(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, rep)
 	}
+}
+
+// reconcile answers the comparison of the ledger with Stripe; the report
+// says whether they differ (the call succeeds either way).
+func (h *Handler) reconcile(w http.ResponseWriter, r *http.Request) {
+	q, p := reconcileQuery(r)
+	if p.status != 0 {
+		p.write(w)
+		return
+	}
+	if h.cfg.Reconcile == nil {
+		writeProblem(w, http.StatusServiceUnavailable, "reconcile_unavailable", "reconcile is not available")
+		return
+	}
+	rep, err := h.cfg.Reconcile(r.Context(), q)
+	switch {
+	case errors.Is(err, apikey.ErrNotFound):
+		writeProblem(w, http.StatusNotFound, "consumer_not_found", "no consumer "+strconv.Quote(q.Consumer))
+	case errors.Is(err, ErrUnavailable):
+		writeProblem(w, http.StatusServiceUnavailable, "reconcile_unavailable", err.Error())
+	case err != nil:
+		h.log.Error("reconcile", zap.String("consumer", q.Consumer), zap.Error(err))
+		writeProblem(w, http.StatusServiceUnavailable, "store_unavailable", "the ledger cannot be read right now")
+	default:
+		if q.Fix {
+			h.log.Info("reconcile with fix", zap.String("consumer", q.Consumer), zap.Time("month", q.Month))
+		}
+		writeJSON(w, http.StatusOK, rep)
+	}
+}
+
+// reconcileQuery reads ?period=2026-11&consumer=ID&fix=true; fix only on
+// POST, since it sends Stripe usage.
+func reconcileQuery(r *http.Request) (ReconcileQuery, apiError) {
+	var q ReconcileQuery
+	v := r.URL.Query()
+	for name := range v {
+		if name != "period" && name != "consumer" && name != "fix" {
+			return q, apiError{http.StatusBadRequest, "unknown_parameter", "unknown parameter " + strconv.Quote(name) + "; known: period, consumer, fix"}
+		}
+	}
+	if s := v.Get("period"); s != "" {
+		m, err := time.Parse("2006-01", s)
+		if err != nil {
+			return q, apiError{http.StatusBadRequest, "invalid_period", fmt.Sprintf("period %q: want a month such as 2026-11", s)}
+		}
+		q.Month = m
+	}
+	if q.Consumer = v.Get("consumer"); v.Has("consumer") {
+		if p := checkID("consumer", q.Consumer); p.status != 0 {
+			return q, p
+		}
+	}
+	if s := v.Get("fix"); s != "" {
+		fix, err := strconv.ParseBool(s)
+		if err != nil {
+			return q, apiError{http.StatusBadRequest, "invalid_fix", fmt.Sprintf("fix %q: want true or false", s)}
+		}
+		if fix && r.Method != http.MethodPost {
+			return q, apiError{http.StatusBadRequest, "fix_needs_post", "fix=true sends Stripe usage: use POST"}
+		}
+		q.Fix = fix
+	}
+	return q, apiError{}
 }
 
 type patchConsumerRequest struct {

@@ -168,3 +168,27 @@ func sortWindows(ws []usage.Window) {
 func (e *LedgerEntry) due() bool {
 	return e.Rejected == "" && (!e.Exported || e.Units != e.Accounted || e.Pending != 0)
 }
+
+// Consumers lists the consumers with a window that starts in [from, to)
+// (levy billing reconcile finds whom to reconcile with it).
+func (l *Local) Consumers(_ context.Context, from, to time.Time) ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	for i := range l.shards {
+		sh := &l.shards[i]
+		sh.mu.Lock()
+		for id := range sh.ledger {
+			start := time.Unix(id.start, 0)
+			if start.Before(from) || !start.Before(to) {
+				continue
+			}
+			if c, _, ok := usage.ParseLedgerKey(id.key); ok && !seen[c] {
+				seen[c] = true
+				out = append(out, c)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	sort.Strings(out)
+	return out, nil
+}

@@ -5,6 +5,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -345,4 +346,34 @@ func globEscape(s string) string {
 		b.WriteRune(c)
 	}
 	return b.String()
+}
+
+// Consumers lists the consumers with a window that starts in [from, to)
+// (levy billing reconcile finds whom to reconcile with it).
+func (r *RedisLedger) Consumers(ctx context.Context, from, to time.Time) ([]string, error) {
+	keys, err := r.scanLedgers(ctx, "{c:*}:ledger:*")
+	if err != nil {
+		return nil, err
+	}
+	lo, hi := strconv.FormatInt(from.Unix(), 10), "("+strconv.FormatInt(to.Unix(), 10)
+	pipe := r.client.Pipeline()
+	counts := make([][2]*redis.IntCmd, len(keys))
+	for i, key := range keys {
+		// Windows with export work, and those accounted.
+		counts[i] = [2]*redis.IntCmd{pipe.ZCount(ctx, key, lo, hi), pipe.ZCount(ctx, key+":done", lo, hi)}
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("redis ledger consumers: %w", err)
+	}
+	seen := map[string]bool{}
+	var out []string
+	for i, key := range keys {
+		c, _, _ := usage.ParseLedgerKey(key)
+		if !seen[c] && counts[i][0].Val()+counts[i][1].Val() > 0 {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
 }

@@ -183,14 +183,15 @@ func (s *Server) listen() error {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	mux.Handle("/v1/", admin.New(admin.Config{
-		Store:   s.backend.store,
-		Catalog: func() *plan.Catalog { return s.authz.Snapshot().Catalog },
-		Hasher:  func() apikey.Hasher { return s.authz.Snapshot().Hasher },
-		Prefix:  func() string { return s.live.Load().Keys.Prefix },
-		Token:   os.Getenv("LEVY_ADMIN_TOKEN"),
-		Log:     s.log,
-		Clock:   s.opts.Clock,
-		Usage:   s.usageReport,
+		Store:     s.backend.store,
+		Catalog:   func() *plan.Catalog { return s.authz.Snapshot().Catalog },
+		Hasher:    func() apikey.Hasher { return s.authz.Snapshot().Hasher },
+		Prefix:    func() string { return s.live.Load().Keys.Prefix },
+		Token:     os.Getenv("LEVY_ADMIN_TOKEN"),
+		Log:       s.log,
+		Clock:     s.opts.Clock,
+		Usage:     s.usageReport,
+		Reconcile: s.reconcile,
 	}))
 	mux.Handle("POST /stripe/webhook", billing.NewWebhook(billing.WebhookConfig{
 		Secret:       os.Getenv("STRIPE_WEBHOOK_SECRET"),
@@ -225,6 +226,28 @@ func (s *Server) usageReport(ctx context.Context, id string, windows bool) (any,
 		r.Windows = nil
 	}
 	return r, err
+}
+
+// reconcile compares the ledger with Stripe's meter event summaries, for
+// the admin API; it reaches Stripe as the exporter does.
+func (s *Server) reconcile(ctx context.Context, q admin.ReconcileQuery) (any, error) {
+	key := os.Getenv("STRIPE_API_KEY")
+	if key == "" {
+		return nil, fmt.Errorf("%w: STRIPE_API_KEY is not set, so there is no Stripe to reconcile with", admin.ErrUnavailable)
+	}
+	return billing.Reconcile(ctx, billing.ReconcileConfig{
+		Ledger: s.backend.ledger,
+		Consumer: func(id string) (*apikey.Consumer, bool) {
+			return s.authz.Snapshot().Directory.Consumer(id)
+		},
+		Catalog:    func() *plan.Catalog { return s.authz.Snapshot().Catalog },
+		Stripe:     billing.NewStripeClient(key, s.cfg.Billing.Stripe.APIBase),
+		Month:      q.Month,
+		ConsumerID: q.Consumer,
+		Fix:        q.Fix,
+		Log:        s.log,
+		Clock:      s.opts.Clock,
+	})
 }
 
 // webhookConsumers finds consumers in the file and the store, and writes

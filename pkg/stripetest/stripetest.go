@@ -1,6 +1,13 @@
 // Package stripetest runs the real stripe-mock (pinned as a go tool in
 // go.mod) on a free loopback port, behind a recording proxy that counts
 // what levy sends and can make Stripe fail for a while.
+//
+// stripe-mock keeps no state, so the proxy keeps Stripe's metering itself:
+// the meter events it accepted (refusing an identifier it already has, as
+// Stripe does), the meters (GET /v1/billing/meters), their event summaries
+// (GET /v1/billing/meters/{id}/event_summaries) and event cancellations
+// (POST /v1/billing/meter_event_adjustments). Everything else is
+// stripe-mock's answer.
 package stripetest
 
 import (
@@ -35,12 +42,23 @@ type Call struct {
 type Stripe struct {
 	URL string
 
+	mock *httputil.ReverseProxy
+	own  *http.ServeMux // what the proxy answers itself, the rest to mock
+
 	mu      sync.Mutex
 	calls   []Call
 	failing int    // answer this status instead of forwarding, while > 0
 	body    string // with this body
 	remain  int    // how many more requests fail (-1: until Recover)
-	seen    map[string]bool
+	clock   func() time.Time
+	// events are the meter events accepted, by identifier; order is the
+	// order they were accepted in.
+	events    map[string]*Event
+	order     []string
+	generated int // identifiers made up for events sent without one
+	// meters are the event names of the billing meters Stripe has: those
+	// registered and those events were sent for.
+	meters map[string]bool
 	// chaos, when set, fails requests at random: each with probability
 	// chaosRate.
 	chaos     *rand.Rand
@@ -126,67 +144,17 @@ func Start(t testing.TB) *Stripe {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	s := &Stripe{seen: map[string]bool{}}
+	s := &Stripe{clock: time.Now, events: map[string]*Event{}, meters: map[string]bool{}}
 	target, _ := url.Parse("http://" + addr)
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		form, _ := url.ParseQuery(string(body))
-		call := Call{Method: r.Method, Path: r.URL.Path, Form: form}
-		s.mu.Lock()
-		fail, failBody := s.failing, s.body
-		lose := false // Stripe did it, and its answer is lost on the way
-		if fail == 0 && s.chaos != nil && s.chaos.Float64() < s.chaosRate {
-			if s.chaos.Intn(2) == 0 {
-				fail, failBody = http.StatusServiceUnavailable, `{"error":{"type":"api_error","message":"injected at random by stripetest"}}`
-			} else {
-				lose = true
-			}
-		}
-		if fail > 0 && s.remain > 0 {
-			s.remain--
-		}
-		if s.remain == 0 {
-			s.failing = 0
-		}
-		s.mu.Unlock()
-		rec := &statusRecorder{ResponseWriter: w, status: 200}
-		// stripe-mock keeps no state; Stripe refuses a meter event whose
-		// identifier it already has (within 24h). The proxy does the same.
-		ident := ""
-		if r.URL.Path == "/v1/billing/meter_events" {
-			ident = form.Get("identifier")
-		}
-		s.mu.Lock()
-		dup := ident != "" && fail == 0 && s.seen[ident]
-		s.mu.Unlock()
-		if dup {
-			rec.Header().Set("Content-Type", "application/json")
-			rec.WriteHeader(http.StatusBadRequest)
-			io.WriteString(rec, `{"error":{"type":"invalid_request_error","param":"identifier","message":"An event with this identifier already exists."}}`)
-		} else if fail > 0 {
-			rec.Header().Set("Content-Type", "application/json")
-			rec.WriteHeader(fail)
-			io.WriteString(rec, failBody)
-		} else if lose {
-			done := &statusRecorder{ResponseWriter: discard{}, status: 200}
-			proxy.ServeHTTP(done, r)
-			rec.status = done.status // what Stripe did; the caller sees a 503
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusServiceUnavailable)
-			io.WriteString(w, `{"error":{"type":"api_error","message":"answer lost by stripetest"}}`)
-		} else {
-			proxy.ServeHTTP(rec, r)
-		}
-		call.Status, call.Lost = rec.status, lose
-		s.mu.Lock()
-		if ident != "" && rec.status == 200 {
-			s.seen[ident] = true
-		}
-		s.calls = append(s.calls, call)
-		s.mu.Unlock()
-	})}
+	s.mock = httputil.NewSingleHostReverseProxy(target)
+	s.own = http.NewServeMux()
+	s.own.HandleFunc("POST /v1/billing/meter_events", s.meterEvent)
+	s.own.HandleFunc("GET /v1/billing/meters", s.listMeters)
+	s.own.HandleFunc("GET /v1/billing/meters/{id}", s.getMeter)
+	s.own.HandleFunc("GET /v1/billing/meters/{id}/event_summaries", s.eventSummaries)
+	s.own.HandleFunc("POST /v1/billing/meter_event_adjustments", s.adjustment)
+	s.own.Handle("/", s.mock)
+	srv := &http.Server{Handler: http.HandlerFunc(s.serve)}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -203,6 +171,57 @@ type discard struct{}
 func (discard) Header() http.Header         { return http.Header{} }
 func (discard) Write(b []byte) (int, error) { return len(b), nil }
 func (discard) WriteHeader(int)             {}
+
+// serve records the call, answers an injected failure when there is one,
+// and otherwise answers what Stripe's metering keeps itself and forwards
+// the rest to stripe-mock.
+func (s *Stripe) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	form, _ := url.ParseQuery(string(body))
+	if len(form) == 0 && r.URL.RawQuery != "" {
+		form = r.URL.Query() // a GET's parameters
+	}
+	r.Form = form
+	call := Call{Method: r.Method, Path: r.URL.Path, Form: form}
+	s.mu.Lock()
+	fail, failBody := s.failing, s.body
+	lose := false // Stripe does it, and its answer is lost on the way
+	if fail == 0 && s.chaos != nil && s.chaos.Float64() < s.chaosRate {
+		if s.chaos.Intn(2) == 0 {
+			fail, failBody = http.StatusServiceUnavailable, `{"error":{"type":"api_error","message":"injected at random by stripetest"}}`
+		} else {
+			lose = true
+		}
+	}
+	if fail > 0 && s.remain > 0 {
+		s.remain--
+	}
+	if s.remain == 0 {
+		s.failing = 0
+	}
+	s.mu.Unlock()
+	rec := &statusRecorder{ResponseWriter: w, status: 200}
+	switch {
+	case fail > 0:
+		rec.Header().Set("Content-Type", "application/json")
+		rec.WriteHeader(fail)
+		io.WriteString(rec, failBody)
+	case lose:
+		did := &statusRecorder{ResponseWriter: discard{}, status: 200}
+		s.own.ServeHTTP(did, r)
+		rec.status = did.status // what Stripe did; the caller sees a 503
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, `{"error":{"type":"api_error","message":"answer lost by stripetest"}}`)
+	default:
+		s.own.ServeHTTP(rec, r)
+	}
+	call.Status, call.Lost = rec.status, lose
+	s.mu.Lock()
+	s.calls = append(s.calls, call)
+	s.mu.Unlock()
+}
 
 type statusRecorder struct {
 	http.ResponseWriter

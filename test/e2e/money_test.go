@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -265,5 +268,81 @@ func TestAccessLogsSettleUsage(t *testing.T) {
 	}
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("SIGTERM took %s with an access-log stream open", took)
+	}
+}
+
+// exitCode is a levy command's exit status.
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+// levy billing reconcile proves the bill: after the export, levy and
+// Stripe agree (exit 0); an event Stripe loses shows as a difference of
+// its value (exit 3).
+func TestBillingReconcileAgreesAfterExportAndShowsALostEvent(t *testing.T) {
+	m := newMoneyRig(t)
+	p := m.serve(t)
+	c := p.client(t)
+	// Two exports: 5 included and 8 billable, then 12 more.
+	for i, want := range []int64{8, 20} {
+		for n := 0; n < map[int]int{0: 13, 1: 12}[i]; n++ {
+			if o := check(t, c, m.key, "/v1/items"); !o.Allowed {
+				t.Fatalf("request %d: %d", n, o.Status)
+			}
+		}
+		waitFor(t, 10*time.Second, func() bool { total, _ := exported(t, m.stripe); return total == want })
+	}
+	reconcile := func(args ...string) (string, int) {
+		out, err := runLevy(append([]string{"billing", "reconcile", "--admin-url", "http://" + p.httpAddr}, args...)...)
+		return out, exitCode(err)
+	}
+	// The exporter records Stripe's answer just after it: wait for that.
+	var out string
+	var code int
+	deadline := time.Now().Add(10 * time.Second)
+	for out, code = reconcile(); code != 0; out, code = reconcile() {
+		if time.Now().After(deadline) {
+			t.Fatalf("levy billing reconcile: exit %d\n%s", code, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	row := regexp.MustCompile(`(?m)^acme +api_calls +\S+ +20 +20 +0 +20 +0 +ok`)
+	if !row.MatchString(out) || !strings.Contains(out, "levy and Stripe agree") {
+		t.Fatalf("levy billing reconcile:\n%s", out)
+	}
+
+	t.Logf("levy billing reconcile:\n%s", out)
+	events := m.stripe.Events()
+	if len(events) != 2 {
+		t.Fatalf("events %+v", events)
+	}
+	lost := events[1]
+	if !m.stripe.Drop(lost.Identifier) {
+		t.Fatal("drop")
+	}
+	out, code = reconcile("--consumer", "acme", "--period", time.Now().UTC().Format("2006-01"))
+	want := fmt.Sprintf(`(?m)^acme +api_calls +\S+ +20 +%d +-%d +20 +0 +missing`, 20-lost.Value, lost.Value)
+	if code != 3 || !regexp.MustCompile(want).MatchString(out) || !strings.Contains(out, "levy and Stripe differ on 1 of 1 account") {
+		t.Fatalf("after dropping an event of %d: exit %d\n%s", lost.Value, code, out)
+	}
+	var rep struct {
+		Differences int
+		Rows        []struct {
+			Difference int64
+			Status     string
+		}
+	}
+	t.Logf("after the drop:\n%s", out)
+	out, code = reconcile("--json")
+	if err := json.Unmarshal([]byte(out[:strings.LastIndex(out, "}")+1]), &rep); err != nil || code != 3 ||
+		rep.Differences != 1 || rep.Rows[0].Difference != -lost.Value || rep.Rows[0].Status != "missing" {
+		t.Fatalf("--json: exit %d %v\n%s", code, err, out)
 	}
 }
