@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -152,6 +153,41 @@ func runRandomBill(t *testing.T, store string, seed int64, steps int) {
 	s.deliverLate()
 	s.stripe.Recover()
 	waitBilled(t, s.stripe, s.replicas[0], s.want())
+	s.reconcile()
+}
+
+// reconcile: levy billing reconcile finds levy and Stripe agreeing, and
+// finds the difference when Stripe loses an event.
+func (s *sim) reconcile() {
+	t := s.t
+	run := func() (string, int) {
+		out, err := runLevy("billing", "reconcile", "--admin-url", "http://"+s.replicas[0].httpAddr)
+		return out, exitCode(err)
+	}
+	// The exporter records Stripe's last answers just after them.
+	var out string
+	var code int
+	waitFor(t, 10*time.Second, func() bool { out, code = run(); return code == 0 })
+	if !strings.Contains(out, "levy and Stripe agree") {
+		t.Fatalf("levy billing reconcile:\n%s", out)
+	}
+	var lost *stripetest.Event
+	for _, e := range s.stripe.Events() {
+		if !e.Cancelled && e.Value > 0 {
+			lost = &e
+			break
+		}
+	}
+	if lost == nil {
+		return // nothing was billed
+	}
+	s.stripe.Drop(lost.Identifier)
+	out, code = run()
+	consumer := strings.TrimPrefix(lost.Customer, "cus_")
+	row := regexp.MustCompile(fmt.Sprintf(`(?m)^%s +api_calls +\S+ +(\d+) +(\d+) +-%d `, consumer, lost.Value))
+	if code != 3 || !row.MatchString(out) {
+		t.Fatalf("after Stripe lost %s's event of %d: exit %d\n%s", consumer, lost.Value, code, out)
+	}
 }
 
 // traffic admits a burst of requests and logs them: refunded, reporting
