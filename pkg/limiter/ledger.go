@@ -33,6 +33,7 @@ var _ usage.Ledger = (*Local)(nil)
 
 // Adjust implements usage.Ledger.
 func (l *Local) Adjust(_ context.Context, adjs []usage.Adjustment) error {
+	adjusted := false
 	for _, a := range adjs {
 		key := LedgerKey(a.Consumer, a.Meter)
 		sh := l.shardFor(key)
@@ -43,9 +44,13 @@ func (l *Local) Adjust(_ context.Context, adjs []usage.Adjustment) error {
 			if e, ok := sh.ledger[id]; ok {
 				e.Units = max(e.Units+a.Units, 0)
 				sh.ledgerDirty[id] = struct{}{}
+				adjusted = true
 			}
 		}
 		sh.mu.Unlock()
+	}
+	if adjusted {
+		l.changed()
 	}
 	return nil
 }
@@ -83,6 +88,7 @@ func (l *Local) MarkExported(_ context.Context, w usage.Window) error {
 	if e, ok := sh.ledger[id]; ok {
 		e.Exported = true
 		sh.ledgerDirty[id] = struct{}{}
+		l.changed()
 	}
 	return nil
 }
