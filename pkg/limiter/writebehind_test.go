@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
@@ -218,28 +219,38 @@ func TestLocalUnsavedZeroMeansEverythingIsStored(t *testing.T) {
 
 // metric is the value of a gauge or counter, or the sample count of a
 // histogram, on reg.
-func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
+func metric(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	m := find(t, reg, name)
+	switch {
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	default:
+		return float64(m.GetHistogram().GetSampleCount())
+	}
+}
+
+// metricSum is the sum of a histogram on reg.
+func metricSum(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	return find(t, reg, name).GetHistogram().GetSampleSum()
+}
+
+func find(t testing.TB, reg *prometheus.Registry, name string) *dto.Metric {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		m := mf.GetMetric()[0]
-		switch {
-		case m.Gauge != nil:
-			return m.Gauge.GetValue()
-		case m.Counter != nil:
-			return m.Counter.GetValue()
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount())
+		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
+			return mf.GetMetric()[0]
 		}
 	}
 	t.Fatalf("no metric %s", name)
-	return 0
+	return nil
 }
 
 func waitMetric(t *testing.T, reg *prometheus.Registry, name string, cond func(float64) bool) {
