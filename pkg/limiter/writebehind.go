@@ -97,14 +97,15 @@ func (u *unsaved) saved() time.Duration {
 }
 
 // age is how long the oldest change not yet durable has waited; 0 when
-// every change is durable.
+// every change is durable. It reads first under mu, so that a take cannot
+// move a change from first to inflight between the two reads.
 func (u *unsaved) age() time.Duration {
 	u.mu.Lock()
 	oldest := u.inflight
-	u.mu.Unlock()
 	if f := u.first.Load(); f != 0 && (oldest == 0 || f < oldest) {
 		oldest = f
 	}
+	u.mu.Unlock()
 	if oldest == 0 {
 		return 0
 	}
