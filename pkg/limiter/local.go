@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/levyhq/levy/pkg/plan"
@@ -40,7 +41,8 @@ type LedgerEntry struct {
 }
 
 // CounterStore persists quota counters and the usage ledger for the local
-// limiter.
+// limiter. A store that is also a Committer writes both in one
+// transaction.
 type CounterStore interface {
 	LoadCounters() (map[string]Counter, error)
 	SaveCounters(set map[string]Counter, del []string) error
@@ -54,17 +56,27 @@ type LocalConfig struct {
 	Clock func() time.Time
 	// Counters persists quota counters; nil keeps them in memory only.
 	Counters CounterStore
-	// FlushEvery is how often changed counters are persisted (default 1s):
-	// a crash loses at most this much counting.
+	// FlushEvery is the least time between the starts of two write-behind
+	// commits (default DefaultCommitSpacing). A change is committed as soon
+	// as the previous commit allows: a crash loses at most the changes of
+	// the last FlushEvery and of the commit in flight.
 	FlushEvery time.Duration
+	// PruneEvery is how often full buckets and expired counters are
+	// forgotten (default 1s).
+	PruneEvery time.Duration
+	// Registerer, when set with Counters, gets the write-behind metrics:
+	// commit durations, the loss window, the age of unsaved changes.
+	Registerer prometheus.Registerer
 	Log        *zap.Logger
 }
 
 const shardCount = 64
 
 // Local is the in-process limiter: token buckets in memory, quota counters
-// in memory and written behind to a CounterStore, never synchronously per
-// request.
+// and ledger windows in memory and written behind to a CounterStore, never
+// synchronously per request. The write-behind is a group commit: the first
+// change after a commit wakes the committer, which writes every change made
+// meanwhile in one transaction.
 type Local struct {
 	clock  func() time.Time
 	store  CounterStore
@@ -73,6 +85,9 @@ type Local struct {
 	shards [shardCount]shard
 
 	flushMu sync.Mutex // serialises flushes
+	unsaved unsaved
+	wake    chan struct{} // 1-buffered: something is waiting for a commit
+	metrics *commitMetrics
 	stop    chan struct{}
 	done    chan struct{}
 	closed  sync.Once
@@ -112,6 +127,7 @@ var _ Limiter = (*Local)(nil)
 // stops it and writes what is left.
 func NewLocal(cfg LocalConfig) (*Local, error) {
 	l := &Local{clock: cfg.Clock, store: cfg.Counters, log: cfg.Log, seed: maphash.MakeSeed(),
+		unsaved: unsaved{epoch: time.Now()}, wake: make(chan struct{}, 1),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	if l.clock == nil {
 		l.clock = time.Now
@@ -158,27 +174,76 @@ func NewLocal(cfg LocalConfig) (*Local, error) {
 			sh.ledgerSize[id.key] = e.Size
 		}
 	}
-	every := cfg.FlushEvery
-	if every <= 0 {
-		every = time.Second
+	if l.store != nil {
+		m, err := newCommitMetrics(cfg.Registerer, &l.unsaved)
+		if err != nil {
+			return nil, fmt.Errorf("register local store metrics: %w", err)
+		}
+		l.metrics = m
 	}
-	go l.loop(every)
+	spacing, pruning := cfg.FlushEvery, cfg.PruneEvery
+	if spacing <= 0 {
+		spacing = DefaultCommitSpacing
+	}
+	if pruning <= 0 {
+		pruning = pruneEvery
+	}
+	go l.loop(spacing, pruning)
 	return l, nil
 }
 
-func (l *Local) loop(every time.Duration) {
+// changed tells the committer that a counter or ledger window changed; the
+// caller has made the change. Cheap enough for every request: an atomic
+// load, and for the first change after a commit a non-blocking send.
+func (l *Local) changed() {
+	if l.store != nil && l.unsaved.mark() {
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// loop commits as soon as something changed, at most one commit start per
+// spacing; after a failure it waits a backoff (spacing doubling to a
+// second) before the next try. Every pruning it forgets full buckets and
+// expired counters.
+func (l *Local) loop(spacing, pruning time.Duration) {
 	defer close(l.done)
-	t := time.NewTicker(every)
-	defer t.Stop()
+	prune := time.NewTicker(pruning)
+	defer prune.Stop()
+	hold := time.NewTimer(time.Hour)
+	hold.Stop()
+	var backoff time.Duration
 	for {
+		expire := false
 		select {
 		case <-l.stop:
 			return
-		case <-t.C:
+		case <-prune.C:
 			l.prune()
-			if err := l.Flush(); err != nil {
-				l.log.Error("persist quota counters", zap.Error(err))
-			}
+			expire = true
+		case <-l.wake:
+		}
+		start := time.Now()
+		err := l.commit(expire)
+		wait := spacing - time.Since(start)
+		if err != nil {
+			l.log.Error("persist quota counters and usage", zap.Error(err))
+			backoff = min(max(2*backoff, spacing), time.Second)
+			wait = backoff
+			l.changed() // retry: the changes are dirty again
+		} else {
+			backoff = 0
+		}
+		if wait <= 0 {
+			continue
+		}
+		hold.Reset(wait)
+		select {
+		case <-l.stop:
+			return
+		case <-hold.C:
 		}
 	}
 }
@@ -197,53 +262,84 @@ func (l *Local) Close() error {
 // Flush persists changed counters and ledger windows, forgets counters
 // whose period ended over a day ago and exported windows older than 35
 // days (Stripe takes no older usage).
-func (l *Local) Flush() error {
+func (l *Local) Flush() error { return l.commit(true) }
+
+// commit persists changed counters and ledger windows, in one transaction
+// when the store is a Committer; with expire, it also forgets what Flush
+// says, which takes a pass over every counter.
+func (l *Local) commit(expire bool) error {
 	l.flushMu.Lock()
 	defer l.flushMu.Unlock()
 	if l.store == nil {
 		return nil
 	}
+	l.unsaved.take() // before collecting: a change after this marks anew
 	now := l.clock()
 	expired, ledgerExpired := now.Add(-24*time.Hour), now.Add(-35*24*time.Hour).Unix()
-	set, ledgerSet := map[string]Counter{}, map[string]LedgerEntry{}
-	var del, ledgerDel []string
+	ch := Changes{Counters: map[string]Counter{}, Ledger: map[string]LedgerEntry{}}
 	var written, ledgerWritten []counterID
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
 		for id := range s.dirty {
-			set[id.String()] = *s.counters[id]
+			ch.Counters[id.String()] = *s.counters[id]
 			written = append(written, id)
 		}
-		for id, c := range s.counters {
-			if c.End.Before(expired) {
-				delete(s.counters, id)
-				del = append(del, id.String())
-			}
-		}
 		for id := range s.ledgerDirty {
-			ledgerSet[id.String()] = *s.ledger[id]
+			ch.Ledger[id.String()] = *s.ledger[id]
 			ledgerWritten = append(ledgerWritten, id)
 		}
-		for id, e := range s.ledger {
-			if e.Exported && !e.due() && id.start < ledgerExpired {
-				delete(s.ledger, id)
-				ledgerDel = append(ledgerDel, id.String())
+		if expire {
+			for id, c := range s.counters {
+				if c.End.Before(expired) {
+					delete(s.counters, id)
+					ch.DeleteCounters = append(ch.DeleteCounters, id.String())
+				}
+			}
+			for id, e := range s.ledger {
+				if e.Exported && !e.due() && id.start < ledgerExpired {
+					delete(s.ledger, id)
+					ch.DeleteLedger = append(ch.DeleteLedger, id.String())
+				}
 			}
 		}
 		clear(s.dirty)
 		clear(s.ledgerDirty)
 		s.mu.Unlock()
 	}
+	if ch.empty() {
+		l.unsaved.saved()
+		return nil
+	}
+	start := time.Now()
+	err := l.save(&ch, written, ledgerWritten)
+	var waited time.Duration
+	if err == nil {
+		waited = l.unsaved.saved()
+	}
+	l.metrics.observe(time.Since(start), waited, err)
+	return err
+}
+
+// save writes ch, and marks what it failed to write dirty again.
+func (l *Local) save(ch *Changes, written, ledgerWritten []counterID) error {
+	if c, ok := l.store.(Committer); ok {
+		err := c.Commit(*ch)
+		if err != nil {
+			l.redirty(written, false)
+			l.redirty(ledgerWritten, true)
+		}
+		return err
+	}
 	var errs []error
-	if len(set) > 0 || len(del) > 0 {
-		if err := l.store.SaveCounters(set, del); err != nil {
+	if len(ch.Counters) > 0 || len(ch.DeleteCounters) > 0 {
+		if err := l.store.SaveCounters(ch.Counters, ch.DeleteCounters); err != nil {
 			errs = append(errs, err)
 			l.redirty(written, false)
 		}
 	}
-	if len(ledgerSet) > 0 || len(ledgerDel) > 0 {
-		if err := l.store.SaveLedger(ledgerSet, ledgerDel); err != nil {
+	if len(ch.Ledger) > 0 || len(ch.DeleteLedger) > 0 {
+		if err := l.store.SaveLedger(ch.Ledger, ch.DeleteLedger); err != nil {
 			errs = append(errs, err)
 			l.redirty(ledgerWritten, true)
 		}
@@ -276,9 +372,11 @@ func (l *Local) prune() {
 	}
 }
 
-// markLedgerDirty records that a ledger window changed; sh.mu is held.
+// markLedgerDirty records that a ledger window changed, for the next
+// commit; sh.mu is held.
 func (l *Local) markLedgerDirty(sh *shard, id counterID) {
 	sh.ledgerDirty[id] = struct{}{}
+	l.changed()
 }
 
 // redirty marks ids dirty again so that the next flush retries them.
@@ -439,6 +537,7 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 		return d, nil
 	}
 	// Pass 2: every limit allowed; take the costs.
+	persisted := false
 	for i := range limits {
 		p := pending[i]
 		if p.skip {
@@ -460,6 +559,7 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 			}
 			c.Value = p.val
 			sh.dirty[id] = struct{}{}
+			persisted = true
 		case Ledger:
 			id := counterID{limits[i].Key, p.start}
 			e, ok := sh.ledger[id]
@@ -470,7 +570,11 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 			e.Units += limits[i].Cost
 			sh.ledgerDirty[id] = struct{}{}
 			sh.ledgerSize[id.key] = e.Size
+			persisted = true
 		}
+	}
+	if persisted {
+		l.changed()
 	}
 	return d, nil
 }

@@ -153,7 +153,7 @@ func TestDecideRejectsBadLimits(t *testing.T) {
 // Full buckets are forgotten: per-address buckets do not pile up.
 func TestLocalForgetsFullBuckets(t *testing.T) {
 	clock := limitertest.NewClock(limitertest.Start)
-	l, err := limiter.NewLocal(limiter.LocalConfig{Clock: clock.Now, FlushEvery: time.Millisecond})
+	l, err := limiter.NewLocal(limiter.LocalConfig{Clock: clock.Now, PruneEvery: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,10 @@ type DB struct {
 	bolt *bolt.DB
 }
 
-var _ limiter.CounterStore = (*DB)(nil)
+var (
+	_ limiter.CounterStore = (*DB)(nil)
+	_ limiter.Committer    = (*DB)(nil)
+)
 
 // Open opens (creating if needed) levy.db under dir.
 func Open(dir string) (*DB, error) {
@@ -85,23 +88,36 @@ func (db *DB) LoadCounters() (map[string]limiter.Counter, error) {
 
 // SaveCounters implements limiter.CounterStore: one transaction, fsynced.
 func (db *DB) SaveCounters(set map[string]limiter.Counter, del []string) error {
+	return db.bolt.Update(func(tx *bolt.Tx) error { return putCounters(tx, set, del) })
+}
+
+// Commit implements limiter.Committer: counters and ledger windows in one
+// transaction, fsynced once.
+func (db *DB) Commit(c limiter.Changes) error {
 	return db.bolt.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketCounters)
-		for k, c := range set {
-			var v [16]byte
-			binary.BigEndian.PutUint64(v[:8], uint64(c.Value))
-			binary.BigEndian.PutUint64(v[8:], uint64(c.End.UnixNano()))
-			if err := b.Put([]byte(k), v[:]); err != nil {
-				return err
-			}
+		if err := putCounters(tx, c.Counters, c.DeleteCounters); err != nil {
+			return err
 		}
-		for _, k := range del {
-			if err := b.Delete([]byte(k)); err != nil {
-				return err
-			}
-		}
-		return nil
+		return putLedger(tx, c.Ledger, c.DeleteLedger)
 	})
+}
+
+func putCounters(tx *bolt.Tx, set map[string]limiter.Counter, del []string) error {
+	b := tx.Bucket(bucketCounters)
+	for k, c := range set {
+		var v [16]byte
+		binary.BigEndian.PutUint64(v[:8], uint64(c.Value))
+		binary.BigEndian.PutUint64(v[8:], uint64(c.End.UnixNano()))
+		if err := b.Put([]byte(k), v[:]); err != nil {
+			return err
+		}
+	}
+	for _, k := range del {
+		if err := b.Delete([]byte(k)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // LoadLedger implements limiter.CounterStore.
@@ -122,24 +138,26 @@ func (db *DB) LoadLedger() (map[string]limiter.LedgerEntry, error) {
 
 // SaveLedger implements limiter.CounterStore: one transaction, fsynced.
 func (db *DB) SaveLedger(set map[string]limiter.LedgerEntry, del []string) error {
-	return db.bolt.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketLedger)
-		for k, e := range set {
-			v, err := json.Marshal(e)
-			if err != nil {
-				return err
-			}
-			if err := b.Put([]byte(k), v); err != nil {
-				return err
-			}
+	return db.bolt.Update(func(tx *bolt.Tx) error { return putLedger(tx, set, del) })
+}
+
+func putLedger(tx *bolt.Tx, set map[string]limiter.LedgerEntry, del []string) error {
+	b := tx.Bucket(bucketLedger)
+	for k, e := range set {
+		v, err := json.Marshal(e)
+		if err != nil {
+			return err
 		}
-		for _, k := range del {
-			if err := b.Delete([]byte(k)); err != nil {
-				return err
-			}
+		if err := b.Put([]byte(k), v); err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	for _, k := range del {
+		if err := b.Delete([]byte(k)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // DemoKeys returns each plan's demo key (a dev-only plaintext key, kept so

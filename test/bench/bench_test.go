@@ -17,6 +17,7 @@ import (
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -84,6 +85,7 @@ func measure(b *testing.B, t *target, req proto.Message, what string) {
 	if t.redis != nil {
 		before = readRedisStats(b, t.redis)
 	}
+	commitsBefore := readCommitStats(b, t.commits)
 	b.ReportAllocs()
 	b.ResetTimer()
 	res, err := run(t, req, callers, b.N)
@@ -105,6 +107,9 @@ func measure(b *testing.B, t *target, req proto.Message, what string) {
 		}
 		b.ReportMetric(float64(d.all())/n, "redis-all-cmds/op")
 		b.ReportMetric(d.cpu.Seconds()*1e6/n, "redis-cpu-us/op")
+	}
+	if t.commits != nil {
+		readCommitStats(b, t.commits).since(commitsBefore).report(b, res.elapsed)
 	}
 }
 
@@ -242,6 +247,9 @@ type target struct {
 	// scripts says the server decides with Lua scripts (levy): measure
 	// also reports its EVALSHA and EVAL calls per call.
 	scripts bool
+	// commits, when set, is the registry of the local store's write-behind
+	// metrics: measure reports its commits and loss window.
+	commits *prometheus.Registry
 	// skip, when set, is why the target is not measured.
 	skip string
 }
@@ -340,7 +348,7 @@ func newCheckEnv(tb testing.TB, st *store) *env {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	cfg, lim := levyConfig(tb, st, benchConfig, key)
+	cfg, lim, commits := levyConfig(tb, st, benchConfig, key)
 	snap, err := snapshot(cfg)
 	if err != nil {
 		tb.Fatal(err)
@@ -349,7 +357,7 @@ func newCheckEnv(tb testing.TB, st *store) *env {
 	return newEnv(tb, checkMethod, (*wireResponse).allowed, []request{{msg: checkRequest(tb, key)}},
 		&target{name: "noop", register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, NewNoop()) }},
 		&target{name: "levy", register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, levy) },
-			redis: st.admin, scripts: true})
+			redis: st.admin, scripts: true, commits: commits})
 }
 
 // newRateLimitEnv is the no-op and levy RLS servers, levy deciding on st,
@@ -358,7 +366,7 @@ func newCheckEnv(tb testing.TB, st *store) *env {
 // Redis, the peer RLS (see peerTarget) is measured too.
 func newRateLimitEnv(tb testing.TB, st *store) *env {
 	tb.Helper()
-	cfg, lim := levyConfig(tb, st, rateLimitConfig)
+	cfg, lim, commits := levyConfig(tb, st, rateLimitConfig)
 	rules, err := cfg.RateLimitRules()
 	if err != nil {
 		tb.Fatal(err)
@@ -382,7 +390,7 @@ func newRateLimitEnv(tb testing.TB, st *store) *env {
 	targets := []*target{
 		{name: "noop", register: func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, NewNoopRateLimit()) }},
 		{name: "levy", register: func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, levy) },
-			redis: st.admin, scripts: true},
+			redis: st.admin, scripts: true, commits: commits},
 	}
 	if st.redis != nil {
 		targets = append(targets, peerTarget(tb, st))
@@ -391,8 +399,9 @@ func newRateLimitEnv(tb testing.TB, st *store) *env {
 }
 
 // levyConfig parses and validates a config whose first argument is its data
-// directory (a temporary one) and opens levy's limiter on st.
-func levyConfig(tb testing.TB, st *store, text string, args ...any) (*config.Config, limiter.Limiter) {
+// directory (a temporary one) and opens levy's limiter on st, with the
+// registry of its write-behind metrics on the local store.
+func levyConfig(tb testing.TB, st *store, text string, args ...any) (*config.Config, limiter.Limiter, *prometheus.Registry) {
 	tb.Helper()
 	cfg, err := config.Parse(fmt.Appendf(nil, text, append([]any{tb.TempDir()}, args...)...), "bench.yaml")
 	if err != nil {
@@ -401,7 +410,8 @@ func levyConfig(tb testing.TB, st *store, text string, args ...any) (*config.Con
 	if err := cfg.Validate(); err != nil {
 		tb.Fatal(err)
 	}
-	return cfg, st.limiter(tb, cfg)
+	lim, commits := st.limiter(tb, cfg)
+	return cfg, lim, commits
 }
 
 // store is where levy keeps its counters: the local store, as levy serve
@@ -417,19 +427,21 @@ type store struct {
 func localStore() *store { return &store{} }
 
 // limiter opens levy's limiter for cfg on s as levy serve does: the local
-// limiter over a localstore in cfg's data directory, or the Redis limiter
-// with a store timeout of redisTimeout.
-func (s *store) limiter(tb testing.TB, cfg *config.Config) limiter.Limiter {
+// limiter over a localstore in cfg's data directory, with its metrics on
+// the registry returned, or the Redis limiter with a store timeout of
+// redisTimeout (and no registry).
+func (s *store) limiter(tb testing.TB, cfg *config.Config) (limiter.Limiter, *prometheus.Registry) {
 	tb.Helper()
 	if s.redis != nil {
-		return limitertest.NewRedis(tb, limiter.RedisConfig{Client: s.redis, Timeout: redisTimeout})
+		return limitertest.NewRedis(tb, limiter.RedisConfig{Client: s.redis, Timeout: redisTimeout}), nil
 	}
 	db, err := localstore.Open(cfg.Store.DataDir)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { db.Close() })
-	lim, err := limiter.NewLocal(limiter.LocalConfig{Counters: db})
+	reg := prometheus.NewRegistry()
+	lim, err := limiter.NewLocal(limiter.LocalConfig{Counters: db, Registerer: reg})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -438,7 +450,7 @@ func (s *store) limiter(tb testing.TB, cfg *config.Config) limiter.Limiter {
 			tb.Error(err)
 		}
 	})
-	return lim
+	return lim, reg
 }
 
 // newEnv serves the targets of one API that run in this process, dials

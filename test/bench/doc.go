@@ -148,4 +148,17 @@
 // levy takes all of a request's limits in one atomic script (a GCRA bucket
 // per second, minute or hour rule, read and written), the peer pipelines an
 // INCRBY and an EXPIRE per descriptor on a fixed window.
+//
+// # The local store's write-behind
+//
+// On the local store, levy's sub-benchmarks also report what its
+// write-behind did during the run (commits.go), from the same histograms
+// levy serve exports on /metrics: commits/s (fsynced bbolt transactions),
+// commit-us (their mean duration) and commit-ms-max, and the loss window,
+// how long each commit's oldest change had been only in memory when the
+// commit was durable: loss-ms-mean, loss-ms-p99 and loss-ms-max, the last
+// two as the upper bounds of their histogram buckets. That window is what
+// a SIGKILL at the worst moment would lose. The Check request changes the
+// consumer's quota counter on every call; the RLS requests touch token
+// buckets only, which live in memory, so they commit nothing.
 package bench
