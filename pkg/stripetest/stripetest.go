@@ -63,6 +63,7 @@ type Stripe struct {
 	// chaosRate.
 	chaos     *rand.Rand
 	chaosRate float64
+	lose      int // answers still to lose (LoseAnswers)
 }
 
 var (
@@ -187,7 +188,10 @@ func (s *Stripe) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	fail, failBody := s.failing, s.body
 	lose := false // Stripe does it, and its answer is lost on the way
-	if fail == 0 && s.chaos != nil && s.chaos.Float64() < s.chaosRate {
+	if fail == 0 && s.lose > 0 {
+		s.lose--
+		lose = true
+	} else if fail == 0 && s.chaos != nil && s.chaos.Float64() < s.chaosRate {
 		if s.chaos.Intn(2) == 0 {
 			fail, failBody = http.StatusServiceUnavailable, `{"error":{"type":"api_error","message":"injected at random by stripetest"}}`
 		} else {
@@ -252,6 +256,14 @@ func (s *Stripe) FailRandomly(rate float64, seed int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.chaos, s.chaosRate = rand.New(rand.NewSource(seed)), rate
+}
+
+// LoseAnswers makes Stripe do the next n requests and their answers get
+// lost: the caller sees a 503 for work Stripe did.
+func (s *Stripe) LoseAnswers(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lose = n
 }
 
 // Recover ends Fail and FailRandomly.

@@ -399,3 +399,49 @@ func TestSettlementUsesTheWindowAdmissionCounted(t *testing.T) {
 		})
 	}
 }
+
+// Stripe took an event but its answer was lost; the retry is refused with
+// Stripe's documented answer, a 400 whose message says the event exists
+// (no param): levy counts it as accepted, once (defect 5).
+func TestDuplicateAnswerInItsDocumentedFormIsAccepted(t *testing.T) {
+	b := newBillRig(t, true, "acme")
+	p := b.serve(t)
+	b.stripe.LoseAnswers(1)
+	admitAll(t, p.client(t), b, mixed(6, "acme")) // no access logs: 6 units as admitted
+	waitFor(t, 10*time.Second, func() bool { return len(b.stripe.Calls("/v1/billing/meter_events")) >= 1 })
+	b.stripe.FailWith(400, `{"error":{"type":"invalid_request_error","message":"An event with identifier already exists."}}`, 1)
+	waitBilled(t, b.stripe, p, map[string]int64{"acme": 6})
+	if n := len(b.stripe.Calls("/v1/billing/meter_events")); n != 2 {
+		t.Fatalf("%d meter event calls, want the lost one and its refused retry", n)
+	}
+	if m := p.metrics(t); !strings.Contains(m, `levy_usage_export_windows_total{result="accepted"} 1`) {
+		t.Fatalf("metrics:\n%s", grepLines(m, "levy_usage_export"))
+	}
+}
+
+// A refusal that a retry cannot fix is reported (metric, levy usage) and
+// not retried; later usage is still billed (defect 5).
+func TestPermanentRefusalIsReportedAndNotRetried(t *testing.T) {
+	b := newBillRig(t, false, "acme")
+	p := b.serve(t)
+	b.stripe.FailWith(400, `{"error":{"type":"invalid_request_error","param":"payload[stripe_customer_id]","message":"No such customer: 'cus_acme'"}}`, -1)
+	admitAll(t, p.client(t), b, mixed(4, "acme"))
+	waitFor(t, 10*time.Second, func() bool {
+		return strings.Contains(p.metrics(t), `levy_usage_export_windows_total{result="rejected"}`) &&
+			!strings.Contains(p.metrics(t), `levy_usage_export_windows_total{result="rejected"} 0`)
+	})
+	out, err := runLevy("usage", "acme", "--windows", "--admin-url", "http://"+p.httpAddr)
+	if err != nil || !strings.Contains(out, "rejected: No such customer") {
+		t.Fatalf("levy usage --windows: %v\n%s", err, out)
+	}
+	calls := len(b.stripe.Calls("/v1/billing/meter_events"))
+	// Many export passes later: no retry of the refused event.
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(p.metrics(t), "levy_usage_export_lag_seconds 0") })
+	b.stripe.Recover()
+	more := []request{{"acme", 200, 0}, {"acme", 200, 0}}
+	admitAll(t, p.client(t), b, more)
+	waitBilled(t, b.stripe, p, want(more))
+	if n := len(b.stripe.Calls("/v1/billing/meter_events")); n != calls+1 {
+		t.Fatalf("%d meter event calls, want %d: the refused event was retried", n, calls+1)
+	}
+}
