@@ -19,8 +19,10 @@ import (
 	"github.com/levyhq/levy/test/envoy"
 )
 
-// billConfig: payg bills every unit (nothing included), pro is a tiered
-// plan that bills nothing per unit, free is the fallback.
+// billConfig: payg bills every unit, payg5 the units beyond 5 a month,
+// pro (tiered) and free bill nothing per unit; free is the fallback. Every
+// plan has a Stripe price, so that webhooks can move consumers between any
+// two.
 const billConfig = `
 dev_mode: true
 billing:
@@ -35,6 +37,11 @@ plans:
     model: payg
     rate: {requests: 10000, per: 1s}
     billing: {meter: api_calls, stripe_prices: [price_payg]}
+  payg5:
+    model: payg
+    rate: {requests: 10000, per: 1s}
+    quota: {requests: 5, period: month, enforcement: soft}
+    billing: {meter: api_calls, stripe_prices: [price_payg5]}
   pro:
     model: tiered
     rate: {requests: 10000, per: 1s}
@@ -79,34 +86,15 @@ func (b *billRig) serve(t *testing.T) *proc {
 	return serve(t, "--config", b.cfg, "--data-dir", b.data)
 }
 
-// billed sums the meter events Stripe accepted and did not cancel, per
-// customer, failing on an identifier accepted twice.
+// billed sums the meter events Stripe holds (accepted, not cancelled) per
+// customer.
 func billed(t *testing.T, s *stripetest.Stripe) map[string]int64 {
 	t.Helper()
-	type event struct {
-		customer string
-		value    int64
-	}
-	events := map[string]event{}
-	for _, c := range s.Calls("/v1/billing/meter_events") {
-		if c.Status != 200 {
-			continue
-		}
-		id := c.Form.Get("identifier")
-		if _, seen := events[id]; seen {
-			t.Fatalf("identifier %s accepted twice", id)
-		}
-		v, _ := strconv.ParseInt(c.Form.Get("payload[value]"), 10, 64)
-		events[id] = event{strings.TrimPrefix(c.Form.Get("payload[stripe_customer_id]"), "cus_"), v}
-	}
-	for _, c := range s.Calls("/v1/billing/meter_event_adjustments") {
-		if c.Status == 200 && c.Form.Get("type") == "cancel" {
-			delete(events, c.Form.Get("cancel[identifier]"))
-		}
-	}
 	out := map[string]int64{}
-	for _, e := range events {
-		out[e.customer] += e.value
+	for _, e := range s.Events() {
+		if !e.Cancelled {
+			out[strings.TrimPrefix(e.Customer, "cus_")] += e.Value
+		}
 	}
 	return out
 }

@@ -17,36 +17,6 @@ import (
 	"github.com/levyhq/levy/test/envoy"
 )
 
-// randomConfig: payg bills every unit, payg5 the units beyond 5 a month,
-// pro and free bill nothing per unit. Every plan has a Stripe price, so
-// that webhooks can move consumers between any two.
-const randomConfig = `
-dev_mode: true
-billing:
-  window: 1s
-  settle_delay: 1s
-  export_every: 100ms
-  fallback_plan: free
-  stripe: {api_base: %s}
-plans:
-  free: {model: freemium, rate: {requests: 10000, per: 1s}, quota: {requests: 1000000, period: month}, billing: {stripe_prices: [price_free]}}
-  payg:
-    model: payg
-    rate: {requests: 10000, per: 1s}
-    billing: {meter: api_calls, stripe_prices: [price_payg]}
-  payg5:
-    model: payg
-    rate: {requests: 10000, per: 1s}
-    quota: {requests: 5, period: month, enforcement: soft}
-    billing: {meter: api_calls, stripe_prices: [price_payg5]}
-  pro:
-    model: tiered
-    rate: {requests: 10000, per: 1s}
-    quota: {requests: 1000000, period: month}
-    billing: {meter: api_calls, stripe_prices: [price_pro]}
-consumers:
-%s`
-
 // included is what each plan's units cost before they are billed; a plan
 // not listed bills nothing.
 var included = map[string]int64{"payg": 0, "payg5": 5}
@@ -116,7 +86,7 @@ func runRandomBill(t *testing.T, store string, seed int64, steps int) {
 		s.units[c] = map[string]int64{}
 		fmt.Fprintf(&list, "  - {id: %s, plan: payg, stripe_customer_id: cus_%s, keys: [{key: %s}]}\n", c, c, s.keys[c])
 	}
-	cfg := writeConfig(t, t.TempDir(), fmt.Sprintf(randomConfig, s.stripe.URL, list.String()))
+	cfg := writeConfig(t, t.TempDir(), fmt.Sprintf(billConfig, s.stripe.URL, list.String()))
 	t.Setenv("STRIPE_API_KEY", "sk_test_levy")
 	t.Setenv("STRIPE_WEBHOOK_SECRET", "whsec_levy")
 	t.Setenv("LEVY_ADMIN_TOKEN", "test-token")
