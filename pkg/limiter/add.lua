@@ -7,4 +7,5 @@ if redis.call("HGET", w, "e") == "1" then return 0 end
 redis.call("HINCRBY", w, "u", ARGV[3])
 redis.call("HSETNX", w, "z", ARGV[2])
 redis.call("ZADD", KEYS[1], ARGV[1], ARGV[1])
+redis.call("SADD", string.sub(KEYS[1], 1, string.find(KEYS[1], "}:ledger:", 1, true)) .. ":ledgers", KEYS[1])
 return 1

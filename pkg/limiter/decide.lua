@@ -279,10 +279,13 @@ local function flush()
     elseif kind == 2 then
       local add, start = dirty_add[key], dirty_start[key]
       if redis.call("HINCRBY", key, "u", add) == add then
-        -- the window's first units: record its size and index it (both
+        -- the window's first units: record its size and index it (all
         -- idempotent, so a window settled down to zero may do it again)
         redis.call("HSETNX", key, "z", dirty_size[key])
         redis.call("ZADD", dirty_index[key], start, start)
+        -- and the consumer's list of ledgers knows the ledger
+        local idx = dirty_index[key]
+        redis.call("SADD", string.sub(idx, 1, string.find(idx, "}:ledger:", 1, true)) .. ":ledgers", idx)
       end
     else
       redis.call("HSET", key, "s", dirty_start[key], "v", value)

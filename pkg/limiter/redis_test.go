@@ -473,3 +473,31 @@ func TestLedgerOnRedis(t *testing.T) {
 			limiter.NewRedisLedger(client, time.Minute)
 	}, true)
 }
+
+// A consumer's windows are found through its set of ledgers, without a
+// scan; a ledger written before levy kept that set joins it at the next
+// export pass.
+func TestRedisLedgerFindsAConsumersWindowsWithoutAScan(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client()
+	ctx := context.Background()
+	ledger := limiter.NewRedisLedger(client, time.Minute)
+	start := time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC)
+	key := usage.LedgerKey("old", usage.Terms{Meter: "api_calls"})
+	// As an older levy wrote it: the window and its index, no set.
+	w := key + ":" + strconv.FormatInt(start.Unix(), 10)
+	if err := client.HSet(ctx, w, "u", 7, "z", 60).Err(); err != nil {
+		t.Fatal(err)
+	}
+	client.ZAdd(ctx, key, redis.Z{Score: float64(start.Unix()), Member: start.Unix()})
+	if ws, err := ledger.Windows(ctx, "old", start, start.Add(time.Hour)); err != nil || len(ws) != 0 {
+		t.Fatalf("before the export pass: %+v %v", ws, err)
+	}
+	if due, err := ledger.Due(ctx, start.Add(time.Hour)); err != nil || len(due) != 1 {
+		t.Fatalf("due %+v %v", due, err)
+	}
+	ws, err := ledger.Windows(ctx, "old", start, start.Add(time.Hour))
+	if err != nil || len(ws) != 1 || ws[0].Units != 7 {
+		t.Fatalf("after the export pass: %+v %v", ws, err)
+	}
+}

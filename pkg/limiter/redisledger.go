@@ -193,11 +193,21 @@ func (r *RedisLedger) scanLedgers(ctx context.Context, pattern string) ([]string
 	return keys, nil
 }
 
-// Due implements usage.Ledger.
+// Due implements usage.Ledger. It scans the keyspace for ledgers, and
+// enters each in its consumer's set of ledgers (ledgers written before
+// admission kept that set).
 func (r *RedisLedger) Due(ctx context.Context, before time.Time) ([]usage.Window, error) {
 	keys, err := r.scanLedgers(ctx, "{c:*}:ledger:*")
 	if err != nil {
 		return nil, err
+	}
+	pipe := r.client.Pipeline()
+	for _, key := range keys {
+		c, _, _ := usage.ParseLedgerKey(key)
+		pipe.SAdd(ctx, ledgersKey(c), key)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("redis ledger: %w", err)
 	}
 	var out []usage.Window
 	for _, key := range keys {
@@ -303,14 +313,23 @@ func (r *RedisLedger) settle(ctx context.Context, w usage.Window, value int64, r
 	return nil
 }
 
+// ledgersKey is the set of a consumer's ledger keys: admission adds a key
+// when it opens a window, so that a consumer's windows are found without
+// scanning the keyspace.
+func ledgersKey(consumer string) string { return "{c:" + consumer + "}:ledgers" }
+
 // Windows implements usage.Ledger.
 func (r *RedisLedger) Windows(ctx context.Context, consumer string, from, to time.Time) ([]usage.Window, error) {
-	keys, err := r.scanLedgers(ctx, globEscape(usage.LedgerPrefix(consumer))+"*")
+	keys, err := r.client.SMembers(ctx, ledgersKey(consumer)).Result()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("redis ledger: %w", err)
 	}
+	sort.Strings(keys)
 	var out []usage.Window
 	for _, key := range keys {
+		if c, _, ok := usage.ParseLedgerKey(key); !ok || c != consumer {
+			continue
+		}
 		var starts []string
 		seen := map[string]bool{}
 		for _, set := range []string{key, key + ":done"} {
@@ -333,19 +352,6 @@ func (r *RedisLedger) Windows(ctx context.Context, consumer string, from, to tim
 	}
 	sortWindows(out)
 	return out, nil
-}
-
-// globEscape escapes the characters SCAN's MATCH treats specially.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, c := range s {
-		switch c {
-		case '*', '?', '[', ']', '\\':
-			b.WriteByte('\\')
-		}
-		b.WriteRune(c)
-	}
-	return b.String()
 }
 
 // Consumers lists the consumers with a window that starts in [from, to)
