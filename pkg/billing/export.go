@@ -276,19 +276,26 @@ type Statement struct {
 // its meter, oldest first). A plan's included units are for the units
 // admitted under it in the period: a consumer who changes plans gets each
 // plan's allowance for the usage on that plan, whatever the order of the
-// changes within a window (which the ledger does not keep). A rejected
-// window counts as it was last accounted: its change was refused.
+// changes within a window (which the ledger does not keep), and a reload
+// that changes a plan's included units changes the allowance, not the
+// units counted against it. A rejected window counts as it was last
+// accounted: its change was refused.
 func StatementOf(a Account, windows []usage.Window, c *apikey.Consumer, cat *plan.Catalog) Statement {
 	st := Statement{Account: a, Windows: windows}
-	prior := map[string]int64{} // units so far under each ledger key (terms)
+	prior := map[string]int64{} // units so far under each plan
 	for i := range st.Windows {
 		w := &st.Windows[i]
 		units := w.Units
 		if w.Rejected != "" {
 			units = w.Accounted
 		}
-		w.Billable = TermsOf(w, c, cat).Beyond(prior[w.Key], units)
-		prior[w.Key] += units
+		t := TermsOf(w, c, cat)
+		p := t.Plan
+		if p == "" {
+			p = w.Key // written before levy recorded terms
+		}
+		w.Billable = t.Beyond(prior[p], units)
+		prior[p] += units
 		st.Target += w.Billable
 		st.Billed += w.Billed
 	}

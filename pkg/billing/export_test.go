@@ -604,3 +604,28 @@ func TestLateSettlementAfterThePeriodClosedIsCounted(t *testing.T) {
 		t.Fatalf("left: %+v", left)
 	}
 }
+
+// A reload that raises a plan's included units mid-period raises the
+// allowance; it does not start the units counted against it again. The
+// unit billed beyond the old allowance stays billed: it was admitted then.
+func TestReloadChangingIncludedUnitsKeepsThePeriodsCount(t *testing.T) {
+	r := newRig(t)
+	r.people.set(&apikey.Consumer{ID: "grow", Plan: "payg3", StripeCustomerID: "cus_grow"})
+	r.admit(t, r.local, "grow", 4) // 3 included: 1 billable
+	cat, err := plan.NewCatalog(
+		&plan.Plan{Name: "payg3", Model: plan.PayG, Meter: "api_calls", Quota: &plan.Quota{Requests: 5, Period: plan.Month, Enforcement: plan.Soft}},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.catalog = cat                // the reload: 5 included now
+	r.admit(t, r.local, "grow", 3) // 7 in the period, 5 included: 2 more billable
+	r.clock.Advance(2 * time.Minute)
+	e := r.exporter(t, r.local, nil, "a")
+	if _, err := e.ExportOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := total(sent(t, r.stripe)); got != 1+2 {
+		t.Fatalf("billed %d, want 3 (counted afresh under the new terms it would be 1)", got)
+	}
+}
