@@ -256,10 +256,10 @@ func (r *Receiver) settleFacts(b *batch, f *facts, cat *plan.Catalog, now time.T
 		return
 	}
 	k := aggKey{start: adj.At.Unix()}
-	if f.hasWindow && f.ledger != "" && ownsLedgerKey(adj.Consumer, f.ledger) && f.window >= 0 && f.window < 1<<40 {
+	if f.hasWindow && f.ledger != "" && ownsLedgerKey(adj.Consumer, f.ledger) {
 		// The window admission counted the request in (defect-free at
 		// window edges: the store's clock picked it, not Envoy's).
-		k.key, k.start, k.known = f.ledger, int64(f.window), true
+		k.key, k.start, k.known = f.ledger, f.window, true
 	} else {
 		k.key = LedgerKey(adj.Consumer, adj.Terms)
 	}

@@ -103,8 +103,8 @@ type facts struct {
 	startNanos                                            int32
 	consumer, plan                                        string // ext_authz metadata strings
 	ledger                                                string // ext_authz metadata: the ledger key
-	window                                                float64
-	hasWindow                                             bool // ext_authz metadata: the window start
+	window                                                int64  // unix seconds
+	hasWindow                                             bool   // ext_authz metadata: a valid window start
 	path, originalPath, requestID                         string
 	consumerHeader                                        string // request header consumerHeader
 	code                                                  uint32
@@ -126,7 +126,7 @@ func (f *facts) fromEntry(e *accesslogdatav3.HTTPAccessLogEntry, unitsHeader, co
 		f.plan = stringValue(fields[mdPlan])
 		f.ledger = stringValue(fields[mdLedger])
 		if n, ok := fields[mdWindow].GetKind().(*structpb.Value_NumberValue); ok {
-			f.window, f.hasWindow = n.NumberValue, true
+			f.window, f.hasWindow = windowSeconds(n.NumberValue)
 		}
 	}
 	if r := e.GetRequest(); r != nil {
@@ -141,6 +141,15 @@ func (f *facts) fromEntry(e *accesslogdatav3.HTTPAccessLogEntry, unitsHeader, co
 		}
 		f.unitsHeader = r.GetResponseHeaders()[unitsHeader]
 	}
+}
+
+// windowSeconds reads a window start sent as a number: whole unix seconds
+// in a sane range, or not a window.
+func windowSeconds(v float64) (int64, bool) {
+	if !(v >= 0 && v < 1<<40) || v != float64(int64(v)) {
+		return 0, false
+	}
+	return int64(v), true
 }
 
 func stringValue(v *structpb.Value) string {

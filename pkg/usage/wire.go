@@ -314,7 +314,10 @@ func (f *facts) structFromWire(b []byte) bool {
 		case mdLedger:
 			f.ledger = v.str()
 		case mdWindow:
-			f.window, f.hasWindow = v.n, v.kind == fValueNumber
+			f.window, f.hasWindow = 0, false
+			if v.kind == fValueNumber {
+				f.window, f.hasWindow = windowSeconds(v.n)
+			}
 		}
 		return true
 	})

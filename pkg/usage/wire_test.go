@@ -31,6 +31,7 @@ func wireCorpus(t testing.TB) [][]byte {
 		{consumer: "acme", plan: "gold"},
 		{consumer: "acme", plan: "payg", logType: accesslogdatav3.AccessLogType_DownstreamPeriodic},
 		{consumer: "ąćme", plan: "free", status: 502, units: "3"},
+		{consumer: "acme", plan: "payg", status: 500, ledger: "{c:acme}:ledger:b=1&i=0&m=api_calls&p=payg&u=month", window: t0},
 	} {
 		msgs = append(msgs, entry(g))
 	}
@@ -50,9 +51,13 @@ func wireCorpus(t testing.TB) [][]byte {
 	otherNS := entry(give{consumer: "acme", plan: "payg"})
 	otherNS.CommonProperties.Metadata.FilterMetadata["envoy.filters.http.ratelimit"] = &structpb.Struct{
 		Fields: map[string]*structpb.Value{"consumer": structpb.NewStringValue("impostor")}}
+	oddWindow := entry(give{consumer: "acme", plan: "payg", ledger: "{c:acme}:ledger:api_calls", window: t0})
+	oddWindow.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["window"] = structpb.NewStringValue("1772366400")
+	nanWindow := entry(give{consumer: "acme", plan: "payg", ledger: "{c:acme}:ledger:api_calls", window: t0})
+	nanWindow.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["window"] = structpb.NewNumberValue(math.NaN())
 	rewritten := entry(give{consumer: "acme", plan: "payg", path: "/internal/search"})
 	rewritten.Request.OriginalPath = "/v1/search"
-	msgs = append(msgs, noCode, zeroCode, intermediate, kinds, nan, otherNS, rewritten,
+	msgs = append(msgs, noCode, zeroCode, intermediate, kinds, nan, otherNS, rewritten, oddWindow, nanWindow,
 		&accesslogdatav3.HTTPAccessLogEntry{}, &accesslogdatav3.HTTPAccessLogEntry{CommonProperties: &accesslogdatav3.AccessLogCommon{}})
 
 	var out [][]byte

@@ -1,0 +1,63 @@
+package usage
+
+import (
+	"testing"
+
+	"github.com/levyhq/levy/pkg/plan"
+)
+
+func TestLedgerKeyReadsBackItsTerms(t *testing.T) {
+	tests := []struct {
+		name     string
+		consumer string
+		give     Terms
+	}{
+		{name: "payg", consumer: "acme", give: Terms{Plan: "payg", Meter: "api_calls", Billed: true, Included: 1000, Period: plan.Month}},
+		{name: "names with separators", consumer: "a:b c", give: Terms{Plan: "p&q=r:s", Meter: "m%20:x", Period: plan.Day}},
+		{name: "unicode", consumer: "ąćme", give: Terms{Plan: "płan", Meter: "mëter", Billed: true, Included: 5, Period: plan.Year}},
+		{name: "written before terms were recorded", consumer: "acme", give: Terms{Meter: "api_calls"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			key := LedgerKey(tt.consumer, tt.give)
+			consumer, terms, ok := ParseLedgerKey(key)
+			if !ok || consumer != tt.consumer || terms != tt.give {
+				t.Fatalf("ParseLedgerKey(%q) = %q %+v %v, want %q %+v", key, consumer, terms, ok, tt.consumer, tt.give)
+			}
+			if !ownsLedgerKey(tt.consumer, key) || ownsLedgerKey(tt.consumer+"x", key) || ownsLedgerKey("x"+tt.consumer, key) {
+				t.Fatalf("ownsLedgerKey is wrong about %q", key)
+			}
+		})
+	}
+}
+
+// FuzzParseLedgerKey: ledger keys come back from access logs (ext_authz
+// metadata) and from the store; any bytes parse without a panic, and a key
+// levy writes reads back as written.
+func FuzzParseLedgerKey(f *testing.F) {
+	f.Add("acme", "payg", "api_calls", int64(5), true, "{c:acme}:ledger:b=1&i=5&m=api_calls&p=payg&u=month")
+	f.Add("a}b", "p", "m", int64(-1), false, "{c:}:ledger:")
+	f.Fuzz(func(t *testing.T, consumer, planName, meter string, included int64, billed bool, raw string) {
+		ParseLedgerKey(raw)
+		ownsLedgerKey(consumer, raw)
+		want := Terms{Plan: planName, Meter: meter, Billed: billed, Included: included, Period: plan.Month}
+		c, got, ok := ParseLedgerKey(LedgerKey(consumer, want))
+		if planName == "" {
+			return // a key without terms: its meter only
+		}
+		if !ok || got != want || c != consumer && !containsInfix(consumer) {
+			t.Fatalf("round trip of %q %+v: %q %+v %v", consumer, want, c, got, ok)
+		}
+	})
+}
+
+// containsInfix: a consumer id with "}:ledger:" in it cannot be told from
+// the key's own separator.
+func containsInfix(s string) bool {
+	for i := 0; i+len(ledgerInfix) <= len(s); i++ {
+		if s[i:i+len(ledgerInfix)] == ledgerInfix {
+			return true
+		}
+	}
+	return false
+}
