@@ -280,15 +280,22 @@ type Statement struct {
 // window counts as it was last accounted: its change was refused.
 func StatementOf(a Account, windows []usage.Window, c *apikey.Consumer, cat *plan.Catalog) Statement {
 	st := Statement{Account: a, Windows: windows}
-	prior := map[string]int64{} // units so far under each ledger key (terms)
+	// Units so far under each plan: a reload that changes a plan's
+	// included units gives its windows another ledger key, not another
+	// allowance.
+	prior := map[string]int64{}
 	for i := range st.Windows {
 		w := &st.Windows[i]
 		units := w.Units
 		if w.Rejected != "" {
 			units = w.Accounted
 		}
-		w.Billable = TermsOf(w, c, cat).Beyond(prior[w.Key], units)
-		prior[w.Key] += units
+		allowance := w.Key
+		if w.Terms.Known() {
+			allowance = "\x00" + w.Terms.Plan // no ledger key starts so
+		}
+		w.Billable = TermsOf(w, c, cat).Beyond(prior[allowance], units)
+		prior[allowance] += units
 		st.Target += w.Billable
 		st.Billed += w.Billed
 	}

@@ -618,3 +618,27 @@ func TestLateSettlementAfterThePeriodClosedIsCounted(t *testing.T) {
 		t.Fatalf("left: %+v", left)
 	}
 }
+
+// A reload that changes a plan's included units mid-period changes the
+// plan's allowance; it does not give the consumers on it a second one.
+func TestReloadChangingIncludedUnitsDoesNotGrantASecondAllowance(t *testing.T) {
+	r := newRig(t)
+	r.admit(t, r.local, "acme", 3) // payg3: all 3 included
+	r.clock.Advance(time.Minute)
+	reloaded, err := plan.NewCatalog(
+		&plan.Plan{Name: "payg3", Model: plan.PayG, Meter: "api_calls", Quota: &plan.Quota{Requests: 5, Period: plan.Month, Enforcement: plan.Soft}},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.catalog = reloaded // payg3 now includes 5 units a month
+	r.admit(t, r.local, "acme", 4)
+	r.clock.Advance(2 * time.Minute)
+	if _, err := r.exporter(t, r.local, nil, "a").ExportOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// 7 units on a plan that includes at most 5.
+	if got := total(sent(t, r.stripe)); got != 2 {
+		t.Fatalf("billed %d, want 2 (events %v)", got, sent(t, r.stripe))
+	}
+}
