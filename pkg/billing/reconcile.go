@@ -376,7 +376,8 @@ func windowSize(ws []usage.Window) time.Duration {
 
 // stripeRange is the range of event timestamps Stripe is asked about for a
 // period. Stripe wants both ends on a minute. The exporter stamps an event
-// with the last second of a window that starts in the period, so the range
+// with the last second of a window that starts in the period (or of the
+// period, when it ends inside the window), so the range
 // runs from the first window boundary at or after each end of the period,
 // rounded up to a minute: exactly the period for calendar periods and
 // anchors on a minute, and, for windows of whole minutes, exactly the
