@@ -580,9 +580,14 @@ func (p *pass) closed(ctx context.Context, a Account) ([]usage.Window, error) {
 // aside are set aside. sent reports that Stripe has it.
 func (p *pass) send(ctx context.Context, c *apikey.Consumer, w *usage.Window, value int64, work, aside []usage.Window) (sent bool, err error) {
 	e := p.e
-	key := AccountOf(w, TermsOf(w, c, p.cat), c).String()
+	a := AccountOf(w, TermsOf(w, c, p.cat), c)
+	key := a.String()
 	id := Identifier(*w, w.Events)
-	err = e.post(ctx, w, value, c.StripeCustomerID, id)
+	// The window's last second, or the period's when the period ends
+	// inside the window (an anchor off the window's edges): Stripe
+	// invoices an event in the period its timestamp falls in.
+	at := minTime(w.End(), a.Period.End).Add(-time.Second)
+	err = e.post(ctx, w, value, c.StripeCustomerID, id, at)
 	if reason, permanent := Permanent(err); permanent {
 		e.cfg.Log.Error("Stripe refused a meter event for good; the windows are set aside (levy billing reconcile shows them)",
 			zap.String("consumer", w.Consumer), zap.String("meter", w.Meter), zap.String("identifier", id),
@@ -611,7 +616,7 @@ func (p *pass) send(ctx context.Context, c *apikey.Consumer, w *usage.Window, va
 	return true, nil
 }
 
-func (e *Exporter) post(ctx context.Context, w *usage.Window, value int64, customer, id string) error {
+func (e *Exporter) post(ctx context.Context, w *usage.Window, value int64, customer, id string, at time.Time) error {
 	params := &stripe.BillingMeterEventParams{
 		EventName: stripe.String(w.Meter),
 		Payload: map[string]string{
@@ -619,8 +624,7 @@ func (e *Exporter) post(ctx context.Context, w *usage.Window, value int64, custo
 			"value":              strconv.FormatInt(value, 10),
 		},
 		Identifier: stripe.String(id),
-		// Inside the window: its last second.
-		Timestamp: stripe.Int64(w.End().Unix() - 1),
+		Timestamp:  stripe.Int64(at.Unix()),
 	}
 	params.Context = ctx
 	_, err := e.stripe.BillingMeterEvents.New(params)

@@ -605,6 +605,54 @@ func TestLateSettlementAfterThePeriodClosedIsCounted(t *testing.T) {
 	}
 }
 
+// A reload that changes a plan's included units mid-period changes the
+// plan's allowance; it does not give the consumers on it a second one.
+func TestReloadChangingIncludedUnitsDoesNotGrantASecondAllowance(t *testing.T) {
+	r := newRig(t)
+	r.admit(t, r.local, "acme", 3) // payg3: all 3 included
+	r.clock.Advance(time.Minute)
+	reloaded, err := plan.NewCatalog(
+		&plan.Plan{Name: "payg3", Model: plan.PayG, Meter: "api_calls", Quota: &plan.Quota{Requests: 5, Period: plan.Month, Enforcement: plan.Soft}},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.catalog = reloaded // payg3 now includes 5 units a month
+	r.admit(t, r.local, "acme", 4)
+	r.clock.Advance(2 * time.Minute)
+	if _, err := r.exporter(t, r.local, nil, "a").ExportOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	// 7 units on a plan that includes at most 5.
+	if got := total(sent(t, r.stripe)); got != 2 {
+		t.Fatalf("billed %d, want 2 (events %v)", got, sent(t, r.stripe))
+	}
+}
+
+// A consumer's billing cycle starts when its Stripe subscription did, to
+// the second. Stripe invoices a meter event in the period its timestamp
+// falls in, so the event that bills a period must be stamped inside it,
+// even when the period ends inside a window.
+func TestAnchoredPeriodsEventsAreStampedInsideThePeriod(t *testing.T) {
+	r := newRig(t) // 2026-03-14 12:00:00
+	anchor := time.Date(2026, 2, 14, 12, 0, 30, 0, time.UTC)
+	r.people.set(&apikey.Consumer{ID: "anch", Plan: "payg0", StripeCustomerID: "cus_anch", PeriodAnchor: anchor})
+	r.admit(t, r.local, "anch", 5) // in the window 12:00:00 to 12:01:00, of the period that ends at 12:00:30
+	r.clock.Advance(2 * time.Minute)
+	if _, err := r.exporter(t, r.local, nil, "a").ExportOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	period := plan.PeriodAt(time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC), plan.Month, anchor)
+	calls := r.stripe.Calls(meterPath)
+	if len(calls) != 1 || calls[0].Status != 200 {
+		t.Fatalf("calls %+v", calls)
+	}
+	ts, _ := strconv.ParseInt(calls[0].Form.Get("timestamp"), 10, 64)
+	if at := time.Unix(ts, 0).UTC(); at.Before(period.Start) || !at.Before(period.End) {
+		t.Fatalf("the event of the period %s to %s is stamped %s: Stripe invoices it in the next period", period.Start, period.End, at)
+	}
+}
+
 // A reload that raises a plan's included units mid-period raises the
 // allowance; it does not start the units counted against it again. The
 // unit billed beyond the old allowance stays billed: it was admitted then.

@@ -76,8 +76,9 @@ const (
 	// a negative event: a human decides (an event may be cancelled within
 	// 24 hours of Stripe receiving it, through meter_event_adjustments).
 	StatusSurplus = "surplus"
-	// StatusInFlight: Stripe holds more by exactly the event levy sent and
-	// has not recorded yet; the exporter's next pass records it.
+	// StatusInFlight: Stripe holds more by exactly the event levy sent, or
+	// less by exactly the event levy cancelled, and levy has not recorded
+	// it yet; the exporter's next pass records it.
 	StatusInFlight = "in_flight"
 	// StatusFixed: Stripe held less, and Fix sent the rest.
 	StatusFixed = "fixed"
@@ -347,8 +348,10 @@ func (r *reconciler) account(ctx context.Context, st Statement, c *apikey.Consum
 	switch {
 	case row.Difference == 0:
 		row.Status = StatusOK
-	case row.Difference > 0 && row.Difference == inflight:
-		row.Status, row.Note = StatusInFlight, "an event levy sent is not recorded yet; the exporter's next pass records it"
+	case row.Difference == inflight:
+		// An event (positive) or a cancellation (negative) Stripe may
+		// have done that levy has not recorded yet.
+		row.Status, row.Note = StatusInFlight, "an event or cancellation levy sent is not recorded yet; the exporter's next pass records it"
 	case row.Difference > 0:
 		row.Status, row.Note = StatusSurplus, "Stripe holds more than levy billed: levy never sends negative usage; check the events (one can be cancelled within 24h of Stripe receiving it)"
 	default:
@@ -376,7 +379,8 @@ func windowSize(ws []usage.Window) time.Duration {
 
 // stripeRange is the range of event timestamps Stripe is asked about for a
 // period. Stripe wants both ends on a minute. The exporter stamps an event
-// with the last second of a window that starts in the period, so the range
+// with the last second of a window that starts in the period (or of the
+// period, when it ends inside the window), so the range
 // runs from the first window boundary at or after each end of the period,
 // rounded up to a minute: exactly the period for calendar periods and
 // anchors on a minute, and, for windows of whole minutes, exactly the
@@ -448,8 +452,8 @@ func (r *reconciler) summary(ctx context.Context, meter string, row ReconcileRow
 // Stripe's total, so that running fix again before Stripe's summaries show
 // the first one sends the same identifier, which Stripe refuses.
 func (r *reconciler) fix(ctx context.Context, row *ReconcileRow, st Statement, inflight int64) {
-	if inflight > 0 {
-		row.Note = "an event is in flight: fix after the exporter's next pass"
+	if inflight != 0 {
+		row.Note = "an event or cancellation is in flight: fix after the exporter's next pass"
 		return
 	}
 	var settled int64

@@ -348,3 +348,48 @@ func TestReconcileCountsAnEventInFlightAsNoDifference(t *testing.T) {
 		t.Fatalf("in flight: %+v", got)
 	}
 }
+
+// lostCancel loses the record of the first cancellation, as a replica
+// killed between Stripe cancelling an event and recording it would.
+type lostCancel struct {
+	usage.Ledger
+	lost bool
+}
+
+func (l *lostCancel) Commit(ctx context.Context, w usage.Window, value int64, accounted []usage.Window) error {
+	if value < 0 && !l.lost {
+		l.lost = true
+		return errors.New("killed")
+	}
+	return l.Ledger.Commit(ctx, w, value, accounted)
+}
+
+// A cancellation Stripe did and levy has not recorded yet is in flight,
+// like an event: fix must not bill its units again, or the customer pays
+// them twice once the exporter records the cancellation.
+func TestReconcileDoesNotFixACancellationInFlight(t *testing.T) {
+	r := newRig(t)
+	start := r.clock.Now()
+	r.admit(t, r.local, "beta", 5)
+	r.clock.Advance(2 * time.Minute)
+	e := r.exporter(t, &lostCancel{Ledger: r.local}, nil, "a")
+	if _, err := e.ExportOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.settle(t, r.local, "beta", start, -4) // four refunded, late
+	r.clock.Advance(time.Minute)
+	if _, err := e.ExportOnce(context.Background()); err == nil {
+		t.Fatal("the lost cancellation was not reported")
+	}
+	r.clock.Advance(10 * time.Minute) // Stripe's summaries have settled
+	rep := r.reconcile(t, r.local, true)
+	if got := row(t, rep, "beta"); got.Fix != nil || got.Status != billing.StatusInFlight {
+		t.Fatalf("a cancellation in flight: %+v %+v", got, got.Fix)
+	}
+	if _, err := e.ExportOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := total(sent(t, r.stripe)); got != 1 {
+		t.Fatalf("Stripe holds %d, want 1 (%v)", got, sent(t, r.stripe))
+	}
+}

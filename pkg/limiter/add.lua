@@ -1,11 +1,17 @@
 -- Add units counted while Redis was away to a ledger window, creating it.
--- KEYS[1]: the ledger (index of unexported windows); ARGV: start, size, units.
--- Returns 0 when the window was already exported (the caller adds the units
--- to a later window), 1 otherwise.
+-- A window already accounted to Stripe goes back into the index of windows
+-- with work: the units are a correction of its billing period, as a late
+-- settlement is (adjust.lua).
+-- KEYS[1]: the ledger (index of windows with export work); ARGV: start,
+-- size, units. Returns 1.
 local w = KEYS[1] .. ":" .. ARGV[1]
-if redis.call("HGET", w, "e") == "1" then return 0 end
+local before = tonumber(redis.call("HGET", w, "u") or "0")
 redis.call("HINCRBY", w, "u", ARGV[3])
 redis.call("HSETNX", w, "z", ARGV[2])
+if redis.call("HGET", w, "e") == "1" and redis.call("HEXISTS", w, "a") == 0 then
+  -- exported before levy kept "a": it was accounted as it stood
+  redis.call("HSET", w, "a", string.format("%d", before))
+end
 redis.call("ZADD", KEYS[1], ARGV[1], ARGV[1])
 redis.call("SADD", string.sub(KEYS[1], 1, string.find(KEYS[1], "}:ledger:", 1, true)) .. ":ledgers", KEYS[1])
 return 1

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -80,15 +81,25 @@ func (l *Local) Windows(_ context.Context, consumer string, from, to time.Time) 
 	return out, nil
 }
 
-// Prepare implements usage.Ledger.
+// Prepare implements usage.Ledger. The pending event is on disk when it
+// returns, not only in the write-behind: the exporter sends the event
+// next, and a restart that did not know of it would bill its units again
+// under another identifier.
 func (l *Local) Prepare(_ context.Context, w usage.Window, value int64) error {
 	id := counterID{w.Key, w.Start.Unix()}
 	sh := l.shardFor(id.key)
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if e, ok := sh.ledger[id]; ok {
+	e, ok := sh.ledger[id]
+	if ok {
 		e.Pending = value
 		l.markLedgerDirty(sh, id)
+	}
+	sh.mu.Unlock()
+	if !ok || l.store == nil {
+		return nil
+	}
+	if err := l.commit(false); err != nil {
+		return fmt.Errorf("record the pending meter event: %w", err)
 	}
 	return nil
 }

@@ -501,3 +501,38 @@ func TestRedisLedgerFindsAConsumersWindowsWithoutAScan(t *testing.T) {
 		t.Fatalf("after the export pass: %+v %v", ws, err)
 	}
 }
+
+// Units a replica counted while it could not reach Redis belong to the
+// window they were counted in, even when another replica exported that
+// window meanwhile: a correction of that window, in its billing period,
+// not usage of the window after (at a month's end, the next month's).
+func TestUnitsCountedDuringAnOutageCorrectTheirExportedWindow(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client()
+	ctx := context.Background()
+	led := limiter.NewRedisLedger(client, time.Minute)
+	key := usage.LedgerKey("f", limitertest.LedgerTerms)
+	last := time.Date(2026, 3, 31, 23, 59, 0, 0, time.UTC) // March's last window
+	if err := led.AddUnits(ctx, key, last, time.Minute, 4); err != nil {
+		t.Fatal(err)
+	}
+	ws, err := led.Due(ctx, last.Add(time.Hour))
+	if err != nil || len(ws) != 1 {
+		t.Fatalf("due %+v %v", ws, err)
+	}
+	if err := led.Commit(ctx, ws[0], 4, ws); err != nil { // exported by another replica
+		t.Fatal(err)
+	}
+	// The partitioned replica reconciles what it counted in that window.
+	if err := led.AddUnits(ctx, key, last, time.Minute, 3); err != nil {
+		t.Fatal(err)
+	}
+	march, err := led.Windows(ctx, "f", time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC))
+	if err != nil || len(march) != 1 || march[0].Units != 7 || !march[0].Due() || march[0].Accounted != 4 {
+		t.Fatalf("March's windows %+v %v: want the last one at 7 units, due again as a correction of 4", march, err)
+	}
+	april, err := led.Windows(ctx, "f", time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC))
+	if err != nil || len(april) != 0 {
+		t.Fatalf("April's windows %+v %v: want none", april, err)
+	}
+}

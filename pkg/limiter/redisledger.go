@@ -144,17 +144,12 @@ func (r *RedisLedger) Adjust(ctx context.Context, adjs []usage.Adjustment) error
 
 // AddUnits adds units counted elsewhere (by a replica while Redis was
 // away) to the window of key starting at start, creating it; a window
-// already exported passes them to the window after.
+// already exported is due again, corrected within its billing period.
 func (r *RedisLedger) AddUnits(ctx context.Context, key string, start time.Time, size time.Duration, units int64) error {
-	for s := start; ; s = s.Add(size) {
-		n, err := r.add.Run(ctx, r.client, []string{key}, s.Unix(), int64(size/time.Second), units).Int()
-		if err != nil {
-			return fmt.Errorf("redis ledger add: %w", err)
-		}
-		if n == 1 {
-			return nil
-		}
+	if err := r.add.Run(ctx, r.client, []string{key}, start.Unix(), int64(size/time.Second), units).Err(); err != nil {
+		return fmt.Errorf("redis ledger add: %w", err)
 	}
+	return nil
 }
 
 // scanLedgers lists the ledger keys matching pattern on every master.
