@@ -536,3 +536,39 @@ func TestUnitsCountedDuringAnOutageCorrectTheirExportedWindow(t *testing.T) {
 		t.Fatalf("April's windows %+v %v: want none", april, err)
 	}
 }
+
+// A backlog of windows (a day of them after a Stripe outage) is accounted
+// in bounded script calls, all of them, and the event once.
+func TestRedisLedgerAccountsABacklogInChunks(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client()
+	ctx := context.Background()
+	led := limiter.NewRedisLedger(client, time.Second)
+	key := usage.LedgerKey("f", limitertest.LedgerTerms)
+	start := time.Date(2026, 3, 14, 0, 0, 0, 0, time.UTC)
+	const n = 1234
+	for i := range n {
+		if err := led.AddUnits(ctx, key, start.Add(time.Duration(i)*time.Second), time.Second, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	due, err := led.Due(ctx, start.Add(time.Hour))
+	if err != nil || len(due) != n {
+		t.Fatalf("due: %d %v", len(due), err)
+	}
+	last := due[len(due)-1]
+	if err := led.Commit(ctx, last, n, due); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := led.Due(ctx, start.Add(time.Hour)); err != nil || len(left) != 0 {
+		t.Fatalf("left due: %d %v", len(left), err)
+	}
+	ws, _ := led.Windows(ctx, "f", start, start.Add(time.Hour))
+	var billed int64
+	for _, w := range ws {
+		billed += w.Billed
+	}
+	if len(ws) != n || billed != n || ws[len(ws)-1].Events != 1 {
+		t.Fatalf("%d windows, billed %d", len(ws), billed)
+	}
+}

@@ -60,11 +60,13 @@ func NewRedisLedger(client redis.UniversalClient, window time.Duration) *RedisLe
 // own, so splitting an adjustment is safe.
 const adjustChunk = 256
 
-// adjustCall is one adjust script call: an adjustment, or a part of one.
+// adjustCall is one adjust script call: an adjustment, or a part of one
+// (reqs).
 type adjustCall struct {
 	adj  int // index in the adjustments
 	key  string
 	args []any
+	reqs []usage.Settled
 }
 
 func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
@@ -83,7 +85,7 @@ func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
 			} else {
 				args = append(args, "", a.Units)
 			}
-			calls = append(calls, adjustCall{i, key, args})
+			calls = append(calls, adjustCall{adj: i, key: key, args: args})
 			continue
 		}
 		for len(reqs) > 0 {
@@ -96,7 +98,7 @@ func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
 				}
 				args = append(args, fp, s.Units)
 			}
-			calls = append(calls, adjustCall{i, key, args})
+			calls = append(calls, adjustCall{adj: i, key: key, args: args, reqs: reqs[:n]})
 			reqs = reqs[n:]
 		}
 	}
@@ -104,42 +106,62 @@ func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
 }
 
 // Adjust implements usage.Ledger: one pipeline of script calls, each
-// request applied once across replicas.
+// request applied once across replicas. Adjustments whose window does not
+// exist are handed back as Unmatched.
 func (r *RedisLedger) Adjust(ctx context.Context, adjs []usage.Adjustment) error {
 	calls := r.adjustCalls(adjs)
 	pipe := r.client.Pipeline()
 	for _, c := range calls {
 		r.adjust.Run(ctx, pipe, []string{c.key}, c.args...)
 	}
-	cmds, err := pipe.Exec(ctx)
-	if err == nil {
-		return nil
-	}
-	// Some commands failed (NOSCRIPT on a node that restarted, a broken
-	// connection): try each of those once more on its own; the others are
+	cmds, _ := pipe.Exec(ctx)
+	// Commands that failed (NOSCRIPT on a node that restarted, a broken
+	// connection) are tried once more on their own; the others are
 	// applied and must not be again. A retried call that did get through
-	// the first time is harmless: its requests are remembered.
-	failed := map[int]bool{}
+	// the first time is harmless: its requests are remembered. What still
+	// fails is handed back call by call, so that the requests of another
+	// call of the same adjustment (some without a fingerprint) are not
+	// applied twice.
+	var failed, unmatched []usage.Adjustment
 	var last error
 	for i, c := range cmds {
-		if c.Err() == nil {
-			continue
-		}
 		call := calls[i]
-		if err := r.adjust.Run(ctx, r.client, []string{call.key}, call.args...).Err(); err != nil {
-			failed[call.adj], last = true, err
+		n, err := c.(*redis.Cmd).Int()
+		if err != nil {
+			n, err = r.adjust.Run(ctx, r.client, []string{call.key}, call.args...).Int()
+		}
+		switch {
+		case err != nil:
+			failed, last = append(failed, call.part(&adjs[call.adj])), err
+		case n < 0:
+			unmatched = append(unmatched, call.part(&adjs[call.adj]))
 		}
 	}
-	if len(failed) > 0 {
-		var out []usage.Adjustment
-		for i := range adjs {
-			if failed[i] {
-				out = append(out, adjs[i])
-			}
+	if len(failed) > 0 || len(unmatched) > 0 {
+		if last != nil {
+			last = fmt.Errorf("redis ledger adjust: %w", last)
 		}
-		return &usage.PartialError{Failed: out, Err: fmt.Errorf("redis ledger adjust: %w", last)}
+		return &usage.PartialError{Failed: failed, Unmatched: unmatched, Err: last}
 	}
 	return nil
+}
+
+// part is the share of a that the call applies.
+func (c *adjustCall) part(a *usage.Adjustment) usage.Adjustment {
+	if c.reqs == nil {
+		return *a
+	}
+	p := *a
+	p.Requests, p.Units, p.Refunded, p.Reported = c.reqs, 0, 0, 0
+	for _, s := range c.reqs {
+		p.Units += s.Units
+		if s.Units < 0 {
+			p.Refunded -= s.Units
+		} else {
+			p.Reported += s.Units
+		}
+	}
+	return p
 }
 
 // AddUnits adds units counted elsewhere (by a replica while Redis was
@@ -293,17 +315,32 @@ func (r *RedisLedger) Reject(ctx context.Context, w usage.Window, reason string,
 	return r.settle(ctx, w, 0, reason, accounted)
 }
 
+// commitChunk bounds the windows one commit script call accounts, so
+// that accounting a long backlog (a day of windows after a Stripe outage)
+// never holds Redis, and every decision, for long.
+const commitChunk = 500
+
+// settle records w's event and accounts the windows in chunks: the first
+// call carries the event; a crash between calls leaves the rest due, and
+// the next pass accounts them (what is owed is worked out from the
+// windows' units and the events recorded, not from which are accounted).
 func (r *RedisLedger) settle(ctx context.Context, w usage.Window, value int64, reason string, accounted []usage.Window) error {
-	keys := make([]string, 0, 1+len(accounted))
-	args := make([]any, 0, 4+2*len(accounted))
-	keys = append(keys, w.Key)
-	args = append(args, w.Start.Unix(), value, int64(ledgerKeep/time.Second), reason)
-	for _, a := range accounted {
-		keys = append(keys, a.Key)
-		args = append(args, a.Start.Unix(), a.Units)
-	}
-	if err := r.commit.Run(ctx, r.client, keys, args...).Err(); err != nil {
-		return fmt.Errorf("redis ledger commit: %w", err)
+	for first := true; first || len(accounted) > 0; first = false {
+		n := min(len(accounted), commitChunk)
+		chunk := accounted[:n]
+		accounted = accounted[n:]
+		keys := make([]string, 0, 1+len(chunk))
+		args := make([]any, 0, 4+2*len(chunk))
+		keys = append(keys, w.Key)
+		args = append(args, w.Start.Unix(), value, int64(ledgerKeep/time.Second), reason)
+		for _, a := range chunk {
+			keys = append(keys, a.Key)
+			args = append(args, a.Start.Unix(), a.Units)
+		}
+		if err := r.commit.Run(ctx, r.client, keys, args...).Err(); err != nil {
+			return fmt.Errorf("redis ledger commit: %w", err)
+		}
+		value = 0 // recorded by the first call
 	}
 	return nil
 }

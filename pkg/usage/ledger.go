@@ -127,8 +127,9 @@ func (a *Adjustment) WindowStart(size time.Duration) time.Time {
 // interface.
 type Ledger interface {
 	// Adjust applies settlements to windows that admission counted (a
-	// settlement for a window never counted changes nothing). A window
-	// never goes below zero. An exported window that changes becomes due
+	// settlement for a window never counted changes nothing, and may be
+	// reported as Unmatched in a *PartialError). A window never goes below
+	// zero. An exported window that changes becomes due
 	// again. A request in Requests is applied once across every replica
 	// that shares the ledger. When only some adjustments were applied,
 	// the error is a *PartialError naming the others.
@@ -155,12 +156,19 @@ type Ledger interface {
 }
 
 // PartialError reports adjustments that were not applied; the rest were.
+// Failed could not be applied (the store failed); Unmatched found no window
+// to apply to (yet: a replica that counted a request while the store was
+// away adds its window when the store is back).
 type PartialError struct {
-	Failed []Adjustment
-	Err    error
+	Failed    []Adjustment
+	Unmatched []Adjustment
+	Err       error
 }
 
 func (e *PartialError) Error() string {
+	if len(e.Failed) == 0 {
+		return fmt.Sprintf("%d adjustments found no window", len(e.Unmatched))
+	}
 	return fmt.Sprintf("%d adjustments not applied: %v", len(e.Failed), e.Err)
 }
 

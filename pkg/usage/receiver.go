@@ -51,8 +51,12 @@ type ReceiverConfig struct {
 	// written to the ledger (default 100ms): what a crash of the process
 	// can lose of settlements, and no more.
 	FlushEvery time.Duration
-	// Metrics, if set, gets levy_access_log_entries_total and
-	// levy_access_log_streams.
+	// MaxPendingRequests bounds the settled requests kept for the ledger
+	// while it cannot be written (default 1,000,000, about 24 MB); past it,
+	// units are kept without what de-duplicates them across replicas.
+	MaxPendingRequests int
+	// Metrics, if set, gets levy_access_log_entries_total,
+	// levy_access_log_streams and levy_access_log_unmatched_total.
 	Metrics *telemetry.Metrics
 	Log     *zap.Logger
 	// Clock is the time used to expire remembered requests; default
@@ -76,8 +80,14 @@ type Receiver struct {
 	dedup   *dedup
 	metrics *receiverMetrics
 
-	mu      sync.Mutex
-	pending map[aggKey]*agg
+	mu          sync.Mutex
+	pending     map[aggKey]*agg
+	pendingReqs int // requests in pending
+
+	// unmatched counts, per key, the flushes that found no window for it;
+	// maxUnmatchedTries is how many it gets. Only Flush uses them.
+	unmatched         map[aggKey]int
+	maxUnmatchedTries int
 
 	flushMu sync.Mutex // one ledger write at a time
 
@@ -148,6 +158,9 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 	if cfg.FlushEvery <= 0 {
 		cfg.FlushEvery = DefaultFlushEvery
 	}
+	if cfg.MaxPendingRequests <= 0 {
+		cfg.MaxPendingRequests = 1_000_000
+	}
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
@@ -158,13 +171,16 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 		cfg.Catalog = func() *plan.Catalog { return nil }
 	}
 	r := &Receiver{
-		cfg:      cfg,
-		log:      cfg.Log,
-		dedup:    newDedup(cfg.DedupTTL, cfg.DedupMax, cfg.Clock()),
-		metrics:  newReceiverMetrics(cfg.Metrics, cfg.Log),
-		pending:  map[aggKey]*agg{},
-		done:     make(chan struct{}),
-		draining: make(chan struct{}),
+		cfg:     cfg,
+		log:     cfg.Log,
+		dedup:   newDedup(cfg.DedupTTL, cfg.DedupMax, cfg.Clock()),
+		metrics: newReceiverMetrics(cfg.Metrics, cfg.Log),
+		pending: map[aggKey]*agg{},
+		// Two minutes of flushes: the fallback adds the windows it counted
+		// within seconds of the store's return.
+		maxUnmatchedTries: max(int(2*time.Minute/cfg.FlushEvery), 3),
+		done:              make(chan struct{}),
+		draining:          make(chan struct{}),
 	}
 	r.loopCtx, r.stop = context.WithCancel(context.Background())
 	go r.flushLoop()
@@ -305,8 +321,15 @@ func (r *Receiver) commit(b *batch) {
 }
 
 // mergeLocked adds a to the pending adjustment of k, taking a's slices;
-// r.mu is held. k must be a key levy owns.
+// r.mu is held. k must be a key levy owns. While the ledger cannot be
+// written (a store outage), pending requests are bounded: past
+// maxPendingRequests their units are kept without their fingerprints
+// (applied, not de-duplicated across replicas).
 func (r *Receiver) mergeLocked(k aggKey, a *agg) {
+	if r.pendingReqs+len(a.reqs) > r.cfg.MaxPendingRequests && len(a.reqs) > 0 {
+		a.reqs = []Settled{{Units: -a.refunded}, {Units: a.reported}}
+	}
+	r.pendingReqs += len(a.reqs)
 	if p, ok := r.pending[k]; ok {
 		p.merge(a)
 		return
@@ -329,6 +352,7 @@ func (r *Receiver) Flush(ctx context.Context) error {
 		return nil
 	}
 	r.pending = make(map[aggKey]*agg, len(pending))
+	r.pendingReqs = 0
 	r.mu.Unlock()
 
 	adjs := make([]Adjustment, 0, len(pending))
@@ -352,23 +376,54 @@ func (r *Receiver) Flush(ctx context.Context) error {
 	} else {
 		err = r.cfg.Ledger.Adjust(ctx, adjs)
 	}
-	if err != nil {
-		// Keep what was not applied (all of it, unless the ledger says
-		// which) for the next flush: nothing lost, nothing applied twice.
-		failed := adjs
-		var partial *PartialError
-		if errors.As(err, &partial) {
-			failed = partial.Failed
-		}
-		r.mu.Lock()
-		for _, a := range failed {
-			r.mergeLocked(aggKey{key: a.Key, start: a.At.Unix(), known: !a.Start.IsZero()},
-				&agg{refunded: a.Refunded, reported: a.Reported, reqs: a.Requests})
-		}
-		r.mu.Unlock()
-		return fmt.Errorf("adjust usage (%d adjustments kept for the next flush): %w", len(failed), err)
+	if err == nil {
+		r.unmatched = nil
+		return nil
 	}
-	return nil
+	// Keep what was not applied (all of it, unless the ledger says which)
+	// for the next flush: nothing lost, nothing applied twice. What found
+	// no window is kept for a while too (a replica that admitted it while
+	// the store was away adds the window when the store is back), then
+	// dropped and counted.
+	failed := adjs
+	var unmatched []Adjustment
+	var partial *PartialError
+	if errors.As(err, &partial) {
+		failed, unmatched = partial.Failed, partial.Unmatched
+	}
+	tries := make(map[aggKey]int, len(unmatched))
+	dropped := 0
+	r.mu.Lock()
+	for _, a := range failed {
+		r.mergeLocked(keyOf(&a), aggOf(&a))
+	}
+	for _, a := range unmatched {
+		k := keyOf(&a)
+		if n := r.unmatched[k] + 1; n < r.maxUnmatchedTries {
+			tries[k] = n
+			r.mergeLocked(k, aggOf(&a))
+			continue
+		}
+		dropped += max(len(a.Requests), 1)
+	}
+	r.mu.Unlock()
+	r.unmatched = tries
+	if dropped > 0 {
+		r.metrics.addUnmatched(dropped)
+		r.log.Warn("settlements for windows admission never counted, dropped", zap.Int("requests", dropped))
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return fmt.Errorf("adjust usage (%d adjustments kept for the next flush): %w", len(failed), err)
+}
+
+func keyOf(a *Adjustment) aggKey {
+	return aggKey{key: a.Key, start: a.At.Unix(), known: !a.Start.IsZero()}
+}
+
+func aggOf(a *Adjustment) *agg {
+	return &agg{refunded: a.Refunded, reported: a.Reported, reqs: a.Requests}
 }
 
 var errNoLedger = errors.New("no ledger configured")
@@ -404,8 +459,9 @@ func (r *Receiver) flushLoop() {
 // receiverMetrics are the receiver's collectors; a nil one records
 // nothing.
 type receiverMetrics struct {
-	entries [numOutcomes]prometheus.Counter
-	streams prometheus.Gauge
+	entries   [numOutcomes]prometheus.Counter
+	streams   prometheus.Gauge
+	unmatched prometheus.Counter
 }
 
 func newReceiverMetrics(m *telemetry.Metrics, log *zap.Logger) *receiverMetrics {
@@ -420,9 +476,14 @@ func newReceiverMetrics(m *telemetry.Metrics, log *zap.Logger) *receiverMetrics 
 		Name: "levy_access_log_streams",
 		Help: "Open access-log streams (one per Envoy worker).",
 	})
+	unmatched := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "levy_access_log_unmatched_total",
+		Help: "Settled requests dropped because admission never counted their window (retried for two minutes first).",
+	})
 	entries = register(m.Registry, entries, log)
 	streams = register(m.Registry, streams, log)
-	rm := &receiverMetrics{streams: streams}
+	unmatched = register(m.Registry, unmatched, log)
+	rm := &receiverMetrics{streams: streams, unmatched: unmatched}
 	for i, name := range outcomeNames {
 		rm.entries[i] = entries.WithLabelValues(name)
 	}
@@ -455,6 +516,12 @@ func (m *receiverMetrics) add(counts *[numOutcomes]int) {
 		if n > 0 {
 			m.entries[i].Add(float64(n))
 		}
+	}
+}
+
+func (m *receiverMetrics) addUnmatched(n int) {
+	if m != nil {
+		m.unmatched.Add(float64(n))
 	}
 }
 

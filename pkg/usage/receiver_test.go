@@ -814,3 +814,101 @@ func TestSettleWithoutUnitsAllocationsStayLow(t *testing.T) {
 		t.Errorf("Settle allocates %v times per entry, want 0", allocs)
 	}
 }
+
+// windowless finds no window for anything until opened.
+type windowless struct {
+	fakeLedger
+	open bool
+}
+
+func (l *windowless) Adjust(ctx context.Context, adjs []Adjustment) error {
+	l.mu.Lock()
+	open := l.open
+	l.mu.Unlock()
+	if !open {
+		return &PartialError{Unmatched: adjs}
+	}
+	return l.fakeLedger.Adjust(ctx, adjs)
+}
+
+// A settlement whose window the store does not have yet (admitted by a
+// replica while Redis was away) is kept and applied once the window is
+// there; one whose window never comes is dropped after a while, counted.
+func TestSettlementWaitsForItsWindowThenGivesUp(t *testing.T) {
+	for _, opens := range []bool{true, false} {
+		ledger := &windowless{fakeLedger: *newFakeLedger()}
+		metrics := telemetry.NewMetrics()
+		r := NewReceiver(ReceiverConfig{Ledger: ledger, Catalog: func() *plan.Catalog { return testCatalog(t) },
+			FlushEvery: time.Hour, Metrics: metrics, Log: zaptest.NewLogger(t)})
+		b := newBatch()
+		cat := testCatalog(t)
+		for _, e := range entries(give{consumer: "acme", plan: "payg", status: 500}, give{consumer: "acme", plan: "payg", status: 502}) {
+			var f facts
+			f.fromEntry(e, DefaultUnitsHeader, DefaultConsumerHeader)
+			r.settleFacts(b, &f, cat, t0)
+		}
+		r.commit(b)
+		for range r.maxUnmatchedTries - 1 {
+			if err := r.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if opens {
+			ledger.mu.Lock()
+			ledger.open = true
+			ledger.mu.Unlock()
+		}
+		r.Flush(context.Background())
+		r.Close(context.Background())
+		var want []Adjustment
+		dropped := 2.0
+		if opens {
+			want, dropped = []Adjustment{adj("acme", "api_calls", -2)}, 0
+		}
+		assertAdjustments(t, ledger.totals(), want)
+		if got := counterValue(t, r.metrics.unmatched); got != dropped {
+			t.Fatalf("opens %v: %v dropped, want %v", opens, got, dropped)
+		}
+	}
+}
+
+// While the ledger cannot be written, the requests kept for it are
+// bounded; their units are not.
+func TestPendingRequestsAreBoundedWhileTheLedgerIsAway(t *testing.T) {
+	ledger := newFakeLedger()
+	ledger.failNext(1000)
+	r := NewReceiver(ReceiverConfig{Ledger: ledger, Catalog: func() *plan.Catalog { return testCatalog(t) },
+		FlushEvery: time.Hour, MaxPendingRequests: 10, Log: zaptest.NewLogger(t)})
+	defer r.Close(context.Background())
+	cat := testCatalog(t)
+	for range 5 {
+		b := newBatch()
+		for _, e := range entries(give{consumer: "acme", plan: "payg", status: 500}, give{consumer: "acme", plan: "payg", status: 200, units: "4"},
+			give{consumer: "acme", plan: "payg", status: 503}) {
+			var f facts
+			f.fromEntry(e, DefaultUnitsHeader, DefaultConsumerHeader)
+			r.settleFacts(b, &f, cat, t0)
+		}
+		r.commit(b)
+		r.Flush(context.Background()) // fails: kept
+	}
+	r.mu.Lock()
+	n := r.pendingReqs
+	var units int64
+	for _, a := range r.pending {
+		units += a.reported - a.refunded
+	}
+	r.mu.Unlock()
+	if n > 10+2 || units != 5*(3-2) {
+		t.Fatalf("%d requests kept for %d units, want at most 12 for 5", n, units)
+	}
+}
+
+func counterValue(t *testing.T, c interface{ Write(*dto.Metric) error }) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
