@@ -87,6 +87,9 @@ type Exporter struct {
 
 	mu      sync.Mutex
 	backoff map[string]retry // account -> next attempt
+	// noCancel are the events Stripe refused to cancel for good: not
+	// asked again (until a restart).
+	noCancel map[string]bool
 
 	events        *prometheus.CounterVec
 	lag           prometheus.Gauge
@@ -121,7 +124,7 @@ func NewExporter(cfg ExporterConfig) *Exporter {
 	if cfg.Catalog == nil {
 		cfg.Catalog = func() *plan.Catalog { return nil }
 	}
-	e := &Exporter{cfg: cfg, stripe: NewStripeClient(cfg.APIKey, cfg.APIBase), backoff: map[string]retry{},
+	e := &Exporter{cfg: cfg, stripe: NewStripeClient(cfg.APIKey, cfg.APIBase), backoff: map[string]retry{}, noCancel: map[string]bool{},
 		events: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "levy_usage_export_windows_total",
 			Help: "Closed usage windows by export result: accepted (in a meter event Stripe took), zero (nothing to bill), failed (an attempt that is retried), unbillable (no Stripe customer: kept), rejected (Stripe refused for good: set aside, see levy billing reconcile).",
@@ -377,9 +380,12 @@ func (p *pass) account(ctx context.Context, a Account, c *apikey.Consumer) error
 		}
 		// An event or a cancellation in flight when the exporter stopped:
 		// the same again.
-		if c.StripeCustomerID == "" || !e.due(key, p.now) {
+		if c.StripeCustomerID == "" {
 			p.unbillable++
 			return nil
+		}
+		if !e.due(key, p.now) {
+			return nil // backing off
 		}
 		p.sends++
 		var done bool
@@ -439,7 +445,7 @@ func (p *pass) account(ctx context.Context, a Account, c *apikey.Consumer) error
 	replace := corrective && value > 0
 	for (value < 0 || replace) && p.sends < maxSendsPerPass && c.StripeCustomerID != "" && e.due(key, p.now) {
 		replace = false
-		w := cancellable(st.Windows, p.now)
+		w := p.e.cancellable(st.Windows, p.now)
 		if w == nil {
 			break
 		}
@@ -484,11 +490,14 @@ const cancelWithin = 23 * time.Hour
 
 // cancellable is the window of the period's latest event that Stripe can
 // still cancel, or nil.
-func cancellable(windows []usage.Window, now time.Time) *usage.Window {
+func (e *Exporter) cancellable(windows []usage.Window, now time.Time) *usage.Window {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	var best *usage.Window
 	for i := range windows {
 		w := &windows[i]
-		if w.LastValue > 0 && w.Events > 0 && now.Sub(w.LastSent) < cancelWithin && (best == nil || w.LastSent.After(best.LastSent)) {
+		if w.LastValue > 0 && w.Events > 0 && now.Sub(w.LastSent) < cancelWithin && !e.noCancel[Identifier(*w, w.Events-1)] &&
+			(best == nil || w.LastSent.After(best.LastSent)) {
 			best = w
 		}
 	}
@@ -512,6 +521,9 @@ func (p *pass) cancel(ctx context.Context, key string, w *usage.Window) (done bo
 			// Too old, or unknown: Stripe keeps counting it, and the
 			// surplus is taken off the period's next event instead.
 			e.cfg.Log.Warn("Stripe would not cancel a meter event", zap.String("identifier", id), zap.String("reason", reason))
+			e.mu.Lock()
+			e.noCancel[id] = true
+			e.mu.Unlock()
 			return false, e.cfg.Ledger.Prepare(ctx, *w, 0)
 		}
 		e.events.WithLabelValues("failed").Inc()

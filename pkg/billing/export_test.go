@@ -677,3 +677,32 @@ func TestReloadChangingIncludedUnitsKeepsThePeriodsCount(t *testing.T) {
 		t.Fatalf("billed %d, want 3 (counted afresh under the new terms it would be 1)", got)
 	}
 }
+
+// An event Stripe refuses to cancel for good is not asked again: the
+// refund is taken off the period's next event instead.
+func TestACancellationStripeRefusesIsNotRetried(t *testing.T) {
+	r := newRig(t)
+	start := r.clock.Now()
+	r.admit(t, r.local, "beta", 5)
+	r.clock.Advance(2 * time.Minute)
+	e := r.exporter(t, r.local, nil, "a")
+	e.ExportOnce(context.Background())
+	r.settle(t, r.local, "beta", start, -2)
+	r.stripe.FailWith(400, `{"error":{"type":"invalid_request_error","message":"This event can no longer be cancelled."}}`, 1)
+	for range 4 {
+		r.clock.Advance(10 * time.Minute)
+		e.ExportOnce(context.Background())
+	}
+	if n := len(r.stripe.Calls("/v1/billing/meter_event_adjustments")); n != 1 {
+		t.Fatalf("%d cancellations asked, want 1", n)
+	}
+	if left := due(t, r.local, r.clock.Now()); len(left) != 0 {
+		t.Fatalf("left due: %+v", left)
+	}
+	r.admit(t, r.local, "beta", 4)
+	r.clock.Advance(2 * time.Minute)
+	e.ExportOnce(context.Background())
+	if got := total(sent(t, r.stripe)); got != 5-2+4 {
+		t.Fatalf("billed %d, want %d", got, 5-2+4)
+	}
+}
