@@ -572,3 +572,57 @@ func TestRedisLedgerAccountsABacklogInChunks(t *testing.T) {
 		t.Fatalf("%d windows, billed %d", len(ws), billed)
 	}
 }
+
+// lostReplies makes the next pipeline's replies fail after Redis ran its
+// commands: a read timeout on a large pipeline (the backlog a receiver
+// writes after an outage).
+type lostReplies struct{ armed atomic.Bool }
+
+func (h *lostReplies) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *lostReplies) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return next
+}
+func (h *lostReplies) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		if h.armed.CompareAndSwap(true, false) {
+			err = errors.New("i/o timeout")
+			for _, c := range cmds {
+				c.SetErr(err)
+			}
+		}
+		return err
+	}
+}
+
+// A settlement whose reply was lost is tried again on its own; the
+// requests without an x-request-id (and the units a receiver keeps
+// without fingerprints past its bound) must not count twice.
+func TestRedisLedgerRetriedAdjustAppliesEachRequestOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client()
+	hook := &lostReplies{}
+	client.AddHook(hook)
+	ctx := context.Background()
+	led := limiter.NewRedisLedger(client, time.Minute)
+	key := usage.LedgerKey("f", limitertest.LedgerTerms)
+	start := time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC)
+	if err := led.AddUnits(ctx, key, start, time.Minute, 5); err != nil {
+		t.Fatal(err)
+	}
+	// The adjust script is loaded: the pipeline runs it.
+	if err := led.Adjust(ctx, []usage.Adjustment{{Key: key, Start: start, Consumer: "f", Terms: limitertest.LedgerTerms, At: start}}); err != nil {
+		t.Fatal(err)
+	}
+	hook.armed.Store(true)
+	err := led.Adjust(ctx, []usage.Adjustment{{Key: key, Start: start, Consumer: "f", Terms: limitertest.LedgerTerms, At: start,
+		Units: 4, Reported: 5, Refunded: 1,
+		Requests: []usage.Settled{{Units: -1}, {Units: 3}, {ID: usage.FingerprintOf("r1", 1), Units: 2}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := led.Windows(ctx, "f", start, start.Add(time.Minute))
+	if err != nil || len(ws) != 1 || ws[0].Units != 9 {
+		t.Fatalf("windows %+v %v: want 5 units admitted and 4 settled, once", ws, err)
+	}
+}

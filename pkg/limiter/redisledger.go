@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"crypto/rand"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -81,9 +82,9 @@ func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
 		if len(reqs) == 0 {
 			args := head
 			if a.Refunded != 0 || a.Reported != 0 {
-				args = append(args, "", -a.Refunded, "", a.Reported)
+				args = append(args, oneOff(), -a.Refunded, oneOff(), a.Reported)
 			} else {
-				args = append(args, "", a.Units)
+				args = append(args, oneOff(), a.Units)
 			}
 			calls = append(calls, adjustCall{adj: i, key: key, args: args})
 			continue
@@ -92,7 +93,7 @@ func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
 			n := min(len(reqs), adjustChunk)
 			args := append(make([]any, 0, 2+2*n), head...)
 			for _, s := range reqs[:n] {
-				fp := ""
+				fp := oneOff()
 				if s.ID != (usage.Fingerprint{}) {
 					fp = string(s.ID[:])
 				}
@@ -103,6 +104,17 @@ func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
 		}
 	}
 	return calls
+}
+
+// oneOff is a fingerprint for settled units without one (a request
+// without x-request-id, or units a receiver kept without their requests):
+// nothing de-duplicates them across replicas, but the call that carries
+// them is tried again when its reply is lost (a read timeout after Redis
+// ran it), and the retry must not apply them a second time.
+func oneOff() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return string(b[:])
 }
 
 // Adjust implements usage.Ledger: one pipeline of script calls, each
