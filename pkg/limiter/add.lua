@@ -3,8 +3,14 @@
 -- with work: the units are a correction of its billing period, as a late
 -- settlement is (adjust.lua).
 -- KEYS[1]: the ledger (index of windows with export work); ARGV: start,
--- size, units. Returns 1.
+-- size, units, token, keep_s. A token already applied to the window adds
+-- nothing (a retry after a lost answer). Returns 1.
 local w = KEYS[1] .. ":" .. ARGV[1]
+if ARGV[4] ~= "" then
+  local added = w .. ":added"
+  if redis.call("SADD", added, ARGV[4]) == 0 then return 1 end
+  redis.call("EXPIRE", added, ARGV[5])
+end
 local before = tonumber(redis.call("HGET", w, "u") or "0")
 redis.call("HINCRBY", w, "u", ARGV[3])
 redis.call("HSETNX", w, "z", ARGV[2])

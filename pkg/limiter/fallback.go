@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"go.uber.org/zap"
 
 	"github.com/levyhq/levy/pkg/plan"
@@ -28,9 +29,11 @@ type FallbackConfig struct {
 	Log    *zap.Logger
 }
 
-// LedgerAdder adds units to a ledger window, creating it.
+// LedgerAdder adds units to a ledger window, creating it. A call with a
+// token that was applied before changes nothing: a retry after a lost
+// answer adds the units once.
 type LedgerAdder interface {
-	AddUnits(ctx context.Context, key string, start time.Time, size time.Duration, units int64) error
+	AddUnits(ctx context.Context, key string, start time.Time, size time.Duration, units int64, token string) error
 }
 
 // Fallback keeps protecting when the shared store is unreachable
@@ -42,7 +45,7 @@ type Fallback struct {
 	cfg     FallbackConfig
 	mu      sync.Mutex
 	owed    map[owedKey]int64 // quota units to add to Primary, by period
-	ledger  map[owedWindow]int64
+	ledger  map[owedWindow][]owedUnits
 	stop    chan struct{}
 	done    chan struct{}
 	stopped sync.Once
@@ -61,6 +64,14 @@ type owedWindow struct {
 	size  time.Duration
 }
 
+// owedUnits are units owed to a ledger window; token names the attempt
+// that tried to add them ("" before the first), so that a retry adds them
+// once.
+type owedUnits struct {
+	units int64
+	token string
+}
+
 var _ Limiter = (*Fallback)(nil)
 
 // NewFallback starts the reconcile loop; Close stops it after a last try.
@@ -71,7 +82,7 @@ func NewFallback(cfg FallbackConfig) *Fallback {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	f := &Fallback{cfg: cfg, owed: map[owedKey]int64{}, ledger: map[owedWindow]int64{}, stop: make(chan struct{}), done: make(chan struct{})}
+	f := &Fallback{cfg: cfg, owed: map[owedKey]int64{}, ledger: map[owedWindow][]owedUnits{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go f.loop()
 	return f
 }
@@ -110,7 +121,14 @@ func (f *Fallback) Decide(ctx context.Context, limits []Limit) (Decision, error)
 			start := plan.PeriodAt(d.Now, l.Unit, l.Anchor).Start.Unix()
 			f.owed[owedKey{l.Key, l.Unit, l.Anchor, start}] += l.Cost
 		case l.Kind == Ledger:
-			f.ledger[owedWindow{l.Key, d.Now.Truncate(l.WindowSize).Unix(), l.WindowSize}] += l.Cost
+			w := owedWindow{l.Key, d.Now.Truncate(l.WindowSize).Unix(), l.WindowSize}
+			us := f.ledger[w]
+			if n := len(us); n > 0 && us[n-1].token == "" {
+				us[n-1].units += l.Cost
+			} else {
+				us = append(us, owedUnits{units: l.Cost})
+			}
+			f.ledger[w] = us
 		}
 	}
 	f.mu.Unlock()
@@ -138,21 +156,28 @@ func (f *Fallback) loop() {
 func (f *Fallback) Reconcile(ctx context.Context) {
 	f.mu.Lock()
 	owed, ledger := f.owed, f.ledger
-	f.owed, f.ledger = map[owedKey]int64{}, map[owedWindow]int64{}
+	f.owed, f.ledger = map[owedKey]int64{}, map[owedWindow][]owedUnits{}
 	f.mu.Unlock()
 	if len(owed) == 0 && len(ledger) == 0 {
 		return
 	}
 	var failed []error
-	for w, units := range ledger {
+	for w, us := range ledger {
 		if f.cfg.Ledger == nil {
 			break
 		}
-		if err := f.cfg.Ledger.AddUnits(ctx, w.key, time.Unix(w.start, 0).UTC(), w.size, units); err != nil {
-			f.mu.Lock()
-			f.ledger[w] += units
-			f.mu.Unlock()
-			failed = append(failed, err)
+		for _, u := range us {
+			if u.token == "" {
+				u.token = uuid.NewString()
+			}
+			if err := f.cfg.Ledger.AddUnits(ctx, w.key, time.Unix(w.start, 0).UTC(), w.size, u.units, u.token); err != nil {
+				// Kept with its token: the store may have added it and
+				// lost the answer.
+				f.mu.Lock()
+				f.ledger[w] = append(f.ledger[w], u)
+				f.mu.Unlock()
+				failed = append(failed, err)
+			}
 		}
 	}
 	for k, units := range owed {

@@ -513,7 +513,7 @@ func TestUnitsCountedDuringAnOutageCorrectTheirExportedWindow(t *testing.T) {
 	led := limiter.NewRedisLedger(client, time.Minute)
 	key := usage.LedgerKey("f", limitertest.LedgerTerms)
 	last := time.Date(2026, 3, 31, 23, 59, 0, 0, time.UTC) // March's last window
-	if err := led.AddUnits(ctx, key, last, time.Minute, 4); err != nil {
+	if err := led.AddUnits(ctx, key, last, time.Minute, 4, ""); err != nil {
 		t.Fatal(err)
 	}
 	ws, err := led.Due(ctx, last.Add(time.Hour))
@@ -524,7 +524,7 @@ func TestUnitsCountedDuringAnOutageCorrectTheirExportedWindow(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The partitioned replica reconciles what it counted in that window.
-	if err := led.AddUnits(ctx, key, last, time.Minute, 3); err != nil {
+	if err := led.AddUnits(ctx, key, last, time.Minute, 3, ""); err != nil {
 		t.Fatal(err)
 	}
 	march, err := led.Windows(ctx, "f", time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC))
@@ -548,7 +548,7 @@ func TestRedisLedgerAccountsABacklogInChunks(t *testing.T) {
 	start := time.Date(2026, 3, 14, 0, 0, 0, 0, time.UTC)
 	const n = 1234
 	for i := range n {
-		if err := led.AddUnits(ctx, key, start.Add(time.Duration(i)*time.Second), time.Second, 1); err != nil {
+		if err := led.AddUnits(ctx, key, start.Add(time.Duration(i)*time.Second), time.Second, 1, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -607,7 +607,7 @@ func TestRedisLedgerRetriedAdjustAppliesEachRequestOnce(t *testing.T) {
 	led := limiter.NewRedisLedger(client, time.Minute)
 	key := usage.LedgerKey("f", limitertest.LedgerTerms)
 	start := time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC)
-	if err := led.AddUnits(ctx, key, start, time.Minute, 5); err != nil {
+	if err := led.AddUnits(ctx, key, start, time.Minute, 5, ""); err != nil {
 		t.Fatal(err)
 	}
 	// The adjust script is loaded: the pipeline runs it.
@@ -624,5 +624,28 @@ func TestRedisLedgerRetriedAdjustAppliesEachRequestOnce(t *testing.T) {
 	ws, err := led.Windows(ctx, "f", start, start.Add(time.Minute))
 	if err != nil || len(ws) != 1 || ws[0].Units != 9 {
 		t.Fatalf("windows %+v %v: want 5 units admitted and 4 settled, once", ws, err)
+	}
+}
+
+// Units a replica counted during an outage are added once, even when the
+// answer to the first attempt is lost and it tries again.
+func TestRedisLedgerAddsOutageUnitsOnceAcrossRetries(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client()
+	ctx := context.Background()
+	led := limiter.NewRedisLedger(client, time.Minute)
+	key := usage.LedgerKey("f", limitertest.LedgerTerms)
+	start := time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC)
+	for range 2 { // the same attempt twice: its answer was lost the first time
+		if err := led.AddUnits(ctx, key, start, time.Minute, 5, "attempt-1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := led.AddUnits(ctx, key, start, time.Minute, 2, "attempt-2"); err != nil {
+		t.Fatal(err)
+	}
+	ws, err := led.Windows(ctx, "f", start, start.Add(time.Minute))
+	if err != nil || len(ws) != 1 || ws[0].Units != 7 {
+		t.Fatalf("windows %+v %v, want one of 7 units", ws, err)
 	}
 }

@@ -179,8 +179,8 @@ func (c *adjustCall) part(a *usage.Adjustment) usage.Adjustment {
 // AddUnits adds units counted elsewhere (by a replica while Redis was
 // away) to the window of key starting at start, creating it; a window
 // already exported is due again, corrected within its billing period.
-func (r *RedisLedger) AddUnits(ctx context.Context, key string, start time.Time, size time.Duration, units int64) error {
-	if err := r.add.Run(ctx, r.client, []string{key}, start.Unix(), int64(size/time.Second), units).Err(); err != nil {
+func (r *RedisLedger) AddUnits(ctx context.Context, key string, start time.Time, size time.Duration, units int64, token string) error {
+	if err := r.add.Run(ctx, r.client, []string{key}, start.Unix(), int64(size/time.Second), units, token, int64(ledgerKeep/time.Second)).Err(); err != nil {
 		return fmt.Errorf("redis ledger add: %w", err)
 	}
 	return nil

@@ -65,7 +65,7 @@ func BenchmarkALSIngestRedis(b *testing.B) {
 	// The windows admission counted the template's requests in.
 	start := alsStart.Truncate(time.Minute)
 	for c := range alsConsumers {
-		if err := ledger.AddUnits(context.Background(), alsLedgerKey(c), start, time.Minute, 1<<30); err != nil {
+		if err := ledger.AddUnits(context.Background(), alsLedgerKey(c), start, time.Minute, 1<<30, ""); err != nil {
 			b.Fatal(err)
 		}
 	}
