@@ -38,7 +38,7 @@ type Config struct {
 
 // RateLimit configures the RateLimitService.
 type RateLimit struct {
-	// Dir holds rule files in envoyproxy/ratelimit's format (every *.yaml).
+	// Dir holds rule files in envoyproxy/ratelimit's format (every *.yaml and *.yml).
 	Dir string `yaml:"dir"`
 	// ShadowMode reports every request OK while still counting.
 	ShadowMode bool `yaml:"shadow_mode"`

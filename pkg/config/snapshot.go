@@ -11,7 +11,7 @@ import (
 )
 
 // RateLimitRules loads the RateLimitService rules: those inline in the
-// file, then every *.yaml of ratelimit.dir. Errors name file and line.
+// file, then every *.yaml and *.yml of ratelimit.dir. Errors name file and line.
 //
 // The first successful load is kept (Validate loads them): the files are
 // read once per config, not again by every snapshot built from it.

@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// Watch polls paths (files, or directories whose *.yaml files count) every
+// Watch polls paths (files, or directories whose *.yaml and *.yml files count) every
 // interval and calls onChange when their content changes. Polling content
 // rather than watching inodes also catches Kubernetes ConfigMap updates,
 // which swap a symlink. It returns when stop is closed.
@@ -36,6 +36,8 @@ func fingerprint(paths []string) []byte {
 		files := []string{p}
 		if st, err := os.Stat(p); err == nil && st.IsDir() {
 			files, _ = filepath.Glob(filepath.Join(p, "*.yaml"))
+			yml, _ := filepath.Glob(filepath.Join(p, "*.yml"))
+			files = append(files, yml...)
 			sort.Strings(files)
 		}
 		for _, f := range files {

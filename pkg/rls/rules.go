@@ -79,11 +79,16 @@ type Source struct {
 	Data []byte
 }
 
-// ReadDir returns every *.yaml file of dir as a Source, in name order.
+// ReadDir returns every *.yaml and *.yml file of dir as a Source, in name
+// order (envoyproxy/ratelimit reads both).
 func ReadDir(dir string) ([]Source, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
-	if err != nil {
-		return nil, err
+	var files []string
+	for _, pattern := range []string{"*.yaml", "*.yml"} {
+		fs, err := filepath.Glob(filepath.Join(dir, pattern))
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, fs...)
 	}
 	sort.Strings(files)
 	out := make([]Source, 0, len(files))

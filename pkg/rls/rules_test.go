@@ -173,3 +173,27 @@ func TestLookupMatchesAsEnvoyproxyRatelimit(t *testing.T) {
 		})
 	}
 }
+
+// Rule files are read whether they end in .yaml or .yml, as
+// envoyproxy/ratelimit reads them; other files are not.
+func TestReadDirReadsYAMLAndYML(t *testing.T) {
+	dir := t.TempDir()
+	for name, text := range map[string]string{
+		"a.yaml": "domain: a\n", "b.yml": "domain: b\n", "notes.txt": "domain: c\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srcs, err := ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range srcs {
+		got = append(got, filepath.Base(s.Name))
+	}
+	if strings.Join(got, ",") != "a.yaml,b.yml" {
+		t.Fatalf("read %v, want a.yaml and b.yml", got)
+	}
+}

@@ -201,7 +201,9 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		if !st.OK && !limits[i].Shadow {
 			code, reset = rlsv3.RateLimitResponse_OVER_LIMIT, st.RetryAfter
 		}
-		reset = reset.Round(time.Millisecond)
+		// Whole seconds, rounded up: Envoy's X-RateLimit-Reset truncates
+		// to seconds, and a client told 2 for a 2.4 s wait retries early.
+		reset = (reset + time.Second - 1).Truncate(time.Second)
 		current[i].Name, current[i].RequestsPerUnit, current[i].Unit = ruleName(l.rule), l.rpu, l.unit
 		resets[i].Seconds, resets[i].Nanos = int64(reset/time.Second), int32(reset%time.Second) // as durationpb.New
 		ds := &sts[l.desc]
@@ -315,6 +317,9 @@ func stateKey(matchKey, consumer string, suffix []byte) string {
 	return "{rl:" + matchKey + "}" + string(suffix)
 }
 
+// maxOverridePeriod bounds a limit override's unit x unit_multiplier.
+const maxOverridePeriod = 366 * 24 * time.Hour
+
 func overrideLimit(domain string, entries []Entry, consumer string, o *rlv3.RateLimitDescriptor_RateLimitOverride, cost uint64, lim *limiter.Limit) (limited, bool, error) {
 	var key strings.Builder
 	key.WriteString(domain)
@@ -329,6 +334,10 @@ func overrideLimit(domain string, entries []Entry, consumer string, o *rlv3.Rate
 		typev3.RateLimitUnit_HOUR: time.Hour, typev3.RateLimitUnit_DAY: 24 * time.Hour}
 	unit, isFixed := fixed[o.GetUnit()]
 	switch {
+	case isFixed && mult > maxOverridePeriod/unit:
+		// unit x unit_multiplier would overflow (HOUR x 4294967295 wrapped
+		// to a 111-year bucket) or outgrow any billing period.
+		return limited{}, false, status.Errorf(codes.InvalidArgument, "limit override: unit_multiplier %d with unit %s is over a year", mult, o.GetUnit())
 	case isFixed && (mult > 1 || o.GetUnit() != typev3.RateLimitUnit_DAY):
 		// A bucket over unit x unit_multiplier (several days are a bucket
 		// too: no calendar has "every 3 days").

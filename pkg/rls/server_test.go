@@ -203,8 +203,13 @@ func testBucketPerSecondRefillsEvenly(t *testing.T, newLimiter limitertest.Facto
 	if st.CurrentLimit.RequestsPerUnit != 3 || st.CurrentLimit.Unit != rlsv3.RateLimitResponse_RateLimit_SECOND || st.LimitRemaining != 0 {
 		t.Fatalf("status %+v", st)
 	}
-	if got := st.DurationUntilReset.AsDuration(); got != (time.Second / 3).Round(time.Millisecond) {
-		t.Fatalf("duration until reset %s, want 333ms (one token)", got)
+	// One token back in 333ms, said in whole seconds rounded up: Envoy
+	// truncates, and the client must not be told 0.
+	if got := st.DurationUntilReset.AsDuration(); got != time.Second {
+		t.Fatalf("duration until reset %s, want 1s (333ms, rounded up)", got)
+	}
+	if o.ResponseHeaders.Get("x-ratelimit-reset") != o.ResponseHeaders.Get("retry-after") {
+		t.Fatalf("X-RateLimit-Reset %q, Retry-After %q", o.ResponseHeaders.Get("x-ratelimit-reset"), o.ResponseHeaders.Get("retry-after"))
 	}
 	if o.ResponseHeaders.Get("retry-after") != "1" || o.ResponseHeaders.Get("x-envoy-ratelimited") != "true" {
 		t.Fatalf("429 headers %v", o.ResponseHeaders)
@@ -273,7 +278,8 @@ func testStatusesInRequestOrderWithLimitsAndHeaders(t *testing.T, newLimiter lim
 	if len(o.Response.ResponseHeadersToAdd) != 0 {
 		t.Errorf("OK carries %v: the filter makes the client's headers from the statuses", o.Response.ResponseHeadersToAdd)
 	}
-	want := map[string]string{"x-ratelimit-limit": `3, 100;w=60;name="loose", 3;w=1`, "x-ratelimit-remaining": "2", "x-ratelimit-reset": "0"}
+	// The bucket is full again in 333ms: said as 1 second, not 0.
+	want := map[string]string{"x-ratelimit-limit": `3, 100;w=60;name="loose", 3;w=1`, "x-ratelimit-remaining": "2", "x-ratelimit-reset": "1"}
 	for name, v := range want {
 		if got := o.ResponseHeaders.Values(name); len(got) != 1 || got[0] != v {
 			t.Errorf("%s: %q, want once %q", name, got, v)
@@ -493,5 +499,17 @@ func TestLimitOverrideUnitMultiplier(t *testing.T) {
 	f.clock.Advance(90 * time.Second) // 2.5 minutes: one token per 2.5 minutes
 	if o := f.call(t, 0, desc); o.Limited {
 		t.Fatal("denied after 2.5 minutes")
+	}
+	// A multiplier that would make the period overflow, or outgrow a
+	// year, is refused, not wrapped.
+	for _, tt := range []struct {
+		unit typev3.RateLimitUnit
+		mult uint32
+	}{{typev3.RateLimitUnit_HOUR, math.MaxUint32}, {typev3.RateLimitUnit_DAY, 367}, {typev3.RateLimitUnit_SECOND, math.MaxUint32}} {
+		desc.Limit = &rlv3.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 2, Unit: tt.unit, UnitMultiplier: wrapperspb.UInt32(tt.mult)}
+		o, err := f.client.ShouldRateLimit(context.Background(), []envoy.Descriptor{desc}, 0)
+		if err != nil || status.Code(o.RPCError) != codes.InvalidArgument {
+			t.Fatalf("%s x %d: %v %v, want InvalidArgument", tt.unit, tt.mult, err, o.RPCError)
+		}
 	}
 }
