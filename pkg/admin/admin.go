@@ -577,7 +577,7 @@ func pathID(w http.ResponseWriter, r *http.Request, what string) (string, bool) 
 	return id, true
 }
 
-// checkID accepts 1 to 128 characters of [A-Za-z0-9._:-].
+// checkID accepts 1 to 128 characters of [A-Za-z0-9._:-], not all dots.
 func checkID(what, id string) apiError {
 	const want = "want 1 to 128 characters of A-Z a-z 0-9 . _ : -"
 	if len(id) > MaxIDLen {
@@ -591,6 +591,10 @@ func checkID(what, id string) apiError {
 	}
 	if id == "" {
 		return apiError{http.StatusBadRequest, "invalid_id", what + " id is empty: " + want}
+	}
+	if strings.Trim(id, ".") == "" {
+		// "." and ".." name directories in a URL: %2e%2e would reach here.
+		return apiError{http.StatusBadRequest, "invalid_id", fmt.Sprintf("%s id %q: not only dots", what, id)}
 	}
 	return apiError{}
 }
@@ -611,8 +615,10 @@ func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) bool {
 		return false
 	}
 	if err == nil {
-		// Exactly one value: anything after it is an error too.
-		if err = dec.Decode(&struct{}{}); errors.Is(err, io.EOF) {
+		// Exactly one value: anything after it is an error too (read raw,
+		// so that a second object is not blamed on an unknown field).
+		var rest json.RawMessage
+		if err = dec.Decode(&rest); errors.Is(err, io.EOF) {
 			return true
 		}
 		if err == nil {
