@@ -1,12 +1,14 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/rls"
 )
 
 func keysCmd() *cobra.Command {
@@ -45,17 +47,50 @@ and put the sha256 line in the config file under the consumer's keys.`,
 
 func configCmd() *cobra.Command {
 	cfg := &cobra.Command{Use: "config", Short: "Work with config files"}
-	cfg.AddCommand(&cobra.Command{
-		Use:   "validate FILE",
-		Short: "Check a config file; errors name the file, line and key",
-		Args:  cobra.ExactArgs(1),
+	var dir string
+	var merge bool
+	validate := &cobra.Command{
+		Use:   "validate [FILE] [--ratelimit-dir DIR]",
+		Short: "Check a config file, or rate-limit rule files alone; errors name the file, line and key",
+		Long: `Check a config file; errors name the file, line and key.
+
+With --ratelimit-dir, also the rule files in DIR (every *.yaml and *.yml,
+in envoyproxy/ratelimit's format); without FILE, those rule files alone,
+as envoyproxy/ratelimit's config_check does.`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := loadConfig(args[0], nil); err != nil {
-				return err
+			switch {
+			case len(args) == 1:
+				if _, err := loadConfig(args[0], func(c *config.Config) {
+					if dir != "" {
+						c.RateLimit.Dir, c.RateLimit.MergeDomains = dir, c.RateLimit.MergeDomains || merge
+					}
+				}); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", args[0])
+			case dir != "":
+				srcs, err := rls.ReadDir(dir)
+				if err != nil {
+					return err
+				}
+				if len(srcs) == 0 {
+					return fmt.Errorf("%s: no *.yaml or *.yml rule files", dir)
+				}
+				if _, err := rls.Load(srcs, merge); err != nil {
+					return err
+				}
+				for _, s := range srcs {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", s.Name)
+				}
+			default:
+				return errors.New("name a config FILE, or --ratelimit-dir DIR, or both")
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: ok\n", args[0])
 			return nil
 		},
-	})
+	}
+	validate.Flags().StringVar(&dir, "ratelimit-dir", "", "rate-limit rule files to check (every *.yaml and *.yml)")
+	validate.Flags().BoolVar(&merge, "merge-domains", false, "let several rule files add to one domain (ratelimit.merge_domains)")
+	cfg.AddCommand(validate)
 	return cfg
 }
