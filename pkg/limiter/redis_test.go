@@ -507,11 +507,7 @@ func TestRedisLedgerFindsAConsumersWindowsWithoutAScan(t *testing.T) {
 // window meanwhile: a correction of that window, in its billing period,
 // not usage of the window after (at a month's end, the next month's).
 func TestUnitsCountedDuringAnOutageCorrectTheirExportedWindow(t *testing.T) {
-	srv := redistest.Start(t)
-	client := srv.Client()
-	ctx := context.Background()
-	led := limiter.NewRedisLedger(client, time.Minute)
-	key := usage.LedgerKey("f", limitertest.LedgerTerms)
+	ctx, _, led, key := redisLedger(t, time.Minute)
 	last := time.Date(2026, 3, 31, 23, 59, 0, 0, time.UTC) // March's last window
 	if err := led.AddUnits(ctx, key, last, time.Minute, 4, ""); err != nil {
 		t.Fatal(err)
@@ -540,11 +536,7 @@ func TestUnitsCountedDuringAnOutageCorrectTheirExportedWindow(t *testing.T) {
 // A backlog of windows (a day of them after a Stripe outage) is accounted
 // in bounded script calls, all of them, and the event once.
 func TestRedisLedgerAccountsABacklogInChunks(t *testing.T) {
-	srv := redistest.Start(t)
-	client := srv.Client()
-	ctx := context.Background()
-	led := limiter.NewRedisLedger(client, time.Second)
-	key := usage.LedgerKey("f", limitertest.LedgerTerms)
+	ctx, _, led, key := redisLedger(t, time.Second)
 	start := time.Date(2026, 3, 14, 0, 0, 0, 0, time.UTC)
 	const n = 1234
 	for i := range n {
@@ -630,11 +622,7 @@ func TestRedisLedgerRetriedAdjustAppliesEachRequestOnce(t *testing.T) {
 // Units a replica counted during an outage are added once, even when the
 // answer to the first attempt is lost and it tries again.
 func TestRedisLedgerAddsOutageUnitsOnceAcrossRetries(t *testing.T) {
-	srv := redistest.Start(t)
-	client := srv.Client()
-	ctx := context.Background()
-	led := limiter.NewRedisLedger(client, time.Minute)
-	key := usage.LedgerKey("f", limitertest.LedgerTerms)
+	ctx, _, led, key := redisLedger(t, time.Minute)
 	start := time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC)
 	for range 2 { // the same attempt twice: its answer was lost the first time
 		if err := led.AddUnits(ctx, key, start, time.Minute, 5, "attempt-1"); err != nil {
@@ -648,4 +636,12 @@ func TestRedisLedgerAddsOutageUnitsOnceAcrossRetries(t *testing.T) {
 	if err != nil || len(ws) != 1 || ws[0].Units != 7 {
 		t.Fatalf("windows %+v %v, want one of 7 units", ws, err)
 	}
+}
+
+// redisLedger is a Redis ledger of windows of size on a redis-server of its
+// own, and consumer f's ledger key under the suite's terms.
+func redisLedger(t *testing.T, size time.Duration) (context.Context, *redis.Client, *limiter.RedisLedger, string) {
+	t.Helper()
+	client := redistest.Start(t).Client()
+	return context.Background(), client, limiter.NewRedisLedger(client, size), usage.LedgerKey("f", limitertest.LedgerTerms)
 }
