@@ -22,6 +22,7 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -168,15 +169,19 @@ func (s *Server) listen() error {
 	accesslogv3.RegisterAccessLogServiceServer(s.grpc, s.als)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
+	s.registerStoreGauges()
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		serving, degraded := s.serving()
 		switch {
 		case !s.ready.Load():
 			http.Error(w, "not ready: stopping or starting", http.StatusServiceUnavailable)
-		case !s.backend.ready():
-			http.Error(w, "not ready: the store ("+s.cfg.Store.Type+") is unreachable", http.StatusServiceUnavailable)
+		case !serving:
+			http.Error(w, "not ready: the store ("+s.cfg.Store.Type+") is unreachable and on_store_error is deny", http.StatusServiceUnavailable)
+		case degraded:
+			io.WriteString(w, "ready, degraded: the store ("+s.cfg.Store.Type+") is unreachable; decisions come from this replica's share (on_store_error: allow)\n")
 		default:
 			io.WriteString(w, "ready\n")
 		}
@@ -288,20 +293,65 @@ func (s *Server) exportUsage(ctx context.Context) {
 	e.Run(ctx)
 }
 
+// StoreHealthService is the gRPC health service name that reports the
+// store alone: NOT_SERVING while it is unreachable, even when levy keeps
+// answering from its fallback ("" reports levy).
+const StoreHealthService = "levy.store"
+
+// serving reports whether levy can answer decisions as configured: always,
+// unless the store is unreachable and on_store_error is deny; degraded,
+// when it answers from the fallback because the store is unreachable.
+func (s *Server) serving() (serving, degraded bool) {
+	if s.backend.ready() {
+		return true, false
+	}
+	if s.cfg.Store.OnStoreError == "allow" {
+		return true, true
+	}
+	return false, false
+}
+
+// registerStoreGauges exposes the store's reachability and the degraded
+// state on /metrics, read at each scrape.
+func (s *Server) registerStoreGauges() {
+	gauge := func(name, help string, v func() bool) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 {
+			if v() {
+				return 1
+			}
+			return 0
+		})
+	}
+	for _, c := range []prometheus.Collector{
+		gauge("levy_store_up", "1 while the store answers, 0 while it is unreachable.", s.backend.ready),
+		gauge("levy_degraded", "1 while levy answers decisions from its fallback because the store is unreachable (on_store_error: allow).",
+			func() bool { _, degraded := s.serving(); return degraded }),
+	} {
+		if err := s.metrics.Registry.Register(c); err != nil {
+			s.log.Warn("register store gauges", zap.Error(err))
+		}
+	}
+}
+
 // followReadiness mirrors the store's reachability in the gRPC health
 // service until stop is closed.
 func (s *Server) followReadiness(stop <-chan struct{}) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
-	last := healthpb.HealthCheckResponse_UNKNOWN
+	last, lastStore := healthpb.HealthCheckResponse_UNKNOWN, healthpb.HealthCheckResponse_UNKNOWN
 	for {
-		st := healthpb.HealthCheckResponse_NOT_SERVING
-		if s.backend.ready() {
+		st, store := healthpb.HealthCheckResponse_NOT_SERVING, healthpb.HealthCheckResponse_NOT_SERVING
+		if serving, _ := s.serving(); serving {
 			st = healthpb.HealthCheckResponse_SERVING
 		}
-		if st != last {
+		if s.backend.ready() {
+			store = healthpb.HealthCheckResponse_SERVING
+		}
+		if st != last || store != lastStore {
 			s.health.SetServingStatus("", st)
-			last = st
+			// The store on its own, for those who watch the degraded state.
+			s.health.SetServingStatus(StoreHealthService, store)
+			last, lastStore = st, store
 		}
 		select {
 		case <-stop:

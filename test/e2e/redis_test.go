@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/test/envoy"
 )
@@ -230,6 +232,25 @@ func TestFailOpenKeepsProtectingWithAShare(t *testing.T) {
 	if allowed != 10 {
 		t.Fatalf("%d allowed with Redis down, want this replica's share of 10 (one replica)", allowed)
 	}
+	// Ready all the while (Kubernetes must not take away a replica that
+	// answers as configured); the degraded state shows on its own.
+	waitFor(t, 5*time.Second, func() bool { return strings.Contains(p.metrics(t), "levy_degraded 1") })
+	if code := ready(p); code != 200 {
+		t.Fatalf("readyz with Redis down and on_store_error allow: %d, want 200", code)
+	}
+	m := p.metrics(t)
+	if !strings.Contains(m, "levy_store_up 0") {
+		t.Fatalf("metrics:\n%s", grepLines(m, "levy_store"))
+	}
+	hc := healthpb.NewHealthClient(dial(t, p.grpcAddr))
+	waitFor(t, 5*time.Second, func() bool {
+		levy, err1 := hc.Check(context.Background(), &healthpb.HealthCheckRequest{})
+		store, err2 := hc.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "levy.store"})
+		return err1 == nil && err2 == nil && levy.Status == healthpb.HealthCheckResponse_SERVING &&
+			store.Status == healthpb.HealthCheckResponse_NOT_SERVING
+	})
+	rdb.Restart()
+	waitFor(t, 5*time.Second, func() bool { m := p.metrics(t); return strings.Contains(m, "levy_degraded 0") && strings.Contains(m, "levy_store_up 1") })
 }
 
 func connTo(t *testing.T, p *proc) *grpcConn {
