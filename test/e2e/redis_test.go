@@ -250,7 +250,10 @@ func TestFailOpenKeepsProtectingWithAShare(t *testing.T) {
 			store.Status == healthpb.HealthCheckResponse_NOT_SERVING
 	})
 	rdb.Restart()
-	waitFor(t, 5*time.Second, func() bool { m := p.metrics(t); return strings.Contains(m, "levy_degraded 0") && strings.Contains(m, "levy_store_up 1") })
+	waitFor(t, 5*time.Second, func() bool {
+		m := p.metrics(t)
+		return strings.Contains(m, "levy_degraded 0") && strings.Contains(m, "levy_store_up 1")
+	})
 }
 
 func connTo(t *testing.T, p *proc) *grpcConn {
