@@ -50,32 +50,34 @@ type keyRecord struct {
 // Directory loads the stored consumers and keys.
 func (db *DB) Directory() (*Directory, error) {
 	d := &Directory{db: db, consumers: map[string]*apikey.Consumer{}, keys: map[string]*apikey.Key{}, keyIDs: map[string]string{}}
-	err := db.bolt.View(func(tx *bolt.Tx) error {
-		if b := tx.Bucket(bucketConsumers); b != nil {
-			if err := b.ForEach(func(_, v []byte) error {
-				var r consumerRecord
-				if err := json.Unmarshal(v, &r); err != nil {
+	err := safely(func() error {
+		return db.bolt.View(func(tx *bolt.Tx) error {
+			if b := tx.Bucket(bucketConsumers); b != nil {
+				if err := b.ForEach(func(_, v []byte) error {
+					var r consumerRecord
+					if err := json.Unmarshal(v, &r); err != nil {
+						return err
+					}
+					d.consumers[r.ID] = &apikey.Consumer{ID: r.ID, Plan: r.Plan, Suspended: r.Suspended, StripeCustomerID: r.StripeCustomerID,
+						PeriodAnchor: r.PeriodAnchor, PlanSince: r.PlanSince, SuspendAt: r.SuspendAt}
+					return nil
+				}); err != nil {
 					return err
 				}
-				d.consumers[r.ID] = &apikey.Consumer{ID: r.ID, Plan: r.Plan, Suspended: r.Suspended, StripeCustomerID: r.StripeCustomerID,
-					PeriodAnchor: r.PeriodAnchor, PlanSince: r.PlanSince, SuspendAt: r.SuspendAt}
-				return nil
-			}); err != nil {
-				return err
 			}
-		}
-		if b := tx.Bucket(bucketKeys); b != nil {
-			return b.ForEach(func(_, v []byte) error {
-				var r keyRecord
-				if err := json.Unmarshal(v, &r); err != nil {
-					return err
-				}
-				d.keys[r.Hash] = &apikey.Key{ID: r.ID, Hash: r.Hash, ConsumerID: r.ConsumerID, Revoked: r.Revoked, ExpiresAt: r.ExpiresAt}
-				d.keyIDs[r.ID] = r.Hash
-				return nil
-			})
-		}
-		return nil
+			if b := tx.Bucket(bucketKeys); b != nil {
+				return b.ForEach(func(_, v []byte) error {
+					var r keyRecord
+					if err := json.Unmarshal(v, &r); err != nil {
+						return err
+					}
+					d.keys[r.Hash] = &apikey.Key{ID: r.ID, Hash: r.Hash, ConsumerID: r.ConsumerID, Revoked: r.Revoked, ExpiresAt: r.ExpiresAt}
+					d.keyIDs[r.ID] = r.Hash
+					return nil
+				})
+			}
+			return nil
+		})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load consumers and keys: %w", err)
@@ -176,11 +178,13 @@ func (db *DB) put(bucket []byte, key string, v any) error {
 	if err != nil {
 		return err
 	}
-	return db.bolt.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucket)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(key), data)
+	return safely(func() error {
+		return db.bolt.Update(func(tx *bolt.Tx) error {
+			b, err := tx.CreateBucketIfNotExists(bucket)
+			if err != nil {
+				return err
+			}
+			return b.Put([]byte(key), data)
+		})
 	})
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -35,28 +36,45 @@ var (
 	_ limiter.Committer    = (*DB)(nil)
 )
 
-// Open opens (creating if needed) levy.db under dir.
+// Open opens (creating if needed) levy.db under dir. A file that exists
+// but is empty or corrupt is an error that says so: levy never starts on
+// it as if it were new, which would reset every quota and lose the
+// unexported usage.
 func Open(dir string) (*DB, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
 	path := filepath.Join(dir, "levy.db")
-	// A second levy on the same data dir would wait forever for the file
-	// lock; fail fast with a message that says why.
-	b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if errors.Is(err, bolt.ErrTimeout) {
-		return nil, fmt.Errorf("open %s: another levy process holds it (one process per --data-dir)", path)
+	if st, err := os.Stat(path); err == nil && st.Size() == 0 {
+		return nil, fmt.Errorf("open %s: the file is empty (0 bytes), so its quota counters and usage ledger are gone: "+
+			"restore it from a backup, or remove it to start with none", path)
 	}
+	var b *bolt.DB
+	err := safely(func() error {
+		var err error
+		// A second levy on the same data dir would wait forever for the
+		// file lock; fail fast with a message that says why.
+		b, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+		if errors.Is(err, bolt.ErrTimeout) {
+			return fmt.Errorf("another levy process holds it (one process per --data-dir)")
+		}
+		return err
+	})
 	if err != nil {
+		if b != nil {
+			b.Close()
+		}
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	err = b.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketCounters, bucketMeta, bucketLedger} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
+	err = safely(func() error {
+		return b.Update(func(tx *bolt.Tx) error {
+			for _, name := range [][]byte{bucketCounters, bucketMeta, bucketLedger} {
+				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+					return err
+				}
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 	if err != nil {
 		b.Close()
@@ -65,13 +83,35 @@ func Open(dir string) (*DB, error) {
 	return &DB{bolt: b}, nil
 }
 
+// errCorrupt says what to do about a corrupt file.
+var errCorrupt = errors.New("the file is corrupt: restore it from a backup, or move it away to start with no quota counters and no usage ledger")
+
+// safely runs fn, turning a panic of bbolt's on a corrupt file into an
+// error, and so a memory fault on its mapping of the file (a page number
+// past the end of a truncated file), which would otherwise end the
+// process.
+func safely(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w (%v)", errCorrupt, r)
+		}
+	}()
+	return fn()
+}
+
 // Close closes the file.
 func (db *DB) Close() error { return db.bolt.Close() }
 
 // LoadCounters implements limiter.CounterStore.
 func (db *DB) LoadCounters() (map[string]limiter.Counter, error) {
 	out := map[string]limiter.Counter{}
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := safely(func() error { return db.loadCounters(out) })
+	return out, err
+}
+
+func (db *DB) loadCounters(out map[string]limiter.Counter) error {
+	return db.bolt.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketCounters).ForEach(func(k, v []byte) error {
 			if len(v) != 16 {
 				return fmt.Errorf("counter %q: corrupt value", k)
@@ -83,22 +123,25 @@ func (db *DB) LoadCounters() (map[string]limiter.Counter, error) {
 			return nil
 		})
 	})
-	return out, err
 }
 
 // SaveCounters implements limiter.CounterStore: one transaction, fsynced.
 func (db *DB) SaveCounters(set map[string]limiter.Counter, del []string) error {
-	return db.bolt.Update(func(tx *bolt.Tx) error { return putCounters(tx, set, del) })
+	return safely(func() error {
+		return db.bolt.Update(func(tx *bolt.Tx) error { return putCounters(tx, set, del) })
+	})
 }
 
 // Commit implements limiter.Committer: counters and ledger windows in one
 // transaction, fsynced once.
 func (db *DB) Commit(c limiter.Changes) error {
-	return db.bolt.Update(func(tx *bolt.Tx) error {
-		if err := putCounters(tx, c.Counters, c.DeleteCounters); err != nil {
-			return err
-		}
-		return putLedger(tx, c.Ledger, c.DeleteLedger)
+	return safely(func() error {
+		return db.bolt.Update(func(tx *bolt.Tx) error {
+			if err := putCounters(tx, c.Counters, c.DeleteCounters); err != nil {
+				return err
+			}
+			return putLedger(tx, c.Ledger, c.DeleteLedger)
+		})
 	})
 }
 
@@ -123,7 +166,12 @@ func putCounters(tx *bolt.Tx, set map[string]limiter.Counter, del []string) erro
 // LoadLedger implements limiter.CounterStore.
 func (db *DB) LoadLedger() (map[string]limiter.LedgerEntry, error) {
 	out := map[string]limiter.LedgerEntry{}
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := safely(func() error { return db.loadLedger(out) })
+	return out, err
+}
+
+func (db *DB) loadLedger(out map[string]limiter.LedgerEntry) error {
+	return db.bolt.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketLedger).ForEach(func(k, v []byte) error {
 			var e limiter.LedgerEntry
 			if err := json.Unmarshal(v, &e); err != nil {
@@ -133,12 +181,13 @@ func (db *DB) LoadLedger() (map[string]limiter.LedgerEntry, error) {
 			return nil
 		})
 	})
-	return out, err
 }
 
 // SaveLedger implements limiter.CounterStore: one transaction, fsynced.
 func (db *DB) SaveLedger(set map[string]limiter.LedgerEntry, del []string) error {
-	return db.bolt.Update(func(tx *bolt.Tx) error { return putLedger(tx, set, del) })
+	return safely(func() error {
+		return db.bolt.Update(func(tx *bolt.Tx) error { return putLedger(tx, set, del) })
+	})
 }
 
 func putLedger(tx *bolt.Tx, set map[string]limiter.LedgerEntry, del []string) error {

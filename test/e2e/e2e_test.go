@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -438,4 +439,47 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "")
+}
+
+// A data file that is empty or corrupt stops levy at start with a message
+// that says so: no panic, no crash loop of stack traces, and no start as
+// if the file were new (every quota reset).
+func TestCorruptDataFileRefusesToStartWithAClearError(t *testing.T) {
+	dir := t.TempDir()
+	p := serve(t, "--data-dir", dir)
+	check(t, p.client(t), p.demoKey(t, "free"), "/") // some counters on disk
+	if err := p.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "levy.db")
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, give := range map[string][]byte{
+		"empty":     {},
+		"truncated": good[:len(good)/3],
+		"garbage":   append(append([]byte{}, good[:4096]...), bytes.Repeat([]byte{0xA5}, len(good)-4096)...),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if err := os.WriteFile(path, give, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(binary, "serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
+			done := make(chan struct{})
+			var out []byte
+			go func() { out, _ = cmd.CombinedOutput(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				cmd.Process.Kill()
+				<-done
+				t.Fatalf("levy started on a %s data file:\n%s", name, out)
+			}
+			if cmd.ProcessState.ExitCode() == 0 || bytes.Contains(out, []byte("panic")) || bytes.Contains(out, []byte("goroutine ")) ||
+				!bytes.Contains(out, []byte("levy.db")) {
+				t.Fatalf("exit %d, output:\n%s", cmd.ProcessState.ExitCode(), out)
+			}
+		})
+	}
 }
