@@ -292,7 +292,12 @@ func (h *Handler) usage(w http.ResponseWriter, r *http.Request) {
 
 // reconcile answers the comparison of the ledger with Stripe; the report
 // says whether they differ (the call succeeds either way).
+// reconcileTime is how long a reconcile may take to answer: it asks
+// Stripe about every account, past the listener's usual write timeout.
+const reconcileTime = 5 * time.Minute
+
 func (h *Handler) reconcile(w http.ResponseWriter, r *http.Request) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(reconcileTime))
 	q, p := reconcileQuery(r)
 	if p.status != 0 {
 		p.write(w)

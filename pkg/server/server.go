@@ -59,6 +59,40 @@ type Options struct {
 	Reload func() (*config.Config, error)
 	// ShutdownGrace bounds how long in-flight calls may take at shutdown.
 	ShutdownGrace time.Duration
+	// HTTP bounds what one HTTP client may hold; zero fields take
+	// DefaultHTTPLimits'.
+	HTTP HTTPLimits
+}
+
+// HTTPLimits bound the HTTP listener's clients, so that slow or idle ones
+// (the webhook faces the internet) cannot hold connections, and so file
+// descriptors, for long.
+type HTTPLimits struct {
+	// ReadHeader and Read bound reading a request's headers and all of
+	// it, body included; Write bounds writing the answer; Idle how long a
+	// keep-alive connection waits for its next request.
+	ReadHeader, Read, Write, Idle time.Duration
+	// MaxHeaderBytes bounds a request's headers.
+	MaxHeaderBytes int
+}
+
+// DefaultHTTPLimits are levy serve's.
+var DefaultHTTPLimits = HTTPLimits{ReadHeader: 5 * time.Second, Read: 15 * time.Second, Write: 30 * time.Second,
+	Idle: 30 * time.Second, MaxHeaderBytes: 64 << 10}
+
+func (l HTTPLimits) orDefault() HTTPLimits {
+	d := DefaultHTTPLimits
+	pick := func(v, def time.Duration) time.Duration {
+		if v > 0 {
+			return v
+		}
+		return def
+	}
+	l.ReadHeader, l.Read, l.Write, l.Idle = pick(l.ReadHeader, d.ReadHeader), pick(l.Read, d.Read), pick(l.Write, d.Write), pick(l.Idle, d.Idle)
+	if l.MaxHeaderBytes <= 0 {
+		l.MaxHeaderBytes = d.MaxHeaderBytes
+	}
+	return l
 }
 
 // Server is a running levy.
@@ -211,7 +245,9 @@ func (s *Server) listen() error {
 		Log:   s.log,
 		Clock: s.opts.Clock,
 	}))
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	lim := s.opts.HTTP.orDefault()
+	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: lim.ReadHeader, ReadTimeout: lim.Read, WriteTimeout: lim.Write,
+		IdleTimeout: lim.Idle, MaxHeaderBytes: lim.MaxHeaderBytes}
 	return nil
 }
 

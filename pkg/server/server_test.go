@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -113,5 +114,63 @@ func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
 	rep, err := again.usageReport(context.Background(), "demo-free", false)
 	if err != nil || rep.(billing.UsageReport).Used != 1 {
 		t.Fatalf("usage after a restart: %+v %v, want 1 used", rep, err)
+	}
+}
+
+// Slow and idle HTTP clients are cut off: a request body that trickles in
+// past the read timeout, and a keep-alive connection idle past the idle
+// timeout, are closed, so that they cannot pile up and take the file
+// descriptors every listener needs.
+func TestSlowAndIdleHTTPClientsAreCutOff(t *testing.T) {
+	cfg, err := config.Parse([]byte("plans: {free: {model: freemium, rate: {requests: 1, per: 1h}, quota: {requests: 10, period: month}}}\n"), "t.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Source = ""
+	cfg.Listen = config.Listen{GRPC: "127.0.0.1:0", HTTP: "127.0.0.1:0"}
+	cfg.Store.DataDir = t.TempDir()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	limits := HTTPLimits{ReadHeader: 200 * time.Millisecond, Read: 300 * time.Millisecond, Idle: 300 * time.Millisecond}
+	srv, err := New(cfg, Options{Log: zaptest.NewLogger(t), HTTP: limits})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	addr := srv.HTTPAddr()
+
+	// closed waits for the server to end conn, failing after 5 seconds.
+	closed := func(what string, conn net.Conn) {
+		t.Helper()
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, conn); err != nil {
+			t.Fatalf("%s: the connection was still open after 5s: %v", what, err)
+		}
+	}
+	dialHTTP := func() net.Conn {
+		t.Helper()
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+
+	slow := dialHTTP()
+	io.WriteString(slow, "POST /stripe/webhook HTTP/1.1\r\nHost: levy\r\nContent-Length: 1000\r\n\r\n{\"id\":")
+	closed("a body that never comes", slow)
+
+	idle := dialHTTP()
+	io.WriteString(idle, "GET /healthz HTTP/1.1\r\nHost: levy\r\n\r\n")
+	closed("an idle keep-alive connection", idle)
+
+	// And levy still answers.
+	if code, _ := get(t, "http://"+addr+"/healthz"); code != 200 {
+		t.Fatalf("healthz: %d", code)
 	}
 }
