@@ -80,7 +80,7 @@ func (db *DB) Directory() (*Directory, error) {
 		})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("load consumers and keys: %w", err)
+		return nil, fmt.Errorf("load consumers and keys from %s: %w", db.path, err)
 	}
 	return d, nil
 }

@@ -29,6 +29,7 @@ var (
 // DB is the embedded store.
 type DB struct {
 	bolt *bolt.DB
+	path string
 }
 
 var (
@@ -80,7 +81,7 @@ func Open(dir string) (*DB, error) {
 		b.Close()
 		return nil, fmt.Errorf("init %s: %w", path, err)
 	}
-	return &DB{bolt: b}, nil
+	return &DB{bolt: b, path: path}, nil
 }
 
 // errCorrupt says what to do about a corrupt file.
@@ -106,8 +107,10 @@ func (db *DB) Close() error { return db.bolt.Close() }
 // LoadCounters implements limiter.CounterStore.
 func (db *DB) LoadCounters() (map[string]limiter.Counter, error) {
 	out := map[string]limiter.Counter{}
-	err := safely(func() error { return db.loadCounters(out) })
-	return out, err
+	if err := safely(func() error { return db.loadCounters(out) }); err != nil {
+		return nil, fmt.Errorf("%s: %w", db.path, err)
+	}
+	return out, nil
 }
 
 func (db *DB) loadCounters(out map[string]limiter.Counter) error {
@@ -166,8 +169,10 @@ func putCounters(tx *bolt.Tx, set map[string]limiter.Counter, del []string) erro
 // LoadLedger implements limiter.CounterStore.
 func (db *DB) LoadLedger() (map[string]limiter.LedgerEntry, error) {
 	out := map[string]limiter.LedgerEntry{}
-	err := safely(func() error { return db.loadLedger(out) })
-	return out, err
+	if err := safely(func() error { return db.loadLedger(out) }); err != nil {
+		return nil, fmt.Errorf("%s: %w", db.path, err)
+	}
+	return out, nil
 }
 
 func (db *DB) loadLedger(out map[string]limiter.LedgerEntry) error {
