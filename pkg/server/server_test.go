@@ -33,8 +33,11 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
-	cfg, err := config.Parse([]byte("demo: true\nplans: {free: {model: freemium, rate: {requests: 1, per: 1h}, quota: {requests: 10, period: month}}}\n"), "t.yaml")
+// testConfig is text as a config on loopback ports and a fresh data dir,
+// with no file to watch.
+func testConfig(t *testing.T, text string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse([]byte(text), "t.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,6 +47,13 @@ func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	return cfg
+}
+
+const freePlan = "plans: {free: {model: freemium, rate: {requests: 1, per: 1h}, quota: {requests: 10, period: month}}}\n"
+
+func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
+	cfg := testConfig(t, "demo: true\n"+freePlan)
 	var out strings.Builder
 	srv, err := New(cfg, Options{Log: zaptest.NewLogger(t), Out: &out})
 	if err != nil {
@@ -122,16 +132,7 @@ func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
 // timeout, are closed, so that they cannot pile up and take the file
 // descriptors every listener needs.
 func TestSlowAndIdleHTTPClientsAreCutOff(t *testing.T) {
-	cfg, err := config.Parse([]byte("plans: {free: {model: freemium, rate: {requests: 1, per: 1h}, quota: {requests: 10, period: month}}}\n"), "t.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Source = ""
-	cfg.Listen = config.Listen{GRPC: "127.0.0.1:0", HTTP: "127.0.0.1:0"}
-	cfg.Store.DataDir = t.TempDir()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
+	cfg := testConfig(t, freePlan)
 	limits := HTTPLimits{ReadHeader: 200 * time.Millisecond, Read: 300 * time.Millisecond, Idle: 300 * time.Millisecond}
 	srv, err := New(cfg, Options{Log: zaptest.NewLogger(t), HTTP: limits})
 	if err != nil {
