@@ -4,8 +4,11 @@
 package localstore
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -115,11 +118,15 @@ func (db *DB) LoadCounters() (map[string]limiter.Counter, error) {
 
 func (db *DB) loadCounters(out map[string]limiter.Counter) error {
 	return db.bolt.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketCounters).ForEach(func(k, v []byte) error {
+		return tx.Bucket(bucketCounters).ForEach(func(sk, sv []byte) error {
+			k, v, err := entry(sk, sv)
+			if err != nil {
+				return err
+			}
 			if len(v) != 16 {
 				return fmt.Errorf("counter %q: corrupt value", k)
 			}
-			out[string(k)] = limiter.Counter{
+			out[k] = limiter.Counter{
 				Value: int64(binary.BigEndian.Uint64(v[:8])),
 				End:   time.Unix(0, int64(binary.BigEndian.Uint64(v[8:]))).UTC(),
 			}
@@ -154,16 +161,58 @@ func putCounters(tx *bolt.Tx, set map[string]limiter.Counter, del []string) erro
 		var v [16]byte
 		binary.BigEndian.PutUint64(v[:8], uint64(c.Value))
 		binary.BigEndian.PutUint64(v[8:], uint64(c.End.UnixNano()))
-		if err := b.Put([]byte(k), v[:]); err != nil {
+		if err := put(b, k, v[:]); err != nil {
 			return err
 		}
 	}
-	for _, k := range del {
-		if err := b.Delete([]byte(k)); err != nil {
+	return deleteAll(b, del)
+}
+
+// maxStoredKey is the longest key stored as it is. A longer one (a
+// descriptor value from a request header can be any length; bbolt refuses
+// keys over 32 KiB) is stored under its hash, its value prefixed with the
+// key, so that no key can fail a save and hold up the others.
+const maxStoredKey = 1024
+
+// longKeyPrefix starts the stored name of a long key; no key levy writes
+// starts with a NUL.
+const longKeyPrefix = "\x00h:"
+
+func storedKey(k string) []byte {
+	if len(k) <= maxStoredKey {
+		return []byte(k)
+	}
+	sum := sha256.Sum256([]byte(k))
+	return []byte(longKeyPrefix + hex.EncodeToString(sum[:]))
+}
+
+func put(b *bolt.Bucket, k string, v []byte) error {
+	sk := storedKey(k)
+	if len(sk) != len(k) {
+		v = append(binary.AppendUvarint(nil, uint64(len(k))), append([]byte(k), v...)...)
+	}
+	return b.Put(sk, v)
+}
+
+func deleteAll(b *bolt.Bucket, keys []string) error {
+	for _, k := range keys {
+		if err := b.Delete(storedKey(k)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// entry reads a stored key and value back: the key and the value as put.
+func entry(sk, v []byte) (string, []byte, error) {
+	if !bytes.HasPrefix(sk, []byte(longKeyPrefix)) {
+		return string(sk), v, nil
+	}
+	n, m := binary.Uvarint(v)
+	if m <= 0 || n > uint64(len(v)-m) {
+		return "", nil, fmt.Errorf("long key %q: corrupt value", sk)
+	}
+	return string(v[m : m+int(n)]), v[m+int(n):], nil
 }
 
 // LoadLedger implements limiter.CounterStore.
@@ -177,12 +226,16 @@ func (db *DB) LoadLedger() (map[string]limiter.LedgerEntry, error) {
 
 func (db *DB) loadLedger(out map[string]limiter.LedgerEntry) error {
 	return db.bolt.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketLedger).ForEach(func(k, v []byte) error {
+		return tx.Bucket(bucketLedger).ForEach(func(sk, sv []byte) error {
+			k, v, err := entry(sk, sv)
+			if err != nil {
+				return err
+			}
 			var e limiter.LedgerEntry
 			if err := json.Unmarshal(v, &e); err != nil {
 				return fmt.Errorf("ledger window %q: %w", k, err)
 			}
-			out[string(k)] = e
+			out[k] = e
 			return nil
 		})
 	})
@@ -202,16 +255,11 @@ func putLedger(tx *bolt.Tx, set map[string]limiter.LedgerEntry, del []string) er
 		if err != nil {
 			return err
 		}
-		if err := b.Put([]byte(k), v); err != nil {
+		if err := put(b, k, v); err != nil {
 			return err
 		}
 	}
-	for _, k := range del {
-		if err := b.Delete([]byte(k)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return deleteAll(b, del)
 }
 
 // DemoKeys returns each plan's demo key (a dev-only plaintext key, kept so
