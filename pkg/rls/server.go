@@ -107,12 +107,28 @@ type limited struct {
 	rpu  uint32
 }
 
+// MaxDescriptors and MaxEntries bound one request, so that no request can
+// hold work other requests wait for (Envoy sends a descriptor per matching
+// rate_limits action, a handful per route, each of a few entries).
+const (
+	MaxDescriptors = 64
+	MaxEntries     = 32
+)
+
 func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
 	if req.GetDomain() == "" {
 		return nil, status.Error(codes.InvalidArgument, "rate limit domain must not be empty")
 	}
 	if len(req.GetDescriptors()) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "rate limit descriptor list must not be empty")
+	}
+	if n := len(req.GetDescriptors()); n > MaxDescriptors {
+		return nil, status.Errorf(codes.InvalidArgument, "%d descriptors: at most %d in one request", n, MaxDescriptors)
+	}
+	for i, desc := range req.GetDescriptors() {
+		if n := len(desc.GetEntries()); n > MaxEntries {
+			return nil, status.Errorf(codes.InvalidArgument, "descriptor %d has %d entries: at most %d", i, n, MaxEntries)
+		}
 	}
 	snap := s.snap.Load()
 	hits := uint64(req.GetHitsAddend())

@@ -321,11 +321,22 @@ func testUnknownDomainIsOKWithoutLimits(t *testing.T, newLimiter limitertest.Fac
 
 func testBadRequestsAreInvalidArgument(t *testing.T, newLimiter limitertest.Factory) {
 	f := start(t, newLimiter, levyYAML)
+	entry := []*rlv3.RateLimitDescriptor_Entry{{Key: "remote_address", Value: "10.0.0.1"}}
+	many := make([]*rlv3.RateLimitDescriptor, 100_000)
+	for i := range many {
+		many[i] = &rlv3.RateLimitDescriptor{Entries: entry}
+	}
+	wide := &rlv3.RateLimitDescriptor{}
+	for range 1000 {
+		wide.Entries = append(wide.Entries, entry[0])
+	}
 	tests := []struct {
 		name string
 		give *rlsv3.RateLimitRequest
 		want string
 	}{
+		{"100,000 descriptors", &rlsv3.RateLimitRequest{Domain: "api", Descriptors: many}, "at most 64"},
+		{"a descriptor of 1,000 entries", &rlsv3.RateLimitRequest{Domain: "api", Descriptors: []*rlv3.RateLimitDescriptor{wide}}, "at most 32"},
 		{"empty domain", &rlsv3.RateLimitRequest{Descriptors: []*rlv3.RateLimitDescriptor{{Entries: []*rlv3.RateLimitDescriptor_Entry{{Key: "k", Value: "v"}}}}}, "domain must not be empty"},
 		{"no descriptors", &rlsv3.RateLimitRequest{Domain: "api"}, "descriptor list must not be empty"},
 		{"descriptor without entries", &rlsv3.RateLimitRequest{Domain: "api", Descriptors: []*rlv3.RateLimitDescriptor{{}}}, "descriptor 0 has no entries"},
