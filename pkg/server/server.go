@@ -191,10 +191,16 @@ func (s *Server) listen() error {
 		// The HTTP port serves kubelet probes and Stripe's webhooks, which
 		// present no client certificate: TLS there, client certificates
 		// optional (the admin API has its token).
-		httpTLS := tlsCfg.Clone()
-		if httpTLS.ClientAuth == tls.RequireAndVerifyClientCert {
-			httpTLS.ClientAuth = tls.VerifyClientCertIfGiven
-		}
+		grpcTLS := tlsCfg.GetConfigForClient
+		httpTLS := &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			c, err := grpcTLS(h)
+			if err != nil || c == nil || c.ClientAuth != tls.RequireAndVerifyClientCert {
+				return c, err
+			}
+			c = c.Clone()
+			c.ClientAuth = tls.VerifyClientCertIfGiven
+			return c, nil
+		}}
 		s.httpLis = tls.NewListener(s.httpLis, httpTLS)
 	}
 	s.grpc = grpc.NewServer(opts...)

@@ -151,3 +151,62 @@ func TestBadTLSFilesAreAConfigError(t *testing.T) {
 		t.Fatal("a cert without a key validated")
 	}
 }
+
+// A certificate renewed in place (cert-manager writes the new pair over
+// the old files) is served from the next handshakes on, on both
+// listeners, without a restart (issue 11, item 7).
+func TestRenewedCertificateIsServedWithoutARestart(t *testing.T) {
+	p := newPKI(t)
+	_, certFile, keyFile := p.issue(t, "levy", 10)
+	client, _, _ := p.issue(t, "envoy", 11)
+	cfg := testConfig(t, "plans: {free: {model: tiered}}\n")
+	cfg.Listen.TLS = config.TLS{CertFile: certFile, KeyFile: keyFile, ClientCAFile: filepath.Join(p.dir, "ca.pem")}
+	srv, err := New(cfg, Options{Log: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	serial := func(addr string) int64 {
+		t.Helper()
+		var conn *tls.Conn
+		waitUntil := time.Now().Add(5 * time.Second)
+		for {
+			var err error
+			conn, err = tls.Dial("tcp", addr, &tls.Config{RootCAs: p.caPool, Certificates: []tls.Certificate{client}})
+			if err == nil {
+				break
+			}
+			if time.Now().After(waitUntil) {
+				t.Fatalf("dial %s: %v", addr, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+	}
+	for _, addr := range []string{srv.GRPCAddr(), srv.HTTPAddr()} {
+		if got := serial(addr); got != 10 {
+			t.Fatalf("%s serves serial %d, want 10", addr, got)
+		}
+	}
+	// The renewal: new pair, same file names.
+	_, renewedCert, renewedKey := p.issue(t, "levy-renewed", 12)
+	for from, to := range map[string]string{renewedCert: certFile, renewedKey: keyFile} {
+		if err := os.Rename(from, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, addr := range []string{srv.GRPCAddr(), srv.HTTPAddr()} {
+		deadline := time.Now().Add(5 * time.Second)
+		for serial(addr) != 12 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still serves the old certificate 5s after its renewal", addr)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
