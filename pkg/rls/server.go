@@ -55,6 +55,7 @@ type Server struct {
 	snap    atomic.Pointer[Snapshot]
 	limiter limiter.Limiter
 	metrics *telemetry.Metrics
+	rules   *ruleMetrics
 	log     *zap.Logger
 }
 
@@ -69,6 +70,7 @@ func New(cfg Config) *Server {
 	if s.metrics == nil {
 		s.metrics = telemetry.NewMetrics()
 	}
+	s.rules = newRuleMetrics(s.metrics.Registry)
 	s.snap.Store(cfg.Snapshot)
 	return s
 }
@@ -228,6 +230,7 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		if !st.OK && limits[i].Shadow {
 			s.log.Debug("shadow limit over", zap.String("rule", limits[i].Name))
 		}
+		s.rules.observe(l.rule, limits[i].Cost, st.OK, limits[i].Shadow, st.Limit, st.Remaining)
 	}
 	if d.OK {
 		// X-RateLimit-* come from the statuses: the ratelimit filter's

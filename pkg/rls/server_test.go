@@ -3,6 +3,7 @@ package rls_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/rls"
+	"github.com/levyhq/levy/pkg/telemetry"
 	"github.com/levyhq/levy/test/envoy"
 )
 
@@ -77,11 +79,12 @@ ratelimit:
 `
 
 type fixture struct {
-	clock  *limitertest.Clock
-	srv    *rls.Server
-	client *envoy.RateLimitClient
-	raw    rlsv3.RateLimitServiceClient
-	cfg    *config.Config
+	metrics *telemetry.Metrics
+	clock   *limitertest.Clock
+	srv     *rls.Server
+	client  *envoy.RateLimitClient
+	raw     rlsv3.RateLimitServiceClient
+	cfg     *config.Config
 }
 
 func start(t *testing.T, newLimiter limitertest.Factory, text string) *fixture {
@@ -89,7 +92,8 @@ func start(t *testing.T, newLimiter limitertest.Factory, text string) *fixture {
 	f := &fixture{clock: limitertest.NewClock(limitertest.Start)}
 	f.cfg = mustConfig(t, text)
 	lim := newLimiter(t, f.clock)
-	f.srv = rls.New(rls.Config{Snapshot: snapshot(t, f.cfg, false), Limiter: lim, Log: zaptest.NewLogger(t)})
+	f.metrics = telemetry.NewMetrics()
+	f.srv = rls.New(rls.Config{Snapshot: snapshot(t, f.cfg, false), Limiter: lim, Metrics: f.metrics, Log: zaptest.NewLogger(t)})
 	// levy serve's codec (server.GRPCOptions), so that every behaviour is
 	// also a test of how it reads requests and writes answers.
 	codec := []grpc.ServerOption{grpc.ForceServerCodecV2(rls.Codec)}
@@ -522,5 +526,43 @@ func TestLimitOverrideUnitMultiplier(t *testing.T) {
 		if err != nil || status.Code(o.RPCError) != codes.InvalidArgument {
 			t.Fatalf("%s x %d: %v %v, want InvalidArgument", tt.unit, tt.mult, err, o.RPCError)
 		}
+	}
+}
+
+// Per-rule hits, as envoyproxy/ratelimit counts them: total, within,
+// near (past 80%), over, by the rule's path in its domain.
+func TestRuleMetricsCountHitsByResult(t *testing.T) {
+	f := start(t, limitertest.Stores(t)[0].New, levyYAML)
+	ip := d("remote_address", "10.9.9.9")
+	for range 4 { // 3 a second: within, within, near (and within), over
+		f.call(t, 0, ip)
+	}
+	got := map[string]float64{}
+	families, err := f.metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range families {
+		if fam.GetName() != "levy_ratelimit_rule_hits_total" {
+			continue
+		}
+		for _, m := range fam.GetMetric() {
+			var rule, result string
+			for _, l := range m.GetLabel() {
+				switch l.GetName() {
+				case "rule":
+					rule = l.GetValue()
+				case "result":
+					result = l.GetValue()
+				}
+			}
+			if strings.Contains(rule, "remote_address") {
+				got[result] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	want := map[string]float64{"total_hits": 4, "within_limit": 3, "near_limit": 1, "over_limit": 1, "shadow_mode": 0}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("rule hits %v, want %v", got, want)
 	}
 }
