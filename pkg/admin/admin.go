@@ -23,7 +23,11 @@ import (
 	"sync"
 	"time"
 
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/plan"
@@ -62,6 +66,10 @@ type Config struct {
 	// /v1/consumers/{id}/usage), with its ledger windows when asked
 	// (?windows=true); apikey.ErrNotFound gives 404.
 	Usage func(ctx context.Context, consumerID string, windows bool) (any, error)
+	// RateLimit decides a RateLimitService request (POST /json, as
+	// envoyproxy/ratelimit's endpoint of that name, for scripts and
+	// migration checks).
+	RateLimit func(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error)
 	// Reconcile compares the usage ledger with what Stripe holds (GET
 	// /v1/billing/reconcile; POST with fix=true sends what Stripe is
 	// missing); apikey.ErrNotFound gives 404, ErrUnavailable 503.
@@ -131,6 +139,7 @@ func New(cfg Config) *Handler {
 	h.mux.HandleFunc("GET /v1/consumers/{id}/usage", h.usage)
 	h.mux.HandleFunc("GET /v1/billing/reconcile", h.reconcile)
 	h.mux.HandleFunc("POST /v1/billing/reconcile", h.reconcile)
+	h.mux.HandleFunc("POST /json", h.rateLimitJSON)
 	return h
 }
 
@@ -664,4 +673,43 @@ func (p apiError) write(w http.ResponseWriter) { writeProblem(w, p.status, p.rea
 // levy's ext_authz denials carry.
 func writeProblem(w http.ResponseWriter, status int, reason, detail string) {
 	problem.Write(w, problem.New(status, reason, detail))
+}
+
+// rateLimitJSON answers a RateLimitRequest written as JSON with the
+// RateLimitResponse as JSON: 200 when OK, 429 when over the limit, as
+// envoyproxy/ratelimit's /json does. It counts like any other request.
+func (h *Handler) rateLimitJSON(w http.ResponseWriter, r *http.Request) {
+	if h.cfg.RateLimit == nil {
+		writeProblem(w, http.StatusServiceUnavailable, "ratelimit_unavailable", "the RateLimitService is not available here")
+		return
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
+		writeProblem(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("the request body is over %d bytes", MaxBody))
+		return
+	}
+	var req rlsv3.RateLimitRequest
+	if err := protojson.Unmarshal(data, &req); err != nil {
+		writeProblem(w, http.StatusBadRequest, "invalid_json", "the body is not a RateLimitRequest in JSON: "+err.Error())
+		return
+	}
+	resp, err := h.cfg.RateLimit(r.Context(), &req)
+	if err != nil {
+		code := http.StatusServiceUnavailable
+		if status.Code(err) == codes.InvalidArgument {
+			code = http.StatusBadRequest
+		}
+		writeProblem(w, code, "ratelimit_error", status.Convert(err).Message())
+		return
+	}
+	out, err := protojson.Marshal(resp)
+	if err != nil {
+		writeProblem(w, http.StatusInternalServerError, "ratelimit_error", err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if resp.GetOverallCode() == rlsv3.RateLimitResponse_OVER_LIMIT {
+		w.WriteHeader(http.StatusTooManyRequests)
+	}
+	w.Write(out)
 }

@@ -227,7 +227,7 @@ func (s *Server) listen() error {
 		}
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
-	mux.Handle("/v1/", admin.New(admin.Config{
+	adminAPI := admin.New(admin.Config{
 		Store:     s.backend.store,
 		Catalog:   func() *plan.Catalog { return s.authz.Snapshot().Catalog },
 		Hasher:    func() apikey.Hasher { return s.authz.Snapshot().Hasher },
@@ -237,7 +237,10 @@ func (s *Server) listen() error {
 		Clock:     s.opts.Clock,
 		Usage:     s.usageReport,
 		Reconcile: s.reconcile,
-	}))
+		RateLimit: s.rls.ShouldRateLimit,
+	})
+	mux.Handle("/v1/", adminAPI)
+	mux.Handle("POST /json", adminAPI)
 	mux.Handle("POST /stripe/webhook", billing.NewWebhook(billing.WebhookConfig{
 		Secret:       os.Getenv("STRIPE_WEBHOOK_SECRET"),
 		Consumers:    webhookConsumers{s},

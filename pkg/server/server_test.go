@@ -175,3 +175,53 @@ func TestSlowAndIdleHTTPClientsAreCutOff(t *testing.T) {
 		t.Fatalf("healthz: %d", code)
 	}
 }
+
+// POST /json answers a RateLimitRequest in JSON as envoyproxy/ratelimit's
+// endpoint does (200, then 429 over the limit), behind the admin token.
+func TestRateLimitJSONEndpoint(t *testing.T) {
+	t.Setenv("LEVY_ADMIN_TOKEN", "tok")
+	cfg := testConfig(t, freePlan+`ratelimit:
+  domains:
+    - domain: api
+      descriptors:
+        - key: generic_key
+          value: json
+          rate_limit: {unit: minute, requests_per_unit: 2}
+`)
+	srv, err := New(cfg, Options{Log: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	post := func(token, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", "http://"+srv.HTTPAddr()+"/json", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	body := `{"domain":"api","descriptors":[{"entries":[{"key":"generic_key","value":"json"}]}]}`
+	for i, want := range []int{200, 200, 429} {
+		code, out := post("tok", body)
+		if code != want || !strings.Contains(out, `"overallCode"`) {
+			t.Fatalf("request %d: %d %s, want %d", i+1, code, out, want)
+		}
+	}
+	if code, out := post("tok", `{"domain":`); code != 400 {
+		t.Fatalf("bad JSON: %d %s", code, out)
+	}
+	if code, out := post("tok", `{"domain":"","descriptors":[]}`); code != 400 || !strings.Contains(out, "domain") {
+		t.Fatalf("empty domain: %d %s", code, out)
+	}
+	if code, _ := post("wrong", body); code != 401 {
+		t.Fatalf("without the admin token: %d", code)
+	}
+}
