@@ -50,6 +50,20 @@ func testConfig(t *testing.T, text string) *config.Config {
 	return cfg
 }
 
+// runServer starts a server on cfg until the test ends.
+func runServer(t *testing.T, cfg *config.Config, opts Options) *Server {
+	t.Helper()
+	srv, err := New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return srv
+}
+
 const freePlan = "plans: {free: {model: freemium, rate: {requests: 1, per: 1h}, quota: {requests: 10, period: month}}}\n"
 
 func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
@@ -134,14 +148,7 @@ func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
 func TestSlowAndIdleHTTPClientsAreCutOff(t *testing.T) {
 	cfg := testConfig(t, freePlan)
 	limits := HTTPLimits{ReadHeader: 200 * time.Millisecond, Read: 300 * time.Millisecond, Idle: 300 * time.Millisecond}
-	srv, err := New(cfg, Options{Log: zaptest.NewLogger(t), HTTP: limits})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	srv := runServer(t, cfg, Options{Log: zaptest.NewLogger(t), HTTP: limits})
 	addr := srv.HTTPAddr()
 
 	// closed waits for the server to end conn, failing after 5 seconds.
@@ -188,14 +195,7 @@ func TestRateLimitJSONEndpoint(t *testing.T) {
           value: json
           rate_limit: {unit: minute, requests_per_unit: 2}
 `)
-	srv, err := New(cfg, Options{Log: zaptest.NewLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	srv := runServer(t, cfg, Options{Log: zaptest.NewLogger(t)})
 	post := func(token, body string) (int, string) {
 		t.Helper()
 		req, _ := http.NewRequest("POST", "http://"+srv.HTTPAddr()+"/json", strings.NewReader(body))

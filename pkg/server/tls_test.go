@@ -97,14 +97,7 @@ func TestMutualTLSOnBothListeners(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(cfg, Options{Log: zaptest.NewLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	srv := runServer(t, cfg, Options{Log: zaptest.NewLogger(t)})
 
 	healthy := func(certs []tls.Certificate) error {
 		creds := credentials.NewTLS(&tls.Config{RootCAs: p.caPool, Certificates: certs})
@@ -161,14 +154,7 @@ func TestRenewedCertificateIsServedWithoutARestart(t *testing.T) {
 	client, _, _ := p.issue(t, "envoy", 11)
 	cfg := testConfig(t, "plans: {free: {model: tiered}}\n")
 	cfg.Listen.TLS = config.TLS{CertFile: certFile, KeyFile: keyFile, ClientCAFile: filepath.Join(p.dir, "ca.pem")}
-	srv, err := New(cfg, Options{Log: zaptest.NewLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	srv := runServer(t, cfg, Options{Log: zaptest.NewLogger(t)})
 
 	serial := func(addr string) int64 {
 		t.Helper()
