@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -46,6 +47,8 @@ type RedisLedger struct {
 	adjust  *redis.Script
 	add     *redis.Script
 	commit  *redis.Script
+	// backfilled: Due has entered every ledger in its consumer's set.
+	backfilled atomic.Bool
 }
 
 var _ usage.Ledger = (*RedisLedger)(nil)
@@ -222,31 +225,39 @@ func (r *RedisLedger) scanLedgers(ctx context.Context, pattern string) ([]string
 	return keys, nil
 }
 
-// Due implements usage.Ledger. It scans the keyspace for ledgers, and
-// enters each in its consumer's set of ledgers (ledgers written before
-// admission kept that set).
+// Due implements usage.Ledger. It scans the keyspace for ledgers and reads
+// their indexes in one pipeline. The first pass also enters each ledger in
+// its consumer's set of ledgers (ledgers written before admission kept
+// that set); admission keeps it from then on.
 func (r *RedisLedger) Due(ctx context.Context, before time.Time) ([]usage.Window, error) {
 	keys, err := r.scanLedgers(ctx, "{c:*}:ledger:*")
 	if err != nil {
 		return nil, err
 	}
-	pipe := r.client.Pipeline()
-	for _, key := range keys {
-		c, _, _ := usage.ParseLedgerKey(key)
-		pipe.SAdd(ctx, ledgersKey(c), key)
+	if !r.backfilled.Load() {
+		pipe := r.client.Pipeline()
+		for _, key := range keys {
+			c, _, _ := usage.ParseLedgerKey(key)
+			pipe.SAdd(ctx, ledgersKey(c), key)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, fmt.Errorf("redis ledger: %w", err)
+		}
+		r.backfilled.Store(true)
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	// Windows that started before `before` may have ended; the size is
+	// checked per window below.
+	pipe := r.client.Pipeline()
+	ranges := make([]*redis.StringSliceCmd, len(keys))
+	for i, key := range keys {
+		ranges[i] = pipe.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "-inf", Max: strconv.FormatInt(before.Unix(), 10)})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("redis ledger: %w", err)
 	}
 	var out []usage.Window
-	for _, key := range keys {
-		// Windows that started before `before - size` have ended; the
-		// size is checked per window below.
-		starts, err := r.client.ZRangeByScore(ctx, key, &redis.ZRangeBy{Min: "-inf", Max: strconv.FormatInt(before.Unix(), 10)}).Result()
-		if err != nil {
-			return nil, fmt.Errorf("redis ledger: %w", err)
-		}
-		ws, err := r.read(ctx, key, starts)
+	for i, key := range keys {
+		ws, err := r.read(ctx, key, ranges[i].Val())
 		if err != nil {
 			return nil, err
 		}
