@@ -395,7 +395,7 @@ func (p *pass) account(ctx context.Context, a Account, c *apikey.Consumer) error
 			// Accepted: only the event is recorded, and the bill is worked
 			// out again below. Refused for good: the windows with work are
 			// set aside, or they would be sent again and again.
-			done, err = p.send(ctx, c, w, w.Pending, nil, dueOf(windows))
+			done, err = p.send(ctx, a, c, w, w.Pending, nil, dueOf(windows))
 		}
 		if !done {
 			return err
@@ -480,7 +480,7 @@ func (p *pass) account(ctx context.Context, a Account, c *apikey.Consumer) error
 		return err
 	}
 	p.sends++
-	_, err = p.send(ctx, c, last, value, work, work)
+	_, err = p.send(ctx, a, c, last, value, work, work)
 	return err
 }
 
@@ -590,9 +590,8 @@ func (p *pass) closed(ctx context.Context, a Account) ([]usage.Window, error) {
 // send sends the event w identifies with value and records the outcome:
 // accepted, the windows of work are accounted; refused for good, those of
 // aside are set aside. sent reports that Stripe has it.
-func (p *pass) send(ctx context.Context, c *apikey.Consumer, w *usage.Window, value int64, work, aside []usage.Window) (sent bool, err error) {
+func (p *pass) send(ctx context.Context, a Account, c *apikey.Consumer, w *usage.Window, value int64, work, aside []usage.Window) (sent bool, err error) {
 	e := p.e
-	a := AccountOf(w, TermsOf(w, c, p.cat), c)
 	key := a.String()
 	id := Identifier(*w, w.Events)
 	// The window's last second, or the period's when the period ends
