@@ -912,3 +912,20 @@ func counterValue(t *testing.T, c interface{ Write(*dto.Metric) error }) float64
 	}
 	return m.GetCounter().GetValue()
 }
+
+// An access log whose metadata names another consumer's ledger cannot
+// settle that consumer's usage: it settles its own consumer's.
+func TestSettlementCannotReachAnotherConsumersLedger(t *testing.T) {
+	e := newTestEnv(t, 0)
+	payg, _ := testCatalog(t).Get("payg")
+	forged := give{consumer: "acme", plan: "payg", status: 500, ledger: LedgerKey("beta", TermsOf(payg)), window: sec}
+	prefixed := give{consumer: "acme", plan: "payg", status: 503, ledger: LedgerKey("acme2", TermsOf(payg)), window: sec}
+	e.send(t, entries(forged, prefixed))
+	got := e.flush(t)
+	assertAdjustments(t, got, []Adjustment{adj("acme", "api_calls", -2)})
+	for _, a := range e.ledger.adjs {
+		if a.Key != LedgerKey("acme", TermsOf(payg)) {
+			t.Fatalf("settled ledger %q", a.Key)
+		}
+	}
+}
