@@ -55,6 +55,21 @@ type Limit struct {
 	// over takes nothing.
 	Shadow bool
 
+	// Debit marks a cost already spent: Envoy's apply_on_stream_done, units
+	// an upstream reported, an LLM's token count. It cannot be refused, so
+	// it is recorded even past the limit: the bucket or counter goes into
+	// debt, and later checks and requests are denied until the debt is
+	// repaid. The limit still reports over when the debit did not fit.
+	// A debit is taken even when another limit of the request denies.
+	Debit bool
+
+	// QuotaMode is envoyproxy/ratelimit's quota_mode: a quota-mode limit
+	// that is over does not deny the request by itself; the request is
+	// denied when every quota-mode limit of it is over (or another limit
+	// denies). A quota-mode limit that is over takes nothing, unless it is
+	// a Debit.
+	QuotaMode bool
+
 	// Ledger: the window the units are counted in (epoch-aligned), and
 	// which units are billable: BillAll, 0 for none, or i+1 to bill the
 	// units that go beyond the soft quota at index i of the same request.
