@@ -32,6 +32,15 @@ soak: ## The randomized billing test with new seeds (SEEDS runs of STEPS steps; 
 		if [ $$rc -ne 0 ]; then echo "full output: $$log"; exit 1; fi; \
 	done; rm -f $$log
 
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME each (default 1m); a failing input is kept under testdata/fuzz
+	@set -e; for f in $$(git ls-files '*_test.go' | xargs grep -l '^func Fuzz'); do \
+		for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "fuzz $$t ./$$(dirname $$f) for $${FUZZTIME:-1m}"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-1m} ./$$(dirname $$f); \
+		done; \
+	done
+
 .PHONY: bench
 bench: ## Benchmarks: levy next to a no-op server in the same run
 	$(GO) test -run '^$$' -bench . -benchtime 3s -count 3 ./test/bench/

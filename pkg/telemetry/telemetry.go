@@ -9,6 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/levyhq/levy/pkg/wire"
 )
 
 // Metrics are the collectors levy exports on /metrics.
@@ -56,7 +58,11 @@ func NewMetrics() *Metrics {
 		}, []string{"op"}),
 	}
 	m.ConfigLastReloadSuccess.Set(1)
-	reg.MustRegister(m.Decisions, m.Latency, m.ConfigReloads, m.ConfigLastReloadSuccess, m.StoreErrors,
+	recovered := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "levy_codec_recovered_total",
+		Help: "gRPC messages levy's own reader or writer failed on, read or written by protobuf instead.",
+	}, func() float64 { return float64(wire.Recovered.Load()) })
+	reg.MustRegister(m.Decisions, m.Latency, m.ConfigReloads, m.ConfigLastReloadSuccess, m.StoreErrors, recovered,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -6,6 +6,7 @@
 package wire
 
 import (
+	"sync/atomic"
 	"unicode/utf8"
 
 	"google.golang.org/grpc/encoding"
@@ -36,7 +37,7 @@ func (Codec) Name() string { return grpcproto.Name }
 // Marshal implements encoding.CodecV2.
 func (c Codec) Marshal(v any) (mem.BufferSlice, error) {
 	if c.Encode != nil {
-		if b, ok := c.Encode(v); ok {
+		if b, ok := c.encode(v); ok {
 			return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 		}
 	}
@@ -45,10 +46,38 @@ func (c Codec) Marshal(v any) (mem.BufferSlice, error) {
 
 // Unmarshal implements encoding.CodecV2.
 func (c Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	if c.Decode != nil && c.Decode(data, v) {
+	if c.Decode != nil && c.decode(data, v) {
 		return nil
 	}
-	return protoCodec.Unmarshal(data, v)
+	return protoCodec.Unmarshal(data, v) // resets v: nothing a declined or failed Decode wrote survives
+}
+
+// Recovered counts the messages the hand-written reader or writer
+// panicked on and protobuf handled instead (levy_codec_recovered_total).
+var Recovered atomic.Uint64
+
+// decode runs c.Decode. The readers are fuzzed, but a panic one of them
+// still hides costs that one message protobuf's slower reading, never the
+// process and with it every other caller's decisions.
+func (c Codec) decode(data mem.BufferSlice, v any) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			Recovered.Add(1)
+			ok = false
+		}
+	}()
+	return c.Decode(data, v)
+}
+
+// encode runs c.Encode, likewise.
+func (c Codec) encode(v any) (b []byte, ok bool) {
+	defer func() {
+		if recover() != nil {
+			Recovered.Add(1)
+			b, ok = nil, false
+		}
+	}()
+	return c.Encode(v)
 }
 
 // Decoder is a Codec.Decode for messages of type T, read by decode from
