@@ -2,7 +2,9 @@
 GO      ?= go
 PKGS    ?= ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS := -X main.version=$(VERSION)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+DATE    ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 CONFIG  ?= examples/levy.yaml
 DATA    ?= levy-data
 
@@ -23,6 +25,19 @@ run: ## Serve the demo config on the embedded store and print demo keys
 .PHONY: test
 test: ## Run every test with the race detector
 	$(GO) test -race -count=1 -timeout 9m $(PKGS)
+
+IMAGE     ?= ghcr.io/levyhq/levy
+CONTAINER ?= $(shell command -v podman || { docker info >/dev/null 2>&1 && command -v docker; } || command -v buildah || echo docker)
+CA_CERTS  ?= /etc/ssl/certs/ca-certificates.crt
+
+.PHONY: image
+image: ## Build the container image $(IMAGE):$(VERSION) with podman, docker or buildah (no registry needed)
+	rm -rf bin/image && mkdir -p bin/image/rootfs/etc/ssl/certs bin/image/data
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/image/rootfs/levy ./cmd/levy
+	cp $(CA_CERTS) bin/image/rootfs/etc/ssl/certs/ca-certificates.crt
+	echo 'nonroot:x:65532:65532:nonroot:/var/lib/levy:/sbin/nologin' >bin/image/rootfs/etc/passwd
+	echo 'nonroot:x:65532:' >bin/image/rootfs/etc/group
+	$(CONTAINER) build --target prebuilt -t $(IMAGE):$(VERSION) -t $(IMAGE):latest .
 
 .PHONY: soak
 soak: ## The randomized billing test with new seeds (SEEDS runs of STEPS steps; a failure prints its seed)
