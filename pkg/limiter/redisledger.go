@@ -35,7 +35,9 @@ var commitLua string
 // (":<start>": u units, z size, r refunded, x reported, e exported, a
 // accounted, b billed, n events, l and t the last event's value and time,
 // p pending, j rejected) and a set of the
-// requests settled in it (":<start>:seen").
+// requests settled in it (":<start>:seen"). Settlement also moves the
+// consumer's quota counter (usage.QuotaKey, decide.lua's hash) by the
+// same requests' units, in the same script call.
 type RedisLedger struct {
 	client redis.UniversalClient
 	// Window is the ledger window (billing.window): settlements without
