@@ -17,9 +17,9 @@ import (
 	"github.com/levyhq/levy/test/envoy"
 )
 
-// settleQuotaConfig: capped is a hard quota of 5 units a month (billed
-// per unit, so that the ledger's windows are the bill). Its consumers are
-// listed after it, or put through the admin API.
+// settleQuotaConfig: capped is a hard quota of 5 units a month; payg
+// includes 5 units a month and counts the rest as overage, without a cap.
+// The consumers are listed after them, or put through the admin API.
 const settleQuotaConfig = `
 dev_mode: true
 billing: {window: 1s}
@@ -28,11 +28,16 @@ plans:
     model: tiered
     rate: {requests: 10000, per: 1s}
     quota: {requests: 5, period: month}
+  payg:
+    model: payg
+    rate: {requests: 10000, per: 1s}
+    quota: {requests: 5, period: month, enforcement: soft}
+    billing: {meter: api_calls}
 consumers:
 %s`
 
 // quotaRig is levy, one replica or more, on one store, with consumer acme
-// on capped.
+// on capped (or a plan given).
 type quotaRig struct {
 	rdb  *redistest.Server // nil: the local store
 	data string
@@ -42,6 +47,11 @@ type quotaRig struct {
 
 func newQuotaRig(t *testing.T, redis, static bool) *quotaRig {
 	t.Helper()
+	return newQuotaRigOn(t, redis, static, "capped")
+}
+
+func newQuotaRigOn(t *testing.T, redis, static bool, plan string) *quotaRig {
+	t.Helper()
 	r := &quotaRig{data: t.TempDir()}
 	if redis {
 		r.rdb = redistest.Start(t)
@@ -49,7 +59,7 @@ func newQuotaRig(t *testing.T, redis, static bool) *quotaRig {
 	consumers := "  []\n"
 	if static {
 		r.key, _ = apikey.Generate("levy")
-		consumers = fmt.Sprintf("  - {id: acme, plan: capped, keys: [{key: %s}]}\n", r.key)
+		consumers = fmt.Sprintf("  - {id: acme, plan: %s, keys: [{key: %s}]}\n", plan, r.key)
 	}
 	r.cfg = writeConfig(t, t.TempDir(), fmt.Sprintf(settleQuotaConfig, consumers))
 	t.Setenv("LEVY_ADMIN_TOKEN", "test-token")
@@ -186,6 +196,22 @@ func TestUnitsReportedPastTheQuotaDenyTheNextRequest(t *testing.T) {
 
 	out, err := runLevy("usage", "acme", "--admin-url", "http://"+p.httpAddr)
 	if err != nil || !strings.Contains(out, "used:     10 units") {
+		t.Fatalf("levy usage: %v\n%s", err, out)
+	}
+}
+
+// Pay as you go only counts: units an upstream reports past the included
+// units are counted (levy usage shows them, and the overage) and never
+// deny.
+func TestUnitsReportedOnPayAsYouGoAreCountedAndNeverDeny(t *testing.T) {
+	r := newQuotaRigOn(t, false, true, "payg")
+	p := r.serve(t)
+	c := p.client(t)
+	deliver(t, p, "envoy-1", answered(r.admit(t, c), 200, 20))
+	settlesTo(t, p, 20)
+	r.admit(t, c)
+	out, err := runLevy("usage", "acme", "--admin-url", "http://"+p.httpAddr)
+	if err != nil || !strings.Contains(out, "used:     21 units") || !strings.Contains(out, "overage:  16") {
 		t.Fatalf("levy usage: %v\n%s", err, out)
 	}
 }
