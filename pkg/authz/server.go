@@ -270,6 +270,13 @@ const (
 	// MetadataLedger is a string: the ledger's state key the units were
 	// counted under (limiter.LedgerKey of the consumer and the plan's meter).
 	MetadataLedger = "ledger"
+	// MetadataQuota is a string: the state key of the quota counter the
+	// units were counted in (usage.QuotaKey of the consumer), and
+	// MetadataPeriod a number: the unix seconds of that counter's period
+	// start. Settlement moves the counter with the ledger window, and only
+	// while it still counts that period.
+	MetadataQuota  = "quota"
+	MetadataPeriod = "period"
 )
 
 // identity is what levy tells Envoy about an allowed caller: the same for
@@ -281,46 +288,61 @@ type identity struct {
 	metadata *structpb.Struct
 	limits   []limiter.Limit // with cost 1
 	// ledgerAt is the index of the ledger limit in limits, -1 when none;
-	// ledger its key as a metadata value.
+	// ledger its key as a metadata value. quotaAt and quota are the same
+	// for the quota (or usage) counter.
 	ledgerAt int
 	ledger   *structpb.Value
+	quotaAt  int
+	quota    *structpb.Value
 	// counted is the metadata of allows counted in the ledger window last
 	// seen: built once a window (not once a request) and then shared, never
 	// changed, like metadata.
 	counted atomic.Pointer[countedMetadata]
 }
 
-// countedMetadata is an identity's metadata with the ledger window a
-// request was counted in, and the messages it is made of: one allocation
-// for the three.
+// countedMetadata is an identity's metadata with the ledger window and
+// the quota period a request was counted in, and the messages it is made
+// of: one allocation for them all.
 type countedMetadata struct {
-	window   int64 // unix seconds
-	metadata structpb.Struct
-	value    structpb.Value
-	number   structpb.Value_NumberValue
+	window, period int64 // unix seconds; period 0: no quota period
+	metadata       structpb.Struct
+	value, pvalue  structpb.Value
+	number, pnum   structpb.Value_NumberValue
 }
 
 // allowMetadata is the dynamic metadata of a request that d allowed: the
 // identity's, and the ledger window d counted its units in, with the
-// ledger's key. A limiter that reports no window start leaves them out.
+// ledger's key, and the quota counter's key and period. A limiter that
+// reports no window start leaves them out (and the quota's, without its
+// period start).
 func (id *identity) allowMetadata(d *limiter.Decision) *structpb.Struct {
 	if id.ledgerAt < 0 || id.ledgerAt >= len(d.Statuses) || d.Statuses[id.ledgerAt].PeriodStart.IsZero() {
 		return id.metadata
 	}
 	window := d.Statuses[id.ledgerAt].PeriodStart.Unix()
-	if c := id.counted.Load(); c != nil && c.window == window {
+	var period int64
+	if id.quotaAt >= 0 && id.quotaAt < len(d.Statuses) && !d.Statuses[id.quotaAt].PeriodStart.IsZero() {
+		period = d.Statuses[id.quotaAt].PeriodStart.Unix()
+	}
+	if c := id.counted.Load(); c != nil && c.window == window && c.period == period {
 		return &c.metadata
 	}
-	// A new window (or, for requests in flight across an edge, the one
-	// before): a new map, sharing the identity's values, which no one
-	// changes.
-	c := &countedMetadata{window: window}
+	// A new window or period (or, for requests in flight across an edge,
+	// the one before): a new map, sharing the identity's values, which no
+	// one changes.
+	c := &countedMetadata{window: window, period: period}
 	c.number.NumberValue = float64(window)
 	c.value.Kind = &c.number
-	c.metadata.Fields = make(map[string]*structpb.Value, len(id.metadata.Fields)+2)
+	c.metadata.Fields = make(map[string]*structpb.Value, len(id.metadata.Fields)+4)
 	maps.Copy(c.metadata.Fields, id.metadata.Fields)
 	c.metadata.Fields[MetadataLedger] = id.ledger
 	c.metadata.Fields[MetadataWindow] = &c.value
+	if period != 0 {
+		c.pnum.NumberValue = float64(period)
+		c.pvalue.Kind = &c.pnum
+		c.metadata.Fields[MetadataQuota] = id.quota
+		c.metadata.Fields[MetadataPeriod] = &c.pvalue
+	}
 	id.counted.Store(c)
 	return &c.metadata
 }
@@ -360,11 +382,15 @@ func (snap *Snapshot) identity(k *apikey.Key, c *apikey.Consumer, p *plan.Plan) 
 			MetadataKeyID:    structpb.NewStringValue(k.ID),
 		}},
 		ledgerAt: -1,
+		quotaAt:  -1,
 	}
 	id.limits = Limits(c, p, 1, snap.LedgerWindow)
 	for i := range id.limits {
-		if id.limits[i].Kind == limiter.Ledger {
+		switch id.limits[i].Kind {
+		case limiter.Ledger:
 			id.ledgerAt, id.ledger = i, structpb.NewStringValue(id.limits[i].Key)
+		case limiter.Quota:
+			id.quotaAt, id.quota = i, structpb.NewStringValue(id.limits[i].Key)
 		}
 	}
 	if snap.identityCount.Add(1) > maxIdentities {
@@ -453,7 +479,7 @@ func Limits(c *apikey.Consumer, p *plan.Plan, cost int64, window time.Duration) 
 			Requests: r.Requests, Per: r.Per, Burst: r.Burst,
 		})
 	}
-	q := limiter.Limit{Kind: limiter.Quota, Name: "usage", Key: tag + ":units", Cost: cost,
+	q := limiter.Limit{Kind: limiter.Quota, Name: "usage", Key: usage.QuotaKey(c.ID), Cost: cost,
 		Unit: p.UsagePeriod(), Anchor: c.PeriodAnchor, Soft: true}
 	if pq := p.Quota; pq != nil {
 		q.Name, q.Max, q.Soft, q.Cap = "quota", pq.Requests, pq.Enforcement == plan.Soft, pq.Cap

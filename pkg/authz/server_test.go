@@ -156,6 +156,7 @@ func TestBehaviour(t *testing.T) {
 		{"ParallelChecksNeverExceedTheBucket", testParallelChecksNeverExceedTheBucket},
 		{"AllowCarriesTheLedgerWindowItsUnitsWereCountedIn", testAllowCarriesTheLedgerWindowItsUnitsWereCountedIn},
 		{"WindowAtAnEdgeIsAdmissionsNotTheRequestStart", testWindowAtAnEdgeIsAdmissionsNotTheRequestStart},
+		{"AllowCarriesTheQuotaCounterAndPeriodItWasCountedIn", testAllowCarriesTheQuotaCounterAndPeriodItWasCountedIn},
 	}
 	for _, store := range limitertest.Stores(t) {
 		t.Run(store.Name, func(t *testing.T) {

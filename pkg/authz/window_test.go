@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
+	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/usage"
 	"github.com/levyhq/levy/test/envoy"
 )
@@ -103,6 +105,60 @@ func testAllowCarriesTheLedgerWindowItsUnitsWereCountedIn(t *testing.T, newLimit
 	}
 }
 
+// quotaOf is the quota counter and period an ext_authz dynamic metadata
+// holds, failing unless both are there with their kinds.
+func quotaOf(t *testing.T, md *structpb.Struct) (string, int64) {
+	t.Helper()
+	q, ok := md.GetFields()[authz.MetadataQuota].GetKind().(*structpb.Value_StringValue)
+	if !ok {
+		t.Fatalf("metadata %v: no string %q", md, authz.MetadataQuota)
+	}
+	p, ok := md.GetFields()[authz.MetadataPeriod].GetKind().(*structpb.Value_NumberValue)
+	if !ok || float64(int64(p.NumberValue)) != p.NumberValue {
+		t.Fatalf("metadata %v: no whole number %q", md, authz.MetadataPeriod)
+	}
+	return q.StringValue, int64(p.NumberValue)
+}
+
+// Settlement moves the quota counter a request was counted in: the allow
+// names the counter's key and its period's start (the store's), in the
+// consumer's hash tag, and Envoy's access log carries them back; a new
+// period (the consumer's billing cycle moved) gets its own.
+func testAllowCarriesTheQuotaCounterAndPeriodItWasCountedIn(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
+	o := f.withKey(t, "KEY_PRO", "/v1/search") // costs 5
+	if !o.Allowed {
+		t.Fatalf("status %d: %s", o.Status, o.Body)
+	}
+	key, period := quotaOf(t, o.DynamicMetadata)
+	if key != usage.QuotaKey("pro-co") || !strings.HasPrefix(key, "{c:pro-co}") {
+		t.Fatalf("metadata quota %q, want %q", key, usage.QuotaKey("pro-co"))
+	}
+	_, ledger := windowOf(t, o.DynamicMetadata)
+	if limiter.Slot(key) != limiter.Slot(ledger) {
+		t.Fatalf("quota %q and ledger %q are in different hash slots", key, ledger)
+	}
+	// The counter counts the request in that period.
+	d, err := f.lim.Decide(context.Background(), []limiter.Limit{{Kind: limiter.Quota, Name: "quota", Key: key, Unit: plan.Month, Max: 1000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := d.Statuses[0]; st.PeriodStart.Unix() != period || st.Used != 5 {
+		t.Fatalf("metadata period %d; the counter holds %d units in the period at %v", period, st.Used, st.PeriodStart)
+	}
+	entry := envoy.HTTPLogEntry(envoy.LogInput{Authz: o})
+	logged := entry.GetCommonProperties().GetMetadata().GetFilterMetadata()[envoy.ExtAuthzNamespace]
+	if k, p := quotaOf(t, logged); k != key || p != period {
+		t.Fatalf("access log filter metadata quota %q period %d, want %q %d", k, p, key, period)
+	}
+	// Next month: a new period in the metadata.
+	f.clock.Advance(32 * 24 * time.Hour)
+	next := f.withKey(t, "KEY_PRO", "/")
+	if _, p := quotaOf(t, next.DynamicMetadata); p <= period {
+		t.Fatalf("next month's period %d, want after %d", p, period)
+	}
+}
+
 // At a window's edge the request's start (Envoy's clock) and its admission
 // (the store's clock) fall in different windows: the metadata names the
 // one the units were counted in, whichever side the store's clock is on.
@@ -189,7 +245,7 @@ func TestAllowMetadataOfOneWindowIsNotChangedByTheNext(t *testing.T) {
 	if w1 != w0+60 {
 		t.Fatalf("next window %d, want %d", w1, w0+60)
 	}
-	if w, _ := windowOf(t, first.DynamicMetadata); w != w0 || len(first.DynamicMetadata.GetFields()) != 6 {
+	if w, _ := windowOf(t, first.DynamicMetadata); w != w0 || len(first.DynamicMetadata.GetFields()) != 8 {
 		t.Fatalf("the first window's metadata changed: %v", first.DynamicMetadata)
 	}
 }

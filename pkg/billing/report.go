@@ -18,7 +18,9 @@ type UsageReport struct {
 	Model       string    `json:"model"`
 	PeriodStart time.Time `json:"period_start"`
 	PeriodEnd   time.Time `json:"period_end"`
-	// Used is the period's units (the quota counter); Included the units
+	// Used is the period's units (the quota counter: what admission
+	// counted, moved by access-log settlement like the ledger); Included
+	// the units
 	// the plan includes (payg) or allows (hard quotas); Overage the units
 	// beyond them.
 	Used     int64 `json:"used"`

@@ -1,16 +1,23 @@
 -- Settle one ledger window: apply each settled request once (across every
 -- replica sharing this Redis), never below zero, only to a window that
 -- admission counted. A window already accounted to Stripe goes back into
--- the index of windows with work: its change is a correction.
--- KEYS[1]: the ledger (index of windows with export work).
--- ARGV: start, seen_ttl_s, then pairs of fingerprint ("" for a request
--- without one: always applied) and units (negative: a refund).
+-- the index of windows with work: its change is a correction. The quota
+-- counter the requests were counted in moves with the window, by the same
+-- new requests' units: past its limit for a debit (decide.lua then denies
+-- until the period ends), never below zero for a refund, and only while
+-- it still counts the period the requests were counted in.
+-- KEYS[1]: the ledger (index of windows with export work); KEYS[2], when
+-- given: the quota counter, a hash {s = period start, v = count} (the
+-- consumer's hash tag, like the ledger's).
+-- ARGV: start, seen_ttl_s, the quota's period start ("" for none), then
+-- pairs of fingerprint ("" for a request without one: always applied) and
+-- units (negative: a refund).
 -- Returns -1 when admission never counted the window, else 1.
 local w = KEYS[1] .. ":" .. ARGV[1]
 if redis.call("EXISTS", w) == 0 then return -1 end
 local seen = w .. ":seen"
 local refunded, reported, used = 0, 0, false
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local fp, n = ARGV[i], tonumber(ARGV[i + 1])
   local new = true
   if fp ~= "" then
@@ -23,6 +30,16 @@ for i = 3, #ARGV, 2 do
 end
 if used then redis.call("EXPIRE", seen, ARGV[2]) end
 if refunded == 0 and reported == 0 then return 1 end
+if KEYS[2] and ARGV[3] ~= "" and reported ~= refunded then
+  local q = redis.call("HMGET", KEYS[2], "s", "v")
+  if q[1] and tonumber(q[1]) == tonumber(ARGV[3]) then
+    local v = tonumber(q[2] or "0") + reported - refunded
+    if v < 0 then v = 0 end
+    -- 2^52: a debit has no other bound, and Lua's numbers are doubles
+    if v > 4503599627370496 then v = 4503599627370496 end
+    redis.call("HSET", KEYS[2], "v", string.format("%d", v))
+  end
+end
 local before = tonumber(redis.call("HGET", w, "u") or "0")
 local u = before + reported - refunded
 if u < 0 then u = 0 end

@@ -14,7 +14,10 @@ var _ usage.Ledger = (*Local)(nil)
 
 // Adjust implements usage.Ledger. One process holds the local ledger, so
 // the Receiver's own de-duplication is all there is to do: Requests are
-// not looked at.
+// not looked at. A window and the quota counter its adjustment names
+// move under one lock (a consumer's keys share a hash tag, so a shard),
+// together or not at all; a quota key of another hash tag is not moved
+// (as in Redis Cluster, where it could not be).
 func (l *Local) Adjust(_ context.Context, adjs []usage.Adjustment) error {
 	for i := range adjs {
 		a := &adjs[i]
@@ -33,12 +36,43 @@ func (l *Local) Adjust(_ context.Context, adjs []usage.Adjustment) error {
 				e.Refunded += refunded
 				e.Reported += reported
 				l.markLedgerDirty(sh, id)
+				l.settleQuota(sh, key, a, reported-refunded)
 			}
 		}
 		sh.mu.Unlock()
 	}
 	return nil
 }
+
+// settleQuota moves the quota counter a names by units: a debit past the
+// limit (later requests are denied until the period ends), a refund never
+// below zero. A counter of another period (the period rolled over), or
+// none, is left alone, and so is one outside the hash tag of the ledger
+// key (the shard sh, which is locked).
+func (l *Local) settleQuota(sh *shard, key string, a *usage.Adjustment, units int64) {
+	if !sameHashTag(a.Quota, key) || units == 0 {
+		return
+	}
+	id := counterID{a.Quota, a.QuotaStart.Unix()}
+	c, ok := sh.counters[id]
+	if !ok {
+		return
+	}
+	c.Value = min(max(c.Value+units, 0), maxCounter)
+	sh.dirty[id] = struct{}{}
+	l.changed()
+}
+
+// sameHashTag reports whether quota is a key with the hash tag of key:
+// one Redis Cluster slot, one local shard.
+func sameHashTag(quota, key string) bool {
+	return quota != "" && hashTag(quota) != quota && hashTag(quota) == hashTag(key)
+}
+
+// maxCounter bounds a quota counter that settlement moves (2^52): debits
+// past the limit have no other bound, and Redis keeps numbers in doubles,
+// exact up to 2^53.
+const maxCounter = 1 << 52
 
 // Due implements usage.Ledger.
 func (l *Local) Due(_ context.Context, before time.Time) ([]usage.Window, error) {

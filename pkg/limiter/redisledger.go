@@ -35,7 +35,9 @@ var commitLua string
 // (":<start>": u units, z size, r refunded, x reported, e exported, a
 // accounted, b billed, n events, l and t the last event's value and time,
 // p pending, j rejected) and a set of the
-// requests settled in it (":<start>:seen").
+// requests settled in it (":<start>:seen"). Settlement also moves the
+// consumer's quota counter (usage.QuotaKey, decide.lua's hash) by the
+// same requests' units, in the same script call.
 type RedisLedger struct {
 	client redis.UniversalClient
 	// Window is the ledger window (billing.window): settlements without
@@ -67,8 +69,8 @@ const adjustChunk = 256
 // adjustCall is one adjust script call: an adjustment, or a part of one
 // (reqs).
 type adjustCall struct {
-	adj  int // index in the adjustments
-	key  string
+	adj  int      // index in the adjustments
+	keys []string // the ledger, and the quota counter when there is one
 	args []any
 	reqs []usage.Settled
 }
@@ -78,9 +80,14 @@ func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
 	var calls []adjustCall
 	for i := range adjs {
 		a := &adjs[i]
-		key := a.LedgerKeyOf()
+		keys := []string{a.LedgerKeyOf()}
+		quotaStart := ""
+		if sameHashTag(a.Quota, keys[0]) { // else a cross-slot call
+			keys = append(keys, a.Quota)
+			quotaStart = strconv.FormatInt(a.QuotaStart.Unix(), 10)
+		}
 		start := a.WindowStart(r.Window).Unix()
-		head := []any{start, ttl}
+		head := []any{start, ttl, quotaStart}
 		reqs := a.Requests
 		if len(reqs) == 0 {
 			args := head
@@ -89,12 +96,12 @@ func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
 			} else {
 				args = append(args, oneOff(), a.Units)
 			}
-			calls = append(calls, adjustCall{adj: i, key: key, args: args})
+			calls = append(calls, adjustCall{adj: i, keys: keys, args: args})
 			continue
 		}
 		for len(reqs) > 0 {
 			n := min(len(reqs), adjustChunk)
-			args := append(make([]any, 0, 2+2*n), head...)
+			args := append(make([]any, 0, len(head)+2*n), head...)
 			for _, s := range reqs[:n] {
 				fp := oneOff()
 				if s.ID != (usage.Fingerprint{}) {
@@ -102,7 +109,7 @@ func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
 				}
 				args = append(args, fp, s.Units)
 			}
-			calls = append(calls, adjustCall{adj: i, key: key, args: args, reqs: reqs[:n]})
+			calls = append(calls, adjustCall{adj: i, keys: keys, args: args, reqs: reqs[:n]})
 			reqs = reqs[n:]
 		}
 	}
@@ -127,7 +134,7 @@ func (r *RedisLedger) Adjust(ctx context.Context, adjs []usage.Adjustment) error
 	calls := r.adjustCalls(adjs)
 	pipe := r.client.Pipeline()
 	for _, c := range calls {
-		r.adjust.Run(ctx, pipe, []string{c.key}, c.args...)
+		r.adjust.Run(ctx, pipe, c.keys, c.args...)
 	}
 	cmds, _ := pipe.Exec(ctx)
 	// Commands that failed (NOSCRIPT on a node that restarted, a broken
@@ -143,7 +150,7 @@ func (r *RedisLedger) Adjust(ctx context.Context, adjs []usage.Adjustment) error
 		call := calls[i]
 		n, err := c.(*redis.Cmd).Int()
 		if err != nil {
-			n, err = r.adjust.Run(ctx, r.client, []string{call.key}, call.args...).Int()
+			n, err = r.adjust.Run(ctx, r.client, call.keys, call.args...).Int()
 		}
 		switch {
 		case err != nil:

@@ -83,6 +83,19 @@ type Adjustment struct {
 	Key   string
 	Start time.Time
 
+	// Quota is the state key of the quota counter admission counted the
+	// request in, and QuotaStart that counter's period start, when the
+	// access log carries them (levy's ext_authz puts both in its dynamic
+	// metadata). The ledger moves the counter by the same units as the
+	// window, in the same step and under the same de-duplication: a
+	// debit goes past the quota's limit (the consumer is then denied
+	// until the period ends), a refund never below zero. Only while the
+	// counter still counts that period: a settlement after the period
+	// rolled over changes the window, not the new period's count. Empty:
+	// no counter is moved.
+	Quota      string
+	QuotaStart time.Time
+
 	Consumer string
 	Meter    string
 	Terms    Terms
@@ -128,8 +141,9 @@ func (a *Adjustment) WindowStart(size time.Duration) time.Time {
 type Ledger interface {
 	// Adjust applies settlements to windows that admission counted (a
 	// settlement for a window never counted changes nothing, and may be
-	// reported as Unmatched in a *PartialError). A window never goes below
-	// zero. An exported window that changes becomes due
+	// reported as Unmatched in a *PartialError), and to the quota counters
+	// they name (Adjustment.Quota) together with their windows. A window
+	// never goes below zero. An exported window that changes becomes due
 	// again. A request in Requests is applied once across every replica
 	// that shares the ledger. When only some adjustments were applied,
 	// the error is a *PartialError naming the others.

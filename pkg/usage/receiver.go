@@ -115,6 +115,11 @@ type aggKey struct {
 	key   string
 	start int64 // unix seconds
 	known bool
+	// quota: the requests were counted in the consumer's quota counter
+	// (QuotaKey) in the period starting at period (unix seconds), which
+	// settlement moves with the window.
+	quota  bool
+	period int64
 }
 
 // agg is the settlement of one aggKey: what was refunded and reported,
@@ -276,6 +281,11 @@ func (r *Receiver) settleFacts(b *batch, f *facts, cat *plan.Catalog, now time.T
 		// The window admission counted the request in (defect-free at
 		// window edges: the store's clock picked it, not Envoy's).
 		k.key, k.start, k.known = f.ledger, f.window, true
+		if f.hasPeriod && ownsQuotaKey(adj.Consumer, f.quota) {
+			// The quota counter it was counted in, and that counter's
+			// period: a settlement moves it with the window.
+			k.quota, k.period = true, f.period
+		}
 	} else {
 		k.key = LedgerKey(adj.Consumer, adj.Terms)
 	}
@@ -364,11 +374,15 @@ func (r *Receiver) Flush(ctx context.Context) error {
 		if k.known {
 			adj.Start = adj.At
 		}
+		if k.quota {
+			adj.Quota, adj.QuotaStart = QuotaKey(consumer), time.Unix(k.period, 0).UTC()
+		}
 		adjs = append(adjs, adj)
 	}
 	// A stable order: stores that lock rows take them in the same order.
 	slices.SortFunc(adjs, func(a, b Adjustment) int {
-		return cmp.Or(strings.Compare(a.Key, b.Key), a.At.Compare(b.At), cmp.Compare(b.Start.Unix(), a.Start.Unix()))
+		return cmp.Or(strings.Compare(a.Key, b.Key), a.At.Compare(b.At), cmp.Compare(b.Start.Unix(), a.Start.Unix()),
+			a.QuotaStart.Compare(b.QuotaStart))
 	})
 	var err error
 	if r.cfg.Ledger == nil {
@@ -419,7 +433,11 @@ func (r *Receiver) Flush(ctx context.Context) error {
 }
 
 func keyOf(a *Adjustment) aggKey {
-	return aggKey{key: a.Key, start: a.At.Unix(), known: !a.Start.IsZero()}
+	k := aggKey{key: a.Key, start: a.At.Unix(), known: !a.Start.IsZero()}
+	if a.Quota != "" {
+		k.quota, k.period = true, a.QuotaStart.Unix()
+	}
+	return k
 }
 
 func aggOf(a *Adjustment) *agg {

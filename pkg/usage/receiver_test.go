@@ -262,6 +262,8 @@ type give struct {
 	logType        accesslogdatav3.AccessLogType
 	ledger         string    // the ledger key levy's ext_authz named
 	window         time.Time // and the window it counted the request in
+	quota          string    // the quota counter it named
+	period         time.Time // and that counter's period start
 }
 
 func entry(g give) *accesslogdatav3.HTTPAccessLogEntry {
@@ -279,6 +281,10 @@ func entry(g give) *accesslogdatav3.HTTPAccessLogEntry {
 	if g.ledger != "" {
 		md.Fields["ledger"] = structpb.NewStringValue(g.ledger)
 		md.Fields["window"] = structpb.NewNumberValue(float64(g.window.Unix()))
+	}
+	if g.quota != "" {
+		md.Fields["quota"] = structpb.NewStringValue(g.quota)
+		md.Fields["period"] = structpb.NewNumberValue(float64(g.period.Unix()))
 	}
 	if g.id == "" {
 		g.id = freshID()
@@ -927,5 +933,48 @@ func TestSettlementCannotReachAnotherConsumersLedger(t *testing.T) {
 		if a.Key != LedgerKey("acme", TermsOf(payg)) {
 			t.Fatalf("settled ledger %q", a.Key)
 		}
+	}
+}
+
+// Settlement moves the quota counter admission counted a request in, with
+// its window: the ledger gets the counter's key and period from the access
+// log, the consumer's own counter only, and only beside a known window.
+// Requests of one window in two periods (a period edge inside a window)
+// are two adjustments.
+func TestSettlementNamesTheQuotaCounterAndPeriodAdmissionCounted(t *testing.T) {
+	e := newTestEnv(t, 0)
+	payg, _ := testCatalog(t).Get("payg")
+	ledger := LedgerKey("acme", TermsOf(payg))
+	march, april := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC)
+	e.send(t, entries(
+		give{consumer: "acme", plan: "payg", status: 500, ledger: ledger, window: sec, quota: QuotaKey("acme"), period: march},
+		give{consumer: "acme", plan: "payg", units: "8", ledger: ledger, window: sec, quota: QuotaKey("acme"), period: march},
+		give{consumer: "acme", plan: "payg", units: "3", ledger: ledger, window: sec, quota: QuotaKey("acme"), period: april},
+		give{consumer: "acme", plan: "payg", status: 503, ledger: ledger, window: sec, quota: QuotaKey("beta"), period: march},
+		give{consumer: "acme", plan: "payg", status: 502, quota: QuotaKey("acme"), period: march},
+	))
+	e.flush(t)
+	type got struct {
+		quota      string
+		period     time.Time
+		units      int64
+		refunded   int64
+		reported   int64
+		knownStart bool
+	}
+	var gots []got
+	for _, a := range e.ledger.adjs {
+		gots = append(gots, got{a.Quota, a.QuotaStart, a.Units, a.Refunded, a.Reported, !a.Start.IsZero()})
+	}
+	slices.SortFunc(gots, func(a, b got) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
+	want := []got{
+		{"", time.Time{}, -1, 1, 0, false},           // no window named: no counter either
+		{"", time.Time{}, -1, 1, 0, true},            // beta's counter: not acme's to settle
+		{QuotaKey("acme"), april, 2, 0, 2, true},     // 3 reported on 1
+		{QuotaKey("acme"), march, 7 - 1, 1, 7, true}, // 8 reported on 1, and a refund
+	}
+	slices.SortFunc(want, func(a, b got) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
+	if fmt.Sprint(gots) != fmt.Sprint(want) {
+		t.Fatalf("adjustments\n%v\nwant\n%v", gots, want)
 	}
 }

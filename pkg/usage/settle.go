@@ -26,6 +26,10 @@ const (
 	// seconds) admission counted the request's units in.
 	mdLedger = "ledger"
 	mdWindow = "window"
+	// mdQuota and mdPeriod are the quota counter's state key and period
+	// start (unix seconds) admission counted the request in.
+	mdQuota  = "quota"
+	mdPeriod = "period"
 )
 
 // outcome is what settlement made of one access-log entry; each is one
@@ -105,6 +109,9 @@ type facts struct {
 	ledger                                                string // ext_authz metadata: the ledger key
 	window                                                int64  // unix seconds
 	hasWindow                                             bool   // ext_authz metadata: a valid window start
+	quota                                                 string // ext_authz metadata: the quota counter's key
+	period                                                int64  // unix seconds
+	hasPeriod                                             bool   // ext_authz metadata: a valid period start
 	path, originalPath, requestID                         string
 	consumerHeader                                        string // request header consumerHeader
 	code                                                  uint32
@@ -127,6 +134,10 @@ func (f *facts) fromEntry(e *accesslogdatav3.HTTPAccessLogEntry, unitsHeader, co
 		f.ledger = stringValue(fields[mdLedger])
 		if n, ok := fields[mdWindow].GetKind().(*structpb.Value_NumberValue); ok {
 			f.window, f.hasWindow = windowSeconds(n.NumberValue)
+		}
+		f.quota = stringValue(fields[mdQuota])
+		if n, ok := fields[mdPeriod].GetKind().(*structpb.Value_NumberValue); ok {
+			f.period, f.hasPeriod = windowSeconds(n.NumberValue)
 		}
 	}
 	if r := e.GetRequest(); r != nil {

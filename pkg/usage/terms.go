@@ -77,6 +77,23 @@ func LedgerKey(consumer string, t Terms) string {
 	return prefix + v.Encode() // no ':' in it: store suffixes stay unambiguous
 }
 
+// quotaSuffix ends a consumer's quota key.
+const quotaSuffix = "}:units"
+
+// QuotaKey is the state key of a consumer's quota counter (the plan's
+// quota, or the usage counter of a plan without one): hash-tagged by
+// consumer like its ledger keys, so that settlement moves both in one
+// atomic store call. The counter is not per plan: usage so far in the
+// period carries over to a new plan's quota.
+func QuotaKey(consumer string) string { return "{c:" + consumer + quotaSuffix }
+
+// ownsQuotaKey reports whether key is consumer's quota key, without
+// building it.
+func ownsQuotaKey(consumer, key string) bool {
+	rest, ok := strings.CutPrefix(key, "{c:")
+	return ok && len(rest) == len(consumer)+len(quotaSuffix) && strings.HasPrefix(rest, consumer) && strings.HasSuffix(rest, quotaSuffix)
+}
+
 // LedgerPrefix is what every ledger key of consumer starts with.
 func LedgerPrefix(consumer string) string { return "{c:" + consumer + ledgerInfix }
 

@@ -61,3 +61,39 @@ func containsInfix(s string) bool {
 	}
 	return false
 }
+
+// An access log names the quota counter to settle; only the consumer's
+// own is taken, whatever the consumer's id holds.
+func TestOwnsQuotaKeyOnlyOfItsConsumer(t *testing.T) {
+	tests := []struct {
+		consumer, key string
+		want          bool
+	}{
+		{"acme", QuotaKey("acme"), true},
+		{"a}:units", QuotaKey("a}:units"), true},
+		{"ąćme", QuotaKey("ąćme"), true},
+		{"acme", QuotaKey("acme2"), false},
+		{"acme2", QuotaKey("acme"), false},
+		{"acme", QuotaKey("bolt"), false},
+		{"acme", "{c:acme}:units:x", false},
+		{"acme", "{c:acme}:rate:pro", false},
+		{"acme", "{c:acme}:ledger:api_calls", false},
+		{"acme", "x{c:acme}:units", false},
+		{"", "{c:}:units", true},
+		{"acme", "", false},
+	}
+	for _, tt := range tests {
+		if got := ownsQuotaKey(tt.consumer, tt.key); got != tt.want {
+			t.Errorf("ownsQuotaKey(%q, %q) = %v, want %v", tt.consumer, tt.key, got, tt.want)
+		}
+	}
+}
+
+func FuzzOwnsQuotaKey(f *testing.F) {
+	f.Add("acme", "{c:acme}:units")
+	f.Fuzz(func(t *testing.T, consumer, key string) {
+		if got, want := ownsQuotaKey(consumer, key), key == QuotaKey(consumer); got != want {
+			t.Fatalf("ownsQuotaKey(%q, %q) = %v, want %v", consumer, key, got, want)
+		}
+	})
+}

@@ -291,6 +291,7 @@ func (f *facts) metadataFromWire(b []byte) bool {
 		}
 		// This entry replaces any earlier one for the namespace.
 		f.consumer, f.plan, f.ledger, f.window, f.hasWindow = "", "", "", 0, false
+		f.quota, f.period, f.hasPeriod = "", 0, false
 		return mapValues(entry, f.structFromWire)
 	})
 }
@@ -298,7 +299,7 @@ func (f *facts) metadataFromWire(b []byte) bool {
 // structFromWire reads the ext_authz google.protobuf.Struct's fields.
 func (f *facts) structFromWire(b []byte) bool {
 	return mapEntries(b, fStructFields, func(key string, entry []byte) bool {
-		if key != mdConsumer && key != mdPlan && key != mdLedger && key != mdWindow {
+		if key != mdConsumer && key != mdPlan && key != mdLedger && key != mdWindow && key != mdQuota && key != mdPeriod {
 			return true
 		}
 		// The Value, merged over its occurrences in the entry.
@@ -317,6 +318,13 @@ func (f *facts) structFromWire(b []byte) bool {
 			f.window, f.hasWindow = 0, false
 			if v.kind == fValueNumber {
 				f.window, f.hasWindow = windowSeconds(v.n)
+			}
+		case mdQuota:
+			f.quota = v.str()
+		case mdPeriod:
+			f.period, f.hasPeriod = 0, false
+			if v.kind == fValueNumber {
+				f.period, f.hasPeriod = windowSeconds(v.n)
 			}
 		}
 		return true

@@ -32,6 +32,7 @@ func wireCorpus(t testing.TB) [][]byte {
 		{consumer: "acme", plan: "payg", logType: accesslogdatav3.AccessLogType_DownstreamPeriodic},
 		{consumer: "ąćme", plan: "free", status: 502, units: "3"},
 		{consumer: "acme", plan: "payg", status: 500, ledger: "{c:acme}:ledger:b=1&i=0&m=api_calls&p=payg&u=month", window: t0},
+		{consumer: "acme", plan: "payg", units: "9", ledger: "{c:acme}:ledger:api_calls", window: t0, quota: "{c:acme}:units", period: sec},
 	} {
 		msgs = append(msgs, entry(g))
 	}
@@ -55,9 +56,12 @@ func wireCorpus(t testing.TB) [][]byte {
 	oddWindow.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["window"] = structpb.NewStringValue("1772366400")
 	nanWindow := entry(give{consumer: "acme", plan: "payg", ledger: "{c:acme}:ledger:api_calls", window: t0})
 	nanWindow.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["window"] = structpb.NewNumberValue(math.NaN())
+	oddPeriod := entry(give{consumer: "acme", plan: "payg", ledger: "{c:acme}:ledger:api_calls", window: t0, quota: "{c:acme}:units", period: t0})
+	oddPeriod.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["period"] = structpb.NewNumberValue(-1)
+	oddPeriod.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["quota"] = structpb.NewNumberValue(4)
 	rewritten := entry(give{consumer: "acme", plan: "payg", path: "/internal/search"})
 	rewritten.Request.OriginalPath = "/v1/search"
-	msgs = append(msgs, noCode, zeroCode, intermediate, kinds, nan, otherNS, rewritten, oddWindow, nanWindow,
+	msgs = append(msgs, noCode, zeroCode, intermediate, kinds, nan, otherNS, rewritten, oddWindow, nanWindow, oddPeriod,
 		&accesslogdatav3.HTTPAccessLogEntry{}, &accesslogdatav3.HTTPAccessLogEntry{CommonProperties: &accesslogdatav3.AccessLogCommon{}})
 
 	var out [][]byte

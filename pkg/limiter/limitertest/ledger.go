@@ -227,9 +227,133 @@ func RunLedger(t *testing.T, newLedger LedgerFactory, shared bool) {
 		}
 	})
 
+	// The quota counter admission counted a request in, beside its window.
+	quotaKey := usage.QuotaKey("acme")
+	quota := limiter.Limit{Kind: limiter.Quota, Name: "quota", Key: quotaKey, Unit: plan.Month, Max: 5}
+	// counted admits a request of cost on quota q and the ledger, and
+	// returns the adjustment that settles it by units (fingerprinted by id
+	// when given), naming the window and counter it was counted in.
+	counted := func(t *testing.T, lim limiter.Limiter, q limiter.Limit, cost int64) func(id string, units int64) usage.Adjustment {
+		t.Helper()
+		q.Cost = cost
+		l := ledger
+		l.Cost = cost
+		d, err := lim.Decide(ctx, []limiter.Limit{q, l})
+		if err != nil || !d.OK {
+			t.Fatalf("admit %d: %+v %v", cost, d, err)
+		}
+		at, period, window := d.Now, d.Statuses[0].PeriodStart, d.Statuses[1].PeriodStart
+		return func(id string, units int64) usage.Adjustment {
+			a := usage.Adjustment{Key: key, Start: window, Quota: quotaKey, QuotaStart: period,
+				Consumer: "acme", Terms: LedgerTerms, At: at, Units: units}
+			if units < 0 {
+				a.Refunded = -units
+			} else {
+				a.Reported = units
+			}
+			if id != "" {
+				a.Requests = []usage.Settled{{ID: usage.FingerprintOf(id, at.UnixNano()), Units: units}}
+			}
+			return a
+		}
+	}
+	adjust := func(t *testing.T, led usage.Ledger, adjs ...usage.Adjustment) {
+		t.Helper()
+		if err := led.Adjust(ctx, adjs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	decide := func(t *testing.T, lim limiter.Limiter, q limiter.Limit, cost int64) (limiter.Decision, limiter.Status) {
+		t.Helper()
+		q.Cost = cost
+		d, err := lim.Decide(ctx, []limiter.Limit{q})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d, d.Statuses[0]
+	}
+
+	t.Run("SettledDebitGoesPastTheQuotaAndDeniesUntilARefund", func(t *testing.T) {
+		clock := NewClock(time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC))
+		lim, led := newLedger(t, clock)
+		settle := counted(t, lim, quota, 1)
+		adjust(t, led, settle("req-1", 10-1)) // the upstream reported 10 units
+		if got := Usage(t, lim, quota); got != 10 {
+			t.Fatalf("quota counter %d after a debit of 9 on 1, want 10 (past its 5)", got)
+		}
+		d, st := decide(t, lim, quota, 1)
+		if d.OK || st.Remaining != 0 || st.Used != 10 || st.Limit != 5 || st.RetryAfter <= 0 {
+			t.Fatalf("next request on a quota in debt: %+v", d)
+		}
+		clock.Advance(window)
+		if ws := due(t, led, clock.Now()); len(ws) != 1 || ws[0].Units != 10 {
+			t.Fatalf("the window did not move with the counter: %+v", ws)
+		}
+		// A refund takes the counter down, never below zero.
+		adjust(t, led, settle("req-2", -100))
+		if got := Usage(t, lim, quota); got != 0 {
+			t.Fatalf("quota counter %d after a refund past zero", got)
+		}
+		if d, _ := decide(t, lim, quota, 5); !d.OK {
+			t.Fatalf("after the refund: %+v", d)
+		}
+		// An adjustment that names another consumer's counter moves its
+		// window, not that counter.
+		other := quota
+		other.Key = usage.QuotaKey("bolt")
+		if d, _ := decide(t, lim, other, 1); !d.OK {
+			t.Fatal("bolt's first request denied")
+		}
+		a := settle("req-3", 50)
+		a.Quota = other.Key
+		adjust(t, led, a)
+		if got := Usage(t, lim, other); got != 1 {
+			t.Fatalf("acme's settlement moved bolt's counter to %d", got)
+		}
+	})
+
+	t.Run("SettlementLeavesTheQuotaOfANewPeriodAlone", func(t *testing.T) {
+		clock := NewClock(time.Date(2026, 3, 31, 23, 59, 30, 0, time.UTC))
+		lim, led := newLedger(t, clock)
+		march := counted(t, lim, quota, 1)
+		clock.Advance(time.Minute) // April
+		counted(t, lim, quota, 1)
+		april := counted(t, lim, quota, 1)
+		// March's late refund and debit, and a refund of one of April's.
+		adjust(t, led, march("m-refund", -1), march("m-debit", 7), april("a-refund", -1))
+		if got := Usage(t, lim, quota); got != 1 {
+			t.Fatalf("April's counter %d, want 2 counted - 1 refunded in April (March's settlements are March's)", got)
+		}
+	})
+
+	t.Run("SoftUncappedQuotaCountsDebitsAndNeverDenies", func(t *testing.T) {
+		clock := NewClock(time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC))
+		lim, led := newLedger(t, clock)
+		payg := limiter.Limit{Kind: limiter.Quota, Name: "usage", Key: quotaKey, Unit: plan.Month, Max: 5, Soft: true}
+		settle := counted(t, lim, payg, 1)
+		adjust(t, led, settle("req-1", 99))
+		d, st := decide(t, lim, payg, 1)
+		if !d.OK || st.Used != 101 || st.Overage != 96 {
+			t.Fatalf("pay-as-you-go after a debit of 99: %+v", d)
+		}
+	})
+
 	if !shared {
 		return
 	}
+	t.Run("AQuotaSettledOnTwoReplicasMovesOnce", func(t *testing.T) {
+		clock := NewClock(time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC))
+		lim, led := newLedger(t, clock)
+		debit := counted(t, lim, quota, 1)
+		refund := counted(t, lim, quota, 1)
+		for range 2 { // each replica's delivery
+			adjust(t, led, debit("req-d", 9), refund("req-r", -1))
+		}
+		if got := Usage(t, lim, quota); got != 2+9-1 {
+			t.Fatalf("quota counter %d after two deliveries, want %d", got, 2+9-1)
+		}
+	})
+
 	t.Run("ARequestSettledOnTwoReplicasCountsOnce", func(t *testing.T) {
 		clock := NewClock(time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC))
 		lim, led := newLedger(t, clock)
