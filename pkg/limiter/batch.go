@@ -2,7 +2,10 @@ package limiter
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -27,7 +30,19 @@ type call struct {
 	done   chan struct{}
 	d      Decision
 	err    error
+	// state says who owns the outcome: pending until the reply comes or
+	// the caller gives up, whichever is first. A call its caller gave up
+	// on (abandoned) is answered to no one: what its script took is given
+	// back when the reply comes (see Redis.settleLate).
+	state atomic.Int32
 }
+
+// A call's states.
+const (
+	pending int32 = iota
+	answered
+	abandoned
+)
 
 const (
 	maxBatch       = 64
@@ -67,15 +82,19 @@ func (b *batcher) submit(ctx context.Context, limits []Limit, slot uint16) (*cal
 	}
 }
 
-// wait waits for a submitted request's answer or ctx.
+// wait waits for a submitted request's answer or ctx. A caller that gives
+// up first abandons the call: its script may still run (it may be on the
+// wire already), and whatever it takes is given back when its reply comes.
 func (b *batcher) wait(ctx context.Context, c *call) (Decision, error) {
 	select {
 	case <-c.done:
 		return c.d, c.err
 	case <-ctx.Done():
-		// The decision may still be taken; so might a call that timed out
-		// on the wire.
-		return Decision{}, ctx.Err()
+		if c.state.CompareAndSwap(pending, abandoned) {
+			return Decision{}, ctx.Err()
+		}
+		<-c.done // answered just now: the caller gets it
+		return c.d, c.err
 	}
 }
 
@@ -104,8 +123,10 @@ func (b *batcher) work() {
 		live := batch[:0]
 		for _, c := range batch {
 			if err := c.ctx.Err(); err != nil {
-				c.err = err
-				close(c.done)
+				if c.state.CompareAndSwap(pending, abandoned) {
+					c.err = err
+					close(c.done)
+				}
 				continue
 			}
 			live = append(live, c)
@@ -114,7 +135,13 @@ func (b *batcher) work() {
 		if len(batch) == 0 {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), b.r.timeout)
+		// The callers wait timeout at most; the script call is not cut
+		// off then: a call cut off on the wire may still run, and take
+		// costs for requests their callers saw fail. It waits for the
+		// reply (at most replyWait), so that those costs are known and
+		// given back (Redis.answer).
+		expire := time.AfterFunc(b.r.timeout, b.r.expirer(slices.Clone(batch)))
+		ctx, cancel := context.WithTimeout(context.Background(), b.r.replyWait)
 		if b.r.cluster {
 			b.runSlots(ctx, batch)
 		} else {
@@ -123,9 +150,33 @@ func (b *batcher) work() {
 				limits = append(limits, c.limits)
 			}
 			res, now, err := b.r.runBatch(ctx, b.r.decide, limits)
-			answer(batch, res, now, err)
+			b.r.answer(batch, res, now, err)
 		}
 		cancel()
+		expire.Stop()
+	}
+}
+
+// errSlow answers the calls of a batch whose reply did not come within
+// the store timeout.
+var errSlow = fmt.Errorf("redis decide: no reply within the store timeout: %w", context.DeadlineExceeded)
+
+// expirer is what happens to a batch's calls that have no reply at the
+// store timeout: each is answered errSlow (and given back later, if its
+// script took anything), and health hears of the slow slots.
+func (r *Redis) expirer(calls []*call) func() {
+	return func() {
+		var slots []uint16
+		for _, c := range calls {
+			if c.state.CompareAndSwap(pending, abandoned) {
+				c.err = errSlow
+				close(c.done)
+				if r.failed != nil && !slices.Contains(slots, c.slot) {
+					slots = append(slots, c.slot)
+					r.failed(c.slot, errSlow)
+				}
+			}
+		}
 	}
 }
 
@@ -146,25 +197,32 @@ func (b *batcher) runSlots(ctx context.Context, batch []*call) {
 	}
 	if len(calls) == 1 {
 		res, now, err := b.r.runBatch(ctx, b.r.decide, limits[0])
-		answer(calls[0], res, now, err)
+		b.r.answer(calls[0], res, now, err)
 		return
 	}
 	res, nows, errs := b.r.runBatches(ctx, b.r.decide, limits)
 	for g := range calls {
-		answer(calls[g], res[g], nows[g], errs[g])
+		b.r.answer(calls[g], res[g], nows[g], errs[g])
 	}
 }
 
-// answer hands each call its decision, or err.
-func answer(calls []*call, res []decided, now time.Time, err error) {
+// answer hands each call its decision, or err. A call whose caller is
+// gone (abandoned) is settled instead: see settleLate.
+func (r *Redis) answer(calls []*call, res []decided, now time.Time, err error) {
+	var late []lateCall
 	for i, c := range calls {
-		if err != nil {
-			c.err = err
-		} else {
-			c.d = Decision{OK: res[i].denied < 0, Denied: res[i].denied, Statuses: res[i].statuses, Now: now}
+		var d Decision
+		if err == nil {
+			d = Decision{OK: res[i].denied < 0, Denied: res[i].denied, Statuses: res[i].statuses, Now: now}
 		}
+		if !c.state.CompareAndSwap(pending, answered) {
+			late = append(late, lateCall{limits: c.limits, d: d})
+			continue
+		}
+		c.d, c.err = d, err
 		close(c.done)
 	}
+	r.settle(calls, late, err)
 }
 
 // close stops the workers; queued requests that were not taken fail.
@@ -174,8 +232,10 @@ func (b *batcher) close() {
 	for {
 		select {
 		case c := <-b.in:
-			c.err = ErrStoreDown
-			close(c.done)
+			if c.state.CompareAndSwap(pending, abandoned) {
+				c.err = ErrStoreDown
+				close(c.done)
+			}
 		default:
 			return
 		}
