@@ -4,6 +4,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -25,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -74,25 +76,34 @@ type HTTPLimits struct {
 	ReadHeader, Read, Write, Idle time.Duration
 	// MaxHeaderBytes bounds a request's headers.
 	MaxHeaderBytes int
+	// MaxConns bounds the listener's open connections (LimitListener):
+	// more wait to be accepted until one closes.
+	MaxConns int
 }
 
-// DefaultHTTPLimits are levy serve's.
+// DefaultHTTPLimits are levy serve's (config.HTTPLimits documents them).
 var DefaultHTTPLimits = HTTPLimits{ReadHeader: 5 * time.Second, Read: 15 * time.Second, Write: 30 * time.Second,
-	Idle: 30 * time.Second, MaxHeaderBytes: 64 << 10}
+	Idle: 30 * time.Second, MaxHeaderBytes: 64 << 10, MaxConns: 10000}
 
-func (l HTTPLimits) orDefault() HTTPLimits {
-	d := DefaultHTTPLimits
-	pick := func(v, def time.Duration) time.Duration {
-		if v > 0 {
-			return v
-		}
-		return def
-	}
-	l.ReadHeader, l.Read, l.Write, l.Idle = pick(l.ReadHeader, d.ReadHeader), pick(l.Read, d.Read), pick(l.Write, d.Write), pick(l.Idle, d.Idle)
-	if l.MaxHeaderBytes <= 0 {
-		l.MaxHeaderBytes = d.MaxHeaderBytes
-	}
+// MaxHTTPBody bounds any HTTP request's body, whatever its route: the
+// largest a route reads is a Stripe webhook's (billing.MaxWebhookBody; the
+// admin API reads admin.MaxBody), and the others read none.
+const MaxHTTPBody = 1 << 20
+
+// or is l with its zero fields taken from d.
+func (l HTTPLimits) or(d HTTPLimits) HTTPLimits {
+	l.ReadHeader, l.Read, l.Write, l.Idle = cmp.Or(l.ReadHeader, d.ReadHeader), cmp.Or(l.Read, d.Read), cmp.Or(l.Write, d.Write), cmp.Or(l.Idle, d.Idle)
+	l.MaxHeaderBytes, l.MaxConns = cmp.Or(l.MaxHeaderBytes, d.MaxHeaderBytes), cmp.Or(l.MaxConns, d.MaxConns)
 	return l
+}
+
+// httpLimits are the HTTP listener's limits: Options', then the config
+// file's, then the defaults.
+func (s *Server) httpLimits() HTTPLimits {
+	c := s.cfg.Listen.HTTPLimits
+	file := HTTPLimits{ReadHeader: time.Duration(c.ReadHeaderTimeout), Read: time.Duration(c.ReadTimeout), Write: time.Duration(c.WriteTimeout),
+		Idle: time.Duration(c.IdleTimeout), MaxHeaderBytes: c.MaxHeaderBytes, MaxConns: c.MaxConns}
+	return s.opts.HTTP.or(file).or(DefaultHTTPLimits)
 }
 
 // Server is a running levy.
@@ -254,9 +265,15 @@ func (s *Server) listen() error {
 		Log:   s.log,
 		Clock: s.opts.Clock,
 	}))
-	lim := s.opts.HTTP.orDefault()
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: lim.ReadHeader, ReadTimeout: lim.Read, WriteTimeout: lim.Write,
+	lim := s.httpLimits()
+	// Every body is bounded here too, whatever its route reads.
+	bounded := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, MaxHTTPBody)
+		mux.ServeHTTP(w, r)
+	})
+	s.http = &http.Server{Handler: bounded, ReadHeaderTimeout: lim.ReadHeader, ReadTimeout: lim.Read, WriteTimeout: lim.Write,
 		IdleTimeout: lim.Idle, MaxHeaderBytes: lim.MaxHeaderBytes}
+	s.httpLis = netutil.LimitListener(s.httpLis, lim.MaxConns)
 	return nil
 }
 
@@ -468,6 +485,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 	s.log.Info("levy serving", zap.String("grpc", s.GRPCAddr()), zap.String("http", s.HTTPAddr()),
 		zap.String("store", s.cfg.Store.Type), zap.String("config", s.cfg.Source))
+	s.logLimits()
 
 	var runErr error
 	select {
@@ -507,6 +525,27 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("levy stopped")
 	return runErr
+}
+
+// logLimits says what bounds the process's connections: the open-file
+// limit (every connection takes a descriptor) and the HTTP listener's
+// limits. An HTTP connection cap near the open-file limit leaves none for
+// gRPC and the store: that is warned of.
+func (s *Server) logLimits() {
+	lim := s.httpLimits()
+	fields := []zap.Field{zap.Int("http_max_conns", lim.MaxConns), zap.Duration("http_read_header_timeout", lim.ReadHeader),
+		zap.Duration("http_read_timeout", lim.Read), zap.Duration("http_write_timeout", lim.Write), zap.Duration("http_idle_timeout", lim.Idle)}
+	soft, hard, ok := openFileLimit()
+	if !ok {
+		s.log.Info("connection limits", fields...)
+		return
+	}
+	fields = append(fields, zap.Uint64("open_files_soft", soft), zap.Uint64("open_files_hard", hard))
+	if uint64(lim.MaxConns) > soft/2 {
+		s.log.Warn("the HTTP listener may take more than half the open-file limit: raise the limit (ulimit -n) or lower listen.http_limits.max_conns", fields...)
+		return
+	}
+	s.log.Info("connection limits", fields...)
 }
 
 func (s *Server) closeStore() error {
@@ -618,6 +657,7 @@ func GRPCOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(10000),
+		grpc.MaxRecvMsgSize(MaxRecvMsgBytes),
 		// Calls run on long-lived workers (and on a new goroutine only when
 		// all are busy): a new goroutine per call grows its stack through
 		// gRPC's and levy's frames every time.
@@ -645,6 +685,19 @@ var codec = wire.Codec{
 		return rls.Encode(v)
 	},
 }
+
+// MaxRecvMsgBytes bounds one message levy reads (gRPC's default is 4 MiB).
+// A message over it is refused with ResourceExhausted from its length
+// prefix, before it is decoded. The largest messages Envoy sends levy are
+// far smaller: a CheckRequest carries the request's headers (Envoy's
+// default max_request_headers_kb is 60) and no body in levy's configs; an
+// access-log batch is flushed at buffer_size_bytes (16 KiB in envoy/);
+// a RateLimitRequest is at most rls.MaxDescriptors descriptors of
+// rls.MaxEntries entries (56 KiB with short values, 512 KiB with 256-byte
+// ones). A RateLimitRequest of 100,000 descriptors is 1 MB even with
+// one-byte keys and values: it is refused unread, where at 4 MiB it was
+// decoded whole (1.9 MB in the e2e test) before the caps refused it.
+const MaxRecvMsgBytes = 512 << 10
 
 // streamWorkers is how many goroutines serve gRPC calls.
 const streamWorkers = 64
