@@ -24,6 +24,16 @@ func (c *Config) Validate() error {
 			c.problem(&errs, "listen.tls", "%v", err)
 		}
 	}
+	hl := c.Listen.HTTPLimits
+	for path, v := range map[string]int64{
+		"listen.http_limits.read_header_timeout": int64(hl.ReadHeaderTimeout), "listen.http_limits.read_timeout": int64(hl.ReadTimeout),
+		"listen.http_limits.write_timeout": int64(hl.WriteTimeout), "listen.http_limits.idle_timeout": int64(hl.IdleTimeout),
+		"listen.http_limits.max_header_bytes": int64(hl.MaxHeaderBytes), "listen.http_limits.max_conns": int64(hl.MaxConns),
+	} {
+		if v < 0 {
+			c.problem(&errs, path, "must not be negative (0 takes the default)")
+		}
+	}
 	oneOf(c, &errs, "store.type", c.Store.Type, "local", "redis")
 	oneOf(c, &errs, "store.on_store_error", c.Store.OnStoreError, "allow", "deny")
 	if c.Store.Type == "local" && c.Store.DataDir == "" {
