@@ -20,6 +20,9 @@ type batcher struct {
 	r    *Redis
 	in   chan *call
 	stop chan struct{}
+	// late holds a token for each batch in flight, the one the worker
+	// waits for and those waiting for a late reply.
+	late chan struct{}
 	wg   sync.WaitGroup
 }
 
@@ -48,10 +51,15 @@ const (
 	maxBatch       = 64
 	batchWorkers   = 1 // batches in flight at once: one lets batches grow under load (two measured slower)
 	batchQueueSize = 1024
+	// maxLate bounds the batches in flight while Redis is slow: the one
+	// the worker waits for and those waiting for a reply their callers no
+	// longer wait for. At the bound the worker waits, as it does for every
+	// batch while Redis is fast.
+	maxLate = 16
 )
 
 func newBatcher(r *Redis) *batcher {
-	b := &batcher{r: r, in: make(chan *call, batchQueueSize), stop: make(chan struct{})}
+	b := &batcher{r: r, in: make(chan *call, batchQueueSize), stop: make(chan struct{}), late: make(chan struct{}, maxLate)}
 	b.wg.Add(batchWorkers)
 	for range batchWorkers {
 		go b.work()
@@ -100,14 +108,15 @@ func (b *batcher) wait(ctx context.Context, c *call) (Decision, error) {
 
 func (b *batcher) work() {
 	defer b.wg.Done()
-	batch := make([]*call, 0, maxBatch)
-	limits := make([][]Limit, 0, maxBatch)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	for {
+		var batch []*call
 		select {
 		case <-b.stop:
 			return
 		case c := <-b.in:
-			batch = append(batch[:0], c)
+			batch = append(make([]*call, 0, 4), c)
 		}
 	more:
 		for len(batch) < maxBatch {
@@ -135,53 +144,70 @@ func (b *batcher) work() {
 		if len(batch) == 0 {
 			continue
 		}
-		// The callers wait timeout at most; the script call is not cut
-		// off then: a call cut off on the wire may still run, and take
-		// costs for requests their callers saw fail. It waits for the
-		// reply (at most replyWait), so that those costs are known and
-		// given back (Redis.answer).
-		expire := time.AfterFunc(b.r.timeout, b.r.expirer(slices.Clone(batch)))
-		ctx, cancel := context.WithTimeout(context.Background(), b.r.replyWait)
-		if b.r.cluster {
-			b.runSlots(ctx, batch)
-		} else {
-			limits = limits[:0]
-			for _, c := range batch {
-				limits = append(limits, c.limits)
-			}
-			res, now, err := b.r.runBatch(ctx, b.r.decide, limits)
-			b.r.answer(batch, res, now, err)
+		// The callers wait for the store timeout at most. The script call
+		// is not cut off then: a call cut off on the wire may still run,
+		// and take costs for requests whose callers saw it fail. It goes
+		// on waiting for its reply (replyWait at most) in the background,
+		// so that those costs are known and given back (Redis.answer),
+		// while this worker takes the next batch.
+		b.late <- struct{}{} // at most maxLate batches waiting
+		b.wg.Add(1)
+		done := make(chan struct{})
+		go func() {
+			defer func() { <-b.late; b.wg.Done() }()
+			defer close(done)
+			b.run(batch)
+		}()
+		timer.Reset(b.r.timeout)
+		select {
+		case <-done:
+			timer.Stop()
+		case <-timer.C:
+			b.r.expire(batch)
 		}
-		cancel()
-		expire.Stop()
 	}
+}
+
+// run decides a batch and answers its calls.
+func (b *batcher) run(batch []*call) {
+	ctx, cancel := context.WithTimeout(context.Background(), b.r.replyWait)
+	defer cancel()
+	if b.r.cluster {
+		b.runSlots(ctx, batch)
+		return
+	}
+	limits := make([][]Limit, len(batch))
+	for i, c := range batch {
+		limits[i] = c.limits
+	}
+	res, now, err := b.r.runBatch(ctx, b.r.decide, limits)
+	b.r.answer(batch, res, now, err)
 }
 
 // errSlow answers the calls of a batch whose reply did not come within
 // the store timeout.
 var errSlow = fmt.Errorf("redis decide: no reply within the store timeout: %w", context.DeadlineExceeded)
 
-// expirer is what happens to a batch's calls that have no reply at the
-// store timeout: each is answered errSlow (and given back later, if its
-// script took anything), and health hears of the slow slots.
-func (r *Redis) expirer(calls []*call) func() {
-	return func() {
-		var slots []uint16
-		for _, c := range calls {
-			if c.state.CompareAndSwap(pending, abandoned) {
-				c.err = errSlow
-				close(c.done)
-				if r.failed != nil && !slices.Contains(slots, c.slot) {
-					slots = append(slots, c.slot)
-					r.failed(c.slot, errSlow)
-				}
+// expire answers a batch's calls that have no reply at the store timeout
+// errSlow (what their script takes is given back when the reply comes),
+// and tells health of their slots.
+func (r *Redis) expire(calls []*call) {
+	var slots []uint16
+	for _, c := range calls {
+		if c.state.CompareAndSwap(pending, abandoned) {
+			c.err = errSlow
+			close(c.done)
+			if r.failed != nil && !slices.Contains(slots, c.slot) {
+				slots = append(slots, c.slot)
+				r.failed(c.slot, errSlow)
 			}
 		}
 	}
 }
 
 // runSlots decides a cluster's batch: one script call per hash slot (each
-// call's limits share one), all at once.
+// call's limits share one), all at once, each answered as its reply comes
+// (a slow node holds up its own slots only).
 func (b *batcher) runSlots(ctx context.Context, batch []*call) {
 	slots := map[uint16]int{}
 	var calls [][]*call
@@ -195,15 +221,16 @@ func (b *batcher) runSlots(ctx context.Context, batch []*call) {
 		}
 		calls[g], limits[g] = append(calls[g], c), append(limits[g], c.limits)
 	}
-	if len(calls) == 1 {
-		res, now, err := b.r.runBatch(ctx, b.r.decide, limits[0])
-		b.r.answer(calls[0], res, now, err)
-		return
-	}
-	res, nows, errs := b.r.runBatches(ctx, b.r.decide, limits)
+	var wg sync.WaitGroup
 	for g := range calls {
-		b.r.answer(calls[g], res[g], nows[g], errs[g])
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, now, err := b.r.runBatch(ctx, b.r.decide, limits[g])
+			b.r.answer(calls[g], res, now, err)
+		}()
 	}
+	wg.Wait()
 }
 
 // answer hands each call its decision, or err. A call whose caller is

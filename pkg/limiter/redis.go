@@ -355,25 +355,6 @@ func (r *Redis) slotOf(batch [][]Limit) uint16 {
 // available asks Available whether slot's Redis is worth a call.
 func (r *Redis) available(slot uint16) bool { return r.avail == nil || r.avail(slot) }
 
-// runBatches decides batches whose limits lie in different hash slots of a
-// cluster: one script call each, all at once, each to its slot's node. A
-// batch whose call fails (its node is down) gets its error; the others are
-// decided. (A go-redis cluster pipeline would share round trips, but one
-// dead node holds all of its commands until the deadline.)
-func (r *Redis) runBatches(ctx context.Context, script script, batches [][][]Limit) ([][]decided, []time.Time, []error) {
-	out, nows, errs := make([][]decided, len(batches)), make([]time.Time, len(batches)), make([]error, len(batches))
-	var wg sync.WaitGroup
-	for i, b := range batches {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out[i], nows[i], errs[i] = r.runBatch(ctx, script, b)
-		}()
-	}
-	wg.Wait()
-	return out, nows, errs
-}
-
 // batchArgs is the EVALSHA of script for batch, and how many values its
 // reply must hold. Each distinct key is sent once, in KEYS, and each
 // distinct set of a limit's parameters (kind, cost, rate, quota, ...)
