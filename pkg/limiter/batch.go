@@ -20,8 +20,8 @@ type batcher struct {
 	r    *Redis
 	in   chan *call
 	stop chan struct{}
-	// late holds a token for each batch in flight, the one the worker
-	// waits for and those waiting for a late reply.
+	// late holds a token for each worker: the one taking the queue, and
+	// those waiting for a late reply.
 	late chan struct{}
 	wg   sync.WaitGroup
 }
@@ -59,10 +59,10 @@ const (
 	maxBatchLimits = 256
 	batchWorkers   = 1 // batches in flight at once: one lets batches grow under load (two measured slower)
 	batchQueueSize = 1024
-	// maxLate bounds the batches in flight while Redis is slow: the one
-	// the worker waits for and those waiting for a reply their callers no
-	// longer wait for. At the bound the worker waits, as it does for every
-	// batch while Redis is fast.
+	// maxLate bounds the workers while Redis is slow: the one taking the
+	// queue and those waiting for a reply their callers no longer wait
+	// for. At the bound the queue waits for the worker, as it does for
+	// every batch while Redis is fast.
 	maxLate = 16
 )
 
@@ -70,6 +70,7 @@ func newBatcher(r *Redis) *batcher {
 	b := &batcher{r: r, in: make(chan *call, batchQueueSize), stop: make(chan struct{}), late: make(chan struct{}, maxLate)}
 	b.wg.Add(batchWorkers)
 	for range batchWorkers {
+		b.late <- struct{}{}
 		go b.work()
 	}
 	return b
@@ -114,13 +115,41 @@ func (b *batcher) wait(ctx context.Context, c *call) (Decision, error) {
 	}
 }
 
+// work decides batches until stop, or until the timer of a batch that had
+// no reply at the store timeout started another worker in its place: this
+// one then waits for that reply (replyWait at most), settles it, and ends.
+// While Redis is fast the worker makes the script call itself, with no
+// handoff to another goroutine; the timer is its only extra cost.
 func (b *batcher) work() {
-	defer b.wg.Done()
-	timer := time.NewTimer(time.Hour)
+	defer func() { <-b.late; b.wg.Done() }()
+	var (
+		mu       sync.Mutex
+		current  []*call
+		replaced bool
+	)
+	timer := time.AfterFunc(time.Hour, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		b.r.expire(current)
+		// Another worker takes the queue, unless maxLate batches already
+		// wait: the queue then waits, as it does for every batch while
+		// Redis is fast.
+		select {
+		case b.late <- struct{}{}:
+			b.wg.Add(1)
+			replaced = true
+			go b.work()
+		default:
+		}
+	})
 	timer.Stop()
 	var next *call // taken, but over the last batch's limits
+	// This worker's buffers: the timer reads current only while run
+	// decides it, and no one keeps either after.
+	batch := make([]*call, 0, maxBatch)
+	limits := make([][]Limit, 0, maxBatch)
 	for {
-		batch := make([]*call, 0, 4)
+		batch = batch[:0]
 		if next != nil {
 			batch, next = append(batch, next), nil
 		} else {
@@ -163,44 +192,51 @@ func (b *batcher) work() {
 		if len(batch) == 0 {
 			continue
 		}
-		// The callers wait for the store timeout at most. The script call
-		// is not cut off then: a call cut off on the wire may still run,
-		// and take costs for requests whose callers saw it fail. It goes
-		// on waiting for its reply (replyWait at most) in the background,
-		// so that those costs are known and given back (Redis.answer),
-		// while this worker takes the next batch.
-		b.late <- struct{}{} // at most maxLate batches waiting
-		b.wg.Add(1)
-		done := make(chan struct{})
-		go func() {
-			defer func() { <-b.late; b.wg.Done() }()
-			defer close(done)
-			b.run(batch)
-		}()
+		// The callers wait for the store timeout at most (the timer). The
+		// script call is not cut off then: a call cut off on the wire may
+		// still run, and take costs for requests whose callers saw it
+		// fail. It waits for its reply (replyWait at most), so that those
+		// costs are known and given back (Redis.answer).
+		mu.Lock()
+		current = batch
+		mu.Unlock()
 		timer.Reset(b.r.timeout)
-		select {
-		case <-done:
-			timer.Stop()
-		case <-timer.C:
-			b.r.expire(batch)
+		limits = b.run(batch, limits[:0])
+		timer.Stop()
+		mu.Lock() // the timer's function, if it ran, is done
+		gone := replaced
+		mu.Unlock()
+		if gone {
+			if next != nil { // taken from the queue: back to it
+				select {
+				case b.in <- next:
+				case <-b.stop:
+					if next.state.CompareAndSwap(pending, abandoned) {
+						next.err = ErrStoreDown
+						close(next.done)
+					}
+				}
+			}
+			return
 		}
 	}
 }
 
-// run decides a batch and answers its calls.
-func (b *batcher) run(batch []*call) {
+// run decides a batch and answers its calls; limits is a buffer, returned
+// for the next batch.
+func (b *batcher) run(batch []*call, limits [][]Limit) [][]Limit {
 	ctx, cancel := context.WithTimeout(context.Background(), b.r.replyWait)
 	defer cancel()
 	if b.r.cluster {
 		b.runSlots(ctx, batch)
-		return
+		return limits
 	}
-	limits := make([][]Limit, len(batch))
-	for i, c := range batch {
-		limits[i] = c.limits
+	for _, c := range batch {
+		limits = append(limits, c.limits)
 	}
 	res, now, err := b.r.runBatch(ctx, b.r.decide, limits)
 	b.r.answer(batch, res, now, err)
+	return limits
 }
 
 // errSlow answers the calls of a batch whose reply did not come within
