@@ -55,6 +55,10 @@ type Listen struct {
 	// HTTP serves /healthz, /readyz, /metrics, the admin API and Stripe
 	// webhooks.
 	HTTP string `yaml:"http"`
+	// Public, when set, serves Stripe webhooks instead of HTTP, with the
+	// same limits on a listener of its own: what faces the internet then
+	// cannot take the connections the probes, metrics and admin API need.
+	Public string `yaml:"public"`
 	// TLS, when cert_file is set, serves both listeners over TLS; with
 	// client_ca_file, clients must present a certificate it signed (mTLS,
 	// e.g. Envoy's or the mesh's).
@@ -271,6 +275,7 @@ var envOverrides = []struct {
 }{
 	{"LEVY_GRPC_ADDR", func(c *Config, v string) { c.Listen.GRPC = v }},
 	{"LEVY_HTTP_ADDR", func(c *Config, v string) { c.Listen.HTTP = v }},
+	{"LEVY_PUBLIC_ADDR", func(c *Config, v string) { c.Listen.Public = v }},
 	{"LEVY_STORE", func(c *Config, v string) { c.Store.Type = v }},
 	{"LEVY_DATA_DIR", func(c *Config, v string) { c.Store.DataDir = v }},
 	{"LEVY_ON_STORE_ERROR", func(c *Config, v string) { c.Store.OnStoreError = v }},

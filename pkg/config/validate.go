@@ -19,6 +19,9 @@ func (c *Config) Validate() error {
 			c.problem(&errs, path, "%q is not host:port", addr)
 		}
 	}
+	if _, _, err := net.SplitHostPort(c.Listen.Public); c.Listen.Public != "" && err != nil {
+		c.problem(&errs, "listen.public", "%q is not host:port", c.Listen.Public)
+	}
 	if t := c.Listen.TLS; t.CertFile != "" || t.KeyFile != "" || t.ClientCAFile != "" {
 		if _, err := c.ServerTLS(); err != nil {
 			c.problem(&errs, "listen.tls", "%v", err)

@@ -122,9 +122,13 @@ type Server struct {
 	grpcLis, httpLis net.Listener
 	grpc             *grpc.Server
 	http             *http.Server
-	health           *health.Server
-	ready            atomic.Bool
-	replicaID        string
+	// publicLis and public serve the webhook on a listener of its own
+	// when listen.public is set (nil otherwise).
+	publicLis net.Listener
+	public    *http.Server
+	health    *health.Server
+	ready     atomic.Bool
+	replicaID string
 	// live is the config in force (s.cfg is the one levy started with:
 	// listeners, store and billing windows take a restart).
 	live atomic.Pointer[config.Config]
@@ -190,10 +194,16 @@ func (s *Server) listen() error {
 		s.grpcLis.Close()
 		return fmt.Errorf("listen http: %w", err)
 	}
+	if s.cfg.Listen.Public != "" {
+		if s.publicLis, err = net.Listen("tcp", s.cfg.Listen.Public); err != nil {
+			s.grpcLis.Close()
+			s.httpLis.Close()
+			return fmt.Errorf("listen public: %w", err)
+		}
+	}
 	tlsCfg, err := s.cfg.ServerTLS()
 	if err != nil {
-		s.grpcLis.Close()
-		s.httpLis.Close()
+		s.closeListeners()
 		return fmt.Errorf("listen tls: %w", err)
 	}
 	opts := GRPCOptions()
@@ -213,6 +223,9 @@ func (s *Server) listen() error {
 			return c, nil
 		}}
 		s.httpLis = tls.NewListener(s.httpLis, httpTLS)
+		if s.publicLis != nil {
+			s.publicLis = tls.NewListener(s.publicLis, httpTLS)
+		}
 	}
 	s.grpc = grpc.NewServer(opts...)
 	authv3.RegisterAuthorizationServer(s.grpc, s.authz)
@@ -252,7 +265,7 @@ func (s *Server) listen() error {
 	})
 	mux.Handle("/v1/", adminAPI)
 	mux.Handle("POST /json", adminAPI)
-	mux.Handle("POST /stripe/webhook", billing.NewWebhook(billing.WebhookConfig{
+	webhook := billing.NewWebhook(billing.WebhookConfig{
 		Secret:       os.Getenv("STRIPE_WEBHOOK_SECRET"),
 		Consumers:    webhookConsumers{s},
 		Events:       s.backend.events,
@@ -264,17 +277,50 @@ func (s *Server) listen() error {
 		},
 		Log:   s.log,
 		Clock: s.opts.Clock,
-	}))
+	})
+	// With listen.public, what faces the internet has a listener of its
+	// own: clients that hold all of its connections leave the probes,
+	// metrics and the admin API theirs.
+	if s.publicLis != nil {
+		public := http.NewServeMux()
+		public.Handle("POST /stripe/webhook", webhook)
+		s.public, s.publicLis = s.httpServer(public, s.publicLis)
+	} else {
+		mux.Handle("POST /stripe/webhook", webhook)
+	}
+	s.http, s.httpLis = s.httpServer(mux, s.httpLis)
+	return nil
+}
+
+// httpServer is an HTTP server of h on lis with the HTTP limits: its
+// timeouts, every body bounded (whatever its route reads), and lis capped
+// at MaxConns connections.
+func (s *Server) httpServer(h http.Handler, lis net.Listener) (*http.Server, net.Listener) {
 	lim := s.httpLimits()
-	// Every body is bounded here too, whatever its route reads.
 	bounded := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, MaxHTTPBody)
-		mux.ServeHTTP(w, r)
+		h.ServeHTTP(w, r)
 	})
-	s.http = &http.Server{Handler: bounded, ReadHeaderTimeout: lim.ReadHeader, ReadTimeout: lim.Read, WriteTimeout: lim.Write,
+	srv := &http.Server{Handler: bounded, ReadHeaderTimeout: lim.ReadHeader, ReadTimeout: lim.Read, WriteTimeout: lim.Write,
 		IdleTimeout: lim.Idle, MaxHeaderBytes: lim.MaxHeaderBytes}
-	s.httpLis = netutil.LimitListener(s.httpLis, lim.MaxConns)
-	return nil
+	return srv, netutil.LimitListener(lis, lim.MaxConns)
+}
+
+// closeListeners closes the bound listeners.
+func (s *Server) closeListeners() {
+	for _, l := range []net.Listener{s.grpcLis, s.httpLis, s.publicLis} {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
+// PublicAddr is the bound public HTTP address, "" without listen.public.
+func (s *Server) PublicAddr() string {
+	if s.publicLis == nil {
+		return ""
+	}
+	return s.publicLis.Addr().String()
 }
 
 // usageReport is a consumer's current period, for the admin API.
@@ -433,8 +479,7 @@ func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
 // server's workers, the access-log receiver and the store.
 func (s *Server) Close() {
 	s.grpc.Stop()
-	s.grpcLis.Close()
-	s.httpLis.Close()
+	s.closeListeners()
 	s.als.Close(context.Background())
 	s.closeStore()
 }
@@ -442,9 +487,18 @@ func (s *Server) Close() {
 // Run serves until ctx ends, then stops accepting, lets in-flight calls
 // finish, persists counters and returns nil.
 func (s *Server) Run(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	var wg sync.WaitGroup
 	wg.Add(2)
+	if s.public != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.public.Serve(s.publicLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve public http: %w", err)
+			}
+		}()
+	}
 	go func() {
 		defer wg.Done()
 		if err := s.grpc.Serve(s.grpcLis); err != nil {
@@ -483,7 +537,7 @@ func (s *Server) Run(ctx context.Context) error {
 		defer close(healthDone)
 		s.followReadiness(stopReload)
 	}()
-	s.log.Info("levy serving", zap.String("grpc", s.GRPCAddr()), zap.String("http", s.HTTPAddr()),
+	s.log.Info("levy serving", zap.String("grpc", s.GRPCAddr()), zap.String("http", s.HTTPAddr()), zap.String("public", s.PublicAddr()),
 		zap.String("store", s.cfg.Store.Type), zap.String("config", s.cfg.Source))
 	s.logLimits()
 
@@ -513,8 +567,10 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ShutdownGrace)
 	defer cancel()
-	if err := s.http.Shutdown(shutdownCtx); err != nil {
-		s.http.Close()
+	for _, srv := range []*http.Server{s.http, s.public} {
+		if srv != nil && srv.Shutdown(shutdownCtx) != nil {
+			srv.Close()
+		}
 	}
 	wg.Wait()
 	if err := s.als.Close(ctx); err != nil && runErr == nil {

@@ -246,3 +246,57 @@ plans:
 		})
 	}
 }
+
+// With listen.public, clients holding every connection the public
+// listener takes (its cap) leave the internal one whole: /readyz, the
+// metrics and the admin API keep answering, and so does gRPC. The webhook
+// is served on the public listener only.
+func TestFloodedPublicListenerLeavesProbesServed(t *testing.T) {
+	dir := t.TempDir()
+	cfg := writeConfig(t, dir, `
+listen:
+  public: 127.0.0.1:0
+  http_limits: {read_header_timeout: 30s, read_timeout: 30s, max_conns: 300}
+demo: true
+plans:
+  pro: {model: tiered, rate: {requests: 1000, per: 1s}}
+`)
+	p := serveEnv(t, []string{"STRIPE_WEBHOOK_SECRET=whsec_test"}, "--config", cfg, "--data-dir", filepath.Join(dir, "data"))
+	if p.publicAddr == "" {
+		t.Fatal("levy did not log its public listener's address")
+	}
+	resp, err := http.Post("http://"+p.httpAddr+"/stripe/webhook", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Fatalf("the webhook on the internal listener: %d, want it served on the public one only", resp.StatusCode)
+	}
+	for i := range 600 { // twice the cap
+		conn, err := net.Dial("tcp", p.publicAddr)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		fmt.Fprintf(conn, "POST /stripe/webhook HTTP/1.1\r\nHost: levy\r\nStripe-Signature: t=1,v1=00\r\nContent-Length: 100000\r\n\r\n{")
+	}
+	time.Sleep(300 * time.Millisecond)
+	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	if _, err := c.Post("http://"+p.publicAddr+"/stripe/webhook", "application/json", strings.NewReader("{}")); err == nil {
+		t.Fatal("the public listener took a connection past its cap of 300")
+	}
+	for _, path := range []string{"/readyz", "/healthz", "/metrics"} {
+		resp, err := c.Get("http://" + p.httpAddr + path)
+		if err != nil {
+			t.Fatalf("%s with the public listener flooded: %v", path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d", path, resp.StatusCode)
+		}
+	}
+	if o := check(t, p.client(t), p.demoKey(t, "pro"), "/"); !o.Allowed {
+		t.Fatalf("ext_authz with the public listener flooded: %d", o.Status)
+	}
+}
