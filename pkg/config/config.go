@@ -55,10 +55,37 @@ type Listen struct {
 	// HTTP serves /healthz, /readyz, /metrics, the admin API and Stripe
 	// webhooks.
 	HTTP string `yaml:"http"`
+	// Public, when set, serves Stripe webhooks instead of HTTP, with the
+	// same limits on a listener of its own: what faces the internet then
+	// cannot take the connections the probes, metrics and admin API need.
+	Public string `yaml:"public"`
 	// TLS, when cert_file is set, serves both listeners over TLS; with
 	// client_ca_file, clients must present a certificate it signed (mTLS,
 	// e.g. Envoy's or the mesh's).
 	TLS TLS `yaml:"tls"`
+	// HTTPLimits bound what the HTTP listener's clients may hold: it faces
+	// the internet (Stripe's webhooks), and a slow or idle client must not
+	// hold a connection, and a file descriptor, for long.
+	HTTPLimits HTTPLimits `yaml:"http_limits"`
+}
+
+// HTTPLimits bound the HTTP listener's clients. Zero takes the default.
+type HTTPLimits struct {
+	// ReadHeaderTimeout bounds reading a request's headers (default 5s);
+	// ReadTimeout all of it, body included (15s); WriteTimeout writing the
+	// answer (30s); IdleTimeout how long a keep-alive connection waits for
+	// its next request (30s).
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+	ReadTimeout       Duration `yaml:"read_timeout"`
+	WriteTimeout      Duration `yaml:"write_timeout"`
+	IdleTimeout       Duration `yaml:"idle_timeout"`
+	// MaxHeaderBytes bounds a request's headers (default 64 KiB).
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
+	// MaxConns bounds the connections open at once (default 10000, about
+	// 200 MB of buffers and goroutines at most); more wait in the
+	// kernel's accept queue until one closes, which the timeouts above
+	// bound. It keeps file descriptors for gRPC and the store.
+	MaxConns int `yaml:"max_conns"`
 }
 
 // TLS configures the listeners' TLS.
@@ -248,6 +275,7 @@ var envOverrides = []struct {
 }{
 	{"LEVY_GRPC_ADDR", func(c *Config, v string) { c.Listen.GRPC = v }},
 	{"LEVY_HTTP_ADDR", func(c *Config, v string) { c.Listen.HTTP = v }},
+	{"LEVY_PUBLIC_ADDR", func(c *Config, v string) { c.Listen.Public = v }},
 	{"LEVY_STORE", func(c *Config, v string) { c.Store.Type = v }},
 	{"LEVY_DATA_DIR", func(c *Config, v string) { c.Store.DataDir = v }},
 	{"LEVY_ON_STORE_ERROR", func(c *Config, v string) { c.Store.OnStoreError = v }},

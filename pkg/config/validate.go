@@ -19,9 +19,22 @@ func (c *Config) Validate() error {
 			c.problem(&errs, path, "%q is not host:port", addr)
 		}
 	}
+	if _, _, err := net.SplitHostPort(c.Listen.Public); c.Listen.Public != "" && err != nil {
+		c.problem(&errs, "listen.public", "%q is not host:port", c.Listen.Public)
+	}
 	if t := c.Listen.TLS; t.CertFile != "" || t.KeyFile != "" || t.ClientCAFile != "" {
 		if _, err := c.ServerTLS(); err != nil {
 			c.problem(&errs, "listen.tls", "%v", err)
+		}
+	}
+	hl := c.Listen.HTTPLimits
+	for path, v := range map[string]int64{
+		"listen.http_limits.read_header_timeout": int64(hl.ReadHeaderTimeout), "listen.http_limits.read_timeout": int64(hl.ReadTimeout),
+		"listen.http_limits.write_timeout": int64(hl.WriteTimeout), "listen.http_limits.idle_timeout": int64(hl.IdleTimeout),
+		"listen.http_limits.max_header_bytes": int64(hl.MaxHeaderBytes), "listen.http_limits.max_conns": int64(hl.MaxConns),
+	} {
+		if v < 0 {
+			c.problem(&errs, path, "must not be negative (0 takes the default)")
 		}
 	}
 	oneOf(c, &errs, "store.type", c.Store.Type, "local", "redis")

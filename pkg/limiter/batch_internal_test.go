@@ -4,8 +4,11 @@ import (
 	"context"
 	"reflect"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/redistest"
@@ -165,5 +168,84 @@ func TestUnpackIntsReadsRedisReplies(t *testing.T) {
 				t.Fatalf("%.40s: %q was read", tc.script, bad)
 			}
 		}
+	}
+}
+
+// keyCounter records the most keys one script call carried.
+type keyCounter struct {
+	Scripter
+	mu  sync.Mutex
+	max int
+}
+
+func (k *keyCounter) Process(ctx context.Context, cmd redis.Cmder) error {
+	if args := cmd.Args(); len(args) > 2 {
+		if n, ok := args[2].(int); ok {
+			k.mu.Lock()
+			k.max = max(k.max, n)
+			k.mu.Unlock()
+		}
+	}
+	return k.Scripter.Process(ctx, cmd)
+}
+
+// A script call holds Redis for everyone: a batch of requests with the
+// most limits one may have is cut at maxBatchLimits, not maxBatch requests.
+func TestBatchOfLargeRequestsIsBoundedByLimits(t *testing.T) {
+	srv := redistest.Start(t)
+	kc := &keyCounter{Scripter: srv.Client()}
+	r := NewRedis(RedisConfig{Client: kc, Timeout: 5 * time.Second})
+	t.Cleanup(func() { r.Close() })
+	request := func(n int) []Limit {
+		limits := make([]Limit, 64)
+		for i := range limits {
+			limits[i] = Limit{Kind: Bucket, Name: "d", Key: "r" + strconv.Itoa(n) + ":" + strconv.Itoa(i), Cost: 1, Requests: 100, Per: time.Second}
+		}
+		return limits
+	}
+	srv.Pause() // the queue fills behind the first call
+	var wg sync.WaitGroup
+	for n := range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if d, err := r.Decide(context.Background(), request(n)); err != nil || !d.OK {
+				t.Errorf("request %d: %v %v", n, d.OK, err)
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond)
+	srv.Resume()
+	wg.Wait()
+	const most = 256 // maxBatchLimits
+	if kc.max > most || kc.max < 2*64 {
+		t.Fatalf("the largest script call carried %d keys; want batches of several requests, at most %d keys", kc.max, most)
+	}
+}
+
+// BenchmarkScriptCallByLimits is how long one script call holds Redis by
+// the limits it carries: 256 (maxBatchLimits) against 4096 (64 requests of
+// 64 limits, a batch without that bound).
+//
+//	go test ./pkg/limiter -run '^$' -bench BenchmarkScriptCallByLimits
+func BenchmarkScriptCallByLimits(b *testing.B) {
+	srv := redistest.Start(b)
+	r := NewRedis(RedisConfig{Client: srv.Client(), Timeout: 5 * time.Second})
+	b.Cleanup(func() { r.Close() })
+	for _, requests := range []int{4, 64} {
+		b.Run(strconv.Itoa(requests*64)+"-limits", func(b *testing.B) {
+			batch := make([][]Limit, requests)
+			for n := range batch {
+				batch[n] = make([]Limit, 64)
+				for i := range batch[n] {
+					batch[n][i] = Limit{Kind: Bucket, Name: "d", Key: "r" + strconv.Itoa(n) + ":" + strconv.Itoa(i), Cost: 1, Requests: 1 << 30, Per: time.Second}
+				}
+			}
+			for b.Loop() {
+				if _, _, err := r.runBatch(context.Background(), r.decide, batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

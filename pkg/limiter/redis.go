@@ -8,11 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 
 	"github.com/levyhq/levy/pkg/plan"
 )
@@ -57,6 +60,14 @@ type RedisConfig struct {
 	// that health can mark the store (or the slot's master) down at once
 	// rather than at its next ping.
 	Failed func(slot uint16, err error)
+	// ReplyWait bounds how long a script call waits for Redis's reply
+	// after its callers stopped waiting (at Timeout), so that what it took
+	// for them can be given back (default 20 times Timeout, at least 1s).
+	// The client's read timeout must not be shorter.
+	ReplyWait time.Duration
+	// Registerer, when set, gets levy_store_late_decisions_total.
+	Registerer prometheus.Registerer
+	Log        *zap.Logger
 }
 
 // ErrStoreDown is returned while the store is known to be unreachable.
@@ -75,6 +86,12 @@ type Redis struct {
 	refund  script
 	batch   *batcher
 	closed  sync.Once
+
+	replyWait time.Duration
+	late      *prometheus.CounterVec // by outcome
+	log       *zap.Logger
+	refunds   chan []Limit // given back by refunder
+	refunded  chan struct{}
 }
 
 var _ Limiter = (*Redis)(nil)
@@ -82,20 +99,45 @@ var _ Limiter = (*Redis)(nil)
 // NewRedis returns a Redis limiter.
 func NewRedis(cfg RedisConfig) *Redis {
 	r := &Redis{client: cfg.Client, cluster: cfg.Cluster, clock: cfg.Clock, timeout: cfg.Timeout, avail: cfg.Available, failed: cfg.Failed,
-		decide: newScript(decideLua), refund: newScript(refundLua)}
+		decide: newScript(decideLua), refund: newScript(refundLua), replyWait: cfg.ReplyWait, log: cfg.Log,
+		refunds: make(chan []Limit, refundQueueSize), refunded: make(chan struct{})}
 	if r.timeout <= 0 {
 		r.timeout = 50 * time.Millisecond
 	}
+	if r.replyWait <= 0 {
+		r.replyWait = max(20*r.timeout, time.Second)
+	}
+	if r.log == nil {
+		r.log = zap.NewNop()
+	}
+	r.late = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "levy_store_late_decisions_total",
+		Help: "Decisions whose callers had stopped waiting (store timeout or their own deadline) when the store answered, " +
+			"by outcome: refunded (the script took costs, given back), not_charged (it took nothing), refund_failed " +
+			"(taken, and the give-back failed), unknown (the call failed after it may have reached the store: " +
+			"whether it took anything cannot be known; logged with its keys).",
+	}, []string{"outcome"})
+	for _, o := range []string{lateRefunded, lateNotCharged, lateRefundFailed, lateUnknown} {
+		r.late.WithLabelValues(o)
+	}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(r.late); err != nil {
+			r.log.Warn("register late decision metric", zap.Error(err))
+		}
+	}
+	go r.refunder()
 	r.batch = newBatcher(r)
 	return r
 }
 
-// Close stops the batching workers.
+// Close stops the batching workers, then gives back what is queued to be.
 func (r *Redis) Close() error {
 	r.closed.Do(func() {
 		if r.batch != nil {
 			r.batch.close()
 		}
+		close(r.refunds)
+		<-r.refunded
 	})
 	return nil
 }
@@ -312,25 +354,6 @@ func (r *Redis) slotOf(batch [][]Limit) uint16 {
 
 // available asks Available whether slot's Redis is worth a call.
 func (r *Redis) available(slot uint16) bool { return r.avail == nil || r.avail(slot) }
-
-// runBatches decides batches whose limits lie in different hash slots of a
-// cluster: one script call each, all at once, each to its slot's node. A
-// batch whose call fails (its node is down) gets its error; the others are
-// decided. (A go-redis cluster pipeline would share round trips, but one
-// dead node holds all of its commands until the deadline.)
-func (r *Redis) runBatches(ctx context.Context, script script, batches [][][]Limit) ([][]decided, []time.Time, []error) {
-	out, nows, errs := make([][]decided, len(batches)), make([]time.Time, len(batches)), make([]error, len(batches))
-	var wg sync.WaitGroup
-	for i, b := range batches {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out[i], nows[i], errs[i] = r.runBatch(ctx, script, b)
-		}()
-	}
-	wg.Wait()
-	return out, nows, errs
-}
 
 // batchArgs is the EVALSHA of script for batch, and how many values its
 // reply must hold. Each distinct key is sent once, in KEYS, and each
@@ -663,4 +686,117 @@ func crc16(s string) uint16 {
 		}
 	}
 	return crc
+}
+
+// Outcomes of late decisions (levy_store_late_decisions_total).
+const (
+	lateRefunded     = "refunded"
+	lateNotCharged   = "not_charged"
+	lateRefundFailed = "refund_failed"
+	lateUnknown      = "unknown"
+)
+
+// refundQueueSize bounds the give-backs waiting for the refunder; one that
+// does not fit is a refund_failed.
+const refundQueueSize = 4096
+
+// lateCall is a decision its caller did not wait for.
+type lateCall struct {
+	limits []Limit
+	d      Decision
+}
+
+// settle accounts for a script call whose reply came after some of its
+// callers had stopped waiting (late), or that failed (err, for every call
+// of it). A request whose caller saw an error (a 503, or the fallback's
+// decision) must not stay charged: what a late decision took is given
+// back. A failure before the call reached Redis took nothing; one after
+// (the reply lost, the connection cut past replyWait) may have taken
+// costs that cannot be known: those are counted and logged with their
+// keys, the one case levy cannot reconcile by itself.
+func (r *Redis) settle(calls []*call, late []lateCall, err error) {
+	if err != nil {
+		if unsent(err) {
+			return
+		}
+		keys := make([]string, 0, len(calls))
+		for _, c := range calls {
+			for i := range c.limits {
+				if c.limits[i].Cost > 0 {
+					keys = append(keys, c.limits[i].Key)
+				}
+			}
+		}
+		r.late.WithLabelValues(lateUnknown).Add(float64(len(calls)))
+		r.log.Warn("store call failed after it may have reached the store: whether these requests were charged is unknown",
+			zap.Int("requests", len(calls)), zap.Strings("keys", keys), zap.Error(err))
+		return
+	}
+	for _, lc := range late {
+		took := tookBy(lc)
+		if len(took) == 0 {
+			r.late.WithLabelValues(lateNotCharged).Inc()
+			continue
+		}
+		select {
+		case r.refunds <- took:
+		default:
+			r.late.WithLabelValues(lateRefundFailed).Inc()
+			r.log.Warn("give-back queue full: a late decision's costs stay taken", zap.Strings("keys", keysOf(took)))
+		}
+	}
+}
+
+// tookBy is what a decision took: an allowing decision's limits that were
+// within (a shadow or quota-mode limit that was over took nothing); a
+// denial takes nothing.
+func tookBy(lc lateCall) []Limit {
+	if !lc.d.OK {
+		return nil
+	}
+	var took []Limit
+	for i := range lc.limits {
+		if lc.d.Statuses[i].OK && lc.limits[i].Cost > 0 {
+			took = append(took, lc.limits[i])
+		}
+	}
+	return took
+}
+
+func keysOf(limits []Limit) []string {
+	keys := make([]string, len(limits))
+	for i := range limits {
+		keys[i] = limits[i].Key
+	}
+	return keys
+}
+
+// refunder gives back late decisions' costs (refund.lua), one request per
+// call, until Close.
+func (r *Redis) refunder() {
+	defer close(r.refunded)
+	for limits := range r.refunds {
+		ctx, cancel := context.WithTimeout(context.Background(), r.replyWait)
+		all := make([]int, len(limits))
+		for i := range all {
+			all[i] = i
+		}
+		_, _, _, err := r.run(ctx, r.refund, limits, all)
+		cancel()
+		if err != nil {
+			r.late.WithLabelValues(lateRefundFailed).Inc()
+			r.log.Warn("give back a late decision's costs", zap.Strings("keys", keysOf(limits)), zap.Error(err))
+			continue
+		}
+		r.late.WithLabelValues(lateRefunded).Inc()
+	}
+}
+
+// unsent reports whether a failed store call certainly never reached
+// Redis, or was refused by it: then it took nothing.
+func unsent(err error) bool {
+	var op *net.OpError
+	var rerr redis.Error
+	return errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrPoolExhausted) || errors.Is(err, redis.ErrClosed) ||
+		errors.Is(err, ErrStoreDown) || (errors.As(err, &op) && op.Op == "dial") || errors.As(err, &rerr)
 }

@@ -32,6 +32,9 @@ type Options struct {
 	TLS          *tls.Config
 	// Timeout bounds each command (dial, read, write).
 	Timeout time.Duration
+	// ReadTimeout, when longer, bounds waiting for a reply instead (the
+	// limiter waits for late replies to give back what they took).
+	ReadTimeout time.Duration
 }
 
 // NewClient returns a client for standalone Redis or a Cluster, and
@@ -41,17 +44,18 @@ func NewClient(o Options) (redis.UniversalClient, bool) {
 	if o.Timeout <= 0 {
 		o.Timeout = 100 * time.Millisecond
 	}
+	o.ReadTimeout = max(o.ReadTimeout, o.Timeout)
 	if len(o.ClusterAddrs) > 0 {
 		return redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs: o.ClusterAddrs, Username: o.Username, Password: o.Password, TLSConfig: o.TLS,
-			DialTimeout: o.Timeout, ReadTimeout: o.Timeout, WriteTimeout: o.Timeout,
+			DialTimeout: o.Timeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.Timeout,
 			ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1, PoolSize: 64,
 			ConnMaxIdleTime: time.Minute,
 		}), true
 	}
 	return redis.NewClient(&redis.Options{
 		Addr: o.Addr, Username: o.Username, Password: o.Password, TLSConfig: o.TLS,
-		DialTimeout: o.Timeout, ReadTimeout: o.Timeout, WriteTimeout: o.Timeout,
+		DialTimeout: o.Timeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.Timeout,
 		ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1, PoolSize: 64,
 		ConnMaxIdleTime: time.Minute,
 	}), false

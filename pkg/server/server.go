@@ -4,6 +4,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -25,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
@@ -74,25 +76,34 @@ type HTTPLimits struct {
 	ReadHeader, Read, Write, Idle time.Duration
 	// MaxHeaderBytes bounds a request's headers.
 	MaxHeaderBytes int
+	// MaxConns bounds the listener's open connections (LimitListener):
+	// more wait to be accepted until one closes.
+	MaxConns int
 }
 
-// DefaultHTTPLimits are levy serve's.
+// DefaultHTTPLimits are levy serve's (config.HTTPLimits documents them).
 var DefaultHTTPLimits = HTTPLimits{ReadHeader: 5 * time.Second, Read: 15 * time.Second, Write: 30 * time.Second,
-	Idle: 30 * time.Second, MaxHeaderBytes: 64 << 10}
+	Idle: 30 * time.Second, MaxHeaderBytes: 64 << 10, MaxConns: 10000}
 
-func (l HTTPLimits) orDefault() HTTPLimits {
-	d := DefaultHTTPLimits
-	pick := func(v, def time.Duration) time.Duration {
-		if v > 0 {
-			return v
-		}
-		return def
-	}
-	l.ReadHeader, l.Read, l.Write, l.Idle = pick(l.ReadHeader, d.ReadHeader), pick(l.Read, d.Read), pick(l.Write, d.Write), pick(l.Idle, d.Idle)
-	if l.MaxHeaderBytes <= 0 {
-		l.MaxHeaderBytes = d.MaxHeaderBytes
-	}
+// MaxHTTPBody bounds any HTTP request's body, whatever its route: the
+// largest a route reads is a Stripe webhook's (billing.MaxWebhookBody; the
+// admin API reads admin.MaxBody), and the others read none.
+const MaxHTTPBody = 1 << 20
+
+// or is l with its zero fields taken from d.
+func (l HTTPLimits) or(d HTTPLimits) HTTPLimits {
+	l.ReadHeader, l.Read, l.Write, l.Idle = cmp.Or(l.ReadHeader, d.ReadHeader), cmp.Or(l.Read, d.Read), cmp.Or(l.Write, d.Write), cmp.Or(l.Idle, d.Idle)
+	l.MaxHeaderBytes, l.MaxConns = cmp.Or(l.MaxHeaderBytes, d.MaxHeaderBytes), cmp.Or(l.MaxConns, d.MaxConns)
 	return l
+}
+
+// httpLimits are the HTTP listener's limits: Options', then the config
+// file's, then the defaults.
+func (s *Server) httpLimits() HTTPLimits {
+	c := s.cfg.Listen.HTTPLimits
+	file := HTTPLimits{ReadHeader: time.Duration(c.ReadHeaderTimeout), Read: time.Duration(c.ReadTimeout), Write: time.Duration(c.WriteTimeout),
+		Idle: time.Duration(c.IdleTimeout), MaxHeaderBytes: c.MaxHeaderBytes, MaxConns: c.MaxConns}
+	return s.opts.HTTP.or(file).or(DefaultHTTPLimits)
 }
 
 // Server is a running levy.
@@ -111,9 +122,13 @@ type Server struct {
 	grpcLis, httpLis net.Listener
 	grpc             *grpc.Server
 	http             *http.Server
-	health           *health.Server
-	ready            atomic.Bool
-	replicaID        string
+	// publicLis and public serve the webhook on a listener of its own
+	// when listen.public is set (nil otherwise).
+	publicLis net.Listener
+	public    *http.Server
+	health    *health.Server
+	ready     atomic.Bool
+	replicaID string
 	// live is the config in force (s.cfg is the one levy started with:
 	// listeners, store and billing windows take a restart).
 	live atomic.Pointer[config.Config]
@@ -179,10 +194,16 @@ func (s *Server) listen() error {
 		s.grpcLis.Close()
 		return fmt.Errorf("listen http: %w", err)
 	}
+	if s.cfg.Listen.Public != "" {
+		if s.publicLis, err = net.Listen("tcp", s.cfg.Listen.Public); err != nil {
+			s.grpcLis.Close()
+			s.httpLis.Close()
+			return fmt.Errorf("listen public: %w", err)
+		}
+	}
 	tlsCfg, err := s.cfg.ServerTLS()
 	if err != nil {
-		s.grpcLis.Close()
-		s.httpLis.Close()
+		s.closeListeners()
 		return fmt.Errorf("listen tls: %w", err)
 	}
 	opts := GRPCOptions()
@@ -202,6 +223,9 @@ func (s *Server) listen() error {
 			return c, nil
 		}}
 		s.httpLis = tls.NewListener(s.httpLis, httpTLS)
+		if s.publicLis != nil {
+			s.publicLis = tls.NewListener(s.publicLis, httpTLS)
+		}
 	}
 	s.grpc = grpc.NewServer(opts...)
 	authv3.RegisterAuthorizationServer(s.grpc, s.authz)
@@ -241,7 +265,7 @@ func (s *Server) listen() error {
 	})
 	mux.Handle("/v1/", adminAPI)
 	mux.Handle("POST /json", adminAPI)
-	mux.Handle("POST /stripe/webhook", billing.NewWebhook(billing.WebhookConfig{
+	webhook := billing.NewWebhook(billing.WebhookConfig{
 		Secret:       os.Getenv("STRIPE_WEBHOOK_SECRET"),
 		Consumers:    webhookConsumers{s},
 		Events:       s.backend.events,
@@ -253,11 +277,50 @@ func (s *Server) listen() error {
 		},
 		Log:   s.log,
 		Clock: s.opts.Clock,
-	}))
-	lim := s.opts.HTTP.orDefault()
-	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: lim.ReadHeader, ReadTimeout: lim.Read, WriteTimeout: lim.Write,
-		IdleTimeout: lim.Idle, MaxHeaderBytes: lim.MaxHeaderBytes}
+	})
+	// With listen.public, what faces the internet has a listener of its
+	// own: clients that hold all of its connections leave the probes,
+	// metrics and the admin API theirs.
+	if s.publicLis != nil {
+		public := http.NewServeMux()
+		public.Handle("POST /stripe/webhook", webhook)
+		s.public, s.publicLis = s.httpServer(public, s.publicLis)
+	} else {
+		mux.Handle("POST /stripe/webhook", webhook)
+	}
+	s.http, s.httpLis = s.httpServer(mux, s.httpLis)
 	return nil
+}
+
+// httpServer is an HTTP server of h on lis with the HTTP limits: its
+// timeouts, every body bounded (whatever its route reads), and lis capped
+// at MaxConns connections.
+func (s *Server) httpServer(h http.Handler, lis net.Listener) (*http.Server, net.Listener) {
+	lim := s.httpLimits()
+	bounded := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, MaxHTTPBody)
+		h.ServeHTTP(w, r)
+	})
+	srv := &http.Server{Handler: bounded, ReadHeaderTimeout: lim.ReadHeader, ReadTimeout: lim.Read, WriteTimeout: lim.Write,
+		IdleTimeout: lim.Idle, MaxHeaderBytes: lim.MaxHeaderBytes}
+	return srv, netutil.LimitListener(lis, lim.MaxConns)
+}
+
+// closeListeners closes the bound listeners.
+func (s *Server) closeListeners() {
+	for _, l := range []net.Listener{s.grpcLis, s.httpLis, s.publicLis} {
+		if l != nil {
+			l.Close()
+		}
+	}
+}
+
+// PublicAddr is the bound public HTTP address, "" without listen.public.
+func (s *Server) PublicAddr() string {
+	if s.publicLis == nil {
+		return ""
+	}
+	return s.publicLis.Addr().String()
 }
 
 // usageReport is a consumer's current period, for the admin API.
@@ -416,8 +479,7 @@ func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
 // server's workers, the access-log receiver and the store.
 func (s *Server) Close() {
 	s.grpc.Stop()
-	s.grpcLis.Close()
-	s.httpLis.Close()
+	s.closeListeners()
 	s.als.Close(context.Background())
 	s.closeStore()
 }
@@ -425,9 +487,18 @@ func (s *Server) Close() {
 // Run serves until ctx ends, then stops accepting, lets in-flight calls
 // finish, persists counters and returns nil.
 func (s *Server) Run(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	var wg sync.WaitGroup
 	wg.Add(2)
+	if s.public != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.public.Serve(s.publicLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve public http: %w", err)
+			}
+		}()
+	}
 	go func() {
 		defer wg.Done()
 		if err := s.grpc.Serve(s.grpcLis); err != nil {
@@ -466,8 +537,9 @@ func (s *Server) Run(ctx context.Context) error {
 		defer close(healthDone)
 		s.followReadiness(stopReload)
 	}()
-	s.log.Info("levy serving", zap.String("grpc", s.GRPCAddr()), zap.String("http", s.HTTPAddr()),
+	s.log.Info("levy serving", zap.String("grpc", s.GRPCAddr()), zap.String("http", s.HTTPAddr()), zap.String("public", s.PublicAddr()),
 		zap.String("store", s.cfg.Store.Type), zap.String("config", s.cfg.Source))
+	s.logLimits()
 
 	var runErr error
 	select {
@@ -495,8 +567,10 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.ShutdownGrace)
 	defer cancel()
-	if err := s.http.Shutdown(shutdownCtx); err != nil {
-		s.http.Close()
+	for _, srv := range []*http.Server{s.http, s.public} {
+		if srv != nil && srv.Shutdown(shutdownCtx) != nil {
+			srv.Close()
+		}
 	}
 	wg.Wait()
 	if err := s.als.Close(ctx); err != nil && runErr == nil {
@@ -507,6 +581,27 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("levy stopped")
 	return runErr
+}
+
+// logLimits says what bounds the process's connections: the open-file
+// limit (every connection takes a descriptor) and the HTTP listener's
+// limits. An HTTP connection cap near the open-file limit leaves none for
+// gRPC and the store: that is warned of.
+func (s *Server) logLimits() {
+	lim := s.httpLimits()
+	fields := []zap.Field{zap.Int("http_max_conns", lim.MaxConns), zap.Duration("http_read_header_timeout", lim.ReadHeader),
+		zap.Duration("http_read_timeout", lim.Read), zap.Duration("http_write_timeout", lim.Write), zap.Duration("http_idle_timeout", lim.Idle)}
+	soft, hard, ok := openFileLimit()
+	if !ok {
+		s.log.Info("connection limits", fields...)
+		return
+	}
+	fields = append(fields, zap.Uint64("open_files_soft", soft), zap.Uint64("open_files_hard", hard))
+	if uint64(lim.MaxConns) > soft/2 {
+		s.log.Warn("the HTTP listener may take more than half the open-file limit: raise the limit (ulimit -n) or lower listen.http_limits.max_conns", fields...)
+		return
+	}
+	s.log.Info("connection limits", fields...)
 }
 
 func (s *Server) closeStore() error {
@@ -618,6 +713,7 @@ func GRPCOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(10000),
+		grpc.MaxRecvMsgSize(MaxRecvMsgBytes),
 		// Calls run on long-lived workers (and on a new goroutine only when
 		// all are busy): a new goroutine per call grows its stack through
 		// gRPC's and levy's frames every time.
@@ -645,6 +741,19 @@ var codec = wire.Codec{
 		return rls.Encode(v)
 	},
 }
+
+// MaxRecvMsgBytes bounds one message levy reads (gRPC's default is 4 MiB).
+// A message over it is refused with ResourceExhausted from its length
+// prefix, before it is decoded. The largest messages Envoy sends levy are
+// far smaller: a CheckRequest carries the request's headers (Envoy's
+// default max_request_headers_kb is 60) and no body in levy's configs; an
+// access-log batch is flushed at buffer_size_bytes (16 KiB in envoy/);
+// a RateLimitRequest is at most rls.MaxDescriptors descriptors of
+// rls.MaxEntries entries (56 KiB with short values, 512 KiB with 256-byte
+// ones). A RateLimitRequest of 100,000 descriptors is 1 MB even with
+// one-byte keys and values: it is refused unread, where at 4 MiB it was
+// decoded whole (1.9 MB in the e2e test) before the caps refused it.
+const MaxRecvMsgBytes = 512 << 10
 
 // streamWorkers is how many goroutines serve gRPC calls.
 const streamWorkers = 64

@@ -79,8 +79,17 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	health := redisstore.StartHealth(client, uuid.NewString(), 500*time.Millisecond, s.log)
 	b.closers = append(b.closers, func() error { health.Stop(); return nil })
 	b.ready = health.Ready
-	rl := limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: cluster,
-		Timeout: time.Duration(cfg.Store.Timeout), Available: health.SlotReady, Failed: health.SlotFailed})
+	// The limiter has a client of its own, whose read timeout lets a
+	// script call wait for a reply its callers stopped waiting for: what
+	// it took for them is then given back (limiter.RedisConfig.ReplyWait).
+	timeout := time.Duration(cfg.Store.Timeout)
+	replyWait := max(20*timeout, time.Second)
+	limOpts := opts
+	limOpts.ReadTimeout = replyWait
+	limClient, _ := redisstore.NewClient(limOpts)
+	b.closers = append(b.closers, limClient.Close)
+	rl := limiter.NewRedis(limiter.RedisConfig{Client: limClient, Cluster: cluster, Timeout: timeout, ReplyWait: replyWait,
+		Available: health.SlotReady, Failed: health.SlotFailed, Registerer: s.metrics.Registry, Log: s.log})
 	b.closers = append(b.closers, rl.Close)
 	var lim limiter.Limiter = rl
 	ledger := limiter.NewRedisLedger(client, time.Duration(cfg.Billing.Window))

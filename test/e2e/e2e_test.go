@@ -53,10 +53,12 @@ type proc struct {
 	cmd      *exec.Cmd
 	grpcAddr string
 	httpAddr string
-	mu       sync.Mutex
-	demoKeys map[string]string
-	done     chan error
-	stderr   *syncBuffer
+	// publicAddr is listen.public's bound address ("" without it).
+	publicAddr string
+	mu         sync.Mutex
+	demoKeys   map[string]string
+	done       chan error
+	stderr     *syncBuffer
 }
 
 type syncBuffer struct {
@@ -121,9 +123,9 @@ func serveEnv(t *testing.T, env []string, args ...string) *proc {
 		signalled := false
 		for sc.Scan() {
 			p.stderr.Write([]byte(sc.Text() + "\n"))
-			var rec struct{ Msg, GRPC, HTTP string }
+			var rec struct{ Msg, GRPC, HTTP, Public string }
 			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "levy serving" && !signalled {
-				p.grpcAddr, p.httpAddr, signalled = rec.GRPC, rec.HTTP, true
+				p.grpcAddr, p.httpAddr, p.publicAddr, signalled = rec.GRPC, rec.HTTP, rec.Public, true
 				close(ready)
 			}
 		}

@@ -1,0 +1,127 @@
+package limiter_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/levyhq/levy/pkg/limiter"
+	"github.com/levyhq/levy/pkg/limiter/limitertest"
+	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/redisstore"
+	"github.com/levyhq/levy/pkg/redistest"
+)
+
+// BenchmarkRedisDecide is admission on a real Redis as levy serve runs it
+// (the server's client options, concurrent callers, a consumer's rate and
+// quota): what the late-reply bookkeeping must not slow.
+//
+//	go test ./pkg/limiter -run '^$' -bench BenchmarkRedisDecide -count 6
+func BenchmarkRedisDecide(b *testing.B) {
+	srv := redistest.Start(b)
+	client, _ := redisstore.NewClient(redisstore.Options{Addr: srv.Addr, Timeout: time.Second})
+	b.Cleanup(func() { client.Close() })
+	l := limitertest.NewRedis(b, limiter.RedisConfig{Client: client, Timeout: time.Second})
+	var n, failed atomic.Int64
+	b.SetParallelism(16)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		c := n.Add(1)
+		limits := []limiter.Limit{
+			{Kind: limiter.Bucket, Name: "rate", Key: fmt.Sprintf("{c:%d}:rate", c), Cost: 1, Requests: 1 << 30, Per: time.Second},
+			{Kind: limiter.Quota, Name: "quota", Key: fmt.Sprintf("{c:%d}:quota", c), Cost: 1, Max: 1 << 40, Unit: plan.Month},
+		}
+		for pb.Next() {
+			if d, err := l.Decide(context.Background(), limits); err != nil || !d.OK {
+				failed.Add(1)
+			}
+		}
+	})
+	if f := failed.Load(); f > 0 {
+		b.Fatalf("%d of %d decisions failed", f, b.N)
+	}
+}
+
+// lateCounts reads levy_store_late_decisions_total by outcome.
+func lateCounts(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "levy_store_late_decisions_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			out[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+		}
+	}
+	return out
+}
+
+// A decision its caller stopped waiting for is given back when Redis
+// answers late, and one whose reply never comes is counted as unknown.
+func TestLateDecisionsAreGivenBackOrCounted(t *testing.T) {
+	tests := []struct {
+		name      string
+		stall     time.Duration // Redis paused this long
+		replyWait time.Duration
+		wantUsed  int64
+		want      string // the outcome counted
+	}{
+		{"reply within the wait: given back", 300 * time.Millisecond, 3 * time.Second, 0, "refunded"},
+		{"no reply within the wait: unknown", 600 * time.Millisecond, 200 * time.Millisecond, -1, "unknown"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			client, _ := redisstore.NewClient(redisstore.Options{Addr: srv.Addr, Timeout: time.Second, ReadTimeout: tt.replyWait})
+			t.Cleanup(func() { client.Close() })
+			reg := prometheus.NewRegistry()
+			l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Timeout: 50 * time.Millisecond, ReplyWait: tt.replyWait,
+				Registerer: reg, Log: zaptest.NewLogger(t)})
+			quota := limiter.Limit{Kind: limiter.Quota, Name: "quota", Key: "{c:late}:quota", Cost: 1, Max: 100, Unit: plan.Month}
+			if d, err := l.Decide(context.Background(), []limiter.Limit{quota}); err != nil || !d.OK { // loads the script
+				t.Fatal(d.OK, err)
+			}
+			srv.Pause()
+			_, err := l.Decide(context.Background(), []limiter.Limit{quota})
+			time.Sleep(tt.stall)
+			srv.Resume()
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Decide with Redis stalled: %v, want a timeout", err)
+			}
+			waitUntil(t, 5*time.Second, func() bool { return lateCounts(t, reg)[tt.want] == 1 })
+			peek := quota
+			peek.Cost = 0
+			d, err := l.Decide(context.Background(), []limiter.Limit{peek})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if used := d.Statuses[0].Used - 1; tt.wantUsed >= 0 && used != tt.wantUsed {
+				t.Fatalf("%d units charged for the request whose caller saw a timeout", used)
+			}
+			t.Logf("late decisions: %v; units charged: %d", lateCounts(t, reg), d.Statuses[0].Used-1)
+		})
+	}
+}
+
+func waitUntil(t *testing.T, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
