@@ -26,11 +26,12 @@ const rehashEvery = 40
 func Watch(paths []string, interval time.Duration, stop <-chan struct{}, onChange func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	watch(paths, t.C, stop, onChange)
+	watch(paths, t.C, stop, onChange, nil)
 }
 
-// watch is Watch polling on each tick.
-func watch(paths []string, ticks <-chan time.Time, stop <-chan struct{}, onChange func()) {
+// watch is Watch polling on each tick; polled, when set, is called after
+// each poll (a test's way to know the poll's effects are done).
+func watch(paths []string, ticks <-chan time.Time, stop <-chan struct{}, onChange, polled func()) {
 	w := watcher{paths: paths}
 	applied := w.fingerprint(true)
 	seen := applied
@@ -49,6 +50,9 @@ func watch(paths []string, ticks <-chan time.Time, stop <-chan struct{}, onChang
 			onChange()
 		}
 		seen = fp
+		if polled != nil {
+			polled()
+		}
 	}
 }
 

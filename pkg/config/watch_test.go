@@ -18,7 +18,7 @@ func TestWatchAppliesAFileOnlyOnceItIsStable(t *testing.T) {
 		}
 	}
 	write("plans: {}\n")
-	ticks, stop := make(chan time.Time), make(chan struct{})
+	ticks, stop, polled := make(chan time.Time), make(chan struct{}), make(chan struct{})
 	applied := make(chan string, 10)
 	done := make(chan struct{})
 	go func() {
@@ -26,12 +26,14 @@ func TestWatchAppliesAFileOnlyOnceItIsStable(t *testing.T) {
 		watch([]string{path}, ticks, stop, func() {
 			b, _ := os.ReadFile(path)
 			applied <- string(b)
-		})
+		}, func() { polled <- struct{}{} })
 	}()
-	poll := func() { ticks <- time.Now() }
+	// poll returns once the poll is done: no write of the test races with
+	// the watcher reading the file.
+	poll := func() { ticks <- time.Now(); <-polled }
 	none := func(when string) {
 		t.Helper()
-		poll() // a poll is done once the next one is taken
+		poll()
 		select {
 		case got := <-applied:
 			t.Fatalf("%s: applied %q", when, got)
