@@ -1,27 +1,36 @@
 -- levy's atomic decisions: every limit of a request, evaluated against the
--- store's clock, then all taken or (when any denies) none. One call
--- decides a batch of requests, one after the other, as if each were its
--- own call. It runs for every decision, so it is written for speed: each
--- distinct key and each distinct set of parameters is sent and parsed
--- once per call, the few tables it needs are reused across the batch, and
--- a limit's answer is only the fields its kind has.
+-- store's clock, then all taken or (when any denies) none, except debits,
+-- which are always taken. One call decides a batch of requests, one after
+-- the other, as if each were its own call. It runs for every decision, so
+-- it is written for speed: each distinct key and each distinct set of
+-- parameters is sent and parsed once per call, the few tables it needs
+-- are reused across the batch, and a limit's answer is only the fields
+-- its kind has. The semantics are Local.Decide's (local.go), step for
+-- step: the two stores must agree to the microsecond.
 --
 -- KEYS: the distinct keys of the batch's limits: a bucket's theoretical
--- arrival time, a quota hash {s = period start, v = count}, or a ledger's
--- index of unexported windows; all in one hash slot.
+-- arrival time (negated while the bucket is in debt), a quota hash {s =
+-- period start, v = count}, or a ledger's index of unexported windows;
+-- all in one hash slot.
 -- ARGV[1]: "" to use TIME, or a test clock in microseconds.
 -- ARGV[2]: every other number of the batch, as one MessagePack array
 -- (Redis makes a string of each argument, which costs more than decoding
 -- them all at once): D, the number of requests, and P, the number of
 -- distinct parameter sets; then the P sets, by kind:
---   bucket (0): kind, cost, shadow (0/1), interval_us, tolerance_us
---   quota (1):  kind, cost, shadow, unit (1 hour, 2 day, 3 week, 4 month,
+--   bucket (0): kind, cost, flags, interval_us, tolerance_us
+--   quota (1):  kind, cost, flags, unit (1 hour, 2 day, 3 week, 4 month,
 --               5 year), max, soft (0/1), cap, anchor_day (0 = calendar),
 --               anchor_month*100000+anchor_second_of_day
 --   ledger (2): kind, cost, window_s; the window itself is
 --               key..":"..start
+-- where flags is shadow + 2*debit + 4*quota_mode (quota_mode: one of the
+-- request's quota-mode group, which denies only when all of it is over);
 -- then each request: its number of limits n, and n references, each
 -- key_index * 2^20 + set_index (both from 0).
+-- ARGV[3]: absent to decide; "1" to give back what one request's limits
+-- (D = 1) took, when a later hash slot of the same request denied: each
+-- limit's cost is returned, then each is answered as a check that takes
+-- nothing.
 -- Returns, packed as one MessagePack array (cheaper for Redis than a reply
 -- of as many integers): now_s, now_us, then per request: denied_index
 -- (0 = none), then per limit: ok (0/1), remaining, reset_us, retry_us, and
@@ -40,6 +49,9 @@ else
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local now_s = floor(now / 1000000)
+-- Local.go's maxAhead and maxCount: how far beyond now a bucket's state
+-- may lie (its time to fill and its debt), and the most a quota counts.
+local max_ahead, max_count = 2251799813685248, 4503599627370496
 
 local function days_from_civil(y, m, d)
   if m <= 2 then y = y - 1 end
@@ -112,26 +124,30 @@ local function period(t, unit, aday, amonth_sec)
 end
 
 
--- The batch's parameter sets, parsed once: kind, cost, shadow, the kind's
+-- The batch's parameter sets, parsed once: kind, cost, flags, the kind's
 -- values (pa..pd) and the period they count in now (a quota's or a
 -- ledger window's start, and a quota's end).
-local pkind, pcost, pshadow, pa, pb, pc, pd, pstart, pend = {}, {}, {}, {}, {}, {}, {}, {}, {}
+local pkind, pcost, pshadow, pdebit, pqm, pa, pb, pc, pd, pstart, pend = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
 local v = cmsgpack.unpack(ARGV[2])
 local a = 3
 for p = 1, v[2] do
   local kind = v[a]
   pkind[p], pcost[p] = kind, v[a + 1]
-  if kind == 0 then
-    pshadow[p], pa[p], pb[p], pstart[p] = v[a + 2], v[a + 3], v[a + 4], 0
-    a = a + 5
-  elseif kind == 2 then
+  if kind == 2 then
     local size = v[a + 2]
-    pshadow[p], pa[p], pstart[p] = 0, size, floor(now_s / size) * size
+    pshadow[p], pdebit[p], pqm[p], pa[p], pstart[p] = 0, 0, 0, size, floor(now_s / size) * size
     a = a + 3
   else
-    local s, e = period(now_s, v[a + 3], v[a + 7], v[a + 8])
-    pshadow[p], pb[p], pc[p], pd[p], pstart[p], pend[p] = v[a + 2], v[a + 4], v[a + 5], v[a + 6], s, e
-    a = a + 9
+    local f = v[a + 2]
+    pshadow[p], pdebit[p], pqm[p] = f % 2, floor(f / 2) % 2, floor(f / 4)
+    if kind == 0 then
+      pa[p], pb[p], pstart[p] = v[a + 3], v[a + 4], 0
+      a = a + 5
+    else
+      local s, e = period(now_s, v[a + 3], v[a + 7], v[a + 8])
+      pb[p], pc[p], pd[p], pstart[p], pend[p] = v[a + 4], v[a + 5], v[a + 6], s, e
+      a = a + 9
+    end
   end
 end
 
@@ -142,25 +158,45 @@ end
 local lp, keys, starts, stored, nexts = {}, {}, {}, {}, {}
 local oks, rems, resets, retries, useds, overs = {}, {}, {}, {}, {}, {}
 
--- eval decides limit i from state cur, taking cost c; it sets the limit's
--- status and the state it would leave (nexts[i]).
+-- eval decides limit i from state cur (nil: none), taking cost c; it
+-- sets the limit's status and the state it leaves when it takes
+-- (nexts[i]). A check that takes nothing needs a unit left. A debit that
+-- does not fit is over, and taken all the same. (Local.go's evalBucket
+-- and evalQuota say why.)
 local function eval(i, c, cur)
   local p = lp[i]
   local kind = pkind[p]
+  local need = c
+  if need < 1 then need = 1 end
   if kind == 0 then
     local interval, tolerance = pa[p], pb[p]
-    local tat = cur or now
+    local tat, debt = cur or now, false
+    if tat < 0 then tat, debt = -tat, true end
     if tat < now then tat = now end
-    if tat > now + tolerance then tat = now + tolerance end
-    local nxt = tat + c * interval
-    if c * interval > tolerance or nxt - now > tolerance then
-      -- over, or more than the bucket ever holds (never passes)
-      local retry = tolerance
-      if c * interval <= tolerance then retry = nxt - now - tolerance end
-      oks[i], rems[i], resets[i], retries[i], nexts[i] = 0, floor((tolerance - (tat - now)) / interval), tat - now, retry, tat
+    -- beyond the tolerance without debt: a lowered limit's state
+    if not debt and tat > now + tolerance then tat = now + tolerance end
+    local ahead = tat - now
+    if need * interval <= tolerance - ahead then
+      local nxt = tat + c * interval
+      oks[i], rems[i], resets[i], retries[i], nexts[i] = 1, floor((tolerance - (nxt - now)) / interval), nxt - now, 0, nxt
       return
     end
-    oks[i], rems[i], resets[i], retries[i], nexts[i] = 1, floor((tolerance - (nxt - now)) / interval), nxt - now, 0, nxt
+    if pdebit[p] == 0 or c == 0 then
+      local retry = tolerance -- more than the bucket ever holds: never passes
+      if need * interval <= tolerance then retry = ahead + need * interval - tolerance end
+      local room = tolerance - ahead
+      if room < 0 then room = 0 end
+      oks[i], rems[i], resets[i], retries[i], nexts[i] = 0, floor(room / interval), ahead, retry, cur
+      return
+    end
+    -- a debit: into debt
+    local nxt = now + max_ahead
+    if c * interval <= max_ahead - ahead then nxt = tat + c * interval end
+    local retry = nxt - now + interval - tolerance
+    if retry < 0 then retry = 0 end
+    oks[i], rems[i], resets[i], retries[i] = 0, 0, nxt - now, retry
+    if nxt - now > tolerance then nxt = -nxt end
+    nexts[i] = nxt
     return
   end
   if kind == 2 then
@@ -170,33 +206,71 @@ local function eval(i, c, cur)
   end
   local max, soft, cap = pb[p], pc[p], pd[p]
   local used = cur or 0
+  local bound = max
+  if soft == 1 then
+    bound = -1 -- none
+    if cap > 0 then bound = cap end
+  end
   local after = used + c
+  if after > max_count then after = max_count end
   local reset = pend[p] * 1000000 - now
-  if soft == 0 then
-    if after > max then
-      local rem = max - used
-      if rem < 0 then rem = 0 end
-      oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 0, rem, reset, reset, used, 0, used
-      return
-    end
-    oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, max - after, reset, 0, after, 0, after
-    return
+  local ok, u, rem, retry = 1, after, -1, 0
+  if bound < 0 then
+  elseif used + need <= bound then
+    rem = bound - after
+  elseif pdebit[p] == 1 and c > 0 then
+    ok, rem, retry = 0, 0, reset
+  else
+    ok, u, rem, retry, after = 0, used, bound - used, reset, used
+    if rem < 0 then rem = 0 end
   end
-  local over = after - max
-  if over < 0 then over = 0 end
-  if cap > 0 then
-    if after > cap then
-      local rem = cap - used
-      if rem < 0 then rem = 0 end
-      local o = used - max
-      if o < 0 then o = 0 end
-      oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 0, rem, reset, reset, used, o, used
-      return
-    end
-    oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, cap - after, reset, 0, after, over, after
-    return
+  local over = 0
+  if soft == 1 and u > max then over = u - max end
+  oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = ok, rem, reset, retry, u, over, after
+end
+
+-- prior is the state limit i is evaluated against: what the last limit of
+-- the request before it (in the order evaluated: debits first) on the
+-- same state leaves, counting only limits that take; else the stored
+-- state. base is where i's checks start: the stored state with the
+-- request's debits on it (n limits; debits: whether any is a debit).
+local function last_debit(i, e)
+  for j = e - 1, 1, -1 do
+    if pdebit[lp[j]] == 1 and keys[j] == keys[i] and starts[j] == starts[i] then return nexts[j] end
   end
-  oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, -1, reset, 0, after, over, after
+  return stored[i]
+end
+
+local function base(i, n, debits)
+  if debits then return last_debit(i, n + 1) end
+  return stored[i]
+end
+
+local function prior(i, n, debits)
+  if pdebit[lp[i]] == 1 then return last_debit(i, i) end
+  for j = i - 1, 1, -1 do
+    if oks[j] == 1 and pdebit[lp[j]] == 0 and keys[j] == keys[i] and starts[j] == starts[i] then return nexts[j] end
+  end
+  return base(i, n, debits)
+end
+
+-- denial is the index of the limit that denies the request (0: none): the
+-- first that is over and enforced, where a quota-mode limit that is over
+-- denies only when the whole quota-mode group is.
+local function denial(n)
+  local group, group_over = false, true
+  for i = 1, n do
+    if pqm[lp[i]] == 1 then
+      group = true
+      if oks[i] == 1 then group_over = false end
+    end
+  end
+  group_over = group and group_over
+  for i = 1, n do
+    local p = lp[i]
+    if oks[i] == 0 and pshadow[p] == 0 and (group_over or pqm[p] == 0) then return i end
+  end
+  return 0
 end
 
 -- The state this call has read or taken, by key (a ledger's by window):
@@ -252,7 +326,7 @@ local function parse(i, ref)
   end
 end
 
--- take records what allowed limit i took; flush writes it.
+-- take records what limit i took; flush writes it.
 local function take(i)
   local p = lp[i]
   local c = pcost[p]
@@ -270,12 +344,19 @@ local function take(i)
   end
 end
 
+-- set_bucket writes a bucket's state, kept until it is full again.
+local function set_bucket(key, value)
+  local tat = value
+  if tat < 0 then tat = -tat end
+  redis.call("SET", key, string.format("%d", value), "PX", floor((tat - now) / 1000) + 1 + ttl_extra)
+end
+
 -- flush writes every state the batch took.
 local function flush()
   for _, key in ipairs(dirty) do
     local kind, value = dirty_kind[key], seen[key]
     if kind == 0 then
-      redis.call("SET", key, string.format("%d", value), "PX", floor((value - now) / 1000) + 1 + ttl_extra)
+      set_bucket(key, value)
     elseif kind == 2 then
       local add, start = dirty_add[key], dirty_start[key]
       if redis.call("HINCRBY", key, "u", add) == add then
@@ -296,36 +377,9 @@ local function flush()
 end
 
 local out, o = {now_s, now % 1000000}, 2
-for _ = 1, v[1] do
-  local n = v[a]
-  a = a + 1
-  local denied = 0
-  for i = 1, n do
-    parse(i, v[a])
-    a = a + 1
-    -- An earlier limit of this request on the same state decides on what
-    -- that one would leave.
-    local cur = stored[i]
-    for j = i - 1, 1, -1 do
-      if keys[j] == keys[i] and starts[j] == starts[i] and not (oks[j] == 0 and pshadow[lp[j]] == 1) then
-        cur = nexts[j]
-        break
-      end
-    end
-    local p = lp[i]
-    eval(i, pcost[p], cur)
-    if oks[i] == 0 and pshadow[p] == 0 and denied == 0 then denied = i end
-  end
-  if denied > 0 then
-    -- Nothing is taken: report what the other limits have left.
-    for i = 1, n do
-      if i ~= denied and oks[i] == 1 then eval(i, 0, stored[i]) end
-    end
-  else
-    for i = 1, n do
-      if oks[i] == 1 or pshadow[lp[i]] == 0 then take(i) end
-    end
-  end
+
+-- answer appends a request's answer: denied, then its n limits'.
+local function answer(n, denied)
   o = o + 1
   out[o] = denied
   for i = 1, n do
@@ -336,6 +390,85 @@ for _ = 1, v[1] do
       o = o + 3
     end
   end
+end
+
+if ARGV[3] == "1" then
+  -- Give back each limit's cost, then answer each as a check.
+  local n, refs = v[a], {}
+  for i = 1, n do
+    refs[i] = v[a + i]
+    parse(i, refs[i])
+    local p = lp[i]
+    local c, kind, key, cur = pcost[p], pkind[p], keys[i], stored[i]
+    if c > 0 and cur then
+      if kind == 0 then
+        local tat = cur
+        if tat < 0 then tat = -tat end
+        tat = tat - c * pa[p]
+        if tat > now then
+          if tat - now > pb[p] then tat = -tat end
+          set_bucket(key, tat)
+          seen[key] = tat
+        else
+          redis.call("DEL", key)
+          seen[key] = false
+        end
+      elseif cur >= c then
+        local field = "v"
+        if kind == 2 then field = "u" end
+        redis.call("HINCRBY", key, field, -c)
+        seen[key] = cur - c
+      end
+    end
+  end
+  for i = 1, n do
+    parse(i, refs[i])
+    eval(i, 0, stored[i])
+  end
+  answer(n, 0)
+  return cmsgpack.pack(out)
+end
+
+for _ = 1, v[1] do
+  local n = v[a]
+  a = a + 1
+  local debits = false
+  for i = 1, n do
+    parse(i, v[a + i - 1])
+    if pdebit[lp[i]] == 1 then debits = true end
+  end
+  a = a + n
+  -- Debits first: they are spent already, so the request's checks see
+  -- them; then the others, in order.
+  if debits then
+    for i = 1, n do
+      local p = lp[i]
+      if pdebit[p] == 1 then eval(i, pcost[p], prior(i, n, debits)) end
+    end
+  end
+  for i = 1, n do
+    local p = lp[i]
+    if pdebit[p] == 0 then eval(i, pcost[p], prior(i, n, debits)) end
+  end
+  local denied = denial(n)
+  -- Take what was taken in the order evaluated (the last take of a state
+  -- is what the request leaves): debits always, the others when allowed.
+  if debits then
+    for i = 1, n do
+      if pdebit[lp[i]] == 1 then take(i) end
+    end
+  end
+  if denied > 0 then
+    -- Report what the other limits have left.
+    for i = 1, n do
+      if oks[i] == 1 and pdebit[lp[i]] == 0 then eval(i, 0, base(i, n, debits)) end
+    end
+  else
+    for i = 1, n do
+      if oks[i] == 1 and pdebit[lp[i]] == 0 then take(i) end
+    end
+  end
+  answer(n, denied)
 end
 flush()
 return cmsgpack.pack(out)
