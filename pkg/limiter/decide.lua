@@ -21,7 +21,7 @@
 --   quota (1):  kind, cost, flags, unit (1 hour, 2 day, 3 week, 4 month,
 --               5 year), max, soft (0/1), cap, anchor_day (0 = calendar),
 --               anchor_month*100000+anchor_second_of_day
---   ledger (2): kind, cost, window_s; the window itself is
+--   ledger (2): kind, cost, flags, window_s; the window itself is
 --               key..":"..start
 -- where flags is shadow + 2*debit + 4*quota_mode (quota_mode: one of the
 -- request's quota-mode group, which denies only when all of it is over);
@@ -133,21 +133,19 @@ local a = 3
 for p = 1, v[2] do
   local kind = v[a]
   pkind[p], pcost[p] = kind, v[a + 1]
-  if kind == 2 then
-    local size = v[a + 2]
-    pshadow[p], pdebit[p], pqm[p], pa[p], pstart[p] = 0, 0, 0, size, floor(now_s / size) * size
-    a = a + 3
+  local f = v[a + 2]
+  pshadow[p], pdebit[p], pqm[p] = f % 2, floor(f / 2) % 2, floor(f / 4)
+  if kind == 0 then
+    pa[p], pb[p], pstart[p] = v[a + 3], v[a + 4], 0
+    a = a + 5
+  elseif kind == 2 then
+    local size = v[a + 3]
+    pa[p], pstart[p] = size, floor(now_s / size) * size
+    a = a + 4
   else
-    local f = v[a + 2]
-    pshadow[p], pdebit[p], pqm[p] = f % 2, floor(f / 2) % 2, floor(f / 4)
-    if kind == 0 then
-      pa[p], pb[p], pstart[p] = v[a + 3], v[a + 4], 0
-      a = a + 5
-    else
-      local s, e = period(now_s, v[a + 3], v[a + 7], v[a + 8])
-      pb[p], pc[p], pd[p], pstart[p], pend[p] = v[a + 4], v[a + 5], v[a + 6], s, e
-      a = a + 9
-    end
+    local s, e = period(now_s, v[a + 3], v[a + 7], v[a + 8])
+    pb[p], pc[p], pd[p], pstart[p], pend[p] = v[a + 4], v[a + 5], v[a + 6], s, e
+    a = a + 9
   end
 end
 

@@ -643,7 +643,7 @@ func (p *limitParams) values() []int64 {
 	case Bucket:
 		return p[:5]
 	case Ledger:
-		return p[:3]
+		return p[:4]
 	}
 	return p[:9]
 }
@@ -663,7 +663,8 @@ func paramsOf(l *Limit) limitParams {
 	}
 	switch l.Kind {
 	case Ledger:
-		return limitParams{2, l.Cost, int64(l.WindowSize / time.Second)}
+		// never over: only the debit flag means anything
+		return limitParams{2, l.Cost, flags & 2, int64(l.WindowSize / time.Second)}
 	case Bucket:
 		interval := bucketInterval(l)
 		return limitParams{0, l.Cost, flags, interval, interval * l.Capacity()}
