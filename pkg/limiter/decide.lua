@@ -128,6 +128,7 @@ end
 -- values (pa..pd) and the period they count in now (a quota's or a
 -- ledger window's start, and a quota's end).
 local pkind, pcost, pshadow, pdebit, pqm, pa, pb, pc, pd, pstart, pend = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+local any_debit, any_qm = false, false -- any set of the batch is a debit's, a quota-mode limit's
 local v = cmsgpack.unpack(ARGV[2])
 local a = 3
 for p = 1, v[2] do
@@ -135,6 +136,8 @@ for p = 1, v[2] do
   pkind[p], pcost[p] = kind, v[a + 1]
   local f = v[a + 2]
   pshadow[p], pdebit[p], pqm[p] = f % 2, floor(f / 2) % 2, floor(f / 4)
+  if pdebit[p] == 1 then any_debit = true end
+  if pqm[p] == 1 then any_qm = true end
   if kind == 0 then
     pa[p], pb[p], pstart[p] = v[a + 3], v[a + 4], 0
     a = a + 5
@@ -227,48 +230,13 @@ local function eval(i, c, cur)
   oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = ok, rem, reset, retry, u, over, after
 end
 
--- prior is the state limit i is evaluated against: what the last limit of
--- the request before it (in the order evaluated: debits first) on the
--- same state leaves, counting only limits that take; else the stored
--- state. base is where i's checks start: the stored state with the
--- request's debits on it (n limits; debits: whether any is a debit).
+-- last_debit is what the last debit of the request before index e on
+-- limit i's state leaves, or the stored state.
 local function last_debit(i, e)
   for j = e - 1, 1, -1 do
-    if pdebit[lp[j]] == 1 and keys[j] == keys[i] and starts[j] == starts[i] then return nexts[j] end
+    if keys[j] == keys[i] and starts[j] == starts[i] and pdebit[lp[j]] == 1 then return nexts[j] end
   end
   return stored[i]
-end
-
-local function base(i, n, debits)
-  if debits then return last_debit(i, n + 1) end
-  return stored[i]
-end
-
-local function prior(i, n, debits)
-  if pdebit[lp[i]] == 1 then return last_debit(i, i) end
-  for j = i - 1, 1, -1 do
-    if oks[j] == 1 and pdebit[lp[j]] == 0 and keys[j] == keys[i] and starts[j] == starts[i] then return nexts[j] end
-  end
-  return base(i, n, debits)
-end
-
--- denial is the index of the limit that denies the request (0: none): the
--- first that is over and enforced, where a quota-mode limit that is over
--- denies only when the whole quota-mode group is.
-local function denial(n)
-  local group, group_over = false, true
-  for i = 1, n do
-    if pqm[lp[i]] == 1 then
-      group = true
-      if oks[i] == 1 then group_over = false end
-    end
-  end
-  group_over = group and group_over
-  for i = 1, n do
-    local p = lp[i]
-    if oks[i] == 0 and pshadow[p] == 0 and (group_over or pqm[p] == 0) then return i end
-  end
-  return 0
 end
 
 -- The state this call has read or taken, by key (a ledger's by window):
@@ -376,26 +344,11 @@ end
 
 local out, o = {now_s, now % 1000000}, 2
 
--- answer appends a request's answer: denied, then its n limits'.
-local function answer(n, denied)
-  o = o + 1
-  out[o] = denied
+-- give_back returns what the request's n limits (references from v[a])
+-- took: each limit's cost, then answers each as a check.
+local function give_back(n)
   for i = 1, n do
-    out[o + 1], out[o + 2], out[o + 3], out[o + 4] = oks[i], rems[i], resets[i], retries[i]
-    o = o + 4
-    if pkind[lp[i]] ~= 0 then
-      out[o + 1], out[o + 2], out[o + 3] = useds[i], overs[i], starts[i]
-      o = o + 3
-    end
-  end
-end
-
-if ARGV[3] == "1" then
-  -- Give back each limit's cost, then answer each as a check.
-  local n, refs = v[a], {}
-  for i = 1, n do
-    refs[i] = v[a + i]
-    parse(i, refs[i])
+    parse(i, v[a + i - 1])
     local p = lp[i]
     local c, kind, key, cur = pcost[p], pkind[p], keys[i], stored[i]
     if c > 0 and cur then
@@ -420,53 +373,101 @@ if ARGV[3] == "1" then
     end
   end
   for i = 1, n do
-    parse(i, refs[i])
+    parse(i, v[a + i - 1])
     eval(i, 0, stored[i])
   end
-  answer(n, 0)
-  return cmsgpack.pack(out)
 end
 
+-- Each request: debits first (they are spent already, so the request's
+-- checks see them), then the others in order, each against what the last
+-- limit before it on the same state leaves, counting only limits that
+-- take, else the stored state with the request's debits on it. Then the
+-- denial: the first limit over and enforced, where a quota-mode limit
+-- that is over denies only when the whole quota-mode group is (and then
+-- the group's first does). Without debits in the batch (the common case)
+-- each request takes one pass.
+local giving_back = ARGV[3] == "1"
 for _ = 1, v[1] do
   local n = v[a]
   a = a + 1
-  local debits = false
-  for i = 1, n do
-    parse(i, v[a + i - 1])
-    if pdebit[lp[i]] == 1 then debits = true end
+  local denied = 0
+  if giving_back then
+    give_back(n)
+  else
+    local debits = false
+    if any_debit then
+      for i = 1, n do
+        parse(i, v[a + i - 1])
+        if pdebit[lp[i]] == 1 then debits = true end
+      end
+      if debits then
+        for i = 1, n do
+          local p = lp[i]
+          if pdebit[p] == 1 then eval(i, pcost[p], last_debit(i, i)) end
+        end
+      end
+    end
+    local qm_first, qm_open = 0, false
+    for i = 1, n do
+      if not any_debit then parse(i, v[a + i - 1]) end
+      local p = lp[i]
+      if not debits or pdebit[p] == 0 then
+        local cur, hit = nil, false
+        for j = i - 1, 1, -1 do
+          if keys[j] == keys[i] and starts[j] == starts[i] and oks[j] == 1 and (not debits or pdebit[lp[j]] == 0) then
+            cur, hit = nexts[j], true
+            break
+          end
+        end
+        if not hit then
+          if debits then cur = last_debit(i, n + 1) else cur = stored[i] end
+        end
+        eval(i, pcost[p], cur)
+      end
+      if oks[i] == 0 then
+        if pshadow[p] == 0 then
+          if pqm[p] == 0 then
+            if denied == 0 then denied = i end
+          elseif qm_first == 0 then
+            qm_first = i
+          end
+        end
+      elseif any_qm and pqm[p] == 1 then
+        qm_open = true
+      end
+    end
+    if qm_first > 0 and not qm_open and (denied == 0 or qm_first < denied) then denied = qm_first end
+    -- Take in the order evaluated (the last take of a state is what the
+    -- request leaves): debits always, the others when allowed.
+    if debits then
+      for i = 1, n do
+        if pdebit[lp[i]] == 1 then take(i) end
+      end
+    end
+    if denied > 0 then
+      -- Report what the other limits have left.
+      for i = 1, n do
+        if oks[i] == 1 and (not debits or pdebit[lp[i]] == 0) then
+          if debits then eval(i, 0, last_debit(i, n + 1)) else eval(i, 0, stored[i]) end
+        end
+      end
+    else
+      for i = 1, n do
+        if oks[i] == 1 and (not debits or pdebit[lp[i]] == 0) then take(i) end
+      end
+    end
   end
   a = a + n
-  -- Debits first: they are spent already, so the request's checks see
-  -- them; then the others, in order.
-  if debits then
-    for i = 1, n do
-      local p = lp[i]
-      if pdebit[p] == 1 then eval(i, pcost[p], prior(i, n, debits)) end
-    end
-  end
+  o = o + 1
+  out[o] = denied
   for i = 1, n do
-    local p = lp[i]
-    if pdebit[p] == 0 then eval(i, pcost[p], prior(i, n, debits)) end
-  end
-  local denied = denial(n)
-  -- Take what was taken in the order evaluated (the last take of a state
-  -- is what the request leaves): debits always, the others when allowed.
-  if debits then
-    for i = 1, n do
-      if pdebit[lp[i]] == 1 then take(i) end
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4] = oks[i], rems[i], resets[i], retries[i]
+    o = o + 4
+    if pkind[lp[i]] ~= 0 then
+      out[o + 1], out[o + 2], out[o + 3] = useds[i], overs[i], starts[i]
+      o = o + 3
     end
   end
-  if denied > 0 then
-    -- Report what the other limits have left.
-    for i = 1, n do
-      if oks[i] == 1 and pdebit[lp[i]] == 0 then eval(i, 0, base(i, n, debits)) end
-    end
-  else
-    for i = 1, n do
-      if oks[i] == 1 and pdebit[lp[i]] == 0 then take(i) end
-    end
-  end
-  answer(n, denied)
 end
 flush()
 return cmsgpack.pack(out)
