@@ -180,7 +180,11 @@ func (r *Redis) decideSlots(ctx context.Context, limits []Limit) (Decision, erro
 					took = append(took, i)
 				}
 			}
-			r.giveBackLogged(ctx, limits, took)
+			if len(took) > 0 {
+				// A failure is reported to health (Failed); the slot stays
+				// short for a while (towards strictness).
+				_, _ = r.giveBack(context.WithoutCancel(ctx), share(limits, took))
+			}
 		}
 		return Decision{}, err
 	}
@@ -265,15 +269,6 @@ func (r *Redis) giveBack(ctx context.Context, limits []Limit) ([]Status, error) 
 		return nil, err
 	}
 	return res[0].statuses, nil
-}
-
-// giveBackLogged gives back the costs of limits idx, if any, for a
-// decision that failed. A failure is reported to health (Failed); the
-// slot stays short for a while (towards strictness).
-func (r *Redis) giveBackLogged(ctx context.Context, limits []Limit, idx []int) {
-	if len(idx) > 0 {
-		_, _ = r.giveBack(context.WithoutCancel(ctx), share(limits, idx))
-	}
 }
 
 func (r *Redis) groups(limits []Limit) [][]int {
