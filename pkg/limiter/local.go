@@ -444,13 +444,16 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	if err := ctx.Err(); err != nil {
 		return Decision{}, err
 	}
+	debits := false
 	for i := range limits {
 		if err := validLimit(&limits[i]); err != nil {
 			return Decision{}, err
 		}
+		debits = debits || limits[i].Debit
 	}
 	// Microseconds, as the Redis store counts: both decide alike.
-	now := l.clock().Truncate(time.Microsecond)
+	now := l.clock()
+	now = now.Add(-time.Duration(now.Nanosecond() % 1000))
 	d := Decision{Now: now, Statuses: make([]Status, len(limits))}
 
 	// Lock every shard the request touches, in index order.
@@ -479,25 +482,31 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	}()
 
 	var stateBuf [4]limitState
-	states := stateBuf[:0]
-	debits := false
-	for i := range limits {
-		states = append(states, l.load(&limits[i], &l.shards[idx[i]], now))
-		debits = debits || limits[i].Debit
+	var states []limitState
+	if len(limits) <= len(stateBuf) {
+		states = stateBuf[:len(limits)]
+	} else {
+		states = make([]limitState, len(limits))
 	}
-	r := request{limits: limits, states: states, now: now}
+	r := request{limits: limits, states: states, statuses: d.Statuses, now: now, debits: debits}
 	// Debits first: they are spent already, so the request's checks see
-	// them; then the others, in order.
+	// them; then the others, in order. Without debits, in one pass.
+	for i := range limits {
+		l.load(&limits[i], &l.shards[idx[i]], now, &r.states[i])
+		if !debits {
+			r.eval(i, limits[i].Cost, r.prior(i))
+		}
+	}
 	if debits {
 		for i := range limits {
 			if limits[i].Debit {
-				d.Statuses[i] = r.eval(i, r.prior(i))
+				r.eval(i, limits[i].Cost, r.prior(i))
 			}
 		}
-	}
-	for i := range limits {
-		if !limits[i].Debit {
-			d.Statuses[i] = r.eval(i, r.prior(i))
+		for i := range limits {
+			if !limits[i].Debit {
+				r.eval(i, limits[i].Cost, r.prior(i))
+			}
 		}
 	}
 	d.Denied = deniedBy(limits, d.Statuses)
@@ -506,9 +515,7 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 		// Only debits are taken: report what the other limits have left.
 		for i := range limits {
 			if !limits[i].Debit && d.Statuses[i].OK {
-				peek := limits[i]
-				peek.Cost = 0
-				d.Statuses[i] = evalLimit(&peek, r.base(i), now, &states[i])
+				r.eval(i, 0, r.base(i))
 			}
 		}
 	}
@@ -532,7 +539,7 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 				id := counterID{lim.Key, st.start}
 				c, ok := sh.counters[id]
 				if !ok {
-					c = &Counter{End: st.period.End}
+					c = &Counter{End: time.Unix(st.end, 0).UTC()}
 					sh.counters[id] = c
 				}
 				c.Value = st.next
@@ -562,47 +569,56 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 // theoretical arrival time in microseconds, a quota's count or a ledger
 // window's units, as stored and as the limit leaves it.
 type limitState struct {
-	period plan.Period // a quota's
-	start  int64       // a quota's period or a ledger's window start, unix seconds
-	stored int64
-	next   int64
-	takes  bool // the limit takes its cost if the request is allowed: it fits, or it is a debit
+	period     plan.Period // a quota's
+	start, end int64       // a quota's period (a ledger's window start), unix seconds
+	stored     int64
+	next       int64
+	takes      bool // the limit takes its cost if the request is allowed: it fits, or it is a debit
 }
 
-// load reads limit l's stored state; sh is its shard, locked.
-func (l *Local) load(lim *Limit, sh *shard, now time.Time) limitState {
+// load reads limit lim's stored state into st; sh is its shard, locked.
+func (l *Local) load(lim *Limit, sh *shard, now time.Time, st *limitState) {
 	switch lim.Kind {
 	case Bucket:
-		return limitState{stored: sh.buckets[lim.Key]}
+		st.stored = sh.buckets[lim.Key]
 	case Quota:
 		p := plan.PeriodAt(now, lim.Unit, lim.Anchor)
-		st := limitState{period: p, start: p.Start.Unix()}
+		st.period, st.start, st.end = p, p.Start.Unix(), p.End.Unix()
 		if c, ok := sh.counters[counterID{lim.Key, st.start}]; ok {
 			st.stored = c.Value
 		}
-		return st
 	default:
-		st := limitState{start: now.Truncate(lim.WindowSize).Unix()}
+		st.start = now.Truncate(lim.WindowSize).Unix()
 		if e, ok := sh.ledger[counterID{lim.Key, st.start}]; ok {
 			st.stored = e.Units
 		}
-		return st
 	}
 }
 
-// request is a decision under way: its limits and their states.
+// request is a decision under way: its limits, their states and
+// statuses.
 type request struct {
-	limits []Limit
-	states []limitState
-	now    time.Time
+	limits   []Limit
+	states   []limitState
+	statuses []Status
+	now      time.Time
+	debits   bool // any limit is a debit
 }
 
-// eval evaluates limit i against state cur and records what it leaves.
-func (r *request) eval(i int, cur int64) Status {
-	lim, st := &r.limits[i], &r.states[i]
-	s := evalLimit(lim, cur, r.now, st)
-	st.takes = s.OK || lim.Debit
-	return s
+// eval evaluates limit i, taking cost, against state cur: it sets the
+// limit's status, and the state it leaves when it takes.
+func (r *request) eval(i int, cost, cur int64) {
+	lim, st, out := &r.limits[i], &r.states[i], &r.statuses[i]
+	switch lim.Kind {
+	case Bucket:
+		*out, st.next = evalBucket(lim, cost, r.now.UnixMicro(), cur)
+	case Quota:
+		*out, st.next = evalQuota(lim, cost, cur, r.now, &st.period)
+	default:
+		st.next = cur + cost
+		*out = Status{OK: true, Used: st.next, PeriodStart: time.Unix(st.start, 0).UTC(), Remaining: -1}
+	}
+	st.takes = out.OK || lim.Debit
 }
 
 // prior is the state limit i is evaluated against: what the last limit of
@@ -614,16 +630,24 @@ func (r *request) prior(i int) int64 {
 		return r.lastDebit(i, i)
 	}
 	for j := i - 1; j >= 0; j-- {
-		if !r.limits[j].Debit && r.states[j].takes && r.same(i, j) {
+		if r.states[j].takes && r.same(i, j) && !r.limits[j].Debit {
 			return r.states[j].next
 		}
 	}
-	return r.base(i)
+	if !r.debits {
+		return r.states[i].stored
+	}
+	return r.lastDebit(i, len(r.limits))
 }
 
 // base is the state limit i's checks start from: the stored state with
 // the request's debits on it.
-func (r *request) base(i int) int64 { return r.lastDebit(i, len(r.limits)) }
+func (r *request) base(i int) int64 {
+	if !r.debits {
+		return r.states[i].stored
+	}
+	return r.lastDebit(i, len(r.limits))
+}
 
 // lastDebit is what the last debit before index end on limit i's state
 // leaves, or the stored state.
@@ -643,22 +667,6 @@ func (r *request) same(i, j int) bool {
 	return a.Kind == b.Kind && a.Key == b.Key && r.states[i].start == r.states[j].start
 }
 
-// evalLimit evaluates lim against state cur and sets st.next to the state
-// it leaves when it takes.
-func evalLimit(lim *Limit, cur int64, now time.Time, st *limitState) Status {
-	var s Status
-	switch lim.Kind {
-	case Bucket:
-		s, st.next = evalBucket(lim, now.UnixMicro(), cur)
-	case Quota:
-		s, st.next = evalQuota(lim, cur, now, st.period)
-	default:
-		st.next = cur + lim.Cost
-		s = Status{OK: true, Used: st.next, PeriodStart: time.Unix(st.start, 0).UTC(), Remaining: -1}
-	}
-	return s
-}
-
 // deniedBy is the index of the limit that denies a request whose limits
 // said statuses, or -1 when it is allowed: the first limit that is over
 // and enforced, where a quota-mode limit that is over denies only when
@@ -666,21 +674,25 @@ func evalLimit(lim *Limit, cur int64, now time.Time, st *limitState) Status {
 // of them). Shadow limits, and ledgers, are no part of the quota-mode
 // group: a shadow limit never changes a decision.
 func deniedBy(limits []Limit, statuses []Status) int {
-	group, groupOver := false, true
-	for i := range limits {
-		if inQuotaGroup(&limits[i]) {
-			group = true
-			groupOver = groupOver && !statuses[i].OK
-		}
-	}
-	groupOver = group && groupOver
+	denied, group, open := -1, -1, false // group: its first over; open: one of it is not
 	for i := range limits {
 		l := &limits[i]
-		if !statuses[i].OK && !l.Shadow && (groupOver || !inQuotaGroup(l)) {
-			return i
+		switch {
+		case statuses[i].OK:
+			open = open || inQuotaGroup(l)
+		case l.Shadow:
+		case !inQuotaGroup(l):
+			if denied < 0 {
+				denied = i
+			}
+		case group < 0:
+			group = i
 		}
 	}
-	return -1
+	if group >= 0 && !open && (denied < 0 || group < denied) {
+		return group
+	}
+	return denied
 }
 
 // inQuotaGroup reports whether l is one of the quota-mode limits that
@@ -726,7 +738,7 @@ func bucketInterval(l *Limit) int64 { return max(l.Per.Microseconds()/l.Requests
 // the bucket beyond its tolerance, which only a debit can, stores it
 // negated. (A bucket in debt whose limit is then lowered keeps the old
 // depth until the debt is repaid.)
-func evalBucket(l *Limit, now, state int64) (Status, int64) {
+func evalBucket(l *Limit, cost, now, state int64) (Status, int64) {
 	interval := bucketInterval(l)
 	tolerance := interval * l.Capacity()
 	tat, debt := state, state < 0
@@ -739,12 +751,12 @@ func evalBucket(l *Limit, now, state int64) (Status, int64) {
 	}
 	ahead := tat - now
 	// A check that takes nothing still needs a whole token.
-	need := max(l.Cost, 1)
+	need := max(cost, 1)
 	if ahead <= tolerance && need <= (tolerance-ahead)/interval {
-		next := tat + l.Cost*interval
+		next := tat + cost*interval
 		return Status{OK: true, Limit: l.Requests, Remaining: (tolerance - (next - now)) / interval, Reset: us(next - now)}, next
 	}
-	if !l.Debit || l.Cost == 0 {
+	if !l.Debit || cost == 0 {
 		retry := tolerance // more than the bucket ever holds: never passes
 		if need <= l.Capacity() {
 			retry = ahead + need*interval - tolerance
@@ -754,8 +766,8 @@ func evalBucket(l *Limit, now, state int64) (Status, int64) {
 	// A debit that does not fit is recorded all the same: the bucket goes
 	// into debt, and the next token comes once it is repaid.
 	next := now + maxAhead
-	if l.Cost <= (maxAhead-ahead)/interval {
-		next = tat + l.Cost*interval
+	if cost <= (maxAhead-ahead)/interval {
+		next = tat + cost*interval
 	}
 	st := Status{OK: false, Limit: l.Requests, Reset: us(next - now), RetryAfter: us(max(next-now+interval-tolerance, 0))}
 	if next-now > tolerance {
@@ -766,9 +778,10 @@ func evalBucket(l *Limit, now, state int64) (Status, int64) {
 
 func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
 
-// evalQuota decides quota l at count used; it returns the limit's status
-// and the count it leaves when it takes.
-func evalQuota(l *Limit, used int64, now time.Time, p plan.Period) (Status, int64) {
+// evalQuota decides quota l at count used in the period [start, end)
+// (unix seconds); it returns the limit's status and the count it leaves
+// when it takes.
+func evalQuota(l *Limit, cost, used int64, now time.Time, p *plan.Period) (Status, int64) {
 	st := Status{Limit: displayLimit(l), Reset: p.End.Sub(now), PeriodStart: p.Start}
 	bound := int64(-1) // none: a soft quota without a cap
 	switch {
@@ -777,14 +790,14 @@ func evalQuota(l *Limit, used int64, now time.Time, p plan.Period) (Status, int6
 	case l.Cap > 0:
 		bound = l.Cap
 	}
-	after := min(used+l.Cost, maxCount)
+	after := min(used+cost, maxCount)
 	switch {
-	case bound < 0 || used+max(l.Cost, 1) <= bound: // a check that takes nothing needs a unit left
+	case bound < 0 || used+max(cost, 1) <= bound: // a check that takes nothing needs a unit left
 		st.OK, st.Used, st.Remaining = true, after, bound-after
 		if bound < 0 {
 			st.Remaining = -1
 		}
-	case l.Debit && l.Cost > 0: // recorded all the same: the counter goes past its limit
+	case l.Debit && cost > 0: // recorded all the same: the counter goes past its limit
 		st.Used, st.Remaining, st.RetryAfter = after, 0, st.Reset
 	default:
 		st.Used, st.Remaining, st.RetryAfter = used, max(bound-used, 0), st.Reset
