@@ -539,7 +539,7 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 				id := counterID{lim.Key, st.start}
 				c, ok := sh.counters[id]
 				if !ok {
-					c = &Counter{End: time.Unix(st.end, 0).UTC()}
+					c = &Counter{End: st.period.End}
 					sh.counters[id] = c
 				}
 				c.Value = st.next
@@ -569,11 +569,11 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 // theoretical arrival time in microseconds, a quota's count or a ledger
 // window's units, as stored and as the limit leaves it.
 type limitState struct {
-	period     plan.Period // a quota's
-	start, end int64       // a quota's period (a ledger's window start), unix seconds
-	stored     int64
-	next       int64
-	takes      bool // the limit takes its cost if the request is allowed: it fits, or it is a debit
+	period plan.Period // a quota's
+	start  int64       // a quota's period or a ledger's window start, unix seconds
+	stored int64
+	next   int64
+	takes  bool // the limit takes its cost if the request is allowed: it fits, or it is a debit
 }
 
 // load reads limit lim's stored state into st; sh is its shard, locked.
@@ -583,7 +583,7 @@ func (l *Local) load(lim *Limit, sh *shard, now time.Time, st *limitState) {
 		st.stored = sh.buckets[lim.Key]
 	case Quota:
 		p := plan.PeriodAt(now, lim.Unit, lim.Anchor)
-		st.period, st.start, st.end = p, p.Start.Unix(), p.End.Unix()
+		st.period, st.start = p, p.Start.Unix()
 		if c, ok := sh.counters[counterID{lim.Key, st.start}]; ok {
 			st.stored = c.Value
 		}
@@ -727,7 +727,7 @@ func bucketInterval(l *Limit) int64 { return max(l.Per.Microseconds()/l.Requests
 // Capacity tokens refilled one token every Per/Requests. The state is the
 // time at which the bucket would be full again (tat), in microseconds,
 // stored negated while the bucket is in debt; it returns the limit's
-// status and the state it leaves when it takes.
+// status, taking cost, and the state it leaves when it takes.
 //
 // A tat beyond now+tolerance is one of two things. Debt: a debit recorded
 // past the limit; it is real, and repaid as time passes (bounded by
@@ -778,9 +778,8 @@ func evalBucket(l *Limit, cost, now, state int64) (Status, int64) {
 
 func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
 
-// evalQuota decides quota l at count used in the period [start, end)
-// (unix seconds); it returns the limit's status and the count it leaves
-// when it takes.
+// evalQuota decides quota l, taking cost, at count used in period p; it
+// returns the limit's status and the count it leaves when it takes.
 func evalQuota(l *Limit, cost, used int64, now time.Time, p *plan.Period) (Status, int64) {
 	st := Status{Limit: displayLimit(l), Reset: p.End.Sub(now), PeriodStart: p.Start}
 	bound := int64(-1) // none: a soft quota without a cap
