@@ -1,6 +1,7 @@
 -- levy's atomic decisions: every limit of a request, evaluated against the
--- store's clock, then all taken or (when any denies) none, except debits,
--- which are always taken. One call decides a batch of requests, one after
+-- store's clock, then all taken (quota-mode limits that are over aside)
+-- or, when the request is denied, none but debits, which are always
+-- taken. One call decides a batch of requests, one after
 -- the other, as if each were its own call. It runs for every decision, so
 -- it is written for speed: each distinct key and each distinct set of
 -- parameters is sent and parsed once per call, the few tables it needs
@@ -28,9 +29,9 @@
 -- then each request: its number of limits n, and n references, each
 -- key_index * 2^20 + set_index (both from 0).
 -- ARGV[3]: absent to decide; "1" to give back what one request's limits
--- (D = 1) took, when a later hash slot of the same request denied: each
--- limit's cost is returned, then each is answered as a check that takes
--- nothing.
+-- (D = 1) took, when the request, decided slot by slot in a cluster, was
+-- denied or failed: each limit's cost is returned, then each is answered
+-- as a check that takes nothing.
 -- Returns, packed as one MessagePack array (cheaper for Redis than a reply
 -- of as many integers): now_s, now_us, then per request: denied_index
 -- (0 = none), then per limit: ok (0/1), remaining, reset_us, retry_us, and
