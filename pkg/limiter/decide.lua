@@ -1,27 +1,37 @@
 -- levy's atomic decisions: every limit of a request, evaluated against the
--- store's clock, then all taken or (when any denies) none. One call
--- decides a batch of requests, one after the other, as if each were its
--- own call. It runs for every decision, so it is written for speed: each
--- distinct key and each distinct set of parameters is sent and parsed
--- once per call, the few tables it needs are reused across the batch, and
--- a limit's answer is only the fields its kind has.
+-- store's clock, then all taken (quota-mode limits that are over aside)
+-- or, when the request is denied, none but debits, which are always
+-- taken. One call decides a batch of requests, one after
+-- the other, as if each were its own call. It runs for every decision, so
+-- it is written for speed: each distinct key and each distinct set of
+-- parameters is sent and parsed once per call, the few tables it needs
+-- are reused across the batch, and a limit's answer is only the fields
+-- its kind has. The semantics are Local.Decide's (local.go), step for
+-- step: the two stores must agree to the microsecond.
 --
 -- KEYS: the distinct keys of the batch's limits: a bucket's theoretical
--- arrival time, a quota hash {s = period start, v = count}, or a ledger's
--- index of unexported windows; all in one hash slot.
+-- arrival time (negated while the bucket is in debt), a quota hash {s =
+-- period start, v = count}, or a ledger's index of unexported windows;
+-- all in one hash slot.
 -- ARGV[1]: "" to use TIME, or a test clock in microseconds.
 -- ARGV[2]: every other number of the batch, as one MessagePack array
 -- (Redis makes a string of each argument, which costs more than decoding
 -- them all at once): D, the number of requests, and P, the number of
 -- distinct parameter sets; then the P sets, by kind:
---   bucket (0): kind, cost, shadow (0/1), interval_us, tolerance_us
---   quota (1):  kind, cost, shadow, unit (1 hour, 2 day, 3 week, 4 month,
+--   bucket (0): kind, cost, flags, interval_us, tolerance_us
+--   quota (1):  kind, cost, flags, unit (1 hour, 2 day, 3 week, 4 month,
 --               5 year), max, soft (0/1), cap, anchor_day (0 = calendar),
 --               anchor_month*100000+anchor_second_of_day
---   ledger (2): kind, cost, window_s; the window itself is
+--   ledger (2): kind, cost, flags, window_s; the window itself is
 --               key..":"..start
+-- where flags is shadow + 2*debit + 4*quota_mode (quota_mode: one of the
+-- request's quota-mode group, which denies only when all of it is over);
 -- then each request: its number of limits n, and n references, each
 -- key_index * 2^20 + set_index (both from 0).
+-- ARGV[3]: absent to decide; "1" to give back what one request's limits
+-- (D = 1) took, when the request, decided slot by slot in a cluster, was
+-- denied or failed: each limit's cost is returned, then each is answered
+-- as a check that takes nothing.
 -- Returns, packed as one MessagePack array (cheaper for Redis than a reply
 -- of as many integers): now_s, now_us, then per request: denied_index
 -- (0 = none), then per limit: ok (0/1), remaining, reset_us, retry_us, and
@@ -40,6 +50,9 @@ else
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local now_s = floor(now / 1000000)
+-- Local.go's maxAhead and maxCount: how far beyond now a bucket's state
+-- may lie (its time to fill and its debt), and the most a quota counts.
+local max_ahead, max_count = 2251799813685248, 4503599627370496
 
 local function days_from_civil(y, m, d)
   if m <= 2 then y = y - 1 end
@@ -112,25 +125,30 @@ local function period(t, unit, aday, amonth_sec)
 end
 
 
--- The batch's parameter sets, parsed once: kind, cost, shadow, the kind's
+-- The batch's parameter sets, parsed once: kind, cost, flags, the kind's
 -- values (pa..pd) and the period they count in now (a quota's or a
 -- ledger window's start, and a quota's end).
-local pkind, pcost, pshadow, pa, pb, pc, pd, pstart, pend = {}, {}, {}, {}, {}, {}, {}, {}, {}
+local pkind, pcost, pshadow, pdebit, pqm, pa, pb, pc, pd, pstart, pend = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+local any_debit, any_qm = false, false -- any set of the batch is a debit's, a quota-mode limit's
 local v = cmsgpack.unpack(ARGV[2])
 local a = 3
 for p = 1, v[2] do
   local kind = v[a]
   pkind[p], pcost[p] = kind, v[a + 1]
+  local f = v[a + 2]
+  pshadow[p], pdebit[p], pqm[p] = f % 2, floor(f / 2) % 2, floor(f / 4)
+  if pdebit[p] == 1 then any_debit = true end
+  if pqm[p] == 1 then any_qm = true end
   if kind == 0 then
-    pshadow[p], pa[p], pb[p], pstart[p] = v[a + 2], v[a + 3], v[a + 4], 0
+    pa[p], pb[p], pstart[p] = v[a + 3], v[a + 4], 0
     a = a + 5
   elseif kind == 2 then
-    local size = v[a + 2]
-    pshadow[p], pa[p], pstart[p] = 0, size, floor(now_s / size) * size
-    a = a + 3
+    local size = v[a + 3]
+    pa[p], pstart[p] = size, floor(now_s / size) * size
+    a = a + 4
   else
     local s, e = period(now_s, v[a + 3], v[a + 7], v[a + 8])
-    pshadow[p], pb[p], pc[p], pd[p], pstart[p], pend[p] = v[a + 2], v[a + 4], v[a + 5], v[a + 6], s, e
+    pb[p], pc[p], pd[p], pstart[p], pend[p] = v[a + 4], v[a + 5], v[a + 6], s, e
     a = a + 9
   end
 end
@@ -142,25 +160,45 @@ end
 local lp, keys, starts, stored, nexts = {}, {}, {}, {}, {}
 local oks, rems, resets, retries, useds, overs = {}, {}, {}, {}, {}, {}
 
--- eval decides limit i from state cur, taking cost c; it sets the limit's
--- status and the state it would leave (nexts[i]).
+-- eval decides limit i from state cur (nil: none), taking cost c; it
+-- sets the limit's status and the state it leaves when it takes
+-- (nexts[i]). A check that takes nothing needs a unit left. A debit that
+-- does not fit is over, and taken all the same. (Local.go's evalBucket
+-- and evalQuota say why.)
 local function eval(i, c, cur)
   local p = lp[i]
   local kind = pkind[p]
+  local need = c
+  if need < 1 then need = 1 end
   if kind == 0 then
     local interval, tolerance = pa[p], pb[p]
-    local tat = cur or now
+    local tat, debt = cur or now, false
+    if tat < 0 then tat, debt = -tat, true end
     if tat < now then tat = now end
-    if tat > now + tolerance then tat = now + tolerance end
-    local nxt = tat + c * interval
-    if c * interval > tolerance or nxt - now > tolerance then
-      -- over, or more than the bucket ever holds (never passes)
-      local retry = tolerance
-      if c * interval <= tolerance then retry = nxt - now - tolerance end
-      oks[i], rems[i], resets[i], retries[i], nexts[i] = 0, floor((tolerance - (tat - now)) / interval), tat - now, retry, tat
+    -- beyond the tolerance without debt: a lowered limit's state
+    if not debt and tat > now + tolerance then tat = now + tolerance end
+    local ahead = tat - now
+    if need * interval <= tolerance - ahead then
+      local nxt = tat + c * interval
+      oks[i], rems[i], resets[i], retries[i], nexts[i] = 1, floor((tolerance - (nxt - now)) / interval), nxt - now, 0, nxt
       return
     end
-    oks[i], rems[i], resets[i], retries[i], nexts[i] = 1, floor((tolerance - (nxt - now)) / interval), nxt - now, 0, nxt
+    if pdebit[p] == 0 or c == 0 then
+      local retry = tolerance -- more than the bucket ever holds: never passes
+      if need * interval <= tolerance then retry = ahead + need * interval - tolerance end
+      local room = tolerance - ahead
+      if room < 0 then room = 0 end
+      oks[i], rems[i], resets[i], retries[i], nexts[i] = 0, floor(room / interval), ahead, retry, cur
+      return
+    end
+    -- a debit: into debt
+    local nxt = now + max_ahead
+    if c * interval <= max_ahead - ahead then nxt = tat + c * interval end
+    local retry = nxt - now + interval - tolerance
+    if retry < 0 then retry = 0 end
+    oks[i], rems[i], resets[i], retries[i] = 0, 0, nxt - now, retry
+    if nxt - now > tolerance then nxt = -nxt end
+    nexts[i] = nxt
     return
   end
   if kind == 2 then
@@ -170,33 +208,36 @@ local function eval(i, c, cur)
   end
   local max, soft, cap = pb[p], pc[p], pd[p]
   local used = cur or 0
+  local bound = max
+  if soft == 1 then
+    bound = -1 -- none
+    if cap > 0 then bound = cap end
+  end
   local after = used + c
+  if after > max_count then after = max_count end
   local reset = pend[p] * 1000000 - now
-  if soft == 0 then
-    if after > max then
-      local rem = max - used
-      if rem < 0 then rem = 0 end
-      oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 0, rem, reset, reset, used, 0, used
-      return
-    end
-    oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, max - after, reset, 0, after, 0, after
-    return
+  local ok, u, rem, retry = 1, after, -1, 0
+  if bound < 0 then
+  elseif used + need <= bound then
+    rem = bound - after
+  elseif pdebit[p] == 1 and c > 0 then
+    ok, rem, retry = 0, 0, reset
+  else
+    ok, u, rem, retry, after = 0, used, bound - used, reset, used
+    if rem < 0 then rem = 0 end
   end
-  local over = after - max
-  if over < 0 then over = 0 end
-  if cap > 0 then
-    if after > cap then
-      local rem = cap - used
-      if rem < 0 then rem = 0 end
-      local o = used - max
-      if o < 0 then o = 0 end
-      oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 0, rem, reset, reset, used, o, used
-      return
-    end
-    oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, cap - after, reset, 0, after, over, after
-    return
+  local over = 0
+  if soft == 1 and u > max then over = u - max end
+  oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = ok, rem, reset, retry, u, over, after
+end
+
+-- last_debit is what the last debit of the request before index e on
+-- limit i's state leaves, or the stored state.
+local function last_debit(i, e)
+  for j = e - 1, 1, -1 do
+    if keys[j] == keys[i] and starts[j] == starts[i] and pdebit[lp[j]] == 1 then return nexts[j] end
   end
-  oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, -1, reset, 0, after, over, after
+  return stored[i]
 end
 
 -- The state this call has read or taken, by key (a ledger's by window):
@@ -252,7 +293,7 @@ local function parse(i, ref)
   end
 end
 
--- take records what allowed limit i took; flush writes it.
+-- take records what limit i took; flush writes it.
 local function take(i)
   local p = lp[i]
   local c = pcost[p]
@@ -270,12 +311,19 @@ local function take(i)
   end
 end
 
+-- set_bucket writes a bucket's state, kept until it is full again.
+local function set_bucket(key, value)
+  local tat = value
+  if tat < 0 then tat = -tat end
+  redis.call("SET", key, string.format("%d", value), "PX", floor((tat - now) / 1000) + 1 + ttl_extra)
+end
+
 -- flush writes every state the batch took.
 local function flush()
   for _, key in ipairs(dirty) do
     local kind, value = dirty_kind[key], seen[key]
     if kind == 0 then
-      redis.call("SET", key, string.format("%d", value), "PX", floor((value - now) / 1000) + 1 + ttl_extra)
+      set_bucket(key, value)
     elseif kind == 2 then
       local add, start = dirty_add[key], dirty_start[key]
       if redis.call("HINCRBY", key, "u", add) == add then
@@ -296,36 +344,121 @@ local function flush()
 end
 
 local out, o = {now_s, now % 1000000}, 2
+
+-- give_back returns what the request's n limits (references from v[a])
+-- took: each limit's cost, then answers each as a check.
+local function give_back(n)
+  for i = 1, n do
+    parse(i, v[a + i - 1])
+    local p = lp[i]
+    local c, kind, key, cur = pcost[p], pkind[p], keys[i], stored[i]
+    if c > 0 and cur then
+      if kind == 0 then
+        local tat = cur
+        if tat < 0 then tat = -tat end
+        tat = tat - c * pa[p]
+        if tat > now then
+          if tat - now > pb[p] then tat = -tat end
+          set_bucket(key, tat)
+          seen[key] = tat
+        else
+          redis.call("DEL", key)
+          seen[key] = false
+        end
+      elseif cur >= c then
+        local field = "v"
+        if kind == 2 then field = "u" end
+        redis.call("HINCRBY", key, field, -c)
+        seen[key] = cur - c
+      end
+    end
+  end
+  for i = 1, n do
+    parse(i, v[a + i - 1])
+    eval(i, 0, stored[i])
+  end
+end
+
+-- Each request: debits first (they are spent already, so the request's
+-- checks see them), then the others in order, each against what the last
+-- limit before it on the same state leaves, counting only limits that
+-- take, else the stored state with the request's debits on it. Then the
+-- denial: the first limit over and enforced, where a quota-mode limit
+-- that is over denies only when the whole quota-mode group is (and then
+-- the group's first does). Without debits in the batch (the common case)
+-- each request takes one pass.
+local giving_back = ARGV[3] == "1"
 for _ = 1, v[1] do
   local n = v[a]
   a = a + 1
   local denied = 0
-  for i = 1, n do
-    parse(i, v[a])
-    a = a + 1
-    -- An earlier limit of this request on the same state decides on what
-    -- that one would leave.
-    local cur = stored[i]
-    for j = i - 1, 1, -1 do
-      if keys[j] == keys[i] and starts[j] == starts[i] and not (oks[j] == 0 and pshadow[lp[j]] == 1) then
-        cur = nexts[j]
-        break
+  if giving_back then
+    give_back(n)
+  else
+    local debits = false
+    if any_debit then
+      for i = 1, n do
+        parse(i, v[a + i - 1])
+        if pdebit[lp[i]] == 1 then debits = true end
+      end
+      if debits then
+        for i = 1, n do
+          local p = lp[i]
+          if pdebit[p] == 1 then eval(i, pcost[p], last_debit(i, i)) end
+        end
       end
     end
-    local p = lp[i]
-    eval(i, pcost[p], cur)
-    if oks[i] == 0 and pshadow[p] == 0 and denied == 0 then denied = i end
-  end
-  if denied > 0 then
-    -- Nothing is taken: report what the other limits have left.
+    local qm_first, qm_open = 0, false
     for i = 1, n do
-      if i ~= denied and oks[i] == 1 then eval(i, 0, stored[i]) end
+      if not any_debit then parse(i, v[a + i - 1]) end
+      local p = lp[i]
+      if not debits or pdebit[p] == 0 then
+        local cur, hit = nil, false
+        for j = i - 1, 1, -1 do
+          if keys[j] == keys[i] and starts[j] == starts[i] and oks[j] == 1 and (not debits or pdebit[lp[j]] == 0) then
+            cur, hit = nexts[j], true
+            break
+          end
+        end
+        if not hit then
+          if debits then cur = last_debit(i, n + 1) else cur = stored[i] end
+        end
+        eval(i, pcost[p], cur)
+      end
+      if oks[i] == 0 then
+        if pshadow[p] == 0 then
+          if pqm[p] == 0 then
+            if denied == 0 then denied = i end
+          elseif qm_first == 0 then
+            qm_first = i
+          end
+        end
+      elseif any_qm and pqm[p] == 1 then
+        qm_open = true
+      end
     end
-  else
-    for i = 1, n do
-      if oks[i] == 1 or pshadow[lp[i]] == 0 then take(i) end
+    if qm_first > 0 and not qm_open and (denied == 0 or qm_first < denied) then denied = qm_first end
+    -- Take in the order evaluated (the last take of a state is what the
+    -- request leaves): debits always, the others when allowed.
+    if debits then
+      for i = 1, n do
+        if pdebit[lp[i]] == 1 then take(i) end
+      end
+    end
+    if denied > 0 then
+      -- Report what the other limits have left.
+      for i = 1, n do
+        if oks[i] == 1 and (not debits or pdebit[lp[i]] == 0) then
+          if debits then eval(i, 0, last_debit(i, n + 1)) else eval(i, 0, stored[i]) end
+        end
+      end
+    else
+      for i = 1, n do
+        if oks[i] == 1 and (not debits or pdebit[lp[i]] == 0) then take(i) end
+      end
     end
   end
+  a = a + n
   o = o + 1
   out[o] = denied
   for i = 1, n do

@@ -110,13 +110,15 @@ func (f *Fallback) Decide(ctx context.Context, limits []Limit) (Decision, error)
 		local[i] = l
 	}
 	d, err = f.cfg.Local.Decide(ctx, local)
-	if err != nil || !d.OK {
+	if err != nil {
 		return d, err
 	}
+	// Quotas and ledgers count here without denying: what they took (all
+	// of them when allowed, only debits when a bucket denied) is owed.
 	f.mu.Lock()
 	for _, l := range limits {
 		switch {
-		case l.Cost <= 0:
+		case l.Cost <= 0 || !d.OK && !l.Debit:
 		case l.Kind == Quota:
 			start := plan.PeriodAt(d.Now, l.Unit, l.Anchor).Start.Unix()
 			f.owed[owedKey{l.Key, l.Unit, l.Anchor, start}] += l.Cost

@@ -1,7 +1,8 @@
 // Package limiter decides whether a request may proceed against all of its
 // limits at once: token buckets for rates and counters for quotas over
 // calendar periods. A request is allowed by every limit or it is denied and
-// consumes nothing. One interface, implemented by an in-process store and by
+// consumes nothing but its debits (costs already spent, recorded even past
+// the limit). One interface, implemented by an in-process store and by
 // Redis, serves ext_authz and RateLimitService alike.
 package limiter
 
@@ -34,7 +35,9 @@ type Limit struct {
 	// Key identifies the limit's state in the store. Keys that start with
 	// "{...}" are hash-tagged: the Redis store keeps one tag in one slot.
 	Key string
-	// Cost is the units this request takes; zero checks without taking.
+	// Cost is the units this request takes. Zero checks without taking:
+	// such a check is over when nothing is left (a bucket without a whole
+	// token, a hard quota at Max, a capped soft quota at Cap).
 	Cost int64
 
 	// Bucket: Requests per Per, at most Burst (Burst 0 means Requests).
@@ -61,13 +64,16 @@ type Limit struct {
 	// debt, and later checks and requests are denied until the debt is
 	// repaid. The limit still reports over when the debit did not fit.
 	// A debit is taken even when another limit of the request denies.
+	// Debits are evaluated before the request's other limits (they are
+	// spent already), so a check of the same state sees them. A bucket's
+	// debt is bounded at about 71 years, a quota's count at 2^52.
 	Debit bool
 
 	// QuotaMode is envoyproxy/ratelimit's quota_mode: a quota-mode limit
 	// that is over does not deny the request by itself; the request is
 	// denied when every quota-mode limit of it is over (or another limit
 	// denies). A quota-mode limit that is over takes nothing, unless it is
-	// a Debit.
+	// a Debit. Shadow limits are no part of the group.
 	QuotaMode bool
 
 	// Ledger: the window the units are counted in (epoch-aligned), and
@@ -101,17 +107,21 @@ func (l *Limit) Enforced() bool {
 
 // Status is what one limit said about a request.
 type Status struct {
-	// OK is false when this limit denies the request.
+	// OK is false when this limit is over: it denies the request, unless
+	// it is shadow or quota-mode (a debit that is over took its cost all
+	// the same).
 	OK bool
 	// Limit is the number shown to clients: Requests for buckets, Max for
 	// hard quotas, Cap for capped soft quotas.
 	Limit int64
 	// Remaining is what is left after this request (or before it, when
-	// denied); -1 for soft quotas without a cap.
+	// denied: after the request's debits); -1 for soft quotas without a
+	// cap.
 	Remaining int64
 	// Reset is how long until the bucket is full again or the period ends.
 	Reset time.Duration
-	// RetryAfter, when denied, is how long until the request could pass.
+	// RetryAfter, when over, is how long until the request could pass
+	// (for a check, or a debit already taken: until one unit is left).
 	RetryAfter time.Duration
 	// Used is the quota's count for the period including this request when
 	// allowed; Overage the part of it beyond Max (soft quotas). For a
@@ -125,13 +135,16 @@ type Status struct {
 type Decision struct {
 	OK       bool
 	Statuses []Status // one per limit, in order
-	// Denied is the index of the limit that denied, -1 when OK.
+	// Denied is the index of the limit that denied, -1 when OK: the first
+	// that is over and enforced, or when every quota-mode limit is over,
+	// the first of them.
 	Denied int
 	Now    time.Time
 }
 
 // Limiter decides requests. Decide is atomic: either every limit takes its
-// cost, or (when any limit denies) none does.
+// cost (quota-mode limits that are over aside), or (when the request is
+// denied) only debits do.
 type Limiter interface {
 	Decide(ctx context.Context, limits []Limit) (Decision, error)
 }

@@ -357,7 +357,7 @@ func (l *Local) prune() {
 		s := &l.shards[i]
 		s.mu.Lock()
 		for k, tat := range s.buckets {
-			if tat <= now.UnixNano() {
+			if max(tat, -tat) <= now.UnixMicro() {
 				delete(s.buckets, k)
 			}
 		}
@@ -423,8 +423,18 @@ func hashTag(key string) string {
 }
 
 // MaxCost bounds a request's cost and a limit's size (2^40), so that
-// token arithmetic in nanoseconds cannot overflow and both stores agree.
+// token arithmetic cannot overflow and both stores agree.
 const MaxCost = 1 << 40
+
+// maxAhead bounds, in microseconds (2^51, about 71 years), how far beyond
+// now a bucket's state may lie: a bucket's time to fill, and its debt on
+// top of that. maxCount bounds a quota's count (2^52). Both keep every
+// number of decide.lua exact (Lua's numbers are doubles, exact to 2^53)
+// and Go's far from overflow, whatever debits pile up.
+const (
+	maxAhead = 1 << 51
+	maxCount = 1 << 52
+)
 
 // ErrBadLimit is returned for a limit that cannot be evaluated.
 var ErrBadLimit = errors.New("bad limit")
@@ -434,13 +444,17 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	if err := ctx.Err(); err != nil {
 		return Decision{}, err
 	}
+	debits := false
 	for i := range limits {
 		if err := validLimit(&limits[i]); err != nil {
 			return Decision{}, err
 		}
+		debits = debits || limits[i].Debit
 	}
+	// Microseconds, as the Redis store counts: both decide alike.
 	now := l.clock()
-	d := Decision{OK: true, Denied: -1, Now: now, Statuses: make([]Status, len(limits))}
+	now = now.Add(-time.Duration(now.Nanosecond() % 1000))
+	d := Decision{Now: now, Statuses: make([]Status, len(limits))}
 
 	// Lock every shard the request touches, in index order.
 	var idxBuf, sortedBuf [4]int
@@ -467,110 +481,82 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 		}
 	}()
 
-	// Pass 1: evaluate against current state plus what earlier limits of
-	// this same request would take (two limits may share a key).
-	var pendingBuf [4]pendingState
-	var storedBuf [4]int64
-	pending, stored := pendingBuf[:0], storedBuf[:0]
-	for range limits {
-		pending, stored = append(pending, pendingState{}), append(stored, 0)
+	var stateBuf [4]limitState
+	var states []limitState
+	if len(limits) <= len(stateBuf) {
+		states = stateBuf[:len(limits)]
+	} else {
+		states = make([]limitState, len(limits))
 	}
+	r := request{limits: limits, states: states, statuses: d.Statuses, now: now, debits: debits}
+	// Debits first: they are spent already, so the request's checks see
+	// them; then the others, in order. Without debits, in one pass.
 	for i := range limits {
-		lim := &limits[i]
-		sh := &l.shards[idx[i]]
-		switch lim.Kind {
-		case Bucket:
-			tat, ok := sh.buckets[lim.Key]
-			if !ok {
-				tat = now.UnixNano()
-			}
-			stored[i] = tat
-			tat = earlierPending(pending[:i], limits, Bucket, lim.Key, 0, tat)
-			st, next := evalBucket(lim, now.UnixNano(), tat)
-			d.Statuses[i], pending[i] = st, pendingState{val: next}
-		case Quota:
-			period := plan.PeriodAt(now, lim.Unit, lim.Anchor)
-			id := counterID{lim.Key, period.Start.Unix()}
-			var used int64
-			if c, ok := sh.counters[id]; ok {
-				used = c.Value
-			}
-			stored[i] = used
-			used = earlierPending(pending[:i], limits, Quota, lim.Key, id.start, used)
-			st := evalQuota(lim, used, now, period)
-			d.Statuses[i], pending[i] = st, pendingState{start: id.start, val: used + lim.Cost, end: period.End}
-		case Ledger:
-			start := now.Truncate(lim.WindowSize)
-			var units int64
-			if e, ok := sh.ledger[counterID{lim.Key, start.Unix()}]; ok {
-				units = e.Units
-			}
-			d.Statuses[i] = Status{OK: true, Used: units + lim.Cost, PeriodStart: start, Remaining: -1}
-			pending[i] = pendingState{start: start.Unix()}
-		}
-		if !d.Statuses[i].OK {
-			if lim.Shadow {
-				pending[i].skip = true
-			} else if d.OK {
-				d.OK, d.Denied = false, i
-			}
+		l.load(&limits[i], &l.shards[idx[i]], now, &r.states[i])
+		if !debits {
+			r.eval(i, limits[i].Cost, r.prior(i))
 		}
 	}
-	if !d.OK {
-		// Nothing is taken: report what the other limits have left.
+	if debits {
 		for i := range limits {
-			if i == d.Denied || !d.Statuses[i].OK {
-				continue
-			}
-			peek := limits[i]
-			peek.Cost = 0
-			switch peek.Kind {
-			case Ledger:
-				d.Statuses[i].Used -= limits[i].Cost
-			case Bucket:
-				d.Statuses[i], _ = evalBucket(&peek, now.UnixNano(), stored[i])
-			default:
-				p := plan.PeriodAt(now, peek.Unit, peek.Anchor)
-				d.Statuses[i] = evalQuota(&peek, stored[i], now, p)
+			if limits[i].Debit {
+				r.eval(i, limits[i].Cost, r.prior(i))
 			}
 		}
-		return d, nil
+		for i := range limits {
+			if !limits[i].Debit {
+				r.eval(i, limits[i].Cost, r.prior(i))
+			}
+		}
 	}
-	// Pass 2: every limit allowed; take the costs.
+	d.Denied = deniedBy(limits, d.Statuses)
+	d.OK = d.Denied < 0
+	if !d.OK {
+		// Only debits are taken: report what the other limits have left.
+		for i := range limits {
+			if !limits[i].Debit && d.Statuses[i].OK {
+				r.eval(i, 0, r.base(i))
+			}
+		}
+	}
+	// Write what was taken, in the order evaluated: the last write of a
+	// state is what the request leaves.
 	persisted := false
-	for i := range limits {
-		p := pending[i]
-		if p.skip {
+	for _, debit := range [2]bool{true, false} {
+		if debit && !debits {
 			continue
 		}
-		sh := &l.shards[idx[i]]
-		switch limits[i].Kind {
-		case Bucket:
-			sh.buckets[limits[i].Key] = p.val
-		case Quota:
-			if limits[i].Cost == 0 {
+		for i := range limits {
+			lim := &limits[i]
+			if lim.Debit != debit || lim.Cost == 0 || !lim.Debit && !(d.OK && d.Statuses[i].OK) {
 				continue
 			}
-			id := counterID{limits[i].Key, p.start}
-			c, ok := sh.counters[id]
-			if !ok {
-				c = &Counter{End: p.end}
-				sh.counters[id] = c
+			st, sh := &states[i], &l.shards[idx[i]]
+			switch lim.Kind {
+			case Bucket:
+				sh.buckets[lim.Key] = st.next
+			case Quota:
+				id := counterID{lim.Key, st.start}
+				c, ok := sh.counters[id]
+				if !ok {
+					c = &Counter{End: st.period.End}
+					sh.counters[id] = c
+				}
+				c.Value = st.next
+				sh.dirty[id] = struct{}{}
+				persisted = true
+			case Ledger:
+				id := counterID{lim.Key, st.start}
+				e, ok := sh.ledger[id]
+				if !ok {
+					e = &LedgerEntry{Size: lim.WindowSize}
+					sh.ledger[id] = e
+				}
+				e.Units += lim.Cost
+				sh.ledgerDirty[id] = struct{}{}
+				sh.ledgerSize[id.key] = e.Size
+				persisted = true
 			}
-			c.Value = p.val
-			sh.dirty[id] = struct{}{}
-			persisted = true
-		case Ledger:
-			id := counterID{limits[i].Key, p.start}
-			e, ok := sh.ledger[id]
-			if !ok {
-				e = &LedgerEntry{Size: limits[i].WindowSize}
-				sh.ledger[id] = e
-			}
-			e.Units += limits[i].Cost
-			sh.ledgerDirty[id] = struct{}{}
-			sh.ledgerSize[id.key] = e.Size
-			persisted = true
 		}
 	}
 	if persisted {
@@ -579,24 +565,139 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	return d, nil
 }
 
-type pendingState struct {
-	start int64 // quota period start
-	val   int64
-	end   time.Time
-	skip  bool // a shadow limit that is over: take nothing
+// limitState is one limit's state in a decision: a bucket's (signed)
+// theoretical arrival time in microseconds, a quota's count or a ledger
+// window's units, as stored and as the limit leaves it.
+type limitState struct {
+	period plan.Period // a quota's
+	start  int64       // a quota's period or a ledger's window start, unix seconds
+	stored int64
+	next   int64
+	takes  bool // the limit takes its cost if the request is allowed: it fits, or it is a debit
 }
 
-// earlierPending returns the state an earlier limit of the same request
-// left for the same bucket or counter, or cur when none touched it.
-func earlierPending(pending []pendingState, limits []Limit, kind Kind, key string, start, cur int64) int64 {
-	for j := len(pending) - 1; j >= 0; j-- {
-		p := &pending[j]
-		if !p.skip && limits[j].Kind == kind && limits[j].Key == key && (kind == Bucket || p.start == start) {
-			return p.val
+// load reads limit lim's stored state into st; sh is its shard, locked.
+func (l *Local) load(lim *Limit, sh *shard, now time.Time, st *limitState) {
+	switch lim.Kind {
+	case Bucket:
+		st.stored = sh.buckets[lim.Key]
+	case Quota:
+		p := plan.PeriodAt(now, lim.Unit, lim.Anchor)
+		st.period, st.start = p, p.Start.Unix()
+		if c, ok := sh.counters[counterID{lim.Key, st.start}]; ok {
+			st.stored = c.Value
+		}
+	default:
+		st.start = now.Truncate(lim.WindowSize).Unix()
+		if e, ok := sh.ledger[counterID{lim.Key, st.start}]; ok {
+			st.stored = e.Units
 		}
 	}
-	return cur
 }
+
+// request is a decision under way: its limits, their states and
+// statuses.
+type request struct {
+	limits   []Limit
+	states   []limitState
+	statuses []Status
+	now      time.Time
+	debits   bool // any limit is a debit
+}
+
+// eval evaluates limit i, taking cost, against state cur: it sets the
+// limit's status, and the state it leaves when it takes.
+func (r *request) eval(i int, cost, cur int64) {
+	lim, st, out := &r.limits[i], &r.states[i], &r.statuses[i]
+	switch lim.Kind {
+	case Bucket:
+		*out, st.next = evalBucket(lim, cost, r.now.UnixMicro(), cur)
+	case Quota:
+		*out, st.next = evalQuota(lim, cost, cur, r.now, &st.period)
+	default:
+		st.next = cur + cost
+		*out = Status{OK: true, Used: st.next, PeriodStart: time.Unix(st.start, 0).UTC(), Remaining: -1}
+	}
+	st.takes = out.OK || lim.Debit
+}
+
+// prior is the state limit i is evaluated against: what the last limit of
+// the request before it (in the order evaluated: debits first) on the
+// same state leaves, counting only limits that take; else the stored
+// state. (Two limits of one request may share a bucket or a counter.)
+func (r *request) prior(i int) int64 {
+	if r.limits[i].Debit {
+		return r.lastDebit(i, i)
+	}
+	for j := i - 1; j >= 0; j-- {
+		if r.states[j].takes && r.same(i, j) && !r.limits[j].Debit {
+			return r.states[j].next
+		}
+	}
+	if !r.debits {
+		return r.states[i].stored
+	}
+	return r.lastDebit(i, len(r.limits))
+}
+
+// base is the state limit i's checks start from: the stored state with
+// the request's debits on it.
+func (r *request) base(i int) int64 {
+	if !r.debits {
+		return r.states[i].stored
+	}
+	return r.lastDebit(i, len(r.limits))
+}
+
+// lastDebit is what the last debit before index end on limit i's state
+// leaves, or the stored state.
+func (r *request) lastDebit(i, end int) int64 {
+	for j := end - 1; j >= 0; j-- {
+		if r.limits[j].Debit && r.same(i, j) {
+			return r.states[j].next
+		}
+	}
+	return r.states[i].stored
+}
+
+// same reports whether limits i and j count on the same bucket, counter
+// or window.
+func (r *request) same(i, j int) bool {
+	a, b := &r.limits[i], &r.limits[j]
+	return a.Kind == b.Kind && a.Key == b.Key && r.states[i].start == r.states[j].start
+}
+
+// deniedBy is the index of the limit that denies a request whose limits
+// said statuses, or -1 when it is allowed: the first limit that is over
+// and enforced, where a quota-mode limit that is over denies only when
+// every quota-mode limit of the request is over (and is then the first
+// of them). Shadow limits, and ledgers, are no part of the quota-mode
+// group: a shadow limit never changes a decision.
+func deniedBy(limits []Limit, statuses []Status) int {
+	denied, group, open := -1, -1, false // group: its first over; open: one of it is not
+	for i := range limits {
+		l := &limits[i]
+		switch {
+		case statuses[i].OK:
+			open = open || inQuotaGroup(l)
+		case l.Shadow:
+		case !inQuotaGroup(l):
+			if denied < 0 {
+				denied = i
+			}
+		case group < 0:
+			group = i
+		}
+	}
+	if group >= 0 && !open && (denied < 0 || group < denied) {
+		return group
+	}
+	return denied
+}
+
+// inQuotaGroup reports whether l is one of the quota-mode limits that
+// deny a request together.
+func inQuotaGroup(l *Limit) bool { return l.QuotaMode && !l.Shadow && l.Kind != Ledger }
 
 func validLimit(l *Limit) error {
 	switch {
@@ -608,6 +709,8 @@ func validLimit(l *Limit) error {
 		return fmt.Errorf("%w %q: a limit over %d", ErrBadLimit, l.Name, int64(MaxCost))
 	case l.Kind == Bucket && (l.Requests <= 0 || l.Per <= 0):
 		return fmt.Errorf("%w %q: a bucket needs requests > 0 and per > 0", ErrBadLimit, l.Name)
+	case l.Kind == Bucket && l.Capacity() > maxAhead/bucketInterval(l):
+		return fmt.Errorf("%w %q: a bucket that takes over %s to fill", ErrBadLimit, l.Name, time.Duration(maxAhead)*time.Microsecond)
 	case l.Kind == Quota && l.Unit == "":
 		return fmt.Errorf("%w %q: a quota needs a period", ErrBadLimit, l.Name)
 	case l.Kind == Ledger && l.WindowSize < time.Second:
@@ -616,74 +719,93 @@ func validLimit(l *Limit) error {
 	return nil
 }
 
+// bucketInterval is the microseconds between two tokens of bucket l (at
+// least one: the stores count in microseconds).
+func bucketInterval(l *Limit) int64 { return max(l.Per.Microseconds()/l.Requests, 1) }
+
 // evalBucket applies GCRA, the exact form of a token bucket: a bucket of
-// Capacity tokens refilled one token every Per/Requests. tat is the time
-// at which the bucket would be full again.
-func evalBucket(l *Limit, now, tat int64) (Status, int64) {
-	interval := l.Per.Nanoseconds() / l.Requests
-	if interval < 1 {
-		interval = 1
-	}
+// Capacity tokens refilled one token every Per/Requests. The state is the
+// time at which the bucket would be full again (tat), in microseconds,
+// stored negated while the bucket is in debt; it returns the limit's
+// status, taking cost, and the state it leaves when it takes.
+//
+// A tat beyond now+tolerance is one of two things. Debt: a debit recorded
+// past the limit; it is real, and repaid as time passes (bounded by
+// maxAhead, so that arithmetic stays exact). Or state left by a larger
+// bucket (the limit was lowered): that is treated as this bucket, empty,
+// rather than denying for the old bucket's depth. The sign tells them
+// apart, at the cost of nothing on the hot path: only a write that leaves
+// the bucket beyond its tolerance, which only a debit can, stores it
+// negated. (A bucket in debt whose limit is then lowered keeps the old
+// depth until the debt is repaid.)
+func evalBucket(l *Limit, cost, now, state int64) (Status, int64) {
+	interval := bucketInterval(l)
 	tolerance := interval * l.Capacity()
-	if tat < now {
-		tat = now
+	tat, debt := state, state < 0
+	if debt {
+		tat = -tat
 	}
-	if l.Cost > l.Capacity() {
-		// More than the bucket ever holds: never passes (and cost*interval
-		// could overflow).
-		return Status{OK: false, Limit: l.Requests, Remaining: max((tolerance-(tat-now))/interval, 0),
-			Reset: time.Duration(max(tat-now, 0)), RetryAfter: l.Per}, tat
-	}
-	// State left by a larger bucket (the limit was lowered): treat it as
-	// this bucket, empty, rather than denying for the old bucket's depth.
-	if tat > now+tolerance {
+	tat = max(tat, now)
+	if !debt && tat-now > tolerance {
 		tat = now + tolerance
 	}
-	next := tat + l.Cost*interval
-	if next-now > tolerance {
-		return Status{
-			OK:         false,
-			Limit:      l.Requests,
-			Remaining:  (tolerance - (tat - now)) / interval,
-			Reset:      time.Duration(tat - now),
-			RetryAfter: time.Duration(next - now - tolerance),
-		}, tat
+	ahead := tat - now
+	// A check that takes nothing still needs a whole token.
+	need := max(cost, 1)
+	if ahead <= tolerance && need <= (tolerance-ahead)/interval {
+		next := tat + cost*interval
+		return Status{OK: true, Limit: l.Requests, Remaining: (tolerance - (next - now)) / interval, Reset: us(next - now)}, next
 	}
-	return Status{
-		OK:        true,
-		Limit:     l.Requests,
-		Remaining: (tolerance - (next - now)) / interval,
-		Reset:     time.Duration(next - now),
-	}, next
+	if !l.Debit || cost == 0 {
+		retry := tolerance // more than the bucket ever holds: never passes
+		if need <= l.Capacity() {
+			retry = ahead + need*interval - tolerance
+		}
+		return Status{OK: false, Limit: l.Requests, Remaining: max(tolerance-ahead, 0) / interval, Reset: us(ahead), RetryAfter: us(retry)}, state
+	}
+	// A debit that does not fit is recorded all the same: the bucket goes
+	// into debt, and the next token comes once it is repaid.
+	next := now + maxAhead
+	if cost <= (maxAhead-ahead)/interval {
+		next = tat + cost*interval
+	}
+	st := Status{OK: false, Limit: l.Requests, Reset: us(next - now), RetryAfter: us(max(next-now+interval-tolerance, 0))}
+	if next-now > tolerance {
+		next = -next
+	}
+	return st, next
 }
 
-func evalQuota(l *Limit, used int64, now time.Time, p plan.Period) Status {
-	st := Status{OK: true, Reset: p.End.Sub(now), PeriodStart: p.Start}
-	after := used + l.Cost
+func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+
+// evalQuota decides quota l, taking cost, at count used in period p; it
+// returns the limit's status and the count it leaves when it takes.
+func evalQuota(l *Limit, cost, used int64, now time.Time, p *plan.Period) (Status, int64) {
+	st := Status{Limit: displayLimit(l), Reset: p.End.Sub(now), PeriodStart: p.Start}
+	bound := int64(-1) // none: a soft quota without a cap
 	switch {
 	case !l.Soft:
-		st.Limit = l.Max
-		if after > l.Max {
-			st.OK, st.Remaining, st.RetryAfter, st.Used = false, max(l.Max-used, 0), st.Reset, used
-			return st
-		}
-		st.Remaining = l.Max - after
+		bound = l.Max
 	case l.Cap > 0:
-		st.Limit = l.Cap
-		if after > l.Cap {
-			st.OK, st.Remaining, st.RetryAfter, st.Used = false, max(l.Cap-used, 0), st.Reset, used
-			st.Overage = max(used-l.Max, 0)
-			return st
+		bound = l.Cap
+	}
+	after := min(used+cost, maxCount)
+	switch {
+	case bound < 0 || used+max(cost, 1) <= bound: // a check that takes nothing needs a unit left
+		st.OK, st.Used, st.Remaining = true, after, bound-after
+		if bound < 0 {
+			st.Remaining = -1
 		}
-		st.Remaining = l.Cap - after
+	case l.Debit && cost > 0: // recorded all the same: the counter goes past its limit
+		st.Used, st.Remaining, st.RetryAfter = after, 0, st.Reset
 	default:
-		st.Limit, st.Remaining = l.Max, -1
+		st.Used, st.Remaining, st.RetryAfter = used, max(bound-used, 0), st.Reset
+		after = used
 	}
-	st.Used = after
 	if l.Soft {
-		st.Overage = max(after-l.Max, 0)
+		st.Overage = max(st.Used-l.Max, 0)
 	}
-	return st
+	return st, after
 }
 
 // Buckets counts the buckets held in memory.

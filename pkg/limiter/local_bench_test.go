@@ -67,3 +67,26 @@ func BenchmarkLocalDecide(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLocalDecideAlone is Decide itself, one call at a time, without
+// a counter store: a consumer's rate bucket, quota counter and ledger
+// window. The figure to watch when the decision's logic changes.
+func BenchmarkLocalDecideAlone(b *testing.B) {
+	l, err := limiter.NewLocal(limiter.LocalConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	limits := []limiter.Limit{
+		{Kind: limiter.Bucket, Name: "rate", Key: "{c:a}:rate", Cost: 1, Requests: 1 << 39, Per: time.Second},
+		{Kind: limiter.Quota, Name: "quota", Key: "{c:a}:quota", Cost: 1, Max: 1 << 39, Unit: plan.Month},
+		{Kind: limiter.Ledger, Name: "ledger", Key: usage.LedgerKey("a", usage.Terms{Meter: "calls"}), Cost: 1, WindowSize: time.Minute},
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := l.Decide(ctx, limits); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

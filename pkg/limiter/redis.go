@@ -23,9 +23,6 @@ import (
 //go:embed decide.lua
 var decideLua string
 
-//go:embed refund.lua
-var refundLua string
-
 // Scripter is what the Redis limiter needs of a client: *redis.Client and
 // *redis.ClusterClient qualify.
 type Scripter interface {
@@ -83,7 +80,6 @@ type Redis struct {
 	avail   func(slot uint16) bool
 	failed  func(slot uint16, err error)
 	decide  script
-	refund  script
 	batch   *batcher
 	closed  sync.Once
 
@@ -99,7 +95,7 @@ var _ Limiter = (*Redis)(nil)
 // NewRedis returns a Redis limiter.
 func NewRedis(cfg RedisConfig) *Redis {
 	r := &Redis{client: cfg.Client, cluster: cfg.Cluster, clock: cfg.Clock, timeout: cfg.Timeout, avail: cfg.Available, failed: cfg.Failed,
-		decide: newScript(decideLua), refund: newScript(refundLua), replyWait: cfg.ReplyWait, log: cfg.Log,
+		decide: newScript(decideLua), replyWait: cfg.ReplyWait, log: cfg.Log,
 		refunds: make(chan []Limit, refundQueueSize), refunded: make(chan struct{})}
 	if r.timeout <= 0 {
 		r.timeout = 50 * time.Millisecond
@@ -168,9 +164,16 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 
 // decideSlots decides limits that lie in several hash slots of a
 // cluster, each slot's share atomically: all of them are queued at once,
-// each to its slot's batch, and when one denies (or fails), what the
-// others took is given back. Between the two, a concurrent request can
-// find those tokens briefly taken: the error is towards strictness.
+// each to its slot's batch, and the request is decided on what they all
+// said. When it is denied (or a slot fails), what the others took is
+// given back. Between the two, a concurrent request can find those tokens
+// briefly taken: the error is towards strictness.
+//
+// A quota-mode group may span slots, and only the whole group can tell
+// whether it denies: each slot's script is told that its share of the
+// group is shadow (over takes nothing and denies nothing, as quota-mode
+// limits that are over in an allowed request do), and the group is
+// decided here, from every slot's statuses, by the rule Local uses.
 func (r *Redis) decideSlots(ctx context.Context, limits []Limit) (Decision, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
@@ -183,12 +186,14 @@ func (r *Redis) decideSlots(ctx context.Context, limits []Limit) (Decision, erro
 			err = ErrStoreDown
 			break
 		}
-		if calls[g], err = r.batch.submit(ctx, pick(limits, idx), slot); err != nil {
+		if calls[g], err = r.batch.submit(ctx, share(limits, idx), slot); err != nil {
 			break
 		}
 	}
-	d := Decision{OK: true, Denied: -1, Statuses: make([]Status, len(limits))}
-	var took [][]int // the groups that allowed: given back on a denial or an error
+	d := Decision{Statuses: make([]Status, len(limits))}
+	// How each slot's script went: 0 not run, 1 allowed its share (which
+	// took its costs), 2 denied it (only debits took).
+	ran := make([]int, len(groups))
 	for g, c := range calls {
 		if c == nil {
 			continue
@@ -199,31 +204,78 @@ func (r *Redis) decideSlots(ctx context.Context, limits []Limit) (Decision, erro
 			continue
 		}
 		d.Now = res.Now
+		ran[g] = 2
+		if res.OK {
+			ran[g] = 1
+		}
 		for j, i := range groups[g] {
 			d.Statuses[i] = res.Statuses[j]
 		}
-		switch {
-		case res.OK:
-			took = append(took, groups[g])
-		case d.OK:
-			d.OK, d.Denied = false, groups[g][res.Denied]
-		}
 	}
-	if err == nil && d.OK {
-		return d, nil
-	}
-	// A give-back that fails leaves those slots short for a while
-	// (towards strictness); the denial or the error stands either way.
-	r.giveBack(ctx, limits, d.Statuses, took)
 	if err != nil {
+		// Give back everything, debits too: the caller hears of a failure
+		// (and may try again), not of a decision.
+		for g, idx := range groups {
+			var took []int
+			for _, i := range idx {
+				if ran[g] > 0 && limits[i].Cost > 0 && (limits[i].Debit || ran[g] == 1 && d.Statuses[i].OK) {
+					took = append(took, i)
+				}
+			}
+			if len(took) > 0 {
+				// A failure is reported to health (Failed); the slot stays
+				// short for a while (towards strictness).
+				_, _ = r.giveBack(context.WithoutCancel(ctx), share(limits, took))
+			}
+		}
 		return Decision{}, err
 	}
-	for _, idx := range took {
+	d.Denied = deniedBy(limits, d.Statuses)
+	d.OK = d.Denied < 0
+	if d.OK {
+		return d, nil
+	}
+	// The slots that allowed their share give it back, debits aside, and
+	// answer what is left; a slot that denied its share took only debits,
+	// and answered so.
+	for g, idx := range groups {
+		if ran[g] != 1 {
+			continue
+		}
+		var back []int
 		for _, i := range idx {
-			d.Statuses[i] = givenBack(&limits[i], d.Statuses[i])
+			if !limits[i].Debit && d.Statuses[i].OK {
+				back = append(back, i)
+			}
+		}
+		if len(back) == 0 {
+			continue
+		}
+		// A give-back that fails leaves the slot short for a while
+		// (towards strictness), and the statuses say so; the denial
+		// stands either way.
+		statuses, err := r.giveBack(context.WithoutCancel(ctx), share(limits, back))
+		if err != nil {
+			continue
+		}
+		for j, i := range back {
+			d.Statuses[i] = statuses[j]
 		}
 	}
 	return d, nil
+}
+
+// share is the limits idx of a request that spans hash slots, as their
+// slot's script decides them: quota-mode limits as shadow, since the
+// group is decided over all slots.
+func share(limits []Limit, idx []int) []Limit {
+	out := pick(limits, idx)
+	for j := range out {
+		if inQuotaGroup(&out[j]) {
+			out[j].Shadow, out[j].QuotaMode = true, false
+		}
+	}
+	return out
 }
 
 // oneSlot is the cluster hash slot all of limits live in, if they share
@@ -241,42 +293,24 @@ func oneSlot(limits []Limit) (uint16, bool) {
 	return slot, true
 }
 
-// givenBack is a status as it stands once the limit's cost is returned.
-func givenBack(l *Limit, st Status) Status {
-	if l.Shadow && !st.OK {
-		return st // took nothing
-	}
-	switch {
-	case l.Kind == Bucket:
-		st.Remaining = min(st.Remaining+l.Cost, l.Capacity())
-		st.Reset = max(st.Reset-time.Duration(l.Cost)*l.Per/time.Duration(l.Requests), 0)
-	case st.Remaining >= 0:
-		st.Remaining += l.Cost
-		st.Used -= l.Cost
-	default:
-		st.Used -= l.Cost
-	}
-	st.Overage = max(st.Overage-l.Cost, 0)
-	return st
-}
-
-// giveBack refunds what the groups took: the limits that allowed (a
-// shadow limit that was over took nothing).
-func (r *Redis) giveBack(ctx context.Context, limits []Limit, statuses []Status, groups [][]int) {
-	for _, idx := range groups {
-		var took []int
-		for _, i := range idx {
-			if statuses[i].OK {
-				took = append(took, i)
-			}
+// giveBack returns the costs limits took in a decision (they share a
+// hash slot), in one script call, and answers what each has left.
+func (r *Redis) giveBack(ctx context.Context, limits []Limit) ([]Status, error) {
+	batch := [][]Limit{limits}
+	args, want := r.batchArgs(r.decide, batch)
+	args = append(args, "1") // ARGV[3]: give back
+	v, err := r.eval(ctx, r.decide, args)
+	if err != nil {
+		if r.failed != nil {
+			r.failed(r.slotOf(batch), err)
 		}
-		if len(took) == 0 {
-			continue
-		}
-		// A failure is reported to health by runBatch; the earlier slots
-		// stay short for a while (towards strictness).
-		_, _, _, _ = r.run(context.WithoutCancel(ctx), r.refund, limits, took)
+		return nil, fmt.Errorf("redis give back: %w", err)
 	}
+	res, _, err := parseBatch(v, want, batch)
+	if err != nil {
+		return nil, err
+	}
+	return res[0].statuses, nil
 }
 
 func (r *Redis) groups(limits []Limit) [][]int {
@@ -300,14 +334,6 @@ func (r *Redis) groups(limits []Limit) [][]int {
 		groups[g] = append(groups[g], i)
 	}
 	return groups
-}
-
-func (r *Redis) run(ctx context.Context, script script, limits []Limit, idx []int) ([]Status, time.Time, int, error) {
-	res, now, err := r.runBatch(ctx, script, [][]Limit{pick(limits, idx)})
-	if err != nil {
-		return nil, time.Time{}, 0, err
-	}
-	return res[0].statuses, now, res[0].denied, nil
 }
 
 func pick(limits []Limit, idx []int) []Limit {
@@ -374,8 +400,8 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 	params := make(map[limitParams]int64, 4)
 	var sets []limitParams
 	refs := make([]int64, 0, total)
-	// EVALSHA digest numkeys KEYS... clock numbers
-	args := make([]any, 3, 5+total)
+	// EVALSHA digest numkeys KEYS... clock numbers [mode]
+	args := make([]any, 3, 6+total)
 	args[0], args[1] = "evalsha", script.sha
 	for _, limits := range batch {
 		for i := range limits {
@@ -635,24 +661,31 @@ func (p *limitParams) values() []int64 {
 	case Bucket:
 		return p[:5]
 	case Ledger:
-		return p[:3]
+		return p[:4]
 	}
 	return p[:9]
 }
 
 // paramsOf is l's parameters. The kinds' codes are decide.lua's: bucket 0,
-// quota 1, ledger 2.
+// quota 1, ledger 2; flags are shadow + 2*debit + 4*quota-mode.
 func paramsOf(l *Limit) limitParams {
-	shadow := int64(0)
+	var flags int64
 	if l.Shadow {
-		shadow = 1
+		flags |= 1
+	}
+	if l.Debit {
+		flags |= 2
+	}
+	if inQuotaGroup(l) {
+		flags |= 4
 	}
 	switch l.Kind {
 	case Ledger:
-		return limitParams{2, l.Cost, int64(l.WindowSize / time.Second)}
+		// never over: only the debit flag means anything
+		return limitParams{2, l.Cost, flags & 2, int64(l.WindowSize / time.Second)}
 	case Bucket:
-		interval := max(l.Per.Microseconds()/l.Requests, 1)
-		return limitParams{0, l.Cost, shadow, interval, interval * l.Capacity()}
+		interval := bucketInterval(l)
+		return limitParams{0, l.Cost, flags, interval, interval * l.Capacity()}
 	}
 	soft := int64(0)
 	if l.Soft {
@@ -664,7 +697,7 @@ func paramsOf(l *Limit) limitParams {
 		aday = int64(a.Day())
 		amonthSec = int64(a.Month())*100000 + int64(a.Hour()*3600+a.Minute()*60+a.Second())
 	}
-	return limitParams{1, l.Cost, shadow, unitCodes[l.Unit], l.Max, soft, l.Cap, aday, amonthSec}
+	return limitParams{1, l.Cost, flags, unitCodes[l.Unit], l.Max, soft, l.Cap, aday, amonthSec}
 }
 
 // Slot is the Redis Cluster hash slot of key (CRC16/XMODEM of its hash
@@ -747,16 +780,14 @@ func (r *Redis) settle(calls []*call, late []lateCall, err error) {
 	}
 }
 
-// tookBy is what a decision took: an allowing decision's limits that were
-// within (a shadow or quota-mode limit that was over took nothing); a
-// denial takes nothing.
+// tookBy is what a decision took: its debits, always, and when it allowed
+// its limits that were within (a shadow or quota-mode limit that was over
+// took nothing). A debit is given back too: the caller saw a failure, and
+// the fallback, when it answered instead, owes the store its debits.
 func tookBy(lc lateCall) []Limit {
-	if !lc.d.OK {
-		return nil
-	}
 	var took []Limit
 	for i := range lc.limits {
-		if lc.d.Statuses[i].OK && lc.limits[i].Cost > 0 {
+		if lc.limits[i].Cost > 0 && (lc.limits[i].Debit || lc.d.OK && lc.d.Statuses[i].OK) {
 			took = append(took, lc.limits[i])
 		}
 	}
@@ -771,17 +802,13 @@ func keysOf(limits []Limit) []string {
 	return keys
 }
 
-// refunder gives back late decisions' costs (refund.lua), one request per
+// refunder gives back late decisions' costs (decide.lua's give-back), one request per
 // call, until Close.
 func (r *Redis) refunder() {
 	defer close(r.refunded)
 	for limits := range r.refunds {
 		ctx, cancel := context.WithTimeout(context.Background(), r.replyWait)
-		all := make([]int, len(limits))
-		for i := range all {
-			all[i] = i
-		}
-		_, _, _, err := r.run(ctx, r.refund, limits, all)
+		_, err := r.giveBack(ctx, limits)
 		cancel()
 		if err != nil {
 			r.late.WithLabelValues(lateRefundFailed).Inc()

@@ -38,6 +38,7 @@ func TestRedisCluster(t *testing.T) {
 	cluster := redistest.StartCluster(t)
 	t.Run("Suite", func(t *testing.T) { testClusterSuite(t, cluster) })
 	t.Run("GivesBackEarlierSlots", func(t *testing.T) { testClusterGivesBack(t, cluster) })
+	t.Run("FailedSlotGivesBackDebitsDeniedSlotDoesNot", func(t *testing.T) { testClusterDebitsAcrossSlots(t, cluster) })
 	t.Run("BatchesAcrossSlots", func(t *testing.T) { testClusterBatchesAcrossSlots(t, cluster) })
 	t.Run("BatchesRequestsThatSpanSlots", func(t *testing.T) { testClusterBatchesRequestsThatSpanSlots(t, cluster) })
 	t.Run("SlotMatchesRedis", func(t *testing.T) { testSlotMatchesRedis(t, cluster) })
@@ -132,6 +133,50 @@ func testClusterGivesBack(t *testing.T, cluster *redistest.Cluster) {
 	}
 	if q, r, u := d.Statuses[0].Used, d.Statuses[1].Remaining, d.Statuses[2].Used; q != 2 || r != 98 || u != 2 {
 		t.Fatalf("after 1 allowed request and 5 denied: quota used %d, bucket remaining %d, ledger used %d; want 2, 98, 2", q, r, u)
+	}
+}
+
+// In a cluster, a debit is given back when another slot of its request
+// fails (the caller hears of an error, and may try again), and kept when
+// another slot denies (it was spent).
+func testClusterDebitsAcrossSlots(t *testing.T, cluster *redistest.Cluster) {
+	client := cluster.Client(t)
+	ctx := context.Background()
+	if err := client.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error { return m.FlushAll(ctx).Err() }); err != nil {
+		t.Fatal(err)
+	}
+	spent := limiter.Limit{Kind: limiter.Bucket, Name: "tokens", Key: "{a}:tokens", Cost: 30, Requests: 10, Per: time.Minute, Debit: true}
+	closed := limiter.Limit{Kind: limiter.Quota, Name: "b", Key: "{b}:q", Cost: 1, Max: 0, Unit: plan.Month}
+	if limiter.Slot(spent.Key) == limiter.Slot(closed.Key) {
+		t.Fatal("test keys share a slot")
+	}
+	var down atomic.Bool
+	down.Store(true)
+	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Cluster: true, Timeout: 5 * time.Second,
+		Available: func(slot uint16) bool { return !down.Load() || slot != limiter.Slot(closed.Key) }})
+	left := func() int64 {
+		t.Helper()
+		check := spent
+		check.Cost, check.Debit = 0, false
+		d, err := l.Decide(ctx, []limiter.Limit{check})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.Statuses[0].Remaining
+	}
+	if _, err := l.Decide(ctx, []limiter.Limit{spent, closed}); !errors.Is(err, limiter.ErrStoreDown) {
+		t.Fatalf("with slot b away: %v, want ErrStoreDown", err)
+	}
+	if n := left(); n != 10 {
+		t.Fatalf("after a failed decision the debited bucket has %d left, want all 10", n)
+	}
+	down.Store(false)
+	d, err := l.Decide(ctx, []limiter.Limit{spent, closed})
+	if err != nil || d.OK || d.Denied != 0 {
+		t.Fatalf("with slot b back: ok=%v denied=%d err=%v, want denied by the debit that did not fit", d.OK, d.Denied, err)
+	}
+	if n := left(); n != 0 {
+		t.Fatalf("after a denied decision the debited bucket has %d left, want 0: the debit stays", n)
 	}
 }
 

@@ -61,6 +61,10 @@ func Run(t *testing.T, newLimiter Factory) {
 	t.Run("LoweredLimitDoesNotDenyForTheOldDepth", func(t *testing.T) { testLoweredLimit(t, newLimiter) })
 	t.Run("ShadowLimitReportsButNeverDenies", func(t *testing.T) { testShadow(t, newLimiter) })
 	t.Run("CostBeyondCapacityNeverPasses", func(t *testing.T) { testHugeCost(t, newLimiter) })
+	t.Run("ZeroCostCheckIsOverWhenNothingIsLeft", func(t *testing.T) { testZeroCostOver(t, newLimiter) })
+	t.Run("DebitIsRecordedPastTheLimit", func(t *testing.T) { testDebit(t, newLimiter) })
+	t.Run("QuotaModeDeniesOnlyWhenTheWholeGroupIsOver", func(t *testing.T) { testQuotaMode(t, newLimiter) })
+	t.Run("DebtOutlivesALoweredLimit", func(t *testing.T) { testDebtOutlivesALoweredLimit(t, newLimiter) })
 }
 
 func bucket(key string, requests int64, per time.Duration, burst int64) limiter.Limit {
