@@ -98,7 +98,7 @@ func (l *Local) Prepare(_ context.Context, w usage.Window, value int64) error {
 	if !ok || l.store == nil {
 		return nil
 	}
-	if err := l.commit(false); err != nil {
+	if _, err := l.commit(false); err != nil {
 		return fmt.Errorf("record the pending meter event: %w", err)
 	}
 	return nil
