@@ -36,6 +36,10 @@ soak: ## The randomized billing test with new seeds (SEEDS runs of STEPS steps; 
 bench: ## Benchmarks: levy next to a no-op server in the same run
 	$(GO) test -run '^$$' -bench . -benchtime 3s -count 3 ./test/bench/
 
+.PHONY: mem
+mem: ## Memory of the local store for VALUES (default 1M) client addresses on a day quota
+	LEVY_MEM_VALUES=$${VALUES:-1000000} $(GO) test -run '^$$' -bench BenchmarkLocalMemory -benchtime 1x -timeout 30m ./pkg/limiter/
+
 .PHONY: lint
 lint: ## go vet, and gofmt must have nothing to change
 	$(GO) vet $(PKGS)

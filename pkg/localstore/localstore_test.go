@@ -2,7 +2,9 @@ package localstore_test
 
 import (
 	"context"
+	"fmt"
 	"reflect"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -135,4 +137,55 @@ func processCPU(tb testing.TB) time.Duration {
 		tb.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// DeleteEndedCounters deletes exactly the ended counters, long keys too,
+// a batch at a time, and a pass of batches reaches the end.
+func TestDeleteEndedCountersInBatches(t *testing.T) {
+	db, err := localstore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	cut := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	set := map[string]limiter.Counter{}
+	for i := range 25 {
+		end := cut.Add(time.Hour)
+		if i%2 == 0 {
+			end = cut.Add(-time.Hour)
+		}
+		set[fmt.Sprintf("{rl:ip=10.0.0.%d}:q:day:%d", i, i)] = limiter.Counter{Value: int64(i), End: end}
+	}
+	long := "{rl:ip=" + strings.Repeat("v", 2000) + "}:q:day:1"
+	set[long] = limiter.Counter{Value: 1, End: cut.Add(-time.Hour)}
+	if err := db.Commit(limiter.Changes{Counters: set}); err != nil {
+		t.Fatal(err)
+	}
+	from, batches := "", 0
+	for {
+		next, err := db.DeleteEndedCounters(cut, from, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batches++
+		if next == "" {
+			break
+		}
+		from = next
+	}
+	if batches < 3 {
+		t.Fatalf("%d batches of 4 for 14 ended counters", batches)
+	}
+	got, err := db.LoadCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 12 {
+		t.Fatalf("%d counters left, want the 12 not ended", len(got))
+	}
+	for k, c := range got {
+		if c.End.Before(cut) {
+			t.Fatalf("ended counter %s kept", k)
+		}
+	}
 }
