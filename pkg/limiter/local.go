@@ -61,9 +61,9 @@ type CounterReader interface {
 	CounterStore
 	// ReadCounter reads one counter; false when there is none.
 	ReadCounter(key string) (Counter, bool, error)
-	// DeleteEndedCounters deletes up to max counters that ended before
-	// t, going on from the stored position from ("" is the start); it
-	// returns where to go on next, "" when it reached the end.
+	// DeleteEndedCounters looks at up to max counters, going on from
+	// the stored position from ("" is the start), and deletes those that
+	// ended before t; it returns where to go on next, "" at the end.
 	DeleteEndedCounters(before time.Time, from string, max int) (next string, err error)
 }
 
@@ -493,7 +493,7 @@ type sweep struct {
 
 const (
 	sweepEvery = time.Hour // a counter ended over a day ago lingers on disk at most this much longer
-	sweepBatch = 10_000    // counters a prune tick deletes at most: one short write transaction
+	sweepBatch = 10_000    // counters a prune tick looks at: a few ms of reading, one short write transaction
 )
 
 // sweepEnded deletes, a batch a prune tick, the counters on disk whose
@@ -505,7 +505,7 @@ func (l *Local) sweepEnded() {
 	now := l.clock()
 	sw := &l.sweep
 	if !sw.running {
-		if !sw.last.IsZero() && now.Sub(sw.last) < sweepEvery && now.After(sw.last) {
+		if !sw.last.IsZero() && now.Sub(sw.last) < sweepEvery && !now.Before(sw.last) {
 			return
 		}
 		sw.running, sw.from, sw.last = true, "", now

@@ -31,11 +31,20 @@ func dayQuota(i int) limiter.Limit {
 // BenchmarkLocalMemory is issue item 15's check: one request from each of
 // LEVY_MEM_VALUES (default 1,000,000) distinct client addresses on a day
 // quota, on the local store as levy serve runs it (a bbolt file written
-// behind). After the last request it waits until everything is on disk,
-// lets the counters go idle, and reports the process's resident memory
-// after a GC (rss-MB; rss-file-MB of it is bbolt's mapping of the file),
-// its peak (hwm-MB), the live heap (heap-MB), the counters left in memory
-// and the data file's size. Run it alone, once:
+// behind), from GOMAXPROCS goroutines. It reports
+//
+//   - decisions/s, and saved-s: until the last counter was on disk;
+//   - then, every counter still in memory (counters-saved of them), after
+//     a GC: the process's resident memory (rss-saved-MB) and live heap
+//     (heap-saved-MB);
+//   - then, once the counters are idle (the clock moves 10 minutes) and the
+//     prune pass dropped them (counters-in-memory are left), after a GC:
+//     rss-MB, of which rss-file-MB is bbolt's mapping of the file, and
+//     heap-MB;
+//   - the peak resident memory of the whole run (hwm-MB) and the data
+//     file's size (file-MB).
+//
+// Run it alone, once (VALUES=n for another count):
 //
 //	make mem
 func BenchmarkLocalMemory(b *testing.B) {
@@ -84,6 +93,12 @@ func BenchmarkLocalMemory(b *testing.B) {
 			b.Fatal(err)
 		}
 		saved := time.Since(start)
+		inUse := l.Counters()
+		runtime.GC()
+		debug.FreeOSMemory()
+		var all runtime.MemStats
+		runtime.ReadMemStats(&all)
+		allRSS := procStatus(b)["VmRSS"]
 		// Idle: past any eviction delay, within the same day.
 		clock.Advance(10 * time.Minute)
 		deadline := time.Now().Add(5 * time.Second)
@@ -102,6 +117,9 @@ func BenchmarkLocalMemory(b *testing.B) {
 		}
 		b.ReportMetric(float64(n)/took.Seconds(), "decisions/s")
 		b.ReportMetric(saved.Seconds(), "saved-s")
+		b.ReportMetric(float64(inUse), "counters-saved")
+		b.ReportMetric(allRSS/1024, "rss-saved-MB")
+		b.ReportMetric(float64(all.HeapAlloc)/(1<<20), "heap-saved-MB")
 		b.ReportMetric(st["VmRSS"]/1024, "rss-MB")
 		b.ReportMetric(st["RssFile"]/1024, "rss-file-MB")
 		b.ReportMetric(st["VmHWM"]/1024, "hwm-MB")

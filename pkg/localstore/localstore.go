@@ -169,10 +169,11 @@ func (db *DB) ReadCounter(key string) (c limiter.Counter, found bool, err error)
 	return c, found, nil
 }
 
-// DeleteEndedCounters implements limiter.CounterReader: it finds up to
-// max ended counters in a read transaction and deletes them in one write
-// transaction, so a pass over a million counters never holds the writer
-// for long nor builds one huge transaction.
+// DeleteEndedCounters implements limiter.CounterReader: it looks at up to
+// max counters in a read transaction and deletes the ended ones in one
+// write transaction, so a pass over a million counters is a hundred short
+// steps that neither hold the writer for long nor build one huge
+// transaction.
 func (db *DB) DeleteEndedCounters(before time.Time, from string, max int) (string, error) {
 	var ended [][]byte
 	next := ""
@@ -180,20 +181,23 @@ func (db *DB) DeleteEndedCounters(before time.Time, from string, max int) (strin
 		if err := db.bolt.View(func(tx *bolt.Tx) error {
 			cur := tx.Bucket(bucketCounters).Cursor()
 			sk, sv := cur.Seek([]byte(from))
-			for ; sk != nil; sk, sv = cur.Next() {
-				if len(ended) == max {
+			for seen := 0; sk != nil; sk, sv = cur.Next() {
+				if seen == max {
 					next = string(sk)
 					return nil
 				}
-				k, v, err := entry(sk, sv)
-				if err != nil {
-					return err
+				seen++
+				v := sv
+				if bytes.HasPrefix(sk, []byte(longKeyPrefix)) {
+					var err error
+					if _, v, err = entry(sk, sv); err != nil {
+						return err
+					}
 				}
-				c, err := decodeCounter(k, v)
-				if err != nil {
-					return err
+				if len(v) != 16 {
+					return fmt.Errorf("counter %q: corrupt value", sk)
 				}
-				if c.End.Before(before) {
+				if end := int64(binary.BigEndian.Uint64(v[8:])); end < before.UnixNano() {
 					ended = append(ended, bytes.Clone(sk))
 				}
 			}

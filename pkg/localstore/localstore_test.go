@@ -173,8 +173,8 @@ func TestDeleteEndedCountersInBatches(t *testing.T) {
 		}
 		from = next
 	}
-	if batches < 3 {
-		t.Fatalf("%d batches of 4 for 14 ended counters", batches)
+	if batches < 5 {
+		t.Fatalf("%d batches of 4 for 26 counters", batches)
 	}
 	got, err := db.LoadCounters()
 	if err != nil {
