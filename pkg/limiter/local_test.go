@@ -413,3 +413,29 @@ func TestLocalRereadsACounterEvictedDuringItsRead(t *testing.T) {
 		t.Fatalf("used %d, want 2", got)
 	}
 }
+
+// Past MaxCounters, saved counters leave memory without waiting to be
+// idle: a burst of new keys is bounded by what is not yet saved.
+func TestLocalDropsSavedCountersPastMaxCounters(t *testing.T) {
+	clock := limitertest.NewClock(limitertest.Start)
+	l, _ := openDisk(t, t.TempDir(), limiter.LocalConfig{Clock: clock.Now, MaxCounters: 64})
+	q := func(i int) limiter.Limit {
+		return limiter.Limit{Kind: limiter.Quota, Name: "per-ip", Key: fmt.Sprintf("{rl:ip=10.1.%d.%d}:q:day", i>>8, i&0xff), Cost: 1, Max: 5, Unit: plan.Day}
+	}
+	for i := range 2000 {
+		if _, err := l.Decide(context.Background(), []limiter.Limit{q(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 { // the first saves them, the second drops them
+		if err := l.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := l.Counters(); got > 64 {
+		t.Fatalf("%d counters in memory a minute before any is idle, want at most 64 (MaxCounters)", got)
+	}
+	if got := used(t, l, q(1999)); got != 1 {
+		t.Fatalf("read back: used %d, want 1", got)
+	}
+}
