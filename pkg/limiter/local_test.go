@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -356,61 +355,6 @@ func TestLocalDeletesEndedCountersFromTheFile(t *testing.T) {
 			t.Fatal("a counter that ended two days ago is still in the file")
 		}
 		time.Sleep(time.Millisecond)
-	}
-}
-
-// hookedReader is a bbolt store that runs hook once, inside the first
-// ReadCounter after it is set, between the read and its return.
-type hookedReader struct {
-	*localstore.DB
-	hook atomic.Pointer[func()]
-}
-
-func (h *hookedReader) ReadCounter(key string) (limiter.Counter, bool, error) {
-	c, found, err := h.DB.ReadCounter(key)
-	if f := h.hook.Swap(nil); f != nil {
-		(*f)()
-	}
-	return c, found, err
-}
-
-// A counter read from the file while other decisions put it back in
-// memory, change it, save it and drop it again is read anew: the first
-// read is stale.
-func TestLocalRereadsACounterEvictedDuringItsRead(t *testing.T) {
-	db, err := localstore.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	store := &hookedReader{DB: db}
-	clock := limitertest.NewClock(limitertest.Start)
-	l, err := limiter.NewLocal(limiter.LocalConfig{Clock: clock.Now, Counters: store, FlushEvery: time.Hour, PruneEvery: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	q := limiter.Limit{Kind: limiter.Quota, Name: "q", Key: "{c:race}:q", Cost: 1, Unit: plan.Year, Soft: true}
-	meanwhile := func() {
-		if _, err := l.Decide(context.Background(), []limiter.Limit{q}); err != nil {
-			t.Error(err)
-		}
-		clock.Advance(2 * time.Minute)
-		for range 2 { // the first saves it (if the loop did not), the second drops it: idle
-			if err := l.Flush(); err != nil {
-				t.Error(err)
-			}
-		}
-		if n := l.Counters(); n != 0 {
-			t.Errorf("%d counters in memory, want it dropped", n)
-		}
-	}
-	store.hook.Store(&meanwhile)
-	if _, err := l.Decide(context.Background(), []limiter.Limit{q}); err != nil {
-		t.Fatal(err)
-	}
-	if got := used(t, l, q); got != 2 {
-		t.Fatalf("used %d, want 2", got)
 	}
 }
 

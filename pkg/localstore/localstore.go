@@ -60,7 +60,7 @@ func Open(dir string) (*DB, error) {
 		var err error
 		// A second levy on the same data dir would wait forever for the
 		// file lock; fail fast with a message that says why.
-		b, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+		b, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, InitialMmapSize: initialMmapSize})
 		if errors.Is(err, bolt.ErrTimeout) {
 			return fmt.Errorf("another levy process holds it (one process per --data-dir)")
 		}
@@ -88,6 +88,13 @@ func Open(dir string) (*DB, error) {
 	}
 	return &DB{bolt: b, path: path}, nil
 }
+
+// initialMmapSize is the size of bbolt's first mapping of the file. A
+// read transaction waits while the writer maps a grown file anew, and the
+// local limiter reads counters that left memory under a shard lock: with
+// 1 GiB (address space, not memory: only pages read count) a file of a few
+// million counters is never mapped anew.
+const initialMmapSize = 1 << 30
 
 // errCorrupt says what to do about a corrupt file.
 var errCorrupt = errors.New("the file is corrupt: restore it from a backup, or move it away to start with no quota counters and no usage ledger")

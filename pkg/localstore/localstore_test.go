@@ -189,3 +189,45 @@ func TestDeleteEndedCountersInBatches(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkReadCounter is the read the local limiter makes, under a shard
+// lock, for a counter that left memory (hit) or that the file does not
+// have (miss: a new client address), in a file of 200,000 counters.
+func BenchmarkReadCounter(b *testing.B) {
+	db := open(b, b.TempDir())
+	defer db.Close()
+	end := time.Now().Add(time.Hour)
+	const n = 200_000
+	key := func(i int) string {
+		return fmt.Sprintf("{rl:edge.remote_address=10.%d.%d.%d}:q:day:1773446400", i>>16, i>>8&0xff, i&0xff)
+	}
+	for start := 0; start < n; start += 20_000 {
+		set := map[string]limiter.Counter{}
+		for i := start; i < start+20_000; i++ {
+			set[key(i)] = limiter.Counter{Value: 1, End: end}
+		}
+		if err := db.Commit(limiter.Changes{Counters: set}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		name   string
+		offset int
+		found  bool
+	}{{"hit", 0, true}, {"miss", n, false}} {
+		b.Run(tt.name, func(b *testing.B) {
+			keys := make([]string, 4096)
+			for i := range keys {
+				keys[i] = key(tt.offset + i*37%n)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, found, err := db.ReadCounter(keys[i%len(keys)]); err != nil || found != tt.found {
+					b.Fatalf("%v %v", found, err)
+				}
+				i++
+			}
+		})
+	}
+}
