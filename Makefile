@@ -37,7 +37,7 @@ bench: ## Benchmarks: levy next to a no-op server in the same run
 	$(GO) test -run '^$$' -bench . -benchtime 3s -count 3 ./test/bench/
 
 .PHONY: mem
-mem: ## Memory of the local store for VALUES (default 1M) client addresses on a day quota
+mem: ## Memory of the local store, with and without a data file, for VALUES (default 1M) client addresses on a day quota
 	LEVY_MEM_VALUES=$${VALUES:-1000000} $(GO) test -run '^$$' -bench BenchmarkLocalMemory -benchtime 1x -timeout 30m ./pkg/limiter/
 
 .PHONY: lint

@@ -48,14 +48,7 @@ func dayQuota(i int) limiter.Limit {
 //
 //	make mem
 func BenchmarkLocalMemory(b *testing.B) {
-	n := 1_000_000
-	if s := os.Getenv("LEVY_MEM_VALUES"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil {
-			b.Fatalf("LEVY_MEM_VALUES: %v", err)
-		}
-		n = v
-	}
+	n := memValues(b)
 	for b.Loop() {
 		dir := os.Getenv("LEVY_MEM_DIR") // to look at the file after
 		if dir == "" {
@@ -71,23 +64,7 @@ func BenchmarkLocalMemory(b *testing.B) {
 			b.Fatal(err)
 		}
 		start := time.Now()
-		var wg sync.WaitGroup
-		workers := runtime.GOMAXPROCS(0)
-		for w := range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				lim := make([]limiter.Limit, 1)
-				for i := w; i < n; i += workers {
-					lim[0] = dayQuota(i)
-					if d, err := l.Decide(context.Background(), lim); err != nil || !d.OK {
-						b.Errorf("address %d: %v %v", i, d.OK, err)
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
+		fill(b, l, n)
 		took := time.Since(start)
 		if err := l.Flush(); err != nil {
 			b.Fatal(err)
@@ -141,6 +118,71 @@ func BenchmarkLocalMemory(b *testing.B) {
 		}
 		db.Close()
 	}
+}
+
+// BenchmarkLocalMemoryWithoutFile is BenchmarkLocalMemory on a local
+// limiter without a data file (the fallback of on_store_error: allow):
+// every counter of the day stays in memory, in its compact form. It
+// reports rss-MB and heap-MB after a GC with all of them in memory.
+func BenchmarkLocalMemoryWithoutFile(b *testing.B) {
+	n := memValues(b)
+	for b.Loop() {
+		clock := limitertest.NewClock(time.Date(2026, time.March, 14, 9, 0, 0, 0, time.UTC))
+		l, err := limiter.NewLocal(limiter.LocalConfig{Clock: clock.Now})
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		fill(b, l, n)
+		took := time.Since(start)
+		kept := l.Counters()
+		runtime.GC()
+		debug.FreeOSMemory()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		st := procStatus(b)
+		b.ReportMetric(float64(n)/took.Seconds(), "decisions/s")
+		b.ReportMetric(st["VmRSS"]/1024, "rss-MB")
+		b.ReportMetric(st["VmHWM"]/1024, "hwm-MB")
+		b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "heap-MB")
+		b.ReportMetric(float64(kept), "counters-in-memory")
+		l.Close()
+	}
+}
+
+// memValues is LEVY_MEM_VALUES, by default a million.
+func memValues(b *testing.B) int {
+	n := 1_000_000
+	if s := os.Getenv("LEVY_MEM_VALUES"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil {
+			b.Fatalf("LEVY_MEM_VALUES: %v", err)
+		}
+		n = v
+	}
+	return n
+}
+
+// fill sends one request from each of n addresses, from GOMAXPROCS
+// goroutines.
+func fill(b *testing.B, l *limiter.Local, n int) {
+	var wg sync.WaitGroup
+	workers := runtime.GOMAXPROCS(0)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lim := make([]limiter.Limit, 1)
+			for i := w; i < n; i += workers {
+				lim[0] = dayQuota(i)
+				if d, err := l.Decide(context.Background(), lim); err != nil || !d.OK {
+					b.Errorf("address %d: %v %v", i, d.OK, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // procStatus reads /proc/self/status's kB figures.
