@@ -55,16 +55,16 @@ func Open(dir string) (*DB, error) {
 		return nil, fmt.Errorf("open %s: the file is empty (0 bytes), so its quota counters and usage ledger are gone: "+
 			"restore it from a backup, or remove it to start with none", path)
 	}
+	if _, err := os.Stat(path); err == nil {
+		if err := checkCounters(path); err != nil {
+			return nil, fmt.Errorf("open %s: %w", path, err)
+		}
+	}
 	var b *bolt.DB
 	err := safely(func() error {
 		var err error
-		// A second levy on the same data dir would wait forever for the
-		// file lock; fail fast with a message that says why.
 		b, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, InitialMmapSize: initialMmapSize})
-		if errors.Is(err, bolt.ErrTimeout) {
-			return fmt.Errorf("another levy process holds it (one process per --data-dir)")
-		}
-		return err
+		return lockErr(err)
 	})
 	if err != nil {
 		if b != nil {
@@ -95,6 +95,49 @@ func Open(dir string) (*DB, error) {
 // 1 GiB (address space, not memory: only pages read count) a file of a few
 // million counters is never mapped anew.
 const initialMmapSize = 1 << 30
+
+// lockErr explains a timeout on the file lock: a second levy on the same
+// data dir would wait forever for it, so it fails fast saying why.
+func lockErr(err error) error {
+	if errors.Is(err, bolt.ErrTimeout) {
+		return fmt.Errorf("another levy process holds it (one process per --data-dir)")
+	}
+	return err
+}
+
+// checkCounters reads every quota counter of the file once, in a read-only
+// handle that it closes: the local limiter reads counters only when it
+// needs them, and a corrupt page must still stop levy at start, not deny
+// or allow calls later. Closing the handle unmaps the file, so its pages
+// do not stay in the process's RSS (a million counters: ~150 MB).
+func checkCounters(path string) error {
+	return safely(func() error {
+		b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, ReadOnly: true})
+		if err != nil {
+			return lockErr(err)
+		}
+		defer b.Close()
+		return b.View(func(tx *bolt.Tx) error {
+			bucket := tx.Bucket(bucketCounters)
+			if bucket == nil {
+				return nil
+			}
+			return bucket.ForEach(func(sk, sv []byte) error {
+				v := sv
+				if bytes.HasPrefix(sk, []byte(longKeyPrefix)) {
+					var err error
+					if _, v, err = entry(sk, sv); err != nil {
+						return err
+					}
+				}
+				if len(v) != 16 {
+					return fmt.Errorf("counter %q: corrupt value", sk)
+				}
+				return nil
+			})
+		})
+	})
+}
 
 // errCorrupt says what to do about a corrupt file.
 var errCorrupt = errors.New("the file is corrupt: restore it from a backup, or move it away to start with no quota counters and no usage ledger")
