@@ -63,7 +63,11 @@ func Open(dir string) (*DB, error) {
 	var b *bolt.DB
 	err := safely(func() error {
 		var err error
-		b, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, InitialMmapSize: initialMmapSize})
+		// No InitialMmapSize: it would spare a read the wait while the
+		// writer maps a grown file anew (a dozen times in a file's life,
+		// as the mapping doubles), but bbolt then grows the file 16 MB at
+		// a time from the first write.
+		b, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 		return lockErr(err)
 	})
 	if err != nil {
@@ -88,13 +92,6 @@ func Open(dir string) (*DB, error) {
 	}
 	return &DB{bolt: b, path: path}, nil
 }
-
-// initialMmapSize is the size of bbolt's first mapping of the file. A
-// read transaction waits while the writer maps a grown file anew, and the
-// local limiter reads counters that left memory under a shard lock: with
-// 1 GiB (address space, not memory: only pages read count) a file of a few
-// million counters is never mapped anew.
-const initialMmapSize = 1 << 30
 
 // lockErr explains a timeout on the file lock: a second levy on the same
 // data dir would wait forever for it, so it fails fast saying why.
