@@ -352,9 +352,10 @@ func (l *Local) Flush() error {
 // many bbolt pages per key in small commits as in large ones, but the file
 // must hold the tree plus one commit's rewritten pages, and its mapping
 // counts as RSS. Measured with BenchmarkLocalMemory (1M addresses, shared
-// 2-core VM): 20,000 a commit: file 187 MB, RSS after eviction 213-242
-// MB, the burst saved in 10-12 s; 10,000: 163-166 MB, 201-221 MB, 12-25 s;
-// 5,000: 142 MB, 191-200 MB, 18-22 s.
+// 2-core VM, runs of one build side by side): 20,000 a commit: file 187
+// MB, RSS after eviction 213-242 MB, the burst saved in 10-12 s; 10,000:
+// 163-166 MB, 201-221 MB, 12-25 s; 5,000: 142 MB, 191-200 MB, 18-22 s.
+// (With 10,000, later runs gave 158-196 MB, 194-232 MB, 7-10 s.)
 const maxCommitCounters = 10_000
 
 // commit persists changed counters (at most maxCommitCounters; left says
