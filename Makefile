@@ -60,6 +60,10 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 1m); a failing input i
 bench: ## Benchmarks: levy next to a no-op server in the same run
 	$(GO) test -run '^$$' -bench . -benchtime 3s -count 3 ./test/bench/
 
+.PHONY: mem
+mem: ## Memory of the local store, with and without a data file, for VALUES (default 1M) client addresses on a day quota
+	LEVY_MEM_VALUES=$${VALUES:-1000000} $(GO) test -run '^$$' -bench BenchmarkLocalMemory -benchtime 1x -timeout 30m ./pkg/limiter/
+
 .PHONY: lint
 lint: ## go vet, and gofmt must have nothing to change
 	$(GO) vet $(PKGS)

@@ -106,6 +106,13 @@ type Store struct {
 	// Timeout bounds one decision's store call.
 	Timeout Duration `yaml:"timeout"`
 	Redis   Redis    `yaml:"redis"`
+	// CounterIdle is how long the local store keeps a saved quota counter
+	// in memory after its last change (0: limiter.DefaultCounterIdle);
+	// MaxCounters is how many it keeps before saved ones leave early (0:
+	// limiter.DefaultMaxCounters). A counter that left is read back from
+	// the data file.
+	CounterIdle Duration `yaml:"counter_idle"`
+	MaxCounters int      `yaml:"max_counters"`
 }
 
 // Redis says how to reach Redis. The password and TLS settings come from

@@ -35,6 +35,7 @@ func TestLoadRejectsBadFilesNamingFileLineAndKey(t *testing.T) {
 		{"inline_secret.yaml", []string{"inline_secret.yaml:2:", "env:NAME or file:/path"}},
 		{"two_documents.yaml", []string{"two_documents.yaml:3:", "one YAML document"}},
 		{"bad_store_type.yaml", []string{"bad_store_type.yaml:2:", "store.type", "local, redis"}},
+		{"negative_max_counters.yaml", []string{"negative_max_counters.yaml:2:", "store.max_counters", "negative"}},
 		{"uppercase_key_header.yaml", []string{"uppercase_key_header.yaml:2:", "keys.headers[0]", "lower-case"}},
 		{"bad_cost.yaml", []string{"bad_cost.yaml:5:", "plans.pro.costs.v1/search", "path prefix"}},
 		{"malformed_dev_key.yaml", []string{"malformed_dev_key.yaml:8:", "consumers[0].keys[0].key", "well-formed"}},

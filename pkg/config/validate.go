@@ -39,6 +39,12 @@ func (c *Config) Validate() error {
 	}
 	oneOf(c, &errs, "store.type", c.Store.Type, "local", "redis")
 	oneOf(c, &errs, "store.on_store_error", c.Store.OnStoreError, "allow", "deny")
+	if c.Store.CounterIdle < 0 {
+		c.problem(&errs, "store.counter_idle", "must not be negative")
+	}
+	if c.Store.MaxCounters < 0 {
+		c.problem(&errs, "store.max_counters", "must not be negative")
+	}
 	if c.Store.Type == "local" && c.Store.DataDir == "" {
 		c.problem(&errs, "store.data_dir", "the local store needs a data directory")
 	}

@@ -32,12 +32,22 @@ if used then redis.call("EXPIRE", seen, ARGV[2]) end
 if refunded == 0 and reported == 0 then return 1 end
 if KEYS[2] and ARGV[3] ~= "" and reported ~= refunded then
   local q = redis.call("HMGET", KEYS[2], "s", "v")
-  if q[1] and tonumber(q[1]) == tonumber(ARGV[3]) then
+  local start = tonumber(ARGV[3])
+  if q[1] and tonumber(q[1]) == start then
     local v = tonumber(q[2] or "0") + reported - refunded
     if v < 0 then v = 0 end
     -- 2^52: a debit has no other bound, and Lua's numbers are doubles
     if v > 4503599627370496 then v = 4503599627370496 end
     redis.call("HSET", KEYS[2], "v", string.format("%d", v))
+  elseif reported > refunded and (not q[1] or tonumber(q[1]) < start) then
+    -- admission counted nothing in this period (a route that costs
+    -- nothing until its upstream reports units): the debit starts the
+    -- period's count. Its end is not known here: kept a year and a day,
+    -- until a decision that takes sets the period's own expiry.
+    local v = reported - refunded
+    if v > 4503599627370496 then v = 4503599627370496 end
+    redis.call("HSET", KEYS[2], "s", ARGV[3], "v", string.format("%d", v))
+    redis.call("EXPIRE", KEYS[2], 31708800)
   end
 end
 local before = tonumber(redis.call("HGET", w, "u") or "0")

@@ -297,8 +297,12 @@ end
 local function take(i)
   local p = lp[i]
   local c = pcost[p]
-  if c <= 0 then return end
   local key, kind = keys[i], pkind[p]
+  -- A ledger window is opened even at no cost: a route that costs
+  -- nothing at admission may be settled later with the units its
+  -- upstream reports, and settlement applies only to a window admission
+  -- opened.
+  if c <= 0 and kind ~= 2 then return end
   if dirty_kind[key] == nil then
     dirty[#dirty + 1] = key
     dirty_kind[key] = kind

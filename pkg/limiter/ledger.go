@@ -32,11 +32,16 @@ func (l *Local) Adjust(_ context.Context, adjs []usage.Adjustment) error {
 				if refunded == 0 && reported == 0 {
 					refunded, reported = max(-a.Units, 0), max(a.Units, 0)
 				}
+				// The quota first: when its counter cannot be read, neither
+				// moves, and the adjustment is retried whole.
+				if err := l.settleQuota(sh, key, a, reported-refunded); err != nil {
+					sh.mu.Unlock()
+					return &usage.PartialError{Failed: adjs[i:], Err: err}
+				}
 				e.Units = max(e.Units+reported-refunded, 0)
 				e.Refunded += refunded
 				e.Reported += reported
 				l.markLedgerDirty(sh, id)
-				l.settleQuota(sh, key, a, reported-refunded)
 			}
 		}
 		sh.mu.Unlock()
@@ -46,21 +51,28 @@ func (l *Local) Adjust(_ context.Context, adjs []usage.Adjustment) error {
 
 // settleQuota moves the quota counter a names by units: a debit past the
 // limit (later requests are denied until the period ends), a refund never
-// below zero. A counter of another period (the period rolled over), or
-// none, is left alone, and so is one outside the hash tag of the ledger
-// key (the shard sh, which is locked).
-func (l *Local) settleQuota(sh *shard, key string, a *usage.Adjustment, units int64) {
+// below zero. A debit creates the counter when admission counted nothing
+// in it (a route that costs nothing until its upstream reports units);
+// its end, unknown here, is taken as a year on, for the sweep of ended
+// counters. A counter outside the hash tag of the ledger key (the shard
+// sh, which is locked) is left alone, and so is the new period's counter
+// when the request's period rolled over: settlement names the period.
+func (l *Local) settleQuota(sh *shard, key string, a *usage.Adjustment, units int64) error {
 	if !sameHashTag(a.Quota, key) || units == 0 {
-		return
+		return nil
 	}
+	now := l.clock()
 	id := counterID{a.Quota, a.QuotaStart.Unix()}
-	c, ok := sh.counters[id]
-	if !ok {
-		return
+	c, err := l.counter(sh, id, now)
+	if err != nil {
+		return err
 	}
-	c.Value = min(max(c.Value+units, 0), maxCounter)
-	sh.dirty[id] = struct{}{}
+	if _, ok := sh.counters[id]; !ok && units < 0 {
+		return nil
+	}
+	l.setCounter(sh, id, min(max(c.value+units, 0), maxCount), a.QuotaStart.AddDate(1, 0, 1), now)
 	l.changed()
+	return nil
 }
 
 // sameHashTag reports whether quota is a key with the hash tag of key:
@@ -68,11 +80,6 @@ func (l *Local) settleQuota(sh *shard, key string, a *usage.Adjustment, units in
 func sameHashTag(quota, key string) bool {
 	return quota != "" && hashTag(quota) != quota && hashTag(quota) == hashTag(key)
 }
-
-// maxCounter bounds a quota counter that settlement moves (2^52): debits
-// past the limit have no other bound, and Redis keeps numbers in doubles,
-// exact up to 2^53.
-const maxCounter = 1 << 52
 
 // Due implements usage.Ledger.
 func (l *Local) Due(_ context.Context, before time.Time) ([]usage.Window, error) {
@@ -132,7 +139,7 @@ func (l *Local) Prepare(_ context.Context, w usage.Window, value int64) error {
 	if !ok || l.store == nil {
 		return nil
 	}
-	if err := l.commit(false); err != nil {
+	if _, err := l.commit(false); err != nil {
 		return fmt.Errorf("record the pending meter event: %w", err)
 	}
 	return nil

@@ -174,3 +174,212 @@ func TestLocalForgetsFullBuckets(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// openDisk opens a local limiter on a bbolt file in dir, closed with the
+// test.
+func openDisk(t *testing.T, dir string, cfg limiter.LocalConfig) (*limiter.Local, *localstore.DB) {
+	t.Helper()
+	db, err := localstore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Counters = db
+	l, err := limiter.NewLocal(cfg)
+	if err != nil {
+		db.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		l.Close()
+		db.Close()
+	})
+	return l, db
+}
+
+func used(t *testing.T, l limiter.Limiter, q limiter.Limit) int64 {
+	t.Helper()
+	q.Cost = 0
+	d, err := l.Decide(context.Background(), []limiter.Limit{q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.Statuses[0].Used
+}
+
+// Issue item 15: a burst of distinct addresses on a day quota leaves
+// memory once saved and idle; only the counters used since stay, and every
+// counter reads back from the file with its exact value, also after a
+// restart. (Structural: counts counters, not bytes; BenchmarkLocalMemory
+// measures the bytes.)
+func TestLocalKeepsOnlyRecentlyUsedCountersInMemory(t *testing.T) {
+	const n, recent = 20_000, 100
+	dir := t.TempDir()
+	clock := limitertest.NewClock(limitertest.Start)
+	l, db := openDisk(t, dir, limiter.LocalConfig{Clock: clock.Now, CounterIdle: time.Minute})
+	addr := func(i int) limiter.Limit {
+		return limiter.Limit{Kind: limiter.Quota, Name: "per-ip", Key: fmt.Sprintf("{rl:edge.remote_address=10.0.%d.%d}:q:day", i>>8, i&0xff),
+			Cost: 1, Max: 3, Unit: plan.Day}
+	}
+	for i := range n {
+		if d, err := l.Decide(context.Background(), []limiter.Limit{addr(i)}); err != nil || !d.OK {
+			t.Fatalf("address %d: %v %v", i, d.OK, err)
+		}
+	}
+	if err := l.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(2 * time.Minute)
+	for i := range recent {
+		if d, err := l.Decide(context.Background(), []limiter.Limit{addr(i)}); err != nil || !d.OK {
+			t.Fatalf("address %d again: %v %v", i, d.OK, err)
+		}
+	}
+	if err := l.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.Counters(); got != recent {
+		t.Fatalf("%d counters in memory after the others went idle, want the %d used since", got, recent)
+	}
+	for _, i := range []int{0, recent - 1, recent, n / 2, n - 1} {
+		want := int64(1)
+		if i < recent {
+			want = 2
+		}
+		if got := used(t, l, addr(i)); got != want {
+			t.Fatalf("address %d read back: used %d, want %d", i, got, want)
+		}
+	}
+	// The third request of an evicted address is allowed, the fourth not.
+	q := addr(n - 1)
+	for want, ok := range []bool{true, true, false} {
+		if d, _ := l.Decide(context.Background(), []limiter.Limit{q}); d.OK != ok {
+			t.Fatalf("request %d of an evicted address: ok %v, want %v", want+2, d.OK, ok)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+
+	l, _ = openDisk(t, dir, limiter.LocalConfig{Clock: clock.Now})
+	if got := l.Counters(); got != 0 {
+		t.Fatalf("%d counters loaded at start, want none until used", got)
+	}
+	for i := range n {
+		want := int64(1)
+		switch {
+		case i < recent:
+			want = 2
+		case i == n-1:
+			want = 3
+		}
+		if got := used(t, l, addr(i)); got != want {
+			t.Fatalf("address %d after a restart: used %d, want %d", i, got, want)
+		}
+	}
+}
+
+// Decisions on one counter while it is dropped from memory and read back
+// over and over lose no increment.
+func TestLocalCountsExactlyWhileCountersAreEvicted(t *testing.T) {
+	clock := limitertest.NewClock(limitertest.Start)
+	l, _ := openDisk(t, t.TempDir(), limiter.LocalConfig{Clock: clock.Now, FlushEvery: time.Millisecond, PruneEvery: time.Millisecond})
+	q := limiter.Limit{Kind: limiter.Quota, Name: "q", Key: "{c:hot}:q", Cost: 1, Unit: plan.Year, Soft: true}
+	const workers, each = 4, 300
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				if _, err := l.Decide(context.Background(), []limiter.Limit{q}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	evicting := make(chan struct{})
+	go func() {
+		defer close(evicting)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			clock.Advance(2 * time.Minute) // idle: the next pass drops it once saved
+			if err := l.Flush(); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	<-evicting
+	if got := used(t, l, q); got != workers*each {
+		t.Fatalf("used %d, want %d", got, workers*each)
+	}
+}
+
+// Counters of periods that ended over a day ago are deleted from the file
+// too, not only from memory.
+func TestLocalDeletesEndedCountersFromTheFile(t *testing.T) {
+	clock := limitertest.NewClock(limitertest.Start)
+	l, db := openDisk(t, t.TempDir(), limiter.LocalConfig{Clock: clock.Now, PruneEvery: time.Millisecond})
+	q := limiter.Limit{Kind: limiter.Quota, Name: "q", Key: "{rl:ip=10.0.0.1}:q:day", Cost: 1, Max: 10, Unit: plan.Day}
+	d, err := l.Decide(context.Background(), []limiter.Limit{q})
+	if err != nil || !d.OK {
+		t.Fatal(d.OK, err)
+	}
+	if err := l.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	key := q.Key + ":" + fmt.Sprint(d.Statuses[0].PeriodStart.Unix())
+	if _, found, err := db.ReadCounter(key); err != nil || !found {
+		t.Fatalf("counter %s not saved: %v", key, err)
+	}
+	clock.Advance(3 * 24 * time.Hour)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, found, err := db.ReadCounter(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a counter that ended two days ago is still in the file")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Past MaxCounters, saved counters leave memory without waiting to be
+// idle: a burst of new keys is bounded by what is not yet saved.
+func TestLocalDropsSavedCountersPastMaxCounters(t *testing.T) {
+	clock := limitertest.NewClock(limitertest.Start)
+	l, _ := openDisk(t, t.TempDir(), limiter.LocalConfig{Clock: clock.Now, MaxCounters: 64})
+	q := func(i int) limiter.Limit {
+		return limiter.Limit{Kind: limiter.Quota, Name: "per-ip", Key: fmt.Sprintf("{rl:ip=10.1.%d.%d}:q:day", i>>8, i&0xff), Cost: 1, Max: 5, Unit: plan.Day}
+	}
+	for i := range 2000 {
+		if _, err := l.Decide(context.Background(), []limiter.Limit{q(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 { // the first saves them, the second drops them
+		if err := l.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := l.Counters(); got > 64 {
+		t.Fatalf("%d counters in memory a minute before any is idle, want at most 64 (MaxCounters)", got)
+	}
+	if got := used(t, l, q(1999)); got != 1 {
+		t.Fatalf("read back: used %d, want 1", got)
+	}
+}

@@ -78,16 +78,14 @@ func TestCorruptOrEmptyDataFileIsAClearError(t *testing.T) {
 	}
 }
 
-// openAndLoad does what levy serve does with a data dir at start.
+// openAndLoad does what levy serve does with a data dir at start (Open
+// reads every quota counter once; the local limiter loads the ledger).
 func openAndLoad(dir string) error {
 	db, err := Open(dir)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if _, err := db.LoadCounters(); err != nil {
-		return err
-	}
 	if _, err := db.LoadLedger(); err != nil {
 		return err
 	}

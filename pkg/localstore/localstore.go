@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -36,8 +37,9 @@ type DB struct {
 }
 
 var (
-	_ limiter.CounterStore = (*DB)(nil)
-	_ limiter.Committer    = (*DB)(nil)
+	_ limiter.CounterStore  = (*DB)(nil)
+	_ limiter.Committer     = (*DB)(nil)
+	_ limiter.CounterReader = (*DB)(nil)
 )
 
 // Open opens (creating if needed) levy.db under dir. A file that exists
@@ -53,16 +55,20 @@ func Open(dir string) (*DB, error) {
 		return nil, fmt.Errorf("open %s: the file is empty (0 bytes), so its quota counters and usage ledger are gone: "+
 			"restore it from a backup, or remove it to start with none", path)
 	}
+	if _, err := os.Stat(path); err == nil {
+		if err := checkCounters(path); err != nil {
+			return nil, fmt.Errorf("open %s: %w", path, err)
+		}
+	}
 	var b *bolt.DB
 	err := safely(func() error {
 		var err error
-		// A second levy on the same data dir would wait forever for the
-		// file lock; fail fast with a message that says why.
+		// No InitialMmapSize: it would spare a read the wait while the
+		// writer maps a grown file anew (a dozen times in a file's life,
+		// as the mapping doubles), but bbolt then grows the file 16 MB at
+		// a time from the first write.
 		b, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-		if errors.Is(err, bolt.ErrTimeout) {
-			return fmt.Errorf("another levy process holds it (one process per --data-dir)")
-		}
-		return err
+		return lockErr(err)
 	})
 	if err != nil {
 		if b != nil {
@@ -85,6 +91,49 @@ func Open(dir string) (*DB, error) {
 		return nil, fmt.Errorf("init %s: %w", path, err)
 	}
 	return &DB{bolt: b, path: path}, nil
+}
+
+// lockErr explains a timeout on the file lock: a second levy on the same
+// data dir would wait forever for it, so it fails fast saying why.
+func lockErr(err error) error {
+	if errors.Is(err, bolt.ErrTimeout) {
+		return fmt.Errorf("another levy process holds it (one process per --data-dir)")
+	}
+	return err
+}
+
+// checkCounters reads every quota counter of the file once, in a read-only
+// handle that it closes: the local limiter reads counters only when it
+// needs them, and a corrupt page must still stop levy at start, not deny
+// or allow calls later. Closing the handle unmaps the file, so its pages
+// do not stay in the process's RSS (a million counters: ~150 MB).
+func checkCounters(path string) error {
+	return safely(func() error {
+		b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second, ReadOnly: true})
+		if err != nil {
+			return lockErr(err)
+		}
+		defer b.Close()
+		return b.View(func(tx *bolt.Tx) error {
+			bucket := tx.Bucket(bucketCounters)
+			if bucket == nil {
+				return nil
+			}
+			return bucket.ForEach(func(sk, sv []byte) error {
+				v := sv
+				if bytes.HasPrefix(sk, []byte(longKeyPrefix)) {
+					var err error
+					if _, v, err = entry(sk, sv); err != nil {
+						return err
+					}
+				}
+				if len(v) != 16 {
+					return fmt.Errorf("counter %q: corrupt value", sk)
+				}
+				return nil
+			})
+		})
+	})
 }
 
 // errCorrupt says what to do about a corrupt file.
@@ -123,16 +172,100 @@ func (db *DB) loadCounters(out map[string]limiter.Counter) error {
 			if err != nil {
 				return err
 			}
-			if len(v) != 16 {
-				return fmt.Errorf("counter %q: corrupt value", k)
+			c, err := decodeCounter(k, v)
+			out[k] = c
+			return err
+		})
+	})
+}
+
+func decodeCounter(k string, v []byte) (limiter.Counter, error) {
+	if len(v) != 16 {
+		return limiter.Counter{}, fmt.Errorf("counter %q: corrupt value", k)
+	}
+	return limiter.Counter{
+		Value: int64(binary.BigEndian.Uint64(v[:8])),
+		End:   time.Unix(0, int64(binary.BigEndian.Uint64(v[8:]))).UTC(),
+	}, nil
+}
+
+// ReadCounter implements limiter.CounterReader: one read transaction.
+func (db *DB) ReadCounter(key string) (c limiter.Counter, found bool, err error) {
+	err = safely(func() error {
+		return db.bolt.View(func(tx *bolt.Tx) error {
+			sk := storedKey(key)
+			sv := tx.Bucket(bucketCounters).Get(sk)
+			if sv == nil {
+				return nil
 			}
-			out[k] = limiter.Counter{
-				Value: int64(binary.BigEndian.Uint64(v[:8])),
-				End:   time.Unix(0, int64(binary.BigEndian.Uint64(v[8:]))).UTC(),
+			k, v, err := entry(sk, sv)
+			if err != nil {
+				return err
+			}
+			if k != key {
+				return fmt.Errorf("counter %q: stored under the hash of %q", key, k)
+			}
+			found = true
+			c, err = decodeCounter(k, v)
+			return err
+		})
+	})
+	if err != nil {
+		return limiter.Counter{}, false, fmt.Errorf("%s: %w", db.path, err)
+	}
+	return c, found, nil
+}
+
+// DeleteEndedCounters implements limiter.CounterReader: it looks at up to
+// max counters in a read transaction and deletes the ended ones in one
+// write transaction, so a pass over a million counters is a hundred short
+// steps that neither hold the writer for long nor build one huge
+// transaction.
+func (db *DB) DeleteEndedCounters(before time.Time, from string, max int) (string, error) {
+	var ended [][]byte
+	next := ""
+	err := safely(func() error {
+		if err := db.bolt.View(func(tx *bolt.Tx) error {
+			cur := tx.Bucket(bucketCounters).Cursor()
+			sk, sv := cur.Seek([]byte(from))
+			for seen := 0; sk != nil; sk, sv = cur.Next() {
+				if seen == max {
+					next = string(sk)
+					return nil
+				}
+				seen++
+				v := sv
+				if bytes.HasPrefix(sk, []byte(longKeyPrefix)) {
+					var err error
+					if _, v, err = entry(sk, sv); err != nil {
+						return err
+					}
+				}
+				if len(v) != 16 {
+					return fmt.Errorf("counter %q: corrupt value", sk)
+				}
+				if end := int64(binary.BigEndian.Uint64(v[8:])); end < before.UnixNano() {
+					ended = append(ended, bytes.Clone(sk))
+				}
+			}
+			return nil
+		}); err != nil || len(ended) == 0 {
+			return err
+		}
+		return db.bolt.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketCounters)
+			for _, sk := range ended {
+				if err := b.Delete(sk); err != nil {
+					return err
+				}
 			}
 			return nil
 		})
 	})
+	if err != nil {
+		return from, fmt.Errorf("%s: %w", db.path, err)
+	}
+	return next, nil
 }
 
 // SaveCounters implements limiter.CounterStore: one transaction, fsynced.
@@ -157,7 +290,8 @@ func (db *DB) Commit(c limiter.Changes) error {
 
 func putCounters(tx *bolt.Tx, set map[string]limiter.Counter, del []string) error {
 	b := tx.Bucket(bucketCounters)
-	for k, c := range set {
+	for _, k := range sortedKeys(set) {
+		c := set[k]
 		var v [16]byte
 		binary.BigEndian.PutUint64(v[:8], uint64(c.Value))
 		binary.BigEndian.PutUint64(v[8:], uint64(c.End.UnixNano()))
@@ -166,6 +300,19 @@ func putCounters(tx *bolt.Tx, set map[string]limiter.Counter, del []string) erro
 		}
 	}
 	return deleteAll(b, del)
+}
+
+// sortedKeys returns m's keys in order. bbolt puts a key into its page's
+// node by moving the keys after it: in map order, a commit of many new keys
+// into a small tree moves them over and over (a quadratic copy that was
+// 80% of a 100k-key commit's CPU), in order each goes at the end.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 // maxStoredKey is the longest key stored as it is. A longer one (a
@@ -250,7 +397,8 @@ func (db *DB) SaveLedger(set map[string]limiter.LedgerEntry, del []string) error
 
 func putLedger(tx *bolt.Tx, set map[string]limiter.LedgerEntry, del []string) error {
 	b := tx.Bucket(bucketLedger)
-	for k, e := range set {
+	for _, k := range sortedKeys(set) {
+		e := set[k]
 		v, err := json.Marshal(e)
 		if err != nil {
 			return err

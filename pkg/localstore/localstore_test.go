@@ -2,7 +2,9 @@ package localstore_test
 
 import (
 	"context"
+	"fmt"
 	"reflect"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -135,4 +137,97 @@ func processCPU(tb testing.TB) time.Duration {
 		tb.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// DeleteEndedCounters deletes exactly the ended counters, long keys too,
+// a batch at a time, and a pass of batches reaches the end.
+func TestDeleteEndedCountersInBatches(t *testing.T) {
+	db, err := localstore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	cut := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	set := map[string]limiter.Counter{}
+	for i := range 25 {
+		end := cut.Add(time.Hour)
+		if i%2 == 0 {
+			end = cut.Add(-time.Hour)
+		}
+		set[fmt.Sprintf("{rl:ip=10.0.0.%d}:q:day:%d", i, i)] = limiter.Counter{Value: int64(i), End: end}
+	}
+	long := "{rl:ip=" + strings.Repeat("v", 2000) + "}:q:day:1"
+	set[long] = limiter.Counter{Value: 1, End: cut.Add(-time.Hour)}
+	if err := db.Commit(limiter.Changes{Counters: set}); err != nil {
+		t.Fatal(err)
+	}
+	from, batches := "", 0
+	for {
+		next, err := db.DeleteEndedCounters(cut, from, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		batches++
+		if next == "" {
+			break
+		}
+		from = next
+	}
+	if batches < 5 {
+		t.Fatalf("%d batches of 4 for 26 counters", batches)
+	}
+	got, err := db.LoadCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 12 {
+		t.Fatalf("%d counters left, want the 12 not ended", len(got))
+	}
+	for k, c := range got {
+		if c.End.Before(cut) {
+			t.Fatalf("ended counter %s kept", k)
+		}
+	}
+}
+
+// BenchmarkReadCounter is the read the local limiter makes, under a shard
+// lock, for a counter that left memory (hit) or that the file does not
+// have (miss: a new client address), in a file of 200,000 counters.
+func BenchmarkReadCounter(b *testing.B) {
+	db := open(b, b.TempDir())
+	defer db.Close()
+	end := time.Now().Add(time.Hour)
+	const n = 200_000
+	key := func(i int) string {
+		return fmt.Sprintf("{rl:edge.remote_address=10.%d.%d.%d}:q:day:1773446400", i>>16, i>>8&0xff, i&0xff)
+	}
+	for start := 0; start < n; start += 20_000 {
+		set := map[string]limiter.Counter{}
+		for i := start; i < start+20_000; i++ {
+			set[key(i)] = limiter.Counter{Value: 1, End: end}
+		}
+		if err := db.Commit(limiter.Changes{Counters: set}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, tt := range []struct {
+		name   string
+		offset int
+		found  bool
+	}{{"hit", 0, true}, {"miss", n, false}} {
+		b.Run(tt.name, func(b *testing.B) {
+			keys := make([]string, 4096)
+			for i := range keys {
+				keys[i] = key(tt.offset + i*37%n)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if _, found, err := db.ReadCounter(keys[i%len(keys)]); err != nil || found != tt.found {
+					b.Fatalf("%v %v", found, err)
+				}
+				i++
+			}
+		})
+	}
 }

@@ -35,6 +35,9 @@ func TestKeysOfAnyLengthAreSavedAndOthersWithThem(t *testing.T) {
 	if err != nil || len(got) != 3 || got[long].Value != 7 || got["{c:acme}:units:1"].Value != 3 {
 		t.Fatalf("counters after a restart: %d of 3, %v", len(got), err)
 	}
+	if c, found, err := db.ReadCounter(long); err != nil || !found || c.Value != 7 || !c.End.Equal(end) {
+		t.Fatalf("read back one long key: %v %v %v", c, found, err)
+	}
 	gotLedger, err := db.LoadLedger()
 	if err != nil || len(gotLedger) != 1 {
 		t.Fatalf("ledger after a restart: %d, %v", len(gotLedger), err)

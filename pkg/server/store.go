@@ -52,7 +52,8 @@ func (s *Server) openBackend(cfg *config.Config) (*backend, error) {
 		return nil, err
 	}
 	b.closers = append(b.closers, db.Close)
-	local, err := limiter.NewLocal(limiter.LocalConfig{Clock: s.opts.Clock, Counters: db, Registerer: s.metrics.Registry, Log: s.log})
+	local, err := limiter.NewLocal(limiter.LocalConfig{Clock: s.opts.Clock, Counters: db, Registerer: s.metrics.Registry, Log: s.log,
+		CounterIdle: time.Duration(cfg.Store.CounterIdle), MaxCounters: cfg.Store.MaxCounters})
 	if err != nil {
 		b.close()
 		return nil, err

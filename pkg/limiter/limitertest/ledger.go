@@ -338,6 +338,30 @@ func RunLedger(t *testing.T, newLedger LedgerFactory, shared bool) {
 		}
 	})
 
+	t.Run("ARouteFreeAtAdmissionIsDebitedWhatItsUpstreamReports", func(t *testing.T) {
+		// An LLM route: admission charges nothing (the tokens are not
+		// known yet), the access log reports them.
+		clock := NewClock(time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC))
+		lim, led := newLedger(t, clock)
+		settle := counted(t, lim, quota, 0)
+		adjust(t, led, settle("req-1", 7))
+		if got := Usage(t, lim, quota); got != 7 {
+			t.Fatalf("quota counter %d after 7 units reported for a free admission, want 7", got)
+		}
+		if d, _ := decide(t, lim, quota, 1); d.OK {
+			t.Fatalf("a request after 7 units on a quota of 5 was allowed: %+v", d)
+		}
+		clock.Advance(window)
+		if ws := due(t, led, clock.Now()); len(ws) != 1 || ws[0].Units != 7 {
+			t.Fatalf("the reported units did not reach the usage ledger: %+v", ws)
+		}
+		// A refund of such a request finds nothing to take back.
+		adjust(t, led, settle("req-2", -3))
+		if got := Usage(t, lim, quota); got != 4 {
+			t.Fatalf("quota counter %d after a refund of 3, want 4", got)
+		}
+	})
+
 	if !shared {
 		return
 	}
