@@ -171,8 +171,8 @@ func (r *Rules) load(src Source, merge bool) error {
 		}
 		root = &doc
 	}
-	if root.Kind == yaml.DocumentNode {
-		if len(root.Content) == 0 {
+	if root.Kind == 0 || root.Kind == yaml.DocumentNode {
+		if len(root.Content) == 0 { // an empty file, or only comments
 			return ruleError(src.Name, nil, "config file cannot have empty domain")
 		}
 		root = root.Content[0]
