@@ -220,3 +220,22 @@ func testQuotaModeOnTheStore(t *testing.T, newLimiter limitertest.Factory) {
 		t.Fatalf("a minute later: %s", statusCodes(o))
 	}
 }
+
+// A debit: true rule's hits are reported after the fact (Envoy's
+// apply_on_stream_done, whose answer Envoy does not read): 5 on a bucket
+// of 2 a minute are recorded all the same, and the bucket is in debt
+// until it has refilled past them.
+func testDebitGoesIntoDebtOnTheStore(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter, quotaYAML)
+	metered := d("generic_key", "metered")
+	f.call(t, 0, hits(5, metered))
+	for _, step := range []struct {
+		after   time.Duration
+		limited bool
+	}{{0, true}, {time.Minute, true}, {time.Minute, false}} {
+		f.clock.Advance(step.after)
+		if o := f.call(t, 0, metered); o.Limited != step.limited {
+			t.Fatalf("after %s more: limited %v, want %v (%s)", step.after, o.Limited, step.limited, statusCodes(o))
+		}
+	}
+}

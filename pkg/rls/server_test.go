@@ -150,6 +150,7 @@ func TestBehaviour(t *testing.T) {
 		{"LimitOverrideFromEnvoyIsHonoured", testLimitOverrideFromEnvoyIsHonoured},
 		{"PlanAwareRouteLimitsAndCosts", testPlanAwareRouteLimitsAndCosts},
 		{"QuotaModeOnTheStore", testQuotaModeOnTheStore},
+		{"DebitGoesIntoDebtOnTheStore", testDebitGoesIntoDebtOnTheStore},
 	}
 	for _, store := range limitertest.Stores(t) {
 		t.Run(store.Name, func(t *testing.T) {
