@@ -6,7 +6,6 @@ import (
 	rlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/protobuf/encoding/prototext"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -77,17 +76,31 @@ func overrideText(o *rlv3.RateLimitDescriptor_RateLimitOverride) string {
 // mergeMetadata merges src into dst as envoyproxy/ratelimit does: a key
 // dst lacks is added; where both have a struct, the structs are merged;
 // otherwise the value already in dst stays (the first descriptor wins).
-// src, a rule's, is never modified, and nothing of it is shared: dst's
-// structs are merged into later.
+// src, a rule's, is never modified: its structs are copied into dst, which
+// later merges write into (upstream shares them, and its rules' metadata
+// collects other rules' keys); other values, never written, are shared.
 func mergeMetadata(dst, src *structpb.Struct) {
 	for k, v := range src.GetFields() {
 		cur, ok := dst.Fields[k]
 		if !ok {
-			dst.Fields[k] = proto.Clone(v).(*structpb.Value)
+			dst.Fields[k] = copyStructs(v)
 			continue
 		}
 		if cs, vs := cur.GetStructValue(), v.GetStructValue(); cs != nil && vs != nil {
 			mergeMetadata(cs, vs)
 		}
 	}
+}
+
+// copyStructs copies v's structs, nested in structs, and shares the rest.
+func copyStructs(v *structpb.Value) *structpb.Value {
+	s := v.GetStructValue()
+	if s == nil {
+		return v
+	}
+	c := &structpb.Struct{Fields: make(map[string]*structpb.Value, len(s.Fields))}
+	for k, f := range s.Fields {
+		c.Fields[k] = copyStructs(f)
+	}
+	return structpb.NewStructValue(c)
 }
