@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/levyhq/levy/test/compat"
 )
 
 // levy config validate --ratelimit-dir checks rule files alone, as
@@ -45,6 +47,84 @@ func TestConfigValidateChecksRuleFilesAlone(t *testing.T) {
 				if !strings.Contains(out.String(), want) {
 					t.Errorf("output lacks %q:\n%s", want, out.String())
 				}
+			}
+		})
+	}
+}
+
+// levy config validate --ratelimit-dir takes envoyproxy/ratelimit's
+// example and runtime directories as they are, and loads or rejects each
+// of its test configs as its config_test.go expects, naming the file.
+func TestConfigValidateJudgesEnvoyproxyRatelimitsConfigsAsItDoes(t *testing.T) {
+	upstream := compat.Dir(t)
+	validate := func(t *testing.T, dir string, merge bool) (string, error) {
+		t.Helper()
+		args := []string{"config", "validate", "--ratelimit-dir", dir}
+		if merge {
+			args = append(args, "--merge-domains")
+		}
+		var out bytes.Buffer
+		err := run(context.Background(), args, &out, &out)
+		return out.String(), err
+	}
+	for _, dir := range []string{"examples", "integration-runtime"} {
+		t.Run(dir, func(t *testing.T) {
+			if out, err := validate(t, filepath.Join(upstream, dir), false); err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+		})
+	}
+	fixtures := filepath.Join(upstream, "test-config")
+	tests := []struct {
+		files   []string // copied into one directory, as named
+		merge   bool
+		wantErr string // "" when it loads
+	}{
+		{files: []string{"basic_config.yaml"}},
+		{files: []string{"shadowmode_config.yaml"}},
+		{files: []string{"share_threshold.yaml"}},
+		{files: []string{"wildcard.yaml"}},
+		{files: []string{"metadata.yaml"}},
+		{files: []string{"merge_domain_key1.yaml", "merge_domain_key2.yaml"}, merge: true},
+		{files: []string{"merge_domain_key1.yaml", "merge_domain_key2.yaml"}, wantErr: "merge_domain_key2.yaml:2: duplicate domain 'test-domain' in config file"},
+		{files: []string{"basic_config.yaml", "duplicate_domain.yaml"}, wantErr: "duplicate_domain.yaml:1: duplicate domain 'test-domain' in config file"},
+		{files: []string{"merge_domain_key1.yaml", "merge_domain_key1.yaml"}, merge: true, wantErr: "duplicate descriptor composite key 'test-domain.key1_value1'"},
+		{files: []string{"empty_domain.yaml"}, wantErr: "empty_domain.yaml:1: config file cannot have empty domain"},
+		{files: []string{"empty_key.yaml"}, wantErr: "empty_key.yaml:3: descriptor has empty key"},
+		{files: []string{"duplicate_key.yaml"}, wantErr: "duplicate_key.yaml:6: duplicate descriptor composite key 'test-domain.key1_value1'"},
+		{files: []string{"bad_limit_unit.yaml"}, wantErr: "bad_limit_unit.yaml:6: invalid rate limit unit 'foo'"},
+		{files: []string{"replaces_self.yaml"}, wantErr: "replaces_self.yaml:10: replaces should not contain name of same descriptor"},
+		{files: []string{"replaces_empty.yaml"}, wantErr: "replaces_empty.yaml:10: should not have an empty replaces entry"},
+		{files: []string{"misspelled_key.yaml"}, wantErr: "misspelled_key.yaml:5: config error, unknown key 'ratelimit'"},
+		{files: []string{"misspelled_key2.yaml"}, wantErr: "misspelled_key2.yaml:7: config error, unknown key 'requestsperunit'"},
+		{files: []string{"non_string_key.yaml"}, wantErr: "non_string_key.yaml:1: config error, key is not of type string: 0.25"},
+		{files: []string{"non_map_list.yaml"}, wantErr: "non_map_list.yaml:3: config error, yaml file contains list of type other than map: a"},
+		{files: []string{"bad_yaml.yaml"}, wantErr: "bad_yaml.yaml: invalid YAML"},
+		{files: []string{"unlimited_with_unit.yaml"}, wantErr: "unlimited_with_unit.yaml:6: should not specify rate limit unit when unlimited"},
+		{files: []string{"empty.yaml"}, wantErr: "empty.yaml: config file cannot have empty domain"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.files, "+"), func(t *testing.T) {
+			dir := t.TempDir()
+			for i, f := range tt.files {
+				data, err := os.ReadFile(filepath.Join(fixtures, f))
+				if f == "empty.yaml" { // upstream reads an empty file as one without a domain
+					data, err = []byte("# nothing yet\n"), nil
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				name := f
+				if i > 0 && f == tt.files[0] {
+					name = "z_" + f // the same file twice
+				}
+				if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			out, err := validate(t, dir, tt.merge)
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("err %v, want %q\n%s", err, tt.wantErr, out)
 			}
 		})
 	}

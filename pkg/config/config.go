@@ -42,6 +42,22 @@ type RateLimit struct {
 	Dir string `yaml:"dir"`
 	// ShadowMode reports every request OK while still counting.
 	ShadowMode bool `yaml:"shadow_mode"`
+	// QuotaMode makes every descriptor quota_mode (envoyproxy/ratelimit's
+	// GLOBAL_QUOTA_MODE): a request is over only when another limit
+	// denies it or all its descriptors are over.
+	QuotaMode bool `yaml:"quota_mode"`
+	// ResponseDynamicMetadata returns the request and the metadata of the
+	// descriptors that passed in every response's dynamic_metadata
+	// (envoyproxy/ratelimit's RESPONSE_DYNAMIC_METADATA); without it, only
+	// responses where a passed descriptor's rule has metadata carry it.
+	ResponseDynamicMetadata bool `yaml:"response_dynamic_metadata"`
+	// NearLimitRatio is the share of a limit past which hits count as
+	// near_limit (envoyproxy/ratelimit's NEAR_LIMIT_RATIO).
+	NearLimitRatio float64 `yaml:"near_limit_ratio"`
+	// MetricValues caps, per rule, the distinct labels of a rule with
+	// detailed_metric or value_to_metric; hits beyond count under one
+	// "<rule>:other" label.
+	MetricValues int `yaml:"metric_values_per_rule"`
 	// MergeDomains lets several files add to one domain.
 	MergeDomains bool `yaml:"merge_domains"`
 	// Domains are rule files written inline, one entry per file's content.
@@ -265,7 +281,8 @@ func Default() *Config {
 			Plan:         "x-consumer-plan",
 			CredentialID: "x-credential-id",
 		},
-		Log: Log{Level: "info", Format: "json"},
+		Log:       Log{Level: "info", Format: "json"},
+		RateLimit: RateLimit{NearLimitRatio: 0.8, MetricValues: 100},
 		Billing: Billing{
 			Window: Duration(time.Minute), SettleDelay: Duration(30 * time.Second), ExportEvery: Duration(10 * time.Second),
 			PaymentFailed: PaymentFailed{Action: "suspend", Grace: Duration(72 * time.Hour)},

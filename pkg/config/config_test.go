@@ -40,6 +40,7 @@ func TestLoadRejectsBadFilesNamingFileLineAndKey(t *testing.T) {
 		{"bad_cost.yaml", []string{"bad_cost.yaml:5:", "plans.pro.costs.v1/search", "path prefix"}},
 		{"malformed_dev_key.yaml", []string{"malformed_dev_key.yaml:8:", "consumers[0].keys[0].key", "well-formed"}},
 		{"limit_too_large.yaml", []string{"limit_too_large.yaml:4:", "plans.pro.quota", "1099511627776"}},
+		{"bad_near_limit_ratio.yaml", []string{"bad_near_limit_ratio.yaml:2:", "ratelimit.near_limit_ratio", "at most 1"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

@@ -76,6 +76,12 @@ func (c *Config) Validate() error {
 			c.problem(&errs, "ratelimit.dir", "%q is not a directory", c.RateLimit.Dir)
 		}
 	}
+	if r := c.RateLimit.NearLimitRatio; r <= 0 || r > 1 {
+		c.problem(&errs, "ratelimit.near_limit_ratio", "%v is not a share of the limit: want more than 0, at most 1 (e.g. 0.8)", r)
+	}
+	if c.RateLimit.MetricValues < 0 {
+		c.problem(&errs, "ratelimit.metric_values_per_rule", "%d is negative: want 0 (rule paths only) or more", c.RateLimit.MetricValues)
+	}
 	if len(errs) == 0 {
 		if _, err := c.RateLimitRules(); err != nil {
 			errs = append(errs, err.Error())

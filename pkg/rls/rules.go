@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"google.golang.org/protobuf/types/known/structpb"
 	"gopkg.in/yaml.v3"
 )
 
@@ -48,8 +49,37 @@ type Rule struct {
 	// plan when the descriptor names a consumer whose plan has a rule for
 	// the descriptor's route; the rule's own limit is the fallback.
 	FromPlan bool
+	// QuotaMode is the descriptor's quota_mode: over, it does not deny the
+	// request by itself, only when every quota-mode descriptor of the
+	// request is over.
+	QuotaMode bool
+	// Debit (a levy extension, debit under rate_limit) says the hits are
+	// reported after the fact (Envoy's apply_on_stream_done): recorded even
+	// past the limit, which goes into debt. Quota-mode rules are debits
+	// unless they say debit: false.
+	Debit bool
+	// Metadata is the descriptor's metadata, returned in the response's
+	// dynamic_metadata when the descriptor passes. Never modified.
+	Metadata *structpb.Struct
+	// DetailedMetric labels hits with the descriptor's every key and value
+	// (detailed_metric); levels with value_to_metric label with the value
+	// where the rule has none or a wildcard. Either is capped per rule.
+	DetailedMetric bool
 	// Path is the rule's place in the file, e.g. "levy.consumer.route_items".
 	Path string
+	// levels are the descriptor levels from the domain down to the rule,
+	// for metric labels; valueLabels says whether any label takes a
+	// request's values.
+	levels      []level
+	valueLabels bool
+}
+
+// level is one descriptor level on a rule's path, as the metric key needs
+// it.
+type level struct {
+	key, value    string // value: "" for the key alone, or with '*'
+	wild, share   bool
+	valueToMetric bool
 }
 
 type node struct {
@@ -58,6 +88,7 @@ type node struct {
 	rule      *Rule
 	share     bool   // share_threshold
 	pattern   string // the value with '*' when share is set
+	levels    []level
 }
 
 type wildcard struct {
@@ -128,7 +159,7 @@ var validKeys = map[string]bool{
 	"quota_mode": true, "name": true, "replaces": true, "detailed_metric": true,
 	"value_to_metric": true, "share_threshold": true, "metadata": true,
 	// levy's extensions
-	"burst": true, "from_plan": true,
+	"burst": true, "from_plan": true, "debit": true,
 }
 
 func (r *Rules) load(src Source, merge bool) error {
@@ -140,8 +171,8 @@ func (r *Rules) load(src Source, merge bool) error {
 		}
 		root = &doc
 	}
-	if root.Kind == yaml.DocumentNode {
-		if len(root.Content) == 0 {
+	if root.Kind == 0 || root.Kind == yaml.DocumentNode {
+		if len(root.Content) == 0 { // an empty file, or only comments
 			return ruleError(src.Name, nil, "config file cannot have empty domain")
 		}
 		root = root.Content[0]
@@ -168,7 +199,7 @@ func (r *Rules) load(src Source, merge bool) error {
 		d = &node{children: map[string]*node{}}
 		r.domains[domain] = d
 	}
-	return d.loadDescriptors(src.Name, domain, field(root, "descriptors"))
+	return d.loadDescriptors(src.Name, domain, nil, field(root, "descriptors"))
 }
 
 // validateKeys checks every key against envoyproxy/ratelimit's list (plus
@@ -230,15 +261,31 @@ func str(src string, m *yaml.Node, key string) (string, error) {
 }
 
 func boolean(src string, m *yaml.Node, key string) (bool, error) {
+	b, _, err := optBoolean(src, m, key)
+	return b, err
+}
+
+// yaml11Bools are the booleans of YAML 1.1, which envoyproxy/ratelimit's
+// YAML library reads (shadow_mode: yes).
+var yaml11Bools = map[string]bool{
+	"y": true, "Y": true, "yes": true, "Yes": true, "YES": true, "on": true, "On": true, "ON": true,
+	"n": false, "N": false, "no": false, "No": false, "NO": false, "off": false, "Off": false, "OFF": false,
+}
+
+// optBoolean is boolean that also tells whether the key is set.
+func optBoolean(src string, m *yaml.Node, key string) (value, set bool, err error) {
 	v := field(m, key)
 	if v == nil || v.Tag == "!!null" {
-		return false, nil
+		return false, false, nil
 	}
 	b, err := strconv.ParseBool(v.Value)
-	if v.Kind != yaml.ScalarNode || err != nil {
-		return false, ruleError(src, v, "%s must be true or false, not %q", key, v.Value)
+	if y, ok := yaml11Bools[v.Value]; ok && v.Style&(yaml.SingleQuotedStyle|yaml.DoubleQuotedStyle) == 0 {
+		b, err = y, nil
 	}
-	return b, nil
+	if v.Kind != yaml.ScalarNode || err != nil {
+		return false, false, ruleError(src, v, "%s must be true or false, not %q", key, v.Value)
+	}
+	return b, true, nil
 }
 
 func uint32Field(src string, m *yaml.Node, key string) (uint32, error) {
@@ -253,7 +300,7 @@ func uint32Field(src string, m *yaml.Node, key string) (uint32, error) {
 	return uint32(n), nil
 }
 
-func (d *node) loadDescriptors(src, parent string, list *yaml.Node) error {
+func (d *node) loadDescriptors(src, parent string, levels []level, list *yaml.Node) error {
 	if list == nil || list.Tag == "!!null" {
 		return nil
 	}
@@ -281,13 +328,18 @@ func (d *node) loadDescriptors(src, parent string, list *yaml.Node) error {
 			return ruleError(src, dn, "duplicate descriptor composite key '%s'", path)
 		}
 		child := &node{children: map[string]*node{}}
-		if child.rule, err = loadRule(src, path, dn); err != nil {
-			return err
-		}
 		if child.share, err = boolean(src, dn, "share_threshold"); err != nil {
 			return err
 		}
 		wild := strings.Contains(finalKey, "*")
+		lv := level{key: key, value: value, wild: wild, share: child.share}
+		if lv.valueToMetric, err = boolean(src, dn, "value_to_metric"); err != nil {
+			return err
+		}
+		child.levels = append(levels[:len(levels):len(levels)], lv)
+		if child.rule, err = loadRule(src, path, child.levels, dn); err != nil {
+			return err
+		}
 		if child.share && !wild {
 			return ruleError(src, field(dn, "share_threshold"), "share_threshold can only be used with wildcard values (containing '*'), but found key '%s'", finalKey)
 		}
@@ -297,12 +349,15 @@ func (d *node) loadDescriptors(src, parent string, list *yaml.Node) error {
 		if wild {
 			d.wildcards = append(d.wildcards, wildcard{key: finalKey, parts: strings.Split(finalKey, "*")})
 		}
-		for _, flag := range []string{"detailed_metric", "value_to_metric", "quota_mode"} {
+		for _, flag := range []string{"detailed_metric", "quota_mode"} {
 			if _, err := boolean(src, dn, flag); err != nil {
 				return err
 			}
 		}
-		if err := child.loadDescriptors(src, path, field(dn, "descriptors")); err != nil {
+		if _, err := metadata(src, dn); err != nil {
+			return err
+		}
+		if err := child.loadDescriptors(src, path, child.levels, field(dn, "descriptors")); err != nil {
 			return err
 		}
 		d.children[finalKey] = child
@@ -310,7 +365,7 @@ func (d *node) loadDescriptors(src, parent string, list *yaml.Node) error {
 	return nil
 }
 
-func loadRule(src, path string, dn *yaml.Node) (*Rule, error) {
+func loadRule(src, path string, levels []level, dn *yaml.Node) (*Rule, error) {
 	rn := field(dn, "rate_limit")
 	if rn == nil || rn.Tag == "!!null" {
 		return nil, nil
@@ -318,9 +373,29 @@ func loadRule(src, path string, dn *yaml.Node) (*Rule, error) {
 	if rn.Kind != yaml.MappingNode {
 		return nil, ruleError(src, rn, "rate_limit must be a mapping")
 	}
-	rule := &Rule{Path: path}
+	rule := &Rule{Path: path, levels: levels}
 	var err error
 	if rule.Shadow, err = boolean(src, dn, "shadow_mode"); err != nil {
+		return nil, err
+	}
+	if rule.QuotaMode, err = boolean(src, dn, "quota_mode"); err != nil {
+		return nil, err
+	}
+	debit, debitSet, err := optBoolean(src, rn, "debit")
+	if err != nil {
+		return nil, err
+	}
+	rule.Debit = debit || !debitSet && rule.QuotaMode
+	if rule.DetailedMetric, err = boolean(src, dn, "detailed_metric"); err != nil {
+		return nil, err
+	}
+	rule.valueLabels = rule.DetailedMetric
+	for _, l := range levels {
+		if l.valueToMetric && (l.value == "" || l.wild && !l.share) {
+			rule.valueLabels = true // the label takes the request's value here
+		}
+	}
+	if rule.Metadata, err = metadata(src, dn); err != nil {
 		return nil, err
 	}
 	if rule.Unlimited, err = boolean(src, rn, "unlimited"); err != nil {
@@ -473,4 +548,114 @@ func (r *Rules) Domains() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// metadata reads a descriptor's metadata, free-form YAML, as a Struct the
+// way envoyproxy/ratelimit does: mappings become structs (keys as text),
+// sequences lists, numbers numbers, booleans booleans, null null, and
+// every other scalar (a date, say) its text.
+func metadata(src string, dn *yaml.Node) (*structpb.Struct, error) {
+	mn := field(dn, "metadata")
+	if mn == nil || mn.Tag == "!!null" {
+		return nil, nil
+	}
+	if mn.Kind != yaml.MappingNode {
+		return nil, ruleError(src, mn, "error parsing metadata: metadata must be a mapping")
+	}
+	v, err := metadataValue(src, mn)
+	if err != nil {
+		return nil, err
+	}
+	if len(v.GetStructValue().GetFields()) == 0 {
+		return nil, nil
+	}
+	return v.GetStructValue(), nil
+}
+
+func metadataValue(src string, n *yaml.Node) (*structpb.Value, error) {
+	switch n.Kind {
+	case yaml.MappingNode:
+		s := &structpb.Struct{Fields: make(map[string]*structpb.Value, len(n.Content)/2)}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, v := n.Content[i], n.Content[i+1]
+			if k.Kind != yaml.ScalarNode {
+				return nil, ruleError(src, k, "error parsing metadata: a key must be a scalar")
+			}
+			val, err := metadataValue(src, v)
+			if err != nil {
+				return nil, err
+			}
+			s.Fields[k.Value] = val
+		}
+		return structpb.NewStructValue(s), nil
+	case yaml.SequenceNode:
+		l := &structpb.ListValue{Values: make([]*structpb.Value, 0, len(n.Content))}
+		for _, e := range n.Content {
+			val, err := metadataValue(src, e)
+			if err != nil {
+				return nil, err
+			}
+			l.Values = append(l.Values, val)
+		}
+		return structpb.NewListValue(l), nil
+	case yaml.ScalarNode:
+		switch n.Tag {
+		case "!!null":
+			return structpb.NewNullValue(), nil
+		case "!!bool":
+			b, _ := strconv.ParseBool(n.Value)
+			return structpb.NewBoolValue(b), nil
+		case "!!int", "!!float":
+			var f float64
+			if err := n.Decode(&f); err == nil {
+				return structpb.NewNumberValue(f), nil
+			}
+		}
+		return structpb.NewStringValue(n.Value), nil
+	}
+	return nil, ruleError(src, n, "error parsing metadata: aliases are not supported")
+}
+
+// metricLabel is the rule label hits on r by these entries count under:
+// envoyproxy/ratelimit's stats key. That is the rule's path, unless the
+// rule asks for values: detailed_metric labels with every entry's key and
+// value (a share_threshold level with its pattern); value_to_metric adds a
+// level's value where the rule has no value or a wildcard. The second
+// result says whether the label has a request's values in it.
+func (r *Rule) metricLabel(domain string, entries []Entry) (string, bool) {
+	if !r.valueLabels || len(entries) != len(r.levels) {
+		return r.Path, false
+	}
+	var b strings.Builder
+	b.WriteString(domain)
+	for i, e := range entries {
+		lv := r.levels[i]
+		b.WriteByte('.')
+		b.WriteString(e.Key)
+		switch {
+		case r.DetailedMetric && lv.share:
+			b.WriteString("_" + lv.value)
+		case r.DetailedMetric:
+			if e.Value != "" || !r.shares() {
+				b.WriteString("_" + e.Value)
+			}
+		case lv.wild && lv.share, lv.wild && !lv.valueToMetric:
+			b.WriteString("_" + lv.value)
+		case lv.value != "" && !lv.wild, lv.valueToMetric && e.Value != "":
+			b.WriteString("_" + e.Value)
+		}
+	}
+	return b.String(), true
+}
+
+// shares reports whether a level of r's path is a share_threshold
+// wildcard (envoyproxy/ratelimit then leaves out the '_' of an empty
+// value in detailed metrics).
+func (r *Rule) shares() bool {
+	for _, l := range r.levels {
+		if l.share {
+			return true
+		}
+	}
+	return false
 }

@@ -1,6 +1,7 @@
 package rls
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -195,5 +196,172 @@ func TestReadDirReadsYAMLAndYML(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "a.yaml,b.yml" {
 		t.Fatalf("read %v, want a.yaml and b.yml", got)
+	}
+}
+
+func loadText(t *testing.T, text string) *Rules {
+	t.Helper()
+	r, err := Load([]Source{{Name: "r.yaml", Data: []byte(text)}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func lookup(t *testing.T, r *Rules, domain string, kv ...string) *Rule {
+	t.Helper()
+	var entries []Entry
+	for i := 0; i+1 < len(kv); i += 2 {
+		entries = append(entries, Entry{kv[i], kv[i+1]})
+	}
+	m, ok := r.Lookup(domain, entries)
+	if !ok {
+		t.Fatalf("%v: no rule", kv)
+	}
+	return m.Rule
+}
+
+// quota_mode rules are budgets spent after the fact (upstream's token
+// quota), so they are debits unless they say otherwise; debit: true makes
+// any rule one. YAML 1.1 booleans read as upstream's YAML library reads
+// them.
+func TestQuotaModeAndDebitFlags(t *testing.T) {
+	r := loadText(t, `domain: d
+descriptors:
+  - {key: plain, rate_limit: {unit: minute, requests_per_unit: 1}}
+  - {key: quota, quota_mode: true, rate_limit: {unit: minute, requests_per_unit: 1}}
+  - {key: checked, quota_mode: yes, rate_limit: {unit: minute, requests_per_unit: 1, debit: false}}
+  - {key: metered, rate_limit: {unit: minute, requests_per_unit: 1, debit: on}}
+`)
+	tests := []struct {
+		key          string
+		quota, debit bool
+	}{{"plain", false, false}, {"quota", true, true}, {"checked", true, false}, {"metered", false, true}}
+	for _, tt := range tests {
+		if rule := lookup(t, r, "d", tt.key, "x"); rule.QuotaMode != tt.quota || rule.Debit != tt.debit {
+			t.Errorf("%s: quota_mode %v debit %v, want %v %v", tt.key, rule.QuotaMode, rule.Debit, tt.quota, tt.debit)
+		}
+	}
+	_, err := Load([]Source{{Name: "r.yaml", Data: []byte("domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: minute, requests_per_unit: 1, debit: sometimes}\n")}}, false)
+	if err == nil || !strings.Contains(err.Error(), "r.yaml:4:") || !strings.Contains(err.Error(), "debit must be true or false") {
+		t.Fatalf("debit: sometimes: %v", err)
+	}
+}
+
+// metadata is read as envoyproxy/ratelimit reads it (test/config/
+// metadata.yaml); one that is not a mapping is an error with its line.
+func TestMetadataIsReadAsAStruct(t *testing.T) {
+	r := loadText(t, `domain: d
+descriptors:
+  - key: k
+    rate_limit: {unit: minute, requests_per_unit: 1}
+    metadata:
+      name: a
+      n: 3
+      ratio: 0.5
+      on: true
+      none: null
+      since: 2024-01-02
+      list: [1, two, {three: 3}]
+      nested: {deeper: {deepest: x}}
+  - key: bare
+    rate_limit: {unit: minute, requests_per_unit: 1}
+`)
+	got, err := json.Marshal(lookup(t, r, "d", "k", "x").Metadata.AsMap())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"list":[1,"two",{"three":3}],"n":3,"name":"a","nested":{"deeper":{"deepest":"x"}},"none":null,"on":true,"ratio":0.5,"since":"2024-01-02"}`
+	if string(got) != want {
+		t.Fatalf("metadata\n got %s\nwant %s", got, want)
+	}
+	if lookup(t, r, "d", "bare", "x").Metadata != nil {
+		t.Fatal("a rule without metadata has some")
+	}
+	_, err = Load([]Source{{Name: "r.yaml", Data: []byte("domain: d\ndescriptors:\n  - key: k\n    metadata: [a]\n    rate_limit: {unit: minute, requests_per_unit: 1}\n")}}, false)
+	if err == nil || !strings.Contains(err.Error(), "r.yaml:4:") || !strings.Contains(err.Error(), "error parsing metadata") {
+		t.Fatalf("metadata as a list: %v", err)
+	}
+}
+
+// The labels of detailed_metric and value_to_metric are envoyproxy/
+// ratelimit's stats keys (its config_test.go TestDetailedMetric and
+// TestValueToMetric_*).
+func TestMetricLabelsAreEnvoyproxyRatelimitsStatsKeys(t *testing.T) {
+	r := loadText(t, `domain: d
+descriptors:
+  - key: route
+    value_to_metric: true
+    descriptors:
+      - key: http_method
+        value_to_metric: true
+        descriptors:
+          - key: subject_id
+            rate_limit: {unit: minute, requests_per_unit: 60}
+      - key: http_method
+        value: GET
+        value_to_metric: true
+        descriptors:
+          - key: subject_id
+            rate_limit: {unit: minute, requests_per_unit: 60}
+      - key: action
+        value: read*
+        value_to_metric: true
+        descriptors:
+          - key: resource
+            rate_limit: {unit: minute, requests_per_unit: 100}
+      - key: detailed
+        descriptors:
+          - key: id
+            detailed_metric: true
+            rate_limit: {unit: minute, requests_per_unit: 100}
+  - key: k1
+    descriptors:
+      - key: k2
+        value_to_metric: true
+        descriptors:
+          - key: k3
+            rate_limit: {unit: second, requests_per_unit: 1}
+  - key: plain
+    descriptors:
+      - key: k2
+        rate_limit: {unit: second, requests_per_unit: 1}
+  - key: wild
+    value: foo*
+    rate_limit: {unit: second, requests_per_unit: 1}
+  - key: unspec
+    detailed_metric: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: files
+    value: a/*
+    share_threshold: true
+    detailed_metric: true
+    rate_limit: {unit: minute, requests_per_unit: 2}
+`)
+	tests := []struct {
+		give       []string
+		want       string
+		withValues bool
+	}{
+		{[]string{"route", "draw", "http_method", "POST", "subject_id", "123"}, "d.route_draw.http_method_POST.subject_id", true},
+		{[]string{"route", "api", "http_method", "GET", "subject_id", "u1"}, "d.route_api.http_method_GET.subject_id", true},
+		{[]string{"route", "", "http_method", "GET", "subject_id", "1"}, "d.route.http_method_GET.subject_id", true},
+		{[]string{"route", "u", "action", "readfile", "resource", "docs"}, "d.route_u.action_readfile.resource", true},
+		{[]string{"route", "draw", "detailed", "x", "id", "123"}, "d.route_draw.detailed_x.id_123", true},
+		{[]string{"k1", "X", "k2", "Y", "k3", "Z"}, "d.k1.k2_Y.k3", true},
+		{[]string{"plain", "X", "k2", "Y"}, "d.plain.k2", false},
+		{[]string{"wild", "foobar"}, "d.wild_foo*", false},
+		{[]string{"unspec", "v"}, "d.unspec_v", true},
+		{[]string{"files", "a/b.pdf"}, "d.files_a/*", true},
+	}
+	for _, tt := range tests {
+		rule := lookup(t, r, "d", tt.give...)
+		var entries []Entry
+		for i := 0; i+1 < len(tt.give); i += 2 {
+			entries = append(entries, Entry{tt.give[i], tt.give[i+1]})
+		}
+		if got, values := rule.metricLabel("d", entries); got != tt.want || values != tt.withValues {
+			t.Errorf("%v: label %q (values %v), want %q (%v)", tt.give, got, values, tt.want, tt.withValues)
+		}
 	}
 }

@@ -39,6 +39,22 @@ type Snapshot struct {
 	// Shadow reports every request OK while still counting (the global
 	// shadow switch).
 	Shadow bool
+	// QuotaMode makes every descriptor quota_mode (the global quota
+	// switch, envoyproxy/ratelimit's GLOBAL_QUOTA_MODE).
+	QuotaMode bool
+	// DynamicMetadata returns the request and the metadata of the
+	// descriptors that passed in every response's dynamic_metadata
+	// (envoyproxy/ratelimit's RESPONSE_DYNAMIC_METADATA). Without it a
+	// response carries them only when a passed descriptor's rule has
+	// metadata.
+	DynamicMetadata bool
+	// NearLimitRatio is the share of a limit past which hits count as
+	// near_limit; 0 means NearLimitRatio.
+	NearLimitRatio float64
+	// MetricValues caps the distinct labels with request values that a
+	// rule with detailed_metric or value_to_metric gets; 0 labels such
+	// rules by their path only.
+	MetricValues int
 }
 
 // Config configures a Server.
@@ -176,6 +192,9 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		if snap.Shadow {
 			limits[len(limits)-1].Shadow = true
 		}
+		if snap.QuotaMode {
+			limits[len(limits)-1].QuotaMode = true
+		}
 		if l.rule != nil && len(l.rule.Replaces) > 0 {
 			if replaced == nil {
 				replaced = map[string]bool{}
@@ -200,6 +219,9 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 	}
 	resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK, Statuses: statuses}
 	if len(todo) == 0 {
+		if snap.DynamicMetadata {
+			resp.DynamicMetadata = responseMetadata(req, nil, nil)
+		}
 		return resp, nil
 	}
 	d, err := s.limiter.Decide(ctx, limits)
@@ -212,12 +234,23 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 	}
 	current := make([]rlsv3.RateLimitResponse_RateLimit, len(todo))
 	resets := make([]durationpb.Duration, len(todo))
+	ratio := snap.NearLimitRatio
+	if ratio <= 0 {
+		ratio = NearLimitRatio
+	}
+	withMetadata := snap.DynamicMetadata
 	for i, l := range todo {
 		st := d.Statuses[i]
 		reset := st.Reset
 		code := rlsv3.RateLimitResponse_OK
+		// Over is over, also for a quota-mode descriptor that did not deny
+		// the request by itself (envoyproxy/ratelimit reports it so, with
+		// the overall code OK); a shadow descriptor reports OK.
 		if !st.OK && !limits[i].Shadow {
 			code, reset = rlsv3.RateLimitResponse_OVER_LIMIT, st.RetryAfter
+		}
+		if code == rlsv3.RateLimitResponse_OK && l.rule != nil && l.rule.Metadata != nil {
+			withMetadata = true
 		}
 		// Whole seconds, rounded up: Envoy's X-RateLimit-Reset truncates
 		// to seconds, and a client told 2 for a 2.4 s wait retries early.
@@ -230,7 +263,16 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		if !st.OK && limits[i].Shadow {
 			s.log.Debug("shadow limit over", zap.String("rule", limits[i].Name))
 		}
-		s.rules.observe(l.rule, limits[i].Cost, st.OK, limits[i].Shadow, st.Limit, st.Remaining)
+		if l.rule != nil {
+			label, values := l.rule.Path, false
+			if l.rule.valueLabels && snap.MetricValues > 0 {
+				label, values = l.rule.metricLabel(req.Domain, entriesOf(req.Descriptors[l.desc]))
+			}
+			s.rules.observe(l.rule.Path, label, values, snap.MetricValues, limits[i].Cost, st.OK, limits[i].Shadow, st.Limit, st.Remaining, ratio)
+		}
+	}
+	if withMetadata {
+		resp.DynamicMetadata = responseMetadata(req, todo, sts)
 	}
 	if d.OK {
 		// X-RateLimit-* come from the statuses: the ratelimit filter's
@@ -240,7 +282,17 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		return resp, nil
 	}
 	resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
-	resp.RawBody = overLimitBody(&limits[d.Denied], &d.Statuses[d.Denied])
+	denied := d.Denied
+	if denied < 0 || denied >= len(limits) {
+		denied = 0 // a store that says "over" without naming a limit: the first one over
+		for i := range d.Statuses {
+			if !d.Statuses[i].OK {
+				denied = i
+				break
+			}
+		}
+	}
+	resp.RawBody = overLimitBody(&limits[denied], &d.Statuses[denied])
 	hs := append([]limiter.Header{{Name: "content-type", Value: problem.ContentType}}, d.Headers(limits, limiter.IETF)...)
 	resp.ResponseHeadersToAdd = make([]*corev3.HeaderValue, len(hs))
 	for i, h := range hs {
@@ -322,8 +374,17 @@ func (s *Server) limitFor(snap *Snapshot, domain string, desc *rlv3.RateLimitDes
 		lim.Kind, lim.Max, lim.Unit, lim.Requests = limiter.Quota, 0, plan.Year, 0
 		lim.Key = stateKey(m.Key, consumer, []byte(":zero"))
 	}
-	lim.Shadow = rule.Shadow
+	lim.Shadow, lim.QuotaMode, lim.Debit = rule.Shadow, rule.QuotaMode, rule.Debit
 	return l, true, nil
+}
+
+// entriesOf is a descriptor's entries as rules take them.
+func entriesOf(desc *rlv3.RateLimitDescriptor) []Entry {
+	out := make([]Entry, len(desc.GetEntries()))
+	for i, e := range desc.GetEntries() {
+		out[i] = Entry{Key: e.GetKey(), Value: e.GetValue()}
+	}
+	return out
 }
 
 // stateKey hash-tags a descriptor's state, and appends suffix: by consumer

@@ -126,7 +126,9 @@ func snapshot(t testing.TB, cfg *config.Config, shadow bool) *rls.Snapshot {
 		t.Fatal(err)
 	}
 	consumers, keys := cfg.Directory()
-	return &rls.Snapshot{Rules: rules, Catalog: catalog, Consumers: apikeyIndex(consumers, keys), Shadow: shadow}
+	rl := cfg.RateLimit
+	return &rls.Snapshot{Rules: rules, Catalog: catalog, Consumers: apikeyIndex(consumers, keys), Shadow: shadow || rl.ShadowMode,
+		QuotaMode: rl.QuotaMode, DynamicMetadata: rl.ResponseDynamicMetadata, NearLimitRatio: rl.NearLimitRatio, MetricValues: rl.MetricValues}
 }
 
 // TestBehaviour runs every behaviour test on the local store, on Redis
@@ -147,6 +149,8 @@ func TestBehaviour(t *testing.T) {
 		{"ShadowModeReportsOKButCounts", testShadowModeReportsOKButCounts},
 		{"LimitOverrideFromEnvoyIsHonoured", testLimitOverrideFromEnvoyIsHonoured},
 		{"PlanAwareRouteLimitsAndCosts", testPlanAwareRouteLimitsAndCosts},
+		{"QuotaModeOnTheStore", testQuotaModeOnTheStore},
+		{"DebitGoesIntoDebtOnTheStore", testDebitGoesIntoDebtOnTheStore},
 	}
 	for _, store := range limitertest.Stores(t) {
 		t.Run(store.Name, func(t *testing.T) {

@@ -624,7 +624,9 @@ func (s *Server) snapshots(cfg *config.Config) (*authz.Snapshot, *rls.Snapshot, 
 	if err != nil {
 		return nil, nil, err
 	}
-	return a, &rls.Snapshot{Rules: rules, Catalog: a.Catalog, Consumers: a.Directory, Shadow: cfg.RateLimit.ShadowMode}, nil
+	rl := cfg.RateLimit
+	return a, &rls.Snapshot{Rules: rules, Catalog: a.Catalog, Consumers: a.Directory, Shadow: rl.ShadowMode, QuotaMode: rl.QuotaMode,
+		DynamicMetadata: rl.ResponseDynamicMetadata, NearLimitRatio: rl.NearLimitRatio, MetricValues: rl.MetricValues}, nil
 }
 
 // reload re-reads the config file and the rule files; anything bad keeps

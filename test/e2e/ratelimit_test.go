@@ -125,3 +125,81 @@ func writeFile(t *testing.T, path, text string) {
 		t.Fatal(err)
 	}
 }
+
+// call sends descriptors (each key, value, ...) as Envoy would.
+func call(t *testing.T, c *envoy.RateLimitClient, descs ...[]string) *envoy.RateLimitOutcome {
+	t.Helper()
+	var ds []envoy.Descriptor
+	for _, kv := range descs {
+		var desc envoy.Descriptor
+		for i := 0; i+1 < len(kv); i += 2 {
+			desc.Entries = append(desc.Entries, [2]string{kv[i], kv[i+1]})
+		}
+		ds = append(ds, desc)
+	}
+	o, err := c.ShouldRateLimit(context.Background(), ds, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.RPCError != nil {
+		t.Fatalf("RPC error: %v", o.RPCError)
+	}
+	return o
+}
+
+// serveUpstreamExample serves envoyproxy/ratelimit's example rule file
+// through a levy.yaml with extra ratelimit settings.
+func serveUpstreamExample(t *testing.T, settings string) *proc {
+	t.Helper()
+	dir := t.TempDir()
+	rules := filepath.Join(dir, "rules")
+	if err := os.Mkdir(rules, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, filepath.Join(compat.Dir(t), "examples", "example.yaml"), filepath.Join(rules, "example.yaml"))
+	cfg := writeConfig(t, dir, "plans:\n  free: {model: freemium, rate: {requests: 10, per: minute}, quota: {requests: 100, period: month}}\n"+
+		"ratelimit:\n  dir: "+rules+"\n"+settings)
+	return serve(t, "--config", cfg, "--data-dir", filepath.Join(dir, "data"))
+}
+
+// envoyproxy/ratelimit's example config routes on descriptor metadata
+// (its Envoy config reads metadata.service_with_quota.name into a header
+// that picks the cluster); levy returns it without a switch, and with
+// ratelimit.response_dynamic_metadata the request's descriptors in every
+// response. Its detailed_metric rule is labelled with the value.
+func TestUpstreamExampleMetadataAndDetailedMetric(t *testing.T) {
+	p := serveUpstreamExample(t, "  response_dynamic_metadata: true\n")
+	c := rlClient(t, p, "rl")
+	o := call(t, c, []string{"service", "service_1"}, []string{"service", "service_2"})
+	name := o.DynamicMetadata.GetFields()["metadata"].GetStructValue().GetFields()["service_with_quota"].GetStructValue().GetFields()["name"].GetStringValue()
+	if o.Limited || name != "service_1" {
+		t.Fatalf("limited %v, service_with_quota.name %q; want service_1", o.Limited, name)
+	}
+	o = call(t, c, []string{"foo", "x"})
+	md := o.DynamicMetadata.GetFields()
+	if md["domain"].GetStringValue() != "rl" || len(md["descriptors"].GetListValue().GetValues()) != 1 || md["metadata"] != nil {
+		t.Fatalf("dynamic metadata with the switch on: %v", o.DynamicMetadata)
+	}
+	call(t, c, []string{"unspec", "some-value"})
+	if body := p.metrics(t); !strings.Contains(body, `levy_ratelimit_rule_hits_total{result="total_hits",rule="rl.unspec_some-value"} 1`) {
+		t.Fatalf("no detailed_metric label in:\n%s", grepLines(body, "rule_hits"))
+	}
+}
+
+// envoyproxy/ratelimit's integration-test/scripts/quota.sh against levy
+// serving its example: two quota_mode services of 1 and 2 a minute; the
+// third request finds both over.
+func TestUpstreamQuotaScript(t *testing.T) {
+	p := serveUpstreamExample(t, "")
+	c := rlClient(t, p, "rl")
+	for i, want := range []string{"OK,OK", "OVER_LIMIT,OK", "OVER_LIMIT,OVER_LIMIT"} {
+		o := call(t, c, []string{"service", "service_1"}, []string{"service", "service_2"})
+		var codes []string
+		for _, s := range o.Response.Statuses {
+			codes = append(codes, s.Code.String())
+		}
+		if got := strings.Join(codes, ","); got != want || o.Limited != (i == 2) {
+			t.Fatalf("request %d: %s, limited %v; want %s", i+1, got, o.Limited, want)
+		}
+	}
+}
