@@ -224,7 +224,9 @@ func testQuotaModeOnTheStore(t *testing.T, newLimiter limitertest.Factory) {
 // A debit: true rule's hits are reported after the fact (Envoy's
 // apply_on_stream_done, whose answer Envoy does not read): 5 on a bucket
 // of 2 a minute are recorded all the same, and the bucket is in debt
-// until it has refilled past them.
+// until it has refilled past them. The request path checks it with
+// hits_addend 0, as Envoy's token-quota example does (a check is over
+// while less than one hit is left).
 func testDebitGoesIntoDebtOnTheStore(t *testing.T, newLimiter limitertest.Factory) {
 	f := start(t, newLimiter, quotaYAML)
 	metered := d("generic_key", "metered")
@@ -234,7 +236,7 @@ func testDebitGoesIntoDebtOnTheStore(t *testing.T, newLimiter limitertest.Factor
 		limited bool
 	}{{0, true}, {time.Minute, true}, {time.Minute, false}} {
 		f.clock.Advance(step.after)
-		if o := f.call(t, 0, metered); o.Limited != step.limited {
+		if o := f.call(t, 0, hits(0, metered)); o.Limited != step.limited {
 			t.Fatalf("after %s more: limited %v, want %v (%s)", step.after, o.Limited, step.limited, statusCodes(o))
 		}
 	}
