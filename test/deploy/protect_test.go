@@ -85,13 +85,17 @@ func TestProtectionCheckNamesEntriesLevyDoesNotLimit(t *testing.T) {
 	tests := []struct {
 		name string
 		give string // a rate_limits entry added before the catch-all route's own
+		old  string // and, when set, replaced once by neu
+		neu  string
 		want string
 	}{
-		{"no rule", "                  - actions:\n                    - generic_key: {descriptor_key: tier, descriptor_value: gold}\n",
+		{"domain levy has no rules for", "", "domain: levy", "domain: billing",
+			`envoy/envoy.yaml: virtual_hosts[api].routes[1].route.rate_limits[0]: levy has no rule for [remote_address=198.51.100.1] in domain "billing"`},
+		{"no rule", "                  - actions:\n                    - generic_key: {descriptor_key: tier, descriptor_value: gold}\n", "", "",
 			`envoy/envoy.yaml: virtual_hosts[api].routes[1].route.rate_limits[0]: levy has no rule for [tier=gold] in domain "levy"`},
-		{"metadata levy never sets", "                  - actions:\n                    - metadata:\n                        descriptor_key: consumer\n                        metadata_key: {key: envoy.filters.http.ext_authz, path: [{key: customer}]}\n                        default_value: anonymous\n                    - generic_key: {descriptor_key: route, descriptor_value: items}\n",
+		{"metadata levy never sets", "                  - actions:\n                    - metadata:\n                        descriptor_key: consumer\n                        metadata_key: {key: envoy.filters.http.ext_authz, path: [{key: customer}]}\n                        default_value: anonymous\n                    - generic_key: {descriptor_key: route, descriptor_value: items}\n", "", "",
 			"virtual_hosts[api].routes[1].route.rate_limits[0]: reads envoy.filters.http.ext_authz:customer, which levy's ext_authz does not set"},
-		{"override levy never sets", "                  - actions:\n                    - remote_address: {}\n                    limit: {dynamic_metadata: {metadata_key: {key: envoy.filters.http.ext_authz, path: [{key: rate_limit}]}}}\n",
+		{"override levy never sets", "                  - actions:\n                    - remote_address: {}\n                    limit: {dynamic_metadata: {metadata_key: {key: envoy.filters.http.ext_authz, path: [{key: rate_limit}]}}}\n", "", "",
 			"virtual_hosts[api].routes[1].route.rate_limits[0]: limit override reads envoy.filters.http.ext_authz:rate_limit, which levy's ext_authz does not set"},
 	}
 	text, name := examplesConfig(t)
@@ -101,6 +105,7 @@ func TestProtectionCheckNamesEntriesLevyDoesNotLimit(t *testing.T) {
 				t.Fatalf("envoy/envoy.yaml no longer has the catch-all route this test edits")
 			}
 			broken := strings.Replace(string(orig), anchor, anchor+tt.give, 1)
+			broken = strings.Replace(broken, tt.old, tt.neu, 1)
 			sites, err := envoySites(map[string][]byte{"envoy/envoy.yaml": []byte(broken)})
 			if err != nil {
 				t.Fatal(err)
