@@ -75,7 +75,8 @@ func TestShippedRateLimitsAreEnforcedByShippedLevyConfig(t *testing.T) {
 }
 
 // A rate_limits entry whose descriptor levy has no rule for fails the check, naming the file
-// and the entry; so does one that reads ext_authz metadata levy never sets.
+// and the entry, wherever it is declared; so does one that reads ext_authz metadata levy never
+// sets, and one that no route sends.
 func TestProtectionCheckNamesEntriesLevyDoesNotLimit(t *testing.T) {
 	orig, err := os.ReadFile(filepath.Join(repoRoot, "envoy", "envoy.yaml"))
 	if err != nil {
@@ -95,6 +96,16 @@ func TestProtectionCheckNamesEntriesLevyDoesNotLimit(t *testing.T) {
 			`envoy/envoy.yaml: virtual_hosts[api].routes[1].route.rate_limits[0]: levy has no rule for [tier=gold] in domain "levy"`},
 		{"metadata levy never sets", "                  - actions:\n                    - metadata:\n                        descriptor_key: consumer\n                        metadata_key: {key: envoy.filters.http.ext_authz, path: [{key: customer}]}\n                        default_value: anonymous\n                    - generic_key: {descriptor_key: route, descriptor_value: items}\n", "", "",
 			"virtual_hosts[api].routes[1].route.rate_limits[0]: reads envoy.filters.http.ext_authz:customer, which levy's ext_authz does not set"},
+		{"per-route rate_limits without a rule", "", "              - match: {prefix: /}\n                route:\n",
+			"              - match: {prefix: /}\n                typed_per_filter_config:\n                  envoy.filters.http.ratelimit:\n" +
+				"                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute\n" +
+				"                    rate_limits:\n                    - actions:\n                      - generic_key: {descriptor_key: tier, descriptor_value: gold}\n                route:\n",
+			`envoy/envoy.yaml: virtual_hosts[api].routes[1].typed_per_filter_config[envoy.filters.http.ratelimit].rate_limits[0]: levy has no rule for [tier=gold] in domain "levy"`},
+		{"entry the per-route rate_limits shadow", "", "              - match: {prefix: /}\n                route:\n",
+			"              - match: {prefix: /}\n                typed_per_filter_config:\n                  envoy.filters.http.ratelimit:\n" +
+				"                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute\n" +
+				"                    rate_limits:\n                    - actions:\n                      - remote_address: {}\n                route:\n",
+			"envoy/envoy.yaml: virtual_hosts[api].routes[1].route.rate_limits[0]: no route sends this entry"},
 		{"override levy never sets", "                  - actions:\n                    - remote_address: {}\n                    limit: {dynamic_metadata: {metadata_key: {key: envoy.filters.http.ext_authz, path: [{key: rate_limit}]}}}\n", "", "",
 			"virtual_hosts[api].routes[1].route.rate_limits[0]: limit override reads envoy.filters.http.ext_authz:rate_limit, which levy's ext_authz does not set"},
 	}
@@ -107,17 +118,15 @@ func TestProtectionCheckNamesEntriesLevyDoesNotLimit(t *testing.T) {
 			broken := strings.Replace(string(orig), anchor, anchor+tt.give, 1)
 			broken = strings.Replace(broken, tt.old, tt.neu, 1)
 			sites, err := envoySites(map[string][]byte{"envoy/envoy.yaml": []byte(broken)})
-			if err != nil {
-				t.Fatal(err)
-			}
+			errs := []error{err} // an entry no route sends
 			var mine []rateLimitSite
 			for _, s := range sites {
-				if strings.HasPrefix(s.where, "virtual_hosts[api].routes[1].route.rate_limits[0]") {
+				if strings.HasPrefix(s.where, "virtual_hosts[api].routes[1].") {
 					mine = append(mine, s)
 				}
 			}
-			errs := checkProtection(t, text, name, false, mine, []string{"free"})
-			if !slices.ContainsFunc(errs, func(err error) bool { return strings.Contains(err.Error(), tt.want) }) {
+			errs = append(errs, checkProtection(t, text, name, false, mine, []string{"free"})...)
+			if !slices.ContainsFunc(errs, func(err error) bool { return err != nil && strings.Contains(err.Error(), tt.want) }) {
 				t.Errorf("checkProtection() = %v, want an error containing %q", errs, tt.want)
 			}
 		})
@@ -273,43 +282,55 @@ func rateLimitFilter(filters []*hcmv3.HttpFilter) (*rlfilterv3.RateLimit, error)
 
 // routeSites gives each rate_limits entry of the virtual hosts (on the host, on its routes, in
 // their typed_per_filter_config, and the filter's own) the first route that sends it, as
-// envoy.ApplicableRateLimits picks them.
+// envoy.ApplicableRateLimits picks them. An entry no route sends is an error.
 func routeSites(file string, filter *rlfilterv3.RateLimit, vhosts []*routev3.VirtualHost, label func(string) string) ([]rateLimitSite, error) {
 	if label == nil {
 		label = func(s string) string { return s }
 	}
-	declared := map[*routev3.RateLimit]string{}
-	var order []*routev3.RateLimit
-	declare := func(where string, entries []*routev3.RateLimit) {
-		for j, e := range entries {
-			declared[e] = label(fmt.Sprintf("%s.rate_limits[%d]", where, j))
-			order = append(order, e)
+	// Every declared entry, by where it is: its virtual host and route (-1 for none), its
+	// source and index.
+	type place struct {
+		vh, route int
+		src       envoy.RateLimitSource
+		index     int
+	}
+	var order []place
+	where := map[place]string{}
+	var p problems
+	declare := func(at string, vh, route int, src envoy.RateLimitSource, entries []*routev3.RateLimit) {
+		for j := range entries {
+			pl := place{vh, route, src, j}
+			where[pl] = label(fmt.Sprintf("%s.rate_limits[%d]", at, j))
+			order = append(order, pl)
 		}
 	}
-	perRoute := func(where string, cfg map[string]*anypb.Any) {
-		if a, ok := cfg[envoy.RateLimitFilterName]; ok {
-			pr := &rlfilterv3.RateLimitPerRoute{}
-			if a.UnmarshalTo(pr) == nil {
-				declare(where+".typed_per_filter_config["+envoy.RateLimitFilterName+"]", pr.GetRateLimits())
-			}
+	perRoute := func(at string, vh, route int, src envoy.RateLimitSource, cfg map[string]*anypb.Any) {
+		a, ok := cfg[envoy.RateLimitFilterName]
+		if !ok {
+			return
 		}
+		pr := &rlfilterv3.RateLimitPerRoute{}
+		if err := a.UnmarshalTo(pr); err != nil {
+			p.addf("%s: %s: typed_per_filter_config[%s]: %w", file, at, envoy.RateLimitFilterName, err)
+			return
+		}
+		declare(at+".typed_per_filter_config["+envoy.RateLimitFilterName+"]", vh, route, src, pr.GetRateLimits())
 	}
-	declare("http_filters[ratelimit]", filter.GetRateLimits())
-	for _, vh := range vhosts {
+	declare("http_filters[ratelimit]", -1, -1, envoy.FromFilter, filter.GetRateLimits())
+	for i, vh := range vhosts {
 		vw := fmt.Sprintf("virtual_hosts[%s]", vh.GetName())
-		declare(vw, vh.GetRateLimits())
-		perRoute(vw, vh.GetTypedPerFilterConfig())
+		declare(vw, i, -1, envoy.FromVirtualHost, vh.GetRateLimits())
+		perRoute(vw, i, -1, envoy.FromVirtualHostPerFilterConfig, vh.GetTypedPerFilterConfig())
 		for k, r := range vh.GetRoutes() {
 			rw := fmt.Sprintf("%s.routes[%d]", vw, k)
-			declare(rw+".route", r.GetRoute().GetRateLimits())
-			perRoute(rw, r.GetTypedPerFilterConfig())
+			declare(rw+".route", i, k, envoy.FromRoute, r.GetRoute().GetRateLimits())
+			perRoute(rw, i, k, envoy.FromRoutePerFilterConfig, r.GetTypedPerFilterConfig())
 		}
 	}
 
 	var out []rateLimitSite
-	var p problems
-	sent := map[*routev3.RateLimit]bool{}
-	for _, vh := range vhosts {
+	sent := map[place]bool{}
+	for i, vh := range vhosts {
 		authority := "localhost"
 		if d := vh.GetDomains(); len(d) > 0 && !strings.Contains(d[0], "*") {
 			authority = d[0]
@@ -320,24 +341,31 @@ func routeSites(file string, filter *rlfilterv3.RateLimit, vhosts []*routev3.Vir
 				p.addf("%s: virtual_hosts[%s].routes[%d]: its match is not covered by test/deploy (prefix or path)", file, vh.GetName(), k)
 				continue
 			}
-			entries, domain, err := envoy.ApplicableRateLimits(envoy.RateLimitRoute{VirtualHost: vh, Route: r, Filter: filter})
+			applied, domain, err := envoy.ApplicableRateLimits(envoy.RateLimitRoute{VirtualHost: vh, Route: r, Filter: filter})
 			if err != nil {
 				p.addf("%s: virtual_hosts[%s].routes[%d]: %w", file, vh.GetName(), k, err)
 				continue
 			}
-			for _, e := range entries {
-				if sent[e] {
+			for _, a := range applied {
+				pl := place{i, k, a.Source, a.Index}
+				switch a.Source {
+				case envoy.FromFilter:
+					pl.vh, pl.route = -1, -1
+				case envoy.FromVirtualHost, envoy.FromVirtualHostPerFilterConfig:
+					pl.route = -1
+				}
+				if sent[pl] {
 					continue
 				}
-				sent[e] = true
-				out = append(out, rateLimitSite{file: file, where: declared[e], entry: e, domain: domain,
+				sent[pl] = true
+				out = append(out, rateLimitSite{file: file, where: where[pl], entry: a.Entry, domain: domain,
 					authority: authority, path: path, cluster: r.GetRoute().GetCluster()})
 			}
 		}
 	}
-	for _, e := range order {
-		if !sent[e] {
-			p.addf("%s: %s: no route sends this entry (the route's own entries override the virtual host's, or its stage or disable_key keeps it out)", file, declared[e])
+	for _, pl := range order {
+		if !sent[pl] {
+			p.addf("%s: %s: no route sends this entry (the route's own entries override the virtual host's, per-route rate_limits override both, or its stage or disable_key keeps it out)", file, where[pl])
 		}
 	}
 	return out, p.err()

@@ -53,6 +53,26 @@ type RateLimitRoute struct {
 	Filter *rlfilterv3.RateLimit
 }
 
+// RateLimitSource says where an applicable rate_limits entry is declared.
+type RateLimitSource int
+
+// Where rate_limits entries are declared.
+const (
+	FromRoute                      RateLimitSource = iota // the route action's rate_limits
+	FromVirtualHost                                       // the virtual host's rate_limits
+	FromFilter                                            // the ratelimit filter's own rate_limits
+	FromRoutePerFilterConfig                              // the route's typed_per_filter_config RateLimitPerRoute
+	FromVirtualHostPerFilterConfig                        // the virtual host's typed_per_filter_config RateLimitPerRoute
+)
+
+// AppliedRateLimit is one entry the ratelimit filter evaluates: the entry, where it is
+// declared, and its index in that rate_limits list.
+type AppliedRateLimit struct {
+	Entry  *routev3.RateLimit
+	Source RateLimitSource
+	Index  int
+}
+
 // ApplicableRateLimits returns the rate_limits entries the ratelimit filter evaluates for a
 // request on r, in order, and the domain it sends them to, as ratelimit.cc's
 // populateRateLimitDescriptors picks them: a RateLimitPerRoute with rate_limits (the route's,
@@ -60,21 +80,26 @@ type RateLimitRoute struct {
 // the virtual host's per vh_rate_limits (OVERRIDE by default: only when the route has none;
 // include_vh_rate_limits means INCLUDE). Only entries of the filter's stage apply, and entries
 // with a disable_key are skipped.
-func ApplicableRateLimits(r RateLimitRoute) ([]*routev3.RateLimit, string, error) {
+func ApplicableRateLimits(r RateLimitRoute) ([]AppliedRateLimit, string, error) {
 	domain := r.Filter.GetDomain()
-	perRoute, err := mostSpecificPerRoute(r)
+	perRoute, perRouteSource, err := mostSpecificPerRoute(r)
 	if err != nil {
 		return nil, "", err
 	}
 	if perRoute.GetDomain() != "" {
 		domain = perRoute.GetDomain()
 	}
-	var entries []*routev3.RateLimit
+	var entries []AppliedRateLimit
+	add := func(src RateLimitSource, list []*routev3.RateLimit) {
+		for i, e := range list {
+			entries = append(entries, AppliedRateLimit{Entry: e, Source: src, Index: i})
+		}
+	}
 	switch {
 	case len(perRoute.GetRateLimits()) > 0:
-		entries = perRoute.GetRateLimits()
+		add(perRouteSource, perRoute.GetRateLimits())
 	case len(r.Filter.GetRateLimits()) > 0:
-		entries = r.Filter.GetRateLimits()
+		add(FromFilter, r.Filter.GetRateLimits())
 	default:
 		routeEntries := r.Route.GetRoute().GetRateLimits()
 		vh := rlfilterv3.RateLimitPerRoute_OVERRIDE
@@ -84,17 +109,17 @@ func ApplicableRateLimits(r RateLimitRoute) ([]*routev3.RateLimit, string, error
 		if r.Route.GetRoute().GetIncludeVhRateLimits().GetValue() {
 			vh = rlfilterv3.RateLimitPerRoute_INCLUDE
 		}
-		entries = append(entries, routeEntries...)
+		add(FromRoute, routeEntries)
 		switch {
 		case vh == rlfilterv3.RateLimitPerRoute_INCLUDE,
 			vh == rlfilterv3.RateLimitPerRoute_OVERRIDE && len(routeEntries) == 0:
-			entries = append(entries, r.VirtualHost.GetRateLimits()...)
+			add(FromVirtualHost, r.VirtualHost.GetRateLimits())
 		}
 	}
 	stage := r.Filter.GetStage()
-	var out []*routev3.RateLimit
+	var out []AppliedRateLimit
 	for _, e := range entries {
-		if e.GetStage().GetValue() == stage && e.GetDisableKey() == "" {
+		if e.Entry.GetStage().GetValue() == stage && e.Entry.GetDisableKey() == "" {
 			out = append(out, e)
 		}
 	}
@@ -102,24 +127,27 @@ func ApplicableRateLimits(r RateLimitRoute) ([]*routev3.RateLimit, string, error
 }
 
 // mostSpecificPerRoute is the ratelimit filter's typed_per_filter_config on the route, else on
-// the virtual host (nil without one).
-func mostSpecificPerRoute(r RateLimitRoute) (*rlfilterv3.RateLimitPerRoute, error) {
-	for _, cfgs := range []map[string]*anypb.Any{r.Route.GetTypedPerFilterConfig(), r.VirtualHost.GetTypedPerFilterConfig()} {
-		a, ok := cfgs[RateLimitFilterName]
+// the virtual host (nil without one), and which of the two it is.
+func mostSpecificPerRoute(r RateLimitRoute) (*rlfilterv3.RateLimitPerRoute, RateLimitSource, error) {
+	for _, c := range []struct {
+		cfgs map[string]*anypb.Any
+		src  RateLimitSource
+	}{{r.Route.GetTypedPerFilterConfig(), FromRoutePerFilterConfig}, {r.VirtualHost.GetTypedPerFilterConfig(), FromVirtualHostPerFilterConfig}} {
+		a, ok := c.cfgs[RateLimitFilterName]
 		if !ok {
 			continue
 		}
 		m, err := a.UnmarshalNew()
 		if err != nil {
-			return nil, fmt.Errorf("typed_per_filter_config[%s]: %w", RateLimitFilterName, err)
+			return nil, 0, fmt.Errorf("typed_per_filter_config[%s]: %w", RateLimitFilterName, err)
 		}
 		pr, ok := m.(*rlfilterv3.RateLimitPerRoute)
 		if !ok {
-			return nil, fmt.Errorf("typed_per_filter_config[%s] is %T: %w", RateLimitFilterName, m, ErrNotModelled)
+			return nil, 0, fmt.Errorf("typed_per_filter_config[%s] is %T: %w", RateLimitFilterName, m, ErrNotModelled)
 		}
-		return pr, nil
+		return pr, c.src, nil
 	}
-	return nil, nil
+	return nil, 0, nil
 }
 
 // RateLimitDescriptors builds the descriptors of entries in order, as the filter does: an entry

@@ -168,7 +168,7 @@ func TestApplicableRateLimitsPicksAsTheFilterDoes(t *testing.T) {
 			}
 			var values []string
 			for _, e := range got {
-				values = append(values, e.GetActions()[0].GetGenericKey().GetDescriptorValue())
+				values = append(values, e.Entry.GetActions()[0].GetGenericKey().GetDescriptorValue())
 			}
 			if !reflect.DeepEqual(values, tt.want) || domain != tt.wantDomain {
 				t.Errorf("got %v in %q, want %v in %q", values, domain, tt.want, tt.wantDomain)
