@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"net/url"
 	"regexp"
 	"strings"
 
@@ -274,6 +275,9 @@ func actionEntry(a *routev3.RateLimit_Action, in *RateLimitInput) (key, value st
 		return metadataEntry(m.GetDescriptorKey(), m.GetDefaultValue(), false, metadataValue(in.DynamicMetadata, m.GetMetadataKey()))
 	case a.GetHeaderValueMatch() != nil:
 		h := a.GetHeaderValueMatch()
+		if h.GetDefaultValue() != "" {
+			return "", "", false, fmt.Errorf("header_value_match default_value: %w", ErrNotModelled)
+		}
 		matched, err := matchHeaders(in.Headers, h.GetHeaders())
 		if err != nil {
 			return "", "", false, err
@@ -283,9 +287,74 @@ func actionEntry(a *routev3.RateLimit_Action, in *RateLimitInput) (key, value st
 			return "", "", false, nil
 		}
 		return withDefault(h.GetDescriptorKey(), "header_match"), h.GetDescriptorValue(), true, nil
+	case a.GetQueryParameters() != nil:
+		q := a.GetQueryParameters()
+		v, ok := firstQueryValue(in.Headers.Get(":path"), q.GetQueryParameterName())
+		if !ok {
+			return "", "", q.GetSkipIfAbsent(), nil
+		}
+		return q.GetDescriptorKey(), v, true, nil
+	case a.GetQueryParameterValueMatch() != nil:
+		q := a.GetQueryParameterValueMatch()
+		if q.GetDefaultValue() != "" {
+			return "", "", false, fmt.Errorf("query_parameter_value_match default_value: %w", ErrNotModelled)
+		}
+		matched := true
+		for _, m := range q.GetQueryParameters() {
+			ok, err := matchQueryParameter(in.Headers.Get(":path"), m)
+			if err != nil {
+				return "", "", false, err
+			}
+			matched = matched && ok
+		}
+		if matched != (q.GetExpectMatch() == nil || q.GetExpectMatch().GetValue()) {
+			return "", "", false, nil
+		}
+		return withDefault(q.GetDescriptorKey(), "query_match"), q.GetDescriptorValue(), true, nil
 	default:
 		return "", "", false, fmt.Errorf("action %T: %w", a.GetActionSpecifier(), ErrNotModelled)
 	}
+}
+
+// firstQueryValue is the first value of the query parameter name in path, decoded as
+// Utility::QueryParamsMulti::parseAndDecodeQueryString does (a parameter without "=" has the
+// value "").
+func firstQueryValue(path, name string) (string, bool) {
+	_, query, ok := strings.Cut(path, "?")
+	if !ok {
+		return "", false
+	}
+	query, _, _ = strings.Cut(query, "#")
+	for _, kv := range strings.Split(query, "&") {
+		if kv == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		if dk, err := url.QueryUnescape(k); err == nil {
+			k = dk
+		}
+		if k != name {
+			continue
+		}
+		if dv, err := url.QueryUnescape(v); err == nil {
+			v = dv
+		}
+		return v, true
+	}
+	return "", false
+}
+
+// matchQueryParameter is ConfigUtility::QueryParameterMatcher::matches: the parameter's first
+// value must be present and, with a string_match, match it.
+func matchQueryParameter(path string, m *routev3.QueryParameterMatcher) (bool, error) {
+	v, ok := firstQueryValue(path, m.GetName())
+	if !ok {
+		return false, nil
+	}
+	if m.GetStringMatch() == nil {
+		return true, nil // present_match
+	}
+	return matchString(m.GetStringMatch(), v)
 }
 
 // metadataEntry is MetaDataAction: a non-empty string value, else default_value, else

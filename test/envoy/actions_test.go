@@ -76,6 +76,10 @@ func TestRateLimitDescriptorDropsWhatAnActionCannotProduce(t *testing.T) {
 		{"header_value_match joined values", "actions: [{header_value_match: {descriptor_value: t, headers: [{name: x-multi, string_match: {exact: 'a,b'}}]}}]", in, [][2]string{{"header_match", "t"}}, false},
 		{"header_value_match no match drops", "actions: [{header_value_match: {descriptor_value: t, headers: [{name: x-tenant, prefix_match: t2}]}}]", in, nil, false},
 		{"header_value_match expect_match false", "actions: [{header_value_match: {descriptor_value: t, expect_match: false, headers: [{name: x-none, present_match: true}]}}]", in, [][2]string{{"header_match", "t"}}, false},
+		{"query_parameters", "actions: [{query_parameters: {query_parameter_name: a, descriptor_key: q}}]", in, [][2]string{{"q", "1"}}, false},
+		{"query_parameters missing drops", "actions: [{query_parameters: {query_parameter_name: b, descriptor_key: q}}]", in, nil, false},
+		{"query_parameter_value_match", "actions: [{query_parameter_value_match: {descriptor_value: qm, query_parameters: [{name: a, string_match: {exact: '1'}}]}}]", in, [][2]string{{"query_match", "qm"}}, false},
+		{"query_parameter_value_match absent drops", "actions: [{query_parameter_value_match: {descriptor_value: qm, query_parameters: [{name: b, present_match: true}]}}]", in, nil, false},
 		{"override from metadata", "actions: [{generic_key: {descriptor_value: v}}]\nlimit: {dynamic_metadata: {metadata_key: {key: " + ExtAuthzNamespace + ", path: [{key: override}]}}}", in, [][2]string{{"generic_key", "v"}}, true},
 		{"override absent", "actions: [{generic_key: {descriptor_value: v}}]\nlimit: {dynamic_metadata: {metadata_key: {key: " + ExtAuthzNamespace + ", path: [{key: nope}]}}}", in, [][2]string{{"generic_key", "v"}}, false},
 	}
@@ -110,7 +114,7 @@ func TestRateLimitOverrideIsReadAsEnvoyReadsIt(t *testing.T) {
 func TestRateLimitDescriptorRefusesWhatItDoesNotModel(t *testing.T) {
 	for _, give := range []string{
 		"actions: [{generic_key: {descriptor_value: '%REQ(x-a)%'}}]",
-		"actions: [{query_parameter_value_match: {descriptor_value: q, query_parameters: [{name: a, present_match: true}]}}]",
+		"actions: [{query_parameter_value_match: {descriptor_value: q, default_value: d, query_parameters: [{name: a, present_match: true}]}}]",
 	} {
 		if _, _, err := RateLimitDescriptor(rateLimit(t, give), &RateLimitInput{}); !errors.Is(err, ErrNotModelled) {
 			t.Errorf("%s: err = %v, want ErrNotModelled", give, err)
