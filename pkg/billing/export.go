@@ -131,11 +131,11 @@ func NewExporter(cfg ExporterConfig) *Exporter {
 		}, []string{"result"}),
 		lag: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "levy_usage_export_lag_seconds",
-			Help: "Age of the oldest closed window with export work left.",
+			Help: "Age of the oldest closed window with export work left, on the replica holding the export lease (0 on the others).",
 		}),
 		unbilled: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "levy_usage_unbillable_windows",
-			Help: "Closed windows with billable usage kept because the consumer has no Stripe customer id (or is gone).",
+			Help: "Closed windows with billable usage kept because the consumer has no Stripe customer id (or is gone), on the replica holding the export lease (0 on the others).",
 		}),
 		uncorrectable: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "levy_usage_uncorrectable_units_total",
@@ -190,6 +190,12 @@ func (e *Exporter) Run(ctx context.Context) {
 			if _, err := e.ExportOnce(ctx); err != nil && ctx.Err() == nil {
 				e.cfg.Log.Warn("usage export", zap.Error(err))
 			}
+		} else if err == nil {
+			// Another replica exports and reports these; a value frozen
+			// here at the handover would hold a fleet's max (and its
+			// alerts) for as long as this replica runs.
+			e.lag.Set(0)
+			e.unbilled.Set(0)
 		}
 		select {
 		case <-ctx.Done():
