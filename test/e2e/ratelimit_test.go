@@ -67,7 +67,7 @@ func TestRatelimitDirServesUpstreamRulesAndReloads(t *testing.T) {
 	for _, f := range []string{"basic.yaml", "another.yaml"} {
 		copyFile(t, filepath.Join(upstream, f), filepath.Join(rules, f))
 	}
-	p := serve(t, "--data-dir", filepath.Join(dir, "data"), "--ratelimit-dir", rules)
+	p := serve(t, "--demo", "--data-dir", filepath.Join(dir, "data"), "--ratelimit-dir", rules)
 	c := rlClient(t, p, "basic")
 	if limited(t, c, "one_per_minute", "x") || !limited(t, c, "one_per_minute", "x") {
 		t.Fatal("one_per_minute does not allow exactly one")
@@ -101,7 +101,7 @@ func TestRatelimitDirServesUpstreamRulesAndReloads(t *testing.T) {
 func TestBadRuleFileRefusesToStart(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "dup.yaml"), "domain: api\ndescriptors:\n  - key: plan\n    value: pro\n\n  - key: plan\n    value: pro\n")
-	out, err := runLevy("serve", "--data-dir", filepath.Join(dir, "data"), "--ratelimit-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
+	out, err := runLevy("serve", "--demo", "--data-dir", filepath.Join(dir, "data"), "--ratelimit-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
 	if err == nil || !strings.Contains(out, "dup.yaml:6: duplicate descriptor composite key 'api.plan_pro'") {
 		t.Fatalf("err %v, output:\n%s", err, out)
 	}
