@@ -5,6 +5,8 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -91,5 +93,28 @@ func TestKeysGenerateLabelsTheHashAndTheConfigAcceptsIt(t *testing.T) {
 				t.Fatalf("levy would not accept the key with %q", entry)
 			}
 		})
+	}
+}
+
+// Every command levy has, shell completion included, is in the README's
+// Commands table, so a user who reads it finds them all.
+func TestEveryCommandIsInTheREADME(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, _ := strings.Cut(string(readme), "## Commands")
+	table, _, _ = strings.Cut(table, "\n## ")
+	root := rootCmd()
+	root.InitDefaultCompletionCmd()
+	var names []string
+	for _, c := range root.Commands() {
+		names = append(names, c.Name())
+		if c.Name() != "help" && !strings.Contains(table, "`levy "+c.Name()) {
+			t.Errorf("levy %s is not in the README's Commands table", c.Name())
+		}
+	}
+	if !slices.Contains(names, "completion") {
+		t.Fatalf("no completion command among %v", names)
 	}
 }
