@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/test/compat"
 )
 
 // The admin commands call levy where LEVY_HTTP_ADDR says it listens, as
@@ -118,3 +119,5 @@ func TestEveryCommandIsInTheREADME(t *testing.T) {
 		t.Fatalf("no completion command among %v", names)
 	}
 }
+
+func TestMain(m *testing.M) { os.Exit(compat.Wrap(m).Run()) }

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/test/compat"
 	"github.com/levyhq/levy/test/envoy"
 )
 
@@ -44,7 +45,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build levy:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := compat.Wrap(m).Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
