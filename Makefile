@@ -25,7 +25,8 @@ run: ## Serve the demo config on the embedded store and print demo keys
 .PHONY: test
 test: ## Run every test with the race detector (and say how many compat tests had no envoyproxy/ratelimit fixtures)
 	@mkdir -p bin && rm -f bin/compat-skips
-	LEVY_COMPAT_REPORT=$(CURDIR)/bin/compat-skips $(GO) test -race -count=1 -timeout 9m $(PKGS); rc=$$?; \
+	@echo "$(GO) test -race -count=1 -timeout 9m $(PKGS)"
+	@LEVY_COMPAT_REPORT=$(CURDIR)/bin/compat-skips $(GO) test -race -count=1 -timeout 9m $(PKGS); rc=$$?; \
 	if [ -s bin/compat-skips ]; then \
 		echo "envoyproxy/ratelimit fixtures not found: skipped $$(awk '{n += $$1} END {print n}' bin/compat-skips) compat tests (set LEVY_COMPAT_DIR)"; \
 	fi; exit $$rc
