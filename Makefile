@@ -19,8 +19,8 @@ build: ## Build bin/levy
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/levy ./cmd/levy
 
 .PHONY: run
-run: ## Serve the demo config on the embedded store and print demo keys
-	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/levy serve --config $(CONFIG) --data-dir $(DATA)
+run: ## Serve the example config on the embedded store with demo consumers, and print their keys
+	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/levy serve --demo --config $(CONFIG) --data-dir $(DATA)
 
 .PHONY: test
 test: ## Run every test with the race detector (and say how many compat tests had no envoyproxy/ratelimit fixtures)

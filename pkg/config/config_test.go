@@ -113,6 +113,11 @@ func TestExampleConfigLoads(t *testing.T) {
 	if payg.Quota.Enforcement != plan.Soft || payg.Quota.Cap == 0 {
 		t.Errorf("payg quota %+v, want soft with a cap", payg.Quota)
 	}
+	// Copied to start a real config, it prints no keys: the demo
+	// consumers come from --demo (make run passes it).
+	if c.Demo {
+		t.Error("examples/levy.yaml turns the demo on")
+	}
 }
 
 func TestEnvironmentOverridesFileAndDefaults(t *testing.T) {

@@ -315,6 +315,15 @@ func TestServeWithoutConfigRefusesAndNamesTheOptions(t *testing.T) {
 	if o := check(t, p.client(t), key, "/"); !o.Allowed || o.UpstreamHeaders.Get("x-consumer-id") != "acme" {
 		t.Fatalf("with LEVY_CONFIG: %d consumer %q", o.Status, o.UpstreamHeaders.Get("x-consumer-id"))
 	}
+	if err := p.stop(t); err != nil {
+		t.Fatal(err)
+	}
+
+	// --demo with a config adds a demo consumer to each of its plans.
+	p = serve(t, "--config", cfg, "--demo", "--data-dir", filepath.Join(dir, "data"))
+	if o := check(t, p.client(t), p.demoKey(t, "daily"), "/"); !o.Allowed || o.UpstreamHeaders.Get("x-consumer-id") != "demo-daily" {
+		t.Fatalf("demo key of plan daily: %d consumer %q", o.Status, o.UpstreamHeaders.Get("x-consumer-id"))
+	}
 }
 
 const quotaConfig = `
