@@ -294,11 +294,13 @@ func TestDemoKeysSurviveRestart(t *testing.T) {
 // working keys. LEVY_CONFIG names the file as --config does.
 func TestServeWithoutConfigRefusesAndNamesTheOptions(t *testing.T) {
 	dir := t.TempDir()
-	cmd := exec.Command(binary, "serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a levy that serves is killed
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, "serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "LEVY_CONFIG=")
 	out, err := cmd.CombinedOutput()
-	if err == nil {
-		t.Fatalf("levy serve started without a config:\n%s", out)
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("levy serve started without a config (%v):\n%s", err, out)
 	}
 	for _, want := range []string{"--config FILE", "LEVY_CONFIG", "--demo"} {
 		if !strings.Contains(string(out), want) {
