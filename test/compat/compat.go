@@ -72,7 +72,7 @@ func Dir(t testing.TB) string {
 		}
 		if filepath.Dir(dir) == dir {
 			skipped.Add(1)
-			t.Skipf("skipped: envoyproxy/ratelimit's fixtures are not beside this clone (no shared/compat/envoyproxy-ratelimit above %s); set LEVY_COMPAT_DIR to run this check", wd)
+			t.Skipf("skipped: envoyproxy/ratelimit's fixtures are not beside this clone (no shared/compat/envoyproxy-ratelimit above %s); set LEVY_COMPAT_DIR to run this check too (levy's own, pkg/rls/testdata, ran)", wd)
 			return ""
 		}
 	}
