@@ -2,6 +2,7 @@ package rls
 
 import (
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -170,5 +171,22 @@ func TestLookupOnLevyFixtures(t *testing.T) {
 	}
 	if pool := got.Metadata.GetFields()["backend"].GetStructValue().GetFields()["pool"].GetStringValue(); pool != "large" {
 		t.Errorf("service metadata %v", got.Metadata)
+	}
+}
+
+// levy's runtime directory and example (served by test/e2e) load, each
+// file its own domain.
+func TestLevyRuntimeAndExampleRulesLoad(t *testing.T) {
+	for dir, want := range map[string]string{"runtime": "runtime,second", "example": "gateway"} {
+		files, _ := filepath.Glob(filepath.Join("testdata", dir, "*.yaml"))
+		r, err := loadFiles(t, false, files...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		domains := r.Domains()
+		slices.Sort(domains)
+		if got := strings.Join(domains, ","); got != want {
+			t.Errorf("%s: domains %s, want %s", dir, got, want)
+		}
 	}
 }
