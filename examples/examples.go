@@ -1,5 +1,5 @@
-// Package examples embeds levy's demo configuration, the default for
-// `levy serve` without --config.
+// Package examples embeds levy's example configuration, which
+// `levy serve --demo` serves.
 package examples
 
 import _ "embed"

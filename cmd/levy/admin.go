@@ -37,7 +37,7 @@ func adminFlags(cmd *cobra.Command, persistent bool) *adminClient {
 	if persistent {
 		f = cmd.PersistentFlags()
 	}
-	f.StringVar(&c.url, "admin-url", "http://127.0.0.1:8080", "levy's HTTP address, where the admin API is")
+	f.StringVar(&c.url, "admin-url", "http://"+dialAddr(os.Getenv("LEVY_HTTP_ADDR"), "127.0.0.1:8080"), "levy's HTTP address, where the admin API is (default from $LEVY_HTTP_ADDR, as levy serve listens)")
 	f.StringVar(&c.token, "token", "", "admin token (default $"+adminTokenEnv+"; prefer the variable: flags show in ps)")
 	return c
 }

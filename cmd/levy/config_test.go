@@ -129,3 +129,58 @@ func TestConfigValidateJudgesEnvoyproxyRatelimitsConfigsAsItDoes(t *testing.T) {
 		})
 	}
 }
+
+// levy config validate --ratelimit-dir judges levy's own rule files
+// (pkg/rls/testdata/rules), in every clone, as envoyproxy/ratelimit's
+// config_check judges the same cases: good directories pass, each bad
+// file fails naming file and line.
+func TestConfigValidateJudgesLevysRuleFixtures(t *testing.T) {
+	fixtures := filepath.Join("..", "..", "pkg", "rls", "testdata", "rules")
+	tests := []struct {
+		files   []string // copied into one directory
+		merge   bool
+		wantErr string // "" when it loads
+	}{
+		{files: []string{"storefront.yaml", "wildcards.yaml"}},
+		{files: []string{"merge_one.yaml", "merge_two.yaml"}, merge: true},
+		{files: []string{"merge_one.yaml", "merge_two.yaml"}, wantErr: "merge_two.yaml:1: duplicate domain 'merged' in config file"},
+		{files: []string{"storefront.yaml", "bad/duplicate_domain.yaml"}, wantErr: "storefront.yaml:4: duplicate domain 'storefront' in config file"}, // read in name order
+		{files: []string{"bad/empty_domain.yaml"}, wantErr: "empty_domain.yaml:2: config file cannot have empty domain"},
+		{files: []string{"bad/empty.yaml"}, wantErr: "empty.yaml: config file cannot have empty domain"},
+		{files: []string{"bad/empty_key.yaml"}, wantErr: "empty_key.yaml:3: descriptor has empty key"},
+		{files: []string{"bad/duplicate_key.yaml"}, wantErr: "duplicate_key.yaml:6: duplicate descriptor composite key 'shop.plan_gold'"},
+		{files: []string{"bad/bad_unit.yaml"}, wantErr: "bad_unit.yaml:5: invalid rate limit unit 'fortnight'"},
+		{files: []string{"bad/replaces_self.yaml"}, wantErr: "replaces_self.yaml:10: replaces should not contain name of same descriptor"},
+		{files: []string{"bad/replaces_empty.yaml"}, wantErr: "replaces_empty.yaml:10: should not have an empty replaces entry"},
+		{files: []string{"bad/unknown_key.yaml"}, wantErr: "unknown_key.yaml:5: config error, unknown key 'ratelimit'"},
+		{files: []string{"bad/unknown_nested_key.yaml"}, wantErr: "unknown_nested_key.yaml:6: config error, unknown key 'requests_per_second'"},
+		{files: []string{"bad/non_string_key.yaml"}, wantErr: "non_string_key.yaml:5: config error, key is not of type string: 1.5"},
+		{files: []string{"bad/non_map_list.yaml"}, wantErr: "non_map_list.yaml:5: config error, yaml file contains list of type other than map: just a string"},
+		{files: []string{"bad/bad_yaml.yaml"}, wantErr: "bad_yaml.yaml: invalid YAML"},
+		{files: []string{"bad/unlimited_with_unit.yaml"}, wantErr: "unlimited_with_unit.yaml:6: should not specify rate limit unit when unlimited"},
+		{files: []string{"bad/share_threshold_without_wildcard.yaml"}, wantErr: "share_threshold_without_wildcard.yaml:5: share_threshold can only be used with wildcard values"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.files, "+"), func(t *testing.T) {
+			dir := t.TempDir()
+			for _, f := range tt.files {
+				data, err := os.ReadFile(filepath.Join(fixtures, f))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			args := []string{"config", "validate", "--ratelimit-dir", dir}
+			if tt.merge {
+				args = append(args, "--merge-domains")
+			}
+			var out bytes.Buffer
+			err := run(context.Background(), args, &out, &out)
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("err %v, want %q\n%s", err, tt.wantErr, out.String())
+			}
+		})
+	}
+}

@@ -18,7 +18,15 @@ func keysCmd() *cobra.Command {
 		Use:   "generate",
 		Short: "Generate an API key and print it with its hash",
 		Long: `Generate a random API key. Give the key to the consumer (it is shown once)
-and put the sha256 line in the config file under the consumer's keys.`,
+and put its hash in the config file under the consumer's keys, as hash:.
+
+The hash is the key's SHA-256, or with --hash-secret (the config's
+keys.hash_secret) its HMAC-SHA-256 under that secret: the line is labelled
+sha256 or hmac-sha256 accordingly. levy reads either under hash: (and
+under sha256:, its older name) and compares it with what keys.hash_secret
+makes of a presented key, so an HMAC works only with the same secret.`,
+		Example: `  levy keys generate
+  LEVY_HASH_SECRET=... levy keys generate --hash-secret env:LEVY_HASH_SECRET`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			key, err := apikey.Generate(prefix)
@@ -26,16 +34,25 @@ and put the sha256 line in the config file under the consumer's keys.`,
 				return err
 			}
 			var secret config.Secret
+			label := "sha256:"
 			if secretRef != "" {
 				if err := secret.Set(secretRef); err != nil {
-					return err
+					return fmt.Errorf("--hash-secret %s: %w", secretRef, err)
 				}
+				label = "hmac-sha256:"
 			}
 			hash := apikey.NewHasher([]byte(secret.Value())).Hash(key)
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "key:    %s\n", key)
-			fmt.Fprintf(out, "sha256: %s\n", hash)
-			fmt.Fprintf(out, "id:     %s\n", apikey.IDFromHash(hash))
+			w := len(label)
+			fmt.Fprintf(out, "%-*s %s\n", w, "key:", key)
+			fmt.Fprintf(out, "%-*s %s\n", w, label, hash)
+			fmt.Fprintf(out, "%-*s %s\n", w, "id:", apikey.IDFromHash(hash))
+			// What goes under the consumer's keys in levy.yaml.
+			fmt.Fprintf(out, "%-*s {hash: %s}", w, "config:", hash)
+			if secretRef != "" {
+				fmt.Fprintf(out, "  # with keys.hash_secret: %s", secretRef)
+			}
+			fmt.Fprintln(out)
 			return nil
 		},
 	}

@@ -47,19 +47,25 @@ func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	root := rootCmd()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	return root.ExecuteContext(ctx)
+}
+
+// rootCmd is levy with its commands (cobra adds help and completion).
+func rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "levy",
 		Short:         "levy sells your APIs by plan, beside Envoy or Istio",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
 	keys := keysCmd()
 	addAdminKeyCmds(keys)
 	root.AddCommand(serveCmd(), checkCmd(), keys, consumersCmd(), usageCmd(), billingCmd(), configCmd(), versionCmd())
-	return root.ExecuteContext(ctx)
+	return root
 }
 
 func versionCmd() *cobra.Command {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -16,38 +17,62 @@ import (
 
 func serveCmd() *cobra.Command {
 	var path, dataDir, grpcAddr, httpAddr, rlDir, store, redisAddr, redisCluster string
+	var demo bool
 	cmd := &cobra.Command{
-		Use:   "serve",
+		Use:   "serve (--config FILE | --demo)",
 		Short: "Serve ext_authz, RateLimitService and access logs for Envoy",
 		Long: `Serve levy. Settings come from the built-in defaults, then the config file
-(--config; without it, the embedded demo config), then LEVY_* environment
-variables, then these flags.`,
+(--config, or $` + configEnv + `), then LEVY_* environment variables, then these
+flags.
+
+--demo serves the embedded example config (examples/levy.yaml) and creates a
+consumer demo-<plan> for each plan, printing its key: for trying levy out,
+never for production. With --config, --demo adds those demo consumers to
+that file's plans.`,
+		Example: `  levy serve --config /etc/levy/levy.yaml
+  levy serve --demo --data-dir levy-data`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if path == "" {
+				path = os.Getenv(configEnv)
+			}
+			if path == "" && !demo {
+				return errors.New("no config: pass --config FILE (or set " + configEnv + "), or --demo to try levy with the example config and printed demo keys")
+			}
 			if p, ok := gcPercent(os.Getenv); ok {
 				debug.SetGCPercent(p)
 			}
 			flags := func(c *config.Config) {
+				if demo {
+					c.Demo = true
+				}
 				if dataDir != "" {
 					c.Store.DataDir = dataDir
+					c.SetBy("store.data_dir", "--data-dir")
 				}
 				if grpcAddr != "" {
 					c.Listen.GRPC = grpcAddr
+					c.SetBy("listen.grpc", "--grpc-addr")
 				}
 				if httpAddr != "" {
 					c.Listen.HTTP = httpAddr
+					c.SetBy("listen.http", "--http-addr")
 				}
 				if rlDir != "" {
 					c.RateLimit.Dir = rlDir
+					c.SetBy("ratelimit.dir", "--ratelimit-dir")
 				}
 				if store != "" {
 					c.Store.Type = store
+					c.SetBy("store.type", "--store")
 				}
 				if redisAddr != "" {
 					c.Store.Redis.Addr = redisAddr
+					c.SetBy("store.redis.addr", "--redis-addr")
 				}
 				if redisCluster != "" {
 					c.Store.Redis.Cluster = strings.Split(redisCluster, ",")
+					c.SetBy("store.redis.cluster", "--redis-cluster")
 				}
 			}
 			cfg, err := loadConfig(path, flags)
@@ -67,7 +92,8 @@ variables, then these flags.`,
 			return srv.Run(cmd.Context())
 		},
 	}
-	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (default: the embedded demo config)")
+	cmd.Flags().StringVarP(&path, "config", "c", "", "config file (default $"+configEnv+")")
+	cmd.Flags().BoolVar(&demo, "demo", false, "create a demo consumer per plan and print its key; without --config, serve the embedded example config")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "directory of the local store")
 	cmd.Flags().StringVar(&grpcAddr, "grpc-addr", "", "gRPC listen address")
 	cmd.Flags().StringVar(&httpAddr, "http-addr", "", "HTTP listen address")
@@ -97,8 +123,14 @@ func gcPercent(getenv func(string) string) (int, bool) {
 	return defaultGCPercent, true
 }
 
-// loadConfig reads path (or the embedded demo config), applies the
-// environment, then flags, then validates.
+// configEnv names the environment variable that, when --config is not
+// given, names the config file (as the image's and chart's operators set
+// it).
+const configEnv = "LEVY_CONFIG"
+
+// loadConfig reads path (or, when it is "", the embedded example config
+// that --demo serves), applies the environment, then flags, then
+// validates.
 func loadConfig(path string, flags func(*config.Config)) (*config.Config, error) {
 	var cfg *config.Config
 	var err error

@@ -127,6 +127,12 @@ func New(cfg Config) *Server {
 	}
 	s.allowed = s.metrics.Decisions.WithLabelValues("authz", "allow", "ok")
 	s.latency = s.metrics.Latency.WithLabelValues("authz")
+	// Every denial reason on /metrics at 0 from the start, so that a
+	// rate or an alert over one is defined before its first denial.
+	for _, reason := range DenyReasons {
+		s.metrics.Decisions.WithLabelValues("authz", "deny", reason)
+	}
+	s.metrics.Decisions.WithLabelValues("authz", "error", "internal")
 	s.snap.Store(cfg.Snapshot)
 	return s
 }
@@ -154,6 +160,10 @@ const (
 	// ReasonPlanUnavailable: the consumer's plan is not in the config.
 	ReasonPlanUnavailable = "plan_unavailable"
 )
+
+// DenyReasons are every reason Check denies for.
+var DenyReasons = []string{ReasonMissingKey, ReasonMalformedKey, ReasonUnknownKey, ReasonRevokedKey, ReasonExpiredKey,
+	ReasonSuspended, ReasonRateLimited, ReasonQuota, ReasonSpendCap, ReasonStoreUnavailable, ReasonPlanUnavailable}
 
 // Check implements authv3.AuthorizationServer.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
@@ -193,7 +203,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	}
 	if err != nil {
 		s.log.Error("look up key", zap.String("request_id", headers["x-request-id"]), zap.Error(err))
-		s.metrics.StoreErrors.WithLabelValues("lookup").Inc()
+		s.metrics.StoreErrors.WithLabelValues(telemetry.StoreOpLookup).Inc()
 		return storeUnavailable("the key cannot be checked right now"), ReasonStoreUnavailable, nil
 	}
 	now := s.clock()
@@ -220,7 +230,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	d, err := s.limiter.Decide(ctx, limits)
 	if err != nil {
 		s.log.Error("decide", zap.String("request_id", headers["x-request-id"]), zap.String("consumer", c.ID), zap.Error(err))
-		s.metrics.StoreErrors.WithLabelValues("decide").Inc()
+		s.metrics.StoreErrors.WithLabelValues(telemetry.StoreOpDecide).Inc()
 		return storeUnavailable("limits cannot be checked right now"), ReasonStoreUnavailable, nil
 	}
 	// The IETF pair only with denials: on every allow it would double what

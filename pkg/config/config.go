@@ -34,6 +34,8 @@ type Config struct {
 	Source string `yaml:"-"`
 	lines  lineIndex
 	rules  *rls.Rules // loaded rate-limit rules
+	// setBy names what set a key path over the file: "LEVY_STORE", "--store".
+	setBy map[string]string
 }
 
 // RateLimit configures the RateLimitService.
@@ -260,9 +262,13 @@ type ConsumerSpec struct {
 	Keys             []KeySpec  `yaml:"keys"`
 }
 
-// KeySpec is one key: its SHA-256 (or HMAC) hash, or in dev mode the key.
+// KeySpec is one key: its hash, or in dev mode the key.
 type KeySpec struct {
-	ID        string     `yaml:"id"`
+	ID string `yaml:"id"`
+	// Hash is the key's SHA-256, or its HMAC-SHA-256 when keys.hash_secret
+	// is set: what `levy keys generate` prints. SHA256 is the older name of
+	// the same field, read as it always was (an HMAC under it too).
+	Hash      string     `yaml:"hash"`
 	SHA256    string     `yaml:"sha256"`
 	Key       string     `yaml:"key"`
 	Status    string     `yaml:"status"`
@@ -292,26 +298,27 @@ func Default() *Config {
 	}
 }
 
-// envOverrides maps LEVY_* variables onto settings.
+// envOverrides maps LEVY_* variables onto settings, by key path.
 var envOverrides = []struct {
-	name string
-	set  func(c *Config, v string)
+	name, path string
+	set        func(c *Config, v string)
 }{
-	{"LEVY_GRPC_ADDR", func(c *Config, v string) { c.Listen.GRPC = v }},
-	{"LEVY_HTTP_ADDR", func(c *Config, v string) { c.Listen.HTTP = v }},
-	{"LEVY_PUBLIC_ADDR", func(c *Config, v string) { c.Listen.Public = v }},
-	{"LEVY_STORE", func(c *Config, v string) { c.Store.Type = v }},
-	{"LEVY_DATA_DIR", func(c *Config, v string) { c.Store.DataDir = v }},
-	{"LEVY_ON_STORE_ERROR", func(c *Config, v string) { c.Store.OnStoreError = v }},
-	{"LEVY_LOG_LEVEL", func(c *Config, v string) { c.Log.Level = v }},
-	{"LEVY_LOG_FORMAT", func(c *Config, v string) { c.Log.Format = v }},
-	{"LEVY_RATELIMIT_DIR", func(c *Config, v string) { c.RateLimit.Dir = v }},
-	{"LEVY_STRIPE_API_BASE", func(c *Config, v string) { c.Billing.Stripe.APIBase = v }},
-	{"LEVY_REDIS_ADDR", func(c *Config, v string) { c.Store.Redis.Addr = v }},
-	{"LEVY_REDIS_CLUSTER", func(c *Config, v string) { c.Store.Redis.Cluster = strings.Split(v, ",") }},
+	{"LEVY_GRPC_ADDR", "listen.grpc", func(c *Config, v string) { c.Listen.GRPC = v }},
+	{"LEVY_HTTP_ADDR", "listen.http", func(c *Config, v string) { c.Listen.HTTP = v }},
+	{"LEVY_PUBLIC_ADDR", "listen.public", func(c *Config, v string) { c.Listen.Public = v }},
+	{"LEVY_STORE", "store.type", func(c *Config, v string) { c.Store.Type = v }},
+	{"LEVY_DATA_DIR", "store.data_dir", func(c *Config, v string) { c.Store.DataDir = v }},
+	{"LEVY_ON_STORE_ERROR", "store.on_store_error", func(c *Config, v string) { c.Store.OnStoreError = v }},
+	{"LEVY_LOG_LEVEL", "log.level", func(c *Config, v string) { c.Log.Level = v }},
+	{"LEVY_LOG_FORMAT", "log.format", func(c *Config, v string) { c.Log.Format = v }},
+	{"LEVY_RATELIMIT_DIR", "ratelimit.dir", func(c *Config, v string) { c.RateLimit.Dir = v }},
+	{"LEVY_STRIPE_API_BASE", "billing.stripe.api_base", func(c *Config, v string) { c.Billing.Stripe.APIBase = v }},
+	{"LEVY_REDIS_ADDR", "store.redis.addr", func(c *Config, v string) { c.Store.Redis.Addr = v }},
+	{"LEVY_REDIS_CLUSTER", "store.redis.cluster", func(c *Config, v string) { c.Store.Redis.Cluster = strings.Split(v, ",") }},
 }
 
-// ApplyEnv overrides settings from LEVY_* environment variables.
+// ApplyEnv overrides settings from LEVY_* environment variables. An error
+// in a value set this way names the variable, not the file's line.
 func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 	if lookup == nil {
 		lookup = os.LookupEnv
@@ -319,8 +326,35 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 	for _, o := range envOverrides {
 		if v, ok := lookup(o.name); ok && v != "" {
 			o.set(c, v)
+			c.SetBy(o.path, o.name)
 		}
 	}
+}
+
+// SetBy records that the setting at path (e.g. "store.type") was set by
+// source (an environment variable, a flag) over the file: validation
+// errors about it then name source instead of the file's line.
+func (c *Config) SetBy(path, source string) {
+	if c.setBy == nil {
+		c.setBy = map[string]string{}
+	}
+	c.setBy[path] = source
+}
+
+// source names what set path or its nearest ancestor (a variable, a
+// flag), or "" when the file did.
+func (c *Config) source(path string) string {
+	for path != "" {
+		if s, ok := c.setBy[path]; ok {
+			return s
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	return ""
 }
 
 // Duration is a time.Duration written as "1s", "500ms", "1m", or as one of

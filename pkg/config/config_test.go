@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/plan"
 )
 
@@ -112,6 +113,11 @@ func TestExampleConfigLoads(t *testing.T) {
 	if payg.Quota.Enforcement != plan.Soft || payg.Quota.Cap == 0 {
 		t.Errorf("payg quota %+v, want soft with a cap", payg.Quota)
 	}
+	// Copied to start a real config, it prints no keys: the demo
+	// consumers come from --demo (make run passes it).
+	if c.Demo {
+		t.Error("examples/levy.yaml turns the demo on")
+	}
 }
 
 func TestEnvironmentOverridesFileAndDefaults(t *testing.T) {
@@ -147,5 +153,69 @@ func TestSecretsResolveFromEnvAndFileAndNeverPrint(t *testing.T) {
 	var missing Secret
 	if err := missing.Set("env:LEVY_TEST_NOT_SET"); err == nil {
 		t.Error("an unset variable resolved")
+	}
+}
+
+// A bad value from a LEVY_* variable is blamed on the variable, not on the
+// file's line for the same key: the operator has to fix the environment.
+func TestBadEnvironmentValueNamesTheVariable(t *testing.T) {
+	c, err := Parse([]byte("store:\n  type: local\n  redis: {addr: 127.0.0.1:6379}\nplans: {free: {model: tiered}}\n"), "x.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"LEVY_STORE": "bogus", "LEVY_GRPC_ADDR": "nope"}
+	c.ApplyEnv(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	err = c.Validate()
+	if err == nil {
+		t.Fatal("validated")
+	}
+	for _, want := range []string{`LEVY_STORE: store.type: "bogus" is not one of local, redis`, `LEVY_GRPC_ADDR: listen.grpc: "nope" is not host:port`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	if strings.Contains(err.Error(), "x.yaml:2") {
+		t.Errorf("the file's line is blamed for the variable:\n%v", err)
+	}
+}
+
+// `levy keys generate` prints a hash to write as hash: (an HMAC when
+// keys.hash_secret is set); sha256:, its older name, still reads the same.
+func TestKeyHashIsReadUnderHashAndItsOlderName(t *testing.T) {
+	t.Setenv("LEVY_TEST_HASH_SECRET", "pepper")
+	const key = "levy_0123456789abcdefghijklmnopqrstuv"
+	for _, tt := range []struct {
+		name, secret string
+	}{
+		{"sha256", ""},
+		{"hmac", "pepper"},
+	} {
+		hash := apikey.NewHasher([]byte(tt.secret)).Hash(key)
+		head := "plans: {free: {model: tiered}}\n"
+		if tt.secret != "" {
+			head += "keys: {hash_secret: env:LEVY_TEST_HASH_SECRET}\n"
+		}
+		for _, field := range []string{"hash", "sha256"} {
+			t.Run(tt.name+"/"+field, func(t *testing.T) {
+				c, err := Parse([]byte(head+"consumers: [{id: acme, plan: free, keys: [{"+field+": "+hash+"}]}]\n"), "k.yaml")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := c.Validate(); err != nil {
+					t.Fatal(err)
+				}
+				_, keys := c.Directory()
+				if len(keys) != 1 || keys[0].Hash != c.Hasher().Hash(key) {
+					t.Fatalf("keys %+v: the presented key would not match", keys)
+				}
+			})
+		}
+	}
+	c, err := Parse([]byte("plans: {free: {model: tiered}}\nconsumers: [{id: acme, plan: free, keys: [{hash: "+strings.Repeat("a", 64)+", sha256: "+strings.Repeat("a", 64)+"}]}]\n"), "k.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "give one of hash, sha256") {
+		t.Fatalf("hash and sha256 together: %v", err)
 	}
 }

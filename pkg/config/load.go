@@ -184,7 +184,9 @@ func (c *Config) problem(errs *Errors, path, format string, args ...any) {
 	if loc == "" {
 		loc = "config"
 	}
-	if l := c.lines.lineOf(path); l > 0 {
+	if by := c.source(path); by != "" {
+		loc = by
+	} else if l := c.lines.lineOf(path); l > 0 {
 		loc = fmt.Sprintf("%s:%d", loc, l)
 	}
 	*errs = append(*errs, fmt.Sprintf("%s: %s: %s", loc, path, fmt.Sprintf(format, args...)))

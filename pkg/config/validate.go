@@ -230,21 +230,31 @@ func (c *Config) validateConsumers(errs *Errors) {
 		}
 		for j, k := range cs.Keys {
 			kat := fmt.Sprintf("%s.keys[%d]", at, j)
+			given := 0
+			for _, v := range []string{k.Hash, k.SHA256, k.Key} {
+				if v != "" {
+					given++
+				}
+			}
 			switch {
-			case k.SHA256 != "" && k.Key != "":
-				c.problem(errs, kat, "give sha256 or key, not both")
-			case k.SHA256 != "":
-				if !apikey.IsHash(k.SHA256) {
-					c.problem(errs, kat+".sha256", "want 64 lower-case hex characters (levy keys generate prints it)")
+			case given > 1:
+				c.problem(errs, kat, "give one of hash, sha256 (its older name) or key")
+			case k.Hash != "" || k.SHA256 != "":
+				field, v := "hash", k.Hash
+				if v == "" {
+					field, v = "sha256", k.SHA256
+				}
+				if !apikey.IsHash(v) {
+					c.problem(errs, kat+"."+field, "want 64 lower-case hex characters (levy keys generate prints it)")
 				}
 			case k.Key != "":
 				if !c.DevMode {
-					c.problem(errs, kat+".key", "plaintext keys need dev_mode: true; store sha256 instead")
+					c.problem(errs, kat+".key", "plaintext keys need dev_mode: true; store its hash instead")
 				} else if err := apikey.Check(k.Key); err != nil {
 					c.problem(errs, kat+".key", "not a well-formed key (levy keys generate makes one)")
 				}
 			default:
-				c.problem(errs, kat, "a key needs sha256 (or key, in dev mode)")
+				c.problem(errs, kat, "a key needs hash (or key, in dev mode)")
 			}
 			if k.Status != "" {
 				oneOf(c, errs, kat+".status", k.Status, "active", "revoked")
@@ -267,6 +277,9 @@ func (c *Config) keyID(k KeySpec) string {
 }
 
 func (c *Config) keyHash(k KeySpec) string {
+	if k.Hash != "" {
+		return k.Hash
+	}
 	if k.SHA256 != "" {
 		return k.SHA256
 	}

@@ -68,6 +68,25 @@ func newRuleMetrics(reg prometheus.Registerer) *ruleMetrics {
 	return &ruleMetrics{hits: hits, overflow: overflow, values: map[string]int{}}
 }
 
+// declare shows rules' counters on /metrics at 0 before their first hit,
+// so that a dashboard or an alert finds every rule from the start: a
+// rule's path label with each result, or, for a rule whose labels take
+// the request's values (when capValues allows any), its overflow count.
+func (m *ruleMetrics) declare(rules *Rules, capValues int) {
+	if m == nil {
+		return
+	}
+	rules.Each(func(r *Rule) {
+		switch {
+		case r.Unlimited:
+		case r.valueLabels && capValues > 0:
+			m.overflow.WithLabelValues(r.Path)
+		default:
+			m.counters(r.Path, r.Path, false, 0)
+		}
+	})
+}
+
 func (m *ruleMetrics) newCounters(label string) *ruleCounters {
 	return &ruleCounters{
 		total: m.hits.WithLabelValues(label, "total_hits"), within: m.hits.WithLabelValues(label, "within_limit"),

@@ -93,8 +93,25 @@ func TestValueLabelsAreCappedPerRule(t *testing.T) {
 func TestNoValueLabelsWhenTheCapIsZero(t *testing.T) {
 	f := start(t, newContract().factory, strings.Replace(metricsYAML, "metric_values_per_rule: 2", "metric_values_per_rule: 0", 1))
 	f.call(t, 0, d("user", "ann"))
-	if got := gather(t, f, "levy_ratelimit_rule_hits_total", "rule"); got["api.user"]["total_hits"] != 1 || len(got) != 1 {
-		t.Fatalf("%v", got)
+	got := gather(t, f, "levy_ratelimit_rule_hits_total", "rule")
+	if got["api.user"]["total_hits"] != 1 || len(got) != 3 || got["api.route.subject"] == nil || got["api.remote_address"] == nil {
+		t.Fatalf("%v, want the three rule paths only", got)
+	}
+}
+
+// Every rule shows on /metrics at 0 before its first hit, so that a rate
+// over it is defined from the start: a rule labelled by its path with each
+// result, a rule labelled by values with its overflow count.
+func TestRulesShowBeforeTheirFirstHit(t *testing.T) {
+	f := start(t, newContract().factory, metricsYAML)
+	hits := gather(t, f, "levy_ratelimit_rule_hits_total", "rule")
+	if fmt.Sprint(hits) != fmt.Sprint(map[string]map[string]float64{
+		"api.remote_address": {"near_limit": 0, "over_limit": 0, "shadow_mode": 0, "total_hits": 0, "within_limit": 0},
+	}) {
+		t.Fatalf("hits before any call: %v", hits)
+	}
+	if got := fmt.Sprint(gather(t, f, "levy_ratelimit_rule_label_overflow_total", "rule")); got != fmt.Sprint(map[string]map[string]float64{"api.user": {"": 0}, "api.route.subject": {"": 0}}) {
+		t.Fatalf("overflow before any call: %s", got)
 	}
 }
 

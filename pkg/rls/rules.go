@@ -540,6 +540,25 @@ func wildcardMatch(parts []string, value string) bool {
 	return true
 }
 
+// Each calls f with every rule, domain by domain in no fixed order.
+func (r *Rules) Each(f func(*Rule)) {
+	if r == nil {
+		return
+	}
+	var walk func(n *node)
+	walk = func(n *node) {
+		if n.rule != nil {
+			f(n.rule)
+		}
+		for _, c := range n.children {
+			walk(c)
+		}
+	}
+	for _, d := range r.domains {
+		walk(d)
+	}
+}
+
 // Domains lists the loaded domains.
 func (r *Rules) Domains() []string {
 	out := make([]string, 0, len(r.domains))

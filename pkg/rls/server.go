@@ -87,12 +87,22 @@ func New(cfg Config) *Server {
 		s.metrics = telemetry.NewMetrics()
 	}
 	s.rules = newRuleMetrics(s.metrics.Registry)
-	s.snap.Store(cfg.Snapshot)
+	// On /metrics at 0 from the start, so that a rate over them is defined.
+	s.metrics.Decisions.WithLabelValues("ratelimit", "allow", "ok")
+	s.metrics.Decisions.WithLabelValues("ratelimit", "deny", "over_limit")
+	s.metrics.Latency.WithLabelValues("ratelimit")
+	s.Swap(cfg.Snapshot)
 	return s
 }
 
-// Swap installs new rules, plans and consumers.
-func (s *Server) Swap(snap *Snapshot) { s.snap.Store(snap) }
+// Swap installs new rules, plans and consumers; its rules show on
+// /metrics from then on.
+func (s *Server) Swap(snap *Snapshot) {
+	if snap != nil {
+		s.rules.declare(snap.Rules, snap.MetricValues)
+	}
+	s.snap.Store(snap)
+}
 
 // ConsumerEntry is the descriptor key that names the calling consumer:
 // what Envoy's metadata action produces from levy's ext_authz metadata.

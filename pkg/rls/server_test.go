@@ -23,10 +23,11 @@ import (
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/pkg/telemetry"
+	"github.com/levyhq/levy/test/compat"
 	"github.com/levyhq/levy/test/envoy"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(compat.Wrap(m)) }
 
 const levyYAML = `
 plans:

@@ -18,6 +18,7 @@ import (
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/localstore"
 	"github.com/levyhq/levy/pkg/redisstore"
+	"github.com/levyhq/levy/pkg/telemetry"
 	"github.com/levyhq/levy/pkg/usage"
 )
 
@@ -103,7 +104,7 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 		b.closers = append(b.closers, local.Close)
 		fb := limiter.NewFallback(limiter.FallbackConfig{
 			Primary: lim, Local: local, Share: health.Replicas, Log: s.log, Ledger: ledger,
-			OnError: func(error) { s.metrics.StoreErrors.WithLabelValues("decide").Inc() },
+			OnError: func(error) { s.metrics.StoreErrors.WithLabelValues(telemetry.StoreOpDecide).Inc() },
 		})
 		b.closers = append(b.closers, fb.Close)
 		lim = fb

@@ -25,9 +25,16 @@ type Metrics struct {
 	// ConfigLastReloadSuccess is 1 when the newest reload worked.
 	ConfigReloads           *prometheus.CounterVec
 	ConfigLastReloadSuccess prometheus.Gauge
-	// StoreErrors counts failed store operations by operation.
+	// StoreErrors counts failed store operations by operation
+	// (StoreOpLookup, StoreOpDecide).
 	StoreErrors *prometheus.CounterVec
 }
+
+// Store operations that levy_store_errors_total counts.
+const (
+	StoreOpLookup = "lookup" // a key lookup
+	StoreOpDecide = "decide" // a rate and quota decision
+)
 
 // NewMetrics creates and registers the collectors on a fresh registry,
 // with the Go and process collectors.
@@ -58,6 +65,14 @@ func NewMetrics() *Metrics {
 		}, []string{"op"}),
 	}
 	m.ConfigLastReloadSuccess.Set(1)
+	// Known label values on /metrics at 0 from the start: a dashboard or
+	// an alert finds them before their first event.
+	for _, r := range []string{"success", "failure"} {
+		m.ConfigReloads.WithLabelValues(r)
+	}
+	for _, op := range []string{StoreOpLookup, StoreOpDecide} {
+		m.StoreErrors.WithLabelValues(op)
+	}
 	recovered := prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "levy_codec_recovered_total",
 		Help: "gRPC messages levy's own reader or writer failed on, read or written by protobuf instead.",

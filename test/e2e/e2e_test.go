@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/test/compat"
 	"github.com/levyhq/levy/test/envoy"
 )
 
@@ -43,7 +45,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build levy:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := compat.Wrap(m).Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
@@ -218,18 +220,23 @@ func writeConfig(t *testing.T, dir, text string) string {
 }
 
 func TestDemoKeysAreServedAndTheFreeOneGets429(t *testing.T) {
-	p := serve(t, "--data-dir", t.TempDir())
+	p := serve(t, "--demo", "--data-dir", t.TempDir())
 	for _, plan := range []string{"free", "pro", "payg"} {
 		if k := p.demoKey(t, plan); apikey.Check(k) != nil {
 			t.Fatalf("demo key for plan %s is not well formed: %q", plan, k)
 		}
 	}
-	out, err := exec.Command(binary, "check", "--addr", p.grpcAddr, "--key", p.demoKey(t, "free"), "--path", "/v1/items", "--count", "6").CombinedOutput()
-	if err != nil {
-		t.Fatalf("levy check: %v\n%s", err, out)
+	// levy check finds levy where LEVY_GRPC_ADDR says it listens, and
+	// exits 1 when levy denied a request, as a script would want.
+	cmd := exec.Command(binary, "check", "--key", p.demoKey(t, "free"), "--path", "/v1/items", "--count", "6")
+	cmd.Env = append(os.Environ(), "LEVY_GRPC_ADDR="+p.grpcAddr)
+	out, err := cmd.CombinedOutput()
+	if cmd.ProcessState.ExitCode() != 1 {
+		t.Fatalf("levy check with a denial: %v, want exit status 1\n%s", err, out)
 	}
 	text := string(out)
-	for _, want := range []string{"decision: allow", "x-consumer-id: demo-free", "decision: deny", "status:   429", "retry-after:", "of 10 requests per 1m0s exceeded; retry in"} {
+	for _, want := range []string{"decision: allow", "x-consumer-id: demo-free", "decision: deny", "status:   429", "retry-after:", "of 10 requests per 1m0s exceeded; retry in",
+		"levy denied 1 of 6 requests"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("levy check output lacks %q:\n%s", want, text)
 		}
@@ -242,16 +249,82 @@ func TestDemoKeysAreServedAndTheFreeOneGets429(t *testing.T) {
 	}
 }
 
+// levy check against an address where no levy listens reports what Envoy
+// would do, the shipped configs' status_on_error (503), and exits 2: not
+// a 403 that reads as a revoked key.
+func TestCheckReportsAnUnreachableLevyAs503(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close() // nothing listens there now
+	key, _ := apikey.Generate("levy")
+	cmd := exec.Command(binary, "check", "--addr", addr, "--key", key)
+	out, _ := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 2 {
+		t.Fatalf("exit status %d, want 2\n%s", code, out)
+	}
+	for _, want := range []string{"status:   503", "levy did not answer", "levy at " + addr + " did not answer 1 of 1 checks (Envoy answers 503)"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), "403") {
+		t.Errorf("an unreachable levy reads as 403:\n%s", out)
+	}
+}
+
 func TestDemoKeysSurviveRestart(t *testing.T) {
 	dir := t.TempDir()
-	p := serve(t, "--data-dir", dir)
+	p := serve(t, "--demo", "--data-dir", dir)
 	first := p.demoKey(t, "pro")
 	if err := p.stop(t); err != nil {
 		t.Fatal(err)
 	}
-	p = serve(t, "--data-dir", dir)
+	p = serve(t, "--demo", "--data-dir", dir)
 	if again := p.demoKey(t, "pro"); again != first {
 		t.Fatalf("demo key changed across a restart: %s -> %s", first, again)
+	}
+}
+
+// A bare levy serve, as a production manifest that lost its --config
+// would run it, refuses to start and says how to give it a config: it
+// never serves the example config, whose demo consumers have printed,
+// working keys. LEVY_CONFIG names the file as --config does.
+func TestServeWithoutConfigRefusesAndNamesTheOptions(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a levy that serves is killed
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, "serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "LEVY_CONFIG=")
+	out, err := cmd.CombinedOutput()
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("levy serve started without a config (%v):\n%s", err, out)
+	}
+	for _, want := range []string{"--config FILE", "LEVY_CONFIG", "--demo"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(string(out), "demo key for plan") {
+		t.Errorf("a bare serve printed demo keys:\n%s", out)
+	}
+
+	key, _ := apikey.Generate("levy")
+	cfg := writeConfig(t, dir, fmt.Sprintf(quotaConfig, "daily", key))
+	p := serveEnv(t, []string{"LEVY_CONFIG=" + cfg}, "--data-dir", filepath.Join(dir, "data"))
+	if o := check(t, p.client(t), key, "/"); !o.Allowed || o.UpstreamHeaders.Get("x-consumer-id") != "acme" {
+		t.Fatalf("with LEVY_CONFIG: %d consumer %q", o.Status, o.UpstreamHeaders.Get("x-consumer-id"))
+	}
+	if err := p.stop(t); err != nil {
+		t.Fatal(err)
+	}
+
+	// --demo with a config adds a demo consumer to each of its plans.
+	p = serve(t, "--config", cfg, "--demo", "--data-dir", filepath.Join(dir, "data"))
+	if o := check(t, p.client(t), p.demoKey(t, "daily"), "/"); !o.Allowed || o.UpstreamHeaders.Get("x-consumer-id") != "demo-daily" {
+		t.Fatalf("demo key of plan daily: %d consumer %q", o.Status, o.UpstreamHeaders.Get("x-consumer-id"))
 	}
 }
 
@@ -422,7 +495,7 @@ func TestServeCollectsGarbageLessOftenUnlessGOGCIsSet(t *testing.T) {
 		{[]string{"GOGC="}, "go_gc_gogc_percent 400\n"}, // unset, whatever the tests run with
 		{[]string{"GOGC=150"}, "go_gc_gogc_percent 150\n"},
 	} {
-		p := serveEnv(t, tc.env, "--data-dir", t.TempDir())
+		p := serveEnv(t, tc.env, "--demo", "--data-dir", t.TempDir())
 		if m := p.metrics(t); !strings.Contains(m, tc.want) {
 			t.Errorf("with %v, /metrics has no %q:\n%s", tc.env, tc.want, grepLines(m, "go_gc_gogc"))
 		}
@@ -448,7 +521,7 @@ func grepLines(s, sub string) string {
 // if the file were new (every quota reset).
 func TestCorruptDataFileRefusesToStartWithAClearError(t *testing.T) {
 	dir := t.TempDir()
-	p := serve(t, "--data-dir", dir)
+	p := serve(t, "--demo", "--data-dir", dir)
 	check(t, p.client(t), p.demoKey(t, "free"), "/") // some counters on disk
 	if err := p.stop(t); err != nil {
 		t.Fatal(err)
@@ -467,7 +540,7 @@ func TestCorruptDataFileRefusesToStartWithAClearError(t *testing.T) {
 			if err := os.WriteFile(path, give, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			cmd := exec.Command(binary, "serve", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
+			cmd := exec.Command(binary, "serve", "--demo", "--data-dir", dir, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0")
 			done := make(chan struct{})
 			var out []byte
 			go func() { out, _ = cmd.CombinedOutput(); close(done) }()
