@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"helm.sh/helm/v3/pkg/engine"
 	"helm.sh/helm/v3/pkg/lint"
 	"helm.sh/helm/v3/pkg/lint/support"
+	"helm.sh/helm/v3/pkg/strvals"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -635,4 +637,39 @@ func loadLevyConfig(text string, env map[string]string) error {
 		return fmt.Errorf("validate: %w", err)
 	}
 	return nil
+}
+
+// helmInstall finds the documented `helm install <release> k8s/chart/levy ...` commands,
+// continued over backslash-newlines.
+var helmInstall = regexp.MustCompile(`helm install \S+ k8s/chart/levy((?:[^\n\\]|\\\n)*)`)
+
+// The helm install commands README.md documents render, with what they promise.
+func TestReadmeHelmCommandsRender(t *testing.T) {
+	text, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	matches := helmInstall.FindAllStringSubmatch(string(text), -1)
+	if len(matches) < 2 {
+		t.Fatalf("README.md documents %d helm install commands, want the try-it and the production one", len(matches))
+	}
+	for _, match := range matches {
+		args := strings.Fields(strings.ReplaceAll(match[1], "\\\n", " "))
+		vals := map[string]any{}
+		for i, a := range args {
+			if a == "--set" && i+1 < len(args) {
+				if err := strvals.ParseInto(args[i+1], vals); err != nil {
+					t.Fatalf("%q: %v", args[i+1], err)
+				}
+			}
+		}
+		r, err := renderChart(vals)
+		if err != nil {
+			t.Errorf("%s: %v", match[0], err)
+			continue
+		}
+		if err := r.checkChart(); err != nil {
+			t.Errorf("%s: %v", match[0], err)
+		}
+	}
 }
