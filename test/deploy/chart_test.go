@@ -431,12 +431,15 @@ func TestChartRefusesValuesThatCannotWork(t *testing.T) {
 		want string
 	}{
 		{"redis without address", map[string]any{"store": map[string]any{"type": "redis"}}, "set store.redis.addr"},
-		{"unknown store", map[string]any{"store": map[string]any{"type": "etcd"}}, `store.type "etcd"`},
+		{"unknown store", map[string]any{"store": map[string]any{"type": "etcd"}}, "'/store/type': value must be one of 'local', 'redis'"},
+		{"misspelled value", map[string]any{"store": map[string]any{"type": "redis", "redis": map[string]any{"adress": "r:6379"}}}, "'adress' not allowed"},
+		{"misspelled top-level value", map[string]any{"replicas": 3}, "'replicas' not allowed"},
 		{"autoscaling the local store", map[string]any{"autoscaling": map[string]any{"enabled": true}}, "autoscaling needs store.type redis"},
 		{"HPA of one", map[string]any{"store": map[string]any{"type": "redis", "redis": map[string]any{"addr": "r:6379"}},
-			"autoscaling": map[string]any{"enabled": true, "minReplicas": 1}}, "at least 2"},
+			"autoscaling": map[string]any{"enabled": true, "minReplicas": 1}}, "'/autoscaling/minReplicas': minimum: got 1, want 2"},
 		{"memory limit in an unknown unit", map[string]any{"resources": map[string]any{"limits": map[string]any{"memory": "1GB"}}}, `"1GB"`},
-		{"on_store_error misspelled", map[string]any{"store": map[string]any{"onStoreError": "open"}}, "want deny or allow"},
+		{"on_store_error misspelled", map[string]any{"store": map[string]any{"onStoreError": "open"}}, "'/store/onStoreError': value must be one of"},
+		{"GOMEMLIMIT above the limit", map[string]any{"goMemLimitPercent": 120}, "'/goMemLimitPercent': maximum"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
