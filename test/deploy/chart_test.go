@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"flag"
 	"fmt"
 	"maps"
 	"os"
@@ -120,6 +121,10 @@ var redisValues = map[string]any{
 	"grafanaDashboards": map[string]any{"enabled": true, "dashboards": map[string]any{"levy": `{"title": "levy"}`}},
 	"istio":             map[string]any{"enabled": true, "hosts": []any{"api.example.com", "api.example.org"}},
 	"resources":         map[string]any{"limits": map[string]any{"memory": "1.5Gi"}},
+	"extraObjects": []any{
+		map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": "{{ .Release.Name }}-extra", "namespace": "{{ .Release.Namespace }}"},
+			"data": map[string]any{"note": "rendered with the release"}},
+	},
 	"config": map[string]any{
 		"plans": map[string]any{"team": map[string]any{"model": "tiered", "rate": map[string]any{"requests": 50, "per": "1s", "burst": 100}}},
 	},
@@ -162,15 +167,25 @@ func TestChartRendersValidObjects(t *testing.T) {
 	}
 }
 
+// updateChartConfig copies k8s/levy.yaml's levy.yaml into the chart:
+//
+//	go test ./test/deploy/ -run TestChartConfigIsThePlainManifests -update-chart-config
+var updateChartConfig = flag.Bool("update-chart-config", false, "write k8s/levy.yaml's ConfigMap levy.yaml to k8s/chart/levy/files/levy.yaml")
+
 // The chart's default levy.yaml is the plain manifest's: one file to keep in step.
 func TestChartConfigIsThePlainManifests(t *testing.T) {
+	plain := levyConfigs(t)["k8s/levy.yaml"]
+	if *updateChartConfig {
+		if err := os.WriteFile(filepath.Join(chartDir, "files", "levy.yaml"), plain, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	file, err := os.ReadFile(filepath.Join(chartDir, "files", "levy.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	plain := levyConfigs(t)["k8s/levy.yaml"]
 	if string(file) != string(plain) {
-		t.Errorf("k8s/chart/levy/files/levy.yaml differs from the levy.yaml in k8s/levy.yaml's ConfigMap: make them the same file\n--- chart\n%s\n--- k8s/levy.yaml\n%s", file, plain)
+		t.Errorf("k8s/chart/levy/files/levy.yaml differs from the levy.yaml in k8s/levy.yaml's ConfigMap: make them the same file (-update-chart-config copies it)\n--- chart\n%s\n--- k8s/levy.yaml\n%s", file, plain)
 	}
 	r, err := renderChart(nil)
 	if err != nil {
@@ -418,6 +433,9 @@ func TestChartStoreSettings(t *testing.T) {
 	}
 	if d.Spec.Replicas != nil {
 		t.Error("with the HPA on, the Deployment must leave replicas to it")
+	}
+	if cm := r.configMap(releaseNamespace, "levy-extra"); cm == nil || cm.Data["note"] != "rendered with the release" {
+		t.Error("extraObjects: the templated ConfigMap levy-extra is missing")
 	}
 	if len(r.hpas) != 1 || len(r.pdbs) != 1 || len(r.pvcs) != 0 {
 		t.Errorf("redis with autoscaling: %d HPAs, %d PDBs, %d PVCs; want 1, 1, 0", len(r.hpas), len(r.pdbs), len(r.pvcs))
