@@ -48,12 +48,17 @@ type rendered struct {
 // in process (Helm's Go SDK: no helm binary, no cluster), and decodes every object
 // strictly into its Kubernetes, Istio or prometheus-operator type.
 func renderChart(vals map[string]any) (*rendered, error) {
+	return renderRelease(releaseName, releaseNamespace, vals)
+}
+
+// renderRelease renders the chart as release name in namespace ns.
+func renderRelease(name, ns string, vals map[string]any) (*rendered, error) {
 	ch, err := loader.Load(chartDir)
 	if err != nil {
 		return nil, err
 	}
 	rv, err := chartutil.ToRenderValues(ch, vals, chartutil.ReleaseOptions{
-		Name: releaseName, Namespace: releaseNamespace, Revision: 1, IsInstall: true,
+		Name: name, Namespace: ns, Revision: 1, IsInstall: true,
 	}, chartutil.DefaultCapabilities)
 	if err != nil {
 		return nil, err
@@ -511,6 +516,38 @@ func TestChartIstioWiring(t *testing.T) {
 	if len(r.authzPolicies)+len(r.telemetries)+len(r.envoyFilters) > 0 || strings.Contains(r.notes, "extensionProviders") {
 		t.Error("the default values render Istio objects")
 	}
+}
+
+// Under another release name and namespace, every name the objects use for each other
+// follows: Services, the ConfigMap, the Istio cluster, the mesh providers the NOTES print.
+func TestChartFollowsTheReleaseName(t *testing.T) {
+	r, err := renderRelease("billing", "payments", redisValues)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.checkChart(); err != nil {
+		t.Error(err)
+	}
+	if r.deployment("payments", "billing-levy") == nil || r.service("payments", "billing-levy") == nil || r.service("payments", "billing-levy-public") == nil {
+		t.Fatal("want Deployment and Services billing-levy, billing-levy-public in payments")
+	}
+	m, err := decodeManifests(map[string][]byte{"NOTES": notesMeshConfig(t, r.notes)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.meshConfigs = m.meshConfigs
+	for _, mc := range m.meshConfigs {
+		r.where[mc.spec] = m.where[mc.spec]
+	}
+	if err := errorsOf(r.checkIstio()); err != nil {
+		t.Error(err)
+	}
+}
+
+func errorsOf(errs []error) error {
+	var p problems
+	p.add(errs...)
+	return p.err()
 }
 
 // notesMeshConfig cuts the mesh config the NOTES print into an IstioOperator document.
