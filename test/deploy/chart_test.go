@@ -126,6 +126,9 @@ var redisValues = map[string]any{
 	"grafanaDashboards": map[string]any{"enabled": true, "dashboards": map[string]any{"levy": `{"title": "levy"}`}},
 	"istio":             map[string]any{"enabled": true, "hosts": []any{"api.example.com", "api.example.org"}},
 	"resources":         map[string]any{"limits": map[string]any{"memory": "1.5Gi"}},
+	"rateLimitRules": map[string]any{
+		"edge.yaml": "domain: edge\ndescriptors:\n  - key: remote_address\n    rate_limit: {unit: second, requests_per_unit: 10}\n",
+	},
 	"extraObjects": []any{
 		map[string]any{"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": "{{ .Release.Name }}-extra", "namespace": "{{ .Release.Namespace }}"},
 			"data": map[string]any{"note": "rendered with the release"}},
@@ -225,6 +228,20 @@ func TestChartConfigLoadsInLevy(t *testing.T) {
 				if e.ValueFrom != nil {
 					env[e.Name] = "from-a-secret"
 				}
+			}
+			// The rule files, where the Deployment mounts them.
+			if env["LEVY_RATELIMIT_DIR"] != "" {
+				rules := r.configMap(releaseNamespace, "levy-ratelimit")
+				if rules == nil || !r.mountsConfigMapAt(d, container(d, "levy"), env["LEVY_RATELIMIT_DIR"], rules.Name) {
+					t.Fatalf("LEVY_RATELIMIT_DIR %s is not the mounted ConfigMap levy-ratelimit", env["LEVY_RATELIMIT_DIR"])
+				}
+				dir := t.TempDir()
+				for name, text := range rules.Data {
+					if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
+						t.Fatal(err)
+					}
+				}
+				env["LEVY_RATELIMIT_DIR"] = dir
 			}
 			for k, v := range env {
 				t.Setenv(k, v) // Secret refs resolve from the process environment
@@ -665,6 +682,18 @@ func (m *manifests) mountsSecretFile(d *appsv1.Deployment, c *corev1.Container, 
 		for _, v := range d.Spec.Template.Spec.Volumes {
 			if v.Name == vm.Name && v.Secret != nil && v.Secret.SecretName == secret &&
 				slices.ContainsFunc(v.Secret.Items, func(k corev1.KeyToPath) bool { return k.Path == key }) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// mountsConfigMapAt reports whether ConfigMap name is mounted whole into c at dir.
+func (m *manifests) mountsConfigMapAt(d *appsv1.Deployment, c *corev1.Container, dir, name string) bool {
+	for _, vm := range c.VolumeMounts {
+		for _, v := range d.Spec.Template.Spec.Volumes {
+			if vm.MountPath == dir && v.Name == vm.Name && v.ConfigMap != nil && v.ConfigMap.Name == name && len(v.ConfigMap.Items) == 0 {
 				return true
 			}
 		}
