@@ -760,3 +760,55 @@ func TestReadmeHelmCommandsRender(t *testing.T) {
 		}
 	}
 }
+
+// With tls.existingSecret, levy serves TLS from the mounted Secret, and what talks to its
+// HTTP port (the probes, Prometheus) speaks HTTPS.
+func TestChartListenerTLS(t *testing.T) {
+	r, err := renderChart(map[string]any{
+		"tls":            map[string]any{"existingSecret": "levy-tls", "clientCA": true},
+		"serviceMonitor": map[string]any{"enabled": true, "tlsConfig": map[string]any{"serverName": "levy.levy.svc"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.checkChart(); err != nil {
+		t.Error(err)
+	}
+	d := r.deployment(releaseNamespace, "levy")
+	c := container(d, "levy")
+	for name, pr := range map[string]*corev1.Probe{"readinessProbe": c.ReadinessProbe, "livenessProbe": c.LivenessProbe} {
+		if pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Scheme != corev1.URISchemeHTTPS {
+			t.Errorf("%s is not HTTPS", name)
+		}
+	}
+	var v struct {
+		Listen struct {
+			TLS map[string]string `json:"tls"`
+		} `json:"listen"`
+	}
+	if err := yaml.Unmarshal([]byte(r.configMap(releaseNamespace, "levy-config").Data["levy.yaml"]), &v); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"cert_file": "tls.crt", "key_file": "tls.key", "client_ca_file": "ca.crt"}
+	for setting, key := range want {
+		file := v.Listen.TLS[setting]
+		if filepath.Base(file) != key || !r.mountsSecretAt(d, c, filepath.Dir(file), "levy-tls") {
+			t.Errorf("listen.tls.%s = %q: want %s of the Secret levy-tls, mounted", setting, file, key)
+		}
+	}
+	if len(r.serviceMonitors) != 1 || r.serviceMonitors[0].Spec.Endpoints[0].Scheme == nil || *r.serviceMonitors[0].Spec.Endpoints[0].Scheme != "https" {
+		t.Error("the ServiceMonitor does not scrape over HTTPS")
+	}
+}
+
+// mountsSecretAt reports whether Secret name is mounted whole into c at dir.
+func (m *manifests) mountsSecretAt(d *appsv1.Deployment, c *corev1.Container, dir, name string) bool {
+	for _, vm := range c.VolumeMounts {
+		for _, v := range d.Spec.Template.Spec.Volumes {
+			if vm.MountPath == dir && v.Name == vm.Name && v.Secret != nil && v.Secret.SecretName == name && len(v.Secret.Items) == 0 {
+				return true
+			}
+		}
+	}
+	return false
+}

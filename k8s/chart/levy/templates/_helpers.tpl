@@ -52,6 +52,15 @@ values need in the file) merged over it.
 {{- $_ := set $keys "hash_secret" "env:LEVY_KEY_HASH_SECRET" -}}
 {{- $_ := set $overrides "keys" $keys -}}
 {{- end -}}
+{{- with .Values.tls.existingSecret -}}
+{{- $listen := get $overrides "listen" | default dict -}}
+{{- $tls := dict "cert_file" "/etc/levy-tls/tls.crt" "key_file" "/etc/levy-tls/tls.key" -}}
+{{- if $.Values.tls.clientCA -}}
+{{- $_ := set $tls "client_ca_file" "/etc/levy-tls/ca.crt" -}}
+{{- end -}}
+{{- $_ := set $listen "tls" $tls -}}
+{{- $_ := set $overrides "listen" $listen -}}
+{{- end -}}
 {{- if $overrides -}}
 {{- mergeOverwrite (.Files.Get "files/levy.yaml" | fromYaml) $overrides | toYaml -}}
 {{- else -}}
@@ -134,4 +143,13 @@ meshConfig:
       logName: levy
       additionalRequestHeadersToLog: [x-consumer-id, x-request-id]
       additionalResponseHeadersToLog: [x-levy-units]
+{{- end -}}
+
+{{/* A probe from values, over HTTPS when levy's listeners serve TLS. */}}
+{{- define "levy.probe" -}}
+{{- $probe := deepCopy (index . 1) -}}
+{{- if and (index . 0).Values.tls.existingSecret $probe.httpGet -}}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" -}}
+{{- end -}}
+{{- toYaml $probe -}}
 {{- end -}}
