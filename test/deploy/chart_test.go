@@ -77,6 +77,12 @@ func renderRelease(name, ns string, vals map[string]any) (*rendered, error) {
 		case strings.HasSuffix(name, ".yaml"):
 			files[name] = []byte(text)
 		}
+		// Whitespace at a line's end is a template's {{ }} trimming gone wrong.
+		for i, line := range strings.Split(text, "\n") {
+			if strings.TrimRight(line, " \t") != line && strings.TrimSpace(line) != "" {
+				return nil, fmt.Errorf("%s:%d: whitespace at the end of %q", name, i+1, line)
+			}
+		}
 	}
 	m, err := decodeManifests(files)
 	if err != nil {
