@@ -15,6 +15,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	rlfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
@@ -24,6 +25,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -67,6 +69,14 @@ type manifests struct {
 	telemetries   []istioDoc[*telemetryv1alpha1.Telemetry]
 	envoyFilters  []istioDoc[*networkingv1alpha3.EnvoyFilter]
 
+	// Kinds the Helm chart renders (chart_test.go).
+	serviceAccounts []*corev1.ServiceAccount
+	secrets         []*corev1.Secret
+	pvcs            []*corev1.PersistentVolumeClaim
+	networkPolicies []*networkingv1.NetworkPolicy
+	serviceMonitors []*monitoringv1.ServiceMonitor
+	prometheusRules []*monitoringv1.PrometheusRule
+
 	where map[any]string // decoded object -> "file#doc Kind namespace/name"
 	files map[any]string // decoded object -> file
 }
@@ -82,6 +92,12 @@ var decoders = map[string]decoder{
 	"apps/v1 Deployment":                      k8sDecoder(func(m *manifests, o *appsv1.Deployment) { m.deployments = append(m.deployments, o) }),
 	"policy/v1 PodDisruptionBudget":           k8sDecoder(func(m *manifests, o *policyv1.PodDisruptionBudget) { m.pdbs = append(m.pdbs, o) }),
 	"autoscaling/v2 HorizontalPodAutoscaler":  k8sDecoder(func(m *manifests, o *autoscalingv2.HorizontalPodAutoscaler) { m.hpas = append(m.hpas, o) }),
+	"v1 ServiceAccount":                       k8sDecoder(func(m *manifests, o *corev1.ServiceAccount) { m.serviceAccounts = append(m.serviceAccounts, o) }),
+	"v1 Secret":                               k8sDecoder(func(m *manifests, o *corev1.Secret) { m.secrets = append(m.secrets, o) }),
+	"v1 PersistentVolumeClaim":                k8sDecoder(func(m *manifests, o *corev1.PersistentVolumeClaim) { m.pvcs = append(m.pvcs, o) }),
+	"networking.k8s.io/v1 NetworkPolicy":      k8sDecoder(func(m *manifests, o *networkingv1.NetworkPolicy) { m.networkPolicies = append(m.networkPolicies, o) }),
+	"monitoring.coreos.com/v1 ServiceMonitor": k8sDecoder(func(m *manifests, o *monitoringv1.ServiceMonitor) { m.serviceMonitors = append(m.serviceMonitors, o) }),
+	"monitoring.coreos.com/v1 PrometheusRule": k8sDecoder(func(m *manifests, o *monitoringv1.PrometheusRule) { m.prometheusRules = append(m.prometheusRules, o) }),
 	"install.istio.io/v1alpha1 IstioOperator": decodeIstioOperator,
 	"security.istio.io/v1 AuthorizationPolicy": istioDecoder(func(m *manifests, d istioDoc[*securityv1beta1.AuthorizationPolicy]) {
 		m.authzPolicies = append(m.authzPolicies, d)
