@@ -145,3 +145,45 @@ func waitUntil(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond) // between polls of a condition
 	}
 }
+
+// A deleted consumer's keys, a revoked key and a rotation stop working on
+// a replica that follows invalidations at once, not at its cache TTL (an
+// hour here).
+func TestOtherReplicaDropsDeletedConsumerAtOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	clock := limitertest.NewClock(time.Now())
+	newDir := func() *redisstore.Directory {
+		c, _ := redisstore.NewClient(redisstore.Options{Addr: srv.Addr, Timeout: time.Second})
+		t.Cleanup(func() { c.Close() })
+		return redisstore.NewDirectory(redisstore.DirectoryConfig{Client: c, TTL: time.Hour, Clock: clock.Now, Log: zaptest.NewLogger(t)})
+	}
+	a, b := newDir(), newDir()
+	stop := b.Follow()
+	defer stop()
+	ctx := context.Background()
+	a.PutConsumer(ctx, &apikey.Consumer{ID: "acme", Plan: "free"})
+	a.PutKey(ctx, &apikey.Key{ID: "k1", Hash: "h1", ConsumerID: "acme"})
+	a.PutKey(ctx, &apikey.Key{ID: "k2", Hash: "h2", ConsumerID: "acme"})
+	eventually := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(2 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not seen by the other replica within 2s (its TTL is an hour)", what)
+			}
+		}
+	}
+	eventually("keys", func() bool { _, _, err := b.Lookup(ctx, "h1"); return err == nil })
+	if _, _, err := b.Lookup(ctx, "h2"); err != nil {
+		t.Fatal(err)
+	}
+	a.RevokeKey(ctx, "k2")
+	eventually("revocation", func() bool { k, _, err := b.Lookup(ctx, "h2"); return err == nil && k.Revoked })
+	if err := a.DeleteConsumer(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	eventually("deletion", func() bool {
+		_, _, err := b.Lookup(ctx, "h1")
+		_, found := b.Consumer("acme")
+		return errors.Is(err, apikey.ErrUnknown) && !found
+	})
+}
