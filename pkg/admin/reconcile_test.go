@@ -49,7 +49,7 @@ func (r *reconciler) last() admin.ReconcileQuery {
 func TestReconcileRouteReadsItsQueryAndAnswersProblems(t *testing.T) {
 	rec := &reconciler{}
 	h := admin.New(admin.Config{
-		Store: newMemStore(), Catalog: func() *plan.Catalog { return nil }, Hasher: func() apikey.Hasher { return hasher },
+		Store: newStore(t), Catalog: func() *plan.Catalog { return nil }, Hasher: func() apikey.Hasher { return hasher },
 		Token: token, Log: zaptest.NewLogger(t), Reconcile: rec.reconcile,
 	})
 	srv := httptest.NewServer(h)
@@ -106,7 +106,7 @@ func TestReconcileRouteReadsItsQueryAndAnswersProblems(t *testing.T) {
 }
 
 func TestReconcileRouteWithoutReconcilerIs503(t *testing.T) {
-	h := admin.New(admin.Config{Store: newMemStore(), Catalog: func() *plan.Catalog { return nil },
+	h := admin.New(admin.Config{Store: newStore(t), Catalog: func() *plan.Catalog { return nil },
 		Hasher: func() apikey.Hasher { return hasher }, Token: token})
 	req := httptest.NewRequest("GET", "/v1/billing/reconcile", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
