@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -115,11 +117,12 @@ func problemError(resp *http.Response, body []byte) error {
 
 // adminConsumer is a consumer as the admin API shows it.
 type adminConsumer struct {
-	ID               string `json:"id"`
-	Plan             string `json:"plan"`
-	Status           string `json:"status"`
-	StripeCustomerID string `json:"stripe_customer_id,omitempty"`
-	PeriodAnchor     string `json:"period_anchor,omitempty"`
+	ID               string            `json:"id"`
+	Plan             string            `json:"plan"`
+	Status           string            `json:"status"`
+	StripeCustomerID string            `json:"stripe_customer_id,omitempty"`
+	PeriodAnchor     string            `json:"period_anchor,omitempty"`
+	Labels           map[string]string `json:"labels,omitempty"`
 }
 
 func printConsumer(w io.Writer, c *adminConsumer) {
@@ -132,6 +135,18 @@ func printConsumer(w io.Writer, c *adminConsumer) {
 	if c.PeriodAnchor != "" {
 		fmt.Fprintf(w, "period_anchor:      %s\n", c.PeriodAnchor)
 	}
+	if len(c.Labels) > 0 {
+		fmt.Fprintf(w, "labels: %s\n", formatLabels(c.Labels))
+	}
+}
+
+// formatLabels prints labels as key=value,... in key order.
+func formatLabels(labels map[string]string) string {
+	parts := make([]string, 0, len(labels))
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		parts = append(parts, k+"="+labels[k])
+	}
+	return strings.Join(parts, ",")
 }
 
 func consumerPath(id string) string { return "/v1/consumers/" + url.PathEscape(id) }
@@ -222,7 +237,7 @@ server).`,
 			return nil
 		},
 	}
-	cmd.AddCommand(put, update, get)
+	cmd.AddCommand(put, update, get, consumersListCmd(client), consumersDeleteCmd(client), consumersLabelCmd(client))
 	return cmd
 }
 
@@ -282,5 +297,5 @@ levy keeps only its hash.`,
 		fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", args[0])
 		return nil
 	}
-	keys.AddCommand(create, revoke)
+	keys.AddCommand(create, revoke, keysListCmd(), keysRotateCmd())
 }
