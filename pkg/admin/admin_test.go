@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/levyhq/levy/api/apitest"
 	"github.com/levyhq/levy/pkg/admin"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/localstore"
@@ -146,7 +147,7 @@ func newFixture(t *testing.T, token string) *fixture {
 		Log:     zap.New(core),
 		Clock:   func() time.Time { return now },
 	})
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(apitest.Handler(t, h))
 	t.Cleanup(srv.Close)
 	return &fixture{url: srv.URL, client: srv.Client(), store: store, logs: logs}
 }
@@ -466,7 +467,7 @@ func TestStoreFailureIs503AndLogged(t *testing.T) {
 }
 
 func TestMissingStoreIs503(t *testing.T) {
-	srv := httptest.NewServer(admin.New(admin.Config{Token: token}))
+	srv := httptest.NewServer(apitest.Handler(t, admin.New(admin.Config{Token: token})))
 	defer srv.Close()
 	f := &fixture{url: srv.URL, client: srv.Client()}
 	got := f.do(t, "GET", "/v1/consumers/c1", bearer, "")

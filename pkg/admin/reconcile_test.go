@@ -14,8 +14,10 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/levyhq/levy/api/apitest"
 	"github.com/levyhq/levy/pkg/admin"
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/plan"
 )
 
@@ -37,7 +39,7 @@ func (r *reconciler) reconcile(_ context.Context, q admin.ReconcileQuery) (any, 
 	case "broken":
 		return nil, fmt.Errorf("redis: connection refused")
 	}
-	return map[string]any{"period": "current", "rows": []any{}, "differences": 0}, nil
+	return billing.ReconcileReport{Period: "current", At: now, Rows: []billing.ReconcileRow{}}, nil
 }
 
 func (r *reconciler) last() admin.ReconcileQuery {
@@ -52,7 +54,7 @@ func TestReconcileRouteReadsItsQueryAndAnswersProblems(t *testing.T) {
 		Store: newStore(t), Catalog: func() *plan.Catalog { return nil }, Hasher: func() apikey.Hasher { return hasher },
 		Token: token, Log: zaptest.NewLogger(t), Reconcile: rec.reconcile,
 	})
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(apitest.Handler(t, h))
 	defer srv.Close()
 	nov := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	tests := []struct {

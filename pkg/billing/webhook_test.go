@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/levyhq/levy/api/apitest"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/plan"
 )
@@ -217,7 +218,7 @@ func (f *webhookFixture) deliver(t *testing.T, method string, payload []byte, si
 		req.Header.Set("Stripe-Signature", sig)
 	}
 	rec := httptest.NewRecorder()
-	f.h.ServeHTTP(rec, req)
+	apitest.Handler(t, f.h).ServeHTTP(rec, req)
 	return rec
 }
 
