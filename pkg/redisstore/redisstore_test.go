@@ -146,14 +146,25 @@ func waitUntil(t *testing.T, cond func() bool) {
 	}
 }
 
-// A deleted consumer's keys, a revoked key and a rotation stop working on
-// a replica that follows invalidations at once, not at its cache TTL (an
-// hour here).
+// A deleted consumer's keys and a revoked key stop working on a replica
+// that follows invalidations at once, not at its cache TTL (an hour here),
+// on a standalone Redis and on a Cluster (where PUBLISH reaches every
+// node's subscribers).
 func TestOtherReplicaDropsDeletedConsumerAtOnce(t *testing.T) {
-	srv := redistest.Start(t)
+	t.Run("standalone", func(t *testing.T) {
+		srv := redistest.Start(t)
+		dropsAtOnce(t, redisstore.Options{Addr: srv.Addr, Timeout: time.Second})
+	})
+	t.Run("cluster", func(t *testing.T) {
+		cluster := redistest.StartCluster(t)
+		dropsAtOnce(t, redisstore.Options{ClusterAddrs: cluster.Addrs(), Timeout: time.Second})
+	})
+}
+
+func dropsAtOnce(t *testing.T, opts redisstore.Options) {
 	clock := limitertest.NewClock(time.Now())
 	newDir := func() *redisstore.Directory {
-		c, _ := redisstore.NewClient(redisstore.Options{Addr: srv.Addr, Timeout: time.Second})
+		c, _ := redisstore.NewClient(opts)
 		t.Cleanup(func() { c.Close() })
 		return redisstore.NewDirectory(redisstore.DirectoryConfig{Client: c, TTL: time.Hour, Clock: clock.Now, Log: zaptest.NewLogger(t)})
 	}
