@@ -543,6 +543,63 @@ func (d *Directory) ListConsumers(ctx context.Context, q apikey.ListQuery) (apik
 	return page, nil
 }
 
+// indexedKey marks a Redis whose consumers and keys are all in the
+// listing and ownership indexes (see Backfill).
+const indexedKey = "{levy}:indexed"
+
+// Backfill puts consumers and keys stored before the indexes existed into
+// them: the consumer index (so that listings show them) and each
+// consumer's key set (so that deleting the consumer deletes them, and a
+// consumer created again with the same id does not get them back). It
+// SCANs every master once per Redis, then marks it done; a run cut short
+// is taken up at the next start (adding to the indexes is idempotent).
+func (d *Directory) Backfill(ctx context.Context) error {
+	if n, err := d.client.Exists(ctx, indexedKey).Result(); err != nil || n == 1 {
+		return err
+	}
+	scan := func(ctx context.Context, node *redis.Client) error {
+		for it := node.Scan(ctx, 0, "levy:consumer:{*", 1000).Iterator(); ; {
+			if !it.Next(ctx) {
+				if err := it.Err(); err != nil {
+					return err
+				}
+				break
+			}
+			id := strings.TrimSuffix(strings.TrimPrefix(it.Val(), "levy:consumer:{"), "}")
+			if err := d.client.ZAdd(ctx, consumersIndex, redis.Z{Member: id}).Err(); err != nil {
+				return err
+			}
+		}
+		for it := node.Scan(ctx, 0, "levy:key:{*", 1000).Iterator(); ; {
+			if !it.Next(ctx) {
+				return it.Err()
+			}
+			m, err := d.client.HMGet(ctx, it.Val(), "id", "consumer").Result()
+			if err != nil {
+				return err
+			}
+			id, _ := m[0].(string)
+			owner, _ := m[1].(string)
+			if id == "" || owner == "" {
+				continue
+			}
+			if err := d.client.SAdd(ctx, ownedKey(owner), id).Err(); err != nil {
+				return err
+			}
+		}
+	}
+	var err error
+	if cluster, ok := d.client.(*redis.ClusterClient); ok {
+		err = cluster.ForEachMaster(ctx, scan)
+	} else if c, ok := d.client.(*redis.Client); ok {
+		err = scan(ctx, c)
+	}
+	if err != nil {
+		return fmt.Errorf("redis index consumers and keys: %w", err)
+	}
+	return d.client.Set(ctx, indexedKey, "1", 0).Err()
+}
+
 // invalidate drops cached lookups here and tells every replica to drop
 // theirs: "k"+hash for a key, "c"+id for a consumer and every key of it
 // cached. A replica that misses the message (it was not subscribed) still

@@ -198,3 +198,54 @@ func dropsAtOnce(t *testing.T, opts redisstore.Options) {
 		return errors.Is(err, apikey.ErrUnknown) && !found
 	})
 }
+
+// Consumers and keys an older levy stored, before the indexes, are listed
+// after Backfill, and deleting such a consumer deletes its keys, so that
+// a consumer created again with its id does not get them back.
+func TestBackfillIndexesWhatAnOlderLevyStored(t *testing.T) {
+	t.Run("standalone", func(t *testing.T) {
+		backfills(t, redisstore.Options{Addr: redistest.Start(t).Addr, Timeout: time.Second})
+	})
+	t.Run("cluster", func(t *testing.T) {
+		backfills(t, redisstore.Options{ClusterAddrs: redistest.StartCluster(t).Addrs(), Timeout: time.Second})
+	})
+}
+
+func backfills(t *testing.T, opts redisstore.Options) {
+	c, _ := redisstore.NewClient(opts)
+	defer c.Close()
+	ctx := context.Background()
+	// As levy stored them before: hashes and the key-id lookup only.
+	c.HSet(ctx, "levy:consumer:{old}", "plan", "free", "suspended", "0")
+	c.HSet(ctx, "levy:key:{hold}", "id", "kold", "consumer", "old", "revoked", "0")
+	c.Set(ctx, "levy:keyid:{kold}", "hold", 0)
+	d := redisstore.NewDirectory(redisstore.DirectoryConfig{Client: c, Log: zaptest.NewLogger(t)})
+	if page, _ := d.ListConsumers(ctx, apikey.ListQuery{Limit: 10}); len(page.Consumers) != 0 {
+		t.Fatalf("listed before the backfill: %+v", page.Consumers)
+	}
+	if err := d.Backfill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	page, err := d.ListConsumers(ctx, apikey.ListQuery{Limit: 10})
+	if err != nil || len(page.Consumers) != 1 || page.Consumers[0].ID != "old" {
+		t.Fatalf("after the backfill: %+v %v", page.Consumers, err)
+	}
+	if keys, err := d.ListKeys(ctx, "old"); err != nil || len(keys) != 1 || keys[0].ID != "kold" {
+		t.Fatalf("keys after the backfill: %+v %v", keys, err)
+	}
+	if err := d.DeleteConsumer(ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
+	d.PutConsumer(ctx, &apikey.Consumer{ID: "old", Plan: "free"})
+	if _, _, err := d.Lookup(ctx, "hold"); !errors.Is(err, apikey.ErrUnknown) {
+		t.Fatalf("an old key of a deleted and re-created consumer: %v", err)
+	}
+	// Once per Redis: a second run finds the mark and does nothing.
+	c.HSet(ctx, "levy:consumer:{later}", "plan", "free")
+	if err := d.Backfill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if page, _ := d.ListConsumers(ctx, apikey.ListQuery{Limit: 10}); len(page.Consumers) != 1 {
+		t.Fatalf("a second backfill ran: %+v", page.Consumers)
+	}
+}
