@@ -163,18 +163,30 @@ server).`,
 	client := adminFlags(cmd, true)
 
 	var planName, status, stripeID, anchor string
+	var putLabels []string
 	put := &cobra.Command{
 		Use:     "put ID",
-		Short:   "Create or replace a consumer",
+		Short:   "Create or replace a consumer (labels too: use consumers label to change only those)",
 		Example: `  levy consumers put acme --plan pro --stripe-customer-id cus_123`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			body := map[string]string{"plan": planName, "status": status}
+			body := map[string]any{"plan": planName, "status": status}
 			if stripeID != "" {
 				body["stripe_customer_id"] = stripeID
 			}
 			if anchor != "" {
 				body["period_anchor"] = anchor
+			}
+			if len(putLabels) > 0 {
+				labels := map[string]string{}
+				for _, l := range putLabels {
+					k, v, ok := strings.Cut(l, "=")
+					if !ok {
+						return fmt.Errorf("--label %q: want KEY=VALUE", l)
+					}
+					labels[k] = v
+				}
+				body["labels"] = labels
 			}
 			var c adminConsumer
 			if err := client.call(cmd.Context(), http.MethodPut, consumerPath(args[0]), body, &c); err != nil {
@@ -188,6 +200,7 @@ server).`,
 	put.Flags().StringVar(&status, "status", "active", "active or suspended")
 	put.Flags().StringVar(&stripeID, "stripe-customer-id", "", "Stripe customer id (cus_...)")
 	put.Flags().StringVar(&anchor, "period-anchor", "", "start of the billing cycle, RFC 3339 (default calendar months)")
+	put.Flags().StringArrayVar(&putLabels, "label", nil, "a label KEY=VALUE (repeatable; the consumer gets exactly these)")
 	_ = put.MarkFlagRequired("plan")
 
 	var upPlan, upStatus, upStripe string

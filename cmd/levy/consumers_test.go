@@ -51,6 +51,10 @@ func TestConsumerAndKeyCommandsListLabelRotateAndDelete(t *testing.T) {
 	for _, id := range []string{"acme", "globex", "initech"} {
 		levy("consumers", "put", id, "--plan", "free")
 	}
+	if out := levy("consumers", "put", "initech", "--plan", "free", "--label", "team=ops"); !strings.Contains(out, "labels: team=ops") {
+		t.Fatalf("put with a label:\n%s", out)
+	}
+	levy("consumers", "put", "initech", "--plan", "free")
 	levy("consumers", "update", "globex", "--plan", "pro")
 	if out := levy("consumers", "label", "acme", "team=search", "cost-center=CC-1"); !strings.Contains(out, "labels: cost-center=CC-1,team=search") {
 		t.Fatalf("label:\n%s", out)
