@@ -243,9 +243,11 @@ type consumerJSON struct {
 	Labels           map[string]string `json:"labels,omitempty"`
 }
 
-func toJSON(c *apikey.Consumer) consumerJSON {
+// toJSON shows c as it is at now: suspended too once a failed payment's
+// grace has run out, as ext_authz then treats it.
+func toJSON(c *apikey.Consumer, now time.Time) consumerJSON {
 	out := consumerJSON{ID: c.ID, Plan: c.Plan, Status: StatusActive, StripeCustomerID: c.StripeCustomerID, Labels: c.Labels}
-	if c.Suspended {
+	if c.SuspendedAt(now) {
 		out.Status = StatusSuspended
 	}
 	if !c.PeriodAnchor.IsZero() {
@@ -303,7 +305,7 @@ func (h *Handler) putConsumer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.log.Info("consumer put", zap.String("consumer", id), zap.String("plan", c.Plan), zap.Bool("suspended", c.Suspended))
-	writeJSON(w, http.StatusOK, toJSON(c))
+	writeJSON(w, http.StatusOK, toJSON(c, h.clock()))
 }
 
 func (h *Handler) getConsumer(w http.ResponseWriter, r *http.Request) {
@@ -315,7 +317,7 @@ func (h *Handler) getConsumer(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, toJSON(c))
+	writeJSON(w, http.StatusOK, toJSON(c, h.clock()))
 }
 
 func (h *Handler) usage(w http.ResponseWriter, r *http.Request) {
@@ -511,7 +513,7 @@ func (h *Handler) patchConsumer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.log.Info("consumer updated", zap.String("consumer", id), zap.String("plan", c.Plan), zap.Bool("suspended", c.Suspended))
-	writeJSON(w, http.StatusOK, toJSON(&c))
+	writeJSON(w, http.StatusOK, toJSON(&c, h.clock()))
 }
 
 type createKeyRequest struct {

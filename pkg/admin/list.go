@@ -114,7 +114,7 @@ func (h *Handler) listConsumers(w http.ResponseWriter, r *http.Request) {
 	}
 	out := consumerList{Consumers: make([]consumerJSON, 0, len(page.Consumers))}
 	for _, c := range page.Consumers {
-		out.Consumers = append(out.Consumers, toJSON(c))
+		out.Consumers = append(out.Consumers, toJSON(c, now))
 	}
 	if page.Next != "" {
 		out.Next = base64.RawURLEncoding.EncodeToString([]byte(page.Next))

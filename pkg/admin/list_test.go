@@ -203,3 +203,19 @@ func TestDeleteRemovesTheConsumerAndItsKeys(t *testing.T) {
 		}
 	}
 }
+
+// A consumer whose failed payment's grace has run out is denied by
+// ext_authz, and the admin API shows and filters it as suspended.
+func TestConsumerPastItsPaymentGraceShowsSuspended(t *testing.T) {
+	f := newFixture(t, token)
+	if err := f.store.PutConsumer(context.Background(), &apikey.Consumer{ID: "late", Plan: "free", SuspendAt: now.Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.do(t, "GET", "/v1/consumers/late", bearer, ""); !strings.Contains(got.body, `"status":"suspended"`) {
+		t.Fatalf("GET: %s", got.body)
+	}
+	got := f.do(t, "GET", "/v1/consumers?status=suspended", bearer, "")
+	if !strings.Contains(got.body, `"id":"late"`) || strings.Contains(got.body, `"id":"c1"`) {
+		t.Fatalf("status=suspended: %s", got.body)
+	}
+}
