@@ -68,7 +68,7 @@ store:
 	adminCall(t, a, "DELETE", "/v1/consumers/acme", "")
 	start := time.Now()
 	waitFor(t, 3*time.Second, func() bool { return check(t, cb, newKey, "/").Status == 401 })
-	if took := time.Since(start); took > 500*time.Millisecond {
+	if took := time.Since(start); took > time.Second {
 		t.Errorf("replica b refused the deleted consumer's key after %s; its cache TTL is 1h, the invalidation should take milliseconds", took)
 	}
 }
