@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -115,11 +117,12 @@ func problemError(resp *http.Response, body []byte) error {
 
 // adminConsumer is a consumer as the admin API shows it.
 type adminConsumer struct {
-	ID               string `json:"id"`
-	Plan             string `json:"plan"`
-	Status           string `json:"status"`
-	StripeCustomerID string `json:"stripe_customer_id,omitempty"`
-	PeriodAnchor     string `json:"period_anchor,omitempty"`
+	ID               string            `json:"id"`
+	Plan             string            `json:"plan"`
+	Status           string            `json:"status"`
+	StripeCustomerID string            `json:"stripe_customer_id,omitempty"`
+	PeriodAnchor     string            `json:"period_anchor,omitempty"`
+	Labels           map[string]string `json:"labels,omitempty"`
 }
 
 func printConsumer(w io.Writer, c *adminConsumer) {
@@ -132,6 +135,18 @@ func printConsumer(w io.Writer, c *adminConsumer) {
 	if c.PeriodAnchor != "" {
 		fmt.Fprintf(w, "period_anchor:      %s\n", c.PeriodAnchor)
 	}
+	if len(c.Labels) > 0 {
+		fmt.Fprintf(w, "labels: %s\n", formatLabels(c.Labels))
+	}
+}
+
+// formatLabels prints labels as key=value,... in key order.
+func formatLabels(labels map[string]string) string {
+	parts := make([]string, 0, len(labels))
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		parts = append(parts, k+"="+labels[k])
+	}
+	return strings.Join(parts, ",")
 }
 
 func consumerPath(id string) string { return "/v1/consumers/" + url.PathEscape(id) }
@@ -148,18 +163,30 @@ server).`,
 	client := adminFlags(cmd, true)
 
 	var planName, status, stripeID, anchor string
+	var putLabels []string
 	put := &cobra.Command{
 		Use:     "put ID",
-		Short:   "Create or replace a consumer",
+		Short:   "Create or replace a consumer (labels too: use consumers label to change only those)",
 		Example: `  levy consumers put acme --plan pro --stripe-customer-id cus_123`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			body := map[string]string{"plan": planName, "status": status}
+			body := map[string]any{"plan": planName, "status": status}
 			if stripeID != "" {
 				body["stripe_customer_id"] = stripeID
 			}
 			if anchor != "" {
 				body["period_anchor"] = anchor
+			}
+			if len(putLabels) > 0 {
+				labels := map[string]string{}
+				for _, l := range putLabels {
+					k, v, ok := strings.Cut(l, "=")
+					if !ok {
+						return fmt.Errorf("--label %q: want KEY=VALUE", l)
+					}
+					labels[k] = v
+				}
+				body["labels"] = labels
 			}
 			var c adminConsumer
 			if err := client.call(cmd.Context(), http.MethodPut, consumerPath(args[0]), body, &c); err != nil {
@@ -173,6 +200,7 @@ server).`,
 	put.Flags().StringVar(&status, "status", "active", "active or suspended")
 	put.Flags().StringVar(&stripeID, "stripe-customer-id", "", "Stripe customer id (cus_...)")
 	put.Flags().StringVar(&anchor, "period-anchor", "", "start of the billing cycle, RFC 3339 (default calendar months)")
+	put.Flags().StringArrayVar(&putLabels, "label", nil, "a label KEY=VALUE (repeatable; the consumer gets exactly these)")
 	_ = put.MarkFlagRequired("plan")
 
 	var upPlan, upStatus, upStripe string
@@ -222,7 +250,7 @@ server).`,
 			return nil
 		},
 	}
-	cmd.AddCommand(put, update, get)
+	cmd.AddCommand(put, update, get, consumersListCmd(client), consumersDeleteCmd(client), consumersLabelCmd(client))
 	return cmd
 }
 
@@ -282,5 +310,5 @@ levy keeps only its hash.`,
 		fmt.Fprintf(cmd.OutOrStdout(), "revoked %s\n", args[0])
 		return nil
 	}
-	keys.AddCommand(create, revoke)
+	keys.AddCommand(create, revoke, keysListCmd(), keysRotateCmd())
 }

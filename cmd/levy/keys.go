@@ -3,9 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/levyhq/levy/api"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/rls"
@@ -69,7 +72,9 @@ func configCmd() *cobra.Command {
 	validate := &cobra.Command{
 		Use:   "validate [FILE] [--ratelimit-dir DIR]",
 		Short: "Check a config file, or rate-limit rule files alone; errors name the file, line and key",
-		Long: `Check a config file; errors name the file, line and key.
+		Long: `Check a config file; errors name the file, line and key. The file is checked
+against levy's JSON Schema (api/levy.schema.json, built in) first, then
+against levy's own rules.
 
 With --ratelimit-dir, also the rule files in DIR (every *.yaml and *.yml,
 in envoyproxy/ratelimit's format); without FILE, those rule files alone,
@@ -78,6 +83,9 @@ as envoyproxy/ratelimit's config_check does.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch {
 			case len(args) == 1:
+				if err := checkSchema(args[0]); err != nil {
+					return err
+				}
 				if _, err := loadConfig(args[0], func(c *config.Config) {
 					if dir != "" {
 						c.RateLimit.Dir, c.RateLimit.MergeDomains = dir, c.RateLimit.MergeDomains || merge
@@ -110,4 +118,25 @@ as envoyproxy/ratelimit's config_check does.`,
 	validate.Flags().BoolVar(&merge, "merge-domains", false, "let several rule files add to one domain (ratelimit.merge_domains)")
 	cfg.AddCommand(validate)
 	return cfg
+}
+
+// checkSchema validates a config file against levy.schema.json, naming
+// every disagreement with its line and setting.
+func checkSchema(path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	errs, err := api.ValidateConfig(data)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	lines := make([]string, 0, len(errs))
+	for _, e := range errs {
+		lines = append(lines, fmt.Sprintf("%s:%d: %s", path, e.Line, e))
+	}
+	return fmt.Errorf("%s does not match levy's config schema (api/levy.schema.json):\n%s", path, strings.Join(lines, "\n"))
 }

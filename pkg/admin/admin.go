@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"strconv"
 	"strings"
@@ -131,16 +132,46 @@ func New(cfg Config) *Handler {
 	// Hashing first makes the comparison's time independent of the
 	// token's length as well as its content.
 	h.token = sha256.Sum256([]byte(cfg.Token))
-	h.mux.HandleFunc("PUT /v1/consumers/{id}", h.putConsumer)
-	h.mux.HandleFunc("GET /v1/consumers/{id}", h.getConsumer)
-	h.mux.HandleFunc("PATCH /v1/consumers/{id}", h.patchConsumer)
-	h.mux.HandleFunc("POST /v1/consumers/{id}/keys", h.createKey)
-	h.mux.HandleFunc("POST /v1/keys/{id}/revoke", h.revokeKey)
-	h.mux.HandleFunc("GET /v1/consumers/{id}/usage", h.usage)
-	h.mux.HandleFunc("GET /v1/billing/reconcile", h.reconcile)
-	h.mux.HandleFunc("POST /v1/billing/reconcile", h.reconcile)
-	h.mux.HandleFunc("POST /json", h.rateLimitJSON)
+	for _, r := range h.routes() {
+		h.mux.HandleFunc(r.Pattern, r.handler)
+	}
 	return h
+}
+
+// Route is one route the admin API serves.
+type Route struct {
+	// Pattern is the ServeMux pattern ("GET /v1/consumers/{id}").
+	Pattern string
+	handler http.HandlerFunc
+}
+
+// routes is the route table the mux is built from (and that api/'s
+// OpenAPI test compares with the description).
+func (h *Handler) routes() []Route {
+	return []Route{
+		{"GET /v1/consumers", h.listConsumers},
+		{"PUT /v1/consumers/{id}", h.putConsumer},
+		{"GET /v1/consumers/{id}", h.getConsumer},
+		{"PATCH /v1/consumers/{id}", h.patchConsumer},
+		{"DELETE /v1/consumers/{id}", h.deleteConsumer},
+		{"GET /v1/consumers/{id}/keys", h.listKeys},
+		{"POST /v1/consumers/{id}/keys", h.createKey},
+		{"POST /v1/keys/{id}/rotate", h.rotateKey},
+		{"POST /v1/keys/{id}/revoke", h.revokeKey},
+		{"GET /v1/consumers/{id}/usage", h.usage},
+		{"GET /v1/billing/reconcile", h.reconcile},
+		{"POST /v1/billing/reconcile", h.reconcile},
+		{"POST /json", h.rateLimitJSON},
+	}
+}
+
+// Routes lists the patterns the admin API serves.
+func Routes() []string {
+	var out []string
+	for _, r := range (&Handler{}).routes() {
+		out = append(out, r.Pattern)
+	}
+	return out
 }
 
 // ServeHTTP implements http.Handler.
@@ -204,16 +235,19 @@ func (c *captured) WriteHeader(code int)        { c.code = code }
 
 // consumerJSON is a consumer on the wire.
 type consumerJSON struct {
-	ID               string `json:"id"`
-	Plan             string `json:"plan"`
-	Status           string `json:"status"`
-	StripeCustomerID string `json:"stripe_customer_id,omitempty"`
-	PeriodAnchor     string `json:"period_anchor,omitempty"`
+	ID               string            `json:"id"`
+	Plan             string            `json:"plan"`
+	Status           string            `json:"status"`
+	StripeCustomerID string            `json:"stripe_customer_id,omitempty"`
+	PeriodAnchor     string            `json:"period_anchor,omitempty"`
+	Labels           map[string]string `json:"labels,omitempty"`
 }
 
-func toJSON(c *apikey.Consumer) consumerJSON {
-	out := consumerJSON{ID: c.ID, Plan: c.Plan, Status: StatusActive, StripeCustomerID: c.StripeCustomerID}
-	if c.Suspended {
+// toJSON shows c as it is at now: suspended too once a failed payment's
+// grace has run out, as ext_authz then treats it.
+func toJSON(c *apikey.Consumer, now time.Time) consumerJSON {
+	out := consumerJSON{ID: c.ID, Plan: c.Plan, Status: StatusActive, StripeCustomerID: c.StripeCustomerID, Labels: c.Labels}
+	if c.SuspendedAt(now) {
 		out.Status = StatusSuspended
 	}
 	if !c.PeriodAnchor.IsZero() {
@@ -223,10 +257,11 @@ func toJSON(c *apikey.Consumer) consumerJSON {
 }
 
 type putConsumerRequest struct {
-	Plan             string `json:"plan"`
-	Status           string `json:"status"`
-	StripeCustomerID string `json:"stripe_customer_id"`
-	PeriodAnchor     string `json:"period_anchor"`
+	Plan             string            `json:"plan"`
+	Status           string            `json:"status"`
+	StripeCustomerID string            `json:"stripe_customer_id"`
+	PeriodAnchor     string            `json:"period_anchor"`
+	Labels           map[string]string `json:"labels"`
 }
 
 func (h *Handler) putConsumer(w http.ResponseWriter, r *http.Request) {
@@ -239,6 +274,13 @@ func (h *Handler) putConsumer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := &apikey.Consumer{ID: id, StripeCustomerID: req.StripeCustomerID}
+	if err := apikey.ValidateLabels(req.Labels); err != nil {
+		writeProblem(w, http.StatusBadRequest, "invalid_label", err.Error())
+		return
+	}
+	if len(req.Labels) > 0 {
+		c.Labels = req.Labels
+	}
 	var p apiError
 	if c.Plan, p = h.checkPlan(req.Plan); p.status != 0 {
 		p.write(w)
@@ -263,7 +305,7 @@ func (h *Handler) putConsumer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.log.Info("consumer put", zap.String("consumer", id), zap.String("plan", c.Plan), zap.Bool("suspended", c.Suspended))
-	writeJSON(w, http.StatusOK, toJSON(c))
+	writeJSON(w, http.StatusOK, toJSON(c, h.clock()))
 }
 
 func (h *Handler) getConsumer(w http.ResponseWriter, r *http.Request) {
@@ -275,7 +317,7 @@ func (h *Handler) getConsumer(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, toJSON(c))
+	writeJSON(w, http.StatusOK, toJSON(c, h.clock()))
 }
 
 func (h *Handler) usage(w http.ResponseWriter, r *http.Request) {
@@ -373,6 +415,9 @@ type patchConsumerRequest struct {
 	Status           *string `json:"status"`
 	StripeCustomerID *string `json:"stripe_customer_id"`
 	PeriodAnchor     *string `json:"period_anchor"`
+	// Labels merge into the consumer's (RFC 7396): a null value removes
+	// the label.
+	Labels map[string]*string `json:"labels"`
 }
 
 func (h *Handler) patchConsumer(w http.ResponseWriter, r *http.Request) {
@@ -409,6 +454,16 @@ func (h *Handler) patchConsumer(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	for k, v := range req.Labels {
+		err := apikey.ValidateLabelKey(k)
+		if err == nil && v != nil {
+			err = apikey.ValidateLabelValue(k, *v)
+		}
+		if err != nil {
+			writeProblem(w, http.StatusBadRequest, "invalid_label", err.Error())
+			return
+		}
+	}
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -432,12 +487,33 @@ func (h *Handler) patchConsumer(w http.ResponseWriter, r *http.Request) {
 	if req.PeriodAnchor != nil {
 		c.PeriodAnchor = at
 	}
+	if len(req.Labels) > 0 {
+		labels := maps.Clone(c.Labels)
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		for k, v := range req.Labels {
+			if v == nil {
+				delete(labels, k)
+			} else {
+				labels[k] = *v
+			}
+		}
+		if err := apikey.ValidateLabels(labels); err != nil {
+			writeProblem(w, http.StatusBadRequest, "invalid_label", err.Error())
+			return
+		}
+		c.Labels = labels
+		if len(labels) == 0 {
+			c.Labels = nil
+		}
+	}
 	if err := h.cfg.Store.PutConsumer(r.Context(), &c); err != nil {
 		h.storeFailed(w, "patch consumer", err, zap.String("consumer", id))
 		return
 	}
 	h.log.Info("consumer updated", zap.String("consumer", id), zap.String("plan", c.Plan), zap.Bool("suspended", c.Suspended))
-	writeJSON(w, http.StatusOK, toJSON(&c))
+	writeJSON(w, http.StatusOK, toJSON(&c, h.clock()))
 }
 
 type createKeyRequest struct {
@@ -480,29 +556,36 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 	if _, ok := h.consumer(w, r, consumerID); !ok {
 		return
 	}
+	k, key, ok := h.issueKey(w, r, consumerID, req.ID, expires)
+	if !ok {
+		return
+	}
+	resp := createKeyResponse{ID: k.ID, Key: key, Consumer: consumerID, ExpiresAt: rfc3339(expires)}
+	// The body holds a secret: keep it out of every cache.
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusCreated, resp)
+}
+
+// issueKey generates a key for a consumer and stores its hash, answering
+// the failure itself; it returns the stored key and the secret.
+func (h *Handler) issueKey(w http.ResponseWriter, r *http.Request, consumerID, id string, expires time.Time) (*apikey.Key, string, bool) {
 	key, err := apikey.Generate(h.cfg.Prefix())
 	if err != nil {
 		h.log.Error("generate key", zap.String("consumer", consumerID), zap.Error(err))
 		writeProblem(w, http.StatusInternalServerError, "internal", "could not generate a key: "+err.Error())
-		return
+		return nil, "", false
 	}
 	hash := h.cfg.Hasher().Hash(key)
-	k := &apikey.Key{ID: req.ID, Hash: hash, ConsumerID: consumerID, ExpiresAt: expires}
+	k := &apikey.Key{ID: id, Hash: hash, ConsumerID: consumerID, ExpiresAt: expires, CreatedAt: h.clock().UTC().Truncate(time.Second)}
 	if k.ID == "" {
 		k.ID = apikey.IDFromHash(hash)
 	}
 	if err := h.cfg.Store.PutKey(r.Context(), k); err != nil {
 		h.storeFailed(w, "put key", err, zap.String("consumer", consumerID), zap.String("key_id", k.ID))
-		return
+		return nil, "", false
 	}
 	h.log.Info("key created", zap.String("consumer", consumerID), zap.String("key_id", k.ID))
-	resp := createKeyResponse{ID: k.ID, Key: key, Consumer: consumerID}
-	if !expires.IsZero() {
-		resp.ExpiresAt = expires.UTC().Format(time.RFC3339)
-	}
-	// The body holds a secret: keep it out of every cache.
-	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, http.StatusCreated, resp)
+	return k, key, true
 }
 
 func (h *Handler) revokeKey(w http.ResponseWriter, r *http.Request) {

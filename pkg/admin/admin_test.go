@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -18,8 +19,10 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/levyhq/levy/api/apitest"
 	"github.com/levyhq/levy/pkg/admin"
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/localstore"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/problem"
 )
@@ -33,120 +36,89 @@ var (
 	hasher = apikey.NewHasher([]byte("hash-secret"))
 )
 
-// memStore is an in-memory apikey.Store.
-type memStore struct {
-	mu        sync.Mutex
-	consumers map[string]apikey.Consumer
-	keys      map[string]apikey.Key // by id
-	err       error                 // returned by every call when set
+// store is the real local store, with a fault to inject: while err is
+// set, every call that reaches the store fails with it.
+type store struct {
+	apikey.Store
+	mu  sync.Mutex
+	err error
 }
 
-var _ apikey.Store = (*memStore)(nil)
-
-func newMemStore() *memStore {
-	return &memStore{consumers: map[string]apikey.Consumer{}, keys: map[string]apikey.Key{}}
+func newStore(t *testing.T) *store {
+	t.Helper()
+	db, err := localstore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	d, err := db.Directory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &store{Store: d}
 }
 
-func (s *memStore) Lookup(_ context.Context, hash string) (*apikey.Key, *apikey.Consumer, error) {
+func (s *store) fault() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.err != nil {
-		return nil, nil, s.err
-	}
-	for _, k := range s.keys {
-		if k.Hash == hash {
-			c, ok := s.consumers[k.ConsumerID]
-			if !ok {
-				return nil, nil, apikey.ErrUnknown
-			}
-			return &k, &c, nil
-		}
-	}
-	return nil, nil, apikey.ErrUnknown
+	return s.err
 }
 
-func (s *memStore) Consumer(id string) (*apikey.Consumer, bool) {
-	c, err := s.GetConsumer(context.Background(), id)
-	return c, err == nil
+func (s *store) GetConsumer(ctx context.Context, id string) (*apikey.Consumer, error) {
+	if err := s.fault(); err != nil {
+		return nil, err
+	}
+	return s.Store.GetConsumer(ctx, id)
 }
 
-func (s *memStore) ConsumerByStripeCustomer(_ context.Context, customerID string) (*apikey.Consumer, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, c := range s.consumers {
-		if c.StripeCustomerID == customerID {
-			return &c, nil
-		}
+func (s *store) PutConsumer(ctx context.Context, c *apikey.Consumer) error {
+	if err := s.fault(); err != nil {
+		return err
 	}
-	return nil, apikey.ErrNotFound
+	return s.Store.PutConsumer(ctx, c)
 }
 
-func (s *memStore) GetConsumer(_ context.Context, id string) (*apikey.Consumer, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err != nil {
-		return nil, s.err
+func (s *store) PutKey(ctx context.Context, k *apikey.Key) error {
+	if err := s.fault(); err != nil {
+		return err
 	}
-	c, ok := s.consumers[id]
-	if !ok {
-		return nil, apikey.ErrNotFound
-	}
-	return &c, nil
+	return s.Store.PutKey(ctx, k)
 }
 
-func (s *memStore) PutConsumer(_ context.Context, c *apikey.Consumer) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err != nil {
-		return s.err
+func (s *store) RevokeKey(ctx context.Context, id string) error {
+	if err := s.fault(); err != nil {
+		return err
 	}
-	s.consumers[c.ID] = *c
-	return nil
+	return s.Store.RevokeKey(ctx, id)
 }
 
-func (s *memStore) PutKey(_ context.Context, k *apikey.Key) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err != nil {
-		return s.err
+func (s *store) ListConsumers(ctx context.Context, q apikey.ListQuery) (apikey.Page, error) {
+	if err := s.fault(); err != nil {
+		return apikey.Page{}, err
 	}
-	s.keys[k.ID] = *k
-	return nil
+	return s.Store.ListConsumers(ctx, q)
 }
 
-func (s *memStore) RevokeKey(_ context.Context, id string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err != nil {
-		return s.err
+func (s *store) key(id string) (apikey.Key, bool) {
+	k, err := s.Store.GetKey(context.Background(), id)
+	if err != nil {
+		return apikey.Key{}, false
 	}
-	k, ok := s.keys[id]
-	if !ok {
-		return apikey.ErrNotFound
-	}
-	k.Revoked = true
-	s.keys[id] = k
-	return nil
+	return *k, true
 }
 
-func (s *memStore) key(id string) (apikey.Key, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	k, ok := s.keys[id]
-	return k, ok
-}
-
-func (s *memStore) consumer(id string) (apikey.Consumer, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	c, ok := s.consumers[id]
-	return c, ok
+func (s *store) consumer(id string) (apikey.Consumer, bool) {
+	c, err := s.Store.GetConsumer(context.Background(), id)
+	if err != nil {
+		return apikey.Consumer{}, false
+	}
+	return *c, true
 }
 
 type fixture struct {
 	url    string
 	client *http.Client
-	store  *memStore
+	store  *store
 	logs   *observer.ObservedLogs
 }
 
@@ -161,8 +133,10 @@ func newFixture(t *testing.T, token string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := newMemStore()
-	store.consumers["c1"] = apikey.Consumer{ID: "c1", Plan: "free", StripeCustomerID: "cus_1"}
+	store := newStore(t)
+	if err := store.PutConsumer(context.Background(), &apikey.Consumer{ID: "c1", Plan: "free", StripeCustomerID: "cus_1"}); err != nil {
+		t.Fatal(err)
+	}
 	core, logs := observer.New(zapcore.DebugLevel)
 	h := admin.New(admin.Config{
 		Store:   store,
@@ -173,7 +147,7 @@ func newFixture(t *testing.T, token string) *fixture {
 		Log:     zap.New(core),
 		Clock:   func() time.Time { return now },
 	})
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(apitest.Handler(t, h))
 	t.Cleanup(srv.Close)
 	return &fixture{url: srv.URL, client: srv.Client(), store: store, logs: logs}
 }
@@ -292,7 +266,7 @@ func TestRoutesAnswerWithStatusAndProblem(t *testing.T) {
 			want: 400, wantType: "application/problem+json", wantBody: []string{`unknown field \"expires\"`}},
 		{name: "revoke unknown key", method: "POST", path: "/v1/keys/key_nope/revoke", auth: bearer,
 			want: 404, wantType: "application/problem+json", wantBody: []string{"no key with id key_nope"}},
-		{name: "wrong method", method: "DELETE", path: "/v1/consumers/c1", auth: bearer,
+		{name: "wrong method", method: "POST", path: "/v1/consumers/c1", auth: bearer,
 			want: 405, wantType: "application/problem+json", wantBody: []string{"method-not-allowed"}},
 		{name: "no such route", method: "GET", path: "/v1/usage", auth: bearer,
 			want: 404, wantType: "application/problem+json", wantBody: []string{"no admin route GET /v1/usage"}},
@@ -388,7 +362,7 @@ func TestPutReplacesAndPatchAppliesUpgradeAndSuspension(t *testing.T) {
 			t.Fatalf("step %d: anchor = %v, want %v", i, c.PeriodAnchor, st.want.PeriodAnchor)
 		}
 		c.PeriodAnchor = st.want.PeriodAnchor
-		if c != st.want {
+		if !reflect.DeepEqual(c, st.want) {
 			t.Fatalf("step %d: store has %+v, want %+v", i, c, st.want)
 		}
 	}
@@ -436,7 +410,7 @@ func TestCreatedKeyIsWellFormedAndTheStoreGetsOnlyItsHash(t *testing.T) {
 				t.Fatalf("response %+v, want id %s for c1", resp, tt.wantID(hash))
 			}
 			stored, ok := f.store.key(resp.ID)
-			want := apikey.Key{ID: resp.ID, Hash: hash, ConsumerID: "c1"}
+			want := apikey.Key{ID: resp.ID, Hash: hash, ConsumerID: "c1", CreatedAt: now}
 			if !ok || !stored.ExpiresAt.Equal(tt.wantExpiry) {
 				t.Fatalf("stored %+v (found %v), want expiry %v", stored, ok, tt.wantExpiry)
 			}
@@ -480,7 +454,9 @@ func TestRevokeMarksTheKeyRevoked(t *testing.T) {
 
 func TestStoreFailureIs503AndLogged(t *testing.T) {
 	f := newFixture(t, token)
+	f.store.mu.Lock()
 	f.store.err = errors.New("redis: connection refused")
+	f.store.mu.Unlock()
 	got := f.do(t, "GET", "/v1/consumers/c1", bearer, "")
 	if got.status != 503 || !strings.Contains(got.body, "store-unavailable") || strings.Contains(got.body, "redis") {
 		t.Fatalf("got %d %s, want a 503 problem that does not leak the store error", got.status, got.body)
@@ -491,7 +467,7 @@ func TestStoreFailureIs503AndLogged(t *testing.T) {
 }
 
 func TestMissingStoreIs503(t *testing.T) {
-	srv := httptest.NewServer(admin.New(admin.Config{Token: token}))
+	srv := httptest.NewServer(apitest.Handler(t, admin.New(admin.Config{Token: token})))
 	defer srv.Close()
 	f := &fixture{url: srv.URL, client: srv.Client()}
 	got := f.do(t, "GET", "/v1/consumers/c1", bearer, "")

@@ -14,8 +14,10 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/levyhq/levy/api/apitest"
 	"github.com/levyhq/levy/pkg/admin"
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/plan"
 )
 
@@ -37,7 +39,7 @@ func (r *reconciler) reconcile(_ context.Context, q admin.ReconcileQuery) (any, 
 	case "broken":
 		return nil, fmt.Errorf("redis: connection refused")
 	}
-	return map[string]any{"period": "current", "rows": []any{}, "differences": 0}, nil
+	return billing.ReconcileReport{Period: "current", At: now, Rows: []billing.ReconcileRow{}}, nil
 }
 
 func (r *reconciler) last() admin.ReconcileQuery {
@@ -49,10 +51,10 @@ func (r *reconciler) last() admin.ReconcileQuery {
 func TestReconcileRouteReadsItsQueryAndAnswersProblems(t *testing.T) {
 	rec := &reconciler{}
 	h := admin.New(admin.Config{
-		Store: newMemStore(), Catalog: func() *plan.Catalog { return nil }, Hasher: func() apikey.Hasher { return hasher },
+		Store: newStore(t), Catalog: func() *plan.Catalog { return nil }, Hasher: func() apikey.Hasher { return hasher },
 		Token: token, Log: zaptest.NewLogger(t), Reconcile: rec.reconcile,
 	})
-	srv := httptest.NewServer(h)
+	srv := httptest.NewServer(apitest.Handler(t, h))
 	defer srv.Close()
 	nov := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	tests := []struct {
@@ -106,7 +108,7 @@ func TestReconcileRouteReadsItsQueryAndAnswersProblems(t *testing.T) {
 }
 
 func TestReconcileRouteWithoutReconcilerIs503(t *testing.T) {
-	h := admin.New(admin.Config{Store: newMemStore(), Catalog: func() *plan.Catalog { return nil },
+	h := admin.New(admin.Config{Store: newStore(t), Catalog: func() *plan.Catalog { return nil },
 		Hasher: func() apikey.Hasher { return hasher }, Token: token})
 	req := httptest.NewRequest("GET", "/v1/billing/reconcile", nil)
 	req.Header.Set("Authorization", "Bearer "+token)

@@ -12,6 +12,12 @@ type Key struct {
 	ConsumerID string
 	Revoked    bool
 	ExpiresAt  time.Time // zero: never
+	// CreatedAt is when the key was issued (zero for keys from the config
+	// file and for keys stored before it was recorded).
+	CreatedAt time.Time
+	// ReplacedBy is the id of the key that a rotation issued in its place;
+	// the key works until ExpiresAt, the rotation's deadline.
+	ReplacedBy string
 }
 
 // Expired reports whether the key has expired at now.
@@ -34,6 +40,9 @@ type Consumer struct {
 	// SuspendAt, when set, suspends the consumer from then on (a failed
 	// payment's grace period ends).
 	SuspendAt time.Time
+	// Labels are the operator's (team, cost center) for reports; see
+	// ValidateLabels.
+	Labels map[string]string
 }
 
 // SuspendedAt reports whether the consumer is suspended at now.

@@ -24,6 +24,49 @@ type Store interface {
 	// ConsumerByStripeCustomer finds the consumer billed to a Stripe
 	// customer; ErrNotFound if none.
 	ConsumerByStripeCustomer(ctx context.Context, customerID string) (*Consumer, error)
+	// ListConsumers pages through the consumers in id order.
+	ListConsumers(ctx context.Context, q ListQuery) (Page, error)
+	// DeleteConsumer removes a consumer and all its keys; its keys are
+	// unknown from then on. ErrNotFound if none.
+	DeleteConsumer(ctx context.Context, id string) error
+	// GetKey reads a key by id; ErrNotFound if none.
+	GetKey(ctx context.Context, id string) (*Key, error)
+	// ListKeys returns a consumer's keys, revoked and expired ones too, in
+	// id order.
+	ListKeys(ctx context.Context, consumerID string) ([]*Key, error)
+}
+
+// ListQuery asks for one page of consumers.
+type ListQuery struct {
+	// Prefix keeps the ids that start with it.
+	Prefix string
+	// After starts the page after this id ("" from the start).
+	After string
+	// Limit is the most consumers the page holds (at least 1).
+	Limit int
+	// Match, when set, keeps the consumers it accepts (plan, labels,
+	// status); the others are skipped, but count towards MaxScan.
+	Match func(*Consumer) bool
+	// MaxScan bounds the consumers one page examines (default 1000, at
+	// least Limit), so that a selective filter over a large store answers
+	// a short or empty page with a Next cursor instead of reading it all.
+	MaxScan int
+}
+
+// Page is one page of consumers.
+type Page struct {
+	Consumers []*Consumer
+	// Next is the After of the following page; "" when there is none.
+	Next string
+}
+
+// Scan returns how many consumers a page may examine.
+func (q ListQuery) Scan() int {
+	n := q.MaxScan
+	if n <= 0 {
+		n = 1000
+	}
+	return max(n, q.Limit, 1)
 }
 
 // Layered answers from the config file's index first, then from the store.

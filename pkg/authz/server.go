@@ -150,10 +150,12 @@ const (
 	ReasonUnknownKey   = "unknown_key"
 	ReasonRevokedKey   = "revoked_key"
 	ReasonExpiredKey   = "expired_key"
-	ReasonSuspended    = "consumer_suspended"
-	ReasonRateLimited  = "rate_limited"
-	ReasonQuota        = "quota_exceeded"
-	ReasonSpendCap     = "spend_cap_reached"
+	// ReasonRotatedKey: a key replaced by a rotation, past its deadline.
+	ReasonRotatedKey  = "rotated_key"
+	ReasonSuspended   = "consumer_suspended"
+	ReasonRateLimited = "rate_limited"
+	ReasonQuota       = "quota_exceeded"
+	ReasonSpendCap    = "spend_cap_reached"
 	// ReasonStoreUnavailable: the store cannot be reached and
 	// on_store_error is deny (or the key is not cached).
 	ReasonStoreUnavailable = "store_unavailable"
@@ -210,6 +212,9 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	switch {
 	case k.Revoked:
 		return forbidden(ReasonRevokedKey, "this API key was revoked"), ReasonRevokedKey, nil
+	case k.Expired(now) && k.ReplacedBy != "":
+		return forbidden(ReasonRotatedKey, "this API key was rotated and stopped working at "+k.ExpiresAt.UTC().Format(time.RFC3339)+
+			": use the key that replaced it"), ReasonRotatedKey, nil
 	case k.Expired(now):
 		return forbidden(ReasonExpiredKey, "this API key expired at "+k.ExpiresAt.UTC().Format(time.RFC3339)), ReasonExpiredKey, nil
 	case c.SuspendedAt(now):

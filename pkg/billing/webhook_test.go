@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/levyhq/levy/api/apitest"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/plan"
 )
@@ -216,7 +218,7 @@ func (f *webhookFixture) deliver(t *testing.T, method string, payload []byte, si
 		req.Header.Set("Stripe-Signature", sig)
 	}
 	rec := httptest.NewRecorder()
-	f.h.ServeHTTP(rec, req)
+	apitest.Handler(t, f.h).ServeHTTP(rec, req)
 	return rec
 }
 
@@ -467,7 +469,7 @@ func TestWebhookAppliesSubscriptionEventsInEventOrder(t *testing.T) {
 			if got := rec.Header().Get("Content-Type"); got != "application/json" {
 				t.Errorf("content type %q", got)
 			}
-			if got := f.consumers.get("acme"); got != tt.want {
+			if got := f.consumers.get("acme"); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("consumer\n got %+v\nwant %+v", got, tt.want)
 			}
 			if got := f.consumers.putCount(); got != tt.wantPuts {
@@ -520,7 +522,7 @@ func TestWebhookRejectsUnverifiedEventsAndChangesNothing(t *testing.T) {
 			if rec.Code != tt.wantStatus || strings.TrimSpace(rec.Body.String()) != tt.wantBody {
 				t.Errorf("got %d %q, want %d %q", rec.Code, rec.Body.String(), tt.wantStatus, tt.wantBody)
 			}
-			if got := f.consumers.get("acme"); got != acme {
+			if got := f.consumers.get("acme"); !reflect.DeepEqual(got, acme) {
 				t.Errorf("consumer changed: %+v", got)
 			}
 			if n := f.events.claims(); n != 0 {
@@ -537,7 +539,7 @@ func TestWebhookAnswers503WithoutSecret(t *testing.T) {
 	if rec.Code != http.StatusServiceUnavailable || strings.TrimSpace(rec.Body.String()) != "webhooks not configured" {
 		t.Errorf("got %d %q, want 503 webhooks not configured", rec.Code, rec.Body.String())
 	}
-	if got := f.consumers.get("acme"); got != acme {
+	if got := f.consumers.get("acme"); !reflect.DeepEqual(got, acme) {
 		t.Errorf("consumer changed: %+v", got)
 	}
 }
@@ -561,7 +563,7 @@ func TestWebhookReleasesEventSoThatStripesRetryApplies(t *testing.T) {
 			if rec := f.post(t, payload); rec.Code != http.StatusInternalServerError {
 				t.Fatalf("while the store fails: %d %q, want 500", rec.Code, rec.Body.String())
 			}
-			if *stored != acme {
+			if !reflect.DeepEqual(*stored, acme) {
 				t.Errorf("stored consumer mutated: %+v", *stored)
 			}
 			if fmt.Sprint(f.events.released) != "[evt_1]" {
@@ -574,7 +576,7 @@ func TestWebhookReleasesEventSoThatStripesRetryApplies(t *testing.T) {
 				t.Fatalf("retry: %d %q, want 200 received", rec.Code, rec.Body.String())
 			}
 			want := apikey.Consumer{ID: "acme", Plan: "pro", StripeCustomerID: "cus_acme", PlanSince: unix(evT1), PeriodAnchor: unix(evT1)}
-			if got := f.consumers.get("acme"); got != want {
+			if got := f.consumers.get("acme"); !reflect.DeepEqual(got, want) {
 				t.Errorf("after retry\n got %+v\nwant %+v", got, want)
 			}
 		})
@@ -588,7 +590,7 @@ func TestWebhookAnswers500WhenEventsCannotBeClaimed(t *testing.T) {
 	if rec.Code != http.StatusInternalServerError {
 		t.Errorf("got %d %q, want 500", rec.Code, rec.Body.String())
 	}
-	if got := f.consumers.get("acme"); got != acme {
+	if got := f.consumers.get("acme"); !reflect.DeepEqual(got, acme) {
 		t.Errorf("consumer changed: %+v", got)
 	}
 }
@@ -673,7 +675,7 @@ func TestWebhookPaymentFailureSchedulesSuspension(t *testing.T) {
 					t.Fatalf("status %d %q, want 200", rec.Code, rec.Body.String())
 				}
 			}
-			if got := f.consumers.get("acme"); got != tt.want {
+			if got := f.consumers.get("acme"); !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("consumer\n got %+v\nwant %+v", got, tt.want)
 			}
 		})

@@ -7,6 +7,7 @@ package redisstore
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -101,6 +102,9 @@ type Directory struct {
 	mu        sync.Mutex
 	keys      map[string]cachedKey
 	consumers map[string]cachedConsumer
+	// gen counts invalidations: a lookup that began before one does not
+	// cache what it read.
+	gen uint64
 }
 
 type cachedKey struct {
@@ -138,10 +142,23 @@ func NewDirectory(cfg DirectoryConfig) *Directory {
 	return d
 }
 
-func keyKey(hash string) string             { return "levy:key:{" + hash + "}" }
-func keyIDKey(id string) string             { return "levy:keyid:{" + id + "}" }
-func consumerKey(id string) string          { return "levy:consumer:{" + id + "}" }
-func stripeKey(customer string) string      { return "levy:stripe:{" + customer + "}" }
+func keyKey(hash string) string        { return "levy:key:{" + hash + "}" }
+func keyIDKey(id string) string        { return "levy:keyid:{" + id + "}" }
+func consumerKey(id string) string     { return "levy:consumer:{" + id + "}" }
+func stripeKey(customer string) string { return "levy:stripe:{" + customer + "}" }
+
+// ownedKey is the set of a consumer's key ids, in its consumer's slot.
+func ownedKey(id string) string { return "levy:consumer-keys:{" + id + "}" }
+
+// consumersIndex is every consumer id, in a sorted set with score 0 so
+// that it is ordered by id (ZRANGE BYLEX): the listing's index.
+const consumersIndex = "{levy}:consumers"
+
+// invalidateChannel carries the hashes and consumer ids whose cached
+// lookups every replica drops at once (a deleted consumer, a revoked or
+// rotated key).
+const invalidateChannel = "levy:invalidate"
+
 func (d *Directory) fresh(t time.Time) bool { return d.clock().Sub(t) < d.ttl }
 
 // Lookup implements apikey.Directory.
@@ -180,6 +197,9 @@ func (d *Directory) fetchKey(ctx context.Context, hash string) (cachedKey, error
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	now := d.clock()
+	d.mu.Lock()
+	gen := d.gen
+	d.mu.Unlock()
 	m, err := d.client.HGetAll(ctx, key).Result()
 	if err != nil {
 		d.fail(key, err)
@@ -193,8 +213,10 @@ func (d *Directory) fetchKey(ctx context.Context, hash string) (cachedKey, error
 		}
 	}
 	d.mu.Lock()
-	d.evictIfFull()
-	d.keys[hash] = e
+	if d.gen == gen {
+		d.evictIfFull()
+		d.keys[hash] = e
+	}
 	d.mu.Unlock()
 	return e, nil
 }
@@ -209,6 +231,9 @@ func (d *Directory) fetchConsumer(ctx context.Context, id string) (*apikey.Consu
 	if !d.available(key) {
 		return nil, ErrDown
 	}
+	d.mu.Lock()
+	gen := d.gen
+	d.mu.Unlock()
 	m, err := d.client.HGetAll(ctx, key).Result()
 	if err != nil {
 		d.fail(key, err)
@@ -219,8 +244,10 @@ func (d *Directory) fetchConsumer(ctx context.Context, id string) (*apikey.Consu
 		c = parseConsumer(id, m)
 	}
 	d.mu.Lock()
-	d.evictIfFull()
-	d.consumers[id] = cachedConsumer{c: c, at: d.clock()}
+	if d.gen == gen {
+		d.evictIfFull()
+		d.consumers[id] = cachedConsumer{c: c, at: d.clock()}
+	}
 	d.mu.Unlock()
 	return c, nil
 }
@@ -308,34 +335,44 @@ func (d *Directory) ConsumerByStripeCustomer(ctx context.Context, customerID str
 
 // PutConsumer implements apikey.Store.
 func (d *Directory) PutConsumer(ctx context.Context, c *apikey.Consumer) error {
+	labels, err := labelsString(c.Labels)
+	if err != nil {
+		return err
+	}
 	fields := map[string]any{"plan": c.Plan, "suspended": boolString(c.Suspended), "stripe_customer_id": c.StripeCustomerID,
-		"period_anchor": timeString(c.PeriodAnchor), "plan_since": timeString(c.PlanSince), "suspend_at": timeString(c.SuspendAt)}
+		"period_anchor": timeString(c.PeriodAnchor), "plan_since": timeString(c.PlanSince), "suspend_at": timeString(c.SuspendAt),
+		"labels": labels}
 	if err := d.client.HSet(ctx, consumerKey(c.ID), fields).Err(); err != nil {
 		return fmt.Errorf("redis put consumer: %w", err)
+	}
+	if err := d.client.ZAdd(ctx, consumersIndex, redis.Z{Member: c.ID}).Err(); err != nil {
+		return fmt.Errorf("redis index consumer: %w", err)
 	}
 	if c.StripeCustomerID != "" {
 		if err := d.client.Set(ctx, stripeKey(c.StripeCustomerID), c.ID, 0).Err(); err != nil {
 			return fmt.Errorf("redis put consumer: %w", err)
 		}
 	}
-	d.mu.Lock()
-	delete(d.consumers, c.ID)
-	d.mu.Unlock()
+	d.invalidate(ctx, "c"+c.ID)
 	return nil
 }
 
 // PutKey implements apikey.Store.
 func (d *Directory) PutKey(ctx context.Context, k *apikey.Key) error {
-	fields := map[string]any{"id": k.ID, "consumer": k.ConsumerID, "revoked": boolString(k.Revoked), "expires_at": timeString(k.ExpiresAt)}
+	fields := map[string]any{"id": k.ID, "consumer": k.ConsumerID, "revoked": boolString(k.Revoked), "expires_at": timeString(k.ExpiresAt),
+		"created_at": timeString(k.CreatedAt), "replaced_by": k.ReplacedBy}
+	// The owner's index first: a key in no index would outlive the
+	// deletion of its consumer.
+	if err := d.client.SAdd(ctx, ownedKey(k.ConsumerID), k.ID).Err(); err != nil {
+		return fmt.Errorf("redis index key: %w", err)
+	}
 	if err := d.client.HSet(ctx, keyKey(k.Hash), fields).Err(); err != nil {
 		return fmt.Errorf("redis put key: %w", err)
 	}
 	if err := d.client.Set(ctx, keyIDKey(k.ID), k.Hash, 0).Err(); err != nil {
 		return fmt.Errorf("redis put key id: %w", err)
 	}
-	d.mu.Lock()
-	delete(d.keys, k.Hash)
-	d.mu.Unlock()
+	d.invalidate(ctx, "k"+k.Hash)
 	return nil
 }
 
@@ -351,19 +388,317 @@ func (d *Directory) RevokeKey(ctx context.Context, id string) error {
 	if err := d.client.HSet(ctx, keyKey(hash), "revoked", "1").Err(); err != nil {
 		return fmt.Errorf("redis revoke: %w", err)
 	}
-	d.mu.Lock()
-	delete(d.keys, hash)
-	d.mu.Unlock()
+	d.invalidate(ctx, "k"+hash)
 	return nil
 }
 
+// DeleteConsumer implements apikey.Store. The consumer's record goes
+// first, so that its keys are unknown from then on (a key's lookup reads
+// its consumer), then its keys and index entries; every replica is told to
+// drop what it cached of them.
+func (d *Directory) DeleteConsumer(ctx context.Context, id string) error {
+	m, err := d.client.HGetAll(ctx, consumerKey(id)).Result()
+	if err != nil {
+		return fmt.Errorf("redis consumer lookup: %w", err)
+	}
+	if len(m) == 0 {
+		return apikey.ErrNotFound
+	}
+	ids, err := d.client.SMembers(ctx, ownedKey(id)).Result()
+	if err != nil {
+		return fmt.Errorf("redis consumer keys: %w", err)
+	}
+	if err := d.client.Del(ctx, consumerKey(id)).Err(); err != nil {
+		return fmt.Errorf("redis delete consumer: %w", err)
+	}
+	drop := []string{"c" + id}
+	defer func() { d.invalidate(context.WithoutCancel(ctx), drop...) }()
+	if err := d.client.ZRem(ctx, consumersIndex, id).Err(); err != nil {
+		return fmt.Errorf("redis unindex consumer: %w", err)
+	}
+	for _, kid := range ids {
+		hash, err := d.client.Get(ctx, keyIDKey(kid)).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("redis key id: %w", err)
+		}
+		drop = append(drop, "k"+hash)
+		if err := d.client.Del(ctx, keyKey(hash)).Err(); err != nil {
+			return fmt.Errorf("redis delete key: %w", err)
+		}
+		if err := d.client.Del(ctx, keyIDKey(kid)).Err(); err != nil {
+			return fmt.Errorf("redis delete key id: %w", err)
+		}
+	}
+	if err := d.client.Del(ctx, ownedKey(id)).Err(); err != nil {
+		return fmt.Errorf("redis delete consumer keys: %w", err)
+	}
+	if cus := m["stripe_customer_id"]; cus != "" {
+		// Only if it still names this consumer.
+		if owner, err := d.client.Get(ctx, stripeKey(cus)).Result(); err == nil && owner == id {
+			d.client.Del(ctx, stripeKey(cus))
+		}
+	}
+	return nil
+}
+
+// GetKey implements apikey.Store.
+func (d *Directory) GetKey(ctx context.Context, id string) (*apikey.Key, error) {
+	hash, err := d.client.Get(ctx, keyIDKey(id)).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, apikey.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redis key id: %w", err)
+	}
+	m, err := d.client.HGetAll(ctx, keyKey(hash)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis key lookup: %w", err)
+	}
+	if len(m) == 0 {
+		return nil, apikey.ErrNotFound
+	}
+	return parseKey(hash, m), nil
+}
+
+// ListKeys implements apikey.Store: the consumer's key index, then each
+// key (two pipelined rounds).
+func (d *Directory) ListKeys(ctx context.Context, consumerID string) ([]*apikey.Key, error) {
+	ids, err := d.client.SMembers(ctx, ownedKey(consumerID)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis consumer keys: %w", err)
+	}
+	slices.Sort(ids)
+	hashes := make([]*redis.StringCmd, len(ids))
+	if _, err := d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			hashes[i] = p.Get(ctx, keyIDKey(id))
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("redis key ids: %w", err)
+	}
+	recs := make([]*redis.MapStringStringCmd, len(ids))
+	if _, err := d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, h := range hashes {
+			if h.Err() == nil {
+				recs[i] = p.HGetAll(ctx, keyKey(h.Val()))
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("redis keys: %w", err)
+	}
+	out := make([]*apikey.Key, 0, len(ids))
+	for i, r := range recs {
+		if r != nil && len(r.Val()) > 0 {
+			out = append(out, parseKey(hashes[i].Val(), r.Val()))
+		}
+	}
+	return out, nil
+}
+
+// ListConsumers implements apikey.Store from the consumer index, a sorted
+// set ordered by id: a page costs one ZRANGE BYLEX (O(log n) plus the ids
+// it returns) and one pipelined HGETALL per consumer it examines (at most
+// q.Scan()), whatever the store's size. Ids in the index whose record is
+// gone (a deletion half done) are skipped.
+func (d *Directory) ListConsumers(ctx context.Context, q apikey.ListQuery) (apikey.Page, error) {
+	limit, scan := max(q.Limit, 1), q.Scan()
+	lo, hi := "-", "+"
+	if q.Prefix != "" {
+		lo, hi = "["+q.Prefix, "["+q.Prefix+"\xff"
+	}
+	if q.After != "" && q.After >= q.Prefix {
+		lo = "(" + q.After
+	}
+	ids, err := d.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: consumersIndex, Start: lo, Stop: hi, ByLex: true, Count: int64(scan) + 1}).Result()
+	if err != nil {
+		return apikey.Page{}, fmt.Errorf("redis list consumers: %w", err)
+	}
+	n := min(len(ids), scan)
+	recs := make([]*redis.MapStringStringCmd, n)
+	if _, err := d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range n {
+			recs[i] = p.HGetAll(ctx, consumerKey(ids[i]))
+		}
+		return nil
+	}); err != nil {
+		return apikey.Page{}, fmt.Errorf("redis list consumers: %w", err)
+	}
+	var page apikey.Page
+	for i, id := range ids {
+		if len(page.Consumers) == limit || i == scan {
+			page.Next = ids[i-1]
+			break
+		}
+		if m := recs[i].Val(); len(m) > 0 {
+			if c := parseConsumer(id, m); q.Match == nil || q.Match(c) {
+				page.Consumers = append(page.Consumers, c)
+			}
+		}
+	}
+	return page, nil
+}
+
+// indexedKey marks a Redis whose consumers and keys are all in the
+// listing and ownership indexes (see Backfill).
+const indexedKey = "{levy}:indexed"
+
+// Backfill puts consumers and keys stored before the indexes existed into
+// them: the consumer index (so that listings show them) and each
+// consumer's key set (so that deleting the consumer deletes them, and a
+// consumer created again with the same id does not get them back). It
+// SCANs every master once per Redis, then marks it done; a run cut short
+// is taken up at the next start (adding to the indexes is idempotent).
+func (d *Directory) Backfill(ctx context.Context) error {
+	if n, err := d.client.Exists(ctx, indexedKey).Result(); err != nil || n == 1 {
+		return err
+	}
+	scan := func(ctx context.Context, node *redis.Client) error {
+		for it := node.Scan(ctx, 0, "levy:consumer:{*", 1000).Iterator(); ; {
+			if !it.Next(ctx) {
+				if err := it.Err(); err != nil {
+					return err
+				}
+				break
+			}
+			id := strings.TrimSuffix(strings.TrimPrefix(it.Val(), "levy:consumer:{"), "}")
+			if err := d.client.ZAdd(ctx, consumersIndex, redis.Z{Member: id}).Err(); err != nil {
+				return err
+			}
+		}
+		for it := node.Scan(ctx, 0, "levy:key:{*", 1000).Iterator(); ; {
+			if !it.Next(ctx) {
+				return it.Err()
+			}
+			m, err := d.client.HMGet(ctx, it.Val(), "id", "consumer").Result()
+			if err != nil {
+				return err
+			}
+			id, _ := m[0].(string)
+			owner, _ := m[1].(string)
+			if id == "" || owner == "" {
+				continue
+			}
+			if err := d.client.SAdd(ctx, ownedKey(owner), id).Err(); err != nil {
+				return err
+			}
+		}
+	}
+	var err error
+	if cluster, ok := d.client.(*redis.ClusterClient); ok {
+		err = cluster.ForEachMaster(ctx, scan)
+	} else if c, ok := d.client.(*redis.Client); ok {
+		err = scan(ctx, c)
+	}
+	if err != nil {
+		return fmt.Errorf("redis index consumers and keys: %w", err)
+	}
+	return d.client.Set(ctx, indexedKey, "1", 0).Err()
+}
+
+// invalidate drops cached lookups here and tells every replica to drop
+// theirs: "k"+hash for a key, "c"+id for a consumer and every key of it
+// cached. A replica that misses the message (it was not subscribed) still
+// drops them within the cache TTL.
+func (d *Directory) invalidate(ctx context.Context, entries ...string) {
+	d.drop(entries)
+	if err := d.client.Publish(ctx, invalidateChannel, strings.Join(entries, "\n")).Err(); err != nil {
+		d.log.Warn("tell replicas to drop cached lookups; they will within the cache TTL", zap.Error(err))
+	}
+}
+
+// drop removes cached entries (see invalidate).
+func (d *Directory) drop(entries []string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.gen++
+	for _, e := range entries {
+		switch {
+		case strings.HasPrefix(e, "k"):
+			delete(d.keys, e[1:])
+		case strings.HasPrefix(e, "c"):
+			id := e[1:]
+			delete(d.consumers, id)
+			for h, k := range d.keys {
+				if k.key != nil && k.key.ConsumerID == id {
+					delete(d.keys, h)
+				}
+			}
+		}
+	}
+}
+
+// Follow drops the cached lookups other replicas invalidate, until stop
+// is called; on every (re)subscription it drops all it cached, as
+// messages may have been missed while it was away.
+func (d *Directory) Follow() (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ps := d.client.Subscribe(ctx, invalidateChannel)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			msg, err := ps.Receive(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			switch m := msg.(type) {
+			case *redis.Subscription:
+				d.dropAll()
+			case *redis.Message:
+				d.drop(strings.Split(m.Payload, "\n"))
+			}
+			if err != nil {
+				select { // Redis is away: go-redis reconnects on the next Receive
+				case <-ctx.Done():
+					return
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		ps.Close()
+		<-done
+	}
+}
+
+func (d *Directory) dropAll() {
+	d.mu.Lock()
+	d.gen++
+	clear(d.keys)
+	clear(d.consumers)
+	d.mu.Unlock()
+}
+
 func parseKey(hash string, m map[string]string) *apikey.Key {
-	return &apikey.Key{ID: m["id"], Hash: hash, ConsumerID: m["consumer"], Revoked: m["revoked"] == "1", ExpiresAt: parseTime(m["expires_at"])}
+	return &apikey.Key{ID: m["id"], Hash: hash, ConsumerID: m["consumer"], Revoked: m["revoked"] == "1", ExpiresAt: parseTime(m["expires_at"]),
+		CreatedAt: parseTime(m["created_at"]), ReplacedBy: m["replaced_by"]}
 }
 
 func parseConsumer(id string, m map[string]string) *apikey.Consumer {
-	return &apikey.Consumer{ID: id, Plan: m["plan"], Suspended: m["suspended"] == "1", StripeCustomerID: m["stripe_customer_id"],
+	c := &apikey.Consumer{ID: id, Plan: m["plan"], Suspended: m["suspended"] == "1", StripeCustomerID: m["stripe_customer_id"],
 		PeriodAnchor: parseTime(m["period_anchor"]), PlanSince: parseTime(m["plan_since"]), SuspendAt: parseTime(m["suspend_at"])}
+	if s := m["labels"]; s != "" {
+		_ = json.Unmarshal([]byte(s), &c.Labels) // written by labelsString
+	}
+	return c
+}
+
+func labelsString(labels map[string]string) (string, error) {
+	if len(labels) == 0 {
+		return "", nil
+	}
+	b, err := json.Marshal(labels)
+	if err != nil {
+		return "", fmt.Errorf("redis put consumer labels: %w", err)
+	}
+	return string(b), nil
 }
 
 func boolString(b bool) string {

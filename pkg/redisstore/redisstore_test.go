@@ -145,3 +145,107 @@ func waitUntil(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond) // between polls of a condition
 	}
 }
+
+// A deleted consumer's keys and a revoked key stop working on a replica
+// that follows invalidations at once, not at its cache TTL (an hour here),
+// on a standalone Redis and on a Cluster (where PUBLISH reaches every
+// node's subscribers).
+func TestOtherReplicaDropsDeletedConsumerAtOnce(t *testing.T) {
+	t.Run("standalone", func(t *testing.T) {
+		srv := redistest.Start(t)
+		dropsAtOnce(t, redisstore.Options{Addr: srv.Addr, Timeout: time.Second})
+	})
+	t.Run("cluster", func(t *testing.T) {
+		cluster := redistest.StartCluster(t)
+		dropsAtOnce(t, redisstore.Options{ClusterAddrs: cluster.Addrs(), Timeout: time.Second})
+	})
+}
+
+func dropsAtOnce(t *testing.T, opts redisstore.Options) {
+	clock := limitertest.NewClock(time.Now())
+	newDir := func() *redisstore.Directory {
+		c, _ := redisstore.NewClient(opts)
+		t.Cleanup(func() { c.Close() })
+		return redisstore.NewDirectory(redisstore.DirectoryConfig{Client: c, TTL: time.Hour, Clock: clock.Now, Log: zaptest.NewLogger(t)})
+	}
+	a, b := newDir(), newDir()
+	stop := b.Follow()
+	defer stop()
+	ctx := context.Background()
+	a.PutConsumer(ctx, &apikey.Consumer{ID: "acme", Plan: "free"})
+	a.PutKey(ctx, &apikey.Key{ID: "k1", Hash: "h1", ConsumerID: "acme"})
+	a.PutKey(ctx, &apikey.Key{ID: "k2", Hash: "h2", ConsumerID: "acme"})
+	eventually := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(2 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not seen by the other replica within 2s (its TTL is an hour)", what)
+			}
+		}
+	}
+	eventually("keys", func() bool { _, _, err := b.Lookup(ctx, "h1"); return err == nil })
+	if _, _, err := b.Lookup(ctx, "h2"); err != nil {
+		t.Fatal(err)
+	}
+	a.RevokeKey(ctx, "k2")
+	eventually("revocation", func() bool { k, _, err := b.Lookup(ctx, "h2"); return err == nil && k.Revoked })
+	if err := a.DeleteConsumer(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	eventually("deletion", func() bool {
+		_, _, err := b.Lookup(ctx, "h1")
+		_, found := b.Consumer("acme")
+		return errors.Is(err, apikey.ErrUnknown) && !found
+	})
+}
+
+// Consumers and keys an older levy stored, before the indexes, are listed
+// after Backfill, and deleting such a consumer deletes its keys, so that
+// a consumer created again with its id does not get them back.
+func TestBackfillIndexesWhatAnOlderLevyStored(t *testing.T) {
+	t.Run("standalone", func(t *testing.T) {
+		backfills(t, redisstore.Options{Addr: redistest.Start(t).Addr, Timeout: time.Second})
+	})
+	t.Run("cluster", func(t *testing.T) {
+		backfills(t, redisstore.Options{ClusterAddrs: redistest.StartCluster(t).Addrs(), Timeout: time.Second})
+	})
+}
+
+func backfills(t *testing.T, opts redisstore.Options) {
+	c, _ := redisstore.NewClient(opts)
+	defer c.Close()
+	ctx := context.Background()
+	// As levy stored them before: hashes and the key-id lookup only.
+	c.HSet(ctx, "levy:consumer:{old}", "plan", "free", "suspended", "0")
+	c.HSet(ctx, "levy:key:{hold}", "id", "kold", "consumer", "old", "revoked", "0")
+	c.Set(ctx, "levy:keyid:{kold}", "hold", 0)
+	d := redisstore.NewDirectory(redisstore.DirectoryConfig{Client: c, Log: zaptest.NewLogger(t)})
+	if page, _ := d.ListConsumers(ctx, apikey.ListQuery{Limit: 10}); len(page.Consumers) != 0 {
+		t.Fatalf("listed before the backfill: %+v", page.Consumers)
+	}
+	if err := d.Backfill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	page, err := d.ListConsumers(ctx, apikey.ListQuery{Limit: 10})
+	if err != nil || len(page.Consumers) != 1 || page.Consumers[0].ID != "old" {
+		t.Fatalf("after the backfill: %+v %v", page.Consumers, err)
+	}
+	if keys, err := d.ListKeys(ctx, "old"); err != nil || len(keys) != 1 || keys[0].ID != "kold" {
+		t.Fatalf("keys after the backfill: %+v %v", keys, err)
+	}
+	if err := d.DeleteConsumer(ctx, "old"); err != nil {
+		t.Fatal(err)
+	}
+	d.PutConsumer(ctx, &apikey.Consumer{ID: "old", Plan: "free"})
+	if _, _, err := d.Lookup(ctx, "hold"); !errors.Is(err, apikey.ErrUnknown) {
+		t.Fatalf("an old key of a deleted and re-created consumer: %v", err)
+	}
+	// Once per Redis: a second run finds the mark and does nothing.
+	c.HSet(ctx, "levy:consumer:{later}", "plan", "free")
+	if err := d.Backfill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if page, _ := d.ListConsumers(ctx, apikey.ListQuery{Limit: 10}); len(page.Consumers) != 1 {
+		t.Fatalf("a second backfill ran: %+v", page.Consumers)
+	}
+}

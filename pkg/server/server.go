@@ -34,6 +34,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
 
+	"github.com/levyhq/levy/api"
 	"github.com/levyhq/levy/pkg/admin"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
@@ -235,22 +236,6 @@ func (s *Server) listen() error {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	s.registerStoreGauges()
 
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		serving, degraded := s.serving()
-		switch {
-		case !s.ready.Load():
-			http.Error(w, "not ready: stopping or starting", http.StatusServiceUnavailable)
-		case !serving:
-			http.Error(w, "not ready: the store ("+s.cfg.Store.Type+") is unreachable and on_store_error is deny", http.StatusServiceUnavailable)
-		case degraded:
-			io.WriteString(w, "ready, degraded: the store ("+s.cfg.Store.Type+") is unreachable; decisions come from this replica's share (on_store_error: allow)\n")
-		default:
-			io.WriteString(w, "ready\n")
-		}
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{}))
 	adminAPI := admin.New(admin.Config{
 		Store:     s.backend.store,
 		Catalog:   func() *plan.Catalog { return s.authz.Snapshot().Catalog },
@@ -263,8 +248,6 @@ func (s *Server) listen() error {
 		Reconcile: s.reconcile,
 		RateLimit: s.rls.ShouldRateLimit,
 	})
-	mux.Handle("/v1/", adminAPI)
-	mux.Handle("POST /json", adminAPI)
 	webhook := billing.NewWebhook(billing.WebhookConfig{
 		Secret:       os.Getenv("STRIPE_WEBHOOK_SECRET"),
 		Consumers:    webhookConsumers{s},
@@ -278,18 +261,84 @@ func (s *Server) listen() error {
 		Log:   s.log,
 		Clock: s.opts.Clock,
 	})
+	metrics := promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{})
 	// With listen.public, what faces the internet has a listener of its
 	// own: clients that hold all of its connections leave the probes,
 	// metrics and the admin API theirs.
+	mux, public := http.NewServeMux(), http.NewServeMux()
+	for _, r := range s.httpRoutes(adminAPI, webhook, metrics) {
+		if r.public && s.publicLis != nil {
+			public.Handle(r.pattern, r.handler)
+		} else {
+			mux.Handle(r.pattern, r.handler)
+		}
+	}
 	if s.publicLis != nil {
-		public := http.NewServeMux()
-		public.Handle("POST /stripe/webhook", webhook)
 		s.public, s.publicLis = s.httpServer(public, s.publicLis)
-	} else {
-		mux.Handle("POST /stripe/webhook", webhook)
 	}
 	s.http, s.httpLis = s.httpServer(mux, s.httpLis)
 	return nil
+}
+
+// httpRoute is a route of levy's HTTP listeners.
+type httpRoute struct {
+	pattern string
+	// public routes face the internet: on the public listener when
+	// listen.public is set, else on the internal one with the rest.
+	public  bool
+	handler http.Handler
+}
+
+// httpRoutes is the table levy's HTTP muxes are built from (and that
+// api/'s test compares with api/openapi.yaml); "/v1/" is the admin API,
+// whose own routes admin.Routes lists.
+func (s *Server) httpRoutes(adminAPI, webhook, metrics http.Handler) []httpRoute {
+	return []httpRoute{
+		{"GET /healthz", false, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })},
+		{"GET /readyz", false, http.HandlerFunc(s.readyz)},
+		{"GET /metrics", false, metrics},
+		{"GET /openapi.json", false, http.HandlerFunc(serveOpenAPI)},
+		{"/v1/", false, adminAPI},
+		{"POST /json", false, adminAPI},
+		{"POST /stripe/webhook", true, webhook},
+	}
+}
+
+// HTTPRoutes lists the patterns of levy's HTTP listeners, the admin API's
+// own routes in place of its "/v1/" mount.
+func HTTPRoutes() []string {
+	var out []string
+	for _, r := range (&Server{}).httpRoutes(nil, nil, nil) {
+		if r.pattern != "/v1/" && r.pattern != "POST /json" {
+			out = append(out, r.pattern)
+		}
+	}
+	return append(out, admin.Routes()...)
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	serving, degraded := s.serving()
+	switch {
+	case !s.ready.Load():
+		http.Error(w, "not ready: stopping or starting", http.StatusServiceUnavailable)
+	case !serving:
+		http.Error(w, "not ready: the store ("+s.cfg.Store.Type+") is unreachable and on_store_error is deny", http.StatusServiceUnavailable)
+	case degraded:
+		io.WriteString(w, "ready, degraded: the store ("+s.cfg.Store.Type+") is unreachable; decisions come from this replica's share (on_store_error: allow)\n")
+	default:
+		io.WriteString(w, "ready\n")
+	}
+}
+
+// serveOpenAPI answers api/openapi.yaml as JSON.
+func serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
+	doc, err := api.OpenAPIJSON()
+	if err != nil {
+		http.Error(w, "the OpenAPI description does not convert to JSON: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(doc)
 }
 
 // httpServer is an HTTP server of h on lis with the HTTP limits: its

@@ -5,16 +5,21 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/getkin/kin-openapi/openapi3"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/levyhq/levy/api/apitest"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/test/envoy"
@@ -31,6 +36,15 @@ func get(t *testing.T, url string) (int, string) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body)
+}
+
+// described is the base URL of a proxy to levy's HTTP listener at addr
+// that checks every request and response against api/openapi.yaml.
+func described(t *testing.T, addr string) string {
+	t.Helper()
+	proxy := httptest.NewServer(apitest.Handler(t, httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: addr})))
+	t.Cleanup(proxy.Close)
+	return proxy.URL
 }
 
 // testConfig is text as a config on loopback ports and a fresh data dir,
@@ -77,7 +91,7 @@ func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
 
-	base := "http://" + srv.HTTPAddr()
+	base := described(t, srv.HTTPAddr())
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if code, _ := get(t, base+"/readyz"); code == 200 {
@@ -196,9 +210,11 @@ func TestRateLimitJSONEndpoint(t *testing.T) {
           rate_limit: {unit: minute, requests_per_unit: 2}
 `)
 	srv := runServer(t, cfg, Options{Log: zaptest.NewLogger(t)})
+	base := described(t, srv.HTTPAddr())
 	post := func(token, body string) (int, string) {
 		t.Helper()
-		req, _ := http.NewRequest("POST", "http://"+srv.HTTPAddr()+"/json", strings.NewReader(body))
+		req, _ := http.NewRequest("POST", base+"/json", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -223,5 +239,21 @@ func TestRateLimitJSONEndpoint(t *testing.T) {
 	}
 	if code, _ := post("wrong", body); code != 401 {
 		t.Fatalf("without the admin token: %d", code)
+	}
+}
+
+// /openapi.json is api/openapi.yaml as JSON, a valid OpenAPI document.
+func TestOpenAPIDescriptionIsServed(t *testing.T) {
+	srv := runServer(t, testConfig(t, freePlan), Options{Log: zaptest.NewLogger(t)})
+	code, body := get(t, described(t, srv.HTTPAddr())+"/openapi.json")
+	if code != 200 {
+		t.Fatalf("/openapi.json: %d %s", code, body)
+	}
+	doc, err := openapi3.NewLoader().LoadFromData([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := doc.Validate(context.Background()); err != nil || doc.Paths.Find("/v1/consumers") == nil {
+		t.Fatalf("served description: %v", err)
 	}
 }

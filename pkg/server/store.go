@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/billing"
@@ -113,10 +114,26 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	b.ledger = ledger
 	b.lease = redisstore.NewLease(client, "usage-export")
 	b.events = redisstore.Events{Client: client}
-	b.store = redisstore.NewDirectory(redisstore.DirectoryConfig{Client: client, TTL: time.Duration(cfg.Store.Redis.CacheTTL),
+	dir := redisstore.NewDirectory(redisstore.DirectoryConfig{Client: client, TTL: time.Duration(cfg.Store.Redis.CacheTTL),
 		Timeout: time.Duration(cfg.Store.Timeout), Log: s.log,
 		Available: func(key string) bool { return health.SlotReady(keySlot(cluster, key)) },
 		Failed:    func(key string, err error) { health.SlotFailed(keySlot(cluster, key), err) }})
+	// Deletions and revocations made on any replica drop this one's cached
+	// lookups at once (the cache TTL is the backstop).
+	stopFollow := dir.Follow()
+	b.closers = append(b.closers, func() error { stopFollow(); return nil })
+	// Consumers and keys stored by an older levy join the indexes that
+	// listings and deletions use (once per Redis), off the start path.
+	backfill, stopBackfill := context.WithCancel(context.Background())
+	backfilled := make(chan struct{})
+	go func() {
+		defer close(backfilled)
+		if err := dir.Backfill(backfill); err != nil && backfill.Err() == nil {
+			s.log.Warn("index stored consumers and keys; listings may miss older ones until the next start", zap.Error(err))
+		}
+	}()
+	b.closers = append(b.closers, func() error { stopBackfill(); <-backfilled; return nil })
+	b.store = dir
 	b.demoKeys = func(plans []string, gen func() (string, error)) (map[string]string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
