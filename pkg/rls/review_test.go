@@ -1,0 +1,132 @@
+package rls_test
+
+import (
+	"context"
+	"testing"
+
+	rlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+
+	"github.com/levyhq/levy/pkg/limiter"
+	"github.com/levyhq/levy/pkg/limiter/limitertest"
+)
+
+// Review findings (issue 11): each test states what envoyproxy/ratelimit
+// answers, and fails on main where levy answers otherwise.
+
+func localStore(t *testing.T, clock *limitertest.Clock) limiter.Limiter {
+	l, err := limiter.NewLocal(limiter.LocalConfig{Clock: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+const reviewYAML = `
+plans:
+  free: {model: freemium, rate: {requests: 10, per: minute}, quota: {requests: 100, period: month}}
+ratelimit:
+  domains:
+    - domain: api
+      descriptors:
+        - key: service
+          value: primary
+          quota_mode: true
+          rate_limit: {unit: minute, requests_per_unit: 1}
+        - key: service
+          value: spare
+          quota_mode: true
+          rate_limit: {unit: minute, requests_per_unit: 100}
+        - key: service
+          value: spare_watched
+          quota_mode: true
+          shadow_mode: true
+          rate_limit: {unit: minute, requests_per_unit: 100}
+        - key: remote_address
+          rate_limit: {unit: minute, requests_per_unit: 1, name: per_ip}
+        - key: generic_key
+          value: vip
+          rate_limit: {unlimited: true, replaces: [{name: per_ip}]}
+        - key: generic_key
+          value: one
+          rate_limit: {unit: minute, requests_per_unit: 1}
+`
+
+// Turning shadow_mode on for a quota-mode descriptor must never make a
+// request that was allowed denied: shadow limits "never change a
+// decision" (limiter.Limit). With (primary: 1/min, spare: 100/min), both
+// quota_mode, the 2nd request is allowed (spare has quota). With spare in
+// shadow_mode as well, levy drops spare from the quota-mode group
+// (inQuotaGroup excludes Shadow), so primary alone is "every quota-mode
+// descriptor" and the request is denied. envoyproxy/ratelimit reports a
+// shadow descriptor OK, counts it among the quota descriptors that passed,
+// and answers OK.
+func TestReviewShadowQuotaModeDescriptorNeverDenies(t *testing.T) {
+	for _, spare := range []string{"spare", "spare_watched"} {
+		t.Run(spare, func(t *testing.T) {
+			f := start(t, localStore, reviewYAML)
+			for i := 0; i < 2; i++ {
+				o := f.call(t, 0, d("service", "primary"), d("service", spare))
+				if o.Limited {
+					t.Fatalf("request %d with %s: limited (%s); envoyproxy/ratelimit allows it: %s has quota", i+1, spare, statusCodes(o), spare)
+				}
+			}
+		})
+	}
+}
+
+// envoyproxy/ratelimit applies the replaces of every matched rule,
+// unlimited ones included (service/ratelimit.go constructLimitsToCheck
+// collects Replaces before it drops the unlimited limit). levy skips an
+// unlimited rule before it reads its replaces, so the replaced per-IP
+// limit still applies and the VIP's 2nd request is a 429.
+func TestReviewUnlimitedRuleReplacesOthers(t *testing.T) {
+	f := start(t, localStore, reviewYAML)
+	for i := 0; i < 3; i++ {
+		o := f.call(t, 0, d("generic_key", "vip"), d("remote_address", "10.0.0.1"))
+		if o.Limited {
+			t.Fatalf("request %d: limited (%s); per_ip should be replaced by the unlimited vip rule", i+1, statusCodes(o))
+		}
+		if o.Response.Statuses[1].CurrentLimit != nil {
+			t.Errorf("request %d: per_ip still decided (%v); it is replaced", i+1, o.Response.Statuses[1].CurrentLimit)
+		}
+	}
+}
+
+// With the global quota switch, envoyproxy/ratelimit counts every
+// descriptor that is not unlimited as a quota descriptor, one that
+// matches no rule (or was replaced) included: its status is OK, so the
+// group is never all over and the request is OK. levy leaves such
+// descriptors out of the group and answers OVER_LIMIT.
+func TestReviewGlobalQuotaModeCountsUnmatchedDescriptors(t *testing.T) {
+	f := start(t, localStore, reviewYAML+"  quota_mode: true\n")
+	for i := 0; i < 3; i++ {
+		o := f.call(t, 0, d("generic_key", "one"), d("generic_key", "no-rule-for-this"))
+		if o.Limited {
+			t.Fatalf("request %d: %s, overall %s; envoyproxy/ratelimit answers OK (the unmatched descriptor passes)", i+1, statusCodes(o), o.Response.OverallCode)
+		}
+	}
+}
+
+// envoyproxy/ratelimit applies a descriptor's limit override only in a
+// domain it has rules for (config_impl.go GetLimit returns nil for an
+// unknown domain before it looks at the override); levy applies it in any
+// domain, so a domain with no rules gets 429s.
+func TestReviewOverrideInUnknownDomainIsNotApplied(t *testing.T) {
+	f := start(t, localStore, reviewYAML)
+	req := &rlsv3.RateLimitRequest{Domain: "no-such-domain", Descriptors: []*rlv3.RateLimitDescriptor{{
+		Entries: []*rlv3.RateLimitDescriptor_Entry{{Key: "k", Value: "v"}},
+		Limit:   &rlv3.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 1, Unit: typev3.RateLimitUnit_MINUTE},
+	}}}
+	for i := 0; i < 3; i++ {
+		resp, err := f.raw.ShouldRateLimit(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.OverallCode != rlsv3.RateLimitResponse_OK {
+			t.Fatalf("request %d in a domain without rules: %s", i+1, resp.OverallCode)
+		}
+	}
+}
