@@ -77,3 +77,65 @@ func TestReviewLateGiveBackUsesTheDecisionsWindow(t *testing.T) {
 		t.Fatalf("the March 23:59 window has %d units; want 1: the late decision's unit was given back (metric: refunded) but stays billed", u)
 	}
 }
+
+// A consumer moves from a plan with a daily quota to one with a monthly
+// quota (the quota counter, usage.QuotaKey, is the consumer's, not the
+// plan's). A request admitted under the old plan, in the day's period,
+// is settled a moment later with units its upstream reported. adjust.lua
+// takes the counter's period (the month, which started before the day)
+// for an older one ("q[1] < start") and overwrites it with the day's
+// period and the reported units: the month's count is gone, and the next
+// decision starts the month from zero again. The local store keeps the
+// periods apart and leaves the month's count alone.
+func TestReviewLateSettlementAfterAPlanChangeKeepsTheNewPeriodsCount(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client()
+	stores := map[string]func(t *testing.T, clock *limitertest.Clock) (limiter.Limiter, usage.Ledger){
+		"local": func(t *testing.T, clock *limitertest.Clock) (limiter.Limiter, usage.Ledger) {
+			l, err := limiter.NewLocal(limiter.LocalConfig{Clock: clock.Now})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { l.Close() })
+			return l, l
+		},
+		"redis": func(t *testing.T, clock *limitertest.Clock) (limiter.Limiter, usage.Ledger) {
+			client.FlushAll(context.Background())
+			return limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Clock: clock.Now, Timeout: 5 * time.Second}),
+				limiter.NewRedisLedger(client, time.Minute)
+		},
+	}
+	for name, open := range stores {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			clock := limitertest.NewClock(time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC))
+			lim, led := open(t, clock)
+			terms := limitertest.LedgerTerms
+			ledger := limiter.Limit{Kind: limiter.Ledger, Name: "ledger", Key: usage.LedgerKey("acme", terms), Cost: 1, WindowSize: time.Minute}
+			daily := limiter.Limit{Kind: limiter.Quota, Name: "quota", Key: usage.QuotaKey("acme"), Cost: 1, Max: 100, Unit: "day"}
+			monthly := daily
+			monthly.Unit = "month"
+			d, err := lim.Decide(ctx, []limiter.Limit{daily, ledger})
+			if err != nil || !d.OK {
+				t.Fatal(d.OK, err)
+			}
+			dayStart, window := d.Statuses[0].PeriodStart, d.Statuses[1].PeriodStart
+			// The plan changes: five requests on the monthly quota.
+			for i := 0; i < 5; i++ {
+				if d, err := lim.Decide(ctx, []limiter.Limit{monthly, ledger}); err != nil || !d.OK {
+					t.Fatal(d.OK, err)
+				}
+			}
+			// The first request's access log: its upstream reported 3
+			// units more than it cost.
+			err = led.Adjust(ctx, []usage.Adjustment{{Key: ledger.Key, Start: window, Quota: daily.Key, QuotaStart: dayStart,
+				Consumer: "acme", Terms: terms, At: window, Units: 3, Reported: 3}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if used := limitertest.Usage(t, lim, monthly); used != 5 {
+				t.Fatalf("the month's count is %d after a settlement of the day's period; want 5", used)
+			}
+		})
+	}
+}
