@@ -139,3 +139,92 @@ func TestReviewLateSettlementAfterAPlanChangeKeepsTheNewPeriodsCount(t *testing.
 		})
 	}
 }
+
+// lostTwice runs script calls on Redis and then reports the first n
+// of them failed, as a read timeout after Redis ran them does.
+type lostTwice struct{ n atomic.Int32 }
+
+var errLostTwice = errors.New("i/o timeout (the reply was lost; Redis ran the call)")
+
+func (h *lostTwice) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *lostTwice) lose(cmd redis.Cmder) {
+	if (cmd.Name() == "evalsha" || cmd.Name() == "eval") && cmd.Err() == nil && h.n.Add(-1) >= 0 {
+		cmd.SetErr(errLostTwice)
+	}
+}
+
+func (h *lostTwice) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if err := next(ctx, cmd); err != nil {
+			return err
+		}
+		h.lose(cmd)
+		return cmd.Err()
+	}
+}
+
+func (h *lostTwice) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, c := range cmds {
+			h.lose(c)
+		}
+		if err == nil {
+			for _, c := range cmds {
+				if c.Err() != nil {
+					return c.Err()
+				}
+			}
+		}
+		return err
+	}
+}
+
+// A settled request without a fingerprint (no x-request-id, or one of the
+// requests the Receiver keeps without theirs past MaxPendingRequests) gets
+// a one-off fingerprint in adjustCalls, so that a retry of the same call
+// does not apply it twice. But RedisLedger.Adjust makes a new one-off
+// fingerprint on every call: when the pipeline's call and its immediate
+// retry both lose their replies (Redis ran them), the adjustment is handed
+// back (PartialError.Failed), the Receiver keeps it for the next flush,
+// and that flush applies the units again under a new fingerprint. The
+// upstream's 3 reported units are billed (and moved on the quota) twice.
+func TestReviewRetriedSettlementWithoutFingerprintAppliesOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client()
+	lost := &lostTwice{}
+	client.AddHook(lost)
+	ctx := context.Background()
+	clock := limitertest.NewClock(time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC))
+	lim := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Clock: clock.Now, Timeout: 5 * time.Second})
+	led := limiter.NewRedisLedger(client, time.Minute)
+	terms := limitertest.LedgerTerms
+	key := usage.LedgerKey("acme", terms)
+	d, err := lim.Decide(ctx, []limiter.Limit{{Kind: limiter.Ledger, Name: "ledger", Key: key, Cost: 1, WindowSize: time.Minute}})
+	if err != nil || !d.OK {
+		t.Fatal(d.OK, err)
+	}
+	window := d.Statuses[0].PeriodStart
+	adj := usage.Adjustment{Key: key, Start: window, Consumer: "acme", Terms: terms, At: window, Units: 3, Reported: 3,
+		Requests: []usage.Settled{{Units: 3}}}
+	// Loads the adjust script, on a window of another consumer.
+	led.Adjust(ctx, []usage.Adjustment{{Key: usage.LedgerKey("warmup", terms), Start: window, Consumer: "warmup", Terms: terms, At: window, Units: 1, Reported: 1}})
+	lost.n.Store(2) // the pipeline's call and its retry
+	err = led.Adjust(ctx, []usage.Adjustment{adj})
+	var partial *usage.PartialError
+	if !errors.As(err, &partial) || len(partial.Failed) != 1 {
+		t.Fatalf("Adjust with both replies lost: %v, want the adjustment handed back", err)
+	}
+	// The Receiver's next flush.
+	if err := led.Adjust(ctx, partial.Failed); err != nil {
+		t.Fatal(err)
+	}
+	u, err := client.HGet(ctx, key+":"+strconv.FormatInt(window.Unix(), 10), "u").Int64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u != 1+3 {
+		t.Fatalf("window units %d, want 4 (1 admitted + 3 reported once)", u)
+	}
+}
