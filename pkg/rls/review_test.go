@@ -4,6 +4,9 @@ import (
 	"context"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	rlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -52,6 +55,9 @@ ratelimit:
         - key: generic_key
           value: one
           rate_limit: {unit: minute, requests_per_unit: 1}
+        - key: generic_key
+          value: huge_burst
+          rate_limit: {unit: hour, requests_per_unit: 1, burst: 1000000}
 `
 
 // Turning shadow_mode on for a quota-mode descriptor must never make a
@@ -128,5 +134,18 @@ func TestReviewOverrideInUnknownDomainIsNotApplied(t *testing.T) {
 		if resp.OverallCode != rlsv3.RateLimitResponse_OK {
 			t.Fatalf("request %d in a domain without rules: %s", i+1, resp.OverallCode)
 		}
+	}
+}
+
+// A rule that loads (and passes levy config validate) but that the
+// limiter refuses (a bucket taking over ~71 years to fill: 1/hour with
+// burst 1,000,000) fails every request that matches it with
+// InvalidArgument. The loader should refuse it with file and line.
+func TestReviewRuleTheLimiterRefusesIsRefusedAtLoad(t *testing.T) {
+	f := start(t, localStore, reviewYAML)
+	_, err := f.raw.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "api",
+		Descriptors: []*rlv3.RateLimitDescriptor{{Entries: []*rlv3.RateLimitDescriptor_Entry{{Key: "generic_key", Value: "huge_burst"}}}}})
+	if status.Code(err) != codes.OK {
+		t.Fatalf("a request on a rule that loaded: %v", err)
 	}
 }
