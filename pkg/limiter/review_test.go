@@ -228,3 +228,37 @@ func TestReviewRetriedSettlementWithoutFingerprintAppliesOnce(t *testing.T) {
 		t.Fatalf("window units %d, want 4 (1 admitted + 3 reported once)", u)
 	}
 }
+
+// A debit is a cost already spent (Envoy's apply_on_stream_done, an LLM's
+// token count): DESIGN.md says it "cannot be refused: it is recorded". Its
+// store call ran, but its reply came after the store timeout: settle hands
+// it to the refunder like a check (tookBy takes debits too), and the
+// give-back takes it out again. With on_store_error: deny (the default:
+// no Fallback counts it instead) and Envoy ignoring the stream-done call's
+// answer, every debit whose reply is slower than store.timeout (50 ms) is
+// lost: a Redis latency spike gives away tokens.
+func TestReviewLateDebitStaysRecorded(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client()
+	clock := limitertest.NewClock(time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC))
+	slow := &lateOnce{inner: client, clock: clock, delay: 300 * time.Millisecond}
+	reg := prometheus.NewRegistry()
+	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: slow, Clock: clock.Now, Timeout: 50 * time.Millisecond,
+		ReplyWait: 3 * time.Second, Registerer: reg, Log: zaptest.NewLogger(t)})
+	ctx := context.Background()
+	tokens := limiter.Limit{Kind: limiter.Quota, Name: "tokens", Key: "{rl:tokens}:q:day", Max: 1000, Unit: "day", Debit: true}
+	if _, err := l.Decide(ctx, []limiter.Limit{tokens}); err != nil { // loads the script
+		t.Fatal(err)
+	}
+	spent := tokens
+	spent.Cost = 700
+	slow.armed.Store(true)
+	if _, err := l.Decide(ctx, []limiter.Limit{spent}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("late debit: %v, want a timeout", err)
+	}
+	time.Sleep(500 * time.Millisecond) // the reply, then the refunder
+	t.Logf("late decisions: %v", lateCounts(t, reg))
+	if used := limitertest.Usage(t, l, tokens); used != 700 {
+		t.Fatalf("%d of the 700 tokens spent are recorded; a debit cannot be refused", used)
+	}
+}
