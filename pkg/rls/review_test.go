@@ -149,3 +149,35 @@ func TestReviewRuleTheLimiterRefusesIsRefusedAtLoad(t *testing.T) {
 		t.Fatalf("a request on a rule that loaded: %v", err)
 	}
 }
+
+const nestedYAML = `
+plans:
+  free: {model: freemium, rate: {requests: 10, per: minute}, quota: {requests: 100, period: month}}
+ratelimit:
+  domains:
+    - domain: api
+      descriptors:
+        - key: user
+          rate_limit: {unit: minute, requests_per_unit: 100}
+          descriptors:
+            - key: path
+              rate_limit: {unit: minute, requests_per_unit: 10}
+`
+
+// The state key joins a descriptor's entries as ".key=value" without
+// escaping (rules.go Lookup, server.go stateKey), so a value that contains
+// ".path=/pay" names another descriptor's state. Envoy takes descriptor
+// values from request headers (request_headers action): a client that
+// sends user "alice.path=/pay" spends from alice's /pay bucket, at its own
+// rule's rate (100 a minute against alice's 10), and alice is denied.
+// (envoyproxy/ratelimit's cache key has the same ambiguity with '_'; levy's
+// "no request can hurt other requests" does not hold while it stays.)
+func TestReviewDescriptorValuesCannotNameAnotherDescriptorsState(t *testing.T) {
+	f := start(t, localStore, nestedYAML)
+	for i := 0; i < 100; i++ {
+		f.call(t, 0, d("user", "alice.path=/pay"))
+	}
+	if o := f.call(t, 0, d("user", "alice", "path", "/pay")); o.Limited {
+		t.Fatalf("alice's first request on /pay: %s, after another client's requests with user %q", statusCodes(o), "alice.path=/pay")
+	}
+}
