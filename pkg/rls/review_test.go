@@ -3,6 +3,7 @@ package rls_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -179,5 +180,32 @@ func TestReviewDescriptorValuesCannotNameAnotherDescriptorsState(t *testing.T) {
 	}
 	if o := f.call(t, 0, d("user", "alice", "path", "/pay")); o.Limited {
 		t.Fatalf("alice's first request on /pay: %s, after another client's requests with user %q", statusCodes(o), "alice.path=/pay")
+	}
+}
+
+// envoyproxy/ratelimit's quota.sh pattern: /quota sends (service,
+// service_1) and (service, service_2), 1 and 2 a minute, quota_mode,
+// with hits on the request path. levy makes quota_mode rules debits by
+// default, and a debit is taken even when the request is denied, into a
+// token bucket's debt that outlives the minute. A client that retries
+// its 429s once a second for a minute is still denied ten minutes later
+// (about 58 minutes of debt on service_1, 29 on service_2); upstream
+// counts the same hits in a fixed window and allows it at the next
+// minute. (README says a debit rule sent hits up front stays in debt
+// "for as long as it keeps coming"; here it stopped coming, and quota_mode
+// did not ask for debits.)
+func TestReviewDeniedQuotaModeRetriesDoNotLockOutForAnHour(t *testing.T) {
+	f := start(t, localStore, quotaYAML)
+	s1, s2 := d("service", "service_1"), d("service", "service_2")
+	denied := 0
+	for i := 0; i < 60; i++ {
+		if o := f.call(t, 0, s1, s2); o.Limited {
+			denied++
+		}
+		f.clock.Advance(time.Second)
+	}
+	f.clock.Advance(10 * time.Minute)
+	if o := f.call(t, 0, s1, s2); o.Limited {
+		t.Fatalf("ten minutes after %d denied retries stopped: still denied (%s)", denied, statusCodes(o))
 	}
 }
