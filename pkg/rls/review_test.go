@@ -209,3 +209,29 @@ func TestReviewDeniedQuotaModeRetriesDoNotLockOutForAnHour(t *testing.T) {
 		t.Fatalf("ten minutes after %d denied retries stopped: still denied (%s)", denied, statusCodes(o))
 	}
 }
+
+// Envoy's is_negative_hits "refill[s] previously consumed rate limit
+// tokens" (envoy.extensions.common.ratelimit.v3.RateLimitDescriptor).
+// levy turns such a descriptor into a zero-cost check (server.go: "refunds
+// are not applied: check only"), which answers OVER_LIMIT when the
+// bucket is empty and refills nothing; the README's list of differences
+// does not say so.
+func TestReviewNegativeHitsRefill(t *testing.T) {
+	f := start(t, localStore, reviewYAML)
+	one := func(negative bool) *rlsv3.RateLimitResponse {
+		resp, err := f.raw.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "api",
+			Descriptors: []*rlv3.RateLimitDescriptor{{Entries: []*rlv3.RateLimitDescriptor_Entry{{Key: "generic_key", Value: "one"}},
+				IsNegativeHits: negative}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	one(false) // the minute's one hit
+	if resp := one(true); resp.OverallCode != rlsv3.RateLimitResponse_OK {
+		t.Errorf("a refill of one hit: %s", resp.OverallCode)
+	}
+	if resp := one(false); resp.OverallCode != rlsv3.RateLimitResponse_OK {
+		t.Fatalf("the hit refilled is not available again: %s", resp.OverallCode)
+	}
+}
