@@ -235,3 +235,27 @@ func TestReviewNegativeHitsRefill(t *testing.T) {
 		t.Fatalf("the hit refilled is not available again: %s", resp.OverallCode)
 	}
 }
+
+// Shadow mode is for trying rules without effect ("a shadow limit never
+// changes a decision"; limiter.Limit: "one that is over takes nothing").
+// A debit rule in global shadow mode still takes every debit past its
+// limit, into debt: an hour of trial at ten times a 2-a-minute budget
+// leaves about nine hours of debt, and the moment shadow mode is switched
+// off every check on the rule is denied for those nine hours.
+// (envoyproxy/ratelimit's shadow counts in fixed windows: at most the
+// current window is affected.)
+func TestReviewShadowModeLeavesNoDebtBehind(t *testing.T) {
+	f := start(t, localStore, quotaYAML)
+	f.srv.Swap(snapshot(t, f.cfg, true))
+	metered := d("generic_key", "metered")
+	for i := 0; i < 60*20; i++ { // an hour: 20 a minute, each checked then debited
+		f.call(t, 0, hits(0, metered))
+		f.call(t, 0, hits(1, metered))
+		f.clock.Advance(3 * time.Second)
+	}
+	f.srv.Swap(snapshot(t, f.cfg, false))
+	f.clock.Advance(time.Minute)
+	if o := f.call(t, 0, hits(0, metered)); o.Limited {
+		t.Fatalf("a minute after shadow mode was switched off: %s, retry in %ds", statusCodes(o), o.Response.Statuses[0].DurationUntilReset.GetSeconds())
+	}
+}
