@@ -182,6 +182,16 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		if err != nil {
 			return nil, err
 		}
+		if ok && l.rule != nil && len(l.rule.Replaces) > 0 {
+			// Before an unlimited rule is set aside: its replaces apply
+			// too, as in envoyproxy/ratelimit.
+			if replaced == nil {
+				replaced = map[string]bool{}
+			}
+			for _, r := range l.rule.Replaces {
+				replaced[r] = true
+			}
+		}
 		if !ok || l.rule != nil && l.rule.Unlimited {
 			limits = limits[:len(limits)-1]
 			if ok {
@@ -194,14 +204,6 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		}
 		if snap.QuotaMode {
 			limits[len(limits)-1].QuotaMode = true
-		}
-		if l.rule != nil && len(l.rule.Replaces) > 0 {
-			if replaced == nil {
-				replaced = map[string]bool{}
-			}
-			for _, r := range l.rule.Replaces {
-				replaced[r] = true
-			}
 		}
 		l.desc = i
 		todo = append(todo, l)
