@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/usage"
 )
 
 // FallbackConfig configures a Fallback.
@@ -123,7 +124,7 @@ func (f *Fallback) Decide(ctx context.Context, limits []Limit) (Decision, error)
 			start := plan.PeriodAt(d.Now, l.Unit, l.Anchor).Start.Unix()
 			f.owed[owedKey{l.Key, l.Unit, l.Anchor, start}] += l.Cost
 		case l.Kind == Ledger:
-			w := owedWindow{l.Key, d.Now.Truncate(l.WindowSize).Unix(), l.WindowSize}
+			w := owedWindow{l.Key, usage.WindowAt(d.Now, l.WindowSize).Unix(), l.WindowSize}
 			us := f.ledger[w]
 			if n := len(us); n > 0 && us[n-1].token == "" {
 				us[n-1].units += l.Cost

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/usage"
 )
 
 // Counter is a persisted quota counter: its value and when its period ends.
@@ -813,7 +814,7 @@ func (l *Local) load(lim *Limit, sh *shard, now time.Time, st *limitState) error
 		}
 		st.stored = c.value
 	default:
-		st.start = now.Truncate(lim.WindowSize).Unix()
+		st.start = usage.WindowAt(now, lim.WindowSize).Unix()
 		if e, ok := sh.ledger[counterID{lim.Key, st.start}]; ok {
 			st.stored = e.Units
 		}

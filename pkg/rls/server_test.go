@@ -98,7 +98,7 @@ func start(t *testing.T, newLimiter limitertest.Factory, text string) *fixture {
 	// also a test of how it reads requests and writes answers.
 	codec := []grpc.ServerOption{grpc.ForceServerCodecV2(rls.Codec)}
 	conn := envoy.LoopbackWith(t, codec, func(gs *grpc.Server) { rlsv3.RegisterRateLimitServiceServer(gs, f.srv) })
-	f.client = envoy.NewRateLimitClient(conn, envoy.RateLimitConfig{Domain: "api", Timeout: 5 * time.Second, XRateLimitHeaders: true})
+	f.client = envoy.NewRateLimitClient(conn, envoy.RateLimitConfig{Domain: "api", Timeout: time.Minute, XRateLimitHeaders: true}) // answers, not the machine's speed
 	f.raw = rlsv3.NewRateLimitServiceClient(conn)
 	return f
 }

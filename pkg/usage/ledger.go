@@ -132,7 +132,20 @@ func (a *Adjustment) WindowStart(size time.Duration) time.Time {
 	if !a.Start.IsZero() {
 		return a.Start
 	}
-	return a.At.Truncate(size)
+	return WindowAt(a.At, size)
+}
+
+// WindowAt is the start of the ledger window of size (whole seconds) that
+// holds t. Windows are aligned to the Unix epoch, as decide.lua aligns
+// them, so that both stores agree on every size: Go's Truncate aligns to
+// the year 1, which differs for sizes that do not divide a day.
+func WindowAt(t time.Time, size time.Duration) time.Time {
+	s := int64(size / time.Second)
+	if s <= 0 {
+		return t
+	}
+	u := t.Unix()
+	return time.Unix(u-((u%s)+s)%s, 0).In(t.Location())
 }
 
 // Ledger is the durable usage ledger. Both stores implement it; admission

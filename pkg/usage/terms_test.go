@@ -2,6 +2,7 @@ package usage
 
 import (
 	"testing"
+	"time"
 
 	"github.com/levyhq/levy/pkg/plan"
 )
@@ -96,4 +97,21 @@ func FuzzOwnsQuotaKey(f *testing.F) {
 			t.Fatalf("ownsQuotaKey(%q, %q) = %v, want %v", consumer, key, got, want)
 		}
 	})
+}
+
+// Ledger windows start where decide.lua starts them, at multiples of
+// their size since the Unix epoch, for sizes that do not divide a day
+// too (Go's Truncate counts from the year 1: 3 days off for a week).
+func TestWindowAtIsAlignedToTheUnixEpoch(t *testing.T) {
+	at := time.Date(2026, 11, 30, 17, 40, 12, 5, time.UTC)
+	for _, size := range []time.Duration{time.Second, time.Minute, 7 * time.Minute, 7 * 24 * time.Hour} {
+		s := int64(size / time.Second)
+		want := at.Unix() / s * s
+		if got := WindowAt(at, size); got.Unix() != want || got.Location() != time.UTC {
+			t.Errorf("WindowAt(%v, %v) = %v, want unix %d", at, size, got, want)
+		}
+	}
+	if got := WindowAt(time.Unix(-1, 0), time.Minute).Unix(); got != -60 {
+		t.Errorf("a second before the epoch is in the window at %d, want -60", got)
+	}
 }

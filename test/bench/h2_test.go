@@ -30,6 +30,8 @@ func (a *answering) ShouldRateLimit(context.Context, *rlsv3.RateLimitRequest) (*
 // server's window updates and several DATA frames, are counted like small
 // ones.
 func TestLeanCallerCountsAllowsAndReportsFailures(t *testing.T) {
+	defer func(was string) { callTimeout = was }(callTimeout)
+	callTimeout = "60S"
 	small := envoy.BuildRateLimitRequest("bench", []envoy.Descriptor{{Entries: [][2]string{{"remote_address", "10.0.0.1"}}}}, 0)
 	// Larger than the server's first 64 KiB connection window after a few
 	// calls, and a response over one 16 KiB frame.

@@ -34,7 +34,6 @@ const (
 	levyLogName       = "levy"                         // ALS log_name
 	extAuthzNamespace = "envoy.filters.http.ext_authz" // dynamic metadata namespace of ext_authz
 	consumerKey       = "consumer"                     // metadata key and descriptor key
-	rateLimitKey      = "rate_limit"                   // metadata key of the per-consumer limit override
 	http2OptionsKey   = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 )
 
@@ -405,9 +404,6 @@ func checkRateLimits(m proto.Message) []error {
 				if md.GetDescriptorKey() == consumerKey && key.GetKey() == extAuthzNamespace &&
 					metadataPath(key) == extAuthzNamespace+":"+consumerKey && md.GetSource() == routev3.RateLimit_Action_MetaData_DYNAMIC {
 					planAware = true
-					if ov := rl.GetLimit().GetDynamicMetadata(); ov != nil && metadataPath(ov.GetMetadataKey()) != extAuthzNamespace+":"+rateLimitKey {
-						p.addf("rate_limits: the consumer limit override reads %s, want %s:%s", metadataPath(ov.GetMetadataKey()), extAuthzNamespace, rateLimitKey)
-					}
 				}
 			case a.GetDynamicMetadata() != nil:
 				p.addf("rate_limits: dynamic_metadata action %q is deprecated and has no skip_if_absent: use metadata with default_value", a.GetDynamicMetadata().GetDescriptorKey())

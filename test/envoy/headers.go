@@ -8,6 +8,9 @@
 //     and the response): [AuthzClient], [BuildCheckRequest].
 //   - the HTTP ratelimit filter and ratelimit_headers.cc (how a RateLimitResponse becomes a 429,
 //     x-envoy-ratelimited and the DRAFT_VERSION_03 x-ratelimit-* headers): [RateLimitClient].
+//   - router_ratelimit.cc and the ratelimit filter's populateRateLimitDescriptors (which
+//     rate_limits entries apply to a route, and the descriptor each action builds or drops):
+//     [ApplicableRateLimits], [RateLimitDescriptor].
 //   - grpc_access_logger.h and the HTTP gRPC access logger (one stream per worker, identifier on
 //     the first message only, batches that are cleared whether or not they were delivered):
 //     [AccessLogger], [HTTPLogEntry].
