@@ -210,13 +210,12 @@ func TestReviewDeniedQuotaModeRetriesDoNotLockOutForAnHour(t *testing.T) {
 	}
 }
 
-// Envoy's is_negative_hits "refill[s] previously consumed rate limit
-// tokens" (envoy.extensions.common.ratelimit.v3.RateLimitDescriptor).
-// levy turns such a descriptor into a zero-cost check (server.go: "refunds
-// are not applied: check only"), which answers OVER_LIMIT when the
-// bucket is empty and refills nothing; the README's list of differences
-// does not say so.
-func TestReviewNegativeHitsRefill(t *testing.T) {
+// A descriptor with is_negative_hits is a refund: levy acknowledges it
+// (OK, no limit) and applies nothing: its all-or-nothing decisions took
+// nothing from a denied request, and a refund cannot tell which decision
+// it undoes. Before, it was a zero-cost check, which answers OVER_LIMIT
+// when the bucket is empty.
+func TestNegativeHitsAreAcknowledgedNotApplied(t *testing.T) {
 	f := start(t, localStore, reviewYAML)
 	one := func(negative bool) *rlsv3.RateLimitResponse {
 		resp, err := f.raw.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "api",
@@ -229,10 +228,10 @@ func TestReviewNegativeHitsRefill(t *testing.T) {
 	}
 	one(false) // the minute's one hit
 	if resp := one(true); resp.OverallCode != rlsv3.RateLimitResponse_OK {
-		t.Errorf("a refill of one hit: %s", resp.OverallCode)
+		t.Errorf("a refund of one hit: %s", resp.OverallCode)
 	}
-	if resp := one(false); resp.OverallCode != rlsv3.RateLimitResponse_OK {
-		t.Fatalf("the hit refilled is not available again: %s", resp.OverallCode)
+	if resp := one(false); resp.OverallCode != rlsv3.RateLimitResponse_OVER_LIMIT {
+		t.Fatalf("after a refund, which is not applied: %s, want OVER_LIMIT", resp.OverallCode)
 	}
 }
 
