@@ -39,11 +39,12 @@ if KEYS[2] and ARGV[3] ~= "" and reported ~= refunded then
     -- 2^52: a debit has no other bound, and Lua's numbers are doubles
     if v > 4503599627370496 then v = 4503599627370496 end
     redis.call("HSET", KEYS[2], "v", string.format("%d", v))
-  elseif reported > refunded and (not q[1] or tonumber(q[1]) < start) then
-    -- admission counted nothing in this period (a route that costs
-    -- nothing until its upstream reports units): the debit starts the
-    -- period's count. Its end is not known here: kept a year and a day,
-    -- until a decision that takes sets the period's own expiry.
+  elseif reported > refunded and not q[1] then
+    -- admission counted nothing (a route that costs nothing until its
+    -- upstream reports units): the debit starts the period's count. A
+    -- counter of another period is left alone: it may be a later plan's
+    -- longer period, which starts earlier. Its end is not known here: kept
+    -- a year and a day, until a decision that takes sets its own expiry.
     local v = reported - refunded
     if v > 4503599627370496 then v = 4503599627370496 end
     redis.call("HSET", KEYS[2], "s", ARGV[3], "v", string.format("%d", v))

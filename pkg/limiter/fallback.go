@@ -97,6 +97,9 @@ func (f *Fallback) Decide(ctx context.Context, limits []Limit) (Decision, error)
 	if f.cfg.OnError != nil {
 		f.cfg.OnError(err)
 	}
+	// A debit is owed only when the store certainly never saw the call:
+	// one that reached it recorded the debit (or reports it unknown).
+	oweDebits := unsent(err)
 	n := int64(1)
 	if f.cfg.Share != nil {
 		n = int64(max(f.cfg.Share(), 1))
@@ -115,11 +118,12 @@ func (f *Fallback) Decide(ctx context.Context, limits []Limit) (Decision, error)
 		return d, err
 	}
 	// Quotas and ledgers count here without denying: what they took (all
-	// of them when allowed, only debits when a bucket denied) is owed.
+	// of them when allowed, only debits when a bucket denied) is owed,
+	// debits only for a call the store never saw.
 	f.mu.Lock()
 	for _, l := range limits {
 		switch {
-		case l.Cost <= 0 || !d.OK && !l.Debit:
+		case l.Cost <= 0 || !d.OK && !l.Debit || l.Debit && !oweDebits:
 		case l.Kind == Quota:
 			start := plan.PeriodAt(d.Now, l.Unit, l.Anchor).Start.Unix()
 			f.owed[owedKey{l.Key, l.Unit, l.Anchor, start}] += l.Cost

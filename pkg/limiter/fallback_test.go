@@ -2,7 +2,6 @@ package limiter_test
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -57,7 +56,7 @@ func (o *outage) Decide(_ context.Context, limits []limiter.Limit) (limiter.Deci
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.down {
-		return limiter.Decision{}, errors.New("store down")
+		return limiter.Decision{}, limiter.ErrStoreDown // refused before it was sent
 	}
 	d := limiter.Decision{OK: true, Denied: -1, Statuses: make([]limiter.Status, len(limits))}
 	for _, l := range limits {

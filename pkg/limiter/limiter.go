@@ -63,7 +63,8 @@ type Limit struct {
 	// it is recorded even past the limit: the bucket or counter goes into
 	// debt, and later checks and requests are denied until the debt is
 	// repaid. The limit still reports over when the debit did not fit.
-	// A debit is taken even when another limit of the request denies.
+	// A debit is taken even when another limit of the request denies. A
+	// Shadow limit is no debit: over, it takes nothing.
 	// Debits are evaluated before the request's other limits (they are
 	// spent already), so a check of the same state sees them. A bucket's
 	// debt is bounded at about 71 years, a quota's count at 2^52.

@@ -926,7 +926,13 @@ func deniedBy(limits []Limit, statuses []Status) int {
 // deny a request together.
 func inQuotaGroup(l *Limit) bool { return l.QuotaMode && !l.Shadow && l.Kind != Ledger }
 
+// validLimit checks l, and makes a shadow limit no debit: a shadow limit
+// that is over takes nothing, or a trial of a debit rule in shadow mode
+// would leave debt that denies as soon as shadow mode is off.
 func validLimit(l *Limit) error {
+	if l.Shadow {
+		l.Debit = false
+	}
 	switch {
 	case l.Cost < 0:
 		return fmt.Errorf("%w %q: negative cost", ErrBadLimit, l.Name)

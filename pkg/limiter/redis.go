@@ -213,12 +213,15 @@ func (r *Redis) decideSlots(ctx context.Context, limits []Limit) (Decision, erro
 		}
 	}
 	if err != nil {
-		// Give back everything, debits too: the caller hears of a failure
-		// (and may try again), not of a decision.
+		// Give back what the slots that allowed took, debits aside: the
+		// caller hears of a failure (and may try again), not of a
+		// decision, but a debit was spent whatever it hears.
+		someRan := false
 		for g, idx := range groups {
+			someRan = someRan || ran[g] > 0
 			var took []int
 			for _, i := range idx {
-				if ran[g] > 0 && limits[i].Cost > 0 && (limits[i].Debit || ran[g] == 1 && d.Statuses[i].OK) {
+				if ran[g] == 1 && limits[i].Cost > 0 && !limits[i].Debit && d.Statuses[i].OK {
 					took = append(took, i)
 				}
 			}
@@ -227,6 +230,11 @@ func (r *Redis) decideSlots(ctx context.Context, limits []Limit) (Decision, erro
 				// short for a while (towards strictness).
 				_, _ = r.giveBack(context.WithoutCancel(ctx), share(limits, took))
 			}
+		}
+		if someRan {
+			// Some slots recorded their debits: the fallback must not owe
+			// them again (a failed slot's debits are lost; counted there).
+			return Decision{}, &partlyDecidedError{err}
 		}
 		return Decision{}, err
 	}
@@ -780,14 +788,15 @@ func (r *Redis) settle(calls []*call, late []lateCall, err error) {
 	}
 }
 
-// tookBy is what a decision took: its debits, always, and when it allowed
-// its limits that were within (a shadow or quota-mode limit that was over
-// took nothing). A debit is given back too: the caller saw a failure, and
-// the fallback, when it answered instead, owes the store its debits.
+// tookBy is what a decision took that its caller did not get: when it
+// allowed, its limits that were within (a shadow or quota-mode limit that
+// was over took nothing). Debits stay: they were spent whatever the caller
+// heard (Envoy does not read the answer to apply_on_stream_done, nor
+// retry it), and the fallback owes none for a call that reached Redis.
 func tookBy(lc lateCall) []Limit {
 	var took []Limit
 	for i := range lc.limits {
-		if lc.limits[i].Cost > 0 && (lc.limits[i].Debit || lc.d.OK && lc.d.Statuses[i].OK) {
+		if lc.limits[i].Cost > 0 && !lc.limits[i].Debit && lc.d.OK && lc.d.Statuses[i].OK {
 			took = append(took, lc.limits[i])
 		}
 	}
@@ -819,11 +828,22 @@ func (r *Redis) refunder() {
 	}
 }
 
+// partlyDecidedError is a request spanning cluster slots that some slots
+// decided (and took its debits in) before another failed.
+type partlyDecidedError struct{ err error }
+
+func (e *partlyDecidedError) Error() string { return e.err.Error() }
+func (e *partlyDecidedError) Unwrap() error { return e.err }
+
 // unsent reports whether a failed store call certainly never reached
 // Redis, or was refused by it: then it took nothing.
 func unsent(err error) bool {
 	var op *net.OpError
 	var rerr redis.Error
+	var partly *partlyDecidedError
+	if errors.As(err, &partly) {
+		return false
+	}
 	return errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrPoolExhausted) || errors.Is(err, redis.ErrClosed) ||
 		errors.Is(err, ErrStoreDown) || (errors.As(err, &op) && op.Op == "dial") || errors.As(err, &rerr)
 }

@@ -6,6 +6,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -88,26 +89,15 @@ func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
 		}
 		start := a.WindowStart(r.Window).Unix()
 		head := []any{start, ttl, quotaStart}
-		reqs := a.Requests
-		if len(reqs) == 0 {
-			args := head
-			if a.Refunded != 0 || a.Reported != 0 {
-				args = append(args, oneOff(), -a.Refunded, oneOff(), a.Reported)
-			} else {
-				args = append(args, oneOff(), a.Units)
-			}
-			calls = append(calls, adjustCall{adj: i, keys: keys, args: args})
-			continue
-		}
+		// Units without a fingerprint get a one-off one here, kept in the
+		// requests a failed call hands back (part), so that the next
+		// attempt, when the first did reach Redis, applies them once.
+		reqs := withFingerprints(a)
 		for len(reqs) > 0 {
 			n := min(len(reqs), adjustChunk)
 			args := append(make([]any, 0, len(head)+2*n), head...)
 			for _, s := range reqs[:n] {
-				fp := oneOff()
-				if s.ID != (usage.Fingerprint{}) {
-					fp = string(s.ID[:])
-				}
-				args = append(args, fp, s.Units)
+				args = append(args, string(s.ID[:]), s.Units)
 			}
 			calls = append(calls, adjustCall{adj: i, keys: keys, args: args, reqs: reqs[:n]})
 			reqs = reqs[n:]
@@ -121,10 +111,32 @@ func (r *RedisLedger) adjustCalls(adjs []usage.Adjustment) []adjustCall {
 // nothing de-duplicates them across replicas, but the call that carries
 // them is tried again when its reply is lost (a read timeout after Redis
 // ran it), and the retry must not apply them a second time.
-func oneOff() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return string(b[:])
+func oneOff() usage.Fingerprint {
+	var f usage.Fingerprint
+	rand.Read(f[:])
+	return f
+}
+
+// withFingerprints is a's requests, each with a fingerprint: a's own, or
+// a one-off one (see oneOff); an adjustment without requests is made
+// its refunded and reported units.
+func withFingerprints(a *usage.Adjustment) []usage.Settled {
+	if len(a.Requests) == 0 {
+		if a.Refunded != 0 || a.Reported != 0 {
+			return []usage.Settled{{ID: oneOff(), Units: -a.Refunded}, {ID: oneOff(), Units: a.Reported}}
+		}
+		return []usage.Settled{{ID: oneOff(), Units: a.Units}}
+	}
+	reqs := a.Requests
+	for i := range reqs {
+		if reqs[i].ID == (usage.Fingerprint{}) {
+			if &reqs[0] == &a.Requests[0] {
+				reqs = slices.Clone(reqs) // the caller's stay as they were
+			}
+			reqs[i].ID = oneOff()
+		}
+	}
+	return reqs
 }
 
 // Adjust implements usage.Ledger: one pipeline of script calls, each

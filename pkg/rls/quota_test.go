@@ -148,8 +148,8 @@ func TestQuotaModeIsOverOnlyWhenEveryQuotaDescriptorIs(t *testing.T) {
 		}
 	}
 	for _, l := range c.last() {
-		if !l.QuotaMode || !l.Debit {
-			t.Fatalf("limit %+v: a quota_mode rule is QuotaMode and, by default, a Debit", l)
+		if !l.QuotaMode || l.Debit {
+			t.Fatalf("limit %+v: a quota_mode rule is QuotaMode and, without debit: true, no Debit", l)
 		}
 	}
 }

@@ -55,8 +55,7 @@ type Rule struct {
 	QuotaMode bool
 	// Debit (a levy extension, debit under rate_limit) says the hits are
 	// reported after the fact (Envoy's apply_on_stream_done): recorded even
-	// past the limit, which goes into debt. Quota-mode rules are debits
-	// unless they say debit: false.
+	// past the limit, which goes into debt. Only when the rule says so.
 	Debit bool
 	// Metadata is the descriptor's metadata, returned in the response's
 	// dynamic_metadata when the descriptor passes. Never modified.
@@ -381,11 +380,12 @@ func loadRule(src, path string, levels []level, dn *yaml.Node) (*Rule, error) {
 	if rule.QuotaMode, err = boolean(src, dn, "quota_mode"); err != nil {
 		return nil, err
 	}
-	debit, debitSet, err := optBoolean(src, rn, "debit")
-	if err != nil {
+	// quota_mode does not make a rule a debit: upstream's own quota.sh
+	// sends its hits up front, and a debit is taken even when denied, so
+	// a client retrying a spent budget would dig itself into hours of debt.
+	if rule.Debit, err = boolean(src, rn, "debit"); err != nil {
 		return nil, err
 	}
-	rule.Debit = debit || !debitSet && rule.QuotaMode
 	if rule.DetailedMetric, err = boolean(src, dn, "detailed_metric"); err != nil {
 		return nil, err
 	}
@@ -498,12 +498,12 @@ func (r *Rules) Lookup(domain string, entries []Entry) (Match, bool) {
 			return Match{}, false
 		}
 		key.WriteByte('.')
-		key.WriteString(e.Key)
+		writeKeyPart(&key, e.Key, ".=%")
 		key.WriteByte('=')
 		if shared != "" {
-			key.WriteString(shared)
+			writeKeyPart(&key, shared, "=%")
 		} else {
-			key.WriteString(e.Value)
+			writeKeyPart(&key, e.Value, "=%")
 		}
 		if i == len(entries)-1 {
 			if next.rule == nil {
@@ -517,6 +517,27 @@ func (r *Rules) Lookup(domain string, entries []Entry) (Match, bool) {
 		d = next
 	}
 	return Match{}, false
+}
+
+// writeKeyPart writes a descriptor key or value into a state key, with
+// the characters special escaped: '=' and '%' in values, and '.' too in
+// keys. A value such as "alice.path=/pay" (a request header, sent by
+// anyone) must not name another descriptor's state: with no '=' in any
+// value and no '.' in any key, every '=' ends a key that starts after the
+// last '.' before it. Values without them (addresses, paths, ids: nearly
+// all) are written as they are, and keep their state across the upgrade.
+func writeKeyPart(b *strings.Builder, s, special string) {
+	if strings.IndexAny(s, special) < 0 {
+		b.WriteString(s)
+		return
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; strings.IndexByte(special, c) >= 0 {
+			b.WriteString(fmt.Sprintf("%%%02X", c))
+		} else {
+			b.WriteByte(c)
+		}
+	}
 }
 
 // wildcardMatch reports whether value matches a pattern split on '*';
@@ -558,6 +579,9 @@ func (r *Rules) Each(f func(*Rule)) {
 		walk(d)
 	}
 }
+
+// HasDomain reports whether r has rules for domain.
+func (r *Rules) HasDomain(domain string) bool { return r.domains[domain] != nil }
 
 // Domains lists the loaded domains.
 func (r *Rules) Domains() []string {

@@ -221,10 +221,9 @@ func lookup(t *testing.T, r *Rules, domain string, kv ...string) *Rule {
 	return m.Rule
 }
 
-// quota_mode rules are budgets spent after the fact (upstream's token
-// quota), so they are debits unless they say otherwise; debit: true makes
-// any rule one. YAML 1.1 booleans read as upstream's YAML library reads
-// them.
+// debit: true makes a rule a debit, and nothing else does: quota_mode
+// does not (upstream's quota.sh sends its hits up front). YAML 1.1
+// booleans read as upstream's YAML library reads them.
 func TestQuotaModeAndDebitFlags(t *testing.T) {
 	r := loadText(t, `domain: d
 descriptors:
@@ -236,7 +235,7 @@ descriptors:
 	tests := []struct {
 		key          string
 		quota, debit bool
-	}{{"plain", false, false}, {"quota", true, true}, {"checked", true, false}, {"metered", false, true}}
+	}{{"plain", false, false}, {"quota", true, false}, {"checked", true, false}, {"metered", false, true}}
 	for _, tt := range tests {
 		if rule := lookup(t, r, "d", tt.key, "x"); rule.QuotaMode != tt.quota || rule.Debit != tt.debit {
 			t.Errorf("%s: quota_mode %v debit %v, want %v %v", tt.key, rule.QuotaMode, rule.Debit, tt.quota, tt.debit)

@@ -133,6 +133,10 @@ type limited struct {
 	rule *Rule
 	unit rlsv3.RateLimitResponse_RateLimit_Unit
 	rpu  uint32
+	// shadow: the descriptor is in shadow mode (its rule's or the global
+	// switch), and so reports OK. A quota-mode limit decided as a shadow
+	// because its group cannot deny is not.
+	shadow bool
 }
 
 // MaxDescriptors and MaxEntries bound one request, so that no request can
@@ -182,7 +186,10 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 			cost = h.GetValue()
 		}
 		if desc.GetIsNegativeHits() {
-			cost = 0 // refunds are not applied: check only
+			// A refund: acknowledged, not applied (levy's all-or-nothing
+			// decisions took nothing from a denied request, and a refund
+			// cannot tell which decision it undoes).
+			continue
 		}
 		if cost > limiter.MaxCost {
 			return nil, status.Errorf(codes.InvalidArgument, "descriptor %d: hits_addend %d is over %d", i, cost, limiter.MaxCost)
@@ -191,6 +198,16 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		l, ok, err := s.limitFor(snap, req.Domain, desc, cost, &limits[len(limits)-1])
 		if err != nil {
 			return nil, err
+		}
+		if ok && l.rule != nil && len(l.rule.Replaces) > 0 {
+			// Before an unlimited rule is set aside: its replaces apply
+			// too, as in envoyproxy/ratelimit.
+			if replaced == nil {
+				replaced = map[string]bool{}
+			}
+			for _, r := range l.rule.Replaces {
+				replaced[r] = true
+			}
 		}
 		if !ok || l.rule != nil && l.rule.Unlimited {
 			limits = limits[:len(limits)-1]
@@ -205,15 +222,7 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		if snap.QuotaMode {
 			limits[len(limits)-1].QuotaMode = true
 		}
-		if l.rule != nil && len(l.rule.Replaces) > 0 {
-			if replaced == nil {
-				replaced = map[string]bool{}
-			}
-			for _, r := range l.rule.Replaces {
-				replaced[r] = true
-			}
-		}
-		l.desc = i
+		l.desc, l.shadow = i, limits[len(limits)-1].Shadow
 		todo = append(todo, l)
 	}
 	if replaced != nil {
@@ -227,6 +236,7 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		}
 		todo, limits = kept, keptLimits
 	}
+	openQuotaGroup(limits, snap.QuotaMode && len(todo) < n)
 	resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK, Statuses: statuses}
 	if len(todo) == 0 {
 		if snap.DynamicMetadata {
@@ -256,7 +266,7 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		// Over is over, also for a quota-mode descriptor that did not deny
 		// the request by itself (envoyproxy/ratelimit reports it so, with
 		// the overall code OK); a shadow descriptor reports OK.
-		if !st.OK && !limits[i].Shadow {
+		if !st.OK && !l.shadow {
 			code, reset = rlsv3.RateLimitResponse_OVER_LIMIT, st.RetryAfter
 		}
 		if code == rlsv3.RateLimitResponse_OK && l.rule != nil && l.rule.Metadata != nil {
@@ -278,7 +288,7 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 			if l.rule.valueLabels && snap.MetricValues > 0 {
 				label, values = l.rule.metricLabel(req.Domain, entriesOf(req.Descriptors[l.desc]))
 			}
-			s.rules.observe(l.rule.Path, label, values, snap.MetricValues, limits[i].Cost, st.OK, limits[i].Shadow, st.Limit, st.Remaining, ratio)
+			s.rules.observe(l.rule.Path, label, values, snap.MetricValues, limits[i].Cost, st.OK, l.shadow, st.Limit, st.Remaining, ratio)
 		}
 	}
 	if withMetadata {
@@ -311,6 +321,26 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 	return resp, nil
 }
 
+// openQuotaGroup decides the request's quota-mode limits as shadows when
+// one member of their group always passes, as envoyproxy/ratelimit counts
+// it: a shadow quota-mode descriptor (it reports OK), and, under the global
+// quota_mode switch (every descriptor quota-mode), a descriptor with no
+// limit (unmatched, unlimited or replaced: passing). The group can then not
+// deny; its over members still report OVER_LIMIT, and take nothing.
+func openQuotaGroup(limits []limiter.Limit, passing bool) {
+	for i := range limits {
+		passing = passing || limits[i].QuotaMode && limits[i].Shadow
+	}
+	if !passing {
+		return
+	}
+	for i := range limits {
+		if limits[i].QuotaMode {
+			limits[i].Shadow = true
+		}
+	}
+}
+
 func ruleName(r *Rule) string {
 	if r == nil {
 		return ""
@@ -333,11 +363,13 @@ func (s *Server) limitFor(snap *Snapshot, domain string, desc *rlv3.RateLimitDes
 			route = e.GetValue()
 		}
 	}
+	// A domain without rules limits nothing, an override included, as in
+	// envoyproxy/ratelimit.
+	if snap.Rules == nil || !snap.Rules.HasDomain(domain) {
+		return limited{}, false, nil
+	}
 	if o := desc.GetLimit(); o != nil {
 		return overrideLimit(domain, entries, consumer, o, cost, lim)
-	}
-	if snap.Rules == nil {
-		return limited{}, false, nil
 	}
 	m, ok := snap.Rules.Lookup(domain, entries)
 	if !ok {

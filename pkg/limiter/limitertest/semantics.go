@@ -130,9 +130,11 @@ func testDebit(t *testing.T, newLimiter Factory) {
 		{"a debit stays taken when another slot denies", 0, []limiter.Limit{withCost(hard, 6), wide, debit(wide, 2)}, 0,
 			[]want{{false, 5, 0, time.Hour - 4*time.Second}, {true, 98, 0, 0}, {true, 98, 0, 0}}},
 		{"the bucket kept the debit only", 0, []limiter.Limit{check(wide)}, -1, []want{{true, 98, 0, 0}}},
-		{"a shadow debit is taken too, and denies nothing", 0, []limiter.Limit{debit(watch, 2), check(wide)}, -1,
-			[]want{{false, 0, 0, 2 * time.Hour}, {true, 98, 0, 0}}},
-		{"its debt is there", 0, []limiter.Limit{check(watch)}, -1, []want{{false, 0, 0, 2 * time.Hour}}},
+		// A shadow limit is no debit: over, it takes nothing, or a trial in
+		// shadow mode would leave debt that denies once it is over.
+		{"a shadow debit that does not fit takes nothing, and denies nothing", 0, []limiter.Limit{debit(watch, 2), check(wide)}, -1,
+			[]want{{false, 1, 0, time.Hour}, {true, 98, 0, 0}}},
+		{"it left no debt", 0, []limiter.Limit{check(watch)}, -1, []want{{true, 1, 0, 0}}},
 	})
 }
 
