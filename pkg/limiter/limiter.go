@@ -89,6 +89,12 @@ type Limit struct {
 	decidedIn int64
 }
 
+// Validate reports whether the stores can decide l at its cost, and
+// ErrBadLimit (saying why) when every Decide would refuse it: a rule
+// loader checks its limits with it, so that such a limit is refused where
+// it is written rather than on every request.
+func (l *Limit) Validate() error { return validLimit(l) }
+
 // Capacity is the most a bucket holds.
 func (l *Limit) Capacity() int64 {
 	if l.Burst > 0 {
