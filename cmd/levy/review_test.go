@@ -17,8 +17,8 @@ import (
 // shadow_mode or quota_mode inside it.
 func TestReviewValidateRejectsMisplacedLevyKeys(t *testing.T) {
 	for name, text := range map[string]string{
-		"debit beside quota_mode": "domain: a\ndescriptors:\n  - key: k\n    quota_mode: true\n    debit: true\n    rate_limit: {unit: minute, requests_per_unit: 2}\n",
-		"burst outside rate_limit": "domain: a\ndescriptors:\n  - key: k\n    burst: 10\n    rate_limit: {unit: second, requests_per_unit: 2}\n",
+		"debit beside quota_mode":   "domain: a\ndescriptors:\n  - key: k\n    quota_mode: true\n    debit: true\n    rate_limit: {unit: minute, requests_per_unit: 2}\n",
+		"burst outside rate_limit":  "domain: a\ndescriptors:\n  - key: k\n    burst: 10\n    rate_limit: {unit: second, requests_per_unit: 2}\n",
 		"shadow_mode in rate_limit": "domain: a\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 2, shadow_mode: true}\n",
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -298,7 +298,7 @@ func (r *Redis) answer(calls []*call, res []decided, now time.Time, err error) {
 			d = Decision{OK: res[i].denied < 0, Denied: res[i].denied, Statuses: res[i].statuses, Now: now}
 		}
 		if !c.state.CompareAndSwap(pending, answered) {
-			late = append(late, lateCall{limits: c.limits, d: d})
+			late = append(late, lateCall{limits: asDecided(c.limits, d.Statuses), d: d})
 			continue
 		}
 		c.d, c.err = d, err

@@ -28,10 +28,14 @@
 -- request's quota-mode group, which denies only when all of it is over);
 -- then each request: its number of limits n, and n references, each
 -- key_index * 2^20 + set_index (both from 0).
--- ARGV[3]: absent to decide; "1" to give back what one request's limits
--- (D = 1) took, when the request, decided slot by slot in a cluster, was
--- denied or failed: each limit's cost is returned, then each is answered
--- as a check that takes nothing.
+-- ARGV[3]: absent to decide; present to give back what one request's
+-- limits (D = 1) took, when the request, decided slot by slot in a
+-- cluster, was denied or failed, or its reply came too late: a
+-- MessagePack array of each limit's period start in the decision (Unix
+-- seconds; a bucket's is ignored). Each limit's cost is returned to the
+-- period the decision counted it in (a quota counting another period is
+-- left alone), then each is answered as a check, in the current period,
+-- that takes nothing.
 -- Returns, packed as one MessagePack array (cheaper for Redis than a reply
 -- of as many integers): now_s, now_us, then per request: denied_index
 -- (0 = none), then per limit: ok (0/1), remaining, reset_us, retry_us, and
@@ -350,11 +354,17 @@ end
 local out, o = {now_s, now % 1000000}, 2
 
 -- give_back returns what the request's n limits (references from v[a])
--- took: each limit's cost, then answers each as a check.
-local function give_back(n)
+-- took: each limit's cost, in the period the decision counted it in
+-- (decided[i]; this call's clock may be in the next one), then answers
+-- each as a check.
+local function give_back(n, decided)
   for i = 1, n do
-    parse(i, v[a + i - 1])
-    local p = lp[i]
+    local ref = v[a + i - 1]
+    local p = ref % 1048576 + 1
+    local ps = pstart[p]
+    if pkind[p] ~= 0 then pstart[p] = decided[i] end
+    parse(i, ref)
+    pstart[p] = ps
     local c, kind, key, cur = pcost[p], pkind[p], keys[i], stored[i]
     if c > 0 and cur then
       if kind == 0 then
@@ -391,13 +401,14 @@ end
 -- that is over denies only when the whole quota-mode group is (and then
 -- the group's first does). Without debits in the batch (the common case)
 -- each request takes one pass.
-local giving_back = ARGV[3] == "1"
+local giving_back = ARGV[3] ~= nil
+local decided = giving_back and cmsgpack.unpack(ARGV[3])
 for _ = 1, v[1] do
   local n = v[a]
   a = a + 1
   local denied = 0
   if giving_back then
-    give_back(n)
+    give_back(n, decided)
   else
     local debits = false
     if any_debit then

@@ -81,7 +81,20 @@ type Limit struct {
 	// which units are billable: BillAll, 0 for none, or i+1 to bill the
 	// units that go beyond the soft quota at index i of the same request.
 	WindowSize time.Duration
+
+	// decidedIn is, for a limit the Redis store gives back, the period its
+	// decision counted it in (a quota's or a ledger window's start, Unix
+	// seconds; Status.PeriodStart): the give-back returns the cost there,
+	// though its own clock may be in the next period by then. It rides on
+	// the limit so that it survives the hand-over to the refunder.
+	decidedIn int64
 }
+
+// Validate reports whether the stores can decide l at its cost, and
+// ErrBadLimit (saying why) when every Decide would refuse it: a rule
+// loader checks its limits with it, so that such a limit is refused where
+// it is written rather than on every request.
+func (l *Limit) Validate() error { return validLimit(l) }
 
 // Capacity is the most a bucket holds.
 func (l *Limit) Capacity() int64 {

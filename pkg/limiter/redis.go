@@ -228,7 +228,7 @@ func (r *Redis) decideSlots(ctx context.Context, limits []Limit) (Decision, erro
 			if len(took) > 0 {
 				// A failure is reported to health (Failed); the slot stays
 				// short for a while (towards strictness).
-				_, _ = r.giveBack(context.WithoutCancel(ctx), share(limits, took))
+				_, _ = r.giveBack(context.WithoutCancel(ctx), shareDecided(limits, took, d.Statuses))
 			}
 		}
 		if someRan {
@@ -262,7 +262,7 @@ func (r *Redis) decideSlots(ctx context.Context, limits []Limit) (Decision, erro
 		// A give-back that fails leaves the slot short for a while
 		// (towards strictness), and the statuses say so; the denial
 		// stands either way.
-		statuses, err := r.giveBack(context.WithoutCancel(ctx), share(limits, back))
+		statuses, err := r.giveBack(context.WithoutCancel(ctx), shareDecided(limits, back, d.Statuses))
 		if err != nil {
 			continue
 		}
@@ -286,6 +286,39 @@ func share(limits []Limit, idx []int) []Limit {
 	return out
 }
 
+// shareDecided is share(limits, idx) to be given back: each limit
+// marked with the period its status (statuses, by index in limits) says
+// the decision counted it in.
+func shareDecided(limits []Limit, idx []int, statuses []Status) []Limit {
+	out := share(limits, idx)
+	for j, i := range idx {
+		out[j].countedIn(&statuses[i])
+	}
+	return out
+}
+
+// asDecided is a copy of limits to be given back, each marked with the
+// period its status (statuses, in order) says the decision counted it
+// in; limits themselves when there are no statuses (the call failed).
+func asDecided(limits []Limit, statuses []Status) []Limit {
+	if len(statuses) != len(limits) {
+		return limits
+	}
+	out := append([]Limit(nil), limits...)
+	for i := range out {
+		out[i].countedIn(&statuses[i])
+	}
+	return out
+}
+
+// countedIn marks l, to be given back, with the period st, its
+// decision's status, counted it in (a bucket has none).
+func (l *Limit) countedIn(st *Status) {
+	if l.Kind != Bucket {
+		l.decidedIn = st.PeriodStart.Unix()
+	}
+}
+
 // oneSlot is the cluster hash slot all of limits live in, if they share
 // one (a consumer's do: they are hash-tagged by consumer).
 func oneSlot(limits []Limit) (uint16, bool) {
@@ -302,11 +335,17 @@ func oneSlot(limits []Limit) (uint16, bool) {
 }
 
 // giveBack returns the costs limits took in a decision (they share a
-// hash slot), in one script call, and answers what each has left.
+// hash slot), in one script call, each to the period the decision
+// counted it in (marked by shareDecided or asDecided), and answers what
+// each has left now.
 func (r *Redis) giveBack(ctx context.Context, limits []Limit) ([]Status, error) {
 	batch := [][]Limit{limits}
 	args, want := r.batchArgs(r.decide, batch)
-	args = append(args, "1") // ARGV[3]: give back
+	var decided msgpackArray
+	for i := range limits {
+		decided.add(limits[i].decidedIn)
+	}
+	args = append(args, decided.bytes()) // ARGV[3]: give back, to these periods
 	v, err := r.eval(ctx, r.decide, args)
 	if err != nil {
 		if r.failed != nil {

@@ -2,16 +2,15 @@ package rls_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	rlv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 
+	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 )
@@ -56,9 +55,6 @@ ratelimit:
         - key: generic_key
           value: one
           rate_limit: {unit: minute, requests_per_unit: 1}
-        - key: generic_key
-          value: huge_burst
-          rate_limit: {unit: hour, requests_per_unit: 1, burst: 1000000}
 `
 
 // Turning shadow_mode on for a quota-mode descriptor must never make a
@@ -143,11 +139,16 @@ func TestReviewOverrideInUnknownDomainIsNotApplied(t *testing.T) {
 // burst 1,000,000) fails every request that matches it with
 // InvalidArgument. The loader should refuse it with file and line.
 func TestReviewRuleTheLimiterRefusesIsRefusedAtLoad(t *testing.T) {
-	f := start(t, localStore, reviewYAML)
-	_, err := f.raw.ShouldRateLimit(context.Background(), &rlsv3.RateLimitRequest{Domain: "api",
-		Descriptors: []*rlv3.RateLimitDescriptor{{Entries: []*rlv3.RateLimitDescriptor_Entry{{Key: "generic_key", Value: "huge_burst"}}}}})
-	if status.Code(err) != codes.OK {
-		t.Fatalf("a request on a rule that loaded: %v", err)
+	cfg, err := config.Parse([]byte(reviewYAML+`        - key: generic_key
+          value: huge_burst
+          rate_limit: {unit: hour, requests_per_unit: 1, burst: 1000000}
+`), "levy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = cfg.Validate()
+	if err == nil || !strings.Contains(err.Error(), "levy.yaml (ratelimit.domains[0]):31: bad limit") {
+		t.Fatalf("a rule every request on which is InvalidArgument: %v; want it refused at levy.yaml's line 31", err)
 	}
 }
 

@@ -7,6 +7,7 @@
 package rls
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 
 	"google.golang.org/protobuf/types/known/structpb"
 	"gopkg.in/yaml.v3"
+
+	"github.com/levyhq/levy/pkg/limiter"
 )
 
 // Unit is a rate_limit unit as written in rule files.
@@ -152,13 +155,58 @@ func ruleError(src string, n *yaml.Node, format string, args ...any) error {
 	return fmt.Errorf("%s: %s", src, fmt.Sprintf(format, args...))
 }
 
-var validKeys = map[string]bool{
-	"domain": true, "key": true, "value": true, "descriptors": true, "rate_limit": true,
-	"unit": true, "requests_per_unit": true, "unlimited": true, "shadow_mode": true,
-	"quota_mode": true, "name": true, "replaces": true, "detailed_metric": true,
-	"value_to_metric": true, "share_threshold": true, "metadata": true,
+// places says where in a rule file a key may be written.
+type places uint8
+
+const (
+	inDomain     places = 1 << iota // the file's top level (a domain)
+	inDescriptor                    // a descriptors entry
+	inRateLimit                     // a rate_limit
+	inReplaces                      // a replaces entry
+)
+
+func (p places) String() string {
+	var names []string
+	for _, w := range []struct {
+		p    places
+		name string
+	}{{inDomain, "the top level"}, {inDescriptor, "a descriptor"}, {inRateLimit, "rate_limit"}, {inReplaces, "a replaces entry"}} {
+		if p&w.p != 0 {
+			names = append(names, w.name)
+		}
+	}
+	return strings.Join(names, " or ")
+}
+
+// validKeys are envoyproxy/ratelimit's keys (plus levy's extensions) and
+// where each has an effect. envoyproxy/ratelimit checks keys against one
+// flat list and ignores a key where its structs have no field for it;
+// levy refuses it there, since a misplaced key (debit beside quota_mode,
+// shadow_mode inside rate_limit) would silently do nothing.
+var validKeys = map[string]places{
+	"domain": inDomain, "descriptors": inDomain | inDescriptor,
+	"key": inDescriptor, "value": inDescriptor, "rate_limit": inDescriptor, "shadow_mode": inDescriptor,
+	"quota_mode": inDescriptor, "detailed_metric": inDescriptor, "value_to_metric": inDescriptor,
+	"share_threshold": inDescriptor, "metadata": inDescriptor,
+	"unit": inRateLimit, "requests_per_unit": inRateLimit, "unlimited": inRateLimit, "replaces": inRateLimit,
+	"name": inRateLimit | inReplaces,
 	// levy's extensions
-	"burst": true, "from_plan": true, "debit": true,
+	"burst": inRateLimit, "from_plan": inRateLimit, "debit": inRateLimit,
+}
+
+// within is the place of the mappings under key (0 for a value that is
+// no part of the file's structure: its keys are checked as
+// envoyproxy/ratelimit does, against the whole list).
+func within(key string) places {
+	switch key {
+	case "descriptors":
+		return inDescriptor
+	case "rate_limit":
+		return inRateLimit
+	case "replaces":
+		return inReplaces
+	}
+	return 0
 }
 
 func (r *Rules) load(src Source, merge bool) error {
@@ -179,7 +227,7 @@ func (r *Rules) load(src Source, merge bool) error {
 	if root.Kind != yaml.MappingNode {
 		return ruleError(src.Name, root, "a rule file is a mapping with domain and descriptors")
 	}
-	if err := validateKeys(src.Name, root); err != nil {
+	if err := validateKeys(src.Name, root, inDomain); err != nil {
 		return err
 	}
 	domainNode := field(root, "domain")
@@ -201,9 +249,10 @@ func (r *Rules) load(src Source, merge bool) error {
 	return d.loadDescriptors(src.Name, domain, nil, field(root, "descriptors"))
 }
 
-// validateKeys checks every key against envoyproxy/ratelimit's list (plus
-// levy's extensions), that keys are strings and lists hold mappings.
-func validateKeys(src string, n *yaml.Node) error {
+// validateKeys checks every key of n, a value at place at (0: anywhere),
+// against envoyproxy/ratelimit's list (plus levy's extensions) and where
+// it may be written, that keys are strings and lists hold mappings.
+func validateKeys(src string, n *yaml.Node, at places) error {
 	switch n.Kind {
 	case yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
@@ -211,13 +260,17 @@ func validateKeys(src string, n *yaml.Node) error {
 			if k.Kind != yaml.ScalarNode || k.Tag != "!!str" {
 				return ruleError(src, k, "config error, key is not of type string: %v", k.Value)
 			}
-			if !validKeys[k.Value] {
+			where, ok := validKeys[k.Value]
+			if !ok {
 				return ruleError(src, k, "config error, unknown key '%s'", k.Value)
+			}
+			if at != 0 && where&at == 0 {
+				return ruleError(src, k, "config error, key '%s' goes in %s, not in %s", k.Value, where, at)
 			}
 			if k.Value == "metadata" {
 				continue // free-form
 			}
-			if err := validateKeys(src, v); err != nil {
+			if err := validateKeys(src, v, within(k.Value)); err != nil {
 				return err
 			}
 		}
@@ -226,7 +279,7 @@ func validateKeys(src string, n *yaml.Node) error {
 			if e.Kind != yaml.MappingNode {
 				return ruleError(src, e, "config error, yaml file contains list of type other than map: %v", e.Value)
 			}
-			if err := validateKeys(src, e); err != nil {
+			if err := validateKeys(src, e, at); err != nil {
 				return err
 			}
 		}
@@ -427,6 +480,15 @@ func loadRule(src, path string, levels []level, dn *yaml.Node) (*Rule, error) {
 	rule.Unit = unit
 	if rule.Burst > 0 && unit != Second && unit != Minute && unit != Hour {
 		return nil, ruleError(src, field(rn, "burst"), "burst goes with second, minute or hour units, not %s", unit)
+	}
+	if per := unitDuration(unit); per > 0 && rule.RequestsPerUnit > 0 {
+		// The bucket the server decides the rule by: one the stores
+		// refuse (a burst that takes over 71 years to refill) would fail
+		// every request on it.
+		bucket := limiter.Limit{Kind: limiter.Bucket, Name: path, Requests: int64(rule.RequestsPerUnit), Per: per, Burst: int64(rule.Burst)}
+		if err := bucket.Validate(); err != nil {
+			return nil, ruleError(src, cmp.Or(field(rn, "burst"), rn), "%v (%d per %s, burst %d)", err, rule.RequestsPerUnit, unit, bucket.Capacity())
+		}
 	}
 	if reps := field(rn, "replaces"); reps != nil && reps.Tag != "!!null" {
 		for _, e := range reps.Content {
