@@ -79,7 +79,7 @@ func TestImageHoldsOnlyLevyRunsAsNonRootAndReportsItsVersion(t *testing.T) {
 		t.Fatalf("make image: %v\n%s", err, out)
 	}
 	t.Cleanup(func() {
-		rm := exec.Command(tool, "rmi", "-f", ref+":"+version)
+		rm := exec.Command(tool, "rmi", "-f", ref+":"+version, ref+":latest")
 		rm.Env = env
 		_ = rm.Run()
 	})
