@@ -88,6 +88,11 @@ type Redis struct {
 	log       *zap.Logger
 	refunds   chan []Limit // given back by refunder
 	refunded  chan struct{}
+	// draining bounds the give-backs still queued at Close: cancelled
+	// closeDrain after Close starts, so a stalled Redis cannot hold up a
+	// shutdown by replyWait per queued give-back.
+	draining  context.Context
+	stopDrain context.CancelFunc
 }
 
 var _ Limiter = (*Redis)(nil)
@@ -97,6 +102,7 @@ func NewRedis(cfg RedisConfig) *Redis {
 	r := &Redis{client: cfg.Client, cluster: cfg.Cluster, clock: cfg.Clock, timeout: cfg.Timeout, avail: cfg.Available, failed: cfg.Failed,
 		decide: newScript(decideLua), replyWait: cfg.ReplyWait, log: cfg.Log,
 		refunds: make(chan []Limit, refundQueueSize), refunded: make(chan struct{})}
+	r.draining, r.stopDrain = context.WithCancel(context.Background())
 	if r.timeout <= 0 {
 		r.timeout = 50 * time.Millisecond
 	}
@@ -133,10 +139,18 @@ func (r *Redis) Close() error {
 			r.batch.close()
 		}
 		close(r.refunds)
+		t := time.AfterFunc(closeDrain, r.stopDrain)
 		<-r.refunded
+		t.Stop()
+		r.stopDrain()
 	})
 	return nil
 }
+
+// closeDrain is how long Close gives the queued give-backs; those left
+// then fail at once (counted refund_failed, logged with their keys), after
+// the one in flight, which waits replyWait at most.
+var closeDrain = 5 * time.Second
 
 // Decide implements Limiter. Concurrent decisions share script calls (the
 // batcher); in a cluster, limits in different hash slots are decided each
@@ -855,9 +869,12 @@ func keysOf(limits []Limit) []string {
 func (r *Redis) refunder() {
 	defer close(r.refunded)
 	for limits := range r.refunds {
-		ctx, cancel := context.WithTimeout(context.Background(), r.replyWait)
-		_, err := r.giveBack(ctx, limits)
-		cancel()
+		err := r.draining.Err() // Close waited closeDrain: give up on the rest
+		if err == nil {
+			ctx, cancel := context.WithTimeout(r.draining, r.replyWait)
+			_, err = r.giveBack(ctx, limits)
+			cancel()
+		}
 		if err != nil {
 			r.late.WithLabelValues(lateRefundFailed).Inc()
 			r.log.Warn("give back a late decision's costs", zap.Strings("keys", keysOf(limits)), zap.Error(err))
