@@ -120,17 +120,8 @@ func checkCounters(path string) error {
 				return nil
 			}
 			return bucket.ForEach(func(sk, sv []byte) error {
-				v := sv
-				if bytes.HasPrefix(sk, []byte(longKeyPrefix)) {
-					var err error
-					if _, v, err = entry(sk, sv); err != nil {
-						return err
-					}
-				}
-				if len(v) != 16 {
-					return fmt.Errorf("counter %q: corrupt value", sk)
-				}
-				return nil
+				_, err := counterValue(sk, sv)
+				return err
 			})
 		})
 	})
@@ -234,15 +225,9 @@ func (db *DB) DeleteEndedCounters(before time.Time, from string, max int) (strin
 					return nil
 				}
 				seen++
-				v := sv
-				if bytes.HasPrefix(sk, []byte(longKeyPrefix)) {
-					var err error
-					if _, v, err = entry(sk, sv); err != nil {
-						return err
-					}
-				}
-				if len(v) != 16 {
-					return fmt.Errorf("counter %q: corrupt value", sk)
+				v, err := counterValue(sk, sv)
+				if err != nil {
+					return err
 				}
 				if end := int64(binary.BigEndian.Uint64(v[8:])); end < before.UnixNano() {
 					ended = append(ended, bytes.Clone(sk))
@@ -348,6 +333,22 @@ func deleteAll(b *bolt.Bucket, keys []string) error {
 		}
 	}
 	return nil
+}
+
+// counterValue is a stored counter's 16 bytes (value, end), read through
+// a long key's entry; an error names a corrupt one.
+func counterValue(sk, sv []byte) ([]byte, error) {
+	v := sv
+	if bytes.HasPrefix(sk, []byte(longKeyPrefix)) {
+		var err error
+		if _, v, err = entry(sk, sv); err != nil {
+			return nil, err
+		}
+	}
+	if len(v) != 16 {
+		return nil, fmt.Errorf("counter %q: corrupt value", sk)
+	}
+	return v, nil
 }
 
 // entry reads a stored key and value back: the key and the value as put.
