@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -17,6 +18,7 @@ import (
 
 func serveCmd() *cobra.Command {
 	var path, dataDir, grpcAddr, httpAddr, rlDir, store, redisAddr, redisCluster string
+	var storeTimeout time.Duration
 	var demo bool
 	cmd := &cobra.Command{
 		Use:   "serve (--config FILE | --demo)",
@@ -70,6 +72,9 @@ that file's plans.`,
 					c.Store.Redis.Addr = redisAddr
 					c.SetBy("store.redis.addr", "--redis-addr")
 				}
+				if storeTimeout > 0 {
+					c.Store.Timeout = config.Duration(storeTimeout)
+				}
 				if redisCluster != "" {
 					c.Store.Redis.Cluster = strings.Split(redisCluster, ",")
 					c.SetBy("store.redis.cluster", "--redis-cluster")
@@ -100,6 +105,7 @@ that file's plans.`,
 	cmd.Flags().StringVar(&rlDir, "ratelimit-dir", "", "directory of RateLimitService rule files (envoyproxy/ratelimit format)")
 	cmd.Flags().StringVar(&store, "store", "", "where shared state lives: local or redis")
 	cmd.Flags().StringVar(&redisAddr, "redis-addr", "", "Redis host:port (with --store redis)")
+	cmd.Flags().DurationVar(&storeTimeout, "store-timeout", 0, "bound on one decision's store call (store.timeout; default 50ms)")
 	cmd.Flags().StringVar(&redisCluster, "redis-cluster", "", "Redis Cluster seed nodes, comma-separated (with --store redis)")
 	return cmd
 }

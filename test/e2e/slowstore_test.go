@@ -32,7 +32,7 @@ func TestRequestsDeniedWhileRedisIsSlowAreNotCharged(t *testing.T) {
 			dir := t.TempDir()
 			cfg := writeConfig(t, dir, fmt.Sprintf(slowStoreConfig, mode))
 			t.Setenv("LEVY_ADMIN_TOKEN", "test-token")
-			p := serve(t, "--config", cfg, "--store", "redis", "--redis-addr", rdb.Addr)
+			p := serve(t, "--config", cfg, "--store", "redis", "--redis-addr", rdb.Addr, "--store-timeout", "50ms")
 			adminCall(t, p, "PUT", "/v1/consumers/acme", `{"plan": "metered"}`)
 			key := adminCall(t, p, "POST", "/v1/consumers/acme/keys", `{}`)["key"].(string)
 			c := p.client(t)
