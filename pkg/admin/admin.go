@@ -553,6 +553,10 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 			"expires_at "+req.ExpiresAt+" is not in the future")
 		return
 	}
+	// Held from the consumer's check to the key's write: a deletion of
+	// the consumer, or another key taking the same id, cannot fall between.
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if _, ok := h.consumer(w, r, consumerID); !ok {
 		return
 	}
@@ -567,8 +571,22 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 }
 
 // issueKey generates a key for a consumer and stores its hash, answering
-// the failure itself; it returns the stored key and the secret.
+// the failure itself; it returns the stored key and the secret. Call with
+// mu held. An id another key has is a conflict: the id would then name
+// the new key, and the other one, still working, could no longer be
+// revoked, rotated or deleted with its consumer by its id.
 func (h *Handler) issueKey(w http.ResponseWriter, r *http.Request, consumerID, id string, expires time.Time) (*apikey.Key, string, bool) {
+	if id != "" {
+		_, err := h.cfg.Store.GetKey(r.Context(), id)
+		switch {
+		case err == nil:
+			writeProblem(w, http.StatusConflict, "key_id_taken", "key id "+id+" is taken: choose another, or omit id to have one derived from the key")
+			return nil, "", false
+		case !errors.Is(err, apikey.ErrNotFound):
+			h.storeFailed(w, "get key", err, zap.String("key_id", id))
+			return nil, "", false
+		}
+	}
 	key, err := apikey.Generate(h.cfg.Prefix())
 	if err != nil {
 		h.log.Error("generate key", zap.String("consumer", consumerID), zap.Error(err))
