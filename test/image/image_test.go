@@ -52,7 +52,7 @@ type ociManifest struct {
 type ociConfig struct {
 	OS           string `json:"os"`
 	Architecture string `json:"architecture"`
-	Config struct {
+	Config       struct {
 		User       string   `json:"User"`
 		Entrypoint []string `json:"Entrypoint"`
 		Cmd        []string `json:"Cmd"`
