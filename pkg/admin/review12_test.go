@@ -43,3 +43,32 @@ func TestAKeyIDThatIsTakenIsAConflict(t *testing.T) {
 		t.Fatalf("the first key after revoking k1: %+v, %v: it still works, and no id reaches it", k, err)
 	}
 }
+
+// A Stripe customer bills one consumer: the webhook finds the consumer
+// by its customer id (plan changes, payment failures). Giving a second
+// consumer the same customer id must be refused, or a webhook for that
+// customer changes whichever of the two the store finds first (on the
+// local store, a map's iteration order: at random).
+func TestAStripeCustomerOfAnotherConsumerIsAConflict(t *testing.T) {
+	f := newFixture(t, token) // c1 is billed to cus_1
+	if got := f.do(t, "PUT", "/v1/consumers/c2", bearer, `{"plan":"free","stripe_customer_id":"cus_1"}`); got.status != 409 {
+		t.Errorf("PUT c2 with c1's Stripe customer = %d %s, want 409", got.status, got.body)
+	}
+	if got := f.do(t, "PUT", "/v1/consumers/c3", bearer, `{"plan":"free"}`); got.status != 200 {
+		t.Fatalf("PUT c3: %d %s", got.status, got.body)
+	}
+	if got := f.do(t, "PATCH", "/v1/consumers/c3", bearer, `{"stripe_customer_id":"cus_1"}`); got.status != 409 {
+		t.Errorf("PATCH c3 to c1's Stripe customer = %d %s, want 409", got.status, got.body)
+	}
+	// The consumer that has it may keep it.
+	if got := f.do(t, "PUT", "/v1/consumers/c1", bearer, `{"plan":"pro","stripe_customer_id":"cus_1"}`); got.status != 200 {
+		t.Errorf("PUT c1 keeping its own customer = %d %s", got.status, got.body)
+	}
+	if got := f.do(t, "PATCH", "/v1/consumers/c1", bearer, `{"stripe_customer_id":"cus_1"}`); got.status != 200 {
+		t.Errorf("PATCH c1 keeping its own customer = %d %s", got.status, got.body)
+	}
+	c, err := f.store.ConsumerByStripeCustomer(context.Background(), "cus_1")
+	if err != nil || c.ID != "c1" {
+		t.Fatalf("cus_1 is billed to %+v, %v; want c1", c, err)
+	}
+}
