@@ -294,6 +294,11 @@ func (h *Handler) putConsumer(w http.ResponseWriter, r *http.Request) {
 		p.write(w)
 		return
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.customerFree(w, r, id, c.StripeCustomerID) {
+		return
+	}
 	// Replacing a consumer keeps what billing set on it: the time of the
 	// Stripe event behind its plan (so older events stay ignored) and a
 	// pending suspension for a failed payment.
@@ -482,6 +487,9 @@ func (h *Handler) patchConsumer(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if req.StripeCustomerID != nil {
+		if !h.customerFree(w, r, id, *req.StripeCustomerID) {
+			return
+		}
 		c.StripeCustomerID = *req.StripeCustomerID
 	}
 	if req.PeriodAnchor != nil {
@@ -622,6 +630,26 @@ func (h *Handler) revokeKey(w http.ResponseWriter, r *http.Request) {
 	}
 	h.log.Info("key revoked", zap.String("key_id", id))
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// customerFree reports whether consumer id may be billed to Stripe
+// customer cus: no other consumer of the store is. A customer bills one
+// consumer, the one its webhooks change; it answers 409 or 503 itself.
+func (h *Handler) customerFree(w http.ResponseWriter, r *http.Request, id, cus string) bool {
+	if cus == "" {
+		return true
+	}
+	other, err := h.cfg.Store.ConsumerByStripeCustomer(r.Context(), cus)
+	switch {
+	case errors.Is(err, apikey.ErrNotFound) || err == nil && (other == nil || other.ID == id):
+		return true
+	case err != nil:
+		h.storeFailed(w, "find consumer by Stripe customer", err, zap.String("consumer", id))
+		return false
+	}
+	writeProblem(w, http.StatusConflict, "stripe_customer_taken",
+		"Stripe customer "+strconv.Quote(cus)+" is billed to consumer "+other.ID+": a customer bills one consumer")
+	return false
 }
 
 // consumer reads a consumer, answering 404 or 503 itself when it cannot.
