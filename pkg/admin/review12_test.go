@@ -3,9 +3,13 @@ package admin_test
 import (
 	"context"
 	"encoding/json"
+	"net/http/httptest"
 	"testing"
 
+	"github.com/levyhq/levy/api/apitest"
+	"github.com/levyhq/levy/pkg/admin"
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/plan"
 )
 
 // A key id names one key. Issuing a key under an id another key already
@@ -70,5 +74,40 @@ func TestAStripeCustomerOfAnotherConsumerIsAConflict(t *testing.T) {
 	c, err := f.store.ConsumerByStripeCustomer(context.Background(), "cus_1")
 	if err != nil || c.ID != "c1" {
 		t.Fatalf("cus_1 is billed to %+v, %v; want c1", c, err)
+	}
+}
+
+// The usage route reads ?windows=true|false, as api/openapi.yaml says,
+// and refuses what it does not know, as the listing does: windows=yes or
+// windows=1 must not quietly answer without the windows asked for.
+func TestUsageRefusesAnUnknownParameterOrValue(t *testing.T) {
+	catalog, err := plan.NewCatalog(&plan.Plan{Name: "free", Model: plan.Freemium})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var asked []bool
+	h := admin.New(admin.Config{
+		Store:   newStore(t),
+		Catalog: func() *plan.Catalog { return catalog },
+		Hasher:  func() apikey.Hasher { return hasher },
+		Token:   token,
+		Usage: func(_ context.Context, id string, windows bool) (any, error) {
+			asked = append(asked, windows)
+			return map[string]any{"consumer": id, "plan": "free", "model": "freemium", "period_start": "2026-03-01T00:00:00Z",
+				"period_end": "2026-04-01T00:00:00Z", "used": 0, "included": 0, "overage": 0, "settled": 0, "billable": 0,
+				"exported": 0, "pending": 0}, nil
+		},
+	})
+	srv := httptest.NewServer(apitest.Handler(t, h))
+	defer srv.Close()
+	f := &fixture{url: srv.URL, client: srv.Client()}
+	for query, want := range map[string]int{"": 200, "?windows=true": 200, "?windows=false": 200,
+		"?windows=yes": 400, "?windows=1": 400, "?window=true": 400} {
+		if got := f.do(t, "GET", "/v1/consumers/c1/usage"+query, bearer, ""); got.status != want {
+			t.Errorf("GET usage%s = %d %s, want %d", query, got.status, got.body, want)
+		}
+	}
+	if len(asked) != 3 || asked[0] == asked[1] && asked[1] == asked[2] {
+		t.Fatalf("windows asked for: %v", asked)
 	}
 }
