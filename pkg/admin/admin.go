@@ -330,11 +330,23 @@ func (h *Handler) usage(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	v := r.URL.Query()
+	for name := range v {
+		if name != "windows" {
+			writeProblem(w, http.StatusBadRequest, "unknown_parameter", "unknown parameter "+strconv.Quote(name)+"; known: windows")
+			return
+		}
+	}
+	windows := v.Get("windows")
+	if windows != "" && windows != "true" && windows != "false" {
+		writeProblem(w, http.StatusBadRequest, "invalid_windows", fmt.Sprintf("windows %q: want true or false", windows))
+		return
+	}
 	if h.cfg.Usage == nil {
 		writeProblem(w, http.StatusServiceUnavailable, "usage_unavailable", "usage reports are not available")
 		return
 	}
-	rep, err := h.cfg.Usage(r.Context(), id, r.URL.Query().Get("windows") == "true")
+	rep, err := h.cfg.Usage(r.Context(), id, windows == "true")
 	switch {
 	case errors.Is(err, apikey.ErrNotFound):
 		writeProblem(w, http.StatusNotFound, "consumer_not_found", "no consumer "+strconv.Quote(id))
