@@ -111,3 +111,20 @@ func TestUsageRefusesAnUnknownParameterOrValue(t *testing.T) {
 		t.Fatalf("windows asked for: %v", asked)
 	}
 }
+
+// The admin token often comes from a Secret made from a file (kubectl
+// create secret --from-file), with its trailing newline. The handler
+// trims the token a caller presents, so it must trim the configured one
+// too: otherwise no caller can ever match it and the API, though on,
+// refuses everyone.
+func TestATokenWithATrailingNewlineCanBeMatched(t *testing.T) {
+	f := newFixture(t, token+"\n")
+	if got := f.do(t, "GET", "/v1/consumers/c1", bearer, ""); got.status != 200 {
+		t.Fatalf("LEVY_ADMIN_TOKEN with a trailing newline, Bearer with the token: %d %s", got.status, got.body)
+	}
+	// A blank token is no token: the API stays off.
+	f = newFixture(t, " \n")
+	if got := f.do(t, "GET", "/v1/consumers/c1", "Bearer  ", ""); got.status != 404 {
+		t.Fatalf("a blank LEVY_ADMIN_TOKEN: %d %s, want 404 (off)", got.status, got.body)
+	}
+}
