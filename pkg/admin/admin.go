@@ -111,6 +111,8 @@ var _ http.Handler = (*Handler)(nil)
 // New returns a handler. It never fails: a missing dependency shows as a
 // 503 problem on every call, a missing token as the API being off.
 func New(cfg Config) *Handler {
+	// As the presented token is: a Secret made from a file ends in a newline.
+	cfg.Token = strings.TrimSpace(cfg.Token)
 	h := &Handler{cfg: cfg, log: cfg.Log, clock: cfg.Clock, mux: http.NewServeMux()}
 	if h.log == nil {
 		h.log = zap.NewNop()
