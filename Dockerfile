@@ -15,7 +15,7 @@ COPY bin/image/rootfs/ /
 COPY --chown=65532:65532 bin/image/data/ /var/lib/levy/
 USER 65532:65532
 WORKDIR /var/lib/levy
-EXPOSE 8080 8081
+EXPOSE 8080 8081 8082
 ENTRYPOINT ["/levy"]
 CMD ["serve", "--config", "/etc/levy/levy.yaml", "--data-dir", "/var/lib/levy"]
 
@@ -41,6 +41,6 @@ COPY --from=build /out/rootfs/ /
 COPY --from=build --chown=65532:65532 /out/data/ /var/lib/levy/
 USER 65532:65532
 WORKDIR /var/lib/levy
-EXPOSE 8080 8081
+EXPOSE 8080 8081 8082
 ENTRYPOINT ["/levy"]
 CMD ["serve", "--config", "/etc/levy/levy.yaml", "--data-dir", "/var/lib/levy"]

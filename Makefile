@@ -33,12 +33,14 @@ test: ## Run every test with the race detector (and say how many compat tests ha
 
 IMAGE     ?= ghcr.io/levyhq/levy
 CONTAINER ?= $(shell command -v podman || { docker info >/dev/null 2>&1 && command -v docker; } || command -v buildah || echo docker)
-CA_CERTS  ?= /etc/ssl/certs/ca-certificates.crt
+# The host's CA bundle: Debian/Ubuntu/Alpine, Fedora/RHEL, macOS.
+CA_CERTS  ?= $(firstword $(wildcard /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt /etc/ssl/cert.pem))
 
 .PHONY: image
 image: ## Build the container image $(IMAGE):$(VERSION) with podman, docker or buildah (no registry needed)
+	@test -n "$(CA_CERTS)" || { echo "make image: no CA bundle found; set CA_CERTS=<PEM bundle>"; exit 1; }
 	rm -rf bin/image && mkdir -p bin/image/rootfs/etc/ssl/certs bin/image/data
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/image/rootfs/levy ./cmd/levy
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/image/rootfs/levy ./cmd/levy
 	cp $(CA_CERTS) bin/image/rootfs/etc/ssl/certs/ca-certificates.crt
 	echo 'nonroot:x:65532:65532:nonroot:/var/lib/levy:/sbin/nologin' >bin/image/rootfs/etc/passwd
 	echo 'nonroot:x:65532:' >bin/image/rootfs/etc/group

@@ -48,9 +48,9 @@ func adminFlags(cmd *cobra.Command, persistent bool) *adminClient {
 // (nil: ignore it). Other answers become an error carrying the problem's
 // detail.
 func (c *adminClient) call(ctx context.Context, method, path string, body, out any) error {
-	token := c.token
+	token := strings.TrimSpace(c.token)
 	if token == "" {
-		token = os.Getenv(adminTokenEnv)
+		token = strings.TrimSpace(os.Getenv(adminTokenEnv))
 	}
 	if token == "" {
 		return fmt.Errorf("no admin token: set %s or pass --token", adminTokenEnv)

@@ -111,6 +111,8 @@ var _ http.Handler = (*Handler)(nil)
 // New returns a handler. It never fails: a missing dependency shows as a
 // 503 problem on every call, a missing token as the API being off.
 func New(cfg Config) *Handler {
+	// As the presented token is: a Secret made from a file ends in a newline.
+	cfg.Token = strings.TrimSpace(cfg.Token)
 	h := &Handler{cfg: cfg, log: cfg.Log, clock: cfg.Clock, mux: http.NewServeMux()}
 	if h.log == nil {
 		h.log = zap.NewNop()
@@ -294,6 +296,11 @@ func (h *Handler) putConsumer(w http.ResponseWriter, r *http.Request) {
 		p.write(w)
 		return
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.customerFree(w, r, id, c.StripeCustomerID) {
+		return
+	}
 	// Replacing a consumer keeps what billing set on it: the time of the
 	// Stripe event behind its plan (so older events stay ignored) and a
 	// pending suspension for a failed payment.
@@ -325,11 +332,23 @@ func (h *Handler) usage(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	v := r.URL.Query()
+	for name := range v {
+		if name != "windows" {
+			writeProblem(w, http.StatusBadRequest, "unknown_parameter", "unknown parameter "+strconv.Quote(name)+"; known: windows")
+			return
+		}
+	}
+	windows := v.Get("windows")
+	if windows != "" && windows != "true" && windows != "false" {
+		writeProblem(w, http.StatusBadRequest, "invalid_windows", fmt.Sprintf("windows %q: want true or false", windows))
+		return
+	}
 	if h.cfg.Usage == nil {
 		writeProblem(w, http.StatusServiceUnavailable, "usage_unavailable", "usage reports are not available")
 		return
 	}
-	rep, err := h.cfg.Usage(r.Context(), id, r.URL.Query().Get("windows") == "true")
+	rep, err := h.cfg.Usage(r.Context(), id, windows == "true")
 	switch {
 	case errors.Is(err, apikey.ErrNotFound):
 		writeProblem(w, http.StatusNotFound, "consumer_not_found", "no consumer "+strconv.Quote(id))
@@ -482,6 +501,9 @@ func (h *Handler) patchConsumer(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if req.StripeCustomerID != nil {
+		if !h.customerFree(w, r, id, *req.StripeCustomerID) {
+			return
+		}
 		c.StripeCustomerID = *req.StripeCustomerID
 	}
 	if req.PeriodAnchor != nil {
@@ -553,6 +575,10 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 			"expires_at "+req.ExpiresAt+" is not in the future")
 		return
 	}
+	// Held from the consumer's check to the key's write: a deletion of
+	// the consumer, or another key taking the same id, cannot fall between.
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if _, ok := h.consumer(w, r, consumerID); !ok {
 		return
 	}
@@ -567,8 +593,22 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 }
 
 // issueKey generates a key for a consumer and stores its hash, answering
-// the failure itself; it returns the stored key and the secret.
+// the failure itself; it returns the stored key and the secret. Call with
+// mu held. An id another key has is a conflict: the id would then name
+// the new key, and the other one, still working, could no longer be
+// revoked, rotated or deleted with its consumer by its id.
 func (h *Handler) issueKey(w http.ResponseWriter, r *http.Request, consumerID, id string, expires time.Time) (*apikey.Key, string, bool) {
+	if id != "" {
+		_, err := h.cfg.Store.GetKey(r.Context(), id)
+		switch {
+		case err == nil:
+			writeProblem(w, http.StatusConflict, "key_id_taken", "key id "+id+" is taken: choose another, or omit id to have one derived from the key")
+			return nil, "", false
+		case !errors.Is(err, apikey.ErrNotFound):
+			h.storeFailed(w, "get key", err, zap.String("key_id", id))
+			return nil, "", false
+		}
+	}
 	key, err := apikey.Generate(h.cfg.Prefix())
 	if err != nil {
 		h.log.Error("generate key", zap.String("consumer", consumerID), zap.Error(err))
@@ -604,6 +644,26 @@ func (h *Handler) revokeKey(w http.ResponseWriter, r *http.Request) {
 	}
 	h.log.Info("key revoked", zap.String("key_id", id))
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// customerFree reports whether consumer id may be billed to Stripe
+// customer cus: no other consumer of the store is. A customer bills one
+// consumer, the one its webhooks change; it answers 409 or 503 itself.
+func (h *Handler) customerFree(w http.ResponseWriter, r *http.Request, id, cus string) bool {
+	if cus == "" {
+		return true
+	}
+	other, err := h.cfg.Store.ConsumerByStripeCustomer(r.Context(), cus)
+	switch {
+	case errors.Is(err, apikey.ErrNotFound) || err == nil && (other == nil || other.ID == id):
+		return true
+	case err != nil:
+		h.storeFailed(w, "find consumer by Stripe customer", err, zap.String("consumer", id))
+		return false
+	}
+	writeProblem(w, http.StatusConflict, "stripe_customer_taken",
+		"Stripe customer "+strconv.Quote(cus)+" is billed to consumer "+other.ID+": a customer bills one consumer")
+	return false
 }
 
 // consumer reads a consumer, answering 404 or 503 itself when it cannot.

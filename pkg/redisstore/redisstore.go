@@ -502,8 +502,8 @@ func (d *Directory) ListKeys(ctx context.Context, consumerID string) ([]*apikey.
 
 // ListConsumers implements apikey.Store from the consumer index, a sorted
 // set ordered by id: a page costs one ZRANGE BYLEX (O(log n) plus the ids
-// it returns) and one pipelined HGETALL per consumer it examines (at most
-// q.Scan()), whatever the store's size. Ids in the index whose record is
+// it returns, at most q.Scan()+1) and one HGETALL per consumer it examines,
+// pipelined in rounds, whatever the store's size. Ids in the index whose record is
 // gone (a deletion half done) are skipped.
 func (d *Directory) ListConsumers(ctx context.Context, q apikey.ListQuery) (apikey.Page, error) {
 	limit, scan := max(q.Limit, 1), q.Scan()
@@ -518,27 +518,38 @@ func (d *Directory) ListConsumers(ctx context.Context, q apikey.ListQuery) (apik
 	if err != nil {
 		return apikey.Page{}, fmt.Errorf("redis list consumers: %w", err)
 	}
-	n := min(len(ids), scan)
-	recs := make([]*redis.MapStringStringCmd, n)
-	if _, err := d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i := range n {
-			recs[i] = p.HGetAll(ctx, consumerKey(ids[i]))
-		}
-		return nil
-	}); err != nil {
-		return apikey.Page{}, fmt.Errorf("redis list consumers: %w", err)
-	}
+	// The records are read in rounds, each a pipeline of what the page
+	// still needs, doubling while a filter skips consumers: an unfiltered
+	// page reads only its own records, a selective one a few rounds.
 	var page apikey.Page
-	for i, id := range ids {
+	batch := limit
+	for i := 0; i < len(ids); {
 		if len(page.Consumers) == limit || i == scan {
-			page.Next = ids[i-1]
+			page.Next = ids[i-1] // there is more after it
 			break
 		}
-		if m := recs[i].Val(); len(m) > 0 {
-			if c := parseConsumer(id, m); q.Match == nil || q.Match(c) {
-				page.Consumers = append(page.Consumers, c)
+		end := min(i+max(batch, limit-len(page.Consumers)), scan, len(ids))
+		recs := make([]*redis.MapStringStringCmd, end-i)
+		if _, err := d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for j := range recs {
+				recs[j] = p.HGetAll(ctx, consumerKey(ids[i+j]))
+			}
+			return nil
+		}); err != nil {
+			return apikey.Page{}, fmt.Errorf("redis list consumers: %w", err)
+		}
+		for _, r := range recs {
+			if len(page.Consumers) == limit {
+				break
+			}
+			i++
+			if m := r.Val(); len(m) > 0 {
+				if c := parseConsumer(ids[i-1], m); q.Match == nil || q.Match(c) {
+					page.Consumers = append(page.Consumers, c)
+				}
 			}
 		}
+		batch *= 2
 	}
 	return page, nil
 }

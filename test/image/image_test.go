@@ -8,6 +8,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"debug/elf"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -48,7 +50,9 @@ type ociManifest struct {
 }
 
 type ociConfig struct {
-	Config struct {
+	OS           string `json:"os"`
+	Architecture string `json:"architecture"`
+	Config       struct {
 		User       string   `json:"User"`
 		Entrypoint []string `json:"Entrypoint"`
 		Cmd        []string `json:"Cmd"`
@@ -142,6 +146,20 @@ func TestImageHoldsOnlyLevyRunsAsNonRootAndReportsItsVersion(t *testing.T) {
 		t.Errorf("/etc/passwd names no user 65532: %q", files["etc/passwd"].data)
 	}
 
+	// A Linux binary for the image's architecture, whatever the host
+	// that ran make image (a Mac builds Mach-O unless told GOOS=linux).
+	machines := map[string]elf.Machine{"amd64": elf.EM_X86_64, "arm64": elf.EM_AARCH64}
+	if cfg.OS != "linux" {
+		t.Errorf("the image's os is %q, want linux", cfg.OS)
+	}
+	if ef, err := elf.NewFile(bytes.NewReader(files["levy"].data)); err != nil {
+		t.Fatalf("/levy in the image is not a Linux (ELF) binary: %v", err)
+	} else if want, ok := machines[cfg.Architecture]; ok && ef.Machine != want {
+		t.Errorf("/levy is built for %v, the image's architecture is %s", ef.Machine, cfg.Architecture)
+	}
+	if runtime.GOOS != "linux" {
+		t.Skipf("the image's Linux binary does not run on %s: levy version not checked", runtime.GOOS)
+	}
 	bin := filepath.Join(t.TempDir(), "levy")
 	if err := os.WriteFile(bin, files["levy"].data, 0o755); err != nil {
 		t.Fatal(err)

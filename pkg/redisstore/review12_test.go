@@ -1,0 +1,63 @@
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/redisstore"
+	"github.com/levyhq/levy/pkg/redistest"
+)
+
+// A page of consumers reads the records it examines, not MaxScan of them:
+// a page of 10 with no filter over a large store is about 10 HGETALLs, not
+// thousands (the admin API asks with MaxScan 5000).
+func TestAPageReadsOnlyTheConsumersItExamines(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	c, _ := redisstore.NewClient(redisstore.Options{Addr: srv.Addr})
+	t.Cleanup(func() { c.Close() })
+	d := redisstore.NewDirectory(redisstore.DirectoryConfig{Client: c, Log: zaptest.NewLogger(t)})
+	for i := range 500 {
+		if err := d.PutConsumer(ctx, &apikey.Consumer{ID: fmt.Sprintf("c%04d", i), Plan: "free"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := redistest.CommandCalls(ctx, c, "hgetall")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, err := d.ListConsumers(ctx, apikey.ListQuery{Limit: 10, MaxScan: 5000})
+	if err != nil || len(page.Consumers) != 10 || page.Next != "c0009" {
+		t.Fatalf("page: %d consumers, next %q, %v", len(page.Consumers), page.Next, err)
+	}
+	after, err := redistest.CommandCalls(ctx, c, "hgetall")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := after - before; n > 20 {
+		t.Fatalf("a page of 10 with no filter ran %d HGETALLs over a store of 500: it reads MaxScan records, not those it examines", n)
+	}
+	// A filter still pages to the end with the cursor.
+	var got []string
+	q := apikey.ListQuery{Limit: 7, MaxScan: 50, Match: func(c *apikey.Consumer) bool { return c.ID[4] == '7' }}
+	for {
+		page, err := d.ListConsumers(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range page.Consumers {
+			got = append(got, c.ID)
+		}
+		if page.Next == "" {
+			break
+		}
+		q.After = page.Next
+	}
+	if len(got) != 50 || got[0] != "c0007" || got[49] != "c0497" {
+		t.Fatalf("filtered walk: %d consumers %v", len(got), got)
+	}
+}
