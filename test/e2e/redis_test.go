@@ -187,7 +187,7 @@ func TestRedisOutagesAreSurvived(t *testing.T) {
 // outlive Envoy's 200ms default.
 func TestSlowRedisNeverOutlivesEnvoysTimeout(t *testing.T) {
 	rdb := redistest.Start(t)
-	p := serveRedis(t, rdb.Addr)
+	p := serveRedis(t, rdb.Addr, "--store-timeout", "50ms") // the default, well under Envoy's 200ms
 	adminCall(t, p, "PUT", "/v1/consumers/acme", `{"plan": "big"}`)
 	key := adminCall(t, p, "POST", "/v1/consumers/acme/keys", `{}`)["key"].(string)
 	c := p.client(t)
