@@ -408,14 +408,12 @@ func (d *Directory) DeleteConsumer(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("redis consumer keys: %w", err)
 	}
-	if err := d.client.Del(ctx, consumerKey(id)).Err(); err != nil {
-		return fmt.Errorf("redis delete consumer: %w", err)
-	}
+	// Keys first, the consumer's record last: a delete that fails half
+	// way leaves the consumer, so a retry finds it and finishes, instead
+	// of answering 404 with keys left that a consumer created again under
+	// the same id would bring back.
 	drop := []string{"c" + id}
 	defer func() { d.invalidate(context.WithoutCancel(ctx), drop...) }()
-	if err := d.client.ZRem(ctx, consumersIndex, id).Err(); err != nil {
-		return fmt.Errorf("redis unindex consumer: %w", err)
-	}
 	for _, kid := range ids {
 		hash, err := d.client.Get(ctx, keyIDKey(kid)).Result()
 		if errors.Is(err, redis.Nil) {
@@ -440,6 +438,12 @@ func (d *Directory) DeleteConsumer(ctx context.Context, id string) error {
 		if owner, err := d.client.Get(ctx, stripeKey(cus)).Result(); err == nil && owner == id {
 			d.client.Del(ctx, stripeKey(cus))
 		}
+	}
+	if err := d.client.ZRem(ctx, consumersIndex, id).Err(); err != nil {
+		return fmt.Errorf("redis unindex consumer: %w", err)
+	}
+	if err := d.client.Del(ctx, consumerKey(id)).Err(); err != nil {
+		return fmt.Errorf("redis delete consumer: %w", err)
 	}
 	return nil
 }
