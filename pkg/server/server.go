@@ -274,6 +274,9 @@ func (s *Server) listen() error {
 		}
 	}
 	if s.publicLis != nil {
+		// A load balancer or ingress in front of the public listener
+		// checks its backend's health there too.
+		public.Handle("GET /healthz", http.HandlerFunc(healthz))
 		s.public, s.publicLis = s.httpServer(public, s.publicLis)
 	}
 	s.http, s.httpLis = s.httpServer(mux, s.httpLis)
@@ -294,7 +297,7 @@ type httpRoute struct {
 // whose own routes admin.Routes lists.
 func (s *Server) httpRoutes(adminAPI, webhook, metrics http.Handler) []httpRoute {
 	return []httpRoute{
-		{"GET /healthz", false, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })},
+		{"GET /healthz", false, http.HandlerFunc(healthz)},
 		{"GET /readyz", false, http.HandlerFunc(s.readyz)},
 		{"GET /metrics", false, metrics},
 		{"GET /openapi.json", false, http.HandlerFunc(serveOpenAPI)},
@@ -315,6 +318,9 @@ func HTTPRoutes() []string {
 	}
 	return append(out, admin.Routes()...)
 }
+
+// healthz answers that the process is alive.
+func healthz(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") }
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	serving, degraded := s.serving()

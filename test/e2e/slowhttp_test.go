@@ -273,6 +273,18 @@ plans:
 	if resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Fatalf("the webhook on the internal listener: %d, want it served on the public one only", resp.StatusCode)
 	}
+	// The public listener answers a load balancer's health check, and
+	// nothing of the internal one's.
+	for path, want := range map[string]int{"/healthz": 200, "/metrics": 404, "/readyz": 404} {
+		resp, err := http.Get("http://" + p.publicAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("%s on the public listener: %d, want %d", path, resp.StatusCode, want)
+		}
+	}
 	for i := range 600 { // twice the cap
 		conn, err := net.Dial("tcp", p.publicAddr)
 		if err != nil {
