@@ -620,7 +620,11 @@ func (h *Handler) issueKey(w http.ResponseWriter, r *http.Request, consumerID, i
 	if k.ID == "" {
 		k.ID = apikey.IDFromHash(hash)
 	}
-	if err := h.cfg.Store.PutKey(r.Context(), k); err != nil {
+	if err := h.cfg.Store.PutKey(r.Context(), k); errors.Is(err, apikey.ErrKeyIDTaken) {
+		// Another replica issued the id meanwhile.
+		writeProblem(w, http.StatusConflict, "key_id_taken", "key id "+k.ID+" is taken: choose another, or omit id to have one derived from the key")
+		return nil, "", false
+	} else if err != nil {
 		h.storeFailed(w, "put key", err, zap.String("consumer", consumerID), zap.String("key_id", k.ID))
 		return nil, "", false
 	}

@@ -8,6 +8,9 @@ import (
 // ErrNotFound is returned for a consumer or key id that does not exist.
 var ErrNotFound = errors.New("not found")
 
+// ErrKeyIDTaken is PutKey's answer for a new key whose id another key has.
+var ErrKeyIDTaken = errors.New("key id taken")
+
 // Store keeps consumers and keys that are created at run time (by the
 // admin API), as opposed to those declared in the config file. The local
 // store and Redis implement it.

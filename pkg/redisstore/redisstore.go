@@ -361,16 +361,29 @@ func (d *Directory) PutConsumer(ctx context.Context, c *apikey.Consumer) error {
 func (d *Directory) PutKey(ctx context.Context, k *apikey.Key) error {
 	fields := map[string]any{"id": k.ID, "consumer": k.ConsumerID, "revoked": boolString(k.Revoked), "expires_at": timeString(k.ExpiresAt),
 		"created_at": timeString(k.CreatedAt), "replaced_by": k.ReplacedBy}
-	// The owner's index first: a key in no index would outlive the
+	// The id first, and only if no other key has it (two replicas may
+	// issue the same client-chosen id at once): an id names one key, or
+	// the other could no longer be revoked by it.
+	set, err := d.client.SetNX(ctx, keyIDKey(k.ID), k.Hash, 0).Result()
+	if err != nil {
+		return fmt.Errorf("redis put key id: %w", err)
+	}
+	if !set {
+		hash, err := d.client.Get(ctx, keyIDKey(k.ID)).Result()
+		if err != nil {
+			return fmt.Errorf("redis key id: %w", err)
+		}
+		if hash != k.Hash {
+			return apikey.ErrKeyIDTaken
+		}
+	}
+	// Then the owner's index: a key in no index would outlive the
 	// deletion of its consumer.
 	if err := d.client.SAdd(ctx, ownedKey(k.ConsumerID), k.ID).Err(); err != nil {
 		return fmt.Errorf("redis index key: %w", err)
 	}
 	if err := d.client.HSet(ctx, keyKey(k.Hash), fields).Err(); err != nil {
 		return fmt.Errorf("redis put key: %w", err)
-	}
-	if err := d.client.Set(ctx, keyIDKey(k.ID), k.Hash, 0).Err(); err != nil {
-		return fmt.Errorf("redis put key id: %w", err)
 	}
 	d.invalidate(ctx, "k"+k.Hash)
 	return nil

@@ -61,3 +61,36 @@ func TestAPageReadsOnlyTheConsumersItExamines(t *testing.T) {
 		t.Fatalf("filtered walk: %d consumers %v", len(got), got)
 	}
 }
+
+// Two replicas issuing the same client-chosen key id at once: the second
+// is refused, never re-pointing the id at its key (the first key, still
+// working, could no longer be revoked by its id). Writing a key again
+// under its own id (an update: rotation sets its deadline) is fine.
+func TestAKeyIDNamesOneKeyAcrossReplicas(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	c, _ := redisstore.NewClient(redisstore.Options{Addr: srv.Addr})
+	t.Cleanup(func() { c.Close() })
+	a := redisstore.NewDirectory(redisstore.DirectoryConfig{Client: c, Log: zaptest.NewLogger(t)})
+	b := redisstore.NewDirectory(redisstore.DirectoryConfig{Client: c, Log: zaptest.NewLogger(t)})
+	for _, d := range []*redisstore.Directory{a, b} {
+		if err := d.PutConsumer(ctx, &apikey.Consumer{ID: "acme", Plan: "free"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := &apikey.Key{ID: "k1", Hash: fmt.Sprintf("%064x", 1), ConsumerID: "acme"}
+	if err := a.PutKey(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	second := &apikey.Key{ID: "k1", Hash: fmt.Sprintf("%064x", 2), ConsumerID: "acme"}
+	if err := b.PutKey(ctx, second); err != apikey.ErrKeyIDTaken {
+		t.Fatalf("a second key under a taken id: %v, want ErrKeyIDTaken", err)
+	}
+	if got, err := b.GetKey(ctx, "k1"); err != nil || got.Hash != first.Hash {
+		t.Fatalf("k1 names %+v (%v), want the first key", got, err)
+	}
+	first.Revoked = true
+	if err := b.PutKey(ctx, first); err != nil {
+		t.Fatalf("the first key written again under its own id: %v", err)
+	}
+}
