@@ -285,6 +285,7 @@ plans:
 			t.Fatalf("%s on the public listener: %d, want %d", path, resp.StatusCode, want)
 		}
 	}
+	before := openFiles(p.cmd.Process.Pid)
 	for i := range 600 { // twice the cap
 		conn, err := net.Dial("tcp", p.publicAddr)
 		if err != nil {
@@ -293,7 +294,9 @@ plans:
 		t.Cleanup(func() { conn.Close() })
 		fmt.Fprintf(conn, "POST /stripe/webhook HTTP/1.1\r\nHost: levy\r\nStripe-Signature: t=1,v1=00\r\nContent-Length: 100000\r\n\r\n{")
 	}
-	time.Sleep(300 * time.Millisecond)
+	// The cap's worth are accepted (each an open file of levy's); the
+	// rest wait in the kernel's backlog.
+	waitFor(t, 10*time.Second, func() bool { return openFiles(p.cmd.Process.Pid) >= before+300 })
 	c := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	if _, err := c.Post("http://"+p.publicAddr+"/stripe/webhook", "application/json", strings.NewReader("{}")); err == nil {
 		t.Fatal("the public listener took a connection past its cap of 300")
