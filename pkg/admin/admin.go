@@ -559,20 +559,8 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req, true) {
 		return
 	}
-	if req.ID != "" {
-		if p := checkID("key", req.ID); p.status != 0 {
-			p.write(w)
-			return
-		}
-	}
-	expires, p := checkTime("expires_at", req.ExpiresAt)
-	if p.status != 0 {
-		p.write(w)
-		return
-	}
-	if !expires.IsZero() && !expires.After(h.clock()) {
-		writeProblem(w, http.StatusBadRequest, "invalid_expiry",
-			"expires_at "+req.ExpiresAt+" is not in the future")
+	expires, ok := checkNewKey(w, req.ID, req.ExpiresAt, h.clock())
+	if !ok {
 		return
 	}
 	// Held from the consumer's check to the key's write: a deletion of
@@ -590,6 +578,28 @@ func (h *Handler) createKey(w http.ResponseWriter, r *http.Request) {
 	// The body holds a secret: keep it out of every cache.
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusCreated, resp)
+}
+
+// checkNewKey checks a new key's chosen id (none: derived from the key)
+// and expiry (none, or after now), answering the problem itself; it
+// returns the expiry.
+func checkNewKey(w http.ResponseWriter, id, expiresAt string, now time.Time) (time.Time, bool) {
+	if id != "" {
+		if p := checkID("key", id); p.status != 0 {
+			p.write(w)
+			return time.Time{}, false
+		}
+	}
+	expires, p := checkTime("expires_at", expiresAt)
+	if p.status != 0 {
+		p.write(w)
+		return time.Time{}, false
+	}
+	if !expires.IsZero() && !expires.After(now) {
+		writeProblem(w, http.StatusBadRequest, "invalid_expiry", "expires_at "+expiresAt+" is not in the future")
+		return time.Time{}, false
+	}
+	return expires, true
 }
 
 // issueKey generates a key for a consumer and stores its hash, answering

@@ -254,19 +254,8 @@ func (h *Handler) rotateKey(w http.ResponseWriter, r *http.Request) {
 		}
 		deadline = t
 	}
-	if req.ID != "" {
-		if p := checkID("key", req.ID); p.status != 0 {
-			p.write(w)
-			return
-		}
-	}
-	expires, p := checkTime("expires_at", req.ExpiresAt)
-	if p.status != 0 {
-		p.write(w)
-		return
-	}
-	if !expires.IsZero() && !expires.After(now) {
-		writeProblem(w, http.StatusBadRequest, "invalid_expiry", "expires_at "+req.ExpiresAt+" is not in the future")
+	expires, ok := checkNewKey(w, req.ID, req.ExpiresAt, now)
+	if !ok {
 		return
 	}
 
