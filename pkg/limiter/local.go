@@ -1042,25 +1042,19 @@ func evalQuota(l *Limit, cost, used int64, now time.Time, p *plan.Period) (Statu
 }
 
 // Buckets counts the buckets held in memory.
-func (l *Local) Buckets() int {
-	n := 0
-	for i := range l.shards {
-		s := &l.shards[i]
-		s.mu.Lock()
-		n += len(s.buckets)
-		s.mu.Unlock()
-	}
-	return n
-}
+func (l *Local) Buckets() int { return l.sum(func(s *shard) int { return len(s.buckets) }) }
 
 // Counters counts the quota counters held in memory.
-func (l *Local) Counters() int {
-	n := 0
+func (l *Local) Counters() int { return l.sum(func(s *shard) int { return len(s.counters) }) }
+
+// sum adds up n over the shards, each locked in turn.
+func (l *Local) sum(n func(*shard) int) int {
+	total := 0
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
-		n += len(s.counters)
+		total += n(s)
 		s.mu.Unlock()
 	}
-	return n
+	return total
 }
