@@ -37,17 +37,22 @@ type UsageReport struct {
 	Windows []WindowReport `json:"windows,omitempty"`
 }
 
+// Peeker reads limits without counting anything (limiter.Local.Peek).
+type Peeker interface {
+	Peek(ctx context.Context, limits []limiter.Limit) (limiter.Reading, error)
+}
+
 // Report reads a consumer's current period from the limiter (without
 // counting anything) and the ledger.
-func Report(ctx context.Context, lim limiter.Limiter, ledger usage.Ledger, c *apikey.Consumer, p *plan.Plan, cat *plan.Catalog) (UsageReport, error) {
+func Report(ctx context.Context, lim Peeker, ledger usage.Ledger, c *apikey.Consumer, p *plan.Plan, cat *plan.Catalog) (UsageReport, error) {
 	limits := authz.Limits(c, p, 0, 0)
 	units := limits[len(limits)-1] // the quota or usage counter
-	d, err := lim.Decide(ctx, []limiter.Limit{units})
+	read, err := lim.Peek(ctx, []limiter.Limit{units})
 	if err != nil {
 		return UsageReport{}, err
 	}
-	st := d.Statuses[0]
-	period := plan.PeriodAt(d.Now, units.Unit, units.Anchor)
+	st := read.Statuses[0]
+	period := plan.PeriodAt(read.Now, units.Unit, units.Anchor)
 	r := UsageReport{Consumer: c.ID, Plan: p.Name, Model: string(p.Model), PeriodStart: period.Start, PeriodEnd: period.End,
 		Used: st.Used, Included: units.Max, Overage: max(st.Used-units.Max, 0)}
 	if units.Max == 0 && units.Soft {

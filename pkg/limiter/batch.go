@@ -234,7 +234,7 @@ func (b *batcher) run(batch []*call, limits [][]Limit) [][]Limit {
 	for _, c := range batch {
 		limits = append(limits, c.limits)
 	}
-	res, now, err := b.r.runBatch(ctx, b.r.decide, limits)
+	res, now, err := b.r.runBatch(ctx, b.r.decideScript, limits)
 	b.r.answer(batch, res, now, err)
 	return limits
 }
@@ -281,7 +281,7 @@ func (b *batcher) runSlots(ctx context.Context, batch []*call) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, now, err := b.r.runBatch(ctx, b.r.decide, limits[g])
+			res, now, err := b.r.runBatch(ctx, b.r.decideScript, limits[g])
 			b.r.answer(calls[g], res, now, err)
 		}()
 	}
@@ -290,7 +290,7 @@ func (b *batcher) runSlots(ctx context.Context, batch []*call) {
 
 // answer hands each call its decision, or err. A call whose caller is
 // gone (abandoned) is settled instead: see settleLate.
-func (r *Redis) answer(calls []*call, res []decided, now time.Time, err error) {
+func (r *Redis) answer(calls []*call, res []requestAnswer, now time.Time, err error) {
 	var late []lateCall
 	for i, c := range calls {
 		var d Decision

@@ -46,13 +46,13 @@ func TestBatchDecidesAsIfEachWereAlone(t *testing.T) {
 		return b
 	}
 	ctx := context.Background()
-	together, _, err := r.runBatch(ctx, r.decide, batch("together"))
+	together, _, err := r.runBatch(ctx, r.decideScript, batch("together"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var alone []decided
+	var alone []requestAnswer
 	for _, req := range batch("alone") {
-		d, _, err := r.runBatch(ctx, r.decide, [][]Limit{req})
+		d, _, err := r.runBatch(ctx, r.decideScript, [][]Limit{req})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,8 +71,8 @@ func TestBatchDecidesAsIfEachWereAlone(t *testing.T) {
 		t.Fatalf("%d of %d requests denied: the batch should mix allows and denials", denials, len(costs))
 	}
 	// What they left is the same too: a check that takes nothing sees it.
-	after := func(tag string) decided {
-		d, _, err := r.runBatch(ctx, r.decide, [][]Limit{request(tag, 0)})
+	after := func(tag string) requestAnswer {
+		d, _, err := r.runBatch(ctx, r.decideScript, [][]Limit{request(tag, 0)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,7 +242,7 @@ func BenchmarkScriptCallByLimits(b *testing.B) {
 				}
 			}
 			for b.Loop() {
-				if _, _, err := r.runBatch(context.Background(), r.decide, batch); err != nil {
+				if _, _, err := r.runBatch(context.Background(), r.decideScript, batch); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -14,7 +14,7 @@ import (
 
 // FallbackConfig configures a Fallback.
 type FallbackConfig struct {
-	Primary Limiter
+	Primary Store
 	// Local decides while Primary cannot (in memory; no counter store).
 	Local *Local
 	// Share is how many replicas split the limits while the store is away
@@ -28,6 +28,15 @@ type FallbackConfig struct {
 	// Ledger takes the usage ledger units counted during an outage.
 	Ledger LedgerAdder
 	Log    *zap.Logger
+}
+
+// Store is what a Fallback needs of its primary store: decisions, reads
+// it passes on, and additions to reconcile what it counted during an
+// outage (Local.Peek and Local.Add say what they do).
+type Store interface {
+	Limiter
+	Peek(ctx context.Context, limits []Limit) (Reading, error)
+	Add(ctx context.Context, limits []Limit) error
 }
 
 // LedgerAdder adds units to a ledger window, creating it. A call with a
@@ -73,7 +82,7 @@ type owedUnits struct {
 	token string
 }
 
-var _ Limiter = (*Fallback)(nil)
+var _ Store = (*Fallback)(nil)
 
 // NewFallback starts the reconcile loop; Close stops it after a last try.
 func NewFallback(cfg FallbackConfig) *Fallback {
@@ -100,6 +109,56 @@ func (f *Fallback) Decide(ctx context.Context, limits []Limit) (Decision, error)
 	// A debit is owed only when the store certainly never saw the call:
 	// one that reached it recorded the debit (or reports it unknown).
 	oweDebits := unsent(err)
+	d, err = f.cfg.Local.Decide(ctx, f.local(limits))
+	if err != nil {
+		return d, err
+	}
+	f.owe(limits, d.Now, d.OK, oweDebits)
+	return d, nil
+}
+
+// Peek implements Peek (Local.Peek says what it reads) on the primary
+// store, or while it cannot answer, on the local one: what this replica
+// counted during the outage, its share of the rates.
+func (f *Fallback) Peek(ctx context.Context, limits []Limit) (Reading, error) {
+	r, err := f.cfg.Primary.Peek(ctx, limits)
+	if err == nil {
+		return r, nil
+	}
+	if f.cfg.OnError != nil {
+		f.cfg.OnError(err)
+	}
+	return f.cfg.Local.Peek(ctx, f.local(limits))
+}
+
+// Add implements Add (Local.Add says what it adds) on the primary store,
+// or while it cannot answer, on the local one, and owes the units to the
+// store as a decision does.
+func (f *Fallback) Add(ctx context.Context, limits []Limit) error {
+	err := f.cfg.Primary.Add(ctx, limits)
+	if err == nil {
+		return nil
+	}
+	if f.cfg.OnError != nil {
+		f.cfg.OnError(err)
+	}
+	oweDebits := unsent(err)
+	added, err := additions(limits)
+	if err != nil {
+		return err
+	}
+	d, err := f.cfg.Local.Decide(ctx, f.local(added))
+	if err != nil {
+		return err
+	}
+	f.owe(added, d.Now, d.OK, oweDebits)
+	return nil
+}
+
+// local is limits as the local store decides them during an outage: each
+// bucket this replica's share of the rate, quotas counted without being
+// enforced (no replica knows the others' counts).
+func (f *Fallback) local(limits []Limit) []Limit {
 	n := int64(1)
 	if f.cfg.Share != nil {
 		n = int64(max(f.cfg.Share(), 1))
@@ -113,22 +172,23 @@ func (f *Fallback) Decide(ctx context.Context, limits []Limit) (Decision, error)
 		}
 		local[i] = l
 	}
-	d, err = f.cfg.Local.Decide(ctx, local)
-	if err != nil {
-		return d, err
-	}
-	// Quotas and ledgers count here without denying: what they took (all
-	// of them when allowed, only debits when a bucket denied) is owed,
-	// debits only for a call the store never saw.
+	return local
+}
+
+// owe records what the local store's decision of limits at now took for
+// quotas and ledgers (all of them when allowed, only debits when a
+// bucket denied) as owed to the store; debits only with oweDebits.
+func (f *Fallback) owe(limits []Limit, now time.Time, allowed, oweDebits bool) {
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	for _, l := range limits {
 		switch {
-		case l.Cost <= 0 || !d.OK && !l.Debit || l.Debit && !oweDebits:
+		case l.Cost <= 0 || !allowed && !l.Debit || l.Debit && !oweDebits:
 		case l.Kind == Quota:
-			start := plan.PeriodAt(d.Now, l.Unit, l.Anchor).Start.Unix()
+			start := plan.PeriodAt(now, l.Unit, l.Anchor).Start.Unix()
 			f.owed[owedKey{l.Key, l.Unit, l.Anchor, start}] += l.Cost
 		case l.Kind == Ledger:
-			w := owedWindow{l.Key, usage.WindowAt(d.Now, l.WindowSize).Unix(), l.WindowSize}
+			w := owedWindow{l.Key, usage.WindowAt(now, l.WindowSize).Unix(), l.WindowSize}
 			us := f.ledger[w]
 			if n := len(us); n > 0 && us[n-1].token == "" {
 				us[n-1].units += l.Cost
@@ -138,8 +198,6 @@ func (f *Fallback) Decide(ctx context.Context, limits []Limit) (Decision, error)
 			f.ledger[w] = us
 		}
 	}
-	f.mu.Unlock()
-	return d, nil
 }
 
 func (f *Fallback) loop() {
@@ -191,8 +249,8 @@ func (f *Fallback) Reconcile(ctx context.Context) {
 		if plan.PeriodAt(time.Now(), k.unit, k.anchor).Start.Unix() != k.start {
 			continue // that period ended: its quota limits no one any more
 		}
-		add := Limit{Kind: Quota, Name: "reconcile", Key: k.key, Cost: units, Unit: k.unit, Anchor: k.anchor, Soft: true}
-		if _, err := f.cfg.Primary.Decide(ctx, []Limit{add}); err != nil {
+		add := Limit{Kind: Quota, Name: "reconcile", Key: k.key, Cost: units, Unit: k.unit, Anchor: k.anchor}
+		if err := f.cfg.Primary.Add(ctx, []Limit{add}); err != nil {
 			f.mu.Lock()
 			f.owed[k] += units
 			f.mu.Unlock()

@@ -45,7 +45,7 @@ func TestFallbackOwesTheDebitsOfDeniedRequests(t *testing.T) {
 }
 
 // outage is a store that fails while down and, once up, counts the units
-// Reconcile adds.
+// Reconcile adds. It never reads.
 type outage struct {
 	mu    sync.Mutex
 	down  bool
@@ -63,6 +63,15 @@ func (o *outage) Decide(_ context.Context, limits []limiter.Limit) (limiter.Deci
 		o.units += l.Cost
 	}
 	return d, nil
+}
+
+func (o *outage) Add(ctx context.Context, limits []limiter.Limit) error {
+	_, err := o.Decide(ctx, limits)
+	return err
+}
+
+func (o *outage) Peek(context.Context, []limiter.Limit) (limiter.Reading, error) {
+	return limiter.Reading{}, limiter.ErrStoreDown
 }
 
 func (o *outage) set(down bool) {

@@ -43,9 +43,9 @@ func TestGiveBackReturnsCostsToTheDecisionsPeriod(t *testing.T) {
 				{Kind: Quota, Name: "quota", Key: "{acme}:quota", Cost: 1, Max: 100, Unit: plan.Month},
 				{Kind: Ledger, Name: "usage", Key: "{acme}:ledger", Cost: 1, WindowSize: time.Minute},
 			}
-			var given []decided
+			var given []requestAnswer
 			for range 2 {
-				res, _, err := r.runBatch(ctx, r.decide, [][]Limit{limits})
+				res, _, err := r.runBatch(ctx, r.decideScript, [][]Limit{limits})
 				if err != nil || res[0].denied >= 0 {
 					t.Fatal(res, err)
 				}
@@ -53,7 +53,7 @@ func TestGiveBackReturnsCostsToTheDecisionsPeriod(t *testing.T) {
 			}
 			now = april
 			if tt.aprilFirst {
-				if _, _, err := r.runBatch(ctx, r.decide, [][]Limit{limits[1:2]}); err != nil {
+				if _, _, err := r.runBatch(ctx, r.decideScript, [][]Limit{limits[1:2]}); err != nil {
 					t.Fatal(err)
 				}
 			}

@@ -623,47 +623,23 @@ const (
 // ErrBadLimit is returned for a limit that cannot be evaluated.
 var ErrBadLimit = errors.New("bad limit")
 
-// Decide implements Limiter.
+// Decide implements Limiter: it locks the shards of the request's
+// limits, reads their states, evaluates the request and writes what it
+// took.
 func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	if err := ctx.Err(); err != nil {
 		return Decision{}, err
 	}
-	debits := false
-	for i := range limits {
-		if err := validLimit(&limits[i]); err != nil {
-			return Decision{}, err
-		}
-		debits = debits || limits[i].Debit
+	debits, err := validRequest(limits)
+	if err != nil {
+		return Decision{}, err
 	}
-	// Microseconds, as the Redis store counts: both decide alike.
-	now := l.clock()
-	now = now.Add(-time.Duration(now.Nanosecond() % 1000))
+	now := l.now()
 	d := Decision{Now: now, Statuses: make([]Status, len(limits))}
 
-	// Lock every shard the request touches, in index order.
-	var idxBuf, sortedBuf [4]int
-	idx, shards := idxBuf[:0], sortedBuf[:0]
-	for i := range limits {
-		idx = append(idx, l.shardIndex(limits[i].Key))
-	}
-	shards = append(shards, idx...)
-	sort.Ints(shards)
-	last := -1
-	for _, s := range shards {
-		if s != last {
-			l.shards[s].mu.Lock()
-			last = s
-		}
-	}
-	defer func() {
-		last := -1
-		for _, s := range shards {
-			if s != last {
-				l.shards[s].mu.Unlock()
-				last = s
-			}
-		}
-	}()
+	var idxBuf, lockedBuf [4]int
+	idx, locked := l.lockShards(limits, idxBuf[:0], lockedBuf[:0])
+	defer l.unlockShards(locked)
 
 	var stateBuf [4]limitState
 	var states []limitState
@@ -673,76 +649,154 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 		states = make([]limitState, len(limits))
 	}
 	r := request{limits: limits, states: states, statuses: d.Statuses, now: now, debits: debits}
-	// Debits first: they are spent already, so the request's checks see
-	// them; then the others, in order. Without debits, in one pass.
-	for i := range limits {
-		if err := l.load(&limits[i], &l.shards[idx[i]], now, &r.states[i]); err != nil {
-			return Decision{}, err
-		}
-		if !debits {
-			r.eval(i, limits[i].Cost, r.prior(i))
-		}
+	if err := l.loadStates(&r, idx); err != nil {
+		return Decision{}, err
 	}
-	if debits {
-		for i := range limits {
-			if limits[i].Debit {
-				r.eval(i, limits[i].Cost, r.prior(i))
-			}
-		}
-		for i := range limits {
-			if !limits[i].Debit {
-				r.eval(i, limits[i].Cost, r.prior(i))
-			}
-		}
-	}
-	d.Denied = deniedBy(limits, d.Statuses)
+	d.Denied = r.evaluate()
 	d.OK = d.Denied < 0
-	if !d.OK {
-		// Only debits are taken: report what the other limits have left.
-		for i := range limits {
-			if !limits[i].Debit && d.Statuses[i].OK {
+	if l.recordTaken(&r, idx, d.OK) {
+		l.changed()
+	}
+	return d, nil
+}
+
+// validRequest checks every limit of a request (validLimit), and reports
+// whether any of them is a debit.
+func validRequest(limits []Limit) (debits bool, err error) {
+	for i := range limits {
+		if err := validLimit(&limits[i]); err != nil {
+			return false, err
+		}
+		debits = debits || limits[i].Debit
+	}
+	return debits, nil
+}
+
+// now is the clock to the microsecond, as the Redis store counts: both
+// decide alike.
+func (l *Local) now() time.Time {
+	now := l.clock()
+	return now.Add(-time.Duration(now.Nanosecond() % 1000))
+}
+
+// lockShards locks every shard the limits live in, in index order, so
+// that two decisions never wait for each other. It returns each limit's
+// shard, appended to idx, and the shards it locked, sorted and appended
+// to locked, for unlockShards.
+func (l *Local) lockShards(limits []Limit, idx, locked []int) ([]int, []int) {
+	for i := range limits {
+		idx = append(idx, l.shardIndex(limits[i].Key))
+	}
+	locked = append(locked, idx...)
+	sort.Ints(locked)
+	last := -1
+	for _, s := range locked {
+		if s != last {
+			l.shards[s].mu.Lock()
+			last = s
+		}
+	}
+	return idx, locked
+}
+
+// unlockShards unlocks what lockShards locked.
+func (l *Local) unlockShards(locked []int) {
+	last := -1
+	for _, s := range locked {
+		if s != last {
+			l.shards[s].mu.Unlock()
+			last = s
+		}
+	}
+}
+
+// loadStates reads every limit's stored state; idx are their shards,
+// locked.
+func (l *Local) loadStates(r *request, idx []int) error {
+	for i := range r.limits {
+		if err := l.load(&r.limits[i], &l.shards[idx[i]], r.now, &r.states[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// evaluate evaluates every limit of the request: debits first (they are
+// spent already, so the request's checks see them), then the others, in
+// order; without debits, in one pass. It returns the index of the limit
+// that denies (deniedBy), -1 when none does; when one does, the other
+// limits report what they have left, since only debits are taken.
+func (r *request) evaluate() int {
+	for i := range r.limits {
+		if !r.debits || r.limits[i].Debit {
+			r.eval(i, r.limits[i].Cost, r.prior(i))
+		}
+	}
+	if r.debits {
+		for i := range r.limits {
+			if !r.limits[i].Debit {
+				r.eval(i, r.limits[i].Cost, r.prior(i))
+			}
+		}
+	}
+	denied := deniedBy(r.limits, r.statuses)
+	if denied >= 0 {
+		for i := range r.limits {
+			if !r.limits[i].Debit && r.statuses[i].OK {
 				r.eval(i, 0, r.base(i))
 			}
 		}
 	}
-	// Write what was taken, in the order evaluated: the last write of a
-	// state is what the request leaves.
-	persisted := false
+	return denied
+}
+
+// recordTaken writes what the request took (its debits, and when it is
+// allowed, its limits that are within), in the order evaluated: the last
+// write of a state is what the request leaves. idx are the limits'
+// shards, locked. It reports whether a counter or a ledger window
+// changed, for the write-behind.
+func (l *Local) recordTaken(r *request, idx []int, allowed bool) (persisted bool) {
 	for _, debit := range [2]bool{true, false} {
-		if debit && !debits {
+		if debit && !r.debits {
 			continue
 		}
-		for i := range limits {
-			lim := &limits[i]
+		for i := range r.limits {
+			lim := &r.limits[i]
 			// A ledger window opens even at no cost, as in decide.lua.
-			if lim.Debit != debit || lim.Cost == 0 && lim.Kind != Ledger || !lim.Debit && !(d.OK && d.Statuses[i].OK) {
+			if lim.Debit != debit || lim.Cost == 0 && lim.Kind != Ledger || !lim.Debit && !(allowed && r.statuses[i].OK) {
 				continue
 			}
-			st, sh := &states[i], &l.shards[idx[i]]
-			switch lim.Kind {
-			case Bucket:
-				sh.buckets[lim.Key] = st.next
-			case Quota:
-				l.setCounter(sh, counterID{lim.Key, st.start}, st.next, st.period.End, now)
-				persisted = true
-			case Ledger:
-				id := counterID{lim.Key, st.start}
-				e, ok := sh.ledger[id]
-				if !ok {
-					e = &LedgerEntry{Size: lim.WindowSize}
-					sh.ledger[id] = e
-				}
-				e.Units += lim.Cost
-				sh.ledgerDirty[id] = struct{}{}
-				sh.ledgerSize[id.key] = e.Size
+			if l.write(lim, &r.states[i], &l.shards[idx[i]], r.now) {
 				persisted = true
 			}
 		}
 	}
-	if persisted {
-		l.changed()
+	return persisted
+}
+
+// write sets limit lim's state to what it took, st.next (a ledger window
+// adds its cost, opening the window); sh is its shard, locked. It
+// reports whether a counter or a ledger window changed.
+func (l *Local) write(lim *Limit, st *limitState, sh *shard, now time.Time) bool {
+	switch lim.Kind {
+	case Bucket:
+		sh.buckets[lim.Key] = st.next
+		return false
+	case Quota:
+		l.setCounter(sh, counterID{lim.Key, st.start}, st.next, st.period.End, now)
+		return true
+	default:
+		id := counterID{lim.Key, st.start}
+		e, ok := sh.ledger[id]
+		if !ok {
+			e = &LedgerEntry{Size: lim.WindowSize}
+			sh.ledger[id] = e
+		}
+		e.Units += lim.Cost
+		sh.ledgerDirty[id] = struct{}{}
+		sh.ledgerSize[id.key] = e.Size
+		return true
 	}
-	return d, nil
 }
 
 // counter finds a quota counter, reading it from the store when it left

@@ -73,15 +73,16 @@ var ErrStoreDown = errors.New("store unreachable")
 // Redis decides with one Lua script call per decision (per hash slot in
 // a cluster), on the store's clock.
 type Redis struct {
-	client  Scripter
-	cluster bool
-	clock   func() time.Time
-	timeout time.Duration
-	avail   func(slot uint16) bool
-	failed  func(slot uint16, err error)
-	decide  script
-	batch   *batcher
-	closed  sync.Once
+	client       Scripter
+	cluster      bool
+	clock        func() time.Time
+	timeout      time.Duration
+	avail        func(slot uint16) bool
+	failed       func(slot uint16, err error)
+	decideScript script // decide.lua: decisions and give-backs
+	peekScript   script // peek.lua: reads
+	batch        *batcher
+	closed       sync.Once
 
 	replyWait time.Duration
 	late      *prometheus.CounterVec // by outcome
@@ -100,7 +101,7 @@ var _ Limiter = (*Redis)(nil)
 // NewRedis returns a Redis limiter.
 func NewRedis(cfg RedisConfig) *Redis {
 	r := &Redis{client: cfg.Client, cluster: cfg.Cluster, clock: cfg.Clock, timeout: cfg.Timeout, avail: cfg.Available, failed: cfg.Failed,
-		decide: newScript(decideLua), replyWait: cfg.ReplyWait, log: cfg.Log,
+		decideScript: newScript(decideLua), peekScript: newScript(peekLua), replyWait: cfg.ReplyWait, log: cfg.Log,
 		refunds: make(chan []Limit, refundQueueSize), refunded: make(chan struct{})}
 	r.draining, r.stopDrain = context.WithCancel(context.Background())
 	if r.timeout <= 0 {
@@ -154,7 +155,7 @@ var closeDrain = 5 * time.Second
 
 // Decide implements Limiter. Concurrent decisions share script calls (the
 // batcher); in a cluster, limits in different hash slots are decided each
-// slot's share atomically (decideSlots).
+// slot's share atomically (decideAcrossSlots).
 func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	for i := range limits {
 		if err := validLimit(&limits[i]); err != nil {
@@ -173,10 +174,10 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 		}
 		return r.batch.decide(ctx, limits, slot)
 	}
-	return r.decideSlots(ctx, limits)
+	return r.decideAcrossSlots(ctx, limits)
 }
 
-// decideSlots decides limits that lie in several hash slots of a
+// decideAcrossSlots decides limits that lie in several hash slots of a
 // cluster, each slot's share atomically: all of them are queued at once,
 // each to its slot's batch, and the request is decided on what they all
 // said. When it is denied (or a slot fails), what the others took is
@@ -188,7 +189,7 @@ func (r *Redis) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 // group is shadow (over takes nothing and denies nothing, as quota-mode
 // limits that are over in an allowed request do), and the group is
 // decided here, from every slot's statuses, by the rule Local uses.
-func (r *Redis) decideSlots(ctx context.Context, limits []Limit) (Decision, error) {
+func (r *Redis) decideAcrossSlots(ctx context.Context, limits []Limit) (Decision, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
 	groups := r.groups(limits)
@@ -354,13 +355,13 @@ func oneSlot(limits []Limit) (uint16, bool) {
 // each has left now.
 func (r *Redis) giveBack(ctx context.Context, limits []Limit) ([]Status, error) {
 	batch := [][]Limit{limits}
-	args, want := r.batchArgs(r.decide, batch)
-	var decided msgpackArray
+	args, want := r.batchArgs(r.decideScript, batch)
+	var periods msgpackArray
 	for i := range limits {
-		decided.add(limits[i].decidedIn)
+		periods.add(limits[i].decidedIn)
 	}
-	args = append(args, decided.bytes()) // ARGV[3]: give back, to these periods
-	v, err := r.eval(ctx, r.decide, args)
+	args = append(args, periods.bytes()) // ARGV[3]: give back, to these periods
+	v, err := r.eval(ctx, r.decideScript, args)
 	if err != nil {
 		if r.failed != nil {
 			r.failed(r.slotOf(batch), err)
@@ -405,8 +406,8 @@ func pick(limits []Limit, idx []int) []Limit {
 	return out
 }
 
-// decided is one request's answer within a batch.
-type decided struct {
+// requestAnswer is one request's answer within a batch.
+type requestAnswer struct {
 	statuses []Status
 	denied   int // -1: none
 }
@@ -414,7 +415,7 @@ type decided struct {
 // runBatch decides several requests in one script call, one after the
 // other, each as if alone. Their limits must share a hash slot in a
 // cluster.
-func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([]decided, time.Time, error) {
+func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([]requestAnswer, time.Time, error) {
 	args, want := r.batchArgs(script, batch)
 	v, err := r.eval(ctx, script, args)
 	if err != nil {
@@ -541,7 +542,7 @@ func (m *msgpackArray) bytes() []byte {
 const refShift = 20
 
 // parseBatch reads decide.lua's reply v (want values) for batch.
-func parseBatch(v []int64, want int, batch [][]Limit) ([]decided, time.Time, error) {
+func parseBatch(v []int64, want int, batch [][]Limit) ([]requestAnswer, time.Time, error) {
 	if len(v) != want {
 		return nil, time.Time{}, errors.New("redis decide: malformed reply")
 	}
@@ -550,11 +551,11 @@ func parseBatch(v []int64, want int, batch [][]Limit) ([]decided, time.Time, err
 		total += len(limits)
 	}
 	now := time.Unix(v[0], v[1]*1000).UTC()
-	out := make([]decided, len(batch))
+	out := make([]requestAnswer, len(batch))
 	statuses := make([]Status, total)
 	p := 2
 	for b, limits := range batch {
-		d := decided{denied: int(v[p]) - 1, statuses: statuses[:len(limits):len(limits)]}
+		d := requestAnswer{denied: int(v[p]) - 1, statuses: statuses[:len(limits):len(limits)]}
 		statuses = statuses[len(limits):]
 		p++
 		for j := range limits {

@@ -29,13 +29,13 @@ func BenchmarkDecideScript(b *testing.B) {
 		}
 	}
 	ctx := context.Background()
-	if _, _, err := r.runBatch(ctx, r.decide, batch); err != nil {
+	if _, _, err := r.runBatch(ctx, r.decideScript, batch); err != nil {
 		b.Fatal(err)
 	}
 	client.ConfigResetStat(ctx)
 	b.ResetTimer()
 	for range b.N {
-		if _, _, err := r.runBatch(ctx, r.decide, batch); err != nil {
+		if _, _, err := r.runBatch(ctx, r.decideScript, batch); err != nil {
 			b.Fatal(err)
 		}
 	}

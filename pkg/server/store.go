@@ -26,7 +26,7 @@ import (
 // backend is the store levy runs on: what decides, what remembers
 // consumers and keys, whether it is reachable, and how to close it.
 type backend struct {
-	limiter  limiter.Limiter
+	limiter  limiter.Store
 	ledger   usage.Ledger
 	lease    billing.Lease
 	events   billing.Events
@@ -94,7 +94,7 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	rl := limiter.NewRedis(limiter.RedisConfig{Client: limClient, Cluster: cluster, Timeout: timeout, ReplyWait: replyWait,
 		Available: health.SlotReady, Failed: health.SlotFailed, Registerer: s.metrics.Registry, Log: s.log})
 	b.closers = append(b.closers, rl.Close)
-	var lim limiter.Limiter = rl
+	var lim limiter.Store = rl
 	ledger := limiter.NewRedisLedger(client, time.Duration(cfg.Billing.Window))
 	if cfg.Store.OnStoreError == "allow" {
 		local, err := limiter.NewLocal(limiter.LocalConfig{Log: s.log})

@@ -52,15 +52,10 @@ func Stores(t *testing.T) []Store {
 	}
 }
 
-// Usage reads a quota or usage counter without changing it.
+// Usage reads a quota or usage counter without changing it (Peek).
 func Usage(t *testing.T, l limiter.Limiter, l0 limiter.Limit) int64 {
 	t.Helper()
-	l0.Cost, l0.Soft, l0.Max, l0.Cap = 0, true, 0, 0
-	d, err := l.Decide(context.Background(), []limiter.Limit{l0})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d.Statuses[0].Used
+	return peek(t, store(t, l), l0).Statuses[0].Used
 }
 
 // NewRedis returns a Redis limiter closed with the test.

@@ -65,6 +65,9 @@ func Run(t *testing.T, newLimiter Factory) {
 	t.Run("DebitIsRecordedPastTheLimit", func(t *testing.T) { testDebit(t, newLimiter) })
 	t.Run("QuotaModeDeniesOnlyWhenTheWholeGroupIsOver", func(t *testing.T) { testQuotaMode(t, newLimiter) })
 	t.Run("DebtOutlivesALoweredLimit", func(t *testing.T) { testDebtOutlivesALoweredLimit(t, newLimiter) })
+	t.Run("PeekAnswersAsACheckAndTakesNothing", func(t *testing.T) { testPeekAnswersAsACheck(t, newLimiter) })
+	t.Run("PeekRollsNoPeriod", func(t *testing.T) { testPeekRollsNoPeriod(t, newLimiter) })
+	t.Run("AddCountsPastEveryBound", func(t *testing.T) { testAddCountsPastEveryBound(t, newLimiter) })
 }
 
 func bucket(key string, requests int64, per time.Duration, burst int64) limiter.Limit {
