@@ -94,7 +94,7 @@ func TestLookupOnLevyFixtures(t *testing.T) {
 		domain string
 		give   []Entry
 		rpu    uint32 // 0: no limit
-		unit   Unit
+		unit   RuleUnit
 		key    string // the counter's key; "": no match
 	}{
 		{"nested key only", "storefront", e("tenant", "acme", "cart", "c1"), 4, Second, "storefront.tenant=acme.cart=c1"},

@@ -21,26 +21,30 @@ import (
 	"github.com/levyhq/levy/pkg/limiter"
 )
 
-// Unit is a rate_limit unit as written in rule files.
-type Unit string
+// RuleUnit is the unit of a rule's requests_per_unit, as rule files
+// write it (envoyproxy/ratelimit's unit names). It is not a plan.Unit:
+// second, minute and hour make a token bucket, a rolling rate, where a
+// plan's hour is a calendar period; day, week, month and year make a
+// quota over the calendar period of the same name.
+type RuleUnit string
 
 // The units envoyproxy/ratelimit accepts.
 const (
-	Second Unit = "second"
-	Minute Unit = "minute"
-	Hour   Unit = "hour"
-	Day    Unit = "day"
-	Week   Unit = "week"
-	Month  Unit = "month"
-	Year   Unit = "year"
+	Second RuleUnit = "second"
+	Minute RuleUnit = "minute"
+	Hour   RuleUnit = "hour"
+	Day    RuleUnit = "day"
+	Week   RuleUnit = "week"
+	Month  RuleUnit = "month"
+	Year   RuleUnit = "year"
 )
 
-var units = map[string]Unit{"second": Second, "minute": Minute, "hour": Hour, "day": Day, "week": Week, "month": Month, "year": Year}
+var units = map[string]RuleUnit{"second": Second, "minute": Minute, "hour": Hour, "day": Day, "week": Week, "month": Month, "year": Year}
 
 // Rule is one rate_limit of a descriptor.
 type Rule struct {
 	Name            string
-	Unit            Unit
+	Unit            RuleUnit
 	RequestsPerUnit uint32
 	// Burst (a levy extension) is the bucket's capacity for second,
 	// minute and hour units; 0 means RequestsPerUnit.

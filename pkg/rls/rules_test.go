@@ -134,7 +134,7 @@ func TestLookupMatchesAsEnvoyproxyRatelimit(t *testing.T) {
 		domain string
 		give   []Entry
 		rpu    uint32 // 0: no limit
-		unit   Unit
+		unit   RuleUnit
 		key    string
 	}{
 		{"key only", "test-domain", e("key2", "anything"), 20, Minute, "test-domain.key2=anything"},

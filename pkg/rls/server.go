@@ -147,40 +147,97 @@ const (
 	MaxEntries     = 32
 )
 
+// decide answers a request: it checks it, resolves its descriptors to
+// the limits they are decided against, has the limiter decide them all
+// at once, and reports each descriptor's status.
 func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	if err := validRequest(req); err != nil {
+		return nil, err
+	}
+	snap := s.snap.Load()
+	r, err := s.resolve(snap, req)
+	if err != nil {
+		return nil, err
+	}
+	resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK, Statuses: r.statuses}
+	if len(r.todo) == 0 {
+		if snap.DynamicMetadata {
+			resp.DynamicMetadata = responseMetadata(req, nil, nil)
+		}
+		return resp, nil
+	}
+	d, err := s.limiter.Decide(ctx, r.limits)
+	if errors.Is(err, limiter.ErrBadLimit) {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err != nil {
+		s.log.Error("decide", zap.Error(err), zap.String("domain", req.Domain))
+		return nil, status.Error(codes.Unavailable, "limiter unavailable")
+	}
+	if s.report(snap, req, &r, &d) {
+		resp.DynamicMetadata = responseMetadata(req, r.todo, r.sts)
+	}
+	if d.OK {
+		// X-RateLimit-* come from the statuses: the ratelimit filter's
+		// enable_x_ratelimit_headers: DRAFT_VERSION_03 computes them, on
+		// OK and OVER_LIMIT alike, so levy adding them too would send
+		// every client each header twice.
+		return resp, nil
+	}
+	overLimit(resp, r.limits, &d)
+	return resp, nil
+}
+
+// validRequest refuses a request without a domain or descriptors, or
+// over MaxDescriptors or MaxEntries.
+func validRequest(req *rlsv3.RateLimitRequest) error {
 	if req.GetDomain() == "" {
-		return nil, status.Error(codes.InvalidArgument, "rate limit domain must not be empty")
+		return status.Error(codes.InvalidArgument, "rate limit domain must not be empty")
 	}
 	if len(req.GetDescriptors()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "rate limit descriptor list must not be empty")
+		return status.Error(codes.InvalidArgument, "rate limit descriptor list must not be empty")
 	}
 	if n := len(req.GetDescriptors()); n > MaxDescriptors {
-		return nil, status.Errorf(codes.InvalidArgument, "%d descriptors: at most %d in one request", n, MaxDescriptors)
+		return status.Errorf(codes.InvalidArgument, "%d descriptors: at most %d in one request", n, MaxDescriptors)
 	}
 	for i, desc := range req.GetDescriptors() {
 		if n := len(desc.GetEntries()); n > MaxEntries {
-			return nil, status.Errorf(codes.InvalidArgument, "descriptor %d has %d entries: at most %d", i, n, MaxEntries)
+			return status.Errorf(codes.InvalidArgument, "descriptor %d has %d entries: at most %d", i, n, MaxEntries)
 		}
 	}
-	snap := s.snap.Load()
+	return nil
+}
+
+// resolved is a request resolved to the limits it is decided against.
+type resolved struct {
+	// sts are every descriptor's status (OK until the decision says
+	// otherwise), statuses the answer's pointers to them: allocated once
+	// per request, not once per descriptor.
+	sts      []rlsv3.RateLimitResponse_DescriptorStatus
+	statuses []*rlsv3.RateLimitResponse_DescriptorStatus
+	todo     []limited       // the descriptors that have a limit to decide
+	limits   []limiter.Limit // todo's limits
+}
+
+// resolve finds each descriptor's limit (limitFor), sets aside those
+// without one (unmatched, unlimited, refunds) and those a matched rule
+// replaces, and applies the snapshot's shadow and quota-mode switches.
+func (s *Server) resolve(snap *Snapshot, req *rlsv3.RateLimitRequest) (resolved, error) {
 	hits := uint64(req.GetHitsAddend())
 	if hits == 0 {
 		hits = 1
 	}
-	// The answer's statuses, and below its limits and durations, are
-	// allocated once per request, not once per descriptor.
 	n := len(req.Descriptors)
-	sts := make([]rlsv3.RateLimitResponse_DescriptorStatus, n)
-	statuses := make([]*rlsv3.RateLimitResponse_DescriptorStatus, n)
-	todo := make([]limited, 0, n)
-	limits := make([]limiter.Limit, 0, n) // todo's limits
+	r := resolved{sts: make([]rlsv3.RateLimitResponse_DescriptorStatus, n),
+		statuses: make([]*rlsv3.RateLimitResponse_DescriptorStatus, n),
+		todo:     make([]limited, 0, n), limits: make([]limiter.Limit, 0, n)}
 	var replaced map[string]bool
 	for i, desc := range req.Descriptors {
 		if len(desc.GetEntries()) == 0 {
-			return nil, status.Errorf(codes.InvalidArgument, "descriptor %d has no entries", i)
+			return resolved{}, status.Errorf(codes.InvalidArgument, "descriptor %d has no entries", i)
 		}
-		sts[i].Code = rlsv3.RateLimitResponse_OK
-		statuses[i] = &sts[i]
+		r.sts[i].Code = rlsv3.RateLimitResponse_OK
+		r.statuses[i] = &r.sts[i]
 		cost := hits
 		if h := desc.GetHitsAddend(); h != nil {
 			cost = h.GetValue()
@@ -192,12 +249,13 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 			continue
 		}
 		if cost > limiter.MaxCost {
-			return nil, status.Errorf(codes.InvalidArgument, "descriptor %d: hits_addend %d is over %d", i, cost, limiter.MaxCost)
+			return resolved{}, status.Errorf(codes.InvalidArgument, "descriptor %d: hits_addend %d is over %d", i, cost, limiter.MaxCost)
 		}
-		limits = append(limits, limiter.Limit{})
-		l, ok, err := s.limitFor(snap, req.Domain, desc, cost, &limits[len(limits)-1])
+		r.limits = append(r.limits, limiter.Limit{})
+		lim := &r.limits[len(r.limits)-1]
+		l, ok, err := s.limitFor(snap, req.Domain, desc, cost, lim)
 		if err != nil {
-			return nil, err
+			return resolved{}, err
 		}
 		if ok && l.rule != nil && len(l.rule.Replaces) > 0 {
 			// Before an unlimited rule is set aside: its replaces apply
@@ -205,61 +263,58 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 			if replaced == nil {
 				replaced = map[string]bool{}
 			}
-			for _, r := range l.rule.Replaces {
-				replaced[r] = true
+			for _, name := range l.rule.Replaces {
+				replaced[name] = true
 			}
 		}
 		if !ok || l.rule != nil && l.rule.Unlimited {
-			limits = limits[:len(limits)-1]
+			r.limits = r.limits[:len(r.limits)-1]
 			if ok {
-				statuses[i].LimitRemaining = math.MaxUint32
+				r.statuses[i].LimitRemaining = math.MaxUint32
 			}
 			continue
 		}
 		if snap.Shadow {
-			limits[len(limits)-1].Shadow = true
+			lim.Shadow = true
 		}
 		if snap.QuotaMode {
-			limits[len(limits)-1].QuotaMode = true
+			lim.QuotaMode = true
 		}
-		l.desc, l.shadow = i, limits[len(limits)-1].Shadow
-		todo = append(todo, l)
+		l.desc, l.shadow = i, lim.Shadow
+		r.todo = append(r.todo, l)
 	}
 	if replaced != nil {
-		// replaces: a matched rule drops the others it names.
-		kept, keptLimits := todo[:0], limits[:0]
-		for i, l := range todo {
-			if l.rule != nil && l.rule.Name != "" && replaced[l.rule.Name] {
-				continue
-			}
-			kept, keptLimits = append(kept, l), append(keptLimits, limits[i])
+		r.dropReplaced(replaced)
+	}
+	openQuotaGroup(r.limits, snap.QuotaMode && len(r.todo) < n)
+	return r, nil
+}
+
+// dropReplaced sets aside the limits of rules that a matched rule
+// replaces (replaces: a matched rule drops the others it names).
+func (r *resolved) dropReplaced(replaced map[string]bool) {
+	kept, keptLimits := r.todo[:0], r.limits[:0]
+	for i, l := range r.todo {
+		if l.rule != nil && l.rule.Name != "" && replaced[l.rule.Name] {
+			continue
 		}
-		todo, limits = kept, keptLimits
+		kept, keptLimits = append(kept, l), append(keptLimits, r.limits[i])
 	}
-	openQuotaGroup(limits, snap.QuotaMode && len(todo) < n)
-	resp := &rlsv3.RateLimitResponse{OverallCode: rlsv3.RateLimitResponse_OK, Statuses: statuses}
-	if len(todo) == 0 {
-		if snap.DynamicMetadata {
-			resp.DynamicMetadata = responseMetadata(req, nil, nil)
-		}
-		return resp, nil
-	}
-	d, err := s.limiter.Decide(ctx, limits)
-	if errors.Is(err, limiter.ErrBadLimit) {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-	if err != nil {
-		s.log.Error("decide", zap.Error(err), zap.String("domain", req.Domain))
-		return nil, status.Error(codes.Unavailable, "limiter unavailable")
-	}
-	current := make([]rlsv3.RateLimitResponse_RateLimit, len(todo))
-	resets := make([]durationpb.Duration, len(todo))
+	r.todo, r.limits = kept, keptLimits
+}
+
+// report writes what decision d said of each decided descriptor into
+// its status, and observes the rules' metrics. It reports whether the
+// answer carries dynamic metadata.
+func (s *Server) report(snap *Snapshot, req *rlsv3.RateLimitRequest, r *resolved, d *limiter.Decision) (withMetadata bool) {
+	current := make([]rlsv3.RateLimitResponse_RateLimit, len(r.todo))
+	resets := make([]durationpb.Duration, len(r.todo))
 	ratio := snap.NearLimitRatio
 	if ratio <= 0 {
 		ratio = NearLimitRatio
 	}
-	withMetadata := snap.DynamicMetadata
-	for i, l := range todo {
+	withMetadata = snap.DynamicMetadata
+	for i, l := range r.todo {
 		st := d.Statuses[i]
 		reset := st.Reset
 		code := rlsv3.RateLimitResponse_OK
@@ -277,30 +332,26 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 		reset = (reset + time.Second - 1).Truncate(time.Second)
 		current[i].Name, current[i].RequestsPerUnit, current[i].Unit = ruleName(l.rule), l.rpu, l.unit
 		resets[i].Seconds, resets[i].Nanos = int64(reset/time.Second), int32(reset%time.Second) // as durationpb.New
-		ds := &sts[l.desc]
+		ds := &r.sts[l.desc]
 		ds.Code, ds.CurrentLimit, ds.DurationUntilReset = code, &current[i], &resets[i]
 		ds.LimitRemaining = uint32(min(max(st.Remaining, 0), math.MaxUint32))
-		if !st.OK && limits[i].Shadow {
-			s.log.Debug("shadow limit over", zap.String("rule", limits[i].Name))
+		if !st.OK && r.limits[i].Shadow {
+			s.log.Debug("shadow limit over", zap.String("rule", r.limits[i].Name))
 		}
 		if l.rule != nil {
 			label, values := l.rule.Path, false
 			if l.rule.valueLabels && snap.MetricValues > 0 {
 				label, values = l.rule.metricLabel(req.Domain, entriesOf(req.Descriptors[l.desc]))
 			}
-			s.rules.observe(l.rule.Path, label, values, snap.MetricValues, limits[i].Cost, st.OK, l.shadow, st.Limit, st.Remaining, ratio)
+			s.rules.observe(l.rule.Path, label, values, snap.MetricValues, r.limits[i].Cost, st.OK, l.shadow, st.Limit, st.Remaining, ratio)
 		}
 	}
-	if withMetadata {
-		resp.DynamicMetadata = responseMetadata(req, todo, sts)
-	}
-	if d.OK {
-		// X-RateLimit-* come from the statuses: the ratelimit filter's
-		// enable_x_ratelimit_headers: DRAFT_VERSION_03 computes them, on
-		// OK and OVER_LIMIT alike, so levy adding them too would send
-		// every client each header twice.
-		return resp, nil
-	}
+	return withMetadata
+}
+
+// overLimit makes resp the answer to a denied request: OVER_LIMIT, with
+// the denying limit's problem body and the rate-limit headers.
+func overLimit(resp *rlsv3.RateLimitResponse, limits []limiter.Limit, d *limiter.Decision) {
 	resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
 	denied := d.Denied
 	if denied < 0 || denied >= len(limits) {
@@ -318,7 +369,6 @@ func (s *Server) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv
 	for i, h := range hs {
 		resp.ResponseHeadersToAdd[i] = &corev3.HeaderValue{Key: h.Name, Value: h.Value}
 	}
-	return resp, nil
 }
 
 // openQuotaGroup decides the request's quota-mode limits as shadows when
@@ -469,7 +519,7 @@ func overrideLimit(domain string, entries []Entry, consumer string, o *rlv3.Rate
 	case mult > 1:
 		return limited{}, false, status.Errorf(codes.InvalidArgument, "limit override: unit_multiplier %d with unit %s; calendar months and years take no multiplier", mult, o.GetUnit())
 	case o.GetUnit() == typev3.RateLimitUnit_DAY || o.GetUnit() == typev3.RateLimitUnit_MONTH || o.GetUnit() == typev3.RateLimitUnit_YEAR:
-		u := map[typev3.RateLimitUnit]Unit{typev3.RateLimitUnit_DAY: Day, typev3.RateLimitUnit_MONTH: Month, typev3.RateLimitUnit_YEAR: Year}[o.GetUnit()]
+		u := map[typev3.RateLimitUnit]RuleUnit{typev3.RateLimitUnit_DAY: Day, typev3.RateLimitUnit_MONTH: Month, typev3.RateLimitUnit_YEAR: Year}[o.GetUnit()]
 		*lim = limiter.Limit{Kind: limiter.Quota, Name: "override", Key: k + ":" + string(u), Cost: int64(cost), Max: rpu, Unit: plan.Unit(u)}
 		l.unit = quotaUnit(u)
 	default:
@@ -481,7 +531,7 @@ func overrideLimit(domain string, entries []Entry, consumer string, o *rlv3.Rate
 	return l, true, nil
 }
 
-func unitDuration(u Unit) time.Duration {
+func unitDuration(u RuleUnit) time.Duration {
 	switch u {
 	case Second:
 		return time.Second
@@ -509,7 +559,7 @@ func responseUnit(per time.Duration) rlsv3.RateLimitResponse_RateLimit_Unit {
 	return rlsv3.RateLimitResponse_RateLimit_UNKNOWN
 }
 
-func quotaUnit(u Unit) rlsv3.RateLimitResponse_RateLimit_Unit {
+func quotaUnit(u RuleUnit) rlsv3.RateLimitResponse_RateLimit_Unit {
 	switch u {
 	case Day:
 		return rlsv3.RateLimitResponse_RateLimit_DAY
