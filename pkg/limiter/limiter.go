@@ -37,7 +37,8 @@ type Limit struct {
 	Key string
 	// Cost is the units this request takes. Zero checks without taking:
 	// such a check is over when nothing is left (a bucket without a whole
-	// token, a hard quota at Max, a capped soft quota at Cap).
+	// token, a hard quota at Max, a capped soft quota at Cap). A read that
+	// decides nothing is a Peek, an addition past any bound an Add.
 	Cost int64
 
 	// Bucket: Requests per Per, at most Burst (Burst 0 means Requests).
@@ -158,7 +159,8 @@ type Decision struct {
 
 // Limiter decides requests. Decide is atomic: either every limit takes its
 // cost (quota-mode limits that are over aside), or (when the request is
-// denied) only debits do.
+// denied) only debits do. The stores also read and add (Store); callers
+// that need those declare them where they use them.
 type Limiter interface {
 	Decide(ctx context.Context, limits []Limit) (Decision, error)
 }

@@ -637,8 +637,16 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 	now := l.now()
 	d := Decision{Now: now, Statuses: make([]Status, len(limits))}
 
+	// Each limit's shard, and the shards to lock, sorted: on the stack
+	// for the usual few limits.
 	var idxBuf, lockedBuf [4]int
-	idx, locked := l.lockShards(limits, idxBuf[:0], lockedBuf[:0])
+	idx, locked := idxBuf[:0], lockedBuf[:0]
+	for i := range limits {
+		idx = append(idx, l.shardIndex(limits[i].Key))
+	}
+	locked = append(locked, idx...)
+	sort.Ints(locked)
+	l.lockShards(locked)
 	defer l.unlockShards(locked)
 
 	var stateBuf [4]limitState
@@ -649,12 +657,12 @@ func (l *Local) Decide(ctx context.Context, limits []Limit) (Decision, error) {
 		states = make([]limitState, len(limits))
 	}
 	r := request{limits: limits, states: states, statuses: d.Statuses, now: now, debits: debits}
-	if err := l.loadStates(&r, idx); err != nil {
+	if err := l.loadStates(limits, states, idx, now); err != nil {
 		return Decision{}, err
 	}
 	d.Denied = r.evaluate()
 	d.OK = d.Denied < 0
-	if l.recordTaken(&r, idx, d.OK) {
+	if l.recordTaken(limits, states, idx, &r, d.OK) {
 		l.changed()
 	}
 	return d, nil
@@ -679,24 +687,16 @@ func (l *Local) now() time.Time {
 	return now.Add(-time.Duration(now.Nanosecond() % 1000))
 }
 
-// lockShards locks every shard the limits live in, in index order, so
-// that two decisions never wait for each other. It returns each limit's
-// shard, appended to idx, and the shards it locked, sorted and appended
-// to locked, for unlockShards.
-func (l *Local) lockShards(limits []Limit, idx, locked []int) ([]int, []int) {
-	for i := range limits {
-		idx = append(idx, l.shardIndex(limits[i].Key))
-	}
-	locked = append(locked, idx...)
-	sort.Ints(locked)
+// lockShards locks shards, sorted (a shard may repeat), in index order,
+// so that two decisions never wait for each other.
+func (l *Local) lockShards(sorted []int) {
 	last := -1
-	for _, s := range locked {
+	for _, s := range sorted {
 		if s != last {
 			l.shards[s].mu.Lock()
 			last = s
 		}
 	}
-	return idx, locked
 }
 
 // unlockShards unlocks what lockShards locked.
@@ -710,11 +710,11 @@ func (l *Local) unlockShards(locked []int) {
 	}
 }
 
-// loadStates reads every limit's stored state; idx are their shards,
-// locked.
-func (l *Local) loadStates(r *request, idx []int) error {
-	for i := range r.limits {
-		if err := l.load(&r.limits[i], &l.shards[idx[i]], r.now, &r.states[i]); err != nil {
+// loadStates reads every limit's stored state into states; idx are
+// their shards, locked.
+func (l *Local) loadStates(limits []Limit, states []limitState, idx []int, now time.Time) error {
+	for i := range limits {
+		if err := l.load(&limits[i], &l.shards[idx[i]], now, &states[i]); err != nil {
 			return err
 		}
 	}
@@ -750,23 +750,25 @@ func (r *request) evaluate() int {
 	return denied
 }
 
-// recordTaken writes what the request took (its debits, and when it is
+// recordTaken writes what request r took (its debits, and when it is
 // allowed, its limits that are within), in the order evaluated: the last
-// write of a state is what the request leaves. idx are the limits'
-// shards, locked. It reports whether a counter or a ledger window
-// changed, for the write-behind.
-func (l *Local) recordTaken(r *request, idx []int, allowed bool) (persisted bool) {
+// write of a state is what the request leaves. limits and states are r's
+// (passed on their own: the limits' keys go into the shards' maps, and
+// so must not take r with them to the heap); idx are their shards,
+// locked. It reports whether a counter or a ledger window changed, for
+// the write-behind.
+func (l *Local) recordTaken(limits []Limit, states []limitState, idx []int, r *request, allowed bool) (persisted bool) {
 	for _, debit := range [2]bool{true, false} {
 		if debit && !r.debits {
 			continue
 		}
-		for i := range r.limits {
-			lim := &r.limits[i]
+		for i := range limits {
+			lim := &limits[i]
 			// A ledger window opens even at no cost, as in decide.lua.
 			if lim.Debit != debit || lim.Cost == 0 && lim.Kind != Ledger || !lim.Debit && !(allowed && r.statuses[i].OK) {
 				continue
 			}
-			if l.write(lim, &r.states[i], &l.shards[idx[i]], r.now) {
+			if l.write(lim, &states[i], &l.shards[idx[i]], r.now) {
 				persisted = true
 			}
 		}
