@@ -44,8 +44,36 @@ func TestFallbackOwesTheDebitsOfDeniedRequests(t *testing.T) {
 	}
 }
 
+// During an outage an addition counts on the local store, where a Peek
+// sees it, and is owed to the store, which gets it once it is back.
+func TestFallbackAddsDuringAnOutageAndReconciles(t *testing.T) {
+	local, err := limiter.NewLocal(limiter.LocalConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	store := &outage{down: true}
+	f := limiter.NewFallback(limiter.FallbackConfig{Primary: store, Local: local, Ledger: &ledgerUnits{},
+		ReconcileEvery: time.Hour, Log: zaptest.NewLogger(t)}) // reconciled by hand below
+	defer f.Close()
+	ctx := context.Background()
+	tokens := limiter.Limit{Kind: limiter.Quota, Name: "tokens", Key: "{c:a}:tokens", Cost: 5, Max: 3, Unit: plan.Month}
+	if err := f.Add(ctx, []limiter.Limit{tokens}); err != nil {
+		t.Fatalf("Add in the outage: %v", err)
+	}
+	r, err := f.Peek(ctx, []limiter.Limit{tokens})
+	if err != nil || r.Statuses[0].Used != 5 {
+		t.Fatalf("Peek in the outage: %+v %v, want the 5 added", r.Statuses, err)
+	}
+	store.set(false)
+	f.Reconcile(ctx)
+	if added := store.added(); added != 5 {
+		t.Fatalf("reconciled %d units, want the 5 added in the outage", added)
+	}
+}
+
 // outage is a store that fails while down and, once up, counts the units
-// Reconcile adds. It never reads.
+// Reconcile adds. Its reads always fail.
 type outage struct {
 	mu    sync.Mutex
 	down  bool
