@@ -14,6 +14,7 @@ import (
 
 	"github.com/levyhq/levy/api"
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/server"
 )
 
 // configPaths lists every setting of t's yaml fields: a.b for a field,
@@ -125,7 +126,11 @@ func TestShippedConfigsValidate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := config.Load(f); err != nil {
+		cfg, err := config.Load(f)
+		if err == nil {
+			_, err = server.RateLimitRules(cfg)
+		}
+		if err != nil {
 			t.Fatalf("%s does not load: %v", f, err)
 		}
 		errs, err := api.ValidateConfig(data)

@@ -136,7 +136,7 @@ const configEnv = "LEVY_CONFIG"
 
 // loadConfig reads path (or, when it is "", the embedded example config
 // that --demo serves), applies the environment, then flags, then
-// validates.
+// validates, rate-limit rules included.
 func loadConfig(path string, flags func(*config.Config)) (*config.Config, error) {
 	var cfg *config.Config
 	var err error
@@ -155,7 +155,7 @@ func loadConfig(path string, flags func(*config.Config)) (*config.Config, error)
 	if flags != nil {
 		flags(cfg)
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := server.Validate(cfg); err != nil {
 		return nil, fmt.Errorf("invalid config:\n%w", err)
 	}
 	return cfg, nil

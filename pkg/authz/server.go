@@ -26,16 +26,19 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/levyhq/levy/pkg/apikey"
-	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/consumerlimits"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/problem"
 	"github.com/levyhq/levy/pkg/telemetry"
-	"github.com/levyhq/levy/pkg/usage"
 )
 
-// Snapshot is everything a decision reads that a reload may change. It is
-// immutable; Server.Swap replaces it whole.
+// Snapshot is everything a decision reads that a reload may change.
+// Server.Swap replaces it whole, and nothing changes its exported fields
+// once it is in force. It also carries a cache of what it derives for each
+// key (its identities, built on first use): the cache belongs to the
+// snapshot because an identity holds the snapshot's plan and header names,
+// so a reload starts a new one and the old one goes with its snapshot.
 type Snapshot struct {
 	Catalog   *plan.Catalog
 	Directory apikey.Directory
@@ -49,37 +52,45 @@ type Snapshot struct {
 	// LedgerWindow is the usage ledger's window; zero counts no ledger.
 	LedgerWindow time.Duration
 
-	identities    sync.Map     // identityKey -> *identity
+	identities    sync.Map     // identityKey -> *identity, filled as keys are seen
 	identityCount atomic.Int64 // bounds identities
 	keyHeadersOut []string     // headers_to_remove
 }
 
-// NewSnapshot builds a snapshot from a validated config, adding consumers
-// and keys kept outside it (demo keys, the store's).
-func NewSnapshot(cfg *config.Config, consumers []*apikey.Consumer, keys []*apikey.Key, store apikey.Store) (*Snapshot, error) {
-	catalog, err := cfg.Catalog()
-	if err != nil {
-		return nil, err
-	}
-	cs, ks := cfg.Directory()
-	for _, c := range consumers {
-		if _, ok := catalog.Get(c.Plan); ok {
-			cs = append(cs, c)
-		}
-	}
+// SnapshotConfig is what a Snapshot is built from: the plans, the
+// consumers and keys known without the store (the file's, demo keys), the
+// store for the rest, and how keys arrive and callers are named.
+type SnapshotConfig struct {
+	Catalog   *plan.Catalog
+	Consumers []*apikey.Consumer
+	Keys      []*apikey.Key
+	// Store finds the consumers and keys the lists above do not hold; nil
+	// for none.
+	Store  apikey.Store
+	Hasher apikey.Hasher
+	// KeyHeaders, Bearer, the header names and LedgerWindow are the
+	// Snapshot's.
+	KeyHeaders                                   []string
+	Bearer                                       bool
+	ConsumerHeader, PlanHeader, CredentialHeader string
+	LedgerWindow                                 time.Duration
+}
+
+// NewSnapshot builds a snapshot.
+func NewSnapshot(cfg SnapshotConfig) *Snapshot {
 	snap := &Snapshot{
-		Catalog:          catalog,
-		Directory:        apikey.Layered{Static: apikey.NewIndex(cs, append(ks, keys...)), Store: store},
-		Hasher:           cfg.Hasher(),
-		KeyHeaders:       cfg.Keys.Headers,
-		Bearer:           cfg.Keys.BearerEnabled(),
-		ConsumerHeader:   cfg.Headers.ConsumerID,
-		PlanHeader:       cfg.Headers.Plan,
-		CredentialHeader: cfg.Headers.CredentialID,
-		LedgerWindow:     time.Duration(cfg.Billing.Window),
+		Catalog:          cfg.Catalog,
+		Directory:        apikey.Layered{Static: apikey.NewIndex(cfg.Consumers, cfg.Keys), Store: cfg.Store},
+		Hasher:           cfg.Hasher,
+		KeyHeaders:       cfg.KeyHeaders,
+		Bearer:           cfg.Bearer,
+		ConsumerHeader:   cfg.ConsumerHeader,
+		PlanHeader:       cfg.PlanHeader,
+		CredentialHeader: cfg.CredentialHeader,
+		LedgerWindow:     cfg.LedgerWindow,
 	}
 	snap.Prepare()
-	return snap, nil
+	return snap
 }
 
 // Prepare fills derived fields; NewSnapshot calls it, and so must code that
@@ -283,7 +294,7 @@ const (
 	// differ, and a refund in the other window would miss its units.
 	MetadataWindow = "window"
 	// MetadataLedger is a string: the ledger's state key the units were
-	// counted under (limiter.LedgerKey of the consumer and the plan's meter).
+	// counted under (usage.LedgerKey of the consumer and the plan's terms).
 	MetadataLedger = "ledger"
 	// MetadataQuota is a string: the state key of the quota counter the
 	// units were counted in (usage.QuotaKey of the consumer), and
@@ -397,16 +408,12 @@ func (snap *Snapshot) identity(k *apikey.Key, c *apikey.Consumer, p *plan.Plan) 
 			MetadataKeyID:    structpb.NewStringValue(k.ID),
 		}},
 		ledgerAt: -1,
-		quotaAt:  -1,
 	}
-	id.limits = Limits(c, p, 1, snap.LedgerWindow)
-	for i := range id.limits {
-		switch id.limits[i].Kind {
-		case limiter.Ledger:
-			id.ledgerAt, id.ledger = i, structpb.NewStringValue(id.limits[i].Key)
-		case limiter.Quota:
-			id.quotaAt, id.quota = i, structpb.NewStringValue(id.limits[i].Key)
-		}
+	cl := consumerlimits.For(c, p, 1, snap.LedgerWindow)
+	id.limits = cl.Slice()
+	id.quotaAt, id.quota = cl.QuotaAt(), structpb.NewStringValue(cl.Quota.Key)
+	if cl.Ledger != nil {
+		id.ledgerAt, id.ledger = cl.LedgerAt(), structpb.NewStringValue(cl.Ledger.Key)
 	}
 	if snap.identityCount.Add(1) > maxIdentities {
 		// Keys come and go (revoked, rotated): start over rather than grow.
@@ -472,38 +479,6 @@ func (snap *Snapshot) describeKeyHeaders() string {
 		parts = append(parts, "Authorization: Bearer header")
 	}
 	return strings.Join(parts, " or the ")
-}
-
-// Limits are the limits a consumer's request on plan p is decided against:
-// the plan's token bucket (one token a request) and its quota, or a usage
-// counter when the plan has no quota (usage is counted either way). All of
-// them carry the consumer's hash tag, so they share one store slot.
-//
-// The bucket is per plan, so an upgrade starts on the new plan's full
-// bucket at once; the units counter is not, so usage so far in the period
-// carries over to the new plan's quota.
-//
-// When window is set, a ledger limit counts the units in the usage ledger,
-// in the same decision.
-func Limits(c *apikey.Consumer, p *plan.Plan, cost int64, window time.Duration) []limiter.Limit {
-	tag := "{c:" + c.ID + "}"
-	limits := make([]limiter.Limit, 0, 3)
-	if r := p.Rate; r != nil {
-		limits = append(limits, limiter.Limit{
-			Kind: limiter.Bucket, Name: "rate", Key: tag + ":rate:" + p.Name, Cost: 1,
-			Requests: r.Requests, Per: r.Per, Burst: r.Burst,
-		})
-	}
-	q := limiter.Limit{Kind: limiter.Quota, Name: "usage", Key: usage.QuotaKey(c.ID), Cost: cost,
-		Unit: p.UsagePeriod(), Anchor: c.PeriodAnchor, Soft: true}
-	if pq := p.Quota; pq != nil {
-		q.Name, q.Max, q.Soft, q.Cap = "quota", pq.Requests, pq.Enforcement == plan.Soft, pq.Cap
-	}
-	limits = append(limits, q)
-	if window > 0 {
-		limits = append(limits, limiter.Limit{Kind: limiter.Ledger, Name: "ledger", Key: usage.LedgerKey(c.ID, usage.TermsOf(p)), Cost: cost, WindowSize: window})
-	}
-	return limits
 }
 
 func denialReason(l *limiter.Limit) string {

@@ -21,6 +21,7 @@ import (
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/server"
 	"github.com/levyhq/levy/pkg/wire"
 	"github.com/levyhq/levy/test/envoy"
 )
@@ -112,7 +113,7 @@ func snapshot(t testing.TB, text string) *authz.Snapshot {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	snap, err := authz.NewSnapshot(cfg, nil, nil, nil)
+	snap, err := server.AuthzSnapshot(cfg, nil, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/levyhq/levy/pkg/apikey"
-	"github.com/levyhq/levy/pkg/authz"
+	"github.com/levyhq/levy/pkg/consumerlimits"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/usage"
@@ -45,8 +45,7 @@ type Peeker interface {
 // Report reads a consumer's current period from the limiter (without
 // counting anything) and the ledger.
 func Report(ctx context.Context, lim Peeker, ledger usage.Ledger, c *apikey.Consumer, p *plan.Plan, cat *plan.Catalog) (UsageReport, error) {
-	limits := authz.Limits(c, p, 0, 0)
-	units := limits[len(limits)-1] // the quota or usage counter
+	units := consumerlimits.For(c, p, 0, 0).Quota // the quota or usage counter
 	read, err := lim.Peek(ctx, []limiter.Limit{units})
 	if err != nil {
 		return UsageReport{}, err

@@ -1,19 +1,21 @@
 // Package config loads levy's configuration file: defaults, then the YAML
 // file (strictly decoded: an unknown key is an error naming file, line and
-// key), then LEVY_* environment variables, then validation. A loaded Config
-// builds the immutable runtime snapshot (plans, consumers, keys) that the
-// servers swap in atomically on reload.
+// key), then LEVY_* environment variables and the secrets only the
+// environment gives, then validation. It knows nothing of the servers:
+// pkg/server builds their runtime snapshots from a loaded Config (the
+// plans, consumers and keys of Catalog and Directory, the rate-limit rules
+// pkg/rls reads) and swaps them in atomically on reload.
 package config
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
-
-	"github.com/levyhq/levy/pkg/rls"
 )
 
 // Config is the whole levy.yaml.
@@ -30,10 +32,13 @@ type Config struct {
 	RateLimit RateLimit           `yaml:"ratelimit"`
 	Billing   Billing             `yaml:"billing"`
 
+	// AdminToken is the bearer token of the admin API (LEVY_ADMIN_TOKEN;
+	// unset turns the API off). The environment gives it, never the file.
+	AdminToken Secret `yaml:"-"`
+
 	// Source is the file the config came from ("" for defaults only).
 	Source string `yaml:"-"`
 	lines  lineIndex
-	rules  *rls.Rules // loaded rate-limit rules
 	// setBy names what set a key path over the file: "LEVY_STORE", "--store".
 	setBy map[string]string
 }
@@ -133,15 +138,30 @@ type Store struct {
 	MaxCounters int      `yaml:"max_counters"`
 }
 
-// Redis says how to reach Redis. The password and TLS settings come from
-// the environment: LEVY_REDIS_USERNAME, LEVY_REDIS_PASSWORD, LEVY_REDIS_TLS
-// (true), LEVY_REDIS_TLS_CA (a PEM file), LEVY_REDIS_TLS_SERVER_NAME.
+// Redis says how to reach Redis. The credentials and TLS settings come from
+// the environment, never the file: LEVY_REDIS_USERNAME, LEVY_REDIS_PASSWORD,
+// LEVY_REDIS_TLS (true), LEVY_REDIS_TLS_CA (a PEM file),
+// LEVY_REDIS_TLS_SERVER_NAME.
 type Redis struct {
 	Addr string `yaml:"addr"`
 	// Cluster lists Redis Cluster seed nodes; it wins over Addr.
 	Cluster []string `yaml:"cluster"`
 	// CacheTTL is how long a key lookup is trusted in-process.
 	CacheTTL Duration `yaml:"cache_ttl"`
+
+	Username string   `yaml:"-"` // LEVY_REDIS_USERNAME
+	Password Secret   `yaml:"-"` // LEVY_REDIS_PASSWORD
+	TLS      RedisTLS `yaml:"-"`
+}
+
+// RedisTLS says how levy speaks TLS to Redis.
+type RedisTLS struct {
+	// Enabled is LEVY_REDIS_TLS=true.
+	Enabled bool
+	// CAFile is a PEM file of the CAs that sign Redis's certificate
+	// (LEVY_REDIS_TLS_CA; unset: the system's); ServerName the name it
+	// must carry (LEVY_REDIS_TLS_SERVER_NAME; unset: the address's host).
+	CAFile, ServerName string
 }
 
 // Keys says where API keys are found in requests and how they are stored.
@@ -196,7 +216,7 @@ type PlanBilling struct {
 
 // Billing configures the money path: the usage ledger, settlement, the
 // export to Stripe meters and Stripe webhooks. Secrets come from the
-// environment: STRIPE_API_KEY and STRIPE_WEBHOOK_SECRET.
+// environment (Stripe's APIKey and WebhookSecret).
 type Billing struct {
 	// Window is the ledger's window (default 1m; down to 1s for tests).
 	Window Duration `yaml:"window"`
@@ -224,11 +244,17 @@ type PaymentFailed struct {
 	Grace  Duration `yaml:"grace"`
 }
 
-// Stripe says where Stripe is.
+// Stripe says where Stripe is, and how levy proves itself to it.
 type Stripe struct {
 	// APIBase is Stripe's API (default https://api.stripe.com); tests point
 	// it at stripe-mock.
 	APIBase string `yaml:"api_base"`
+	// APIKey is STRIPE_API_KEY: unset, nothing is exported to Stripe and
+	// there is no Stripe to reconcile with.
+	APIKey Secret `yaml:"-"`
+	// WebhookSecret is STRIPE_WEBHOOK_SECRET, which signs Stripe's
+	// webhooks.
+	WebhookSecret Secret `yaml:"-"`
 }
 
 // RouteSpec is a plan's limit and cost for one RateLimitService route.
@@ -317,8 +343,33 @@ var envOverrides = []struct {
 	{"LEVY_REDIS_CLUSTER", "store.redis.cluster", func(c *Config, v string) { c.Store.Redis.Cluster = strings.Split(v, ",") }},
 }
 
-// ApplyEnv overrides settings from LEVY_* environment variables. An error
-// in a value set this way names the variable, not the file's line.
+// envSecrets are the secrets only the environment gives (the file cannot
+// hold them), with where they go.
+var envSecrets = []struct {
+	name   string
+	secret func(c *Config) *Secret
+}{
+	{"LEVY_ADMIN_TOKEN", func(c *Config) *Secret { return &c.AdminToken }},
+	{"STRIPE_API_KEY", func(c *Config) *Secret { return &c.Billing.Stripe.APIKey }},
+	{"STRIPE_WEBHOOK_SECRET", func(c *Config) *Secret { return &c.Billing.Stripe.WebhookSecret }},
+	{"LEVY_REDIS_PASSWORD", func(c *Config) *Secret { return &c.Store.Redis.Password }},
+}
+
+// envOnly maps the other settings only the environment gives.
+var envOnly = []struct {
+	name string
+	set  func(c *Config, v string)
+}{
+	{"LEVY_REDIS_USERNAME", func(c *Config, v string) { c.Store.Redis.Username = v }},
+	{"LEVY_REDIS_TLS", func(c *Config, v string) { c.Store.Redis.TLS.Enabled = v == "true" }},
+	{"LEVY_REDIS_TLS_CA", func(c *Config, v string) { c.Store.Redis.TLS.CAFile = v }},
+	{"LEVY_REDIS_TLS_SERVER_NAME", func(c *Config, v string) { c.Store.Redis.TLS.ServerName = v }},
+}
+
+// ApplyEnv overrides settings from LEVY_* environment variables, and reads
+// the secrets and settings only the environment gives (STRIPE_API_KEY,
+// LEVY_ADMIN_TOKEN, LEVY_REDIS_*). An error in a value set this way names
+// the variable, not the file's line. A variable set to "" counts as unset.
 func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 	if lookup == nil {
 		lookup = os.LookupEnv
@@ -327,6 +378,16 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) {
 		if v, ok := lookup(o.name); ok && v != "" {
 			o.set(c, v)
 			c.SetBy(o.path, o.name)
+		}
+	}
+	for _, e := range envSecrets {
+		if v, ok := lookup(e.name); ok && v != "" {
+			*e.secret(c) = Secret{Ref: "env:" + e.name, value: v}
+		}
+	}
+	for _, e := range envOnly {
+		if v, ok := lookup(e.name); ok && v != "" {
+			e.set(c, v)
 		}
 	}
 }
@@ -382,7 +443,9 @@ func (d *Duration) parse(s string) error {
 }
 
 // Secret is a value read from the environment ("env:NAME") or a file
-// ("file:/path"). It never prints its value.
+// ("file:/path"). It never shows its value: fmt (every verb, %#v too), JSON,
+// YAML and zap print "<secret>" when it is set and "" when not; Value is
+// the only way to it.
 type Secret struct {
 	Ref   string
 	value string
@@ -440,10 +503,23 @@ func (s *Secret) Resolve() error {
 // Value returns the resolved secret.
 func (s Secret) Value() string { return s.value }
 
-// String redacts the secret.
+// Redacted is how a set Secret prints.
+const Redacted = "<secret>"
+
+// String redacts the secret: Redacted, or "" when it is not set.
 func (s Secret) String() string {
-	if s.Ref == "" {
+	if s.Ref == "" && s.value == "" {
 		return ""
 	}
-	return s.Ref + " (redacted)"
+	return Redacted
 }
+
+// Format implements fmt.Formatter: every verb prints String, so that no
+// verb (%d, %x, %#v) reaches the value.
+func (s Secret) Format(f fmt.State, _ rune) { io.WriteString(f, s.String()) }
+
+// MarshalJSON implements json.Marshaler (zap's reflected fields use it).
+func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
+
+// MarshalYAML implements yaml.Marshaler.
+func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }

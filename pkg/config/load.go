@@ -15,7 +15,8 @@ import (
 )
 
 // Load reads, decodes and validates a config file; env overrides apply
-// before validation.
+// before validation. The rate-limit rules it names are read where they
+// are used (server.RateLimitRules), not here.
 func Load(path string) (*Config, error) {
 	c, err := ParseFile(path)
 	if err != nil {

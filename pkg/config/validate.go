@@ -11,7 +11,9 @@ import (
 	"github.com/levyhq/levy/pkg/plan"
 )
 
-// Validate checks every setting and returns all problems at once.
+// Validate checks every setting and returns all problems at once. The
+// rate-limit rules (ratelimit.domains and the files of ratelimit.dir) are
+// pkg/rls's to read: server.Validate checks them after these.
 func (c *Config) Validate() error {
 	var errs Errors
 	for path, addr := range map[string]string{"listen.grpc": c.Listen.GRPC, "listen.http": c.Listen.HTTP} {
@@ -81,11 +83,6 @@ func (c *Config) Validate() error {
 	}
 	if c.RateLimit.MetricValues < 0 {
 		c.problem(&errs, "ratelimit.metric_values_per_rule", "%d is negative: want 0 (rule paths only) or more", c.RateLimit.MetricValues)
-	}
-	if len(errs) == 0 {
-		if _, err := c.RateLimitRules(); err != nil {
-			errs = append(errs, err.Error())
-		}
 	}
 	if len(errs) > 0 {
 		return errs

@@ -78,9 +78,9 @@ type Limit struct {
 	// a Debit. Shadow limits are no part of the group.
 	QuotaMode bool
 
-	// Ledger: the window the units are counted in (epoch-aligned), and
-	// which units are billable: BillAll, 0 for none, or i+1 to bill the
-	// units that go beyond the soft quota at index i of the same request.
+	// Ledger: the window the units are counted in (epoch-aligned). Which
+	// of them are billable is worked out at export, from the period's
+	// settled units and the terms in the ledger's key.
 	WindowSize time.Duration
 
 	// decidedIn is, for a limit the Redis store gives back, the period its

@@ -13,6 +13,7 @@ import (
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
+	"github.com/levyhq/levy/pkg/server"
 )
 
 // Review findings (issue 11): each test states what envoyproxy/ratelimit
@@ -146,7 +147,7 @@ func TestReviewRuleTheLimiterRefusesIsRefusedAtLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = cfg.Validate()
+	err = server.Validate(cfg)
 	if err == nil || !strings.Contains(err.Error(), "levy.yaml (ratelimit.domains[0]):31: bad limit") {
 		t.Fatalf("a rule every request on which is InvalidArgument: %v; want it refused at levy.yaml's line 31", err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/rls"
+	"github.com/levyhq/levy/pkg/server"
 	"github.com/levyhq/levy/pkg/telemetry"
 	"github.com/levyhq/levy/test/compat"
 	"github.com/levyhq/levy/test/envoy"
@@ -110,7 +111,7 @@ func mustConfig(t testing.TB, text string) *config.Config {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := server.Validate(cfg); err != nil {
 		t.Fatal(err)
 	}
 	return cfg
@@ -118,7 +119,7 @@ func mustConfig(t testing.TB, text string) *config.Config {
 
 func snapshot(t testing.TB, cfg *config.Config, shadow bool) *rls.Snapshot {
 	t.Helper()
-	rules, err := cfg.RateLimitRules()
+	rules, err := server.RateLimitRules(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -59,6 +58,7 @@ type Options struct {
 	// reloading).
 	ReloadEvery time.Duration
 	// Reload loads the config again; nil means config.Load(cfg.Source).
+	// The rate-limit rules are read when the snapshots are built from it.
 	Reload func() (*config.Config, error)
 	// ShutdownGrace bounds how long in-flight calls may take at shutdown.
 	ShutdownGrace time.Duration
@@ -241,7 +241,7 @@ func (s *Server) listen() error {
 		Catalog:   func() *plan.Catalog { return s.authz.Snapshot().Catalog },
 		Hasher:    func() apikey.Hasher { return s.authz.Snapshot().Hasher },
 		Prefix:    func() string { return s.live.Load().Keys.Prefix },
-		Token:     os.Getenv("LEVY_ADMIN_TOKEN"),
+		Token:     s.cfg.AdminToken.Value(),
 		Log:       s.log,
 		Clock:     s.opts.Clock,
 		Usage:     s.usageReport,
@@ -249,7 +249,7 @@ func (s *Server) listen() error {
 		RateLimit: s.rls.ShouldRateLimit,
 	})
 	webhook := billing.NewWebhook(billing.WebhookConfig{
-		Secret:       os.Getenv("STRIPE_WEBHOOK_SECRET"),
+		Secret:       s.cfg.Billing.Stripe.WebhookSecret.Value(),
 		Consumers:    webhookConsumers{s},
 		Events:       s.backend.events,
 		Catalog:      func() *plan.Catalog { return s.authz.Snapshot().Catalog },
@@ -399,7 +399,7 @@ func (s *Server) usageReport(ctx context.Context, id string, windows bool) (any,
 // reconcile compares the ledger with Stripe's meter event summaries, for
 // the admin API; it reaches Stripe as the exporter does.
 func (s *Server) reconcile(ctx context.Context, q admin.ReconcileQuery) (any, error) {
-	key := os.Getenv("STRIPE_API_KEY")
+	key := s.cfg.Billing.Stripe.APIKey.Value()
 	if key == "" {
 		return nil, fmt.Errorf("%w: STRIPE_API_KEY is not set, so there is no Stripe to reconcile with", admin.ErrUnavailable)
 	}
@@ -437,7 +437,7 @@ func (w webhookConsumers) PutConsumer(ctx context.Context, c *apikey.Consumer) e
 // exportUsage runs the Stripe meter export until ctx ends, when a Stripe
 // key is configured.
 func (s *Server) exportUsage(ctx context.Context) {
-	key := os.Getenv("STRIPE_API_KEY")
+	key := s.cfg.Billing.Stripe.APIKey.Value()
 	if key == "" {
 		s.log.Info("usage export to Stripe is off: STRIPE_API_KEY is not set")
 		return
@@ -666,24 +666,6 @@ func (s *Server) closeStore() error {
 	return nil
 }
 
-// snapshots build what decisions read from a config.
-func (s *Server) snapshots(cfg *config.Config) (*authz.Snapshot, *rls.Snapshot, error) {
-	a, err := authz.NewSnapshot(cfg, s.demo, s.demoKey, s.backend.store)
-	if err != nil {
-		return nil, nil, err
-	}
-	// The ledger's window is the one levy started with: settlement and
-	// export look windows up by it.
-	a.LedgerWindow = time.Duration(s.cfg.Billing.Window)
-	rules, err := cfg.RateLimitRules()
-	if err != nil {
-		return nil, nil, err
-	}
-	rl := cfg.RateLimit
-	return a, &rls.Snapshot{Rules: rules, Catalog: a.Catalog, Consumers: a.Directory, Shadow: rl.ShadowMode, QuotaMode: rl.QuotaMode,
-		DynamicMetadata: rl.ResponseDynamicMetadata, NearLimitRatio: rl.NearLimitRatio, MetricValues: rl.MetricValues}, nil
-}
-
 // reload re-reads the config file and the rule files; anything bad keeps
 // the running config and rules whole.
 func (s *Server) reload() {
@@ -782,7 +764,8 @@ func GRPCOptions() []grpc.ServerOption {
 		grpc.InitialWindowSize(1 << 20),
 		grpc.InitialConnWindowSize(1 << 24),
 		// ext_authz and RateLimitService messages read and written by levy
-		// itself, the rest by protobuf (authz.Decode and Encode, rls.Codec).
+		// itself (authz's and rls's Decode and Encode), the rest by
+		// protobuf: see codec.
 		grpc.ForceServerCodecV2(codec),
 	}
 }

@@ -48,13 +48,15 @@ func described(t *testing.T, addr string) string {
 }
 
 // testConfig is text as a config on loopback ports and a fresh data dir,
-// with no file to watch.
+// with no file to watch, and the environment's secrets as levy serve reads
+// them.
 func testConfig(t *testing.T, text string) *config.Config {
 	t.Helper()
 	cfg, err := config.Parse([]byte(text), "t.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.ApplyEnv(nil)
 	cfg.Source = ""
 	cfg.Listen = config.Listen{GRPC: "127.0.0.1:0", HTTP: "127.0.0.1:0"}
 	cfg.Store.DataDir = t.TempDir()

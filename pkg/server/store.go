@@ -142,16 +142,17 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	return b, nil
 }
 
-// redisOptions reads the Redis settings, secrets from the environment.
+// redisOptions turns the Redis settings into the client's options.
 func redisOptions(cfg *config.Config) (redisstore.Options, error) {
+	r := cfg.Store.Redis
 	o := redisstore.Options{
-		Addr: cfg.Store.Redis.Addr, ClusterAddrs: cfg.Store.Redis.Cluster,
-		Username: os.Getenv("LEVY_REDIS_USERNAME"), Password: os.Getenv("LEVY_REDIS_PASSWORD"),
+		Addr: r.Addr, ClusterAddrs: r.Cluster,
+		Username: r.Username, Password: r.Password.Value(),
 		Timeout: max(time.Duration(cfg.Store.Timeout), 100*time.Millisecond),
 	}
-	if os.Getenv("LEVY_REDIS_TLS") == "true" {
-		o.TLS = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: os.Getenv("LEVY_REDIS_TLS_SERVER_NAME")}
-		if ca := os.Getenv("LEVY_REDIS_TLS_CA"); ca != "" {
+	if r.TLS.Enabled {
+		o.TLS = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: r.TLS.ServerName}
+		if ca := r.TLS.CAFile; ca != "" {
 			pem, err := os.ReadFile(ca)
 			if err != nil {
 				return o, fmt.Errorf("LEVY_REDIS_TLS_CA: %w", err)

@@ -333,8 +333,8 @@ func (r *Receiver) commit(b *batch) {
 // mergeLocked adds a to the pending adjustment of k, taking a's slices;
 // r.mu is held. k must be a key levy owns. While the ledger cannot be
 // written (a store outage), pending requests are bounded: past
-// maxPendingRequests their units are kept without their fingerprints
-// (applied, not de-duplicated across replicas).
+// ReceiverConfig.MaxPendingRequests their units are kept without their
+// fingerprints (applied, not de-duplicated across replicas).
 func (r *Receiver) mergeLocked(k aggKey, a *agg) {
 	if r.pendingReqs+len(a.reqs) > r.cfg.MaxPendingRequests && len(a.reqs) > 0 {
 		a.reqs = []Settled{{Units: -a.refunded}, {Units: a.reported}}

@@ -367,7 +367,7 @@ func newCheckEnv(tb testing.TB, st *store) *env {
 func newRateLimitEnv(tb testing.TB, st *store) *env {
 	tb.Helper()
 	cfg, lim, commits := levyConfig(tb, st, rateLimitConfig)
-	rules, err := cfg.RateLimitRules()
+	rules, err := server.RateLimitRules(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -531,10 +531,10 @@ func (t *target) call(ctx context.Context, c *grpc.ClientConn, req proto.Message
 	return t.check(&w)
 }
 
-// snapshot builds the authz snapshot as pkg/server does, without demo
+// snapshot builds the authz snapshot as levy serve does, without demo
 // consumers or a run-time store.
 func snapshot(cfg *config.Config) (*authz.Snapshot, error) {
-	return authz.NewSnapshot(cfg, nil, nil, nil)
+	return server.AuthzSnapshot(cfg, nil, nil, nil)
 }
 
 // infoLogger is levy serve's default logger (JSON at info) with its output

@@ -26,6 +26,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/server"
 )
 
 // chartDir is levy's Helm chart, seen from this package's folder.
@@ -726,7 +727,7 @@ func loadLevyConfig(text string, env map[string]string) error {
 		return err
 	}
 	cfg.ApplyEnv(func(name string) (string, bool) { v, ok := env[name]; return v, ok })
-	if err := cfg.Validate(); err != nil {
+	if err := server.Validate(cfg); err != nil {
 		return fmt.Errorf("validate: %w", err)
 	}
 	return nil

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/server"
 )
 
 // repoRoot is the repository root, seen from this package's folder (where go test runs).
@@ -274,7 +275,7 @@ func TestShippedLevyConfigsLoad(t *testing.T) {
 			continue
 		}
 		cfg.ApplyEnv(func(name string) (string, bool) { v, ok := env[name]; return v, ok })
-		if err := cfg.Validate(); err != nil {
+		if err := server.Validate(cfg); err != nil {
 			t.Errorf("%v", err)
 		}
 	}

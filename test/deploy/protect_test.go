@@ -426,7 +426,7 @@ func checkProtection(t *testing.T, text []byte, name string, redis bool, sites [
 				remoteAddr: fmt.Sprintf("198.51.%d.%d", 100+n/250, 1+n%250)})
 		}
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := server.Validate(cfg); err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
 	srv, err := server.New(cfg, server.Options{Log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), ReloadEvery: -1})

@@ -1,45 +1,12 @@
 package config
 
 import (
-	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/plan"
-	"github.com/levyhq/levy/pkg/rls"
 )
-
-// RateLimitRules loads the RateLimitService rules: those inline in the
-// file, then every *.yaml and *.yml of ratelimit.dir. Errors name file and line.
-//
-// The first successful load is kept (Validate loads them): the files are
-// read once per config, not again by every snapshot built from it.
-func (c *Config) RateLimitRules() (*rls.Rules, error) {
-	if c.rules != nil {
-		return c.rules, nil
-	}
-	var sources []rls.Source
-	for i := range c.RateLimit.Domains {
-		name := c.Source
-		if name == "" {
-			name = "config"
-		}
-		sources = append(sources, rls.Source{Name: fmt.Sprintf("%s (ratelimit.domains[%d])", name, i), Node: &c.RateLimit.Domains[i]})
-	}
-	if c.RateLimit.Dir != "" {
-		files, err := rls.ReadDir(c.RateLimit.Dir)
-		if err != nil {
-			return nil, err
-		}
-		sources = append(sources, files...)
-	}
-	rules, err := rls.Load(sources, c.RateLimit.MergeDomains)
-	if err == nil {
-		c.rules = rules
-	}
-	return rules, err
-}
 
 // Catalog builds the plan catalog. Call it on a validated config.
 func (c *Config) Catalog() (*plan.Catalog, error) {
