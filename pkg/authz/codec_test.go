@@ -18,8 +18,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/wire/wiretest"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // checkCases are CheckRequests on the wire: what Envoy sends, what
