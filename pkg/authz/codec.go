@@ -45,9 +45,9 @@ var (
 // entries of each map.
 type checkSizes struct{ headers, extensions, sourceLabels, destLabels int }
 
-// checkCheck checks that b is a CheckRequest of the fields Decode reads,
-// and counts its maps' entries.
-func checkCheck(b []byte) (checkSizes, bool) {
+// checkRequestFields checks that b is a CheckRequest of the fields Decode
+// reads, and counts its maps' entries.
+func checkRequestFields(b []byte) (checkSizes, bool) {
 	var n checkSizes
 	entry := func(f wire.Field) bool { return wire.Check(b, f.Off, f.N, entryFields, nil) }
 	address := func(f wire.Field) bool { return wire.Check(b, f.Off, f.N, socketFields, nil) }
@@ -95,7 +95,7 @@ func checkCheck(b []byte) (checkSizes, bool) {
 // messages merged, the last of a repeated scalar or map key kept), or
 // returns false, leaving req as it was.
 func decodeCheck(b []byte, req *authv3.CheckRequest) bool {
-	n, ok := checkCheck(b)
+	n, ok := checkRequestFields(b)
 	if !ok {
 		return false
 	}
@@ -110,7 +110,7 @@ func decodeCheck(b []byte, req *authv3.CheckRequest) bool {
 	return true
 }
 
-// checkDecoder reads the messages of a CheckRequest that checkCheck
+// checkDecoder reads the messages of a CheckRequest that checkRequestFields
 // accepted, one method each.
 type checkDecoder struct {
 	b []byte
@@ -150,7 +150,7 @@ func (d *checkDecoder) attributes(f wire.Field, a *authv3.AttributeContext) {
 				a.ContextExtensions = make(map[string]string, d.n.extensions)
 			}
 			d.entry(g, a.ContextExtensions)
-		case 11: // empty, as checkCheck made sure
+		case 11: // empty, as checkRequestFields made sure
 			if a.MetadataContext == nil {
 				a.MetadataContext = &corev3.Metadata{}
 			}
@@ -169,7 +169,7 @@ func (d *checkDecoder) peer(f wire.Field, p *authv3.AttributeContext_Peer, label
 	}
 	wire.Each(d.b, f.Off, f.N, func(g wire.Field) {
 		switch g.Num {
-		case 1: // Address, whose one field checkCheck let through is socket_address
+		case 1: // Address, whose one field checkRequestFields let through is socket_address
 			if p.Address == nil {
 				p.Address = &corev3.Address{}
 			}

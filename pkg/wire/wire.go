@@ -125,10 +125,10 @@ func Contiguous(data mem.BufferSlice) (b []byte, free func()) {
 // Field is one field of a message as it came off the wire: a varint's
 // value, or the offset and length of a length-delimited field's bytes.
 type Field struct {
-	Num    protowire.Number
-	Type   protowire.Type
-	V      uint64
-	Off, N int
+	Num      protowire.Number
+	WireType protowire.Type
+	V        uint64
+	Off, N   int
 }
 
 // Bytes is the bytes of a length-delimited field of b.
@@ -143,7 +143,7 @@ func Next(b []byte, i int) (Field, int, bool) {
 		return Field{}, 0, false
 	}
 	i += k
-	f := Field{Num: num, Type: typ}
+	f := Field{Num: num, WireType: typ}
 	switch typ {
 	case protowire.VarintType:
 		v, k := protowire.ConsumeVarint(b[i:])
@@ -163,11 +163,14 @@ func Next(b []byte, i int) (Field, int, bool) {
 	return Field{}, 0, false
 }
 
-// Kind is how a reader reads a field.
-type Kind uint8
+// Type is a field's type as a reader reads it: what descriptor.proto calls
+// a field's type (TYPE_STRING, TYPE_MESSAGE), every integer folded into
+// Varint. It is not the wire type (protowire.Type), which cannot tell a
+// string from bytes or a message.
+type Type uint8
 
 const (
-	Varint  Kind = iota + 1 // an integer, enum or bool
+	Varint  Type = iota + 1 // an integer, enum or bool
 	String                  // UTF-8, checked
 	Bytes                   // bytes, unchecked
 	Message                 // a message of its own
@@ -175,10 +178,11 @@ const (
 
 // Fields are the fields of a message a reader reads, indexed by number
 // (a slice, not a map: it is looked up for every field of every request).
-type Fields []Kind
+type Fields []Type
 
-// kind is how fields reads field number num; 0 when it does not.
-func (fields Fields) kind(num protowire.Number) Kind {
+// typeOf is the type fields reads field number num as; 0 when it does not
+// read it.
+func (fields Fields) typeOf(num protowire.Number) Type {
 	if num >= 0 && int(num) < len(fields) {
 		return fields[num]
 	}
@@ -194,15 +198,15 @@ func Check(b []byte, off, n int, fields Fields, sub func(Field) bool) bool {
 		if !ok {
 			return false
 		}
-		switch fields.kind(f.Num) {
+		switch fields.typeOf(f.Num) {
 		case Varint:
-			ok = f.Type == protowire.VarintType
+			ok = f.WireType == protowire.VarintType
 		case String:
-			ok = f.Type == protowire.BytesType && utf8.Valid(f.Bytes(b))
+			ok = f.WireType == protowire.BytesType && utf8.Valid(f.Bytes(b))
 		case Bytes:
-			ok = f.Type == protowire.BytesType
+			ok = f.WireType == protowire.BytesType
 		case Message:
-			ok = f.Type == protowire.BytesType && (sub == nil || sub(f))
+			ok = f.WireType == protowire.BytesType && (sub == nil || sub(f))
 		default:
 			ok = false
 		}
