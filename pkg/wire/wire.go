@@ -8,6 +8,7 @@ package wire
 import (
 	"sync/atomic"
 	"unicode/utf8"
+	"unsafe"
 
 	"google.golang.org/grpc/encoding"
 	grpcproto "google.golang.org/grpc/encoding/proto"
@@ -122,46 +123,73 @@ func Contiguous(data mem.BufferSlice) (b []byte, free func()) {
 	return buf.ReadOnlyData(), buf.Free
 }
 
-// Field is one field of a message as it came off the wire: a varint's
-// value, or the offset and length of a length-delimited field's bytes.
+// Field is one field of a message as it came off the wire: a varint's or
+// a fixed-size field's value, or the offset and length of a
+// length-delimited field's bytes.
 type Field struct {
+	Tag
+	V      uint64
+	Off, N int
+}
+
+// Tag is a field's number and wire type. It is a struct of its own so
+// that Field has four fields: the compiler keeps a struct of up to four in
+// registers, and Next returning one of five took BenchmarkWireMessage from
+// 0.21 to 0.45 CPU-seconds per 3,000 messages.
+type Tag struct {
 	Num      protowire.Number
 	WireType protowire.Type
-	V        uint64
-	Off, N   int
 }
 
 // Bytes is the bytes of a length-delimited field of b.
 func (f Field) Bytes(b []byte) []byte { return b[f.Off : f.Off+f.N] }
 
 // Next reads the field at b[i:] and returns it and the offset after it;
-// false when the bytes are malformed or the field is neither a varint nor
-// length-delimited.
+// false when the bytes are malformed. A group is skipped whole (a Field of
+// no value). Check declines every field that is neither a varint nor
+// length-delimited; a reader that skips what it does not know, as
+// protobuf does, walks a message with Next.
 func Next(b []byte, i int) (Field, int, bool) {
 	num, typ, k := protowire.ConsumeTag(b[i:])
 	if k < 0 {
 		return Field{}, 0, false
 	}
 	i += k
-	f := Field{Num: num, WireType: typ}
+	f := Field{Tag: Tag{Num: num, WireType: typ}}
 	switch typ {
 	case protowire.VarintType:
-		v, k := protowire.ConsumeVarint(b[i:])
-		if k < 0 {
-			return Field{}, 0, false
-		}
-		f.V = v
-		return f, i + k, true
+		f.V, k = protowire.ConsumeVarint(b[i:])
 	case protowire.BytesType:
-		n, k := protowire.ConsumeVarint(b[i:])
-		if k < 0 || n > uint64(len(b)-i-k) {
+		n, m := protowire.ConsumeVarint(b[i:])
+		if m < 0 || n > uint64(len(b)-i-m) {
 			return Field{}, 0, false
 		}
-		f.Off, f.N = i+k, int(n)
-		return f, f.Off + f.N, true
+		f.Off, f.N = i+m, int(n)
+		k = m + f.N
+	case protowire.Fixed64Type:
+		f.V, k = protowire.ConsumeFixed64(b[i:])
+	case protowire.Fixed32Type:
+		var v uint32
+		v, k = protowire.ConsumeFixed32(b[i:])
+		f.V = uint64(v)
+	default:
+		k = protowire.ConsumeFieldValue(num, typ, b[i:])
 	}
-	return Field{}, 0, false
+	if k < 0 {
+		return Field{}, 0, false
+	}
+	return f, i + k, true
 }
+
+// View is b as a string without a copy, valid only while b is: whatever
+// outlives the message must be cloned. The access-log reader takes every
+// string it reads (a request's path and id, each header's name and value)
+// as a View, so that reading an entry allocates nothing
+// (TestWireReadingDoesNotAllocate); copying them instead costs
+// BenchmarkWireMessage VIEWFIGURE. It is the one unsafe conversion of
+// levy's codecs: authz and rls, whose strings outlive the call, copy the
+// message once and slice that.
+func View(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 // Type is a field's type as a reader reads it: what descriptor.proto calls
 // a field's type (TYPE_STRING, TYPE_MESSAGE), every integer folded into
