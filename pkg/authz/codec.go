@@ -24,6 +24,12 @@ import (
 // context extensions and empty metadata contexts; a request with anything
 // else (metadata, a TLS session, a header_map, a named port, a field Envoy
 // adds later) goes to protobuf whole.
+//
+// It earns its keep: BenchmarkDecodeCheck reads Envoy's request in 27
+// allocations against proto.Unmarshal's 91, in about half the CPU time
+// (about 5.5 µs against 11.5 µs on a loaded 2-core VM). go-control-plane
+// ships no UnmarshalVT for CheckRequest. FuzzDecodeCheckRequest compares it
+// with proto.Unmarshal.
 var Decode = wire.Decoder(decodeCheck)
 
 // The fields Decode reads, by message.
@@ -277,6 +283,13 @@ func (d *checkDecoder) http(f wire.Field, h *authv3.AttributeContext_HttpRequest
 // writes what levy answers: a status without details, an OK or denied
 // HTTP response of headers, removals and a body, and metadata of strings,
 // numbers, booleans and nulls; anything else goes to protobuf.
+//
+// It earns its keep: BenchmarkEncodeAllow writes an allow in 1 allocation
+// against proto.Marshal's 9 (13 with the ledger window), 3 to 5 times as
+// fast. go-control-plane's MarshalVTStrict matches it (1 allocation, about
+// the same time) but only in a build with -tags vtprotobuf, which a plain
+// go build or go test of levy would not have (codec_vt_test.go measures
+// it). FuzzEncodeCheckResponse compares it with proto.Marshal.
 var Encode = wire.Encoder(checkResponseSize, appendCheckResponse)
 
 // checkResponseSize is r's encoded size, and false when Encode leaves it
