@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/levyhq/levy/test/envoy"
+	"github.com/levyhq/levy/pkg/envoy"
 )
 
 func checkCmd() *cobra.Command {

@@ -6,9 +6,9 @@ import (
 	"time"
 
 	"github.com/levyhq/levy/pkg/authz"
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // BenchmarkCheckEncode is one allowed Check in process, decided on the

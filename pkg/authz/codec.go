@@ -24,6 +24,12 @@ import (
 // context extensions and empty metadata contexts; a request with anything
 // else (metadata, a TLS session, a header_map, a named port, a field Envoy
 // adds later) goes to protobuf whole.
+//
+// It earns its keep: BenchmarkDecodeCheck reads Envoy's request in 27
+// allocations against proto.Unmarshal's 91, in about half the CPU time
+// (about 5.5 µs against 11.5 µs on a loaded 2-core VM). go-control-plane
+// ships no UnmarshalVT for CheckRequest. FuzzDecodeCheckRequest compares it
+// with proto.Unmarshal.
 var Decode = wire.Decoder(decodeCheck)
 
 // The fields Decode reads, by message.
@@ -45,9 +51,9 @@ var (
 // entries of each map.
 type checkSizes struct{ headers, extensions, sourceLabels, destLabels int }
 
-// checkCheck checks that b is a CheckRequest of the fields Decode reads,
-// and counts its maps' entries.
-func checkCheck(b []byte) (checkSizes, bool) {
+// checkRequestFields checks that b is a CheckRequest of the fields Decode
+// reads, and counts its maps' entries.
+func checkRequestFields(b []byte) (checkSizes, bool) {
 	var n checkSizes
 	entry := func(f wire.Field) bool { return wire.Check(b, f.Off, f.N, entryFields, nil) }
 	address := func(f wire.Field) bool { return wire.Check(b, f.Off, f.N, socketFields, nil) }
@@ -95,7 +101,7 @@ func checkCheck(b []byte) (checkSizes, bool) {
 // messages merged, the last of a repeated scalar or map key kept), or
 // returns false, leaving req as it was.
 func decodeCheck(b []byte, req *authv3.CheckRequest) bool {
-	n, ok := checkCheck(b)
+	n, ok := checkRequestFields(b)
 	if !ok {
 		return false
 	}
@@ -110,7 +116,7 @@ func decodeCheck(b []byte, req *authv3.CheckRequest) bool {
 	return true
 }
 
-// checkDecoder reads the messages of a CheckRequest that checkCheck
+// checkDecoder reads the messages of a CheckRequest that checkRequestFields
 // accepted, one method each.
 type checkDecoder struct {
 	b []byte
@@ -150,7 +156,7 @@ func (d *checkDecoder) attributes(f wire.Field, a *authv3.AttributeContext) {
 				a.ContextExtensions = make(map[string]string, d.n.extensions)
 			}
 			d.entry(g, a.ContextExtensions)
-		case 11: // empty, as checkCheck made sure
+		case 11: // empty, as checkRequestFields made sure
 			if a.MetadataContext == nil {
 				a.MetadataContext = &corev3.Metadata{}
 			}
@@ -169,7 +175,7 @@ func (d *checkDecoder) peer(f wire.Field, p *authv3.AttributeContext_Peer, label
 	}
 	wire.Each(d.b, f.Off, f.N, func(g wire.Field) {
 		switch g.Num {
-		case 1: // Address, whose one field checkCheck let through is socket_address
+		case 1: // Address, whose one field checkRequestFields let through is socket_address
 			if p.Address == nil {
 				p.Address = &corev3.Address{}
 			}
@@ -277,6 +283,13 @@ func (d *checkDecoder) http(f wire.Field, h *authv3.AttributeContext_HttpRequest
 // writes what levy answers: a status without details, an OK or denied
 // HTTP response of headers, removals and a body, and metadata of strings,
 // numbers, booleans and nulls; anything else goes to protobuf.
+//
+// It earns its keep: BenchmarkEncodeAllow writes an allow in 1 allocation
+// against proto.Marshal's 9 (13 with the ledger window), 3 to 5 times as
+// fast. go-control-plane's MarshalVTStrict matches it (1 allocation, about
+// the same time) but only in a build with -tags vtprotobuf, which a plain
+// go build or go test of levy would not have (codec_vt_test.go measures
+// it). FuzzEncodeCheckResponse compares it with proto.Marshal.
 var Encode = wire.Encoder(checkResponseSize, appendCheckResponse)
 
 // checkResponseSize is r's encoded size, and false when Encode leaves it

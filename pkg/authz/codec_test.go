@@ -18,8 +18,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/wire/wiretest"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // checkCases are CheckRequests on the wire: what Envoy sends, what
@@ -306,13 +306,20 @@ func TestEncodeKnowsEveryField(t *testing.T) {
 	wiretest.KnowsFields(t, &wrapperspb.BoolValue{}, 1)
 }
 
-// BenchmarkEncodeAllow writes an allow as levy answers it, its metadata
-// with and without the ledger window, by Encode and by protobuf.
-func BenchmarkEncodeAllow(b *testing.B) {
+// allowCase is a named answer for a benchmark.
+type allowCase struct {
+	name string
+	x    *authv3.CheckResponse
+}
+
+// allowResponses are allows as levy answers them, their metadata with and
+// without the ledger window.
+func allowResponses() []allowCase {
 	who := allowMetadata(1_773_500_940, "{c:acme}:ledger:api_calls")
 	delete(who.Fields, MetadataWindow)
 	delete(who.Fields, MetadataLedger)
-	for _, bb := range []struct {
+	var out []allowCase
+	for _, c := range []struct {
 		name string
 		md   *structpb.Struct
 	}{
@@ -330,21 +337,54 @@ func BenchmarkEncodeAllow(b *testing.B) {
 				ResponseHeadersToAdd: []*corev3.HeaderValueOption{set("x-ratelimit-limit", "100"),
 					set("x-ratelimit-remaining", "99"), set("x-ratelimit-reset", "1")},
 			}},
-			DynamicMetadata: bb.md,
+			DynamicMetadata: c.md,
 		}
+		out = append(out, allowCase{c.name, x})
+	}
+	return out
+}
+
+// BenchmarkEncodeAllow writes an allow as levy answers it, its metadata
+// with and without the ledger window, by Encode and by protobuf
+// (codec_vt_test.go adds go-control-plane's MarshalVTStrict).
+func BenchmarkEncodeAllow(b *testing.B) {
+	for _, bb := range allowResponses() {
 		b.Run("Encode/"+bb.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				Encode(x)
+				Encode(bb.x)
 			}
 		})
 		b.Run("Protobuf/"+bb.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				proto.Marshal(x)
+				proto.Marshal(bb.x)
 			}
 		})
 	}
+}
+
+// BenchmarkDecodeCheck reads the CheckRequest Envoy sends, by Decode and
+// by protobuf (go-control-plane ships no UnmarshalVT to compare).
+func BenchmarkDecodeCheck(b *testing.B) {
+	msg := checkCases(b)["envoy"]
+	b.Run("Decode", func(b *testing.B) {
+		data := mem.BufferSlice{mem.SliceBuffer(msg)}
+		b.ReportAllocs()
+		for b.Loop() {
+			if !Decode(data, &authv3.CheckRequest{}) {
+				b.Fatal("Decode declined")
+			}
+		}
+	})
+	b.Run("Protobuf", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := proto.Unmarshal(msg, &authv3.CheckRequest{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
 
 // TestDecodeKeepsNoPartOfTheBuffer: gRPC reads the next message into the

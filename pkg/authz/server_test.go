@@ -18,12 +18,13 @@ import (
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoy/envoytest"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/server"
 	"github.com/levyhq/levy/pkg/wire"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -81,7 +82,7 @@ func start(t *testing.T, newLimiter limitertest.Factory) *fixture {
 	// (server.GRPCOptions), so that every behaviour is also a test of
 	// authz.Decode and Encode.
 	codec := []grpc.ServerOption{grpc.ForceServerCodecV2(wire.Codec{Decode: authz.Decode, Encode: authz.Encode})}
-	conn := envoy.LoopbackWith(t, codec, func(gs *grpc.Server) { authv3.RegisterAuthorizationServer(gs, f.srv) })
+	conn := envoytest.LoopbackWith(t, codec, func(gs *grpc.Server) { authv3.RegisterAuthorizationServer(gs, f.srv) })
 	// Envoy's 0.25 s would test the machine's load, not levy: the tests
 	// check answers (a hung call still fails, after a minute).
 	f.client = envoy.NewAuthzClient(conn, envoy.AuthzConfig{Timeout: time.Minute})

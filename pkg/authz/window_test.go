@@ -13,11 +13,11 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/levyhq/levy/pkg/authz"
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/usage"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // ledgerWindow reads, without adding to it, the ledger window of consumer

@@ -7,9 +7,9 @@ import (
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/rls"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // instant answers every decision at once with every limit allowed, so

@@ -26,9 +26,17 @@ import (
 var Codec = wire.Codec{Decode: Decode, Encode: Encode}
 
 // Decode reads a RateLimitRequest as proto.Unmarshal would, or declines.
+// BenchmarkDecodeRequest: Envoy's request of 4 descriptors in 9
+// allocations against proto.Unmarshal's 28; go-control-plane ships no
+// UnmarshalVT for it. FuzzCodecRequest compares it with proto.Unmarshal.
 var Decode = wire.Decoder(decodeRequest)
 
 // Encode writes a RateLimitResponse as proto.Marshal would, or declines.
+// BenchmarkEncodeResponse: an answer of three descriptors and the
+// x-ratelimit headers in about 0.7 µs of CPU against proto.Marshal's 1.3
+// (one allocation each). MarshalVTStrict takes about 0.5 µs, but only in a
+// build with -tags vtprotobuf, which a plain go build of levy would not
+// have. FuzzCodecResponse compares it with proto.Marshal.
 var Encode = wire.Encoder(responseSize, appendResponse)
 
 // The fields decodeRequest reads, by message. A field of another number or

@@ -243,3 +243,82 @@ func TestCodecKeepsNoPartOfTheBuffer(t *testing.T) {
 		t.Fatalf("after the next message, the first reads\n%v\nwant\n%v", got, want)
 	}
 }
+
+// FuzzCodecResponse: a response of random fields (from seed) is written by
+// the codec as protobuf writes it.
+func FuzzCodecResponse(f *testing.F) {
+	for seed := range uint64(8) {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, seed uint64) {
+		x := randomResponse(rand.New(rand.NewPCG(seed, seed)))
+		want, err := proto.Marshal(x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := Encode(x)
+		if !ok {
+			t.Fatalf("Encode declined %v", x)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("Encode wrote %x\nprotobuf   %x\nfor %v", got, want, x)
+		}
+	})
+}
+
+// answer is a response as levy answers three descriptors, one over its
+// limit, with the x-ratelimit headers.
+func answer() *rlsv3.RateLimitResponse {
+	status := func(code rlsv3.RateLimitResponse_Code, remaining uint32) *rlsv3.RateLimitResponse_DescriptorStatus {
+		return &rlsv3.RateLimitResponse_DescriptorStatus{Code: code, LimitRemaining: remaining,
+			CurrentLimit:       &rlsv3.RateLimitResponse_RateLimit{Name: "per-consumer", RequestsPerUnit: 100, Unit: rlsv3.RateLimitResponse_RateLimit_MINUTE},
+			DurationUntilReset: &durationpb.Duration{Seconds: 42}}
+	}
+	return &rlsv3.RateLimitResponse{
+		OverallCode: rlsv3.RateLimitResponse_OVER_LIMIT,
+		Statuses:    []*rlsv3.RateLimitResponse_DescriptorStatus{status(rlsv3.RateLimitResponse_OK, 99), status(rlsv3.RateLimitResponse_OVER_LIMIT, 0), status(rlsv3.RateLimitResponse_OK, 7)},
+		ResponseHeadersToAdd: []*corev3.HeaderValue{{Key: "x-ratelimit-limit", Value: "100, 100;w=60"},
+			{Key: "x-ratelimit-remaining", Value: "0"}, {Key: "x-ratelimit-reset", Value: "42"}},
+	}
+}
+
+// BenchmarkEncodeResponse writes answer by Encode and by protobuf
+// (codec_vt_test.go adds go-control-plane's MarshalVTStrict).
+func BenchmarkEncodeResponse(b *testing.B) {
+	x := answer()
+	b.Run("Encode", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			Encode(x)
+		}
+	})
+	b.Run("Protobuf", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			proto.Marshal(x)
+		}
+	})
+}
+
+// BenchmarkDecodeRequest reads the RateLimitRequest Envoy sends, by Decode
+// and by protobuf (go-control-plane ships no UnmarshalVT to compare).
+func BenchmarkDecodeRequest(b *testing.B) {
+	msg := requestCases(b)["envoy"]
+	b.Run("Decode", func(b *testing.B) {
+		data := mem.BufferSlice{mem.SliceBuffer(msg)}
+		b.ReportAllocs()
+		for b.Loop() {
+			if !Decode(data, &rlsv3.RateLimitRequest{}) {
+				b.Fatal("Decode declined")
+			}
+		}
+	})
+	b.Run("Protobuf", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := proto.Unmarshal(msg, &rlsv3.RateLimitRequest{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -8,8 +8,8 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/rls"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 const metadataYAML = `

@@ -20,12 +20,13 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoy/envoytest"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/pkg/server"
 	"github.com/levyhq/levy/pkg/telemetry"
 	"github.com/levyhq/levy/test/compat"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(compat.Wrap(m)) }
@@ -99,7 +100,7 @@ func start(t *testing.T, newLimiter limitertest.Factory, text string) *fixture {
 	// levy serve's codec (server.GRPCOptions), so that every behaviour is
 	// also a test of how it reads requests and writes answers.
 	codec := []grpc.ServerOption{grpc.ForceServerCodecV2(rls.Codec)}
-	conn := envoy.LoopbackWith(t, codec, func(gs *grpc.Server) { rlsv3.RegisterRateLimitServiceServer(gs, f.srv) })
+	conn := envoytest.LoopbackWith(t, codec, func(gs *grpc.Server) { rlsv3.RegisterRateLimitServiceServer(gs, f.srv) })
 	f.client = envoy.NewRateLimitClient(conn, envoy.RateLimitConfig{Domain: "api", Timeout: time.Minute, XRateLimitHeaders: true}) // answers, not the machine's speed
 	f.raw = rlsv3.NewRateLimitServiceClient(conn)
 	return f

@@ -22,7 +22,7 @@ import (
 	"github.com/levyhq/levy/api/apitest"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
-	"github.com/levyhq/levy/test/envoy"
+	"github.com/levyhq/levy/pkg/envoy"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

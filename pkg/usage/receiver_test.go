@@ -26,9 +26,10 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoy/envoytest"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/telemetry"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -165,7 +166,7 @@ func newTestEnv(t *testing.T, flushEvery time.Duration) *testEnv {
 			t.Errorf("Close: %v", err)
 		}
 	})
-	e.conn = envoy.Loopback(t, func(g *grpc.Server) { accesslogv3.RegisterAccessLogServiceServer(g, e.r) })
+	e.conn = envoytest.Loopback(t, func(g *grpc.Server) { accesslogv3.RegisterAccessLogServiceServer(g, e.r) })
 	return e
 }
 

@@ -3,11 +3,12 @@ package usage
 import (
 	"errors"
 	"math"
-	"unsafe"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/levyhq/levy/pkg/wire"
 )
 
 // Decoding a whole HTTPAccessLogEntry into Go structs (addresses,
@@ -104,25 +105,25 @@ func (m *wireMessage) ProtoMessage() {}
 // Unmarshal decodes a StreamAccessLogsMessage and settles its entries.
 func (m *wireMessage) Unmarshal(b []byte) error {
 	defer m.dropLogs() // they point into b
-	for len(b) > 0 {
-		num, typ, _, val, n := consumeField(b)
-		if n < 0 {
+	for i := 0; i < len(b); {
+		fld, next, ok := wire.Next(b, i)
+		if !ok {
 			return errMalformedMessage
 		}
-		b = b[n:]
-		if typ != protowire.BytesType {
+		i = next
+		if fld.WireType != protowire.BytesType {
 			continue
 		}
-		switch num {
+		switch fld.Num {
 		case fMsgIdentifier:
 			if m.identifier == nil {
 				m.identifier = &accesslogv3.StreamAccessLogsMessage_Identifier{}
 			}
-			if err := (proto.UnmarshalOptions{Merge: true}).Unmarshal(val, m.identifier); err != nil {
+			if err := (proto.UnmarshalOptions{Merge: true}).Unmarshal(fld.Bytes(b), m.identifier); err != nil {
 				return err
 			}
 		case fMsgHTTPLogs:
-			m.logs = append(m.logs, val)
+			m.logs = append(m.logs, fld.Bytes(b))
 		case fMsgTCPLogs: // the other member of the oneof: http_logs so far are gone
 			m.dropLogs()
 		}
@@ -134,18 +135,18 @@ func (m *wireMessage) Unmarshal(b []byte) error {
 	now := m.r.cfg.Clock()
 	units, consumer := m.r.cfg.UnitsHeader, m.r.cfg.ConsumerHeader
 	for _, logs := range m.logs {
-		for len(logs) > 0 {
-			num, typ, _, entry, n := consumeField(logs)
-			if n < 0 {
+		for i := 0; i < len(logs); {
+			fld, next, ok := wire.Next(logs, i)
+			if !ok {
 				m.b.counts[outMalformed]++
 				break
 			}
-			logs = logs[n:]
-			if num != fEntriesLogEntry || typ != protowire.BytesType {
+			i = next
+			if fld.Num != fEntriesLogEntry || fld.WireType != protowire.BytesType {
 				continue
 			}
 			m.f = facts{}
-			if !m.f.fromWire(entry, units, consumer) {
+			if !m.f.fromWire(fld.Bytes(logs), units, consumer) {
 				m.b.counts[outMalformed]++
 				continue
 			}
@@ -155,53 +156,19 @@ func (m *wireMessage) Unmarshal(b []byte) error {
 	return nil
 }
 
-// consumeField reads one field: its number, wire type, value (an integer
-// for varint and fixed types, bytes for length-delimited ones) and length;
-// n < 0 if b is malformed.
-func consumeField(b []byte) (num protowire.Number, typ protowire.Type, v uint64, val []byte, n int) {
-	num, typ, n = protowire.ConsumeTag(b)
-	if n < 0 {
-		return 0, 0, 0, nil, n
-	}
-	var m int
-	switch typ {
-	case protowire.VarintType:
-		v, m = protowire.ConsumeVarint(b[n:])
-	case protowire.BytesType:
-		val, m = protowire.ConsumeBytes(b[n:])
-	case protowire.Fixed64Type:
-		v, m = protowire.ConsumeFixed64(b[n:])
-	case protowire.Fixed32Type:
-		var v32 uint32
-		v32, m = protowire.ConsumeFixed32(b[n:])
-		v = uint64(v32)
-	default:
-		m = protowire.ConsumeFieldValue(num, typ, b[n:])
-	}
-	if m < 0 {
-		return 0, 0, 0, nil, m
-	}
-	return num, typ, v, val, n + m
-}
-
-// str is b as a string without a copy: it is only valid while b is, so
-// whatever outlives the message must be cloned.
-func str(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
-
 // fromWire reads an encoded HTTPAccessLogEntry's facts; false if it is
-// malformed. Its strings point into b.
+// malformed. Its strings point into b (wire.View).
 func (f *facts) fromWire(b []byte, unitsHeader, consumerHeader string) bool {
-	for len(b) > 0 {
-		num, typ, _, val, n := consumeField(b)
-		if n < 0 {
+	for i := 0; i < len(b); {
+		fld, next, ok := wire.Next(b, i)
+		if !ok {
 			return false
 		}
-		b = b[n:]
-		if typ != protowire.BytesType {
+		i = next
+		if fld.WireType != protowire.BytesType {
 			continue
 		}
-		ok := true
-		switch num {
+		switch val := fld.Bytes(b); fld.Num {
 		case fEntryCommon:
 			f.hasCommon = true
 			ok = f.commonFromWire(val)
@@ -220,25 +187,25 @@ func (f *facts) fromWire(b []byte, unitsHeader, consumerHeader string) bool {
 }
 
 func (f *facts) commonFromWire(b []byte) bool {
-	for len(b) > 0 {
-		num, typ, v, val, n := consumeField(b)
-		if n < 0 {
+	for i := 0; i < len(b); {
+		fld, next, ok := wire.Next(b, i)
+		if !ok {
 			return false
 		}
-		b = b[n:]
-		ok := true
+		i = next
+		bytes, varint := fld.WireType == protowire.BytesType, fld.WireType == protowire.VarintType
 		switch {
-		case num == fCommonStartTime && typ == protowire.BytesType:
+		case fld.Num == fCommonStartTime && bytes:
 			f.hasStart = true
-			ok = f.timestampFromWire(val)
-		case num == fCommonResponseFlags && typ == protowire.BytesType:
-			ok = f.flagsFromWire(val)
-		case num == fCommonMetadata && typ == protowire.BytesType:
-			ok = f.metadataFromWire(val)
-		case num == fCommonIntermediate && typ == protowire.VarintType:
-			f.intermediate = v != 0
-		case num == fCommonLogType && typ == protowire.VarintType:
-			f.logType = int32(v)
+			ok = f.timestampFromWire(fld.Bytes(b))
+		case fld.Num == fCommonResponseFlags && bytes:
+			ok = f.flagsFromWire(fld.Bytes(b))
+		case fld.Num == fCommonMetadata && bytes:
+			ok = f.metadataFromWire(fld.Bytes(b))
+		case fld.Num == fCommonIntermediate && varint:
+			f.intermediate = fld.V != 0
+		case fld.Num == fCommonLogType && varint:
+			f.logType = int32(fld.V)
 		}
 		if !ok {
 			return false
@@ -249,33 +216,33 @@ func (f *facts) commonFromWire(b []byte) bool {
 
 // timestampFromWire reads a google.protobuf.Timestamp.
 func (f *facts) timestampFromWire(b []byte) bool {
-	for len(b) > 0 {
-		num, typ, v, _, n := consumeField(b)
-		if n < 0 {
+	for i := 0; i < len(b); {
+		fld, next, ok := wire.Next(b, i)
+		if !ok {
 			return false
 		}
-		b = b[n:]
-		if typ != protowire.VarintType {
+		i = next
+		if fld.WireType != protowire.VarintType {
 			continue
 		}
-		switch num {
+		switch fld.Num {
 		case 1:
-			f.startSec = int64(v)
+			f.startSec = int64(fld.V)
 		case 2:
-			f.startNanos = int32(v)
+			f.startNanos = int32(fld.V)
 		}
 	}
 	return true
 }
 
 func (f *facts) flagsFromWire(b []byte) bool {
-	for len(b) > 0 {
-		num, typ, _, _, n := consumeField(b)
-		if n < 0 {
+	for i := 0; i < len(b); {
+		fld, next, ok := wire.Next(b, i)
+		if !ok {
 			return false
 		}
-		b = b[n:]
-		if num == fFlagsUnauthorized && typ == protowire.BytesType {
+		i = next
+		if fld.Num == fFlagsUnauthorized && fld.WireType == protowire.BytesType {
 			f.denied = true
 		}
 	}
@@ -334,15 +301,16 @@ func (f *facts) structFromWire(b []byte) bool {
 // mapEntries calls fn with the key and the bytes of each entry of the map
 // field `field` in b; it stops at the first false.
 func mapEntries(b []byte, field protowire.Number, fn func(key string, entry []byte) bool) bool {
-	for len(b) > 0 {
-		num, typ, _, entry, n := consumeField(b)
-		if n < 0 {
+	for i := 0; i < len(b); {
+		fld, next, ok := wire.Next(b, i)
+		if !ok {
 			return false
 		}
-		b = b[n:]
-		if num != field || typ != protowire.BytesType {
+		i = next
+		if fld.Num != field || fld.WireType != protowire.BytesType {
 			continue
 		}
+		entry := fld.Bytes(b)
 		key, ok := mapKey(entry)
 		if !ok || !fn(key, entry) {
 			return false
@@ -354,13 +322,13 @@ func mapEntries(b []byte, field protowire.Number, fn func(key string, entry []by
 // mapValues calls fn with each occurrence of a map entry's message value
 // (protobuf merges them); it stops at the first false.
 func mapValues(entry []byte, fn func(val []byte) bool) bool {
-	for len(entry) > 0 {
-		num, typ, _, val, n := consumeField(entry)
-		if n < 0 {
+	for i := 0; i < len(entry); {
+		fld, next, ok := wire.Next(entry, i)
+		if !ok {
 			return false
 		}
-		entry = entry[n:]
-		if num == fMapValue && typ == protowire.BytesType && !fn(val) {
+		i = next
+		if fld.Num == fMapValue && fld.WireType == protowire.BytesType && !fn(fld.Bytes(entry)) {
 			return false
 		}
 	}
@@ -376,17 +344,17 @@ type wireValue struct {
 }
 
 func (v *wireValue) fromWire(b []byte) bool {
-	for len(b) > 0 {
-		num, typ, x, val, n := consumeField(b)
-		if n < 0 {
+	for i := 0; i < len(b); {
+		fld, next, ok := wire.Next(b, i)
+		if !ok {
 			return false
 		}
-		b = b[n:]
-		switch {
+		i = next
+		switch num, typ := fld.Num, fld.WireType; {
 		case num == fValueNumber && typ == protowire.Fixed64Type:
-			v.kind, v.n = num, math.Float64frombits(x)
+			v.kind, v.n = num, math.Float64frombits(fld.V)
 		case num == fValueString && typ == protowire.BytesType:
-			v.kind, v.s = num, str(val)
+			v.kind, v.s = num, wire.View(fld.Bytes(b))
 		case (num == fValueNull || num == fValueBool) && typ == protowire.VarintType,
 			(num == fValueStruct || num == fValueList) && typ == protowire.BytesType:
 			v.kind = num
@@ -403,22 +371,22 @@ func (v *wireValue) str() string {
 }
 
 func (f *facts) requestFromWire(b []byte, consumerHeader string) bool {
-	for len(b) > 0 {
-		num, typ, _, val, n := consumeField(b)
-		if n < 0 {
+	for i := 0; i < len(b); {
+		fld, next, ok := wire.Next(b, i)
+		if !ok {
 			return false
 		}
-		b = b[n:]
-		if typ != protowire.BytesType {
+		i = next
+		if fld.WireType != protowire.BytesType {
 			continue
 		}
-		switch num {
+		switch val := fld.Bytes(b); fld.Num {
 		case fRequestPath:
-			f.path = str(val)
+			f.path = wire.View(val)
 		case fRequestID:
-			f.requestID = str(val)
+			f.requestID = wire.View(val)
 		case fRequestOriginalPath:
-			f.originalPath = str(val)
+			f.originalPath = wire.View(val)
 		case fRequestHeaders:
 			key, value, ok := stringMapEntry(val)
 			if !ok {
@@ -433,28 +401,20 @@ func (f *facts) requestFromWire(b []byte, consumerHeader string) bool {
 }
 
 func (f *facts) responseFromWire(b []byte, unitsHeader string) bool {
-	for len(b) > 0 {
-		num, typ, _, val, n := consumeField(b)
-		if n < 0 {
+	for i := 0; i < len(b); {
+		fld, next, ok := wire.Next(b, i)
+		if !ok {
 			return false
 		}
-		b = b[n:]
-		if typ != protowire.BytesType {
+		i = next
+		if fld.WireType != protowire.BytesType {
 			continue
 		}
-		switch num {
+		switch val := fld.Bytes(b); fld.Num {
 		case fResponseCode:
 			f.hasCode = true
-			// google.protobuf.UInt32Value
-			for len(val) > 0 {
-				cn, ct, v, _, m := consumeField(val)
-				if m < 0 {
-					return false
-				}
-				val = val[m:]
-				if cn == 1 && ct == protowire.VarintType {
-					f.code = uint32(v)
-				}
+			if !f.codeFromWire(val) {
+				return false
 			}
 		case fResponseHeaders:
 			key, value, ok := stringMapEntry(val)
@@ -469,17 +429,32 @@ func (f *facts) responseFromWire(b []byte, unitsHeader string) bool {
 	return true
 }
 
+// codeFromWire reads the response code, a google.protobuf.UInt32Value.
+func (f *facts) codeFromWire(b []byte) bool {
+	for i := 0; i < len(b); {
+		fld, next, ok := wire.Next(b, i)
+		if !ok {
+			return false
+		}
+		i = next
+		if fld.Num == 1 && fld.WireType == protowire.VarintType {
+			f.code = uint32(fld.V)
+		}
+	}
+	return true
+}
+
 // mapKey returns a map entry's string key (the last one, "" if none).
 func mapKey(entry []byte) (string, bool) {
 	key := ""
-	for len(entry) > 0 {
-		num, typ, _, val, n := consumeField(entry)
-		if n < 0 {
+	for i := 0; i < len(entry); {
+		fld, next, ok := wire.Next(entry, i)
+		if !ok {
 			return "", false
 		}
-		entry = entry[n:]
-		if num == fMapKey && typ == protowire.BytesType {
-			key = str(val)
+		i = next
+		if fld.Num == fMapKey && fld.WireType == protowire.BytesType {
+			key = wire.View(fld.Bytes(entry))
 		}
 	}
 	return key, true
@@ -487,20 +462,20 @@ func mapKey(entry []byte) (string, bool) {
 
 // stringMapEntry reads a map<string, string> entry.
 func stringMapEntry(entry []byte) (key, value string, ok bool) {
-	for len(entry) > 0 {
-		num, typ, _, val, n := consumeField(entry)
-		if n < 0 {
+	for i := 0; i < len(entry); {
+		fld, next, ok := wire.Next(entry, i)
+		if !ok {
 			return "", "", false
 		}
-		entry = entry[n:]
-		if typ != protowire.BytesType {
+		i = next
+		if fld.WireType != protowire.BytesType {
 			continue
 		}
-		switch num {
+		switch fld.Num {
 		case fMapKey:
-			key = str(val)
+			key = wire.View(fld.Bytes(entry))
 		case fMapValue:
-			value = str(val)
+			value = wire.View(fld.Bytes(entry))
 		}
 	}
 	return key, value, true

@@ -13,8 +13,8 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/plan"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // wireCorpus is encoded entries: realistic ones, ones with fields

@@ -23,12 +23,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/telemetry"
 	"github.com/levyhq/levy/pkg/usage"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // alsBatch is how many entries each StreamAccessLogsMessage carries.

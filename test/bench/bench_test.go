@@ -28,12 +28,12 @@ import (
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/localstore"
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/pkg/server"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // envCaller set to h2 makes every benchmark call its servers through the

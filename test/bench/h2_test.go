@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/levyhq/levy/test/envoy"
+	"github.com/levyhq/levy/pkg/envoy"
 )
 
 // answering is a RateLimitService that answers every call with resp, or err.

@@ -33,9 +33,9 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/server"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // The shipped configs protect: every rate_limits entry of envoy/*.yaml and k8s/*.yaml, as

@@ -14,9 +14,9 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/billing"
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/stripetest"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // billConfig: payg bills every unit, payg5 the units beyond 5 a month,

@@ -6,8 +6,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/redistest"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // debitRules are a token budget (1,000 a minute, debited after the fact)

@@ -27,8 +27,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/test/compat"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 var binary string

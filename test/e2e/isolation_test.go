@@ -19,10 +19,10 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/pkg/server"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // stormRules is the storm domain: a limit per value of k, and below it a

@@ -18,9 +18,9 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/stripetest"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 const moneyConfig = `

@@ -13,9 +13,9 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/stripetest"
-	"github.com/levyhq/levy/test/envoy"
 	"github.com/levyhq/levy/test/ops"
 )
 

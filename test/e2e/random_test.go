@@ -12,9 +12,9 @@ import (
 	"time"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/stripetest"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // included is what each plan's units cost before they are billed; a plan

@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/test/compat"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 func rlClient(t *testing.T, p *proc, domain string) *envoy.RateLimitClient {

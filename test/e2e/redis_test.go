@@ -14,8 +14,8 @@ import (
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/redistest"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 const redisConfig = `

@@ -13,8 +13,8 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/billing"
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/redistest"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 // settleQuotaConfig: capped is a hard quota of 5 units a month; payg

@@ -16,7 +16,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/billing"
-	"github.com/levyhq/levy/test/envoy"
+	"github.com/levyhq/levy/pkg/envoy"
 )
 
 // sigkillConfig is a metered plan that never denies in a test: every

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/levyhq/levy/pkg/envoy"
 	"github.com/levyhq/levy/pkg/redistest"
-	"github.com/levyhq/levy/test/envoy"
 )
 
 const slowStoreConfig = `

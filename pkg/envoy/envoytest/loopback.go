@@ -1,4 +1,8 @@
-package envoy
+// Package envoytest starts a gRPC server on loopback for a client of
+// package envoy to call in a test. It is test scaffolding, kept out of
+// package envoy so that the levy binary, which ships that client, does not
+// link package testing.
+package envoytest
 
 import (
 	"net"
@@ -9,8 +13,8 @@ import (
 )
 
 // Loopback starts a gRPC server on 127.0.0.1:0 with the services register
-// adds, and returns a client connection to it, for a client of this
-// package to call. Both stop when the test ends.
+// adds, and returns a client connection to it, for a client of package
+// envoy to call. Both stop when the test ends.
 func Loopback(t testing.TB, register func(*grpc.Server)) *grpc.ClientConn {
 	t.Helper()
 	return LoopbackWith(t, nil, register)

@@ -1,5 +1,6 @@
-// Package envoy is a test client that calls levy the way Envoy's ext_authz, ratelimit and gRPC
-// access-log filters do, so that levy can be tested end to end without an Envoy binary.
+// Package envoy is a client that calls levy the way Envoy's ext_authz, ratelimit and gRPC
+// access-log filters do. It is the client `levy check` ships, and the one levy's tests drive
+// levy with end to end, without an Envoy binary (envoytest starts a loopback server for them).
 //
 // It mirrors, as of go-control-plane v1.40 and the Envoy sources they belong to:
 //

@@ -8,13 +8,17 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/levyhq/levy/pkg/envoy/envoytest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-func serve(t *testing.T, register func(*grpc.Server)) *grpc.ClientConn { return Loopback(t, register) }
+func serve(t *testing.T, register func(*grpc.Server)) *grpc.ClientConn {
+	return envoytest.Loopback(t, register)
+}
 
 // stoppedServerConn returns a client connection to an address nothing listens on.
 func stoppedServerConn(t *testing.T) *grpc.ClientConn {
