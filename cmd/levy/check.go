@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 )
 
 func checkCmd() *cobra.Command {
@@ -37,23 +37,23 @@ shipped Envoy configs say, to the client).`,
   levy check --key levy_... --path /v1/items --count 10`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			req := &envoy.Request{Method: method, Path: path}
+			req := &envoyclient.Request{Method: method, Path: path}
 			if key != "" {
-				req.Headers = append(req.Headers, envoy.Header{Name: keyHeader, Value: key})
+				req.Headers = append(req.Headers, envoyclient.Header{Name: keyHeader, Value: key})
 			}
 			for _, h := range headers {
 				name, value, ok := strings.Cut(h, ":")
 				if !ok {
 					return fmt.Errorf("--header %q: want 'Name: value'", h)
 				}
-				req.Headers = append(req.Headers, envoy.Header{Name: strings.TrimSpace(name), Value: strings.TrimSpace(value)})
+				req.Headers = append(req.Headers, envoyclient.Header{Name: strings.TrimSpace(name), Value: strings.TrimSpace(value)})
 			}
 			conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
 				return fmt.Errorf("connect %s: %w", addr, err)
 			}
 			defer conn.Close()
-			client := envoy.NewAuthzClient(conn, envoy.AuthzConfig{Timeout: timeout, StatusOnError: statusOnError})
+			client := envoyclient.NewAuthzClient(conn, envoyclient.AuthzConfig{Timeout: timeout, StatusOnError: statusOnError})
 			out := cmd.OutOrStdout()
 			var denied, failed int
 			var rpcErr error
@@ -91,7 +91,7 @@ shipped Envoy configs say, to the client).`,
 	f.StringVar(&method, "method", "GET", "request method")
 	f.StringArrayVarP(&headers, "header", "H", nil, "extra request header 'Name: value' (repeatable)")
 	f.IntVarP(&count, "count", "n", 1, "send the request this many times")
-	f.DurationVar(&timeout, "timeout", envoy.DefaultAuthzTimeout, "ext_authz timeout, as Envoy's grpc_service.timeout")
+	f.DurationVar(&timeout, "timeout", envoyclient.DefaultAuthzTimeout, "ext_authz timeout, as Envoy's grpc_service.timeout")
 	f.IntVar(&statusOnError, "status-on-error", http.StatusServiceUnavailable, "status Envoy answers when levy does not (ext_authz status_on_error; envoy/ and k8s/ set 503)")
 	return cmd
 }
@@ -119,7 +119,7 @@ func dialAddr(listen, def string) string {
 	return listen
 }
 
-func printOutcome(w io.Writer, o *envoy.Outcome) {
+func printOutcome(w io.Writer, o *envoyclient.Outcome) {
 	decision := "deny"
 	switch {
 	case o.RPCError != nil && o.Allowed:

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/levyhq/levy/pkg/authz"
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 )
@@ -32,8 +32,8 @@ func BenchmarkCheckEncode(b *testing.B) {
 			}
 			defer lim.Close()
 			srv := authz.New(authz.Config{Snapshot: snapshot(b, text), Limiter: lim, Clock: clock.Now})
-			req := envoy.BuildCheckRequest(&envoy.Request{Path: "/v1/items",
-				Headers: []envoy.Header{{Name: "x-api-key", Value: keys["KEY_OPEN"]}}}, 1)
+			req := envoyclient.BuildCheckRequest(&envoyclient.Request{Path: "/v1/items",
+				Headers: []envoyclient.Header{{Name: "x-api-key", Value: keys["KEY_OPEN"]}}}, 1)
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {

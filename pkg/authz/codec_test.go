@@ -18,7 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/wire/wiretest"
 )
 
@@ -30,11 +30,11 @@ import (
 func checkCases(t testing.TB) map[string][]byte {
 	t.Helper()
 	marshal := func(m proto.Message) []byte { return wiretest.Marshal(t, m) }
-	sdk := envoy.BuildCheckRequest(&envoy.Request{
+	sdk := envoyclient.BuildCheckRequest(&envoyclient.Request{
 		Method: "GET", Path: "/v1/search?q=x", Authority: "api.example.com", Scheme: "https", Protocol: "HTTP/2",
 		SourceAddress: "203.0.113.9:51234", DestinationAddress: "10.0.0.7:8443",
 		StartTime: time.Date(2026, 11, 27, 10, 0, 0, 123, time.UTC),
-		Headers: []envoy.Header{
+		Headers: []envoyclient.Header{
 			{Name: "x-api-key", Value: "levy_abc"}, {Name: "user-agent", Value: "sdk/1.2"},
 			{Name: "accept", Value: "a"}, {Name: "accept", Value: "b"}, {Name: "x-envoy-downstream-service-cluster", Value: "web"},
 		},

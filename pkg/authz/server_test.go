@@ -18,8 +18,8 @@ import (
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/config"
-	"github.com/levyhq/levy/pkg/envoy"
-	"github.com/levyhq/levy/pkg/envoy/envoytest"
+	"github.com/levyhq/levy/pkg/envoyclient"
+	"github.com/levyhq/levy/pkg/envoyclient/envoytest"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
@@ -61,7 +61,7 @@ type fixture struct {
 	lim     limiter.Limiter
 	srv     *authz.Server
 	cfgText string
-	client  *envoy.AuthzClient
+	client  *envoyclient.AuthzClient
 }
 
 // start serves a real authz server over gRPC on loopback, on a limiter
@@ -85,7 +85,7 @@ func start(t *testing.T, newLimiter limitertest.Factory) *fixture {
 	conn := envoytest.LoopbackWith(t, codec, func(gs *grpc.Server) { authv3.RegisterAuthorizationServer(gs, f.srv) })
 	// Envoy's 0.25 s would test the machine's load, not levy: the tests
 	// check answers (a hung call still fails, after a minute).
-	f.client = envoy.NewAuthzClient(conn, envoy.AuthzConfig{Timeout: time.Minute})
+	f.client = envoyclient.NewAuthzClient(conn, envoyclient.AuthzConfig{Timeout: time.Minute})
 	return f
 }
 
@@ -121,9 +121,9 @@ func snapshot(t testing.TB, text string) *authz.Snapshot {
 	return snap
 }
 
-func (f *fixture) check(t *testing.T, path string, headers ...envoy.Header) *envoy.Outcome {
+func (f *fixture) check(t *testing.T, path string, headers ...envoyclient.Header) *envoyclient.Outcome {
 	t.Helper()
-	o, err := f.client.Check(context.Background(), &envoy.Request{Path: path, Headers: headers})
+	o, err := f.client.Check(context.Background(), &envoyclient.Request{Path: path, Headers: headers})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,9 +133,9 @@ func (f *fixture) check(t *testing.T, path string, headers ...envoy.Header) *env
 	return o
 }
 
-func (f *fixture) withKey(t *testing.T, name, path string) *envoy.Outcome {
+func (f *fixture) withKey(t *testing.T, name, path string) *envoyclient.Outcome {
 	t.Helper()
-	return f.check(t, path, envoy.Header{Name: "X-Api-Key", Value: f.keys[name]})
+	return f.check(t, path, envoyclient.Header{Name: "X-Api-Key", Value: f.keys[name]})
 }
 
 // TestBehaviour runs every behaviour test on the local store, on Redis
@@ -182,7 +182,7 @@ type problem struct {
 	Detail string `json:"detail"`
 }
 
-func problemOf(t *testing.T, o *envoy.Outcome) problem {
+func problemOf(t *testing.T, o *envoyclient.Outcome) problem {
 	t.Helper()
 	if ct := o.ResponseHeaders.Get("content-type"); ct != "application/problem+json" {
 		t.Fatalf("content-type %q, want application/problem+json", ct)
@@ -200,9 +200,9 @@ func problemOf(t *testing.T, o *envoy.Outcome) problem {
 func testAllowTellsUpstreamWhoIsCallingAndHidesTheKey(t *testing.T, newLimiter limitertest.Factory) {
 	f := start(t, newLimiter)
 	o := f.check(t, "/v1/items?page=2",
-		envoy.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]},
-		envoy.Header{Name: "X-Consumer-Id", Value: "someone-else"}, // smuggled by the client
-		envoy.Header{Name: "x-consumer-plan", Value: "enterprise"},
+		envoyclient.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]},
+		envoyclient.Header{Name: "X-Consumer-Id", Value: "someone-else"}, // smuggled by the client
+		envoyclient.Header{Name: "x-consumer-plan", Value: "enterprise"},
 	)
 	if !o.Allowed || o.Status != 200 {
 		t.Fatalf("status %d, want allowed: %s", o.Status, o.Body)
@@ -232,8 +232,8 @@ func testAllowTellsUpstreamWhoIsCallingAndHidesTheKey(t *testing.T, newLimiter l
 
 func testEveryKeyHeaderIsRemovedNotOnlyTheOneUsed(t *testing.T, newLimiter limitertest.Factory) {
 	f := start(t, newLimiter)
-	o := f.check(t, "/", envoy.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]},
-		envoy.Header{Name: "Authorization", Value: "Bearer " + f.keys["KEY_FREE"]})
+	o := f.check(t, "/", envoyclient.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]},
+		envoyclient.Header{Name: "Authorization", Value: "Bearer " + f.keys["KEY_FREE"]})
 	if !o.Allowed || o.UpstreamHeaders.Get("x-consumer-id") != "pro-co" {
 		t.Fatalf("status %d consumer %q", o.Status, o.UpstreamHeaders.Get("x-consumer-id"))
 	}
@@ -241,7 +241,7 @@ func testEveryKeyHeaderIsRemovedNotOnlyTheOneUsed(t *testing.T, newLimiter limit
 		t.Fatalf("a key reached the upstream: %v", o.UpstreamHeaders)
 	}
 	// An Authorization header that is not a levy key is the upstream's.
-	o = f.check(t, "/", envoy.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]}, envoy.Header{Name: "Authorization", Value: "Basic dXNlcjpwYXNz"})
+	o = f.check(t, "/", envoyclient.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]}, envoyclient.Header{Name: "Authorization", Value: "Basic dXNlcjpwYXNz"})
 	if o.UpstreamHeaders.Get("authorization") != "Basic dXNlcjpwYXNz" {
 		t.Fatalf("the upstream's own credentials were removed: %v", o.UpstreamHeaders)
 	}
@@ -269,7 +269,7 @@ func testConsumerOnARemovedPlanIsDeniedNotAnRPCError(t *testing.T, newLimiter li
 
 func testBearerKeyIsAcceptedAndRemoved(t *testing.T, newLimiter limitertest.Factory) {
 	f := start(t, newLimiter)
-	o := f.check(t, "/", envoy.Header{Name: "Authorization", Value: "Bearer " + f.keys["KEY_PRO"]})
+	o := f.check(t, "/", envoyclient.Header{Name: "Authorization", Value: "Bearer " + f.keys["KEY_PRO"]})
 	if !o.Allowed {
 		t.Fatalf("bearer key denied: %d %s", o.Status, o.Body)
 	}
@@ -285,22 +285,22 @@ func testDenialsCarryStatusReasonAndProblemBody(t *testing.T, newLimiter limiter
 	other, _ := apikey.Generate("levy_test")
 	tests := []struct {
 		name    string
-		headers []envoy.Header
+		headers []envoyclient.Header
 		status  int
 		reason  string
 	}{
 		{"no key", nil, 401, authz.ReasonMissingKey},
-		{"empty key header", []envoy.Header{{Name: "x-api-key", Value: "  "}}, 401, authz.ReasonMissingKey},
-		{"basic auth is not a key", []envoy.Header{{Name: "authorization", Value: "Basic dXNlcjpwYXNz"}}, 401, authz.ReasonMissingKey},
-		{"typo in the key", []envoy.Header{{Name: "x-api-key", Value: string(bad)}}, 401, authz.ReasonMalformedKey},
-		{"garbage", []envoy.Header{{Name: "x-api-key", Value: "'; DROP TABLE keys;--"}}, 401, authz.ReasonMalformedKey},
-		{"10 KB key", []envoy.Header{{Name: "x-api-key", Value: strings.Repeat("k", 10<<10)}}, 401, authz.ReasonMalformedKey},
-		{"invalid UTF-8 (Envoy sanitises to !)", []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"][:20] + "\xff\xfe" + f.keys["KEY_PRO"][22:]}}, 401, authz.ReasonMalformedKey},
-		{"two keys joined by Envoy", []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}, {Name: "x-api-key", Value: f.keys["KEY_FREE"]}}, 401, authz.ReasonMalformedKey},
-		{"well formed but unknown", []envoy.Header{{Name: "x-api-key", Value: other}}, 401, authz.ReasonUnknownKey},
-		{"revoked", []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_REVOKED"]}}, 403, authz.ReasonRevokedKey},
-		{"expired", []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_EXPIRED"]}}, 403, authz.ReasonExpiredKey},
-		{"suspended consumer", []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_SUSPENDED"]}}, 403, authz.ReasonSuspended},
+		{"empty key header", []envoyclient.Header{{Name: "x-api-key", Value: "  "}}, 401, authz.ReasonMissingKey},
+		{"basic auth is not a key", []envoyclient.Header{{Name: "authorization", Value: "Basic dXNlcjpwYXNz"}}, 401, authz.ReasonMissingKey},
+		{"typo in the key", []envoyclient.Header{{Name: "x-api-key", Value: string(bad)}}, 401, authz.ReasonMalformedKey},
+		{"garbage", []envoyclient.Header{{Name: "x-api-key", Value: "'; DROP TABLE keys;--"}}, 401, authz.ReasonMalformedKey},
+		{"10 KB key", []envoyclient.Header{{Name: "x-api-key", Value: strings.Repeat("k", 10<<10)}}, 401, authz.ReasonMalformedKey},
+		{"invalid UTF-8 (Envoy sanitises to !)", []envoyclient.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"][:20] + "\xff\xfe" + f.keys["KEY_PRO"][22:]}}, 401, authz.ReasonMalformedKey},
+		{"two keys joined by Envoy", []envoyclient.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}, {Name: "x-api-key", Value: f.keys["KEY_FREE"]}}, 401, authz.ReasonMalformedKey},
+		{"well formed but unknown", []envoyclient.Header{{Name: "x-api-key", Value: other}}, 401, authz.ReasonUnknownKey},
+		{"revoked", []envoyclient.Header{{Name: "x-api-key", Value: f.keys["KEY_REVOKED"]}}, 403, authz.ReasonRevokedKey},
+		{"expired", []envoyclient.Header{{Name: "x-api-key", Value: f.keys["KEY_EXPIRED"]}}, 403, authz.ReasonExpiredKey},
+		{"suspended consumer", []envoyclient.Header{{Name: "x-api-key", Value: f.keys["KEY_SUSPENDED"]}}, 403, authz.ReasonSuspended},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -447,7 +447,7 @@ func testMalformedRequestsAreDeniedNotPanics(t *testing.T, newLimiter limitertes
 	}{
 		{"empty request", &authv3.CheckRequest{}},
 		{"no http", &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{}}}},
-		{"no headers", envoy.BuildCheckRequest(&envoy.Request{Path: "/"}, 1)},
+		{"no headers", envoyclient.BuildCheckRequest(&envoyclient.Request{Path: "/"}, 1)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -460,7 +460,7 @@ func testMalformedRequestsAreDeniedNotPanics(t *testing.T, newLimiter limitertes
 			}
 		})
 	}
-	huge := f.check(t, "/"+strings.Repeat("p", 10<<10), envoy.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]}, envoy.Header{Name: "x-big", Value: strings.Repeat("v", 10<<10)})
+	huge := f.check(t, "/"+strings.Repeat("p", 10<<10), envoyclient.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]}, envoyclient.Header{Name: "x-big", Value: strings.Repeat("v", 10<<10)})
 	if !huge.Allowed {
 		t.Fatalf("10 KB path and header: %d %s", huge.Status, huge.Body)
 	}
@@ -493,7 +493,7 @@ func testParallelChecksNeverExceedTheBucket(t *testing.T, newLimiter limitertest
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			o, err := f.client.Check(context.Background(), &envoy.Request{Headers: []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}})
+			o, err := f.client.Check(context.Background(), &envoyclient.Request{Headers: []envoyclient.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}})
 			switch {
 			case err != nil || o.RPCError != nil:
 			case o.Allowed:

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/levyhq/levy/pkg/authz"
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
@@ -81,8 +81,8 @@ func testAllowCarriesTheLedgerWindowItsUnitsWereCountedIn(t *testing.T, newLimit
 		t.Fatalf("consumer %q beside the window", got)
 	}
 
-	entry := envoy.HTTPLogEntry(envoy.LogInput{Authz: o})
-	logged := entry.GetCommonProperties().GetMetadata().GetFilterMetadata()[envoy.ExtAuthzNamespace]
+	entry := envoyclient.HTTPLogEntry(envoyclient.LogInput{Authz: o})
+	logged := entry.GetCommonProperties().GetMetadata().GetFilterMetadata()[envoyclient.ExtAuthzNamespace]
 	if w, l := windowOf(t, logged); w != window || l != ledger {
 		t.Fatalf("access log filter metadata window %d ledger %q, want %d %q", w, l, window, ledger)
 	}
@@ -146,8 +146,8 @@ func testAllowCarriesTheQuotaCounterAndPeriodItWasCountedIn(t *testing.T, newLim
 	if st := d.Statuses[0]; st.PeriodStart.Unix() != period || st.Used != 5 {
 		t.Fatalf("metadata period %d; the counter holds %d units in the period at %v", period, st.Used, st.PeriodStart)
 	}
-	entry := envoy.HTTPLogEntry(envoy.LogInput{Authz: o})
-	logged := entry.GetCommonProperties().GetMetadata().GetFilterMetadata()[envoy.ExtAuthzNamespace]
+	entry := envoyclient.HTTPLogEntry(envoyclient.LogInput{Authz: o})
+	logged := entry.GetCommonProperties().GetMetadata().GetFilterMetadata()[envoyclient.ExtAuthzNamespace]
 	if k, p := quotaOf(t, logged); k != key || p != period {
 		t.Fatalf("access log filter metadata quota %q period %d, want %q %d", k, p, key, period)
 	}
@@ -177,8 +177,8 @@ func testWindowAtAnEdgeIsAdmissionsNotTheRequestStart(t *testing.T, newLimiter l
 		t.Run(tt.name, func(t *testing.T) {
 			f := start(t, newLimiter)
 			f.clock.Set(tt.admitted)
-			o, err := f.client.Check(context.Background(), &envoy.Request{Path: "/", StartTime: tt.started,
-				Headers: []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}})
+			o, err := f.client.Check(context.Background(), &envoyclient.Request{Path: "/", StartTime: tt.started,
+				Headers: []envoyclient.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}})
 			if err != nil || !o.Allowed {
 				t.Fatalf("not allowed: %v %v", o, err)
 			}
@@ -190,7 +190,7 @@ func testWindowAtAnEdgeIsAdmissionsNotTheRequestStart(t *testing.T, newLimiter l
 				t.Fatalf("the ledger counted %d units at %v, want 1 at %v", units, start, tt.wantWindow)
 			}
 			// What settlement used before: the log's start time, a window off.
-			logged := envoy.HTTPLogEntry(envoy.LogInput{Authz: o}).GetCommonProperties()
+			logged := envoyclient.HTTPLogEntry(envoyclient.LogInput{Authz: o}).GetCommonProperties()
 			if s := logged.GetStartTime().AsTime(); s.Truncate(time.Minute).Equal(tt.wantWindow) {
 				t.Fatalf("start time %v is in the admission's window: not an edge", s)
 			}
@@ -219,7 +219,7 @@ func TestAllowWithoutLedgerCarriesNoWindow(t *testing.T) {
 		t.Fatalf("status %d: %s", o.Status, o.Body)
 	}
 	got := slices.Sorted(maps.Keys(o.DynamicMetadata.GetFields()))
-	if want := []string{"consumer", envoy.ExtAuthzDurationKey, "key_id", "model", "plan"}; !slices.Equal(got, want) {
+	if want := []string{"consumer", envoyclient.ExtAuthzDurationKey, "key_id", "model", "plan"}; !slices.Equal(got, want) {
 		t.Fatalf("metadata holds %v, want %v", got, want)
 	}
 }
@@ -229,7 +229,7 @@ func TestAllowWithoutLedgerCarriesNoWindow(t *testing.T) {
 // gets its own, and leaves the earlier one and the denials' as they were.
 func TestAllowMetadataOfOneWindowIsNotChangedByTheNext(t *testing.T) {
 	f := start(t, localLimiter)
-	req := envoy.BuildCheckRequest(&envoy.Request{Path: "/", Headers: []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}}, 1)
+	req := envoyclient.BuildCheckRequest(&envoyclient.Request{Path: "/", Headers: []envoyclient.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}}, 1)
 	first, err := f.srv.Check(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)
@@ -254,7 +254,7 @@ func TestAllowMetadataOfOneWindowIsNotChangedByTheNext(t *testing.T) {
 // wrote it: Envoy sees one answer on either path.
 func TestAllowWithWindowEncodesAsProtobufDoes(t *testing.T) {
 	f := start(t, localLimiter)
-	req := envoy.BuildCheckRequest(&envoy.Request{Path: "/", Headers: []envoy.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}}, 1)
+	req := envoyclient.BuildCheckRequest(&envoyclient.Request{Path: "/", Headers: []envoyclient.Header{{Name: "x-api-key", Value: f.keys["KEY_PRO"]}}}, 1)
 	resp, err := f.srv.Check(context.Background(), req)
 	if err != nil {
 		t.Fatal(err)

@@ -7,7 +7,7 @@ import (
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/rls"
 )
@@ -30,7 +30,7 @@ func (instant) Decide(_ context.Context, limits []limiter.Limit) (limiter.Decisi
 func BenchmarkDecide(b *testing.B) {
 	cfg := mustConfig(b, levyYAML)
 	srv := rls.New(rls.Config{Snapshot: snapshot(b, cfg, false), Limiter: instant{}})
-	req := envoy.BuildRateLimitRequest("api", []envoy.Descriptor{
+	req := envoyclient.BuildRateLimitRequest("api", []envoyclient.Descriptor{
 		{Entries: [][2]string{{"remote_address", "10.0.0.1"}}},
 		{Entries: [][2]string{{"generic_key", "loose"}}},
 		{Entries: [][2]string{{"consumer", "big"}, {"route", "items"}}},
@@ -51,14 +51,14 @@ func BenchmarkDecide(b *testing.B) {
 func BenchmarkDecideAndEncode(b *testing.B) {
 	for _, bm := range []struct {
 		name  string
-		descs []envoy.Descriptor
+		descs []envoyclient.Descriptor
 	}{
-		{"plain", []envoy.Descriptor{d("generic_key", "plain"), d("remote_address", "10.0.0.1")}},
-		{"metadata", []envoy.Descriptor{d("generic_key", "a"), d("generic_key", "b")}},
+		{"plain", []envoyclient.Descriptor{d("generic_key", "plain"), d("remote_address", "10.0.0.1")}},
+		{"metadata", []envoyclient.Descriptor{d("generic_key", "a"), d("generic_key", "b")}},
 	} {
 		b.Run(bm.name, func(b *testing.B) {
 			srv := rls.New(rls.Config{Snapshot: snapshot(b, mustConfig(b, metadataYAML), false), Limiter: instant{}})
-			req := envoy.BuildRateLimitRequest("api", bm.descs, 0)
+			req := envoyclient.BuildRateLimitRequest("api", bm.descs, 0)
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {

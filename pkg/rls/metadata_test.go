@@ -8,7 +8,7 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/rls"
 )
 
@@ -69,22 +69,22 @@ func TestRuleMetadataIsReturnedInEnvoyproxyRatelimitsShape(t *testing.T) {
 	tests := []struct {
 		name       string
 		hitsAddend uint32
-		give       []envoy.Descriptor
+		give       []envoyclient.Descriptor
 		want       string
 	}{
-		{"merged, first wins", 0, []envoy.Descriptor{a, b},
+		{"merged, first wins", 0, []envoyclient.Descriptor{a, b},
 			`{"descriptors":[{"entries":["generic_key=a"]},{"entries":["generic_key=b"]}],"domain":"api",` +
 				`"metadata":{"retries":3,"route":{"cluster":"a","weight":1,"zone":"eu"},"tags":["x","y"],"tier":"gold"}}`},
-		{"the other order", 0, []envoy.Descriptor{b, a},
+		{"the other order", 0, []envoyclient.Descriptor{b, a},
 			`{"descriptors":[{"entries":["generic_key=b"]},{"entries":["generic_key=a"]}],"domain":"api",` +
 				`"metadata":{"retries":3,"route":{"cluster":"b","weight":1,"zone":"eu"},"tags":["x","y"],"tier":"silver"}}`},
-		{"a rule's metadata is not changed by merging into it", 0, []envoy.Descriptor{a},
+		{"a rule's metadata is not changed by merging into it", 0, []envoyclient.Descriptor{a},
 			`{"descriptors":[{"entries":["generic_key=a"]}],"domain":"api","metadata":{"route":{"cluster":"a","weight":1},"tags":["x","y"],"tier":"gold"}}`},
-		{"hits_addend of the request and of a descriptor", 3, []envoy.Descriptor{hits(2, b), d("unknown", "x")},
+		{"hits_addend of the request and of a descriptor", 3, []envoyclient.Descriptor{hits(2, b), d("unknown", "x")},
 			`{"descriptors":[{"entries":["generic_key=b"],"hitsAddend":2},{"entries":["unknown=x"]}],"domain":"api","hitsAddend":3,` +
 				`"metadata":{"retries":3,"route":{"cluster":"b","zone":"eu"},"tier":"silver"}}`},
-		{"no rule with metadata: none", 0, []envoy.Descriptor{d("generic_key", "plain")}, "null"},
-		{"an unlimited rule's is not returned, as upstream", 0, []envoy.Descriptor{d("generic_key", "free")}, "null"},
+		{"no rule with metadata: none", 0, []envoyclient.Descriptor{d("generic_key", "plain")}, "null"},
+		{"an unlimited rule's is not returned, as upstream", 0, []envoyclient.Descriptor{d("generic_key", "free")}, "null"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 )
@@ -114,7 +114,7 @@ ratelimit:
           rate_limit: {unit: minute, requests_per_unit: 2, debit: false}
 `
 
-// serviceWithQuota is what Envoy's %DYNAMIC_METADATA(envoy.filters.http.
+// serviceWithQuota is what Envoy's %DYNAMIC_METADATA(envoyclient.filters.http.
 // ratelimit:metadata:service_with_quota:name)% reads, as the peer's
 // example Envoy config routes on it.
 func serviceWithQuota(t *testing.T, resp *rlsv3.RateLimitResponse) string {
@@ -163,7 +163,7 @@ func TestQuotaModeIsOverOnlyWhenEveryQuotaDescriptorIs(t *testing.T) {
 func TestTokenQuotaRoutesOnMetadataAndDebitsAfterTheFact(t *testing.T) {
 	c := newContract()
 	f := start(t, c.factory, quotaYAML)
-	check := []envoy.Descriptor{hits(0, d("service", "service_1")), hits(0, d("service", "service_2"))}
+	check := []envoyclient.Descriptor{hits(0, d("service", "service_1")), hits(0, d("service", "service_2"))}
 	for i, want := range []string{"service_1", "service_2", "service_2", ""} {
 		o := f.call(t, 0, check...)
 		if got := serviceWithQuota(t, o.Response); got != want || o.Limited != (want == "") {

@@ -20,8 +20,8 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/levyhq/levy/pkg/config"
-	"github.com/levyhq/levy/pkg/envoy"
-	"github.com/levyhq/levy/pkg/envoy/envoytest"
+	"github.com/levyhq/levy/pkg/envoyclient"
+	"github.com/levyhq/levy/pkg/envoyclient/envoytest"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/pkg/server"
@@ -85,7 +85,7 @@ type fixture struct {
 	metrics *telemetry.Metrics
 	clock   *limitertest.Clock
 	srv     *rls.Server
-	client  *envoy.RateLimitClient
+	client  *envoyclient.RateLimitClient
 	raw     rlsv3.RateLimitServiceClient
 	cfg     *config.Config
 }
@@ -101,7 +101,7 @@ func start(t *testing.T, newLimiter limitertest.Factory, text string) *fixture {
 	// also a test of how it reads requests and writes answers.
 	codec := []grpc.ServerOption{grpc.ForceServerCodecV2(rls.Codec)}
 	conn := envoytest.LoopbackWith(t, codec, func(gs *grpc.Server) { rlsv3.RegisterRateLimitServiceServer(gs, f.srv) })
-	f.client = envoy.NewRateLimitClient(conn, envoy.RateLimitConfig{Domain: "api", Timeout: time.Minute, XRateLimitHeaders: true}) // answers, not the machine's speed
+	f.client = envoyclient.NewRateLimitClient(conn, envoyclient.RateLimitConfig{Domain: "api", Timeout: time.Minute, XRateLimitHeaders: true}) // answers, not the machine's speed
 	f.raw = rlsv3.NewRateLimitServiceClient(conn)
 	return f
 }
@@ -164,20 +164,20 @@ func TestBehaviour(t *testing.T) {
 	}
 }
 
-func d(kv ...string) envoy.Descriptor {
-	var out envoy.Descriptor
+func d(kv ...string) envoyclient.Descriptor {
+	var out envoyclient.Descriptor
 	for i := 0; i+1 < len(kv); i += 2 {
 		out.Entries = append(out.Entries, [2]string{kv[i], kv[i+1]})
 	}
 	return out
 }
 
-func hits(n uint64, desc envoy.Descriptor) envoy.Descriptor {
+func hits(n uint64, desc envoyclient.Descriptor) envoyclient.Descriptor {
 	desc.HitsAddend = &n
 	return desc
 }
 
-func (f *fixture) call(t *testing.T, hitsAddend uint32, descs ...envoy.Descriptor) *envoy.RateLimitOutcome {
+func (f *fixture) call(t *testing.T, hitsAddend uint32, descs ...envoyclient.Descriptor) *envoyclient.RateLimitOutcome {
 	t.Helper()
 	o, err := f.client.ShouldRateLimit(context.Background(), descs, hitsAddend)
 	if err != nil {
@@ -190,7 +190,7 @@ func (f *fixture) call(t *testing.T, hitsAddend uint32, descs ...envoy.Descripto
 }
 
 // codes lists each descriptor status as OK or OVER_LIMIT.
-func statusCodes(o *envoy.RateLimitOutcome) string {
+func statusCodes(o *envoyclient.RateLimitOutcome) string {
 	var parts []string
 	for _, s := range o.Response.Statuses {
 		parts = append(parts, s.Code.String())
@@ -494,7 +494,7 @@ func TestHugeHitsAddendIsInvalidArgument(t *testing.T) {
 		t.Run(store.Name, func(t *testing.T) {
 			f := start(t, store.New, levyYAML)
 			huge := uint64(1) << 50
-			_, err := f.raw.ShouldRateLimit(context.Background(), envoy.BuildRateLimitRequest("api", []envoy.Descriptor{hits(huge, d("remote_address", "1.2.3.4"))}, 0))
+			_, err := f.raw.ShouldRateLimit(context.Background(), envoyclient.BuildRateLimitRequest("api", []envoyclient.Descriptor{hits(huge, d("remote_address", "1.2.3.4"))}, 0))
 			if status.Code(err) != codes.InvalidArgument {
 				t.Fatalf("hits_addend 2^50: %v", err)
 			}
@@ -529,7 +529,7 @@ func TestLimitOverrideUnitMultiplier(t *testing.T) {
 		mult uint32
 	}{{typev3.RateLimitUnit_HOUR, math.MaxUint32}, {typev3.RateLimitUnit_DAY, 367}, {typev3.RateLimitUnit_SECOND, math.MaxUint32}} {
 		desc.Limit = &rlv3.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 2, Unit: tt.unit, UnitMultiplier: wrapperspb.UInt32(tt.mult)}
-		o, err := f.client.ShouldRateLimit(context.Background(), []envoy.Descriptor{desc}, 0)
+		o, err := f.client.ShouldRateLimit(context.Background(), []envoyclient.Descriptor{desc}, 0)
 		if err != nil || status.Code(o.RPCError) != codes.InvalidArgument {
 			t.Fatalf("%s x %d: %v %v, want InvalidArgument", tt.unit, tt.mult, err, o.RPCError)
 		}

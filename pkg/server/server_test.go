@@ -22,7 +22,7 @@ import (
 	"github.com/levyhq/levy/api/apitest"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -118,9 +118,9 @@ func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
 		t.Fatalf("gRPC health: %v %v", hr, err)
 	}
 	key := strings.TrimSpace(strings.TrimPrefix(out.String(), "demo key for plan free:"))
-	client := envoy.NewAuthzClient(conn, envoy.AuthzConfig{Timeout: 5 * time.Second})
+	client := envoyclient.NewAuthzClient(conn, envoyclient.AuthzConfig{Timeout: 5 * time.Second})
 	for i := 0; i < 2; i++ {
-		if _, err := client.Check(ctx, &envoy.Request{Headers: []envoy.Header{{Name: "x-api-key", Value: key}}}); err != nil {
+		if _, err := client.Check(ctx, &envoyclient.Request{Headers: []envoyclient.Header{{Name: "x-api-key", Value: key}}}); err != nil {
 			t.Fatal(err)
 		}
 	}

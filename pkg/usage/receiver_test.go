@@ -26,8 +26,8 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/levyhq/levy/pkg/envoy"
-	"github.com/levyhq/levy/pkg/envoy/envoytest"
+	"github.com/levyhq/levy/pkg/envoyclient"
+	"github.com/levyhq/levy/pkg/envoyclient/envoytest"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/telemetry"
 )
@@ -179,11 +179,11 @@ func (e *testEnv) send(t *testing.T, batches ...[]*accesslogdatav3.HTTPAccessLog
 	e.waitStreams(t, 0)
 }
 
-func (e *testEnv) logger(node string) *envoy.AccessLogger {
-	return envoy.NewAccessLogger(e.conn, envoy.AccessLogConfig{LogName: "levy-billing", NodeID: node, Cluster: "ingress"})
+func (e *testEnv) logger(node string) *envoyclient.AccessLogger {
+	return envoyclient.NewAccessLogger(e.conn, envoyclient.AccessLogConfig{LogName: "levy-billing", NodeID: node, Cluster: "ingress"})
 }
 
-func (e *testEnv) sendOn(t *testing.T, l *envoy.AccessLogger, batches ...[]*accesslogdatav3.HTTPAccessLogEntry) {
+func (e *testEnv) sendOn(t *testing.T, l *envoyclient.AccessLogger, batches ...[]*accesslogdatav3.HTTPAccessLogEntry) {
 	t.Helper()
 	for _, b := range batches {
 		for _, entry := range b {
@@ -294,26 +294,26 @@ func entry(g give) *accesslogdatav3.HTTPAccessLogEntry {
 	if path == "" {
 		path = "/v1/items"
 	}
-	in := envoy.LogInput{
-		Request: &envoy.Request{Path: path, RequestID: g.id, StartTime: t0,
-			Headers: []envoy.Header{{Name: "x-api-key", Value: "lv_test"}}},
-		Authz:                     &envoy.Outcome{Allowed: g.denied == 0, Status: g.denied, DynamicMetadata: md},
+	in := envoyclient.LogInput{
+		Request: &envoyclient.Request{Path: path, RequestID: g.id, StartTime: t0,
+			Headers: []envoyclient.Header{{Name: "x-api-key", Value: "lv_test"}}},
+		Authz:                     &envoyclient.Outcome{Allowed: g.denied == 0, Status: g.denied, DynamicMetadata: md},
 		UpstreamStatus:            g.status,
 		AdditionalRequestHeaders:  []string{"x-consumer-id"},
 		AdditionalResponseHeaders: []string{"x-levy-units"},
 	}
 	if g.consumerHeader != "" {
-		in.Authz.UpstreamHeaders = envoy.Headers{{Name: ":method", Value: "GET"}, {Name: ":path", Value: path},
+		in.Authz.UpstreamHeaders = envoyclient.Headers{{Name: ":method", Value: "GET"}, {Name: ":path", Value: path},
 			{Name: "x-request-id", Value: g.id}, {Name: "x-consumer-id", Value: g.consumerHeader}}
 	}
 	if g.units != "" {
-		in.ResponseHeaders = []envoy.Header{{Name: "X-Levy-Units", Value: g.units}}
+		in.ResponseHeaders = []envoyclient.Header{{Name: "X-Levy-Units", Value: g.units}}
 	}
 	if g.rateLimited {
-		in.RateLimit = &envoy.RateLimitOutcome{Limited: true, Status: 429,
-			ResponseHeaders: envoy.Headers{{Name: "x-envoy-ratelimited", Value: "true"}}}
+		in.RateLimit = &envoyclient.RateLimitOutcome{Limited: true, Status: 429,
+			ResponseHeaders: envoyclient.Headers{{Name: "x-envoy-ratelimited", Value: "true"}}}
 	}
-	e := envoy.HTTPLogEntry(in)
+	e := envoyclient.HTTPLogEntry(in)
 	if g.logType != 0 {
 		e.CommonProperties.AccessLogType = g.logType
 	}
@@ -542,13 +542,13 @@ func TestMalformedEntriesAreCountedNotFatal(t *testing.T) {
 	noStart := entry(give{consumer: "acme", plan: "payg", status: 500})
 	noStart.CommonProperties.StartTime = nil
 	numberConsumer := entry(give{plan: "payg", status: 500})
-	numberConsumer.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["consumer"] = structpb.NewNumberValue(7)
+	numberConsumer.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields["consumer"] = structpb.NewNumberValue(7)
 	emptyValues := entry(give{consumer: "acme", plan: "payg", status: 500})
 	for _, k := range []string{"consumer", "plan", "billable"} {
-		emptyValues.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields[k] = &structpb.Value{}
+		emptyValues.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields[k] = &structpb.Value{}
 	}
 	stringBillable := entry(give{consumer: "acme", plan: "payg", status: 500})
-	stringBillable.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["billable"] = structpb.NewStringValue("9")
+	stringBillable.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields["billable"] = structpb.NewStringValue("9")
 	noMetadata := entry(give{consumer: "acme", plan: "payg", status: 500})
 	noMetadata.CommonProperties.Metadata = nil
 

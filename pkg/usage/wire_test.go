@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/plan"
 )
 
@@ -43,22 +43,22 @@ func wireCorpus(t testing.TB) [][]byte {
 	intermediate := entry(give{consumer: "acme", plan: "payg"})
 	intermediate.CommonProperties.IntermediateLogEntry = true
 	kinds := entry(give{consumer: "acme", plan: "payg"})
-	fields := kinds.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields
+	fields := kinds.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields
 	fields["consumer"] = structpb.NewNumberValue(3)
 	fields["plan"] = structpb.NewBoolValue(true)
 	fields["billable"] = structpb.NewStringValue("4")
 	nan := entry(give{consumer: "acme", plan: "payg"})
-	nan.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["billable"] = structpb.NewNumberValue(math.NaN())
+	nan.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields["billable"] = structpb.NewNumberValue(math.NaN())
 	otherNS := entry(give{consumer: "acme", plan: "payg"})
 	otherNS.CommonProperties.Metadata.FilterMetadata["envoy.filters.http.ratelimit"] = &structpb.Struct{
 		Fields: map[string]*structpb.Value{"consumer": structpb.NewStringValue("impostor")}}
 	oddWindow := entry(give{consumer: "acme", plan: "payg", ledger: "{c:acme}:ledger:api_calls", window: t0})
-	oddWindow.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["window"] = structpb.NewStringValue("1772366400")
+	oddWindow.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields["window"] = structpb.NewStringValue("1772366400")
 	nanWindow := entry(give{consumer: "acme", plan: "payg", ledger: "{c:acme}:ledger:api_calls", window: t0})
-	nanWindow.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["window"] = structpb.NewNumberValue(math.NaN())
+	nanWindow.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields["window"] = structpb.NewNumberValue(math.NaN())
 	oddPeriod := entry(give{consumer: "acme", plan: "payg", ledger: "{c:acme}:ledger:api_calls", window: t0, quota: "{c:acme}:units", period: t0})
-	oddPeriod.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["period"] = structpb.NewNumberValue(-1)
-	oddPeriod.CommonProperties.Metadata.FilterMetadata[envoy.ExtAuthzNamespace].Fields["quota"] = structpb.NewNumberValue(4)
+	oddPeriod.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields["period"] = structpb.NewNumberValue(-1)
+	oddPeriod.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields["quota"] = structpb.NewNumberValue(4)
 	rewritten := entry(give{consumer: "acme", plan: "payg", path: "/internal/search"})
 	rewritten.Request.OriginalPath = "/v1/search"
 	msgs = append(msgs, noCode, zeroCode, intermediate, kinds, nan, otherNS, rewritten, oddWindow, nanWindow, oddPeriod,

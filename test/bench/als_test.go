@@ -23,7 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/redistest"
@@ -37,7 +37,7 @@ const alsBatch = 100
 // BenchmarkALSIngest measures how many HTTP access-log entries levy's
 // Receiver settles per second through real gRPC streams: one stream per
 // GOMAXPROCS, as Envoy opens one per worker, each on its own connection,
-// each sending batches of 100 realistic entries (envoy.HTTPLogEntry with
+// each sending batches of 100 realistic entries (envoyclient.HTTPLogEntry with
 // levy's ext_authz metadata; mostly 200s, some 5xx, 429s from the
 // ratelimit filter, ext_authz denials and upstream-reported units) with
 // distinct request ids, into a Receiver with a no-op ledger.
@@ -306,13 +306,13 @@ func alsEntries(tb testing.TB) []*accesslogdatav3.HTTPAccessLogEntry {
 				"window":             structpb.NewNumberValue(float64(start.Truncate(time.Minute).Unix())),
 				"ext_authz_duration": structpb.NewNumberValue(183),
 			}}
-			in := envoy.LogInput{
-				Request: &envoy.Request{
+			in := envoyclient.LogInput{
+				Request: &envoyclient.Request{
 					Method: "GET", Scheme: "https", Authority: "api.example.com",
 					Path: "/v1/items?limit=20&cursor=eyJpZCI6NDJ9", Protocol: "HTTP/2",
 					SourceAddress: "203.0.113.7:51234", RequestID: idPlaceholder,
 					StartTime: start.Add(time.Duration(i) * 7 * time.Millisecond),
-					Headers: []envoy.Header{
+					Headers: []envoyclient.Header{
 						{Name: "x-api-key", Value: "lv_live_0123456789abcdef"},
 						{Name: "user-agent", Value: "example-sdk-python/2.14.0 python/3.12.4 linux/x86_64"},
 						{Name: "accept", Value: "application/json"},
@@ -320,9 +320,9 @@ func alsEntries(tb testing.TB) []*accesslogdatav3.HTTPAccessLogEntry {
 						{Name: "traceparent", Value: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
 					},
 				},
-				Authz:          &envoy.Outcome{Allowed: g.denied == 0, Status: g.denied, DynamicMetadata: md},
+				Authz:          &envoyclient.Outcome{Allowed: g.denied == 0, Status: g.denied, DynamicMetadata: md},
 				UpstreamStatus: g.status,
-				ResponseHeaders: []envoy.Header{
+				ResponseHeaders: []envoyclient.Header{
 					{Name: "content-type", Value: "application/json"},
 					{Name: "server", Value: "items-api"},
 				},
@@ -338,14 +338,14 @@ func alsEntries(tb testing.TB) []*accesslogdatav3.HTTPAccessLogEntry {
 				in.Authz = nil
 			}
 			if g.units != "" {
-				in.ResponseHeaders = append(in.ResponseHeaders, envoy.Header{Name: "x-levy-units", Value: g.units})
+				in.ResponseHeaders = append(in.ResponseHeaders, envoyclient.Header{Name: "x-levy-units", Value: g.units})
 			}
 			if g.rateLimited {
-				in.RateLimit = &envoy.RateLimitOutcome{Limited: true, Status: 429,
-					ResponseHeaders:     envoy.Headers{{Name: "x-envoy-ratelimited", Value: "true"}},
+				in.RateLimit = &envoyclient.RateLimitOutcome{Limited: true, Status: 429,
+					ResponseHeaders:     envoyclient.Headers{{Name: "x-envoy-ratelimited", Value: "true"}},
 					ResponseCodeDetails: "request_rate_limited"}
 			}
-			out = append(out, envoy.HTTPLogEntry(in))
+			out = append(out, envoyclient.HTTPLogEntry(in))
 		}
 	}
 	if len(out) != alsBatch {

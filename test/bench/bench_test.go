@@ -28,7 +28,7 @@ import (
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/config"
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/localstore"
@@ -380,12 +380,12 @@ func newRateLimitEnv(tb testing.TB, st *store) *env {
 		Limiter:  lim,
 		Log:      infoLogger(),
 	})
-	addr := envoy.Descriptor{Entries: [][2]string{{"remote_address", "10.0.0.1"}}}
-	items := envoy.Descriptor{Entries: [][2]string{{"generic_key", "items"}}}
-	route := envoy.Descriptor{Entries: [][2]string{{"consumer", "acme"}, {"route", "items"}}}
+	addr := envoyclient.Descriptor{Entries: [][2]string{{"remote_address", "10.0.0.1"}}}
+	items := envoyclient.Descriptor{Entries: [][2]string{{"generic_key", "items"}}}
+	route := envoyclient.Descriptor{Entries: [][2]string{{"consumer", "acme"}, {"route", "items"}}}
 	reqs := []request{
-		{name: "1desc", msg: envoy.BuildRateLimitRequest("bench", []envoy.Descriptor{addr}, 0)},
-		{name: "3desc", msg: envoy.BuildRateLimitRequest("bench", []envoy.Descriptor{addr, items, route}, 0)},
+		{name: "1desc", msg: envoyclient.BuildRateLimitRequest("bench", []envoyclient.Descriptor{addr}, 0)},
+		{name: "3desc", msg: envoyclient.BuildRateLimitRequest("bench", []envoyclient.Descriptor{addr, items, route}, 0)},
 	}
 	targets := []*target{
 		{name: "noop", register: func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, NewNoopRateLimit()) }},
@@ -571,7 +571,7 @@ func serve(tb testing.TB, register func(grpc.ServiceRegistrar)) string {
 // checkRequest is what Envoy sends for an SDK's GET with an API key.
 func checkRequest(tb testing.TB, key string) *authv3.CheckRequest {
 	tb.Helper()
-	req := envoy.BuildCheckRequest(&envoy.Request{
+	req := envoyclient.BuildCheckRequest(&envoyclient.Request{
 		Method:        "GET",
 		Scheme:        "https",
 		Authority:     "api.example.com",
@@ -579,7 +579,7 @@ func checkRequest(tb testing.TB, key string) *authv3.CheckRequest {
 		Protocol:      "HTTP/2",
 		SourceAddress: "203.0.113.7:51234",
 		RequestID:     "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f",
-		Headers: []envoy.Header{
+		Headers: []envoyclient.Header{
 			{Name: "x-api-key", Value: key},
 			{Name: "user-agent", Value: "example-sdk-python/2.14.0 python/3.12.4 linux/x86_64"},
 			{Name: "accept", Value: "application/json"},

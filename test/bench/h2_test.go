@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 )
 
 // answering is a RateLimitService that answers every call with resp, or err.
@@ -32,14 +32,14 @@ func (a *answering) ShouldRateLimit(context.Context, *rlsv3.RateLimitRequest) (*
 func TestLeanCallerCountsAllowsAndReportsFailures(t *testing.T) {
 	defer func(was string) { callTimeout = was }(callTimeout)
 	callTimeout = "60S"
-	small := envoy.BuildRateLimitRequest("bench", []envoy.Descriptor{{Entries: [][2]string{{"remote_address", "10.0.0.1"}}}}, 0)
+	small := envoyclient.BuildRateLimitRequest("bench", []envoyclient.Descriptor{{Entries: [][2]string{{"remote_address", "10.0.0.1"}}}}, 0)
 	// Larger than the server's first 64 KiB connection window after a few
 	// calls, and a response over one 16 KiB frame.
-	var many []envoy.Descriptor
+	var many []envoyclient.Descriptor
 	for range 400 {
-		many = append(many, envoy.Descriptor{Entries: [][2]string{{"generic_key", strings.Repeat("v", 100)}}})
+		many = append(many, envoyclient.Descriptor{Entries: [][2]string{{"generic_key", strings.Repeat("v", 100)}}})
 	}
-	big := envoy.BuildRateLimitRequest("bench", many, 0)
+	big := envoyclient.BuildRateLimitRequest("bench", many, 0)
 	over := okRateLimit(1)
 	over.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
 	for _, tc := range []struct {

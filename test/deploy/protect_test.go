@@ -33,7 +33,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/config"
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/server"
 )
@@ -94,20 +94,20 @@ func TestProtectionCheckNamesEntriesLevyDoesNotLimit(t *testing.T) {
 			`envoy/envoy.yaml: virtual_hosts[api].routes[1].route.rate_limits[0]: levy has no rule for [remote_address=198.51.100.1] in domain "billing"`},
 		{"no rule", "                  - actions:\n                    - generic_key: {descriptor_key: tier, descriptor_value: gold}\n", "", "",
 			`envoy/envoy.yaml: virtual_hosts[api].routes[1].route.rate_limits[0]: levy has no rule for [tier=gold] in domain "levy"`},
-		{"metadata levy never sets", "                  - actions:\n                    - metadata:\n                        descriptor_key: consumer\n                        metadata_key: {key: envoy.filters.http.ext_authz, path: [{key: customer}]}\n                        default_value: anonymous\n                    - generic_key: {descriptor_key: route, descriptor_value: items}\n", "", "",
-			"virtual_hosts[api].routes[1].route.rate_limits[0]: reads envoy.filters.http.ext_authz:customer, which levy's ext_authz does not set"},
+		{"metadata levy never sets", "                  - actions:\n                    - metadata:\n                        descriptor_key: consumer\n                        metadata_key: {key: envoyclient.filters.http.ext_authz, path: [{key: customer}]}\n                        default_value: anonymous\n                    - generic_key: {descriptor_key: route, descriptor_value: items}\n", "", "",
+			"virtual_hosts[api].routes[1].route.rate_limits[0]: reads envoyclient.filters.http.ext_authz:customer, which levy's ext_authz does not set"},
 		{"per-route rate_limits without a rule", "", "              - match: {prefix: /}\n                route:\n",
-			"              - match: {prefix: /}\n                typed_per_filter_config:\n                  envoy.filters.http.ratelimit:\n" +
+			"              - match: {prefix: /}\n                typed_per_filter_config:\n                  envoyclient.filters.http.ratelimit:\n" +
 				"                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute\n" +
 				"                    rate_limits:\n                    - actions:\n                      - generic_key: {descriptor_key: tier, descriptor_value: gold}\n                route:\n",
-			`envoy/envoy.yaml: virtual_hosts[api].routes[1].typed_per_filter_config[envoy.filters.http.ratelimit].rate_limits[0]: levy has no rule for [tier=gold] in domain "levy"`},
+			`envoy/envoy.yaml: virtual_hosts[api].routes[1].typed_per_filter_config[envoyclient.filters.http.ratelimit].rate_limits[0]: levy has no rule for [tier=gold] in domain "levy"`},
 		{"entry the per-route rate_limits shadow", "", "              - match: {prefix: /}\n                route:\n",
-			"              - match: {prefix: /}\n                typed_per_filter_config:\n                  envoy.filters.http.ratelimit:\n" +
+			"              - match: {prefix: /}\n                typed_per_filter_config:\n                  envoyclient.filters.http.ratelimit:\n" +
 				"                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute\n" +
 				"                    rate_limits:\n                    - actions:\n                      - remote_address: {}\n                route:\n",
 			"envoy/envoy.yaml: virtual_hosts[api].routes[1].route.rate_limits[0]: no route sends this entry"},
-		{"override levy never sets", "                  - actions:\n                    - remote_address: {}\n                    limit: {dynamic_metadata: {metadata_key: {key: envoy.filters.http.ext_authz, path: [{key: rate_limit}]}}}\n", "", "",
-			"virtual_hosts[api].routes[1].route.rate_limits[0]: limit override reads envoy.filters.http.ext_authz:rate_limit, which levy's ext_authz does not set"},
+		{"override levy never sets", "                  - actions:\n                    - remote_address: {}\n                    limit: {dynamic_metadata: {metadata_key: {key: envoyclient.filters.http.ext_authz, path: [{key: rate_limit}]}}}\n", "", "",
+			"virtual_hosts[api].routes[1].route.rate_limits[0]: limit override reads envoyclient.filters.http.ext_authz:rate_limit, which levy's ext_authz does not set"},
 	}
 	text, name := examplesConfig(t)
 	for _, tt := range tests {
@@ -282,7 +282,7 @@ func rateLimitFilter(filters []*hcmv3.HttpFilter) (*rlfilterv3.RateLimit, error)
 
 // routeSites gives each rate_limits entry of the virtual hosts (on the host, on its routes, in
 // their typed_per_filter_config, and the filter's own) the first route that sends it, as
-// envoy.ApplicableRateLimits picks them. An entry no route sends is an error.
+// envoyclient.ApplicableRateLimits picks them. An entry no route sends is an error.
 func routeSites(file string, filter *rlfilterv3.RateLimit, vhosts []*routev3.VirtualHost, label func(string) string) ([]rateLimitSite, error) {
 	if label == nil {
 		label = func(s string) string { return s }
@@ -291,40 +291,40 @@ func routeSites(file string, filter *rlfilterv3.RateLimit, vhosts []*routev3.Vir
 	// source and index.
 	type place struct {
 		vh, route int
-		src       envoy.RateLimitSource
+		src       envoyclient.RateLimitSource
 		index     int
 	}
 	var order []place
 	where := map[place]string{}
 	var p problems
-	declare := func(at string, vh, route int, src envoy.RateLimitSource, entries []*routev3.RateLimit) {
+	declare := func(at string, vh, route int, src envoyclient.RateLimitSource, entries []*routev3.RateLimit) {
 		for j := range entries {
 			pl := place{vh, route, src, j}
 			where[pl] = label(fmt.Sprintf("%s.rate_limits[%d]", at, j))
 			order = append(order, pl)
 		}
 	}
-	perRoute := func(at string, vh, route int, src envoy.RateLimitSource, cfg map[string]*anypb.Any) {
-		a, ok := cfg[envoy.RateLimitFilterName]
+	perRoute := func(at string, vh, route int, src envoyclient.RateLimitSource, cfg map[string]*anypb.Any) {
+		a, ok := cfg[envoyclient.RateLimitFilterName]
 		if !ok {
 			return
 		}
 		pr := &rlfilterv3.RateLimitPerRoute{}
 		if err := a.UnmarshalTo(pr); err != nil {
-			p.addf("%s: %s: typed_per_filter_config[%s]: %w", file, at, envoy.RateLimitFilterName, err)
+			p.addf("%s: %s: typed_per_filter_config[%s]: %w", file, at, envoyclient.RateLimitFilterName, err)
 			return
 		}
-		declare(at+".typed_per_filter_config["+envoy.RateLimitFilterName+"]", vh, route, src, pr.GetRateLimits())
+		declare(at+".typed_per_filter_config["+envoyclient.RateLimitFilterName+"]", vh, route, src, pr.GetRateLimits())
 	}
-	declare("http_filters[ratelimit]", -1, -1, envoy.FromFilter, filter.GetRateLimits())
+	declare("http_filters[ratelimit]", -1, -1, envoyclient.FromFilter, filter.GetRateLimits())
 	for i, vh := range vhosts {
 		vw := fmt.Sprintf("virtual_hosts[%s]", vh.GetName())
-		declare(vw, i, -1, envoy.FromVirtualHost, vh.GetRateLimits())
-		perRoute(vw, i, -1, envoy.FromVirtualHostPerFilterConfig, vh.GetTypedPerFilterConfig())
+		declare(vw, i, -1, envoyclient.FromVirtualHost, vh.GetRateLimits())
+		perRoute(vw, i, -1, envoyclient.FromVirtualHostPerFilterConfig, vh.GetTypedPerFilterConfig())
 		for k, r := range vh.GetRoutes() {
 			rw := fmt.Sprintf("%s.routes[%d]", vw, k)
-			declare(rw+".route", i, k, envoy.FromRoute, r.GetRoute().GetRateLimits())
-			perRoute(rw, i, k, envoy.FromRoutePerFilterConfig, r.GetTypedPerFilterConfig())
+			declare(rw+".route", i, k, envoyclient.FromRoute, r.GetRoute().GetRateLimits())
+			perRoute(rw, i, k, envoyclient.FromRoutePerFilterConfig, r.GetTypedPerFilterConfig())
 		}
 	}
 
@@ -341,7 +341,7 @@ func routeSites(file string, filter *rlfilterv3.RateLimit, vhosts []*routev3.Vir
 				p.addf("%s: virtual_hosts[%s].routes[%d]: its match is not covered by test/deploy (prefix or path)", file, vh.GetName(), k)
 				continue
 			}
-			applied, domain, err := envoy.ApplicableRateLimits(envoy.RateLimitRoute{VirtualHost: vh, Route: r, Filter: filter})
+			applied, domain, err := envoyclient.ApplicableRateLimits(envoyclient.RateLimitRoute{VirtualHost: vh, Route: r, Filter: filter})
 			if err != nil {
 				p.addf("%s: virtual_hosts[%s].routes[%d]: %w", file, vh.GetName(), k, err)
 				continue
@@ -349,9 +349,9 @@ func routeSites(file string, filter *rlfilterv3.RateLimit, vhosts []*routev3.Vir
 			for _, a := range applied {
 				pl := place{i, k, a.Source, a.Index}
 				switch a.Source {
-				case envoy.FromFilter:
+				case envoyclient.FromFilter:
 					pl.vh, pl.route = -1, -1
-				case envoy.FromVirtualHost, envoy.FromVirtualHostPerFilterConfig:
+				case envoyclient.FromVirtualHost, envoyclient.FromVirtualHostPerFilterConfig:
 					pl.route = -1
 				}
 				if sent[pl] {
@@ -442,15 +442,15 @@ func checkProtection(t *testing.T, text []byte, name string, redis bool, sites [
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	authz := envoy.NewAuthzClient(conn, envoy.AuthzConfig{Timeout: 10 * time.Second})
+	authz := envoyclient.NewAuthzClient(conn, envoyclient.AuthzConfig{Timeout: 10 * time.Second})
 
 	var errs []error
 	for _, r := range runs {
 		fail := func(format string, args ...any) {
 			errs = append(errs, fmt.Errorf("%s: %s: %s (consumer on plan %s)", r.site.file, r.site.where, fmt.Sprintf(format, args...), r.plan))
 		}
-		out, err := authz.Check(ctx, &envoy.Request{Authority: r.site.authority, Path: r.site.path,
-			Headers: []envoy.Header{{Name: "x-api-key", Value: r.key}}, SourceAddress: net.JoinHostPort(r.remoteAddr, "40000")})
+		out, err := authz.Check(ctx, &envoyclient.Request{Authority: r.site.authority, Path: r.site.path,
+			Headers: []envoyclient.Header{{Name: "x-api-key", Value: r.key}}, SourceAddress: net.JoinHostPort(r.remoteAddr, "40000")})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -458,18 +458,18 @@ func checkProtection(t *testing.T, text []byte, name string, redis bool, sites [
 			fail("levy's ext_authz did not allow the representative request: %d %s", out.Status, out.Body)
 			continue
 		}
-		md := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{envoy.ExtAuthzNamespace: out.DynamicMetadata}}
+		md := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{envoyclient.ExtAuthzNamespace: out.DynamicMetadata}}
 		for _, e := range readsOfExtAuthz(r.site.entry) {
 			set := slices.Sorted(maps.Keys(out.DynamicMetadata.GetFields()))
-			if e.override && !envoy.MetadataStruct(md, e.key) {
+			if e.override && !envoyclient.MetadataStruct(md, e.key) {
 				fail("limit override reads %s, which levy's ext_authz does not set (it sets %v): the override is never sent", metadataPath(e.key), set)
 			}
-			if !e.override && envoy.MetadataString(md, e.key) == "" {
+			if !e.override && envoyclient.MetadataString(md, e.key) == "" {
 				fail("reads %s, which levy's ext_authz does not set as a string (it sets %v): every request counts under the default", metadataPath(e.key), set)
 			}
 		}
-		in := &envoy.RateLimitInput{Headers: out.UpstreamHeaders, RemoteAddress: r.remoteAddr, RouteCluster: r.site.cluster, DynamicMetadata: md}
-		d, ok, err := envoy.RateLimitDescriptor(r.site.entry, in)
+		in := &envoyclient.RateLimitInput{Headers: out.UpstreamHeaders, RemoteAddress: r.remoteAddr, RouteCluster: r.site.cluster, DynamicMetadata: md}
+		d, ok, err := envoyclient.RateLimitDescriptor(r.site.entry, in)
 		if err != nil {
 			fail("%v", err)
 			continue
@@ -478,8 +478,8 @@ func checkProtection(t *testing.T, text []byte, name string, redis bool, sites [
 			fail("Envoy builds no descriptor for a request levy allowed: the entry limits nothing")
 			continue
 		}
-		rl := envoy.NewRateLimitClient(conn, envoy.RateLimitConfig{Domain: r.site.domain, Timeout: 10 * time.Second})
-		first, err := rl.ShouldRateLimit(ctx, []envoy.Descriptor{d}, 0)
+		rl := envoyclient.NewRateLimitClient(conn, envoyclient.RateLimitConfig{Domain: r.site.domain, Timeout: 10 * time.Second})
+		first, err := rl.ShouldRateLimit(ctx, []envoyclient.Descriptor{d}, 0)
 		if err != nil || first.RPCError != nil {
 			fail("ShouldRateLimit: %v %v", err, first.RPCError)
 			continue
@@ -502,8 +502,8 @@ func checkProtection(t *testing.T, text []byte, name string, redis bool, sites [
 		// builds, from a default_value, must meet a rule too.
 		bare := *in
 		bare.DynamicMetadata = nil
-		if d, ok, err := envoy.RateLimitDescriptor(r.site.entry, &bare); err == nil && ok {
-			o, err := rl.ShouldRateLimit(ctx, []envoy.Descriptor{d}, 0)
+		if d, ok, err := envoyclient.RateLimitDescriptor(r.site.entry, &bare); err == nil && ok {
+			o, err := rl.ShouldRateLimit(ctx, []envoyclient.Descriptor{d}, 0)
 			if err != nil || o.RPCError != nil || o.Response.GetStatuses()[0].GetCurrentLimit() == nil {
 				fail("without ext_authz metadata Envoy sends %s, and levy has no rule for it", entries(d))
 			}
@@ -515,7 +515,7 @@ func checkProtection(t *testing.T, text []byte, name string, redis bool, sites [
 // overLimit sends d from a few callers at once, as a busy client would, until levy answers
 // OVER_LIMIT; it gives up after far more calls than the limit allows, or a deadline. It
 // returns the calls made and whether one was refused.
-func overLimit(ctx context.Context, rl *envoy.RateLimitClient, d envoy.Descriptor, first *envoy.RateLimitOutcome, rpu uint32) (int64, bool) {
+func overLimit(ctx context.Context, rl *envoyclient.RateLimitClient, d envoyclient.Descriptor, first *envoyclient.RateLimitOutcome, rpu uint32) (int64, bool) {
 	if first.Limited {
 		return 1, true
 	}
@@ -530,7 +530,7 @@ func overLimit(ctx context.Context, rl *envoy.RateLimitClient, d envoy.Descripto
 		go func() {
 			defer wg.Done()
 			for !limited.Load() && calls.Add(1) <= budget && ctx.Err() == nil {
-				o, err := rl.ShouldRateLimit(ctx, []envoy.Descriptor{d}, 0)
+				o, err := rl.ShouldRateLimit(ctx, []envoyclient.Descriptor{d}, 0)
 				if err == nil && o.Limited {
 					limited.Store(true)
 				}
@@ -553,16 +553,16 @@ func readsOfExtAuthz(e *routev3.RateLimit) []extAuthzRead {
 	for _, a := range e.GetActions() {
 		switch {
 		case a.GetMetadata() != nil && a.GetMetadata().GetSource() == routev3.RateLimit_Action_MetaData_DYNAMIC:
-			if k := a.GetMetadata().GetMetadataKey(); k.GetKey() == envoy.ExtAuthzNamespace {
+			if k := a.GetMetadata().GetMetadataKey(); k.GetKey() == envoyclient.ExtAuthzNamespace {
 				out = append(out, extAuthzRead{key: k})
 			}
 		case a.GetDynamicMetadata() != nil:
-			if k := a.GetDynamicMetadata().GetMetadataKey(); k.GetKey() == envoy.ExtAuthzNamespace {
+			if k := a.GetDynamicMetadata().GetMetadataKey(); k.GetKey() == envoyclient.ExtAuthzNamespace {
 				out = append(out, extAuthzRead{key: k})
 			}
 		}
 	}
-	if k := e.GetLimit().GetDynamicMetadata().GetMetadataKey(); k.GetKey() == envoy.ExtAuthzNamespace {
+	if k := e.GetLimit().GetDynamicMetadata().GetMetadataKey(); k.GetKey() == envoyclient.ExtAuthzNamespace {
 		out = append(out, extAuthzRead{key: k, override: true})
 	}
 	return out
@@ -577,7 +577,7 @@ type routeLimit struct {
 
 // planRoute is plan's routes.<route> for a descriptor naming a consumer and a route, when the
 // plan has one with a rate (what a from_plan rule then applies).
-func planRoute(cfg *config.Config, plan string, d envoy.Descriptor) (routeLimit, bool) {
+func planRoute(cfg *config.Config, plan string, d envoyclient.Descriptor) (routeLimit, bool) {
 	var consumer, route bool
 	var value string
 	for _, e := range d.Entries {
@@ -599,7 +599,7 @@ func planRoute(cfg *config.Config, plan string, d envoy.Descriptor) (routeLimit,
 }
 
 // entries renders a descriptor as [key=value, ...].
-func entries(d envoy.Descriptor) string {
+func entries(d envoyclient.Descriptor) string {
 	parts := make([]string, len(d.Entries))
 	for i, e := range d.Entries {
 		parts[i] = e[0] + "=" + e[1]

@@ -14,7 +14,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/billing"
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/stripetest"
 )
@@ -132,19 +132,19 @@ type request struct {
 
 // admitAll checks every request through ext_authz and returns the access-
 // log entries Envoy would write for them.
-func admitAll(t *testing.T, c *envoy.AuthzClient, b *billRig, reqs []request) []envoy.LogInput {
+func admitAll(t *testing.T, c *envoyclient.AuthzClient, b *billRig, reqs []request) []envoyclient.LogInput {
 	t.Helper()
-	var logs []envoy.LogInput
+	var logs []envoyclient.LogInput
 	for i, r := range reqs {
-		req := &envoy.Request{Path: "/v1/items", Headers: []envoy.Header{{Name: "x-api-key", Value: b.keys[r.consumer]}},
+		req := &envoyclient.Request{Path: "/v1/items", Headers: []envoyclient.Header{{Name: "x-api-key", Value: b.keys[r.consumer]}},
 			StartTime: time.Now()}
 		o, err := c.Check(context.Background(), req)
 		if err != nil || !o.Allowed {
 			t.Fatalf("request %d: %v %+v", i, err, o)
 		}
-		in := envoy.LogInput{Request: req, Authz: o, UpstreamStatus: r.status, AdditionalResponseHeaders: []string{"x-levy-units"}}
+		in := envoyclient.LogInput{Request: req, Authz: o, UpstreamStatus: r.status, AdditionalResponseHeaders: []string{"x-levy-units"}}
 		if r.units > 0 {
-			in.ResponseHeaders = []envoy.Header{{Name: "x-levy-units", Value: strconv.Itoa(r.units)}}
+			in.ResponseHeaders = []envoyclient.Header{{Name: "x-levy-units", Value: strconv.Itoa(r.units)}}
 		}
 		logs = append(logs, in)
 	}
@@ -201,10 +201,10 @@ func TestRefundsAndReportedUnitsStayWithTheirConsumer(t *testing.T) {
 			p := b.serve(t)
 			reqs := mixed(60, "acme", "bolt", "cyan")
 			logs := admitAll(t, p.client(t), b, reqs)
-			als := envoy.NewAccessLogger(dial(t, p.grpcAddr), envoy.AccessLogConfig{LogName: "levy", NodeID: "envoy-1", Cluster: "front"})
+			als := envoyclient.NewAccessLogger(dial(t, p.grpcAddr), envoyclient.AccessLogConfig{LogName: "levy", NodeID: "envoy-1", Cluster: "front"})
 			defer als.Close()
 			for i, in := range logs {
-				als.Log(envoy.HTTPLogEntry(in))
+				als.Log(envoyclient.HTTPLogEntry(in))
 				if i%7 == 6 { // a message every 7 entries: many per flush interval
 					if err := als.Flush(context.Background()); err != nil {
 						t.Fatal(err)
@@ -259,7 +259,7 @@ func TestHalfClosedAccessLogStreamIsAnswered(t *testing.T) {
 		LogEntries: &accesslogv3.StreamAccessLogsMessage_HttpLogs{HttpLogs: &accesslogv3.StreamAccessLogsMessage_HTTPAccessLogEntries{}},
 	}
 	for _, in := range logs {
-		msg.GetHttpLogs().LogEntry = append(msg.GetHttpLogs().LogEntry, envoy.HTTPLogEntry(in))
+		msg.GetHttpLogs().LogEntry = append(msg.GetHttpLogs().LogEntry, envoyclient.HTTPLogEntry(in))
 	}
 	if err := stream.Send(msg); err != nil {
 		t.Fatal(err)
@@ -280,9 +280,9 @@ func TestOneRequestLoggedToTwoReplicasIsSettledOnce(t *testing.T) {
 		{"acme", 200, 0}, {"acme", 429, 0}, {"acme", 200, 0}}
 	logs := admitAll(t, p1.client(t), b, reqs)
 	for i, p := range []*proc{p1, p2} {
-		als := envoy.NewAccessLogger(dial(t, p.grpcAddr), envoy.AccessLogConfig{LogName: "levy", NodeID: fmt.Sprint("proxy-", i), Cluster: "mesh"})
+		als := envoyclient.NewAccessLogger(dial(t, p.grpcAddr), envoyclient.AccessLogConfig{LogName: "levy", NodeID: fmt.Sprint("proxy-", i), Cluster: "mesh"})
 		for _, in := range logs {
-			als.Log(envoy.HTTPLogEntry(in))
+			als.Log(envoyclient.HTTPLogEntry(in))
 		}
 		if err := als.Flush(context.Background()); err != nil {
 			t.Fatal(err)
@@ -305,18 +305,18 @@ func TestLateAccessLogsCorrectTheBill(t *testing.T) {
 			logs := admitAll(t, c, b, first)
 			waitBilled(t, b.stripe, p, map[string]int64{"acme": 5})
 
-			als := envoy.NewAccessLogger(dial(t, p.grpcAddr), envoy.AccessLogConfig{LogName: "levy", NodeID: "envoy-1", Cluster: "front"})
+			als := envoyclient.NewAccessLogger(dial(t, p.grpcAddr), envoyclient.AccessLogConfig{LogName: "levy", NodeID: "envoy-1", Cluster: "front"})
 			defer als.Close()
-			logs[0].ResponseHeaders = []envoy.Header{{Name: "x-levy-units", Value: "4"}} // costs 4, reported late
-			als.Log(envoy.HTTPLogEntry(logs[0]))
+			logs[0].ResponseHeaders = []envoyclient.Header{{Name: "x-levy-units", Value: "4"}} // costs 4, reported late
+			als.Log(envoyclient.HTTPLogEntry(logs[0]))
 			if err := als.Flush(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			waitBilled(t, b.stripe, p, map[string]int64{"acme": 8})
 
 			logs[1].UpstreamStatus, logs[2].UpstreamStatus = 502, 500 // refunded late
-			als.Log(envoy.HTTPLogEntry(logs[1]))
-			als.Log(envoy.HTTPLogEntry(logs[2]))
+			als.Log(envoyclient.HTTPLogEntry(logs[1]))
+			als.Log(envoyclient.HTTPLogEntry(logs[2]))
 			if err := als.Flush(context.Background()); err != nil {
 				t.Fatal(err)
 			}
@@ -373,12 +373,12 @@ func TestSettlementUsesTheWindowAdmissionCounted(t *testing.T) {
 			p := b.serve(t)
 			reqs := []request{{"acme", 500, 0}, {"acme", 503, 0}, {"acme", 200, 0}, {"acme", 200, 0}}
 			logs := admitAll(t, p.client(t), b, reqs)
-			als := envoy.NewAccessLogger(dial(t, p.grpcAddr), envoy.AccessLogConfig{LogName: "levy", NodeID: "envoy-1", Cluster: "front"})
+			als := envoyclient.NewAccessLogger(dial(t, p.grpcAddr), envoyclient.AccessLogConfig{LogName: "levy", NodeID: "envoy-1", Cluster: "front"})
 			defer als.Close()
 			for _, in := range logs {
 				// Envoy's clock is 1.5 windows ahead of the store's.
 				in.Authz.StartTime = in.Authz.StartTime.Add(1500 * time.Millisecond)
-				als.Log(envoy.HTTPLogEntry(in))
+				als.Log(envoyclient.HTTPLogEntry(in))
 			}
 			if err := als.Flush(context.Background()); err != nil {
 				t.Fatal(err)

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 )
 
@@ -46,13 +46,13 @@ func serveDebitRules(t *testing.T, store string) *proc {
 	return serve(t, args...)
 }
 
-func debitOn(t *testing.T, c *envoy.RateLimitClient, hits uint64, kv ...string) *envoy.RateLimitOutcome {
+func debitOn(t *testing.T, c *envoyclient.RateLimitClient, hits uint64, kv ...string) *envoyclient.RateLimitOutcome {
 	t.Helper()
-	desc := envoy.Descriptor{HitsAddend: &hits}
+	desc := envoyclient.Descriptor{HitsAddend: &hits}
 	for i := 0; i+1 < len(kv); i += 2 {
 		desc.Entries = append(desc.Entries, [2]string{kv[i], kv[i+1]})
 	}
-	o, err := c.ShouldRateLimit(context.Background(), []envoy.Descriptor{desc}, 0)
+	o, err := c.ShouldRateLimit(context.Background(), []envoyclient.Descriptor{desc}, 0)
 	if err != nil || o.RPCError != nil {
 		t.Fatalf("%v %v", err, o.RPCError)
 	}
@@ -98,7 +98,7 @@ func TestQuotaModeRoutesOnMetadataUntilEveryBackendIsSpent(t *testing.T) {
 			var routed []string
 			for range 5 {
 				zero := uint64(0)
-				o, err := c.ShouldRateLimit(context.Background(), []envoy.Descriptor{
+				o, err := c.ShouldRateLimit(context.Background(), []envoyclient.Descriptor{
 					{Entries: [][2]string{{"backend", "blue"}}, HitsAddend: &zero},
 					{Entries: [][2]string{{"backend", "green"}}, HitsAddend: &zero},
 				}, 0)

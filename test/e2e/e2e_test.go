@@ -27,7 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/levyhq/levy/pkg/apikey"
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/test/compat"
 )
 
@@ -193,19 +193,19 @@ func (p *proc) stop(t *testing.T) error {
 	}
 }
 
-func (p *proc) client(t *testing.T) *envoy.AuthzClient {
+func (p *proc) client(t *testing.T) *envoyclient.AuthzClient {
 	t.Helper()
 	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return envoy.NewAuthzClient(conn, envoy.AuthzConfig{Timeout: 5 * time.Second})
+	return envoyclient.NewAuthzClient(conn, envoyclient.AuthzConfig{Timeout: 5 * time.Second})
 }
 
-func check(t *testing.T, c *envoy.AuthzClient, key, path string) *envoy.Outcome {
+func check(t *testing.T, c *envoyclient.AuthzClient, key, path string) *envoyclient.Outcome {
 	t.Helper()
-	o, err := c.Check(context.Background(), &envoy.Request{Path: path, Headers: []envoy.Header{{Name: "x-api-key", Value: key}}})
+	o, err := c.Check(context.Background(), &envoyclient.Request{Path: path, Headers: []envoyclient.Header{{Name: "x-api-key", Value: key}}})
 	if err != nil {
 		t.Fatal(err)
 	}

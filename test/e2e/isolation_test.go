@@ -19,7 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/pkg/server"
@@ -128,7 +128,7 @@ func testOversizedRequests(t *testing.T, store ...string) {
 	key := p.demoKey(t, "pro")
 
 	victimConn := dial(t, p.grpcAddr)
-	authz := envoy.NewAuthzClient(victimConn, envoy.AuthzConfig{Timeout: 10 * time.Second})
+	authz := envoyclient.NewAuthzClient(victimConn, envoyclient.AuthzConfig{Timeout: 10 * time.Second})
 	victimRLS := rlsv3.NewRateLimitServiceClient(victimConn)
 	one := stormRequest(1, 1, "victim")
 	victim := func(n int) latencies {
@@ -137,7 +137,7 @@ func testOversizedRequests(t *testing.T, store ...string) {
 			start := time.Now()
 			ok := false
 			if i%2 == 0 {
-				o, err := authz.Check(context.Background(), &envoy.Request{Path: "/", Headers: []envoy.Header{{Name: "x-api-key", Value: key}}})
+				o, err := authz.Check(context.Background(), &envoyclient.Request{Path: "/", Headers: []envoyclient.Header{{Name: "x-api-key", Value: key}}})
 				ok = err == nil && o.RPCError == nil && (o.Status == 200 || o.Status == 429)
 				if !ok && len(out.errs) < 5 {
 					out.errs = append(out.errs, fmt.Sprintf("ext_authz: %v %v %d %s", err, o.RPCError, o.Status, o.Body))

@@ -18,7 +18,7 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/levyhq/levy/pkg/apikey"
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/stripetest"
 )
@@ -221,20 +221,20 @@ func TestAccessLogsSettleUsage(t *testing.T) {
 	m := newMoneyRig(t)
 	p := m.serve(t)
 	c := p.client(t)
-	als := envoy.NewAccessLogger(dial(t, p.grpcAddr), envoy.AccessLogConfig{LogName: "levy", NodeID: "envoy-1", Cluster: "front"})
+	als := envoyclient.NewAccessLogger(dial(t, p.grpcAddr), envoyclient.AccessLogConfig{LogName: "levy", NodeID: "envoy-1", Cluster: "front"})
 	defer als.Close()
 	status := []int{200, 200, 500, 503, 200, 200, 200, 200, 200, 200} // 10 requests, 5 included
 	for i, code := range status {
-		req := &envoy.Request{Path: "/v1/items", Headers: []envoy.Header{{Name: "x-api-key", Value: m.key}}}
+		req := &envoyclient.Request{Path: "/v1/items", Headers: []envoyclient.Header{{Name: "x-api-key", Value: m.key}}}
 		o, err := c.Check(context.Background(), req)
 		if err != nil || !o.Allowed {
 			t.Fatalf("request %d: %v %v", i, err, o.Status)
 		}
-		in := envoy.LogInput{Request: req, Authz: o, UpstreamStatus: code, AdditionalResponseHeaders: []string{"x-levy-units"}}
+		in := envoyclient.LogInput{Request: req, Authz: o, UpstreamStatus: code, AdditionalResponseHeaders: []string{"x-levy-units"}}
 		if i == 9 {
-			in.ResponseHeaders = []envoy.Header{{Name: "x-levy-units", Value: "4"}} // costs 4, not 1
+			in.ResponseHeaders = []envoyclient.Header{{Name: "x-levy-units", Value: "4"}} // costs 4, not 1
 		}
-		entry := envoy.HTTPLogEntry(in)
+		entry := envoyclient.HTTPLogEntry(in)
 		als.Log(entry)
 		if i == 9 {
 			als.Log(entry) // logged twice (two access loggers): counted once

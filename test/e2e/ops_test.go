@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/levyhq/levy/pkg/apikey"
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/stripetest"
 	"github.com/levyhq/levy/test/ops"
@@ -110,7 +110,7 @@ func TestDashboardAndAlertsNameOnlyMetricsLevyServes(t *testing.T) {
 	collect(atStart, scrape(t, local))
 
 	c := local.client(t)
-	req := &envoy.Request{Path: "/v1/items", Headers: []envoy.Header{{Name: "x-api-key", Value: key}}}
+	req := &envoyclient.Request{Path: "/v1/items", Headers: []envoyclient.Header{{Name: "x-api-key", Value: key}}}
 	allowed, err := c.Check(context.Background(), req)
 	if err != nil || !allowed.Allowed {
 		t.Fatalf("Check: %v %+v", err, allowed)
@@ -122,9 +122,9 @@ func TestDashboardAndAlertsNameOnlyMetricsLevyServes(t *testing.T) {
 	for _, addr := range []string{"10.0.0.1", "10.0.0.1", "10.0.0.2"} { // within, over, then a second value: overflow
 		limited(t, rl, "remote_address", addr)
 	}
-	als := envoy.NewAccessLogger(dial(t, local.grpcAddr), envoy.AccessLogConfig{LogName: "levy", NodeID: "envoy-1", Cluster: "front"})
+	als := envoyclient.NewAccessLogger(dial(t, local.grpcAddr), envoyclient.AccessLogConfig{LogName: "levy", NodeID: "envoy-1", Cluster: "front"})
 	defer als.Close()
-	als.Log(envoy.HTTPLogEntry(envoy.LogInput{Request: req, Authz: allowed, UpstreamStatus: 503}))
+	als.Log(envoyclient.HTTPLogEntry(envoyclient.LogInput{Request: req, Authz: allowed, UpstreamStatus: 503}))
 	if err := als.Flush(context.Background()); err != nil {
 		t.Fatal(err)
 	}

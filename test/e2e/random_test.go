@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/levyhq/levy/pkg/apikey"
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/stripetest"
 )
@@ -63,13 +63,13 @@ type sim struct {
 	rng       *rand.Rand
 	stripe    *stripetest.Stripe
 	replicas  []*proc
-	clients   []*envoy.AuthzClient
-	loggers   []*envoy.AccessLogger
+	clients   []*envoyclient.AuthzClient
+	loggers   []*envoyclient.AccessLogger
 	consumers []string
 	keys      map[string]string
 	// units by consumer and the plan each request was admitted under.
 	units map[string]map[string]int64
-	late  []envoy.LogInput // logs held back until their window was exported
+	late  []envoyclient.LogInput // logs held back until their window was exported
 	event int64            // webhook events sent
 	plans map[string]string
 }
@@ -103,7 +103,7 @@ func runRandomBill(t *testing.T, store string, seed int64, steps int) {
 		// Two streams per replica, as two Envoy workers (or a gateway and
 		// a sidecar) open.
 		for w := range 2 {
-			l := envoy.NewAccessLogger(dial(t, p.grpcAddr), envoy.AccessLogConfig{LogName: "levy", NodeID: fmt.Sprintf("proxy-%d-%d", i, w), Cluster: "mesh"})
+			l := envoyclient.NewAccessLogger(dial(t, p.grpcAddr), envoyclient.AccessLogConfig{LogName: "levy", NodeID: fmt.Sprintf("proxy-%d-%d", i, w), Cluster: "mesh"})
 			t.Cleanup(func() { l.Close() })
 			s.loggers = append(s.loggers, l)
 		}
@@ -166,20 +166,20 @@ func (s *sim) traffic() {
 	c := s.consumers[s.rng.Intn(len(s.consumers))]
 	client := s.clients[s.rng.Intn(len(s.clients))]
 	for range 1 + s.rng.Intn(12) {
-		req := &envoy.Request{Path: "/v1/items", Headers: []envoy.Header{{Name: "x-api-key", Value: s.keys[c]}}, StartTime: time.Now()}
+		req := &envoyclient.Request{Path: "/v1/items", Headers: []envoyclient.Header{{Name: "x-api-key", Value: s.keys[c]}}, StartTime: time.Now()}
 		o, err := client.Check(context.Background(), req)
 		if err != nil || !o.Allowed {
 			s.t.Fatalf("check: %v %+v", err, o)
 		}
 		plan := o.UpstreamHeaders.Get("x-consumer-plan")
-		in := envoy.LogInput{Request: req, Authz: o, UpstreamStatus: 200, AdditionalResponseHeaders: []string{"x-levy-units"}}
+		in := envoyclient.LogInput{Request: req, Authz: o, UpstreamStatus: 200, AdditionalResponseHeaders: []string{"x-levy-units"}}
 		var cost int64 = 1
 		switch s.rng.Intn(6) {
 		case 0:
 			in.UpstreamStatus, cost = []int{500, 502, 503, 429}[s.rng.Intn(4)], 0
 		case 1:
 			n := s.rng.Intn(9)
-			in.ResponseHeaders, cost = []envoy.Header{{Name: "x-levy-units", Value: strconv.Itoa(n)}}, int64(n)
+			in.ResponseHeaders, cost = []envoyclient.Header{{Name: "x-levy-units", Value: strconv.Itoa(n)}}, int64(n)
 		}
 		switch s.rng.Intn(10) {
 		case 0: // lost with its stream: admission's count stands
@@ -201,8 +201,8 @@ func (s *sim) traffic() {
 	}
 }
 
-func (s *sim) log(in envoy.LogInput) {
-	s.loggers[s.rng.Intn(len(s.loggers))].Log(envoy.HTTPLogEntry(in))
+func (s *sim) log(in envoyclient.LogInput) {
+	s.loggers[s.rng.Intn(len(s.loggers))].Log(envoyclient.HTTPLogEntry(in))
 }
 
 // changePlan moves a consumer to another plan by a signed webhook, and

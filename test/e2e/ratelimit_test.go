@@ -11,27 +11,27 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/test/compat"
 )
 
-func rlClient(t *testing.T, p *proc, domain string) *envoy.RateLimitClient {
+func rlClient(t *testing.T, p *proc, domain string) *envoyclient.RateLimitClient {
 	t.Helper()
 	conn, err := grpc.NewClient(p.grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return envoy.NewRateLimitClient(conn, envoy.RateLimitConfig{Domain: domain, Timeout: 5 * time.Second})
+	return envoyclient.NewRateLimitClient(conn, envoyclient.RateLimitConfig{Domain: domain, Timeout: 5 * time.Second})
 }
 
-func limited(t *testing.T, c *envoy.RateLimitClient, kv ...string) bool {
+func limited(t *testing.T, c *envoyclient.RateLimitClient, kv ...string) bool {
 	t.Helper()
-	var desc envoy.Descriptor
+	var desc envoyclient.Descriptor
 	for i := 0; i+1 < len(kv); i += 2 {
 		desc.Entries = append(desc.Entries, [2]string{kv[i], kv[i+1]})
 	}
-	o, err := c.ShouldRateLimit(context.Background(), []envoy.Descriptor{desc}, 0)
+	o, err := c.ShouldRateLimit(context.Background(), []envoyclient.Descriptor{desc}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,11 +160,11 @@ func writeFile(t *testing.T, path, text string) {
 }
 
 // call sends descriptors (each key, value, ...) as Envoy would.
-func call(t *testing.T, c *envoy.RateLimitClient, descs ...[]string) *envoy.RateLimitOutcome {
+func call(t *testing.T, c *envoyclient.RateLimitClient, descs ...[]string) *envoyclient.RateLimitOutcome {
 	t.Helper()
-	var ds []envoy.Descriptor
+	var ds []envoyclient.Descriptor
 	for _, kv := range descs {
-		var desc envoy.Descriptor
+		var desc envoyclient.Descriptor
 		for i := 0; i+1 < len(kv); i += 2 {
 			desc.Entries = append(desc.Entries, [2]string{kv[i], kv[i+1]})
 		}

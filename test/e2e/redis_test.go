@@ -14,7 +14,7 @@ import (
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 )
 
@@ -130,7 +130,7 @@ func TestRedisOutagesAreSurvived(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 2000 && !stop.Load(); i++ {
-				o, err := c.Check(context.Background(), &envoy.Request{Headers: []envoy.Header{{Name: "x-api-key", Value: key}}})
+				o, err := c.Check(context.Background(), &envoyclient.Request{Headers: []envoyclient.Header{{Name: "x-api-key", Value: key}}})
 				if err != nil {
 					return
 				}
@@ -194,9 +194,9 @@ func TestSlowRedisNeverOutlivesEnvoysTimeout(t *testing.T) {
 	check(t, c, key, "/") // cached now
 	rdb.Pause()
 	defer rdb.Resume()
-	strict := envoy.NewAuthzClient(connTo(t, p), envoy.AuthzConfig{}) // Envoy's 200ms
+	strict := envoyclient.NewAuthzClient(connTo(t, p), envoyclient.AuthzConfig{}) // Envoy's 200ms
 	for i := 0; i < 5; i++ {
-		o, err := strict.Check(context.Background(), &envoy.Request{Headers: []envoy.Header{{Name: "x-api-key", Value: key}}})
+		o, err := strict.Check(context.Background(), &envoyclient.Request{Headers: []envoyclient.Header{{Name: "x-api-key", Value: key}}})
 		if err != nil {
 			t.Fatal(err)
 		}

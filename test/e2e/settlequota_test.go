@@ -13,7 +13,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/billing"
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 )
 
@@ -77,33 +77,33 @@ func (r *quotaRig) serve(t *testing.T) *proc {
 // admit checks one request of acme's through ext_authz, failing unless
 // it is allowed, and returns the access-log entry Envoy would write for
 // it once the upstream answered status, reporting units (0: none).
-func (r *quotaRig) admit(t *testing.T, c *envoy.AuthzClient) *envoy.LogInput {
+func (r *quotaRig) admit(t *testing.T, c *envoyclient.AuthzClient) *envoyclient.LogInput {
 	t.Helper()
-	req := &envoy.Request{Path: "/v1/items", Headers: []envoy.Header{{Name: "x-api-key", Value: r.key}}, StartTime: time.Now()}
+	req := &envoyclient.Request{Path: "/v1/items", Headers: []envoyclient.Header{{Name: "x-api-key", Value: r.key}}, StartTime: time.Now()}
 	o, err := c.Check(context.Background(), req)
 	if err != nil || !o.Allowed {
 		t.Fatalf("not admitted: %v status %d %s", err, o.Status, o.Body)
 	}
-	return &envoy.LogInput{Request: req, Authz: o, UpstreamStatus: 200, AdditionalResponseHeaders: []string{"x-levy-units"}}
+	return &envoyclient.LogInput{Request: req, Authz: o, UpstreamStatus: 200, AdditionalResponseHeaders: []string{"x-levy-units"}}
 }
 
-func answered(in *envoy.LogInput, status, units int) envoy.LogInput {
+func answered(in *envoyclient.LogInput, status, units int) envoyclient.LogInput {
 	out := *in
 	out.UpstreamStatus = status
 	if units > 0 {
-		out.ResponseHeaders = []envoy.Header{{Name: "x-levy-units", Value: strconv.Itoa(units)}}
+		out.ResponseHeaders = []envoyclient.Header{{Name: "x-levy-units", Value: strconv.Itoa(units)}}
 	}
 	return out
 }
 
 // deliver sends the entries to p on one access-log stream, as one Envoy
 // would.
-func deliver(t *testing.T, p *proc, node string, entries ...envoy.LogInput) {
+func deliver(t *testing.T, p *proc, node string, entries ...envoyclient.LogInput) {
 	t.Helper()
-	als := envoy.NewAccessLogger(dial(t, p.grpcAddr), envoy.AccessLogConfig{LogName: "levy", NodeID: node, Cluster: "front"})
+	als := envoyclient.NewAccessLogger(dial(t, p.grpcAddr), envoyclient.AccessLogConfig{LogName: "levy", NodeID: node, Cluster: "front"})
 	defer als.Close()
 	for _, in := range entries {
-		als.Log(envoy.HTTPLogEntry(in))
+		als.Log(envoyclient.HTTPLogEntry(in))
 	}
 	if err := als.Flush(context.Background()); err != nil {
 		t.Fatal(err)
@@ -246,7 +246,7 @@ func TestRefundOfAnUnbilledStatusCreditsTheQuotaOnce(t *testing.T) {
 				procs = append(procs, r.serve(t))
 			}
 			c := procs[0].client(t)
-			var failed *envoy.LogInput
+			var failed *envoyclient.LogInput
 			for i := range 5 {
 				in := r.admit(t, c)
 				if i == 2 {
@@ -286,7 +286,7 @@ func TestLateRefundAfterThePeriodRolledOverLeavesTheNewPeriodAlone(t *testing.T)
 			// requests count in the old period. The first one in the new
 			// period is the one that leaves 4 of 5 again.
 			time.Sleep(time.Second)
-			var current *envoy.LogInput
+			var current *envoyclient.LogInput
 			waitFor(t, 10*time.Second, func() bool {
 				current = r.admit(t, c)
 				if current.Authz.ResponseHeaders.Get("x-ratelimit-remaining") == "4" {

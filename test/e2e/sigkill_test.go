@@ -16,7 +16,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/billing"
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 )
 
 // sigkillConfig is a metered plan that never denies in a test: every
@@ -115,8 +115,8 @@ func lossWindows(t *testing.T, page string) (n float64, mean time.Duration) {
 	return n, time.Duration(sample(t, page, "levy_local_loss_window_seconds_sum") / n * float64(time.Second))
 }
 
-func admit(t *testing.T, c *envoy.AuthzClient, key string) bool {
-	o, err := c.Check(context.Background(), &envoy.Request{Path: "/v1/items", Headers: []envoy.Header{{Name: "x-api-key", Value: key}}})
+func admit(t *testing.T, c *envoyclient.AuthzClient, key string) bool {
+	o, err := c.Check(context.Background(), &envoyclient.Request{Path: "/v1/items", Headers: []envoyclient.Header{{Name: "x-api-key", Value: key}}})
 	if err != nil || o.RPCError != nil {
 		return false
 	}

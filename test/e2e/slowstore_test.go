@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/levyhq/levy/pkg/envoy"
+	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 )
 
@@ -57,7 +57,7 @@ func TestRequestsDeniedWhileRedisIsSlowAreNotCharged(t *testing.T) {
 							return
 						default:
 						}
-						o, err := c.Check(context.Background(), &envoy.Request{Headers: []envoy.Header{{Name: "x-api-key", Value: key}}})
+						o, err := c.Check(context.Background(), &envoyclient.Request{Headers: []envoyclient.Header{{Name: "x-api-key", Value: key}}})
 						if err != nil {
 							t.Error(err)
 							return

@@ -1,4 +1,4 @@
-package envoy
+package envoyclient
 
 import (
 	"net"
@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/levyhq/levy/pkg/envoy/envoytest"
+	"github.com/levyhq/levy/pkg/envoyclient/envoytest"
 )
 
 func TestMain(m *testing.M) {

@@ -1,4 +1,4 @@
-// Package envoy is a client that calls levy the way Envoy's ext_authz, ratelimit and gRPC
+// Package envoyclient is a client that calls levy the way Envoy's ext_authz, ratelimit and gRPC
 // access-log filters do. It is the client `levy check` ships, and the one levy's tests drive
 // levy with end to end, without an Envoy binary (envoytest starts a loopback server for them).
 //
@@ -18,7 +18,7 @@
 //
 // Only the behaviour that changes an outcome levy cares about is modelled; each type says what
 // it leaves out.
-package envoy
+package envoyclient
 
 import (
 	"crypto/rand"
