@@ -27,6 +27,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/problem"
@@ -486,11 +487,10 @@ func (snap *Snapshot) describeKeyHeaders() string {
 // When window is set, a ledger limit counts the units in the usage ledger,
 // in the same decision.
 func Limits(c *apikey.Consumer, p *plan.Plan, cost int64, window time.Duration) []limiter.Limit {
-	tag := "{c:" + c.ID + "}"
 	limits := make([]limiter.Limit, 0, 3)
 	if r := p.Rate; r != nil {
 		limits = append(limits, limiter.Limit{
-			Kind: limiter.Bucket, Name: "rate", Key: tag + ":rate:" + p.Name, Cost: 1,
+			Kind: limiter.Bucket, Name: "rate", Key: keyspace.Rate(c.ID, p.Name), Cost: 1,
 			Requests: r.Requests, Per: r.Per, Burst: r.Burst,
 		})
 	}

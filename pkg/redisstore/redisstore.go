@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/keyspace"
 )
 
 // Options say how to reach Redis.
@@ -142,23 +143,6 @@ func NewDirectory(cfg DirectoryConfig) *Directory {
 	return d
 }
 
-func keyKey(hash string) string        { return "levy:key:{" + hash + "}" }
-func keyIDKey(id string) string        { return "levy:keyid:{" + id + "}" }
-func consumerKey(id string) string     { return "levy:consumer:{" + id + "}" }
-func stripeKey(customer string) string { return "levy:stripe:{" + customer + "}" }
-
-// ownedKey is the set of a consumer's key ids, in its consumer's slot.
-func ownedKey(id string) string { return "levy:consumer-keys:{" + id + "}" }
-
-// consumersIndex is every consumer id, in a sorted set with score 0 so
-// that it is ordered by id (ZRANGE BYLEX): the listing's index.
-const consumersIndex = "{levy}:consumers"
-
-// invalidateChannel carries the hashes and consumer ids whose cached
-// lookups every replica drops at once (a deleted consumer, a revoked or
-// rotated key).
-const invalidateChannel = "levy:invalidate"
-
 func (d *Directory) fresh(t time.Time) bool { return d.clock().Sub(t) < d.ttl }
 
 // Lookup implements apikey.Directory.
@@ -190,7 +174,7 @@ func (e cachedKey) result() (*apikey.Key, *apikey.Consumer, error) {
 
 func (d *Directory) fetchKey(ctx context.Context, hash string) (cachedKey, error) {
 	hash = strings.Clone(hash) // cached: see fetchConsumer
-	key := keyKey(hash)
+	key := keyspace.APIKey(hash)
 	if !d.available(key) {
 		return cachedKey{}, ErrDown
 	}
@@ -227,7 +211,7 @@ func (d *Directory) fetchConsumer(ctx context.Context, id string) (*apikey.Consu
 	// whole request (RLS's descriptor value, pinning the request) or lie
 	// over a buffer that is reused (a zero-copy decoder's).
 	id = strings.Clone(id)
-	key := consumerKey(id)
+	key := keyspace.Consumer(id)
 	if !d.available(key) {
 		return nil, ErrDown
 	}
@@ -304,7 +288,7 @@ func (d *Directory) Consumer(id string) (*apikey.Consumer, bool) {
 
 // GetConsumer implements apikey.Store (uncached: the admin API reads).
 func (d *Directory) GetConsumer(ctx context.Context, id string) (*apikey.Consumer, error) {
-	m, err := d.client.HGetAll(ctx, consumerKey(id)).Result()
+	m, err := d.client.HGetAll(ctx, keyspace.Consumer(id)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis consumer lookup: %w", err)
 	}
@@ -316,7 +300,7 @@ func (d *Directory) GetConsumer(ctx context.Context, id string) (*apikey.Consume
 
 // ConsumerByStripeCustomer implements apikey.Store.
 func (d *Directory) ConsumerByStripeCustomer(ctx context.Context, customerID string) (*apikey.Consumer, error) {
-	id, err := d.client.Get(ctx, stripeKey(customerID)).Result()
+	id, err := d.client.Get(ctx, keyspace.StripeCustomer(customerID)).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, apikey.ErrNotFound
 	}
@@ -342,14 +326,14 @@ func (d *Directory) PutConsumer(ctx context.Context, c *apikey.Consumer) error {
 	fields := map[string]any{"plan": c.Plan, "suspended": boolString(c.Suspended), "stripe_customer_id": c.StripeCustomerID,
 		"period_anchor": timeString(c.PeriodAnchor), "plan_since": timeString(c.PlanSince), "suspend_at": timeString(c.SuspendAt),
 		"labels": labels}
-	if err := d.client.HSet(ctx, consumerKey(c.ID), fields).Err(); err != nil {
+	if err := d.client.HSet(ctx, keyspace.Consumer(c.ID), fields).Err(); err != nil {
 		return fmt.Errorf("redis put consumer: %w", err)
 	}
-	if err := d.client.ZAdd(ctx, consumersIndex, redis.Z{Member: c.ID}).Err(); err != nil {
+	if err := d.client.ZAdd(ctx, keyspace.Consumers, redis.Z{Member: c.ID}).Err(); err != nil {
 		return fmt.Errorf("redis index consumer: %w", err)
 	}
 	if c.StripeCustomerID != "" {
-		if err := d.client.Set(ctx, stripeKey(c.StripeCustomerID), c.ID, 0).Err(); err != nil {
+		if err := d.client.Set(ctx, keyspace.StripeCustomer(c.StripeCustomerID), c.ID, 0).Err(); err != nil {
 			return fmt.Errorf("redis put consumer: %w", err)
 		}
 	}
@@ -364,12 +348,12 @@ func (d *Directory) PutKey(ctx context.Context, k *apikey.Key) error {
 	// The id first, and only if no other key has it (two replicas may
 	// issue the same client-chosen id at once): an id names one key, or
 	// the other could no longer be revoked by it.
-	set, err := d.client.SetNX(ctx, keyIDKey(k.ID), k.Hash, 0).Result()
+	set, err := d.client.SetNX(ctx, keyspace.KeyID(k.ID), k.Hash, 0).Result()
 	if err != nil {
 		return fmt.Errorf("redis put key id: %w", err)
 	}
 	if !set {
-		hash, err := d.client.Get(ctx, keyIDKey(k.ID)).Result()
+		hash, err := d.client.Get(ctx, keyspace.KeyID(k.ID)).Result()
 		if err != nil {
 			return fmt.Errorf("redis key id: %w", err)
 		}
@@ -379,10 +363,10 @@ func (d *Directory) PutKey(ctx context.Context, k *apikey.Key) error {
 	}
 	// Then the owner's index: a key in no index would outlive the
 	// deletion of its consumer.
-	if err := d.client.SAdd(ctx, ownedKey(k.ConsumerID), k.ID).Err(); err != nil {
+	if err := d.client.SAdd(ctx, keyspace.ConsumerKeys(k.ConsumerID), k.ID).Err(); err != nil {
 		return fmt.Errorf("redis index key: %w", err)
 	}
-	if err := d.client.HSet(ctx, keyKey(k.Hash), fields).Err(); err != nil {
+	if err := d.client.HSet(ctx, keyspace.APIKey(k.Hash), fields).Err(); err != nil {
 		return fmt.Errorf("redis put key: %w", err)
 	}
 	d.invalidate(ctx, "k"+k.Hash)
@@ -391,14 +375,14 @@ func (d *Directory) PutKey(ctx context.Context, k *apikey.Key) error {
 
 // RevokeKey implements apikey.Store.
 func (d *Directory) RevokeKey(ctx context.Context, id string) error {
-	hash, err := d.client.Get(ctx, keyIDKey(id)).Result()
+	hash, err := d.client.Get(ctx, keyspace.KeyID(id)).Result()
 	if errors.Is(err, redis.Nil) {
 		return apikey.ErrNotFound
 	}
 	if err != nil {
 		return fmt.Errorf("redis key id: %w", err)
 	}
-	if err := d.client.HSet(ctx, keyKey(hash), "revoked", "1").Err(); err != nil {
+	if err := d.client.HSet(ctx, keyspace.APIKey(hash), "revoked", "1").Err(); err != nil {
 		return fmt.Errorf("redis revoke: %w", err)
 	}
 	d.invalidate(ctx, "k"+hash)
@@ -410,14 +394,14 @@ func (d *Directory) RevokeKey(ctx context.Context, id string) error {
 // its consumer), then its keys and index entries; every replica is told to
 // drop what it cached of them.
 func (d *Directory) DeleteConsumer(ctx context.Context, id string) error {
-	m, err := d.client.HGetAll(ctx, consumerKey(id)).Result()
+	m, err := d.client.HGetAll(ctx, keyspace.Consumer(id)).Result()
 	if err != nil {
 		return fmt.Errorf("redis consumer lookup: %w", err)
 	}
 	if len(m) == 0 {
 		return apikey.ErrNotFound
 	}
-	ids, err := d.client.SMembers(ctx, ownedKey(id)).Result()
+	ids, err := d.client.SMembers(ctx, keyspace.ConsumerKeys(id)).Result()
 	if err != nil {
 		return fmt.Errorf("redis consumer keys: %w", err)
 	}
@@ -428,7 +412,7 @@ func (d *Directory) DeleteConsumer(ctx context.Context, id string) error {
 	drop := []string{"c" + id}
 	defer func() { d.invalidate(context.WithoutCancel(ctx), drop...) }()
 	for _, kid := range ids {
-		hash, err := d.client.Get(ctx, keyIDKey(kid)).Result()
+		hash, err := d.client.Get(ctx, keyspace.KeyID(kid)).Result()
 		if errors.Is(err, redis.Nil) {
 			continue
 		}
@@ -436,26 +420,26 @@ func (d *Directory) DeleteConsumer(ctx context.Context, id string) error {
 			return fmt.Errorf("redis key id: %w", err)
 		}
 		drop = append(drop, "k"+hash)
-		if err := d.client.Del(ctx, keyKey(hash)).Err(); err != nil {
+		if err := d.client.Del(ctx, keyspace.APIKey(hash)).Err(); err != nil {
 			return fmt.Errorf("redis delete key: %w", err)
 		}
-		if err := d.client.Del(ctx, keyIDKey(kid)).Err(); err != nil {
+		if err := d.client.Del(ctx, keyspace.KeyID(kid)).Err(); err != nil {
 			return fmt.Errorf("redis delete key id: %w", err)
 		}
 	}
-	if err := d.client.Del(ctx, ownedKey(id)).Err(); err != nil {
+	if err := d.client.Del(ctx, keyspace.ConsumerKeys(id)).Err(); err != nil {
 		return fmt.Errorf("redis delete consumer keys: %w", err)
 	}
 	if cus := m["stripe_customer_id"]; cus != "" {
 		// Only if it still names this consumer.
-		if owner, err := d.client.Get(ctx, stripeKey(cus)).Result(); err == nil && owner == id {
-			d.client.Del(ctx, stripeKey(cus))
+		if owner, err := d.client.Get(ctx, keyspace.StripeCustomer(cus)).Result(); err == nil && owner == id {
+			d.client.Del(ctx, keyspace.StripeCustomer(cus))
 		}
 	}
-	if err := d.client.ZRem(ctx, consumersIndex, id).Err(); err != nil {
+	if err := d.client.ZRem(ctx, keyspace.Consumers, id).Err(); err != nil {
 		return fmt.Errorf("redis unindex consumer: %w", err)
 	}
-	if err := d.client.Del(ctx, consumerKey(id)).Err(); err != nil {
+	if err := d.client.Del(ctx, keyspace.Consumer(id)).Err(); err != nil {
 		return fmt.Errorf("redis delete consumer: %w", err)
 	}
 	return nil
@@ -463,14 +447,14 @@ func (d *Directory) DeleteConsumer(ctx context.Context, id string) error {
 
 // GetKey implements apikey.Store.
 func (d *Directory) GetKey(ctx context.Context, id string) (*apikey.Key, error) {
-	hash, err := d.client.Get(ctx, keyIDKey(id)).Result()
+	hash, err := d.client.Get(ctx, keyspace.KeyID(id)).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, apikey.ErrNotFound
 	}
 	if err != nil {
 		return nil, fmt.Errorf("redis key id: %w", err)
 	}
-	m, err := d.client.HGetAll(ctx, keyKey(hash)).Result()
+	m, err := d.client.HGetAll(ctx, keyspace.APIKey(hash)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis key lookup: %w", err)
 	}
@@ -483,7 +467,7 @@ func (d *Directory) GetKey(ctx context.Context, id string) (*apikey.Key, error) 
 // ListKeys implements apikey.Store: the consumer's key index, then each
 // key (two pipelined rounds).
 func (d *Directory) ListKeys(ctx context.Context, consumerID string) ([]*apikey.Key, error) {
-	ids, err := d.client.SMembers(ctx, ownedKey(consumerID)).Result()
+	ids, err := d.client.SMembers(ctx, keyspace.ConsumerKeys(consumerID)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis consumer keys: %w", err)
 	}
@@ -491,7 +475,7 @@ func (d *Directory) ListKeys(ctx context.Context, consumerID string) ([]*apikey.
 	hashes := make([]*redis.StringCmd, len(ids))
 	if _, err := d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, id := range ids {
-			hashes[i] = p.Get(ctx, keyIDKey(id))
+			hashes[i] = p.Get(ctx, keyspace.KeyID(id))
 		}
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
@@ -501,7 +485,7 @@ func (d *Directory) ListKeys(ctx context.Context, consumerID string) ([]*apikey.
 	if _, err := d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, h := range hashes {
 			if h.Err() == nil {
-				recs[i] = p.HGetAll(ctx, keyKey(h.Val()))
+				recs[i] = p.HGetAll(ctx, keyspace.APIKey(h.Val()))
 			}
 		}
 		return nil
@@ -531,7 +515,7 @@ func (d *Directory) ListConsumers(ctx context.Context, q apikey.ListQuery) (apik
 	if q.After != "" && q.After >= q.Prefix {
 		lo = "(" + q.After
 	}
-	ids, err := d.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: consumersIndex, Start: lo, Stop: hi, ByLex: true, Count: int64(scan) + 1}).Result()
+	ids, err := d.client.ZRangeArgs(ctx, redis.ZRangeArgs{Key: keyspace.Consumers, Start: lo, Stop: hi, ByLex: true, Count: int64(scan) + 1}).Result()
 	if err != nil {
 		return apikey.Page{}, fmt.Errorf("redis list consumers: %w", err)
 	}
@@ -549,7 +533,7 @@ func (d *Directory) ListConsumers(ctx context.Context, q apikey.ListQuery) (apik
 		recs := make([]*redis.MapStringStringCmd, end-i)
 		if _, err := d.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for j := range recs {
-				recs[j] = p.HGetAll(ctx, consumerKey(ids[i+j]))
+				recs[j] = p.HGetAll(ctx, keyspace.Consumer(ids[i+j]))
 			}
 			return nil
 		}); err != nil {
@@ -571,10 +555,6 @@ func (d *Directory) ListConsumers(ctx context.Context, q apikey.ListQuery) (apik
 	return page, nil
 }
 
-// indexedKey marks a Redis whose consumers and keys are all in the
-// listing and ownership indexes (see Backfill).
-const indexedKey = "{levy}:indexed"
-
 // Backfill puts consumers and keys stored before the indexes existed into
 // them: the consumer index (so that listings show them) and each
 // consumer's key set (so that deleting the consumer deletes them, and a
@@ -582,23 +562,23 @@ const indexedKey = "{levy}:indexed"
 // SCANs every master once per Redis, then marks it done; a run cut short
 // is taken up at the next start (adding to the indexes is idempotent).
 func (d *Directory) Backfill(ctx context.Context) error {
-	if n, err := d.client.Exists(ctx, indexedKey).Result(); err != nil || n == 1 {
+	if n, err := d.client.Exists(ctx, keyspace.Indexed).Result(); err != nil || n == 1 {
 		return err
 	}
 	scan := func(ctx context.Context, node *redis.Client) error {
-		for it := node.Scan(ctx, 0, "levy:consumer:{*", 1000).Iterator(); ; {
+		for it := node.Scan(ctx, 0, keyspace.ConsumerPattern, 1000).Iterator(); ; {
 			if !it.Next(ctx) {
 				if err := it.Err(); err != nil {
 					return err
 				}
 				break
 			}
-			id := strings.TrimSuffix(strings.TrimPrefix(it.Val(), "levy:consumer:{"), "}")
-			if err := d.client.ZAdd(ctx, consumersIndex, redis.Z{Member: id}).Err(); err != nil {
+			id := keyspace.ParseConsumer(it.Val())
+			if err := d.client.ZAdd(ctx, keyspace.Consumers, redis.Z{Member: id}).Err(); err != nil {
 				return err
 			}
 		}
-		for it := node.Scan(ctx, 0, "levy:key:{*", 1000).Iterator(); ; {
+		for it := node.Scan(ctx, 0, keyspace.APIKeyPattern, 1000).Iterator(); ; {
 			if !it.Next(ctx) {
 				return it.Err()
 			}
@@ -611,7 +591,7 @@ func (d *Directory) Backfill(ctx context.Context) error {
 			if id == "" || owner == "" {
 				continue
 			}
-			if err := d.client.SAdd(ctx, ownedKey(owner), id).Err(); err != nil {
+			if err := d.client.SAdd(ctx, keyspace.ConsumerKeys(owner), id).Err(); err != nil {
 				return err
 			}
 		}
@@ -625,7 +605,7 @@ func (d *Directory) Backfill(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("redis index consumers and keys: %w", err)
 	}
-	return d.client.Set(ctx, indexedKey, "1", 0).Err()
+	return d.client.Set(ctx, keyspace.Indexed, "1", 0).Err()
 }
 
 // invalidate drops cached lookups here and tells every replica to drop
@@ -634,7 +614,7 @@ func (d *Directory) Backfill(ctx context.Context) error {
 // drops them within the cache TTL.
 func (d *Directory) invalidate(ctx context.Context, entries ...string) {
 	d.drop(entries)
-	if err := d.client.Publish(ctx, invalidateChannel, strings.Join(entries, "\n")).Err(); err != nil {
+	if err := d.client.Publish(ctx, keyspace.Invalidate, strings.Join(entries, "\n")).Err(); err != nil {
 		d.log.Warn("tell replicas to drop cached lookups; they will within the cache TTL", zap.Error(err))
 	}
 }
@@ -665,7 +645,7 @@ func (d *Directory) drop(entries []string) {
 // messages may have been missed while it was away.
 func (d *Directory) Follow() (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	ps := d.client.Subscribe(ctx, invalidateChannel)
+	ps := d.client.Subscribe(ctx, keyspace.Invalidate)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -780,8 +760,6 @@ type nodeMap struct {
 	down  []atomic.Bool
 }
 
-const replicasKey = "{levy}:replicas"
-
 // StartHealth begins pinging every interval; Stop ends it.
 func StartHealth(client redis.UniversalClient, replicaID string, every time.Duration, log *zap.Logger) *Health {
 	h := &Health{client: client, id: replicaID, every: every, log: log, stop: make(chan struct{}), done: make(chan struct{})}
@@ -800,7 +778,7 @@ func (h *Health) loop() {
 		select {
 		case <-h.stop:
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			h.client.ZRem(ctx, replicasKey, h.id)
+			h.client.ZRem(ctx, keyspace.Replicas, h.id)
 			cancel()
 			h.closePingers(nil)
 			return
@@ -817,9 +795,9 @@ func (h *Health) beat() {
 	defer cancel()
 	now := time.Now().UnixMilli()
 	pipe := h.client.TxPipeline()
-	pipe.ZAdd(ctx, replicasKey, redis.Z{Score: float64(now), Member: h.id})
-	pipe.ZRemRangeByScore(ctx, replicasKey, "-inf", strconv.FormatInt(now-5*h.every.Milliseconds()-1000, 10))
-	card := pipe.ZCard(ctx, replicasKey)
+	pipe.ZAdd(ctx, keyspace.Replicas, redis.Z{Score: float64(now), Member: h.id})
+	pipe.ZRemRangeByScore(ctx, keyspace.Replicas, "-inf", strconv.FormatInt(now-5*h.every.Milliseconds()-1000, 10))
+	card := pipe.ZCard(ctx, keyspace.Replicas)
 	_, err := pipe.Exec(ctx)
 	if err == nil && card.Val() > 0 {
 		h.replicas.Store(card.Val())
@@ -989,8 +967,6 @@ func (h *Health) Stop() {
 	<-h.done
 }
 
-const demoKeysKey = "{levy}:demo-keys"
-
 // DemoKeys returns each plan's demo key, creating missing ones with gen so
 // that every replica prints the same keys.
 func DemoKeys(ctx context.Context, client redis.UniversalClient, plans []string, gen func() (string, error)) (map[string]string, error) {
@@ -999,11 +975,11 @@ func DemoKeys(ctx context.Context, client redis.UniversalClient, plans []string,
 		if err != nil {
 			return nil, err
 		}
-		if err := client.HSetNX(ctx, demoKeysKey, p, k).Err(); err != nil {
+		if err := client.HSetNX(ctx, keyspace.DemoKeys, p, k).Err(); err != nil {
 			return nil, fmt.Errorf("redis demo keys: %w", err)
 		}
 	}
-	m, err := client.HGetAll(ctx, demoKeysKey).Result()
+	m, err := client.HGetAll(ctx, keyspace.DemoKeys).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis demo keys: %w", err)
 	}
@@ -1019,7 +995,7 @@ type Lease struct {
 
 // NewLease returns the lease named name.
 func NewLease(client redis.UniversalClient, name string) *Lease {
-	return &Lease{client: client, key: "{levy}:lease:" + name}
+	return &Lease{client: client, key: keyspace.Lease(name)}
 }
 
 var holdScript = redis.NewScript(`
@@ -1057,7 +1033,7 @@ type Events struct{ Client redis.UniversalClient }
 
 // Claim reports true the first time id is claimed within ttl.
 func (e Events) Claim(ctx context.Context, id string, ttl time.Duration) (bool, error) {
-	ok, err := e.Client.SetNX(ctx, "levy:stripe-event:{"+id+"}", 1, ttl).Result()
+	ok, err := e.Client.SetNX(ctx, keyspace.StripeEvent(id), 1, ttl).Result()
 	if err != nil {
 		return false, fmt.Errorf("redis claim event: %w", err)
 	}
@@ -1066,5 +1042,5 @@ func (e Events) Claim(ctx context.Context, id string, ttl time.Duration) (bool, 
 
 // Release forgets a claim.
 func (e Events) Release(ctx context.Context, id string) error {
-	return e.Client.Del(ctx, "levy:stripe-event:{"+id+"}").Err()
+	return e.Client.Del(ctx, keyspace.StripeEvent(id)).Err()
 }
