@@ -24,6 +24,7 @@ import (
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/server"
+	"github.com/levyhq/levy/pkg/usage"
 	"github.com/levyhq/levy/pkg/wire"
 )
 
@@ -389,7 +390,7 @@ func testPaygPastIncludedUnitsIsAllowedAndCountedUpToTheCap(t *testing.T, newLim
 			t.Fatalf("request %d (included 3, cap 6) denied: %s", i, o.Body)
 		}
 	}
-	used := f.usage(t, "{c:payg-co}:units")
+	used := f.usage(t, usage.QuotaKey("payg-co"))
 	if used != 6 {
 		t.Fatalf("usage %d, want 6 (3 included + 3 overage)", used)
 	}
@@ -397,7 +398,7 @@ func testPaygPastIncludedUnitsIsAllowedAndCountedUpToTheCap(t *testing.T, newLim
 	if o.Status != 429 || problemOf(t, o).Reason != authz.ReasonSpendCap {
 		t.Fatalf("7th request past the cap: %d %s", o.Status, o.Body)
 	}
-	if used := f.usage(t, "{c:payg-co}:units"); used != 6 {
+	if used := f.usage(t, usage.QuotaKey("payg-co")); used != 6 {
 		t.Fatalf("a denied request was counted: usage %d", used)
 	}
 }
@@ -407,7 +408,7 @@ func testRouteCostsWeighTheQuota(t *testing.T, newLimiter limitertest.Factory) {
 	f.withKey(t, "KEY_PRO", "/v1/search?q=x")
 	f.withKey(t, "KEY_PRO", "/v1/items")
 	f.withKey(t, "KEY_PRO", "/v1/search/deep")
-	if used := f.usage(t, "{c:pro-co}:units"); used != 11 {
+	if used := f.usage(t, usage.QuotaKey("pro-co")); used != 11 {
 		t.Fatalf("usage %d, want 5+1+5", used)
 	}
 }
@@ -419,7 +420,7 @@ func testPlanWithoutQuotaStillCountsUsage(t *testing.T, newLimiter limitertest.F
 			t.Fatalf("unlimited plan: %d %v", o.Status, o.ResponseHeaders)
 		}
 	}
-	if used := f.usage(t, "{c:open-co}:units"); used != 3 {
+	if used := f.usage(t, usage.QuotaKey("open-co")); used != 3 {
 		t.Fatalf("usage %d, want 3", used)
 	}
 }

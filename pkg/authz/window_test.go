@@ -14,6 +14,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/envoyclient"
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
@@ -131,7 +132,7 @@ func testAllowCarriesTheQuotaCounterAndPeriodItWasCountedIn(t *testing.T, newLim
 		t.Fatalf("status %d: %s", o.Status, o.Body)
 	}
 	key, period := quotaOf(t, o.DynamicMetadata)
-	if key != usage.QuotaKey("pro-co") || !strings.HasPrefix(key, "{c:pro-co}") {
+	if key != usage.QuotaKey("pro-co") || !strings.HasPrefix(key, keyspace.State+"{c:pro-co}") {
 		t.Fatalf("metadata quota %q, want %q", key, usage.QuotaKey("pro-co"))
 	}
 	_, ledger := windowOf(t, o.DynamicMetadata)

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/usage"
 )
@@ -218,7 +219,11 @@ const maxSendsPerPass = 1000
 func Identifier(w usage.Window, n int) string {
 	id := "levy:" + w.Consumer + ":" + w.Meter + ":" + strconv.FormatInt(w.Start.Unix(), 10)
 	if w.Terms.Known() {
-		sum := sha256.Sum256([]byte(w.Key))
+		// The key as the layout before keyspace.Version spelled it: an
+		// identifier must not change with the store's layout, or an
+		// event sent before an upgrade and retried after it would be
+		// billed twice.
+		sum := sha256.Sum256([]byte(strings.TrimPrefix(w.Key, keyspace.State)))
 		id += ":" + hex.EncodeToString(sum[:4])
 	}
 	if n > 0 {

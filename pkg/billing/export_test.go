@@ -706,3 +706,17 @@ func TestACancellationStripeRefusesIsNotRetried(t *testing.T) {
 		t.Fatalf("billed %d, want %d", got, 5-2+4)
 	}
 }
+
+// A meter event's identifier is what it was before the store's keys moved
+// to keyspace's layout: an event sent before an upgrade and retried
+// after it is refused by Stripe, not billed twice.
+func TestIdentifierOutlivesTheKeyLayout(t *testing.T) {
+	terms := usage.Terms{Plan: "payg", Meter: "api_calls", Billed: true, Period: plan.Month}
+	w := usage.Window{Consumer: "beta", Meter: "api_calls", Terms: terms, Key: usage.LedgerKey("beta", terms),
+		Start: time.Unix(1773489780, 0).UTC()}
+	// sha256("{c:beta}:ledger:b=1&i=0&m=api_calls&p=payg&u=month"), the
+	// key of the layout before, begins ea7c3433.
+	if got, want := billing.Identifier(w, 0), "levy:beta:api_calls:1773489780:ea7c3433"; got != want {
+		t.Fatalf("Identifier = %q, want %q", got, want)
+	}
+}

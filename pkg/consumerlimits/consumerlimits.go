@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/usage"
@@ -35,11 +36,10 @@ type Limits struct {
 // ledger's window (zero: no ledger). All of them carry the consumer's hash
 // tag, so they share one store slot.
 func For(c *apikey.Consumer, p *plan.Plan, cost int64, window time.Duration) Limits {
-	tag := "{c:" + c.ID + "}"
 	var l Limits
 	if r := p.Rate; r != nil {
 		l.Rate = &limiter.Limit{
-			Kind: limiter.Bucket, Name: "rate", Key: tag + ":rate:" + p.Name, Cost: 1,
+			Kind: limiter.Bucket, Name: "rate", Key: keyspace.Rate(c.ID, p.Name), Cost: 1,
 			Requests: r.Requests, Per: r.Per, Burst: r.Burst,
 		}
 	}

@@ -5,7 +5,7 @@
 -- KEYS[1]: the ledger (index of windows with export work); ARGV: start,
 -- size, units, token, keep_s. A token already applied to the window adds
 -- nothing (a retry after a lost answer). Returns 1.
-local w = KEYS[1] .. ":" .. ARGV[1]
+local w = KEYS[1] .. ":" .. ARGV[1] -- the window (keyspace.Window)
 if ARGV[4] ~= "" then
   local added = w .. ":added"
   if redis.call("SADD", added, ARGV[4]) == 0 then return 1 end
@@ -19,5 +19,6 @@ if redis.call("HGET", w, "e") == "1" and redis.call("HEXISTS", w, "a") == 0 then
   redis.call("HSET", w, "a", string.format("%d", before))
 end
 redis.call("ZADD", KEYS[1], ARGV[1], ARGV[1])
+-- the consumer's set of ledgers (keyspace.LedgersOf) knows the ledger
 redis.call("SADD", string.sub(KEYS[1], 1, string.find(KEYS[1], "}:ledger:", 1, true)) .. ":ledgers", KEYS[1])
 return 1

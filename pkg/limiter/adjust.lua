@@ -13,7 +13,7 @@
 -- pairs of fingerprint ("" for a request without one: always applied) and
 -- units (negative: a refund).
 -- Returns -1 when admission never counted the window, else 1.
-local w = KEYS[1] .. ":" .. ARGV[1]
+local w = KEYS[1] .. ":" .. ARGV[1] -- the window (keyspace.Window)
 if redis.call("EXISTS", w) == 0 then return -1 end
 local seen = w .. ":seen"
 local refunded, reported, used = 0, 0, false

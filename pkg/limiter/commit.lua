@@ -8,7 +8,7 @@
 -- KEYS[1]: K's ledger; KEYS[2..]: each accounted window's ledger.
 -- ARGV: K's start, value, keep_s, reason, then per accounted window its
 -- start and units.
-local kw = KEYS[1] .. ":" .. ARGV[1]
+local kw = KEYS[1] .. ":" .. ARGV[1] -- the window (keyspace.Window)
 local value = tonumber(ARGV[2])
 if redis.call("EXISTS", kw) == 1 then
   if value > 0 then

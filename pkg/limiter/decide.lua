@@ -130,9 +130,14 @@ end
 
 
 -- The batch's parameter sets, parsed once: kind, cost, flags, the kind's
--- values (pa..pd) and the period they count in now (a quota's or a
--- ledger window's start, and a quota's end).
-local pkind, pcost, pshadow, pdebit, pqm, pa, pb, pc, pd, pstart, pend = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+-- values (a bucket's interval and tolerance in microseconds; a quota's
+-- max, soft (0/1) and cap; a ledger's window size in seconds) and the
+-- period they count in now (a quota's or a ledger window's start, and a
+-- quota's end). A set fills only its kind's tables.
+local pkind, pcost, pshadow, pdebit, pqm, pstart, pend = {}, {}, {}, {}, {}, {}, {}
+local pinterval, ptolerance = {}, {}
+local pmax, psoft, pcap = {}, {}, {}
+local pwindow = {}
 local any_debit, any_qm = false, false -- any set of the batch is a debit's, a quota-mode limit's
 local v = cmsgpack.unpack(ARGV[2])
 local a = 3
@@ -144,15 +149,15 @@ for p = 1, v[2] do
   if pdebit[p] == 1 then any_debit = true end
   if pqm[p] == 1 then any_qm = true end
   if kind == 0 then
-    pa[p], pb[p], pstart[p] = v[a + 3], v[a + 4], 0
+    pinterval[p], ptolerance[p], pstart[p] = v[a + 3], v[a + 4], 0
     a = a + 5
   elseif kind == 2 then
     local size = v[a + 3]
-    pa[p], pstart[p] = size, floor(now_s / size) * size
+    pwindow[p], pstart[p] = size, floor(now_s / size) * size
     a = a + 4
   else
     local s, e = period(now_s, v[a + 3], v[a + 7], v[a + 8])
-    pb[p], pc[p], pd[p], pstart[p], pend[p] = v[a + 4], v[a + 5], v[a + 6], s, e
+    pmax[p], psoft[p], pcap[p], pstart[p], pend[p] = v[a + 4], v[a + 5], v[a + 6], s, e
     a = a + 9
   end
 end
@@ -175,7 +180,7 @@ local function eval(i, c, cur)
   local need = c
   if need < 1 then need = 1 end
   if kind == 0 then
-    local interval, tolerance = pa[p], pb[p]
+    local interval, tolerance = pinterval[p], ptolerance[p]
     local tat, debt = cur or now, false
     if tat < 0 then tat, debt = -tat, true end
     if tat < now then tat = now end
@@ -210,7 +215,7 @@ local function eval(i, c, cur)
     oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, -1, 0, 0, units, 0, units
     return
   end
-  local max, soft, cap = pb[p], pc[p], pd[p]
+  local max, soft, cap = pmax[p], psoft[p], pcap[p]
   local used = cur or 0
   local bound = max
   if soft == 1 then
@@ -315,7 +320,7 @@ local function take(i)
   if kind == 1 then
     seen_start[key], dirty_start[key], dirty_end[key] = starts[i], starts[i], pend[p]
   elseif kind == 2 then
-    dirty_add[key], dirty_size[key], dirty_start[key] = (dirty_add[key] or 0) + c, pa[p], starts[i]
+    dirty_add[key], dirty_size[key], dirty_start[key] = (dirty_add[key] or 0) + c, pwindow[p], starts[i]
   end
 end
 
@@ -340,6 +345,7 @@ local function flush()
         redis.call("HSETNX", key, "z", dirty_size[key])
         redis.call("ZADD", dirty_index[key], start, start)
         -- and the consumer's list of ledgers knows the ledger
+        -- (keyspace.LedgersOf: the ledger key cut after its hash tag)
         local idx = dirty_index[key]
         redis.call("SADD", string.sub(idx, 1, string.find(idx, "}:ledger:", 1, true)) .. ":ledgers", idx)
       end
@@ -370,9 +376,9 @@ local function give_back(n, decided)
       if kind == 0 then
         local tat = cur
         if tat < 0 then tat = -tat end
-        tat = tat - c * pa[p]
+        tat = tat - c * pinterval[p]
         if tat > now then
-          if tat - now > pb[p] then tat = -tat end
+          if tat - now > ptolerance[p] then tat = -tat end
           set_bucket(key, tat)
           seen[key] = tat
         else

@@ -10,6 +10,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/usage"
 )
 
 // During an outage a debit is owed to the store even when the fallback
@@ -28,7 +29,7 @@ func TestFallbackOwesTheDebitsOfDeniedRequests(t *testing.T) {
 	limits := []limiter.Limit{
 		{Kind: limiter.Bucket, Name: "rate", Key: "{c:d}:rate", Cost: 1, Requests: 1, Per: time.Hour},
 		{Kind: limiter.Quota, Name: "tokens", Key: "{c:d}:tokens", Cost: 5, Max: 1000, Unit: plan.Month, Debit: true},
-		{Kind: limiter.Ledger, Name: "usage", Key: "{c:d}:ledger:tokens", Cost: 5, WindowSize: time.Minute, Debit: true},
+		{Kind: limiter.Ledger, Name: "usage", Key: usage.LedgerKey("d", usage.Terms{Meter: "tokens"}), Cost: 5, WindowSize: time.Minute, Debit: true},
 	}
 	ctx := context.Background()
 	for i, wantOK := range []bool{true, false, false} {

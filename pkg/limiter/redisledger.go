@@ -16,6 +16,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/usage"
 )
 
@@ -30,13 +31,14 @@ var commitLua string
 
 // RedisLedger is the usage ledger in Redis. Admission writes it inside the
 // decision script; this type settles, lists and accounts windows. A
-// ledger key (usage.LedgerKey: a consumer under one set of billing terms)
-// has a sorted set of the window starts with export work (the key
-// itself), another of the windows accounted (":done"), a hash per window
-// (":<start>": u units, z size, r refunded, x reported, e exported, a
-// accounted, b billed, n events, l and t the last event's value and time,
-// p pending, j rejected) and a set of the
-// requests settled in it (":<start>:seen"). Settlement also moves the
+// ledger key (usage.LedgerKey: a consumer under one set of billing terms;
+// package keyspace names every key below) has a sorted set of the window
+// starts with export work (the key itself), another of the windows
+// accounted (keyspace.Done), a hash per window (keyspace.Window: u
+// units, z size, r refunded, x reported, e exported, a accounted, b
+// billed, n events, l and t the last event's value and time, p pending, j
+// rejected) and a set of the requests settled in it (":<start>:seen").
+// Settlement also moves the
 // consumer's quota counter (usage.QuotaKey, decide.lua's hash) by the
 // same requests' units, in the same script call.
 type RedisLedger struct {
@@ -217,7 +219,7 @@ func (r *RedisLedger) scanLedgers(ctx context.Context, pattern string) ([]string
 		it := c.ScanType(ctx, 0, pattern, 1000, "zset").Iterator()
 		for it.Next(ctx) {
 			// A ledger whose windows are all accounted has only ":done".
-			k := strings.TrimSuffix(it.Val(), ":done")
+			k := strings.TrimSuffix(it.Val(), keyspace.DoneSuffix)
 			if _, _, ok := usage.ParseLedgerKey(k); ok {
 				mu.Lock()
 				if !seen[k] {
@@ -249,7 +251,7 @@ func (r *RedisLedger) scanLedgers(ctx context.Context, pattern string) ([]string
 // its consumer's set of ledgers (ledgers written before admission kept
 // that set); admission keeps it from then on.
 func (r *RedisLedger) Due(ctx context.Context, before time.Time) ([]usage.Window, error) {
-	keys, err := r.scanLedgers(ctx, "{c:*}:ledger:*")
+	keys, err := r.scanLedgers(ctx, keyspace.LedgerPattern)
 	if err != nil {
 		return nil, err
 	}
@@ -257,7 +259,7 @@ func (r *RedisLedger) Due(ctx context.Context, before time.Time) ([]usage.Window
 		pipe := r.client.Pipeline()
 		for _, key := range keys {
 			c, _, _ := usage.ParseLedgerKey(key)
-			pipe.SAdd(ctx, ledgersKey(c), key)
+			pipe.SAdd(ctx, keyspace.Ledgers(c), key)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
 			return nil, fmt.Errorf("redis ledger: %w", err)
@@ -305,7 +307,8 @@ func (r *RedisLedger) read(ctx context.Context, key string, starts []string) ([]
 	pipe := r.client.Pipeline()
 	cmds := make([]*redis.SliceCmd, len(starts))
 	for i, s := range starts {
-		cmds[i] = pipe.HMGet(ctx, key+":"+s, windowFields...)
+		start, _ := strconv.ParseInt(s, 10, 64)
+		cmds[i] = pipe.HMGet(ctx, keyspace.Window(key, start), windowFields...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("redis ledger: %w", err)
@@ -334,7 +337,7 @@ func (r *RedisLedger) read(ctx context.Context, key string, starts []string) ([]
 
 // Prepare implements usage.Ledger.
 func (r *RedisLedger) Prepare(ctx context.Context, w usage.Window, value int64) error {
-	if err := r.client.HSet(ctx, w.Key+":"+strconv.FormatInt(w.Start.Unix(), 10), "p", value).Err(); err != nil {
+	if err := r.client.HSet(ctx, keyspace.Window(w.Key, w.Start.Unix()), "p", value).Err(); err != nil {
 		return fmt.Errorf("redis ledger prepare: %w", err)
 	}
 	return nil
@@ -387,14 +390,9 @@ func (r *RedisLedger) settle(ctx context.Context, w usage.Window, value int64, r
 	return nil
 }
 
-// ledgersKey is the set of a consumer's ledger keys: admission adds a key
-// when it opens a window, so that a consumer's windows are found without
-// scanning the keyspace.
-func ledgersKey(consumer string) string { return "{c:" + consumer + "}:ledgers" }
-
 // Windows implements usage.Ledger.
 func (r *RedisLedger) Windows(ctx context.Context, consumer string, from, to time.Time) ([]usage.Window, error) {
-	keys, err := r.client.SMembers(ctx, ledgersKey(consumer)).Result()
+	keys, err := r.client.SMembers(ctx, keyspace.Ledgers(consumer)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("redis ledger: %w", err)
 	}
@@ -406,7 +404,7 @@ func (r *RedisLedger) Windows(ctx context.Context, consumer string, from, to tim
 		}
 		var starts []string
 		seen := map[string]bool{}
-		for _, set := range []string{key, key + ":done"} {
+		for _, set := range []string{key, keyspace.Done(key)} {
 			ss, err := r.client.ZRangeByScore(ctx, set, &redis.ZRangeBy{Min: strconv.FormatInt(from.Unix(), 10), Max: "(" + strconv.FormatInt(to.Unix(), 10)}).Result()
 			if err != nil {
 				return nil, fmt.Errorf("redis ledger: %w", err)
@@ -431,7 +429,7 @@ func (r *RedisLedger) Windows(ctx context.Context, consumer string, from, to tim
 // Consumers lists the consumers with a window that starts in [from, to)
 // (levy billing reconcile finds whom to reconcile with it).
 func (r *RedisLedger) Consumers(ctx context.Context, from, to time.Time) ([]string, error) {
-	keys, err := r.scanLedgers(ctx, "{c:*}:ledger:*")
+	keys, err := r.scanLedgers(ctx, keyspace.LedgerPattern)
 	if err != nil {
 		return nil, err
 	}
@@ -440,7 +438,7 @@ func (r *RedisLedger) Consumers(ctx context.Context, from, to time.Time) ([]stri
 	counts := make([][2]*redis.IntCmd, len(keys))
 	for i, key := range keys {
 		// Windows with export work, and those accounted.
-		counts[i] = [2]*redis.IntCmd{pipe.ZCount(ctx, key, lo, hi), pipe.ZCount(ctx, key+":done", lo, hi)}
+		counts[i] = [2]*redis.IntCmd{pipe.ZCount(ctx, key, lo, hi), pipe.ZCount(ctx, keyspace.Done(key), lo, hi)}
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 		return nil, fmt.Errorf("redis ledger consumers: %w", err)

@@ -16,10 +16,12 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 )
 
@@ -28,6 +30,9 @@ var (
 	bucketCounters = []byte("counters")
 	bucketMeta     = []byte("meta")
 	keyDemo        = []byte("demo-keys")
+	// keyLayout holds the keyspace.Version the file's counters and
+	// windows are named in; a file without it has the layout before.
+	keyLayout = []byte("layout")
 )
 
 // DB is the embedded store.
@@ -83,7 +88,7 @@ func Open(dir string) (*DB, error) {
 					return err
 				}
 			}
-			return nil
+			return upgradeLayout(tx)
 		})
 	})
 	if err != nil {
@@ -91,6 +96,49 @@ func Open(dir string) (*DB, error) {
 		return nil, fmt.Errorf("init %s: %w", path, err)
 	}
 	return &DB{bolt: b, path: path}, nil
+}
+
+// upgradeLayout renames the counters and ledger windows of a file written
+// before keyspace.Version to their current names (in the transaction that
+// opens the file, so a crash leaves it as it was), and records the
+// version. One process owns the file, so no key exists under both names.
+func upgradeLayout(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	version := strconv.Itoa(keyspace.Version)
+	if string(meta.Get(keyLayout)) == version {
+		return nil
+	}
+	for _, name := range [][]byte{bucketCounters, bucketLedger} {
+		b := tx.Bucket(name)
+		type move struct {
+			from []byte
+			to   string
+			v    []byte
+		}
+		var moves []move
+		err := b.ForEach(func(sk, sv []byte) error {
+			k, v, err := entry(sk, sv)
+			if err != nil {
+				return err
+			}
+			if to, ok := keyspace.Upgrade(k); ok {
+				moves = append(moves, move{slices.Clone(sk), to, slices.Clone(v)})
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("move %s to layout %s: %w", name, version, err)
+		}
+		for _, m := range moves {
+			if err := b.Delete(m.from); err != nil {
+				return err
+			}
+			if err := put(b, m.to, m.v); err != nil {
+				return err
+			}
+		}
+	}
+	return meta.Put(keyLayout, []byte(version))
 }
 
 // lockErr explains a timeout on the file lock: a second levy on the same

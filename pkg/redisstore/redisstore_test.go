@@ -12,6 +12,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/apikey/storetest"
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/redisstore"
 	"github.com/levyhq/levy/pkg/redistest"
@@ -216,9 +217,9 @@ func backfills(t *testing.T, opts redisstore.Options) {
 	defer c.Close()
 	ctx := context.Background()
 	// As levy stored them before: hashes and the key-id lookup only.
-	c.HSet(ctx, "levy:consumer:{old}", "plan", "free", "suspended", "0")
-	c.HSet(ctx, "levy:key:{hold}", "id", "kold", "consumer", "old", "revoked", "0")
-	c.Set(ctx, "levy:keyid:{kold}", "hold", 0)
+	c.HSet(ctx, keyspace.Consumer("old"), "plan", "free", "suspended", "0")
+	c.HSet(ctx, keyspace.APIKey("hold"), "id", "kold", "consumer", "old", "revoked", "0")
+	c.Set(ctx, keyspace.KeyID("kold"), "hold", 0)
 	d := redisstore.NewDirectory(redisstore.DirectoryConfig{Client: c, Log: zaptest.NewLogger(t)})
 	if page, _ := d.ListConsumers(ctx, apikey.ListQuery{Limit: 10}); len(page.Consumers) != 0 {
 		t.Fatalf("listed before the backfill: %+v", page.Consumers)
@@ -241,7 +242,7 @@ func backfills(t *testing.T, opts redisstore.Options) {
 		t.Fatalf("an old key of a deleted and re-created consumer: %v", err)
 	}
 	// Once per Redis: a second run finds the mark and does nothing.
-	c.HSet(ctx, "levy:consumer:{later}", "plan", "free")
+	c.HSet(ctx, keyspace.Consumer("later"), "plan", "free")
 	if err := d.Backfill(ctx); err != nil {
 		t.Fatal(err)
 	}

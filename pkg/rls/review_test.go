@@ -168,7 +168,7 @@ ratelimit:
 `
 
 // The state key joins a descriptor's entries as ".key=value" without
-// escaping (rules.go Lookup, server.go stateKey), so a value that contains
+// escaping (rules.go Lookup, keyspace.Rule), so a value that contains
 // ".path=/pay" names another descriptor's state. Envoy takes descriptor
 // values from request headers (request_headers action): a client that
 // sends user "alice.path=/pay" spends from alice's /pay bucket, at its own

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/problem"
@@ -453,18 +454,18 @@ func (s *Server) limitFor(snap *Snapshot, domain string, desc *rlv3.RateLimitDes
 	}
 	var suffix [32]byte // the state's kind and window, on the stack
 	if unit == "" || unit == Second || unit == Minute || unit == Hour {
-		*lim = limiter.Limit{Kind: limiter.Bucket, Name: name, Key: stateKey(m.Key, consumer, strconv.AppendInt(append(suffix[:0], ":b:"...), int64(per), 10)),
+		*lim = limiter.Limit{Kind: limiter.Bucket, Name: name, Key: keyspace.Rule(m.Key, consumer, strconv.AppendInt(append(suffix[:0], keyspace.RuleBucket...), int64(per), 10)),
 			Cost: int64(cost), Requests: rpu, Per: per, Burst: burst}
 		l.unit, l.rpu = responseUnit(per), uint32(rpu)
 	} else {
-		*lim = limiter.Limit{Kind: limiter.Quota, Name: name, Key: stateKey(m.Key, consumer, append(append(suffix[:0], ":q:"...), unit...)),
+		*lim = limiter.Limit{Kind: limiter.Quota, Name: name, Key: keyspace.Rule(m.Key, consumer, append(append(suffix[:0], keyspace.RuleQuota...), unit...)),
 			Cost: int64(cost), Max: rpu, Unit: plan.Unit(unit)}
 		l.unit, l.rpu = quotaUnit(unit), uint32(rpu)
 	}
 	if rpu <= 0 {
 		// requests_per_unit 0 denies everything, as in envoyproxy/ratelimit.
 		lim.Kind, lim.Max, lim.Unit, lim.Requests = limiter.Quota, 0, plan.Year, 0
-		lim.Key = stateKey(m.Key, consumer, []byte(":zero"))
+		lim.Key = keyspace.Rule(m.Key, consumer, []byte(keyspace.RuleZero))
 	}
 	lim.Shadow, lim.QuotaMode, lim.Debit = rule.Shadow, rule.QuotaMode, rule.Debit
 	return l, true, nil
@@ -479,16 +480,6 @@ func entriesOf(desc *rlv3.RateLimitDescriptor) []Entry {
 	return out
 }
 
-// stateKey hash-tags a descriptor's state, and appends suffix: by consumer
-// when the descriptor names one (so one consumer's limits share a Redis
-// slot), else by itself. (One concatenation: one allocation.)
-func stateKey(matchKey, consumer string, suffix []byte) string {
-	if consumer != "" {
-		return "{c:" + consumer + "}:rl:" + matchKey + string(suffix)
-	}
-	return "{rl:" + matchKey + "}" + string(suffix)
-}
-
 // maxOverridePeriod bounds a limit override's unit x unit_multiplier.
 const maxOverridePeriod = 366 * 24 * time.Hour
 
@@ -498,7 +489,7 @@ func overrideLimit(domain string, entries []Entry, consumer string, o *rlv3.Rate
 	for _, e := range entries {
 		key.WriteString("." + e.Key + "=" + e.Value)
 	}
-	k := stateKey(key.String(), consumer, []byte(":override"))
+	k := keyspace.Rule(key.String(), consumer, []byte(keyspace.RuleOverride))
 	rpu := int64(o.GetRequestsPerUnit())
 	l := limited{rpu: o.GetRequestsPerUnit()}
 	mult := time.Duration(max(o.GetUnitMultiplier().GetValue(), 1))

@@ -133,6 +133,11 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 		}
 	}()
 	b.closers = append(b.closers, func() error { stopBackfill(); <-backfilled; return nil })
+	// State keys of an older levy's layout move to keyspace's current one
+	// (merged when an older replica still writes them), off the start
+	// path, on one replica at a time, until none has appeared for a while.
+	stopSweep := redisstore.StartLayoutSweep(redisstore.LayoutSweepConfig{Client: client, Holder: uuid.NewString(), Log: s.log})
+	b.closers = append(b.closers, func() error { stopSweep(); return nil })
 	b.store = dir
 	b.demoKeys = func(plans []string, gen func() (string, error)) (map[string]string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

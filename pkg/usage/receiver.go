@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/telemetry"
 )
@@ -277,11 +278,11 @@ func (r *Receiver) settleFacts(b *batch, f *facts, cat *plan.Catalog, now time.T
 		return
 	}
 	k := aggKey{start: adj.At.Unix()}
-	if f.hasWindow && f.ledger != "" && ownsLedgerKey(adj.Consumer, f.ledger) {
+	if f.hasWindow && f.ledger != "" && keyspace.IsLedger(adj.Consumer, f.ledger) {
 		// The window admission counted the request in (defect-free at
 		// window edges: the store's clock picked it, not Envoy's).
 		k.key, k.start, k.known = f.ledger, f.window, true
-		if f.hasPeriod && ownsQuotaKey(adj.Consumer, f.quota) {
+		if f.hasPeriod && keyspace.IsQuota(adj.Consumer, f.quota) {
 			// The quota counter it was counted in, and that counter's
 			// period: a settlement moves it with the window.
 			k.quota, k.period = true, f.period
@@ -301,16 +302,6 @@ func (r *Receiver) settleFacts(b *batch, f *facts, cat *plan.Catalog, now time.T
 		b.index[k] = i
 	}
 	b.aggs[i].add(s)
-}
-
-// ownsLedgerKey reports whether key is one of consumer's ledger keys, so
-// that an access log cannot settle another consumer's usage.
-func ownsLedgerKey(consumer, key string) bool {
-	rest, ok := strings.CutPrefix(key, "{c:")
-	if !ok || !strings.HasPrefix(rest, consumer) {
-		return false
-	}
-	return strings.HasPrefix(rest[len(consumer):], ledgerInfix)
 }
 
 // commit moves a batch's sums into the pending adjustments and its counts

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/plan"
 )
 
@@ -52,17 +53,14 @@ func (t Terms) Beyond(prior, units int64) int64 {
 	return max(prior+units-t.Included, 0) - max(prior-t.Included, 0)
 }
 
-const ledgerInfix = "}:ledger:"
-
 // LedgerKey is the state key of a consumer's usage ledger under one set of
 // terms: hash-tagged by consumer like the consumer's limits, so that
 // admission counts the ledger in the same atomic store call, and holding
 // the terms, so that settlement and export read them back from the key.
 // Terms without a plan give the key levy used before it recorded terms.
 func LedgerKey(consumer string, t Terms) string {
-	prefix := "{c:" + consumer + ledgerInfix
 	if !t.Known() {
-		return prefix + t.Meter
+		return keyspace.Ledger(consumer, t.Meter)
 	}
 	v := url.Values{}
 	v.Set("p", t.Plan)
@@ -74,40 +72,25 @@ func LedgerKey(consumer string, t Terms) string {
 	} else {
 		v.Set("b", "0")
 	}
-	return prefix + v.Encode() // no ':' in it: store suffixes stay unambiguous
+	return keyspace.Ledger(consumer, v.Encode()) // no ':' in it: store suffixes stay unambiguous
 }
-
-// quotaSuffix ends a consumer's quota key.
-const quotaSuffix = "}:units"
 
 // QuotaKey is the state key of a consumer's quota counter (the plan's
 // quota, or the usage counter of a plan without one): hash-tagged by
 // consumer like its ledger keys, so that settlement moves both in one
 // atomic store call. The counter is not per plan: usage so far in the
 // period carries over to a new plan's quota.
-func QuotaKey(consumer string) string { return "{c:" + consumer + quotaSuffix }
-
-// ownsQuotaKey reports whether key is consumer's quota key, without
-// building it.
-func ownsQuotaKey(consumer, key string) bool {
-	rest, ok := strings.CutPrefix(key, "{c:")
-	return ok && len(rest) == len(consumer)+len(quotaSuffix) && strings.HasPrefix(rest, consumer) && strings.HasSuffix(rest, quotaSuffix)
-}
+func QuotaKey(consumer string) string { return keyspace.Quota(consumer) }
 
 // LedgerPrefix is what every ledger key of consumer starts with.
-func LedgerPrefix(consumer string) string { return "{c:" + consumer + ledgerInfix }
+func LedgerPrefix(consumer string) string { return keyspace.LedgerPrefix(consumer) }
 
 // ParseLedgerKey splits a LedgerKey.
 func ParseLedgerKey(key string) (consumer string, t Terms, ok bool) {
-	rest, found := strings.CutPrefix(key, "{c:")
+	consumer, enc, found := keyspace.ParseLedger(key)
 	if !found {
 		return "", Terms{}, false
 	}
-	i := strings.Index(rest, ledgerInfix)
-	if i < 0 {
-		return "", Terms{}, false
-	}
-	consumer, enc := rest[:i], rest[i+len(ledgerInfix):]
 	if !strings.Contains(enc, "=") {
 		return consumer, Terms{Meter: enc}, true
 	}

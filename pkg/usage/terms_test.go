@@ -1,9 +1,11 @@
 package usage
 
 import (
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/plan"
 )
 
@@ -25,8 +27,8 @@ func TestLedgerKeyReadsBackItsTerms(t *testing.T) {
 			if !ok || consumer != tt.consumer || terms != tt.give {
 				t.Fatalf("ParseLedgerKey(%q) = %q %+v %v, want %q %+v", key, consumer, terms, ok, tt.consumer, tt.give)
 			}
-			if !ownsLedgerKey(tt.consumer, key) || ownsLedgerKey(tt.consumer+"x", key) || ownsLedgerKey("x"+tt.consumer, key) {
-				t.Fatalf("ownsLedgerKey is wrong about %q", key)
+			if !keyspace.IsLedger(tt.consumer, key) || keyspace.IsLedger(tt.consumer+"x", key) || keyspace.IsLedger("x"+tt.consumer, key) {
+				t.Fatalf("keyspace.IsLedger is wrong about %q", key)
 			}
 		})
 	}
@@ -36,11 +38,11 @@ func TestLedgerKeyReadsBackItsTerms(t *testing.T) {
 // metadata) and from the store; any bytes parse without a panic, and a key
 // levy writes reads back as written.
 func FuzzParseLedgerKey(f *testing.F) {
-	f.Add("acme", "payg", "api_calls", int64(5), true, "{c:acme}:ledger:b=1&i=5&m=api_calls&p=payg&u=month")
-	f.Add("a}b", "p", "m", int64(-1), false, "{c:}:ledger:")
+	f.Add("acme", "payg", "api_calls", int64(5), true, keyspace.State+"{c:acme}:ledger:b=1&i=5&m=api_calls&p=payg&u=month")
+	f.Add("a}b", "p", "m", int64(-1), false, keyspace.State+"{c:}:ledger:")
 	f.Fuzz(func(t *testing.T, consumer, planName, meter string, included int64, billed bool, raw string) {
 		ParseLedgerKey(raw)
-		ownsLedgerKey(consumer, raw)
+		keyspace.IsLedger(consumer, raw)
 		want := Terms{Plan: planName, Meter: meter, Billed: billed, Included: included, Period: plan.Month}
 		c, got, ok := ParseLedgerKey(LedgerKey(consumer, want))
 		if planName == "" {
@@ -55,12 +57,7 @@ func FuzzParseLedgerKey(f *testing.F) {
 // containsInfix: a consumer id with "}:ledger:" in it cannot be told from
 // the key's own separator.
 func containsInfix(s string) bool {
-	for i := 0; i+len(ledgerInfix) <= len(s); i++ {
-		if s[i:i+len(ledgerInfix)] == ledgerInfix {
-			return true
-		}
-	}
-	return false
+	return strings.Contains(s, "}:ledger:")
 }
 
 // An access log names the quota counter to settle; only the consumer's
@@ -76,25 +73,26 @@ func TestOwnsQuotaKeyOnlyOfItsConsumer(t *testing.T) {
 		{"acme", QuotaKey("acme2"), false},
 		{"acme2", QuotaKey("acme"), false},
 		{"acme", QuotaKey("bolt"), false},
-		{"acme", "{c:acme}:units:x", false},
-		{"acme", "{c:acme}:rate:pro", false},
-		{"acme", "{c:acme}:ledger:api_calls", false},
-		{"acme", "x{c:acme}:units", false},
-		{"", "{c:}:units", true},
+		{"acme", keyspace.State + "{c:acme}:units:x", false},
+		{"acme", keyspace.State + "{c:acme}:rate:pro", false},
+		{"acme", keyspace.State + "{c:acme}:ledger:api_calls", false},
+		{"acme", "x" + keyspace.State + "{c:acme}:units", false},
+		{"acme", "{c:acme}:units", false}, // the layout before keyspace.Version
+		{"", keyspace.State + "{c:}:units", true},
 		{"acme", "", false},
 	}
 	for _, tt := range tests {
-		if got := ownsQuotaKey(tt.consumer, tt.key); got != tt.want {
-			t.Errorf("ownsQuotaKey(%q, %q) = %v, want %v", tt.consumer, tt.key, got, tt.want)
+		if got := keyspace.IsQuota(tt.consumer, tt.key); got != tt.want {
+			t.Errorf("keyspace.IsQuota(%q, %q) = %v, want %v", tt.consumer, tt.key, got, tt.want)
 		}
 	}
 }
 
 func FuzzOwnsQuotaKey(f *testing.F) {
-	f.Add("acme", "{c:acme}:units")
+	f.Add("acme", keyspace.State+"{c:acme}:units")
 	f.Fuzz(func(t *testing.T, consumer, key string) {
-		if got, want := ownsQuotaKey(consumer, key), key == QuotaKey(consumer); got != want {
-			t.Fatalf("ownsQuotaKey(%q, %q) = %v, want %v", consumer, key, got, want)
+		if got, want := keyspace.IsQuota(consumer, key), key == QuotaKey(consumer); got != want {
+			t.Fatalf("keyspace.IsQuota(%q, %q) = %v, want %v", consumer, key, got, want)
 		}
 	})
 }

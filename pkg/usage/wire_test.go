@@ -31,8 +31,8 @@ func wireCorpus(t testing.TB) [][]byte {
 		{consumer: "acme", plan: "gold"},
 		{consumer: "acme", plan: "payg", logType: accesslogdatav3.AccessLogType_DownstreamPeriodic},
 		{consumer: "ąćme", plan: "free", status: 502, units: "3"},
-		{consumer: "acme", plan: "payg", status: 500, ledger: "{c:acme}:ledger:b=1&i=0&m=api_calls&p=payg&u=month", window: t0},
-		{consumer: "acme", plan: "payg", units: "9", ledger: "{c:acme}:ledger:api_calls", window: t0, quota: "{c:acme}:units", period: sec},
+		{consumer: "acme", plan: "payg", status: 500, ledger: LedgerKey("acme", Terms{Plan: "payg", Meter: "api_calls", Billed: true, Period: plan.Month}), window: t0},
+		{consumer: "acme", plan: "payg", units: "9", ledger: LedgerKey("acme", Terms{Meter: "api_calls"}), window: t0, quota: QuotaKey("acme"), period: sec},
 	} {
 		msgs = append(msgs, entry(g))
 	}
@@ -52,11 +52,11 @@ func wireCorpus(t testing.TB) [][]byte {
 	otherNS := entry(give{consumer: "acme", plan: "payg"})
 	otherNS.CommonProperties.Metadata.FilterMetadata["envoy.filters.http.ratelimit"] = &structpb.Struct{
 		Fields: map[string]*structpb.Value{"consumer": structpb.NewStringValue("impostor")}}
-	oddWindow := entry(give{consumer: "acme", plan: "payg", ledger: "{c:acme}:ledger:api_calls", window: t0})
+	oddWindow := entry(give{consumer: "acme", plan: "payg", ledger: LedgerKey("acme", Terms{Meter: "api_calls"}), window: t0})
 	oddWindow.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields["window"] = structpb.NewStringValue("1772366400")
-	nanWindow := entry(give{consumer: "acme", plan: "payg", ledger: "{c:acme}:ledger:api_calls", window: t0})
+	nanWindow := entry(give{consumer: "acme", plan: "payg", ledger: LedgerKey("acme", Terms{Meter: "api_calls"}), window: t0})
 	nanWindow.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields["window"] = structpb.NewNumberValue(math.NaN())
-	oddPeriod := entry(give{consumer: "acme", plan: "payg", ledger: "{c:acme}:ledger:api_calls", window: t0, quota: "{c:acme}:units", period: t0})
+	oddPeriod := entry(give{consumer: "acme", plan: "payg", ledger: LedgerKey("acme", Terms{Meter: "api_calls"}), window: t0, quota: QuotaKey("acme"), period: t0})
 	oddPeriod.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields["period"] = structpb.NewNumberValue(-1)
 	oddPeriod.CommonProperties.Metadata.FilterMetadata[envoyclient.ExtAuthzNamespace].Fields["quota"] = structpb.NewNumberValue(4)
 	rewritten := entry(give{consumer: "acme", plan: "payg", path: "/internal/search"})

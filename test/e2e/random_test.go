@@ -70,7 +70,7 @@ type sim struct {
 	// units by consumer and the plan each request was admitted under.
 	units map[string]map[string]int64
 	late  []envoyclient.LogInput // logs held back until their window was exported
-	event int64            // webhook events sent
+	event int64                  // webhook events sent
 	plans map[string]string
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/usage"
@@ -27,7 +28,7 @@ func RunLedger(t *testing.T, newLedger LedgerFactory, shared bool) {
 	window := time.Minute
 	key := usage.LedgerKey("acme", LedgerTerms)
 	ledger := limiter.Limit{Kind: limiter.Ledger, Name: "ledger", Key: key, WindowSize: window}
-	rate := limiter.Limit{Kind: limiter.Bucket, Name: "rate", Key: "{c:acme}:rate", Cost: 1, Requests: 3, Per: time.Hour}
+	rate := limiter.Limit{Kind: limiter.Bucket, Name: "rate", Key: keyspace.Rate("acme", "test"), Cost: 1, Requests: 3, Per: time.Hour}
 	request := func(cost int64) []limiter.Limit {
 		l := ledger
 		l.Cost = cost
