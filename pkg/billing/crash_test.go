@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/limiter"
 )
 
@@ -81,11 +82,7 @@ func TestLocalStoreKilledAfterStripeTookAnEventDoesNotBillItTwice(t *testing.T) 
 	t.Cleanup(func() { first.Close() })
 	r.admit(t, first, "beta", 5) // payg0: every unit billed
 	// The write-behind's first commit, after which it waits an hour.
-	for deadline := time.Now().Add(5 * time.Second); len(disk.snapshot().ledger) == 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the write-behind never committed")
-		}
-	}
+	await.Until(t, 5*time.Second, func() bool { return len(disk.snapshot().ledger) > 0 }, "the write-behind's first commit")
 	r.clock.Advance(time.Minute)
 	r.admit(t, first, "beta", 2) // the next window, durable too
 	if err := first.Flush(); err != nil {

@@ -2,6 +2,7 @@ package billing_test
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
@@ -271,13 +273,12 @@ func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
 	go func() { b.Run(ctxB); close(doneB) }()
 	defer func() { stopB(); <-doneB }()
 
-	deadline := time.Now().Add(10 * time.Second)
-	for total(sent(t, r.stripe)) < 8 {
-		if time.Now().After(deadline) {
-			t.Fatalf("exported %v", sent(t, r.stripe))
+	await.NoError(t, 10*time.Second, func() error {
+		if s := sent(t, r.stripe); total(s) < 8 {
+			return fmt.Errorf("exported %v", s)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	}, "8 units exported")
 	if n := len(r.stripe.Calls(meterPath)); n != len(sent(t, r.stripe)) {
 		t.Fatalf("%d meter event calls for %d events: two exporters ran", n, len(sent(t, r.stripe)))
 	}
@@ -286,13 +287,12 @@ func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
 	// The next windows go out through b.
 	r.admit(t, lim, "beta", 5)
 	r.clock.Advance(2 * time.Minute)
-	deadline = time.Now().Add(10 * time.Second)
-	for total(sent(t, r.stripe)) < 13 {
-		if time.Now().After(deadline) {
-			t.Fatalf("b did not take over: %v", sent(t, r.stripe))
+	await.NoError(t, 10*time.Second, func() error {
+		if s := sent(t, r.stripe); total(s) < 13 {
+			return fmt.Errorf("exported %v", s)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	}, "b to take over the export")
 }
 
 // forgetful loses the first Commit, as a replica killed between Stripe's

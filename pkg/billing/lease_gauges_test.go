@@ -2,6 +2,7 @@ package billing_test
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/plan"
 )
@@ -60,14 +62,12 @@ func TestReplicaWithoutTheLeaseReportsNoExportLag(t *testing.T) {
 
 	waitGauges := func(lag, unbillable float64) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for gauge(t, reg, "levy_usage_export_lag_seconds") != lag || gauge(t, reg, "levy_usage_unbillable_windows") != unbillable {
-			if time.Now().After(deadline) {
-				t.Fatalf("lag %v, unbillable %v; want %v, %v", gauge(t, reg, "levy_usage_export_lag_seconds"),
-					gauge(t, reg, "levy_usage_unbillable_windows"), lag, unbillable)
+		await.NoError(t, 5*time.Second, func() error {
+			if l, u := gauge(t, reg, "levy_usage_export_lag_seconds"), gauge(t, reg, "levy_usage_unbillable_windows"); l != lag || u != unbillable {
+				return fmt.Errorf("lag %v, unbillable %v; want %v, %v", l, u, lag, unbillable)
 			}
-			time.Sleep(5 * time.Millisecond)
-		}
+			return nil
+		}, "the lease gauges")
 	}
 	waitGauges(60, 1) // the window ended a minute ago
 	lease.lost.Store(true)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/redistest"
 )
@@ -214,7 +215,9 @@ func TestBatchOfLargeRequestsIsBoundedByLimits(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(200 * time.Millisecond)
+	// A batch carries at most 4 of these requests: with 4 queued behind
+	// the call Redis holds, the next batch is a full one.
+	await.Until(t, 10*time.Second, func() bool { return len(r.batch.in) >= 4 }, "4 requests queued behind the paused Redis")
 	srv.Resume()
 	wg.Wait()
 	const most = 256 // maxBatchLimits

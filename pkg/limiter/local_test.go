@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/localstore"
@@ -166,13 +167,12 @@ func TestLocalForgetsFullBuckets(t *testing.T) {
 		t.Fatalf("%d buckets, want 100", l.Buckets())
 	}
 	clock.Advance(time.Second) // every bucket is full again
-	deadline := time.Now().Add(5 * time.Second)
-	for l.Buckets() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d full buckets kept", l.Buckets())
+	await.NoError(t, 5*time.Second, func() error {
+		if n := l.Buckets(); n != 0 {
+			return fmt.Errorf("%d full buckets kept", n)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	}, "full buckets to be forgotten")
 }
 
 // openDisk opens a local limiter on a bbolt file in dir, closed with the
@@ -342,20 +342,13 @@ func TestLocalDeletesEndedCountersFromTheFile(t *testing.T) {
 		t.Fatalf("counter %s not saved: %v", key, err)
 	}
 	clock.Advance(3 * 24 * time.Hour)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	await.Until(t, 10*time.Second, func() bool {
 		_, found, err := db.ReadCounter(key)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !found {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a counter that ended two days ago is still in the file")
-		}
-		time.Sleep(time.Millisecond)
-	}
+		return !found
+	}, "a counter that ended two days ago to leave the file")
 }
 
 // Past MaxCounters, saved counters leave memory without waiting to be

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
@@ -62,7 +63,7 @@ func TestLateDecisionsAreGivenBackOrCounted(t *testing.T) {
 			}
 			srv.Pause()
 			_, err := l.Decide(context.Background(), []limiter.Limit{quota})
-			time.Sleep(tt.stall)
+			time.Sleep(tt.stall) // the subject: Redis stalls this long
 			srv.Resume()
 			if !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("Decide with Redis stalled: %v, want a timeout", err)
@@ -84,11 +85,5 @@ func TestLateDecisionsAreGivenBackOrCounted(t *testing.T) {
 
 func waitUntil(t *testing.T, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	await.Until(t, timeout, cond, "the condition")
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
@@ -407,17 +408,7 @@ func TestRedisClusterNodeDownFailsOnlyItsSlots(t *testing.T) {
 		t.Error("one master of three down, and health says Redis is not ready")
 	}
 	cluster.Nodes[0].Restart()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		errs := decideAll()
-		if errors.Join(errs...) == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the node is back, yet: %v", errors.Join(errs...))
-		}
-		time.Sleep(20 * time.Millisecond) // between polls
-	}
+	await.NoError(t, 15*time.Second, func() error { return errors.Join(decideAll()...) }, "every consumer decided once the node is back")
 }
 
 func testSlotMatchesRedis(t *testing.T, cluster *redistest.Cluster) {
@@ -485,13 +476,7 @@ func TestFallbackEnforcesShareAndReconcilesUsage(t *testing.T) {
 	srv.Restart()
 	// The client's pool may keep answering with the last dial error for
 	// up to a second after Redis returns.
-	deadline := time.Now().Add(5 * time.Second)
-	for f.Reconcile(ctx); f.Owed() != 0; f.Reconcile(ctx) {
-		if time.Now().After(deadline) {
-			t.Fatal("usage still owed 5s after Redis came back")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	await.Until(t, 5*time.Second, func() bool { f.Reconcile(ctx); return f.Owed() == 0 }, "the owed usage to be reconciled once Redis is back")
 	// 1 request before the outage was lost with Redis's memory (no
 	// persistence in this test); the 10 during it were added back.
 	d, err := f.Decide(ctx, limits[1:2])

@@ -3,6 +3,7 @@ package limiter_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
@@ -256,11 +258,10 @@ func find(t testing.TB, reg *prometheus.Registry, name string) *dto.Metric {
 
 func waitMetric(t *testing.T, reg *prometheus.Registry, name string, cond func(float64) bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for v := metric(t, reg, name); !cond(v); v = metric(t, reg, name) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s is %v after 10s", name, v)
+	await.NoError(t, 10*time.Second, func() error {
+		if v := metric(t, reg, name); !cond(v) {
+			return fmt.Errorf("%s is %v", name, v)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return nil
+	}, name)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/apikey/storetest"
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/redisstore"
@@ -138,13 +139,7 @@ func TestHealthOnClusterStopsOnlyTheDeadMastersSlots(t *testing.T) {
 // waitUntil polls cond until it holds, for at most 20 seconds.
 func waitUntil(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out")
-		}
-		time.Sleep(10 * time.Millisecond) // between polls of a condition
-	}
+	await.Until(t, 20*time.Second, cond, "the condition")
 }
 
 // A deleted consumer's keys and a revoked key stop working on a replica
@@ -178,11 +173,7 @@ func dropsAtOnce(t *testing.T, opts redisstore.Options) {
 	a.PutKey(ctx, &apikey.Key{ID: "k2", Hash: "h2", ConsumerID: "acme"})
 	eventually := func(what string, ok func() bool) {
 		t.Helper()
-		for deadline := time.Now().Add(2 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not seen by the other replica within 2s (its TTL is an hour)", what)
-			}
-		}
+		await.Until(t, 2*time.Second, ok, what+" seen by the other replica (its TTL is an hour)")
 	}
 	eventually("keys", func() bool { _, _, err := b.Lookup(ctx, "h1"); return err == nil })
 	if _, _, err := b.Lookup(ctx, "h2"); err != nil {

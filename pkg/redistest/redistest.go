@@ -5,7 +5,9 @@
 package redistest
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -19,6 +21,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/levyhq/levy/pkg/await"
 )
 
 // Server is one redis-server process.
@@ -65,55 +69,89 @@ func freeClusterPort(t testing.TB) int {
 // Start runs a standalone redis-server with AOF off and no snapshots.
 func Start(t testing.TB, extra ...string) *Server {
 	t.Helper()
-	return startOn(t, freePort(t), extra...)
+	return startFree(t, freePort, extra...)
 }
 
-func startOn(t testing.TB, port int, extra ...string) *Server {
+// portTries bounds how many fresh ports a server is tried on.
+const portTries = 20
+
+// errPortTaken is a redis-server that could not bind its port.
+var errPortTaken = errors.New("port taken")
+
+// startFree starts a server on a port pick chose free. The port is not
+// reserved between the pick and redis-server's bind (it closes the probe
+// listener first), so a test in another package may take it meanwhile:
+// redis-server then exits with "Address already in use" and the server is
+// tried again on a fresh port.
+func startFree(t testing.TB, pick func(testing.TB) int, extra ...string) *Server {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		t.Fatal("redis-server is not installed (apt-get install redis-server); .ci/run installs it")
 	}
-	dir := t.TempDir()
-	s := &Server{t: t, Addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir}
-	s.args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", dir, "--protected-mode", "no", "--logfile", filepath.Join(dir, "redis.log")}, extra...)
-	s.start()
-	t.Cleanup(s.Kill)
-	return s
+	for try := 1; ; try++ {
+		port := pick(t)
+		dir := t.TempDir()
+		s := &Server{t: t, Addr: "127.0.0.1:" + strconv.Itoa(port), dir: dir}
+		s.args = append([]string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+			"--dir", dir, "--protected-mode", "no", "--logfile", filepath.Join(dir, "redis.log")}, extra...)
+		err := s.launch()
+		if err == nil {
+			t.Cleanup(s.Kill)
+			return s
+		}
+		if !errors.Is(err, errPortTaken) || try == portTries {
+			t.Fatal(err)
+		}
+	}
 }
 
 func (s *Server) start() {
 	s.t.Helper()
+	if err := s.launch(); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// launch runs redis-server with s.args and waits until it answers on
+// s.Addr. It is ready when the server there is this process (another
+// test's redis-server may hold the port); errPortTaken when it could not
+// bind.
+func (s *Server) launch() error {
 	s.cmd = exec.Command("redis-server", s.args...)
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
-		s.t.Fatal(err)
+		return err
 	}
 	s.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(s.cmd, s.done)
-	s.waitReady()
-}
-
-func (s *Server) waitReady() {
-	s.t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
 	defer c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if err := c.Ping(context.Background()).Err(); err == nil {
-			return
-		}
+	pid := "process_id:" + strconv.Itoa(s.cmd.Process.Pid) + "\r\n"
+	err := await.Poll(10*time.Second, func() error {
 		select {
 		case <-s.done:
 			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-			s.t.Fatalf("redis-server exited at start:\n%s", log)
+			if bytes.Contains(log, []byte("Address already in use")) {
+				return await.Halt(fmt.Errorf("redis-server on %s: %w", s.Addr, errPortTaken))
+			}
+			return await.Halt(fmt.Errorf("redis-server exited at start:\n%s", log))
 		default:
 		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("redis-server on %s not ready in 10s", s.Addr)
+		info, err := c.Info(context.Background(), "server").Result()
+		if err != nil {
+			return err
 		}
-		time.Sleep(5 * time.Millisecond)
+		if !strings.Contains(info, pid) {
+			return errors.New("another process's redis-server answers")
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errPortTaken) {
+		s.cmd.Process.Kill()
+		<-s.done
+		return fmt.Errorf("redis-server on %s not ready: %w", s.Addr, err)
 	}
+	return err
 }
 
 // Kill stops the server at once (SIGKILL).
@@ -180,7 +218,7 @@ func StartCluster(t testing.TB, extra ...string) *Cluster {
 	c := &Cluster{}
 	for i := 0; i < 3; i++ {
 		args := append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}, extra...)
-		c.Nodes = append(c.Nodes, startOn(t, freeClusterPort(t), args...))
+		c.Nodes = append(c.Nodes, startFree(t, freeClusterPort, args...))
 	}
 	args := append([]string{"--cluster", "create"}, c.Addrs()...)
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
@@ -189,21 +227,22 @@ func StartCluster(t testing.TB, extra ...string) *Cluster {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
 	// Wait until every node agrees the cluster is ok.
-	deadline := time.Now().Add(20 * time.Second)
 	for _, n := range c.Nodes {
 		cl := redis.NewClient(&redis.Options{Addr: n.Addr})
-		for {
+		err := await.Poll(20*time.Second, func() error {
 			info, err := cl.ClusterInfo(context.Background()).Result()
-			if err == nil && strings.Contains(info, "cluster_state:ok") {
-				break
+			if err != nil {
+				return err
 			}
-			if time.Now().After(deadline) {
-				cl.Close()
-				t.Fatalf("cluster not ok: %v %s", err, info)
+			if !strings.Contains(info, "cluster_state:ok") {
+				return fmt.Errorf("node %s: %s", n.Addr, info)
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 		cl.Close()
+		if err != nil {
+			t.Fatalf("cluster not ok: %v", err)
+		}
 	}
 	return c
 }

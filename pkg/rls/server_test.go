@@ -506,7 +506,7 @@ func TestHugeHitsAddendIsInvalidArgument(t *testing.T) {
 }
 
 func TestLimitOverrideUnitMultiplier(t *testing.T) {
-	f := start(t, limitertest.Stores(t)[0].New, levyYAML)
+	f := start(t, limitertest.Local, levyYAML)
 	desc := d("remote_address", "10.4.4.4")
 	desc.Limit = &rlv3.RateLimitDescriptor_RateLimitOverride{RequestsPerUnit: 2, Unit: typev3.RateLimitUnit_MINUTE, UnitMultiplier: wrapperspb.UInt32(5)}
 	f.call(t, 0, desc)
@@ -539,7 +539,7 @@ func TestLimitOverrideUnitMultiplier(t *testing.T) {
 // Per-rule hits, as envoyproxy/ratelimit counts them: total, within,
 // near (past 80%), over, by the rule's path in its domain.
 func TestRuleMetricsCountHitsByResult(t *testing.T) {
-	f := start(t, limitertest.Stores(t)[0].New, levyYAML)
+	f := start(t, limitertest.Local, levyYAML)
 	ip := d("remote_address", "10.9.9.9")
 	for range 4 { // 3 a second: within, within, near (and within), over
 		f.call(t, 0, ip)

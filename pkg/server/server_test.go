@@ -20,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/levyhq/levy/api/apitest"
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/envoyclient"
@@ -94,16 +95,7 @@ func TestHealthReadinessMetricsAndCleanShutdown(t *testing.T) {
 	go func() { done <- srv.Run(ctx) }()
 
 	base := described(t, srv.HTTPAddr())
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if code, _ := get(t, base+"/readyz"); code == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("never ready")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	await.Until(t, 10*time.Second, func() bool { code, _ := get(t, base+"/readyz"); return code == 200 }, "/readyz to answer 200")
 	if code, body := get(t, base+"/healthz"); code != 200 || body != "ok\n" {
 		t.Fatalf("/healthz %d %q", code, body)
 	}

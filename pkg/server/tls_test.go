@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/config"
 )
 
@@ -111,13 +112,7 @@ func TestMutualTLSOnBothListeners(t *testing.T) {
 		_, err = healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(false))
 		return err
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for healthy([]tls.Certificate{client}) != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("gRPC over mTLS: %v", healthy([]tls.Certificate{client}))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	await.NoError(t, 10*time.Second, func() error { return healthy([]tls.Certificate{client}) }, "gRPC over mTLS")
 	if err := healthy(nil); err == nil {
 		t.Fatal("a client without a certificate got an answer")
 	}
@@ -159,18 +154,11 @@ func TestRenewedCertificateIsServedWithoutARestart(t *testing.T) {
 	serial := func(addr string) int64 {
 		t.Helper()
 		var conn *tls.Conn
-		waitUntil := time.Now().Add(5 * time.Second)
-		for {
+		await.NoError(t, 5*time.Second, func() error {
 			var err error
 			conn, err = tls.Dial("tcp", addr, &tls.Config{RootCAs: p.caPool, Certificates: []tls.Certificate{client}})
-			if err == nil {
-				break
-			}
-			if time.Now().After(waitUntil) {
-				t.Fatalf("dial %s: %v", addr, err)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return err
+		}, "a TLS connection to "+addr)
 		defer conn.Close()
 		return conn.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
 	}
@@ -187,12 +175,6 @@ func TestRenewedCertificateIsServedWithoutARestart(t *testing.T) {
 		}
 	}
 	for _, addr := range []string{srv.GRPCAddr(), srv.HTTPAddr()} {
-		deadline := time.Now().Add(5 * time.Second)
-		for serial(addr) != 12 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s still serves the old certificate 5s after its renewal", addr)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		await.Until(t, 5*time.Second, func() bool { return serial(addr) == 12 }, addr+" to serve the renewed certificate")
 	}
 }

@@ -13,6 +13,7 @@ package stripetest
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"math/rand"
 	"net"
@@ -26,6 +27,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/levyhq/levy/pkg/await"
 )
 
 // Call is one request the proxy saw.
@@ -101,25 +104,22 @@ type buildError struct {
 
 func (e *buildError) Error() string { return e.err.Error() + ": " + string(e.out) }
 
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // Start runs stripe-mock and the proxy, stopped with the test.
 func Start(t testing.TB) *Stripe {
 	t.Helper()
-	addr := freeAddr(t)
-	// stripe-mock serves HTTPS too, by default on a fixed port: give it
-	// a free one, so that several can run at once.
-	cmd := exec.Command(stripeMock(t), "-http-addr", addr, "-https-addr", freeAddr(t))
+	// stripe-mock listens on a Unix socket of its own: no TCP port to
+	// pick free and lose to another test before it binds it, and no
+	// HTTPS listener on its fixed default port. The socket's path must be
+	// short (108 bytes), so not under t.TempDir.
+	dir, err := os.MkdirTemp("", "stripe-mock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "http.sock")
+	cmd := exec.Command(stripeMock(t), "-http-unix", sock)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	var logs bytes.Buffer
+	var logs syncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -127,27 +127,31 @@ func Start(t testing.TB) *Stripe {
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	t.Cleanup(func() { cmd.Process.Kill(); <-done })
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
-		if err == nil {
-			c.Close()
-			break
-		}
+	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}
+	err = await.Poll(30*time.Second, func() error {
 		select {
 		case <-done:
-			t.Fatalf("stripe-mock exited:\n%s", logs.String())
+			return await.Halt(errors.New("stripe-mock exited"))
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stripe-mock not listening on %s", addr)
+		c, err := dial(context.Background(), "", "")
+		if err != nil {
+			return err
 		}
-		time.Sleep(20 * time.Millisecond)
+		return c.Close()
+	})
+	if err != nil {
+		t.Fatalf("stripe-mock not listening on %s: %v\n%s", sock, err, logs.String())
 	}
 
 	s := &Stripe{clock: time.Now, events: map[string]*Event{}, meters: map[string]bool{}}
-	target, _ := url.Parse("http://" + addr)
-	s.mock = httputil.NewSingleHostReverseProxy(target)
+	s.mock = httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: "stripe-mock"})
+	tr := &http.Transport{DialContext: dial}
+	t.Cleanup(tr.CloseIdleConnections)
+	s.mock.Transport = tr
 	s.own = http.NewServeMux()
 	s.own.HandleFunc("POST /v1/billing/meter_events", s.meterEvent)
 	s.own.HandleFunc("GET /v1/billing/meters", s.listMeters)
@@ -285,4 +289,23 @@ func (s *Stripe) Calls(path string) []Call {
 		}
 	}
 	return out
+}
+
+// syncBuffer is stripe-mock's output, written by its pipes' copiers while
+// Start may read it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

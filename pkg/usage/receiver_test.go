@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/envoyclient/envoytest"
 	"github.com/levyhq/levy/pkg/plan"
@@ -241,13 +242,7 @@ func gaugeValue(t *testing.T, g interface{ Write(*dto.Metric) error }) float64 {
 // waitFor polls cond until it holds, failing after 10 seconds.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	await.Until(t, 10*time.Second, cond, what)
 }
 
 // give describes one request as Envoy logs it.

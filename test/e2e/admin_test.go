@@ -44,7 +44,7 @@ store:
 			t.Fatalf("old key before its deadline %s: %d %s", deadline, o.Status, o.Body)
 		}
 	}
-	time.Sleep(time.Until(deadline) + 10*time.Millisecond)
+	time.Sleep(time.Until(deadline) + 10*time.Millisecond) // the subject: the wall clock passes the key's deadline
 	o := check(t, cb, oldKey, "/")
 	if o.Status != 403 || !strings.Contains(o.Body, "rotated_key") || !strings.Contains(o.Body, "use the key that replaced it") {
 		t.Fatalf("old key after its deadline: %d %s, want 403 rotated_key", o.Status, o.Body)

@@ -13,6 +13,7 @@ import (
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
@@ -103,17 +104,12 @@ func billed(t *testing.T, s *stripetest.Stripe) map[string]int64 {
 // few more export passes, so that a surplus would show.
 func waitBilled(t *testing.T, s *stripetest.Stripe, p *proc, want map[string]int64) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		got := billed(t, s)
-		if fmt.Sprint(got) == fmt.Sprint(want) {
-			break
+	await.NoError(t, 20*time.Second, func() error {
+		if got := billed(t, s); fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("Stripe holds %v, want %v\nlevy's log:\n%s", got, want, tail(p.stderr.String(), 3000))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Stripe holds %v, want %v\nlevy's log:\n%s", got, want, tail(p.stderr.String(), 3000))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	}, "Stripe to hold the bill")
 	calls := len(s.Calls("/v1/billing/meter_events"))
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(p.metrics(t), "levy_usage_export_lag_seconds 0") })
 	if got := billed(t, s); fmt.Sprint(got) != fmt.Sprint(want) {

@@ -2,10 +2,11 @@ package e2e
 
 import (
 	"context"
-	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
+	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 )
@@ -39,11 +40,14 @@ func serveDebitRules(t *testing.T, store string) *proc {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := writeConfig(t, dir, debitRules)
-	args := []string{"--config", cfg, "--data-dir", filepath.Join(dir, "data")}
-	if store == "redis" {
-		args = append(args, "--store", "redis", "--redis-addr", redistest.Start(t).Addr)
+	if store != "redis" {
+		return serveInProcess(t, cfg, nil)
 	}
-	return serve(t, args...)
+	addr := redistest.Start(t).Addr
+	return serveInProcess(t, cfg, func(c *config.Config) {
+		c.Store.Type, c.Store.Redis.Addr = "redis", addr
+		c.Store.Timeout = config.Duration(time.Second) // as serve gives a Redis store
+	})
 }
 
 func debitOn(t *testing.T, c *envoyclient.RateLimitClient, hits uint64, kv ...string) *envoyclient.RateLimitOutcome {

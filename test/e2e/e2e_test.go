@@ -27,7 +27,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/await"
+	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/envoyclient"
+	"github.com/levyhq/levy/pkg/server/servertest"
 	"github.com/levyhq/levy/test/compat"
 )
 
@@ -40,7 +43,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "levy")
-	build := exec.Command("go", "build", "-o", binary, "../../cmd/levy")
+	args := []string{"build", "-o", binary}
+	if raceBuild {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../../cmd/levy")...)
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build levy:", err)
@@ -62,6 +69,8 @@ type proc struct {
 	demoKeys   map[string]string
 	done       chan error
 	stderr     *syncBuffer
+	// inProcess is the levy serveInProcess started (nil for a process).
+	inProcess *servertest.Levy
 }
 
 type syncBuffer struct {
@@ -159,7 +168,35 @@ func serveEnv(t *testing.T, env []string, args ...string) *proc {
 			cmd.Process.Kill()
 			<-p.done
 		}
+		// A race-built levy reports a race on stderr and goes on.
+		if log := p.stderr.String(); strings.Contains(log, "WARNING: DATA RACE") {
+			t.Errorf("levy had a data race:\n%s", log)
+		}
 	})
+	return p
+}
+
+// serveInProcess runs levy inside the test binary (pkg/server/servertest)
+// on the config file cfg, with flags set as levy serve's flags would be,
+// and returns it as a proc whose stderr is levy's log.
+//
+// Which tests keep the binary: those whose subject is the process or its
+// command line. SIGKILL and SIGTERM (sigkill_test.go, money_test.go's
+// kill mid-export, stop and exit status everywhere), restarts of the
+// binary on its data file (TestQuotaSurvivesRestartOfTheBinary,
+// TestDemoKeysSurviveRestart, corrupt data files), flags, LEVY_CONFIG,
+// GOGC and the exit codes of levy serve, check, usage and billing
+// reconcile, reloads of files a running levy watches, replicas sharing a
+// Redis (separate processes, as deployed), the open-file and connection
+// limits of one process (slowhttp_test.go), and the storm of isolation_test.go
+// (a client in the same process would share levy's scheduler). Tests
+// that only talk gRPC and HTTP to a server run it in process:
+// debit_test.go and ratelimit_test.go's example rule files.
+func serveInProcess(t *testing.T, cfg string, flags func(*config.Config)) *proc {
+	t.Helper()
+	p := &proc{demoKeys: map[string]string{}, stderr: &syncBuffer{}}
+	l := servertest.Start(t, cfg, servertest.Options{Flags: flags, Log: p.stderr})
+	p.grpcAddr, p.httpAddr, p.publicAddr, p.inProcess = l.GRPCAddr, l.HTTPAddr, l.PublicAddr, l
 	return p
 }
 
@@ -180,6 +217,9 @@ func (p *proc) demoKey(t *testing.T, plan string) string {
 // stop sends SIGTERM and returns the exit error (nil for exit 0).
 func (p *proc) stop(t *testing.T) error {
 	t.Helper()
+	if p.inProcess != nil {
+		return p.inProcess.Stop()
+	}
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -451,13 +491,7 @@ func TestLogsNeverContainTheKey(t *testing.T) {
 
 func waitFor(t *testing.T, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %s", timeout)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	await.Until(t, timeout, cond, "the condition")
 }
 
 func runLevy(args ...string) (string, error) {

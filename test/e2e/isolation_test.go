@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/rls"
@@ -219,7 +220,8 @@ func testOversizedRequests(t *testing.T, store ...string) {
 			}
 		}()
 	}
-	time.Sleep(200 * time.Millisecond) // let the storm build
+	// The storm is on once both kinds of request have been answered.
+	await.Until(t, 10*time.Second, func() bool { return maxCalls.Load() > 0 && hugeCalls.Load() > 0 }, "the storm to build")
 	storm := victim(400)
 	close(stop)
 	wg.Wait()

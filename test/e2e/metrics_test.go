@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/redistest"
 )
 
@@ -75,20 +77,21 @@ func TestEveryDocumentedMetricIsOnAFreshServer(t *testing.T) {
 			}
 			var missing []string
 			var body string
-			deadline := time.Now().Add(10 * time.Second)
-			for { // the exporter registers its metrics as it starts, just after levy serves
+			// The exporter registers its metrics as it starts, just after
+			// levy serves.
+			err := await.Poll(10*time.Second, func() error {
 				body, missing = p.metrics(t), nil
 				for _, name := range documented {
 					if want(name) && !strings.Contains(body, "# TYPE "+name+" ") {
 						missing = append(missing, name)
 					}
 				}
-				if len(missing) == 0 || time.Now().After(deadline) {
-					break
+				if len(missing) > 0 {
+					return fmt.Errorf("%d missing", len(missing))
 				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			if len(missing) > 0 {
+				return nil
+			})
+			if err != nil {
 				t.Errorf("documented but not on a fresh /metrics: %v", missing)
 			}
 			for _, m := range typeLine.FindAllStringSubmatch(body, -1) {

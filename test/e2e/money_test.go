@@ -18,6 +18,7 @@ import (
 	"github.com/stripe/stripe-go/v76/webhook"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 	"github.com/levyhq/levy/pkg/stripetest"
@@ -248,14 +249,13 @@ func TestAccessLogsSettleUsage(t *testing.T) {
 		out, _ := runLevy("usage", "acme", "--admin-url", "http://"+p.httpAddr)
 		return out
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for total, _ := exported(t, m.stripe); total != 6; total, _ = exported(t, m.stripe) {
-		if time.Now().After(deadline) {
-			t.Fatalf("exported %d billable units, want 6 (10 admitted - 2 refunded + 3 reported - 5 included)\n%s\nlevy's log:\n%s",
+	await.NoError(t, 10*time.Second, func() error {
+		if total, _ := exported(t, m.stripe); total != 6 {
+			return fmt.Errorf("exported %d billable units, want 6 (10 admitted - 2 refunded + 3 reported - 5 included)\n%s\nlevy's log:\n%s",
 				total, usage(), tail(p.stderr.String(), 2000))
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	}, "the export")
 
 	// The quota counter moves with the ledger: 11 in both.
 	if out := usage(); !strings.Contains(out, "used:     11 units (11 after access-log settlement)") || !strings.Contains(out, "billable: 6 (exported to Stripe 6, pending 0)") {
@@ -307,13 +307,12 @@ func TestBillingReconcileAgreesAfterExportAndShowsALostEvent(t *testing.T) {
 	// The exporter records Stripe's answer just after it: wait for that.
 	var out string
 	var code int
-	deadline := time.Now().Add(10 * time.Second)
-	for out, code = reconcile(); code != 0; out, code = reconcile() {
-		if time.Now().After(deadline) {
-			t.Fatalf("levy billing reconcile: exit %d\n%s", code, out)
+	await.NoError(t, 10*time.Second, func() error {
+		if out, code = reconcile(); code != 0 {
+			return fmt.Errorf("levy billing reconcile: exit %d\n%s", code, out)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	}, "levy and Stripe to agree")
 	row := regexp.MustCompile(`(?m)^acme +api_calls +\S+ +20 +20 +0 +20 +0 +ok`)
 	if !row.MatchString(out) || !strings.Contains(out, "levy and Stripe agree") {
 		t.Fatalf("levy billing reconcile:\n%s", out)

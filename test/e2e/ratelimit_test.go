@@ -214,7 +214,7 @@ func serveExample(t *testing.T, ex exampleRules, settings string) *proc {
 	copyFile(t, filepath.Join(src, ex.file), filepath.Join(rules, ex.file))
 	cfg := writeConfig(t, dir, "plans:\n  free: {model: freemium, rate: {requests: 10, per: minute}, quota: {requests: 100, period: month}}\n"+
 		"ratelimit:\n  dir: "+rules+"\n"+settings)
-	return serve(t, "--config", cfg, "--data-dir", filepath.Join(dir, "data"))
+	return serveInProcess(t, cfg, nil)
 }
 
 // Quota-mode budgets route on descriptor metadata (envoyproxy/ratelimit's

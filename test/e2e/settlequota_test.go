@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
@@ -115,42 +116,45 @@ func deliver(t *testing.T, p *proc, node string, entries ...envoyclient.LogInput
 // machine) is asked for again.
 func used(t *testing.T, p *proc) int64 {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	var rep billing.UsageReport
+	err := await.Poll(5*time.Second, func() error {
 		req, _ := http.NewRequest("GET", "http://"+p.httpAddr+"/v1/consumers/acme/usage", nil)
 		req.Header.Set("Authorization", "Bearer test-token")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
-			t.Fatal(err)
+			return await.Halt(err)
 		}
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		var rep billing.UsageReport
 		if resp.StatusCode == 200 && json.Unmarshal(body, &rep) == nil {
-			return rep.Used
+			return nil
 		}
-		if resp.StatusCode != 503 || time.Now().After(deadline) {
-			t.Fatalf("usage report: %d %s\nlevy's log:\n%s", resp.StatusCode, body, tail(p.stderr.String(), 3000))
+		err = fmt.Errorf("usage report: %d %s", resp.StatusCode, body)
+		if resp.StatusCode != 503 {
+			return await.Halt(err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%v\nlevy's log:\n%s", err, tail(p.stderr.String(), 3000))
 	}
+	return rep.Used
 }
 
 // settlesTo waits until acme's counter is want, then for several more
 // settlement flushes, so that a second application would show.
 func settlesTo(t *testing.T, p *proc, want int64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for used(t, p) != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("acme's quota counter is %d, want %d\nlevy's log:\n%s", used(t, p), want, tail(p.stderr.String(), 3000))
+	await.NoError(t, 10*time.Second, func() error {
+		if got := used(t, p); got != want {
+			return fmt.Errorf("acme's quota counter is %d, want %d\nlevy's log:\n%s", got, want, tail(p.stderr.String(), 3000))
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(time.Second) // ten flushes of the access-log receiver
-	if got := used(t, p); got != want {
-		t.Fatalf("acme's quota counter moved on to %d from %d", got, want)
-	}
+		return nil
+	}, "the settlement")
+	// That nothing more happens only a span of time can show: ten
+	// flushes of the access-log receiver, each of which would apply a
+	// settlement kept for a retry.
+	await.Holds(t, time.Second, func() bool { return used(t, p) == want }, fmt.Sprintf("acme's quota counter at %d", want))
 }
 
 // An upstream reports 10 units for a request admitted at 1 on a hard
@@ -284,7 +288,10 @@ func TestLateRefundAfterThePeriodRolledOverLeavesTheNewPeriodAlone(t *testing.T)
 			adminCall(t, p, "PATCH", "/v1/consumers/acme", `{"period_anchor": "`+renewed.Format(time.RFC3339)+`"}`)
 			// A change reaches ext_authz within a second; until it does,
 			// requests count in the old period. The first one in the new
-			// period is the one that leaves 4 of 5 again.
+			// period is the one that leaves 4 of 5 again. Every poll
+			// admits a request, and the old period holds only 5: the
+			// sleeps pace the polls over that documented second, they
+			// do not guess when something is ready.
 			time.Sleep(time.Second)
 			var current *envoyclient.LogInput
 			waitFor(t, 10*time.Second, func() bool {

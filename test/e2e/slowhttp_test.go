@@ -240,7 +240,7 @@ plans:
 					conns = append(conns, conn)
 					fmt.Fprintf(conn, "POST /stripe/webhook HTTP/1.1\r\nHost: levy\r\nStripe-Signature: t=1,v1=00\r\nContent-Length: 100000\r\n\r\n{")
 				}
-				time.Sleep(300 * time.Millisecond)
+				time.Sleep(300 * time.Millisecond) // a figure to log, not a condition: the slow clients hold on
 				t.Logf("%5d slow connections: levy has %5d open files; %s", len(conns), openFiles(pid), probe())
 			}
 		})

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/redistest"
 )
@@ -71,6 +72,8 @@ func TestRequestsDeniedWhileRedisIsSlowAreNotCharged(t *testing.T) {
 				}()
 			}
 			for range 6 {
+				// The subject: Redis stalls for 300 ms, then answers
+				// for 200 ms, while the clients keep asking.
 				rdb.Pause()
 				time.Sleep(300 * time.Millisecond)
 				rdb.Resume()
@@ -89,15 +92,13 @@ func TestRequestsDeniedWhileRedisIsSlowAreNotCharged(t *testing.T) {
 			// count is added) within a few seconds.
 			want := allowed.Load()
 			var used int64
-			deadline := time.Now().Add(15 * time.Second)
-			for {
+			await.Poll(15*time.Second, func() error { //nolint:errcheck // the check below reports the count
 				u := adminCall(t, p, "GET", "/v1/consumers/acme/usage", "")
-				used = int64(u["used"].(float64))
-				if used == want || time.Now().After(deadline) {
-					break
+				if used = int64(u["used"].(float64)); used != want {
+					return fmt.Errorf("used %d, want %d", used, want)
 				}
-				time.Sleep(200 * time.Millisecond)
-			}
+				return nil
+			})
 			m := p.metrics(t)
 			t.Logf("late decisions:\n%s", grepLines(m, "levy_store_late_decisions_total{"))
 			if used != want {

@@ -26,39 +26,21 @@ const root = "../.."
 // marker starts the drawing in README.md: the fenced block after it.
 const marker = "<!-- imports: test/layout checks this drawing -->"
 
-// coming are packages the drawing already names that issue 13 is still
-// creating; any other package it names must exist.
-var coming = map[string]bool{"pkg/keyspace": true}
-
-// moving are imports that exist until issue 13 moves them, undrawn: the
-// test fails once one is gone, so that its line here goes too.
-var moving = map[[2]string]string{}
-
 // Every import of one levy package by another (tests aside) is drawn in
-// the README.
+// the README, and every package the README draws exists.
 func TestImportsAreTheReadmesDrawing(t *testing.T) {
 	allowed := drawing(t)
 	imports := levyImports(t)
 	for from := range allowed {
-		if _, ok := imports[from]; !ok && !coming[from] {
+		if _, ok := imports[from]; !ok {
 			t.Errorf("README draws %s, which is no package", from)
 		}
 	}
 	for _, from := range slices.Sorted(maps.Keys(imports)) {
 		for _, to := range imports[from] {
-			if allowed[from][to] {
-				continue
+			if !allowed[from][to] {
+				t.Errorf("%s imports %s, which the README's Layout drawing does not allow", from, to)
 			}
-			if why, ok := moving[[2]string{from, to}]; ok {
-				t.Logf("%s imports %s until %s", from, to, why)
-				continue
-			}
-			t.Errorf("%s imports %s, which the README's Layout drawing does not allow", from, to)
-		}
-	}
-	for edge, why := range moving {
-		if !slices.Contains(imports[edge[0]], edge[1]) {
-			t.Errorf("%s no longer imports %s (%s): delete it from moving", edge[0], edge[1], why)
 		}
 	}
 }
