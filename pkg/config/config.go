@@ -29,6 +29,7 @@ type Config struct {
 	Consumers []ConsumerSpec      `yaml:"consumers"`
 	RateLimit RateLimit           `yaml:"ratelimit"`
 	Billing   Billing             `yaml:"billing"`
+	Portal    Portal              `yaml:"portal"`
 
 	// Source is the file the config came from ("" for defaults only).
 	Source string `yaml:"-"`
@@ -295,6 +296,7 @@ func Default() *Config {
 			UnitsHeader:   "x-levy-units", ConsumerHeader: "x-consumer-id",
 			Stripe: Stripe{APIBase: "https://api.stripe.com"},
 		},
+		Portal: defaultPortal(),
 	}
 }
 
