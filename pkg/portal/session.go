@@ -127,13 +127,17 @@ func (h *Handler) sessionOrRefuse(w http.ResponseWriter, r *http.Request, scope 
 }
 
 // sameOrigin refuses a request that a browser says came from another
-// site (Origin, Sec-Fetch-Site), answering 403 itself.
+// site (Sec-Fetch-Site, Origin), answering 403 itself. Under the portal's
+// Referrer-Policy no-referrer, browsers send "Origin: null" with the
+// portal's own form posts (the Fetch standard's request-origin rules), so
+// null tells nothing and Sec-Fetch-Site decides; session changes need the
+// CSRF token anyway.
 func (h *Handler) sameOrigin(w http.ResponseWriter, r *http.Request) bool {
 	ok := true
 	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" {
 		ok = false
 	}
-	if o := r.Header.Get("Origin"); o != "" && !strings.EqualFold(o, h.settings().origin()) {
+	if o := r.Header.Get("Origin"); o != "" && o != "null" && !strings.EqualFold(o, h.settings().origin()) {
 		ok = false
 	}
 	if !ok {
