@@ -33,6 +33,14 @@ func Load() (*openapi3.T, error) {
 	return doc, nil
 }
 
+// The developer portal answers HTML pages and its CSS and JavaScript:
+// their bodies are checked as text.
+func init() {
+	for _, ct := range []string{"text/html", "text/css", "text/javascript"} {
+		openapi3filter.RegisterBodyDecoder(ct, openapi3filter.FileBodyDecoder)
+	}
+}
+
 var loaded = sync.OnceValues(func() (routers.Router, error) {
 	doc, err := Load()
 	if err != nil {

@@ -64,7 +64,7 @@ func rootCmd() *cobra.Command {
 	}
 	keys := keysCmd()
 	addAdminKeyCmds(keys)
-	root.AddCommand(serveCmd(), checkCmd(), keys, consumersCmd(), usageCmd(), billingCmd(), configCmd(), versionCmd())
+	root.AddCommand(serveCmd(), checkCmd(), keys, consumersCmd(), usageCmd(), billingCmd(), configCmd(), versionCmd(), portalCmd())
 	return root
 }
 

@@ -75,6 +75,9 @@ type Config struct {
 	// /v1/billing/reconcile; POST with fix=true sends what Stripe is
 	// missing); apikey.ErrNotFound gives 404, ErrUnavailable 503.
 	Reconcile func(ctx context.Context, q ReconcileQuery) (any, error)
+	// PortalLink mints developer-portal sign-in links (POST
+	// /v1/consumers/{id}/portal-links).
+	PortalLink PortalLinker
 }
 
 // ReconcileQuery is what a reconcile call asks for.
@@ -161,6 +164,7 @@ func (h *Handler) routes() []Route {
 		{"POST /v1/keys/{id}/rotate", h.rotateKey},
 		{"POST /v1/keys/{id}/revoke", h.revokeKey},
 		{"GET /v1/consumers/{id}/usage", h.usage},
+		{"POST /v1/consumers/{id}/portal-links", h.portalLink},
 		{"GET /v1/billing/reconcile", h.reconcile},
 		{"POST /v1/billing/reconcile", h.reconcile},
 		{"POST /json", h.rateLimitJSON},
@@ -608,38 +612,36 @@ func checkNewKey(w http.ResponseWriter, id, expiresAt string, now time.Time) (ti
 // the new key, and the other one, still working, could no longer be
 // revoked, rotated or deleted with its consumer by its id.
 func (h *Handler) issueKey(w http.ResponseWriter, r *http.Request, consumerID, id string, expires time.Time) (*apikey.Key, string, bool) {
-	if id != "" {
-		_, err := h.cfg.Store.GetKey(r.Context(), id)
-		switch {
-		case err == nil:
-			writeProblem(w, http.StatusConflict, "key_id_taken", "key id "+id+" is taken: choose another, or omit id to have one derived from the key")
-			return nil, "", false
-		case !errors.Is(err, apikey.ErrNotFound):
-			h.storeFailed(w, "get key", err, zap.String("key_id", id))
-			return nil, "", false
-		}
-	}
-	key, err := apikey.Generate(h.cfg.Prefix())
-	if err != nil {
-		h.log.Error("generate key", zap.String("consumer", consumerID), zap.Error(err))
-		writeProblem(w, http.StatusInternalServerError, "internal", "could not generate a key: "+err.Error())
-		return nil, "", false
-	}
-	hash := h.cfg.Hasher().Hash(key)
-	k := &apikey.Key{ID: id, Hash: hash, ConsumerID: consumerID, ExpiresAt: expires, CreatedAt: h.clock().UTC().Truncate(time.Second)}
-	if k.ID == "" {
-		k.ID = apikey.IDFromHash(hash)
-	}
-	if err := h.cfg.Store.PutKey(r.Context(), k); errors.Is(err, apikey.ErrKeyIDTaken) {
-		// Another replica issued the id meanwhile.
+	k, key, err := h.keyOps().Issue(r.Context(), consumerID, id, expires)
+	if errors.Is(err, apikey.ErrKeyIDTaken) {
 		writeProblem(w, http.StatusConflict, "key_id_taken", "key id "+k.ID+" is taken: choose another, or omit id to have one derived from the key")
 		return nil, "", false
-	} else if err != nil {
-		h.storeFailed(w, "put key", err, zap.String("consumer", consumerID), zap.String("key_id", k.ID))
+	}
+	if !h.keyOpFailed(w, err, zap.String("consumer", consumerID), zap.String("key_id", id)) {
 		return nil, "", false
 	}
 	h.log.Info("key created", zap.String("consumer", consumerID), zap.String("key_id", k.ID))
 	return k, key, true
+}
+
+// keyOps are the key operations the admin API shares with the portal.
+func (h *Handler) keyOps() apikey.Ops {
+	return apikey.Ops{Store: h.cfg.Store, Hasher: h.cfg.Hasher, Prefix: h.cfg.Prefix, Clock: h.clock}
+}
+
+// keyOpFailed answers a failed key operation's error (none: true).
+func (h *Handler) keyOpFailed(w http.ResponseWriter, err error, fields ...zap.Field) bool {
+	var se *apikey.StoreError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &se):
+		h.storeFailed(w, se.Op, se.Err, fields...)
+	default:
+		h.log.Error("generate key", append(fields, zap.Error(err))...)
+		writeProblem(w, http.StatusInternalServerError, "internal", "could not generate a key: "+err.Error())
+	}
+	return false
 }
 
 func (h *Handler) revokeKey(w http.ResponseWriter, r *http.Request) {

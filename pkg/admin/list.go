@@ -262,49 +262,43 @@ func (h *Handler) rotateKey(w http.ResponseWriter, r *http.Request) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	old, err := h.cfg.Store.GetKey(r.Context(), oldID)
+	if err == nil {
+		err = apikey.Rotatable(old, now)
+	}
 	switch {
 	case errors.Is(err, apikey.ErrNotFound):
 		writeProblem(w, http.StatusNotFound, "key_not_found", "no key with id "+oldID)
 		return
-	case err != nil:
-		h.storeFailed(w, "get key", err, zap.String("key_id", oldID))
-		return
-	case old.Revoked:
+	case errors.Is(err, apikey.ErrKeyRevoked):
 		writeProblem(w, http.StatusConflict, "key_revoked", "key "+oldID+" is revoked: create a new key instead")
 		return
-	case old.ReplacedBy != "":
+	case errors.Is(err, apikey.ErrKeyRotated):
 		writeProblem(w, http.StatusConflict, "key_rotated", "key "+oldID+" was already rotated; its replacement is "+old.ReplacedBy)
 		return
-	case old.Expired(now):
+	case errors.Is(err, apikey.ErrKeyExpired):
 		writeProblem(w, http.StatusConflict, "key_expired", "key "+oldID+" expired at "+rfc3339(old.ExpiresAt)+": create a new key instead")
+		return
+	case err != nil:
+		h.storeFailed(w, "get key", err, zap.String("key_id", oldID))
 		return
 	}
 	if _, ok := h.consumer(w, r, old.ConsumerID); !ok {
 		return
 	}
-	created, key, ok := h.issueKey(w, r, old.ConsumerID, req.ID, expires)
-	if !ok {
+	created, key, next, err := h.keyOps().Rotate(r.Context(), old, deadline, req.ID, expires)
+	if errors.Is(err, apikey.ErrKeyIDTaken) {
+		writeProblem(w, http.StatusConflict, "key_id_taken", "key id "+created.ID+" is taken: choose another, or omit id to have one derived from the key")
 		return
 	}
-	// Whole seconds, rounded up: the deadline shown is the one enforced.
-	if t := deadline.Truncate(time.Second); t.Before(deadline) {
-		deadline = t.Add(time.Second)
-	}
-	next := *old
-	next.ReplacedBy = created.ID
-	if next.ExpiresAt.IsZero() || deadline.Before(next.ExpiresAt) {
-		next.ExpiresAt = deadline
-	}
-	if err := h.cfg.Store.PutKey(r.Context(), &next); err != nil {
-		// The new key exists and works: say so, as the old one is unchanged.
-		h.storeFailed(w, "rotate key "+oldID+" (new key "+created.ID+" was issued; revoke it or retry)", err, zap.String("key_id", oldID))
+	if !h.keyOpFailed(w, err, zap.String("key_id", oldID)) {
 		return
 	}
+	h.log.Info("key created", zap.String("consumer", old.ConsumerID), zap.String("key_id", created.ID))
 	h.log.Info("key rotated", zap.String("consumer", old.ConsumerID), zap.String("key_id", oldID),
 		zap.String("new_key_id", created.ID), zap.Time("old_key_expires_at", next.ExpiresAt))
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusCreated, rotateKeyResponse{
 		createKeyResponse: createKeyResponse{ID: created.ID, Key: key, Consumer: old.ConsumerID, ExpiresAt: rfc3339(expires)},
-		Replaces:          h.keyJSON(&next),
+		Replaces:          h.keyJSON(next),
 	})
 }

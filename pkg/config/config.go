@@ -31,6 +31,7 @@ type Config struct {
 	Consumers []ConsumerSpec      `yaml:"consumers"`
 	RateLimit RateLimit           `yaml:"ratelimit"`
 	Billing   Billing             `yaml:"billing"`
+	Portal    Portal              `yaml:"portal"`
 
 	// AdminToken is the bearer token of the admin API (LEVY_ADMIN_TOKEN;
 	// unset turns the API off). The environment gives it, never the file.
@@ -321,6 +322,7 @@ func Default() *Config {
 			UnitsHeader:   "x-levy-units", ConsumerHeader: "x-consumer-id",
 			Stripe: Stripe{APIBase: "https://api.stripe.com"},
 		},
+		Portal: defaultPortal(),
 	}
 }
 

@@ -209,6 +209,14 @@ func ConsumerKeys(id string) string { return "levy:consumer-keys:{" + id + "}" }
 // StripeEvent claims a Stripe event id applied.
 func StripeEvent(id string) string { return "levy:stripe-event:{" + id + "}" }
 
+// PortalLink holds a developer-portal sign-in link's record under the
+// hash of its token (a used link keeps its record, marked used, until
+// the key expires).
+func PortalLink(hash string) string { return "levy:portal:link:{" + hash + "}" }
+
+// PortalSession holds a portal session's record under the hash of its id.
+func PortalSession(hash string) string { return "levy:portal:session:{" + hash + "}" }
+
 // Invalidate is the pub/sub channel that carries the hashes and consumer
 // ids whose cached lookups every replica drops at once (a deleted
 // consumer, a revoked or rotated key).

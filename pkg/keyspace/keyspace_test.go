@@ -36,6 +36,8 @@ func TestLayout(t *testing.T) {
 		{"consumer's keys", keyspace.ConsumerKeys("acme"), "levy:consumer-keys:{acme}"},
 		{"Stripe customer", keyspace.StripeCustomer("cus_1"), "levy:stripe:{cus_1}"},
 		{"Stripe event claim", keyspace.StripeEvent("evt_1"), "levy:stripe-event:{evt_1}"},
+		{"portal sign-in link", keyspace.PortalLink("h2"), "levy:portal:link:{h2}"},
+		{"portal session", keyspace.PortalSession("h3"), "levy:portal:session:{h3}"},
 		{"invalidation channel", keyspace.Invalidate, "levy:invalidate"},
 		{"consumer index", keyspace.Consumers, "{levy}:consumers"},
 		{"indexes backfilled", keyspace.Indexed, "{levy}:indexed"},

@@ -40,6 +40,7 @@ import (
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/portal"
 	"github.com/levyhq/levy/pkg/rls"
 	"github.com/levyhq/levy/pkg/telemetry"
 	"github.com/levyhq/levy/pkg/usage"
@@ -119,6 +120,7 @@ type Server struct {
 	als     *usage.Receiver
 	demo    []*apikey.Consumer
 	demoKey []*apikey.Key
+	portal  *portal.Handler
 
 	grpcLis, httpLis net.Listener
 	grpc             *grpc.Server
@@ -236,17 +238,19 @@ func (s *Server) listen() error {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	s.registerStoreGauges()
 
+	s.portal = s.newPortal()
 	adminAPI := admin.New(admin.Config{
-		Store:     s.backend.store,
-		Catalog:   func() *plan.Catalog { return s.authz.Snapshot().Catalog },
-		Hasher:    func() apikey.Hasher { return s.authz.Snapshot().Hasher },
-		Prefix:    func() string { return s.live.Load().Keys.Prefix },
-		Token:     s.cfg.AdminToken.Value(),
-		Log:       s.log,
-		Clock:     s.opts.Clock,
-		Usage:     s.usageReport,
-		Reconcile: s.reconcile,
-		RateLimit: s.rls.ShouldRateLimit,
+		Store:      s.backend.store,
+		Catalog:    func() *plan.Catalog { return s.authz.Snapshot().Catalog },
+		Hasher:     func() apikey.Hasher { return s.authz.Snapshot().Hasher },
+		Prefix:     func() string { return s.live.Load().Keys.Prefix },
+		Token:      s.cfg.AdminToken.Value(),
+		Log:        s.log,
+		Clock:      s.opts.Clock,
+		Usage:      s.usageReport,
+		Reconcile:  s.reconcile,
+		RateLimit:  s.rls.ShouldRateLimit,
+		PortalLink: s.portalLink,
 	})
 	webhook := billing.NewWebhook(billing.WebhookConfig{
 		Secret:       s.cfg.Billing.Stripe.WebhookSecret.Value(),
@@ -304,6 +308,7 @@ func (s *Server) httpRoutes(adminAPI, webhook, metrics http.Handler) []httpRoute
 		{"/v1/", false, adminAPI},
 		{"POST /json", false, adminAPI},
 		{"POST /stripe/webhook", true, webhook},
+		{"/portal/", true, s.portal},
 	}
 }
 
@@ -312,11 +317,11 @@ func (s *Server) httpRoutes(adminAPI, webhook, metrics http.Handler) []httpRoute
 func HTTPRoutes() []string {
 	var out []string
 	for _, r := range (&Server{}).httpRoutes(nil, nil, nil) {
-		if r.pattern != "/v1/" && r.pattern != "POST /json" {
+		if r.pattern != "/v1/" && r.pattern != "POST /json" && r.pattern != "/portal/" {
 			out = append(out, r.pattern)
 		}
 	}
-	return append(out, admin.Routes()...)
+	return append(append(out, admin.Routes()...), portal.Routes()...)
 }
 
 // healthz answers that the process is alive.

@@ -18,6 +18,7 @@ import (
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/localstore"
+	"github.com/levyhq/levy/pkg/portal"
 	"github.com/levyhq/levy/pkg/redisstore"
 	"github.com/levyhq/levy/pkg/telemetry"
 	"github.com/levyhq/levy/pkg/usage"
@@ -31,6 +32,7 @@ type backend struct {
 	lease    billing.Lease
 	events   billing.Events
 	store    apikey.Store
+	portal   portal.Store
 	ready    func() bool
 	demoKeys func(plans []string, gen func() (string, error)) (map[string]string, error)
 	closers  []func() error
@@ -67,6 +69,7 @@ func (s *Server) openBackend(cfg *config.Config) (*backend, error) {
 		return nil, err
 	}
 	b.limiter, b.store, b.demoKeys = local, dir, db.DemoKeys
+	b.portal = db.Portal(s.opts.Clock)
 	b.ledger, b.lease, b.events = local, billing.SoleLease{}, db
 	return b, nil
 }
@@ -139,6 +142,7 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	stopSweep := redisstore.StartLayoutSweep(redisstore.LayoutSweepConfig{Client: client, Holder: uuid.NewString(), Log: s.log})
 	b.closers = append(b.closers, func() error { stopSweep(); return nil })
 	b.store = dir
+	b.portal = redisstore.Portal{Client: client}
 	b.demoKeys = func(plans []string, gen func() (string, error)) (map[string]string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

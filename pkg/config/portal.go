@@ -1,0 +1,123 @@
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Portal configures the developer portal: the pages under /portal/ on the
+// public listener where the people who buy the API see their usage,
+// manage their keys and change plans. It applies on reload.
+type Portal struct {
+	// Enabled turns the portal on; unset, it is on when PublicURL is set
+	// (its sign-in links need the address customers reach it at).
+	Enabled *bool `yaml:"enabled"`
+	// PublicURL is the base URL the portal is reached at from outside
+	// (https://api.example.com: the portal usually sits behind an
+	// ingress); sign-in links are PublicURL + /portal/link/<token>. With
+	// https, the session cookie is Secure and __Host- prefixed.
+	PublicURL string `yaml:"public_url"`
+	// LinkTTL is how long a sign-in link works unless its minting says
+	// otherwise (default 15m, at most 24h).
+	LinkTTL Duration `yaml:"link_ttl"`
+	// SessionTTL is how long a portal session lasts (default 12h, at most
+	// 30 days).
+	SessionTTL Duration `yaml:"session_ttl"`
+	// KeySignIn lets a customer sign in by pasting one of its API keys
+	// (scopes usage and keys); off by default.
+	KeySignIn bool `yaml:"key_sign_in"`
+	// Plans are the plans the portal shows, in this order, with their
+	// display text; SelfServe ones a customer may switch to directly when
+	// Stripe is not configured.
+	Plans []PortalPlan `yaml:"plans"`
+}
+
+// PortalPlan is a plan as the portal shows it.
+type PortalPlan struct {
+	// Plan names a plan of plans.
+	Plan string `yaml:"plan"`
+	// Description and Price are display text ("For production traffic",
+	// "$49 / month"); levy bills nothing from them.
+	Description string `yaml:"description"`
+	Price       string `yaml:"price"`
+	// SelfServe lets a customer switch to this plan in the portal without
+	// Stripe (default false: the operator changes it).
+	SelfServe bool `yaml:"self_serve"`
+}
+
+// Portal limits.
+const (
+	DefaultLinkTTL    = 15 * time.Minute
+	MaxLinkTTL        = 24 * time.Hour
+	DefaultSessionTTL = 12 * time.Hour
+	MaxSessionTTL     = 30 * 24 * time.Hour
+	maxPlanText       = 500
+	maxPriceText      = 64
+)
+
+// PortalEnabled reports whether the portal is on.
+func (p Portal) PortalEnabled() bool {
+	if p.Enabled != nil {
+		return *p.Enabled
+	}
+	return p.PublicURL != ""
+}
+
+// defaultPortal is the portal's built-in settings.
+func defaultPortal() Portal {
+	return Portal{LinkTTL: Duration(DefaultLinkTTL), SessionTTL: Duration(DefaultSessionTTL)}
+}
+
+func (c *Config) validatePortal(errs *Errors) {
+	p := c.Portal
+	if p.PublicURL != "" {
+		if err := checkPublicURL(p.PublicURL); err != nil {
+			c.problem(errs, "portal.public_url", "%q: %v", p.PublicURL, err)
+		}
+	} else if p.Enabled != nil && *p.Enabled {
+		c.problem(errs, "portal.public_url", "the portal is enabled but has no public_url: its sign-in links need the URL customers reach it at, e.g. https://api.example.com")
+	}
+	if d := time.Duration(p.LinkTTL); d <= 0 || d > MaxLinkTTL {
+		c.problem(errs, "portal.link_ttl", "%v: want a duration from 1s to %v (default %v)", d, MaxLinkTTL, DefaultLinkTTL)
+	}
+	if d := time.Duration(p.SessionTTL); d < time.Minute || d > MaxSessionTTL {
+		c.problem(errs, "portal.session_ttl", "%v: want a duration from 1m to %v (default %v)", d, MaxSessionTTL, DefaultSessionTTL)
+	}
+	seen := map[string]bool{}
+	for i, pp := range p.Plans {
+		at := fmt.Sprintf("portal.plans[%d]", i)
+		if _, ok := c.Plans[pp.Plan]; !ok {
+			c.problem(errs, at+".plan", "%q is not a plan of plans (known: %s)", pp.Plan, strings.Join(sortedKeys(c.Plans), ", "))
+		}
+		if seen[pp.Plan] {
+			c.problem(errs, at+".plan", "%q is listed twice", pp.Plan)
+		}
+		seen[pp.Plan] = true
+		if len(pp.Description) > maxPlanText {
+			c.problem(errs, at+".description", "%d bytes long: at most %d", len(pp.Description), maxPlanText)
+		}
+		if len(pp.Price) > maxPriceText {
+			c.problem(errs, at+".price", "%d bytes long: at most %d", len(pp.Price), maxPriceText)
+		}
+	}
+}
+
+// checkPublicURL accepts an absolute http or https URL without user
+// info, query or fragment.
+func checkPublicURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("not a URL: %v", err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return fmt.Errorf("want an http or https URL such as https://api.example.com")
+	case u.Host == "":
+		return fmt.Errorf("no host: want e.g. https://api.example.com")
+	case u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "":
+		return fmt.Errorf("want a base URL without user, query or fragment")
+	}
+	return nil
+}
