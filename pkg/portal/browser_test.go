@@ -68,6 +68,7 @@ portal:
 	}
 	const token = "browser-test-admin-token"
 	t.Setenv("LEVY_ADMIN_TOKEN", token)
+	cfg.ApplyEnv(nil) // the environment reaches levy through its config, as in levy serve
 	srv, err := server.New(cfg, server.Options{Log: zaptest.NewLogger(t), ReloadEvery: -1})
 	if err != nil {
 		t.Fatal(err)

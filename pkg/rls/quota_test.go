@@ -114,7 +114,7 @@ ratelimit:
           rate_limit: {unit: minute, requests_per_unit: 2, debit: false}
 `
 
-// serviceWithQuota is what Envoy's %DYNAMIC_METADATA(envoyclient.filters.http.
+// serviceWithQuota is what Envoy's %DYNAMIC_METADATA(envoy.filters.http.
 // ratelimit:metadata:service_with_quota:name)% reads, as the peer's
 // example Envoy config routes on it.
 func serviceWithQuota(t *testing.T, resp *rlsv3.RateLimitResponse) string {

@@ -94,20 +94,20 @@ func TestProtectionCheckNamesEntriesLevyDoesNotLimit(t *testing.T) {
 			`envoy/envoy.yaml: virtual_hosts[api].routes[1].route.rate_limits[0]: levy has no rule for [remote_address=198.51.100.1] in domain "billing"`},
 		{"no rule", "                  - actions:\n                    - generic_key: {descriptor_key: tier, descriptor_value: gold}\n", "", "",
 			`envoy/envoy.yaml: virtual_hosts[api].routes[1].route.rate_limits[0]: levy has no rule for [tier=gold] in domain "levy"`},
-		{"metadata levy never sets", "                  - actions:\n                    - metadata:\n                        descriptor_key: consumer\n                        metadata_key: {key: envoyclient.filters.http.ext_authz, path: [{key: customer}]}\n                        default_value: anonymous\n                    - generic_key: {descriptor_key: route, descriptor_value: items}\n", "", "",
-			"virtual_hosts[api].routes[1].route.rate_limits[0]: reads envoyclient.filters.http.ext_authz:customer, which levy's ext_authz does not set"},
+		{"metadata levy never sets", "                  - actions:\n                    - metadata:\n                        descriptor_key: consumer\n                        metadata_key: {key: envoy.filters.http.ext_authz, path: [{key: customer}]}\n                        default_value: anonymous\n                    - generic_key: {descriptor_key: route, descriptor_value: items}\n", "", "",
+			"virtual_hosts[api].routes[1].route.rate_limits[0]: reads envoy.filters.http.ext_authz:customer, which levy's ext_authz does not set"},
 		{"per-route rate_limits without a rule", "", "              - match: {prefix: /}\n                route:\n",
-			"              - match: {prefix: /}\n                typed_per_filter_config:\n                  envoyclient.filters.http.ratelimit:\n" +
+			"              - match: {prefix: /}\n                typed_per_filter_config:\n                  envoy.filters.http.ratelimit:\n" +
 				"                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute\n" +
 				"                    rate_limits:\n                    - actions:\n                      - generic_key: {descriptor_key: tier, descriptor_value: gold}\n                route:\n",
-			`envoy/envoy.yaml: virtual_hosts[api].routes[1].typed_per_filter_config[envoyclient.filters.http.ratelimit].rate_limits[0]: levy has no rule for [tier=gold] in domain "levy"`},
+			`envoy/envoy.yaml: virtual_hosts[api].routes[1].typed_per_filter_config[envoy.filters.http.ratelimit].rate_limits[0]: levy has no rule for [tier=gold] in domain "levy"`},
 		{"entry the per-route rate_limits shadow", "", "              - match: {prefix: /}\n                route:\n",
-			"              - match: {prefix: /}\n                typed_per_filter_config:\n                  envoyclient.filters.http.ratelimit:\n" +
+			"              - match: {prefix: /}\n                typed_per_filter_config:\n                  envoy.filters.http.ratelimit:\n" +
 				"                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute\n" +
 				"                    rate_limits:\n                    - actions:\n                      - remote_address: {}\n                route:\n",
 			"envoy/envoy.yaml: virtual_hosts[api].routes[1].route.rate_limits[0]: no route sends this entry"},
-		{"override levy never sets", "                  - actions:\n                    - remote_address: {}\n                    limit: {dynamic_metadata: {metadata_key: {key: envoyclient.filters.http.ext_authz, path: [{key: rate_limit}]}}}\n", "", "",
-			"virtual_hosts[api].routes[1].route.rate_limits[0]: limit override reads envoyclient.filters.http.ext_authz:rate_limit, which levy's ext_authz does not set"},
+		{"override levy never sets", "                  - actions:\n                    - remote_address: {}\n                    limit: {dynamic_metadata: {metadata_key: {key: envoy.filters.http.ext_authz, path: [{key: rate_limit}]}}}\n", "", "",
+			"virtual_hosts[api].routes[1].route.rate_limits[0]: limit override reads envoy.filters.http.ext_authz:rate_limit, which levy's ext_authz does not set"},
 	}
 	text, name := examplesConfig(t)
 	for _, tt := range tests {
