@@ -319,11 +319,17 @@ func TestBillingReconcileAgreesAfterExportAndShowsALostEvent(t *testing.T) {
 	}
 
 	t.Logf("levy billing reconcile:\n%s", out)
+	// Each export sends what was not billed yet: two here, or more when
+	// a batch of requests straddled an export tick on a loaded machine.
 	events := m.stripe.Events()
-	if len(events) != 2 {
-		t.Fatalf("events %+v", events)
+	var sum int64
+	for _, e := range events {
+		sum += e.Value
 	}
-	lost := events[1]
+	if len(events) < 2 || sum != 20 {
+		t.Fatalf("events %+v: want at least 2 with 20 units in all", events)
+	}
+	lost := events[len(events)-1]
 	if !m.stripe.Drop(lost.Identifier) {
 		t.Fatal("drop")
 	}
