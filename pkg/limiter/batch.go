@@ -289,7 +289,7 @@ func (b *batcher) runSlots(ctx context.Context, batch []*call) {
 }
 
 // answer hands each call its decision, or err. A call whose caller is
-// gone (abandoned) is settled instead: see settleLate.
+// gone (abandoned) is settled instead: see Redis.settle.
 func (r *Redis) answer(calls []*call, res []requestAnswer, now time.Time, err error) {
 	var late []lateCall
 	for i, c := range calls {
