@@ -202,9 +202,11 @@ type RollUpStats struct {
 }
 
 // RollUp sets the billed and refunded units of every touched hour to its
-// ledger windows' sums, then each of their days to its hours' sums. An
-// hour whose windows are all gone (pruned) keeps what it had. An hour is
-// forgotten once a pass after its end + Grace rolled it up.
+// ledger windows' sums, then each of their days to its hours' sums: one
+// store write for all the hours and one for all the days (locally, two
+// fsyncs a pass). An hour whose windows are all gone (pruned) keeps what
+// it had. An hour is forgotten once a pass after its end + Grace rolled
+// it up.
 func (k *Keeper) RollUp(ctx context.Context) (RollUpStats, error) {
 	now := k.cfg.Clock()
 	k.mu.Lock()
@@ -216,33 +218,68 @@ func (k *Keeper) RollUp(ctx context.Context) (RollUpStats, error) {
 
 	var st RollUpStats
 	var errs []error
+	var hours []Usage
+	type day struct {
+		consumer string
+		start    int64
+	}
+	days := map[day]struct{}{}
+	done := map[string][]int64{} // the hours read, by consumer
 	for _, consumer := range sortedKeys(byConsumer) {
-		hours := byConsumer[consumer]
-		slices.Sort(hours)
-		n, w, err := k.rollConsumer(ctx, consumer, hours)
-		st.Hours += len(hours)
-		st.Days += n
+		hs := byConsumer[consumer]
+		slices.Sort(hs)
+		us, w, err := k.hourSums(ctx, consumer, hs)
 		st.Windows += w
 		if err != nil {
 			errs = append(errs, fmt.Errorf("consumer %s: %w", consumer, err))
 			continue
 		}
-		k.mu.Lock()
-		for _, h := range hours {
+		st.Hours += len(hs)
+		done[consumer] = hs
+		for _, u := range us {
+			days[day{consumer, Day.Floor(u.Start).Unix()}] = struct{}{}
+		}
+		hours = append(hours, us...)
+	}
+	if err := k.cfg.Store.SetUsage(ctx, hours); err != nil {
+		return st, errors.Join(append(errs, err)...)
+	}
+	// Each day is its hours' sum: the hours hold what the ledger had
+	// before pruning, so a day computed from them survives it too.
+	var ds []Usage
+	for d := range days {
+		start := time.Unix(d.start, 0).UTC()
+		bs, err := k.cfg.Store.Buckets(ctx, d.consumer, Hour, start, start.Add(24*time.Hour))
+		if err != nil {
+			return st, errors.Join(append(errs, err)...)
+		}
+		u := Usage{Consumer: d.consumer, Step: Day, Start: start}
+		for _, b := range bs {
+			u.Billed += b.Billed
+			u.Refunded += b.Refunded
+		}
+		ds = append(ds, u)
+	}
+	if err := k.cfg.Store.SetUsage(ctx, ds); err != nil {
+		return st, errors.Join(append(errs, err)...)
+	}
+	st.Days = len(ds)
+	k.mu.Lock()
+	for consumer, hs := range done {
+		for _, h := range hs {
 			if !time.Unix(h, 0).Add(time.Hour + k.cfg.Grace).After(now) {
 				delete(k.touched, hourKey{consumer, h})
 			}
 		}
-		k.mu.Unlock()
 	}
+	k.mu.Unlock()
 	return st, errors.Join(errs...)
 }
 
-// rollConsumer rolls up consumer's hours (sorted), reading windows once a
-// run of consecutive hours.
-func (k *Keeper) rollConsumer(ctx context.Context, consumer string, hours []int64) (days, windows int, err error) {
-	var us []Usage
-	dayset := map[int64]struct{}{}
+// hourSums reads consumer's windows of hours (sorted), once a run of
+// consecutive hours, and sums them by hour; hours without windows are
+// left out.
+func (k *Keeper) hourSums(ctx context.Context, consumer string, hours []int64) (us []Usage, windows int, err error) {
 	for i := 0; i < len(hours); {
 		j := i + 1
 		for j < len(hours) && hours[j] == hours[j-1]+3600 {
@@ -251,7 +288,7 @@ func (k *Keeper) rollConsumer(ctx context.Context, consumer string, hours []int6
 		from, to := time.Unix(hours[i], 0).UTC(), time.Unix(hours[j-1]+3600, 0).UTC()
 		ws, err := k.cfg.Ledger.Windows(ctx, consumer, from, to)
 		if err != nil {
-			return 0, windows, err
+			return nil, windows, err
 		}
 		windows += len(ws)
 		sums := map[int64]*Usage{}
@@ -268,34 +305,11 @@ func (k *Keeper) rollConsumer(ctx context.Context, consumer string, hours []int6
 		for _, h := range hours[i:j] {
 			if u := sums[h]; u != nil { // no windows: pruned, or none yet
 				us = append(us, *u)
-				dayset[Day.Floor(u.Start).Unix()] = struct{}{}
 			}
 		}
 		i = j
 	}
-	if len(us) == 0 {
-		return 0, windows, nil
-	}
-	if err := k.cfg.Store.SetUsage(ctx, us); err != nil {
-		return 0, windows, err
-	}
-	// Each day is its hours' sum: the hours hold what the ledger had
-	// before pruning, so a day computed from them survives it too.
-	var ds []Usage
-	for _, d := range sortedKeys(dayset) {
-		start := time.Unix(d, 0).UTC()
-		bs, err := k.cfg.Store.Buckets(ctx, consumer, Hour, start, start.Add(24*time.Hour))
-		if err != nil {
-			return 0, windows, err
-		}
-		u := Usage{Consumer: consumer, Step: Day, Start: start}
-		for _, b := range bs {
-			u.Billed += b.Billed
-			u.Refunded += b.Refunded
-		}
-		ds = append(ds, u)
-	}
-	return len(ds), windows, k.cfg.Store.SetUsage(ctx, ds)
+	return us, windows, nil
 }
 
 func sortedKeys[K string | int64, V any](m map[K]V) []K {

@@ -35,7 +35,7 @@ type slot struct {
 }
 
 func (c *Counter) slot(now time.Time) *slot {
-	h := floorDiv(now.Unix(), 3600) / 3600
+	h := now.Unix() / 3600 // levy's times are after 1970
 	s := &c.slots[h&1]
 	if s.hour.Load() != h {
 		s.hour.Store(h)

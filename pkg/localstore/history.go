@@ -70,6 +70,9 @@ func putHistory(b *bolt.Bucket, key string, s stored) error {
 
 // SetUsage implements history.Store: one transaction.
 func (h *History) SetUsage(_ context.Context, us []history.Usage) error {
+	if len(us) == 0 {
+		return nil
+	}
 	return h.update(func(b *bolt.Bucket) error {
 		for _, u := range us {
 			key := keyspace.History(u.Consumer, string(u.Step), u.Start.Unix())
@@ -88,6 +91,9 @@ func (h *History) SetUsage(_ context.Context, us []history.Usage) error {
 
 // AddCounts implements history.Store: one transaction.
 func (h *History) AddCounts(_ context.Context, cs []history.Counts) error {
+	if len(cs) == 0 {
+		return nil
+	}
 	return h.update(func(b *bolt.Bucket) error {
 		for _, c := range cs {
 			for _, step := range []history.Step{history.Hour, history.Day} {
