@@ -19,6 +19,7 @@ import (
 	"io"
 	"maps"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,6 +32,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/history"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/problem"
 )
@@ -78,6 +80,19 @@ type Config struct {
 	// PortalLink mints developer-portal sign-in links (POST
 	// /v1/consumers/{id}/portal-links).
 	PortalLink PortalLinker
+	// Series answers a consumer's usage history (GET
+	// /v1/consumers/{id}/usage/series); nil answers 503.
+	Series SeriesSource
+}
+
+// SeriesSource reads usage history (history.Reader, behind a check that
+// the consumer exists).
+type SeriesSource interface {
+	// ParseQuery reads the query's parameters: a *history.QueryError
+	// for bad ones.
+	ParseQuery(v url.Values) (history.Query, error)
+	// Series reads consumer's series; apikey.ErrNotFound gives 404.
+	Series(ctx context.Context, consumer string, q history.Query) (*history.Series, error)
 }
 
 // ReconcileQuery is what a reconcile call asks for.
@@ -165,6 +180,7 @@ func (h *Handler) routes() []Route {
 		{"POST /v1/keys/{id}/revoke", h.revokeKey},
 		{"GET /v1/consumers/{id}/usage", h.usage},
 		{"POST /v1/consumers/{id}/portal-links", h.portalLink},
+		{"GET /v1/consumers/{id}/usage/series", h.series},
 		{"GET /v1/billing/reconcile", h.reconcile},
 		{"POST /v1/billing/reconcile", h.reconcile},
 		{"POST /json", h.rateLimitJSON},
@@ -362,6 +378,62 @@ func (h *Handler) usage(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, rep)
 	}
+}
+
+// series answers a consumer's usage history as JSON, or as CSV with
+// format=csv or an Accept that asks for text/csv (and not JSON first).
+func (h *Handler) series(w http.ResponseWriter, r *http.Request) {
+	id, ok := pathID(w, r, "consumer")
+	if !ok {
+		return
+	}
+	if h.cfg.Series == nil {
+		writeProblem(w, http.StatusServiceUnavailable, "history_unavailable", "the usage history is off (usage.history.enabled)")
+		return
+	}
+	q, err := h.cfg.Series.ParseQuery(r.URL.Query())
+	var qe *history.QueryError
+	if errors.As(err, &qe) {
+		writeProblem(w, http.StatusBadRequest, qe.Reason, qe.Detail)
+		return
+	}
+	if err != nil {
+		writeProblem(w, http.StatusBadRequest, "invalid_query", err.Error())
+		return
+	}
+	s, err := h.cfg.Series.Series(r.Context(), id, q)
+	switch {
+	case errors.As(err, &qe):
+		writeProblem(w, http.StatusBadRequest, qe.Reason, qe.Detail)
+	case errors.Is(err, apikey.ErrNotFound):
+		writeProblem(w, http.StatusNotFound, "consumer_not_found", "no consumer "+strconv.Quote(id))
+	case err != nil:
+		h.log.Error("usage series", zap.String("consumer", id), zap.Error(err))
+		writeProblem(w, http.StatusServiceUnavailable, "store_unavailable", "the usage history cannot be read right now")
+	case q.CSV || r.URL.Query().Get("format") == "" && wantsCSV(r.Header.Get("Accept")):
+		w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+		if err := history.WriteCSV(w, s); err != nil {
+			h.log.Warn("write usage series CSV", zap.String("consumer", id), zap.Error(err))
+		}
+	default:
+		writeJSON(w, http.StatusOK, s)
+	}
+}
+
+// wantsCSV reports whether an Accept header lists text/csv before any
+// JSON type.
+func wantsCSV(accept string) bool {
+	for _, part := range strings.Split(accept, ",") {
+		mt, _, _ := strings.Cut(strings.TrimSpace(part), ";")
+		switch strings.ToLower(strings.TrimSpace(mt)) {
+		case "text/csv":
+			return true
+		case "application/json", "application/*", "*/*":
+			return false
+		}
+	}
+	return false
 }
 
 // reconcile answers the comparison of the ledger with Stripe; the report

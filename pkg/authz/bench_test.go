@@ -7,6 +7,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/envoyclient"
+	"github.com/levyhq/levy/pkg/history"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 )
@@ -47,5 +48,55 @@ func BenchmarkCheckEncode(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkCheckHistory is one allowed Check in process with the usage
+// history off and on: on adds the key's atomic counter (an atomic load of
+// the counter, of its hour, and one add), nothing else. Parallel runs as
+// many Checks at once as GOMAXPROCS, all on one key: the counter's worst
+// case, every core adding to one cache line.
+func BenchmarkCheckHistory(b *testing.B) {
+	for _, parallel := range []bool{false, true} {
+		for _, on := range []bool{false, true} {
+			name := map[bool]string{false: "Off", true: "On"}[on]
+			if parallel {
+				name += "Parallel"
+			}
+			b.Run(name, func(b *testing.B) {
+				text, keys := withKeys(b)
+				clock := limitertest.NewClock(limitertest.Start)
+				lim, err := limiter.NewLocal(limiter.LocalConfig{Clock: clock.Now})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer lim.Close()
+				cfg := authz.Config{Snapshot: snapshot(b, text), Limiter: lim, Clock: clock.Now}
+				if on {
+					cfg.History = history.NewRecorder()
+				}
+				srv := authz.New(cfg)
+				req := envoyclient.BuildCheckRequest(&envoyclient.Request{Path: "/v1/items",
+					Headers: []envoyclient.Header{{Name: "x-api-key", Value: keys["KEY_OPEN"]}}}, 1)
+				ctx := context.Background()
+				b.ReportAllocs()
+				if !parallel {
+					for b.Loop() {
+						if resp, err := srv.Check(ctx, req); err != nil || resp.GetOkResponse() == nil {
+							b.Fatalf("not allowed: %v %v", resp, err)
+						}
+					}
+					return
+				}
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if resp, err := srv.Check(ctx, req); err != nil || resp.GetOkResponse() == nil {
+							b.Errorf("not allowed: %v %v", resp, err)
+							return
+						}
+					}
+				})
+			})
+		}
 	}
 }

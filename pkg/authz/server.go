@@ -27,6 +27,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/consumerlimits"
+	"github.com/levyhq/levy/pkg/history"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/problem"
@@ -107,6 +108,10 @@ type Config struct {
 	Log      *zap.Logger
 	// Clock decides key expiry; nil means time.Now.
 	Clock func() time.Time
+	// History, when set, counts each decision a key's limits made (allowed,
+	// or denied for rate, quota or spend cap) for the usage history: an
+	// atomic add per decision, flushed by the history.Keeper.
+	History *history.Recorder
 }
 
 // Server implements Envoy's Authorization service.
@@ -117,6 +122,7 @@ type Server struct {
 	metrics *telemetry.Metrics
 	log     *zap.Logger
 	clock   func() time.Time
+	hist    *history.Recorder
 	// The allow path's metrics, resolved once.
 	allowed prometheus.Counter
 	latency prometheus.Observer
@@ -126,7 +132,7 @@ var _ authv3.AuthorizationServer = (*Server)(nil)
 
 // New returns a server.
 func New(cfg Config) *Server {
-	s := &Server{limiter: cfg.Limiter, metrics: cfg.Metrics, log: cfg.Log, clock: cfg.Clock}
+	s := &Server{limiter: cfg.Limiter, metrics: cfg.Metrics, log: cfg.Log, clock: cfg.Clock, hist: cfg.History}
 	if s.log == nil {
 		s.log = zap.NewNop()
 	}
@@ -259,11 +265,17 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	debug := s.log.Core().Enabled(zap.DebugLevel)
 	if !d.OK {
 		reason := denialReason(&limits[d.Denied])
+		if s.hist != nil {
+			id.counter(s.hist, c.ID, k.ID).Deny(now, historyReason(reason))
+		}
 		if debug {
 			s.log.Debug("deny", zap.String("request_id", headers["x-request-id"]), zap.String("key_id", k.ID),
 				zap.String("consumer", c.ID), zap.String("reason", reason))
 		}
 		return tooMany(reason, limiter.Explain(&limits[d.Denied], &d.Statuses[d.Denied]), rl, id.metadata), reason, nil
+	}
+	if s.hist != nil {
+		id.counter(s.hist, c.ID, k.ID).Allow(now)
 	}
 	if debug {
 		s.log.Debug("allow", zap.String("request_id", headers["x-request-id"]), zap.String("key_id", k.ID),
@@ -324,6 +336,19 @@ type identity struct {
 	// seen: built once a window (not once a request) and then shared, never
 	// changed, like metadata.
 	counted atomic.Pointer[countedMetadata]
+	// hist is the key's usage-history counter, taken from the recorder on
+	// first use (and again when the recorder forgot it).
+	hist atomic.Pointer[history.Counter]
+}
+
+// counter is the identity's usage-history counter.
+func (id *identity) counter(rec *history.Recorder, consumer, key string) *history.Counter {
+	c := id.hist.Load()
+	if c == nil || c.Dead() {
+		c = rec.Counter(consumer, key)
+		id.hist.Store(c)
+	}
+	return c
 }
 
 // countedMetadata is an identity's metadata with the ledger window and
@@ -489,6 +514,18 @@ func denialReason(l *limiter.Limit) string {
 		return ReasonSpendCap
 	default:
 		return ReasonQuota
+	}
+}
+
+// historyReason is a denial reason as the usage history counts it.
+func historyReason(reason string) history.Reason {
+	switch reason {
+	case ReasonRateLimited:
+		return history.ReasonRate
+	case ReasonSpendCap:
+		return history.ReasonCap
+	default:
+		return history.ReasonQuota
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +33,7 @@ type Config struct {
 	RateLimit RateLimit           `yaml:"ratelimit"`
 	Billing   Billing             `yaml:"billing"`
 	Portal    Portal              `yaml:"portal"`
+	Usage     Usage               `yaml:"usage"`
 
 	// AdminToken is the bearer token of the admin API (LEVY_ADMIN_TOKEN;
 	// unset turns the API off). The environment gives it, never the file.
@@ -239,6 +241,27 @@ type Billing struct {
 	Stripe         Stripe `yaml:"stripe"`
 }
 
+// Usage configures what levy keeps of usage beside the ledger.
+type Usage struct {
+	History History `yaml:"history"`
+}
+
+// History configures the usage history: hourly and daily roll-ups of
+// each consumer's billed, refunded and denied units and of each key's
+// allowed and denied requests (the portal's chart, GET
+// /v1/consumers/{id}/usage/series).
+type History struct {
+	// Enabled keeps it (default true).
+	Enabled bool `yaml:"enabled"`
+	// Hourly and Daily are how long hours and days are kept (default
+	// 35d and 400d).
+	Hourly Duration `yaml:"hourly"`
+	Daily  Duration `yaml:"daily"`
+	// Every is how often decision counts are flushed and the ledger rolled
+	// up (default 15s).
+	Every Duration `yaml:"every"`
+}
+
 // PaymentFailed: action none or suspend (after Grace).
 type PaymentFailed struct {
 	Action string   `yaml:"action"`
@@ -323,6 +346,8 @@ func Default() *Config {
 			Stripe: Stripe{APIBase: "https://api.stripe.com"},
 		},
 		Portal: defaultPortal(),
+		Usage: Usage{History: History{Enabled: true, Hourly: Duration(35 * 24 * time.Hour), Daily: Duration(400 * 24 * time.Hour),
+			Every: Duration(15 * time.Second)}},
 	}
 }
 
@@ -420,8 +445,8 @@ func (c *Config) source(path string) string {
 	return ""
 }
 
-// Duration is a time.Duration written as "1s", "500ms", "1m", or as one of
-// the words second, minute, hour, day.
+// Duration is a time.Duration written as "1s", "500ms", "1m", as whole
+// days "35d", or as one of the words second, minute, hour, day.
 type Duration time.Duration
 
 // UnmarshalYAML implements yaml.Unmarshaler, reporting the line of a bad value.
@@ -436,9 +461,15 @@ func (d *Duration) parse(s string) error {
 		*d = Duration(w)
 		return nil
 	}
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		if days, err := strconv.Atoi(n); err == nil && days >= 0 && days <= 100_000 {
+			*d = Duration(time.Duration(days) * 24 * time.Hour)
+			return nil
+		}
+	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("invalid duration %q (want e.g. 1s, 1m, 1h, or second, minute, hour, day)", s)
+		return fmt.Errorf("invalid duration %q (want e.g. 1s, 1m, 1h, 35d, or second, minute, hour, day)", s)
 	}
 	*d = Duration(v)
 	return nil

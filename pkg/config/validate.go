@@ -74,6 +74,7 @@ func (c *Config) Validate() error {
 	c.validateConsumers(&errs)
 	c.validateBilling(&errs)
 	c.validatePortal(&errs)
+	c.validateUsage(&errs)
 	if c.RateLimit.Dir != "" {
 		if st, err := os.Stat(c.RateLimit.Dir); err != nil || !st.IsDir() {
 			c.problem(&errs, "ratelimit.dir", "%q is not a directory", c.RateLimit.Dir)
@@ -297,6 +298,22 @@ func validStatusPattern(s string) bool {
 		return true
 	}
 	return s[1] >= '0' && s[1] <= '9' && s[2] >= '0' && s[2] <= '9'
+}
+
+func (c *Config) validateUsage(errs *Errors) {
+	h := c.Usage.History
+	if !h.Enabled {
+		return
+	}
+	if d := time.Duration(h.Hourly); d < 48*time.Hour || d%time.Hour != 0 {
+		c.problem(errs, "usage.history.hourly", "%s: want whole hours, at least 2d (a day's roll-up reads its hours), e.g. 35d", d)
+	}
+	if d := time.Duration(h.Daily); d < 48*time.Hour || d%(24*time.Hour) != 0 {
+		c.problem(errs, "usage.history.daily", "%s: want whole days, at least 2d, e.g. 400d", d)
+	}
+	if d := time.Duration(h.Every); d < time.Second || d > time.Hour {
+		c.problem(errs, "usage.history.every", "%s: want from 1s to 1h", d)
+	}
 }
 
 func (c *Config) validateBilling(errs *Errors) {

@@ -19,6 +19,8 @@
 //	levy:1:{c:ID}:ledger:TERMS:START   one window (hash)
 //	levy:1:{c:ID}:ledger:TERMS:START:seen   requests settled in it (set)
 //	levy:1:{c:ID}:ledger:TERMS:START:added  units added after an outage (set)
+//	levy:1:{c:ID}:history:hour:START   usage history: an hour's billed, refunded and denied units and per-key counts (hash)
+//	levy:1:{c:ID}:history:day:START    the same for a day (hash)
 //	levy:1:{c:ID}:rl:MATCH:b:PER       an RLS bucket of a consumer
 //	levy:1:{rl:MATCH}:q:UNIT           an RLS quota of no consumer
 //	levy:1:{rl:MATCH}:override:PER     an RLS limit override (or :UNIT, :zero)
@@ -140,6 +142,53 @@ func Done(ledger string) string { return ledger + DoneSuffix }
 
 // DoneSuffix ends a Done key.
 const DoneSuffix = ":done"
+
+// History is a consumer's usage-history bucket of step ("hour" or "day")
+// that starts at start (unix seconds, written with ten digits so that a
+// consumer's buckets of one step sort by time: the local store reads a
+// range with one cursor).
+func History(consumer, step string, start int64) string {
+	return HistoryPrefix(consumer, step) + tenDigits(start)
+}
+
+// HistoryPrefix is what every History key of consumer and step starts
+// with.
+func HistoryPrefix(consumer, step string) string {
+	return State + consumerTag + consumer + historyInfix + step + ":"
+}
+
+const historyInfix = "}:history:"
+
+// ParseHistory splits a History key into its consumer, step and start.
+func ParseHistory(key string) (consumer, step string, start int64, ok bool) {
+	rest, found := strings.CutPrefix(key, State+consumerTag)
+	if !found {
+		return "", "", 0, false
+	}
+	i := strings.LastIndex(rest, historyInfix)
+	if i < 0 {
+		return "", "", 0, false
+	}
+	step, num, found := strings.Cut(rest[i+len(historyInfix):], ":")
+	if !found || step == "" {
+		return "", "", 0, false
+	}
+	start, err := strconv.ParseInt(num, 10, 64)
+	if err != nil {
+		return "", "", 0, false
+	}
+	return rest[:i], step, start, true
+}
+
+// tenDigits is n with leading zeros to ten digits (every unix second
+// from 1970 to 2286).
+func tenDigits(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	if n >= 0 && len(s) < 10 {
+		s = strings.Repeat("0", 10-len(s)) + s
+	}
+	return s
+}
 
 // The kinds of RLS rule state, appended to Rule's key.
 const (

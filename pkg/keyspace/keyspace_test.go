@@ -24,6 +24,10 @@ func TestLayout(t *testing.T) {
 		{"consumer's ledgers", keyspace.Ledgers("acme"), "levy:1:{c:acme}:ledgers"},
 		{"consumer's ledgers, as scripts derive it", keyspace.LedgersOf(ledger), "levy:1:{c:acme}:ledgers"},
 		{"ledger scan", keyspace.LedgerPattern, "levy:1:{c:*}:ledger:*"},
+		{"hourly usage history", keyspace.History("acme", "hour", 1772323200), "levy:1:{c:acme}:history:hour:1772323200"},
+		{"daily usage history", keyspace.History("acme", "day", 1772323200), "levy:1:{c:acme}:history:day:1772323200"},
+		{"usage history, ten digits", keyspace.History("acme", "day", 86400), "levy:1:{c:acme}:history:day:0000086400"},
+		{"usage history prefix", keyspace.HistoryPrefix("acme", "hour"), "levy:1:{c:acme}:history:hour:"},
 		{"RLS bucket of a consumer", keyspace.Rule("api.plan=pro", "acme", []byte(keyspace.RuleBucket+"60000000000")), "levy:1:{c:acme}:rl:api.plan=pro:b:60000000000"},
 		{"RLS quota", keyspace.Rule("api.path=/v1", "", []byte(keyspace.RuleQuota+"day")), "levy:1:{rl:api.path=/v1}:q:day"},
 		{"RLS zero", keyspace.Rule("api.path=/v1", "", []byte(keyspace.RuleZero)), "levy:1:{rl:api.path=/v1}:zero"},
@@ -72,6 +76,18 @@ func TestUpgradeKeepsTheHashTag(t *testing.T) {
 		got, ok := keyspace.Upgrade(tt.give)
 		if got != tt.want || ok != tt.wantOK {
 			t.Errorf("Upgrade(%q) = %q %v, want %q %v", tt.give, got, ok, tt.want, tt.wantOK)
+		}
+	}
+}
+
+func TestParseHistoryReadsBackHistory(t *testing.T) {
+	c, step, start, ok := keyspace.ParseHistory(keyspace.History("a:b", "hour", 3600))
+	if !ok || c != "a:b" || step != "hour" || start != 3600 {
+		t.Fatalf("ParseHistory = %q %q %d %v", c, step, start, ok)
+	}
+	for _, bad := range []string{"levy:1:{c:acme}:units", "levy:1:{c:acme}:history:hour:x", "levy:1:{c:acme}:history::1", "{c:acme}:history:hour:1"} {
+		if _, _, _, ok := keyspace.ParseHistory(bad); ok {
+			t.Errorf("ParseHistory took %q", bad)
 		}
 	}
 }

@@ -39,6 +39,7 @@ import (
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/history"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/portal"
 	"github.com/levyhq/levy/pkg/rls"
@@ -118,6 +119,9 @@ type Server struct {
 	authz   *authz.Server
 	rls     *rls.Server
 	als     *usage.Receiver
+	// history flushes decision counts and rolls up the ledger (nil when
+	// usage.history is off).
+	history *history.Keeper
 	demo    []*apikey.Consumer
 	demoKey []*apikey.Key
 	portal  *portal.Handler
@@ -170,10 +174,20 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		s.closeStore()
 		return nil, err
 	}
-	s.authz = authz.New(authz.Config{Snapshot: authzSnap, Limiter: s.backend.limiter, Metrics: s.metrics, Log: s.log, Clock: opts.Clock})
+	ledger := s.backend.ledger
+	var recorder *history.Recorder
+	if s.backend.history != nil {
+		s.history = history.New(history.Config{Store: s.backend.history, Ledger: s.backend.ledger, Consumers: s.backend.consumers,
+			Retention: retention(cfg), Every: time.Duration(cfg.Usage.History.Every), Clock: opts.Clock, Log: s.log})
+		recorder = s.history.Recorder()
+		// Settlements touch the hours they change, for the roll-up.
+		ledger = history.TrackLedger(ledger, s.history)
+	}
+	s.authz = authz.New(authz.Config{Snapshot: authzSnap, Limiter: s.backend.limiter, Metrics: s.metrics, Log: s.log, Clock: opts.Clock,
+		History: recorder})
 	s.rls = rls.New(rls.Config{Snapshot: rlsSnap, Limiter: s.backend.limiter, Metrics: s.metrics, Log: s.log})
 	s.als = usage.NewReceiver(usage.ReceiverConfig{
-		Ledger:         s.backend.ledger,
+		Ledger:         ledger,
 		Catalog:        func() *plan.Catalog { return s.authz.Snapshot().Catalog },
 		UnitsHeader:    cfg.Billing.UnitsHeader,
 		ConsumerHeader: cfg.Billing.ConsumerHeader,
@@ -251,6 +265,7 @@ func (s *Server) listen() error {
 		Reconcile:  s.reconcile,
 		RateLimit:  s.rls.ShouldRateLimit,
 		PortalLink: s.portalLink,
+		Series:     s.seriesSource(),
 	})
 	webhook := billing.NewWebhook(billing.WebhookConfig{
 		Secret:       s.cfg.Billing.Stripe.WebhookSecret.Value(),
@@ -399,6 +414,27 @@ func (s *Server) usageReport(ctx context.Context, id string, windows bool) (any,
 		r.Windows = nil
 	}
 	return r, err
+}
+
+// seriesSource is the usage history for the admin API: a consumer the
+// directory does not know is a 404. Nil when usage.history is off.
+func (s *Server) seriesSource() admin.SeriesSource {
+	if s.backend.history == nil {
+		return nil
+	}
+	return seriesSource{s, &history.Reader{Store: s.backend.history, Retention: retention(s.cfg), Clock: s.opts.Clock}}
+}
+
+type seriesSource struct {
+	s *Server
+	*history.Reader
+}
+
+func (ss seriesSource) Series(ctx context.Context, consumer string, q history.Query) (*history.Series, error) {
+	if _, ok := ss.s.authz.Snapshot().Directory.Consumer(consumer); !ok {
+		return nil, apikey.ErrNotFound
+	}
+	return ss.Reader.Series(ctx, consumer, q)
 }
 
 // reconcile compares the ledger with Stripe's meter event summaries, for
@@ -586,6 +622,14 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}()
 	s.ready.Store(true)
+	historyCtx, stopHistory := context.WithCancel(context.WithoutCancel(ctx))
+	historyDone := make(chan struct{})
+	go func() {
+		defer close(historyDone)
+		if s.history != nil {
+			s.history.Run(historyCtx)
+		}
+	}()
 	exportCtx, stopExport := context.WithCancel(context.WithoutCancel(ctx))
 	exportDone := make(chan struct{})
 	go func() {
@@ -636,6 +680,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.als.Close(ctx); err != nil && runErr == nil {
 		runErr = fmt.Errorf("settle usage: %w", err)
 	}
+	// The history's last pass: the decisions and settlements above.
+	stopHistory()
+	<-historyDone
 	if err := s.closeStore(); err != nil && runErr == nil {
 		runErr = err
 	}
@@ -716,6 +763,7 @@ func restartNeeded(started, next *config.Config) []string {
 		started.Billing.ConsumerHeader != next.Billing.ConsumerHeader)
 	check("billing.stripe/export_every/settle_delay", started.Billing.Stripe != next.Billing.Stripe ||
 		started.Billing.ExportEvery != next.Billing.ExportEvery || started.Billing.SettleDelay != next.Billing.SettleDelay)
+	check("usage.history", started.Usage.History != next.Usage.History)
 	check("ratelimit.dir (watched)", started.RateLimit.Dir != next.RateLimit.Dir)
 	return out
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/history"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/localstore"
 	"github.com/levyhq/levy/pkg/portal"
@@ -27,15 +28,19 @@ import (
 // backend is the store levy runs on: what decides, what remembers
 // consumers and keys, whether it is reachable, and how to close it.
 type backend struct {
-	limiter  limiter.Store
-	ledger   usage.Ledger
-	lease    billing.Lease
-	events   billing.Events
-	store    apikey.Store
-	portal   portal.Store
-	ready    func() bool
-	demoKeys func(plans []string, gen func() (string, error)) (map[string]string, error)
-	closers  []func() error
+	limiter limiter.Store
+	ledger  usage.Ledger
+	lease   billing.Lease
+	events  billing.Events
+	store   apikey.Store
+	// history keeps the usage history (nil when usage.history is off);
+	// consumers lists whom the ledger has windows of, for its catch-up.
+	history   history.Store
+	consumers history.ConsumerLister
+	portal    portal.Store
+	ready     func() bool
+	demoKeys  func(plans []string, gen func() (string, error)) (map[string]string, error)
+	closers   []func() error
 }
 
 func (b *backend) close() error {
@@ -71,6 +76,9 @@ func (s *Server) openBackend(cfg *config.Config) (*backend, error) {
 	b.limiter, b.store, b.demoKeys = local, dir, db.DemoKeys
 	b.portal = db.Portal(s.opts.Clock)
 	b.ledger, b.lease, b.events = local, billing.SoleLease{}, db
+	if h := cfg.Usage.History; h.Enabled {
+		b.history, b.consumers = db.History(retention(cfg)), local
+	}
 	return b, nil
 }
 
@@ -143,12 +151,22 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	b.closers = append(b.closers, func() error { stopSweep(); return nil })
 	b.store = dir
 	b.portal = redisstore.Portal{Client: client}
+	if h := cfg.Usage.History; h.Enabled {
+		hist := redisstore.NewHistory(client, retention(cfg))
+		hist.Clock = s.opts.Clock
+		b.history, b.consumers = hist, ledger
+	}
 	b.demoKeys = func(plans []string, gen func() (string, error)) (map[string]string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		return redisstore.DemoKeys(ctx, client, plans, gen)
 	}
 	return b, nil
+}
+
+// retention is usage.history's.
+func retention(cfg *config.Config) history.Retention {
+	return history.Retention{Hourly: time.Duration(cfg.Usage.History.Hourly), Daily: time.Duration(cfg.Usage.History.Daily)}
 }
 
 // redisOptions turns the Redis settings into the client's options.
