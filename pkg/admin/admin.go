@@ -78,6 +78,9 @@ type Config struct {
 	// PortalLink mints developer-portal sign-in links (POST
 	// /v1/consumers/{id}/portal-links).
 	PortalLink PortalLinker
+	// Export reports usage grouped by a consumer label (GET
+	// /v1/usage/export); ErrUnavailable gives 503.
+	Export Exporter
 }
 
 // ReconcileQuery is what a reconcile call asks for.
@@ -165,6 +168,7 @@ func (h *Handler) routes() []Route {
 		{"POST /v1/keys/{id}/revoke", h.revokeKey},
 		{"GET /v1/consumers/{id}/usage", h.usage},
 		{"POST /v1/consumers/{id}/portal-links", h.portalLink},
+		{"GET /v1/usage/export", h.usageExport},
 		{"GET /v1/billing/reconcile", h.reconcile},
 		{"POST /v1/billing/reconcile", h.reconcile},
 		{"POST /json", h.rateLimitJSON},

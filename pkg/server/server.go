@@ -39,6 +39,7 @@ import (
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/console"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/portal"
 	"github.com/levyhq/levy/pkg/rls"
@@ -121,6 +122,9 @@ type Server struct {
 	demo    []*apikey.Consumer
 	demoKey []*apikey.Key
 	portal  *portal.Handler
+	// console and consoleIndex are the operator console and its list.
+	console      *console.Handler
+	consoleIndex *console.Index
 
 	grpcLis, httpLis net.Listener
 	grpc             *grpc.Server
@@ -251,7 +255,9 @@ func (s *Server) listen() error {
 		Reconcile:  s.reconcile,
 		RateLimit:  s.rls.ShouldRateLimit,
 		PortalLink: s.portalLink,
+		Export:     s.usageExport,
 	})
+	s.console = s.newConsole(adminAPI)
 	webhook := billing.NewWebhook(billing.WebhookConfig{
 		Secret:       s.cfg.Billing.Stripe.WebhookSecret.Value(),
 		Consumers:    webhookConsumers{s},
@@ -309,6 +315,7 @@ func (s *Server) httpRoutes(adminAPI, webhook, metrics http.Handler) []httpRoute
 		{"POST /json", false, adminAPI},
 		{"POST /stripe/webhook", true, webhook},
 		{"/portal/", true, s.portal},
+		{"/console/", false, s.console},
 	}
 }
 
@@ -317,11 +324,11 @@ func (s *Server) httpRoutes(adminAPI, webhook, metrics http.Handler) []httpRoute
 func HTTPRoutes() []string {
 	var out []string
 	for _, r := range (&Server{}).httpRoutes(nil, nil, nil) {
-		if r.pattern != "/v1/" && r.pattern != "POST /json" && r.pattern != "/portal/" {
+		if r.pattern != "/v1/" && r.pattern != "POST /json" && r.pattern != "/portal/" && r.pattern != "/console/" {
 			out = append(out, r.pattern)
 		}
 	}
-	return append(append(out, admin.Routes()...), portal.Routes()...)
+	return append(append(append(out, admin.Routes()...), portal.Routes()...), console.Routes()...)
 }
 
 // healthz answers that the process is alive.
@@ -597,6 +604,14 @@ func (s *Server) Run(ctx context.Context) error {
 		defer close(healthDone)
 		s.followReadiness(stopReload)
 	}()
+	indexCtx, stopIndex := context.WithCancel(context.WithoutCancel(ctx))
+	indexDone := make(chan struct{})
+	go func() {
+		defer close(indexDone)
+		if s.cfg.AdminToken.Value() != "" { // the console is on
+			s.consoleIndex.Run(indexCtx)
+		}
+	}()
 	s.log.Info("levy serving", zap.String("grpc", s.GRPCAddr()), zap.String("http", s.HTTPAddr()), zap.String("public", s.PublicAddr()),
 		zap.String("store", s.cfg.Store.Type), zap.String("config", s.cfg.Source))
 	s.logLimits()
@@ -612,6 +627,8 @@ func (s *Server) Run(ctx context.Context) error {
 	close(stopReload)
 	<-reloadDone
 	<-healthDone
+	stopIndex()
+	<-indexDone
 	stopExport()
 	<-exportDone
 
