@@ -138,9 +138,18 @@ func (ix *Index) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		case <-ix.kick:
+			// A burst of changes rebuilds at most once a KickGap.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(KickGap):
+			}
 		}
 	}
 }
+
+// KickGap is the least time between rebuilds that Kick asks for.
+const KickGap = time.Second
 
 // Kick asks Run for a rebuild soon (a change was made).
 func (ix *Index) Kick() {

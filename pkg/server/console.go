@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"net/http"
 	"time"
 
 	"github.com/levyhq/levy/pkg/admin"
@@ -79,5 +80,17 @@ func (s *Server) usageExport(ctx context.Context, q admin.ExportQuery) (admin.Ex
 		Month:   q.Month,
 		Label:   q.Label,
 		Clock:   s.opts.Clock,
+	})
+}
+
+// kickConsole serves h, asking the console's index for a rebuild after
+// each call that may change something (any method but GET), so that what
+// the CLI or a script changes shows in the console within seconds.
+func (s *Server) kickConsole(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		if r.Method != http.MethodGet && s.consoleIndex != nil {
+			s.consoleIndex.Kick()
+		}
 	})
 }

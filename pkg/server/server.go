@@ -311,7 +311,7 @@ func (s *Server) httpRoutes(adminAPI, webhook, metrics http.Handler) []httpRoute
 		{"GET /readyz", false, http.HandlerFunc(s.readyz)},
 		{"GET /metrics", false, metrics},
 		{"GET /openapi.json", false, http.HandlerFunc(serveOpenAPI)},
-		{"/v1/", false, adminAPI},
+		{"/v1/", false, s.kickConsole(adminAPI)},
 		{"POST /json", false, adminAPI},
 		{"POST /stripe/webhook", true, webhook},
 		{"/portal/", true, s.portal},
