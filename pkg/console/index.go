@@ -345,13 +345,16 @@ func (ix *Index) Query(q Query) Result {
 	return res
 }
 
-// Totals are the consumers, suspensions and usage per plan, and the
-// consumers with most usage.
+// Totals are the consumers, suspensions and usage per plan, and up to
+// top consumers with the most usage (none without usage).
 func (ix *Index) Totals(top int) ([]PlanTotal, []Row) {
 	s := ix.snap.Load()
 	order := s.order[SortUsage]
 	rows := make([]Row, 0, top)
 	for _, i := range order[:min(top, len(order))] {
+		if s.rows[i].Used <= 0 {
+			break // the rest have no usage either
+		}
 		rows = append(rows, s.rows[i])
 	}
 	return s.plans, rows

@@ -68,11 +68,12 @@ func (s signer) check(v string, now time.Time) (*session, bool) {
 	if !ok || len(v) > 200 {
 		return nil, false
 	}
-	got, err := base64.RawURLEncoding.DecodeString(sig)
+	// Strict: one value per signature, no spare bits to vary.
+	got, err := base64.RawURLEncoding.Strict().DecodeString(sig)
 	if err != nil || !hmac.Equal(got, s.mac("session", b)) {
 		return nil, false
 	}
-	body, err := base64.RawURLEncoding.DecodeString(b)
+	body, err := base64.RawURLEncoding.Strict().DecodeString(b)
 	if err != nil || len(body) != 24 {
 		return nil, false
 	}
