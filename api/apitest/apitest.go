@@ -33,10 +33,11 @@ func Load() (*openapi3.T, error) {
 	return doc, nil
 }
 
-// The developer portal answers HTML pages and its CSS and JavaScript:
+// The developer portal and the console answer HTML pages and their CSS
+// and JavaScript, and usage exports CSV:
 // their bodies are checked as text.
 func init() {
-	for _, ct := range []string{"text/html", "text/css", "text/javascript"} {
+	for _, ct := range []string{"text/html", "text/css", "text/javascript", "text/csv"} {
 		openapi3filter.RegisterBodyDecoder(ct, openapi3filter.FileBodyDecoder)
 	}
 }

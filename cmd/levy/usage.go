@@ -48,6 +48,9 @@ what Stripe accepted, and the meter events' identifiers.`,
 	}
 	cmd.Flags().BoolVar(&windows, "windows", false, "list the period's ledger windows")
 	client = adminFlags(cmd, false)
+	// A consumer named "export" is read with levy consumers get, or the
+	// admin API.
+	cmd.AddCommand(usageExportCmd())
 	return cmd
 }
 

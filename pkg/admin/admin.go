@@ -80,6 +80,9 @@ type Config struct {
 	// PortalLink mints developer-portal sign-in links (POST
 	// /v1/consumers/{id}/portal-links).
 	PortalLink PortalLinker
+	// Export reports usage grouped by a consumer label (GET
+	// /v1/usage/export); ErrUnavailable gives 503.
+	Export Exporter
 	// Series answers a consumer's usage history (GET
 	// /v1/consumers/{id}/usage/series); nil answers 503.
 	Series SeriesSource
@@ -181,6 +184,7 @@ func (h *Handler) routes() []Route {
 		{"GET /v1/consumers/{id}/usage", h.usage},
 		{"POST /v1/consumers/{id}/portal-links", h.portalLink},
 		{"GET /v1/consumers/{id}/usage/series", h.series},
+		{"GET /v1/usage/export", h.usageExport},
 		{"GET /v1/billing/reconcile", h.reconcile},
 		{"POST /v1/billing/reconcile", h.reconcile},
 		{"POST /json", h.rateLimitJSON},

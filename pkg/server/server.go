@@ -39,6 +39,7 @@ import (
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/console"
 	"github.com/levyhq/levy/pkg/history"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/portal"
@@ -125,6 +126,9 @@ type Server struct {
 	demo    []*apikey.Consumer
 	demoKey []*apikey.Key
 	portal  *portal.Handler
+	// console and consoleIndex are the operator console and its list.
+	console      *console.Handler
+	consoleIndex *console.Index
 
 	grpcLis, httpLis net.Listener
 	grpc             *grpc.Server
@@ -266,7 +270,9 @@ func (s *Server) listen() error {
 		RateLimit:  s.rls.ShouldRateLimit,
 		PortalLink: s.portalLink,
 		Series:     s.seriesSource(),
+		Export:     s.usageExport,
 	})
+	s.console = s.newConsole(adminAPI)
 	webhook := billing.NewWebhook(billing.WebhookConfig{
 		Secret:       s.cfg.Billing.Stripe.WebhookSecret.Value(),
 		Consumers:    webhookConsumers{s},
@@ -320,10 +326,11 @@ func (s *Server) httpRoutes(adminAPI, webhook, metrics http.Handler) []httpRoute
 		{"GET /readyz", false, http.HandlerFunc(s.readyz)},
 		{"GET /metrics", false, metrics},
 		{"GET /openapi.json", false, http.HandlerFunc(serveOpenAPI)},
-		{"/v1/", false, adminAPI},
+		{"/v1/", false, s.kickConsole(adminAPI)},
 		{"POST /json", false, adminAPI},
 		{"POST /stripe/webhook", true, webhook},
 		{"/portal/", true, s.portal},
+		{"/console/", false, s.console},
 	}
 }
 
@@ -332,11 +339,11 @@ func (s *Server) httpRoutes(adminAPI, webhook, metrics http.Handler) []httpRoute
 func HTTPRoutes() []string {
 	var out []string
 	for _, r := range (&Server{}).httpRoutes(nil, nil, nil) {
-		if r.pattern != "/v1/" && r.pattern != "POST /json" && r.pattern != "/portal/" {
+		if r.pattern != "/v1/" && r.pattern != "POST /json" && r.pattern != "/portal/" && r.pattern != "/console/" {
 			out = append(out, r.pattern)
 		}
 	}
-	return append(append(out, admin.Routes()...), portal.Routes()...)
+	return append(append(append(out, admin.Routes()...), portal.Routes()...), console.Routes()...)
 }
 
 // healthz answers that the process is alive.
@@ -641,6 +648,14 @@ func (s *Server) Run(ctx context.Context) error {
 		defer close(healthDone)
 		s.followReadiness(stopReload)
 	}()
+	indexCtx, stopIndex := context.WithCancel(context.WithoutCancel(ctx))
+	indexDone := make(chan struct{})
+	go func() {
+		defer close(indexDone)
+		if s.cfg.AdminToken.Value() != "" { // the console is on
+			s.consoleIndex.Run(indexCtx)
+		}
+	}()
 	s.log.Info("levy serving", zap.String("grpc", s.GRPCAddr()), zap.String("http", s.HTTPAddr()), zap.String("public", s.PublicAddr()),
 		zap.String("store", s.cfg.Store.Type), zap.String("config", s.cfg.Source))
 	s.logLimits()
@@ -656,6 +671,8 @@ func (s *Server) Run(ctx context.Context) error {
 	close(stopReload)
 	<-reloadDone
 	<-healthDone
+	stopIndex()
+	<-indexDone
 	stopExport()
 	<-exportDone
 

@@ -1,0 +1,322 @@
+package console_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/cdp"
+	cdplog "github.com/chromedp/cdproto/log"
+	"github.com/chromedp/cdproto/network"
+	cdpruntime "github.com/chromedp/cdproto/runtime"
+	"github.com/chromedp/chromedp"
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/levyhq/levy/pkg/await"
+	"github.com/levyhq/levy/pkg/config"
+	"github.com/levyhq/levy/pkg/console"
+	"github.com/levyhq/levy/pkg/server"
+)
+
+const chromium = "/usr/bin/chromium"
+
+const token = "console-browser-test-token"
+
+// startLevy runs a levy with the developer portal on its public listener
+// and the console on its internal one.
+func startLevy(t *testing.T) *server.Server {
+	t.Helper()
+	text := `plans:
+  pro: {model: tiered, rate: {requests: 100, per: 1s, burst: 200}, quota: {requests: 100000, period: month}}
+  free: {model: freemium, rate: {requests: 10, per: minute}, quota: {requests: 1000, period: month}}
+portal:
+  public_url: http://portal.example.com
+`
+	cfg, err := config.Parse([]byte(text), "console.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Source = ""
+	cfg.Listen = config.Listen{GRPC: "127.0.0.1:0", HTTP: "127.0.0.1:0", Public: "127.0.0.1:0"}
+	cfg.Store.DataDir = t.TempDir()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("LEVY_ADMIN_TOKEN", token)
+	cfg.ApplyEnv(nil)
+	srv, err := server.New(cfg, server.Options{Log: zaptest.NewLogger(t), ReloadEvery: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return srv
+}
+
+func adminCall(t *testing.T, base, method, path string, body, out any) {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	req, err := http.NewRequest(method, base+path, bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, data)
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func allowed(t *testing.T, client authv3.AuthorizationClient, key string) bool {
+	t.Helper()
+	h := map[string]string{":method": "GET", ":path": "/v1/items", ":authority": "api.example.com", "x-api-key": key}
+	resp, err := client.Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: "GET", Path: "/v1/items", Host: "api.example.com", Headers: h}}}})
+	if err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	return resp.GetStatus().GetCode() == 0
+}
+
+// The console in a real browser: the admin token signs in; the list
+// searches, filters and pages on the server; a consumer's page changes
+// its plan, revokes a key (which ext_authz then refuses) and mints a
+// portal link; no page breaks the Content-Security-Policy.
+func TestConsoleInHeadlessChromium(t *testing.T) {
+	if _, err := os.Stat(chromium); err != nil {
+		if os.Getenv("LEVY_BROWSER_TEST") == "require" {
+			t.Fatalf("%s is missing and LEVY_BROWSER_TEST=require: apt-get install chromium", chromium)
+		}
+		t.Skipf("%s is missing (apt-get install chromium; LEVY_BROWSER_TEST=require makes this a failure)", chromium)
+	}
+	srv := startLevy(t)
+	base := "http://" + srv.HTTPAddr()
+	shots := os.Getenv("LEVY_SCREENSHOTS")
+	if shots == "" {
+		shots = t.TempDir()
+	}
+	if err := os.MkdirAll(shots, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	authz := authv3.NewAuthorizationClient(conn)
+
+	// 60 free consumers, then one on pro with a key that has been used.
+	for i := range 60 {
+		adminCall(t, base, "PUT", fmt.Sprintf("/v1/consumers/shop-%02d", i), map[string]any{"plan": "free",
+			"labels": map[string]string{"name": fmt.Sprintf("Shop %d", i), "team": []string{"retail", "ops"}[i%2]}}, nil)
+	}
+	adminCall(t, base, "PUT", "/v1/consumers/globex", map[string]any{"plan": "pro", "labels": map[string]string{"name": "Globex Corporation", "team": "ops"}}, nil)
+	var key struct {
+		ID  string `json:"id"`
+		Key string `json:"key"`
+	}
+	adminCall(t, base, "POST", "/v1/consumers/globex/keys", map[string]any{"id": "globex-main"}, &key)
+	for range 3 {
+		if !allowed(t, authz, key.Key) {
+			t.Fatal("ext_authz refuses globex's new key")
+		}
+	}
+
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
+		chromedp.ExecPath(chromium), chromedp.Flag("headless", true), chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true), chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 900))
+	defer cancelAlloc()
+	browserCtx, cancelBrowser := chromedp.NewContext(alloc, chromedp.WithLogf(t.Logf))
+	defer cancelBrowser()
+	var mu sync.Mutex
+	var consoleLines []string
+	csp := map[string]string{}
+	err = chromedp.Listen(browserCtx, func(ev any) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch ev := ev.(type) {
+		case *cdplog.EventEntryAdded:
+			consoleLines = append(consoleLines, fmt.Sprintf("%s %s: %s", ev.Entry.Source, ev.Entry.Level, ev.Entry.Text))
+		case *cdpruntime.EventExceptionThrown:
+			consoleLines = append(consoleLines, "exception: "+ev.ExceptionDetails.Text)
+		case *network.EventResponseReceived:
+			if ev.Type == network.ResourceTypeDocument {
+				v, _ := ev.Response.Headers["Content-Security-Policy"].(string)
+				csp[ev.Response.URL] = v
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("start %s: %v", chromium, err)
+	}
+	ctx, cancelTimeout := context.WithTimeout(browserCtx, 2*time.Minute)
+	defer cancelTimeout()
+	if _, err := chromedp.Call(ctx, cdplog.Enable, cdp.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Call(ctx, network.Enable, network.EnableParams{}); err != nil {
+		t.Fatal(err)
+	}
+	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(ctx, steps...); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	submit := func(what string, sel chromedp.CSS, want int64) {
+		t.Helper()
+		resp, err := chromedp.RunResponse(ctx, chromedp.Click(sel))
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if resp.Status != want {
+			t.Fatalf("%s: HTTP %d, want %d", what, resp.Status, want)
+		}
+	}
+	text := func(sel chromedp.CSS) string {
+		t.Helper()
+		s, err := chromedp.Run(ctx, chromedp.Text(sel))
+		if err != nil {
+			t.Fatalf("read %s: %v", sel, err)
+		}
+		return s
+	}
+	shot := func(name string) {
+		t.Helper()
+		png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+		if err == nil {
+			err = os.WriteFile(filepath.Join(shots, "console-"+name+".png"), png, 0o644)
+		}
+		if err != nil {
+			t.Fatalf("screenshot %s: %v", name, err)
+		}
+	}
+
+	do("open the console", chromedp.Navigate(base+"/console/"), chromedp.WaitVisible(chromedp.CSS("#token")))
+	shot("1-sign-in")
+	do("wrong token", chromedp.SendKeys(chromedp.CSS("#token"), "guess"))
+	submit("sign in with a wrong token", "#sign-in", 401)
+	do("token", chromedp.SendKeys(chromedp.CSS("#token"), token))
+	submit("sign in", "#sign-in", 200)
+	// The index is rebuilt off the request path; the consumers made above
+	// show once it has been.
+	await.Until(t, 20*time.Second, func() bool {
+		do("overview", chromedp.Navigate(base+"/console/"), chromedp.WaitVisible(chromedp.CSS("#freshness")))
+		return strings.HasPrefix(text("#freshness"), "61 consumers")
+	}, "the console's index to hold the 61 consumers")
+	if top := text("#top-consumers"); !strings.HasPrefix(top, "globex") {
+		t.Errorf("top consumers: %q", top)
+	}
+	shot("2-overview")
+
+	do("consumers", chromedp.Navigate(base+"/console/consumers"), chromedp.WaitVisible(chromedp.CSS("#consumers")))
+	if got := text("#count"); !strings.HasPrefix(got, "1–50 of 61 consumers") {
+		t.Errorf("first page: %q", got)
+	}
+	shot("3-consumers")
+	do("search", chromedp.SendKeys(chromedp.CSS("#q"), "globex corp"))
+	submit("search", "#apply", 200)
+	if got := text("#consumers tbody"); !strings.Contains(got, "globex") || strings.Contains(got, "shop-") {
+		t.Errorf("search for globex: %q", got)
+	}
+	do("filter", chromedp.Navigate(base+"/console/consumers"), chromedp.WaitVisible(chromedp.CSS("#plan")),
+		chromedp.SetValue(chromedp.CSS("#plan"), "free"), chromedp.SetValue(chromedp.CSS("#sort"), "id"))
+	submit("filter by plan", "#apply", 200)
+	if got := text("#count"); !strings.HasPrefix(got, "1–50 of 60 consumers") {
+		t.Errorf("free consumers: %q", got)
+	}
+	submit("next page", "#next", 200)
+	if got := text("#count"); !strings.HasPrefix(got, "51–60 of 60 consumers") || !strings.Contains(text(".pager"), "Page 2 of 2") {
+		t.Errorf("second page: %q", got)
+	}
+	if got := text("#consumers tbody tr:first-child th"); !strings.HasPrefix(got, "shop-50") {
+		t.Errorf("second page starts with %q", got)
+	}
+	shot("4-filtered-page-2")
+	do("bad filter", chromedp.Navigate(base+"/console/consumers?status=gone"), chromedp.WaitVisible(chromedp.CSS(".problem")))
+
+	do("open globex", chromedp.Navigate(base+"/console/consumers?q=globex"), chromedp.WaitVisible(chromedp.CSS("#consumers")))
+	submit("open globex", `#consumers a[href="/console/consumers/globex"]`, 200)
+	if used := text("#used"); used != "3" {
+		t.Errorf("globex's usage: %q, want the 3 admitted checks", used)
+	}
+	shot("5-consumer")
+	do("choose free", chromedp.SetValue(chromedp.CSS("#new-plan"), "free"))
+	submit("change plan", "#change-plan", 200)
+	if got := text("#plan-name"); got != "free" || !strings.Contains(text(".notice"), "Plan changed to free") {
+		t.Errorf("after the plan change: plan %q, notice %q", got, text(".notice"))
+	}
+	submit("revoke", chromedp.CSS(`form[action="/console/consumers/globex/keys/globex-main/revoke"] button`), 200)
+	if !strings.Contains(text(".notice"), "revoked") || !strings.Contains(text("#key-globex-main"), "revoked") {
+		t.Errorf("after revoking: %q", text("#key-globex-main"))
+	}
+	if allowed(t, authz, key.Key) {
+		t.Fatal("ext_authz admits the key revoked in the console")
+	}
+	submit("mint a portal link", "#mint-link", 200)
+	link, err := chromedp.Run(ctx, chromedp.Value(chromedp.CSS("#link")))
+	if err != nil || !strings.HasPrefix(link, "http://portal.example.com/portal/link/") {
+		t.Fatalf("portal link %q: %v", link, err)
+	}
+	shot("6-consumer-after-actions")
+
+	do("chargeback", chromedp.Navigate(base+"/console/chargeback?by=team"), chromedp.WaitVisible(chromedp.CSS("#chargeback")))
+	if got := text("#chargeback"); !strings.Contains(got, "ops") || !strings.Contains(got, "globex") {
+		t.Errorf("chargeback: %q", got)
+	}
+	shot("7-chargeback")
+	do("phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2)), chromedp.Navigate(base+"/console/consumers"),
+		chromedp.WaitVisible(chromedp.CSS("#consumers")))
+	shot("8-consumers-phone")
+	do("desktop", chromedp.EmulateViewport(1280, 900), chromedp.Navigate(base+"/console/"), chromedp.WaitVisible(chromedp.CSS(".signout")))
+	submit("sign out", ".signout button", 200)
+	resp, err := chromedp.RunResponse(ctx, chromedp.Navigate(base+"/console/consumers"))
+	if err != nil || !strings.HasSuffix(resp.URL, "/console/sign-in") {
+		t.Fatalf("after signing out, the consumers page: %v %v", resp, err)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	for u, v := range csp {
+		if v != console.CSP {
+			t.Errorf("%s: Content-Security-Policy %q", u, v)
+		}
+	}
+	for _, line := range consoleLines {
+		if strings.Contains(line, "Content Security Policy") || strings.Contains(line, "exception") {
+			t.Errorf("browser console: %s", line)
+		}
+	}
+}
