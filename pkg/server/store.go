@@ -27,15 +27,18 @@ import (
 // backend is the store levy runs on: what decides, what remembers
 // consumers and keys, whether it is reachable, and how to close it.
 type backend struct {
-	limiter  limiter.Store
-	ledger   usage.Ledger
-	lease    billing.Lease
-	events   billing.Events
-	store    apikey.Store
-	portal   portal.Store
-	ready    func() bool
-	demoKeys func(plans []string, gen func() (string, error)) (map[string]string, error)
-	closers  []func() error
+	limiter limiter.Store
+	ledger  usage.Ledger
+	lease   billing.Lease
+	// exportReady, when set, says whether exports and reconcile's fixes
+	// may run (billing.ExporterConfig.Ready).
+	exportReady func(ctx context.Context) (bool, error)
+	events      billing.Events
+	store       apikey.Store
+	portal      portal.Store
+	ready       func() bool
+	demoKeys    func(plans []string, gen func() (string, error)) (map[string]string, error)
+	closers     []func() error
 }
 
 func (b *backend) close() error {
@@ -138,9 +141,11 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	b.closers = append(b.closers, func() error { stopBackfill(); <-backfilled; return nil })
 	// State keys of an older levy's layout move to keyspace's current one
 	// (merged when an older replica still writes them), off the start
-	// path, on one replica at a time, until none has appeared for a while.
+	// path, on one replica at a time, while older replicas are registered
+	// or a pass finds old keys; exports wait until then.
 	stopSweep := redisstore.StartLayoutSweep(redisstore.LayoutSweepConfig{Client: client, Holder: uuid.NewString(), Log: s.log})
 	b.closers = append(b.closers, func() error { stopSweep(); return nil })
+	b.exportReady = func(ctx context.Context) (bool, error) { return redisstore.LayoutComplete(ctx, client) }
 	b.store = dir
 	b.portal = redisstore.Portal{Client: client}
 	b.demoKeys = func(plans []string, gen func() (string, error)) (map[string]string, error) {
