@@ -53,6 +53,13 @@ type ExporterConfig struct {
 	Catalog func() *plan.Catalog
 	Lease   Lease
 	Holder  string // this replica's name in the lease
+	// Ready, when set, says whether exports may run. The Redis store says
+	// no while it is still moving state keys to the current layout
+	// (redisstore.LayoutComplete): one window can then have a copy under
+	// each layout's name, and their events would share identifiers, so
+	// that Stripe kept one. Until it says yes this replica neither exports
+	// nor holds the lease (an older replica may export what it wrote).
+	Ready func(ctx context.Context) (bool, error)
 	// APIKey and APIBase reach Stripe (STRIPE_API_KEY; billing.stripe.api_base).
 	APIKey, APIBase string
 	// Every is how often closed windows are exported; SettleDelay how long
@@ -176,22 +183,61 @@ func NewStripeClient(key, base string) *client.API {
 	return sc
 }
 
+// ErrNotReady is ExportOnce's error while ExporterConfig.Ready says no.
+var ErrNotReady = errors.New("usage export waits: the store is moving state keys to the current layout")
+
+// ready asks ExporterConfig.Ready.
+func (e *Exporter) ready(ctx context.Context) error {
+	if e.cfg.Ready == nil {
+		return nil
+	}
+	ok, err := e.cfg.Ready(ctx)
+	switch {
+	case err != nil:
+		return fmt.Errorf("usage export readiness: %w", err)
+	case !ok:
+		return ErrNotReady
+	}
+	return nil
+}
+
 // Run exports every interval while this replica holds the lease, until
-// ctx ends; then it gives the lease up.
+// ctx ends; then it gives the lease up. While ExporterConfig.Ready says
+// no, it leaves the lease to others.
 func (e *Exporter) Run(ctx context.Context) {
 	t := time.NewTicker(e.cfg.Every)
 	defer t.Stop()
 	ttl := 3 * e.cfg.Every
+	waiting := false
 	for {
-		held, err := e.cfg.Lease.Hold(ctx, e.cfg.Holder, ttl)
-		if err != nil && ctx.Err() == nil {
-			e.cfg.Log.Warn("usage export lease", zap.Error(err))
-		}
-		if held {
-			if _, err := e.ExportOnce(ctx); err != nil && ctx.Err() == nil {
+		var held bool
+		err := e.ready(ctx)
+		switch {
+		case errors.Is(err, ErrNotReady):
+			if !waiting {
+				e.cfg.Log.Info(err.Error())
+				e.cfg.Lease.Release(ctx, e.cfg.Holder)
+			}
+			waiting = true
+		case err != nil:
+			if ctx.Err() == nil {
 				e.cfg.Log.Warn("usage export", zap.Error(err))
 			}
-		} else if err == nil {
+		default:
+			if waiting {
+				e.cfg.Log.Info("usage export resumes: every state key is in the current layout")
+			}
+			waiting = false
+			held, err = e.cfg.Lease.Hold(ctx, e.cfg.Holder, ttl)
+			if err != nil && ctx.Err() == nil {
+				e.cfg.Log.Warn("usage export lease", zap.Error(err))
+			}
+		}
+		if held {
+			if _, err := e.exportOnce(ctx); err != nil && ctx.Err() == nil {
+				e.cfg.Log.Warn("usage export", zap.Error(err))
+			}
+		} else if err == nil || errors.Is(err, ErrNotReady) {
 			// Another replica exports and reports these; a value frozen
 			// here at the handover would hold a fleet's max (and its
 			// alerts) for as long as this replica runs.
@@ -317,8 +363,17 @@ func StatementOf(a Account, windows []usage.Window, c *apikey.Consumer, cat *pla
 }
 
 // ExportOnce exports what is due; it returns how many meter events Stripe
-// accepted.
+// accepted. It exports nothing while ExporterConfig.Ready says no
+// (ErrNotReady).
 func (e *Exporter) ExportOnce(ctx context.Context) (int, error) {
+	if err := e.ready(ctx); err != nil {
+		return 0, err
+	}
+	return e.exportOnce(ctx)
+}
+
+// exportOnce is ExportOnce once Run has asked ExporterConfig.Ready.
+func (e *Exporter) exportOnce(ctx context.Context) (int, error) {
 	now := e.cfg.Clock()
 	cutoff := now.Add(-e.cfg.SettleDelay)
 	due, err := e.cfg.Ledger.Due(ctx, cutoff)

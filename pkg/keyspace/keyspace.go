@@ -33,13 +33,20 @@
 // # The move from the unversioned layout
 //
 // Before layout 1, state keys were the same without "levy:1:" (for
-// example "{c:ID}:units"). Upgrade names an old key's new name; the hash
-// tag is unchanged, so both are in one slot and one script call can move
-// one onto the other. Redis deployments are migrated, not read both ways:
-// a sweep (redisstore.MigrateLayout) renames each old key, merging it
-// into the new one when an older replica wrote both during a rolling
-// update. The local store renames its saved counters and windows when it
-// opens a file of the old layout.
+// example "{c:ID}:units"). Upgrade names an old key's new name (only for
+// the shapes levy wrote); the hash tag is unchanged, so both are in one
+// slot and one script call can move one onto the other. Redis deployments
+// are migrated, not read both ways: a sweep (redisstore.MigrateLayout)
+// renames each old key, merging it into the new one when an older replica
+// wrote both during a rolling update. Until then the two layouts count
+// apart: a hard quota may admit up to its limit under each name, and an
+// access log that reaches an older replica for a request a newer one
+// admitted is not settled by the older code. Replicas register the
+// layout they write (ReplicaMember); exports wait (LayoutDone) until no
+// older replica is registered and a sweep finds no old key, so that the
+// two copies of a window are billed once, merged. The local store folds
+// old names into new ones every time it opens its file (what an older
+// levy wrote after a rollback too).
 //
 // # Directory keys
 //
@@ -212,16 +219,125 @@ func Rule(matchKey, consumer string, suffix []byte) string {
 }
 
 // LegacyPatterns match, in a SCAN, the state keys of the layout before
-// Version: they began with their hash tag.
+// Version: they began with their hash tag. Other applications' keys in a
+// shared Redis may match them too: Upgrade tells levy's apart.
 var LegacyPatterns = []string{consumerTag + "*", ruleTag + "*"}
 
 // Upgrade is the current name of a state key of the layout before
-// Version, and false for a key that is not one.
+// Version, and false for a key that is not one: only the shapes levy
+// wrote (the list in the package doc without "levy:1:") are levy's, so
+// that a sweep of a shared Redis leaves another application's "{c:..}"
+// keys alone.
 func Upgrade(old string) (string, bool) {
-	if !strings.HasPrefix(old, consumerTag) && !strings.HasPrefix(old, ruleTag) || !strings.Contains(old, "}") {
+	if !isLegacy(old) {
 		return "", false
 	}
 	return State + old, true
+}
+
+// UpgradeStored is Upgrade for a name the local store keeps: a state key,
+// then ":" and the start of its period or window.
+func UpgradeStored(old string) (string, bool) {
+	i := strings.LastIndexByte(old, ':')
+	if i < 0 || !isDigits(old[i+1:]) || !isLegacy(old[:i]) {
+		return "", false
+	}
+	return State + old, true
+}
+
+// isLegacy reports whether key has the shape of a state key of the layout
+// before Version.
+func isLegacy(key string) bool {
+	tag := consumerTag
+	if strings.HasPrefix(key, ruleTag) {
+		tag = ruleTag
+	} else if !strings.HasPrefix(key, consumerTag) {
+		return false
+	}
+	end := strings.IndexByte(key, '}')
+	if end <= len(tag) {
+		return false
+	}
+	rest := key[end+1:]
+	if tag == ruleTag {
+		return rest != "" && ruleSuffix(rest) == len(rest)
+	}
+	switch {
+	case rest == ":units" || rest == ":ledgers":
+		return true
+	case strings.HasPrefix(rest, ":rate:"):
+		return len(rest) > len(":rate:")
+	case strings.HasPrefix(rest, ":ledger:"):
+		return isLedgerTail(rest[len(":ledger:"):])
+	case strings.HasPrefix(rest, ":rl:"):
+		match := rest[len(":rl:"):]
+		n := ruleSuffix(match)
+		return n > 0 && n < len(match)
+	}
+	return false
+}
+
+// isLedgerTail reports whether s is what follows a ledger key's
+// ":ledger:": its terms, then nothing, DoneSuffix, or a window's start
+// and perhaps its ":seen" or ":added" set.
+func isLedgerTail(s string) bool {
+	parts := strings.Split(s, ":")
+	if parts[0] == "" {
+		return false
+	}
+	switch len(parts) {
+	case 1:
+		return true
+	case 2:
+		return ":"+parts[1] == DoneSuffix || isDigits(parts[1])
+	case 3:
+		return isDigits(parts[1]) && (parts[2] == "seen" || parts[2] == "added")
+	}
+	return false
+}
+
+// ruleSuffix is the length of the RLS state kind that s ends with
+// (RuleBucket and a period, RuleQuota and a unit, RuleZero, RuleOverride
+// and a period, a unit or "zero"), or 0.
+func ruleSuffix(s string) int {
+	if strings.HasSuffix(s, RuleZero) {
+		return len(RuleZero)
+	}
+	j := strings.LastIndexByte(s, ':')
+	if j < 0 {
+		return 0
+	}
+	head, tail := s[:j+1], s[j+1:]
+	var kind string
+	switch {
+	case strings.HasSuffix(head, RuleBucket) && isDigits(tail):
+		kind = RuleBucket
+	case strings.HasSuffix(head, RuleQuota) && isWord(tail):
+		kind = RuleQuota
+	case strings.HasSuffix(head, RuleOverride+":") && (isDigits(tail) || isWord(tail)):
+		kind = RuleOverride + ":"
+	default:
+		return 0
+	}
+	return len(kind) + len(tail)
+}
+
+func isDigits(s string) bool {
+	for i := range len(s) {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func isWord(s string) bool {
+	for i := range len(s) {
+		if s[i] < 'a' || s[i] > 'z' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // Directory keys: records, indexes and coordination, under the names they
@@ -279,11 +395,39 @@ const (
 	// Indexed marks a Redis whose consumers and keys are all in the
 	// listing and ownership indexes (redisstore's Backfill).
 	Indexed = "{levy}:indexed"
-	// Replicas is the replica registry.
+	// Replicas is the replica registry: a sorted set of ReplicaMember
+	// scored by each replica's last beat (unix milliseconds).
 	Replicas = "{levy}:replicas"
+	// LayoutDone holds Version once the layout sweep has found no state
+	// key of an older layout while no replica of an older levy was
+	// registered; a sweep deletes it when one registers again. Exports
+	// wait for it (redisstore.LayoutComplete).
+	LayoutDone = "{levy}:layout"
 	// DemoKeys holds the demo keys of `make run`.
 	DemoKeys = "{levy}:demo-keys"
 )
+
+// ReplicaMember is a replica's member in Replicas: its id, then the state
+// layout it writes. A levy of the unversioned layout registers its bare
+// id and reads only the registry's size, so it counts these members as it
+// counts its own, and ReplicaLayout tells its members apart (0).
+func ReplicaMember(id string) string { return id + replicaLayout + strconv.Itoa(Version) }
+
+const replicaLayout = ";layout="
+
+// ReplicaLayout is the state layout of a Replicas member: 0 for a
+// replica of the unversioned layout.
+func ReplicaLayout(member string) int {
+	i := strings.LastIndex(member, replicaLayout)
+	if i < 0 {
+		return 0
+	}
+	v, err := strconv.Atoi(member[i+len(replicaLayout):])
+	if err != nil {
+		return 0
+	}
+	return v
+}
 
 // Lease is the lease named name.
 func Lease(name string) string { return "{levy}:lease:" + name }

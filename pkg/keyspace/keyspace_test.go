@@ -46,6 +46,8 @@ func TestLayout(t *testing.T) {
 		{"consumer index", keyspace.Consumers, "{levy}:consumers"},
 		{"indexes backfilled", keyspace.Indexed, "{levy}:indexed"},
 		{"replica registry", keyspace.Replicas, "{levy}:replicas"},
+		{"replica member", keyspace.ReplicaMember("r1"), "r1;layout=1"},
+		{"layout migrated", keyspace.LayoutDone, "{levy}:layout"},
 		{"demo keys", keyspace.DemoKeys, "{levy}:demo-keys"},
 		{"lease", keyspace.Lease("usage-export"), "{levy}:lease:usage-export"},
 	}
@@ -102,5 +104,78 @@ func TestParseLedgerReadsBackLedger(t *testing.T) {
 	}
 	if !keyspace.IsLedger("acme", keyspace.Ledger("acme", "m")) || keyspace.IsLedger("acm", keyspace.Ledger("acme", "m")) {
 		t.Fatal("IsLedger is wrong about acme's ledger")
+	}
+}
+
+// Upgrade moves levy's keys of the old layout and nothing else: another
+// application's keys in a shared Redis keep their names.
+func TestUpgradeMovesOnlyLevysOldShapes(t *testing.T) {
+	tests := []struct {
+		give   string
+		wantOK bool
+	}{
+		{"{c:acme}:units", true},
+		{"{c:acme}:ledgers", true},
+		{"{c:acme}:rate:pro", true},
+		{"{c:acme}:ledger:api_calls", true},
+		{"{c:acme}:ledger:b=1&i=0&m=api_calls&p=payg&u=month", true},
+		{"{c:acme}:ledger:api_calls:done", true},
+		{"{c:acme}:ledger:api_calls:1772323200", true},
+		{"{c:acme}:ledger:api_calls:1772323200:seen", true},
+		{"{c:acme}:ledger:api_calls:1772323200:added", true},
+		{"{c:acme}:rl:api.plan=pro:b:60000000000", true},
+		{"{c:acme}:rl:api.k=v:override:month", true},
+		{"{c:acme}:rl:api.k=v:override:60000000000", true},
+		{"{c:acme}:rl:api.k=v:override:zero", true},
+		{"{rl:api.path=/v1}:q:day", true},
+		{"{rl:api.path=/v1}:b:1000000000", true},
+		{"{rl:api.path=/v1}:zero", true},
+		{"{rl:api.k=v}:override:year", true},
+		{"{c:acme}:session", false},
+		{"{c:acme}:units:extra", false},
+		{"{c:acme}:ledger:", false},
+		{"{c:acme}:ledger:api_calls:1772323200:other", false},
+		{"{c:acme}:ledger:api_calls:today", false},
+		{"{c:acme}:rate:", false},
+		{"{c:acme}:rl::b:1", false},
+		{"{c:}:units", false},
+		{"{rl:x}:b:soon", false},
+		{"{rl:x}:cache", false},
+		{"{rl:x}", false},
+		{"{cart}:items", false},
+	}
+	for _, tt := range tests {
+		if _, ok := keyspace.Upgrade(tt.give); ok != tt.wantOK {
+			t.Errorf("Upgrade(%q) ok = %v, want %v", tt.give, ok, tt.wantOK)
+		}
+	}
+}
+
+// The local store keeps a counter or window under its key and start.
+func TestUpgradeStoredTakesTheLocalStoresNames(t *testing.T) {
+	tests := []struct {
+		give, want string
+	}{
+		{"{c:acme}:units:1772323200", "levy:1:{c:acme}:units:1772323200"},
+		{"{c:acme}:ledger:api_calls:1772323200", "levy:1:{c:acme}:ledger:api_calls:1772323200"},
+		{"{rl:api.path=/v1}:q:day:1774915200", "levy:1:{rl:api.path=/v1}:q:day:1774915200"},
+		{"{c:acme}:units", ""},
+		{"{c:acme}:other:1772323200", ""},
+		{"levy:1:{c:acme}:units:1772323200", ""},
+	}
+	for _, tt := range tests {
+		if got, _ := keyspace.UpgradeStored(tt.give); got != tt.want {
+			t.Errorf("UpgradeStored(%q) = %q, want %q", tt.give, got, tt.want)
+		}
+	}
+}
+
+// A replica of the unversioned layout registers its bare id.
+func TestReplicaLayoutTellsOlderReplicasApart(t *testing.T) {
+	if got := keyspace.ReplicaLayout(keyspace.ReplicaMember("7f1c")); got != keyspace.Version {
+		t.Errorf("ReplicaLayout(ReplicaMember) = %d, want %d", got, keyspace.Version)
+	}
+	if got := keyspace.ReplicaLayout("7f1c2a4e-9a55-4b1e-a7a4-0c6f2f0f0d11"); got != 0 {
+		t.Errorf("ReplicaLayout of a bare id = %d, want 0", got)
 	}
 }

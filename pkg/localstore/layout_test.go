@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 )
@@ -25,10 +23,6 @@ func TestOpenMovesAnOlderLayoutsCountersAndWindows(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := db.Commit(limiter.Changes{Counters: counters, Ledger: ledger}); err != nil {
-		t.Fatal(err)
-	}
-	// and no record of a layout, as in a file of that levy
-	if err := db.bolt.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keyLayout) }); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()
@@ -59,6 +53,73 @@ func TestOpenMovesAnOlderLayoutsCountersAndWindows(t *testing.T) {
 		w, ok := gotLedger[keyspace.State+"{c:acme}:ledger:api_calls:1772323200"]
 		if len(gotLedger) != 1 || !ok || w.Units != 5 || w.Size != time.Minute {
 			t.Errorf("ledger %+v, want acme's window of 5 units under its current name", gotLedger)
+		}
+	}
+}
+
+// After a rollback to an older levy, which writes the old names again,
+// and a roll forward, what the older levy wrote is counted and exported:
+// the file is folded at every open, merged into what has the current
+// name (a counter of the same period summed, a window's units and
+// billing summed).
+func TestOpenFoldsOldNamesWrittenAfterTheUpgrade(t *testing.T) {
+	dir := t.TempDir()
+	end := time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC)
+	window := "{c:acme}:ledger:api_calls:1772323200"
+	counter := "{c:acme}:units:1772323200"
+	db, err := Open(dir) // upgraded: levy of the current layout wrote these
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Commit(limiter.Changes{
+		Counters: map[string]limiter.Counter{keyspace.State + counter: {Value: 3, End: end}},
+		Ledger: map[string]limiter.LedgerEntry{keyspace.State + window: {Units: 4, Size: time.Minute, Exported: true,
+			Accounted: 4, Billed: 4, Events: 1, LastValue: 4, LastSent: 100}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the older levy, rolled back to, writes the old names
+	err = db.Commit(limiter.Changes{
+		Counters: map[string]limiter.Counter{counter: {Value: 2, End: end}, "{c:bolt}:units:1772323200": {Value: 1, End: end}},
+		Ledger:   map[string]limiter.LedgerEntry{window: {Units: 9, Size: time.Minute}, "{c:bolt}:ledger:api_calls:1772323200": {Units: 9, Size: time.Minute}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	db, err = Open(dir) // rolled forward again
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	counters, err := db.LoadCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ledger, err := db.LoadLedger()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCounters := map[string]int64{keyspace.State + counter: 5, keyspace.State + "{c:bolt}:units:1772323200": 1}
+	if len(counters) != len(wantCounters) {
+		t.Fatalf("counters %v, want %v", counters, wantCounters)
+	}
+	for k, v := range wantCounters {
+		if c := counters[k]; c.Value != v || !c.End.Equal(end) {
+			t.Errorf("counter %s: %+v, want %d", k, c, v)
+		}
+	}
+	want := map[string]limiter.LedgerEntry{
+		keyspace.State + window:                                 {Units: 13, Size: time.Minute, Exported: true, Accounted: 4, Billed: 4, Events: 1, LastValue: 4, LastSent: 100},
+		keyspace.State + "{c:bolt}:ledger:api_calls:1772323200": {Units: 9, Size: time.Minute},
+	}
+	if len(ledger) != len(want) {
+		t.Fatalf("ledger %+v, want %+v", ledger, want)
+	}
+	for k, w := range want {
+		if ledger[k] != w {
+			t.Errorf("window %s: %+v, want %+v: the 9 units the older levy wrote are due", k, ledger[k], w)
 		}
 	}
 }

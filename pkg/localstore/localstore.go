@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
-	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -30,9 +29,6 @@ var (
 	bucketCounters = []byte("counters")
 	bucketMeta     = []byte("meta")
 	keyDemo        = []byte("demo-keys")
-	// keyLayout holds the keyspace.Version the file's counters and
-	// windows are named in; a file without it has the layout before.
-	keyLayout = []byte("layout")
 )
 
 // DB is the embedded store.
@@ -98,16 +94,18 @@ func Open(dir string) (*DB, error) {
 	return &DB{bolt: b, path: path}, nil
 }
 
-// upgradeLayout renames the counters and ledger windows of a file written
-// before keyspace.Version to their current names (in the transaction that
-// opens the file, so a crash leaves it as it was), and records the
-// version. One process owns the file, so no key exists under both names.
+// upgradeLayout folds the counters and ledger windows named in the layout
+// before keyspace.Version into their current names, in the transaction
+// that opens the file (so a crash leaves it as it was). It runs at every
+// open, not once: an older levy, rolled back to, writes the old names
+// again, and what it wrote must be counted and exported after the roll
+// forward. It costs a seek when there is nothing to fold: old names start
+// with '{' and current ones with "levy:", so a cursor at "{" finds only old
+// ones, and long keys (stored under their hash) are the few that are
+// read to tell. A name under both is merged as the Redis sweep merges
+// (pkg/redisstore/layout.lua): a counter of the same period sums, a
+// window sums its units and what was billed.
 func upgradeLayout(tx *bolt.Tx) error {
-	meta := tx.Bucket(bucketMeta)
-	version := strconv.Itoa(keyspace.Version)
-	if string(meta.Get(keyLayout)) == version {
-		return nil
-	}
 	for _, name := range [][]byte{bucketCounters, bucketLedger} {
 		b := tx.Bucket(name)
 		type move struct {
@@ -116,29 +114,110 @@ func upgradeLayout(tx *bolt.Tx) error {
 			v    []byte
 		}
 		var moves []move
-		err := b.ForEach(func(sk, sv []byte) error {
-			k, v, err := entry(sk, sv)
-			if err != nil {
-				return err
-			}
-			if to, ok := keyspace.Upgrade(k); ok {
-				moves = append(moves, move{slices.Clone(sk), to, slices.Clone(v)})
+		c := b.Cursor()
+		visit := func(prefix []byte) error {
+			for sk, sv := c.Seek(prefix); sk != nil && bytes.HasPrefix(sk, prefix); sk, sv = c.Next() {
+				k, v, err := entry(sk, sv)
+				if err != nil {
+					return err
+				}
+				if to, ok := keyspace.UpgradeStored(k); ok {
+					moves = append(moves, move{slices.Clone(sk), to, slices.Clone(v)})
+				}
 			}
 			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("move %s to layout %s: %w", name, version, err)
+		}
+		for _, prefix := range []string{"{", longKeyPrefix} {
+			if err := visit([]byte(prefix)); err != nil {
+				return fmt.Errorf("move %s to layout %d: %w", name, keyspace.Version, err)
+			}
 		}
 		for _, m := range moves {
+			v := m.v
+			if sk := storedKey(m.to); b.Get(sk) != nil {
+				_, cur, err := entry(sk, b.Get(sk))
+				if err != nil {
+					return err
+				}
+				if v, err = mergeStored(name, m.to, v, cur); err != nil {
+					return err
+				}
+			}
 			if err := b.Delete(m.from); err != nil {
 				return err
 			}
-			if err := put(b, m.to, m.v); err != nil {
+			if err := put(b, m.to, v); err != nil {
 				return err
 			}
 		}
 	}
-	return meta.Put(keyLayout, []byte(version))
+	return nil
+}
+
+// mergeStored merges the value old of a counter or ledger window (bucket
+// name) under an old name into the value cur under its current name, key.
+func mergeStored(name []byte, key string, old, cur []byte) ([]byte, error) {
+	if bytes.Equal(name, bucketCounters) {
+		o, err := decodeCounter(key, old)
+		if err != nil {
+			return nil, err
+		}
+		n, err := decodeCounter(key, cur)
+		if err != nil {
+			return nil, err
+		}
+		// One name per period start: the same period, summed.
+		var v [16]byte
+		binary.BigEndian.PutUint64(v[:8], uint64(o.Value+n.Value))
+		binary.BigEndian.PutUint64(v[8:], uint64(max(o.End.UnixNano(), n.End.UnixNano())))
+		return v[:], nil
+	}
+	var o, n limiter.LedgerEntry
+	if err := json.Unmarshal(old, &o); err != nil {
+		return nil, fmt.Errorf("ledger window %q: %w", key, err)
+	}
+	if err := json.Unmarshal(cur, &n); err != nil {
+		return nil, fmt.Errorf("ledger window %q: %w", key, err)
+	}
+	return json.Marshal(mergeWindows(o, n))
+}
+
+// mergeWindows is one window of the two copies o (old name) and n:
+// units, refunds, reports, billed value and events summed; exported when
+// either was, and accounted what both had accounted, so that what Stripe
+// has not got is due, once; the size, pending value and rejection of the
+// one that has them (n first), and the last event of the later.
+func mergeWindows(o, n limiter.LedgerEntry) limiter.LedgerEntry {
+	m := n
+	m.Units, m.Refunded, m.Reported = o.Units+n.Units, o.Refunded+n.Refunded, o.Reported+n.Reported
+	m.Billed, m.Events = o.Billed+n.Billed, o.Events+n.Events
+	m.Exported = o.Exported || n.Exported
+	m.Accounted = accounted(o) + accounted(n)
+	if m.Size == 0 {
+		m.Size = o.Size
+	}
+	if m.Pending == 0 {
+		m.Pending = o.Pending
+	}
+	if m.Rejected == "" {
+		m.Rejected = o.Rejected
+	}
+	if o.LastSent > n.LastSent {
+		m.LastValue, m.LastSent = o.LastValue, o.LastSent
+	}
+	return m
+}
+
+// accounted is what Stripe has of window e: nothing unless exported, and
+// its units when exported before levy kept Accounted.
+func accounted(e limiter.LedgerEntry) int64 {
+	switch {
+	case !e.Exported:
+		return 0
+	case e.Accounted == 0 && e.Events == 0 && e.Billed == 0:
+		return e.Units
+	}
+	return e.Accounted
 }
 
 // lockErr explains a timeout on the file lock: a second levy on the same

@@ -13,6 +13,7 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/apikey/storetest"
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/localstore"
 )
@@ -78,13 +79,13 @@ func TestCommitKeepsCountersAndLedgerAcrossReopen(t *testing.T) {
 	end := time.Date(2026, time.April, 1, 0, 0, 0, 0, time.UTC)
 	db := open(t, dir)
 	err := db.Commit(limiter.Changes{
-		Counters: map[string]limiter.Counter{"{c:a}:q:1": {Value: 7, End: end}, "{c:a}:q:0": {Value: 1, End: end}},
-		Ledger:   map[string]limiter.LedgerEntry{"{c:a}:ledger:m:60": {Units: 7, Size: time.Minute}, "{c:a}:ledger:m:0": {Units: 1, Size: time.Minute}},
+		Counters: map[string]limiter.Counter{keyspace.State + "{c:a}:q:1": {Value: 7, End: end}, keyspace.State + "{c:a}:q:0": {Value: 1, End: end}},
+		Ledger:   map[string]limiter.LedgerEntry{keyspace.State + "{c:a}:ledger:m:60": {Units: 7, Size: time.Minute}, keyspace.State + "{c:a}:ledger:m:0": {Units: 1, Size: time.Minute}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = db.Commit(limiter.Changes{DeleteCounters: []string{"{c:a}:q:0"}, DeleteLedger: []string{"{c:a}:ledger:m:0"}})
+	err = db.Commit(limiter.Changes{DeleteCounters: []string{keyspace.State + "{c:a}:q:0"}, DeleteLedger: []string{keyspace.State + "{c:a}:ledger:m:0"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,8 +101,8 @@ func TestCommitKeepsCountersAndLedgerAcrossReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantCounters := map[string]limiter.Counter{"{c:a}:q:1": {Value: 7, End: end}}
-	wantLedger := map[string]limiter.LedgerEntry{"{c:a}:ledger:m:60": {Units: 7, Size: time.Minute}}
+	wantCounters := map[string]limiter.Counter{keyspace.State + "{c:a}:q:1": {Value: 7, End: end}}
+	wantLedger := map[string]limiter.LedgerEntry{keyspace.State + "{c:a}:ledger:m:60": {Units: 7, Size: time.Minute}}
 	if !reflect.DeepEqual(counters, wantCounters) || !reflect.DeepEqual(ledger, wantLedger) {
 		t.Fatalf("after reopen: counters %v, ledger %v; want %v and %v", counters, ledger, wantCounters, wantLedger)
 	}
@@ -120,8 +121,8 @@ func BenchmarkCommit(b *testing.B) {
 	cpu := processCPU(b)
 	for i := range b.N {
 		err := db.Commit(limiter.Changes{
-			Counters: map[string]limiter.Counter{"{c:a}:q:1": {Value: int64(i), End: end}},
-			Ledger:   map[string]limiter.LedgerEntry{"{c:a}:ledger:m:60": {Units: int64(i), Size: time.Minute}},
+			Counters: map[string]limiter.Counter{keyspace.State + "{c:a}:q:1": {Value: int64(i), End: end}},
+			Ledger:   map[string]limiter.LedgerEntry{keyspace.State + "{c:a}:ledger:m:60": {Units: int64(i), Size: time.Minute}},
 		})
 		if err != nil {
 			b.Fatal(err)

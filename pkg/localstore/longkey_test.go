@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 )
 
@@ -18,10 +19,10 @@ func TestKeysOfAnyLengthAreSavedAndOthersWithThem(t *testing.T) {
 		t.Fatal(err)
 	}
 	end := time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC)
-	long := "{rl:edge.remote_address=" + strings.Repeat("v", 100_000) + "}:day"
-	counters := map[string]limiter.Counter{long: {Value: 7, End: end}, "{c:acme}:units:1": {Value: 3, End: end},
+	long := keyspace.State + "{rl:edge.remote_address=" + strings.Repeat("v", 100_000) + "}:day"
+	counters := map[string]limiter.Counter{long: {Value: 7, End: end}, keyspace.State + "{c:acme}:units:1": {Value: 3, End: end},
 		strings.Repeat("k", maxStoredKey): {Value: 1, End: end}}
-	ledger := map[string]limiter.LedgerEntry{"{c:" + strings.Repeat("x", 40_000) + "}:ledger:m:1": {Units: 5, Size: time.Minute}}
+	ledger := map[string]limiter.LedgerEntry{keyspace.State + "{c:" + strings.Repeat("x", 40_000) + "}:ledger:m:1": {Units: 5, Size: time.Minute}}
 	if err := db.Commit(limiter.Changes{Counters: counters, Ledger: ledger}); err != nil {
 		t.Fatalf("commit with a long key: %v", err)
 	}
@@ -32,7 +33,7 @@ func TestKeysOfAnyLengthAreSavedAndOthersWithThem(t *testing.T) {
 	}
 	defer db.Close()
 	got, err := db.LoadCounters()
-	if err != nil || len(got) != 3 || got[long].Value != 7 || got["{c:acme}:units:1"].Value != 3 {
+	if err != nil || len(got) != 3 || got[long].Value != 7 || got[keyspace.State+"{c:acme}:units:1"].Value != 3 {
 		t.Fatalf("counters after a restart: %d of 3, %v", len(got), err)
 	}
 	if c, found, err := db.ReadCounter(long); err != nil || !found || c.Value != 7 || !c.End.Equal(end) {

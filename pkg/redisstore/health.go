@@ -63,7 +63,7 @@ func (h *Health) loop() {
 		select {
 		case <-h.stop:
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			h.client.ZRem(ctx, keyspace.Replicas, h.id)
+			h.client.ZRem(ctx, keyspace.Replicas, keyspace.ReplicaMember(h.id))
 			cancel()
 			h.closePingers(nil)
 			return
@@ -80,7 +80,9 @@ func (h *Health) beat() {
 	defer cancel()
 	now := time.Now().UnixMilli()
 	pipe := h.client.TxPipeline()
-	pipe.ZAdd(ctx, keyspace.Replicas, redis.Z{Score: float64(now), Member: h.id})
+	// The member names the layout this replica writes: exports wait while
+	// a replica of an older one is registered (LayoutComplete).
+	pipe.ZAdd(ctx, keyspace.Replicas, redis.Z{Score: float64(now), Member: keyspace.ReplicaMember(h.id)})
 	pipe.ZRemRangeByScore(ctx, keyspace.Replicas, "-inf", strconv.FormatInt(now-5*h.every.Milliseconds()-1000, 10))
 	card := pipe.ZCard(ctx, keyspace.Replicas)
 	_, err := pipe.Exec(ctx)

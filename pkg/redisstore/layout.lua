@@ -19,10 +19,16 @@
 --     ledger keys, renamed as their ledgers are.
 -- The merged key keeps the later of the two expiries (none outlives any).
 -- KEYS[1]: the old key; KEYS[2]: the new; ARGV[1]: keyspace.State.
--- Returns 1 when it moved a key, 0 when the old one was gone.
+-- Returns 1 when it moved a key, 0 when the old one was gone, and -1,
+-- changing nothing, for a key it cannot merge: of a type levy never
+-- writes, of another type than the new key, or with a value that is not a
+-- number where levy keeps one. The sweep skips it and goes on.
 local old, new, state = KEYS[1], KEYS[2], ARGV[1]
 local kind = redis.call("TYPE", old).ok
 if kind == "none" then return 0 end
+if kind ~= "string" and kind ~= "hash" and kind ~= "zset" and kind ~= "set" then return -1 end
+local new_kind = redis.call("TYPE", new).ok
+if new_kind ~= "none" and new_kind ~= kind then return -1 end
 if kind == "set" and string.sub(old, -8) == ":ledgers" then
   for _, m in ipairs(redis.call("SMEMBERS", old)) do
     if string.sub(m, 1, #state) ~= state then m = state .. m end
@@ -45,23 +51,36 @@ local function fields(key)
   for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
   return h
 end
-local function num(h, f) return tonumber(h[f] or "0") end
+-- bad is set when a field levy keeps as a number holds something else:
+-- the merge then returns -1 before it writes anything.
+local bad = false
+local function num(h, f)
+  local v = tonumber(h[f] or "0")
+  if v == nil then
+    bad = true
+    return 0
+  end
+  return v
+end
 -- accounted is what Stripe has of window h: nothing unless exported, and
 -- its units when exported before levy kept "a".
 local function accounted(h)
   if h.e ~= "1" then return 0 end
-  return tonumber(h.a or h.u or "0")
+  if h.a then return num(h, "a") end
+  return num(h, "u")
 end
 
 if kind == "string" then
   local o, n = tonumber(redis.call("GET", old)), tonumber(redis.call("GET", new))
+  if o == nil or n == nil then return -1 end
   if math.abs(o) > math.abs(n) then redis.call("SET", new, string.format("%d", o)) end
 elseif kind == "hash" then
   local o, n = fields(old), fields(new)
   if o.s or n.s then
-    local so, sn = tonumber(o.s or "0"), tonumber(n.s or "0")
+    local so, sn = num(o, "s"), num(n, "s")
+    local v = num(o, "v") + num(n, "v")
+    if bad then return -1 end
     if so == sn then
-      local v = num(o, "v") + num(n, "v")
       if v > max_count then v = max_count end
       redis.call("HSET", new, "v", string.format("%d", v))
     elseif so > sn then
@@ -89,6 +108,7 @@ elseif kind == "hash" then
     end
     local last = n
     if num(o, "t") > num(n, "t") then last = o end
+    if bad then return -1 end
     if last.t then
       m[#m + 1] = "l"
       m[#m + 1] = last.l or "0"
@@ -101,8 +121,6 @@ elseif kind == "zset" then
   redis.call("ZUNIONSTORE", new, 2, new, old, "AGGREGATE", "MIN")
 elseif kind == "set" then
   redis.call("SUNIONSTORE", new, new, old)
-else
-  return redis.error_reply("levy layout: " .. old .. " is a " .. kind)
 end
 redis.call("DEL", old)
 if ttl < 0 then redis.call("PERSIST", new) else redis.call("PEXPIRE", new, ttl) end

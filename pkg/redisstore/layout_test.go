@@ -85,12 +85,12 @@ func testMigrateLayout(t *testing.T, client redis.UniversalClient, cluster bool)
 	}
 	client.Set(ctx, oldRule, "1", time.Hour)
 
-	moved, err := redisstore.MigrateLayout(ctx, client)
-	if err != nil || moved == 0 {
-		t.Fatalf("MigrateLayout = %d, %v", moved, err)
+	pass, err := redisstore.MigrateLayout(ctx, client)
+	if err != nil || pass.Moved == 0 || pass.Skipped != 0 {
+		t.Fatalf("MigrateLayout = %+v, %v", pass, err)
 	}
-	if again, err := redisstore.MigrateLayout(ctx, client); err != nil || again != 0 {
-		t.Fatalf("a second MigrateLayout = %d, %v; want nothing left", again, err)
+	if again, err := redisstore.MigrateLayout(ctx, client); err != nil || again.Moved != 0 {
+		t.Fatalf("a second MigrateLayout = %+v, %v; want nothing left", again, err)
 	}
 	if left := legacyKeys(ctx, t, client); len(left) > 0 {
 		t.Fatalf("old keys left: %v", left)

@@ -451,6 +451,17 @@ func (s *Server) reconcile(ctx context.Context, q admin.ReconcileQuery) (any, er
 	if key == "" {
 		return nil, fmt.Errorf("%w: STRIPE_API_KEY is not set, so there is no Stripe to reconcile with", admin.ErrUnavailable)
 	}
+	if q.Fix && s.backend.exportReady != nil {
+		// A fix sends meter events as the exporter does, and waits as it
+		// does while a window may have a copy under each layout's name.
+		ready, err := s.backend.exportReady(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if !ready {
+			return nil, fmt.Errorf("%w: the store is still moving state keys to the current layout (replicas of an older levy are running, or the sweep has not finished); fixes wait, as exports do", admin.ErrUnavailable)
+		}
+	}
 	return billing.Reconcile(ctx, billing.ReconcileConfig{
 		Ledger: s.backend.ledger,
 		Consumer: func(id string) (*apikey.Consumer, bool) {
@@ -496,7 +507,7 @@ func (s *Server) exportUsage(ctx context.Context) {
 			return s.authz.Snapshot().Directory.Consumer(id)
 		},
 		Catalog: func() *plan.Catalog { return s.authz.Snapshot().Catalog },
-		Lease:   s.backend.lease, Holder: s.replicaID,
+		Lease:   s.backend.lease, Holder: s.replicaID, Ready: s.backend.exportReady,
 		APIKey: key, APIBase: s.cfg.Billing.Stripe.APIBase,
 		Every: time.Duration(s.cfg.Billing.ExportEvery), SettleDelay: time.Duration(s.cfg.Billing.SettleDelay),
 		Registerer: s.metrics.Registry, Log: s.log, Clock: s.opts.Clock,

@@ -31,8 +31,11 @@ type backend struct {
 	limiter limiter.Store
 	ledger  usage.Ledger
 	lease   billing.Lease
-	events  billing.Events
-	store   apikey.Store
+	// exportReady, when set, says whether exports and reconcile's fixes
+	// may run (billing.ExporterConfig.Ready).
+	exportReady func(ctx context.Context) (bool, error)
+	events      billing.Events
+	store       apikey.Store
 	// history keeps the usage history (nil when usage.history is off);
 	// consumers lists whom the ledger has windows of, for its catch-up.
 	history   history.Store
@@ -146,9 +149,11 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	b.closers = append(b.closers, func() error { stopBackfill(); <-backfilled; return nil })
 	// State keys of an older levy's layout move to keyspace's current one
 	// (merged when an older replica still writes them), off the start
-	// path, on one replica at a time, until none has appeared for a while.
+	// path, on one replica at a time, while older replicas are registered
+	// or a pass finds old keys; exports wait until then.
 	stopSweep := redisstore.StartLayoutSweep(redisstore.LayoutSweepConfig{Client: client, Holder: uuid.NewString(), Log: s.log})
 	b.closers = append(b.closers, func() error { stopSweep(); return nil })
+	b.exportReady = func(ctx context.Context) (bool, error) { return redisstore.LayoutComplete(ctx, client) }
 	b.store = dir
 	b.portal = redisstore.Portal{Client: client}
 	if h := cfg.Usage.History; h.Enabled {
