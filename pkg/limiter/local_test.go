@@ -11,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/levyhq/levy/pkg/await"
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/localstore"
@@ -217,7 +218,7 @@ func TestLocalKeepsOnlyRecentlyUsedCountersInMemory(t *testing.T) {
 	clock := limitertest.NewClock(limitertest.Start)
 	l, db := openDisk(t, dir, limiter.LocalConfig{Clock: clock.Now, CounterIdle: time.Minute})
 	addr := func(i int) limiter.Limit {
-		return limiter.Limit{Kind: limiter.Quota, Name: "per-ip", Key: fmt.Sprintf("{rl:edge.remote_address=10.0.%d.%d}:q:day", i>>8, i&0xff),
+		return limiter.Limit{Kind: limiter.Quota, Name: "per-ip", Key: keyspace.Rule(fmt.Sprintf("edge.remote_address=10.0.%d.%d", i>>8, i&0xff), "", []byte(":q:day")),
 			Cost: 1, Max: 3, Unit: plan.Day}
 	}
 	for i := range n {
