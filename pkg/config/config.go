@@ -32,6 +32,7 @@ type Config struct {
 	RateLimit RateLimit           `yaml:"ratelimit"`
 	Billing   Billing             `yaml:"billing"`
 	Portal    Portal              `yaml:"portal"`
+	Alerts    Alerts              `yaml:"alerts"`
 
 	// AdminToken is the bearer token of the admin API (LEVY_ADMIN_TOKEN;
 	// unset turns the API off). The environment gives it, never the file.
@@ -202,6 +203,9 @@ type PlanSpec struct {
 	Routes map[string]RouteSpec `yaml:"routes"`
 	// Billing ties the plan to Stripe.
 	Billing PlanBilling `yaml:"billing"`
+	// Alerts are shares of the quota (or spend cap) whose crossing in a
+	// period sends a usage alert (alerts.url): [80%, 100%].
+	Alerts []Percent `yaml:"alerts"`
 }
 
 // PlanBilling ties a plan to Stripe.
@@ -323,6 +327,7 @@ func Default() *Config {
 			Stripe: Stripe{APIBase: "https://api.stripe.com"},
 		},
 		Portal: defaultPortal(),
+		Alerts: defaultAlerts(),
 	}
 }
 
@@ -355,6 +360,7 @@ var envSecrets = []struct {
 	{"STRIPE_API_KEY", func(c *Config) *Secret { return &c.Billing.Stripe.APIKey }},
 	{"STRIPE_WEBHOOK_SECRET", func(c *Config) *Secret { return &c.Billing.Stripe.WebhookSecret }},
 	{"LEVY_REDIS_PASSWORD", func(c *Config) *Secret { return &c.Store.Redis.Password }},
+	{"LEVY_ALERTS_SECRET", func(c *Config) *Secret { return &c.Alerts.Secret }},
 }
 
 // envOnly maps the other settings only the environment gives.

@@ -35,6 +35,7 @@ import (
 
 	"github.com/levyhq/levy/api"
 	"github.com/levyhq/levy/pkg/admin"
+	"github.com/levyhq/levy/pkg/alert"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/billing"
@@ -121,6 +122,7 @@ type Server struct {
 	demo    []*apikey.Consumer
 	demoKey []*apikey.Key
 	portal  *portal.Handler
+	alerter *alert.Alerter
 
 	grpcLis, httpLis net.Listener
 	grpc             *grpc.Server
@@ -180,6 +182,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		Metrics:        s.metrics,
 		Log:            s.log,
 	})
+	if s.alerter, err = s.newAlerter(); err != nil {
+		s.als.Close(context.Background())
+		s.closeStore()
+		return nil, err
+	}
 	if err := s.listen(); err != nil {
 		s.als.Close(context.Background())
 		s.closeStore()
@@ -592,6 +599,11 @@ func (s *Server) Run(ctx context.Context) error {
 		defer close(exportDone)
 		s.exportUsage(exportCtx)
 	}()
+	alertsDone := make(chan struct{})
+	go func() {
+		defer close(alertsDone)
+		s.runAlerts(exportCtx)
+	}()
 	healthDone := make(chan struct{})
 	go func() {
 		defer close(healthDone)
@@ -614,6 +626,7 @@ func (s *Server) Run(ctx context.Context) error {
 	<-healthDone
 	stopExport()
 	<-exportDone
+	<-alertsDone
 
 	s.als.Drain() // Envoy never ends its access-log streams itself
 	stopped := make(chan struct{})
@@ -716,6 +729,7 @@ func restartNeeded(started, next *config.Config) []string {
 		started.Billing.ConsumerHeader != next.Billing.ConsumerHeader)
 	check("billing.stripe/export_every/settle_delay", started.Billing.Stripe != next.Billing.Stripe ||
 		started.Billing.ExportEvery != next.Billing.ExportEvery || started.Billing.SettleDelay != next.Billing.SettleDelay)
+	check("alerts", started.Alerts != next.Alerts)
 	check("ratelimit.dir (watched)", started.RateLimit.Dir != next.RateLimit.Dir)
 	return out
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/levyhq/levy/pkg/alert"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
@@ -33,6 +34,7 @@ type backend struct {
 	events   billing.Events
 	store    apikey.Store
 	portal   portal.Store
+	alerts   alert.Store
 	ready    func() bool
 	demoKeys func(plans []string, gen func() (string, error)) (map[string]string, error)
 	closers  []func() error
@@ -70,6 +72,7 @@ func (s *Server) openBackend(cfg *config.Config) (*backend, error) {
 	}
 	b.limiter, b.store, b.demoKeys = local, dir, db.DemoKeys
 	b.portal = db.Portal(s.opts.Clock)
+	b.alerts = db.Alerts(s.opts.Clock)
 	b.ledger, b.lease, b.events = local, billing.SoleLease{}, db
 	return b, nil
 }
@@ -143,6 +146,7 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 	b.closers = append(b.closers, func() error { stopSweep(); return nil })
 	b.store = dir
 	b.portal = redisstore.Portal{Client: client}
+	b.alerts = redisstore.Alerts{Client: client}
 	b.demoKeys = func(plans []string, gen func() (string, error)) (map[string]string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
