@@ -104,15 +104,15 @@ func TestPlanChangeWithoutStripeSwitchesAmongSelfServePlans(t *testing.T) {
 	}
 }
 
-// The overview shows the highest alert threshold the period's usage has
-// crossed: 25,000 of pro's 100,000 is past 20%, not 50%.
+// Once the period's usage crosses an alert threshold, the overview says
+// how much is used: 25,000 of pro's 100,000 is past 20%.
 func TestOverviewShowsTheUsageAlertCrossed(t *testing.T) {
 	cat := pricedCatalog(t)
 	e := newEnv(t, nil, nil, func(c *portal.Config) { c.Catalog = func() *plan.Catalog { return cat } })
 	b := e.browser()
 	e.signIn(b, "a")
 	page := b.get("/portal/")
-	if !strings.Contains(page.body, "You have used 20% of your monthly quota.") || strings.Contains(page.body, "50%") {
+	if !strings.Contains(page.body, "You have used 25% of your monthly quota.") || strings.Contains(page.body, `class="banner over"`) {
 		t.Fatalf("overview:\n%s", page.body)
 	}
 	e2 := newEnv(t, nil, nil)

@@ -94,17 +94,16 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, s *sess) {
 	h.render(w, r, http.StatusOK, "overview.html", page{Title: "Overview", Active: "overview", Session: s, Notice: notice(r), Data: d})
 }
 
-// alertBanner is the overview's banner for the highest of p's usage alert
-// thresholds that used has crossed: the same thresholds that send the
-// operator's usage alerts.
+// alertBanner is the overview's banner once used has crossed one of p's
+// usage alert thresholds (those that send the operator's usage alerts).
 func alertBanner(p *plan.Plan, used int64) (string, bool) {
 	crossed := p.AlertsCrossed(used)
 	if len(crossed) == 0 {
 		return "", false
 	}
-	t := crossed[len(crossed)-1]
-	_, name := p.AlertLimit()
-	return fmt.Sprintf("You have used %d%% of your %s %s.", t, plan.PeriodWord(p.UsagePeriod()), name), t >= 100
+	// The share used, not the threshold: past 80% at 90%, it says 90%.
+	limit, name := p.AlertLimit()
+	return fmt.Sprintf("You have used %d%% of your %s %s.", used*100/limit, plan.PeriodWord(p.UsagePeriod()), name), crossed[len(crossed)-1] >= 100
 }
 
 func modelWords(m plan.Model) string {
