@@ -164,6 +164,7 @@ func TestBadConfigsFailTheSchemaWhereItCanTell(t *testing.T) {
 		{"bad_cost.yaml", "plans.pro.costs.v1/search", 5},
 		{"limit_too_large.yaml", "plans.pro.quota.requests", 4},
 		{"bad_near_limit_ratio.yaml", "ratelimit.near_limit_ratio", 2},
+		{"bad_alert_threshold.yaml", "plans.pro.alerts[1]", 5},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

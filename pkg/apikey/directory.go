@@ -2,6 +2,7 @@ package apikey
 
 import (
 	"context"
+	"sort"
 	"time"
 )
 
@@ -95,4 +96,14 @@ func (ix *Index) Lookup(_ context.Context, hash string) (*Key, *Consumer, error)
 func (ix *Index) Consumer(id string) (*Consumer, bool) {
 	c, ok := ix.consumers[id]
 	return c, ok
+}
+
+// Consumers returns the index's consumers in id order.
+func (ix *Index) Consumers() []*Consumer {
+	out := make([]*Consumer, 0, len(ix.consumers))
+	for _, c := range ix.consumers {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"strconv"
 	"time"
 
@@ -16,6 +17,10 @@ func (c *Config) Catalog() (*plan.Catalog, error) {
 		p := &plan.Plan{Name: name, Model: plan.Model(ps.Model), Costs: ps.Costs,
 			Meter: ps.Billing.Meter, StripePrices: ps.Billing.StripePrices, NonBillable: nonBillable(ps.Billing.NonBillable)}
 		p.Rate = ps.Rate.rate()
+		for _, a := range ps.Alerts {
+			p.Alerts = append(p.Alerts, int(a))
+		}
+		slices.Sort(p.Alerts)
 		for route, rs := range ps.Routes {
 			if p.Routes == nil {
 				p.Routes = map[string]plan.Route{}

@@ -34,6 +34,7 @@ type Config struct {
 	Billing   Billing             `yaml:"billing"`
 	Portal    Portal              `yaml:"portal"`
 	Usage     Usage               `yaml:"usage"`
+	Alerts    Alerts              `yaml:"alerts"`
 
 	// AdminToken is the bearer token of the admin API (LEVY_ADMIN_TOKEN;
 	// unset turns the API off). The environment gives it, never the file.
@@ -204,6 +205,9 @@ type PlanSpec struct {
 	Routes map[string]RouteSpec `yaml:"routes"`
 	// Billing ties the plan to Stripe.
 	Billing PlanBilling `yaml:"billing"`
+	// Alerts are shares of the quota (or spend cap) whose crossing in a
+	// period sends a usage alert (alerts.url): [80%, 100%].
+	Alerts []Percent `yaml:"alerts"`
 }
 
 // PlanBilling ties a plan to Stripe.
@@ -348,6 +352,7 @@ func Default() *Config {
 		Portal: defaultPortal(),
 		Usage: Usage{History: History{Enabled: true, Hourly: Duration(35 * 24 * time.Hour), Daily: Duration(400 * 24 * time.Hour),
 			Every: Duration(15 * time.Second)}},
+		Alerts: defaultAlerts(),
 	}
 }
 
@@ -380,6 +385,7 @@ var envSecrets = []struct {
 	{"STRIPE_API_KEY", func(c *Config) *Secret { return &c.Billing.Stripe.APIKey }},
 	{"STRIPE_WEBHOOK_SECRET", func(c *Config) *Secret { return &c.Billing.Stripe.WebhookSecret }},
 	{"LEVY_REDIS_PASSWORD", func(c *Config) *Secret { return &c.Store.Redis.Password }},
+	{"LEVY_ALERTS_SECRET", func(c *Config) *Secret { return &c.Alerts.Secret }},
 }
 
 // envOnly maps the other settings only the environment gives.

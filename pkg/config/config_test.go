@@ -42,6 +42,9 @@ func TestLoadRejectsBadFilesNamingFileLineAndKey(t *testing.T) {
 		{"malformed_dev_key.yaml", []string{"malformed_dev_key.yaml:8:", "consumers[0].keys[0].key", "well-formed"}},
 		{"limit_too_large.yaml", []string{"limit_too_large.yaml:4:", "plans.pro.quota", "1099511627776"}},
 		{"bad_near_limit_ratio.yaml", []string{"bad_near_limit_ratio.yaml:2:", "ratelimit.near_limit_ratio", "at most 1"}},
+		{"bad_alert_threshold.yaml", []string{"bad_alert_threshold.yaml:5:", `invalid alert threshold "lots"`, "80%"}},
+		{"alerts_without_quota.yaml", []string{"alerts_without_quota.yaml:5:", "plans.pro.alerts", "no quota or spend cap"}},
+		{"alerts_without_secret.yaml", []string{"alerts_without_secret.yaml:1:", "alerts.secret", "LEVY_ALERTS_SECRET"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

@@ -32,6 +32,35 @@ type Portal struct {
 	// display text; SelfServe ones a customer may switch to directly when
 	// Stripe is not configured.
 	Plans []PortalPlan `yaml:"plans"`
+	// Stripe says where Stripe's hosted pages send the customer back to
+	// when "change plan" opens them (STRIPE_API_KEY set); unset, pages of
+	// the portal under PublicURL.
+	Stripe PortalStripe `yaml:"stripe"`
+}
+
+// PortalStripe are the addresses Stripe Checkout and the Stripe customer
+// portal return to.
+type PortalStripe struct {
+	// SuccessURL: after a paid Checkout (default PublicURL +
+	// /portal/?done=checkout). CancelURL: after a cancelled one (default
+	// PublicURL + /portal/plan). ReturnURL: the customer portal's way back
+	// (default PublicURL + /portal/plan).
+	SuccessURL string `yaml:"success_url"`
+	CancelURL  string `yaml:"cancel_url"`
+	ReturnURL  string `yaml:"return_url"`
+}
+
+// StripeURLs are the success, cancel and return addresses in force: the
+// file's, or the portal's pages under PublicURL.
+func (p Portal) StripeURLs() (success, cancel, back string) {
+	base := strings.TrimSuffix(p.PublicURL, "/")
+	or := func(v, d string) string {
+		if v != "" {
+			return v
+		}
+		return base + d
+	}
+	return or(p.Stripe.SuccessURL, "/portal/?done=checkout"), or(p.Stripe.CancelURL, "/portal/plan"), or(p.Stripe.ReturnURL, "/portal/plan")
 }
 
 // PortalPlan is a plan as the portal shows it.
@@ -84,6 +113,12 @@ func (c *Config) validatePortal(errs *Errors) {
 	}
 	if d := time.Duration(p.SessionTTL); d < time.Minute || d > MaxSessionTTL {
 		c.problem(errs, "portal.session_ttl", "%v: want a duration from 1m to %v (default %v)", d, MaxSessionTTL, DefaultSessionTTL)
+	}
+	for path, v := range map[string]string{"portal.stripe.success_url": p.Stripe.SuccessURL, "portal.stripe.cancel_url": p.Stripe.CancelURL,
+		"portal.stripe.return_url": p.Stripe.ReturnURL} {
+		if u, err := url.Parse(v); v != "" && (err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "") {
+			c.problem(errs, path, "%q: want an absolute http or https URL", v)
+		}
 	}
 	seen := map[string]bool{}
 	for i, pp := range p.Plans {

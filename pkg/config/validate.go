@@ -75,6 +75,7 @@ func (c *Config) Validate() error {
 	c.validateBilling(&errs)
 	c.validatePortal(&errs)
 	c.validateUsage(&errs)
+	c.validateAlerts(&errs)
 	if c.RateLimit.Dir != "" {
 		if st, err := os.Stat(c.RateLimit.Dir); err != nil || !st.IsDir() {
 			c.problem(&errs, "ratelimit.dir", "%q is not a directory", c.RateLimit.Dir)

@@ -429,5 +429,19 @@ func ReplicaLayout(member string) int {
 	return v
 }
 
+// Usage alerts: every key under the coordination tag, so that one script
+// call claims an alert and queues it, in one slot of a cluster.
+const (
+	// AlertOutbox orders the queued alerts' ids by when each is due (a
+	// sorted set, score Unix milliseconds).
+	AlertOutbox = "{levy}:alerts:outbox"
+	// AlertRecords holds the queued alerts' records by id (a hash).
+	AlertRecords = "{levy}:alerts:records"
+)
+
+// AlertClaim marks the alert with id (consumer, threshold, period) fired:
+// set once, by the replica that queues it, until after its period ends.
+func AlertClaim(id string) string { return "{levy}:alerts:claim:" + id }
+
 // Lease is the lease named name.
 func Lease(name string) string { return "{levy}:lease:" + name }

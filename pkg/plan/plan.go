@@ -72,6 +72,10 @@ type Plan struct {
 	// NonBillable lists response statuses that are refunded at settlement:
 	// exact codes (429) or classes (500 for "5xx", as 5 in Classes).
 	NonBillable NonBillable
+	// Alerts are the percentages of the period's limit (the spend cap when
+	// there is one, else the quota or included units) whose crossing
+	// sends a usage alert, ascending.
+	Alerts []int
 	// costPrefixes is Costs' keys, longest first.
 	costPrefixes []string
 }

@@ -50,6 +50,7 @@ func startBrowserLevy(t *testing.T) *browserLevy {
 	text := `plans:
   pro: {model: tiered, rate: {requests: 100, per: 1s, burst: 200}, quota: {requests: 100000, period: month}}
   free: {model: freemium, rate: {requests: 10, per: minute}, quota: {requests: 1000, period: month}}
+  starter: {model: tiered, quota: {requests: 10, period: month}, alerts: [50%, 80%, 100%]}
 portal:
   public_url: ` + publicURL + `
   plans:
@@ -323,6 +324,26 @@ func TestPortalInHeadlessChromium(t *testing.T) {
 		t.Fatalf("the used link: %v %v", resp, err)
 	}
 	shot("10-link-used")
+
+	// A consumer past an alert threshold (80%) sees its share used on its
+	// overview.
+	l.admin(t, "PUT", "/v1/consumers/beta", map[string]any{"plan": "starter"}, nil)
+	var made struct {
+		Key string `json:"key"`
+	}
+	l.admin(t, "POST", "/v1/consumers/beta/keys", map[string]any{}, &made)
+	for range 9 {
+		if !allowed(t, authz, made.Key) {
+			t.Fatal("ext_authz refuses beta's key within its quota")
+		}
+	}
+	l.admin(t, "POST", "/v1/consumers/beta/portal-links", map[string]any{"ttl": "10m"}, &link)
+	do("beta's link", chromedp.Navigate(link.URL), chromedp.WaitVisible(chromedp.CSS("#confirm")))
+	submit("confirm beta's link", "#confirm", 200)
+	if got := text("#usage-alert"); got != "You have used 90% of your monthly quota." {
+		t.Errorf("usage alert banner %q", got)
+	}
+	shot("11-overview-alert")
 
 	mu.Lock()
 	defer mu.Unlock()

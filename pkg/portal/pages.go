@@ -2,6 +2,7 @@ package portal
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -16,6 +17,9 @@ import (
 var notices = map[string]string{
 	"revoked": "The key was revoked: it is refused from now on.",
 	"plan":    "Your plan was changed. New limits apply to your next request.",
+	// Stripe Checkout's success page: the webhook that applies the plan
+	// may come a moment later.
+	"checkout": "Thank you. Your new plan applies as soon as Stripe confirms your subscription, usually within a minute.",
 }
 
 func notice(r *http.Request) string { return notices[r.URL.Query().Get("done")] }
@@ -36,6 +40,11 @@ type overviewData struct {
 	Overage      int64
 	Billable     int64
 	BilledPerUse bool
+	// Alert is the banner of the highest usage alert threshold crossed
+	// this period ("You have used 80% of your monthly quota").
+	Alert string
+	// AlertOver: the threshold is 100% or more.
+	AlertOver bool
 }
 
 func (h *Handler) overview(w http.ResponseWriter, r *http.Request, s *sess) {
@@ -79,9 +88,22 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, s *sess) {
 			if q := p.Quota; q != nil && q.Cap > 0 {
 				d.Meters = append(d.Meters, newMeter("Spend cap", u.Used, q.Cap))
 			}
+			d.Alert, d.AlertOver = alertBanner(p, u.Used)
 		}
 	}
 	h.render(w, r, http.StatusOK, "overview.html", page{Title: "Overview", Active: "overview", Session: s, Notice: notice(r), Data: d})
+}
+
+// alertBanner is the overview's banner once used has crossed one of p's
+// usage alert thresholds (those that send the operator's usage alerts).
+func alertBanner(p *plan.Plan, used int64) (string, bool) {
+	crossed := p.AlertsCrossed(used)
+	if len(crossed) == 0 {
+		return "", false
+	}
+	// The share used, not the threshold: past 80% at 90%, it says 90%.
+	limit, name := p.AlertLimit()
+	return fmt.Sprintf("You have used %d%% of your %s %s.", used*100/limit, plan.PeriodWord(p.UsagePeriod()), name), crossed[len(crossed)-1] >= 100
 }
 
 func modelWords(m plan.Model) string {
@@ -247,11 +269,13 @@ type planView struct {
 	Model   string
 	// Switch: the customer may move to it here.
 	Switch bool
+	// Stripe: the move goes through Stripe's pages.
+	Stripe bool
 }
 
 func (h *Handler) planPage(w http.ResponseWriter, r *http.Request, s *sess) {
 	h.render(w, r, http.StatusOK, "plan.html", page{Title: "Plan", Active: "plan", Session: s, Notice: notice(r),
-		Data: map[string]any{"Plans": h.offers(s), "Stripe": h.cfg.Billing != nil}})
+		Data: map[string]any{"Plans": h.offers(s), "Stripe": h.cfg.Billing != nil && s.consumer.StripeCustomerID != ""}})
 }
 
 // offers are the plans the plan page shows: the current one first when
@@ -266,7 +290,10 @@ func (h *Handler) offers(s *sess) []planView {
 			continue
 		}
 		v := planView{PlanOffer: o, Current: o.Plan == s.consumer.Plan, Rate: rateWords(p.Rate), Quota: quotaWords(p), Model: modelWords(p.Model)}
-		v.Switch = !v.Current && (h.cfg.Billing != nil || o.SelfServe)
+		// With Stripe, a plan with a Stripe price is reached through
+		// Checkout or the customer portal; without one, only directly.
+		v.Switch = !v.Current && (o.SelfServe || h.cfg.Billing != nil && len(p.StripePrices) > 0)
+		v.Stripe = h.cfg.Billing != nil && len(p.StripePrices) > 0
 		listed = listed || v.Current
 		out = append(out, v)
 	}
@@ -292,7 +319,7 @@ func (h *Handler) changePlan(w http.ResponseWriter, r *http.Request, s *sess) {
 			Data: message{Text: "You cannot switch to plan “" + name + "” here. Ask your provider."}})
 		return
 	}
-	if h.cfg.Billing != nil {
+	if offer.Stripe {
 		back := h.settings().PublicURL + "/portal/plan"
 		u, err := h.cfg.Billing.Checkout(r.Context(), s.consumer, name, back)
 		if err != nil {

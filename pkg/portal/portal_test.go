@@ -88,7 +88,7 @@ func (u fakeUsage) Period(_ context.Context, c *apikey.Consumer) (portal.PeriodU
 
 // newEnv starts a portal on store (nil: the local store's) behind the
 // OpenAPI checker.
-func newEnv(t *testing.T, store portal.Store, keys apikey.Store) *env {
+func newEnv(t *testing.T, store portal.Store, keys apikey.Store, opts ...func(*portal.Config)) *env {
 	t.Helper()
 	e := &env{t: t, clock: &clock{now: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)}}
 	if keys == nil {
@@ -128,7 +128,7 @@ func newEnv(t *testing.T, store portal.Store, keys apikey.Store) *env {
 	e.settings = portal.Settings{Enabled: true, PublicURL: e.url, LinkTTL: 15 * time.Minute, SessionTTL: time.Hour,
 		Plans: []portal.PlanOffer{{Plan: "free", Price: "Free", SelfServe: true}, {Plan: "pro", Price: "$49 / month"}, {Plan: "payg", SelfServe: true}}}
 	cat := catalog(t)
-	e.h = portal.New(portal.Config{
+	cfg := portal.Config{
 		Store: store, Keys: keys,
 		Directory: func() apikey.Directory { return keys },
 		Catalog:   func() *plan.Catalog { return cat },
@@ -141,7 +141,11 @@ func newEnv(t *testing.T, store portal.Store, keys apikey.Store) *env {
 		Usage: fakeUsage{used: 25000},
 		Log:   zaptest.NewLogger(t),
 		Clock: e.clock.Now,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	e.h = portal.New(cfg)
 	srv.Config.Handler = apitest.Handler(t, e.h)
 	srv.Start()
 	t.Cleanup(srv.Close)

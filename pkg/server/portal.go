@@ -16,7 +16,20 @@ import (
 // newPortal builds the developer portal on the store and the config in
 // force (portal settings apply on reload).
 func (s *Server) newPortal() *portal.Handler {
+	// With a Stripe key, plan changes go through Stripe Checkout and the
+	// customer portal, and the webhook applies them.
+	var stripe portal.Billing
+	if key := s.cfg.Billing.Stripe.APIKey.Value(); key != "" {
+		stripe = billing.NewPlanChanges(billing.PlanChangesConfig{
+			Stripe:    billing.NewStripeClient(key, s.cfg.Billing.Stripe.APIBase),
+			Catalog:   func() *plan.Catalog { return s.authz.Snapshot().Catalog },
+			URLs:      func() (string, string, string) { return s.live.Load().Portal.StripeURLs() },
+			Consumers: s.backend.store,
+			Log:       s.log.Named("portal"),
+		})
+	}
 	return portal.New(portal.Config{
+		Billing:   stripe,
 		Store:     s.backend.portal,
 		Keys:      s.backend.store,
 		Directory: func() apikey.Directory { return s.authz.Snapshot().Directory },

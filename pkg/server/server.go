@@ -35,6 +35,7 @@ import (
 
 	"github.com/levyhq/levy/api"
 	"github.com/levyhq/levy/pkg/admin"
+	"github.com/levyhq/levy/pkg/alert"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/billing"
@@ -129,6 +130,7 @@ type Server struct {
 	// console and consoleIndex are the operator console and its list.
 	console      *console.Handler
 	consoleIndex *console.Index
+	alerter      *alert.Alerter
 
 	grpcLis, httpLis net.Listener
 	grpc             *grpc.Server
@@ -198,6 +200,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		Metrics:        s.metrics,
 		Log:            s.log,
 	})
+	if s.alerter, err = s.newAlerter(); err != nil {
+		s.als.Close(context.Background())
+		s.closeStore()
+		return nil, err
+	}
 	if err := s.listen(); err != nil {
 		s.als.Close(context.Background())
 		s.closeStore()
@@ -654,6 +661,11 @@ func (s *Server) Run(ctx context.Context) error {
 		defer close(exportDone)
 		s.exportUsage(exportCtx)
 	}()
+	alertsDone := make(chan struct{})
+	go func() {
+		defer close(alertsDone)
+		s.runAlerts(exportCtx)
+	}()
 	healthDone := make(chan struct{})
 	go func() {
 		defer close(healthDone)
@@ -686,6 +698,7 @@ func (s *Server) Run(ctx context.Context) error {
 	<-indexDone
 	stopExport()
 	<-exportDone
+	<-alertsDone
 
 	s.als.Drain() // Envoy never ends its access-log streams itself
 	stopped := make(chan struct{})
@@ -792,6 +805,7 @@ func restartNeeded(started, next *config.Config) []string {
 	check("billing.stripe/export_every/settle_delay", started.Billing.Stripe != next.Billing.Stripe ||
 		started.Billing.ExportEvery != next.Billing.ExportEvery || started.Billing.SettleDelay != next.Billing.SettleDelay)
 	check("usage.history", started.Usage.History != next.Usage.History)
+	check("alerts", started.Alerts != next.Alerts)
 	check("ratelimit.dir (watched)", started.RateLimit.Dir != next.RateLimit.Dir)
 	return out
 }

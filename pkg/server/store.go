@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/levyhq/levy/pkg/alert"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/config"
@@ -41,6 +42,7 @@ type backend struct {
 	history   history.Store
 	consumers history.ConsumerLister
 	portal    portal.Store
+	alerts    alert.Store
 	ready     func() bool
 	demoKeys  func(plans []string, gen func() (string, error)) (map[string]string, error)
 	closers   []func() error
@@ -78,6 +80,7 @@ func (s *Server) openBackend(cfg *config.Config) (*backend, error) {
 	}
 	b.limiter, b.store, b.demoKeys = local, dir, db.DemoKeys
 	b.portal = db.Portal(s.opts.Clock)
+	b.alerts = db.Alerts(s.opts.Clock)
 	b.ledger, b.lease, b.events = local, billing.SoleLease{}, db
 	if h := cfg.Usage.History; h.Enabled {
 		b.history, b.consumers = db.History(retention(cfg)), local
@@ -161,6 +164,7 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 		hist.Clock = s.opts.Clock
 		b.history, b.consumers = hist, ledger
 	}
+	b.alerts = redisstore.Alerts{Client: client}
 	b.demoKeys = func(plans []string, gen func() (string, error)) (map[string]string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()

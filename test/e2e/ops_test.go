@@ -20,10 +20,12 @@ import (
 )
 
 // opsLocalConfig turns on what the local store can show: the billing
-// export (to stripe-mock), settlement, and a RateLimitService rule that
-// labels by value with room for one value, so that a second overflows.
+// export (to stripe-mock), settlement, usage alerts (to a port nobody
+// answers: none fires), and a RateLimitService rule that labels by value
+// with room for one value, so that a second overflows.
 const opsLocalConfig = `
 dev_mode: true
+alerts: {url: "http://127.0.0.1:9/levy-alerts", secret: "env:LEVY_ALERTS_SECRET"}
 billing:
   window: 1s
   settle_delay: 1s
@@ -31,7 +33,7 @@ billing:
   fallback_plan: free
   stripe: {api_base: %s}
 plans:
-  free: {model: freemium, rate: {requests: 1000, per: 1s}, quota: {requests: 1000, period: month}, billing: {stripe_prices: [price_free]}}
+  free: {model: freemium, rate: {requests: 1000, per: 1s}, quota: {requests: 1000, period: month}, billing: {stripe_prices: [price_free]}, alerts: [80%%]}
   payg: {model: payg, rate: {requests: 1000, per: 1s}, billing: {meter: api_calls, stripe_prices: [price_payg]}}
 ratelimit:
   metric_values_per_rule: 1
@@ -106,6 +108,7 @@ func TestDashboardAndAlertsNameOnlyMetricsLevyServes(t *testing.T) {
 	cfg := writeConfig(t, dir, fmt.Sprintf(opsLocalConfig, stripe.URL, key, ""))
 	t.Setenv("STRIPE_API_KEY", "sk_test_levy")
 	t.Setenv("STRIPE_WEBHOOK_SECRET", "whsec_levy")
+	t.Setenv("LEVY_ALERTS_SECRET", "alerts_levy")
 	local := serve(t, "--config", cfg, "--data-dir", t.TempDir())
 	collect(atStart, scrape(t, local))
 

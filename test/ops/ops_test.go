@@ -165,6 +165,9 @@ func TestKitCoversLevysFailureModes(t *testing.T) {
 		{"levy_access_log_unmatched_total", true},
 		{"levy_config_last_reload_successful", true},
 		{"levy_codec_recovered_total", true},
+		{"levy_usage_alerts_total", true},
+		{"levy_usage_alert_scan_errors_total", true},
+		{"levy_usage_alerts_queued", false},
 		{"levy_config_reloads_total", false},
 		{"levy_ratelimit_rule_hits_total", false},
 	}
