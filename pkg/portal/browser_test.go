@@ -51,6 +51,8 @@ func startBrowserLevy(t *testing.T) *browserLevy {
   pro: {model: tiered, rate: {requests: 100, per: 1s, burst: 200}, quota: {requests: 100000, period: month}}
   free: {model: freemium, rate: {requests: 10, per: minute}, quota: {requests: 1000, period: month}}
   starter: {model: tiered, quota: {requests: 10, period: month}, alerts: [50%, 80%, 100%]}
+usage:
+  history: {every: 1s}
 portal:
   public_url: ` + publicURL + `
   plans:
@@ -307,6 +309,7 @@ func TestPortalInHeadlessChromium(t *testing.T) {
 	shot("5-keys")
 	do("plan page", chromedp.Navigate(l.publicURL+"/portal/plan"), chromedp.WaitVisible(chromedp.CSS(".plans")))
 	shot("6-plan")
+	usagePage(t, ctx, l, authz, rolled, shot)
 	do("overview with usage", chromedp.Navigate(l.publicURL+"/portal/"), chromedp.WaitVisible(chromedp.CSS("#used")))
 	shot("2-overview")
 	if used := text("#used"); used == "0" {
@@ -316,6 +319,10 @@ func TestPortalInHeadlessChromium(t *testing.T) {
 	shot("7-overview-phone")
 	do("phone keys", chromedp.Navigate(l.publicURL+"/portal/keys"), chromedp.WaitVisible(chromedp.CSS("#create-key")))
 	shot("8-keys-phone")
+	do("phone usage", chromedp.Navigate(l.publicURL+"/portal/usage"), chromedp.WaitVisible(chromedp.CSS("#usage-chart")))
+	shot("12-usage-phone")
+	do("phone usage table", chromedp.Click(chromedp.CSS(".figures summary")), chromedp.WaitVisible(chromedp.CSS("#usage-table")))
+	shot("13-usage-phone-table")
 	do("desktop", chromedp.EmulateViewport(1280, 900))
 	submit("sign out", ".signout button", 200)
 	shot("9-signed-out")

@@ -137,6 +137,10 @@ type keyView struct {
 	CreatedAt  time.Time
 	ExpiresAt  time.Time
 	ReplacedBy string
+	// Allowed and Denied are its requests over the page's range; LastUsed
+	// the start of its latest hour with a request (zero: none kept).
+	Allowed, Denied int64
+	LastUsed        time.Time
 }
 
 func (h *Handler) keysPage(w http.ResponseWriter, r *http.Request, s *sess) {
@@ -152,6 +156,11 @@ type created struct {
 }
 
 func (h *Handler) showKeys(w http.ResponseWriter, r *http.Request, s *sess, status int, made *created) {
+	q, bad := parseKeysQuery(r.URL.Query())
+	if bad != "" {
+		h.render(w, r, http.StatusBadRequest, "message.html", page{Title: "Not offered", Session: s, Data: message{Text: bad}})
+		return
+	}
 	keys, err := h.cfg.Keys.ListKeys(r.Context(), s.Consumer)
 	if err != nil {
 		h.log.Error("portal list keys", zap.String("consumer", s.Consumer), zap.Error(err))
@@ -172,8 +181,25 @@ func (h *Handler) showKeys(w http.ResponseWriter, r *http.Request, s *sess, stat
 		}
 		views = append(views, v)
 	}
+	table := newKeysTable(q, len(views))
+	table.HourlyKept = daysWords(h.retention().Hourly)
+	if h.cfg.History != nil {
+		counts, last, from, to, err := h.keyCounts(r.Context(), s, q.Range)
+		if err != nil {
+			h.log.Error("portal key counts", zap.String("consumer", s.Consumer), zap.Error(err))
+			table.CountError = "Request counts cannot be read right now. Try again in a minute."
+		} else {
+			table.Counted, table.From, table.To = true, from, to.Add(-24*time.Hour)
+			for i := range views {
+				c := counts[views[i].ID]
+				views[i].Allowed, views[i].Denied, views[i].LastUsed = c.Allowed, c.Denied, last[views[i].ID]
+			}
+		}
+	}
+	sortKeys(views, q)
+	views = views[min(table.First-1, len(views)):table.LastShown]
 	h.render(w, r, status, "keys.html", page{Title: "API keys", Active: "keys", Session: s, Notice: notice(r),
-		Data: map[string]any{"Keys": views, "Created": made, "Graces": graces}})
+		Data: map[string]any{"Keys": views, "Created": made, "Graces": graces, "Table": table}})
 }
 
 // graces are the deadlines a roll offers for the old key.

@@ -22,12 +22,13 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/history"
 	"github.com/levyhq/levy/pkg/plan"
 )
 
 // Scopes a link or session may carry.
 const (
-	ScopeUsage = "usage" // the overview's usage figures
+	ScopeUsage = "usage" // the overview's usage figures and the usage page
 	ScopeKeys  = "keys"  // list, create, revoke and roll keys
 	ScopePlan  = "plan"  // see plans and switch
 )
@@ -77,6 +78,9 @@ type PeriodUsage struct {
 	// or allows (hard); Overage the units beyond; Billable what is
 	// invoiced.
 	Used, Included, Overage, Billable int64
+	// Settled is the period's units after access-log settlement: what the
+	// usage history's billed units add up to.
+	Settled int64
 }
 
 // Billing starts Stripe-hosted flows for a consumer. Without it, plans
@@ -107,6 +111,9 @@ type Config struct {
 	Settings func() Settings
 	// Usage, when set, gives the overview its figures.
 	Usage Usage
+	// History, when set, gives the usage page its chart and the keys
+	// page its counts (read for the session's consumer only).
+	History *history.Reader
 	// Billing, when set, sends plan changes through Stripe.
 	Billing Billing
 	Log     *zap.Logger
@@ -162,6 +169,8 @@ func (h *Handler) routes() []route {
 		{"POST /portal/keys", h.change(ScopeKeys, h.createKey)},
 		{"POST /portal/keys/{id}/revoke", h.change(ScopeKeys, h.revokeKey)},
 		{"POST /portal/keys/{id}/roll", h.change(ScopeKeys, h.rollKey)},
+		{"GET /portal/usage", h.session(ScopeUsage, h.usagePage)},
+		{"GET /portal/usage/series", h.session(ScopeUsage, h.seriesRoute)},
 		{"GET /portal/plan", h.session(ScopePlan, h.planPage)},
 		{"POST /portal/plan", h.change(ScopePlan, h.changePlan)},
 		{"POST /portal/billing", h.change(ScopePlan, h.manageBilling)},

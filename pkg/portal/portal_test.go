@@ -19,6 +19,7 @@ import (
 
 	"github.com/levyhq/levy/api/apitest"
 	"github.com/levyhq/levy/pkg/apikey"
+	"github.com/levyhq/levy/pkg/history"
 	"github.com/levyhq/levy/pkg/localstore"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/portal"
@@ -61,6 +62,8 @@ type env struct {
 	url      string
 	// keyA and keyB are the consumers' keys' ids; secretA is a's key.
 	keyA, keyB, secretA string
+	// hist is the usage history the portal reads (the local store's).
+	hist history.Store
 }
 
 func catalog(t *testing.T) *plan.Catalog {
@@ -102,6 +105,7 @@ func newEnv(t *testing.T, store portal.Store, keys apikey.Store, opts ...func(*p
 			t.Fatal(err)
 		}
 		keys = dir
+		e.hist = db.History(history.DefaultRetention)
 		if store == nil {
 			store = db.Portal(e.clock.Now)
 		}
@@ -139,6 +143,12 @@ func newEnv(t *testing.T, store portal.Store, keys apikey.Store, opts ...func(*p
 			return e.settings
 		},
 		Usage: fakeUsage{used: 25000},
+		History: func() *history.Reader {
+			if e.hist == nil {
+				return nil
+			}
+			return &history.Reader{Store: e.hist, Clock: e.clock.Now}
+		}(),
 		Log:   zaptest.NewLogger(t),
 		Clock: e.clock.Now,
 	}

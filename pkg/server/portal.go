@@ -9,6 +9,7 @@ import (
 	"github.com/levyhq/levy/pkg/admin"
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/billing"
+	"github.com/levyhq/levy/pkg/history"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/portal"
 )
@@ -38,6 +39,7 @@ func (s *Server) newPortal() *portal.Handler {
 		Prefix:    func() string { return s.live.Load().Keys.Prefix },
 		Settings:  s.portalSettings,
 		Usage:     portalUsage{s},
+		History:   s.historyReader(),
 		Log:       s.log.Named("portal"),
 		Clock:     s.opts.Clock,
 	})
@@ -79,5 +81,14 @@ func (u portalUsage) Period(ctx context.Context, c *apikey.Consumer) (portal.Per
 	if err != nil {
 		return portal.PeriodUsage{}, err
 	}
-	return portal.PeriodUsage{Start: r.PeriodStart, End: r.PeriodEnd, Used: r.Used, Included: r.Included, Overage: r.Overage, Billable: r.Billable}, nil
+	return portal.PeriodUsage{Start: r.PeriodStart, End: r.PeriodEnd, Used: r.Used, Included: r.Included, Overage: r.Overage, Billable: r.Billable, Settled: r.Settled}, nil
+}
+
+// historyReader reads the usage history for the portal (nil when
+// usage.history is off): the portal asks only for its session's consumer.
+func (s *Server) historyReader() *history.Reader {
+	if s.backend.history == nil {
+		return nil
+	}
+	return &history.Reader{Store: s.backend.history, Retention: retention(s.cfg), Clock: s.opts.Clock}
 }

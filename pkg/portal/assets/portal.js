@@ -1,5 +1,7 @@
-// The portal's only script: a copy button for a new key's secret. The
-// pages work without it.
+// The portal's only script: a copy button for a new key's secret, and the
+// usage chart's readout of the bar under the pointer or the focus. The
+// pages work without it (each bar also has an SVG <title>, and the
+// figures are in a table below the chart).
 "use strict";
 document.addEventListener("DOMContentLoaded", function () {
   document.querySelectorAll("button[data-copy]").forEach(function (button) {
@@ -26,4 +28,17 @@ document.addEventListener("DOMContentLoaded", function () {
       }
     });
   });
+
+  var chart = document.getElementById("usage-chart");
+  var readout = document.getElementById("chart-readout");
+  if (chart && readout) {
+    var show = function (ev) {
+      var bar = ev.target.closest && ev.target.closest(".bar");
+      if (bar) {
+        readout.textContent = bar.getAttribute("data-figures");
+      }
+    };
+    chart.addEventListener("mouseover", show);
+    chart.addEventListener("focusin", show);
+  }
 });
