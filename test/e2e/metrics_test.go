@@ -17,7 +17,10 @@ import (
 // label), so that the rule metrics have something to show.
 const metricsConfig = `
 plans:
-  free: {model: freemium, rate: {requests: 10, per: minute}, quota: {requests: 100, period: month}}
+  free: {model: freemium, rate: {requests: 10, per: minute}, quota: {requests: 100, period: month}, alerts: [80%, 100%]}
+alerts:
+  url: http://127.0.0.1:9/alerts
+  secret: env:LEVY_ALERTS_SECRET
 ratelimit:
   domains:
     - domain: levy
@@ -63,9 +66,10 @@ func TestEveryDocumentedMetricIsOnAFreshServer(t *testing.T) {
 			if store == "redis" {
 				args = append(args, "--store", "redis", "--redis-addr", redistest.Start(t).Addr)
 			}
-			// The Stripe export (and its metrics) runs when a key is set;
-			// nothing is due, so it never calls the address.
-			p := serveEnv(t, []string{"STRIPE_API_KEY=sk_test_levy", "LEVY_STRIPE_API_BASE=http://127.0.0.1:9"}, args...)
+			// The Stripe export (and its metrics) runs when a key is set,
+			// and usage alerts when their URL is; nothing is due, so
+			// neither calls its address.
+			p := serveEnv(t, []string{"STRIPE_API_KEY=sk_test_levy", "LEVY_STRIPE_API_BASE=http://127.0.0.1:9", "LEVY_ALERTS_SECRET=whsec_levy"}, args...)
 			want := func(name string) bool {
 				switch {
 				case strings.HasPrefix(name, "levy_local_"):
