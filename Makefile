@@ -23,12 +23,15 @@ run: ## Serve the example config on the embedded store with demo consumers, and 
 	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/levy serve --demo --config $(CONFIG) --data-dir $(DATA)
 
 .PHONY: test
-test: ## Run every test with the race detector (and say how many compat tests had no envoyproxy/ratelimit fixtures)
-	@mkdir -p bin && rm -f bin/compat-skips
+test: ## Run every test with the race detector (and say how many compat and browser tests could not run here)
+	@mkdir -p bin && rm -f bin/compat-skips bin/browser-skips
 	@echo "$(GO) test -race -count=1 -timeout 9m $(PKGS)"
-	@LEVY_COMPAT_REPORT=$(CURDIR)/bin/compat-skips $(GO) test -race -count=1 -timeout 9m $(PKGS); rc=$$?; \
+	@LEVY_COMPAT_REPORT=$(CURDIR)/bin/compat-skips LEVY_BROWSER_REPORT=$(CURDIR)/bin/browser-skips $(GO) test -race -count=1 -timeout 9m $(PKGS); rc=$$?; \
 	if [ -s bin/compat-skips ]; then \
 		echo "envoyproxy/ratelimit fixtures not found: skipped $$(awk '{n += $$1} END {print n}' bin/compat-skips) compat tests (set LEVY_COMPAT_DIR)"; \
+	fi; \
+	if [ -s bin/browser-skips ]; then \
+		echo "Chromium not found: skipped $$(awk '{n += $$1} END {print n}' bin/browser-skips) browser tests of the portal and console (apt-get install chromium, or set LEVY_CHROMIUM)"; \
 	fi; exit $$rc
 
 IMAGE     ?= ghcr.io/levyhq/levy

@@ -25,12 +25,11 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/levyhq/levy/pkg/await"
+	"github.com/levyhq/levy/pkg/browsertest"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/console"
 	"github.com/levyhq/levy/pkg/server"
 )
-
-const chromium = "/usr/bin/chromium"
 
 const token = "console-browser-test-token"
 
@@ -113,12 +112,7 @@ func allowed(t *testing.T, client authv3.AuthorizationClient, key string) bool {
 // its plan, revokes a key (which ext_authz then refuses) and mints a
 // portal link; no page breaks the Content-Security-Policy.
 func TestConsoleInHeadlessChromium(t *testing.T) {
-	if _, err := os.Stat(chromium); err != nil {
-		if os.Getenv("LEVY_BROWSER_TEST") == "require" {
-			t.Fatalf("%s is missing and LEVY_BROWSER_TEST=require: apt-get install chromium", chromium)
-		}
-		t.Skipf("%s is missing (apt-get install chromium; LEVY_BROWSER_TEST=require makes this a failure)", chromium)
-	}
+	chromium := browsertest.Chromium(t)
 	srv := startLevy(t)
 	base := "http://" + srv.HTTPAddr()
 	shots := os.Getenv("LEVY_SCREENSHOTS")

@@ -27,12 +27,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/levyhq/levy/pkg/browsertest"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/portal"
 	"github.com/levyhq/levy/pkg/server"
 )
-
-const chromium = "/usr/bin/chromium"
 
 // browserLevy is a running levy whose public listener sits behind a
 // proxy, as behind an ingress: the proxy's URL is portal.public_url.
@@ -148,12 +147,7 @@ func screenshots(t *testing.T) string {
 // revoked there, and a rolled key works beside its successor; no page
 // breaks its Content-Security-Policy.
 func TestPortalInHeadlessChromium(t *testing.T) {
-	if _, err := os.Stat(chromium); err != nil {
-		if os.Getenv("LEVY_BROWSER_TEST") == "require" {
-			t.Fatalf("%s is missing and LEVY_BROWSER_TEST=require: apt-get install chromium", chromium)
-		}
-		t.Skipf("%s is missing (apt-get install chromium; LEVY_BROWSER_TEST=require makes this a failure)", chromium)
-	}
+	chromium := browsertest.Chromium(t)
 	l := startBrowserLevy(t)
 	shots := screenshots(t)
 	conn, err := grpc.NewClient(l.srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
