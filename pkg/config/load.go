@@ -101,6 +101,11 @@ func (l *lazyLines) index() *lineIndex {
 	return &l.ix
 }
 
+// forget drops the file's bytes if no error has needed its lines yet: a
+// validated config keeps the file's content no longer (11 MB at 100,000
+// consumers). An error found after that names its key without a line.
+func (l *lazyLines) forget() { l.once.Do(func() { l.data = nil }) }
+
 // lineIndex returns the index of c's lines (an empty one for a config not
 // read from a file).
 func (c *Config) lineIndex() *lineIndex {
