@@ -42,7 +42,7 @@ type Config struct {
 
 	// Source is the file the config came from ("" for defaults only).
 	Source string `yaml:"-"`
-	lines  lineIndex
+	lines  *lazyLines
 	// setBy names what set a key path over the file: "LEVY_STORE", "--store".
 	setBy map[string]string
 }

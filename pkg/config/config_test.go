@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -220,5 +221,30 @@ func TestKeyHashIsReadUnderHashAndItsOlderName(t *testing.T) {
 	}
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "give one of hash, sha256") {
 		t.Fatalf("hash and sha256 together: %v", err)
+	}
+}
+
+// A file that repeats one mistake in every consumer gets an error a person
+// can read (and a log line of bounded size), still naming file, line and
+// key of the first ones.
+func TestManyProblemsAreListedUpToALimit(t *testing.T) {
+	var f strings.Builder
+	f.WriteString("plans:\n  free:\n    model: freemium\nconsumers:\n")
+	for i := range 500 {
+		fmt.Fprintf(&f, "  - id: c%d\n    plan: free\n    colour: blue\n", i)
+	}
+	_, err := Parse([]byte(f.String()), "big.yaml")
+	if err == nil {
+		t.Fatal("Parse: want an error for the unknown keys")
+	}
+	lines := strings.Split(err.Error(), "\n")
+	if len(lines) != maxErrors+1 {
+		t.Fatalf("error has %d lines, want %d problems and a summary line", len(lines), maxErrors)
+	}
+	if want := `big.yaml:7: unknown key "consumers[0].colour"`; lines[0] != want {
+		t.Errorf("first line = %q, want %q", lines[0], want)
+	}
+	if want := fmt.Sprintf("... and %d more problems like these", 500-maxErrors); lines[maxErrors] != want {
+		t.Errorf("last line = %q, want %q", lines[maxErrors], want)
 	}
 }

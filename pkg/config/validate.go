@@ -90,6 +90,9 @@ func (c *Config) Validate() error {
 	if len(errs) > 0 {
 		return errs
 	}
+	if c.lines != nil {
+		c.lines.forget() // a valid file's lines are never asked for
+	}
 	return nil
 }
 

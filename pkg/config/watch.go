@@ -12,8 +12,10 @@ import (
 
 // rehashEvery is how many polls may pass on file metadata alone before the
 // content is read again anyway (a filesystem with coarse timestamps can
-// rewrite a file without changing its size or time).
-const rehashEvery = 40
+// rewrite a file without changing its size or time): a minute at the
+// default 250ms. Every 40 polls (10 s), reading and hashing a
+// 100,000-consumer file (11 MB) was 0.4% of a core on an idle replica.
+const rehashEvery = 240
 
 // Watch polls paths (files, or directories whose *.yaml and *.yml files
 // count) every interval and calls onChange when their content changed and

@@ -44,10 +44,11 @@ if KEYS[2] and ARGV[3] ~= "" and reported ~= refunded then
     -- upstream reports units): the debit starts the period's count. A
     -- counter of another period is left alone: it may be a later plan's
     -- longer period, which starts earlier. Its end is not known here: kept
-    -- a year and a day, until a decision that takes sets its own expiry.
+    -- a year and a day, until a decision that takes sets its own expiry
+    -- (t says it has to: decisions set it only when a period starts).
     local v = reported - refunded
     if v > 4503599627370496 then v = 4503599627370496 end
-    redis.call("HSET", KEYS[2], "s", ARGV[3], "v", string.format("%d", v))
+    redis.call("HSET", KEYS[2], "s", ARGV[3], "v", string.format("%d", v), "t", "1")
     redis.call("EXPIRE", KEYS[2], 31708800)
   end
 end

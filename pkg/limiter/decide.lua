@@ -254,6 +254,7 @@ end
 -- descriptor) read it once and write it once, when the batch is decided.
 -- The script runs atomically, so nobody can tell the difference.
 local seen, seen_start = {}, {} -- key -> value (false: none), a quota's period start
+local expiry_start, marked = {}, {} -- a quota key -> the period its stored expiry is for, its t as read
 local dirty = {}                -- keys to write, in the order first taken
 local dirty_kind, dirty_end, dirty_add, dirty_size, dirty_index, dirty_start = {}, {}, {}, {}, {}, {}
 
@@ -291,9 +292,13 @@ local function parse(i, ref)
   end
   keys[i] = key
   if seen[key] == nil then
-    local h = redis.call("HMGET", key, "s", "v")
+    local h = redis.call("HMGET", key, "s", "v", "t")
     seen_start[key] = h[1] and tonumber(h[1])
     seen[key] = h[2] and tonumber(h[2]) or false
+    -- the period the stored expiry was set for (false: none known; t:
+    -- a settlement made the key and its expiry is a placeholder)
+    marked[key] = h[3] and true
+    expiry_start[key] = not h[3] and seen_start[key] or false
   end
   if seen_start[key] == ps then
     stored[i] = seen[key] or nil
@@ -351,8 +356,14 @@ local function flush()
       end
     else
       redis.call("HSET", key, "s", dirty_start[key], "v", value)
-      -- kept a day past the period's end, relative to the decision's clock
-      redis.call("PEXPIRE", key, floor((dirty_end[key] * 1000000 - now) / 1000) + 86400000)
+      -- kept a day past the period's end, relative to the decision's
+      -- clock: set when the period starts (or the key comes to be), not
+      -- by every decision, which saves one command of about seven.
+      if expiry_start[key] ~= dirty_start[key] then
+        if marked[key] then redis.call("HDEL", key, "t") end
+        redis.call("PEXPIRE", key, floor((dirty_end[key] * 1000000 - now) / 1000) + 86400000)
+        expiry_start[key] = dirty_start[key]
+      end
     end
   end
 end

@@ -681,3 +681,71 @@ func redisLedger(t *testing.T, size time.Duration) (context.Context, *redis.Clie
 	client := redistest.Start(t).Client()
 	return context.Background(), client, limiter.NewRedisLedger(client, size), usage.LedgerKey("f", limitertest.LedgerTerms)
 }
+
+// A quota counter on Redis lives until a day after its period ends: the
+// expiry is set when a period's first decision takes (and when a
+// settlement made the counter, whose end it could not know), not by every
+// decision, which would cost one Redis command in seven.
+func TestRedisQuotaCounterExpiresADayAfterItsPeriod(t *testing.T) {
+	srv := redistest.Start(t)
+	client := srv.Client()
+	ctx := context.Background()
+	clock := limitertest.NewClock(time.Date(2026, 3, 14, 10, 0, 0, 0, time.UTC))
+	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Clock: clock.Now, Timeout: 5 * time.Second})
+	led := limiter.NewRedisLedger(client, time.Minute)
+	terms := limitertest.LedgerTerms
+	quota := limiter.Limit{Kind: limiter.Quota, Name: "quota", Key: usage.QuotaKey("acme"), Cost: 1, Max: 100, Unit: plan.Month}
+	ledger := limiter.Limit{Kind: limiter.Ledger, Name: "ledger", Key: usage.LedgerKey("acme", terms), WindowSize: time.Minute}
+	// The script's clock is the test's; Redis expires on its own, so a
+	// key's time to live is compared with the test clock's distance to
+	// the period's end (plus the minute a test clock adds to buckets is
+	// not added to quotas).
+	ttlLeft := func() time.Duration {
+		t.Helper()
+		ttl, err := client.PTTL(ctx, quota.Key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ttl
+	}
+	want := func(end time.Time) time.Duration { return end.Sub(clock.Now()) + 24*time.Hour }
+	near := func(got, want time.Duration) bool { return got <= want && got > want-5*time.Second }
+
+	// A route free at admission: the settlement makes the counter, with a
+	// placeholder expiry, and the next decision that takes sets the real one.
+	d, err := l.Decide(ctx, []limiter.Limit{ledger})
+	if err != nil || !d.OK {
+		t.Fatal(d.OK, err)
+	}
+	march := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+	if err := led.Adjust(ctx, []usage.Adjustment{{Key: ledger.Key, Start: d.Statuses[0].PeriodStart, At: d.Statuses[0].PeriodStart,
+		Quota: quota.Key, QuotaStart: march, Consumer: "acme", Terms: terms, Units: 3, Reported: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ttlLeft(); got < 300*24*time.Hour {
+		t.Fatalf("a settled counter's expiry is %s; want the placeholder of a year", got)
+	}
+	april := time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC)
+	for i := range 3 {
+		if d, err := l.Decide(ctx, []limiter.Limit{quota}); err != nil || !d.OK {
+			t.Fatal(d.OK, err)
+		}
+		if got := ttlLeft(); !near(got, want(april)) {
+			t.Fatalf("decision %d: the counter expires in %s; want a day after the period, %s", i, got, want(april))
+		}
+		if n, _ := client.HExists(ctx, quota.Key, "t").Result(); n {
+			t.Fatalf("decision %d: the placeholder mark is still there", i)
+		}
+	}
+	if used := limitertest.Usage(t, l, quota); used != 6 {
+		t.Fatalf("used %d; want 3 settled and 3 decided", used)
+	}
+	// The next period's first decision moves the expiry to its own end.
+	clock.Set(time.Date(2026, 4, 2, 0, 0, 0, 0, time.UTC))
+	if d, err := l.Decide(ctx, []limiter.Limit{quota}); err != nil || !d.OK {
+		t.Fatal(d.OK, err)
+	}
+	if got, w := ttlLeft(), want(time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)); !near(got, w) {
+		t.Fatalf("in April the counter expires in %s; want %s", got, w)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -210,6 +211,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		s.closeStore()
 		return nil, err
 	}
+	returnLoadMemory()
 	return s, nil
 }
 
@@ -777,13 +779,25 @@ func (s *Server) reload() {
 			s.metrics.ConfigLastReloadSuccess.Set(1)
 			s.log.Info("config reloaded", zap.String("config", s.cfg.Source), zap.String("ratelimit_dir", next.RateLimit.Dir),
 				zap.Strings("domains", r.Rules.Domains()))
+			returnLoadMemory()
 			return
 		}
 	}
 	s.metrics.ConfigReloads.WithLabelValues("failure").Inc()
 	s.metrics.ConfigLastReloadSuccess.Set(0)
 	s.log.Error("config reload failed; keeping the running config and rules", zap.Error(err))
+	returnLoadMemory()
 }
+
+// returnLoadMemory gives the operating system back the memory a config
+// load used and no longer does. Decoding a file builds a YAML node tree
+// many times the size of the file (a 100,000-consumer file of 11 MB peaks
+// near 700 MB), all garbage once the snapshots are built; the runtime
+// would otherwise keep it mapped for minutes, and a pod's RSS would show
+// the peak of its last reload rather than what it holds (at 100,000
+// consumers, about 100 MB). A load is rare (start, a changed file), and
+// the collection it forces takes milliseconds.
+func returnLoadMemory() { debug.FreeOSMemory() }
 
 // restartNeeded names settings a reload changed that only a restart
 // applies.

@@ -93,10 +93,11 @@ type Receiver struct {
 	flushMu sync.Mutex // one ledger write at a time
 
 	// stop ends the flush loop (and cancels a write it is in); done is
-	// closed once it has ended.
+	// closed once it has ended. wake tells the loop something is pending.
 	loopCtx context.Context
 	stop    context.CancelFunc
 	done    chan struct{}
+	wake    chan struct{}
 
 	// draining ends open streams (Drain); readers counts the goroutines
 	// still reading them.
@@ -187,6 +188,7 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 		maxUnmatchedTries: max(int(2*time.Minute/cfg.FlushEvery), 3),
 		done:              make(chan struct{}),
 		draining:          make(chan struct{}),
+		wake:              make(chan struct{}, 1),
 	}
 	r.loopCtx, r.stop = context.WithCancel(context.Background())
 	go r.flushLoop()
@@ -309,10 +311,14 @@ func (r *Receiver) settleFacts(b *batch, f *facts, cat *plan.Catalog, now time.T
 func (r *Receiver) commit(b *batch) {
 	if len(b.aggs) > 0 {
 		r.mu.Lock()
+		idle := len(r.pending) == 0
 		for k, i := range b.index {
 			r.mergeLocked(k, &b.aggs[i])
 		}
 		r.mu.Unlock()
+		if idle {
+			r.wakeFlush()
+		}
 		clear(b.index)
 		clear(b.aggs) // pending may hold their request slices now
 		b.aggs = b.aggs[:0]
@@ -411,7 +417,11 @@ func (r *Receiver) Flush(ctx context.Context) error {
 		}
 		dropped += max(len(a.Requests), 1)
 	}
+	kept := len(r.pending) > 0
 	r.mu.Unlock()
+	if kept {
+		r.wakeFlush() // retried on the loop's next tick, whoever flushed
+	}
 	r.unmatched = tries
 	if dropped > 0 {
 		r.metrics.addUnmatched(dropped)
@@ -449,18 +459,51 @@ func (r *Receiver) Close(ctx context.Context) error {
 	return r.Flush(context.WithoutCancel(ctx))
 }
 
+// wakeFlush tells the flush loop that something is pending.
+func (r *Receiver) wakeFlush() {
+	select {
+	case r.wake <- struct{}{}:
+	default: // already told
+	}
+}
+
+// flushLoop flushes every FlushEvery while anything is pending, and sleeps
+// while nothing is: an idle replica's receiver wakes nobody (ten wake-ups
+// a second were a fifth of an idle levy's CPU).
 func (r *Receiver) flushLoop() {
 	defer close(r.done)
+	for {
+		select {
+		case <-r.loopCtx.Done():
+			return
+		case <-r.wake:
+		}
+		if !r.flushWhilePending() {
+			return
+		}
+	}
+}
+
+// flushWhilePending flushes every FlushEvery until a flush leaves nothing
+// pending (what failed stays pending, and is retried); false when the
+// loop is stopped.
+func (r *Receiver) flushWhilePending() bool {
 	t := time.NewTicker(r.cfg.FlushEvery)
 	defer t.Stop()
 	for {
 		select {
 		case <-r.loopCtx.Done():
-			return
+			return false
 		case <-t.C:
-			if err := r.Flush(r.loopCtx); err != nil && r.loopCtx.Err() == nil {
-				r.log.Error("settle usage", zap.Error(err))
-			}
+		}
+		if err := r.Flush(r.loopCtx); err != nil && r.loopCtx.Err() == nil {
+			r.log.Error("settle usage", zap.Error(err))
+		}
+		r.mu.Lock()
+		idle := len(r.pending) == 0
+		r.mu.Unlock()
+		if idle {
+			return true
 		}
 	}
 }
