@@ -51,7 +51,9 @@ func (c *Config) Directory() ([]*apikey.Consumer, []*apikey.Key) {
 		}
 		consumers = append(consumers, con)
 		for _, ks := range cs.Keys {
-			k := &apikey.Key{ID: c.keyID(ks), Hash: c.keyHash(ks), ConsumerID: cs.ID, Revoked: ks.Status == "revoked"}
+			// A hash says nothing of its key; a plaintext key (dev mode)
+			// gives its hint.
+			k := &apikey.Key{ID: c.keyID(ks), Hash: c.keyHash(ks), ConsumerID: cs.ID, Revoked: ks.Status == "revoked", Hint: apikey.Hint(ks.Key)}
 			if ks.ExpiresAt != nil {
 				k.ExpiresAt = ks.ExpiresAt.UTC()
 			}
