@@ -131,7 +131,10 @@ func (h *Handler) plan(name string) (*plan.Plan, bool) {
 
 // keyView is a key as the keys page shows it: never its secret or hash.
 type keyView struct {
-	ID         string
+	ID string
+	// Hint is the key's prefix and first random characters ("levy_Ab3d");
+	// "" for a key stored before levy recorded it.
+	Hint       string
 	Status     string
 	Active     bool
 	CreatedAt  time.Time
@@ -170,7 +173,7 @@ func (h *Handler) showKeys(w http.ResponseWriter, r *http.Request, s *sess, stat
 	now := h.clock()
 	views := make([]keyView, 0, len(keys))
 	for _, k := range keys {
-		v := keyView{ID: k.ID, Status: "Active", Active: true, CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, ReplacedBy: k.ReplacedBy}
+		v := keyView{ID: k.ID, Hint: k.Hint, Status: "Active", Active: true, CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, ReplacedBy: k.ReplacedBy}
 		switch {
 		case k.Revoked:
 			v.Status, v.Active = "Revoked", false
