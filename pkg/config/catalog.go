@@ -17,6 +17,7 @@ func (c *Config) Catalog() (*plan.Catalog, error) {
 		p := &plan.Plan{Name: name, Model: plan.Model(ps.Model), Costs: ps.Costs,
 			Meter: ps.Billing.Meter, StripePrices: ps.Billing.StripePrices, NonBillable: nonBillable(ps.Billing.NonBillable)}
 		p.Rate = ps.Rate.rate()
+		p.Pricing = ps.Pricing.pricing()
 		for _, a := range ps.Alerts {
 			p.Alerts = append(p.Alerts, int(a))
 		}

@@ -45,6 +45,11 @@ func TestLoadRejectsBadFilesNamingFileLineAndKey(t *testing.T) {
 		{"bad_alert_threshold.yaml", []string{"bad_alert_threshold.yaml:5:", `invalid alert threshold "lots"`, "80%"}},
 		{"alerts_without_quota.yaml", []string{"alerts_without_quota.yaml:5:", "plans.pro.alerts", "no quota or spend cap"}},
 		{"alerts_without_secret.yaml", []string{"alerts_without_secret.yaml:1:", "alerts.secret", "LEVY_ALERTS_SECRET"}},
+		{"bad_price.yaml", []string{"bad_price.yaml:6:", `price "$49"`, "decimal number such as 49, 49.00"}},
+		{"bad_currency.yaml", []string{"bad_currency.yaml:4:", "plans.pro.pricing.currency", "ISO 4217"}},
+		{"price_too_precise.yaml", []string{"price_too_precise.yaml:6:", "plans.pro.pricing.fixed", "JPY prices have no decimals"}},
+		{"per_1k_on_hard_quota.yaml", []string{"per_1k_on_hard_quota.yaml:8:", "plans.pro.pricing.per_1k", "soft quota"}},
+		{"priced_freemium.yaml", []string{"priced_freemium.yaml:6:", "plans.free.pricing", "freemium plan is free"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -115,6 +120,10 @@ func TestExampleConfigLoads(t *testing.T) {
 	payg, _ := cat.Get("payg")
 	if payg.Quota.Enforcement != plan.Soft || payg.Quota.Cap == 0 {
 		t.Errorf("payg quota %+v, want soft with a cap", payg.Quota)
+	}
+	if pro, _ := cat.Get("pro"); pro.Pricing == nil || *pro.Pricing != (plan.Pricing{Currency: "USD", Fixed: 49_000_000}) ||
+		payg.Pricing == nil || *payg.Pricing != (plan.Pricing{Currency: "USD", Per1K: 500_000}) {
+		t.Errorf("pricing: pro %+v, payg %+v", pro.Pricing, payg.Pricing)
 	}
 	// Copied to start a real config, it prints no keys: the demo
 	// consumers come from --demo (make run passes it).
@@ -243,5 +252,39 @@ func TestOnlyPlaintextKeysOfTheFileHaveAHint(t *testing.T) {
 	_, keys := c.Directory()
 	if len(keys) != 2 || keys[0].Hint != apikey.Hint(key) || keys[0].Hint == "" || keys[1].Hint != "" {
 		t.Fatalf("keys %+v", keys)
+	}
+}
+
+// A price is read as its text: a YAML float, an int or a string, exactly.
+func TestPricesAreReadAsWritten(t *testing.T) {
+	text := `plans:
+  a: {model: tiered, pricing: {currency: eur, fixed: 19.90}}
+  b: {model: payg, pricing: {currency: USD, fixed: 5, per_1k: "0.0005"}}
+  c: {model: tiered}
+`
+	c, err := Parse([]byte(text), "p.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	cat, err := c.Catalog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		plan string
+		want *plan.Pricing
+	}{
+		{"a", &plan.Pricing{Currency: "EUR", Fixed: 19_900_000}},
+		{"b", &plan.Pricing{Currency: "USD", Fixed: 5_000_000, Per1K: 500}},
+		{"c", nil},
+	}
+	for _, tt := range tests {
+		p, _ := cat.Get(tt.plan)
+		if (p.Pricing == nil) != (tt.want == nil) || p.Pricing != nil && *p.Pricing != *tt.want {
+			t.Errorf("plan %s: pricing %+v, want %+v", tt.plan, p.Pricing, tt.want)
+		}
 	}
 }
