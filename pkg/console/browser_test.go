@@ -267,7 +267,7 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 		t.Errorf("globex's usage: %q, want the 3 admitted checks", used)
 	}
 	// The key's hint, never more of it.
-	if got := text("#key-globex-main .hint"); got != key.Key[:len("levy_")+4]+"…" || strings.Contains(text("#key-table"), key.Key[:len("levy_")+5]) {
+	if got := text("#key-globex-main .hint code"); got != key.Key[:len("levy_")+4]+"…" || strings.Contains(text("#key-table"), key.Key[:len("levy_")+5]) {
 		t.Errorf("globex-main's hint %q, key %s", got, key.Key)
 	}
 	shot("5-consumer")
