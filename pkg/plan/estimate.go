@@ -71,13 +71,13 @@ func (p *Plan) Estimate(period Period, now time.Time, used int64) (Estimate, boo
 	e.RateFrom = period.Start.Add(min(24*time.Hour, total/10))
 	rated := !now.Before(e.RateFrom)
 
-	// What is billed per unit: units beyond the included ones (a soft
-	// quota's requests; none without a quota) on payg and on a tiered
-	// plan with a soft quota, as usage.TermsOf bills them.
+	// What is billed per unit: units beyond the quota's requests (all
+	// of them without a quota) on payg and on a tiered plan with a soft
+	// quota, as usage.TermsOf bills them.
 	var included int64
 	soft := p.Quota != nil && p.Quota.Enforcement == Soft
 	perUnit := !e.Free && (p.Model == PayG || p.Model == Tiered && soft)
-	if soft {
+	if p.Quota != nil {
 		included = p.Quota.Requests
 	}
 	switch {

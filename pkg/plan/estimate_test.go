@@ -34,6 +34,8 @@ func TestEstimateProjectsThePeriodAtTheRateSoFar(t *testing.T) {
 	small := &Plan{Model: Tiered, Quota: &Quota{Requests: 1000, Period: Month, Enforcement: Hard}, Pricing: pricing(t, "EUR", "49", "0")}
 	overage := &Plan{Model: Tiered, Quota: &Quota{Requests: 1000, Period: Month, Enforcement: Soft}, Pricing: pricing(t, "USD", "20", "1")}
 	free := &Plan{Model: Freemium, Quota: &Quota{Requests: 1000, Period: Month, Enforcement: Hard}}
+	// A hard quota on payg: nothing is ever beyond it to bill.
+	hardPayg := &Plan{Model: PayG, Quota: &Quota{Requests: 1000, Period: Month, Enforcement: Hard}, Pricing: pricing(t, "USD", "5", "2")}
 	cent := &Plan{Model: PayG, Pricing: pricing(t, "USD", "0", "0.01")} // a cent per 1,000, every unit billed
 	yen := &Plan{Model: PayG, Pricing: pricing(t, "JPY", "4900", "5")}
 	dinar := &Plan{Model: PayG, Pricing: pricing(t, "BHD", "1.250", "0.0005")}
@@ -78,6 +80,8 @@ func TestEstimateProjectsThePeriodAtTheRateSoFar(t *testing.T) {
 				LimitAt: time.Date(2026, 2, 20, 0, 0, 0, 0, time.UTC)}},
 		{"a soft quota's overage on a fixed price", overage, march, day11, 1000,
 			Estimate{Currency: "USD", SoFar: 2000, Projected: true, AtEnd: 2210, UnitsAtEnd: 3100}},
+		{"pay as you go with a hard quota", hardPayg, march, day11, 1000,
+			Estimate{Currency: "USD", SoFar: 500, Projected: true, AtEnd: 500, UnitsAtEnd: 1000, Limit: 1000, Capped: true, LimitReached: true}},
 		{"free, running out", free, march, day11, 500,
 			Estimate{Free: true, Projected: true, UnitsAtEnd: 1000, Limit: 1000, Capped: true, LimitAt: day21}},
 		{"free, used up", free, march, day11, 1000,
