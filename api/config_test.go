@@ -165,6 +165,8 @@ func TestBadConfigsFailTheSchemaWhereItCanTell(t *testing.T) {
 		{"limit_too_large.yaml", "plans.pro.quota.requests", 4},
 		{"bad_near_limit_ratio.yaml", "ratelimit.near_limit_ratio", 2},
 		{"bad_alert_threshold.yaml", "plans.pro.alerts[1]", 5},
+		{"bad_price.yaml", "plans.pro.pricing.fixed", 6},
+		{"bad_currency.yaml", "plans.pro.pricing.currency", 4},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {

@@ -139,13 +139,14 @@ type adminKey struct {
 	CreatedAt  string `json:"created_at"`
 	ExpiresAt  string `json:"expires_at"`
 	ReplacedBy string `json:"replaced_by"`
+	Hint       string `json:"hint"`
 }
 
 func keysListCmd() *cobra.Command {
 	var consumer string
 	cmd := &cobra.Command{
 		Use:     "list --consumer ID",
-		Short:   "List a consumer's keys: ids, status, creation and expiry (never the secrets)",
+		Short:   "List a consumer's keys: ids, hints (levy_Ab3d…), status, creation and expiry (never the secrets)",
 		Example: `  levy keys list --consumer acme`,
 		Args:    cobra.NoArgs,
 	}
@@ -158,9 +159,13 @@ func keysListCmd() *cobra.Command {
 			return err
 		}
 		out := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(out, "ID\tSTATUS\tCREATED\tEXPIRES\tREPLACED BY")
+		fmt.Fprintln(out, "ID\tKEY\tSTATUS\tCREATED\tEXPIRES\tREPLACED BY")
 		for _, k := range resp.Keys {
-			fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Status, dash(k.CreatedAt), dash(k.ExpiresAt), dash(k.ReplacedBy))
+			hint := "-" // a key stored before levy recorded hints
+			if k.Hint != "" {
+				hint = k.Hint + "…"
+			}
+			fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, hint, k.Status, dash(k.CreatedAt), dash(k.ExpiresAt), dash(k.ReplacedBy))
 		}
 		return out.Flush()
 	}

@@ -375,7 +375,7 @@ type keyResponse struct {
 	ExpiresAt string `json:"expires_at"`
 }
 
-func TestCreatedKeyIsWellFormedAndTheStoreGetsOnlyItsHash(t *testing.T) {
+func TestCreatedKeyIsWellFormedAndTheStoreGetsOnlyItsHashAndHint(t *testing.T) {
 	tests := []struct {
 		name       string
 		body       string
@@ -410,7 +410,9 @@ func TestCreatedKeyIsWellFormedAndTheStoreGetsOnlyItsHash(t *testing.T) {
 				t.Fatalf("response %+v, want id %s for c1", resp, tt.wantID(hash))
 			}
 			stored, ok := f.store.key(resp.ID)
-			want := apikey.Key{ID: resp.ID, Hash: hash, ConsumerID: "c1", CreatedAt: now}
+			// Of the key, its hash and its hint, the prefix and 4 random
+			// characters.
+			want := apikey.Key{ID: resp.ID, Hash: hash, ConsumerID: "c1", CreatedAt: now, Hint: resp.Key[:len("levy_test_")+4]}
 			if !ok || !stored.ExpiresAt.Equal(tt.wantExpiry) {
 				t.Fatalf("stored %+v (found %v), want expiry %v", stored, ok, tt.wantExpiry)
 			}

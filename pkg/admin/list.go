@@ -158,11 +158,14 @@ type keyJSON struct {
 	CreatedAt  string `json:"created_at,omitempty"`
 	ExpiresAt  string `json:"expires_at,omitempty"`
 	ReplacedBy string `json:"replaced_by,omitempty"`
+	// Hint is the key's prefix and first random characters (apikey.Hint);
+	// absent for keys stored before levy recorded it.
+	Hint string `json:"hint,omitempty"`
 }
 
 func (h *Handler) keyJSON(k *apikey.Key) keyJSON {
 	out := keyJSON{ID: k.ID, Consumer: k.ConsumerID, Status: KeyActive, CreatedAt: rfc3339(k.CreatedAt),
-		ExpiresAt: rfc3339(k.ExpiresAt), ReplacedBy: k.ReplacedBy}
+		ExpiresAt: rfc3339(k.ExpiresAt), ReplacedBy: k.ReplacedBy, Hint: k.Hint}
 	switch {
 	case k.Revoked:
 		out.Status = KeyRevoked

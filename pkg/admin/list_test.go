@@ -151,7 +151,7 @@ func TestRotateKeepsTheOldKeyUntilItsDeadline(t *testing.T) {
 	if !old.ExpiresAt.Equal(deadline) || old.ReplacedBy != "new" || old.Revoked {
 		t.Fatalf("old key stored as %+v", old)
 	}
-	// Both keys resolve; the listing has no secrets.
+	// Both keys resolve; the listing has their hints and no secrets.
 	for _, key := range []string{created.Key, rotated.Key} {
 		if _, c, err := f.store.Lookup(context.Background(), hasher.Hash(key)); err != nil || c.ID != "c1" {
 			t.Fatalf("lookup after rotation: %v", err)
@@ -161,6 +161,11 @@ func TestRotateKeepsTheOldKeyUntilItsDeadline(t *testing.T) {
 	if got.status != 200 || !strings.Contains(got.body, `"id":"old"`) || !strings.Contains(got.body, `"id":"new"`) ||
 		strings.Contains(got.body, created.Key[10:]) || strings.Contains(got.body, hasher.Hash(created.Key)) || strings.Contains(got.body, `"key"`) {
 		t.Fatalf("key listing: %d %s", got.status, got.body)
+	}
+	for _, key := range []string{created.Key, rotated.Key} {
+		if hint := key[:len("levy_test_")+4]; !strings.Contains(got.body, `"hint":"`+hint+`"`) {
+			t.Fatalf("key listing lacks hint %q: %s", hint, got.body)
+		}
 	}
 	for _, tt := range []struct {
 		path, body string

@@ -19,6 +19,11 @@ type Key struct {
 	// ReplacedBy is the id of the key that a rotation issued in its place;
 	// the key works until ExpiresAt, the rotation's deadline.
 	ReplacedBy string
+	// Hint is the key's readable prefix and the first characters of its
+	// random body ("levy_Ab3d", see apikey.Hint), recorded when it was
+	// issued so that lists can show which key is which; "" for keys
+	// stored before it was recorded and for hashes from the config file.
+	Hint string
 }
 
 // Expired reports whether the key has expired at now.

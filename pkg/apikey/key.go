@@ -64,6 +64,22 @@ func Generate(prefix string) (string, error) {
 	return b.String(), nil
 }
 
+// HintLen is how many characters of a key's random body its hint shows.
+const HintLen = 4
+
+// Hint returns the part of a well-formed key that may be shown after it
+// was issued: its readable prefix, '_' and the first HintLen characters of
+// its random body ("levy_Ab3d"), enough to tell one's keys apart. It keeps
+// the secret: the body is 32 base62 characters (about 190.5 bits), and the
+// 28 the hint leaves out still hold about 166.7 bits (28 × log2 62). A
+// malformed key has no hint ("").
+func Hint(key string) string {
+	if Check(key) != nil {
+		return ""
+	}
+	return key[:len(key)-bodyLen+HintLen]
+}
+
 // ValidatePrefix checks a configured key prefix.
 func ValidatePrefix(prefix string) error {
 	if prefix == "" || len(prefix) > 64 {

@@ -90,3 +90,32 @@ func TestIndexLookup(t *testing.T) {
 		}
 	}
 }
+
+// A hint is the prefix and four characters of the random body, never
+// more: the rest of the body and the checksum stay unshown.
+func TestHintShowsThePrefixAndFourRandomCharacters(t *testing.T) {
+	key, err := Generate("levy_test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		give string
+		want string
+	}{
+		{"generated", key, key[:len("levy_test_")+4]},
+		{"fixed", "levy_Ab3dEFGHIJKLMNOPQRSTUVWXYZabcdef" + checksum("levy_Ab3dEFGHIJKLMNOPQRSTUVWXYZabcdef"), "levy_Ab3d"},
+		{"malformed", "levy_Ab3d", ""},
+		{"empty", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Hint(tt.give); got != tt.want {
+				t.Fatalf("Hint(%q) = %q, want %q", tt.give, got, tt.want)
+			}
+		})
+	}
+	if h := Hint(key); len(key)-len(h) != randomLen-HintLen+checksumLen {
+		t.Fatalf("hint %q of %q shows more than 4 random characters", h, key)
+	}
+}

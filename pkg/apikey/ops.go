@@ -71,7 +71,7 @@ func (o Ops) Issue(ctx context.Context, consumerID, id string, expires time.Time
 		return nil, "", fmt.Errorf("generate key: %w", err)
 	}
 	hash := o.Hasher().Hash(key)
-	k := &Key{ID: id, Hash: hash, ConsumerID: consumerID, ExpiresAt: expires, CreatedAt: o.now().UTC().Truncate(time.Second)}
+	k := &Key{ID: id, Hash: hash, ConsumerID: consumerID, ExpiresAt: expires, CreatedAt: o.now().UTC().Truncate(time.Second), Hint: Hint(key)}
 	if k.ID == "" {
 		k.ID = IDFromHash(hash)
 	}

@@ -17,6 +17,7 @@ func (c *Config) Catalog() (*plan.Catalog, error) {
 		p := &plan.Plan{Name: name, Model: plan.Model(ps.Model), Costs: ps.Costs,
 			Meter: ps.Billing.Meter, StripePrices: ps.Billing.StripePrices, NonBillable: nonBillable(ps.Billing.NonBillable)}
 		p.Rate = ps.Rate.rate()
+		p.Pricing = ps.Pricing.pricing()
 		for _, a := range ps.Alerts {
 			p.Alerts = append(p.Alerts, int(a))
 		}
@@ -51,7 +52,9 @@ func (c *Config) Directory() ([]*apikey.Consumer, []*apikey.Key) {
 		}
 		consumers = append(consumers, con)
 		for _, ks := range cs.Keys {
-			k := &apikey.Key{ID: c.keyID(ks), Hash: c.keyHash(ks), ConsumerID: cs.ID, Revoked: ks.Status == "revoked"}
+			// A hash says nothing of its key; a plaintext key (dev mode)
+			// gives its hint.
+			k := &apikey.Key{ID: c.keyID(ks), Hash: c.keyHash(ks), ConsumerID: cs.ID, Revoked: ks.Status == "revoked", Hint: apikey.Hint(ks.Key)}
 			if ks.ExpiresAt != nil {
 				k.ExpiresAt = ks.ExpiresAt.UTC()
 			}

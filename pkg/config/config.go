@@ -205,6 +205,10 @@ type PlanSpec struct {
 	Routes map[string]RouteSpec `yaml:"routes"`
 	// Billing ties the plan to Stripe.
 	Billing PlanBilling `yaml:"billing"`
+	// Pricing is what the plan costs: the portal shows a period's cost so
+	// far and projects it to the period's end from it. Unset, it shows
+	// none.
+	Pricing *PricingSpec `yaml:"pricing"`
 	// Alerts are shares of the quota (or spend cap) whose crossing in a
 	// period sends a usage alert (alerts.url): [80%, 100%].
 	Alerts []Percent `yaml:"alerts"`

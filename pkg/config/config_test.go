@@ -46,6 +46,11 @@ func TestLoadRejectsBadFilesNamingFileLineAndKey(t *testing.T) {
 		{"bad_alert_threshold.yaml", []string{"bad_alert_threshold.yaml:5:", `invalid alert threshold "lots"`, "80%"}},
 		{"alerts_without_quota.yaml", []string{"alerts_without_quota.yaml:5:", "plans.pro.alerts", "no quota or spend cap"}},
 		{"alerts_without_secret.yaml", []string{"alerts_without_secret.yaml:1:", "alerts.secret", "LEVY_ALERTS_SECRET"}},
+		{"bad_price.yaml", []string{"bad_price.yaml:6:", `price "$49"`, "decimal number such as 49, 49.00"}},
+		{"bad_currency.yaml", []string{"bad_currency.yaml:4:", "plans.pro.pricing.currency", "ISO 4217"}},
+		{"price_too_precise.yaml", []string{"price_too_precise.yaml:6:", "plans.pro.pricing.fixed", "JPY prices have no decimals"}},
+		{"per_1k_on_hard_quota.yaml", []string{"per_1k_on_hard_quota.yaml:8:", "plans.pro.pricing.per_1k", "soft quota"}},
+		{"priced_freemium.yaml", []string{"priced_freemium.yaml:6:", "plans.free.pricing", "freemium plan is free"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -116,6 +121,10 @@ func TestExampleConfigLoads(t *testing.T) {
 	payg, _ := cat.Get("payg")
 	if payg.Quota.Enforcement != plan.Soft || payg.Quota.Cap == 0 {
 		t.Errorf("payg quota %+v, want soft with a cap", payg.Quota)
+	}
+	if pro, _ := cat.Get("pro"); pro.Pricing == nil || *pro.Pricing != (plan.Pricing{Currency: "USD", Fixed: 49_000_000}) ||
+		payg.Pricing == nil || *payg.Pricing != (plan.Pricing{Currency: "USD", Per1K: 500_000}) {
+		t.Errorf("pricing: pro %+v, payg %+v", pro.Pricing, payg.Pricing)
 	}
 	// Copied to start a real config, it prints no keys: the demo
 	// consumers come from --demo (make run passes it).

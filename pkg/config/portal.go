@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/mail"
 	"net/url"
 	"strings"
 	"time"
@@ -32,6 +33,11 @@ type Portal struct {
 	// display text; SelfServe ones a customer may switch to directly when
 	// Stripe is not configured.
 	Plans []PortalPlan `yaml:"plans"`
+	// Contact is whom customers turn to about their account: an email
+	// address (billing@example.com) or an http(s) URL of a support page.
+	// The overview names it when a payment failed or the account is
+	// suspended; unset, it says "your provider".
+	Contact string `yaml:"contact"`
 	// Stripe says where Stripe's hosted pages send the customer back to
 	// when "change plan" opens them (STRIPE_API_KEY set); unset, pages of
 	// the portal under PublicURL.
@@ -120,6 +126,9 @@ func (c *Config) validatePortal(errs *Errors) {
 			c.problem(errs, path, "%q: want an absolute http or https URL", v)
 		}
 	}
+	if err := checkContact(p.Contact); p.Contact != "" && err != nil {
+		c.problem(errs, "portal.contact", "%q: %v", p.Contact, err)
+	}
 	seen := map[string]bool{}
 	for i, pp := range p.Plans {
 		at := fmt.Sprintf("portal.plans[%d]", i)
@@ -153,6 +162,27 @@ func checkPublicURL(s string) error {
 		return fmt.Errorf("no host: want e.g. https://api.example.com")
 	case u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "":
 		return fmt.Errorf("want a base URL without user, query or fragment")
+	}
+	return nil
+}
+
+// maxContact bounds portal.contact (an email address is at most 254).
+const maxContact = 254
+
+// checkContact accepts an email address alone (no name, no angle
+// brackets) or an absolute http or https URL.
+func checkContact(s string) error {
+	if len(s) > maxContact {
+		return fmt.Errorf("%d bytes long: at most %d", len(s), maxContact)
+	}
+	if strings.Contains(s, "://") {
+		if u, err := url.Parse(s); err != nil || u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+			return fmt.Errorf("want an email address (billing@example.com) or an http or https URL")
+		}
+		return nil
+	}
+	if a, err := mail.ParseAddress(s); err != nil || a.Address != s || a.Name != "" {
+		return fmt.Errorf("want an email address (billing@example.com) or an http or https URL")
 	}
 	return nil
 }

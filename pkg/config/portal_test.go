@@ -19,6 +19,9 @@ func TestPortalSettingsAreValidatedWithTheirLines(t *testing.T) {
 		{"unknown plan", "portal:\n  public_url: https://x\n  plans:\n    - {plan: gold}\n", "portal.plans[0].plan: \"gold\" is not a plan of plans (known: free)"},
 		{"plan twice", "portal:\n  public_url: https://x\n  plans:\n    - {plan: free}\n    - {plan: free}\n", "portal.plans[1].plan: \"free\" is listed twice"},
 		{"unknown key", "portal:\n  public_url: https://x\n  plans:\n    - {plan: free, switch: true}\n", "unknown key"},
+		{"contact with a name", "portal:\n  public_url: https://x\n  contact: Billing <billing@example.com>\n", "t.yaml:5: portal.contact: \"Billing <billing@example.com>\": want an email address"},
+		{"contact not a URL", "portal:\n  public_url: https://x\n  contact: ftp://example.com/help\n", "t.yaml:5: portal.contact"},
+		{"contact of neither", "portal:\n  public_url: https://x\n  contact: call us\n", "t.yaml:5: portal.contact"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -51,5 +54,18 @@ func TestPortalDefaultsOnWithAPublicURLAndOffWithout(t *testing.T) {
 	}
 	if !on.Portal.PortalEnabled() || !on.Portal.KeySignIn || !on.Portal.Plans[0].SelfServe {
 		t.Fatalf("portal: %+v", on.Portal)
+	}
+}
+
+func TestPortalContactIsAnEmailAddressOrAURL(t *testing.T) {
+	const plans = "plans:\n  free: {model: freemium, rate: {requests: 1, per: 1s}, quota: {requests: 10, period: month}}\n"
+	for _, contact := range []string{"billing@example.com", "https://example.com/support", "http://help.example.com"} {
+		c, err := Parse([]byte(plans+"portal:\n  public_url: https://x\n  contact: "+contact+"\n"), "t.yaml")
+		if err == nil {
+			err = c.Validate()
+		}
+		if err != nil || c.Portal.Contact != contact {
+			t.Errorf("contact %q: %v", contact, err)
+		}
 	}
 }

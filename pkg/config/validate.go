@@ -173,6 +173,7 @@ func (c *Config) validatePlans(errs *Errors) {
 				c.problem(errs, at+".routes."+route+".cost", "must be >= 0 (0 means 1)")
 			}
 		}
+		c.validatePricing(errs, at, p)
 		for i, st := range p.Billing.NonBillable {
 			if !validStatusPattern(st) {
 				c.problem(errs, fmt.Sprintf("%s.billing.non_billable_statuses[%d]", at, i), "%q: want a status (429) or a class (5xx)", st)

@@ -266,6 +266,10 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	if used := text("#used"); used != "3" {
 		t.Errorf("globex's usage: %q, want the 3 admitted checks", used)
 	}
+	// The key's hint, never more of it.
+	if got := text("#key-globex-main .hint code"); got != key.Key[:len("levy_")+4]+"…" || strings.Contains(text("#key-table"), key.Key[:len("levy_")+5]) {
+		t.Errorf("globex-main's hint %q, key %s", got, key.Key)
+	}
 	shot("5-consumer")
 	do("choose free", chromedp.SetValue(chromedp.CSS("#new-plan"), "free"))
 	submit("change plan", "#change-plan", 200)

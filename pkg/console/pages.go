@@ -24,6 +24,7 @@ type (
 		CreatedAt  string `json:"created_at"`
 		ExpiresAt  string `json:"expires_at"`
 		ReplacedBy string `json:"replaced_by"`
+		Hint       string `json:"hint"`
 	}
 	// usageJSON is billing.UsageReport: levy usage's figures.
 	usageJSON struct {

@@ -53,6 +53,8 @@ type keyRecord struct {
 	ExpiresAt  time.Time `json:"expires_at,omitzero"`
 	CreatedAt  time.Time `json:"created_at,omitzero"`
 	ReplacedBy string    `json:"replaced_by,omitempty"`
+	// Hint is absent from records written before it was recorded.
+	Hint string `json:"hint,omitempty"`
 }
 
 func (r consumerRecord) consumer() *apikey.Consumer {
@@ -67,12 +69,12 @@ func consumerRec(c *apikey.Consumer) consumerRecord {
 
 func (r keyRecord) key() *apikey.Key {
 	return &apikey.Key{ID: r.ID, Hash: r.Hash, ConsumerID: r.ConsumerID, Revoked: r.Revoked, ExpiresAt: r.ExpiresAt,
-		CreatedAt: r.CreatedAt, ReplacedBy: r.ReplacedBy}
+		CreatedAt: r.CreatedAt, ReplacedBy: r.ReplacedBy, Hint: r.Hint}
 }
 
 func keyRec(k *apikey.Key) keyRecord {
 	return keyRecord{ID: k.ID, Hash: k.Hash, ConsumerID: k.ConsumerID, Revoked: k.Revoked, ExpiresAt: k.ExpiresAt,
-		CreatedAt: k.CreatedAt, ReplacedBy: k.ReplacedBy}
+		CreatedAt: k.CreatedAt, ReplacedBy: k.ReplacedBy, Hint: k.Hint}
 }
 
 // Directory loads the stored consumers and keys.

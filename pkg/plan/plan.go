@@ -72,6 +72,9 @@ type Plan struct {
 	// NonBillable lists response statuses that are refunded at settlement:
 	// exact codes (429) or classes (500 for "5xx", as 5 in Classes).
 	NonBillable NonBillable
+	// Pricing is what the plan costs, for the portal's estimate; nil when
+	// the config gives no prices.
+	Pricing *Pricing
 	// Alerts are the percentages of the period's limit (the spend cap when
 	// there is one, else the quota or included units) whose crossing
 	// sends a usage alert, ascending.

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/billing"
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/portal"
@@ -120,5 +121,106 @@ func TestOverviewShowsTheUsageAlertCrossed(t *testing.T) {
 	e2.signIn(b2, "a")
 	if page := b2.get("/portal/"); strings.Contains(page.body, "usage-alert") {
 		t.Errorf("a banner for a plan without alerts:\n%s", page.body)
+	}
+}
+
+// A consumer in a failed payment's grace period is told to pay by the
+// deadline, with the button to Stripe's customer portal when the session
+// may open it, else whom to contact; once the deadline passed, that it is
+// suspended until it pays.
+func TestOverviewTellsAConsumerWhosePaymentFailedWhatToDo(t *testing.T) {
+	st := stripetest.Start(t)
+	cat := pricedCatalog(t)
+	stripe := func(c *portal.Config) {
+		c.Catalog = func() *plan.Catalog { return cat }
+		c.Billing = billing.NewPlanChanges(billing.PlanChangesConfig{
+			Stripe: billing.NewStripeClient("sk_test_levy", st.URL), Catalog: c.Catalog,
+			URLs:      func() (string, string, string) { return "https://x/ok", "https://x/cancel", "https://x/back" },
+			Consumers: c.Keys, Log: zaptest.NewLogger(t),
+		})
+	}
+	e := newEnv(t, nil, nil, stripe)
+	deadline := e.clock.Now().Add(72 * time.Hour)
+	if err := e.keys.PutConsumer(context.Background(), &apikey.Consumer{ID: "a", Plan: "pro", StripeCustomerID: "cus_a", SuspendAt: deadline}); err != nil {
+		t.Fatal(err)
+	}
+	b := e.browser()
+	csrf := e.signIn(b, "a")
+	page := b.get("/portal/").body
+	for _, want := range []string{`<h2 id="status-title">Payment failed</h2>`, "Your keys work until 13 Mar 2026 12:00 UTC",
+		"<strong>Update your payment method by 13 Mar 2026 12:00 UTC.</strong>", `<button type="submit" id="update-payment">`,
+		`<dd id="status">Payment failed`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("overview lacks %s", want)
+		}
+	}
+	if a := b.post("/portal/billing", url.Values{"csrf": {csrf}}); a.status != 303 || !strings.HasPrefix(a.header.Get("Location"), "https://") {
+		t.Fatalf("update payment method: %d %v", a.status, a.header)
+	}
+	if n := len(st.Calls("/v1/billing_portal/sessions")); n != 1 {
+		t.Errorf("%d customer portal sessions", n)
+	}
+
+	// Without scope plan, the session cannot open Stripe's pages.
+	b = e.browser()
+	e.signIn(b, "a", portal.ScopeUsage)
+	if page := b.get("/portal/").body; strings.Contains(page, "update-payment") ||
+		!strings.Contains(page, "Contact your provider to update your payment method by 13 Mar 2026 12:00 UTC.") {
+		t.Errorf("overview without scope plan:\n%s", page)
+	}
+
+	// Past the deadline, the account is suspended until the invoice is paid.
+	e.clock.Add(73 * time.Hour)
+	b = e.browser()
+	e.signIn(b, "a")
+	if page := b.get("/portal/").body; !strings.Contains(page, `<h2 id="status-title">Suspended</h2>`) ||
+		!strings.Contains(page, "was not settled by 13 Mar 2026 12:00 UTC") || !strings.Contains(page, "update-payment") {
+		t.Errorf("overview past the deadline:\n%s", page)
+	}
+}
+
+// Without Stripe, a customer is told whom to contact: the operator's
+// portal.contact, linked.
+func TestOverviewNamesTheContactWithoutStripe(t *testing.T) {
+	e := newEnv(t, nil, nil)
+	e.set(func(s *portal.Settings) { s.Contact = "billing@example.com" })
+	if err := e.keys.PutConsumer(context.Background(), &apikey.Consumer{ID: "a", Plan: "pro", Suspended: true}); err != nil {
+		t.Fatal(err)
+	}
+	b := e.browser()
+	e.signIn(b, "a")
+	page := b.get("/portal/").body
+	if !strings.Contains(page, `Contact <a href="mailto:billing@example.com">billing@example.com</a> to find out why and to have it resumed.`) ||
+		!strings.Contains(page, "Your provider has suspended this account") || strings.Contains(page, "update-payment") {
+		t.Errorf("overview of a suspended consumer:\n%s", page)
+	}
+}
+
+// The overview prices the period from the plan's pricing: a fixed price
+// so far and at the end, and whether the quota lasts at this rate.
+func TestOverviewShowsTheCostSoFarAndAtThePeriodsEnd(t *testing.T) {
+	cat, err := plan.NewCatalog(
+		&plan.Plan{Name: "pro", Model: plan.Tiered, Quota: &plan.Quota{Requests: 100000, Period: plan.Month, Enforcement: plan.Hard},
+			Pricing: &plan.Pricing{Currency: "USD", Fixed: 49_000_000}},
+		&plan.Plan{Name: "free", Model: plan.Freemium, Quota: &plan.Quota{Requests: 1000, Period: plan.Month, Enforcement: plan.Hard}},
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, nil, nil, func(c *portal.Config) { c.Catalog = func() *plan.Catalog { return cat } })
+	b := e.browser()
+	e.signIn(b, "a") // 25,000 units 9.5 days into March
+	page := b.get("/portal/").body
+	for _, want := range []string{`<dd id="cost-so-far">$49.00</dd>`, `<dd id="cost-at-end">$49.00</dd>`,
+		"this period comes to 81,578 units and $49.00.", "At this rate your quota of 100,000 units lasts the period.", "Price: $49.00 per month."} {
+		if !strings.Contains(page, want) {
+			t.Errorf("overview lacks %s", want)
+		}
+	}
+	// Without scope usage, no figures.
+	b = e.browser()
+	e.signIn(b, "a", portal.ScopeKeys)
+	if page := b.get("/portal/").body; strings.Contains(page, "cost-so-far") {
+		t.Error("the cost shows without scope usage")
 	}
 }

@@ -23,6 +23,7 @@ import (
 	cdpruntime "github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/stripe/stripe-go/v76/webhook"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -47,13 +48,15 @@ func startBrowserLevy(t *testing.T) *browserLevy {
 	proxy := httptest.NewUnstartedServer(nil)
 	publicURL := "http://" + proxy.Listener.Addr().String()
 	text := `plans:
-  pro: {model: tiered, rate: {requests: 100, per: 1s, burst: 200}, quota: {requests: 100000, period: month}}
+  pro: {model: tiered, rate: {requests: 100, per: 1s, burst: 200}, quota: {requests: 100000, period: month}, pricing: {currency: USD, fixed: 49.00}}
   free: {model: freemium, rate: {requests: 10, per: minute}, quota: {requests: 1000, period: month}}
   starter: {model: tiered, quota: {requests: 10, period: month}, alerts: [50%, 80%, 100%]}
+  metered: {model: payg, quota: {requests: 20, period: month, cap: 100}, pricing: {currency: USD, fixed: 5, per_1k: 250}}
 usage:
   history: {every: 1s}
 portal:
   public_url: ` + publicURL + `
+  contact: billing@example.com
   plans:
     - {plan: free, description: "For trying the API.", price: Free, self_serve: true}
     - {plan: pro, description: "For production traffic.", price: "$49 / month"}
@@ -70,6 +73,7 @@ portal:
 	}
 	const token = "browser-test-admin-token"
 	t.Setenv("LEVY_ADMIN_TOKEN", token)
+	t.Setenv("STRIPE_WEBHOOK_SECRET", webhookSecret)
 	cfg.ApplyEnv(nil) // the environment reaches levy through its config, as in levy serve
 	srv, err := server.New(cfg, server.Options{Log: zaptest.NewLogger(t), ReloadEvery: -1})
 	if err != nil {
@@ -88,6 +92,33 @@ portal:
 	proxy.Start()
 	t.Cleanup(proxy.Close)
 	return &browserLevy{srv: srv, adminURL: "http://" + srv.HTTPAddr(), publicURL: publicURL, token: token}
+}
+
+// webhookSecret signs the Stripe webhooks the browser test sends.
+const webhookSecret = "whsec_browser_test"
+
+// paymentFailed tells levy, as Stripe would, that an invoice of the
+// Stripe customer failed to be paid.
+func (l *browserLevy) paymentFailed(t *testing.T, customer string) {
+	t.Helper()
+	now := time.Now()
+	body := fmt.Sprintf(`{"id": "evt_failed_%s", "object": "event", "api_version": "2023-10-16", "created": %d, "type": "invoice.payment_failed",
+  "data": {"object": {"id": "in_%s", "object": "invoice", "customer": %q}}}`, customer, now.Unix(), customer, customer)
+	sp := webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: []byte(body), Secret: webhookSecret, Timestamp: now})
+	req, err := http.NewRequest("POST", l.publicURL+"/stripe/webhook", bytes.NewReader(sp.Payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Stripe-Signature", sp.Header)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		data, _ := io.ReadAll(resp.Body)
+		t.Fatalf("webhook invoice.payment_failed: %d %s", resp.StatusCode, data)
+	}
 }
 
 // admin calls the admin API and decodes its JSON answer into out.
@@ -300,6 +331,15 @@ func TestPortalInHeadlessChromium(t *testing.T) {
 		t.Fatal("after a roll with a 24h deadline, the old key and its successor must both work")
 	}
 	do("keys page", chromedp.Navigate(l.publicURL+"/portal/keys"), chromedp.WaitVisible(chromedp.CSS("table")))
+	// Each key shows its hint, the prefix and 4 random characters.
+	for id, key := range map[string]string{keyID: secret, oldID: old} {
+		if got := text(chromedp.CSS("#key-" + id + " .hint code")); got != key[:len("levy_")+4]+"…" {
+			t.Errorf("key %s: hint %q, want the first %d characters of %s", id, got, len("levy_")+4, key)
+		}
+	}
+	if page := text("main"); strings.Contains(page, secret[:len("levy_")+5]) || strings.Contains(page, old[:len("levy_")+5]) {
+		t.Error("the keys page shows more of a key than its hint")
+	}
 	shot("5-keys")
 	do("plan page", chromedp.Navigate(l.publicURL+"/portal/plan"), chromedp.WaitVisible(chromedp.CSS(".plans")))
 	shot("6-plan")
@@ -308,6 +348,12 @@ func TestPortalInHeadlessChromium(t *testing.T) {
 	shot("2-overview")
 	if used := text("#used"); used == "0" {
 		t.Error("the overview shows no usage after admitted checks")
+	}
+	// pro's fixed price, so far and at the period's end at this rate,
+	// whatever the day of the month the test runs on.
+	if got, end, proj := text("#cost-so-far"), text("#cost-at-end"), text("#projection"); got != "$49.00" || end != "$49.00" ||
+		!strings.HasPrefix(proj, "If usage goes on at the rate so far, this period comes to ") || !strings.HasSuffix(proj, " units and $49.00.") {
+		t.Errorf("cost: so far %q, at the end %q, projection %q", got, end, proj)
 	}
 	do("phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2)), chromedp.Reload(), chromedp.WaitVisible(chromedp.CSS("#used")))
 	shot("7-overview-phone")
@@ -345,6 +391,49 @@ func TestPortalInHeadlessChromium(t *testing.T) {
 		t.Errorf("usage alert banner %q", got)
 	}
 	shot("11-overview-alert")
+
+	// A pay-as-you-go consumer past its included units sees the overage
+	// priced; the projection, when the month is old enough for one (its
+	// first day is not), stops at the spend cap.
+	l.admin(t, "PUT", "/v1/consumers/gamma", map[string]any{"plan": "metered"}, nil)
+	l.admin(t, "POST", "/v1/consumers/gamma/keys", map[string]any{}, &made)
+	for range 30 {
+		if !allowed(t, authz, made.Key) {
+			t.Fatal("ext_authz refuses gamma's key under its spend cap")
+		}
+	}
+	l.admin(t, "POST", "/v1/consumers/gamma/portal-links", map[string]any{"ttl": "10m"}, &link)
+	do("gamma's link", chromedp.Navigate(link.URL), chromedp.WaitVisible(chromedp.CSS("#confirm")))
+	submit("confirm gamma's link", "#confirm", 200)
+	cost := text("#cost")
+	for _, want := range []string{"So far", "$7.50", "Price: $5.00 per month, plus $250.00 per 1,000 units beyond the 20 included."} {
+		if !strings.Contains(cost, want) {
+			t.Errorf("gamma's cost lacks %q:\n%s", want, cost)
+		}
+	}
+	if !strings.Contains(cost, "At period end, at this rate") && !strings.Contains(cost, "It is early in the period") {
+		t.Errorf("gamma's cost has neither a projection nor why not:\n%s", cost)
+	}
+	shot("11d-overview-payg")
+
+	// Stripe says delta's invoice went unpaid: its overview says until
+	// when its keys work and, without a Stripe key for levy to open the
+	// customer portal with, whom to contact.
+	l.admin(t, "PUT", "/v1/consumers/delta", map[string]any{"plan": "pro", "stripe_customer_id": "cus_delta"}, nil)
+	l.paymentFailed(t, "cus_delta")
+	l.admin(t, "POST", "/v1/consumers/delta/portal-links", map[string]any{"ttl": "10m"}, &link)
+	do("delta's link", chromedp.Navigate(link.URL), chromedp.WaitVisible(chromedp.CSS("#confirm")))
+	submit("confirm delta's link", "#confirm", 200)
+	if got := text("#status-title"); got != "Payment failed" {
+		t.Errorf("delta's status %q", got)
+	}
+	if got := text("#status-todo"); !strings.HasPrefix(got, "Contact billing@example.com to update your payment method by ") {
+		t.Errorf("delta is told %q", got)
+	}
+	if href := attr("#status-todo a", "href"); href != "mailto:billing@example.com" {
+		t.Errorf("contact link %q", href)
+	}
+	shot("11e-overview-payment-failed")
 
 	mu.Lock()
 	defer mu.Unlock()

@@ -26,7 +26,7 @@ func notice(r *http.Request) string { return notices[r.URL.Query().Get("done")] 
 
 type overviewData struct {
 	ConsumerID string
-	Status     string
+	Status     accountStatus
 	Plan       string
 	Model      string
 	Start, End time.Time
@@ -45,15 +45,18 @@ type overviewData struct {
 	Alert string
 	// AlertOver: the threshold is 100% or more.
 	AlertOver bool
+	// Cost is the period's cost so far and projected (plans with
+	// pricing, and free ones).
+	Cost *costView
 }
 
 func (h *Handler) overview(w http.ResponseWriter, r *http.Request, s *sess) {
 	c := s.consumer
 	now := h.clock()
-	d := overviewData{ConsumerID: c.ID, Status: "Active", Plan: c.Plan}
-	if c.SuspendedAt(now) {
-		d.Status = "Suspended: requests with your keys are refused"
-	}
+	// Payment goes through the Stripe customer portal, which the plan
+	// page's "Manage billing" opens (scope plan).
+	canBill := h.cfg.Billing != nil && c.StripeCustomerID != "" && s.has(ScopePlan)
+	d := overviewData{ConsumerID: c.ID, Status: statusOf(c, now, canBill, h.settings().Contact), Plan: c.Plan}
 	p, ok := h.plan(c.Plan)
 	if ok {
 		d.Model = modelWords(p.Model)
@@ -89,6 +92,7 @@ func (h *Handler) overview(w http.ResponseWriter, r *http.Request, s *sess) {
 				d.Meters = append(d.Meters, newMeter("Spend cap", u.Used, q.Cap))
 			}
 			d.Alert, d.AlertOver = alertBanner(p, u.Used)
+			d.Cost = costOf(p, plan.Period{Start: u.Start, End: u.End}, now, u.Used)
 		}
 	}
 	h.render(w, r, http.StatusOK, "overview.html", page{Title: "Overview", Active: "overview", Session: s, Notice: notice(r), Data: d})
@@ -131,7 +135,10 @@ func (h *Handler) plan(name string) (*plan.Plan, bool) {
 
 // keyView is a key as the keys page shows it: never its secret or hash.
 type keyView struct {
-	ID         string
+	ID string
+	// Hint is the key's prefix and first random characters ("levy_Ab3d");
+	// "" for a key stored before levy recorded it.
+	Hint       string
 	Status     string
 	Active     bool
 	CreatedAt  time.Time
@@ -170,7 +177,7 @@ func (h *Handler) showKeys(w http.ResponseWriter, r *http.Request, s *sess, stat
 	now := h.clock()
 	views := make([]keyView, 0, len(keys))
 	for _, k := range keys {
-		v := keyView{ID: k.ID, Status: "Active", Active: true, CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, ReplacedBy: k.ReplacedBy}
+		v := keyView{ID: k.ID, Hint: k.Hint, Status: "Active", Active: true, CreatedAt: k.CreatedAt, ExpiresAt: k.ExpiresAt, ReplacedBy: k.ReplacedBy}
 		switch {
 		case k.Revoked:
 			v.Status, v.Active = "Revoked", false

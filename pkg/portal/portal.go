@@ -56,6 +56,9 @@ type Settings struct {
 	KeySignIn bool
 	// Plans are the plans shown, in order.
 	Plans []PlanOffer
+	// Contact is whom customers turn to about their account: an email
+	// address or an http(s) URL ("" : their provider, unnamed).
+	Contact string
 }
 
 // PlanOffer is a plan as the portal shows it.

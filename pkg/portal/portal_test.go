@@ -595,6 +595,21 @@ func TestKeysAreCreatedRevokedAndRolledLikeTheAdminAPIDoes(t *testing.T) {
 	if b.get("/portal/keys").body == "" || strings.Contains(b.get("/portal/keys").body, secret[1]) {
 		t.Fatal("the secret shows again")
 	}
+	// The list shows each key's hint, and a dash for a key stored before
+	// levy recorded them.
+	if err := e.keys.PutKey(context.Background(), &apikey.Key{ID: "old-key", Hash: strings.Repeat("e", 64), ConsumerID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	list := b.get("/portal/keys").body
+	for _, want := range []string{"<code>" + secret[1][:len("levy_")+4] + "…</code>", "<code>" + e.secretA[:len("levy_")+4] + "…</code>"} {
+		if !strings.Contains(list, want) {
+			t.Errorf("the keys page lacks %s", want)
+		}
+	}
+	if !regexp.MustCompile(`(?s)id="key-old-key">.*?class="hint"><span aria-hidden="true">—</span><span class="visually-hidden">start not recorded</span>`).MatchString(list) ||
+		strings.Contains(list, secret[1][:len("levy_")+5]) {
+		t.Errorf("keys page:\n%s", list)
+	}
 	if a := b.post("/portal/keys/"+k.ID+"/revoke", url.Values{"csrf": {csrf}}); a.status != 303 {
 		t.Fatalf("revoke: %d", a.status)
 	}

@@ -15,7 +15,7 @@ import (
 // PutKey implements apikey.Store.
 func (d *Directory) PutKey(ctx context.Context, k *apikey.Key) error {
 	fields := map[string]any{"id": k.ID, "consumer": k.ConsumerID, "revoked": boolString(k.Revoked), "expires_at": timeString(k.ExpiresAt),
-		"created_at": timeString(k.CreatedAt), "replaced_by": k.ReplacedBy}
+		"created_at": timeString(k.CreatedAt), "replaced_by": k.ReplacedBy, "hint": k.Hint}
 	// The id first, and only if no other key has it (two replicas may
 	// issue the same client-chosen id at once): an id names one key, or
 	// the other could no longer be revoked by it.
@@ -118,5 +118,5 @@ func (d *Directory) ListKeys(ctx context.Context, consumerID string) ([]*apikey.
 
 func parseKey(hash string, m map[string]string) *apikey.Key {
 	return &apikey.Key{ID: m["id"], Hash: hash, ConsumerID: m["consumer"], Revoked: m["revoked"] == "1", ExpiresAt: parseTime(m["expires_at"]),
-		CreatedAt: parseTime(m["created_at"]), ReplacedBy: m["replaced_by"]}
+		CreatedAt: parseTime(m["created_at"]), ReplacedBy: m["replaced_by"], Hint: m["hint"]}
 }

@@ -49,7 +49,7 @@ func (s *Server) newPortal() *portal.Handler {
 func (s *Server) portalSettings() portal.Settings {
 	p := s.live.Load().Portal
 	out := portal.Settings{Enabled: p.PortalEnabled() && s.backend.portal != nil, PublicURL: p.PublicURL,
-		LinkTTL: time.Duration(p.LinkTTL), SessionTTL: time.Duration(p.SessionTTL), KeySignIn: p.KeySignIn}
+		LinkTTL: time.Duration(p.LinkTTL), SessionTTL: time.Duration(p.SessionTTL), KeySignIn: p.KeySignIn, Contact: p.Contact}
 	for _, pp := range p.Plans {
 		out.Plans = append(out.Plans, portal.PlanOffer{Plan: pp.Plan, Description: pp.Description, Price: pp.Price, SelfServe: pp.SelfServe})
 	}

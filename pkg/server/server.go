@@ -850,7 +850,7 @@ func (s *Server) setupDemo() error {
 		hash := hasher.Hash(key)
 		id := "demo-" + name
 		s.demo = append(s.demo, &apikey.Consumer{ID: id, Plan: name})
-		s.demoKey = append(s.demoKey, &apikey.Key{ID: apikey.IDFromHash(hash), Hash: hash, ConsumerID: id})
+		s.demoKey = append(s.demoKey, &apikey.Key{ID: apikey.IDFromHash(hash), Hash: hash, ConsumerID: id, Hint: apikey.Hint(key)})
 		fmt.Fprintf(s.opts.Out, "demo key for plan %s: %s\n", name, key)
 	}
 	return nil

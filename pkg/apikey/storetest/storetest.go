@@ -155,7 +155,7 @@ func Run(t *testing.T, newStore func(t *testing.T) apikey.Store) {
 		created := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 		for _, k := range []*apikey.Key{
 			{ID: "a2", Hash: "ha2", ConsumerID: "acme", CreatedAt: created},
-			{ID: "a1", Hash: "ha1", ConsumerID: "acme", CreatedAt: created, ExpiresAt: created.Add(time.Hour), ReplacedBy: "a2"},
+			{ID: "a1", Hash: "ha1", ConsumerID: "acme", CreatedAt: created, ExpiresAt: created.Add(time.Hour), ReplacedBy: "a2", Hint: "levy_Ab3d"},
 			{ID: "g1", Hash: "hg1", ConsumerID: "globex"},
 		} {
 			if err := s.PutKey(ctx, k); err != nil {
@@ -164,10 +164,11 @@ func Run(t *testing.T, newStore func(t *testing.T) apikey.Store) {
 		}
 		keys, err := s.ListKeys(ctx, "acme")
 		if err != nil || len(keys) != 2 || keys[0].ID != "a1" || keys[1].ID != "a2" ||
-			keys[0].ReplacedBy != "a2" || !keys[0].CreatedAt.Equal(created) || !keys[0].ExpiresAt.Equal(created.Add(time.Hour)) {
+			keys[0].ReplacedBy != "a2" || !keys[0].CreatedAt.Equal(created) || !keys[0].ExpiresAt.Equal(created.Add(time.Hour)) ||
+			keys[0].Hint != "levy_Ab3d" || keys[1].Hint != "" {
 			t.Fatalf("ListKeys = %+v, %v", keys, err)
 		}
-		if k, err := s.GetKey(ctx, "a1"); err != nil || k.Hash != "ha1" || k.ConsumerID != "acme" {
+		if k, err := s.GetKey(ctx, "a1"); err != nil || k.Hash != "ha1" || k.ConsumerID != "acme" || k.Hint != "levy_Ab3d" {
 			t.Fatalf("GetKey = %+v, %v", k, err)
 		}
 		// Looked up (and cached) before the deletion.
