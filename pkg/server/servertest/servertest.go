@@ -4,6 +4,9 @@
 // It is for tests that talk to levy over gRPC and HTTP and need no process
 // of their own: gubernator's cluster.StartWith, for levy. A test about the
 // process itself (signals, SIGKILL, exit codes, the CLI) builds the binary.
+// For a test of the ext_authz server alone, Snapshot builds what levy
+// serve would serve it from a config text, and WithKeys puts fresh API
+// keys in that text.
 package servertest
 
 import (
