@@ -98,7 +98,10 @@
 // CPU too, and in-use's cpu-us/check minus idle's, times its checks/s, is
 // about the CPU the portal took a second. A fall in checks/s much larger
 // than that share is the portal getting in the decisions' way (a lock, the
-// garbage collector) rather than only sharing the cores.
+// garbage collector) rather than only sharing the cores. On a busy machine
+// checks/s can move between two idle runs by more than the portal moves
+// it: use -count 5 and read the spread, and compare cpu-us/check, which
+// moves less.
 //
 // BenchmarkCheckPortalRedis is the same with levy on a redis-server the
 // benchmark starts for it, with a store timeout of 1s as for
