@@ -10,6 +10,7 @@ import (
 	"github.com/levyhq/levy/pkg/history"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
+	"github.com/levyhq/levy/pkg/server/servertest"
 )
 
 // BenchmarkCheckEncode is one allowed Check in process, decided on the
@@ -25,14 +26,14 @@ func BenchmarkCheckEncode(b *testing.B) {
 		{"NewWindowEachCheck", time.Minute},
 	} {
 		b.Run(bb.name, func(b *testing.B) {
-			text, keys := withKeys(b)
+			text, keys := servertest.WithKeys(b, testConfig)
 			clock := limitertest.NewClock(limitertest.Start)
 			lim, err := limiter.NewLocal(limiter.LocalConfig{Clock: clock.Now})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer lim.Close()
-			srv := authz.New(authz.Config{Snapshot: snapshot(b, text), Limiter: lim, Clock: clock.Now})
+			srv := authz.New(authz.Config{Snapshot: servertest.Snapshot(b, text), Limiter: lim, Clock: clock.Now})
 			req := envoyclient.BuildCheckRequest(&envoyclient.Request{Path: "/v1/items",
 				Headers: []envoyclient.Header{{Name: "x-api-key", Value: keys["KEY_OPEN"]}}}, 1)
 			ctx := context.Background()
@@ -64,14 +65,14 @@ func BenchmarkCheckHistory(b *testing.B) {
 				name += "Parallel"
 			}
 			b.Run(name, func(b *testing.B) {
-				text, keys := withKeys(b)
+				text, keys := servertest.WithKeys(b, testConfig)
 				clock := limitertest.NewClock(limitertest.Start)
 				lim, err := limiter.NewLocal(limiter.LocalConfig{Clock: clock.Now})
 				if err != nil {
 					b.Fatal(err)
 				}
 				defer lim.Close()
-				cfg := authz.Config{Snapshot: snapshot(b, text), Limiter: lim, Clock: clock.Now}
+				cfg := authz.Config{Snapshot: servertest.Snapshot(b, text), Limiter: lim, Clock: clock.Now}
 				if on {
 					cfg.History = history.NewRecorder()
 				}

@@ -17,13 +17,12 @@ import (
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
-	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/envoyclient/envoytest"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
-	"github.com/levyhq/levy/pkg/server"
+	"github.com/levyhq/levy/pkg/server/servertest"
 	"github.com/levyhq/levy/pkg/usage"
 	"github.com/levyhq/levy/pkg/wire"
 )
@@ -71,8 +70,8 @@ type fixture struct {
 func start(t *testing.T, newLimiter limitertest.Factory) *fixture {
 	t.Helper()
 	f := &fixture{clock: limitertest.NewClock(limitertest.Start)}
-	f.cfgText, f.keys = withKeys(t)
-	snap := snapshot(t, f.cfgText)
+	f.cfgText, f.keys = servertest.WithKeys(t, testConfig)
+	snap := servertest.Snapshot(t, f.cfgText)
 	var lim limiter.Limiter = brokenLimiter{}
 	if newLimiter != nil {
 		lim = newLimiter(t, f.clock)
@@ -88,38 +87,6 @@ func start(t *testing.T, newLimiter limitertest.Factory) *fixture {
 	// check answers (a hung call still fails, after a minute).
 	f.client = envoyclient.NewAuthzClient(conn, envoyclient.AuthzConfig{Timeout: time.Minute})
 	return f
-}
-
-// withKeys is testConfig with a new key in place of each KEY_ name, and
-// the keys by name.
-func withKeys(t testing.TB) (string, map[string]string) {
-	t.Helper()
-	text, keys := testConfig, map[string]string{}
-	for _, name := range []string{"KEY_FREE", "KEY_PRO", "KEY_REVOKED", "KEY_EXPIRED", "KEY_PAYG", "KEY_SUSPENDED", "KEY_OPEN"} {
-		k, err := apikey.Generate("levy_test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys[name] = k
-		text = strings.ReplaceAll(text, name, k)
-	}
-	return text, keys
-}
-
-func snapshot(t testing.TB, text string) *authz.Snapshot {
-	t.Helper()
-	cfg, err := config.Parse([]byte(text), "test.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	snap, err := server.AuthzSnapshot(cfg, nil, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return snap
 }
 
 func (f *fixture) check(t *testing.T, path string, headers ...envoyclient.Header) *envoyclient.Outcome {
@@ -250,7 +217,7 @@ func testEveryKeyHeaderIsRemovedNotOnlyTheOneUsed(t *testing.T, newLimiter limit
 
 func testConsumerOnARemovedPlanIsDeniedNotAnRPCError(t *testing.T, newLimiter limitertest.Factory) {
 	f := start(t, newLimiter)
-	snap := snapshot(t, f.cfgText)
+	snap := servertest.Snapshot(t, f.cfgText)
 	var kept []*plan.Plan
 	for _, name := range []string{"free", "pro", "open"} { // payg is gone
 		p, _ := snap.Catalog.Get(name)
@@ -433,7 +400,7 @@ func testPlanChangeAppliesAtOnceWithoutNewKey(t *testing.T, newLimiter limiterte
 	if o := f.withKey(t, "KEY_FREE", "/"); o.Status != 429 {
 		t.Fatalf("free plan not limited: %d", o.Status)
 	}
-	f.srv.Swap(snapshot(t, strings.Replace(f.cfgText, "{id: free-co, plan: free", "{id: free-co, plan: pro", 1)))
+	f.srv.Swap(servertest.Snapshot(t, strings.Replace(f.cfgText, "{id: free-co, plan: free", "{id: free-co, plan: pro", 1)))
 	o := f.withKey(t, "KEY_FREE", "/")
 	if !o.Allowed || o.UpstreamHeaders.Get("x-consumer-plan") != "pro" {
 		t.Fatalf("after upgrade: %d plan %q", o.Status, o.UpstreamHeaders.Get("x-consumer-plan"))

@@ -18,6 +18,7 @@ import (
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/server/servertest"
 	"github.com/levyhq/levy/pkg/usage"
 )
 
@@ -212,7 +213,7 @@ func localLimiter(t *testing.T, clock *limitertest.Clock) limiter.Limiter {
 // is calling, as before.
 func TestAllowWithoutLedgerCarriesNoWindow(t *testing.T) {
 	f := start(t, localLimiter)
-	snap := snapshot(t, f.cfgText)
+	snap := servertest.Snapshot(t, f.cfgText)
 	snap.LedgerWindow = 0
 	f.srv.Swap(snap)
 	o := f.withKey(t, "KEY_PRO", "/")

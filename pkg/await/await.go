@@ -2,7 +2,8 @@
 // will make true: it polls a condition until it holds or a timeout
 // passes, instead of sleeping for a guessed time. A slow machine then
 // costs a slower test, not a failing one, and a fast one waits no longer
-// than it must.
+// than it must. A Buffer keeps what that goroutine or process writes
+// while the test reads it.
 package await
 
 import (

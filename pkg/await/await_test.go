@@ -2,6 +2,8 @@ package await_test
 
 import (
 	"errors"
+	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,5 +41,24 @@ func TestPollStopsAtAHalt(t *testing.T) {
 	})
 	if !errors.Is(err, exited) || calls != 1 {
 		t.Fatalf("Poll: %v after %d calls, want the halting error after one", err, calls)
+	}
+}
+
+// A Buffer takes writes from several goroutines while the test reads it,
+// and keeps every one (go test -race checks the sharing).
+func TestBufferKeepsWhatGoroutinesWriteWhileTheTestReads(t *testing.T) {
+	var b await.Buffer
+	for i := range 4 {
+		go func() {
+			for range 100 {
+				fmt.Fprintf(&b, "writer %d\n", i)
+			}
+		}()
+	}
+	await.Until(t, 10*time.Second, func() bool { return strings.Count(b.String(), "\n") == 400 }, "400 lines")
+	for i := range 4 {
+		if n := strings.Count(b.String(), fmt.Sprintf("writer %d\n", i)); n != 100 {
+			t.Errorf("writer %d: %d lines, want 100", i, n)
+		}
 	}
 }

@@ -2,7 +2,6 @@ package history_test
 
 import (
 	"context"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,11 +13,9 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 
-	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
 	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/billing"
-	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/envoyclient"
 	"github.com/levyhq/levy/pkg/envoyclient/envoytest"
 	"github.com/levyhq/levy/pkg/history"
@@ -28,7 +25,7 @@ import (
 	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/redisstore"
 	"github.com/levyhq/levy/pkg/redistest"
-	"github.com/levyhq/levy/pkg/server"
+	"github.com/levyhq/levy/pkg/server/servertest"
 	"github.com/levyhq/levy/pkg/usage"
 )
 
@@ -137,27 +134,11 @@ type env struct {
 }
 
 func newEnv(t *testing.T, kind func(*testing.T, *limitertest.Clock) *stores) *env {
-	e := &env{clock: limitertest.NewClock(limitertest.Start), keys: map[string]string{}}
+	e := &env{clock: limitertest.NewClock(limitertest.Start)}
 	e.st = kind(t, e.clock)
-	text := testConfig
-	for _, name := range []string{"KEY_FREE", "KEY_PRO2", "KEY_PRO", "KEY_PAYG"} {
-		k, err := apikey.Generate("levy_test")
-		if err != nil {
-			t.Fatal(err)
-		}
-		e.keys[name] = k
-		text = strings.ReplaceAll(text, name, k)
-	}
-	cfg, err := config.Parse([]byte(text), "test.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	if e.snap, err = server.AuthzSnapshot(cfg, nil, nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	var text string
+	text, e.keys = servertest.WithKeys(t, testConfig)
+	e.snap = servertest.Snapshot(t, text)
 	e.keeper = e.newKeeper()
 	srv := authz.New(authz.Config{Snapshot: e.snap, Limiter: e.st.lim, Log: zaptest.NewLogger(t), Clock: e.clock.Now,
 		History: e.keeper.Recorder()})

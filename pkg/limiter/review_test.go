@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/levyhq/levy/pkg/await"
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/limiter/limitertest"
 	"github.com/levyhq/levy/pkg/redistest"
@@ -247,7 +248,7 @@ func TestReviewLateDebitStaysRecorded(t *testing.T) {
 	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: slow, Clock: clock.Now, Timeout: 50 * time.Millisecond,
 		ReplyWait: 3 * time.Second, Registerer: reg, Log: zaptest.NewLogger(t)})
 	ctx := context.Background()
-	tokens := limiter.Limit{Kind: limiter.Quota, Name: "tokens", Key: "{rl:tokens}:q:day", Max: 1000, Unit: "day", Debit: true}
+	tokens := limiter.Limit{Kind: limiter.Quota, Name: "tokens", Key: keyspace.Rule("tokens", "", []byte(keyspace.RuleQuota+"day")), Max: 1000, Unit: "day", Debit: true}
 	if _, err := l.Decide(ctx, []limiter.Limit{tokens}); err != nil { // loads the script
 		t.Fatal(err)
 	}

@@ -119,7 +119,7 @@ func Start(t testing.TB) *Stripe {
 	sock := filepath.Join(dir, "http.sock")
 	cmd := exec.Command(stripeMock(t), "-http-unix", sock)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	var logs syncBuffer
+	var logs await.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -289,23 +289,4 @@ func (s *Stripe) Calls(path string) []Call {
 		}
 	}
 	return out
-}
-
-// syncBuffer is stripe-mock's output, written by its pipes' copiers while
-// Start may read it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

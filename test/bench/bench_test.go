@@ -76,8 +76,8 @@ func benchRateLimit(b *testing.B, st *store) {
 // measure runs b.N calls of req on t and reports the harness's figures,
 // naming them after what one call is ("check" gives checks/s and
 // cpu-us/check), and, when t decides on Redis, the commands Redis ran and
-// the CPU it used per call.
-func measure(b *testing.B, t *target, req proto.Message, what string) {
+// the CPU it used per call. It returns the calls/s it reports.
+func measure(b *testing.B, t *target, req proto.Message, what string) float64 {
 	if t.skip != "" {
 		b.Skip(t.skip)
 	}
@@ -93,7 +93,8 @@ func measure(b *testing.B, t *target, req proto.Message, what string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.ReportMetric(float64(res.calls)/res.elapsed.Seconds(), what+"s/s")
+	rate := float64(res.calls) / res.elapsed.Seconds()
+	b.ReportMetric(rate, what+"s/s")
 	b.ReportMetric(res.hist.quantile(0.50).Seconds()*1e6, "p50-us")
 	b.ReportMetric(res.hist.quantile(0.99).Seconds()*1e6, "p99-us")
 	if res.cpu >= 0 {
@@ -111,6 +112,7 @@ func measure(b *testing.B, t *target, req proto.Message, what string) {
 	if t.commits != nil {
 		readCommitStats(b, t.commits).since(commitsBefore).report(b, res.elapsed)
 	}
+	return rate
 }
 
 // runBriefly runs the harness with n calls of each request on each target

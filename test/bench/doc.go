@@ -60,6 +60,56 @@
 // -count 5 to see the spread, and -cpuprofile with -bench Check/levy or
 // -bench ShouldRateLimit/levy-3desc to see where the time goes.
 //
+// # With the portal in use
+//
+// The developer portal and the usage history it reads run in levy serve's
+// process, beside the Check path. BenchmarkCheckPortal measures Check on a
+// whole levy started in the benchmark's process as levy serve starts it
+// (servertest.Start: the config file, the listeners, the admin API, the
+// portal, the history keeper), on its local store, twice in one run, with
+// the callers and the request of BenchmarkCheck:
+//
+//	BenchmarkCheckPortal/idle    ...  <checks/s>  <cpu-us/check>  <p50-us>  <p99-us>  ...
+//	BenchmarkCheckPortal/in-use  ...  <checks/s>  <cpu-us/check>  <p50-us>  <p99-us>  <page-ms>  <pages/s>  <x-idle>  ...
+//
+// Run them alone with
+//
+//	go test -run '^$' -bench CheckPortal -benchtime 3s -count 3 ./test/bench/
+//
+// In-use adds four portal sessions, each signed in as the operator's
+// customer is: a link minted through the admin API (POST
+// /v1/consumers/bench/portal-links), opened and confirmed with a POST,
+// then the session cookie. Each session loads in turn the overview, the
+// usage page (this billing period by day, and the last 30 days by hour,
+// its largest chart), the usage series as JSON, and the keys page with
+// its per-key counts, pausing 100ms between two pages: far more than
+// people clicking. LEVY_BENCH_PORTAL_PAUSE sets another pause (a Go
+// duration; 0 loads pages back to back). The consumer starts with 30
+// days of hours and days in its history, so the pages read and draw a
+// month, and in both halves the history keeper flushes the checks'
+// counts every second (usage.history.every: 1s, its shortest), which
+// in-use's pages read back.
+//
+// Read x-idle: in-use's checks/s over idle's (with -count, over the last
+// idle run's). pages/s is the load the sessions made and page-ms a page's
+// mean wall time, for a portal that stays usable. levy, its portal and
+// the callers share one process and the machine's cores, so every page's
+// CPU is taken from the checks: cpu-us/check in-use counts the portal's
+// CPU too, and in-use's cpu-us/check minus idle's, times its checks/s, is
+// about the CPU the portal took a second. A fall in checks/s much larger
+// than that share is the portal getting in the decisions' way (a lock, the
+// garbage collector) rather than only sharing the cores. On a busy machine
+// checks/s can move between two idle runs by more than the portal moves
+// it: use -count 5 and read the spread, and compare cpu-us/check, which
+// moves less.
+//
+// BenchmarkCheckPortalRedis is the same with levy on a redis-server the
+// benchmark starts for it, with a store timeout of 1s as for
+// BenchmarkCheckRedis; the history and the sessions are then read from
+// Redis, whose CPU is not in cpu-us/check. TestPortalHarnessAllows runs
+// both briefly under go test: every check allowed, every page a 200, and
+// the checks' counts flushed and read back through the portal's series.
+//
 // # The lean caller
 //
 // In production Envoy calls levy from its own cores, in C++. Here the

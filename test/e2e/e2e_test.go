@@ -68,26 +68,9 @@ type proc struct {
 	mu         sync.Mutex
 	demoKeys   map[string]string
 	done       chan error
-	stderr     *syncBuffer
+	stderr     *await.Buffer
 	// inProcess is the levy serveInProcess started (nil for a process).
 	inProcess *servertest.Levy
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 var demoLine = regexp.MustCompile(`^demo key for plan (\S+): (\S+)$`)
@@ -118,7 +101,7 @@ func serveEnv(t *testing.T, env []string, args ...string) *proc {
 	}
 	stderrR, stderrW := io.Pipe()
 	cmd.Stderr = stderrW
-	p := &proc{cmd: cmd, demoKeys: map[string]string{}, done: make(chan error, 1), stderr: &syncBuffer{}}
+	p := &proc{cmd: cmd, demoKeys: map[string]string{}, done: make(chan error, 1), stderr: &await.Buffer{}}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +177,7 @@ func serveEnv(t *testing.T, env []string, args ...string) *proc {
 // debit_test.go and ratelimit_test.go's example rule files.
 func serveInProcess(t *testing.T, cfg string, flags func(*config.Config)) *proc {
 	t.Helper()
-	p := &proc{demoKeys: map[string]string{}, stderr: &syncBuffer{}}
+	p := &proc{demoKeys: map[string]string{}, stderr: &await.Buffer{}}
 	l := servertest.Start(t, cfg, servertest.Options{Flags: flags, Log: p.stderr})
 	p.grpcAddr, p.httpAddr, p.publicAddr, p.inProcess = l.GRPCAddr, l.HTTPAddr, l.PublicAddr, l
 	return p

@@ -6,8 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
+	"github.com/levyhq/levy/pkg/usage"
 )
 
 // store is what the Peek and Add cases need of a limiter: every store has
@@ -23,6 +25,7 @@ func store(t *testing.T, l limiter.Limiter) limiter.Store {
 
 func peek(t *testing.T, s limiter.Store, limits ...limiter.Limit) limiter.Reading {
 	t.Helper()
+	ofLayout(t, limits)
 	r, err := s.Peek(context.Background(), limits)
 	if err != nil {
 		t.Fatalf("Peek: %v", err)
@@ -32,6 +35,7 @@ func peek(t *testing.T, s limiter.Store, limits ...limiter.Limit) limiter.Readin
 
 func add(t *testing.T, s limiter.Store, limits ...limiter.Limit) {
 	t.Helper()
+	ofLayout(t, limits)
 	if err := s.Add(context.Background(), limits); err != nil {
 		t.Fatalf("Add: %v", err)
 	}
@@ -47,10 +51,10 @@ func testPeekAnswersAsACheck(t *testing.T, newLimiter Factory) {
 	clock := NewClock(Start)
 	l := newLimiter(t, clock)
 	s := store(t, l)
-	b := bucket("{c:peek}:rate", 10, time.Minute, 3)
-	q := quota("{c:peek}:quota", 5, plan.Month)
-	soft := limiter.Limit{Kind: limiter.Quota, Name: "soft", Key: "{c:peek}:soft", Cost: 1, Max: 1, Soft: true, Cap: 3, Unit: plan.Day}
-	u := ledger("{c:peek}:ledger", 2)
+	b := bucket(keyspace.Rate("peek", "test"), 10, time.Minute, 3)
+	q := quota(keyspace.Quota("peek"), 5, plan.Month)
+	soft := limiter.Limit{Kind: limiter.Quota, Name: "soft", Key: ruleQuota("peek", "soft", plan.Day), Cost: 1, Max: 1, Soft: true, Cap: 3, Unit: plan.Day}
+	u := ledger(usage.LedgerKey("peek", LedgerTerms), 2)
 	steps := []struct {
 		name    string
 		advance time.Duration
@@ -88,7 +92,7 @@ func testPeekRollsNoPeriod(t *testing.T, newLimiter Factory) {
 	clock := NewClock(Start)
 	l := newLimiter(t, clock)
 	s := store(t, l)
-	q := quota("{c:roll}:quota", 5, plan.Month)
+	q := quota(keyspace.Quota("roll"), 5, plan.Month)
 	for range 3 {
 		decide(t, l, q)
 	}
@@ -110,12 +114,12 @@ func testAddCountsPastEveryBound(t *testing.T, newLimiter Factory) {
 	clock := NewClock(Start)
 	l := newLimiter(t, clock)
 	s := store(t, l)
-	q := quota("{c:add}:quota", 2, plan.Month)
-	u := ledger("{c:add}:ledger", 4)
-	shadowQuota := shadow(quota("{c:add}:shadow", 1, plan.Day))
+	q := quota(keyspace.Quota("add"), 2, plan.Month)
+	u := ledger(usage.LedgerKey("add", LedgerTerms), 4)
+	shadowQuota := shadow(quota(ruleQuota("add", "shadow", plan.Day), 1, plan.Day))
 	add(t, s, withCost(q, 5), u, withCost(shadowQuota, 2))
 	add(t, s, quotaMode(withCost(q, 1)), withCost(u, 0))
-	err := s.Add(context.Background(), []limiter.Limit{withCost(q, 7), bucket("{c:add}:rate", 1, time.Hour, 0)})
+	err := s.Add(context.Background(), []limiter.Limit{withCost(q, 7), bucket(keyspace.Rate("add", "test"), 1, time.Hour, 0)})
 	if !errors.Is(err, limiter.ErrBadLimit) {
 		t.Fatalf("Add of a bucket: %v, want ErrBadLimit", err)
 	}

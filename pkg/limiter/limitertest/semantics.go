@@ -5,14 +5,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 )
 
 // The step tables below start on the hour, so that an hourly quota's
-// retry after is the hour's rest. Their keys lie in two hash tags, {a}
-// and {b}, in two slots of a cluster: requests that mix them are decided
-// slot by slot there.
+// retry after is the hour's rest. Their keys are two consumers', a and b,
+// whose hash tags {c:a} and {c:b} lie in two slots of a cluster: requests
+// that mix them are decided slot by slot there.
 var hourStart = time.Date(2026, time.March, 14, 15, 0, 0, 0, time.UTC)
 
 // step is one request of a step table: the clock moves by advance, give
@@ -36,7 +37,7 @@ type want struct {
 
 func runSteps(t *testing.T, newLimiter Factory, steps []step) {
 	t.Helper()
-	if limiter.Slot("{a}") == limiter.Slot("{b}") {
+	if limiter.Slot(keyspace.Quota("a")) == limiter.Slot(keyspace.Quota("b")) {
 		t.Fatal("the tables' hash tags share a slot")
 	}
 	clock := NewClock(hourStart)
@@ -80,10 +81,10 @@ func shadow(l limiter.Limit) limiter.Limit {
 }
 
 func testZeroCostOver(t *testing.T, newLimiter Factory) {
-	rate := bucket("{a}:rate", 2, time.Minute, 2) // a token every 30s
-	hard := quota("{b}:quota", 2, plan.Hour)
-	spend := limiter.Limit{Kind: limiter.Quota, Name: "spend", Key: "{a}:spend", Cost: 1, Max: 1, Soft: true, Cap: 2, Unit: plan.Hour}
-	units := limiter.Limit{Kind: limiter.Quota, Name: "units", Key: "{b}:units", Cost: 1, Soft: true, Unit: plan.Hour}
+	rate := bucket(keyspace.Rate("a", "rate"), 2, time.Minute, 2) // a token every 30s
+	hard := quota(keyspace.Quota("b"), 2, plan.Hour)
+	spend := limiter.Limit{Kind: limiter.Quota, Name: "spend", Key: keyspace.Quota("a"), Cost: 1, Max: 1, Soft: true, Cap: 2, Unit: plan.Hour}
+	units := limiter.Limit{Kind: limiter.Quota, Name: "units", Key: ruleQuota("b", "units", plan.Hour), Cost: 1, Soft: true, Unit: plan.Hour}
 	rest := time.Hour - 30*time.Second // of the hour, after the step that waits for a token
 	runSteps(t, newLimiter, []step{
 		{"a full bucket's check passes", 0, []limiter.Limit{check(rate)}, -1, []want{{true, 2, 0, 0}}},
@@ -103,11 +104,11 @@ func testZeroCostOver(t *testing.T, newLimiter Factory) {
 }
 
 func testDebit(t *testing.T, newLimiter Factory) {
-	rate := bucket("{a}:rate", 10, time.Minute, 10) // a token every 6s, 60s to fill
-	hard := quota("{b}:quota", 5, plan.Hour)
-	small := bucket("{a}:small", 1, time.Second, 2)
-	wide := bucket("{a}:wide", 100, time.Hour, 100)
-	watch := shadow(bucket("{b}:watch", 1, time.Hour, 1))
+	rate := bucket(keyspace.Rate("a", "rate"), 10, time.Minute, 10) // a token every 6s, 60s to fill
+	hard := quota(keyspace.Quota("b"), 5, plan.Hour)
+	small := bucket(keyspace.Rate("a", "small"), 1, time.Second, 2)
+	wide := bucket(keyspace.Rate("a", "wide"), 100, time.Hour, 100)
+	watch := shadow(bucket(keyspace.Rate("b", "watch"), 1, time.Hour, 1))
 	runSteps(t, newLimiter, []step{
 		{"a debit that fits is an ordinary take", 0, []limiter.Limit{debit(rate, 3)}, -1, []want{{true, 7, 0, 0}}},
 		// 18s taken and 72s more: 90s ahead of now, 30s of debt; the next
@@ -139,11 +140,11 @@ func testDebit(t *testing.T, newLimiter Factory) {
 }
 
 func testQuotaMode(t *testing.T, newLimiter Factory) {
-	qa := quotaMode(quota("{a}:qa", 1, plan.Hour))
-	qb := quotaMode(quota("{b}:qb", 2, plan.Hour))
-	qc := quotaMode(quota("{a}:qc", 5, plan.Hour))
-	closed := quota("{b}:closed", 0, plan.Hour)
-	rate := bucket("{a}:rate", 100, time.Hour, 100)
+	qa := quotaMode(quota(keyspace.Quota("a"), 1, plan.Hour))
+	qb := quotaMode(quota(keyspace.Quota("b"), 2, plan.Hour))
+	qc := quotaMode(quota(ruleQuota("a", "qc", plan.Hour), 5, plan.Hour))
+	closed := quota(ruleQuota("b", "closed", plan.Hour), 0, plan.Hour)
+	rate := bucket(keyspace.Rate("a", "rate"), 100, time.Hour, 100)
 	rest := time.Hour
 	runSteps(t, newLimiter, []step{
 		{"with room in both, both take", 0, []limiter.Limit{qa, qb, rate}, -1,
@@ -166,9 +167,9 @@ func testQuotaMode(t *testing.T, newLimiter Factory) {
 // A bucket beyond its tolerance is either a lowered limit's leftover
 // depth, forgiven, or debt, kept.
 func testDebtOutlivesALoweredLimit(t *testing.T, newLimiter Factory) {
-	big := bucket("{a}:lowered", 100, time.Second, 1000) // 10s to fill
-	small := bucket("{a}:lowered", 10, time.Second, 10)  // 1s to fill
-	owed := bucket("{a}:owed", 10, time.Second, 10)
+	big := bucket(keyspace.Rate("a", "lowered"), 100, time.Second, 1000) // 10s to fill
+	small := bucket(keyspace.Rate("a", "lowered"), 10, time.Second, 10)  // 1s to fill
+	owed := bucket(keyspace.Rate("a", "owed"), 10, time.Second, 10)
 	runSteps(t, newLimiter, []step{
 		{"the big bucket drained", 0, []limiter.Limit{withCost(big, 1000)}, -1, []want{{true, 0, 0, 0}}},
 		{"lowered: the small bucket, empty, not the big one's 10s", 0, []limiter.Limit{small}, 0, []want{{false, 0, 0, 100 * time.Millisecond}}},

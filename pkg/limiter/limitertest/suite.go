@@ -4,11 +4,13 @@ package limitertest
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/levyhq/levy/pkg/keyspace"
 	"github.com/levyhq/levy/pkg/limiter"
 	"github.com/levyhq/levy/pkg/plan"
 )
@@ -70,6 +72,26 @@ func Run(t *testing.T, newLimiter Factory) {
 	t.Run("AddCountsPastEveryBound", func(t *testing.T) { testAddCountsPastEveryBound(t, newLimiter) })
 }
 
+// The suite's keys are levy's own, built by keyspace as the servers build
+// them, never free-form strings: the local store renames every key of the
+// unversioned layout ("{c:ID}:units", "{rl:MATCH}:q:day") to its levy:1:
+// name each time it opens its file, so an old-shaped test key would move
+// under any case that reopened one. ruleQuota gives a consumer a second
+// quota in its slot, named as the RLS names a rule's quota.
+func ruleQuota(consumer, rule string, unit plan.Unit) string {
+	return keyspace.Rule(rule, consumer, []byte(keyspace.RuleQuota+string(unit)))
+}
+
+// ofLayout fails t for a limit whose key is not of levy's current layout.
+func ofLayout(t *testing.T, limits []limiter.Limit) {
+	t.Helper()
+	for _, l := range limits {
+		if !strings.HasPrefix(l.Key, keyspace.State) {
+			t.Fatalf("limit %s has key %q, not of levy's layout %q: build it with keyspace", l.Name, l.Key, keyspace.State)
+		}
+	}
+}
+
 func bucket(key string, requests int64, per time.Duration, burst int64) limiter.Limit {
 	return limiter.Limit{Kind: limiter.Bucket, Name: "rate", Key: key, Cost: 1, Requests: requests, Per: per, Burst: burst}
 }
@@ -80,6 +102,7 @@ func quota(key string, max int64, unit plan.Unit) limiter.Limit {
 
 func decide(t *testing.T, l limiter.Limiter, limits ...limiter.Limit) limiter.Decision {
 	t.Helper()
+	ofLayout(t, limits)
 	d, err := l.Decide(context.Background(), limits)
 	if err != nil {
 		t.Fatalf("Decide: %v", err)
@@ -110,7 +133,7 @@ func testBucketSteps(t *testing.T, newLimiter Factory) {
 	}
 	clock := NewClock(Start)
 	l := newLimiter(t, clock)
-	lim := bucket("{c:steps}:rate", 10, time.Minute, 3)
+	lim := bucket(keyspace.Rate("steps", "test"), 10, time.Minute, 3)
 	for _, st := range steps {
 		clock.Advance(st.advance)
 		d := decide(t, l, lim)
@@ -130,9 +153,9 @@ func testBucketSteps(t *testing.T, newLimiter Factory) {
 func testAllOrNothing(t *testing.T, newLimiter Factory) {
 	clock := NewClock(Start)
 	l := newLimiter(t, clock)
-	wide := bucket("{c:aon}:wide", 100, time.Second, 100)
-	narrow := bucket("{c:aon}:narrow", 1, time.Hour, 1)
-	q := quota("{c:aon}:quota", 50, plan.Month)
+	wide := bucket(keyspace.Rate("aon", "wide"), 100, time.Second, 100)
+	narrow := bucket(keyspace.Rate("aon", "narrow"), 1, time.Hour, 1)
+	q := quota(keyspace.Quota("aon"), 50, plan.Month)
 	if d := decide(t, l, wide, narrow, q); !d.OK {
 		t.Fatal("first request denied")
 	}
@@ -156,7 +179,7 @@ func testAllOrNothing(t *testing.T, newLimiter Factory) {
 func testSharedKey(t *testing.T, newLimiter Factory) {
 	clock := NewClock(Start)
 	l := newLimiter(t, clock)
-	b := bucket("{c:shared}:rate", 3, time.Hour, 3)
+	b := bucket(keyspace.Rate("shared", "test"), 3, time.Hour, 3)
 	// One request naming the same bucket twice takes two tokens...
 	if d := decide(t, l, b, b); !d.OK || d.Statuses[1].Remaining != 1 {
 		t.Fatalf("double: ok=%v remaining=%d, want ok remaining 1", d.OK, d.Statuses[1].Remaining)
@@ -173,7 +196,7 @@ func testSharedKey(t *testing.T, newLimiter Factory) {
 func testHardQuota(t *testing.T, newLimiter Factory) {
 	clock := NewClock(time.Date(2028, time.February, 29, 23, 0, 0, 0, time.UTC))
 	l := newLimiter(t, clock)
-	q := quota("{c:hard}:quota", 3, plan.Month)
+	q := quota(keyspace.Quota("hard"), 3, plan.Month)
 	for i := int64(1); i <= 3; i++ {
 		d := decide(t, l, q)
 		if !d.OK || d.Statuses[0].Used != i || d.Statuses[0].Remaining != 3-i {
@@ -206,7 +229,7 @@ func testHardQuota(t *testing.T, newLimiter Factory) {
 func testSoftQuota(t *testing.T, newLimiter Factory) {
 	clock := NewClock(Start)
 	l := newLimiter(t, clock)
-	q := limiter.Limit{Kind: limiter.Quota, Name: "quota", Key: "{c:soft}:quota", Cost: 4, Max: 10, Unit: plan.Month, Soft: true, Cap: 20}
+	q := limiter.Limit{Kind: limiter.Quota, Name: "quota", Key: keyspace.Quota("soft"), Cost: 4, Max: 10, Unit: plan.Month, Soft: true, Cap: 20}
 	wantOverage := []int64{0, 0, 2, 6, 10}
 	for i, want := range wantOverage {
 		d := decide(t, l, q)
@@ -218,7 +241,7 @@ func testSoftQuota(t *testing.T, newLimiter Factory) {
 		t.Fatalf("allowed past the cap: used %d", d.Statuses[0].Used)
 	}
 	counter := q
-	counter.Key, counter.Max, counter.Cap = "{c:soft}:units", 0, 0
+	counter.Key, counter.Max, counter.Cap = keyspace.Quota("counter"), 0, 0
 	for i := 0; i < 5; i++ {
 		if d := decide(t, l, counter); !d.OK || d.Statuses[0].Remaining != -1 {
 			t.Fatalf("an uncapped counter denied or reported remaining %d", d.Statuses[0].Remaining)
@@ -232,7 +255,7 @@ func testSoftQuota(t *testing.T, newLimiter Factory) {
 func testZeroCost(t *testing.T, newLimiter Factory) {
 	clock := NewClock(Start)
 	l := newLimiter(t, clock)
-	b := bucket("{c:zero}:rate", 2, time.Hour, 2)
+	b := bucket(keyspace.Rate("zero", "test"), 2, time.Hour, 2)
 	peek := b
 	peek.Cost = 0
 	for i := 0; i < 5; i++ {
@@ -250,8 +273,8 @@ func testZeroCost(t *testing.T, newLimiter Factory) {
 func testParallel(t *testing.T, newLimiter Factory) {
 	clock := NewClock(Start) // frozen: no refill during the test
 	l := newLimiter(t, clock)
-	b := bucket("{c:par}:rate", 100, time.Hour, 100)
-	q := quota("{c:par}:quota", 1000, plan.Month)
+	b := bucket(keyspace.Rate("par", "test"), 100, time.Hour, 100)
+	q := quota(keyspace.Quota("par"), 1000, plan.Month)
 	var allowed atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, 1000)
@@ -277,7 +300,7 @@ func testParallel(t *testing.T, newLimiter Factory) {
 	if got := allowed.Load(); got != 100 {
 		t.Fatalf("%d of 1000 parallel requests allowed on a bucket of 100", got)
 	}
-	if d := decide(t, l, quota("{c:par}:quota", 1000, plan.Month)); d.Statuses[0].Used != 101 {
+	if d := decide(t, l, quota(keyspace.Quota("par"), 1000, plan.Month)); d.Statuses[0].Used != 101 {
 		t.Fatalf("quota used %d after 100 allowed (+1 now), want 101: denied requests were counted", d.Statuses[0].Used)
 	}
 }
@@ -285,14 +308,14 @@ func testParallel(t *testing.T, newLimiter Factory) {
 func testLoweredLimit(t *testing.T, newLimiter Factory) {
 	clock := NewClock(Start)
 	l := newLimiter(t, clock)
-	big := bucket("{c:lower}:rate", 100, time.Second, 100)
+	big := bucket(keyspace.Rate("lower", "test"), 100, time.Second, 100)
 	for i := 0; i < 100; i++ {
 		decide(t, l, big)
 	}
 	// The operator lowers the limit to 10/s: the drained bucket counts as
 	// an empty small one, so the next token comes after 100ms, not after
 	// the old bucket's full second.
-	small := bucket("{c:lower}:rate", 10, time.Second, 10)
+	small := bucket(keyspace.Rate("lower", "test"), 10, time.Second, 10)
 	if d := decide(t, l, small); d.OK || d.Statuses[0].RetryAfter != 100*time.Millisecond {
 		t.Fatalf("lowered limit: ok=%v retry after %s, want denied for 100ms", d.OK, d.Statuses[0].RetryAfter)
 	}
@@ -305,9 +328,9 @@ func testLoweredLimit(t *testing.T, newLimiter Factory) {
 func testShadow(t *testing.T, newLimiter Factory) {
 	clock := NewClock(Start)
 	l := newLimiter(t, clock)
-	shadow := bucket("{c:shadow}:narrow", 1, time.Hour, 1)
+	shadow := bucket(keyspace.Rate("shadow", "narrow"), 1, time.Hour, 1)
 	shadow.Shadow = true
-	wide := bucket("{c:shadow}:wide", 100, time.Hour, 100)
+	wide := bucket(keyspace.Rate("shadow", "wide"), 100, time.Hour, 100)
 	for i := 0; i < 5; i++ {
 		d := decide(t, l, shadow, wide)
 		if !d.OK || d.Denied != -1 {
@@ -327,7 +350,7 @@ func testShadow(t *testing.T, newLimiter Factory) {
 
 func testHugeCost(t *testing.T, newLimiter Factory) {
 	l := newLimiter(t, NewClock(Start))
-	b := bucket("{c:huge}:rate", 1, time.Minute, 1)
+	b := bucket(keyspace.Rate("huge", "test"), 1, time.Minute, 1)
 	for _, cost := range []int64{2, 4294967295, limiter.MaxCost} {
 		b.Cost = cost
 		if d := decide(t, l, b); d.OK {

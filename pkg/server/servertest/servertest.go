@@ -4,6 +4,9 @@
 // It is for tests that talk to levy over gRPC and HTTP and need no process
 // of their own: gubernator's cluster.StartWith, for levy. A test about the
 // process itself (signals, SIGKILL, exit codes, the CLI) builds the binary.
+// For a test of the ext_authz server alone, Snapshot builds what levy
+// serve would serve it from a config text, and WithKeys puts fresh API
+// keys in that text.
 package servertest
 
 import (
@@ -18,6 +21,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/levyhq/levy/pkg/await"
 	"github.com/levyhq/levy/pkg/config"
 	"github.com/levyhq/levy/pkg/server"
 )
@@ -41,7 +45,7 @@ type Levy struct {
 	// PublicAddr is listen.public's bound address ("" without it).
 	PublicAddr string
 
-	out, log lines
+	out, log await.Buffer
 	stop     func() error
 	stopped  sync.Once
 	runErr   error
@@ -122,22 +126,4 @@ func (l *Levy) DemoKey(plan string) string {
 		}
 	}
 	return ""
-}
-
-// lines is a buffer the server writes while the test reads it.
-type lines struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *lines) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *lines) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

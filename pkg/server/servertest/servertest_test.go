@@ -66,3 +66,29 @@ func TestFlagsOverrideTheFile(t *testing.T) {
 		t.Fatalf("the data dir the flags set holds no store: %v", err)
 	}
 }
+
+// WithKeys gives each KEY_ name its own fresh key, the same at every use
+// (KEY_PRO2 is not KEY_PRO followed by 2), and Snapshot serves the text.
+func TestWithKeysNamesEachKeyOnce(t *testing.T) {
+	text, keys := servertest.WithKeys(t, `dev_mode: true
+plans: {pro: {model: tiered}}
+consumers:
+  - {id: a, plan: pro, keys: [{id: a1, key: KEY_PRO}, {id: a2, key: KEY_PRO2}]}
+  - {id: b, plan: pro, keys: [{id: b1, key: KEY_B}]}
+# KEY_PRO again
+`)
+	if len(keys) != 3 || keys["KEY_PRO"] == keys["KEY_PRO2"] || strings.Contains(text, "KEY_PRO2") {
+		t.Fatalf("keys %v in\n%s", keys, text)
+	}
+	for name, key := range keys {
+		if apikey.Check(key) != nil {
+			t.Errorf("%s: %q is no API key", name, key)
+		}
+	}
+	if n := strings.Count(text, keys["KEY_PRO"]); n != 2 {
+		t.Errorf("KEY_PRO's key appears %d times, want 2 (each use)", n)
+	}
+	if _, ok := servertest.Snapshot(t, text).Directory.Consumer("b"); !ok {
+		t.Error("the snapshot has no consumer b")
+	}
+}
