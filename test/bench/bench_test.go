@@ -9,6 +9,7 @@ import (
 	"math/bits"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -58,7 +59,7 @@ func BenchmarkShouldRateLimit(b *testing.B) { benchRateLimit(b, localStore()) }
 func benchCheck(b *testing.B, st *store) {
 	env := newCheckEnv(b, st)
 	for _, t := range env.targets {
-		b.Run(t.name, func(b *testing.B) { measure(b, t, env.reqs[0].msg, "check") })
+		b.Run(t.name, func(b *testing.B) { measure(b, t, env.reqs[0].msgs, "check") })
 	}
 }
 
@@ -68,7 +69,7 @@ func benchRateLimit(b *testing.B, st *store) {
 	env := newRateLimitEnv(b, st)
 	for _, r := range env.reqs {
 		for _, t := range env.all() {
-			b.Run(t.name+"-"+r.name, func(b *testing.B) { measure(b, t, r.msg, "call") })
+			b.Run(t.name+"-"+r.name, func(b *testing.B) { measure(b, t, r.msgs, "call") })
 		}
 	}
 }
@@ -77,7 +78,7 @@ func benchRateLimit(b *testing.B, st *store) {
 // naming them after what one call is ("check" gives checks/s and
 // cpu-us/check), and, when t decides on Redis, the commands Redis ran and
 // the CPU it used per call. It returns the calls/s it reports.
-func measure(b *testing.B, t *target, req proto.Message, what string) float64 {
+func measure(b *testing.B, t *target, reqs []proto.Message, what string) float64 {
 	if t.skip != "" {
 		b.Skip(t.skip)
 	}
@@ -88,7 +89,7 @@ func measure(b *testing.B, t *target, req proto.Message, what string) float64 {
 	commitsBefore := readCommitStats(b, t.commits)
 	b.ReportAllocs()
 	b.ResetTimer()
-	res, err := run(t, req, callers, b.N)
+	res, err := run(t, reqs, callers, b.N)
 	b.StopTimer()
 	if err != nil {
 		b.Fatal(err)
@@ -128,7 +129,7 @@ func runBriefly(t *testing.T, env *env, n int) {
 	}
 	for _, r := range env.reqs {
 		for _, tg := range append(env.measured(), lean...) {
-			res, err := run(tg, r.msg, callers, n)
+			res, err := run(tg, r.msgs, callers, n)
 			if err != nil {
 				t.Fatalf("%s %s: %v", tg.name, r.name, err)
 			}
@@ -149,23 +150,26 @@ func TestBenchHarnessAllows(t *testing.T) { forStores(t, testBenchHarnessAllows)
 func testBenchHarnessAllows(t *testing.T, st *store) {
 	env := newCheckEnv(t, st)
 	runBriefly(t, env, 200)
-	// The levy answer is levy's allow, not a stand-in.
-	resp, err := authv3.NewAuthorizationClient(env.targets[1].conns[0]).Check(context.Background(), env.reqs[0].msg.(*authv3.CheckRequest))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := isAllow(resp); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]string{}
-	for _, h := range resp.GetOkResponse().GetHeaders() {
-		got[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
-	}
-	if got["x-consumer-id"] != "bench" || got["x-consumer-plan"] != "bench" {
-		t.Fatalf("levy allow headers %v, want consumer bench on plan bench", got)
-	}
-	if rm := resp.GetOkResponse().GetHeadersToRemove(); len(rm) != 1 || rm[0] != "x-api-key" {
-		t.Fatalf("levy removes %v, want [x-api-key]", rm)
+	// The levy answers are levy's allows, each for the consumer whose key
+	// the request carries, not a stand-in.
+	for _, i := range []int{0, benchConsumers - 1} {
+		resp, err := authv3.NewAuthorizationClient(env.targets[1].conns[0]).Check(context.Background(), env.reqs[0].msgs[i].(*authv3.CheckRequest))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := isAllow(resp); err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for _, h := range resp.GetOkResponse().GetHeaders() {
+			got[h.GetHeader().GetKey()] = h.GetHeader().GetValue()
+		}
+		if want := fmt.Sprintf("bench%d", i); got["x-consumer-id"] != want || got["x-consumer-plan"] != "bench" {
+			t.Fatalf("levy allow headers %v, want consumer %s on plan bench", got, want)
+		}
+		if rm := resp.GetOkResponse().GetHeadersToRemove(); len(rm) != 1 || rm[0] != "x-api-key" {
+			t.Fatalf("levy removes %v, want [x-api-key]", rm)
+		}
 	}
 }
 
@@ -179,7 +183,7 @@ func testRateLimitHarnessAllows(t *testing.T, st *store) {
 	env := newRateLimitEnv(t, st)
 	runBriefly(t, env, 200)
 	for _, r := range env.reqs {
-		req := r.msg.(*rlsv3.RateLimitRequest)
+		req := r.msgs[0].(*rlsv3.RateLimitRequest)
 		for _, tg := range env.measured() {
 			resp, err := rlsv3.NewRateLimitServiceClient(tg.conns[0]).ShouldRateLimit(context.Background(), req)
 			if err != nil {
@@ -256,10 +260,11 @@ type target struct {
 	skip string
 }
 
-// request is one request the callers send, named for sub-benchmarks.
+// request is what the callers send, named for sub-benchmarks: call i
+// sends msgs[i%len(msgs)] (many consumers' keys, many clients' addresses).
 type request struct {
 	name string
-	msg  proto.Message
+	msgs []proto.Message
 }
 
 // env is both servers of one API, their connections and the requests they
@@ -286,8 +291,8 @@ func (e *env) measured() []*target {
 	return out
 }
 
-// benchConfig is levy's config for the ext_authz benchmark: one consumer
-// whose plan never denies within a run (a rate of 1e12/s, a quota of 1e15 a
+// benchConfig is levy's config for the ext_authz benchmark, without its
+// benchConsumers consumers: a plan that never denies within a run (a rate of 1e12/s, a quota of 1e15 a
 // month).
 const benchConfig = `
 store:
@@ -305,12 +310,16 @@ plans:
     costs:
       /v1/search: 5
 consumers:
-  - id: bench
-    plan: bench
-    keys:
-      - id: bench-key
-        key: %s
 `
+
+// benchConsumers is how many consumers, each with its own key, the Check
+// benchmarks' callers send requests for, in turn.
+const benchConsumers = 200
+
+// benchAddresses is how many client addresses the RateLimitService
+// benchmarks' requests come from, in turn: a descriptor value each, so
+// 1,000 buckets (a limit that a run never reaches).
+const benchAddresses = 1000
 
 // rateLimitConfig is levy's config for the RLS benchmark: rules for what
 // Envoy's remote_address, generic_key and metadata actions send, all far
@@ -346,17 +355,26 @@ ratelimit:
 // st, and a CheckRequest with the key of levy's one consumer.
 func newCheckEnv(tb testing.TB, st *store) *env {
 	tb.Helper()
-	key, err := apikey.Generate("levy")
-	if err != nil {
-		tb.Fatal(err)
+	// Every consumer its own key, and so its own bucket, quota and
+	// ledger window: what levy decides in production, where one
+	// consumer's requests rarely share a batch with its own.
+	var consumers strings.Builder
+	var reqs []proto.Message
+	for i := range benchConsumers {
+		key, err := apikey.Generate("levy")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		fmt.Fprintf(&consumers, "  - id: bench%d\n    plan: bench\n    keys:\n      - id: bench%d-key\n        key: %s\n", i, i, key)
+		reqs = append(reqs, checkRequest(tb, key))
 	}
-	cfg, lim, commits := levyConfig(tb, st, benchConfig, key)
+	cfg, lim, commits := levyConfig(tb, st, benchConfig+consumers.String())
 	snap, err := snapshot(cfg)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	levy := authz.New(authz.Config{Snapshot: snap, Limiter: lim, Log: infoLogger()})
-	return newEnv(tb, checkMethod, (*wireResponse).allowed, []request{{msg: checkRequest(tb, key)}},
+	return newEnv(tb, checkMethod, (*wireResponse).allowed, []request{{msgs: reqs}},
 		&target{name: "noop", register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, NewNoop()) }},
 		&target{name: "levy", register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, levy) },
 			redis: st.admin, scripts: true, commits: commits})
@@ -382,12 +400,13 @@ func newRateLimitEnv(tb testing.TB, st *store) *env {
 		Limiter:  lim,
 		Log:      infoLogger(),
 	})
-	addr := envoyclient.Descriptor{Entries: [][2]string{{"remote_address", "10.0.0.1"}}}
 	items := envoyclient.Descriptor{Entries: [][2]string{{"generic_key", "items"}}}
 	route := envoyclient.Descriptor{Entries: [][2]string{{"consumer", "acme"}, {"route", "items"}}}
-	reqs := []request{
-		{name: "1desc", msg: envoyclient.BuildRateLimitRequest("bench", []envoyclient.Descriptor{addr}, 0)},
-		{name: "3desc", msg: envoyclient.BuildRateLimitRequest("bench", []envoyclient.Descriptor{addr, items, route}, 0)},
+	reqs := []request{{name: "1desc"}, {name: "3desc"}}
+	for i := range benchAddresses {
+		addr := envoyclient.Descriptor{Entries: [][2]string{{"remote_address", fmt.Sprintf("10.0.%d.%d", i/250, i%250+1)}}}
+		reqs[0].msgs = append(reqs[0].msgs, envoyclient.BuildRateLimitRequest("bench", []envoyclient.Descriptor{addr}, 0))
+		reqs[1].msgs = append(reqs[1].msgs, envoyclient.BuildRateLimitRequest("bench", []envoyclient.Descriptor{addr, items, route}, 0))
 	}
 	targets := []*target{
 		{name: "noop", register: func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, NewNoopRateLimit()) }},
@@ -494,8 +513,8 @@ func dial(tb testing.TB, t *target, reqs []request) {
 		t.conns = append(t.conns, conn)
 	}
 	for _, r := range reqs {
-		for _, c := range t.conns {
-			if err := t.call(context.Background(), c, r.msg); err != nil {
+		for i, msg := range r.msgs { // every consumer's key known, every script loaded
+			if err := t.call(context.Background(), t.conns[i%len(t.conns)], msg); err != nil {
 				tb.Fatalf("%s: warm-up: %v", t.name, err)
 			}
 		}
@@ -517,7 +536,7 @@ func viaH2(tb testing.TB, t *target, reqs []request) *target {
 		v.h2 = append(v.h2, c)
 	}
 	for _, r := range reqs {
-		if _, err := run(&v, r.msg, len(v.h2), len(v.h2)); err != nil {
+		if _, err := run(&v, r.msgs, len(v.h2), len(v.h2)); err != nil {
 			tb.Fatalf("%s: warm-up: %v", t.name, err)
 		}
 	}
@@ -650,7 +669,7 @@ const (
 // taking the next connection round robin (with the lean caller, each
 // connection keeps its share of the calls in flight), and checks every
 // response. It stops at the first failure and returns it.
-func run(t *target, req proto.Message, workers, n int) (result, error) {
+func run(t *target, reqs []proto.Message, workers, n int) (result, error) {
 	var (
 		next     atomic.Int64
 		failed   atomic.Bool
@@ -671,11 +690,14 @@ func run(t *target, req proto.Message, workers, n int) (result, error) {
 		i := next.Add(1)
 		return i, i <= int64(n)
 	}
-	var msg []byte // req as the lean caller sends it
+	var msgs [][]byte // reqs as the lean caller sends them
 	if len(t.h2) > 0 {
-		var err error
-		if msg, err = grpcMessage(req); err != nil {
-			return result{}, err
+		for _, req := range reqs {
+			msg, err := grpcMessage(req)
+			if err != nil {
+				return result{}, err
+			}
+			msgs = append(msgs, msg)
 		}
 		workers = max(workers/len(t.h2), 1) * len(t.h2)
 	}
@@ -693,7 +715,7 @@ func run(t *target, req proto.Message, workers, n int) (result, error) {
 				defer wg.Done()
 				h := &hists[k]
 				var w wireResponse
-				err := c.drive(msg, workers/len(t.h2), func() bool { _, ok := take(); return ok },
+				err := c.drive(msgs, workers/len(t.h2), func() bool { _, ok := take(); return ok },
 					func(d time.Duration, resp []byte, err error) bool {
 						h.record(d)
 						if w.b = resp; err == nil {
@@ -724,7 +746,7 @@ func run(t *target, req proto.Message, workers, n int) (result, error) {
 					c := t.conns[i%int64(len(t.conns))]
 					var w wireResponse
 					t0 := time.Now()
-					err := c.Invoke(ctx, t.method, req, &w, grpc.ForceCodecV2(wireCodec{}))
+					err := c.Invoke(ctx, t.method, reqs[i%int64(len(reqs))], &w, grpc.ForceCodecV2(wireCodec{}))
 					h.record(time.Since(t0))
 					if err == nil {
 						err = t.check(&w)

@@ -30,9 +30,12 @@
 // localstore in a temporary directory, a snapshot built from a config parsed
 // with config.Parse, and an info-level JSON logger (writing to io.Discard).
 //
-// The clients send one CheckRequest, built once with envoy.BuildCheckRequest
-// from a realistic request (x-api-key plus the headers a browser or SDK and
-// Envoy add), from 32 concurrent callers over 4 shared connections. ns/op is
+// The clients send CheckRequests for 200 consumers, each with its own key
+// (so its own bucket, quota counter and ledger window: on Redis, requests of
+// one batch rarely share state, as in production), in turn, each built once
+// with envoy.BuildCheckRequest from a realistic request (x-api-key plus the
+// headers a browser or SDK and Envoy add), from 32 concurrent callers over 4
+// shared connections. ns/op is
 // wall time divided by calls, so with 32 callers it is not a call's latency;
 // read checks/s for throughput and p50-us/p99-us for the latency of one call
 // as the client saw it. Every levy response is checked to be an allow.
@@ -40,9 +43,10 @@
 // The RLS servers are measured the same way. The no-op one answers with a
 // prebuilt OK RateLimitResponse holding one OK status per descriptor; levy's
 // is rls.New on the local limiter, with rules from a config's
-// ratelimit.domains that a run never exhausts. The 1desc request is the
+// ratelimit.domains that a run never exhausts. The 1desc requests are the
 // descriptor Envoy's remote_address action sends, [(remote_address,
-// 10.0.0.1)]; the 3desc request adds [(generic_key, items)] and the
+// 10.0.x.y)], for 1,000 client addresses in turn (1,000 buckets); the 3desc
+// requests add [(generic_key, items)] and the
 // consumer's route from levy's ext_authz metadata, [(consumer, acme), (route,
 // items)], which levy limits by acme's plan. Requests are built once with
 // envoy.BuildRateLimitRequest, and every response is checked to be OK by

@@ -125,25 +125,29 @@ func grpcMessage(req proto.Message) ([]byte, error) {
 	return append(msg, b...), nil
 }
 
-// drive keeps up to inflight calls of msg (from grpcMessage) in flight on
+// drive keeps up to inflight calls of msgs (from grpcMessage, in turn) in flight on
 // c, starting one for each take that returns true, until take returns
 // false and every call has ended. Each ended call is handed to done, with
 // its latency and response message (valid during done only), or with why
 // it failed; done returns false to start no more. drive returns when the
 // connection fails.
-func (c *h2Conn) drive(msg []byte, inflight int, take func() bool, done func(time.Duration, []byte, error) bool) error {
-	if int64(len(msg)) > c.maxSend {
-		return fmt.Errorf("a request of %d bytes exceeds the server's stream window of %d", len(msg), c.maxSend)
+func (c *h2Conn) drive(msgs [][]byte, inflight int, take func() bool, done func(time.Duration, []byte, error) bool) error {
+	for _, msg := range msgs {
+		if int64(len(msg)) > c.maxSend {
+			return fmt.Errorf("a request of %d bytes exceeds the server's stream window of %d", len(msg), c.maxSend)
+		}
 	}
+	sent := 0   // calls started: the next sends msgs[sent%len(msgs)]
 	wanted := 0 // calls taken, not yet started
 	for wanted < inflight && take() {
 		wanted++
 	}
 	for wanted > 0 || len(c.streams) > 0 {
-		for wanted > 0 && c.sendWin >= int64(len(msg)) {
-			if err := c.start(msg); err != nil {
+		for wanted > 0 && c.sendWin >= int64(len(msgs[sent%len(msgs)])) {
+			if err := c.start(msgs[sent%len(msgs)]); err != nil {
 				return err
 			}
+			sent++
 			wanted--
 		}
 		if c.br.Buffered() == 0 { // all read: write what is due before waiting

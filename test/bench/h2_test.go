@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/levyhq/levy/pkg/envoyclient"
 )
@@ -65,7 +66,7 @@ func TestLeanCallerCountsAllowsAndReportsFailures(t *testing.T) {
 				tg.h2 = append(tg.h2, c)
 			}
 			const n = 500
-			res, err := run(tg, tc.req, callers, n)
+			res, err := run(tg, []proto.Message{tc.req}, callers, n)
 			if tc.wantErr == "" {
 				if err != nil {
 					t.Fatal(err)

@@ -165,7 +165,7 @@ var portalPages = []string{
 // target, and portal sessions signed in to it.
 type portalLevy struct {
 	levy     *target
-	req      proto.Message
+	req      []proto.Message
 	sessions []*portalSession
 	// pause is how long a session waits between two pages.
 	pause time.Duration
@@ -226,7 +226,7 @@ func startPortalLevy(tb testing.TB, store string, more func(*config.Config)) *po
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	}, "levy's /readyz to answer 200")
-	reqs := []request{{msg: checkRequest(tb, key)}}
+	reqs := []request{{msgs: []proto.Message{checkRequest(tb, key)}}}
 	t := &target{name: "levy", addr: l.GRPCAddr, method: checkMethod, check: (*wireResponse).allowed,
 		// levy runs in this process: the process's CPU time is its and
 		// the callers', as for a target served here.
@@ -235,7 +235,7 @@ func startPortalLevy(tb testing.TB, store string, more func(*config.Config)) *po
 	if os.Getenv(envCaller) == "h2" {
 		t = viaH2(tb, t, reqs)
 	}
-	p := &portalLevy{levy: t, req: reqs[0].msg, pause: defaultPortalPause}
+	p := &portalLevy{levy: t, req: reqs[0].msgs, pause: defaultPortalPause}
 	if v := os.Getenv(envPortalPause); v != "" {
 		if p.pause, err = time.ParseDuration(v); err != nil || p.pause < 0 {
 			tb.Fatalf("%s=%q: want a duration such as 100ms, or 0", envPortalPause, v)

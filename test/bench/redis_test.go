@@ -63,8 +63,8 @@ func BenchmarkRedisVersusPeer(b *testing.B) {
 	}
 	levyH2, peerH2 := viaH2(b, levy, env.reqs), viaH2(b, peer, env.reqs)
 	for _, r := range env.reqs {
-		b.Run(r.name+"/grpc-go", func(b *testing.B) { versus(b, levy, peer, r.msg) })
-		b.Run(r.name+"/h2", func(b *testing.B) { versus(b, levyH2, peerH2, r.msg) })
+		b.Run(r.name+"/grpc-go", func(b *testing.B) { versus(b, levy, peer, r.msgs) })
+		b.Run(r.name+"/h2", func(b *testing.B) { versus(b, levyH2, peerH2, r.msgs) })
 	}
 }
 
@@ -74,7 +74,7 @@ const versusRounds = 10
 // versus runs b.N calls of req, half on each of a and c in alternating
 // slices (each first in every other round), and reports each one's calls/s, p99 and CPU per call, and a's
 // calls/s over c's.
-func versus(b *testing.B, a, c *target, req proto.Message) {
+func versus(b *testing.B, a, c *target, reqs []proto.Message) {
 	n := max(b.N/(2*versusRounds), callers)
 	var sum [2]result
 	b.ResetTimer()
@@ -83,7 +83,7 @@ func versus(b *testing.B, a, c *target, req proto.Message) {
 		// servers measured 1.02-1.04), so they take turns.
 		for k := range 2 {
 			i := (round + k) % 2
-			res, err := run([]*target{a, c}[i], req, callers, n)
+			res, err := run([]*target{a, c}[i], reqs, callers, n)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -328,7 +328,7 @@ func TestRedisCommandsCounted(t *testing.T) {
 		levy := env.targets[1]
 		for _, r := range env.reqs {
 			before := readRedisStats(t, levy.redis)
-			if _, err := run(levy, r.msg, callers, n); err != nil {
+			if _, err := run(levy, r.msgs, callers, n); err != nil {
 				t.Fatal(err)
 			}
 			d := readRedisStats(t, levy.redis).since(before)
