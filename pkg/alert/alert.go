@@ -3,10 +3,13 @@
 // spend cap), the operator's URL receives a signed webhook.
 //
 // Detection is off the decision path: a periodic scan reads every
-// consumer's period usage with the limiter's Peek, which writes nothing.
-// An alert fires once per (consumer, threshold, period) across replicas:
-// the replica that finds it first claims its id and queues it in a durable
-// outbox in the store, in one step. Delivery is at least once: queued
+// consumer's period usage with the limiter's Peek, which writes nothing,
+// a thousand consumers a Peek, on one replica at a time (the one holding
+// the scan's lease). An alert fires once per (consumer, threshold,
+// period) across replicas: the replica that finds it first claims its id
+// and queues it in a durable outbox in the store, in one step, so that a
+// scan by a replica that lost the lease meanwhile fires nothing twice.
+// Delivery is at least once: queued
 // alerts are posted until the URL answers 2xx, with backoff, by whichever
 // replica takes them (one at a time: taking hides an alert for a while),
 // and survive a restart. Receivers de-duplicate by the event's id.
@@ -15,6 +18,7 @@ package alert
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -67,9 +71,11 @@ func EventID(consumer string, threshold int, start time.Time) string {
 // Store is the outbox: alert claims and queued deliveries, shared by every
 // replica (Redis) or durable in the local data file. Records are opaque.
 type Store interface {
-	// Add claims id for keep and queues rec under it, due at due, in one
-	// step; false, and nothing queued, when id was claimed before.
-	Add(ctx context.Context, id string, rec []byte, keep time.Duration, due time.Time) (bool, error)
+	// Add claims each claim's ID for its Keep and queues its Rec under
+	// it, due at Due, in one step each, and says which claims were new
+	// (false: claimed before, and nothing queued). One round trip for
+	// them all (a pipeline on Redis, a transaction locally).
+	Add(ctx context.Context, claims []Claim) ([]bool, error)
 	// Take returns up to n queued records due at now and makes each due
 	// again only at now+hide, so that one replica at a time delivers it.
 	Take(ctx context.Context, now time.Time, hide time.Duration, n int) ([]Entry, error)
@@ -79,6 +85,14 @@ type Store interface {
 	Done(ctx context.Context, id string) error
 	// Queued counts the queued records.
 	Queued(ctx context.Context) (int64, error)
+}
+
+// Claim is an alert to claim and queue (Store.Add).
+type Claim struct {
+	ID   string
+	Rec  []byte
+	Keep time.Duration
+	Due  time.Time
 }
 
 // Entry is a queued record.
@@ -98,6 +112,14 @@ type Peeker interface {
 	Peek(ctx context.Context, limits []limiter.Limit) (limiter.Reading, error)
 }
 
+// Lease lets one replica scan at a time (redisstore.Lease): Hold takes or
+// renews it for holder for ttl, false while another holds it; Release
+// gives it up if holder has it.
+type Lease interface {
+	Hold(ctx context.Context, holder string, ttl time.Duration) (bool, error)
+	Release(ctx context.Context, holder string) error
+}
+
 // Retry is how failed deliveries are retried: Initial, doubling up to Max,
 // until MaxAge after the alert was created (then it is dropped).
 type Retry struct {
@@ -112,6 +134,14 @@ type Config struct {
 	Consumers func(ctx context.Context, fn func(*apikey.Consumer) error) error
 	Catalog   func() *plan.Catalog
 	Usage     Peeker
+	// Batch is how many consumers one Peek reads (default
+	// consumerlimits.PeekBatch).
+	Batch int
+	// Lease, when set, lets one replica (Holder) scan at a time; nil
+	// means this process is the only one (the local store). Every
+	// replica delivers.
+	Lease  Lease
+	Holder string
 	// URL receives the alerts; Secret signs them.
 	URL    string
 	Secret []byte
@@ -175,6 +205,14 @@ func New(cfg Config) (*Alerter, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = consumerlimits.PeekBatch
+	}
+	if cfg.Holder == "" {
+		var b [8]byte
+		rand.Read(b[:])
+		cfg.Holder = "alerts-" + hex.EncodeToString(b[:])
+	}
 	a := &Alerter{cfg: cfg, log: cfg.Log,
 		total: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "levy_usage_alerts_total",
 			Help: "Usage alerts by threshold (percent) and outcome: fired (queued once per consumer, threshold and period), delivered, failed (an attempt; retried), dropped (given up after alerts.retry.max_age)."},
@@ -209,7 +247,9 @@ func New(cfg Config) (*Alerter, error) {
 // Close drops the client's idle connections to the URL.
 func (a *Alerter) Close() { a.cfg.Client.CloseIdleConnections() }
 
-// Run scans and delivers until ctx ends.
+// Run scans (when it holds the scan's lease) and delivers until ctx
+// ends; then it gives the lease up, so that another replica takes over at
+// its next scan.
 func (a *Alerter) Run(ctx context.Context) {
 	defer a.Close()
 	scan := time.NewTicker(a.cfg.ScanEvery)
@@ -220,6 +260,11 @@ func (a *Alerter) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			if a.cfg.Lease != nil {
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+				a.cfg.Lease.Release(rctx, a.cfg.Holder)
+				cancel()
+			}
 			return
 		case <-scan.C:
 			a.scanAndDeliver(ctx)
@@ -230,19 +275,47 @@ func (a *Alerter) Run(ctx context.Context) {
 }
 
 func (a *Alerter) scanAndDeliver(ctx context.Context) {
-	if err := a.Scan(ctx); err != nil && ctx.Err() == nil {
+	if _, err := a.ScanIfHolder(ctx); err != nil && ctx.Err() == nil {
 		a.scanErrors.Inc()
 		a.log.Warn("usage alert scan", zap.Error(err))
 	}
 	a.Deliver(ctx)
 }
 
-// Scan reads every consumer's period usage and queues the alerts of the
-// thresholds it has crossed and nobody has fired yet. It returns the
-// first error after scanning everyone it could.
+// ScanIfHolder takes or renews the scan's lease and scans when this
+// replica holds it; it says whether it scanned. The lease lasts three
+// scan intervals: a replica that stops renewing it (it died) is taken
+// over by another within them, one that releases it (it stopped) at the
+// next scan. A scan that outlasts the lease may meet another replica's:
+// claims keep each alert to one firing all the same.
+func (a *Alerter) ScanIfHolder(ctx context.Context) (bool, error) {
+	if a.cfg.Lease != nil {
+		held, err := a.cfg.Lease.Hold(ctx, a.cfg.Holder, 3*a.cfg.ScanEvery)
+		if err != nil {
+			return false, fmt.Errorf("scan lease: %w", err)
+		}
+		if !held {
+			return false, nil
+		}
+	}
+	return true, a.Scan(ctx)
+}
+
+// Scan reads every consumer's period usage, Batch consumers a Peek, and
+// queues the alerts of the thresholds crossed that nobody has fired yet,
+// with one outbox call a batch: a round trip or two a thousand
+// consumers, where a Peek a consumer took a round trip each. It returns
+// the first error after scanning everyone it could.
 func (a *Alerter) Scan(ctx context.Context) error {
 	cat := a.cfg.Catalog()
 	var first error
+	batch := make([]consumerlimits.Subject, 0, a.cfg.Batch)
+	check := func() {
+		if err := a.check(ctx, batch); err != nil && first == nil {
+			first = err
+		}
+		batch = batch[:0]
+	}
 	err := a.cfg.Consumers(ctx, func(c *apikey.Consumer) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -251,50 +324,67 @@ func (a *Alerter) Scan(ctx context.Context) error {
 		if !ok || len(p.Alerts) == 0 {
 			return nil
 		}
-		if err := a.check(ctx, c, p); err != nil && first == nil {
-			first = fmt.Errorf("consumer %s: %w", c.ID, err)
+		batch = append(batch, consumerlimits.Subject{Consumer: c, Plan: p})
+		if len(batch) == a.cfg.Batch {
+			check()
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
+	if len(batch) > 0 {
+		check()
+	}
 	return first
 }
 
-// check queues c's crossed thresholds on p.
-func (a *Alerter) check(ctx context.Context, c *apikey.Consumer, p *plan.Plan) error {
-	units := consumerlimits.For(c, p, 0, 0).Quota
-	read, err := a.cfg.Usage.Peek(ctx, []limiter.Limit{units})
+// check reads batch's usage and queues the crossed thresholds.
+func (a *Alerter) check(ctx context.Context, batch []consumerlimits.Subject) error {
+	read, err := consumerlimits.PeekPeriods(ctx, a.cfg.Usage, batch)
 	if err != nil {
-		return fmt.Errorf("read usage: %w", err)
+		return fmt.Errorf("read usage of %d consumers from %s on: %w", len(batch), batch[0].Consumer.ID, err)
 	}
-	used := read.Statuses[0].Used
-	crossed := p.AlertsCrossed(used)
-	if len(crossed) == 0 {
+	var claims []Claim
+	var events []Event
+	for i, u := range read {
+		c, p := batch[i].Consumer, batch[i].Plan
+		crossed := p.AlertsCrossed(u.Used)
+		if len(crossed) == 0 {
+			continue
+		}
+		limit, name := p.AlertLimit()
+		// The claim outlives the period by a day, so that a scan at the
+		// period's very end (or a store clock a little behind) finds it.
+		keep := u.Period.End.Sub(u.Now) + 24*time.Hour
+		for _, t := range crossed {
+			ev := Event{ID: EventID(c.ID, t, u.Period.Start), Type: EventType, Created: u.Now.UTC(), Consumer: c.ID, Plan: p.Name,
+				Threshold: t, LimitName: name, Limit: limit, Used: u.Used, PeriodStart: u.Period.Start.UTC(), PeriodEnd: u.Period.End.UTC()}
+			rec, err := json.Marshal(record{Event: ev})
+			if err != nil {
+				return err
+			}
+			claims = append(claims, Claim{ID: ev.ID, Rec: rec, Keep: keep, Due: a.cfg.Clock()})
+			events = append(events, ev)
+		}
+	}
+	if len(claims) == 0 {
 		return nil
 	}
-	period := plan.PeriodAt(read.Now, units.Unit, units.Anchor)
-	limit, name := p.AlertLimit()
-	// The claim outlives the period by a day, so that a scan at the
-	// period's very end (or a store clock a little behind) finds it.
-	keep := period.End.Sub(read.Now) + 24*time.Hour
-	for _, t := range crossed {
-		ev := Event{ID: EventID(c.ID, t, period.Start), Type: EventType, Created: read.Now.UTC(), Consumer: c.ID, Plan: p.Name,
-			Threshold: t, LimitName: name, Limit: limit, Used: used, PeriodStart: period.Start.UTC(), PeriodEnd: period.End.UTC()}
-		rec, err := json.Marshal(record{Event: ev})
-		if err != nil {
-			return err
+	fired, err := a.cfg.Store.Add(ctx, claims)
+	if err == nil && len(fired) != len(claims) {
+		err = fmt.Errorf("the outbox answered %d of them", len(fired))
+	}
+	if err != nil {
+		return fmt.Errorf("queue %d alerts: %w", len(claims), err)
+	}
+	for i, ev := range events {
+		if !fired[i] {
+			continue
 		}
-		fired, err := a.cfg.Store.Add(ctx, ev.ID, rec, keep, a.cfg.Clock())
-		if err != nil {
-			return fmt.Errorf("queue alert: %w", err)
-		}
-		if fired {
-			a.total.WithLabelValues(strconv.Itoa(t), OutcomeFired).Inc()
-			a.log.Info("usage alert fired", zap.String("consumer", c.ID), zap.String("plan", p.Name), zap.Int("threshold", t),
-				zap.Int64("used", used), zap.Int64("limit", limit), zap.String("event_id", ev.ID))
-		}
+		a.total.WithLabelValues(strconv.Itoa(ev.Threshold), OutcomeFired).Inc()
+		a.log.Info("usage alert fired", zap.String("consumer", ev.Consumer), zap.String("plan", ev.Plan), zap.Int("threshold", ev.Threshold),
+			zap.Int64("used", ev.Used), zap.Int64("limit", ev.Limit), zap.String("event_id", ev.ID))
 	}
 	return nil
 }

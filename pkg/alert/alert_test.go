@@ -29,7 +29,7 @@ const secret = "alert-secret"
 // receiver is the operator's endpoint: it verifies each delivery's
 // signature and answers fail's status while fail is set.
 type receiver struct {
-	t     *testing.T
+	t     testing.TB
 	srv   *httptest.Server
 	clock func() time.Time
 	fail  atomic.Int32
@@ -38,7 +38,7 @@ type receiver struct {
 	tries int           // every delivery, failed ones too
 }
 
-func newReceiver(t *testing.T, clock func() time.Time) *receiver {
+func newReceiver(t testing.TB, clock func() time.Time) *receiver {
 	r := &receiver{t: t, clock: clock}
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		body, _ := io.ReadAll(req.Body)
@@ -103,7 +103,7 @@ type fixture struct {
 	recv     *receiver
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	f := &fixture{consumer: &apikey.Consumer{ID: "acme", Plan: "pro"}}
 	f.now.Store(time.Date(2025, 3, 10, 12, 0, 0, 0, time.UTC).UnixNano())
 	cat, err := plan.NewCatalog(&plan.Plan{Name: "pro", Model: plan.Tiered, Alerts: []int{80, 100},
@@ -121,8 +121,13 @@ func (f *fixture) clock() time.Time        { return time.Unix(0, f.now.Load()).U
 func (f *fixture) advance(d time.Duration) { f.now.Add(int64(d)) }
 func (f *fixture) use(n int64)             { f.usage.set("levy:1:{c:acme}:units", n) }
 func (f *fixture) alerter(t *testing.T, store alert.Store) (*alert.Alerter, *prometheus.Registry) {
+	return f.alerterWith(t, store, nil)
+}
+
+// alerterWith is alerter with its config changed by change.
+func (f *fixture) alerterWith(t testing.TB, store alert.Store, change func(*alert.Config)) (*alert.Alerter, *prometheus.Registry) {
 	reg := prometheus.NewRegistry()
-	a, err := alert.New(alert.Config{
+	cfg := alert.Config{
 		Store: store,
 		Consumers: func(ctx context.Context, fn func(*apikey.Consumer) error) error {
 			return fn(f.consumer)
@@ -131,7 +136,11 @@ func (f *fixture) alerter(t *testing.T, store alert.Store) (*alert.Alerter, *pro
 		Usage:   f.usage, URL: f.recv.srv.URL, Secret: []byte(secret),
 		Retry:      alert.Retry{Initial: time.Minute, Max: 10 * time.Minute, MaxAge: 24 * time.Hour},
 		Registerer: reg, Log: zaptest.NewLogger(t), Clock: f.clock,
-	})
+	}
+	if change != nil {
+		change(&cfg)
+	}
+	a, err := alert.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,6 +42,8 @@ func startLevy(t *testing.T) *server.Server {
   free: {model: freemium, rate: {requests: 10, per: minute}, quota: {requests: 1000, period: month}}
 portal:
   public_url: http://portal.example.com
+usage:
+  history: {every: 1s}
 `
 	cfg, err := config.Parse([]byte(text), "console.yaml")
 	if err != nil {
@@ -145,6 +147,33 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 			t.Fatal("ext_authz refuses globex's new key")
 		}
 	}
+	// shop-07 spends free's burst of 10 and is refused twice.
+	var shopKey struct {
+		Key string `json:"key"`
+	}
+	adminCall(t, base, "POST", "/v1/consumers/shop-07/keys", map[string]any{}, &shopKey)
+	denied := 0
+	for range 12 {
+		if !allowed(t, authz, shopKey.Key) {
+			denied++
+		}
+	}
+	if denied != 2 {
+		t.Fatalf("shop-07: %d of 12 checks denied on a burst of 10, want 2", denied)
+	}
+	// The usage history flushes them (every second here); a change made
+	// through the admin API then asks the console's index for a rebuild.
+	await.Until(t, 20*time.Second, func() bool {
+		var series struct {
+			Total struct {
+				Denied struct{ Rate int } `json:"denied"`
+			} `json:"total"`
+		}
+		adminCall(t, base, "GET", "/v1/consumers/shop-07/usage/series", nil, &series)
+		return series.Total.Denied.Rate == 2
+	}, "shop-07's two denials in the usage history")
+	adminCall(t, base, "PATCH", "/v1/consumers/shop-07", map[string]any{"labels": map[string]any{"tier": "trial"}}, nil)
+	checked := time.Now()
 
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
 		chromedp.ExecPath(chromium), chromedp.Flag("headless", true), chromedp.NoSandbox, chromedp.DisableGPU,
@@ -217,6 +246,17 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 			t.Fatalf("screenshot %s: %v", name, err)
 		}
 	}
+	// view is a screenshot of what the window shows (a long list's top).
+	view := func(name string) {
+		t.Helper()
+		png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+		if err == nil {
+			err = os.WriteFile(filepath.Join(shots, "console-"+name+".png"), png, 0o644)
+		}
+		if err != nil {
+			t.Fatalf("screenshot %s: %v", name, err)
+		}
+	}
 
 	do("open the console", chromedp.Navigate(base+"/console/"), chromedp.WaitVisible(chromedp.CSS("#token")))
 	shot("1-sign-in")
@@ -230,10 +270,50 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 		do("overview", chromedp.Navigate(base+"/console/"), chromedp.WaitVisible(chromedp.CSS("#freshness")))
 		return strings.HasPrefix(text("#freshness"), "61 consumers")
 	}, "the console's index to hold the 61 consumers")
-	if top := text("#top-consumers"); !strings.HasPrefix(top, "globex") {
+	if top := text("#top-consumers"); !strings.HasPrefix(top, "shop-07") || !strings.Contains(top, "globex") {
 		t.Errorf("top consumers: %q", top)
 	}
 	shot("2-overview")
+
+	// Denials this period and last seen come from the usage history's
+	// activity records: shop-07 leads by denials, both consumers that
+	// called show when, and one that never did says so.
+	await.Until(t, 20*time.Second, func() bool {
+		do("consumers by denials", chromedp.Navigate(base+"/console/consumers?sort=denied"), chromedp.WaitVisible(chromedp.CSS("#consumers")))
+		return strings.HasPrefix(text("#consumers tbody tr:first-child th"), "shop-07")
+	}, "the console's index to hold shop-07's denials")
+	if got := text(`#consumers tbody tr:first-child td[data-label="Denials"]`); got != "2" {
+		t.Errorf("shop-07's denials: %q, want 2", got)
+	}
+	lastSeen := func(row int) (time.Time, string) {
+		t.Helper()
+		sel := fmt.Sprintf(`#consumers tbody tr:nth-child(%d) td[data-label="Last seen"]`, row)
+		shown := text(chromedp.CSS(sel))
+		if shown == "never" {
+			return time.Time{}, shown
+		}
+		at, err := chromedp.Run(ctx, chromedp.AttributeValue(chromedp.CSS(sel+" time"), "datetime"))
+		if err != nil {
+			t.Fatalf("read %s: %v", sel, err)
+		}
+		seen, err := time.Parse(time.RFC3339, at.Value)
+		if err != nil {
+			t.Errorf("%s: %v", sel, err)
+		}
+		return seen, shown
+	}
+	if seen, shown := lastSeen(1); seen.Before(checked.Add(-time.Minute)) || seen.After(time.Now()) || !strings.HasSuffix(shown, "UTC") {
+		t.Errorf("shop-07 last seen %q (%v); the checks were made at %v", shown, seen, checked)
+	}
+	do("consumers by last seen", chromedp.Navigate(base+"/console/consumers?sort=seen"), chromedp.WaitVisible(chromedp.CSS("#consumers")))
+	first, _ := lastSeen(1)
+	second, _ := lastSeen(2)
+	_, third := lastSeen(3)
+	rows := text("#consumers tbody tr:nth-child(1) th") + " " + text("#consumers tbody tr:nth-child(2) th")
+	if !strings.Contains(rows, "globex") || !strings.Contains(rows, "shop-07") || first.IsZero() || second.After(first) || third != "never" {
+		t.Errorf("by last seen: %q seen %v, %v, then %q", rows, first, second, third)
+	}
+	view("3b-consumers-by-last-seen")
 
 	do("consumers", chromedp.Navigate(base+"/console/consumers"), chromedp.WaitVisible(chromedp.CSS("#consumers")))
 	if got := text("#count"); !strings.HasPrefix(got, "1–50 of 61 consumers") {

@@ -357,8 +357,9 @@ var funcs = template.FuncMap{
 		}
 		return t.UTC().Format("2 Jan 2006")
 	},
-	"int64": func(n int) int64 { return int64(n) },
-	"ms":    func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) + " ms" },
+	"rfc3339": func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
+	"int64":   func(n int) int64 { return int64(n) },
+	"ms":      func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) + " ms" },
 }
 
 var (

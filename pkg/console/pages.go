@@ -92,17 +92,17 @@ type listData struct {
 type sortOption struct{ Value, Label string }
 
 // list answers the consumers page: ?q= (id or name), ?plan=, ?status=,
-// ?sort=id|usage|percent|denied, ?page=.
+// ?sort=id|usage|percent|denied|seen, ?page=.
 func (h *Handler) list(w http.ResponseWriter, r *http.Request, s *session) {
 	v := r.URL.Query()
 	q := Query{Search: v.Get("q"), Plan: v.Get("plan"), Status: v.Get("status"), Sort: v.Get("sort"), Size: PageSize, Page: 1}
 	d := listData{Plans: h.planNames(), Sorts: []sortOption{{SortUsage, "Usage (most first)"}, {SortPercent, "Percent of quota"},
-		{SortDenied, "Denials"}, {SortID, "Id (A to Z)"}}}
+		{SortDenied, "Denials this period"}, {SortSeen, "Last seen (latest first)"}, {SortID, "Id (A to Z)"}}}
 	var bad []string
 	if q.Sort == "" {
 		q.Sort = SortUsage
 	} else if !contains(sorts, q.Sort) {
-		bad = append(bad, "sort "+strconv.Quote(q.Sort)+" is not one of id, usage, percent, denied")
+		bad = append(bad, "sort "+strconv.Quote(q.Sort)+" is not one of "+strings.Join(sorts, ", "))
 		q.Sort = SortUsage
 	}
 	if q.Status != "" && q.Status != "active" && q.Status != "suspended" {

@@ -6,6 +6,8 @@
 package consumerlimits
 
 import (
+	"context"
+	"fmt"
 	"time"
 
 	"github.com/levyhq/levy/pkg/apikey"
@@ -83,4 +85,69 @@ func (l Limits) LedgerAt() int {
 		return -1
 	}
 	return l.QuotaAt() + 1
+}
+
+// Period is consumer c's billing period on plan p that holds t: the
+// period its quota (or usage) counter counts, the one levy usage reports
+// and usage alerts and the console's denials are counted in.
+func Period(c *apikey.Consumer, p *plan.Plan, t time.Time) plan.Period {
+	q := For(c, p, 0, 0).Quota
+	return plan.PeriodAt(t, q.Unit, q.Anchor)
+}
+
+// Peeker reads limits without counting anything (limiter.Local.Peek,
+// limiter.Redis.Peek).
+type Peeker interface {
+	Peek(ctx context.Context, limits []limiter.Limit) (limiter.Reading, error)
+}
+
+// Subject is a consumer on its plan, whose period usage is to be read.
+type Subject struct {
+	Consumer *apikey.Consumer
+	Plan     *plan.Plan
+}
+
+// PeriodUsage is a consumer's units in its current billing period.
+type PeriodUsage struct {
+	// Quota is the counter that was read (For's Quota at cost 0): its
+	// Max, Soft and Cap say what the units count against.
+	Quota  limiter.Limit
+	Used   int64
+	Period plan.Period
+	// Now is the store's clock at the read.
+	Now time.Time
+}
+
+// PeekBatch is how many consumers a PeekPeriods call of the console's
+// index and of the usage alerts' scan reads: one Peek, so one round trip
+// to one Redis instead of one a consumer. A scan for usage alerts of
+// 100,000 consumers on Redis over loopback (pkg/alert's BenchmarkScan100k)
+// takes 0.32 s and 100 round trips this way, 6.2 to 6.6 s and 100,000
+// round trips with a Peek a consumer.
+const PeekBatch = 1000
+
+// PeekPeriods reads the period usage of subjects in one Peek (one round
+// trip to the local store or to one Redis; a Redis Cluster answers a
+// round trip per hash slot). The result is in subjects' order.
+func PeekPeriods(ctx context.Context, r Peeker, subjects []Subject) ([]PeriodUsage, error) {
+	if len(subjects) == 0 {
+		return nil, nil
+	}
+	limits := make([]limiter.Limit, len(subjects))
+	for i, s := range subjects {
+		limits[i] = For(s.Consumer, s.Plan, 0, 0).Quota
+	}
+	read, err := r.Peek(ctx, limits)
+	if err != nil {
+		return nil, err
+	}
+	if len(read.Statuses) != len(limits) {
+		return nil, fmt.Errorf("peek answered %d statuses for %d limits", len(read.Statuses), len(limits))
+	}
+	out := make([]PeriodUsage, len(limits))
+	for i, st := range read.Statuses {
+		q := limits[i]
+		out[i] = PeriodUsage{Quota: q, Used: st.Used, Period: plan.PeriodAt(read.Now, q.Unit, q.Anchor), Now: read.Now}
+	}
+	return out, nil
 }

@@ -12,7 +12,9 @@
 // (set, not added: replicas that roll up the same hour at once write the
 // same value). The store keeps the buckets per consumer under package
 // keyspace's History keys: bbolt locally, Redis (standalone or cluster)
-// when shared.
+// when shared. Each flush also merges into a small Activity record per
+// consumer (last seen, denials this billing period), which the operator
+// console's list reads for every consumer at once.
 package history
 
 import (
@@ -89,12 +91,74 @@ type Usage struct {
 }
 
 // Counts adds one key's decisions in one hour (a flush); the store adds
-// them to the hour's bucket and to its day's.
+// them to the hour's bucket and to its day's, and merges them into the
+// consumer's Activity.
 type Counts struct {
 	Consumer, Key string
 	Hour          time.Time
 	Allowed       int64
 	Denied        Denied
+	// Seen is the latest moment the decisions can have been made: the
+	// drain's time, or the hour's last second for an hour that had ended
+	// (a flush takes what was counted since the last one, so Seen is
+	// within usage.history.every of the last decision). Period is the
+	// start of the consumer's billing period at Seen (Config.Period).
+	Seen, Period time.Time
+}
+
+// Activity is a consumer's latest traffic: when a decision of its was last
+// counted and how many were denied in its billing period. Each store keeps
+// it as one small record per consumer (three integers), merged into by
+// every flush in the flush's write, so that a list of every consumer (the
+// operator console's index) reads 100,000 of them in a pipeline or a read
+// transaction per thousand, instead of summing each consumer's day buckets
+// over its period (a range read per consumer: 100,000 round trips on
+// Redis). Measured with the console's index, which reads them with the
+// period usage (BenchmarkConsoleIndexRebuild100kStores, on 2 cores shared
+// with other work): a rebuild of 100,000 consumers, a third of them
+// seen, takes 0.27 to 0.32 s on the local store and 0.64 to 0.83 s on
+// Redis (100 Peeks and 100 HMGETs), against 0.22 to 0.34 s and 0.57 to
+// 0.82 s for the usage alone: the records cost less than the noise.
+type Activity struct {
+	// Seen is when the consumer was last seen (Counts.Seen); zero: never.
+	Seen time.Time
+	// Period is the start of the billing period Denied counts: a reader
+	// whose period has another start reads no denials this period.
+	Period time.Time
+	Denied int64
+}
+
+// Merge is a after adding b, the figures of a later flush: the later
+// Seen; b's denials added when they are of a's period, else replacing
+// a's when b was seen later (a new period, or a plan whose periods start
+// elsewhere), else dropped (a flush retried after a newer one wrote: its
+// period is over). Replicas' flushes commute but for that last case.
+func (a Activity) Merge(b Activity) Activity {
+	switch {
+	case b.Period.Equal(a.Period):
+		a.Denied += b.Denied
+	case b.Seen.After(a.Seen):
+		a.Period, a.Denied = b.Period, b.Denied
+	}
+	if b.Seen.After(a.Seen) {
+		a.Seen = b.Seen
+	}
+	return a
+}
+
+// ActivityOf merges a flush's counts into one Activity per consumer.
+func ActivityOf(cs []Counts) map[string]Activity {
+	out := map[string]Activity{}
+	for _, c := range cs {
+		a, ok := out[c.Consumer]
+		b := Activity{Seen: c.Seen, Period: c.Period, Denied: c.Denied.Total()}
+		if !ok {
+			out[c.Consumer] = b
+			continue
+		}
+		out[c.Consumer] = a.Merge(b)
+	}
+	return out
 }
 
 // Store keeps the buckets. Implementations: localstore's History (bbolt)
@@ -108,10 +172,14 @@ type Store interface {
 	// Buckets reads consumer's buckets of step that start in [from, to),
 	// oldest first; buckets never written are left out.
 	Buckets(ctx context.Context, consumer string, step Step, from, to time.Time) ([]Bucket, error)
+	// Activity reads the activity records of consumers, in a few round
+	// trips however many there are; consumers never seen are left out.
+	Activity(ctx context.Context, consumers []string) (map[string]Activity, error)
 }
 
-// Pruner is a Store that forgets buckets past their retention itself
-// when asked (the local store; Redis expires them).
+// Pruner is a Store that forgets what is past its retention when asked:
+// buckets (the local store; Redis expires them) and the activity records
+// of consumers not seen within the daily retention (both).
 type Pruner interface {
 	Prune(ctx context.Context, now time.Time) error
 }

@@ -40,6 +40,11 @@ type Config struct {
 	// pass, for access logs that arrive late (default 15m). A settlement
 	// later than that touches its hour again.
 	Grace time.Duration
+	// Period is the start of consumer's billing period at at
+	// (consumerlimits.Period), what its Activity counts denials in; nil,
+	// or a zero answer for a consumer it does not know, means the
+	// calendar month in UTC.
+	Period func(consumer string, at time.Time) time.Time
 	// Clock is the time; nil means time.Now.
 	Clock func() time.Time
 	Log   *zap.Logger
@@ -173,10 +178,12 @@ const maxPending = 100_000
 // billed units are rolled up from the ledger).
 func (k *Keeper) Flush(ctx context.Context) error {
 	cs := k.rec.drain(k.cfg.Clock())
-	for _, c := range cs {
+	for i := range cs {
+		c := &cs[i]
 		if c.Allowed > 0 {
 			k.Touch(c.Consumer, c.Hour)
 		}
+		c.Period = k.period(c.Consumer, c.Seen)
 	}
 	k.mu.Lock()
 	cs = append(k.pending, cs...)
@@ -194,6 +201,17 @@ func (k *Keeper) Flush(ctx context.Context) error {
 		return fmt.Errorf("history counts: %w", err)
 	}
 	return nil
+}
+
+// period is the start of consumer's billing period at at.
+func (k *Keeper) period(consumer string, at time.Time) time.Time {
+	if k.cfg.Period != nil {
+		if p := k.cfg.Period(consumer, at); !p.IsZero() {
+			return p.UTC()
+		}
+	}
+	at = at.UTC()
+	return time.Date(at.Year(), at.Month(), 1, 0, 0, 0, 0, time.UTC)
 }
 
 // RollUpStats says what a roll-up did.

@@ -107,7 +107,12 @@ func (r *Recorder) drain(now time.Time) []Counts {
 			}
 			if allowed != 0 || d.Total() != 0 {
 				busy = true
-				out = append(out, Counts{Consumer: c.consumer, Key: c.key, Hour: time.Unix(h*3600, 0).UTC(), Allowed: allowed, Denied: d})
+				hour := time.Unix(h*3600, 0).UTC()
+				seen := now.UTC().Truncate(time.Second)
+				if end := hour.Add(time.Hour - time.Second); end.Before(seen) {
+					seen = end
+				}
+				out = append(out, Counts{Consumer: c.consumer, Key: c.key, Hour: hour, Allowed: allowed, Denied: d, Seen: seen})
 			}
 		}
 		return busy

@@ -405,6 +405,11 @@ const (
 	LayoutDone = "{levy}:layout"
 	// DemoKeys holds the demo keys of `make run`.
 	DemoKeys = "{levy}:demo-keys"
+	// Activity holds every consumer's activity record, by consumer id (a
+	// hash of "seen period denied", unix seconds and a count), kept by
+	// the usage history's flushes: one key, so that a list of every
+	// consumer reads a thousand records a command.
+	Activity = "{levy}:activity"
 )
 
 // ReplicaMember is a replica's member in Replicas: its id, then the state

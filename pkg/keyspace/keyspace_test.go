@@ -49,6 +49,7 @@ func TestLayout(t *testing.T) {
 		{"replica member", keyspace.ReplicaMember("r1"), "r1;layout=1"},
 		{"layout migrated", keyspace.LayoutDone, "{levy}:layout"},
 		{"demo keys", keyspace.DemoKeys, "{levy}:demo-keys"},
+		{"activity records", keyspace.Activity, "{levy}:activity"},
 		{"lease", keyspace.Lease("usage-export"), "{levy}:lease:usage-export"},
 	}
 	for _, tt := range tests {

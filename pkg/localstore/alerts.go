@@ -44,16 +44,22 @@ func u64(v int64) []byte {
 	return b
 }
 
-// Add implements alert.Store.
-func (a *Alerts) Add(ctx context.Context, id string, rec []byte, keep time.Duration, due time.Time) (bool, error) {
-	if keep <= 0 {
-		return false, errors.New("local add alert: keep must be positive")
+// Add implements alert.Store: one transaction.
+func (a *Alerts) Add(ctx context.Context, claims []alert.Claim) ([]bool, error) {
+	out := make([]bool, len(claims))
+	if len(claims) == 0 {
+		return out, nil
+	}
+	for _, c := range claims {
+		if c.Keep <= 0 {
+			return nil, errors.New("local add alert: keep must be positive")
+		}
 	}
 	now := a.clock()
-	added := false
 	err := safely(func() error {
 		return a.db.bolt.Update(func(tx *bolt.Tx) error {
-			claims, err := tx.CreateBucketIfNotExists(bucketAlertClaims)
+			clear(out) // a retried transaction starts over
+			claimed, err := tx.CreateBucketIfNotExists(bucketAlertClaims)
 			if err != nil {
 				return err
 			}
@@ -63,21 +69,29 @@ func (a *Alerts) Add(ctx context.Context, id string, rec []byte, keep time.Durat
 			}
 			if now.UnixNano()-a.swept > int64(time.Minute) {
 				a.swept = now.UnixNano()
-				if err := sweepClaims(claims, now); err != nil {
+				if err := sweepClaims(claimed, now); err != nil {
 					return err
 				}
 			}
-			if v := claims.Get([]byte(id)); len(v) == 8 && int64(binary.BigEndian.Uint64(v)) > now.UnixNano() {
-				return nil
+			for i, c := range claims {
+				if v := claimed.Get([]byte(c.ID)); len(v) == 8 && int64(binary.BigEndian.Uint64(v)) > now.UnixNano() {
+					continue
+				}
+				if err := claimed.Put([]byte(c.ID), u64(now.Add(c.Keep).UnixNano())); err != nil {
+					return err
+				}
+				if err := outbox.Put([]byte(c.ID), append(u64(c.Due.UnixMilli()), c.Rec...)); err != nil {
+					return err
+				}
+				out[i] = true
 			}
-			if err := claims.Put([]byte(id), u64(now.Add(keep).UnixNano())); err != nil {
-				return err
-			}
-			added = true
-			return outbox.Put([]byte(id), append(u64(due.UnixMilli()), rec...))
+			return nil
 		})
 	})
-	return added, err
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 func sweepClaims(b *bolt.Bucket, now time.Time) error {

@@ -3,6 +3,7 @@ package localstore
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -13,11 +14,16 @@ import (
 	"github.com/levyhq/levy/pkg/keyspace"
 )
 
-var bucketHistory = []byte("history")
+var (
+	bucketHistory  = []byte("history")
+	bucketActivity = []byte("activity")
+)
 
 // History is the usage history in the data file: a bucket per consumer
 // and hour or day under its keyspace.History key (they sort by time, so a
-// range is one cursor), pruned past the retention.
+// range is one cursor), pruned past the retention, and each consumer's
+// activity record under its id in a bolt bucket of their own (24 bytes:
+// seen, period start, denials).
 type History struct {
 	db  *DB
 	ret history.Retention
@@ -89,12 +95,23 @@ func (h *History) SetUsage(_ context.Context, us []history.Usage) error {
 	})
 }
 
-// AddCounts implements history.Store: one transaction.
+// AddCounts implements history.Store: one transaction, activity records
+// with the buckets.
 func (h *History) AddCounts(_ context.Context, cs []history.Counts) error {
 	if len(cs) == 0 {
 		return nil
 	}
 	return h.update(func(b *bolt.Bucket) error {
+		acts, err := b.Tx().CreateBucketIfNotExists(bucketActivity)
+		if err != nil {
+			return err
+		}
+		for consumer, a := range history.ActivityOf(cs) {
+			key := []byte(consumer)
+			if err := acts.Put(key, encodeActivity(decodeActivity(acts.Get(key)).Merge(a))); err != nil {
+				return err
+			}
+		}
 		for _, c := range cs {
 			for _, step := range []history.Step{history.Hour, history.Day} {
 				key := keyspace.History(c.Consumer, string(step), step.Floor(c.Hour).Unix())
@@ -152,6 +169,60 @@ func (h *History) Buckets(_ context.Context, consumer string, step history.Step,
 	return out, nil
 }
 
+// Activity implements history.Store: one read transaction.
+func (h *History) Activity(_ context.Context, consumers []string) (map[string]history.Activity, error) {
+	out := make(map[string]history.Activity, len(consumers))
+	err := safely(func() error {
+		return h.db.bolt.View(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucketActivity)
+			if b == nil {
+				return nil
+			}
+			for _, c := range consumers {
+				if v := b.Get([]byte(c)); v != nil {
+					out[c] = decodeActivity(v)
+				}
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", h.db.path, err)
+	}
+	return out, nil
+}
+
+func encodeActivity(a history.Activity) []byte {
+	v := make([]byte, 24)
+	binary.BigEndian.PutUint64(v, uint64(unixOrZero(a.Seen)))
+	binary.BigEndian.PutUint64(v[8:], uint64(unixOrZero(a.Period)))
+	binary.BigEndian.PutUint64(v[16:], uint64(a.Denied))
+	return v
+}
+
+// decodeActivity reads a record; anything but 24 bytes is none.
+func decodeActivity(v []byte) history.Activity {
+	if len(v) != 24 {
+		return history.Activity{}
+	}
+	return history.Activity{Seen: timeOrZero(int64(binary.BigEndian.Uint64(v))), Period: timeOrZero(int64(binary.BigEndian.Uint64(v[8:]))),
+		Denied: int64(binary.BigEndian.Uint64(v[16:]))}
+}
+
+func unixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+func timeOrZero(u int64) time.Time {
+	if u == 0 {
+		return time.Time{}
+	}
+	return time.Unix(u, 0).UTC()
+}
+
 func bucketOf(consumer string, step history.Step, start int64, s stored) history.Bucket {
 	b := history.Bucket{Consumer: consumer, Step: step, Start: time.Unix(start, 0).UTC(), Billed: s.B, Refunded: s.R,
 		Denied: history.Denied{Rate: s.D[0], Quota: s.D[1], Cap: s.D[2]}}
@@ -181,6 +252,26 @@ func (h *History) Prune(_ context.Context, now time.Time) error {
 		}
 		for _, k := range del {
 			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		// An activity record goes with the last day it was seen in.
+		acts := b.Tx().Bucket(bucketActivity)
+		if acts == nil {
+			return nil
+		}
+		del = del[:0]
+		err = acts.ForEach(func(k, v []byte) error {
+			if a := decodeActivity(v); !h.ret.ExpireAt(history.Day, history.Day.Floor(a.Seen)).After(now) {
+				del = append(del, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range del {
+			if err := acts.Delete(k); err != nil {
 				return err
 			}
 		}

@@ -58,17 +58,63 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
 return 1
 `)
 
-// Add implements alert.Store.
-func (a Alerts) Add(ctx context.Context, id string, rec []byte, keep time.Duration, due time.Time) (bool, error) {
-	if keep <= 0 {
-		return false, errors.New("redis add alert: keep must be positive")
+// Add implements alert.Store: one pipeline (and a second for the claims
+// a Redis that had not loaded the script refused: a refused script ran
+// nothing, so running it again claims nothing twice).
+func (a Alerts) Add(ctx context.Context, claims []alert.Claim) ([]bool, error) {
+	out := make([]bool, len(claims))
+	if len(claims) == 0 {
+		return out, nil
 	}
-	n, err := addAlert.Run(ctx, a.Client, []string{keyspace.AlertClaim(id), keyspace.AlertOutbox, keyspace.AlertRecords},
-		keep.Milliseconds(), id, rec, due.UnixMilli()).Int()
+	type call struct {
+		keys []string
+		args []any
+	}
+	calls := make([]call, len(claims))
+	for i, c := range claims {
+		if c.Keep <= 0 {
+			return nil, errors.New("redis add alert: keep must be positive")
+		}
+		calls[i] = call{[]string{keyspace.AlertClaim(c.ID), keyspace.AlertOutbox, keyspace.AlertRecords},
+			[]any{c.Keep.Milliseconds(), c.ID, c.Rec, c.Due.UnixMilli()}}
+	}
+	run := func(idx []int, eval bool) ([]int, error) {
+		pipe := a.Client.Pipeline()
+		cmds := make([]*redis.Cmd, len(idx))
+		for j, i := range idx {
+			if eval {
+				cmds[j] = addAlert.Eval(ctx, pipe, calls[i].keys, calls[i].args...)
+			} else {
+				cmds[j] = addAlert.EvalSha(ctx, pipe, calls[i].keys, calls[i].args...)
+			}
+		}
+		pipe.Exec(ctx)
+		var again []int
+		for j, cmd := range cmds {
+			n, err := cmd.Int()
+			switch {
+			case err == nil:
+				out[idx[j]] = n == 1
+			case !eval && redis.HasErrorPrefix(err, "NOSCRIPT"):
+				again = append(again, idx[j])
+			default:
+				return nil, err
+			}
+		}
+		return again, nil
+	}
+	all := make([]int, len(claims))
+	for i := range all {
+		all[i] = i
+	}
+	again, err := run(all, false)
+	if err == nil && len(again) > 0 {
+		_, err = run(again, true)
+	}
 	if err != nil {
-		return false, fmt.Errorf("redis add alert: %w", err)
+		return nil, fmt.Errorf("redis add alerts: %w", err)
 	}
-	return n == 1, nil
+	return out, nil
 }
 
 // Take implements alert.Store.

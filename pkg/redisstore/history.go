@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,7 +19,11 @@ import (
 // r (refunded), dr, dq, dc (denied for rate, quota, cap) and, per API
 // key, a:<id> and d:<id> (allowed, denied). Each expires past the
 // retention. The roll-up sets b and r (HSET: replicas that roll up the
-// same hour write the same value); flushes add to the rest (HINCRBY).
+// same hour write the same value); flushes add to the rest (HINCRBY) and,
+// in the same pipeline, merge into each consumer's activity record: a
+// field of keyspace.Activity, one hash for every consumer, read a
+// thousand fields a command; Prune forgets the records not seen within
+// the daily retention.
 type History struct {
 	client redis.UniversalClient
 	ret    history.Retention
@@ -27,7 +32,10 @@ type History struct {
 	Clock func() time.Time
 }
 
-var _ history.Store = (*History)(nil)
+var (
+	_ history.Store  = (*History)(nil)
+	_ history.Pruner = (*History)(nil)
+)
 
 // NewHistory returns the usage history on client, kept for ret.
 func NewHistory(client redis.UniversalClient, ret history.Retention) *History {
@@ -64,12 +72,59 @@ func (h *History) ttl(step history.Step, start time.Time) time.Duration {
 	return h.ret.ExpireAt(step, start).Sub(now()).Truncate(time.Second)
 }
 
-// AddCounts implements history.Store: one pipeline.
+// mergeActivity merges flushes' activity into the records of
+// keyspace.Activity (KEYS[1]): ARGV holds, per consumer, its id, seen,
+// period start and denials, merged as history.Activity.Merge does.
+var mergeActivity = redis.NewScript(`
+for i = 1, #ARGV, 4 do
+  local ns, np, nd = tonumber(ARGV[i+1]), tonumber(ARGV[i+2]), tonumber(ARGV[i+3])
+  local s, p, d = 0, nil, 0
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur then
+    local a, b, c = string.match(cur, '^(%d+) (%d+) (%-?%d+)$')
+    s, p, d = tonumber(a) or 0, tonumber(b), tonumber(c) or 0
+  end
+  if p == np then
+    d = d + nd
+  elseif ns > s then
+    p, d = np, nd
+  end
+  if ns > s then s = ns end
+  if p then redis.call('HSET', KEYS[1], ARGV[i], string.format('%d %d %d', s, p, d)) end
+end
+return 1
+`)
+
+// activityBatch bounds the records one mergeActivity call merges (a
+// fraction of a millisecond of Redis).
+const activityBatch = 200
+
+// AddCounts implements history.Store: one pipeline (and a second for the
+// activity merges a Redis that had not loaded the script refused: a
+// refused script ran nothing, so running it again counts nothing twice).
 func (h *History) AddCounts(ctx context.Context, cs []history.Counts) error {
 	if len(cs) == 0 {
 		return nil
 	}
 	pipe := h.client.Pipeline()
+	var merges [][]any
+	var cmds []*redis.Cmd
+	var args []any
+	acts := history.ActivityOf(cs)
+	for _, consumer := range sortedIDs(acts) {
+		a := acts[consumer]
+		args = append(args, consumer, unixOrZero(a.Seen), unixOrZero(a.Period), a.Denied)
+		if len(args) == 4*activityBatch {
+			merges, args = append(merges, args), nil
+		}
+	}
+	if len(args) > 0 {
+		merges = append(merges, args)
+	}
+	activity := []string{keyspace.Activity}
+	for _, m := range merges {
+		cmds = append(cmds, mergeActivity.EvalSha(ctx, pipe, activity, m...))
+	}
 	incr := func(key, field string, n int64) {
 		if n != 0 {
 			pipe.HIncrBy(ctx, key, field, n)
@@ -91,10 +146,134 @@ func (h *History) AddCounts(ctx context.Context, cs []history.Counts) error {
 			pipe.Expire(ctx, key, ttl)
 		}
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	all, err := pipe.Exec(ctx)
+	if err == nil {
+		return nil
+	}
+	var again [][]any
+	for i, c := range cmds {
+		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			again = append(again, merges[i])
+		}
+	}
+	for _, c := range all {
+		if c.Err() != nil && !redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			return fmt.Errorf("redis history: %w", c.Err())
+		}
+	}
+	if len(again) == 0 {
 		return fmt.Errorf("redis history: %w", err)
 	}
+	pipe = h.client.Pipeline()
+	for _, m := range again {
+		mergeActivity.Eval(ctx, pipe, activity, m...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("redis history activity: %w", err)
+	}
 	return nil
+}
+
+func sortedIDs(m map[string]history.Activity) []string {
+	ids := make([]string, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// Activity implements history.Store: one HMGET of the consumers' fields.
+// Reading 100,000 records a thousand a command takes 77 to 89 ms
+// (BenchmarkActivityRead100k, on 2 cores shared with other work); a
+// record a key in the consumer's hash tag, read with an HMGET each in a
+// pipeline, took 0.28 to 0.66 s on the same machine, made 1.3 million
+// allocations where this makes 0.2 million, and cost Redis a command a
+// consumer at every rebuild of every replica's console index.
+func (h *History) Activity(ctx context.Context, consumers []string) (map[string]history.Activity, error) {
+	out := make(map[string]history.Activity, len(consumers))
+	if len(consumers) == 0 {
+		return out, nil
+	}
+	vals, err := h.client.HMGet(ctx, keyspace.Activity, consumers...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis history activity: %w", err)
+	}
+	for i, v := range vals {
+		if a, ok := parseActivity(v); ok && i < len(consumers) {
+			out[consumers[i]] = a
+		}
+	}
+	return out, nil
+}
+
+// parseActivity reads a record ("seen period denied"); false for none.
+func parseActivity(v any) (history.Activity, bool) {
+	s, _ := v.(string)
+	f := strings.Fields(s)
+	if len(f) != 3 {
+		return history.Activity{}, false
+	}
+	var n [3]int64
+	for i := range f {
+		var err error
+		if n[i], err = strconv.ParseInt(f[i], 10, 64); err != nil {
+			return history.Activity{}, false
+		}
+	}
+	return history.Activity{Seen: timeOrZero(n[0]), Period: timeOrZero(n[1]), Denied: n[2]}, n[0] != 0
+}
+
+// forgetActivity deletes the records of KEYS[1] named in ARGV (id, then
+// the record as it was read) that are still as they were read: one a
+// flush merged into meanwhile was seen again.
+var forgetActivity = redis.NewScript(`
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i+1] then redis.call('HDEL', KEYS[1], ARGV[i]) end
+end
+return 1
+`)
+
+// Prune implements history.Pruner: it forgets the activity records not
+// seen within the daily retention (buckets expire by themselves), a
+// thousand fields an HSCAN.
+func (h *History) Prune(ctx context.Context, now time.Time) error {
+	var cursor uint64
+	for {
+		kv, next, err := h.client.HScan(ctx, keyspace.Activity, cursor, "", 1000).Result()
+		if err != nil {
+			return fmt.Errorf("redis history prune: %w", err)
+		}
+		var stale []any
+		for i := 0; i+1 < len(kv); i += 2 {
+			a, ok := parseActivity(kv[i+1])
+			if !ok || !h.ret.ExpireAt(history.Day, history.Day.Floor(a.Seen)).After(now) {
+				stale = append(stale, kv[i], kv[i+1])
+			}
+		}
+		if len(stale) > 0 {
+			if err := forgetActivity.Run(ctx, h.client, []string{keyspace.Activity}, stale...).Err(); err != nil {
+				return fmt.Errorf("redis history prune: %w", err)
+			}
+		}
+		if cursor = next; cursor == 0 {
+			return nil
+		}
+	}
+}
+
+func unixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+func timeOrZero(u int64) time.Time {
+	if u == 0 {
+		return time.Time{}
+	}
+	return time.Unix(u, 0).UTC()
 }
 
 // Buckets implements history.Store: one HGETALL a bucket, in one

@@ -24,6 +24,8 @@ func (s *Server) newAlerter() (*alert.Alerter, error) {
 		Consumers: s.eachConsumer,
 		Catalog:   func() *plan.Catalog { return s.authz.Snapshot().Catalog },
 		Usage:     s.backend.limiter,
+		Lease:     s.backend.alertLease,
+		Holder:    s.replicaID,
 		URL:       a.URL,
 		Secret:    []byte(a.Secret.Value()),
 		Timeout:   time.Duration(a.Timeout),

@@ -91,8 +91,11 @@ func (o *opsReceiver) fail(on bool) {
 }
 
 // Two replicas on one Redis: crossing 80% of the quota sends one signed
-// alert, retried after a 500; crossing 100% while the receiver is down
-// and both replicas stop is delivered, once, by the next replica to start.
+// alert, retried after a 500 (one replica scans at a time, under a lease;
+// both deliver). One replica stops and the other, taking the lease over
+// if it was not the one scanning, finds 100% crossed while the receiver is
+// down; it stops too, and the alert is delivered, once, by the next
+// replica to start.
 func TestUsageAlertsFireOnceAcrossReplicasAndSurviveARestart(t *testing.T) {
 	rdb := redistest.Start(t)
 	ops := &opsReceiver{tries: map[int]int{}}
@@ -154,10 +157,13 @@ func TestUsageAlertsFireOnceAcrossReplicasAndSurviveARestart(t *testing.T) {
 	}
 
 	ops.fail(true)
-	check(a, 2) // 10 of 10: 100%
-	await.Until(t, 15*time.Second, func() bool { tries, _, _ := ops.state(); return tries[100] >= 1 }, "a first delivery at 100%")
 	if err := a.Stop(); err != nil {
 		t.Fatal(err)
+	}
+	check(b, 2) // 10 of 10: 100%
+	await.Until(t, 15*time.Second, func() bool { tries, _, _ := ops.state(); return tries[100] >= 1 }, "a first delivery at 100%, from b")
+	if fired := alertMetric(t, b, "100", "fired"); fired != 1 {
+		t.Errorf("levy_usage_alerts_total{threshold=100,outcome=fired} on b = %v, want 1", fired)
 	}
 	if err := b.Stop(); err != nil {
 		t.Fatal(err)

@@ -185,7 +185,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	var recorder *history.Recorder
 	if s.backend.history != nil {
 		s.history = history.New(history.Config{Store: s.backend.history, Ledger: s.backend.ledger, Consumers: s.backend.consumers,
-			Retention: retention(cfg), Every: time.Duration(cfg.Usage.History.Every), Clock: opts.Clock, Log: s.log})
+			Retention: retention(cfg), Every: time.Duration(cfg.Usage.History.Every), Period: s.periodStart, Clock: opts.Clock, Log: s.log})
 		recorder = s.history.Recorder()
 		// Settlements touch the hours they change, for the roll-up.
 		ledger = history.TrackLedger(ledger, s.history)

@@ -46,6 +46,10 @@ type backend struct {
 	ready     func() bool
 	demoKeys  func(plans []string, gen func() (string, error)) (map[string]string, error)
 	closers   []func() error
+
+	// alertLease lets one replica scan for usage alerts at a time (nil:
+	// the local store's one process).
+	alertLease alert.Lease
 }
 
 func (b *backend) close() error {
@@ -165,6 +169,7 @@ func (s *Server) openRedis(cfg *config.Config) (*backend, error) {
 		b.history, b.consumers = hist, ledger
 	}
 	b.alerts = redisstore.Alerts{Client: client}
+	b.alertLease = redisstore.NewLease(client, "usage-alerts")
 	b.demoKeys = func(plans []string, gen func() (string, error)) (map[string]string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
