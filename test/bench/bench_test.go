@@ -718,7 +718,7 @@ func run(t *target, reqs []proto.Message, workers, n int) (result, error) {
 				defer wg.Done()
 				h := &hists[k]
 				var w wireResponse
-				err := c.drive(msgs, workers/len(t.h2), func() bool { _, ok := take(); return ok },
+				err := c.drive(msgs, workers/len(t.h2), take,
 					func(d time.Duration, resp []byte, err error) bool {
 						h.record(d)
 						if w.b = resp; err == nil {
