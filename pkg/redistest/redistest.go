@@ -1,7 +1,7 @@
 // Package redistest starts real redis-server processes for tests: a
-// standalone server or a three-master Redis Cluster, on free loopback
-// ports, in the test's temp dir, stopped when the test ends. It never
-// touches the machine's shared Redis on 6379.
+// standalone server or a Redis Cluster (three masters, or as many as a
+// test asks for), on free loopback ports, in the test's temp dir, stopped
+// when the test ends. It never touches the machine's shared Redis on 6379.
 package redistest
 
 import (
@@ -190,7 +190,7 @@ func (s *Server) Client() *redis.Client {
 	return c
 }
 
-// Cluster is a Redis Cluster of three masters.
+// Cluster is a Redis Cluster of masters without replicas.
 type Cluster struct {
 	Nodes []*Server
 }
@@ -215,16 +215,34 @@ func (c *Cluster) Client(t testing.TB) *redis.ClusterClient {
 // and joins them with redis-cli --cluster create.
 func StartCluster(t testing.TB, extra ...string) *Cluster {
 	t.Helper()
+	return StartClusterOf(t, 3, extra...)
+}
+
+// StartClusterOf runs a cluster of masters cluster-enabled servers, with
+// extra arguments, each serving an equal share of the 16384 hash slots.
+// Three or more are joined with redis-cli --cluster create; fewer, which
+// it refuses, are given their slots with CLUSTER ADDSLOTS and joined with
+// CLUSTER MEET: one master serving every slot is a cluster all the same,
+// with MOVED, hash tags and cross-slot rules, on one redis-server.
+func StartClusterOf(t testing.TB, masters int, extra ...string) *Cluster {
+	t.Helper()
+	if masters < 1 {
+		t.Fatalf("a cluster of %d masters", masters)
+	}
 	c := &Cluster{}
-	for i := 0; i < 3; i++ {
+	for range masters {
 		args := append([]string{"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"}, extra...)
 		c.Nodes = append(c.Nodes, startFree(t, freeClusterPort, args...))
 	}
-	args := append([]string{"--cluster", "create"}, c.Addrs()...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
-	out, err := exec.Command("redis-cli", args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	if masters >= 3 {
+		args := append([]string{"--cluster", "create"}, c.Addrs()...)
+		args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+		out, err := exec.Command("redis-cli", args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+		}
+	} else {
+		c.assignSlots(t)
 	}
 	// Wait until every node agrees the cluster is ok.
 	for _, n := range c.Nodes {
@@ -245,6 +263,27 @@ func StartCluster(t testing.TB, extra ...string) *Cluster {
 		}
 	}
 	return c
+}
+
+// assignSlots gives each node an equal range of the hash slots and has
+// the others meet the first, as redis-cli --cluster create does.
+func (c *Cluster) assignSlots(t testing.TB) {
+	t.Helper()
+	const slots = 16384
+	ctx := context.Background()
+	host, port, _ := net.SplitHostPort(c.Nodes[0].Addr)
+	for i, n := range c.Nodes {
+		cl := redis.NewClient(&redis.Options{Addr: n.Addr})
+		lo, hi := i*slots/len(c.Nodes), (i+1)*slots/len(c.Nodes)-1
+		err := cl.ClusterAddSlotsRange(ctx, lo, hi).Err()
+		if err == nil && i > 0 {
+			err = cl.ClusterMeet(ctx, host, port).Err()
+		}
+		cl.Close()
+		if err != nil {
+			t.Fatalf("cluster node %s: slots %d-%d: %v", n.Addr, lo, hi, err)
+		}
+	}
 }
 
 // CommandCalls returns how many times cmd ran on the server (from INFO

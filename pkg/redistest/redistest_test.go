@@ -44,3 +44,33 @@ func TestClustersStartAtOnce(t *testing.T) {
 		})
 	}
 }
+
+// Clusters of fewer than three masters, which redis-cli --cluster create
+// refuses, serve every slot too: keys in slots far apart are written
+// through a cluster client (no CLUSTERDOWN, no endless MOVED), each
+// stored once across the masters.
+func TestClustersOfFewerMastersServeEverySlot(t *testing.T) {
+	for _, masters := range []int{1, 2} {
+		t.Run("", func(t *testing.T) {
+			c := redistest.StartClusterOf(t, masters)
+			cc := c.Client(t)
+			ctx := context.Background()
+			for _, key := range []string{"{a}", "{b}", "{c}", "{d}"} {
+				if err := cc.Set(ctx, key, 1, 0).Err(); err != nil {
+					t.Fatalf("%d masters: SET %s: %v", masters, key, err)
+				}
+			}
+			var seen int
+			for _, n := range c.Nodes {
+				k, err := n.Client().DBSize(ctx).Result()
+				if err != nil {
+					t.Fatal(err)
+				}
+				seen += int(k)
+			}
+			if seen != 4 {
+				t.Fatalf("%d masters hold %d keys, want 4", masters, seen)
+			}
+		})
+	}
+}

@@ -247,9 +247,9 @@ type target struct {
 	// serverCPU, for a server in another process, is that process's CPU
 	// time; nil when it is not known, and cpu-us is then not reported.
 	serverCPU func() (time.Duration, error)
-	// redis, when set, is the Redis the server decides on: measure reports
-	// the commands it ran and the CPU it used per call.
-	redis redis.UniversalClient
+	// redis, when set, is the Redis servers the server decides on: measure
+	// reports the commands they ran and the CPU they used per call.
+	redis redisServers
 	// scripts says the server decides with Lua scripts (levy): measure
 	// also reports its EVALSHA and EVAL calls per call.
 	scripts bool
@@ -377,13 +377,13 @@ func newCheckEnv(tb testing.TB, st *store) *env {
 	return newEnv(tb, checkMethod, (*wireResponse).allowed, []request{{msgs: reqs}},
 		&target{name: "noop", register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, NewNoop()) }},
 		&target{name: "levy", register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, levy) },
-			redis: st.admin, scripts: true, commits: commits})
+			redis: st.servers, scripts: true, commits: commits})
 }
 
 // newRateLimitEnv is the no-op and levy RLS servers, levy deciding on st,
 // and the requests Envoy sends for one descriptor (the client address) and
-// for three (the address, a generic key and the consumer's route). On
-// Redis, the peer RLS (see peerTarget) is measured too.
+// for three (the address, a generic key and the consumer's route). On a
+// standalone Redis, the peer RLS (see peerTarget) is measured too.
 func newRateLimitEnv(tb testing.TB, st *store) *env {
 	tb.Helper()
 	cfg, lim, commits := levyConfig(tb, st, rateLimitConfig)
@@ -411,9 +411,9 @@ func newRateLimitEnv(tb testing.TB, st *store) *env {
 	targets := []*target{
 		{name: "noop", register: func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, NewNoopRateLimit()) }},
 		{name: "levy", register: func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, levy) },
-			redis: st.admin, scripts: true, commits: commits},
+			redis: st.servers, scripts: true, commits: commits},
 	}
-	if st.redis != nil {
+	if st.redis != nil && !st.cluster { // the peer is compared on a standalone Redis only
 		targets = append(targets, peerTarget(tb, st))
 	}
 	return newEnv(tb, rateLimitMethod, (*wireResponse).rateLimitOK, reqs, targets...)
@@ -436,12 +436,15 @@ func levyConfig(tb testing.TB, st *store, text string, args ...any) (*config.Con
 }
 
 // store is where levy keeps its counters: the local store, as levy serve
-// --store local, or Redis, as --store redis.
+// --store local, or Redis, as --store redis, with --redis-cluster for a
+// Redis Cluster.
 type store struct {
 	// redis is levy's Redis client, nil for the local store.
 	redis redis.UniversalClient
-	// admin reads the Redis server's statistics.
-	admin redis.UniversalClient
+	// cluster says redis is a Redis Cluster's client.
+	cluster bool
+	// servers reads the statistics of the Redis servers levy decides on.
+	servers redisServers
 }
 
 // localStore is levy's local store, in a temporary directory per config.
@@ -454,7 +457,7 @@ func localStore() *store { return &store{} }
 func (s *store) limiter(tb testing.TB, cfg *config.Config) (limiter.Limiter, *prometheus.Registry) {
 	tb.Helper()
 	if s.redis != nil {
-		return limitertest.NewRedis(tb, limiter.RedisConfig{Client: s.redis, Timeout: redisTimeout}), nil
+		return limitertest.NewRedis(tb, limiter.RedisConfig{Client: s.redis, Cluster: s.cluster, Timeout: redisTimeout}), nil
 	}
 	db, err := localstore.Open(cfg.Store.DataDir)
 	if err != nil {
@@ -715,7 +718,7 @@ func run(t *target, reqs []proto.Message, workers, n int) (result, error) {
 				defer wg.Done()
 				h := &hists[k]
 				var w wireResponse
-				err := c.drive(msgs, workers/len(t.h2), func() bool { _, ok := take(); return ok },
+				err := c.drive(msgs, workers/len(t.h2), take,
 					func(d time.Duration, resp []byte, err error) bool {
 						h.record(d)
 						if w.b = resp; err == nil {

@@ -125,31 +125,39 @@ func grpcMessage(req proto.Message) ([]byte, error) {
 	return append(msg, b...), nil
 }
 
-// drive keeps up to inflight calls of msgs (from grpcMessage, in turn) in flight on
-// c, starting one for each take that returns true, until take returns
-// false and every call has ended. Each ended call is handed to done, with
-// its latency and response message (valid during done only), or with why
-// it failed; done returns false to start no more. drive returns when the
-// connection fails.
-func (c *h2Conn) drive(msgs [][]byte, inflight int, take func() bool, done func(time.Duration, []byte, error) bool) error {
+// drive keeps up to inflight calls of msgs (from grpcMessage) in flight on
+// c, starting one for each call i that take claims, of msgs[i%len(msgs)],
+// until take returns false and every call has ended. i is the run's count
+// across connections, as grpc-go's callers send: connections that each
+// counted their own would send one consumer's request on all of them at
+// once, which a Redis batch then decides on one read of its keys. Each
+// ended call is handed to done, with its latency and response message
+// (valid during done only), or with why it failed; done returns false to
+// start no more. drive returns when the connection fails.
+func (c *h2Conn) drive(msgs [][]byte, inflight int, take func() (int64, bool), done func(time.Duration, []byte, error) bool) error {
 	for _, msg := range msgs {
 		if int64(len(msg)) > c.maxSend {
 			return fmt.Errorf("a request of %d bytes exceeds the server's stream window of %d", len(msg), c.maxSend)
 		}
 	}
-	sent := 0   // calls started: the next sends msgs[sent%len(msgs)]
-	wanted := 0 // calls taken, not yet started
-	for wanted < inflight && take() {
-		wanted++
+	msg := func(i int64) []byte { return msgs[i%int64(len(msgs))] }
+	var wanted []int64 // calls taken, not yet started
+	for len(wanted) < inflight {
+		i, ok := take()
+		if !ok {
+			break
+		}
+		wanted = append(wanted, i)
 	}
-	for wanted > 0 || len(c.streams) > 0 {
-		for wanted > 0 && c.sendWin >= int64(len(msgs[sent%len(msgs)])) {
-			if err := c.start(msgs[sent%len(msgs)]); err != nil {
+	for len(wanted) > 0 || len(c.streams) > 0 {
+		started := 0
+		for ; started < len(wanted) && c.sendWin >= int64(len(msg(wanted[started]))); started++ {
+			if err := c.start(msg(wanted[started])); err != nil {
 				return err
 			}
-			sent++
-			wanted--
 		}
+		// Keep those not started, in place: no allocation a call.
+		wanted = append(wanted[:0], wanted[started:]...)
 		if c.br.Buffered() == 0 { // all read: write what is due before waiting
 			if err := c.flush(); err != nil {
 				return err
@@ -170,8 +178,10 @@ func (c *h2Conn) drive(msgs [][]byte, inflight int, take func() bool, done func(
 		delete(c.streams, id)
 		more := done(time.Since(s.start), resp, err)
 		c.free = append(c.free, s)
-		if more && take() {
-			wanted++
+		if more {
+			if i, ok := take(); ok {
+				wanted = append(wanted, i)
+			}
 		}
 	}
 	return c.flush()

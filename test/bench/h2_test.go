@@ -2,7 +2,9 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
@@ -80,5 +82,53 @@ func TestLeanCallerCountsAllowsAndReportsFailures(t *testing.T) {
 				t.Fatalf("err %v, want one with %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// counting is a RateLimitService that counts the calls of each first
+// descriptor value and answers OK.
+type counting struct {
+	rlsv3.UnimplementedRateLimitServiceServer
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+func (c *counting) ShouldRateLimit(_ context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls[req.GetDescriptors()[0].GetEntries()[0].GetValue()]++
+	return okRateLimit(1), nil
+}
+
+// The lean caller sends the run's requests in turn across its
+// connections, as grpc-go's callers do, so that the calls in flight are
+// different consumers' (on Redis, different keys): each request is sent
+// equally often. Each connection counting on its own sent the first
+// requests on every connection at once, and more often than the last.
+func TestLeanCallerSendsRequestsInTurnAcrossConnections(t *testing.T) {
+	srv := &counting{calls: map[string]int{}}
+	tg := &target{name: "t", method: rateLimitMethod, check: (*wireResponse).rateLimitOK}
+	tg.addr = serve(t, func(s grpc.ServiceRegistrar) { rlsv3.RegisterRateLimitServiceServer(s, srv) })
+	for range conns {
+		c, err := dialH2(tg.addr, tg.method)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.conn.Close() })
+		tg.h2 = append(tg.h2, c)
+	}
+	const kinds, each = 100, 10
+	var reqs []proto.Message
+	for i := range kinds {
+		addr := envoyclient.Descriptor{Entries: [][2]string{{"remote_address", fmt.Sprint(i)}}}
+		reqs = append(reqs, envoyclient.BuildRateLimitRequest("bench", []envoyclient.Descriptor{addr}, 0))
+	}
+	if _, err := run(tg, reqs, callers, kinds*each); err != nil {
+		t.Fatal(err)
+	}
+	for i := range kinds {
+		if got := srv.calls[fmt.Sprint(i)]; got != each {
+			t.Fatalf("request %d sent %d times, want %d: %v", i, got, each, srv.calls)
+		}
 	}
 }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
 
@@ -46,6 +48,30 @@ func BenchmarkCheckRedis(b *testing.B) { benchCheck(b, redisStore(b)) }
 // deciding on Redis, and with the peer RLS on the same Redis when
 // LEVY_BENCH_PEER_RLS names one.
 func BenchmarkShouldRateLimitRedis(b *testing.B) { benchRateLimit(b, redisStore(b)) }
+
+// BenchmarkCheckRedisCluster is BenchmarkCheck with levy deciding on a
+// Redis Cluster, as levy serve --store redis --redis-cluster does, of one
+// master and of three (sub-benchmarks masters=1 and masters=3).
+func BenchmarkCheckRedisCluster(b *testing.B) {
+	for _, m := range clusterMasters {
+		b.Run(fmt.Sprintf("masters=%d", m), func(b *testing.B) { benchCheck(b, redisClusterStore(b, m)) })
+	}
+}
+
+// BenchmarkShouldRateLimitRedisCluster is BenchmarkShouldRateLimit with
+// levy deciding on a Redis Cluster of one master and of three.
+func BenchmarkShouldRateLimitRedisCluster(b *testing.B) {
+	for _, m := range clusterMasters {
+		b.Run(fmt.Sprintf("masters=%d", m), func(b *testing.B) { benchRateLimit(b, redisClusterStore(b, m)) })
+	}
+}
+
+// clusterMasters is the sizes of the clusters the cluster benchmarks
+// start: one master, whose figures differ from a standalone Redis's by
+// what cluster mode costs (a script call per hash slot, not per batch),
+// and three, redis-cli's smallest cluster, whose Redis CPU is summed over
+// the masters.
+var clusterMasters = []int{1, 3}
 
 // BenchmarkRedisVersusPeer measures levy and the peer RLS (LEVY_BENCH_PEER_RLS)
 // on the same Redis in alternating slices of one run, ten of each, so that
@@ -147,7 +173,34 @@ func redisStore(tb testing.TB) *store {
 			tb.Fatalf("FLUSHALL %s: %v", addr, flushErr)
 		}
 	}
-	return &store{redis: client, admin: admin}
+	return &store{redis: client, servers: redisServers{admin}}
+}
+
+// redisClusterStore is a Redis Cluster of masters started for tb, without
+// replicas, for levy to decide on: levy's client is built by
+// redisstore.NewClient from the masters' addresses, as levy serve
+// --redis-cluster builds it, and a client of each master reads its
+// statistics. tb is skipped when redis-server (or, for three masters or
+// more, redis-cli) is not installed.
+func redisClusterStore(tb testing.TB, masters int) *store {
+	tb.Helper()
+	need := []string{"redis-server"}
+	if masters >= 3 {
+		need = append(need, "redis-cli") // redistest creates the cluster with redis-cli --cluster create
+	}
+	for _, cmd := range need {
+		if _, err := exec.LookPath(cmd); err != nil {
+			tb.Skipf("%s is not installed: a Redis Cluster is started with it (apt-get install redis-server)", cmd)
+		}
+	}
+	c := redistest.StartClusterOf(tb, masters)
+	client, cluster := redisstore.NewClient(redisstore.Options{ClusterAddrs: c.Addrs(), Timeout: redisTimeout})
+	tb.Cleanup(func() { client.Close() })
+	st := &store{redis: client, cluster: cluster}
+	for _, n := range c.Nodes {
+		st.servers = append(st.servers, n.Client())
+	}
+	return st
 }
 
 // peerTarget is the envoyproxy/ratelimit server at LEVY_BENCH_PEER_RLS,
@@ -163,7 +216,7 @@ func peerTarget(tb testing.TB, st *store) *target {
 	if os.Getenv(envRedisAddr) == "" {
 		tb.Fatalf("%s is set but %s is not: the peer's Redis commands are counted on the Redis the benchmark decides on", envPeerRLS, envRedisAddr)
 	}
-	t := &target{name: "peer", addr: addr, redis: st.admin}
+	t := &target{name: "peer", addr: addr, redis: st.servers}
 	setServerPID(tb, t, envPeerPID)
 	return t
 }
@@ -223,30 +276,48 @@ func processCPUOf(pid int) (time.Duration, error) {
 	return time.Duration(ticks) * (time.Second / userHZ), nil
 }
 
-// redisStats is what a Redis server has done so far, from INFO: the calls
-// of each command (commandstats, which counts the commands a script runs
-// too) and the CPU time it has used.
+// redisServers is a client of each Redis server a server under test
+// decides on, for their statistics: one standalone server, or every master
+// of a cluster (each one's own client: a cluster client would send a
+// CLUSTER SLOTS of its own with each read).
+type redisServers []redis.UniversalClient
+
+// redisStats is what Redis servers have done so far, from INFO, summed
+// over the servers: the calls of each command (commandstats, which counts
+// the commands a script runs too) and the CPU time they have used.
 type redisStats struct {
 	calls map[string]int64
 	cpu   time.Duration
+	// servers is how many servers were read, one INFO each.
+	servers int
 }
 
-// readRedisStats reads c's statistics with one INFO.
-func readRedisStats(tb testing.TB, c redis.UniversalClient) redisStats {
+// readRedisStats reads every server's statistics with one INFO each and
+// sums them.
+func readRedisStats(tb testing.TB, servers redisServers) redisStats {
 	tb.Helper()
-	info, err := c.Info(context.Background(), "all").Result()
-	if err != nil {
-		tb.Fatalf("INFO: %v", err)
+	sum := redisStats{calls: map[string]int64{}}
+	for _, c := range servers {
+		info, err := c.Info(context.Background(), "all").Result()
+		if err != nil {
+			tb.Fatalf("INFO: %v", err)
+		}
+		s, err := parseRedisStats(info)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		for cmd, n := range s.calls {
+			sum.calls[cmd] += n
+		}
+		sum.cpu += s.cpu
+		sum.servers += s.servers
 	}
-	s, err := parseRedisStats(info)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return s
+	return sum
 }
 
+// parseRedisStats reads one server's INFO.
 func parseRedisStats(info string) (redisStats, error) {
-	s := redisStats{calls: map[string]int64{}}
+	s := redisStats{calls: map[string]int64{}, servers: 1}
 	for line := range strings.Lines(info) {
 		line = strings.TrimSpace(line)
 		if stat, ok := strings.CutPrefix(line, "cmdstat_"); ok {
@@ -278,17 +349,17 @@ func parseRedisStats(info string) (redisStats, error) {
 	return s, nil
 }
 
-// since is what the server did between before and s, less the INFO that
-// read before (one INFO falls between two reads, whether or not a read
-// counts itself).
+// since is what the servers did between before and s, less the INFOs
+// that read before (on each server one INFO falls between two reads,
+// whether or not a read counts itself).
 func (s redisStats) since(before redisStats) redisStats {
-	d := redisStats{calls: map[string]int64{}, cpu: s.cpu - before.cpu}
+	d := redisStats{calls: map[string]int64{}, cpu: s.cpu - before.cpu, servers: s.servers}
 	for cmd, n := range s.calls {
 		if n -= before.calls[cmd]; n != 0 {
 			d.calls[cmd] = n
 		}
 	}
-	if d.calls["info"]--; d.calls["info"] == 0 {
+	if d.calls["info"] -= int64(s.servers); d.calls["info"] == 0 {
 		delete(d.calls, "info")
 	}
 	return d
@@ -306,20 +377,30 @@ func (s redisStats) all() int64 {
 	return n
 }
 
-// forStores runs test with levy on the local store and on Redis.
+// forStores runs test with levy on the local store, on Redis and on a
+// Redis Cluster of three masters.
 func forStores(t *testing.T, test func(*testing.T, *store)) {
 	t.Run("local", func(t *testing.T) { test(t, localStore()) })
+	forRedis(t, test)
+}
+
+// forRedis runs test with levy on Redis and on a Redis Cluster of three
+// masters.
+func forRedis(t *testing.T, test func(*testing.T, *store)) {
 	t.Run("redis", func(t *testing.T) { test(t, redisStore(t)) })
+	t.Run("cluster", func(t *testing.T) { test(t, redisClusterStore(t, 3)) })
 }
 
 // TestRedisCommandsCounted checks the Redis figures measure reports: levy
-// decides a call with one script call, Redis counts the commands the
-// script runs besides, and the harness's own INFO is not counted.
-func TestRedisCommandsCounted(t *testing.T) {
-	st := redisStore(t)
-	if os.Getenv(envRedisAddr) == "" { // nothing else talks to this one
-		before := readRedisStats(t, st.admin)
-		if d := readRedisStats(t, st.admin).since(before); d.all() != 0 {
+// decides a call with one script call (on a cluster, one per hash slot
+// the call's limits lie in), Redis counts the commands the script runs
+// besides, and the harness's own INFOs are not counted.
+func TestRedisCommandsCounted(t *testing.T) { forRedis(t, testRedisCommandsCounted) }
+
+func testRedisCommandsCounted(t *testing.T, st *store) {
+	if st.cluster || os.Getenv(envRedisAddr) == "" { // nothing else talks to this one
+		before := readRedisStats(t, st.servers)
+		if d := readRedisStats(t, st.servers).since(before); d.all() != 0 {
 			t.Fatalf("an idle Redis ran %v", d.calls)
 		}
 	}
@@ -332,8 +413,14 @@ func TestRedisCommandsCounted(t *testing.T) {
 				t.Fatal(err)
 			}
 			d := readRedisStats(t, levy.redis).since(before)
-			// At most one script a decision; concurrent decisions share one.
-			if d.scripts() < 1 || d.scripts() > n {
+			// At most one script a decision (on a cluster, one a slot: a
+			// descriptor's limits share one); concurrent decisions share
+			// one.
+			most := n
+			if req, ok := r.msgs[0].(*rlsv3.RateLimitRequest); ok && st.cluster {
+				most = n * len(req.GetDescriptors())
+			}
+			if d.scripts() < 1 || d.scripts() > int64(most) {
 				t.Fatalf("%s %s: %d calls ran %d scripts: %v", levy.method, r.name, n, d.scripts(), d.calls)
 			}
 			// Counted with their own commands (TIME, GET, SET ...), which
