@@ -110,6 +110,15 @@
 // be collected during the next idle slice, which then pays for it too.
 // Use -count 5 and read the spread of x-idle.
 //
+// On a 2-core VM loaded by other work, -count 3 each, back to back:
+// with the usage page's chart executed through html/template once an
+// element (the 30-day chart about 60ms of CPU a load), x-idle was
+// 0.61-0.81 on the local store and 0.59-0.73 on Redis (0.21-0.44 when the
+// machine was busier), at 31-37 pages/s, and the pages added 35-60
+// cpu-us/check; with the chart written into a buffer and at most a
+// week of bars (pkg/portal/chart.go), 0.83-0.94 and 0.85-0.94, at 39
+// pages/s, adding 3-18 cpu-us/check.
+//
 // BenchmarkCheckPortalRedis is the same with levy on a redis-server the
 // benchmark starts for it, with a store timeout of 1s as for
 // BenchmarkCheckRedis; the history and the sessions are then read from
