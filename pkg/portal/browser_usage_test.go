@@ -176,9 +176,17 @@ func usagePage(t *testing.T, ctx context.Context, l *browserLevy, authz authv3.A
 
 	// 30 days by hour: drawn by 6 hours, which the page says; the
 	// focused bar names the hours it holds.
-	if err := chromedp.Do(ctx, chromedp.Navigate(l.publicURL+"/portal/usage?range=30d&step=hour"), chromedp.WaitVisible(chromedp.CSS("#chart-by")),
-		chromedp.Focus(chromedp.CSS("#usage-chart .bar:has(.s-billed)"))); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Navigate(l.publicURL+"/portal/usage?range=30d&step=hour"), chromedp.WaitVisible(chromedp.CSS("#chart-by"))); err != nil {
 		t.Fatalf("30 days by hour: %v", err)
+	}
+	// The readout's listener is added on DOMContentLoaded, which may
+	// come after the note is visible.
+	await.Until(t, 10*time.Second, func() bool {
+		state, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.readyState`))
+		return err == nil && state == "complete"
+	}, "the 30-day page to finish loading")
+	if err := chromedp.Do(ctx, chromedp.Focus(chromedp.CSS("#usage-chart .bar:has(.s-billed)"))); err != nil {
+		t.Fatalf("focus a bar of 30 days by hour: %v", err)
 	}
 	bars, err = chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#usage-chart .bar").length`))
 	if err != nil || bars < 120 || bars > 121 {
