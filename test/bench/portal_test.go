@@ -102,11 +102,12 @@ func TestPortalHarnessAllows(t *testing.T) {
 }
 
 func testPortalHarnessAllows(t *testing.T, store string) {
-	// Under -race on a loaded machine a render of the 30-day chart can
-	// hold the CPUs long enough for a 500ms health ping of Redis to miss,
-	// and levy then denies with a 503, as it should: with
-	// on_store_error: allow it decides those checks locally instead,
-	// which is what this test needs (every check allowed and counted).
+	// Under -race on a loaded machine the pages (the 30-day chart took
+	// about 60ms before it was written into a buffer) can hold the CPUs
+	// long enough for a 500ms health ping of Redis to miss, and levy then
+	// denies with a 503, as it should: with on_store_error: allow it
+	// decides those checks locally instead, which is what this test
+	// needs (every check allowed and counted).
 	p := startPortalLevy(t, store, func(c *config.Config) { c.Store.OnStoreError = "allow" })
 	load := p.load()
 	const n = 2000
