@@ -3,6 +3,7 @@ package portal_test
 import (
 	"context"
 	"encoding/csv"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/url"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/accessibility"
 	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
@@ -60,7 +62,7 @@ func usagePage(t *testing.T, ctx context.Context, l *browserLevy, authz authv3.A
 	shot("11-usage")
 
 	// Focus: the bar with billed units (today's) tells its figures.
-	bar := chromedp.CSS("#usage-chart .bar:has(rect.s-billed)")
+	bar := chromedp.CSS("#usage-chart .bar:has(.s-billed)")
 	if err := chromedp.Do(ctx, chromedp.Focus(bar)); err != nil {
 		t.Fatalf("focus a bar: %v", err)
 	}
@@ -68,12 +70,26 @@ func usagePage(t *testing.T, ctx context.Context, l *browserLevy, authz authv3.A
 	if err != nil {
 		t.Fatal(err)
 	}
-	title, err := chromedp.Run(ctx, chromedp.TextContent(chromedp.CSS("#usage-chart .bar:has(rect.s-billed) title")))
+	title, err := chromedp.Run(ctx, chromedp.TextContent(chromedp.CSS("#usage-chart .bar:has(.s-billed) title")))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if readout != title || !strings.Contains(readout, "billed units "+groupDigits(rep.Settled)+",") || strings.Contains(readout, "rate limit 0,") {
 		t.Errorf("focused bar: readout %q, title %q; want billed units %d and rate-limit denials", readout, title, rep.Settled)
+	}
+	// Its accessible name, as a screen reader gets it, is its title.
+	nodes, err := chromedp.Run(ctx, chromedp.Nodes(bar))
+	if err != nil || len(nodes) == 0 {
+		t.Fatalf("the bar's node: %v", err)
+	}
+	fetchRelatives := false
+	ax, err := chromedp.Call(ctx, accessibility.GetPartialAXTree, accessibility.GetPartialAXTreeParams{BackendNodeID: nodes[0].BackendNodeID, FetchRelatives: &fetchRelatives})
+	if err != nil || len(ax.Nodes) == 0 || ax.Nodes[0].Name == nil {
+		t.Fatalf("the bar's accessibility node: %v %v", ax, err)
+	}
+	var name string
+	if err := json.Unmarshal(ax.Nodes[0].Name.Value, &name); err != nil || name != title {
+		t.Errorf("the focused bar's accessible name is %q (%v), want its title %q", name, err, title)
 	}
 	shot("11b-usage-focus")
 	// Hover: the first bar (no traffic yet) replaces it.
@@ -157,6 +173,31 @@ func usagePage(t *testing.T, ctx context.Context, l *browserLevy, authz authv3.A
 		t.Errorf("7 days by hour: %d bars (%v)", bars, err)
 	}
 	shot("11c-usage-7d-hourly")
+
+	// 30 days by hour: drawn by 6 hours, which the page says; the
+	// focused bar names the hours it holds.
+	if err := chromedp.Do(ctx, chromedp.Navigate(l.publicURL+"/portal/usage?range=30d&step=hour"), chromedp.WaitVisible(chromedp.CSS("#chart-by"))); err != nil {
+		t.Fatalf("30 days by hour: %v", err)
+	}
+	// The readout's listener is added on DOMContentLoaded, which may
+	// come after the note is visible.
+	await.Until(t, 10*time.Second, func() bool {
+		state, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.readyState`))
+		return err == nil && state == "complete"
+	}, "the 30-day page to finish loading")
+	if err := chromedp.Do(ctx, chromedp.Focus(chromedp.CSS("#usage-chart .bar:has(.s-billed)"))); err != nil {
+		t.Fatalf("focus a bar of 30 days by hour: %v", err)
+	}
+	bars, err = chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll("#usage-chart .bar").length`))
+	if err != nil || bars < 120 || bars > 121 {
+		t.Errorf("30 days by hour: %d bars (%v), want 120 or 121 of 6 hours", bars, err)
+	}
+	note, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#chart-by")))
+	readout, _ = chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#chart-readout")))
+	if !strings.Contains(note, "sums 6 hours") || !strings.Contains(readout, "0–") || !strings.Contains(readout, "billed units "+groupDigits(rep.Settled)) {
+		t.Errorf("30 days by hour: note %q, readout %q", note, readout)
+	}
+	shot("11f-usage-30d-hourly")
 
 	// The keys page counts the key's requests.
 	if err := chromedp.Do(ctx, chromedp.Navigate(l.publicURL+"/portal/keys?sort=allowed&order=desc"), chromedp.WaitVisible(chromedp.CSS("table"))); err != nil {

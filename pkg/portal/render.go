@@ -59,10 +59,6 @@ var funcs = template.FuncMap{
 	},
 	"iso":   func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
 	"units": groupDigits,
-	// The usage chart's.
-	"sub":      func(a, b float64) float64 { return a - b },
-	"half":     func(a, b float64) float64 { return (a + b) / 2 },
-	"stepname": stepWords,
 }
 
 var (

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html/template"
 	"net/http"
 	"net/url"
 	"slices"
@@ -124,13 +125,19 @@ type usageData struct {
 	Ranges  any
 	Outcome any
 	// Keys are the consumer's key ids, for the key filter.
-	Keys       []string
-	From, To   time.Time
-	Note       string
-	Error      string
-	Series     *history.Series
-	Chart      *chart
+	Keys     []string
+	From, To time.Time
+	Note     string
+	Error    string
+	Series   *history.Series
+	// By is what a bar and a row of the table stand for; ByNote says
+	// so when it is hours grouped.
+	By     span
+	ByNote string
+	Chart  *chart
+	// Rows are the chart's bars; Table the table's rows for them.
 	Rows       []row
+	Table      template.HTML
 	KeyView    bool
 	Total      history.Point
 	KeyTotal   history.KeyCounts
@@ -199,10 +206,43 @@ func (h *Handler) usagePage(w http.ResponseWriter, r *http.Request, s *sess) {
 		}
 	}
 	d.Period, d.ShowPeriod = pu, f.Range == "period" && !d.KeyView
-	d.Chart = newChart(d.Rows, sr.Step, segmentsFor(d.KeyView, f.Outcome), yTitle(d.KeyView, f.Outcome))
+	d.By = spanFor(d.Rows, sr.Step)
+	if d.By.Hours > 1 {
+		hours := len(d.Rows)
+		d.Rows = group(d.Rows, d.By)
+		d.ByNote = groupNote(d.Rows, d.By, hours)
+	}
+	d.Chart = newChart(d.Rows, d.By, segmentsFor(d.KeyView, f.Outcome), yTitle(d.KeyView, f.Outcome))
+	d.Table = tableRows(d.Rows, d.By, d.KeyView)
 	csv := url.Values{"from": {sr.From.Format(time.RFC3339)}, "to": {sr.To.Format(time.RFC3339)}, "step": {string(sr.Step)}, "format": {"csv"}}
 	d.CSV = "/portal/usage/series?" + csv.Encode()
 	h.render(w, r, http.StatusOK, "usage.html", page{Title: "Usage", Active: "usage", Session: s, Data: d})
+}
+
+// groupNote tells that rows, a bar each, sum hours of a range by span,
+// and which hold fewer: "Each bar, and each row of the table, sums 6
+// hours (UTC): 121 bars for the 720 hours of this range; the first holds
+// 5 hours, the last 1. The CSV download has every hour."
+func groupNote(rows []row, by span, hours int) string {
+	note := fmt.Sprintf("Each bar, and each row of the table, sums %s (UTC): %d bars for the %d hours of this range", by, len(rows), hours)
+	held := func(r row) int { return int(r.End.Sub(r.Start) / time.Hour) }
+	first, last := held(rows[0]), held(rows[len(rows)-1])
+	switch {
+	case first < by.Hours && last < by.Hours && len(rows) > 1:
+		note += fmt.Sprintf("; the first holds %s, the last %d", hoursWords(first), last)
+	case first < by.Hours:
+		note += "; the first holds " + hoursWords(first)
+	case last < by.Hours:
+		note += "; the last holds " + hoursWords(last)
+	}
+	return note + ". The CSV download has every hour."
+}
+
+func hoursWords(n int) string {
+	if n == 1 {
+		return "1 hour"
+	}
+	return strconv.Itoa(n) + " hours"
 }
 
 // seriesRoute answers the session's consumer's series as JSON, or CSV

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -42,7 +43,8 @@ func (e *env) record(consumer, key string, hour time.Time, billed, refunded, all
 
 var (
 	totalRE = func(id string) *regexp.Regexp { return regexp.MustCompile(`id="` + id + `">([^<]*)<`) }
-	barRE   = regexp.MustCompile(`<g class="bar" tabindex="0" role="img" aria-label="([^"]*)"`)
+	// A bar's accessible name is its <title>.
+	barRE = regexp.MustCompile(`<g class="bar" tabindex="0" role="img"><title>([^<]*)</title>`)
 )
 
 func total(t *testing.T, body, id string) string {
@@ -178,18 +180,18 @@ func TestUsageChartBarsFiltersAndBadInput(t *testing.T) {
 		t.Fatalf("7 days by day: %d, %d bars", page.status, len(bars))
 	}
 	want := "Mon 9 Mar 2026: billed units 1,200, refunded units (5xx, 429) 30, denied: rate limit 3, denied: quota 0, denied: spend cap 0"
-	if got := strings.ReplaceAll(bars[5][1], "&#43;", "+"); got != want {
+	if got := bars[5][1]; got != want {
 		t.Errorf("9 March's bar: %q, want %q", got, want)
 	}
 	if n := strings.Count(page.body, "<title>"); n != 1+7 {
 		t.Errorf("%d <title>s: want the page's and one a bar", n)
 	}
-	if rows := strings.Count(page.body, `<th scope="row"><time`); rows != 7 {
+	if rows := strings.Count(page.body, `<th scope="row">`); rows != 7 {
 		t.Errorf("the table has %d rows, want 7", rows)
 	}
 
 	denied := b.get("/portal/usage?range=7d&step=day&outcome=denied")
-	if strings.Contains(denied.body, `class="s-billed"`) || !strings.Contains(denied.body, `class="s-quota"`) {
+	if strings.Contains(denied.body, `<path class="s-billed"`) || !strings.Contains(denied.body, `<path class="s-quota"`) {
 		t.Error("outcome=denied still draws billed units, or no denials")
 	}
 	for _, sel := range []string{`value="7d" selected`, `value="day" selected`, `value="denied" selected`} {
@@ -225,6 +227,76 @@ func TestUsageChartBarsFiltersAndBadInput(t *testing.T) {
 		if a := b.get("/portal/usage/series?" + q); a.status != 400 || !strings.Contains(a.header.Get("Content-Type"), "problem+json") {
 			t.Errorf("series?%s: %d %s", q, a.status, a.body)
 		}
+	}
+}
+
+// A range of more hours than a week is drawn by groups of hours, which
+// the page says, so that it stays light; the bars and the table's rows
+// hold the same figures, they add up to the totals, and the CSV link
+// still offers every hour.
+func TestUsageLongHourlyRangeIsDrawnByGroupsOfHours(t *testing.T) {
+	e := newEnv(t, nil, nil)
+	e.seed()
+	b := e.browser()
+	e.signIn(b, "a")
+
+	// The clock is 10 March 12:00: the last 30 days are the 720 hours
+	// from 8 February 13:00, drawn by 6 hours from 12:00 (the first
+	// bar holds 5 of them, the last one).
+	page := b.get("/portal/usage?range=30d&step=hour")
+	if page.status != 200 {
+		t.Fatalf("30 days by hour: %d %s", page.status, page.body)
+	}
+	bars := barRE.FindAllStringSubmatch(page.body, -1)
+	if len(bars) != 121 {
+		t.Fatalf("30 days by hour: %d bars, want 121 of 6 hours", len(bars))
+	}
+	tests := []struct {
+		give int
+		want string
+	}{
+		{0, "8 Feb 2026 13:00–18:00 UTC: billed units 0,"},
+		{1, "8 Feb 2026 18:00–24:00 UTC: billed units 0,"},
+		{116, "9 Mar 2026 12:00–18:00 UTC: billed units 1,200, refunded units (5xx, 429) 30, denied: rate limit 3,"},
+		{120, "10 Mar 2026 12:00–13:00 UTC: billed units 0,"},
+	}
+	for _, tt := range tests {
+		if got := bars[tt.give][1]; !strings.HasPrefix(got, tt.want) {
+			t.Errorf("bar %d: %q, want %q...", tt.give, got, tt.want)
+		}
+	}
+	for _, want := range []string{"Units over time, by 6 hours", "Each bar, and each row of the table, sums 6 hours (UTC): 121 bars for the 720 hours of this range; the first holds 5 hours, the last 1. The CSV download has every hour.",
+		`<caption class="visually-hidden">Usage by 6 hours</caption>`, "Hours (UTC)",
+		`<th scope="row">10 Mar 2026 06:00–12:00 UTC</th><td data-label="Billed">800</td>`} {
+		if !strings.Contains(page.body, want) {
+			t.Errorf("the page lacks %q", want)
+		}
+	}
+	if rows := strings.Count(page.body, `<th scope="row">`); rows != 121 {
+		t.Errorf("the table has %d rows, want one a bar", rows)
+	}
+	var billed int64
+	for _, m := range regexp.MustCompile(`billed units ([0-9,]+),`).FindAllStringSubmatch(page.body, -1) {
+		n, _ := strconv.ParseInt(strings.ReplaceAll(m[1], ",", ""), 10, 64)
+		billed += n
+	}
+	if got := total(t, page.body, "total-billed"); billed != 2000 || got != "2,000" {
+		t.Errorf("the bars' billed units add up to %d, the total says %s; want 2,000", billed, got)
+	}
+	if !strings.Contains(page.body, "step=hour") || !strings.Contains(page.body, "by hour, UTC") {
+		t.Error("the CSV link is not by hour")
+	}
+
+	// A key's requests are grouped alike.
+	key := b.get("/portal/usage?range=30d&step=hour&key=" + e.keyA)
+	if n := len(barRE.FindAllString(key.body, -1)); key.status != 200 || n != 121 ||
+		!strings.Contains(key.body, "9 Mar 2026 12:00–18:00 UTC: allowed requests 40, denied requests 3") {
+		t.Errorf("a key's 30 days by hour: %d, %d bars", key.status, n)
+	}
+	// A week of hours is drawn hour by hour, and says nothing of groups.
+	week := b.get("/portal/usage?range=7d&step=hour")
+	if strings.Contains(week.body, `id="chart-by"`) || !strings.Contains(week.body, "Units over time, by hour") {
+		t.Error("7 days by hour is not drawn by hour")
 	}
 }
 

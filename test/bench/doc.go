@@ -71,17 +71,20 @@
 // process, beside the Check path. BenchmarkCheckPortal measures Check on a
 // whole levy started in the benchmark's process as levy serve starts it
 // (servertest.Start: the config file, the listeners, the admin API, the
-// portal, the history keeper), on its local store, twice in one run, with
-// the callers and the request of BenchmarkCheck:
+// portal, the history keeper), on its local store, with the callers and
+// the request of BenchmarkCheck, idle and in use in ten alternating
+// slices of one run each (whichever goes first in a round takes turns),
+// as BenchmarkRedisVersusPeer alternates levy and its peer, so that the
+// machine's other load meets both alike:
 //
-//	BenchmarkCheckPortal/idle    ...  <checks/s>  <cpu-us/check>  <p50-us>  <p99-us>  ...
-//	BenchmarkCheckPortal/in-use  ...  <checks/s>  <cpu-us/check>  <p50-us>  <p99-us>  <page-ms>  <pages/s>  <x-idle>  ...
+//	BenchmarkCheckPortal  ...  <idle-checks/s>  <idle-cpu-us/check>  <idle-p50-us>  <idle-p99-us>
+//	    <in-use-checks/s>  <in-use-cpu-us/check>  <in-use-p50-us>  <in-use-p99-us>  <page-ms>  <pages/s>  <x-idle>  ...
 //
-// Run them alone with
+// (one line). Run them alone with
 //
 //	go test -run '^$' -bench CheckPortal -benchtime 3s -count 3 ./test/bench/
 //
-// In-use adds four portal sessions, each signed in as the operator's
+// In use adds four portal sessions, each signed in as the operator's
 // customer is: a link minted through the admin API (POST
 // /v1/consumers/bench/portal-links), opened and confirmed with a POST,
 // then the session cookie. Each session loads in turn the overview, the
@@ -89,24 +92,37 @@
 // its largest chart), the usage series as JSON, and the keys page with
 // its per-key counts, pausing 100ms between two pages: far more than
 // people clicking. LEVY_BENCH_PORTAL_PAUSE sets another pause (a Go
-// duration; 0 loads pages back to back). The consumer starts with 30
+// duration; 0 loads pages back to back). An in-use slice starts the
+// sessions, each on the page after the last one it loaded, and ends once
+// its checks are done and the pages being loaded have come, so that no
+// page's CPU spills into the next idle slice. The consumer starts with 30
 // days of hours and days in its history, so the pages read and draw a
-// month, and in both halves the history keeper flushes the checks'
-// counts every second (usage.history.every: 1s, its shortest), which
-// in-use's pages read back.
+// month, and in both the history keeper flushes the checks' counts every
+// second (usage.history.every: 1s, its shortest), which the pages read
+// back.
 //
-// Read x-idle: in-use's checks/s over idle's (with -count, over the last
-// idle run's). pages/s is the load the sessions made and page-ms a page's
-// mean wall time, for a portal that stays usable. levy, its portal and
-// the callers share one process and the machine's cores, so every page's
-// CPU is taken from the checks: cpu-us/check in-use counts the portal's
-// CPU too, and in-use's cpu-us/check minus idle's, times its checks/s, is
-// about the CPU the portal took a second. A fall in checks/s much larger
-// than that share is the portal getting in the decisions' way (a lock, the
-// garbage collector) rather than only sharing the cores. On a busy machine
-// checks/s can move between two idle runs by more than the portal moves
-// it: use -count 5 and read the spread, and compare cpu-us/check, which
-// moves less.
+// Read x-idle: in-use's checks/s over idle's, each summed over its ten
+// slices: a ratio within one run, which the machine's other load moves
+// far less than it moves checks/s between two runs. pages/s is the load
+// the sessions made and page-ms a page's mean wall time, for a portal
+// that stays usable. levy, its portal and the callers share one process
+// and the machine's cores, so every page's CPU is taken from the checks:
+// in-use-cpu-us/check counts the portal's CPU too, and it minus
+// idle-cpu-us/check, times in-use-checks/s, is about the CPU the portal
+// took a second. A fall in checks/s much larger than that share is the
+// portal getting in the decisions' way (a lock, the garbage collector)
+// rather than only sharing the cores; garbage the pages leave can still
+// be collected during the next idle slice, which then pays for it too.
+// Use -count 5 and read the spread of x-idle.
+//
+// On a 2-core VM loaded by other work, -count 3 each, back to back:
+// with the usage page's chart executed through html/template once an
+// element (the 30-day chart about 60ms of CPU a load), x-idle was
+// 0.61-0.81 on the local store and 0.59-0.73 on Redis (0.21-0.44 when the
+// machine was busier), at 31-37 pages/s, and the pages added 35-60
+// cpu-us/check; with the chart written into a buffer and at most a
+// week of bars (pkg/portal/chart.go), 0.83-0.94 and 0.85-0.94, at 39
+// pages/s, adding 3-18 cpu-us/check.
 //
 // BenchmarkCheckPortalRedis is the same with levy on a redis-server the
 // benchmark starts for it, with a store timeout of 1s as for

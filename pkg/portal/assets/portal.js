@@ -1,7 +1,8 @@
 // The portal's only script: a copy button for a new key's secret, and the
-// usage chart's readout of the bar under the pointer or the focus. The
-// pages work without it (each bar also has an SVG <title>, and the
-// figures are in a table below the chart).
+// usage chart's readout of the bar under the pointer or the focus: its
+// <title>, which is also its accessible name. The pages work without it
+// (the title is a tooltip, and the figures are in a table below the
+// chart).
 "use strict";
 document.addEventListener("DOMContentLoaded", function () {
   document.querySelectorAll("button[data-copy]").forEach(function (button) {
@@ -34,8 +35,9 @@ document.addEventListener("DOMContentLoaded", function () {
   if (chart && readout) {
     var show = function (ev) {
       var bar = ev.target.closest && ev.target.closest(".bar");
-      if (bar) {
-        readout.textContent = bar.getAttribute("data-figures");
+      var title = bar && bar.querySelector("title");
+      if (title) {
+        readout.textContent = title.textContent;
       }
     };
     chart.addEventListener("mouseover", show);
