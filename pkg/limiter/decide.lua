@@ -9,6 +9,12 @@
 -- its kind has. The semantics are Local.Decide's (local.go), step for
 -- step: the two stores must agree to the microsecond.
 --
+-- Reads: each distinct state once, when first needed: a bucket with a
+-- GET, a quota with an HMGET. A ledger window is not read to decide (a
+-- ledger never denies): the HINCRBY that writes it answers its total,
+-- from which its useds are made absolute; only a window the call leaves
+-- untouched is read, with an HGET, and a give-back reads each window.
+--
 -- KEYS: the distinct keys of the batch's limits: a bucket's theoretical
 -- arrival time (negated while the bucket is in debt), a quota hash {s =
 -- period start, v = count}, or a ledger's index of unexported windows;
@@ -257,6 +263,16 @@ local seen, seen_start = {}, {} -- key -> value (false: none), a quota's period 
 local expiry_start, marked = {}, {} -- a quota key -> the period its stored expiry is for, its t as read
 local dirty = {}                -- keys to write, in the order first taken
 local dirty_kind, dirty_end, dirty_add, dirty_size, dirty_index, dirty_start = {}, {}, {}, {}, {}, {}
+-- A decision never depends on a ledger window's units (a ledger always
+-- allows: its used counts, it bounds nothing), so deciding does not read
+-- them. It counts from zero (seen[window] is relative), and learns the
+-- units the window had before the call (window_base) when it writes: the
+-- flush's HINCRBY answers the new total. A window nobody took (its
+-- requests were all denied) is read then, with an HGET. The answers'
+-- useds are then made absolute. A give-back reads the units first: what
+-- it may return depends on them.
+local relative = ARGV[3] == nil
+local window_base = {}
 
 -- remembered is key's number as this call last saw or left it, read with
 -- the command given (GET, HGET) the first time; nil when there is none.
@@ -287,7 +303,16 @@ local function parse(i, ref)
     local w = key .. ":" .. ps
     keys[i] = w
     dirty_index[w] = key
-    stored[i] = remembered(w, "HGET", w, "u")
+    if relative then
+      local u = seen[w]
+      if u == nil then
+        u = 0
+        seen[w] = 0
+      end
+      stored[i] = u
+    else
+      stored[i] = remembered(w, "HGET", w, "u")
+    end
     return
   end
   keys[i] = key
@@ -344,7 +369,9 @@ local function flush()
       set_bucket(key, value)
     elseif kind == 2 then
       local add, start = dirty_add[key], dirty_start[key]
-      if redis.call("HINCRBY", key, "u", add) == add then
+      local total = redis.call("HINCRBY", key, "u", add)
+      window_base[key] = total - add
+      if total == add then
         -- the window's first units: record its size and index it (all
         -- idempotent, so a window settled down to zero may do it again)
         redis.call("HSETNX", key, "z", dirty_size[key])
@@ -369,6 +396,7 @@ local function flush()
 end
 
 local out, o = {now_s, now % 1000000}, 2
+local patches, np = {}, 0 -- where out has a ledger's relative used, and its window: pairs
 
 -- give_back returns what the request's n limits (references from v[a])
 -- took: each limit's cost, in the period the decision counted it in
@@ -496,11 +524,26 @@ for _ = 1, v[1] do
   for i = 1, n do
     out[o + 1], out[o + 2], out[o + 3], out[o + 4] = oks[i], rems[i], resets[i], retries[i]
     o = o + 4
-    if pkind[lp[i]] ~= 0 then
+    local kind = pkind[lp[i]]
+    if kind ~= 0 then
       out[o + 1], out[o + 2], out[o + 3] = useds[i], overs[i], starts[i]
+      if kind == 2 and relative then
+        patches[np + 1], patches[np + 2] = o + 1, keys[i]
+        np = np + 2
+      end
       o = o + 3
     end
   end
 end
 flush()
+-- the ledgers' used, made absolute
+for j = 1, np, 2 do
+  local at, w = patches[j], patches[j + 1]
+  local base = window_base[w]
+  if base == nil then
+    base = tonumber(redis.call("HGET", w, "u") or "0")
+    window_base[w] = base
+  end
+  out[at] = out[at] + base
+end
 return cmsgpack.pack(out)
