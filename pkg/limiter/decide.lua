@@ -9,21 +9,23 @@
 -- its kind has. The semantics are Local.Decide's (local.go), step for
 -- step: the two stores must agree to the microsecond.
 --
--- Reads: each distinct state once, when first needed: a bucket with a
--- GET, a quota with an HMGET. A ledger window is not read to decide (a
+-- Reads: each distinct state once: every bucket of the batch with one
+-- MGET first, a quota with an HMGET when first needed (a hash: no
+-- multi-key read). A ledger window is not read to decide (a
 -- ledger never denies): the HINCRBY that writes it answers its total,
 -- from which its useds are made absolute; only a window the call leaves
 -- untouched is read, with an HGET, and a give-back reads each window.
 --
--- KEYS: the distinct keys of the batch's limits: a bucket's theoretical
--- arrival time (negated while the bucket is in debt), a quota hash {s =
--- period start, v = count}, or a ledger's index of unexported windows;
--- all in one hash slot.
+-- KEYS: the distinct keys of the batch's limits, the buckets' first: a
+-- bucket's theoretical arrival time (negated while the bucket is in
+-- debt), a quota hash {s = period start, v = count}, or a ledger's index
+-- of unexported windows; all in one hash slot.
 -- ARGV[1]: "" to use TIME, or a test clock in microseconds.
 -- ARGV[2]: every other number of the batch, as one MessagePack array
 -- (Redis makes a string of each argument, which costs more than decoding
--- them all at once): D, the number of requests, and P, the number of
--- distinct parameter sets; then the P sets, by kind:
+-- them all at once): D, the number of requests, P, the number of
+-- distinct parameter sets, and B, the number of bucket keys (KEYS[1..B]);
+-- then the P sets, by kind:
 --   bucket (0): kind, cost, flags, interval_us, tolerance_us
 --   quota (1):  kind, cost, flags, unit (1 hour, 2 day, 3 week, 4 month,
 --               5 year), max, soft (0/1), cap, anchor_day (0 = calendar),
@@ -146,7 +148,7 @@ local pmax, psoft, pcap = {}, {}, {}
 local pwindow = {}
 local any_debit, any_qm = false, false -- any set of the batch is a debit's, a quota-mode limit's
 local v = cmsgpack.unpack(ARGV[2])
-local a = 3
+local a = 4
 for p = 1, v[2] do
   local kind = v[a]
   pkind[p], pcost[p] = kind, v[a + 1]
@@ -274,16 +276,17 @@ local dirty_kind, dirty_end, dirty_add, dirty_size, dirty_index, dirty_start = {
 local relative = ARGV[3] == nil
 local window_base = {}
 
--- remembered is key's number as this call last saw or left it, read with
--- the command given (GET, HGET) the first time; nil when there is none.
-local function remembered(key, ...)
-  local v = seen[key]
-  if v == nil then
-    v = redis.call(...)
-    v = v and tonumber(v)
-    seen[key] = v
+-- Every bucket of the batch, read at once: one MGET (its keys share a
+-- hash slot in a cluster) instead of a GET per bucket, a redis.call
+-- fewer per decision.
+for first = 1, v[3], 1000 do -- unpack's arguments live on Lua's stack: a few at a time
+  local last = first + 999
+  if last > v[3] then last = v[3] end
+  local got = redis.call("MGET", unpack(KEYS, first, last))
+  for j = first, last do
+    local x = got[j - first + 1]
+    seen[KEYS[j]] = x and tonumber(x)
   end
-  return v or nil
 end
 
 -- parse reads limit i's reference (key and parameter set) and its stored
@@ -296,7 +299,7 @@ local function parse(i, ref)
   lp[i], starts[i] = p, ps
   if kind == 0 then
     keys[i] = key
-    stored[i] = remembered(key, "GET", key)
+    stored[i] = seen[key] or nil
     return
   end
   if kind == 2 then
@@ -311,7 +314,13 @@ local function parse(i, ref)
       end
       stored[i] = u
     else
-      stored[i] = remembered(w, "HGET", w, "u")
+      local u = seen[w]
+      if u == nil then
+        u = redis.call("HGET", w, "u")
+        u = u and tonumber(u)
+        seen[w] = u
+      end
+      stored[i] = u or nil
     end
     return
   end

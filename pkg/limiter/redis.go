@@ -444,7 +444,8 @@ func (r *Redis) slotOf(batch [][]Limit) uint16 {
 func (r *Redis) available(slot uint16) bool { return r.avail == nil || r.avail(slot) }
 
 // batchArgs is the EVALSHA of script for batch, and how many values its
-// reply must hold. Each distinct key is sent once, in KEYS, and each
+// reply must hold. Each distinct key is sent once, in KEYS (the buckets'
+// first, so that the script reads them all with one MGET), and each
 // distinct set of a limit's parameters (kind, cost, rate, quota, ...)
 // once; a limit refers to both by index. The requests of a batch mostly
 // share them (one plan's parameters, a global descriptor's key). The
@@ -465,6 +466,17 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 	// EVALSHA digest numkeys KEYS... clock numbers [mode]
 	args := make([]any, 3, 6+total)
 	args[0], args[1] = "evalsha", script.sha
+	for _, limits := range batch {
+		for i := range limits {
+			if l := &limits[i]; l.Kind == Bucket {
+				if _, ok := keys[l.Key]; !ok {
+					keys[l.Key] = int64(len(keys))
+					args = append(args, l.Key)
+				}
+			}
+		}
+	}
+	buckets := len(keys)
 	for _, limits := range batch {
 		for i := range limits {
 			l := &limits[i]
@@ -490,7 +502,7 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 		clock = strconv.FormatInt(r.clock().UnixMicro(), 10)
 	}
 	var m msgpackArray
-	m.add(int64(len(batch)), int64(len(sets)))
+	m.add(int64(len(batch)), int64(len(sets)), int64(buckets))
 	for i := range sets {
 		m.add(sets[i].values()...)
 	}
