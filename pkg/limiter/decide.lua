@@ -66,6 +66,21 @@ local now_s = floor(now / 1000000)
 -- may lie (its time to fill and its debt), and the most a quota counts.
 local max_ahead, max_count = 2251799813685248, 4503599627370496
 
+-- str is whole number n as a string, made once per call: the numbers a
+-- batch repeats (a period's start, a cost) are formatted once, not per
+-- decision, in a window's key and in commands' arguments (Redis 7.0
+-- formats a number argument with snprintf("%.17g"), which costs about
+-- as much as a command).
+local strs = {}
+local function str(n)
+  local s = strs[n]
+  if not s then
+    s = string.format("%d", n)
+    strs[n] = s
+  end
+  return s
+end
+
 local function days_from_civil(y, m, d)
   if m <= 2 then y = y - 1 end
   local era = math.floor(y / 400)
@@ -303,7 +318,7 @@ local function parse(i, ref)
     return
   end
   if kind == 2 then
-    local w = key .. ":" .. ps
+    local w = key .. ":" .. str(ps)
     keys[i] = w
     dirty_index[w] = key
     if relative then
@@ -378,7 +393,7 @@ local function flush()
       set_bucket(key, value)
     elseif kind == 2 then
       local add, start = dirty_add[key], dirty_start[key]
-      local total = redis.call("HINCRBY", key, "u", add)
+      local total = redis.call("HINCRBY", key, "u", str(add))
       window_base[key] = total - add
       if total == add then
         -- the window's first units: record its size and index it (all
@@ -391,7 +406,7 @@ local function flush()
         redis.call("SADD", string.sub(idx, 1, string.find(idx, "}:ledger:", 1, true)) .. ":ledgers", idx)
       end
     else
-      redis.call("HSET", key, "s", dirty_start[key], "v", value)
+      redis.call("HSET", key, "s", str(dirty_start[key]), "v", value)
       -- kept a day past the period's end, relative to the decision's
       -- clock: set when the period starts (or the key comes to be), not
       -- by every decision, which saves one command of about seven.
