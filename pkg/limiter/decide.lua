@@ -202,10 +202,11 @@ local ls, keys, starts, stored, nexts, oks, at = {}, {}, {}, {}, {}, {}, {}
 -- does not fit is over, and taken all the same. (Local.go's evalBucket
 -- and evalQuota say why.)
 local function eval(i, c, cur)
-  local s, x = ls[i], at[i] -- x: where its answer is in out
+  local s = ls[i]
   local kind = s.kind
   local need = c
   if need < 1 then need = 1 end
+  local ok, rem, reset, retry, nxt, used, over
   if kind == 0 then
     local interval, tolerance = s.interval, s.tolerance
     local tat, debt = cur or now, false
@@ -215,61 +216,63 @@ local function eval(i, c, cur)
     if not debt and tat > now + tolerance then tat = now + tolerance end
     local ahead = tat - now
     if need * interval <= tolerance - ahead then
-      local nxt = tat + c * interval
-      oks[i], nexts[i] = 1, nxt
-      out[x + 1], out[x + 2], out[x + 3], out[x + 4] = 1, floor((tolerance - (nxt - now)) / interval), nxt - now, 0
-      return
-    end
-    if s.debit == 0 or c == 0 then
-      local retry = tolerance -- more than the bucket ever holds: never passes
+      nxt = tat + c * interval
+      ok, rem, reset, retry = 1, floor((tolerance - (nxt - now)) / interval), nxt - now, 0
+    elseif s.debit == 0 or c == 0 then
+      retry = tolerance -- more than the bucket ever holds: never passes
       if need * interval <= tolerance then retry = ahead + need * interval - tolerance end
       local room = tolerance - ahead
       if room < 0 then room = 0 end
-      oks[i], nexts[i] = 0, cur
-      out[x + 1], out[x + 2], out[x + 3], out[x + 4] = 0, floor(room / interval), ahead, retry
-      return
+      ok, rem, reset, nxt = 0, floor(room / interval), ahead, cur
+    else
+      -- a debit: into debt
+      nxt = now + max_ahead
+      if c * interval <= max_ahead - ahead then nxt = tat + c * interval end
+      retry = nxt - now + interval - tolerance
+      if retry < 0 then retry = 0 end
+      ok, rem, reset = 0, 0, nxt - now
+      if nxt - now > tolerance then nxt = -nxt end
     end
-    -- a debit: into debt
-    local nxt = now + max_ahead
-    if c * interval <= max_ahead - ahead then nxt = tat + c * interval end
-    local retry = nxt - now + interval - tolerance
-    if retry < 0 then retry = 0 end
-    oks[i] = 0
-    out[x + 1], out[x + 2], out[x + 3], out[x + 4] = 0, 0, nxt - now, retry
-    if nxt - now > tolerance then nxt = -nxt end
-    nexts[i] = nxt
-    return
-  end
-  if kind == 2 then
-    local units = (cur or 0) + c
-    oks[i], nexts[i] = 1, units
-    out[x + 1], out[x + 2], out[x + 3], out[x + 4], out[x + 5], out[x + 6] = 1, -1, 0, 0, units, 0
-    return
-  end
-  local max, soft, cap = s.max, s.soft, s.cap
-  local used = cur or 0
-  local bound = max
-  if soft == 1 then
-    bound = -1 -- none
-    if cap > 0 then bound = cap end
-  end
-  local after = used + c
-  if after > max_count then after = max_count end
-  local reset = s.stop * 1000000 - now
-  local ok, u, rem, retry = 1, after, -1, 0
-  if bound < 0 then
-  elseif used + need <= bound then
-    rem = bound - after
-  elseif s.debit == 1 and c > 0 then
-    ok, rem, retry = 0, 0, reset
+  elseif kind == 2 then
+    nxt = (cur or 0) + c
+    ok, rem, reset, retry, used, over = 1, -1, 0, 0, nxt, 0
   else
-    ok, u, rem, retry, after = 0, used, bound - used, reset, used
-    if rem < 0 then rem = 0 end
+    local max, soft, cap = s.max, s.soft, s.cap
+    local had = cur or 0
+    local bound = max
+    if soft == 1 then
+      bound = -1 -- none
+      if cap > 0 then bound = cap end
+    end
+    nxt = had + c
+    if nxt > max_count then nxt = max_count end
+    reset = s.stop * 1000000 - now
+    ok, used, rem, retry = 1, nxt, -1, 0
+    if bound < 0 then
+    elseif had + need <= bound then
+      rem = bound - nxt
+    elseif s.debit == 1 and c > 0 then
+      ok, rem, retry = 0, 0, reset
+    else
+      ok, used, rem, retry, nxt = 0, had, bound - had, reset, had
+      if rem < 0 then rem = 0 end
+    end
+    over = 0
+    if soft == 1 and used > max then over = used - max end
   end
-  local over = 0
-  if soft == 1 and u > max then over = u - max end
-  oks[i], nexts[i] = ok, after
-  out[x + 1], out[x + 2], out[x + 3], out[x + 4], out[x + 5], out[x + 6] = ok, rem, reset, retry, u, over
+  oks[i], nexts[i] = ok, nxt
+  -- One by one, in order: a table grows cheaply only at its end, and a
+  -- multiple assignment stores right to left.
+  local x = at[i]
+  out[x + 1] = ok
+  out[x + 2] = rem
+  out[x + 3] = reset
+  out[x + 4] = retry
+  if kind ~= 0 then
+    out[x + 5] = used
+    out[x + 6] = over
+    out[x + 7] = starts[i]
+  end
 end
 
 -- last_debit is what the last debit of the request before index e on
@@ -331,7 +334,6 @@ local function parse(i, ref, start)
     stored[i] = seen[key] or nil
     return 4
   end
-  out[at[i] + 7] = start
   if kind == 2 then
     local w = key .. ":" .. str(start)
     keys[i] = w
@@ -487,6 +489,7 @@ for _ = 1, v[1] do
   a = a + 1
   o = o + 1
   local req = o -- out[req]: the request's denied_index
+  out[req] = 0
   local denied = 0
   if decided then
     give_back(n, decided)
