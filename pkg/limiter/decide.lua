@@ -292,7 +292,6 @@ local seen, seen_start = {}, {} -- key -> value (false: none), a quota's period 
 local expiry_start, marked = {}, {} -- a quota key -> the period its stored expiry is for, its t as read
 local dirty, nd = {}, 0         -- keys to write, in the order first taken
 local dirty_set = {}            -- key -> the parameter set that took it last
-local ledger_of = {}            -- a window -> its ledger's key
 -- A decision never depends on a ledger window's units (a ledger always
 -- allows: its used counts, it bounds nothing), so deciding does not read
 -- them. It counts from zero (seen[window] is relative: what the call
@@ -342,7 +341,6 @@ local function parse(i, ref, start)
       if u == nil then
         u = 0
         seen[w] = 0
-        ledger_of[w] = key
       end
       patches[np + 1], patches[np + 2] = at[i] + 5, w
       np = np + 2
@@ -414,7 +412,9 @@ local function flush()
       if total == value then
         -- the window's first units: record its size and index it (all
         -- idempotent, so a window settled down to zero may do it again)
-        local idx, start = ledger_of[key], s.start
+        -- (the ledger's key: the window's, cut before its start)
+        local start = s.start
+        local idx = string.sub(key, 1, -#str(start) - 2)
         redis.call("HSETNX", key, "z", s.size)
         redis.call("ZADD", idx, start, start)
         -- and the consumer's list of ledgers knows the ledger
