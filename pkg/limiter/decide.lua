@@ -47,7 +47,8 @@
 -- Returns, packed as one MessagePack array (cheaper for Redis than a reply
 -- of as many integers): now_s, now_us, then per request: denied_index
 -- (0 = none), then per limit: ok (0/1), remaining, reset_us, retry_us, and
--- for quotas and ledgers also used, overage, period_start_s.
+-- for quotas also used, overage, period_start_s; for a ledger (which
+-- always allows, and bounds nothing) only used and period_start_s.
 
 local floor = math.floor
 local now
@@ -234,8 +235,7 @@ local function eval(i, c, cur)
       if nxt - now > tolerance then nxt = -nxt end
     end
   elseif kind == 2 then
-    nxt = (cur or 0) + c
-    ok, rem, reset, retry, used, over = 1, -1, 0, 0, nxt, 0
+    ok, nxt = 1, (cur or 0) + c
   else
     local max, soft, cap = s.max, s.soft, s.cap
     local had = cur or 0
@@ -264,11 +264,16 @@ local function eval(i, c, cur)
   -- One by one, in order: a table grows cheaply only at its end, and a
   -- multiple assignment stores right to left.
   local x = at[i]
+  if kind == 2 then -- it allows, and bounds nothing
+    out[x + 1] = nxt
+    out[x + 2] = starts[i]
+    return
+  end
   out[x + 1] = ok
   out[x + 2] = rem
   out[x + 3] = reset
   out[x + 4] = retry
-  if kind ~= 0 then
+  if kind == 1 then
     out[x + 5] = used
     out[x + 6] = over
     out[x + 7] = starts[i]
@@ -342,7 +347,7 @@ local function parse(i, ref, start)
         u = 0
         seen[w] = 0
       end
-      patches[np + 1], patches[np + 2] = at[i] + 5, w
+      patches[np + 1], patches[np + 2] = at[i] + 1, w
       np = np + 2
     elseif u == nil then
       u = redis.call("HGET", w, "u")
@@ -350,7 +355,7 @@ local function parse(i, ref, start)
       seen[w] = u
     end
     stored[i] = u or nil
-    return 7
+    return 2
   end
   keys[i] = key
   if seen[key] == nil then

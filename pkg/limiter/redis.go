@@ -572,6 +572,11 @@ func parseBatch(v []int64, want int, batch [][]Limit) ([]requestAnswer, time.Tim
 		p++
 		for j := range limits {
 			st := &d.statuses[j]
+			if limits[j].Kind == Ledger { // it allows, and bounds nothing
+				*st = Status{OK: true, Limit: displayLimit(&limits[j]), Remaining: -1, Used: v[p], PeriodStart: time.Unix(v[p+1], 0).UTC()}
+				p += replyFields(Ledger)
+				continue
+			}
 			*st = Status{
 				OK:         v[p] == 1,
 				Limit:      displayLimit(&limits[j]),
@@ -579,7 +584,7 @@ func parseBatch(v []int64, want int, batch [][]Limit) ([]requestAnswer, time.Tim
 				Reset:      time.Duration(v[p+2]) * time.Microsecond,
 				RetryAfter: time.Duration(v[p+3]) * time.Microsecond,
 			}
-			if limits[j].Kind != Bucket {
+			if limits[j].Kind == Quota {
 				st.Used, st.Overage, st.PeriodStart = v[p+4], v[p+5], time.Unix(v[p+6], 0).UTC()
 			}
 			p += replyFields(limits[j].Kind)
@@ -698,11 +703,16 @@ func bigEndian(s string) uint64 {
 }
 
 // replyFields is how many values decide.lua answers for a limit of kind k:
-// ok, remaining, reset and retry, and for quotas and ledgers used, overage
-// and the period's start.
+// ok, remaining, reset and retry, and for quotas also used, overage and
+// the period's start; a ledger, which always allows, only used and the
+// window's start (each value costs the script's MessagePack encoding
+// about as much as a table write).
 func replyFields(k Kind) int {
-	if k == Bucket {
+	switch k {
+	case Bucket:
 		return 4
+	case Ledger:
+		return 2
 	}
 	return 7
 }
