@@ -360,7 +360,9 @@ local function parse(i, ref, start)
   keys[i] = key
   if seen[key] == nil then
     local h = redis.call("HMGET", key, "s", "v", "t")
-    local st = h[1] and tonumber(h[1])
+    local st = h[1]
+    -- mostly the period's start as this script writes it: no strtod then
+    if st == str(start) then st = start elseif st then st = tonumber(st) end
     seen_start[key] = st
     seen[key] = h[2] and tonumber(h[2]) or false
     -- the period the stored expiry was set for (none known: t is set,
