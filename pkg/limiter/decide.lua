@@ -9,15 +9,23 @@
 -- its kind has. The semantics are Local.Decide's (local.go), step for
 -- step: the two stores must agree to the microsecond.
 --
--- KEYS: the distinct keys of the batch's limits: a bucket's theoretical
--- arrival time (negated while the bucket is in debt), a quota hash {s =
--- period start, v = count}, or a ledger's index of unexported windows;
--- all in one hash slot.
+-- Reads: each distinct state once: every bucket of the batch with one
+-- MGET first, a quota with an HMGET when first needed (a hash: no
+-- multi-key read). A ledger window is not read to decide (a
+-- ledger never denies): the HINCRBY that writes it answers its total,
+-- from which its useds are made absolute; only a window the call leaves
+-- untouched is read, with an HGET, and a give-back reads each window.
+--
+-- KEYS: the distinct keys of the batch's limits, the buckets' first: a
+-- bucket's theoretical arrival time (negated while the bucket is in
+-- debt), a quota hash {s = period start, v = count}, or a ledger's index
+-- of unexported windows; all in one hash slot.
 -- ARGV[1]: "" to use TIME, or a test clock in microseconds.
 -- ARGV[2]: every other number of the batch, as one MessagePack array
 -- (Redis makes a string of each argument, which costs more than decoding
--- them all at once): D, the number of requests, and P, the number of
--- distinct parameter sets; then the P sets, by kind:
+-- them all at once): D, the number of requests, P, the number of
+-- distinct parameter sets, and B, the number of bucket keys (KEYS[1..B]);
+-- then the P sets, by kind:
 --   bucket (0): kind, cost, flags, interval_us, tolerance_us
 --   quota (1):  kind, cost, flags, unit (1 hour, 2 day, 3 week, 4 month,
 --               5 year), max, soft (0/1), cap, anchor_day (0 = calendar),
@@ -39,7 +47,8 @@
 -- Returns, packed as one MessagePack array (cheaper for Redis than a reply
 -- of as many integers): now_s, now_us, then per request: denied_index
 -- (0 = none), then per limit: ok (0/1), remaining, reset_us, retry_us, and
--- for quotas and ledgers also used, overage, period_start_s.
+-- for quotas also used, overage, period_start_s; for a ledger (which
+-- always allows, and bounds nothing) only used and period_start_s.
 
 local floor = math.floor
 local now
@@ -57,6 +66,21 @@ local now_s = floor(now / 1000000)
 -- Local.go's maxAhead and maxCount: how far beyond now a bucket's state
 -- may lie (its time to fill and its debt), and the most a quota counts.
 local max_ahead, max_count = 2251799813685248, 4503599627370496
+
+-- str is whole number n as a string, made once per call: the numbers a
+-- batch repeats (a period's start, a cost) are formatted once, not per
+-- decision, in a window's key and in commands' arguments (Redis 7.0
+-- formats a number argument with snprintf("%.17g"), which costs about
+-- as much as a command).
+local strs = {}
+local function str(n)
+  local s = strs[n]
+  if not s then
+    s = string.format("%d", n)
+    strs[n] = s
+  end
+  return s
+end
 
 local function days_from_civil(y, m, d)
   if m <= 2 then y = y - 1 end
@@ -129,58 +153,63 @@ local function period(t, unit, aday, amonth_sec)
 end
 
 
--- The batch's parameter sets, parsed once: kind, cost, flags, the kind's
--- values (a bucket's interval and tolerance in microseconds; a quota's
--- max, soft (0/1) and cap; a ledger's window size in seconds) and the
--- period they count in now (a quota's or a ledger window's start, and a
--- quota's end). A set fills only its kind's tables.
-local pkind, pcost, pshadow, pdebit, pqm, pstart, pend = {}, {}, {}, {}, {}, {}, {}
-local pinterval, ptolerance = {}, {}
-local pmax, psoft, pcap = {}, {}, {}
-local pwindow = {}
+-- The batch's parameter sets, parsed once, each a record: kind, cost,
+-- flags (shadow, debit, qm: 0/1), the period it counts in now (start;
+-- a quota's stop too) and its kind's values: a bucket's interval and
+-- tolerance in microseconds, a quota's max, soft (0/1) and cap, a
+-- ledger's window size in seconds. A record's constructor sizes its
+-- table once; a table grown from empty is rehashed at every power of two,
+-- and growing tables (one per field, by set, by key) was the largest
+-- part of the script's own cost.
+local sets = {}
 local any_debit, any_qm = false, false -- any set of the batch is a debit's, a quota-mode limit's
 local v = cmsgpack.unpack(ARGV[2])
-local a = 3
+local a = 4
 for p = 1, v[2] do
-  local kind = v[a]
-  pkind[p], pcost[p] = kind, v[a + 1]
-  local f = v[a + 2]
-  pshadow[p], pdebit[p], pqm[p] = f % 2, floor(f / 2) % 2, floor(f / 4)
-  if pdebit[p] == 1 then any_debit = true end
-  if pqm[p] == 1 then any_qm = true end
+  local kind, cost, f = v[a], v[a + 1], v[a + 2]
+  local shadow, debit, qm = f % 2, floor(f / 2) % 2, floor(f / 4)
+  if debit == 1 then any_debit = true end
+  if qm == 1 then any_qm = true end
   if kind == 0 then
-    pinterval[p], ptolerance[p], pstart[p] = v[a + 3], v[a + 4], 0
+    sets[p] = {kind = 0, cost = cost, shadow = shadow, debit = debit, qm = qm, start = 0,
+      interval = v[a + 3], tolerance = v[a + 4]}
     a = a + 5
   elseif kind == 2 then
     local size = v[a + 3]
-    pwindow[p], pstart[p] = size, floor(now_s / size) * size
+    sets[p] = {kind = 2, cost = cost, shadow = shadow, debit = debit, qm = qm, start = floor(now_s / size) * size,
+      size = size}
     a = a + 4
   else
-    local s, e = period(now_s, v[a + 3], v[a + 7], v[a + 8])
-    pmax[p], psoft[p], pcap[p], pstart[p], pend[p] = v[a + 4], v[a + 5], v[a + 6], s, e
+    local start, stop = period(now_s, v[a + 3], v[a + 7], v[a + 8])
+    sets[p] = {kind = 1, cost = cost, shadow = shadow, debit = debit, qm = qm, start = start, stop = stop,
+      max = v[a + 4], soft = v[a + 5], cap = v[a + 6]}
     a = a + 9
   end
 end
 
+-- The answers, packed at the end: now_s, now_us, then each request's.
+local out, o = {now_s, now % 1000000}, 2
+
 -- A request's limits: their parameter sets, state keys (a ledger's
--- window), period starts, stored and resulting state, and answers. The
--- tables are reused by every request of the batch (only entries 1..n of
--- the current one are read).
-local lp, keys, starts, stored, nexts = {}, {}, {}, {}, {}
-local oks, rems, resets, retries, useds, overs = {}, {}, {}, {}, {}, {}
+-- window), period starts, stored state, the state each leaves when it
+-- takes, whether each is ok, and where its answer is in out. The tables
+-- are reused by every request of the batch (only entries 1..n of the
+-- current one are read).
+local ls, keys, starts, stored, nexts, oks, at = {}, {}, {}, {}, {}, {}, {}
 
 -- eval decides limit i from state cur (nil: none), taking cost c; it
--- sets the limit's status and the state it leaves when it takes
+-- writes the limit's answer and the state it leaves when it takes
 -- (nexts[i]). A check that takes nothing needs a unit left. A debit that
 -- does not fit is over, and taken all the same. (Local.go's evalBucket
 -- and evalQuota say why.)
 local function eval(i, c, cur)
-  local p = lp[i]
-  local kind = pkind[p]
+  local s = ls[i]
+  local kind = s.kind
   local need = c
   if need < 1 then need = 1 end
+  local ok, rem, reset, retry, nxt, used, over
   if kind == 0 then
-    local interval, tolerance = pinterval[p], ptolerance[p]
+    local interval, tolerance = s.interval, s.tolerance
     local tat, debt = cur or now, false
     if tat < 0 then tat, debt = -tat, true end
     if tat < now then tat = now end
@@ -188,63 +217,74 @@ local function eval(i, c, cur)
     if not debt and tat > now + tolerance then tat = now + tolerance end
     local ahead = tat - now
     if need * interval <= tolerance - ahead then
-      local nxt = tat + c * interval
-      oks[i], rems[i], resets[i], retries[i], nexts[i] = 1, floor((tolerance - (nxt - now)) / interval), nxt - now, 0, nxt
-      return
-    end
-    if pdebit[p] == 0 or c == 0 then
-      local retry = tolerance -- more than the bucket ever holds: never passes
+      nxt = tat + c * interval
+      ok, rem, reset, retry = 1, floor((tolerance - (nxt - now)) / interval), nxt - now, 0
+    elseif s.debit == 0 or c == 0 then
+      retry = tolerance -- more than the bucket ever holds: never passes
       if need * interval <= tolerance then retry = ahead + need * interval - tolerance end
       local room = tolerance - ahead
       if room < 0 then room = 0 end
-      oks[i], rems[i], resets[i], retries[i], nexts[i] = 0, floor(room / interval), ahead, retry, cur
-      return
+      ok, rem, reset, nxt = 0, floor(room / interval), ahead, cur
+    else
+      -- a debit: into debt
+      nxt = now + max_ahead
+      if c * interval <= max_ahead - ahead then nxt = tat + c * interval end
+      retry = nxt - now + interval - tolerance
+      if retry < 0 then retry = 0 end
+      ok, rem, reset = 0, 0, nxt - now
+      if nxt - now > tolerance then nxt = -nxt end
     end
-    -- a debit: into debt
-    local nxt = now + max_ahead
-    if c * interval <= max_ahead - ahead then nxt = tat + c * interval end
-    local retry = nxt - now + interval - tolerance
-    if retry < 0 then retry = 0 end
-    oks[i], rems[i], resets[i], retries[i] = 0, 0, nxt - now, retry
-    if nxt - now > tolerance then nxt = -nxt end
-    nexts[i] = nxt
-    return
-  end
-  if kind == 2 then
-    local units = (cur or 0) + c
-    oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = 1, -1, 0, 0, units, 0, units
-    return
-  end
-  local max, soft, cap = pmax[p], psoft[p], pcap[p]
-  local used = cur or 0
-  local bound = max
-  if soft == 1 then
-    bound = -1 -- none
-    if cap > 0 then bound = cap end
-  end
-  local after = used + c
-  if after > max_count then after = max_count end
-  local reset = pend[p] * 1000000 - now
-  local ok, u, rem, retry = 1, after, -1, 0
-  if bound < 0 then
-  elseif used + need <= bound then
-    rem = bound - after
-  elseif pdebit[p] == 1 and c > 0 then
-    ok, rem, retry = 0, 0, reset
+  elseif kind == 2 then
+    ok, nxt = 1, (cur or 0) + c
   else
-    ok, u, rem, retry, after = 0, used, bound - used, reset, used
-    if rem < 0 then rem = 0 end
+    local max, soft, cap = s.max, s.soft, s.cap
+    local had = cur or 0
+    local bound = max
+    if soft == 1 then
+      bound = -1 -- none
+      if cap > 0 then bound = cap end
+    end
+    nxt = had + c
+    if nxt > max_count then nxt = max_count end
+    reset = s.stop * 1000000 - now
+    ok, used, rem, retry = 1, nxt, -1, 0
+    if bound < 0 then
+    elseif had + need <= bound then
+      rem = bound - nxt
+    elseif s.debit == 1 and c > 0 then
+      ok, rem, retry = 0, 0, reset
+    else
+      ok, used, rem, retry, nxt = 0, had, bound - had, reset, had
+      if rem < 0 then rem = 0 end
+    end
+    over = 0
+    if soft == 1 and used > max then over = used - max end
   end
-  local over = 0
-  if soft == 1 and u > max then over = u - max end
-  oks[i], rems[i], resets[i], retries[i], useds[i], overs[i], nexts[i] = ok, rem, reset, retry, u, over, after
+  oks[i], nexts[i] = ok, nxt
+  -- One by one, in order: a table grows cheaply only at its end, and a
+  -- multiple assignment stores right to left.
+  local x = at[i]
+  if kind == 2 then -- it allows, and bounds nothing
+    out[x + 1] = nxt
+    out[x + 2] = starts[i]
+    return
+  end
+  out[x + 1] = ok
+  out[x + 2] = rem
+  out[x + 3] = reset
+  out[x + 4] = retry
+  if kind == 1 then
+    out[x + 5] = used
+    out[x + 6] = over
+    out[x + 7] = starts[i]
+  end
 end
 
 -- last_debit is what the last debit of the request before index e on
 -- limit i's state leaves, or the stored state.
 local function last_debit(i, e)
   for j = e - 1, 1, -1 do
-    if keys[j] == keys[i] and starts[j] == starts[i] and pdebit[lp[j]] == 1 then return nexts[j] end
+    if keys[j] == keys[i] and starts[j] == starts[i] and ls[j].debit == 1 then return nexts[j] end
   end
   return stored[i]
 end
@@ -255,78 +295,105 @@ end
 -- The script runs atomically, so nobody can tell the difference.
 local seen, seen_start = {}, {} -- key -> value (false: none), a quota's period start
 local expiry_start, marked = {}, {} -- a quota key -> the period its stored expiry is for, its t as read
-local dirty = {}                -- keys to write, in the order first taken
-local dirty_kind, dirty_end, dirty_add, dirty_size, dirty_index, dirty_start = {}, {}, {}, {}, {}, {}
+local dirty, nd = {}, 0         -- keys to write, in the order first taken
+local dirty_set = {}            -- key -> the parameter set that took it last
+-- A decision never depends on a ledger window's units (a ledger always
+-- allows: its used counts, it bounds nothing), so deciding does not read
+-- them. It counts from zero (seen[window] is relative: what the call
+-- took), and learns the units the window had before the call
+-- (window_base) when it writes: the flush's HINCRBY answers the new
+-- total. A window nobody took (its requests were all denied) is read
+-- then, with an HGET. The answers' useds are then made absolute. A
+-- give-back reads the units first: what it may return depends on them.
+local relative = ARGV[3] == nil
+local window_base = {}
+local patches, np = {}, 0 -- where out has a ledger's relative used, and its window: pairs
 
--- remembered is key's number as this call last saw or left it, read with
--- the command given (GET, HGET) the first time; nil when there is none.
-local function remembered(key, ...)
-  local v = seen[key]
-  if v == nil then
-    v = redis.call(...)
-    v = v and tonumber(v)
-    seen[key] = v
+-- Every bucket of the batch, read at once: one MGET (its keys share a
+-- hash slot in a cluster) instead of a GET per bucket, a redis.call
+-- fewer per decision.
+for first = 1, v[3], 1000 do -- unpack's arguments live on Lua's stack: a few at a time
+  local last = first + 999
+  if last > v[3] then last = v[3] end
+  local got = redis.call("MGET", unpack(KEYS, first, last))
+  for j = first, last do
+    local x = got[j - first + 1]
+    seen[KEYS[j]] = x and tonumber(x)
   end
-  return v or nil
 end
 
 -- parse reads limit i's reference (key and parameter set) and its stored
--- state for the current period.
-local function parse(i, ref)
+-- state for the period starting at start (default: the current one);
+-- it answers how many values the limit's answer takes in out, from
+-- at[i].
+local function parse(i, ref, start)
   local p = ref % 1048576
   local key = KEYS[(ref - p) / 1048576 + 1]
-  p = p + 1
-  local kind, ps = pkind[p], pstart[p]
-  lp[i], starts[i] = p, ps
+  local s = sets[p + 1]
+  local kind = s.kind
+  start = start or s.start
+  ls[i], starts[i] = s, start
   if kind == 0 then
     keys[i] = key
-    stored[i] = remembered(key, "GET", key)
-    return
+    stored[i] = seen[key] or nil
+    return 4
   end
   if kind == 2 then
-    local w = key .. ":" .. ps
+    local w = key .. ":" .. str(start)
     keys[i] = w
-    dirty_index[w] = key
-    stored[i] = remembered(w, "HGET", w, "u")
-    return
+    local u = seen[w]
+    if relative then
+      if u == nil then
+        u = 0
+        seen[w] = 0
+      end
+      patches[np + 1], patches[np + 2] = at[i] + 1, w
+      np = np + 2
+    elseif u == nil then
+      u = redis.call("HGET", w, "u")
+      u = u and tonumber(u)
+      seen[w] = u
+    end
+    stored[i] = u or nil
+    return 2
   end
   keys[i] = key
   if seen[key] == nil then
     local h = redis.call("HMGET", key, "s", "v", "t")
-    seen_start[key] = h[1] and tonumber(h[1])
+    local st = h[1]
+    -- mostly the period's start as this script writes it: no strtod then
+    if st == str(start) then st = start elseif st then st = tonumber(st) end
+    seen_start[key] = st
     seen[key] = h[2] and tonumber(h[2]) or false
-    -- the period the stored expiry was set for (false: none known; t:
+    -- the period the stored expiry was set for (none known: t is set,
     -- a settlement made the key and its expiry is a placeholder)
-    marked[key] = h[3] and true
-    expiry_start[key] = not h[3] and seen_start[key] or false
+    if h[3] then marked[key] = true else expiry_start[key] = st end
   end
-  if seen_start[key] == ps then
+  if seen_start[key] == start then
     stored[i] = seen[key] or nil
   else
     stored[i] = nil
   end
+  return 7
 end
 
 -- take records what limit i took; flush writes it.
 local function take(i)
-  local p = lp[i]
-  local c = pcost[p]
-  local key, kind = keys[i], pkind[p]
+  local s = ls[i]
+  local kind = s.kind
   -- A ledger window is opened even at no cost: a route that costs
   -- nothing at admission may be settled later with the units its
   -- upstream reports, and settlement applies only to a window admission
   -- opened.
-  if c <= 0 and kind ~= 2 then return end
-  if dirty_kind[key] == nil then
-    dirty[#dirty + 1] = key
-    dirty_kind[key] = kind
+  if s.cost <= 0 and kind ~= 2 then return end
+  local key = keys[i]
+  if dirty_set[key] == nil then
+    nd = nd + 1
+    dirty[nd] = key
   end
+  dirty_set[key] = s
   seen[key] = nexts[i]
-  if kind == 1 then
-    seen_start[key], dirty_start[key], dirty_end[key] = starts[i], starts[i], pend[p]
-  elseif kind == 2 then
-    dirty_add[key], dirty_size[key], dirty_start[key] = (dirty_add[key] or 0) + c, pwindow[p], starts[i]
-  end
+  if kind == 1 then seen_start[key] = starts[i] end
 end
 
 -- set_bucket writes a bucket's state, kept until it is full again.
@@ -336,39 +403,45 @@ local function set_bucket(key, value)
   redis.call("SET", key, string.format("%d", value), "PX", floor((tat - now) / 1000) + 1 + ttl_extra)
 end
 
--- flush writes every state the batch took.
+-- flush writes every state the batch took, in the period of the set that
+-- took it last.
 local function flush()
-  for _, key in ipairs(dirty) do
-    local kind, value = dirty_kind[key], seen[key]
+  for j = 1, nd do
+    local key = dirty[j]
+    local s, value = dirty_set[key], seen[key]
+    local kind = s.kind
     if kind == 0 then
       set_bucket(key, value)
     elseif kind == 2 then
-      local add, start = dirty_add[key], dirty_start[key]
-      if redis.call("HINCRBY", key, "u", add) == add then
+      -- value counts from zero: it is what the call took
+      local total = redis.call("HINCRBY", key, "u", str(value))
+      window_base[key] = total - value
+      if total == value then
         -- the window's first units: record its size and index it (all
         -- idempotent, so a window settled down to zero may do it again)
-        redis.call("HSETNX", key, "z", dirty_size[key])
-        redis.call("ZADD", dirty_index[key], start, start)
+        -- (the ledger's key: the window's, cut before its start)
+        local start = s.start
+        local idx = string.sub(key, 1, -#str(start) - 2)
+        redis.call("HSETNX", key, "z", s.size)
+        redis.call("ZADD", idx, start, start)
         -- and the consumer's list of ledgers knows the ledger
         -- (keyspace.LedgersOf: the ledger key cut after its hash tag)
-        local idx = dirty_index[key]
         redis.call("SADD", string.sub(idx, 1, string.find(idx, "}:ledger:", 1, true)) .. ":ledgers", idx)
       end
     else
-      redis.call("HSET", key, "s", dirty_start[key], "v", value)
+      local start = s.start
+      redis.call("HSET", key, "s", str(start), "v", value)
       -- kept a day past the period's end, relative to the decision's
       -- clock: set when the period starts (or the key comes to be), not
       -- by every decision, which saves one command of about seven.
-      if expiry_start[key] ~= dirty_start[key] then
+      if expiry_start[key] ~= start then
         if marked[key] then redis.call("HDEL", key, "t") end
-        redis.call("PEXPIRE", key, floor((dirty_end[key] * 1000000 - now) / 1000) + 86400000)
-        expiry_start[key] = dirty_start[key]
+        redis.call("PEXPIRE", key, floor((s.stop * 1000000 - now) / 1000) + 86400000)
+        expiry_start[key] = start
       end
     end
   end
 end
-
-local out, o = {now_s, now % 1000000}, 2
 
 -- give_back returns what the request's n limits (references from v[a])
 -- took: each limit's cost, in the period the decision counted it in
@@ -377,19 +450,18 @@ local out, o = {now_s, now % 1000000}, 2
 local function give_back(n, decided)
   for i = 1, n do
     local ref = v[a + i - 1]
-    local p = ref % 1048576 + 1
-    local ps = pstart[p]
-    if pkind[p] ~= 0 then pstart[p] = decided[i] end
-    parse(i, ref)
-    pstart[p] = ps
-    local c, kind, key, cur = pcost[p], pkind[p], keys[i], stored[i]
+    local s = sets[ref % 1048576 + 1]
+    local kind = s.kind
+    at[i] = o
+    if kind == 0 then o = o + parse(i, ref) else o = o + parse(i, ref, decided[i]) end
+    local c, key, cur = s.cost, keys[i], stored[i]
     if c > 0 and cur then
       if kind == 0 then
         local tat = cur
         if tat < 0 then tat = -tat end
-        tat = tat - c * pinterval[p]
+        tat = tat - c * s.interval
         if tat > now then
-          if tat - now > ptolerance[p] then tat = -tat end
+          if tat - now > s.tolerance then tat = -tat end
           set_bucket(key, tat)
           seen[key] = tat
         else
@@ -418,36 +490,36 @@ end
 -- that is over denies only when the whole quota-mode group is (and then
 -- the group's first does). Without debits in the batch (the common case)
 -- each request takes one pass.
-local giving_back = ARGV[3] ~= nil
-local decided = giving_back and cmsgpack.unpack(ARGV[3])
+local decided = not relative and cmsgpack.unpack(ARGV[3])
 for _ = 1, v[1] do
   local n = v[a]
   a = a + 1
+  o = o + 1
+  local req = o -- out[req]: the request's denied_index
+  out[req] = 0
   local denied = 0
-  if giving_back then
+  if decided then
     give_back(n, decided)
   else
     local debits = false
-    if any_debit then
+    for i = 1, n do
+      at[i] = o
+      o = o + parse(i, v[a + i - 1])
+      if any_debit and ls[i].debit == 1 then debits = true end
+    end
+    if debits then
       for i = 1, n do
-        parse(i, v[a + i - 1])
-        if pdebit[lp[i]] == 1 then debits = true end
-      end
-      if debits then
-        for i = 1, n do
-          local p = lp[i]
-          if pdebit[p] == 1 then eval(i, pcost[p], last_debit(i, i)) end
-        end
+        local s = ls[i]
+        if s.debit == 1 then eval(i, s.cost, last_debit(i, i)) end
       end
     end
     local qm_first, qm_open = 0, false
     for i = 1, n do
-      if not any_debit then parse(i, v[a + i - 1]) end
-      local p = lp[i]
-      if not debits or pdebit[p] == 0 then
+      local s = ls[i]
+      if not debits or s.debit == 0 then
         local cur, hit = nil, false
         for j = i - 1, 1, -1 do
-          if keys[j] == keys[i] and starts[j] == starts[i] and oks[j] == 1 and (not debits or pdebit[lp[j]] == 0) then
+          if keys[j] == keys[i] and starts[j] == starts[i] and oks[j] == 1 and (not debits or ls[j].debit == 0) then
             cur, hit = nexts[j], true
             break
           end
@@ -455,17 +527,17 @@ for _ = 1, v[1] do
         if not hit then
           if debits then cur = last_debit(i, n + 1) else cur = stored[i] end
         end
-        eval(i, pcost[p], cur)
+        eval(i, s.cost, cur)
       end
       if oks[i] == 0 then
-        if pshadow[p] == 0 then
-          if pqm[p] == 0 then
+        if s.shadow == 0 then
+          if s.qm == 0 then
             if denied == 0 then denied = i end
           elseif qm_first == 0 then
             qm_first = i
           end
         end
-      elseif any_qm and pqm[p] == 1 then
+      elseif any_qm and s.qm == 1 then
         qm_open = true
       end
     end
@@ -474,33 +546,34 @@ for _ = 1, v[1] do
     -- request leaves): debits always, the others when allowed.
     if debits then
       for i = 1, n do
-        if pdebit[lp[i]] == 1 then take(i) end
+        if ls[i].debit == 1 then take(i) end
       end
     end
     if denied > 0 then
       -- Report what the other limits have left.
       for i = 1, n do
-        if oks[i] == 1 and (not debits or pdebit[lp[i]] == 0) then
+        if oks[i] == 1 and (not debits or ls[i].debit == 0) then
           if debits then eval(i, 0, last_debit(i, n + 1)) else eval(i, 0, stored[i]) end
         end
       end
     else
       for i = 1, n do
-        if oks[i] == 1 and (not debits or pdebit[lp[i]] == 0) then take(i) end
+        if oks[i] == 1 and (not debits or ls[i].debit == 0) then take(i) end
       end
     end
   end
+  out[req] = denied
   a = a + n
-  o = o + 1
-  out[o] = denied
-  for i = 1, n do
-    out[o + 1], out[o + 2], out[o + 3], out[o + 4] = oks[i], rems[i], resets[i], retries[i]
-    o = o + 4
-    if pkind[lp[i]] ~= 0 then
-      out[o + 1], out[o + 2], out[o + 3] = useds[i], overs[i], starts[i]
-      o = o + 3
-    end
-  end
 end
 flush()
+-- the ledgers' used, made absolute
+for j = 1, np, 2 do
+  local slot, w = patches[j], patches[j + 1]
+  local base = window_base[w]
+  if base == nil then
+    base = tonumber(redis.call("HGET", w, "u") or "0")
+    window_base[w] = base
+  end
+  out[slot] = out[slot] + base
+end
 return cmsgpack.pack(out)

@@ -444,7 +444,8 @@ func (r *Redis) slotOf(batch [][]Limit) uint16 {
 func (r *Redis) available(slot uint16) bool { return r.avail == nil || r.avail(slot) }
 
 // batchArgs is the EVALSHA of script for batch, and how many values its
-// reply must hold. Each distinct key is sent once, in KEYS, and each
+// reply must hold. Each distinct key is sent once, in KEYS (the buckets'
+// first, so that the script reads them all with one MGET), and each
 // distinct set of a limit's parameters (kind, cost, rate, quota, ...)
 // once; a limit refers to both by index. The requests of a batch mostly
 // share them (one plan's parameters, a global descriptor's key). The
@@ -465,6 +466,17 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 	// EVALSHA digest numkeys KEYS... clock numbers [mode]
 	args := make([]any, 3, 6+total)
 	args[0], args[1] = "evalsha", script.sha
+	for _, limits := range batch {
+		for i := range limits {
+			if l := &limits[i]; l.Kind == Bucket {
+				if _, ok := keys[l.Key]; !ok {
+					keys[l.Key] = int64(len(keys))
+					args = append(args, l.Key)
+				}
+			}
+		}
+	}
+	buckets := len(keys)
 	for _, limits := range batch {
 		for i := range limits {
 			l := &limits[i]
@@ -490,7 +502,7 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 		clock = strconv.FormatInt(r.clock().UnixMicro(), 10)
 	}
 	var m msgpackArray
-	m.add(int64(len(batch)), int64(len(sets)))
+	m.add(int64(len(batch)), int64(len(sets)), int64(buckets))
 	for i := range sets {
 		m.add(sets[i].values()...)
 	}
@@ -560,6 +572,11 @@ func parseBatch(v []int64, want int, batch [][]Limit) ([]requestAnswer, time.Tim
 		p++
 		for j := range limits {
 			st := &d.statuses[j]
+			if limits[j].Kind == Ledger { // it allows, and bounds nothing
+				*st = Status{OK: true, Limit: displayLimit(&limits[j]), Remaining: -1, Used: v[p], PeriodStart: time.Unix(v[p+1], 0).UTC()}
+				p += replyFields(Ledger)
+				continue
+			}
 			*st = Status{
 				OK:         v[p] == 1,
 				Limit:      displayLimit(&limits[j]),
@@ -567,7 +584,7 @@ func parseBatch(v []int64, want int, batch [][]Limit) ([]requestAnswer, time.Tim
 				Reset:      time.Duration(v[p+2]) * time.Microsecond,
 				RetryAfter: time.Duration(v[p+3]) * time.Microsecond,
 			}
-			if limits[j].Kind != Bucket {
+			if limits[j].Kind == Quota {
 				st.Used, st.Overage, st.PeriodStart = v[p+4], v[p+5], time.Unix(v[p+6], 0).UTC()
 			}
 			p += replyFields(limits[j].Kind)
@@ -686,11 +703,16 @@ func bigEndian(s string) uint64 {
 }
 
 // replyFields is how many values decide.lua answers for a limit of kind k:
-// ok, remaining, reset and retry, and for quotas and ledgers used, overage
-// and the period's start.
+// ok, remaining, reset and retry, and for quotas also used, overage and
+// the period's start; a ledger, which always allows, only used and the
+// window's start (each value costs the script's MessagePack encoding
+// about as much as a table write).
 func replyFields(k Kind) int {
-	if k == Bucket {
+	switch k {
+	case Bucket:
 		return 4
+	case Ledger:
+		return 2
 	}
 	return 7
 }
