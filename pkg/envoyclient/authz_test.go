@@ -16,6 +16,7 @@ import (
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -526,6 +527,10 @@ func TestCheckHonoursTimeout(t *testing.T) {
 				close(serverSawCancel)
 				return nil, ctx.Err()
 			})
+			// Connected first: the 50ms are the call's, not a dial's and
+			// handshake's, which under -race on a loaded machine outlast
+			// them, so the call never reached the server to be cancelled.
+			waitReady(t, conn)
 			begin := time.Now()
 			out, err := NewAuthzClient(conn, tt.give).Check(context.Background(), &Request{})
 			if err != nil {
@@ -605,5 +610,18 @@ func TestMetadataStringReadsOnlyNonEmptyStrings(t *testing.T) {
 				t.Errorf("MetadataString(%q) = %q, %v; want %q, %v", tt.give, got, ok, tt.want, tt.wantOK)
 			}
 		})
+	}
+}
+
+// waitReady connects conn and waits until it is ready.
+func waitReady(t *testing.T, conn *grpc.ClientConn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	conn.Connect()
+	for st := conn.GetState(); st != connectivity.Ready; st = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, st) {
+			t.Fatalf("connection not ready within %v: %v", patience, st)
+		}
 	}
 }
