@@ -263,7 +263,19 @@ func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
 	}
 	r.clock.Advance(time.Minute)
 	lease := redisstore.NewLease(client, "usage-export")
-	a, b := r.exporter(t, ledger, lease, "replica-a"), r.exporter(t, ledger, lease, "replica-b")
+	// The lease lasts three intervals: at the rig's 10ms, a pass slowed by
+	// a loaded machine (-race, Stripe's mock, Redis) outlasted it and the
+	// other replica took over mid-pass. A lease outlasts a pass in
+	// production (30 s at the default 10 s); here 200ms intervals give it
+	// 600ms.
+	exporter := func(holder string) *billing.Exporter {
+		return billing.NewExporter(billing.ExporterConfig{
+			Ledger: ledger, Consumer: r.people.get, Catalog: func() *plan.Catalog { return r.catalog }, Lease: lease, Holder: holder,
+			APIKey: "sk_test_levy", APIBase: r.stripe.URL, Every: 200 * time.Millisecond, SettleDelay: 5 * time.Second,
+			Log: zaptest.NewLogger(t), Clock: r.clock.Now,
+		})
+	}
+	a, b := exporter("replica-a"), exporter("replica-b")
 
 	ctxA, stopA := context.WithCancel(context.Background())
 	doneA := make(chan struct{})
@@ -272,6 +284,13 @@ func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
 	doneB := make(chan struct{})
 	go func() { b.Run(ctxB); close(doneB) }()
 	defer func() { stopB(); <-doneB }()
+	stoppedA := false
+	defer func() { // a failed check must not leave a logging after the test
+		if !stoppedA {
+			stopA()
+			<-doneA
+		}
+	}()
 
 	await.NoError(t, 10*time.Second, func() error {
 		if s := sent(t, r.stripe); total(s) < 8 {
@@ -284,6 +303,7 @@ func TestOneExporterAtATimeThroughTheRedisLease(t *testing.T) {
 	}
 	stopA()
 	<-doneA
+	stoppedA = true
 	// The next windows go out through b.
 	r.admit(t, lim, "beta", 5)
 	r.clock.Advance(2 * time.Minute)
