@@ -153,7 +153,7 @@ func testBenchHarnessAllows(t *testing.T, st *store) {
 	// The levy answers are levy's allows, each for the consumer whose key
 	// the request carries, not a stand-in.
 	for _, i := range []int{0, benchConsumers - 1} {
-		resp, err := authv3.NewAuthorizationClient(env.targets[1].conns[0]).Check(context.Background(), env.reqs[0].msgs[i].(*authv3.CheckRequest))
+		resp, err := authv3.NewAuthorizationClient(env.named("levy").conns[0]).Check(context.Background(), env.reqs[0].msgs[i].(*authv3.CheckRequest))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -243,7 +243,10 @@ type target struct {
 	// register serves the target in this process; when nil, the target is
 	// another process's server at addr.
 	register func(grpc.ServiceRegistrar)
-	addr     string
+	// opts is the gRPC server options of a target served in this process;
+	// nil is levy serve's (server.GRPCOptions).
+	opts []grpc.ServerOption
+	addr string
 	// serverCPU, for a server in another process, is that process's CPU
 	// time; nil when it is not known, and cpu-us is then not reported.
 	serverCPU func() (time.Duration, error)
@@ -278,6 +281,16 @@ type env struct {
 // all is the targets, then the peers.
 func (e *env) all() []*target {
 	return append(e.targets[:len(e.targets):len(e.targets)], e.peers...)
+}
+
+// named is the target or peer called name, or nil.
+func (e *env) named(name string) *target {
+	for _, t := range e.all() {
+		if t.name == name {
+			return t
+		}
+	}
+	return nil
 }
 
 // measured is the targets and peers that are not skipped.
@@ -376,6 +389,11 @@ func newCheckEnv(tb testing.TB, st *store) *env {
 	levy := authz.New(authz.Config{Snapshot: snap, Limiter: lim, Log: infoLogger()})
 	return newEnv(tb, checkMethod, (*wireResponse).allowed, []request{{msgs: reqs}},
 		&target{name: "noop", register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, NewNoop()) }},
+		// The no-op server as one is usually written: grpc-go's defaults,
+		// requests decoded by protobuf. noop above is the stricter
+		// baseline: levy serve's gRPC options, its codec included.
+		&target{name: "noop-plain", opts: []grpc.ServerOption{},
+			register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, NewNoop()) }},
 		&target{name: "levy", register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, levy) },
 			redis: st.servers, scripts: true, commits: commits})
 }
@@ -487,7 +505,7 @@ func newEnv(tb testing.TB, method string, check func(*wireResponse) error, reqs 
 	for _, t := range targets {
 		t.method, t.check = method, check
 		if t.register != nil {
-			t.addr = serve(tb, t.register)
+			t.addr = serveWith(tb, t.opts, t.register)
 			e.targets = append(e.targets, t)
 		} else {
 			e.peers = append(e.peers, t)
@@ -574,11 +592,21 @@ func infoLogger() *zap.Logger {
 // registers a service on it.
 func serve(tb testing.TB, register func(grpc.ServiceRegistrar)) string {
 	tb.Helper()
+	return serveWith(tb, nil, register)
+}
+
+// serveWith is serve with the server options opts, or levy serve's when
+// opts is nil.
+func serveWith(tb testing.TB, opts []grpc.ServerOption, register func(grpc.ServiceRegistrar)) string {
+	tb.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}
-	g := grpc.NewServer(server.GRPCOptions()...)
+	if opts == nil {
+		opts = server.GRPCOptions()
+	}
+	g := grpc.NewServer(opts...)
 	register(g)
 	done := make(chan struct{})
 	go func() {

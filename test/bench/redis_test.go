@@ -80,7 +80,7 @@ var clusterMasters = []int{1, 3}
 func BenchmarkRedisVersusPeer(b *testing.B) {
 	st := redisStore(b)
 	env := newRateLimitEnv(b, st)
-	levy, peer := env.targets[1], env.peers[0]
+	levy, peer := env.named("levy"), env.peers[0]
 	if peer.skip != "" {
 		b.Skip(peer.skip)
 	}
@@ -103,15 +103,24 @@ const versusRounds = 10
 func versus(b *testing.B, a, c *target, reqs []proto.Message) {
 	n := max(b.N/(2*versusRounds), callers)
 	var sum [2]result
+	var redisCPU [2]time.Duration // the Redis CPU of each one's slices
 	b.ResetTimer()
 	for round := range versusRounds {
 		// Whichever runs first in a round gains a little (two identical
 		// servers measured 1.02-1.04), so they take turns.
 		for k := range 2 {
 			i := (round + k) % 2
-			res, err := run([]*target{a, c}[i], reqs, callers, n)
+			t := []*target{a, c}[i]
+			var before redisStats
+			if t.redis != nil {
+				before = readRedisStats(b, t.redis)
+			}
+			res, err := run(t, reqs, callers, n)
 			if err != nil {
 				b.Fatal(err)
+			}
+			if t.redis != nil {
+				redisCPU[i] += readRedisStats(b, t.redis).since(before).cpu
 			}
 			sum[i].add(res)
 		}
@@ -126,6 +135,9 @@ func versus(b *testing.B, a, c *target, reqs []proto.Message) {
 		}
 		if t.register == nil {
 			b.ReportMetric(sum[i].callers.Seconds()*1e6/float64(sum[i].calls), t.name+"-callers-cpu-us/call")
+		}
+		if t.redis != nil {
+			b.ReportMetric(redisCPU[i].Seconds()*1e6/float64(sum[i].calls), t.name+"-redis-cpu-us/call")
 		}
 	}
 	b.ReportMetric(rate(sum[0])/rate(sum[1]), "x-"+c.name)
@@ -406,7 +418,7 @@ func testRedisCommandsCounted(t *testing.T, st *store) {
 	}
 	const n = 300
 	for _, env := range []*env{newCheckEnv(t, st), newRateLimitEnv(t, st)} {
-		levy := env.targets[1]
+		levy := env.named("levy")
 		for _, r := range env.reqs {
 			before := readRedisStats(t, levy.redis)
 			if _, err := run(levy, r.msgs, callers, n); err != nil {
