@@ -525,13 +525,17 @@ func (db *DB) SaveLedger(set map[string]limiter.LedgerEntry, del []string) error
 
 func putLedger(tx *bolt.Tx, set map[string]limiter.LedgerEntry, del []string) error {
 	b := tx.Bucket(bucketLedger)
+	// One buffer for the commit's values (an entry is about 50 bytes):
+	// bbolt keeps each value until the commit, and a full buffer is left
+	// to them, not reused.
+	buf := make([]byte, 0, 64*len(set))
 	for _, k := range sortedKeys(set) {
-		e := set[k]
-		v, err := json.Marshal(e)
-		if err != nil {
+		start := len(buf)
+		var err error
+		if buf, err = appendLedgerJSON(buf, set[k]); err != nil {
 			return err
 		}
-		if err := put(b, k, v); err != nil {
+		if err := put(b, k, buf[start:len(buf):len(buf)]); err != nil {
 			return err
 		}
 	}

@@ -131,6 +131,35 @@ func BenchmarkCommit(b *testing.B) {
 	b.ReportMetric(float64((processCPU(b)-cpu).Microseconds())/float64(b.N), "cpu-us/op")
 }
 
+// BenchmarkCommitBusy is one write-behind commit under BenchmarkCheck's
+// traffic (test/bench): at the limiter's default spacing, the quota
+// counters and ledger windows of 150 of 200 consumers, fsynced.
+func BenchmarkCommitBusy(b *testing.B) {
+	db := open(b, b.TempDir())
+	defer db.Close()
+	end := time.Now().Add(time.Hour)
+	const consumers, busy = 200, 150
+	var counters, windows []string
+	for c := range consumers {
+		counters = append(counters, fmt.Sprintf("%s{c:bench%d}:q:1", keyspace.State, c))
+		windows = append(windows, fmt.Sprintf("%s{c:bench%d}:ledger:m:60", keyspace.State, c))
+	}
+	b.ReportAllocs()
+	cpu := processCPU(b)
+	for i := range b.N {
+		ch := limiter.Changes{Counters: make(map[string]limiter.Counter, busy), Ledger: make(map[string]limiter.LedgerEntry, busy)}
+		for j := range busy {
+			c := (i*busy + j) % consumers
+			ch.Counters[counters[c]] = limiter.Counter{Value: int64(i), End: end}
+			ch.Ledger[windows[c]] = limiter.LedgerEntry{Units: int64(i), Size: time.Minute}
+		}
+		if err := db.Commit(ch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64((processCPU(b)-cpu).Microseconds())/float64(b.N), "cpu-us/op")
+}
+
 // processCPU is the process's CPU time so far, user and system.
 func processCPU(tb testing.TB) time.Duration {
 	var ru syscall.Rusage
