@@ -66,9 +66,15 @@ fuzz: ## Run every fuzz target for FUZZTIME each (default 1m); a failing input i
 		done; \
 	done
 
+# BENCH selects benchmarks by go test's -bench pattern: make bench BENCH=VersusPeer
+BENCH ?= .
+
 .PHONY: bench
-bench: ## Benchmarks: levy next to a no-op server in the same run
-	$(GO) test -run '^$$' -bench . -benchtime 3s -count 3 ./test/bench/
+bench: ## Benchmarks: levy next to a no-op server in the same run, and next to envoyproxy/ratelimit when LEVY_BENCH_PEER_RLS is set
+	@if [ -z "$$LEVY_BENCH_PEER_RLS" ]; then \
+		echo "LEVY_BENCH_PEER_RLS is not set: the envoyproxy/ratelimit benchmarks (peer-*, BenchmarkRedisVersusPeer, BenchmarkRedisVersusPeerPaced) skip; test/bench/doc.go says how to run one beside levy"; \
+	fi
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 3s -count 3 -timeout 60m ./test/bench/
 
 .PHONY: mem
 mem: ## Memory of the local store, with and without a data file, for VALUES (default 1M) client addresses on a day quota

@@ -117,8 +117,9 @@ func measure(b *testing.B, t *target, reqs []proto.Message, what string) float64
 }
 
 // runBriefly runs the harness with n calls of each request on each target
-// and peer not skipped, through grpc-go and through the lean caller: every
-// call must pass the target's check and be counted.
+// and peer not skipped, through grpc-go and through the lean caller, and
+// paced through grpc-go: every call must pass the target's check and be
+// counted.
 func runBriefly(t *testing.T, env *env, n int) {
 	t.Helper()
 	var lean []*target // the same servers through the lean caller
@@ -138,6 +139,16 @@ func runBriefly(t *testing.T, env *env, n int) {
 			}
 			if p50, p99 := res.hist.quantile(0.5), res.hist.quantile(0.99); p50 <= 0 || p99 < p50 {
 				t.Fatalf("%s %s: p50 %v, p99 %v", tg.name, r.name, p50, p99)
+			}
+		}
+		for _, tg := range env.measured() {
+			res, err := runAt(viaGRPC(tg), r.msgs, pacedCallers, n, 10_000)
+			if err != nil {
+				t.Fatalf("%s %s paced: %v", tg.name, r.name, err)
+			}
+			if res.calls != int64(n) || res.hist.count() != int64(n) || res.late.count() != int64(n) {
+				t.Fatalf("%s %s paced: %d calls, %d latencies and %d send times recorded, want %d",
+					tg.name, r.name, res.calls, res.hist.count(), res.late.count(), n)
 			}
 		}
 	}
@@ -672,10 +683,13 @@ type result struct {
 	// the server's when it runs here.
 	callers time.Duration
 	hist    *histogram
+	// late, for paced calls (runAt), is how late they were sent; nil for
+	// a closed loop.
+	late *histogram
 }
 
 // add sums o into r: calls, time and CPU (unknown if either's is), and
-// latencies.
+// latencies (and how late paced calls were sent).
 func (r *result) add(o result) {
 	if r.hist == nil {
 		r.hist = &histogram{}
@@ -689,7 +703,16 @@ func (r *result) add(o result) {
 		r.cpu = -1
 	}
 	r.hist.merge(o.hist)
+	if o.late != nil {
+		if r.late == nil {
+			r.late = &histogram{}
+		}
+		r.late.merge(o.late)
+	}
 }
+
+// rate is r's calls a second.
+func (r result) rate() float64 { return float64(r.calls) / r.elapsed.Seconds() }
 
 const (
 	checkMethod     = "/envoy.service.auth.v3.Authorization/Check"
@@ -701,6 +724,16 @@ const (
 // connection keeps its share of the calls in flight), and checks every
 // response. It stops at the first failure and returns it.
 func run(t *target, reqs []proto.Message, workers, n int) (result, error) {
+	return runAt(t, reqs, workers, n, 0)
+}
+
+// runAt is run with the calls sent at rate calls a second, an open loop
+// (see callLoop): grpc-go callers only, as the lean caller keeps its calls
+// in flight however fast they come back. A rate of 0 is run's closed
+// loop. With a rate, workers only bounds how many calls are in flight: it
+// must be more than the server holds at that rate, or calls wait for a
+// free caller (which their latency still counts, from their due time).
+func runAt(t *target, reqs []proto.Message, workers, n int, rate float64) (result, error) {
 	var (
 		next     atomic.Int64
 		failed   atomic.Bool
@@ -723,6 +756,9 @@ func run(t *target, reqs []proto.Message, workers, n int) (result, error) {
 	}
 	var msgs [][]byte // reqs as the lean caller sends them
 	if len(t.h2) > 0 {
+		if rate > 0 {
+			return result{}, fmt.Errorf("%s: the lean caller does not pace its calls", t.name)
+		}
 		for _, req := range reqs {
 			msg, err := grpcMessage(req)
 			if err != nil {
@@ -733,6 +769,10 @@ func run(t *target, reqs []proto.Message, workers, n int) (result, error) {
 		workers = max(workers/len(t.h2), 1) * len(t.h2)
 	}
 	hists := make([]histogram, workers) // one per caller: no sharing per call
+	var lates []histogram               // how late paced calls were sent, likewise
+	if rate > 0 {
+		lates = make([]histogram, workers)
+	}
 	own0 := processCPU()
 	cpu0, err := t.cpuTime()
 	if err != nil {
@@ -764,28 +804,31 @@ func run(t *target, reqs []proto.Message, workers, n int) (result, error) {
 		}
 	} else {
 		ctx := context.Background()
+		var pace *pacer
+		if rate > 0 {
+			pace = &pacer{start: start, rate: rate}
+		}
 		for w := range workers {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				h := &hists[w]
-				for {
-					i, ok := take()
-					if !ok {
-						return
-					}
+				call := func(i int64) error {
 					c := t.conns[i%int64(len(t.conns))]
 					var w wireResponse
-					t0 := time.Now()
-					err := c.Invoke(ctx, t.method, reqs[i%int64(len(reqs))], &w, grpc.ForceCodecV2(wireCodec{}))
-					h.record(time.Since(t0))
-					if err == nil {
-						err = t.check(&w)
+					if err := c.Invoke(ctx, t.method, reqs[i%int64(len(reqs))], &w, grpc.ForceCodecV2(wireCodec{})); err != nil {
+						return err
 					}
-					if err != nil {
-						fail(fmt.Errorf("%s: call %d: %w", t.name, i, err))
-						return
+					return t.check(&w)
+				}
+				record := func(_, d time.Duration) { hists[w].record(d) }
+				if pace != nil {
+					record = func(late, d time.Duration) {
+						lates[w].record(late)
+						hists[w].record(d)
 					}
+				}
+				if err := callLoop(wallClock{}, pace, take, call, record); err != nil {
+					fail(fmt.Errorf("%s: %w", t.name, err))
 				}
 			}()
 		}
@@ -804,11 +847,17 @@ func run(t *target, reqs []proto.Message, workers, n int) (result, error) {
 	if cpu0 < 0 {
 		cpu = -1
 	}
-	total := &histogram{}
+	res := result{calls: int64(n), elapsed: elapsed, cpu: cpu, callers: own, hist: &histogram{}}
 	for i := range hists {
-		total.merge(&hists[i])
+		res.hist.merge(&hists[i])
 	}
-	return result{calls: int64(n), elapsed: elapsed, cpu: cpu, callers: own, hist: total}, nil
+	if lates != nil {
+		res.late = &histogram{}
+		for i := range lates {
+			res.late.merge(&lates[i])
+		}
+	}
+	return res, nil
 }
 
 // cpuTime is the CPU time the callers and t's server have used so far:

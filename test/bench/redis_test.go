@@ -78,20 +78,29 @@ var clusterMasters = []int{1, 3}
 // a noisy machine slows both alike: the figure to read is x-peer, levy's
 // calls/s over the peer's. It is skipped without a peer.
 func BenchmarkRedisVersusPeer(b *testing.B) {
-	st := redisStore(b)
-	env := newRateLimitEnv(b, st)
-	levy, peer := env.named("levy"), env.peers[0]
-	if peer.skip != "" {
-		b.Skip(peer.skip)
-	}
-	if addr := os.Getenv(envLevyRLS); addr != "" {
-		levy = externalTarget(b, "levy", addr, levy, env.reqs)
-	}
+	env, levy, peer := versusTargets(b)
 	levyH2, peerH2 := viaH2(b, levy, env.reqs), viaH2(b, peer, env.reqs)
 	for _, r := range env.reqs {
 		b.Run(r.name+"/grpc-go", func(b *testing.B) { versus(b, levy, peer, r.msgs) })
 		b.Run(r.name+"/h2", func(b *testing.B) { versus(b, levyH2, peerH2, r.msgs) })
 	}
+}
+
+// versusTargets is the RLS env on Redis with the two servers the versus
+// benchmarks compare: levy, in this process or the levy serve at
+// LEVY_BENCH_LEVY_RLS, and the peer. b is skipped, before any Redis is
+// started, when there is no peer.
+func versusTargets(b *testing.B) (e *env, levy, peer *target) {
+	b.Helper()
+	if os.Getenv(envPeerRLS) == "" {
+		b.Skip(peerUnset)
+	}
+	e = newRateLimitEnv(b, redisStore(b))
+	levy, peer = e.named("levy"), e.peers[0]
+	if addr := os.Getenv(envLevyRLS); addr != "" {
+		levy = externalTarget(b, "levy", addr, levy, e.reqs)
+	}
+	return e, levy, peer
 }
 
 // versusRounds is how many slices of calls each server gets, alternately.
@@ -102,33 +111,20 @@ const versusRounds = 10
 // calls/s over c's.
 func versus(b *testing.B, a, c *target, reqs []proto.Message) {
 	n := max(b.N/(2*versusRounds), callers)
-	var sum [2]result
-	var redisCPU [2]time.Duration // the Redis CPU of each one's slices
-	b.ResetTimer()
-	for round := range versusRounds {
-		// Whichever runs first in a round gains a little (two identical
-		// servers measured 1.02-1.04), so they take turns.
-		for k := range 2 {
-			i := (round + k) % 2
-			t := []*target{a, c}[i]
-			var before redisStats
-			if t.redis != nil {
-				before = readRedisStats(b, t.redis)
-			}
-			res, err := run(t, reqs, callers, n)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if t.redis != nil {
-				redisCPU[i] += readRedisStats(b, t.redis).since(before).cpu
-			}
-			sum[i].add(res)
+	redisCPU := map[*target]time.Duration{} // the Redis CPU of each one's slices
+	sum := alternate(b, a, c, func(t *target) (result, error) {
+		var before redisStats
+		if t.redis != nil {
+			before = readRedisStats(b, t.redis)
 		}
-	}
-	b.StopTimer()
-	rate := func(r result) float64 { return float64(r.calls) / r.elapsed.Seconds() }
+		res, err := run(t, reqs, callers, n)
+		if t.redis != nil {
+			redisCPU[t] += readRedisStats(b, t.redis).since(before).cpu
+		}
+		return res, err
+	})
 	for i, t := range []*target{a, c} {
-		b.ReportMetric(rate(sum[i]), t.name+"-calls/s")
+		b.ReportMetric(sum[i].rate(), t.name+"-calls/s")
 		b.ReportMetric(sum[i].hist.quantile(0.99).Seconds()*1e6, t.name+"-p99-us")
 		if sum[i].cpu >= 0 {
 			b.ReportMetric(sum[i].cpu.Seconds()*1e6/float64(sum[i].calls), t.name+"-cpu-us/call")
@@ -137,10 +133,32 @@ func versus(b *testing.B, a, c *target, reqs []proto.Message) {
 			b.ReportMetric(sum[i].callers.Seconds()*1e6/float64(sum[i].calls), t.name+"-callers-cpu-us/call")
 		}
 		if t.redis != nil {
-			b.ReportMetric(redisCPU[i].Seconds()*1e6/float64(sum[i].calls), t.name+"-redis-cpu-us/call")
+			b.ReportMetric(redisCPU[t].Seconds()*1e6/float64(sum[i].calls), t.name+"-redis-cpu-us/call")
 		}
 	}
-	b.ReportMetric(rate(sum[0])/rate(sum[1]), "x-"+c.name)
+	b.ReportMetric(sum[0].rate()/sum[1].rate(), "x-"+c.name)
+}
+
+// alternate runs slice on a and on c in turn, versusRounds times each, and
+// sums each one's results, a's at [0]. b's timer runs across the slices
+// only.
+func alternate(b *testing.B, a, c *target, slice func(*target) (result, error)) [2]result {
+	var sum [2]result
+	b.ResetTimer()
+	for round := range versusRounds {
+		// Whichever runs first in a round gains a little (two identical
+		// servers measured 1.02-1.04), so they take turns.
+		for k := range 2 {
+			i := (round + k) % 2
+			res, err := slice([]*target{a, c}[i])
+			if err != nil {
+				b.Fatal(err)
+			}
+			sum[i].add(res)
+		}
+	}
+	b.StopTimer()
+	return sum
 }
 
 // redisTimeout is levy's store.timeout on Redis in the benchmarks, for
@@ -222,6 +240,10 @@ func redisClusterStore(tb testing.TB, masters int) *store {
 	return st
 }
 
+// peerUnset is why what measures the peer is skipped without one.
+const peerUnset = envPeerRLS + " is not set: set it to the gRPC host:port of an envoyproxy/ratelimit server " +
+	"deciding on the Redis at " + envRedisAddr + ", with the rules in the package doc, to compare levy with it"
+
 // peerTarget is the envoyproxy/ratelimit server at LEVY_BENCH_PEER_RLS,
 // whose Redis commands are counted on st; a skipped target when the
 // variable is not set.
@@ -229,8 +251,7 @@ func peerTarget(tb testing.TB, st *store) *target {
 	tb.Helper()
 	addr := os.Getenv(envPeerRLS)
 	if addr == "" {
-		return &target{name: "peer", skip: envPeerRLS + " is not set: set it to the gRPC host:port of an envoyproxy/ratelimit server " +
-			"deciding on the Redis at " + envRedisAddr + ", with the rules in the package doc, to compare levy with it"}
+		return &target{name: "peer", skip: peerUnset}
 	}
 	if os.Getenv(envRedisAddr) == "" {
 		tb.Fatalf("%s is set but %s is not: the peer's Redis commands are counted on the Redis the benchmark decides on", envPeerRLS, envRedisAddr)
