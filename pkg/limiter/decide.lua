@@ -67,16 +67,22 @@ local now_s = floor(now / 1000000)
 -- may lie (its time to fill and its debt), and the most a quota counts.
 local max_ahead, max_count = 2251799813685248, 4503599627370496
 
+-- Every number passed to redis.call is a string made with %d: Redis
+-- 7.2.0 to 7.2.4 format a number argument with fpconv_dtoa, which writes
+-- a whole number with eight or more trailing zeros in scientific
+-- notation (1e+08): a PX or PEXPIRE of it is refused, and a count or a
+-- window's start stored as it is no integer to HINCRBY or to Go. (7.0
+-- formats one with snprintf("%.17g"), which costs about as much as a
+-- command; 7.2.5 and later as an integer.)
+local fmt = string.format
 -- str is whole number n as a string, made once per call: the numbers a
 -- batch repeats (a period's start, a cost) are formatted once, not per
--- decision, in a window's key and in commands' arguments (Redis 7.0
--- formats a number argument with snprintf("%.17g"), which costs about
--- as much as a command).
+-- decision, in a window's key and in commands' arguments.
 local strs = {}
 local function str(n)
   local s = strs[n]
   if not s then
-    s = string.format("%d", n)
+    s = fmt("%d", n)
     strs[n] = s
   end
   return s
@@ -400,7 +406,7 @@ end
 local function set_bucket(key, value)
   local tat = value
   if tat < 0 then tat = -tat end
-  redis.call("SET", key, string.format("%d", value), "PX", floor((tat - now) / 1000) + 1 + ttl_extra)
+  redis.call("SET", key, fmt("%d", value), "PX", str(floor((tat - now) / 1000) + 1 + ttl_extra))
 end
 
 -- flush writes every state the batch took, in the period of the set that
@@ -422,21 +428,22 @@ local function flush()
         -- (the ledger's key: the window's, cut before its start)
         local start = s.start
         local idx = string.sub(key, 1, -#str(start) - 2)
-        redis.call("HSETNX", key, "z", s.size)
-        redis.call("ZADD", idx, start, start)
+        local st = str(start)
+        redis.call("HSETNX", key, "z", str(s.size))
+        redis.call("ZADD", idx, st, st)
         -- and the consumer's list of ledgers knows the ledger
         -- (keyspace.LedgersOf: the ledger key cut after its hash tag)
         redis.call("SADD", string.sub(idx, 1, string.find(idx, "}:ledger:", 1, true)) .. ":ledgers", idx)
       end
     else
       local start = s.start
-      redis.call("HSET", key, "s", str(start), "v", value)
+      redis.call("HSET", key, "s", str(start), "v", fmt("%d", value))
       -- kept a day past the period's end, relative to the decision's
       -- clock: set when the period starts (or the key comes to be), not
       -- by every decision, which saves one command of about seven.
       if expiry_start[key] ~= start then
         if marked[key] then redis.call("HDEL", key, "t") end
-        redis.call("PEXPIRE", key, floor((s.stop * 1000000 - now) / 1000) + 86400000)
+        redis.call("PEXPIRE", key, fmt("%d", floor((s.stop * 1000000 - now) / 1000) + 86400000))
         expiry_start[key] = start
       end
     end
@@ -471,7 +478,7 @@ local function give_back(n, decided)
       elseif cur >= c then
         local field = "v"
         if kind == 2 then field = "u" end
-        redis.call("HINCRBY", key, field, -c)
+        redis.call("HINCRBY", key, field, str(-c))
         seen[key] = cur - c
       end
     end
