@@ -5,9 +5,10 @@
 -- the other, as if each were its own call. It runs for every decision, so
 -- it is written for speed: each distinct key and each distinct set of
 -- parameters is sent and parsed once per call, the few tables it needs
--- are reused across the batch, and a limit's answer is only the fields
--- its kind has. The semantics are Local.Decide's (local.go), step for
--- step: the two stores must agree to the microsecond.
+-- are reused across the batch, and a limit's answer is one value, from
+-- which Go works out the rest. The semantics are Local.Decide's
+-- (local.go), step for step: the two stores must agree to the
+-- microsecond.
 --
 -- Reads: each distinct state once: every bucket of the batch with one
 -- MGET first, a quota with an HMGET when first needed (a hash: no
@@ -28,7 +29,9 @@
 -- then the P sets, by kind:
 --   bucket (0): kind, cost, flags, interval_us, tolerance_us
 --   quota (1):  kind, cost, flags, unit (1 hour, 2 day, 3 week, 4 month,
---               5 year), max, soft (0/1), cap, anchor_day (0 = calendar),
+--               5 year), bound (the most it counts for a request to be
+--               within: max, a soft quota's cap, -1 for none),
+--               anchor_day (0 = calendar),
 --               anchor_month*100000+anchor_second_of_day
 --   ledger (2): kind, cost, flags, window_s; the window itself is
 --               key..":"..start
@@ -46,9 +49,17 @@
 -- that takes nothing.
 -- Returns, packed as one MessagePack array (cheaper for Redis than a reply
 -- of as many integers): now_s, now_us, then per request: denied_index
--- (0 = none), then per limit: ok (0/1), remaining, reset_us, retry_us, and
--- for quotas also used, overage, period_start_s; for a ledger (which
--- always allows, and bounds nothing) only used and period_start_s.
+-- (0 = none), then one value per limit, which is within (ok) when it is
+-- not negative and over when it is (-1 - the value then):
+--   bucket: the microseconds until it is full again (reset), from the
+--           state it leaves when it takes (over: the state it has)
+--   quota:  its count (used): what it leaves when it takes, else what it
+--           has (a debit that does not fit is counted, and over)
+--   ledger: its window's units (it always allows, and bounds nothing)
+-- Each value costs the MessagePack encoding about as much as a table
+-- write, so the rest of a limit's answer (remaining, retry after,
+-- overage, the period) is worked out in Go (redis.go's answer), from the
+-- limit, the cost the answer was evaluated with, and now.
 
 local floor = math.floor
 local now
@@ -162,8 +173,8 @@ end
 -- The batch's parameter sets, parsed once, each a record: kind, cost,
 -- flags (shadow, debit, qm: 0/1), the period it counts in now (start;
 -- a quota's stop too) and its kind's values: a bucket's interval and
--- tolerance in microseconds, a quota's max, soft (0/1) and cap, a
--- ledger's window size in seconds. A record's constructor sizes its
+-- tolerance in microseconds, a quota's bound, a ledger's window size in
+-- seconds. A record's constructor sizes its
 -- table once; a table grown from empty is rehashed at every power of two,
 -- and growing tables (one per field, by set, by key) was the largest
 -- part of the script's own cost.
@@ -186,10 +197,10 @@ for p = 1, v[2] do
       size = size}
     a = a + 4
   else
-    local start, stop = period(now_s, v[a + 3], v[a + 7], v[a + 8])
+    local start, stop = period(now_s, v[a + 3], v[a + 5], v[a + 6])
     sets[p] = {kind = 1, cost = cost, shadow = shadow, debit = debit, qm = qm, start = start, stop = stop,
-      max = v[a + 4], soft = v[a + 5], cap = v[a + 6]}
-    a = a + 9
+      bound = v[a + 4]}
+    a = a + 7
   end
 end
 
@@ -198,7 +209,7 @@ local out, o = {now_s, now % 1000000}, 2
 
 -- A request's limits: their parameter sets, state keys (a ledger's
 -- window), period starts, stored state, the state each leaves when it
--- takes, whether each is ok, and where its answer is in out. The tables
+-- takes, whether each is ok, and where its answer (one value) is in out. The tables
 -- are reused by every request of the batch (only entries 1..n of the
 -- current one are read).
 local ls, keys, starts, stored, nexts, oks, at = {}, {}, {}, {}, {}, {}, {}
@@ -213,7 +224,7 @@ local function eval(i, c, cur)
   local kind = s.kind
   local need = c
   if need < 1 then need = 1 end
-  local ok, rem, reset, retry, nxt, used, over
+  local ok, nxt, ans
   if kind == 0 then
     local interval, tolerance = s.interval, s.tolerance
     local tat, debt = cur or now, false
@@ -224,66 +235,33 @@ local function eval(i, c, cur)
     local ahead = tat - now
     if need * interval <= tolerance - ahead then
       nxt = tat + c * interval
-      ok, rem, reset, retry = 1, floor((tolerance - (nxt - now)) / interval), nxt - now, 0
+      ok, ans = 1, nxt - now
     elseif s.debit == 0 or c == 0 then
-      retry = tolerance -- more than the bucket ever holds: never passes
-      if need * interval <= tolerance then retry = ahead + need * interval - tolerance end
-      local room = tolerance - ahead
-      if room < 0 then room = 0 end
-      ok, rem, reset, nxt = 0, floor(room / interval), ahead, cur
+      ok, nxt, ans = 0, cur, -1 - ahead
     else
       -- a debit: into debt
       nxt = now + max_ahead
       if c * interval <= max_ahead - ahead then nxt = tat + c * interval end
-      retry = nxt - now + interval - tolerance
-      if retry < 0 then retry = 0 end
-      ok, rem, reset = 0, 0, nxt - now
+      ok, ans = 0, -1 - (nxt - now)
       if nxt - now > tolerance then nxt = -nxt end
     end
   elseif kind == 2 then
     ok, nxt = 1, (cur or 0) + c
+    ans = nxt
   else
-    local max, soft, cap = s.max, s.soft, s.cap
-    local had = cur or 0
-    local bound = max
-    if soft == 1 then
-      bound = -1 -- none
-      if cap > 0 then bound = cap end
-    end
+    local had, bound = cur or 0, s.bound
     nxt = had + c
     if nxt > max_count then nxt = max_count end
-    reset = s.stop * 1000000 - now
-    ok, used, rem, retry = 1, nxt, -1, 0
-    if bound < 0 then
-    elseif had + need <= bound then
-      rem = bound - nxt
+    ok, ans = 1, nxt
+    if bound < 0 or had + need <= bound then
     elseif s.debit == 1 and c > 0 then
-      ok, rem, retry = 0, 0, reset
+      ok, ans = 0, -1 - nxt
     else
-      ok, used, rem, retry, nxt = 0, had, bound - had, reset, had
-      if rem < 0 then rem = 0 end
+      ok, ans, nxt = 0, -1 - had, had
     end
-    over = 0
-    if soft == 1 and used > max then over = used - max end
   end
   oks[i], nexts[i] = ok, nxt
-  -- One by one, in order: a table grows cheaply only at its end, and a
-  -- multiple assignment stores right to left.
-  local x = at[i]
-  if kind == 2 then -- it allows, and bounds nothing
-    out[x + 1] = nxt
-    out[x + 2] = starts[i]
-    return
-  end
-  out[x + 1] = ok
-  out[x + 2] = rem
-  out[x + 3] = reset
-  out[x + 4] = retry
-  if kind == 1 then
-    out[x + 5] = used
-    out[x + 6] = over
-    out[x + 7] = starts[i]
-  end
+  out[at[i]] = ans
 end
 
 -- last_debit is what the last debit of the request before index e on
@@ -329,9 +307,7 @@ for first = 1, v[3], 1000 do -- unpack's arguments live on Lua's stack: a few at
 end
 
 -- parse reads limit i's reference (key and parameter set) and its stored
--- state for the period starting at start (default: the current one);
--- it answers how many values the limit's answer takes in out, from
--- at[i].
+-- state for the period starting at start (default: the current one).
 local function parse(i, ref, start)
   local p = ref % 1048576
   local key = KEYS[(ref - p) / 1048576 + 1]
@@ -342,7 +318,7 @@ local function parse(i, ref, start)
   if kind == 0 then
     keys[i] = key
     stored[i] = seen[key] or nil
-    return 4
+    return
   end
   if kind == 2 then
     local w = key .. ":" .. str(start)
@@ -353,7 +329,7 @@ local function parse(i, ref, start)
         u = 0
         seen[w] = 0
       end
-      patches[np + 1], patches[np + 2] = at[i] + 1, w
+      patches[np + 1], patches[np + 2] = at[i], w
       np = np + 2
     elseif u == nil then
       u = redis.call("HGET", w, "u")
@@ -361,7 +337,7 @@ local function parse(i, ref, start)
       seen[w] = u
     end
     stored[i] = u or nil
-    return 2
+    return
   end
   keys[i] = key
   if seen[key] == nil then
@@ -380,7 +356,6 @@ local function parse(i, ref, start)
   else
     stored[i] = nil
   end
-  return 7
 end
 
 -- take records what limit i took; flush writes it.
@@ -459,8 +434,9 @@ local function give_back(n, decided)
     local ref = v[a + i - 1]
     local s = sets[ref % 1048576 + 1]
     local kind = s.kind
+    o = o + 1
     at[i] = o
-    if kind == 0 then o = o + parse(i, ref) else o = o + parse(i, ref, decided[i]) end
+    if kind == 0 then parse(i, ref) else parse(i, ref, decided[i]) end
     local c, key, cur = s.cost, keys[i], stored[i]
     if c > 0 and cur then
       if kind == 0 then
@@ -510,8 +486,9 @@ for _ = 1, v[1] do
   else
     local debits = false
     for i = 1, n do
+      o = o + 1
       at[i] = o
-      o = o + parse(i, v[a + i - 1])
+      parse(i, v[a + i - 1])
       if any_debit and ls[i].debit == 1 then debits = true end
     end
     if debits then

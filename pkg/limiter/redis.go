@@ -368,7 +368,7 @@ func (r *Redis) giveBack(ctx context.Context, limits []Limit) ([]Status, error) 
 		}
 		return nil, fmt.Errorf("redis give back: %w", err)
 	}
-	res, _, err := parseBatch(v, want, batch)
+	res, _, err := parseBatch(v, want, batch, true)
 	if err != nil {
 		return nil, err
 	}
@@ -424,7 +424,7 @@ func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([
 		}
 		return nil, time.Time{}, fmt.Errorf("redis decide: %w", err)
 	}
-	return parseBatch(v, want, batch)
+	return parseBatch(v, want, batch, false)
 }
 
 // slotOf is the hash slot a batch's limits share on a cluster (0 on a
@@ -452,13 +452,11 @@ func (r *Redis) available(slot uint16) bool { return r.avail == nil || r.avail(s
 // numbers travel as one MessagePack array: Redis makes a Lua string of
 // every argument, which cost more than the script's own work.
 func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
-	total, want := 0, 2+len(batch)
+	total := 0
 	for _, limits := range batch {
 		total += len(limits)
-		for i := range limits {
-			want += replyFields(limits[i].Kind)
-		}
 	}
+	want := 2 + len(batch) + total // now, then each request's denied index and its limits' answers
 	keys := make(map[string]int64, total)
 	params := make(map[limitParams]int64, 4)
 	var sets []limitParams
@@ -553,8 +551,10 @@ func (m *msgpackArray) bytes() []byte {
 // numbers hold integers to 2^53).
 const refShift = 20
 
-// parseBatch reads decide.lua's reply v (want values) for batch.
-func parseBatch(v []int64, want int, batch [][]Limit) ([]requestAnswer, time.Time, error) {
+// parseBatch reads decide.lua's reply v (want values) for batch: a
+// decision's, or a give-back's (which answers each limit as a check that
+// takes nothing).
+func parseBatch(v []int64, want int, batch [][]Limit, givenBack bool) ([]requestAnswer, time.Time, error) {
 	if len(v) != want {
 		return nil, time.Time{}, errors.New("redis decide: malformed reply")
 	}
@@ -565,33 +565,115 @@ func parseBatch(v []int64, want int, batch [][]Limit) ([]requestAnswer, time.Tim
 	now := time.Unix(v[0], v[1]*1000).UTC()
 	out := make([]requestAnswer, len(batch))
 	statuses := make([]Status, total)
+	var periods periodCache
 	p := 2
 	for b, limits := range batch {
 		d := requestAnswer{denied: int(v[p]) - 1, statuses: statuses[:len(limits):len(limits)]}
 		statuses = statuses[len(limits):]
 		p++
 		for j := range limits {
-			st := &d.statuses[j]
-			if limits[j].Kind == Ledger { // it allows, and bounds nothing
-				*st = Status{OK: true, Limit: displayLimit(&limits[j]), Remaining: -1, Used: v[p], PeriodStart: time.Unix(v[p+1], 0).UTC()}
-				p += replyFields(Ledger)
-				continue
+			l := &limits[j]
+			cost := l.Cost
+			if givenBack {
+				cost = 0
 			}
-			*st = Status{
-				OK:         v[p] == 1,
-				Limit:      displayLimit(&limits[j]),
-				Remaining:  v[p+1],
-				Reset:      time.Duration(v[p+2]) * time.Microsecond,
-				RetryAfter: time.Duration(v[p+3]) * time.Microsecond,
-			}
-			if limits[j].Kind == Quota {
-				st.Used, st.Overage, st.PeriodStart = v[p+4], v[p+5], time.Unix(v[p+6], 0).UTC()
-			}
-			p += replyFields(limits[j].Kind)
+			answer(&d.statuses[j], l, cost, v[p], now, &periods)
+			p++
 		}
 		out[b] = d
 	}
 	return out, now, nil
+}
+
+// answer is limit l's status from x, decide.lua's answer for it evaluated
+// with cost at now (the store's clock): not negative when it is within,
+// -1-x when it is over; a bucket's reset, a quota's or a ledger's used.
+// The rest of the status is worked out as Local's evalBucket and
+// evalQuota work it out, from the values they would have had.
+func answer(st *Status, l *Limit, cost, x int64, now time.Time, periods *periodCache) {
+	ok := x >= 0
+	if !ok {
+		x = -1 - x
+	}
+	switch l.Kind {
+	case Bucket:
+		interval := bucketInterval(l)
+		tolerance := interval * l.Capacity()
+		*st = Status{OK: ok, Limit: l.Requests, Reset: us(x)}
+		switch {
+		case ok: // x: the time to fill from the state it leaves
+			st.Remaining = (tolerance - x) / interval
+		case !l.Debit || cost == 0: // x: how far ahead its state is
+			retry := tolerance // more than the bucket ever holds: never passes
+			if need := max(cost, 1); need <= l.Capacity() {
+				retry = x + need*interval - tolerance
+			}
+			st.Remaining, st.RetryAfter = max(tolerance-x, 0)/interval, us(retry)
+		default: // a debit, into debt
+			st.RetryAfter = us(max(x+interval-tolerance, 0))
+		}
+	case Ledger: // it allows, and bounds nothing
+		size := int64(l.WindowSize / time.Second)
+		s := now.Unix()
+		*st = Status{OK: true, Limit: displayLimit(l), Remaining: -1, Used: x, PeriodStart: time.Unix(s-s%size, 0).UTC()}
+	default:
+		p := periods.at(now, l)
+		*st = Status{OK: ok, Limit: displayLimit(l), Used: x, Reset: p.End.Sub(now), PeriodStart: p.Start}
+		bound := quotaBound(l)
+		switch {
+		case ok && bound < 0:
+			st.Remaining = -1
+		case ok:
+			st.Remaining = bound - x
+		case l.Debit && cost > 0: // counted all the same, past its bound
+			st.RetryAfter = st.Reset
+		default:
+			st.Remaining, st.RetryAfter = max(bound-x, 0), st.Reset
+		}
+		if l.Soft {
+			st.Overage = max(x-l.Max, 0)
+		}
+	}
+}
+
+// quotaBound is the most quota l counts for a request to be within: its
+// max, a soft quota's cap, or -1 for none (a soft quota without a cap).
+func quotaBound(l *Limit) int64 {
+	switch {
+	case !l.Soft:
+		return l.Max
+	case l.Cap > 0:
+		return l.Cap
+	}
+	return -1
+}
+
+// periodCache is the quota periods a reply's limits are in, by unit and
+// anchor: a batch's quotas mostly share a plan's, and plan.PeriodAt is not
+// free. It keeps the first few (on the stack).
+type periodCache struct {
+	n       int
+	entries [4]periodEntry
+}
+
+type periodEntry struct {
+	unit   plan.Unit
+	anchor time.Time
+	period plan.Period
+}
+
+func (c *periodCache) at(now time.Time, l *Limit) plan.Period {
+	for i := range c.n {
+		if e := &c.entries[i]; e.unit == l.Unit && e.anchor.Equal(l.Anchor) {
+			return e.period
+		}
+	}
+	p := plan.PeriodAt(now, l.Unit, l.Anchor)
+	if c.n < len(c.entries) {
+		c.entries[c.n] = periodEntry{l.Unit, l.Anchor, p}
+		c.n++
+	}
+	return p
 }
 
 // eval runs args, an EVALSHA of script, and reads its reply: integers,
@@ -702,21 +784,6 @@ func bigEndian(s string) uint64 {
 	return u
 }
 
-// replyFields is how many values decide.lua answers for a limit of kind k:
-// ok, remaining, reset and retry, and for quotas also used, overage and
-// the period's start; a ledger, which always allows, only used and the
-// window's start (each value costs the script's MessagePack encoding
-// about as much as a table write).
-func replyFields(k Kind) int {
-	switch k {
-	case Bucket:
-		return 4
-	case Ledger:
-		return 2
-	}
-	return 7
-}
-
 // displayLimit is the number clients are shown for a limit.
 func displayLimit(l *Limit) int64 {
 	switch {
@@ -732,7 +799,7 @@ func displayLimit(l *Limit) int64 {
 var unitCodes = map[plan.Unit]int64{plan.Hour: 1, plan.Day: 2, plan.Week: 3, plan.Month: 4, plan.Year: 5}
 
 // maxArgsPerLimit is the most values decide.lua reads for one limit.
-const maxArgsPerLimit = 9
+const maxArgsPerLimit = 7
 
 // limitParams is a limit's values in decide.lua's order for its kind: a
 // comparable array, so that the limits of a batch that share them are sent
@@ -747,7 +814,7 @@ func (p *limitParams) values() []int64 {
 	case Ledger:
 		return p[:4]
 	}
-	return p[:9]
+	return p[:7]
 }
 
 // paramsOf is l's parameters. The kinds' codes are decide.lua's: bucket 0,
@@ -771,17 +838,13 @@ func paramsOf(l *Limit) limitParams {
 		interval := bucketInterval(l)
 		return limitParams{0, l.Cost, flags, interval, interval * l.Capacity()}
 	}
-	soft := int64(0)
-	if l.Soft {
-		soft = 1
-	}
 	var aday, amonthSec int64
 	if !l.Anchor.IsZero() {
 		a := l.Anchor.UTC()
 		aday = int64(a.Day())
 		amonthSec = int64(a.Month())*100000 + int64(a.Hour()*3600+a.Minute()*60+a.Second())
 	}
-	return limitParams{1, l.Cost, flags, unitCodes[l.Unit], l.Max, soft, l.Cap, aday, amonthSec}
+	return limitParams{1, l.Cost, flags, unitCodes[l.Unit], quotaBound(l), aday, amonthSec}
 }
 
 // Slot is the Redis Cluster hash slot of key (CRC16/XMODEM of its hash
