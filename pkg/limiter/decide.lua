@@ -37,8 +37,9 @@
 --               key..":"..start
 -- where flags is shadow + 2*debit + 4*quota_mode (quota_mode: one of the
 -- request's quota-mode group, which denies only when all of it is over);
--- then each request: its number of limits n, and n references, each
--- key_index * 2^20 + set_index (both from 0).
+-- then each request: 2n + r, for its n limits, where r is 1 when two of
+-- them name one key (else no limit of it can see another's take), and
+-- n references, each key_index * 2^20 + set_index (both from 0).
 -- ARGV[3]: absent to decide; present to give back what one request's
 -- limits (D = 1) took, when the request, decided slot by slot in a
 -- cluster, was denied or failed, or its reply came too late: a
@@ -171,8 +172,8 @@ end
 
 
 -- The batch's parameter sets, parsed once, each a record: kind, cost,
--- flags (shadow, debit, qm: 0/1), the period it counts in now (start;
--- a quota's stop too) and its kind's values: a bucket's interval and
+-- flags (shadow, debit, qm: 0/1), the period it counts in now (start,
+-- and as a string, sstart; a quota's stop too) and its kind's values: a bucket's interval and
 -- tolerance in microseconds, a quota's bound, a ledger's window size in
 -- seconds. A record's constructor sizes its
 -- table once; a table grown from empty is rehashed at every power of two,
@@ -193,13 +194,14 @@ for p = 1, v[2] do
     a = a + 5
   elseif kind == 2 then
     local size = v[a + 3]
-    sets[p] = {kind = 2, cost = cost, shadow = shadow, debit = debit, qm = qm, start = floor(now_s / size) * size,
+    local start = floor(now_s / size) * size
+    sets[p] = {kind = 2, cost = cost, shadow = shadow, debit = debit, qm = qm, start = start, sstart = str(start),
       size = size}
     a = a + 4
   else
     local start, stop = period(now_s, v[a + 3], v[a + 5], v[a + 6])
-    sets[p] = {kind = 1, cost = cost, shadow = shadow, debit = debit, qm = qm, start = start, stop = stop,
-      bound = v[a + 4]}
+    sets[p] = {kind = 1, cost = cost, shadow = shadow, debit = debit, qm = qm, start = start, sstart = str(start),
+      stop = stop, bound = v[a + 4]}
     a = a + 7
   end
 end
@@ -264,9 +266,13 @@ local function eval(i, c, cur)
   out[at[i]] = ans
 end
 
+-- Whether two limits of the current request name one key.
+local repeats = false
+
 -- last_debit is what the last debit of the request before index e on
 -- limit i's state leaves, or the stored state.
 local function last_debit(i, e)
+  if not repeats then return stored[i] end
   for j = e - 1, 1, -1 do
     if keys[j] == keys[i] and starts[j] == starts[i] and ls[j].debit == 1 then return nexts[j] end
   end
@@ -313,7 +319,8 @@ local function parse(i, ref, start)
   local key = KEYS[(ref - p) / 1048576 + 1]
   local s = sets[p + 1]
   local kind = s.kind
-  start = start or s.start
+  local sstart = s.sstart
+  if start and start ~= s.start then sstart = str(start) else start = s.start end
   ls[i], starts[i] = s, start
   if kind == 0 then
     keys[i] = key
@@ -321,7 +328,7 @@ local function parse(i, ref, start)
     return
   end
   if kind == 2 then
-    local w = key .. ":" .. str(start)
+    local w = key .. ":" .. sstart
     keys[i] = w
     local u = seen[w]
     if relative then
@@ -344,7 +351,7 @@ local function parse(i, ref, start)
     local h = redis.call("HMGET", key, "s", "v", "t")
     local st = h[1]
     -- mostly the period's start as this script writes it: no strtod then
-    if st == str(start) then st = start elseif st then st = tonumber(st) end
+    if st == sstart then st = start elseif st then st = tonumber(st) end
     seen_start[key] = st
     seen[key] = h[2] and tonumber(h[2]) or false
     -- the period the stored expiry was set for (none known: t is set,
@@ -411,12 +418,15 @@ local function flush()
         redis.call("SADD", string.sub(idx, 1, string.find(idx, "}:ledger:", 1, true)) .. ":ledgers", idx)
       end
     else
-      local start = s.start
-      redis.call("HSET", key, "s", str(start), "v", fmt("%d", value))
       -- kept a day past the period's end, relative to the decision's
       -- clock: set when the period starts (or the key comes to be), not
-      -- by every decision, which saves one command of about seven.
-      if expiry_start[key] ~= start then
+      -- by every decision, which saves one command of about seven. Its
+      -- stored start is the period's while its expiry is (as read).
+      local start = s.start
+      if expiry_start[key] == start then
+        redis.call("HSET", key, "v", fmt("%d", value))
+      else
+        redis.call("HSET", key, "s", s.sstart, "v", fmt("%d", value))
         if marked[key] then redis.call("HDEL", key, "t") end
         redis.call("PEXPIRE", key, fmt("%d", floor((s.stop * 1000000 - now) / 1000) + 86400000))
         expiry_start[key] = start
@@ -476,6 +486,8 @@ end
 local decided = not relative and cmsgpack.unpack(ARGV[3])
 for _ = 1, v[1] do
   local n = v[a]
+  local r = n % 2
+  n, repeats = (n - r) / 2, r == 1
   a = a + 1
   o = o + 1
   local req = o -- out[req]: the request's denied_index
@@ -502,10 +514,12 @@ for _ = 1, v[1] do
       local s = ls[i]
       if not debits or s.debit == 0 then
         local cur, hit = nil, false
-        for j = i - 1, 1, -1 do
-          if keys[j] == keys[i] and starts[j] == starts[i] and oks[j] == 1 and (not debits or ls[j].debit == 0) then
-            cur, hit = nexts[j], true
-            break
+        if repeats then
+          for j = i - 1, 1, -1 do
+            if keys[j] == keys[i] and starts[j] == starts[i] and oks[j] == 1 and (not debits or ls[j].debit == 0) then
+              cur, hit = nexts[j], true
+              break
+            end
           end
         end
         if not hit then

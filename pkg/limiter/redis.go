@@ -505,11 +505,35 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 		m.add(sets[i].values()...)
 	}
 	for _, limits := range batch {
-		m.add(int64(len(limits)))
+		m.add(2*int64(len(limits)) + repeatsKey(refs[:len(limits)]))
 		m.add(refs[:len(limits)]...)
 		refs = refs[len(limits):]
 	}
 	return append(args, clock, m.bytes()), want
+}
+
+// repeatsKey is 1 when two of a request's references (refs) name one
+// key, else 0: decide.lua then looks for a take of the same state
+// earlier in the request, which it otherwise skips.
+func repeatsKey(refs []int64) int64 {
+	if len(refs) > 16 {
+		seen := make(map[int64]bool, len(refs))
+		for _, r := range refs {
+			if seen[r>>refShift] {
+				return 1
+			}
+			seen[r>>refShift] = true
+		}
+		return 0
+	}
+	for i := 1; i < len(refs); i++ {
+		for j := range i {
+			if refs[i]>>refShift == refs[j]>>refShift {
+				return 1
+			}
+		}
+	}
+	return 0
 }
 
 // msgpackArray builds a MessagePack array of integers (what the scripts
