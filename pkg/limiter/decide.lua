@@ -206,15 +206,26 @@ for p = 1, v[2] do
   end
 end
 
+-- Tables are made at their size where it is known: one grown from empty
+-- is rehashed at every power of two, which costs the script more than
+-- anything else it does with tables. The requests' part of ARGV[2] (from
+-- a) holds as many values as their answers: unpack copies it into a new
+-- table's array part at once, as filler (up to a few thousand: its
+-- values live on Lua's stack; a table grows past that as usual).
+local fill = #v
+if fill > a + 4000 then fill = a + 4000 end
+
 -- The answers, packed at the end: now_s, now_us, then each request's.
-local out, o = {now_s, now % 1000000}, 2
+local out, o = {now_s, now % 1000000, unpack(v, a, fill)}, 2
 
 -- A request's limits: their parameter sets, state keys (a ledger's
 -- window), period starts, stored state, the state each leaves when it
--- takes, whether each is ok, and where its answer (one value) is in out. The tables
--- are reused by every request of the batch (only entries 1..n of the
--- current one are read).
-local ls, keys, starts, stored, nexts, oks, at = {}, {}, {}, {}, {}, {}, {}
+-- takes, whether each is ok, and where its answer (one value) is in out.
+-- The tables are reused by every request of the batch (only entries 1..n
+-- of the current one are read), made with room for eight limits.
+local ls, keys, starts, stored, nexts, oks, at = {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0},
+  {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0},
+  {0, 0, 0, 0, 0, 0, 0, 0}
 
 -- eval decides limit i from state cur (nil: none), taking cost c; it
 -- writes the limit's answer and the state it leaves when it takes
