@@ -62,7 +62,7 @@
 -- overage, the period) is worked out in Go (redis.go's answer), from the
 -- limit, the cost the answer was evaluated with, and now.
 
-local floor = math.floor
+local floor, tonumber, call, KEYS = math.floor, tonumber, redis.call, KEYS
 local now
 -- Redis expires keys on its own clock; under a test clock a bucket key
 -- must outlive the test's real time, so it gets a minute more.
@@ -71,7 +71,7 @@ if ARGV[1] ~= "" then
   now = tonumber(ARGV[1])
   ttl_extra = 60000
 else
-  local t = redis.call("TIME")
+  local t = call("TIME")
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local now_s = floor(now / 1000000)
@@ -218,14 +218,16 @@ if fill > a + 4000 then fill = a + 4000 end
 -- The answers, packed at the end: now_s, now_us, then each request's.
 local out, o = {now_s, now % 1000000, unpack(v, a, fill)}, 2
 
--- A request's limits: their parameter sets, state keys (a ledger's
--- window), period starts, stored state, the state each leaves when it
--- takes, whether each is ok, and where its answer (one value) is in out.
--- The tables are reused by every request of the batch (only entries 1..n
--- of the current one are read), made with room for eight limits.
-local ls, keys, starts, stored, nexts, oks, at = {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0},
-  {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0},
-  {0, 0, 0, 0, 0, 0, 0, 0}
+-- A request's limits: their parameter sets (whose start is the period
+-- each counts in, but in a give-back's first pass), state keys (a
+-- ledger's window), stored state, the state each leaves when it takes,
+-- and whether each is ok. The tables are reused by every request of the
+-- batch (only entries 1..n of the current one are read), made with room
+-- for eight limits. Limit i's answer is out[req + i], after its
+-- request's denied index, out[req].
+local ls, keys, stored, nexts, oks = {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0},
+  {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}
+local req = 0
 
 -- eval decides limit i from state cur (nil: none), taking cost c; it
 -- writes the limit's answer and the state it leaves when it takes
@@ -274,7 +276,7 @@ local function eval(i, c, cur)
     end
   end
   oks[i], nexts[i] = ok, nxt
-  out[at[i]] = ans
+  out[req + i] = ans
 end
 
 -- Whether two limits of the current request name one key.
@@ -285,7 +287,7 @@ local repeats = false
 local function last_debit(i, e)
   if not repeats then return stored[i] end
   for j = e - 1, 1, -1 do
-    if keys[j] == keys[i] and starts[j] == starts[i] and ls[j].debit == 1 then return nexts[j] end
+    if keys[j] == keys[i] and ls[j].start == ls[i].start and ls[j].debit == 1 then return nexts[j] end
   end
   return stored[i]
 end
@@ -316,7 +318,7 @@ local patches, np = {}, 0 -- where out has a ledger's relative used, and its win
 for first = 1, v[3], 1000 do -- unpack's arguments live on Lua's stack: a few at a time
   local last = first + 999
   if last > v[3] then last = v[3] end
-  local got = redis.call("MGET", unpack(KEYS, first, last))
+  local got = call("MGET", unpack(KEYS, first, last))
   for j = first, last do
     local x = got[j - first + 1]
     seen[KEYS[j]] = x and tonumber(x)
@@ -332,7 +334,7 @@ local function parse(i, ref, start)
   local kind = s.kind
   local sstart = s.sstart
   if start and start ~= s.start then sstart = str(start) else start = s.start end
-  ls[i], starts[i] = s, start
+  ls[i] = s
   if kind == 0 then
     keys[i] = key
     stored[i] = seen[key] or nil
@@ -347,10 +349,10 @@ local function parse(i, ref, start)
         u = 0
         seen[w] = 0
       end
-      patches[np + 1], patches[np + 2] = at[i], w
+      patches[np + 1], patches[np + 2] = req + i, w
       np = np + 2
     elseif u == nil then
-      u = redis.call("HGET", w, "u")
+      u = call("HGET", w, "u")
       u = u and tonumber(u)
       seen[w] = u
     end
@@ -359,7 +361,7 @@ local function parse(i, ref, start)
   end
   keys[i] = key
   if seen[key] == nil then
-    local h = redis.call("HMGET", key, "s", "v", "t")
+    local h = call("HMGET", key, "s", "v", "t")
     local st = h[1]
     -- mostly the period's start as this script writes it: no strtod then
     if st == sstart then st = start elseif st then st = tonumber(st) end
@@ -392,14 +394,14 @@ local function take(i)
   end
   dirty_set[key] = s
   seen[key] = nexts[i]
-  if kind == 1 then seen_start[key] = starts[i] end
+  if kind == 1 then seen_start[key] = s.start end
 end
 
 -- set_bucket writes a bucket's state, kept until it is full again.
 local function set_bucket(key, value)
   local tat = value
   if tat < 0 then tat = -tat end
-  redis.call("SET", key, fmt("%d", value), "PX", str(floor((tat - now) / 1000) + 1 + ttl_extra))
+  call("SET", key, fmt("%d", value), "PX", str(floor((tat - now) / 1000) + 1 + ttl_extra))
 end
 
 -- flush writes every state the batch took, in the period of the set that
@@ -413,7 +415,7 @@ local function flush()
       set_bucket(key, value)
     elseif kind == 2 then
       -- value counts from zero: it is what the call took
-      local total = redis.call("HINCRBY", key, "u", str(value))
+      local total = call("HINCRBY", key, "u", str(value))
       window_base[key] = total - value
       if total == value then
         -- the window's first units: record its size and index it (all
@@ -422,11 +424,11 @@ local function flush()
         local start = s.start
         local idx = string.sub(key, 1, -#str(start) - 2)
         local st = str(start)
-        redis.call("HSETNX", key, "z", str(s.size))
-        redis.call("ZADD", idx, st, st)
+        call("HSETNX", key, "z", str(s.size))
+        call("ZADD", idx, st, st)
         -- and the consumer's list of ledgers knows the ledger
         -- (keyspace.LedgersOf: the ledger key cut after its hash tag)
-        redis.call("SADD", string.sub(idx, 1, string.find(idx, "}:ledger:", 1, true)) .. ":ledgers", idx)
+        call("SADD", string.sub(idx, 1, string.find(idx, "}:ledger:", 1, true)) .. ":ledgers", idx)
       end
     else
       -- kept a day past the period's end, relative to the decision's
@@ -435,11 +437,11 @@ local function flush()
       -- stored start is the period's while its expiry is (as read).
       local start = s.start
       if expiry_start[key] == start then
-        redis.call("HSET", key, "v", fmt("%d", value))
+        call("HSET", key, "v", fmt("%d", value))
       else
-        redis.call("HSET", key, "s", s.sstart, "v", fmt("%d", value))
-        if marked[key] then redis.call("HDEL", key, "t") end
-        redis.call("PEXPIRE", key, fmt("%d", floor((s.stop * 1000000 - now) / 1000) + 86400000))
+        call("HSET", key, "s", s.sstart, "v", fmt("%d", value))
+        if marked[key] then call("HDEL", key, "t") end
+        call("PEXPIRE", key, fmt("%d", floor((s.stop * 1000000 - now) / 1000) + 86400000))
         expiry_start[key] = start
       end
     end
@@ -455,8 +457,6 @@ local function give_back(n, decided)
     local ref = v[a + i - 1]
     local s = sets[ref % 1048576 + 1]
     local kind = s.kind
-    o = o + 1
-    at[i] = o
     if kind == 0 then parse(i, ref) else parse(i, ref, decided[i]) end
     local c, key, cur = s.cost, keys[i], stored[i]
     if c > 0 and cur then
@@ -469,13 +469,13 @@ local function give_back(n, decided)
           set_bucket(key, tat)
           seen[key] = tat
         else
-          redis.call("DEL", key)
+          call("DEL", key)
           seen[key] = false
         end
       elseif cur >= c then
         local field = "v"
         if kind == 2 then field = "u" end
-        redis.call("HINCRBY", key, field, str(-c))
+        call("HINCRBY", key, field, str(-c))
         seen[key] = cur - c
       end
     end
@@ -500,8 +500,8 @@ for _ = 1, v[1] do
   local r = n % 2
   n, repeats = (n - r) / 2, r == 1
   a = a + 1
-  o = o + 1
-  local req = o -- out[req]: the request's denied_index
+  req = o + 1 -- out[req]: the request's denied index; its limits' answers follow
+  o = req + n
   out[req] = 0
   local denied = 0
   if decided then
@@ -509,8 +509,6 @@ for _ = 1, v[1] do
   else
     local debits = false
     for i = 1, n do
-      o = o + 1
-      at[i] = o
       parse(i, v[a + i - 1])
       if any_debit and ls[i].debit == 1 then debits = true end
     end
@@ -521,13 +519,16 @@ for _ = 1, v[1] do
       end
     end
     local qm_first, qm_open = 0, false
+    local plain = not debits and not repeats -- each limit against its stored state
     for i = 1, n do
       local s = ls[i]
-      if not debits or s.debit == 0 then
+      if plain then
+        eval(i, s.cost, stored[i])
+      elseif not debits or s.debit == 0 then
         local cur, hit = nil, false
         if repeats then
           for j = i - 1, 1, -1 do
-            if keys[j] == keys[i] and starts[j] == starts[i] and oks[j] == 1 and (not debits or ls[j].debit == 0) then
+            if keys[j] == keys[i] and ls[j].start == s.start and oks[j] == 1 and (not debits or ls[j].debit == 0) then
               cur, hit = nexts[j], true
               break
             end
@@ -580,7 +581,7 @@ for j = 1, np, 2 do
   local slot, w = patches[j], patches[j + 1]
   local base = window_base[w]
   if base == nil then
-    base = tonumber(redis.call("HGET", w, "u") or "0")
+    base = tonumber(call("HGET", w, "u") or "0")
     window_base[w] = base
   end
   out[slot] = out[slot] + base
