@@ -32,7 +32,9 @@
 --               5 year), bound (the most it counts for a request to be
 --               within: max, a soft quota's cap, -1 for none),
 --               anchor_day (0 = calendar),
---               anchor_month*100000+anchor_second_of_day
+--               anchor_month*100000+anchor_second_of_day, and the period
+--               [start, stop) in Unix seconds on Go's clock (plan.PeriodAt),
+--               used when the store's clock is in it, else worked out
 --   ledger (2): kind, cost, flags, window_s; the window itself is
 --               key..":"..start
 -- where flags is shadow + 2*debit + 4*quota_mode (quota_mode: one of the
@@ -100,53 +102,13 @@ local function str(n)
   return s
 end
 
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m > 2) and (m - 3) or (m + 9)
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-
-local function civil_from_days(z)
-  z = z + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local y = yoe + era * 400
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m = (mp < 10) and (mp + 3) or (mp - 9)
-  if m <= 2 then y = y + 1 end
-  return y, m, d
-end
-
-local function add_months(y, m, n)
-  local total = y * 12 + (m - 1) + n
-  return math.floor(total / 12), total % 12 + 1
-end
-
-local function days_in(y, m)
-  local ny, nm = add_months(y, m, 1)
-  return days_from_civil(ny, nm, 1) - days_from_civil(y, m, 1)
-end
-
--- boundary: the anchor's day (clamped) and second of day in month m of y.
-local function boundary(y, m, aday, asec)
-  local d = aday
-  local last = days_in(y, m)
-  if d > last then d = last end
-  return days_from_civil(y, m, d) * 86400 + asec
-end
-
 -- period returns [start, end) in seconds of the period containing t.
+-- Only when the period Go sent is not the clock's (at its boundary, or
+-- with Go's clock off Redis's): its helpers are made by the call.
 local function period(t, unit, aday, amonth_sec)
-  local day = math.floor(t / 86400)
+  local day = floor(t / 86400)
   if unit == 1 then
-    local s = math.floor(t / 3600) * 3600
+    local s = floor(t / 3600) * 3600
     return s, s + 3600
   elseif unit == 2 then
     return day * 86400, day * 86400 + 86400
@@ -155,7 +117,50 @@ local function period(t, unit, aday, amonth_sec)
     local s = (day - back) * 86400
     return s, s + 7 * 86400
   end
-  local amonth = math.floor(amonth_sec / 100000)
+
+  local function days_from_civil(y, m, d)
+    if m <= 2 then y = y - 1 end
+    local era = floor(y / 400)
+    local yoe = y - era * 400
+    local mp = (m > 2) and (m - 3) or (m + 9)
+    local doy = floor((153 * mp + 2) / 5) + d - 1
+    local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+    return era * 146097 + doe - 719468
+  end
+
+  local function civil_from_days(z)
+    z = z + 719468
+    local era = floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+    local y = yoe + era * 400
+    local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+    local mp = floor((5 * doy + 2) / 153)
+    local d = doy - floor((153 * mp + 2) / 5) + 1
+    local m = (mp < 10) and (mp + 3) or (mp - 9)
+    if m <= 2 then y = y + 1 end
+    return y, m, d
+  end
+
+  local function add_months(y, m, n)
+    local total = y * 12 + (m - 1) + n
+    return floor(total / 12), total % 12 + 1
+  end
+
+  local function days_in(y, m)
+    local ny, nm = add_months(y, m, 1)
+    return days_from_civil(ny, nm, 1) - days_from_civil(y, m, 1)
+  end
+
+  -- boundary: the anchor's day (clamped) and second of day in month m of y.
+  local function boundary(y, m, aday, asec)
+    local d = aday
+    local last = days_in(y, m)
+    if d > last then d = last end
+    return days_from_civil(y, m, d) * 86400 + asec
+  end
+
+  local amonth = floor(amonth_sec / 100000)
   local asec = amonth_sec % 100000
   if aday == 0 then aday, amonth, asec = 1, 1, 0 end
   local step = (unit == 5) and 12 or 1
@@ -169,7 +174,6 @@ local function period(t, unit, aday, amonth_sec)
   local ny, nm = add_months(y, m, step)
   return s, boundary(ny, nm, aday, asec)
 end
-
 
 -- The batch's parameter sets, parsed once, each a record: kind, cost,
 -- flags (shadow, debit, qm: 0/1), the period it counts in now (start,
@@ -199,10 +203,13 @@ for p = 1, v[2] do
       size = size}
     a = a + 4
   else
-    local start, stop = period(now_s, v[a + 3], v[a + 5], v[a + 6])
+    -- Go's period, which is the one the clock is in when it holds the clock
+    -- (Go works it out as period does: periods of a unit and anchor tile time)
+    local start, stop = v[a + 7], v[a + 8]
+    if now_s < start or now_s >= stop then start, stop = period(now_s, v[a + 3], v[a + 5], v[a + 6]) end
     sets[p] = {kind = 1, cost = cost, shadow = shadow, debit = debit, qm = qm, start = start, sstart = str(start),
       stop = stop, bound = v[a + 4]}
-    a = a + 7
+    a = a + 9
   end
 end
 

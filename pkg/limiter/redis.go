@@ -459,6 +459,11 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 	want := 2 + len(batch) + total // now, then each request's denied index and its limits' answers
 	keys := make(map[string]int64, total)
 	params := make(map[limitParams]int64, 4)
+	now := time.Now()
+	if r.clock != nil {
+		now = r.clock()
+	}
+	var periods periodCache
 	var sets []limitParams
 	refs := make([]int64, 0, total)
 	// EVALSHA digest numkeys KEYS... clock numbers [mode]
@@ -484,7 +489,7 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 				keys[l.Key] = k
 				args = append(args, l.Key)
 			}
-			lp := paramsOf(l)
+			lp := paramsOf(l, now, &periods)
 			p, ok := params[lp]
 			if !ok {
 				p = int64(len(sets))
@@ -497,7 +502,7 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 	args[2] = len(keys)
 	clock := ""
 	if r.clock != nil {
-		clock = strconv.FormatInt(r.clock().UnixMicro(), 10)
+		clock = strconv.FormatInt(now.UnixMicro(), 10)
 	}
 	var m msgpackArray
 	m.add(int64(len(batch)), int64(len(sets)), int64(buckets))
@@ -672,9 +677,10 @@ func quotaBound(l *Limit) int64 {
 	return -1
 }
 
-// periodCache is the quota periods a reply's limits are in, by unit and
-// anchor: a batch's quotas mostly share a plan's, and plan.PeriodAt is not
-// free. It keeps the first few (on the stack).
+// periodCache is the quota periods of a batch's limits at one time (of
+// its reply, or of its arguments), by unit and anchor: a batch's quotas
+// mostly share a plan's, and plan.PeriodAt is not free. It keeps the first
+// few (on the stack).
 type periodCache struct {
 	n       int
 	entries [4]periodEntry
@@ -823,7 +829,7 @@ func displayLimit(l *Limit) int64 {
 var unitCodes = map[plan.Unit]int64{plan.Hour: 1, plan.Day: 2, plan.Week: 3, plan.Month: 4, plan.Year: 5}
 
 // maxArgsPerLimit is the most values decide.lua reads for one limit.
-const maxArgsPerLimit = 7
+const maxArgsPerLimit = 9
 
 // limitParams is a limit's values in decide.lua's order for its kind: a
 // comparable array, so that the limits of a batch that share them are sent
@@ -838,12 +844,14 @@ func (p *limitParams) values() []int64 {
 	case Ledger:
 		return p[:4]
 	}
-	return p[:7]
+	return p[:9]
 }
 
 // paramsOf is l's parameters. The kinds' codes are decide.lua's: bucket 0,
-// quota 1, ledger 2; flags are shadow + 2*debit + 4*quota-mode.
-func paramsOf(l *Limit) limitParams {
+// quota 1, ledger 2; flags are shadow + 2*debit + 4*quota-mode. A quota's
+// include its period at now (Go's clock; the script checks that the
+// store's clock is in it, and works the period out when it is not).
+func paramsOf(l *Limit, now time.Time, periods *periodCache) limitParams {
 	var flags int64
 	if l.Shadow {
 		flags |= 1
@@ -868,7 +876,8 @@ func paramsOf(l *Limit) limitParams {
 		aday = int64(a.Day())
 		amonthSec = int64(a.Month())*100000 + int64(a.Hour()*3600+a.Minute()*60+a.Second())
 	}
-	return limitParams{1, l.Cost, flags, unitCodes[l.Unit], quotaBound(l), aday, amonthSec}
+	p := periods.at(now, l)
+	return limitParams{1, l.Cost, flags, unitCodes[l.Unit], quotaBound(l), aday, amonthSec, p.Start.Unix(), p.End.Unix()}
 }
 
 // Slot is the Redis Cluster hash slot of key (CRC16/XMODEM of its hash
