@@ -22,9 +22,11 @@
 -- debt), a quota hash {s = period start, v = count}, or a ledger's index
 -- of unexported windows; all in one hash slot.
 -- ARGV[1]: "" to use TIME, or a test clock in microseconds.
--- ARGV[2]: every other number of the batch, as one MessagePack array
--- (Redis makes a string of each argument, which costs more than decoding
--- them all at once): D, the number of requests, P, the number of
+-- ARGV[2]: every other number of the batch, as MessagePack (Redis makes a
+-- string of each argument, which costs more than decoding them all at
+-- once): a stream of numbers, which cmsgpack.unpack returns as values, or
+-- (past what Lua's stack holds) one array of them: D, the number of
+-- requests, P, the number of
 -- distinct parameter sets, and B, the number of bucket keys (KEYS[1..B]);
 -- then the P sets, by kind:
 --   bucket (0): kind, cost, flags, interval_us, tolerance_us
@@ -185,7 +187,9 @@ end
 -- part of the script's own cost.
 local sets = {}
 local any_debit, any_qm = false, false -- any set of the batch is a debit's, a quota-mode limit's
-local v = cmsgpack.unpack(ARGV[2])
+-- (A table made of values is made at its size; cmsgpack grows an array's.)
+local v = {cmsgpack.unpack(ARGV[2])}
+if type(v[1]) == "table" then v = v[1] end
 local a = 4
 for p = 1, v[2] do
   local kind, cost, f = v[a], v[a + 1], v[a + 2]

@@ -514,7 +514,7 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 		m.add(refs[:len(limits)]...)
 		refs = refs[len(limits):]
 	}
-	return append(args, clock, m.bytes()), want
+	return append(args, clock, m.stream()), want
 }
 
 // repeatsKey is 1 when two of a request's references (refs) name one
@@ -573,6 +573,25 @@ func (m *msgpackArray) bytes() []byte {
 	}
 	binary.BigEndian.PutUint32(m.b[1:5], m.n)
 	return m.b
+}
+
+// maxStream is the most numbers stream sends as values: cmsgpack.unpack
+// returns them on Lua's stack, which holds a few thousand (LUAI_MAXCSTACK,
+// 8000, less what the script holds).
+const maxStream = 4000
+
+// stream is m's numbers as a MessagePack stream of them (decide.lua
+// unpacks it into a table made at its size, where cmsgpack grows an
+// array's table one value at a time), or as the array when they are
+// more than maxStream.
+func (m *msgpackArray) stream() []byte {
+	if m.n > maxStream {
+		return m.bytes()
+	}
+	if m.b == nil {
+		m.add()
+	}
+	return m.b[5:]
 }
 
 // refShift places a limit's key index above its parameters' index in the
