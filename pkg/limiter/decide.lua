@@ -26,9 +26,8 @@
 -- string of each argument, which costs more than decoding them all at
 -- once): a stream of numbers, which cmsgpack.unpack returns as values, or
 -- (past what Lua's stack holds) one array of them: D, the number of
--- requests, P, the number of
--- distinct parameter sets, and B, the number of bucket keys (KEYS[1..B]);
--- then the P sets, by kind:
+-- requests, P, the number of distinct parameter sets, and B, the number
+-- of bucket keys (KEYS[1..B]); then the P sets, by kind:
 --   bucket (0): kind, cost, flags, interval_us, tolerance_us
 --   quota (1):  kind, cost, flags, unit (1 hour, 2 day, 3 week, 4 month,
 --               5 year), bound (the most it counts for a request to be
@@ -56,8 +55,9 @@
 -- of as many integers): now_s, now_us, then per request: denied_index
 -- (0 = none), then one value per limit, which is within (ok) when it is
 -- not negative and over when it is (-1 - the value then):
---   bucket: the microseconds until it is full again (reset), from the
---           state it leaves when it takes (over: the state it has)
+--   bucket: how far ahead of now its state is, in microseconds (its
+--           reset): the state it leaves when it takes (a debit's, over
+--           or not), else the state it has
 --   quota:  its count (used): what it leaves when it takes, else what it
 --           has (a debit that does not fit is counted, and over)
 --   ledger: its window's units (it always allows, and bounds nothing)
@@ -179,12 +179,12 @@ end
 
 -- The batch's parameter sets, parsed once, each a record: kind, cost,
 -- flags (shadow, debit, qm: 0/1), the period it counts in now (start,
--- and as a string, sstart; a quota's stop too) and its kind's values: a bucket's interval and
--- tolerance in microseconds, a quota's bound, a ledger's window size in
--- seconds. A record's constructor sizes its
--- table once; a table grown from empty is rehashed at every power of two,
--- and growing tables (one per field, by set, by key) was the largest
--- part of the script's own cost.
+-- and as a string, sstart; a quota's stop too) and its kind's values: a
+-- bucket's interval and tolerance in microseconds, a quota's bound, a
+-- ledger's window size in seconds. A record's constructor sizes its table
+-- once; a table grown from empty is rehashed at every power of two, and
+-- growing tables (one per field, by set, by key) was the largest part of
+-- the script's own cost.
 local sets = {}
 local any_debit, any_qm = false, false -- any set of the batch is a debit's, a quota-mode limit's
 -- (A table made of values is made at its size; cmsgpack grows an array's.)
