@@ -13,6 +13,7 @@
 -- pairs of fingerprint ("" for a request without one: always applied) and
 -- units (negative: a refund).
 -- Returns -1 when admission never counted the window, else 1.
+-- Numbers go to redis.call as strings made with %d (decide.lua says why).
 local w = KEYS[1] .. ":" .. ARGV[1] -- the window (keyspace.Window)
 if redis.call("EXISTS", w) == 0 then return -1 end
 local seen = w .. ":seen"
@@ -49,15 +50,15 @@ if KEYS[2] and ARGV[3] ~= "" and reported ~= refunded then
     local v = reported - refunded
     if v > 4503599627370496 then v = 4503599627370496 end
     redis.call("HSET", KEYS[2], "s", ARGV[3], "v", string.format("%d", v), "t", "1")
-    redis.call("EXPIRE", KEYS[2], 31708800)
+    redis.call("EXPIRE", KEYS[2], "31708800")
   end
 end
 local before = tonumber(redis.call("HGET", w, "u") or "0")
 local u = before + reported - refunded
 if u < 0 then u = 0 end
 redis.call("HSET", w, "u", string.format("%d", u))
-if refunded ~= 0 then redis.call("HINCRBY", w, "r", refunded) end
-if reported ~= 0 then redis.call("HINCRBY", w, "x", reported) end
+if refunded ~= 0 then redis.call("HINCRBY", w, "r", string.format("%d", refunded)) end
+if reported ~= 0 then redis.call("HINCRBY", w, "x", string.format("%d", reported)) end
 if redis.call("HGET", w, "e") == "1" then
   if redis.call("HEXISTS", w, "a") == 0 then
     -- exported before levy kept "a": it was accounted as it stood

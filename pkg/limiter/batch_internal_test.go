@@ -252,3 +252,28 @@ func BenchmarkScriptCallByLimits(b *testing.B) {
 		})
 	}
 }
+
+// repeatsKey finds two references to one key, whatever their parameter
+// sets, in short requests and long ones.
+func TestRepeatsKey(t *testing.T) {
+	ref := func(key, set int64) int64 { return key<<refShift | set }
+	long := make([]int64, 40)
+	for i := range long {
+		long[i] = ref(int64(i), 0)
+	}
+	for _, c := range []struct {
+		refs []int64
+		want int64
+	}{
+		{nil, 0},
+		{[]int64{ref(0, 0)}, 0},
+		{[]int64{ref(0, 0), ref(1, 0), ref(2, 1)}, 0},
+		{[]int64{ref(0, 0), ref(1, 1), ref(0, 2)}, 1},
+		{long, 0},
+		{append(append([]int64(nil), long...), ref(39, 3)), 1},
+	} {
+		if got := repeatsKey(c.refs); got != c.want {
+			t.Errorf("repeatsKey(%d refs) = %d, want %d", len(c.refs), got, c.want)
+		}
+	}
+}

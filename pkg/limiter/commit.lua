@@ -7,18 +7,19 @@
 -- rejected instead.
 -- KEYS[1]: K's ledger; KEYS[2..]: each accounted window's ledger.
 -- ARGV: K's start, value, keep_s, reason, then per accounted window its
--- start and units.
+-- start and units (integers, as Go formats them). Numbers go to redis.call
+-- as strings made with %d (decide.lua says why).
 local kw = KEYS[1] .. ":" .. ARGV[1] -- the window (keyspace.Window)
 local value = tonumber(ARGV[2])
 if redis.call("EXISTS", kw) == 1 then
   if value > 0 then
-    redis.call("HINCRBY", kw, "b", value)
-    redis.call("HINCRBY", kw, "n", 1)
-    redis.call("HSET", kw, "l", value, "t", redis.call("TIME")[1])
+    redis.call("HINCRBY", kw, "b", ARGV[2])
+    redis.call("HINCRBY", kw, "n", "1")
+    redis.call("HSET", kw, "l", ARGV[2], "t", redis.call("TIME")[1])
   elseif value < 0 then
     -- the last event was cancelled
-    redis.call("HINCRBY", kw, "b", value)
-    redis.call("HSET", kw, "l", 0)
+    redis.call("HINCRBY", kw, "b", ARGV[2])
+    redis.call("HSET", kw, "l", "0")
   end
   redis.call("HDEL", kw, "p")
 end
@@ -39,7 +40,7 @@ for i = 2, #KEYS do
       redis.call("ZREM", KEYS[i], s)
     end
     redis.call("ZADD", KEYS[i] .. ":done", s, s)
-    redis.call("ZREMRANGEBYSCORE", KEYS[i] .. ":done", "-inf", tonumber(s) - tonumber(ARGV[3]))
+    redis.call("ZREMRANGEBYSCORE", KEYS[i] .. ":done", "-inf", string.format("%d", tonumber(s) - tonumber(ARGV[3])))
   end
 end
 return 1

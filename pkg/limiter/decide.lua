@@ -5,9 +5,10 @@
 -- the other, as if each were its own call. It runs for every decision, so
 -- it is written for speed: each distinct key and each distinct set of
 -- parameters is sent and parsed once per call, the few tables it needs
--- are reused across the batch, and a limit's answer is only the fields
--- its kind has. The semantics are Local.Decide's (local.go), step for
--- step: the two stores must agree to the microsecond.
+-- are reused across the batch, and a limit's answer is one value, from
+-- which Go works out the rest. The semantics are Local.Decide's
+-- (local.go), step for step: the two stores must agree to the
+-- microsecond.
 --
 -- Reads: each distinct state once: every bucket of the batch with one
 -- MGET first, a quota with an HMGET when first needed (a hash: no
@@ -21,21 +22,27 @@
 -- debt), a quota hash {s = period start, v = count}, or a ledger's index
 -- of unexported windows; all in one hash slot.
 -- ARGV[1]: "" to use TIME, or a test clock in microseconds.
--- ARGV[2]: every other number of the batch, as one MessagePack array
--- (Redis makes a string of each argument, which costs more than decoding
--- them all at once): D, the number of requests, P, the number of
--- distinct parameter sets, and B, the number of bucket keys (KEYS[1..B]);
--- then the P sets, by kind:
+-- ARGV[2]: every other number of the batch, as MessagePack (Redis makes a
+-- string of each argument, which costs more than decoding them all at
+-- once): a stream of numbers, which cmsgpack.unpack returns as values, or
+-- (past what Lua's stack holds) one array of them: D, the number of
+-- requests, P, the number of distinct parameter sets, and B, the number
+-- of bucket keys (KEYS[1..B]); then the P sets, by kind:
 --   bucket (0): kind, cost, flags, interval_us, tolerance_us
 --   quota (1):  kind, cost, flags, unit (1 hour, 2 day, 3 week, 4 month,
---               5 year), max, soft (0/1), cap, anchor_day (0 = calendar),
---               anchor_month*100000+anchor_second_of_day
+--               5 year), bound (the most it counts for a request to be
+--               within: max, a soft quota's cap, -1 for none),
+--               anchor_day (0 = calendar),
+--               anchor_month*100000+anchor_second_of_day, and the period
+--               [start, stop) in Unix seconds on Go's clock (plan.PeriodAt),
+--               used when the store's clock is in it, else worked out
 --   ledger (2): kind, cost, flags, window_s; the window itself is
 --               key..":"..start
 -- where flags is shadow + 2*debit + 4*quota_mode (quota_mode: one of the
 -- request's quota-mode group, which denies only when all of it is over);
--- then each request: its number of limits n, and n references, each
--- key_index * 2^20 + set_index (both from 0).
+-- then each request: 2n + r, for its n limits, where r is 1 when two of
+-- them name one key (else no limit of it can see another's take), and
+-- n references, each key_index * 2^20 + set_index (both from 0).
 -- ARGV[3]: absent to decide; present to give back what one request's
 -- limits (D = 1) took, when the request, decided slot by slot in a
 -- cluster, was denied or failed, or its reply came too late: a
@@ -46,11 +53,20 @@
 -- that takes nothing.
 -- Returns, packed as one MessagePack array (cheaper for Redis than a reply
 -- of as many integers): now_s, now_us, then per request: denied_index
--- (0 = none), then per limit: ok (0/1), remaining, reset_us, retry_us, and
--- for quotas also used, overage, period_start_s; for a ledger (which
--- always allows, and bounds nothing) only used and period_start_s.
+-- (0 = none), then one value per limit, which is within (ok) when it is
+-- not negative and over when it is (-1 - the value then):
+--   bucket: how far ahead of now its state is, in microseconds (its
+--           reset): the state it leaves when it takes (a debit's, over
+--           or not), else the state it has
+--   quota:  its count (used): what it leaves when it takes, else what it
+--           has (a debit that does not fit is counted, and over)
+--   ledger: its window's units (it always allows, and bounds nothing)
+-- Each value costs the MessagePack encoding about as much as a table
+-- write, so the rest of a limit's answer (remaining, retry after,
+-- overage, the period) is worked out in Go (redis.go's answer), from the
+-- limit, the cost the answer was evaluated with, and now.
 
-local floor = math.floor
+local floor, tonumber, call, KEYS = math.floor, tonumber, redis.call, KEYS
 local now
 -- Redis expires keys on its own clock; under a test clock a bucket key
 -- must outlive the test's real time, so it gets a minute more.
@@ -59,7 +75,7 @@ if ARGV[1] ~= "" then
   now = tonumber(ARGV[1])
   ttl_extra = 60000
 else
-  local t = redis.call("TIME")
+  local t = call("TIME")
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local now_s = floor(now / 1000000)
@@ -67,68 +83,34 @@ local now_s = floor(now / 1000000)
 -- may lie (its time to fill and its debt), and the most a quota counts.
 local max_ahead, max_count = 2251799813685248, 4503599627370496
 
+-- Every number passed to redis.call is a string made with %d: Redis
+-- 7.2.0 to 7.2.4 format a number argument with fpconv_dtoa, which writes
+-- a whole number with eight or more trailing zeros in scientific
+-- notation (1e+08): a PX or PEXPIRE of it is refused, and a count or a
+-- window's start stored as it is no integer to HINCRBY or to Go. (7.0
+-- formats one with snprintf("%.17g"), which costs about as much as a
+-- command; 7.2.5 and later as an integer.)
+local fmt = string.format
 -- str is whole number n as a string, made once per call: the numbers a
 -- batch repeats (a period's start, a cost) are formatted once, not per
--- decision, in a window's key and in commands' arguments (Redis 7.0
--- formats a number argument with snprintf("%.17g"), which costs about
--- as much as a command).
+-- decision, in a window's key and in commands' arguments.
 local strs = {}
 local function str(n)
   local s = strs[n]
   if not s then
-    s = string.format("%d", n)
+    s = fmt("%d", n)
     strs[n] = s
   end
   return s
 end
 
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m > 2) and (m - 3) or (m + 9)
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-
-local function civil_from_days(z)
-  z = z + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local y = yoe + era * 400
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m = (mp < 10) and (mp + 3) or (mp - 9)
-  if m <= 2 then y = y + 1 end
-  return y, m, d
-end
-
-local function add_months(y, m, n)
-  local total = y * 12 + (m - 1) + n
-  return math.floor(total / 12), total % 12 + 1
-end
-
-local function days_in(y, m)
-  local ny, nm = add_months(y, m, 1)
-  return days_from_civil(ny, nm, 1) - days_from_civil(y, m, 1)
-end
-
--- boundary: the anchor's day (clamped) and second of day in month m of y.
-local function boundary(y, m, aday, asec)
-  local d = aday
-  local last = days_in(y, m)
-  if d > last then d = last end
-  return days_from_civil(y, m, d) * 86400 + asec
-end
-
 -- period returns [start, end) in seconds of the period containing t.
+-- Only when the period Go sent is not the clock's (at its boundary, or
+-- with Go's clock off Redis's): its helpers are made by the call.
 local function period(t, unit, aday, amonth_sec)
-  local day = math.floor(t / 86400)
+  local day = floor(t / 86400)
   if unit == 1 then
-    local s = math.floor(t / 3600) * 3600
+    local s = floor(t / 3600) * 3600
     return s, s + 3600
   elseif unit == 2 then
     return day * 86400, day * 86400 + 86400
@@ -137,7 +119,50 @@ local function period(t, unit, aday, amonth_sec)
     local s = (day - back) * 86400
     return s, s + 7 * 86400
   end
-  local amonth = math.floor(amonth_sec / 100000)
+
+  local function days_from_civil(y, m, d)
+    if m <= 2 then y = y - 1 end
+    local era = floor(y / 400)
+    local yoe = y - era * 400
+    local mp = (m > 2) and (m - 3) or (m + 9)
+    local doy = floor((153 * mp + 2) / 5) + d - 1
+    local doe = yoe * 365 + floor(yoe / 4) - floor(yoe / 100) + doy
+    return era * 146097 + doe - 719468
+  end
+
+  local function civil_from_days(z)
+    z = z + 719468
+    local era = floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = floor((doe - floor(doe / 1460) + floor(doe / 36524) - floor(doe / 146096)) / 365)
+    local y = yoe + era * 400
+    local doy = doe - (365 * yoe + floor(yoe / 4) - floor(yoe / 100))
+    local mp = floor((5 * doy + 2) / 153)
+    local d = doy - floor((153 * mp + 2) / 5) + 1
+    local m = (mp < 10) and (mp + 3) or (mp - 9)
+    if m <= 2 then y = y + 1 end
+    return y, m, d
+  end
+
+  local function add_months(y, m, n)
+    local total = y * 12 + (m - 1) + n
+    return floor(total / 12), total % 12 + 1
+  end
+
+  local function days_in(y, m)
+    local ny, nm = add_months(y, m, 1)
+    return days_from_civil(ny, nm, 1) - days_from_civil(y, m, 1)
+  end
+
+  -- boundary: the anchor's day (clamped) and second of day in month m of y.
+  local function boundary(y, m, aday, asec)
+    local d = aday
+    local last = days_in(y, m)
+    if d > last then d = last end
+    return days_from_civil(y, m, d) * 86400 + asec
+  end
+
+  local amonth = floor(amonth_sec / 100000)
   local asec = amonth_sec % 100000
   if aday == 0 then aday, amonth, asec = 1, 1, 0 end
   local step = (unit == 5) and 12 or 1
@@ -152,18 +177,19 @@ local function period(t, unit, aday, amonth_sec)
   return s, boundary(ny, nm, aday, asec)
 end
 
-
 -- The batch's parameter sets, parsed once, each a record: kind, cost,
--- flags (shadow, debit, qm: 0/1), the period it counts in now (start;
--- a quota's stop too) and its kind's values: a bucket's interval and
--- tolerance in microseconds, a quota's max, soft (0/1) and cap, a
--- ledger's window size in seconds. A record's constructor sizes its
--- table once; a table grown from empty is rehashed at every power of two,
--- and growing tables (one per field, by set, by key) was the largest
--- part of the script's own cost.
+-- flags (shadow, debit, qm: 0/1), the period it counts in now (start,
+-- and as a string, sstart; a quota's stop too) and its kind's values: a
+-- bucket's interval and tolerance in microseconds, a quota's bound, a
+-- ledger's window size in seconds. A record's constructor sizes its table
+-- once; a table grown from empty is rehashed at every power of two, and
+-- growing tables (one per field, by set, by key) was the largest part of
+-- the script's own cost.
 local sets = {}
 local any_debit, any_qm = false, false -- any set of the batch is a debit's, a quota-mode limit's
-local v = cmsgpack.unpack(ARGV[2])
+-- (A table made of values is made at its size; cmsgpack grows an array's.)
+local v = {cmsgpack.unpack(ARGV[2])}
+if type(v[1]) == "table" then v = v[1] end
 local a = 4
 for p = 1, v[2] do
   local kind, cost, f = v[a], v[a + 1], v[a + 2]
@@ -176,26 +202,43 @@ for p = 1, v[2] do
     a = a + 5
   elseif kind == 2 then
     local size = v[a + 3]
-    sets[p] = {kind = 2, cost = cost, shadow = shadow, debit = debit, qm = qm, start = floor(now_s / size) * size,
+    local start = floor(now_s / size) * size
+    sets[p] = {kind = 2, cost = cost, shadow = shadow, debit = debit, qm = qm, start = start, sstart = str(start),
       size = size}
     a = a + 4
   else
-    local start, stop = period(now_s, v[a + 3], v[a + 7], v[a + 8])
-    sets[p] = {kind = 1, cost = cost, shadow = shadow, debit = debit, qm = qm, start = start, stop = stop,
-      max = v[a + 4], soft = v[a + 5], cap = v[a + 6]}
+    -- Go's period, which is the one the clock is in when it holds the clock
+    -- (Go works it out as period does: periods of a unit and anchor tile time)
+    local start, stop = v[a + 7], v[a + 8]
+    if now_s < start or now_s >= stop then start, stop = period(now_s, v[a + 3], v[a + 5], v[a + 6]) end
+    sets[p] = {kind = 1, cost = cost, shadow = shadow, debit = debit, qm = qm, start = start, sstart = str(start),
+      stop = stop, bound = v[a + 4]}
     a = a + 9
   end
 end
 
--- The answers, packed at the end: now_s, now_us, then each request's.
-local out, o = {now_s, now % 1000000}, 2
+-- Tables are made at their size where it is known: one grown from empty
+-- is rehashed at every power of two, which costs the script more than
+-- anything else it does with tables. The requests' part of ARGV[2] (from
+-- a) holds as many values as their answers: unpack copies it into a new
+-- table's array part at once, as filler (up to a few thousand: its
+-- values live on Lua's stack; a table grows past that as usual).
+local fill = #v
+if fill > a + 4000 then fill = a + 4000 end
 
--- A request's limits: their parameter sets, state keys (a ledger's
--- window), period starts, stored state, the state each leaves when it
--- takes, whether each is ok, and where its answer is in out. The tables
--- are reused by every request of the batch (only entries 1..n of the
--- current one are read).
-local ls, keys, starts, stored, nexts, oks, at = {}, {}, {}, {}, {}, {}, {}
+-- The answers, packed at the end: now_s, now_us, then each request's.
+local out, o = {now_s, now % 1000000, unpack(v, a, fill)}, 2
+
+-- A request's limits: their parameter sets (whose start is the period
+-- each counts in, but in a give-back's first pass), state keys (a
+-- ledger's window), stored state, the state each leaves when it takes,
+-- and whether each is ok. The tables are reused by every request of the
+-- batch (only entries 1..n of the current one are read), made with room
+-- for eight limits. Limit i's answer is out[req + i], after its
+-- request's denied index, out[req].
+local ls, keys, stored, nexts, oks = {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0},
+  {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}
+local req = 0
 
 -- eval decides limit i from state cur (nil: none), taking cost c; it
 -- writes the limit's answer and the state it leaves when it takes
@@ -207,7 +250,7 @@ local function eval(i, c, cur)
   local kind = s.kind
   local need = c
   if need < 1 then need = 1 end
-  local ok, rem, reset, retry, nxt, used, over
+  local ok, nxt, ans
   if kind == 0 then
     local interval, tolerance = s.interval, s.tolerance
     local tat, debt = cur or now, false
@@ -218,73 +261,44 @@ local function eval(i, c, cur)
     local ahead = tat - now
     if need * interval <= tolerance - ahead then
       nxt = tat + c * interval
-      ok, rem, reset, retry = 1, floor((tolerance - (nxt - now)) / interval), nxt - now, 0
+      ok, ans = 1, nxt - now
     elseif s.debit == 0 or c == 0 then
-      retry = tolerance -- more than the bucket ever holds: never passes
-      if need * interval <= tolerance then retry = ahead + need * interval - tolerance end
-      local room = tolerance - ahead
-      if room < 0 then room = 0 end
-      ok, rem, reset, nxt = 0, floor(room / interval), ahead, cur
+      ok, nxt, ans = 0, cur, -1 - ahead
     else
       -- a debit: into debt
       nxt = now + max_ahead
       if c * interval <= max_ahead - ahead then nxt = tat + c * interval end
-      retry = nxt - now + interval - tolerance
-      if retry < 0 then retry = 0 end
-      ok, rem, reset = 0, 0, nxt - now
+      ok, ans = 0, -1 - (nxt - now)
       if nxt - now > tolerance then nxt = -nxt end
     end
   elseif kind == 2 then
     ok, nxt = 1, (cur or 0) + c
+    ans = nxt
   else
-    local max, soft, cap = s.max, s.soft, s.cap
-    local had = cur or 0
-    local bound = max
-    if soft == 1 then
-      bound = -1 -- none
-      if cap > 0 then bound = cap end
-    end
+    local had, bound = cur or 0, s.bound
     nxt = had + c
     if nxt > max_count then nxt = max_count end
-    reset = s.stop * 1000000 - now
-    ok, used, rem, retry = 1, nxt, -1, 0
-    if bound < 0 then
-    elseif had + need <= bound then
-      rem = bound - nxt
+    ok, ans = 1, nxt
+    if bound < 0 or had + need <= bound then
     elseif s.debit == 1 and c > 0 then
-      ok, rem, retry = 0, 0, reset
+      ok, ans = 0, -1 - nxt
     else
-      ok, used, rem, retry, nxt = 0, had, bound - had, reset, had
-      if rem < 0 then rem = 0 end
+      ok, ans, nxt = 0, -1 - had, had
     end
-    over = 0
-    if soft == 1 and used > max then over = used - max end
   end
   oks[i], nexts[i] = ok, nxt
-  -- One by one, in order: a table grows cheaply only at its end, and a
-  -- multiple assignment stores right to left.
-  local x = at[i]
-  if kind == 2 then -- it allows, and bounds nothing
-    out[x + 1] = nxt
-    out[x + 2] = starts[i]
-    return
-  end
-  out[x + 1] = ok
-  out[x + 2] = rem
-  out[x + 3] = reset
-  out[x + 4] = retry
-  if kind == 1 then
-    out[x + 5] = used
-    out[x + 6] = over
-    out[x + 7] = starts[i]
-  end
+  out[req + i] = ans
 end
+
+-- Whether two limits of the current request name one key.
+local repeats = false
 
 -- last_debit is what the last debit of the request before index e on
 -- limit i's state leaves, or the stored state.
 local function last_debit(i, e)
+  if not repeats then return stored[i] end
   for j = e - 1, 1, -1 do
-    if keys[j] == keys[i] and starts[j] == starts[i] and ls[j].debit == 1 then return nexts[j] end
+    if keys[j] == keys[i] and ls[j].start == ls[i].start and ls[j].debit == 1 then return nexts[j] end
   end
   return stored[i]
 end
@@ -315,7 +329,7 @@ local patches, np = {}, 0 -- where out has a ledger's relative used, and its win
 for first = 1, v[3], 1000 do -- unpack's arguments live on Lua's stack: a few at a time
   local last = first + 999
   if last > v[3] then last = v[3] end
-  local got = redis.call("MGET", unpack(KEYS, first, last))
+  local got = call("MGET", unpack(KEYS, first, last))
   for j = first, last do
     local x = got[j - first + 1]
     seen[KEYS[j]] = x and tonumber(x)
@@ -323,23 +337,22 @@ for first = 1, v[3], 1000 do -- unpack's arguments live on Lua's stack: a few at
 end
 
 -- parse reads limit i's reference (key and parameter set) and its stored
--- state for the period starting at start (default: the current one);
--- it answers how many values the limit's answer takes in out, from
--- at[i].
+-- state for the period starting at start (default: the current one).
 local function parse(i, ref, start)
   local p = ref % 1048576
   local key = KEYS[(ref - p) / 1048576 + 1]
   local s = sets[p + 1]
   local kind = s.kind
-  start = start or s.start
-  ls[i], starts[i] = s, start
+  local sstart = s.sstart
+  if start and start ~= s.start then sstart = str(start) else start = s.start end
+  ls[i] = s
   if kind == 0 then
     keys[i] = key
     stored[i] = seen[key] or nil
-    return 4
+    return
   end
   if kind == 2 then
-    local w = key .. ":" .. str(start)
+    local w = key .. ":" .. sstart
     keys[i] = w
     local u = seen[w]
     if relative then
@@ -347,22 +360,22 @@ local function parse(i, ref, start)
         u = 0
         seen[w] = 0
       end
-      patches[np + 1], patches[np + 2] = at[i] + 1, w
+      patches[np + 1], patches[np + 2] = req + i, w
       np = np + 2
     elseif u == nil then
-      u = redis.call("HGET", w, "u")
+      u = call("HGET", w, "u")
       u = u and tonumber(u)
       seen[w] = u
     end
     stored[i] = u or nil
-    return 2
+    return
   end
   keys[i] = key
   if seen[key] == nil then
-    local h = redis.call("HMGET", key, "s", "v", "t")
+    local h = call("HMGET", key, "s", "v", "t")
     local st = h[1]
     -- mostly the period's start as this script writes it: no strtod then
-    if st == str(start) then st = start elseif st then st = tonumber(st) end
+    if st == sstart then st = start elseif st then st = tonumber(st) end
     seen_start[key] = st
     seen[key] = h[2] and tonumber(h[2]) or false
     -- the period the stored expiry was set for (none known: t is set,
@@ -374,7 +387,6 @@ local function parse(i, ref, start)
   else
     stored[i] = nil
   end
-  return 7
 end
 
 -- take records what limit i took; flush writes it.
@@ -393,14 +405,14 @@ local function take(i)
   end
   dirty_set[key] = s
   seen[key] = nexts[i]
-  if kind == 1 then seen_start[key] = starts[i] end
+  if kind == 1 then seen_start[key] = s.start end
 end
 
 -- set_bucket writes a bucket's state, kept until it is full again.
 local function set_bucket(key, value)
   local tat = value
   if tat < 0 then tat = -tat end
-  redis.call("SET", key, string.format("%d", value), "PX", floor((tat - now) / 1000) + 1 + ttl_extra)
+  call("SET", key, fmt("%d", value), "PX", str(floor((tat - now) / 1000) + 1 + ttl_extra))
 end
 
 -- flush writes every state the batch took, in the period of the set that
@@ -414,7 +426,7 @@ local function flush()
       set_bucket(key, value)
     elseif kind == 2 then
       -- value counts from zero: it is what the call took
-      local total = redis.call("HINCRBY", key, "u", str(value))
+      local total = call("HINCRBY", key, "u", str(value))
       window_base[key] = total - value
       if total == value then
         -- the window's first units: record its size and index it (all
@@ -422,21 +434,25 @@ local function flush()
         -- (the ledger's key: the window's, cut before its start)
         local start = s.start
         local idx = string.sub(key, 1, -#str(start) - 2)
-        redis.call("HSETNX", key, "z", s.size)
-        redis.call("ZADD", idx, start, start)
+        local st = str(start)
+        call("HSETNX", key, "z", str(s.size))
+        call("ZADD", idx, st, st)
         -- and the consumer's list of ledgers knows the ledger
         -- (keyspace.LedgersOf: the ledger key cut after its hash tag)
-        redis.call("SADD", string.sub(idx, 1, string.find(idx, "}:ledger:", 1, true)) .. ":ledgers", idx)
+        call("SADD", string.sub(idx, 1, string.find(idx, "}:ledger:", 1, true)) .. ":ledgers", idx)
       end
     else
-      local start = s.start
-      redis.call("HSET", key, "s", str(start), "v", value)
       -- kept a day past the period's end, relative to the decision's
       -- clock: set when the period starts (or the key comes to be), not
-      -- by every decision, which saves one command of about seven.
-      if expiry_start[key] ~= start then
-        if marked[key] then redis.call("HDEL", key, "t") end
-        redis.call("PEXPIRE", key, floor((s.stop * 1000000 - now) / 1000) + 86400000)
+      -- by every decision, which saves one command of about seven. Its
+      -- stored start is the period's while its expiry is (as read).
+      local start = s.start
+      if expiry_start[key] == start then
+        call("HSET", key, "v", fmt("%d", value))
+      else
+        call("HSET", key, "s", s.sstart, "v", fmt("%d", value))
+        if marked[key] then call("HDEL", key, "t") end
+        call("PEXPIRE", key, fmt("%d", floor((s.stop * 1000000 - now) / 1000) + 86400000))
         expiry_start[key] = start
       end
     end
@@ -452,8 +468,7 @@ local function give_back(n, decided)
     local ref = v[a + i - 1]
     local s = sets[ref % 1048576 + 1]
     local kind = s.kind
-    at[i] = o
-    if kind == 0 then o = o + parse(i, ref) else o = o + parse(i, ref, decided[i]) end
+    if kind == 0 then parse(i, ref) else parse(i, ref, decided[i]) end
     local c, key, cur = s.cost, keys[i], stored[i]
     if c > 0 and cur then
       if kind == 0 then
@@ -465,13 +480,13 @@ local function give_back(n, decided)
           set_bucket(key, tat)
           seen[key] = tat
         else
-          redis.call("DEL", key)
+          call("DEL", key)
           seen[key] = false
         end
       elseif cur >= c then
         local field = "v"
         if kind == 2 then field = "u" end
-        redis.call("HINCRBY", key, field, -c)
+        call("HINCRBY", key, field, str(-c))
         seen[key] = cur - c
       end
     end
@@ -493,9 +508,11 @@ end
 local decided = not relative and cmsgpack.unpack(ARGV[3])
 for _ = 1, v[1] do
   local n = v[a]
+  local r = n % 2
+  n, repeats = (n - r) / 2, r == 1
   a = a + 1
-  o = o + 1
-  local req = o -- out[req]: the request's denied_index
+  req = o + 1 -- out[req]: the request's denied index; its limits' answers follow
+  o = req + n
   out[req] = 0
   local denied = 0
   if decided then
@@ -503,8 +520,7 @@ for _ = 1, v[1] do
   else
     local debits = false
     for i = 1, n do
-      at[i] = o
-      o = o + parse(i, v[a + i - 1])
+      parse(i, v[a + i - 1])
       if any_debit and ls[i].debit == 1 then debits = true end
     end
     if debits then
@@ -514,14 +530,19 @@ for _ = 1, v[1] do
       end
     end
     local qm_first, qm_open = 0, false
+    local plain = not debits and not repeats -- each limit against its stored state
     for i = 1, n do
       local s = ls[i]
-      if not debits or s.debit == 0 then
+      if plain then
+        eval(i, s.cost, stored[i])
+      elseif not debits or s.debit == 0 then
         local cur, hit = nil, false
-        for j = i - 1, 1, -1 do
-          if keys[j] == keys[i] and starts[j] == starts[i] and oks[j] == 1 and (not debits or ls[j].debit == 0) then
-            cur, hit = nexts[j], true
-            break
+        if repeats then
+          for j = i - 1, 1, -1 do
+            if keys[j] == keys[i] and ls[j].start == s.start and oks[j] == 1 and (not debits or ls[j].debit == 0) then
+              cur, hit = nexts[j], true
+              break
+            end
           end
         end
         if not hit then
@@ -571,7 +592,7 @@ for j = 1, np, 2 do
   local slot, w = patches[j], patches[j + 1]
   local base = window_base[w]
   if base == nil then
-    base = tonumber(redis.call("HGET", w, "u") or "0")
+    base = tonumber(call("HGET", w, "u") or "0")
     window_base[w] = base
   end
   out[slot] = out[slot] + base

@@ -368,7 +368,7 @@ func (r *Redis) giveBack(ctx context.Context, limits []Limit) ([]Status, error) 
 		}
 		return nil, fmt.Errorf("redis give back: %w", err)
 	}
-	res, _, err := parseBatch(v, want, batch)
+	res, _, err := parseBatch(v, want, batch, true)
 	if err != nil {
 		return nil, err
 	}
@@ -424,7 +424,7 @@ func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([
 		}
 		return nil, time.Time{}, fmt.Errorf("redis decide: %w", err)
 	}
-	return parseBatch(v, want, batch)
+	return parseBatch(v, want, batch, false)
 }
 
 // slotOf is the hash slot a batch's limits share on a cluster (0 on a
@@ -452,15 +452,18 @@ func (r *Redis) available(slot uint16) bool { return r.avail == nil || r.avail(s
 // numbers travel as one MessagePack array: Redis makes a Lua string of
 // every argument, which cost more than the script's own work.
 func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
-	total, want := 0, 2+len(batch)
+	total := 0
 	for _, limits := range batch {
 		total += len(limits)
-		for i := range limits {
-			want += replyFields(limits[i].Kind)
-		}
 	}
+	want := 2 + len(batch) + total // now, then each request's denied index and its limits' answers
 	keys := make(map[string]int64, total)
 	params := make(map[limitParams]int64, 4)
+	now := time.Now()
+	if r.clock != nil {
+		now = r.clock()
+	}
+	var periods periodCache
 	var sets []limitParams
 	refs := make([]int64, 0, total)
 	// EVALSHA digest numkeys KEYS... clock numbers [mode]
@@ -486,7 +489,7 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 				keys[l.Key] = k
 				args = append(args, l.Key)
 			}
-			lp := paramsOf(l)
+			lp := paramsOf(l, now, &periods)
 			p, ok := params[lp]
 			if !ok {
 				p = int64(len(sets))
@@ -499,7 +502,7 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 	args[2] = len(keys)
 	clock := ""
 	if r.clock != nil {
-		clock = strconv.FormatInt(r.clock().UnixMicro(), 10)
+		clock = strconv.FormatInt(now.UnixMicro(), 10)
 	}
 	var m msgpackArray
 	m.add(int64(len(batch)), int64(len(sets)), int64(buckets))
@@ -507,11 +510,35 @@ func (r *Redis) batchArgs(script script, batch [][]Limit) ([]any, int) {
 		m.add(sets[i].values()...)
 	}
 	for _, limits := range batch {
-		m.add(int64(len(limits)))
+		m.add(2*int64(len(limits)) + repeatsKey(refs[:len(limits)]))
 		m.add(refs[:len(limits)]...)
 		refs = refs[len(limits):]
 	}
-	return append(args, clock, m.bytes()), want
+	return append(args, clock, m.stream()), want
+}
+
+// repeatsKey is 1 when two of a request's references (refs) name one
+// key, else 0: decide.lua then looks for a take of the same state
+// earlier in the request, which it otherwise skips.
+func repeatsKey(refs []int64) int64 {
+	if len(refs) > 16 {
+		seen := make(map[int64]bool, len(refs))
+		for _, r := range refs {
+			if seen[r>>refShift] {
+				return 1
+			}
+			seen[r>>refShift] = true
+		}
+		return 0
+	}
+	for i := 1; i < len(refs); i++ {
+		for j := range i {
+			if refs[i]>>refShift == refs[j]>>refShift {
+				return 1
+			}
+		}
+	}
+	return 0
 }
 
 // msgpackArray builds a MessagePack array of integers (what the scripts
@@ -548,13 +575,34 @@ func (m *msgpackArray) bytes() []byte {
 	return m.b
 }
 
+// maxStream is the most numbers stream sends as values: cmsgpack.unpack
+// returns them on Lua's stack, which holds a few thousand (LUAI_MAXCSTACK,
+// 8000, less what the script holds).
+const maxStream = 4000
+
+// stream is m's numbers as a MessagePack stream of them (decide.lua
+// unpacks it into a table made at its size, where cmsgpack grows an
+// array's table one value at a time), or as the array when they are
+// more than maxStream.
+func (m *msgpackArray) stream() []byte {
+	if m.n > maxStream {
+		return m.bytes()
+	}
+	if m.b == nil {
+		m.add()
+	}
+	return m.b[5:]
+}
+
 // refShift places a limit's key index above its parameters' index in the
 // one number the scripts read for it (key<<refShift | params; Lua's
 // numbers hold integers to 2^53).
 const refShift = 20
 
-// parseBatch reads decide.lua's reply v (want values) for batch.
-func parseBatch(v []int64, want int, batch [][]Limit) ([]requestAnswer, time.Time, error) {
+// parseBatch reads decide.lua's reply v (want values) for batch: a
+// decision's, or a give-back's (which answers each limit as a check that
+// takes nothing).
+func parseBatch(v []int64, want int, batch [][]Limit, givenBack bool) ([]requestAnswer, time.Time, error) {
 	if len(v) != want {
 		return nil, time.Time{}, errors.New("redis decide: malformed reply")
 	}
@@ -565,33 +613,116 @@ func parseBatch(v []int64, want int, batch [][]Limit) ([]requestAnswer, time.Tim
 	now := time.Unix(v[0], v[1]*1000).UTC()
 	out := make([]requestAnswer, len(batch))
 	statuses := make([]Status, total)
+	var periods periodCache
 	p := 2
 	for b, limits := range batch {
 		d := requestAnswer{denied: int(v[p]) - 1, statuses: statuses[:len(limits):len(limits)]}
 		statuses = statuses[len(limits):]
 		p++
 		for j := range limits {
-			st := &d.statuses[j]
-			if limits[j].Kind == Ledger { // it allows, and bounds nothing
-				*st = Status{OK: true, Limit: displayLimit(&limits[j]), Remaining: -1, Used: v[p], PeriodStart: time.Unix(v[p+1], 0).UTC()}
-				p += replyFields(Ledger)
-				continue
+			l := &limits[j]
+			cost := l.Cost
+			if givenBack {
+				cost = 0
 			}
-			*st = Status{
-				OK:         v[p] == 1,
-				Limit:      displayLimit(&limits[j]),
-				Remaining:  v[p+1],
-				Reset:      time.Duration(v[p+2]) * time.Microsecond,
-				RetryAfter: time.Duration(v[p+3]) * time.Microsecond,
-			}
-			if limits[j].Kind == Quota {
-				st.Used, st.Overage, st.PeriodStart = v[p+4], v[p+5], time.Unix(v[p+6], 0).UTC()
-			}
-			p += replyFields(limits[j].Kind)
+			answer(&d.statuses[j], l, cost, v[p], now, &periods)
+			p++
 		}
 		out[b] = d
 	}
 	return out, now, nil
+}
+
+// answer is limit l's status from x, decide.lua's answer for it evaluated
+// with cost at now (the store's clock): not negative when it is within,
+// -1-x when it is over; a bucket's reset, a quota's or a ledger's used.
+// The rest of the status is worked out as Local's evalBucket and
+// evalQuota work it out, from the values they would have had.
+func answer(st *Status, l *Limit, cost, x int64, now time.Time, periods *periodCache) {
+	ok := x >= 0
+	if !ok {
+		x = -1 - x
+	}
+	switch l.Kind {
+	case Bucket:
+		interval := bucketInterval(l)
+		tolerance := interval * l.Capacity()
+		*st = Status{OK: ok, Limit: l.Requests, Reset: us(x)}
+		switch {
+		case ok: // x: the time to fill from the state it leaves
+			st.Remaining = (tolerance - x) / interval
+		case !l.Debit || cost == 0: // x: how far ahead its state is
+			retry := tolerance // more than the bucket ever holds: never passes
+			if need := max(cost, 1); need <= l.Capacity() {
+				retry = x + need*interval - tolerance
+			}
+			st.Remaining, st.RetryAfter = max(tolerance-x, 0)/interval, us(retry)
+		default: // a debit, into debt
+			st.RetryAfter = us(max(x+interval-tolerance, 0))
+		}
+	case Ledger: // it allows, and bounds nothing
+		size := int64(l.WindowSize / time.Second)
+		s := now.Unix()
+		*st = Status{OK: true, Limit: displayLimit(l), Remaining: -1, Used: x, PeriodStart: time.Unix(s-s%size, 0).UTC()}
+	default:
+		p := periods.at(now, l)
+		*st = Status{OK: ok, Limit: displayLimit(l), Used: x, Reset: p.End.Sub(now), PeriodStart: p.Start}
+		bound := quotaBound(l)
+		switch {
+		case ok && bound < 0:
+			st.Remaining = -1
+		case ok:
+			st.Remaining = bound - x
+		case l.Debit && cost > 0: // counted all the same, past its bound
+			st.RetryAfter = st.Reset
+		default:
+			st.Remaining, st.RetryAfter = max(bound-x, 0), st.Reset
+		}
+		if l.Soft {
+			st.Overage = max(x-l.Max, 0)
+		}
+	}
+}
+
+// quotaBound is the most quota l counts for a request to be within: its
+// max, a soft quota's cap, or -1 for none (a soft quota without a cap).
+func quotaBound(l *Limit) int64 {
+	switch {
+	case !l.Soft:
+		return l.Max
+	case l.Cap > 0:
+		return l.Cap
+	}
+	return -1
+}
+
+// periodCache is the quota periods of a batch's limits at one time (of
+// its reply, or of its arguments), by unit and anchor: a batch's quotas
+// mostly share a plan's, and plan.PeriodAt is not free. It keeps the first
+// few (on the stack).
+type periodCache struct {
+	n       int
+	entries [4]periodEntry
+}
+
+type periodEntry struct {
+	unit   plan.Unit
+	anchor time.Time
+	period plan.Period
+}
+
+func (c *periodCache) at(now time.Time, l *Limit) plan.Period {
+	for i := range c.n {
+		if e := &c.entries[i]; e.unit == l.Unit && e.anchor.Equal(l.Anchor) {
+			return e.period
+		}
+	}
+	p := plan.PeriodAt(now, l.Unit, l.Anchor)
+	if c.n < len(c.entries) {
+		c.entries[c.n] = periodEntry{l.Unit, l.Anchor, p}
+		c.n++
+	}
+	return p
 }
 
 // eval runs args, an EVALSHA of script, and reads its reply: integers,
@@ -702,21 +833,6 @@ func bigEndian(s string) uint64 {
 	return u
 }
 
-// replyFields is how many values decide.lua answers for a limit of kind k:
-// ok, remaining, reset and retry, and for quotas also used, overage and
-// the period's start; a ledger, which always allows, only used and the
-// window's start (each value costs the script's MessagePack encoding
-// about as much as a table write).
-func replyFields(k Kind) int {
-	switch k {
-	case Bucket:
-		return 4
-	case Ledger:
-		return 2
-	}
-	return 7
-}
-
 // displayLimit is the number clients are shown for a limit.
 func displayLimit(l *Limit) int64 {
 	switch {
@@ -751,8 +867,10 @@ func (p *limitParams) values() []int64 {
 }
 
 // paramsOf is l's parameters. The kinds' codes are decide.lua's: bucket 0,
-// quota 1, ledger 2; flags are shadow + 2*debit + 4*quota-mode.
-func paramsOf(l *Limit) limitParams {
+// quota 1, ledger 2; flags are shadow + 2*debit + 4*quota-mode. A quota's
+// include its period at now (Go's clock; the script checks that the
+// store's clock is in it, and works the period out when it is not).
+func paramsOf(l *Limit, now time.Time, periods *periodCache) limitParams {
 	var flags int64
 	if l.Shadow {
 		flags |= 1
@@ -771,17 +889,14 @@ func paramsOf(l *Limit) limitParams {
 		interval := bucketInterval(l)
 		return limitParams{0, l.Cost, flags, interval, interval * l.Capacity()}
 	}
-	soft := int64(0)
-	if l.Soft {
-		soft = 1
-	}
 	var aday, amonthSec int64
 	if !l.Anchor.IsZero() {
 		a := l.Anchor.UTC()
 		aday = int64(a.Day())
 		amonthSec = int64(a.Month())*100000 + int64(a.Hour()*3600+a.Minute()*60+a.Second())
 	}
-	return limitParams{1, l.Cost, flags, unitCodes[l.Unit], l.Max, soft, l.Cap, aday, amonthSec}
+	p := periods.at(now, l)
+	return limitParams{1, l.Cost, flags, unitCodes[l.Unit], quotaBound(l), aday, amonthSec, p.Start.Unix(), p.End.Unix()}
 }
 
 // Slot is the Redis Cluster hash slot of key (CRC16/XMODEM of its hash
