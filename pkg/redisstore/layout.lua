@@ -118,10 +118,12 @@ elseif kind == "hash" then
     redis.call("HSET", new, unpack(m))
   end
 elseif kind == "zset" then
-  redis.call("ZUNIONSTORE", new, 2, new, old, "AGGREGATE", "MIN")
+  redis.call("ZUNIONSTORE", new, "2", new, old, "AGGREGATE", "MIN")
 elseif kind == "set" then
   redis.call("SUNIONSTORE", new, new, old)
 end
 redis.call("DEL", old)
-if ttl < 0 then redis.call("PERSIST", new) else redis.call("PEXPIRE", new, ttl) end
+-- A TTL as a string: Redis 7.2.0-7.2.4 pass a round Lua number on as
+-- 1e+08, which PEXPIRE refuses (after the DEL above).
+if ttl < 0 then redis.call("PERSIST", new) else redis.call("PEXPIRE", new, string.format("%d", ttl)) end
 return 1
