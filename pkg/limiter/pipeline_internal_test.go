@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/levyhq/levy/pkg/plan"
 	"github.com/levyhq/levy/pkg/redistest"
 )
 
@@ -83,6 +84,7 @@ func TestClusterPipelines(t *testing.T) {
 	cluster := redistest.StartCluster(t)
 	t.Run("OnePipelinePerMaster", func(t *testing.T) { testOnePipelinePerMaster(t, cluster) })
 	t.Run("NoScriptResendsOnlyThatMastersCalls", func(t *testing.T) { testNoScriptResendsOnlyThatMastersCalls(t, cluster) })
+	t.Run("PeekIsOnePipeline", func(t *testing.T) { testPeekIsOnePipeline(t, cluster) })
 }
 
 // pipelineRig is a Redis limiter on cluster whose masters count what
@@ -189,6 +191,44 @@ func testNoScriptResendsOnlyThatMastersCalls(t *testing.T, cluster *redistest.Cl
 			t.Errorf("master %s (flushed: %v), %d slots of the batch: sent %d pipelines of %d EVALSHA and %d EVAL, and %d script calls alone; "+
 				"want %d pipelines, %d EVALSHA and %d EVAL", addr, addr == flushed, n, trips.pipelines[addr], trips.evalsha[addr],
 				trips.eval[addr], trips.alone[addr], wantPipelines, n, wantEval)
+		}
+	}
+}
+
+// A Peek of 30 consumers' quotas (30 slots, on every master) is one
+// pipeline, which the cluster client sends as one to each master: a
+// script call per slot, none on its own.
+func testPeekIsOnePipeline(t *testing.T, cluster *redistest.Cluster) {
+	r, client, trips := pipelineRig(t, cluster)
+	ctx := context.Background()
+	const consumers = 30
+	limits := make([]Limit, consumers)
+	slots := map[string]int{}
+	for c := range limits {
+		limits[c] = Limit{Kind: Quota, Name: "quota", Key: fmt.Sprintf("{c:peeked-%d}:quota", c), Cost: int64(c), Max: 1000, Unit: plan.Month}
+		if _, err := r.Decide(ctx, limits[c:c+1]); err != nil {
+			t.Fatal(err)
+		}
+		m, err := client.MasterForKey(ctx, limits[c].Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slots[m.Options().Addr]++
+	}
+	trips.reset()
+	read, err := r.Peek(ctx, limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for c, st := range read.Statuses {
+		if st.Used != int64(c) {
+			t.Errorf("consumer %d: peeked %d used, want %d", c, st.Used, c)
+		}
+	}
+	for addr, n := range slots {
+		if trips.pipelines[addr] != 1 || trips.evalsha[addr] != n || trips.alone[addr] != 0 {
+			t.Errorf("master %s, %d slots of the Peek: sent %d pipelines of %d EVALSHA, and %d script calls alone; want one pipeline of %d",
+				addr, n, trips.pipelines[addr], trips.evalsha[addr], trips.alone[addr], n)
 		}
 	}
 }
