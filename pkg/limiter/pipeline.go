@@ -51,8 +51,8 @@ func (r *Redis) evalEach(ctx context.Context, script script, args [][]any) []rep
 
 // pipeline sends cmds, each with its own reply or error after. A cluster
 // client sends them as one go-redis pipeline: each master's in one write
-// (its connection's, so it reads them in one wakeup), the masters' at
-// once, following MOVED and ASK. Another Scripter (a test's wrapper of a
+// on one connection, which it reads in one wakeup, the masters' at once,
+// following MOVED and ASK. Another Scripter (a test's wrapper of a
 // client) sends them one at a time.
 func (r *Redis) pipeline(ctx context.Context, cmds []*redis.StringCmd) {
 	if r.masters == nil {
