@@ -164,23 +164,40 @@ func TestOneReplicaScansAtATime(t *testing.T) {
 }
 
 // BenchmarkScan100k scans 100,000 consumers on Redis, none of them past a
-// threshold: a thousand a Peek, and a Peek each (as scans did before).
+// threshold: a thousand a Peek, and a Peek each (as scans did before). On
+// a three-master cluster (cluster/batch=1000) each consumer's quota has a
+// slot of its own, and round-trips/op counts one for each master a Peek's
+// pipeline reaches.
 func BenchmarkScan100k(b *testing.B) {
 	f := newFixture(b)
-	client := redistest.Start(b).Client()
-	b.Cleanup(func() { client.Close() })
-	lim := limiter.NewRedis(limiter.RedisConfig{Client: client, Timeout: 10 * time.Second})
-	b.Cleanup(func() { lim.Close() })
 	cs := make([]*apikey.Consumer, 100_000)
 	for i := range cs {
 		cs[i] = &apikey.Consumer{ID: fmt.Sprintf("c%06d", i), Plan: "pro"}
 	}
-	for _, batch := range []int{1000, 1} {
-		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
-			trips := &roundTrips{}
-			client.AddHook(trips)
+	trips := &roundTrips{}
+	standalone := redistest.Start(b).Client()
+	standalone.AddHook(trips)
+	b.Cleanup(func() { standalone.Close() })
+	for _, bb := range []struct {
+		name    string
+		cluster bool
+		batch   int
+	}{
+		{"redis/batch=1000", false, 1000},
+		{"redis/batch=1", false, 1},
+		{"cluster/batch=1000", true, 1000},
+	} {
+		b.Run(bb.name, func(b *testing.B) {
+			var client redis.UniversalClient = standalone
+			if bb.cluster {
+				cc := redistest.StartCluster(b).Client(b)
+				cc.OnNewNode(func(node *redis.Client) { node.AddHook(trips) })
+				client = cc
+			}
+			lim := limiter.NewRedis(limiter.RedisConfig{Client: client, Cluster: bb.cluster, Timeout: 10 * time.Second})
+			b.Cleanup(func() { lim.Close() })
 			a, _ := f.alerterWith(b, redisstore.Alerts{Client: client}, func(c *alert.Config) {
-				c.Usage, c.Batch = lim, batch
+				c.Usage, c.Batch = lim, bb.batch
 				c.Consumers = func(ctx context.Context, fn func(*apikey.Consumer) error) error {
 					for _, c := range cs {
 						if err := fn(c); err != nil {
@@ -190,6 +207,7 @@ func BenchmarkScan100k(b *testing.B) {
 					return nil
 				}
 			})
+			trips.n.Store(0)
 			for b.Loop() {
 				if err := a.Scan(context.Background()); err != nil {
 					b.Fatal(err)

@@ -297,10 +297,11 @@ func BenchmarkConsolePage1SortedByUsage100k(b *testing.B) {
 }
 
 // BenchmarkConsoleIndexRebuild100kStores rebuilds the index of 100,000
-// consumers as levy runs it, on the local store and on Redis: usage read
-// by Peek, a thousand counters a call, and, with activity, a third of
-// the consumers' activity records read a thousand a call (the others
-// were never seen, which costs a lookup all the same).
+// consumers as levy runs it, on the local store, on Redis and on a
+// three-master Redis Cluster: usage read by Peek, a thousand counters a
+// call (on the cluster a thousand hash slots), and, with activity, a
+// third of the consumers' activity records read a thousand a call (the
+// others were never seen, which costs a lookup all the same).
 func BenchmarkConsoleIndexRebuild100kStores(b *testing.B) {
 	const n = 100_000
 	f := newFixture(b, n)
@@ -318,6 +319,10 @@ func BenchmarkConsoleIndexRebuild100kStores(b *testing.B) {
 	redisHist := redisstore.NewHistory(client, history.DefaultRetention)
 	f.record(b, redisHist)
 
+	onCluster := limiter.NewRedis(limiter.RedisConfig{Client: redistest.StartCluster(b).Client(b), Cluster: true, Timeout: time.Minute})
+	b.Cleanup(func() { onCluster.Close() })
+	f.use(b, onCluster)
+
 	for _, bb := range []struct {
 		name string
 		lim  Peeker
@@ -327,6 +332,7 @@ func BenchmarkConsoleIndexRebuild100kStores(b *testing.B) {
 		{"local/usage+activity", local, localHist},
 		{"redis/usage", onRedis, nil},
 		{"redis/usage+activity", onRedis, redisHist},
+		{"cluster/usage", onCluster, nil},
 	} {
 		b.Run(bb.name, func(b *testing.B) {
 			ix := f.index(b, bb.lim, bb.hist)

@@ -127,8 +127,9 @@ type PeriodUsage struct {
 const PeekBatch = 1000
 
 // PeekPeriods reads the period usage of subjects in one Peek (one round
-// trip to the local store or to one Redis; a Redis Cluster answers a
-// round trip per hash slot). The result is in subjects' order.
+// trip to the local store or to one Redis; on a Redis Cluster one
+// pipeline, a round trip to each master). The result is in subjects'
+// order.
 func PeekPeriods(ctx context.Context, r Peeker, subjects []Subject) ([]PeriodUsage, error) {
 	if len(subjects) == 0 {
 		return nil, nil

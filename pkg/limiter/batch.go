@@ -15,7 +15,7 @@ import (
 // script's fixed cost and the round trip are paid once per batch, and with
 // one request waiting nothing waits for company. In a cluster it takes
 // requests whose limits share a hash slot, and sends one EVALSHA per slot,
-// all at once.
+// in one pipeline per master (runSlots).
 type batcher struct {
 	r    *Redis
 	in   chan *call
@@ -261,31 +261,44 @@ func (r *Redis) expire(calls []*call) {
 }
 
 // runSlots decides a cluster's batch: one script call per hash slot (each
-// call's limits share one), all at once, each answered as its reply comes
-// (a slow node holds up its own slots only).
+// call's limits share one), sent as one pipeline per master, the masters'
+// at once. A master reads its calls of the batch in one wakeup, and its
+// slots are answered when its replies come: a slow master holds up its
+// own slots only. Against a call and a round trip per slot, on three
+// masters with 200 consumers (test/bench's BenchmarkCheckRedisCluster,
+// lean caller, 2 shared cores) this took levy's CPU per Check from
+// 102-160 to 76-84 µs and the masters' from 64-93 to 49-53 µs.
 func (b *batcher) runSlots(ctx context.Context, batch []*call) {
-	slots := map[uint16]int{}
-	var calls [][]*call
-	var limits [][][]Limit
+	var slots []slotCalls
+	at := map[uint16]int{}
 	for _, c := range batch {
-		g, ok := slots[c.slot]
+		g, ok := at[c.slot]
 		if !ok {
-			g = len(calls)
-			slots[c.slot] = g
-			calls, limits = append(calls, nil), append(limits, nil)
+			g = len(slots)
+			at[c.slot] = g
+			slots = append(slots, slotCalls{})
 		}
-		calls[g], limits[g] = append(calls[g], c), append(limits[g], c.limits)
+		slots[g].calls, slots[g].limits = append(slots[g].calls, c), append(slots[g].limits, c.limits)
 	}
 	var wg sync.WaitGroup
-	for g := range calls {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			res, now, err := b.r.runBatch(ctx, b.r.decideScript, limits[g])
-			b.r.answer(calls[g], res, now, err)
-		}()
+	for _, group := range b.r.byMaster(ctx, slots) {
+		wg.Go(func() { b.r.decideSlots(ctx, group) })
 	}
 	wg.Wait()
+}
+
+// decideSlots decides slots' calls in one pipeline, a script call per
+// slot (each atomic, as runBatch's), and answers each slot's calls with
+// its call's reply, or error (which health hears of for that slot).
+func (r *Redis) decideSlots(ctx context.Context, slots []slotCalls) {
+	args, want := make([][]any, len(slots)), make([]int, len(slots))
+	for i := range slots {
+		args[i], want[i] = r.batchArgs(r.decideScript, slots[i].limits)
+	}
+	for i, rep := range r.evalEach(ctx, r.decideScript, args) {
+		res, now, err := r.batchReply(slots[i].limits, want[i], rep.v, rep.err)
+		r.answer(slots[i].calls, res, now, err)
+	}
 }
 
 // answer hands each call its decision, or err. A call whose caller is

@@ -37,8 +37,9 @@ func newScript(src string) script { return script{src: src, sha: redis.NewScript
 // RedisConfig configures a Redis limiter.
 type RedisConfig struct {
 	Client Scripter
-	// Cluster is set when Client is a Redis Cluster: limits are then
-	// grouped by hash slot, one script call per slot.
+	// Cluster is set when Client is a Redis Cluster (a
+	// *redis.ClusterClient): limits are then grouped by hash slot, one
+	// script call per slot, and the calls of a batch are pipelined.
 	Cluster bool
 	// Clock replaces Redis TIME; for tests only (nil in production, where
 	// the store's clock is the only clock).
@@ -75,6 +76,7 @@ var ErrStoreDown = errors.New("store unreachable")
 type Redis struct {
 	client       Scripter
 	cluster      bool
+	masters      clusterClient // on a cluster; nil on another Scripter
 	clock        func() time.Time
 	timeout      time.Duration
 	avail        func(slot uint16) bool
@@ -104,6 +106,9 @@ func NewRedis(cfg RedisConfig) *Redis {
 		decideScript: newScript(decideLua), peekScript: newScript(peekLua), replyWait: cfg.ReplyWait, log: cfg.Log,
 		refunds: make(chan []Limit, refundQueueSize), refunded: make(chan struct{})}
 	r.draining, r.stopDrain = context.WithCancel(context.Background())
+	if r.cluster {
+		r.masters, _ = cfg.Client.(clusterClient)
+	}
 	if r.timeout <= 0 {
 		r.timeout = 50 * time.Millisecond
 	}
@@ -418,6 +423,12 @@ type requestAnswer struct {
 func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([]requestAnswer, time.Time, error) {
 	args, want := r.batchArgs(script, batch)
 	v, err := r.eval(ctx, script, args)
+	return r.batchReply(batch, want, v, err)
+}
+
+// batchReply is what runBatch answers from its script call's reply v
+// (want values), or its error err, which it tells health of.
+func (r *Redis) batchReply(batch [][]Limit, want int, v []int64, err error) ([]requestAnswer, time.Time, error) {
 	if err != nil {
 		if r.failed != nil {
 			r.failed(r.slotOf(batch), err)
@@ -430,12 +441,8 @@ func (r *Redis) runBatch(ctx context.Context, script script, batch [][]Limit) ([
 // slotOf is the hash slot a batch's limits share on a cluster (0 on a
 // standalone Redis, or for a batch without limits).
 func (r *Redis) slotOf(batch [][]Limit) uint16 {
-	if r.cluster {
-		for _, limits := range batch {
-			if len(limits) > 0 {
-				return Slot(limits[0].Key)
-			}
-		}
+	if key, ok := firstKey(batch); r.cluster && ok {
+		return Slot(key)
 	}
 	return 0
 }

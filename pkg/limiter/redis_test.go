@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap/zaptest"
 
@@ -415,6 +416,92 @@ func TestRedisClusterNodeDownFailsOnlyItsSlots(t *testing.T) {
 	}
 	cluster.Nodes[0].Restart()
 	await.NoError(t, 15*time.Second, func() error { return errors.Join(decideAll()...) }, "every consumer decided once the node is back")
+}
+
+// A master that stops answering mid-batch (paused) fails its own slots'
+// decisions at the store timeout, and only those: the other masters'
+// slots, pipelined in the same batches, are decided, and health hears of
+// the paused master's slots alone. What the paused master's scripts took
+// for callers who saw the timeout is given back when its replies come.
+func TestRedisClusterPausedMasterFailsOnlyItsSlots(t *testing.T) {
+	cluster := redistest.StartCluster(t)
+	const timeout, replyWait = 200 * time.Millisecond, 5 * time.Second
+	client, _ := redisstore.NewClient(redisstore.Options{ClusterAddrs: cluster.Addrs(), Timeout: time.Second, ReadTimeout: replyWait})
+	t.Cleanup(func() { client.Close() })
+	reg := prometheus.NewRegistry()
+	var mu sync.Mutex
+	failed := map[uint16]bool{}
+	l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Cluster: true, Timeout: timeout, ReplyWait: replyWait,
+		Registerer: reg, Log: zaptest.NewLogger(t),
+		Failed: func(slot uint16, err error) { mu.Lock(); failed[slot] = true; mu.Unlock() }})
+	ctx := context.Background()
+	const consumers = 30
+	bucket := func(c int, cost int64) []limiter.Limit {
+		key := fmt.Sprintf("{c:paused-%d}:rate", c)
+		return []limiter.Limit{{Kind: limiter.Bucket, Name: "rate", Key: key, Cost: cost, Requests: 100, Per: time.Hour}}
+	}
+	paused := cluster.Nodes[0]
+	onPaused := map[int]bool{}
+	pausedSlots := map[uint16]bool{}
+	for c := range consumers {
+		m, err := client.(*redis.ClusterClient).MasterForKey(ctx, bucket(c, 0)[0].Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Options().Addr == paused.Addr {
+			onPaused[c], pausedSlots[limiter.Slot(bucket(c, 0)[0].Key)] = true, true
+		}
+	}
+	if len(onPaused) == 0 || len(onPaused) == consumers {
+		t.Fatalf("%d of %d consumers on the paused master: the test wants some on each side", len(onPaused), consumers)
+	}
+	decideAll := func(cost int64) []error {
+		errs := make([]error, consumers)
+		var wg sync.WaitGroup
+		for c := range consumers {
+			wg.Go(func() { _, errs[c] = l.Decide(ctx, bucket(c, cost)) })
+		}
+		wg.Wait()
+		return errs
+	}
+	// Every master has the script, so that the paused one's calls are
+	// the decisions themselves.
+	if err := errors.Join(decideAll(0)...); err != nil {
+		t.Fatal(err)
+	}
+	paused.Pause()
+	errs := decideAll(1)
+	paused.Resume() // well within the cluster's node timeout (2s)
+	for c, err := range errs {
+		if onPaused[c] && !errors.Is(err, context.DeadlineExceeded) || !onPaused[c] && err != nil {
+			t.Errorf("consumer %d (on the paused master: %v): %v", c, onPaused[c], err)
+		}
+	}
+	mu.Lock()
+	for slot := range failed {
+		if !pausedSlots[slot] {
+			t.Errorf("health heard of slot %d, on a live master", slot)
+		}
+	}
+	if len(failed) != len(pausedSlots) {
+		t.Errorf("health heard of %d slots; the paused master's consumers have %d", len(failed), len(pausedSlots))
+	}
+	mu.Unlock()
+	await.Until(t, 10*time.Second, func() bool { return lateCounts(t, reg)["refunded"] == float64(len(onPaused)) },
+		"the paused master's late decisions given back")
+	for c := range consumers {
+		d, err := l.Decide(ctx, bucket(c, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := int64(99)
+		if onPaused[c] {
+			want = 100 // the caller saw a timeout: not charged
+		}
+		if d.Statuses[0].Remaining != want {
+			t.Errorf("consumer %d (on the paused master: %v): %d left, want %d", c, onPaused[c], d.Statuses[0].Remaining, want)
+		}
+	}
 }
 
 func testSlotMatchesRedis(t *testing.T, cluster *redistest.Cluster) {

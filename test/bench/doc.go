@@ -235,11 +235,29 @@
 // reads 1.00, where a standalone Redis decides a dozen in one call.
 // Requests of one slot still share a call: 3desc's generic_key and
 // consumer descriptors are the same in every request, so its
-// redis-cmds/op is about 1.1, not 3. Three masters get the same calls
-// spread thinner, each reading fewer a wakeup, so their summed CPU per
-// decision is above one master's. The peer RLS is not measured on a
-// cluster. The cluster benchmarks skip when redis-server (or, for three
-// masters, redis-cli) is not installed; TestBenchHarnessAllows,
+// redis-cmds/op is about 1.1, not 3. A batch's calls reach each master
+// as one pipeline (limiter's runSlots), so a master reads them in one
+// wakeup; redis-cmds/op counts the calls, not the round trips, and reads
+// the same either way. Three masters get the same calls spread thinner,
+// each reading fewer a wakeup, so their summed CPU per decision can be
+// above one master's. The peer RLS is not measured on a cluster.
+//
+// Pipelining the calls, in four runs of each kind (two with the lean
+// caller, LEVY_BENCH_CALLER=h2, two with grpc-go's) at load average 2 to
+// 3 on the 2-core VM, took levy's cpu-us/check through the lean caller
+// from 92-160 to 63-110, cpu-us/call from 93-130 to 46-73 (levy-1desc)
+// and from 96-175 to 63-85 (levy-3desc); Redis's redis-cpu-us/op, both
+// callers, from 49-93 to 38-60 (Check), 35-70 to 24-41 (1desc) and 43-87
+// to 29-47 (3desc), masters=1 and masters=3 together. A standalone Redis
+// measured 85-87 cpu-us/check and 26-30 redis-cpu-us/op for Check in the
+// same session:
+//
+//	go test -run '^$' -bench RedisCluster -benchtime 2s -count 2 ./test/bench/
+//	LEVY_BENCH_CALLER=h2 go test -run '^$' -bench RedisCluster -benchtime 2s -count 2 ./test/bench/
+//	LEVY_BENCH_CALLER=h2 go test -run '^$' -bench 'CheckRedis$|ShouldRateLimitRedis$' -benchtime 2s -count 2 ./test/bench/
+//
+// The cluster benchmarks skip when redis-server (or, for three masters,
+// redis-cli) is not installed; TestBenchHarnessAllows,
 // TestRateLimitHarnessAllows and TestRedisCommandsCounted run on a
 // three-master cluster too. README.md's Capacity and sizing turns these
 // figures into cores and masters.
