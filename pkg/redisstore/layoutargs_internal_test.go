@@ -11,28 +11,13 @@ import (
 	"github.com/levyhq/levy/pkg/redistest"
 )
 
-// argGuard, put before a script, makes its redis.call refuse any argument
-// that is not a string: Redis 7.2.0-7.2.4 pass a round Lua number on as
-// 1e+08, which PEXPIRE, SET PX and the counters refuse or keep as text.
-// Any Redis then shows a number passed, as those versions would break.
-const argGuard = `local redis = setmetatable({call = function(...)
-  for i = 1, select("#", ...) do
-    local a = select(i, ...)
-    if type(a) ~= "string" then
-      error("redis.call(" .. tostring((...)) .. ", ...): argument " .. i .. " is a " .. type(a) .. ", not a string")
-    end
-  end
-  return redis.call(...)
-end}, {__index = redis})
-`
-
 // TestLayoutScriptPassesRedisOnlyStrings merges an old key into a new one
 // of every kind layout.lua merges, both with an expiry, through a script
-// whose redis.call refuses numbers.
+// whose redis.call refuses numbers (redistest.ScriptArgGuard).
 func TestLayoutScriptPassesRedisOnlyStrings(t *testing.T) {
 	client := redistest.Start(t).Client()
 	ctx := context.Background()
-	script := redis.NewScript(argGuard + layoutLua)
+	script := redis.NewScript(redistest.ScriptArgGuard + layoutLua)
 	ttl := 100000 * time.Second // 1e+08 ms: written 1e+08 by the broken versions
 	for _, kind := range []struct {
 		name  string

@@ -323,3 +323,20 @@ func CommandCalls(ctx context.Context, c redis.UniversalClient, cmd string) (int
 		return total, nil
 	}
 }
+
+// ScriptArgGuard, put before a Lua script, makes its redis.call refuse
+// any argument that is not a string. Redis 7.2.0 to 7.2.4 write a whole
+// number with eight or more trailing zeros in scientific notation (1e+08),
+// which PEXPIRE and SET PX refuse and counters keep as text, so levy's
+// scripts pass every number as a string made with %d; the guard finds a
+// number passed as it is on any Redis, whatever its value.
+const ScriptArgGuard = `local redis = setmetatable({call = function(...)
+  for i = 1, select("#", ...) do
+    local a = select(i, ...)
+    if type(a) ~= "string" then
+      error("redis.call(" .. tostring((...)) .. ", ...): argument " .. i .. " is a " .. type(a) .. ", not a string")
+    end
+  end
+  return redis.call(...)
+end}, {__index = redis})
+`
