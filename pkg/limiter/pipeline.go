@@ -57,13 +57,13 @@ func (r *Redis) evalEach(ctx context.Context, script script, args [][]any) []rep
 func (r *Redis) pipeline(ctx context.Context, cmds []*redis.StringCmd) {
 	if r.masters == nil {
 		for _, cmd := range cmds {
-			_ = r.client.Process(ctx, cmd)
+			_ = r.client.Process(ctx, sentOnce{cmd})
 		}
 		return
 	}
 	p := r.masters.Pipeline()
 	for _, cmd := range cmds {
-		_ = p.Process(ctx, cmd) // queues it
+		_ = p.Process(ctx, sentOnce{cmd}) // queues it
 	}
 	_, _ = p.Exec(ctx) // each cmd holds its own error
 }

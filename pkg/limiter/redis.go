@@ -739,17 +739,28 @@ func (c *periodCache) at(now time.Time, l *Limit) plan.Period {
 // SCRIPT FLUSH) gets it with EVAL.
 func (r *Redis) eval(ctx context.Context, script script, args []any) ([]int64, error) {
 	cmd := newScriptCmd(ctx, args)
-	err := r.client.Process(ctx, cmd)
+	err := r.client.Process(ctx, sentOnce{cmd})
 	if redis.HasErrorPrefix(err, "NOSCRIPT") {
 		args[0], args[1] = "eval", script.src
 		cmd = newScriptCmd(ctx, args)
-		err = r.client.Process(ctx, cmd)
+		err = r.client.Process(ctx, sentOnce{cmd})
 	}
 	if err != nil {
 		return nil, err
 	}
 	return unpackInts(cmd.Val())
 }
+
+// sentOnce is a script call go-redis must not send again. A decision
+// Redis ran has taken its costs, and go-redis's cluster client, whatever
+// MaxRetries says, sends a call again after a connection broke once it
+// was sent, and in a pipeline sends every call of a master's again when
+// the first one's reply is TRYAGAIN or CLUSTERDOWN (a hostile review
+// charged each decision of a master's batch two and four times). MOVED
+// and ASK are still followed: a redirected call did not run.
+type sentOnce struct{ *redis.StringCmd }
+
+func (sentOnce) NoRetry() bool { return true }
 
 // newScriptCmd is an EVALSHA or EVAL (args).
 func newScriptCmd(ctx context.Context, args []any) *redis.StringCmd {

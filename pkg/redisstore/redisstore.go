@@ -36,6 +36,10 @@ type Options struct {
 // NewClient returns a client for standalone Redis or a Cluster, and
 // whether it is a cluster. Failed commands are not retried: a retried
 // decision could count twice, and the caller's fault handling decides.
+// A cluster client still sends a command again after a broken connection
+// or a TRYAGAIN, whatever MaxRetries says, and follows MOVED and ASK
+// (MaxRedirects); the limiter's decisions refuse that themselves
+// (limiter's sentOnce), and the ledger's scripts are idempotent.
 func NewClient(o Options) (redis.UniversalClient, bool) {
 	if o.Timeout <= 0 {
 		o.Timeout = 100 * time.Millisecond
