@@ -39,7 +39,9 @@ type Options struct {
 // A cluster client still sends a command again after a broken connection
 // or a TRYAGAIN, whatever MaxRetries says, and follows MOVED and ASK
 // (MaxRedirects); the limiter's decisions refuse that themselves
-// (limiter's sentOnce), and the ledger's scripts are idempotent.
+// (limiter's sentOnce); the ledger's settlements apply a request's
+// fingerprint or an add's token once, so only a settled request without a
+// fingerprint could count again there.
 func NewClient(o Options) (redis.UniversalClient, bool) {
 	if o.Timeout <= 0 {
 		o.Timeout = 100 * time.Millisecond
