@@ -67,154 +67,149 @@ func hourBucket(key string, cost int64) []Limit {
 	return []Limit{{Kind: Bucket, Name: "rate", Key: key, Cost: cost, Requests: 100, Per: time.Hour}}
 }
 
-// A connection that breaks after a master's pipeline was sent: go-redis's
-// cluster pipeline re-sends every command of that master's pipeline
-// (MaxRetries: -1 does not apply to it; MaxRedirects, default 3, does),
-// so every slot's script runs twice: a decision is charged twice.
-// A connection that breaks after a master's pipeline was sent: go-redis
-// would send the whole pipeline again, and every call in it would count
-// twice. Each is counted once, and its caller told of the error.
-func TestClusterPipelineNotSentAgainAfterBrokenConnection(t *testing.T) {
+// retryRig is levy's Redis limiter on a new 3-master cluster through a
+// retryClient, with the script loaded on every master.
+func retryRig(t *testing.T) (*Redis, *redis.ClusterClient, *redistest.Cluster, *atomic.Bool) {
+	t.Helper()
 	cluster := redistest.StartCluster(t)
-	var armed atomic.Bool
-	client := retryClient(t, cluster.Addrs(), &armed)
+	armed := new(atomic.Bool)
+	client := retryClient(t, cluster.Addrs(), armed)
 	r := NewRedis(RedisConfig{Client: client, Cluster: true, Timeout: 2 * time.Second, ReplyWait: 5 * time.Second, Log: zaptest.NewLogger(t)})
 	t.Cleanup(func() { r.Close() })
+	return r, client, cluster, armed
+}
+
+// keysOnMaster is n bucket keys (prefix and a number) served by master,
+// none in skip's slot, each taken once at cost 0 (which loads the script).
+func keysOnMaster(t *testing.T, r *Redis, client *redis.ClusterClient, master *redis.Client, prefix, skip string, n int) []string {
+	t.Helper()
 	ctx := context.Background()
-	// Keys on one master, in different slots.
-	m0, _ := client.MasterForKey(ctx, "{c:once-0}:rate")
 	var keys []string
-	for i := 0; len(keys) < 4; i++ {
-		k := fmt.Sprintf("{c:once-%d}:rate", i)
-		if m, _ := client.MasterForKey(ctx, k); m.Options().Addr == m0.Options().Addr {
+	for i := 0; len(keys) < n; i++ {
+		k := fmt.Sprintf("{c:%s-%d}:rate", prefix, i)
+		if m, _ := client.MasterForKey(ctx, k); m.Options().Addr == master.Options().Addr && Slot(k) != Slot(skip) {
 			keys = append(keys, k)
 		}
 	}
-	// Load the script everywhere first.
 	for _, k := range keys {
 		if _, err := r.Decide(ctx, hourBucket(k, 0)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// One pipeline holding the four slots' calls.
-	slots := make([]slotCalls, len(keys))
-	calls := make([]*call, len(keys))
-	for i, k := range keys {
-		calls[i] = &call{ctx: ctx, limits: hourBucket(k, 1), slot: Slot(k), done: make(chan struct{})}
-		slots[i] = slotCalls{calls: []*call{calls[i]}, limits: [][]Limit{calls[i].limits}}
+	return keys
+}
+
+// slotCall is one call of limits, alone in its slot.
+func slotCall(limits []Limit) slotCalls {
+	c := &call{ctx: context.Background(), limits: limits, slot: Slot(limits[0].Key), done: make(chan struct{})}
+	return slotCalls{calls: []*call{c}, limits: [][]Limit{limits}}
+}
+
+// wantTakenOnce fails unless each key's hourly bucket of 100 holds 99:
+// one decision of cost 1 counted once.
+func wantTakenOnce(t *testing.T, r *Redis, keys ...string) {
+	t.Helper()
+	for _, k := range keys {
+		d, err := r.Decide(context.Background(), hourBucket(k, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := d.Statuses[0].Remaining; got != 99 {
+			t.Errorf("%s: %d left after one decision of cost 1, want 99", k, got)
+		}
+	}
+}
+
+// A connection that breaks after a master's pipeline was sent: go-redis's
+// cluster pipeline re-sends every call of that master's pipeline
+// (MaxRetries: -1 does not apply to it; MaxRedirects, default 3, does),
+// and each would count twice. Each is counted once, and its caller told
+// of the error.
+func TestClusterPipelineNotSentAgainAfterBrokenConnection(t *testing.T) {
+	r, client, _, armed := retryRig(t)
+	master, err := client.MasterForKey(context.Background(), "{c:once-0}:rate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := keysOnMaster(t, r, client, master, "once", "", 4)
+	var slots []slotCalls
+	for _, k := range keys {
+		slots = append(slots, slotCall(hourBucket(k, 1)))
 	}
 	armed.Store(true)
-	r.decideSlots(ctx, slots)
-	for i, c := range calls {
+	r.decideSlots(context.Background(), slots)
+	for i, s := range slots {
+		c := s.calls[0]
 		<-c.done
 		if c.err == nil { // its reply was lost: the caller cannot know it was decided
 			t.Errorf("%s: answered %+v without an error", keys[i], c.d)
 		}
 	}
-	for _, k := range keys {
-		d, err := r.Decide(ctx, hourBucket(k, 0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := d.Statuses[0].Remaining; got != 99 {
-			t.Errorf("%s: %d left after one decision of cost 1, want 99", k, got)
-		}
-	}
+	wantTakenOnce(t, r, keys...)
 }
 
 // A slot being migrated, with only some of a call's keys still on its
 // master, answers TRYAGAIN. When that call is the first of its master's
 // pipeline, go-redis re-sends the whole pipeline (pipelineReadCmds checks
-// cmds[0] alone), up to MaxRedirects+1 times: the other slots' calls,
-// which succeeded, run again each time.
-// A TRYAGAIN answered to the first call of a master's pipeline (a slot
-// migrating, some of its keys moved): go-redis would send every call of
-// that master again, up to MaxRedirects times. The others count once.
+// cmds[0] alone), up to MaxRedirects+1 times, and the other slots' calls,
+// which succeeded, would run again each time. They count once.
 func TestClusterPipelineNotSentAgainAfterTryAgain(t *testing.T) {
-	cluster := redistest.StartCluster(t)
-	client := cluster.Client(t)
-	client = redis.NewClusterClient(&redis.ClusterOptions{Addrs: cluster.Addrs(), ContextTimeoutEnabled: true, MaxRetries: -1, DialerRetries: 1})
-	t.Cleanup(func() { client.Close() })
-	r := NewRedis(RedisConfig{Client: client, Cluster: true, Timeout: 2 * time.Second, ReplyWait: 5 * time.Second, Log: zaptest.NewLogger(t)})
-	t.Cleanup(func() { r.Close() })
+	r, client, cluster, _ := retryRig(t)
 	ctx := context.Background()
 	migr := "{c:mig}"
-	m0, err := client.MasterForKey(ctx, migr+":a")
+	master, err := client.MasterForKey(ctx, migr+":a")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var others []string
-	for i := 0; len(others) < 3; i++ {
-		k := fmt.Sprintf("{c:tryagain-%d}:rate", i)
-		if m, _ := client.MasterForKey(ctx, k); m.Options().Addr == m0.Options().Addr && Slot(k) != Slot(migr) {
-			others = append(others, k)
-		}
-	}
-	for _, k := range append([]string{migr + ":a"}, others...) {
-		if _, err := r.Decide(ctx, hourBucket(k, 0)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := r.Decide(ctx, hourBucket(migr+":a", 1)); err != nil { // :a exists
+	others := keysOnMaster(t, r, client, master, "tryagain", migr, 3)
+	if _, err := r.Decide(ctx, hourBucket(migr+":a", 1)); err != nil { // :a exists, :b does not
 		t.Fatal(err)
 	}
-	// Migrate the slot toward another master: {c:mig}:a exists here, :b does not.
 	var target string
 	for _, n := range cluster.Nodes {
-		if n.Addr != m0.Options().Addr {
-			target, err = n.Client().ClusterMyID(ctx).Result()
-			if err != nil {
+		if n.Addr != master.Options().Addr {
+			if target, err = n.Client().ClusterMyID(ctx).Result(); err != nil {
 				t.Fatal(err)
 			}
 			break
 		}
 	}
-	if err := m0.Do(ctx, "cluster", "setslot", Slot(migr), "migrating", target).Err(); err != nil {
+	if err := master.Do(ctx, "cluster", "setslot", Slot(migr), "migrating", target).Err(); err != nil {
 		t.Fatal(err)
 	}
 	mig := append(hourBucket(migr+":a", 1), hourBucket(migr+":b", 1)[0])
 	mig[1].Name = "rate2"
-	slots := []slotCalls{{calls: []*call{{ctx: ctx, limits: mig, slot: Slot(migr), done: make(chan struct{})}}, limits: [][]Limit{mig}}}
+	slots := []slotCalls{slotCall(mig)}
 	for _, k := range others {
-		c := &call{ctx: ctx, limits: hourBucket(k, 1), slot: Slot(k), done: make(chan struct{})}
-		slots = append(slots, slotCalls{calls: []*call{c}, limits: [][]Limit{c.limits}})
+		slots = append(slots, slotCall(hourBucket(k, 1)))
 	}
 	r.decideSlots(ctx, slots)
-	for _, s := range slots {
-		<-s.calls[0].done
-		t.Logf("%s: ok=%v err=%v", s.limits[0][0].Key, s.calls[0].d.OK, s.calls[0].err)
+	for i, s := range slots {
+		c := s.calls[0]
+		<-c.done
+		switch {
+		case i == 0 && c.err == nil:
+			t.Errorf("the migrating slot's call was answered %+v, want TRYAGAIN's error", c.d)
+		case i > 0 && (c.err != nil || !c.d.OK):
+			t.Errorf("%s: %+v, %v: want allowed", others[i-1], c.d, c.err)
+		}
 	}
-	if err := m0.Do(ctx, "cluster", "setslot", Slot(migr), "stable").Err(); err != nil {
+	if err := master.Do(ctx, "cluster", "setslot", Slot(migr), "stable").Err(); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range others {
-		d, err := r.Decide(ctx, hourBucket(k, 0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := d.Statuses[0].Remaining; got != 99 {
-			t.Errorf("%s: %d left after one decision of cost 1, want 99", k, got)
-		}
-	}
+	wantTakenOnce(t, r, others...)
 }
 
 // The same broken connection under one script call alone (Redis.eval).
 func TestClusterCallNotSentAgainAfterBrokenConnection(t *testing.T) {
-	cluster := redistest.StartCluster(t)
-	var armed atomic.Bool
-	client := retryClient(t, cluster.Addrs(), &armed)
-	r := NewRedis(RedisConfig{Client: client, Cluster: true, Timeout: 2 * time.Second, ReplyWait: 5 * time.Second, Log: zaptest.NewLogger(t)})
-	t.Cleanup(func() { r.Close() })
-	ctx := context.Background()
+	r, _, _, armed := retryRig(t)
 	k := "{c:single}:rate"
-	if _, err := r.Decide(ctx, hourBucket(k, 0)); err != nil {
+	if _, err := r.Decide(context.Background(), hourBucket(k, 0)); err != nil {
 		t.Fatal(err)
 	}
 	armed.Store(true)
-	_, _, err := r.runBatch(ctx, r.decideScript, [][]Limit{hourBucket(k, 1)})
-	t.Logf("runBatch: %v", err)
-	d, _ := r.Decide(ctx, hourBucket(k, 0))
-	if got := d.Statuses[0].Remaining; got != 99 {
-		t.Errorf("%s: %d left after one decision of cost 1, want 99", k, got)
+	if _, _, err := r.runBatch(context.Background(), r.decideScript, [][]Limit{hourBucket(k, 1)}); err == nil {
+		t.Error("a decision whose reply was lost answered without an error")
 	}
+	wantTakenOnce(t, r, k)
 }
