@@ -206,3 +206,20 @@ func (r Retention) Of(s Step) time.Duration {
 func (r Retention) ExpireAt(s Step, start time.Time) time.Time {
 	return start.Add(s.Size() + r.Of(s))
 }
+
+// UnixOrZero is t as the stores keep an Activity's times: Unix seconds,
+// 0 for the zero time.
+func UnixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+// TimeOrZero reads what UnixOrZero wrote: 0 is the zero time.
+func TimeOrZero(u int64) time.Time {
+	if u == 0 {
+		return time.Time{}
+	}
+	return time.Unix(u, 0).UTC()
+}

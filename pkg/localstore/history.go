@@ -194,8 +194,8 @@ func (h *History) Activity(_ context.Context, consumers []string) (map[string]hi
 
 func encodeActivity(a history.Activity) []byte {
 	v := make([]byte, 24)
-	binary.BigEndian.PutUint64(v, uint64(unixOrZero(a.Seen)))
-	binary.BigEndian.PutUint64(v[8:], uint64(unixOrZero(a.Period)))
+	binary.BigEndian.PutUint64(v, uint64(history.UnixOrZero(a.Seen)))
+	binary.BigEndian.PutUint64(v[8:], uint64(history.UnixOrZero(a.Period)))
 	binary.BigEndian.PutUint64(v[16:], uint64(a.Denied))
 	return v
 }
@@ -205,22 +205,8 @@ func decodeActivity(v []byte) history.Activity {
 	if len(v) != 24 {
 		return history.Activity{}
 	}
-	return history.Activity{Seen: timeOrZero(int64(binary.BigEndian.Uint64(v))), Period: timeOrZero(int64(binary.BigEndian.Uint64(v[8:]))),
+	return history.Activity{Seen: history.TimeOrZero(int64(binary.BigEndian.Uint64(v))), Period: history.TimeOrZero(int64(binary.BigEndian.Uint64(v[8:]))),
 		Denied: int64(binary.BigEndian.Uint64(v[16:]))}
-}
-
-func unixOrZero(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.Unix()
-}
-
-func timeOrZero(u int64) time.Time {
-	if u == 0 {
-		return time.Time{}
-	}
-	return time.Unix(u, 0).UTC()
 }
 
 func bucketOf(consumer string, step history.Step, start int64, s stored) history.Bucket {

@@ -113,7 +113,7 @@ func (h *History) AddCounts(ctx context.Context, cs []history.Counts) error {
 	acts := history.ActivityOf(cs)
 	for _, consumer := range sortedIDs(acts) {
 		a := acts[consumer]
-		args = append(args, consumer, unixOrZero(a.Seen), unixOrZero(a.Period), a.Denied)
+		args = append(args, consumer, history.UnixOrZero(a.Seen), history.UnixOrZero(a.Period), a.Denied)
 		if len(args) == 4*activityBatch {
 			merges, args = append(merges, args), nil
 		}
@@ -221,7 +221,7 @@ func parseActivity(v any) (history.Activity, bool) {
 			return history.Activity{}, false
 		}
 	}
-	return history.Activity{Seen: timeOrZero(n[0]), Period: timeOrZero(n[1]), Denied: n[2]}, n[0] != 0
+	return history.Activity{Seen: history.TimeOrZero(n[0]), Period: history.TimeOrZero(n[1]), Denied: n[2]}, n[0] != 0
 }
 
 // forgetActivity deletes the records of KEYS[1] named in ARGV (id, then
@@ -260,20 +260,6 @@ func (h *History) Prune(ctx context.Context, now time.Time) error {
 			return nil
 		}
 	}
-}
-
-func unixOrZero(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.Unix()
-}
-
-func timeOrZero(u int64) time.Time {
-	if u == 0 {
-		return time.Time{}
-	}
-	return time.Unix(u, 0).UTC()
 }
 
 // Buckets implements history.Store: one HGETALL a bucket, in one
