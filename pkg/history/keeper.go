@@ -178,12 +178,26 @@ const maxPending = 100_000
 // billed units are rolled up from the ledger).
 func (k *Keeper) Flush(ctx context.Context) error {
 	cs := k.rec.drain(k.cfg.Clock())
+	// A consumer's counts of one flush (a key and an hour each) mostly
+	// share their Seen: its period is looked up once (levy serve's is a
+	// directory and plan lookup).
+	type seenBy struct {
+		consumer string
+		seen     time.Time
+	}
+	periods := map[seenBy]time.Time{}
 	for i := range cs {
 		c := &cs[i]
 		if c.Allowed > 0 {
 			k.Touch(c.Consumer, c.Hour)
 		}
-		c.Period = k.period(c.Consumer, c.Seen)
+		at := seenBy{c.Consumer, c.Seen}
+		p, ok := periods[at]
+		if !ok {
+			p = k.period(c.Consumer, c.Seen)
+			periods[at] = p
+		}
+		c.Period = p
 	}
 	k.mu.Lock()
 	cs = append(k.pending, cs...)

@@ -183,3 +183,32 @@ func TestParseQueryRefusesBadParameters(t *testing.T) {
 		t.Fatalf("%+v %v", q, err)
 	}
 }
+
+// A consumer with many keys is looked up once a flush for its billing
+// period (levy serve's lookup reads the directory and the plan), and each
+// count gets that period.
+func TestFlushLooksUpAConsumersPeriodOnce(t *testing.T) {
+	st := localHistory(t)
+	now := t0.Add(time.Minute)
+	period := t0.Add(-3 * 24 * time.Hour)
+	lookups := map[string]int{}
+	k := history.New(history.Config{Store: st, Ledger: &windows{}, Clock: func() time.Time { return now },
+		Period: func(consumer string, _ time.Time) time.Time { lookups[consumer]++; return period }})
+	for _, key := range []string{"k1", "k2", "k3"} {
+		k.Recorder().Counter("acme", key).Deny(now, history.ReasonRate)
+	}
+	k.Recorder().Counter("beta", "k1").Deny(now, history.ReasonRate)
+	if err := k.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if lookups["acme"] != 1 || lookups["beta"] != 1 {
+		t.Fatalf("period lookups %v, want one a consumer", lookups)
+	}
+	as, err := st.Activity(context.Background(), []string{"acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := as["acme"]; !a.Period.Equal(period) || a.Denied != 3 {
+		t.Fatalf("acme's activity %+v, want 3 denials in the period from %v", a, period)
+	}
+}

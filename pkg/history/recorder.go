@@ -95,6 +95,7 @@ func (r *Recorder) Counter(consumer, key string) *Counter {
 // more, so that a decision that raced the marking is still counted).
 func (r *Recorder) drain(now time.Time) []Counts {
 	cur := floorDiv(now.Unix(), 3600) / 3600
+	flushed := now.UTC().Truncate(time.Second)
 	var out []Counts
 	take := func(c *Counter) bool {
 		busy := false
@@ -108,7 +109,7 @@ func (r *Recorder) drain(now time.Time) []Counts {
 			if allowed != 0 || d.Total() != 0 {
 				busy = true
 				hour := time.Unix(h*3600, 0).UTC()
-				seen := now.UTC().Truncate(time.Second)
+				seen := flushed
 				if end := hour.Add(time.Hour - time.Second); end.Before(seen) {
 					seen = end
 				}
