@@ -66,53 +66,21 @@ func (a Alerts) Add(ctx context.Context, claims []alert.Claim) ([]bool, error) {
 	if len(claims) == 0 {
 		return out, nil
 	}
-	type call struct {
-		keys []string
-		args []any
-	}
-	calls := make([]call, len(claims))
+	calls := make([]scriptCall, len(claims))
 	for i, c := range claims {
 		if c.Keep <= 0 {
 			return nil, errors.New("redis add alert: keep must be positive")
 		}
-		calls[i] = call{[]string{keyspace.AlertClaim(c.ID), keyspace.AlertOutbox, keyspace.AlertRecords},
+		calls[i] = scriptCall{[]string{keyspace.AlertClaim(c.ID), keyspace.AlertOutbox, keyspace.AlertRecords},
 			[]any{c.Keep.Milliseconds(), c.ID, c.Rec, c.Due.UnixMilli()}}
 	}
-	run := func(idx []int, eval bool) ([]int, error) {
-		pipe := a.Client.Pipeline()
-		cmds := make([]*redis.Cmd, len(idx))
-		for j, i := range idx {
-			if eval {
-				cmds[j] = addAlert.Eval(ctx, pipe, calls[i].keys, calls[i].args...)
-			} else {
-				cmds[j] = addAlert.EvalSha(ctx, pipe, calls[i].keys, calls[i].args...)
-			}
+	cmds, _ := runScript(ctx, a.Client, addAlert, calls, nil)
+	for i, cmd := range cmds {
+		n, err := cmd.Int()
+		if err != nil {
+			return nil, fmt.Errorf("redis add alerts: %w", err)
 		}
-		pipe.Exec(ctx)
-		var again []int
-		for j, cmd := range cmds {
-			n, err := cmd.Int()
-			switch {
-			case err == nil:
-				out[idx[j]] = n == 1
-			case !eval && redis.HasErrorPrefix(err, "NOSCRIPT"):
-				again = append(again, idx[j])
-			default:
-				return nil, err
-			}
-		}
-		return again, nil
-	}
-	all := make([]int, len(claims))
-	for i := range all {
-		all[i] = i
-	}
-	again, err := run(all, false)
-	if err == nil && len(again) > 0 {
-		_, err = run(again, true)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("redis add alerts: %w", err)
+		out[i] = n == 1
 	}
 	return out, nil
 }

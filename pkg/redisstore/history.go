@@ -106,70 +106,51 @@ func (h *History) AddCounts(ctx context.Context, cs []history.Counts) error {
 	if len(cs) == 0 {
 		return nil
 	}
-	pipe := h.client.Pipeline()
-	var merges [][]any
-	var cmds []*redis.Cmd
+	var merges []scriptCall
 	var args []any
+	activity := []string{keyspace.Activity}
 	acts := history.ActivityOf(cs)
 	for _, consumer := range sortedIDs(acts) {
 		a := acts[consumer]
 		args = append(args, consumer, history.UnixOrZero(a.Seen), history.UnixOrZero(a.Period), a.Denied)
 		if len(args) == 4*activityBatch {
-			merges, args = append(merges, args), nil
+			merges, args = append(merges, scriptCall{activity, args}), nil
 		}
 	}
 	if len(args) > 0 {
-		merges = append(merges, args)
+		merges = append(merges, scriptCall{activity, args})
 	}
-	activity := []string{keyspace.Activity}
-	for _, m := range merges {
-		cmds = append(cmds, mergeActivity.EvalSha(ctx, pipe, activity, m...))
-	}
-	incr := func(key, field string, n int64) {
-		if n != 0 {
-			pipe.HIncrBy(ctx, key, field, n)
-		}
-	}
-	for _, c := range cs {
-		for _, step := range []history.Step{history.Hour, history.Day} {
-			start := step.Floor(c.Hour)
-			key := keyspace.History(c.Consumer, string(step), start.Unix())
-			ttl := h.ttl(step, start)
-			if ttl <= 0 {
-				continue
+	counts := func(pipe redis.Pipeliner) {
+		incr := func(key, field string, n int64) {
+			if n != 0 {
+				pipe.HIncrBy(ctx, key, field, n)
 			}
-			incr(key, "dr", c.Denied.Rate)
-			incr(key, "dq", c.Denied.Quota)
-			incr(key, "dc", c.Denied.Cap)
-			incr(key, "a:"+c.Key, c.Allowed)
-			incr(key, "d:"+c.Key, c.Denied.Total())
-			pipe.Expire(ctx, key, ttl)
+		}
+		for _, c := range cs {
+			for _, step := range []history.Step{history.Hour, history.Day} {
+				start := step.Floor(c.Hour)
+				key := keyspace.History(c.Consumer, string(step), start.Unix())
+				ttl := h.ttl(step, start)
+				if ttl <= 0 {
+					continue
+				}
+				incr(key, "dr", c.Denied.Rate)
+				incr(key, "dq", c.Denied.Quota)
+				incr(key, "dc", c.Denied.Cap)
+				incr(key, "a:"+c.Key, c.Allowed)
+				incr(key, "d:"+c.Key, c.Denied.Total())
+				pipe.Expire(ctx, key, ttl)
+			}
 		}
 	}
-	all, err := pipe.Exec(ctx)
-	if err == nil {
-		return nil
-	}
-	var again [][]any
-	for i, c := range cmds {
-		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-			again = append(again, merges[i])
-		}
-	}
-	for _, c := range all {
-		if c.Err() != nil && !redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-			return fmt.Errorf("redis history: %w", c.Err())
-		}
-	}
-	if len(again) == 0 {
+	cmds, err := runScript(ctx, h.client, mergeActivity, merges, counts)
+	if err != nil {
 		return fmt.Errorf("redis history: %w", err)
 	}
-	pipe = h.client.Pipeline()
-	for _, m := range again {
-		mergeActivity.Eval(ctx, pipe, activity, m...)
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("redis history activity: %w", err)
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			return fmt.Errorf("redis history activity: %w", err)
+		}
 	}
 	return nil
 }
