@@ -11,7 +11,6 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -89,70 +88,6 @@ func checkCases(t testing.TB) map[string][]byte {
 		"raw body":          http(field(12, []byte{0xc0})),
 		"cut short":         b[:len(b)-4],
 	}
-}
-
-// sameAsProtobuf checks that Decode, or protobuf after it, reads b into
-// what proto.Unmarshal reads, or fails when it does.
-func sameAsProtobuf(t *testing.T, name string, b []byte) {
-	t.Helper()
-	want := &authv3.CheckRequest{}
-	wantErr := proto.Unmarshal(b, want)
-	got := &authv3.CheckRequest{Attributes: &authv3.AttributeContext{ContextExtensions: map[string]string{"stale": "x"}}}
-	if !Decode(mem.BufferSlice{mem.SliceBuffer(b)}, got) {
-		got = &authv3.CheckRequest{}
-		if err := proto.Unmarshal(b, got); (err != nil) != (wantErr != nil) {
-			t.Fatalf("%s: %v, want %v", name, err, wantErr)
-		}
-	} else if wantErr != nil {
-		t.Fatalf("%s: read, where protobuf fails: %v", name, wantErr)
-	}
-	if wantErr == nil && !proto.Equal(got, want) {
-		t.Fatalf("%s: read\n%v\nprotobuf\n%v", name, got, want)
-	}
-}
-
-func TestDecodeReadsCheckRequestsAsProtobufDoes(t *testing.T) {
-	for name, b := range checkCases(t) {
-		sameAsProtobuf(t, name, b)
-	}
-}
-
-// TestDecodeReadsWhatEnvoySends checks that the fast path, not protobuf,
-// reads what Envoy sends, and that protobuf reads what it does not read
-// exactly.
-func TestDecodeReadsWhatEnvoySends(t *testing.T) {
-	cases := checkCases(t)
-	for name, fast := range map[string]bool{"envoy": true, "every field": true, "attributes twice": true, "duplicate header": true,
-		"metadata": false, "named port": false, "tls": false, "header map": false, "unknown field": false,
-		"unknown in entry": false, "bad utf8 header": false, "cut short": false} {
-		if got := Decode(mem.BufferSlice{mem.SliceBuffer(cases[name])}, &authv3.CheckRequest{}); got != fast {
-			t.Errorf("%s: read by the fast path %v, want %v", name, got, fast)
-		}
-	}
-	if Decode(mem.BufferSlice{mem.SliceBuffer(cases["envoy"])}, &authv3.CheckResponse{}) {
-		t.Error("Decode read a CheckResponse")
-	}
-}
-
-func FuzzDecodeCheckRequest(f *testing.F) {
-	for _, b := range checkCases(f) {
-		f.Add(b)
-	}
-	f.Fuzz(func(t *testing.T, b []byte) { sameAsProtobuf(t, "fuzz", b) })
-}
-
-// TestDecodeKnowsEveryField fails when go-control-plane adds a field to a
-// message Decode reads: a request with it goes to protobuf, but Decode's
-// tables and this list must be looked at again.
-func TestDecodeKnowsEveryField(t *testing.T) {
-	wiretest.KnowsFields(t, &authv3.CheckRequest{}, 1)
-	wiretest.KnowsFields(t, &authv3.AttributeContext{}, 1, 2, 4, 10, 11, 12, 13)
-	wiretest.KnowsFields(t, &authv3.AttributeContext_Peer{}, 1, 2, 3, 4, 5)
-	wiretest.KnowsFields(t, &authv3.AttributeContext_Request{}, 1, 2)
-	wiretest.KnowsFields(t, &authv3.AttributeContext_HttpRequest{}, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)
-	wiretest.KnowsFields(t, &corev3.Address{}, 1, 2, 3)
-	wiretest.KnowsFields(t, &corev3.SocketAddress{}, 1, 2, 3, 4, 5, 6, 7)
-	wiretest.KnowsFields(t, &corev3.Metadata{}, 1, 2)
 }
 
 // randomCheckResponse is an answer with each field Encode writes set or not
@@ -361,52 +296,5 @@ func BenchmarkEncodeAllow(b *testing.B) {
 				proto.Marshal(bb.x)
 			}
 		})
-	}
-}
-
-// BenchmarkDecodeCheck reads the CheckRequest Envoy sends, by Decode and
-// by protobuf (go-control-plane ships no UnmarshalVT to compare).
-func BenchmarkDecodeCheck(b *testing.B) {
-	msg := checkCases(b)["envoy"]
-	b.Run("Decode", func(b *testing.B) {
-		data := mem.BufferSlice{mem.SliceBuffer(msg)}
-		b.ReportAllocs()
-		for b.Loop() {
-			if !Decode(data, &authv3.CheckRequest{}) {
-				b.Fatal("Decode declined")
-			}
-		}
-	})
-	b.Run("Protobuf", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if err := proto.Unmarshal(msg, &authv3.CheckRequest{}); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-}
-
-// TestDecodeKeepsNoPartOfTheBuffer: gRPC reads the next message into the
-// buffer Decode read from, so what Decode made of a request (its headers
-// map, its strings, its raw body) is still that request afterwards.
-func TestDecodeKeepsNoPartOfTheBuffer(t *testing.T) {
-	cases := checkCases(t)
-	first, next := cases["every field"], cases["envoy"]
-	want := &authv3.CheckRequest{}
-	if err := proto.Unmarshal(first, want); err != nil {
-		t.Fatal(err)
-	}
-	buf := append([]byte(nil), first...)
-	got := &authv3.CheckRequest{}
-	if !Decode(mem.BufferSlice{mem.SliceBuffer(buf)}, got) {
-		t.Fatal("Decode declined")
-	}
-	clear(buf)
-	if !Decode(mem.BufferSlice{mem.SliceBuffer(buf[:copy(buf, next)])}, &authv3.CheckRequest{}) {
-		t.Fatal("Decode declined the next")
-	}
-	if !proto.Equal(got, want) {
-		t.Fatalf("after the next message, the first reads\n%v\nwant\n%v", got, want)
 	}
 }

@@ -184,10 +184,17 @@ const (
 var DenyReasons = []string{ReasonMissingKey, ReasonMalformedKey, ReasonUnknownKey, ReasonRevokedKey, ReasonExpiredKey,
 	ReasonSuspended, ReasonRateLimited, ReasonQuota, ReasonSpendCap, ReasonStoreUnavailable, ReasonPlanUnavailable}
 
-// Check implements authv3.AuthorizationServer.
+// Check implements authv3.AuthorizationServer, for a server registered
+// with authv3.RegisterAuthorizationServer; levy serve registers it with
+// Register, which reads only what Check reads of each request.
 func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	return s.serve(ctx, RequestOf(req))
+}
+
+// serve answers r and counts the answer.
+func (s *Server) serve(ctx context.Context, r *Request) (*authv3.CheckResponse, error) {
 	start := time.Now()
-	resp, reason, err := s.check(ctx, req)
+	resp, reason, err := s.check(ctx, r)
 	result := "allow"
 	switch {
 	case err != nil:
@@ -204,12 +211,9 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	return resp, err
 }
 
-func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, string, error) {
+func (s *Server) check(ctx context.Context, r *Request) (*authv3.CheckResponse, string, error) {
 	snap := s.snap.Load()
-	httpReq := req.GetAttributes().GetRequest().GetHttp()
-	headers := httpReq.GetHeaders()
-
-	key, keyHeader := snap.extractKey(headers)
+	key, keyHeader := snap.extractKey(r)
 	if keyHeader == "" {
 		return unauthorized(ReasonMissingKey, "no API key: send it in the "+snap.describeKeyHeaders()), ReasonMissingKey, nil
 	}
@@ -221,7 +225,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		return unauthorized(ReasonUnknownKey, "unknown API key"), ReasonUnknownKey, nil
 	}
 	if err != nil {
-		s.log.Error("look up key", zap.String("request_id", headers["x-request-id"]), zap.Error(err))
+		s.log.Error("look up key", zap.String("request_id", r.Header("x-request-id")), zap.Error(err))
 		s.metrics.StoreErrors.WithLabelValues(telemetry.StoreOpLookup).Inc()
 		return storeUnavailable("the key cannot be checked right now"), ReasonStoreUnavailable, nil
 	}
@@ -246,12 +250,12 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 			"this consumer's plan is not available right now", nil, nil), ReasonPlanUnavailable, nil
 	}
 
-	cost := p.CostFor(httpReq.GetPath())
+	cost := p.CostFor(r.Path)
 	id := snap.identity(k, c, p)
 	limits := id.withCost(cost)
 	d, err := s.limiter.Decide(ctx, limits)
 	if err != nil {
-		s.log.Error("decide", zap.String("request_id", headers["x-request-id"]), zap.String("consumer", c.ID), zap.Error(err))
+		s.log.Error("decide", zap.String("request_id", r.Header("x-request-id")), zap.String("consumer", c.ID), zap.Error(err))
 		s.metrics.StoreErrors.WithLabelValues(telemetry.StoreOpDecide).Inc()
 		return storeUnavailable("limits cannot be checked right now"), ReasonStoreUnavailable, nil
 	}
@@ -269,7 +273,7 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 			id.counter(s.hist, c.ID, k.ID).Deny(now, historyReason(reason))
 		}
 		if debug {
-			s.log.Debug("deny", zap.String("request_id", headers["x-request-id"]), zap.String("key_id", k.ID),
+			s.log.Debug("deny", zap.String("request_id", r.Header("x-request-id")), zap.String("key_id", k.ID),
 				zap.String("consumer", c.ID), zap.String("reason", reason))
 		}
 		return tooMany(reason, limiter.Explain(&limits[d.Denied], &d.Statuses[d.Denied]), rl, id.metadata), reason, nil
@@ -278,14 +282,14 @@ func (s *Server) check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 		id.counter(s.hist, c.ID, k.ID).Allow(now)
 	}
 	if debug {
-		s.log.Debug("allow", zap.String("request_id", headers["x-request-id"]), zap.String("key_id", k.ID),
+		s.log.Debug("allow", zap.String("request_id", r.Header("x-request-id")), zap.String("key_id", k.ID),
 			zap.String("consumer", c.ID), zap.Int64("cost", cost))
 	}
 	return &authv3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
 			Headers:              id.headers,
-			HeadersToRemove:      snap.removeHeaders(headers),
+			HeadersToRemove:      snap.removeHeaders(r),
 			ResponseHeadersToAdd: responseHeaders(rl),
 		}},
 		DynamicMetadata: id.allowMetadata(&d),
@@ -465,11 +469,11 @@ func (id *identity) withCost(cost int64) []limiter.Limit {
 // removeHeaders lists what to strip before the upstream: every configured
 // key header (a client may send a key in more than one), and the bearer
 // token when it holds a key, whichever header this request's key came from.
-func (snap *Snapshot) removeHeaders(headers map[string]string) []string {
+func (snap *Snapshot) removeHeaders(r *Request) []string {
 	if !snap.Bearer {
 		return snap.keyHeadersOut
 	}
-	v := headers["authorization"]
+	v := r.Header("authorization")
 	if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") && apikey.Check(strings.TrimSpace(v[7:])) == nil {
 		return append(snap.keyHeadersOut[:len(snap.keyHeadersOut):len(snap.keyHeadersOut)], "authorization")
 	}
@@ -478,14 +482,14 @@ func (snap *Snapshot) removeHeaders(headers map[string]string) []string {
 
 // extractKey finds the key: the key headers in order, then a bearer token.
 // It returns the header it came from ("" when there is none).
-func (snap *Snapshot) extractKey(headers map[string]string) (key, header string) {
+func (snap *Snapshot) extractKey(r *Request) (key, header string) {
 	for _, h := range snap.KeyHeaders {
-		if v := strings.TrimSpace(headers[h]); v != "" {
+		if v := strings.TrimSpace(r.Header(h)); v != "" {
 			return v, h
 		}
 	}
 	if snap.Bearer {
-		v := headers["authorization"]
+		v := r.Header("authorization")
 		if len(v) > 7 && strings.EqualFold(v[:7], "bearer ") {
 			if t := strings.TrimSpace(v[7:]); t != "" {
 				return t, "authorization"

@@ -14,6 +14,9 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 
 	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/authz"
@@ -62,6 +65,7 @@ type fixture struct {
 	srv     *authz.Server
 	cfgText string
 	client  *envoyclient.AuthzClient
+	conn    *grpc.ClientConn
 }
 
 // start serves a real authz server over gRPC on loopback, on a limiter
@@ -80,12 +84,13 @@ func start(t *testing.T, newLimiter limitertest.Factory) *fixture {
 	f.srv = authz.New(authz.Config{Snapshot: snap, Limiter: lim, Log: zaptest.NewLogger(t), Clock: f.clock.Now})
 	// Requests read and answers written as levy serve does
 	// (server.GRPCOptions), so that every behaviour is also a test of
-	// authz.Decode and Encode.
+	// authz.Register, Decode and Encode.
 	codec := []grpc.ServerOption{grpc.ForceServerCodecV2(wire.Codec{Decode: authz.Decode, Encode: authz.Encode})}
-	conn := envoytest.LoopbackWith(t, codec, func(gs *grpc.Server) { authv3.RegisterAuthorizationServer(gs, f.srv) })
+	conn := envoytest.LoopbackWith(t, codec, func(gs *grpc.Server) { authz.Register(gs, f.srv) })
 	// Envoy's 0.25 s would test the machine's load, not levy: the tests
 	// check answers (a hung call still fails, after a minute).
 	f.client = envoyclient.NewAuthzClient(conn, envoyclient.AuthzConfig{Timeout: time.Minute})
+	f.conn = conn
 	return f
 }
 
@@ -125,6 +130,7 @@ func TestBehaviour(t *testing.T) {
 		{"PlanWithoutQuotaStillCountsUsage", testPlanWithoutQuotaStillCountsUsage},
 		{"PlanChangeAppliesAtOnceWithoutNewKey", testPlanChangeAppliesAtOnceWithoutNewKey},
 		{"MalformedRequestsAreDeniedNotPanics", testMalformedRequestsAreDeniedNotPanics},
+		{"RawHeadersCarryTheKeyAsTheHeadersMapDoes", testRawHeadersCarryTheKeyAsTheHeadersMapDoes},
 		{"ParallelChecksNeverExceedTheBucket", testParallelChecksNeverExceedTheBucket},
 		{"AllowCarriesTheLedgerWindowItsUnitsWereCountedIn", testAllowCarriesTheLedgerWindowItsUnitsWereCountedIn},
 		{"WindowAtAnEdgeIsAdmissionsNotTheRequestStart", testWindowAtAnEdgeIsAdmissionsNotTheRequestStart},
@@ -431,6 +437,76 @@ func testMalformedRequestsAreDeniedNotPanics(t *testing.T, newLimiter limitertes
 	huge := f.check(t, "/"+strings.Repeat("p", 10<<10), envoyclient.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]}, envoyclient.Header{Name: "x-big", Value: strings.Repeat("v", 10<<10)})
 	if !huge.Allowed {
 		t.Fatalf("10 KB path and header: %d %s", huge.Status, huge.Body)
+	}
+}
+
+// testRawHeadersCarryTheKeyAsTheHeadersMapDoes: with encode_raw_headers,
+// Envoy sends the headers in header_map, one entry per line, not in the
+// headers map: the key is found there, removed, and a key header sent
+// twice is as malformed as Envoy's joined one.
+func testRawHeadersCarryTheKeyAsTheHeadersMapDoes(t *testing.T, newLimiter limitertest.Factory) {
+	f := start(t, newLimiter)
+	raw := envoyclient.NewAuthzClient(f.conn, envoyclient.AuthzConfig{Timeout: time.Minute, EncodeRawHeaders: true})
+	check := func(headers ...envoyclient.Header) *envoyclient.Outcome {
+		t.Helper()
+		o, err := raw.Check(context.Background(), &envoyclient.Request{Path: "/v1/search", Headers: headers})
+		if err != nil || o.RPCError != nil {
+			t.Fatalf("Check: %v %v", err, o.RPCError)
+		}
+		return o
+	}
+	o := check(envoyclient.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]}, envoyclient.Header{Name: "accept", Value: "*/*"})
+	if !o.Allowed || o.UpstreamHeaders.Get("x-consumer-id") != "pro-co" || o.UpstreamHeaders.Has("x-api-key") {
+		t.Fatalf("status %d, upstream %v: want pro-co allowed without its key", o.Status, o.UpstreamHeaders)
+	}
+	if used := f.usage(t, usage.QuotaKey("pro-co")); used != 5 { // the path is read too: /v1/search costs 5
+		t.Errorf("usage %d after a search, want 5", used)
+	}
+	o = check(envoyclient.Header{Name: "authorization", Value: "Bearer " + f.keys["KEY_PRO"]})
+	if !o.Allowed || o.UpstreamHeaders.Has("authorization") {
+		t.Fatalf("bearer key in header_map: status %d, upstream %v", o.Status, o.UpstreamHeaders)
+	}
+	o = check(envoyclient.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]}, envoyclient.Header{Name: "x-api-key", Value: f.keys["KEY_PRO"]})
+	if o.Allowed || o.Status != 401 || !strings.Contains(string(o.Body), authz.ReasonMalformedKey) {
+		t.Fatalf("a key header sent twice: status %d %s, want 401 %s", o.Status, o.Body, authz.ReasonMalformedKey)
+	}
+	if o := check(); o.Status != 401 || !strings.Contains(string(o.Body), authz.ReasonMissingKey) {
+		t.Fatalf("no headers: status %d %s, want 401 %s", o.Status, o.Body, authz.ReasonMissingKey)
+	}
+}
+
+// bytesCodec sends a []byte as the message and reads the answer's bytes.
+type bytesCodec struct{}
+
+func (bytesCodec) Name() string { return "proto" }
+func (bytesCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(v.([]byte))}, nil
+}
+func (bytesCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	*v.(*[]byte) = data.Materialize()
+	return nil
+}
+
+// TestUnreadableRequestIsAnInvalidArgument: bytes no CheckRequest is made
+// of are answered InvalidArgument (Envoy's failure mode decides), and the
+// next request on the connection is answered as usual.
+func TestUnreadableRequestIsAnInvalidArgument(t *testing.T) {
+	f := start(t, limitertest.Local)
+	for name, b := range map[string][]byte{
+		"cut short":           {0x0a, 0x05, 0x22, 0x03},
+		"path not UTF-8":      {0x0a, 0x07, 0x22, 0x05, 0x12, 0x03, 0x22, 0x01, 0xc0},
+		"field number zero":   {0x02, 0x00},
+		"end group unopened":  {0x0c},
+		"length past the end": {0x0a, 0xff, 0xff, 0x03},
+	} {
+		var out []byte
+		err := f.conn.Invoke(context.Background(), "/envoy.service.auth.v3.Authorization/Check", b, &out, grpc.ForceCodecV2(bytesCodec{}))
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v, want InvalidArgument", name, err)
+		}
+	}
+	if o := f.withKey(t, "KEY_PRO", "/"); !o.Allowed {
+		t.Fatalf("after unreadable requests: status %d %s", o.Status, o.Body)
 	}
 }
 

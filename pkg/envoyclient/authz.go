@@ -48,6 +48,11 @@ type AuthzConfig struct {
 	AllowedHeaders []string
 	// DisallowedHeaders are header keys never sent (exact, case-sensitive).
 	DisallowedHeaders []string
+	// EncodeRawHeaders sends the headers as encode_raw_headers does: in
+	// header_map, one entry per header line (repeated headers not joined),
+	// each value as raw_value bytes, not sanitised; the headers map is
+	// left empty.
+	EncodeRawHeaders bool
 }
 
 // AuthzClient calls Authorization/Check the way Envoy's HTTP ext_authz filter does and applies
@@ -147,19 +152,27 @@ func BuildCheckRequest(req *Request, streamID uint64) *authv3.CheckRequest {
 	if err != nil {
 		return nil
 	}
-	return buildCheckRequest(p, streamID, nil, nil)
+	return buildCheckRequest(p, streamID, &AuthzConfig{})
 }
 
-func buildCheckRequest(p *prepared, streamID uint64, allowed, disallowed []string) *authv3.CheckRequest {
+func buildCheckRequest(p *prepared, streamID uint64, cfg *AuthzConfig) *authv3.CheckRequest {
 	headers := map[string]string{}
+	var raw *corev3.HeaderMap
+	if cfg.EncodeRawHeaders {
+		headers, raw = nil, &corev3.HeaderMap{}
+	}
 	for _, h := range p.headers {
 		if h.Name == HeaderAuthPartialBody {
 			continue
 		}
-		if contains(disallowed, h.Name) {
+		if contains(cfg.DisallowedHeaders, h.Name) {
 			continue
 		}
-		if allowed != nil && !contains(allowed, h.Name) {
+		if cfg.AllowedHeaders != nil && !contains(cfg.AllowedHeaders, h.Name) {
+			continue
+		}
+		if raw != nil {
+			raw.Headers = append(raw.Headers, &corev3.HeaderValue{Key: h.Name, RawValue: []byte(h.Value)})
 			continue
 		}
 		v := sanitizeUTF8(h.Value)
@@ -179,14 +192,15 @@ func buildCheckRequest(p *prepared, streamID uint64, allowed, disallowed []strin
 		Request: &authv3.AttributeContext_Request{
 			Time: timestamppb.New(p.req.StartTime),
 			Http: &authv3.AttributeContext_HttpRequest{
-				Id:       strconv.FormatUint(streamID, 10),
-				Method:   sanitizeUTF8(p.headers.Get(":method")),
-				Path:     sanitizeUTF8(p.headers.Get(":path")),
-				Host:     sanitizeUTF8(p.headers.Get(":authority")),
-				Scheme:   sanitizeUTF8(p.headers.Get(":scheme")),
-				Size:     0, // bytes received when the headers are decoded; no body is buffered
-				Protocol: p.req.Protocol,
-				Headers:  headers,
+				Id:        strconv.FormatUint(streamID, 10),
+				Method:    sanitizeUTF8(p.headers.Get(":method")),
+				Path:      sanitizeUTF8(p.headers.Get(":path")),
+				Host:      sanitizeUTF8(p.headers.Get(":authority")),
+				Scheme:    sanitizeUTF8(p.headers.Get(":scheme")),
+				Size:      0, // bytes received when the headers are decoded; no body is buffered
+				Protocol:  p.req.Protocol,
+				Headers:   headers,
+				HeaderMap: raw,
 			},
 		},
 		MetadataContext:      &corev3.Metadata{},
@@ -213,7 +227,7 @@ func (c *AuthzClient) Check(ctx context.Context, req *Request) (*Outcome, error)
 		return nil, err
 	}
 	streamID := rand.Uint64()
-	creq := buildCheckRequest(p, streamID, c.cfg.AllowedHeaders, c.cfg.DisallowedHeaders)
+	creq := buildCheckRequest(p, streamID, &c.cfg)
 	out := &Outcome{
 		CheckRequest:      creq,
 		RequestID:         p.requestID,

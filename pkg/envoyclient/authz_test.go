@@ -214,6 +214,42 @@ func TestCheckRequestAttributes(t *testing.T) {
 	}
 }
 
+// TestCheckEncodeRawHeadersSendsEachLineInHeaderMap: encode_raw_headers
+// sends every header line, repeated ones apart and unsanitised, as
+// raw_value in header_map, and no headers map.
+func TestCheckEncodeRawHeadersSendsEachLineInHeaderMap(t *testing.T) {
+	s, conn := startAuthz(t, answer(okResponse(nil)))
+	c := NewAuthzClient(conn, patientAuthz(AuthzConfig{EncodeRawHeaders: true, DisallowedHeaders: []string{"x-secret"}}))
+	_, err := c.Check(context.Background(), &Request{Path: "/p", Headers: []Header{{Name: "Accept", Value: "a"}, {Name: "accept", Value: "b"},
+		{Name: "x-bin", Value: "\xff"}, {Name: "x-secret", Value: "s"}}})
+	if err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	http := s.received()[0].GetAttributes().GetRequest().GetHttp()
+	if http.GetHeaders() != nil {
+		t.Errorf("headers map %v, want none", http.GetHeaders())
+	}
+	var accept []string
+	for _, h := range http.GetHeaderMap().GetHeaders() {
+		switch h.GetKey() {
+		case "accept":
+			accept = append(accept, string(h.GetRawValue()))
+		case "x-bin":
+			if string(h.GetRawValue()) != "\xff" || h.GetValue() != "" {
+				t.Errorf("x-bin = %q raw %q, want raw \\xff unsanitised", h.GetValue(), h.GetRawValue())
+			}
+		case "x-secret":
+			t.Error("a disallowed header was sent")
+		}
+	}
+	if len(accept) != 2 || accept[0] != "a" || accept[1] != "b" {
+		t.Errorf("accept lines %q, want [a b] apart", accept)
+	}
+	if http.GetPath() != "/p" {
+		t.Errorf("path %q", http.GetPath())
+	}
+}
+
 func TestCheckAllowedHeadersFiltersPseudoHeadersToo(t *testing.T) {
 	tests := []struct {
 		name string

@@ -20,7 +20,6 @@ import (
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
-	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
@@ -258,7 +257,7 @@ func (s *Server) listen() error {
 		}
 	}
 	s.grpc = grpc.NewServer(opts...)
-	authv3.RegisterAuthorizationServer(s.grpc, s.authz)
+	authz.Register(s.grpc, s.authz)
 	rlsv3.RegisterRateLimitServiceServer(s.grpc, s.rls)
 	accesslogv3.RegisterAccessLogServiceServer(s.grpc, s.als)
 	s.health = health.NewServer()

@@ -156,7 +156,7 @@ func (f Field) Bytes(b []byte) []byte { return b[f.Off : f.Off+f.N] }
 // protobuf does, walks a message with Next.
 func Next(b []byte, i int) (Field, int, bool) {
 	num, typ, k := protowire.ConsumeTag(b[i:])
-	if k < 0 {
+	if k < 0 || num > protowire.MaxValidNumber { // ConsumeTag checks the least number, protobuf both
 		return Field{}, 0, false
 	}
 	i += k

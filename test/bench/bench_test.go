@@ -399,13 +399,13 @@ func newCheckEnv(tb testing.TB, st *store) *env {
 	}
 	levy := authz.New(authz.Config{Snapshot: snap, Limiter: lim, Log: infoLogger()})
 	return newEnv(tb, checkMethod, (*wireResponse).allowed, []request{{msgs: reqs}},
-		&target{name: "noop", register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, NewNoop()) }},
+		&target{name: "noop", register: func(s grpc.ServiceRegistrar) { registerLean(s, NewNoop()) }},
 		// The no-op server as one is usually written: grpc-go's defaults,
 		// requests decoded by protobuf. noop above is the stricter
 		// baseline: levy serve's gRPC options, its codec included.
 		&target{name: "noop-plain", opts: []grpc.ServerOption{},
 			register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, NewNoop()) }},
-		&target{name: "levy", register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, levy) },
+		&target{name: "levy", register: func(s grpc.ServiceRegistrar) { authz.Register(s, levy) },
 			redis: st.servers, scripts: true, commits: commits})
 }
 

@@ -24,10 +24,12 @@
 //	BenchmarkShouldRateLimit/levy-3desc  ...
 //
 // Both servers are real gRPC servers on 127.0.0.1:0 in the test process,
-// registered with authv3.RegisterAuthorizationServer and built with the gRPC
-// options levy serve uses. The no-op server answers every call with one
-// prebuilt OK CheckResponse, so its figure is the cost of gRPC, protobuf and
-// the loopback network on this machine; levy's figure adds key extraction,
+// built with the gRPC options levy serve uses and registered as levy serve
+// registers levy (authz.Register: each CheckRequest read off the wire into
+// an authz.Request, its headers and path, the rest skipped). The no-op
+// server reads each request so and answers every call with one prebuilt OK
+// CheckResponse, so its figure is the cost of gRPC, reading what levy reads
+// and the loopback network on this machine; levy's figure adds key extraction,
 // hashing, the directory lookup of an already known key, the local limiter's
 // rate and quota decision, metrics, logging and building the allow response.
 // levy runs as levy serve runs it: authz.New with limiter.NewLocal over a
@@ -69,9 +71,9 @@
 // -bench ShouldRateLimit/levy-3desc to see where the time goes.
 //
 // BenchmarkCheck measures a second no-op server, noop-plain: the same
-// Noop with grpc-go's default server options, so protobuf decodes each
-// request, a goroutine serves each call and gRPC probes the connection's
-// bandwidth. That is the no-op ext_authz server as it is usually written,
+// Noop with grpc-go's default server options and registration, so
+// protobuf decodes each whole request, a goroutine serves each call and
+// gRPC probes the connection's bandwidth. That is the no-op ext_authz server as it is usually written,
 // and as a load test from outside would likely run it; noop is the
 // stricter baseline, and the one whose ratio this package's figures quote
 // first. On the 2-core VM noop-plain spent 27-33 cpu-us/check more than

@@ -1,0 +1,259 @@
+package authz
+
+import (
+	"context"
+	"sync"
+	"unicode/utf8"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/levyhq/levy/pkg/wire"
+)
+
+// Request is what a decision reads of Envoy's CheckRequest: the HTTP
+// request's headers and path, and nothing else. levy's gRPC server reads
+// it straight off the wire (Decode), skipping the rest of the message
+// (the peers, the time, the context extensions), as protobuf skips
+// unknown fields.
+//
+// It earns its keep: reading Envoy's CheckRequest into an
+// authv3.CheckRequest, even by hand (every field, a map of every header),
+// cost about as much CPU per Check as levy's whole decision on the local
+// store. BenchmarkDecodeCheck reads the request Envoy sends into a Request
+// in 1 allocation and 1.6 µs, against protobuf's 91 allocations and 11.1
+// µs into an authv3.CheckRequest (the hand-written reader of every field
+// it replaces took 27 and about 5.5 µs), on the 2-core VM.
+type Request struct {
+	// Path is the request's :path.
+	Path string
+	// headers are the headers map's entries, name and value pairs as they
+	// came: Envoy sends the map unless encode_raw_headers is set, repeated
+	// headers joined into one entry with ",". A name's last entry wins, as
+	// in a protobuf map.
+	headers []string
+	// raw are header_map's entries, pairs likewise: encode_raw_headers
+	// sends one per header line, unjoined, as raw_value.
+	raw []string
+	// err is why the message could not be read (not even by protobuf).
+	err error
+}
+
+// Header returns the value of header name (lower case, as Envoy sends
+// names): the headers map's, else header_map's entries of that name
+// joined with ",", as Envoy joins them into the map. "" when there is
+// none.
+func (r *Request) Header(name string) string {
+	for i := len(r.headers) - 2; i >= 0; i -= 2 {
+		if r.headers[i] == name {
+			return r.headers[i+1]
+		}
+	}
+	var v string
+	found := false
+	for i := 0; i < len(r.raw); i += 2 {
+		if r.raw[i] != name {
+			continue
+		}
+		if found {
+			v += "," + r.raw[i+1]
+		} else {
+			v, found = r.raw[i+1], true
+		}
+	}
+	return v
+}
+
+// RequestOf is what a decision reads of req.
+func RequestOf(req *authv3.CheckRequest) *Request {
+	h := req.GetAttributes().GetRequest().GetHttp()
+	r := &Request{Path: h.GetPath()}
+	for k, v := range h.GetHeaders() {
+		r.headers = append(r.headers, k, v)
+	}
+	for _, e := range h.GetHeaderMap().GetHeaders() {
+		r.raw = append(r.raw, e.GetKey(), headerValue(e.GetValue(), e.GetRawValue()))
+	}
+	return r
+}
+
+// headerValue is a HeaderValue's value: its raw_value, which Envoy sets
+// with encode_raw_headers, over its value.
+func headerValue[B ~string | ~[]byte](value string, raw B) string {
+	if len(raw) > 0 {
+		return string(raw)
+	}
+	return value
+}
+
+// Field numbers on the way to the headers: CheckRequest.attributes,
+// AttributeContext.request, AttributeContext.Request.http, and
+// HttpRequest's headers, path and header_map, HeaderMap.headers; a map
+// entry's key and value, and a HeaderValue's key, value and raw_value.
+const (
+	fieldAttributes = 1
+	fieldRequest    = 4
+	fieldHTTP       = 2
+	fieldHeaders    = 3
+	fieldPath       = 4
+	fieldHeaderMap  = 13
+	fieldMapHeaders = 1
+	fieldKey        = 1
+	fieldValue      = 2
+	fieldRawValue   = 3
+)
+
+// Decode reads a Request off the wire, for levy's gRPC codec, as
+// proto.Unmarshal would read a CheckRequest's headers and path: the
+// messages on the way to the HTTP request are walked (each occurrence, as
+// protobuf merges a message field sent twice), a field of another wire
+// type than its own is skipped as protobuf skips it, the strings read are
+// checked to be UTF-8, and everything else is skipped unread, as protobuf
+// skips an unknown field. A message it cannot read goes to
+// proto.Unmarshal, whose verdict stands: one protobuf cannot read either
+// is answered InvalidArgument. The strings kept are pieces of one copy of
+// the HTTP request's bytes.
+var Decode = wire.Decoder(func(b []byte, r *Request) bool {
+	r.Path, r.headers, r.raw, r.err = "", r.headers[:0], r.raw[:0], nil
+	if readRequest(b, r) {
+		return true
+	}
+	var req authv3.CheckRequest
+	if err := proto.Unmarshal(b, &req); err != nil {
+		*r = Request{err: err}
+		return true
+	}
+	*r = *RequestOf(&req)
+	return true
+})
+
+// readRequest reads b into r, or returns false when b is malformed on
+// the way to the headers or a string there is not UTF-8.
+func readRequest(b []byte, r *Request) bool {
+	var (
+		s    string // the HTTP request's bytes, copied
+		base int    // where s starts in b
+	)
+	str := func(f wire.Field) (string, bool) {
+		v := s[f.Off-base : f.Off-base+f.N]
+		return v, utf8.ValidString(v)
+	}
+	// entry reads a map entry or, with rawValue, a HeaderValue.
+	entry := func(f wire.Field, rawValue bool) (k, v string, ok bool) {
+		var raw string // bytes: not checked
+		ok = each(b, f, func(g wire.Field) bool {
+			if g.WireType != protowire.BytesType {
+				return true
+			}
+			ok := true
+			switch {
+			case g.Num == fieldKey:
+				k, ok = str(g)
+			case g.Num == fieldValue:
+				v, ok = str(g)
+			case g.Num == fieldRawValue && rawValue:
+				raw = s[g.Off-base : g.Off-base+g.N]
+			}
+			return ok
+		})
+		return k, headerValue(v, raw), ok
+	}
+	http := func(f wire.Field) bool {
+		s, base = string(f.Bytes(b)), f.Off
+		return each(b, f, func(g wire.Field) bool {
+			if g.WireType != protowire.BytesType {
+				return true
+			}
+			switch g.Num {
+			case fieldHeaders:
+				k, v, ok := entry(g, false)
+				r.headers = append(r.headers, k, v)
+				return ok
+			case fieldPath:
+				var ok bool
+				r.Path, ok = str(g)
+				return ok
+			case fieldHeaderMap:
+				return each(b, g, func(h wire.Field) bool {
+					if h.Num != fieldMapHeaders || h.WireType != protowire.BytesType {
+						return true
+					}
+					k, v, ok := entry(h, true)
+					r.raw = append(r.raw, k, v)
+					return ok
+				})
+			}
+			return true
+		})
+	}
+	// into walks a message of b, going into its field num (a message)
+	// with next.
+	into := func(num protowire.Number, next func(wire.Field) bool) func(wire.Field) bool {
+		return func(f wire.Field) bool {
+			return each(b, f, func(g wire.Field) bool {
+				return g.Num != num || g.WireType != protowire.BytesType || next(g)
+			})
+		}
+	}
+	return into(fieldAttributes, into(fieldRequest, into(fieldHTTP, http)))(wire.Field{N: len(b)})
+}
+
+// each calls fn with each field of the message in f, and returns false
+// when one is malformed or fn says so.
+func each(b []byte, f wire.Field, fn func(wire.Field) bool) bool {
+	end := f.Off + f.N
+	for i := f.Off; i < end; {
+		g, j, ok := wire.Next(b[:end], i)
+		if !ok || !fn(g) {
+			return false
+		}
+		i = j
+	}
+	return true
+}
+
+// requests recycles Requests (their headers' backing arrays) between
+// calls: a Request's strings are never reused, only the slice holding them.
+var requests = sync.Pool{New: func() any { return &Request{headers: make([]string, 0, 64)} }}
+
+// Register registers s as the Authorization service of g, reading each
+// CheckRequest as a Request (see Decode) rather than as an
+// authv3.CheckRequest: what levy serve runs. Its codec must be one that
+// takes Decode (server.GRPCOptions's); authv3.RegisterAuthorizationServer
+// also serves s, on any codec, reading the whole message.
+func Register(g grpc.ServiceRegistrar, s *Server) {
+	desc := authv3.Authorization_ServiceDesc
+	desc.Methods = []grpc.MethodDesc{{MethodName: "Check", Handler: checkHandler}}
+	g.RegisterService(&desc, s)
+}
+
+// checkFullMethod is Check's gRPC method name, for interceptors.
+const checkFullMethod = "/envoy.service.auth.v3.Authorization/Check"
+
+func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+	r := requests.Get().(*Request)
+	defer func() {
+		if cap(r.headers) <= 1024 && cap(r.raw) <= 1024 { // a request of very many headers leaves its array to the collector
+			clear(r.headers[:cap(r.headers)])
+			clear(r.raw[:cap(r.raw)])
+			r.headers, r.raw = r.headers[:0], r.raw[:0]
+			requests.Put(r)
+		}
+	}()
+	if err := dec(r); err != nil {
+		return nil, err
+	}
+	if r.err != nil {
+		return nil, status.Error(codes.InvalidArgument, "malformed CheckRequest: "+r.err.Error())
+	}
+	s := srv.(*Server)
+	if interceptor == nil {
+		return s.serve(ctx, r)
+	}
+	return interceptor(ctx, r, &grpc.UnaryServerInfo{Server: srv, FullMethod: checkFullMethod},
+		func(ctx context.Context, req any) (any, error) { return s.serve(ctx, req.(*Request)) })
+}
