@@ -272,6 +272,9 @@ type target struct {
 	commits *prometheus.Registry
 	// skip, when set, is why the target is not measured.
 	skip string
+	// nconns, when set, is how many connections the callers share instead
+	// of conns.
+	nconns int
 }
 
 // request is what the callers send, named for sub-benchmarks: call i
@@ -536,7 +539,11 @@ func newEnv(tb testing.TB, method string, check func(*wireResponse) error, reqs 
 // find everything in memory.
 func dial(tb testing.TB, t *target, reqs []request) {
 	tb.Helper()
-	for range conns {
+	n := conns
+	if t.nconns > 0 {
+		n = t.nconns
+	}
+	for range n {
 		conn, err := grpc.NewClient(t.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			tb.Fatal(err)

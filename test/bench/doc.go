@@ -97,6 +97,25 @@
 // Redis, levy-redis-cpu-us/call is Redis's CPU per check during levy's
 // slices, which cpu-us/call (this process's) leaves out.
 //
+// # From outside
+//
+// In this process, levy and the no-op share one Go runtime with the
+// callers: one collector, paced by everything they allocate together,
+// and levy serve's GOGC=400 applies to none of them. A load test from
+// outside sees each server in its own process. BenchmarkCheckOutside
+// builds levy (go build ./cmd/levy), runs levy serve on a config of the
+// same 200 consumers, on its local store and then on Redis, and a plain
+// no-op (noop-plain, this test binary re-run as a server), each in a
+// process of its own, and calls them from this one (32 callers on 2
+// connections) in alternating slices:
+//
+//	BenchmarkCheckOutside/local  ...  <levy-calls/s>  <levy-cpu-us/call>  ...  <noop-calls/s>  ...  <x-noop>
+//	BenchmarkCheckOutside/redis  ...  <levy-redis-cpu-us/call>  ...  <x-noop>
+//
+// Each cpu-us/call adds the server process's CPU (from /proc) to the
+// callers' (its callers-cpu-us/call). levy serve gets store.timeout 1s on
+// Redis (see redisTimeout).
+//
 // # With the portal in use
 //
 // The developer portal and the usage history it reads run in levy serve's
