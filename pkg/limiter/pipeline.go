@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"errors"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -42,11 +43,25 @@ func (r *Redis) evalEach(ctx context.Context, script script, args [][]any) []rep
 	}
 	out := make([]reply, len(cmds))
 	for i, cmd := range cmds {
-		if out[i].err = cmd.Err(); out[i].err == nil {
-			out[i].v, out[i].err = unpackInts(cmd.Val())
-		}
+		out[i] = replyOf(cmd)
 	}
 	return out
+}
+
+// replyOf is a script call's reply, or its error. go-redis's cluster
+// pipeline, when its context ends while it waits to follow a MOVED or ASK
+// (between attempts), sets the context's error on every call of the
+// pipeline, those another master already answered too. A call with a reply
+// (the scripts always answer a non-empty array) ran, and its reply is
+// read: what it took is then known, answered or given back when late,
+// where the error would leave it charged to a caller who saw a failure.
+func replyOf(cmd *redis.StringCmd) reply {
+	err := cmd.Err()
+	if err != nil && (cmd.Val() == "" || !(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled))) {
+		return reply{err: err}
+	}
+	v, err := unpackInts(cmd.Val())
+	return reply{v: v, err: err}
 }
 
 // pipeline sends cmds, each with its own reply or error after. A cluster

@@ -2,7 +2,9 @@ package limiter
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -229,6 +231,40 @@ func testPeekIsOnePipeline(t *testing.T, cluster *redistest.Cluster) {
 		if trips.pipelines[addr] != 1 || trips.evalsha[addr] != n || trips.alone[addr] != 0 {
 			t.Errorf("master %s, %d slots of the Peek: sent %d pipelines of %d EVALSHA, and %d script calls alone; want one pipeline of %d",
 				addr, n, trips.pipelines[addr], trips.evalsha[addr], trips.alone[addr], n)
+		}
+	}
+}
+
+// TestReplyOfKeepsAnAnsweredCallsReply: go-redis's cluster pipeline sets
+// its context's error on every call when the context ends between
+// attempts (following a MOVED), answered calls too. A call with a reply
+// ran: its reply is read, so that what it took is known; a call without
+// one, or with another error, failed.
+func TestReplyOfKeepsAnAnsweredCallsReply(t *testing.T) {
+	packed := string([]byte{0x93, 0x01, 0x02, 0x03}) // [1, 2, 3], as cmsgpack packs it
+	cmd := func(val string, err error) *redis.StringCmd {
+		c := redis.NewStringCmd(context.Background(), "evalsha")
+		c.SetVal(val)
+		c.SetErr(err)
+		return c
+	}
+	moved := errors.New("MOVED 3999 127.0.0.1:6381")
+	for _, tt := range []struct {
+		name    string
+		cmd     *redis.StringCmd
+		want    []int64
+		wantErr error
+	}{
+		{"answered", cmd(packed, nil), []int64{1, 2, 3}, nil},
+		{"answered, then the pipeline's context ended", cmd(packed, context.DeadlineExceeded), []int64{1, 2, 3}, nil},
+		{"answered, then the pipeline was canceled", cmd(packed, context.Canceled), []int64{1, 2, 3}, nil},
+		{"not answered when the context ended", cmd("", context.DeadlineExceeded), nil, context.DeadlineExceeded},
+		{"redirected", cmd("", moved), nil, moved},
+		{"a reply and another error", cmd(packed, moved), nil, moved},
+	} {
+		got := replyOf(tt.cmd)
+		if !errors.Is(got.err, tt.wantErr) || !slices.Equal(got.v, tt.want) {
+			t.Errorf("%s: %v, %v; want %v, %v", tt.name, got.v, got.err, tt.want, tt.wantErr)
 		}
 	}
 }

@@ -39,9 +39,10 @@ type Options struct {
 // A cluster client still sends a command again after a broken connection
 // or a TRYAGAIN, whatever MaxRetries says, and follows MOVED and ASK
 // (MaxRedirects); the limiter's decisions refuse that themselves
-// (limiter's sentOnce); the ledger's settlements apply a request's
-// fingerprint or an add's token once, so only a settled request without a
-// fingerprint could count again there.
+// (limiter's sentOnce); the ledger's settlements apply each request once
+// by its fingerprint (or a one-off one its call carries, limiter's
+// oneOff) and an add once by its token, so a call sent again applies
+// nothing twice there.
 func NewClient(o Options) (redis.UniversalClient, bool) {
 	if o.Timeout <= 0 {
 		o.Timeout = 100 * time.Millisecond
