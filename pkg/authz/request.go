@@ -2,13 +2,12 @@ package authz
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"unicode/utf8"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
@@ -39,8 +38,6 @@ type Request struct {
 	// raw are header_map's entries, pairs likewise: encode_raw_headers
 	// sends one per header line, unjoined, as raw_value.
 	raw []string
-	// err is why the message could not be read (not even by protobuf).
-	err error
 }
 
 // Header returns the value of header name (lower case, as Envoy sends
@@ -53,19 +50,33 @@ func (r *Request) Header(name string) string {
 			return r.headers[i+1]
 		}
 	}
-	var v string
-	found := false
+	// Joined once, at its length: a request of thousands of lines of one
+	// name (a client calling levy directly) costs a pass, not a copy of
+	// the value so far for each line.
+	n, size, first := 0, 0, ""
 	for i := 0; i < len(r.raw); i += 2 {
-		if r.raw[i] != name {
-			continue
-		}
-		if found {
-			v += "," + r.raw[i+1]
-		} else {
-			v, found = r.raw[i+1], true
+		if r.raw[i] == name {
+			if n == 0 {
+				first = r.raw[i+1]
+			}
+			n, size = n+1, size+len(r.raw[i+1])
 		}
 	}
-	return v
+	if n <= 1 {
+		return first
+	}
+	var v strings.Builder
+	v.Grow(size + n - 1)
+	for i := 0; i < len(r.raw); i += 2 {
+		if r.raw[i] == name {
+			if v.Len() > 0 || n == 0 {
+				v.WriteByte(',')
+			}
+			v.WriteString(r.raw[i+1])
+			n = 0 // from the second on, after a comma (the first may be "")
+		}
+	}
+	return v.String()
 }
 
 // RequestOf is what a decision reads of req.
@@ -107,29 +118,59 @@ const (
 	fieldRawValue   = 3
 )
 
-// Decode reads a Request off the wire, for levy's gRPC codec, as
-// proto.Unmarshal would read a CheckRequest's headers and path: the
-// messages on the way to the HTTP request are walked (each occurrence, as
-// protobuf merges a message field sent twice), a field of another wire
-// type than its own is skipped as protobuf skips it, the strings read are
-// checked to be UTF-8, and everything else is skipped unread, as protobuf
-// skips an unknown field. A message it cannot read goes to
-// proto.Unmarshal, whose verdict stands: one protobuf cannot read either
-// is answered InvalidArgument. The strings kept are pieces of one copy of
-// the HTTP request's bytes.
-var Decode = wire.Decoder(func(b []byte, r *Request) bool {
-	r.Path, r.headers, r.raw, r.err = "", r.headers[:0], r.raw[:0], nil
-	if readRequest(b, r) {
-		return true
+// Decode is levy's gRPC codec's reader of a Request (Unmarshal), from
+// the message's bytes as gRPC received them.
+var Decode = wire.Decoder(func(b []byte, r *Request) bool { return r.Unmarshal(b) == nil })
+
+// Reset, String and ProtoMessage make a Request a (legacy) protobuf
+// message, which any gRPC proto codec reads with its Unmarshal: a server
+// without levy's codec still reads Requests, and levy's codec, when its
+// Decode fails, hands the message to protobuf, which hands it back.
+func (r *Request) Reset() {
+	clear(r.headers)
+	clear(r.raw)
+	r.Path, r.headers, r.raw = "", r.headers[:0], r.raw[:0]
+}
+
+func (r *Request) String() string { return "authz.Request" }
+
+// ProtoMessage marks Request as a (legacy) protobuf message.
+func (r *Request) ProtoMessage() {}
+
+// Unmarshal reads a Request from b, a CheckRequest on the wire, as
+// proto.Unmarshal would read its headers and path: the messages on the
+// way to the HTTP request are walked (each occurrence, as protobuf merges
+// a message field sent twice), a field of another wire type than its own
+// is skipped as protobuf skips it, the strings read are checked to be
+// UTF-8, and everything else is skipped unread, as protobuf skips an
+// unknown field. A message the walk cannot read goes to proto.Unmarshal,
+// whose error stands. The strings kept are pieces of one copy of the HTTP
+// request's bytes.
+func (r *Request) Unmarshal(b []byte) error {
+	if r.read(b) {
+		return nil
 	}
 	var req authv3.CheckRequest
 	if err := proto.Unmarshal(b, &req); err != nil {
-		*r = Request{err: err}
-		return true
+		return err
 	}
 	*r = *RequestOf(&req)
-	return true
-})
+	return nil
+}
+
+// read is readRequest into a reset r. The walk is fuzzed, but a panic in
+// it costs that one request a reading by protobuf, never the process.
+func (r *Request) read(b []byte) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			wire.Recovered.Add(1)
+			r.Reset()
+			ok = false
+		}
+	}()
+	r.Reset()
+	return readRequest(b, r)
+}
 
 // readRequest reads b into r, or returns false when b is malformed on
 // the way to the headers or a string there is not UTF-8.
@@ -237,18 +278,13 @@ const checkFullMethod = "/envoy.service.auth.v3.Authorization/Check"
 func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
 	r := requests.Get().(*Request)
 	defer func() {
-		if cap(r.headers) <= 1024 && cap(r.raw) <= 1024 { // a request of very many headers leaves its array to the collector
-			clear(r.headers[:cap(r.headers)])
-			clear(r.raw[:cap(r.raw)])
-			r.headers, r.raw = r.headers[:0], r.raw[:0]
+		if cap(r.headers) <= 1024 && cap(r.raw) <= 1024 { // a request of very many headers leaves its arrays to the collector
+			r.Reset()
 			requests.Put(r)
 		}
 	}()
 	if err := dec(r); err != nil {
 		return nil, err
-	}
-	if r.err != nil {
-		return nil, status.Error(codes.InvalidArgument, "malformed CheckRequest: "+r.err.Error())
 	}
 	s := srv.(*Server)
 	if interceptor == nil {

@@ -7,6 +7,8 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protodesc"
@@ -123,14 +125,15 @@ func skeletonRequest(b []byte) (*Request, error) {
 func sameAsProtobuf(t *testing.T, name string, b []byte) {
 	t.Helper()
 	got := &Request{Path: "stale", headers: []string{"stale", "x"}, raw: []string{"stale", "y"}}
-	if !Decode(mem.BufferSlice{mem.SliceBuffer(b)}, got) {
-		t.Fatalf("%s: Decode declined a Request", name)
-	}
+	read := Decode(mem.BufferSlice{mem.SliceBuffer(b)}, got)
 	want, err := skeletonRequest(b)
-	if (err != nil) != (got.err != nil) {
-		t.Fatalf("%s: read with error %v, protobuf %v", name, got.err, err)
+	if read != (err == nil) {
+		t.Fatalf("%s: read %v, protobuf's error %v", name, read, err)
 	}
 	if err != nil {
+		if protobufCodec(got, b) == nil { // what levy's codec calls after Decode declines
+			t.Fatalf("%s: protobuf read a Request it cannot read as a skeleton (%v)", name, err)
+		}
 		return
 	}
 	same(t, name, got, want)
@@ -193,10 +196,52 @@ func TestDecodeReadsWhatEnvoySends(t *testing.T) {
 	if got := r.Header("accept"); got != "a,b" { // Envoy joined them
 		t.Errorf("envoy: accept = %q", got)
 	}
-	Decode(mem.BufferSlice{mem.SliceBuffer(cases["cut short"])}, r)
-	if r.err == nil {
+	if Decode(mem.BufferSlice{mem.SliceBuffer(cases["cut short"])}, r) {
 		t.Error("a cut-short message read without an error")
 	}
+}
+
+// TestHeaderJoinsManyLinesOnce: thousands of lines of one header (a
+// client calling levy directly, under the 512 KiB message bound) are
+// joined in one pass; the joined value is every line, in order.
+func TestHeaderJoinsManyLinesOnce(t *testing.T) {
+	r := &Request{}
+	var lines []string
+	for i := range 30000 {
+		lines = append(lines, string(rune('a'+i%26)))
+		r.raw = append(r.raw, "x-api-key", lines[i])
+	}
+	r.raw = append(r.raw, "other", "o")
+	var joined string
+	allocs := testing.AllocsPerRun(3, func() { joined = r.Header("x-api-key") })
+	if allocs > 1 {
+		t.Errorf("%v allocations to join 30,000 lines, want 1", allocs)
+	}
+	if joined != strings.Join(lines, ",") {
+		t.Errorf("joined %d bytes: %.20q...", len(joined), joined)
+	}
+	r.raw = []string{"k", "", "k", "b", "k", ""}
+	if got := r.Header("k"); got != ",b," {
+		t.Errorf("empty lines joined as %q, want \",b,\"", got)
+	}
+}
+
+// TestRequestIsReadByProtobufToo: a server without levy's codec reads a
+// Request with protobuf, which calls its Unmarshal.
+func TestRequestIsReadByProtobufToo(t *testing.T) {
+	cases := requestCases(t)
+	r := &Request{}
+	if err := protobufCodec(r, cases["raw headers"]); err != nil || r.Header("x-api-key") != "levy_abc" || r.Path != "/v1" {
+		t.Fatalf("gRPC's proto codec: %v, key %q, path %q", err, r.Header("x-api-key"), r.Path)
+	}
+	if err := protobufCodec(r, cases["cut short"]); err == nil {
+		t.Fatal("gRPC's proto codec read a cut-short message")
+	}
+}
+
+// protobufCodec reads b into r with gRPC's proto codec.
+func protobufCodec(r *Request, b []byte) error {
+	return encoding.GetCodecV2(grpcproto.Name).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, r)
 }
 
 // TestDecodeKeepsNoPartOfTheBuffer: gRPC reads the next message into the
@@ -249,8 +294,7 @@ func BenchmarkDecodeCheck(b *testing.B) {
 		r := &Request{}
 		b.ReportAllocs()
 		for b.Loop() {
-			Decode(data, r)
-			if r.err != nil || !strings.HasPrefix(r.Header("x-api-key"), "levy_") {
+			if !Decode(data, r) || !strings.HasPrefix(r.Header("x-api-key"), "levy_") {
 				b.Fatal("not read")
 			}
 		}

@@ -475,6 +475,21 @@ func testRawHeadersCarryTheKeyAsTheHeadersMapDoes(t *testing.T, newLimiter limit
 	}
 }
 
+// TestRegisterServesWithoutLevysCodec: authz.Register on a server of
+// grpc-go's defaults (its proto codec) reads requests all the same, not
+// an RPC error that Envoy's failure_mode_allow would let through.
+func TestRegisterServesWithoutLevysCodec(t *testing.T) {
+	f := start(t, limitertest.Local)
+	conn := envoytest.Loopback(t, func(g *grpc.Server) { authz.Register(g, f.srv) })
+	c := envoyclient.NewAuthzClient(conn, envoyclient.AuthzConfig{Timeout: time.Minute, FailureModeAllow: true})
+	for key, allowed := range map[string]bool{f.keys["KEY_PRO"]: true, "levy_not-a-key": false} {
+		o, err := c.Check(context.Background(), &envoyclient.Request{Path: "/", Headers: []envoyclient.Header{{Name: "x-api-key", Value: key}}})
+		if err != nil || o.RPCError != nil || o.Allowed != allowed {
+			t.Fatalf("key %q: %v %v, allowed %v, want %v", key, err, o.RPCError, o.Allowed, allowed)
+		}
+	}
+}
+
 // bytesCodec sends a []byte as the message and reads the answer's bytes.
 type bytesCodec struct{}
 
@@ -487,10 +502,11 @@ func (bytesCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
-// TestUnreadableRequestIsAnInvalidArgument: bytes no CheckRequest is made
-// of are answered InvalidArgument (Envoy's failure mode decides), and the
-// next request on the connection is answered as usual.
-func TestUnreadableRequestIsAnInvalidArgument(t *testing.T) {
+// TestUnreadableRequestIsAnRPCError: bytes no CheckRequest is made of are
+// answered as gRPC answers a message it cannot read, Internal (Envoy's
+// failure mode decides), and the next request on the connection is
+// answered as usual.
+func TestUnreadableRequestIsAnRPCError(t *testing.T) {
 	f := start(t, limitertest.Local)
 	for name, b := range map[string][]byte{
 		"cut short":           {0x0a, 0x05, 0x22, 0x03},
@@ -501,8 +517,8 @@ func TestUnreadableRequestIsAnInvalidArgument(t *testing.T) {
 	} {
 		var out []byte
 		err := f.conn.Invoke(context.Background(), "/envoy.service.auth.v3.Authorization/Check", b, &out, grpc.ForceCodecV2(bytesCodec{}))
-		if status.Code(err) != codes.InvalidArgument {
-			t.Errorf("%s: %v, want InvalidArgument", name, err)
+		if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "unmarshal") {
+			t.Errorf("%s: %v, want Internal: failed to unmarshal", name, err)
 		}
 	}
 	if o := f.withKey(t, "KEY_PRO", "/"); !o.Allowed {

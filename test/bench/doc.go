@@ -109,8 +109,8 @@
 // process of its own, and calls them from this one (32 callers on 2
 // connections) in alternating slices:
 //
-//	BenchmarkCheckOutside/local  ...  <levy-calls/s>  <levy-cpu-us/call>  ...  <noop-calls/s>  ...  <x-noop>
-//	BenchmarkCheckOutside/redis  ...  <levy-redis-cpu-us/call>  ...  <x-noop>
+//	BenchmarkCheckOutside/local  ...  <levy-calls/s>  <levy-cpu-us/call>  ...  <noop-plain-calls/s>  ...  <x-noop-plain>
+//	BenchmarkCheckOutside/redis  ...  <levy-redis-cpu-us/call>  ...  <x-noop-plain>
 //
 // Each cpu-us/call adds the server process's CPU (from /proc) to the
 // callers' (its callers-cpu-us/call). levy serve gets store.timeout 1s on

@@ -31,8 +31,8 @@ import (
 // BenchmarkCheckRedis, or LEVY_BENCH_REDIS_ADDR). Each process collects
 // its own garbage at its own pace (levy serve at GOGC=400), which the
 // in-process benchmarks, sharing one runtime with their callers, cannot
-// show. It reports what versus reports, x-noop being levy's checks/s over
-// the no-op's, and each server's own CPU per call.
+// show. It reports what versus reports, x-noop-plain being levy's
+// checks/s over the no-op's, and each server's own CPU per call.
 func BenchmarkCheckOutside(b *testing.B) {
 	bin := levyBinary(b)
 	for _, name := range []string{"local", "redis"} {
@@ -44,7 +44,7 @@ func BenchmarkCheckOutside(b *testing.B) {
 			cfg, reqs := outsideConfig(b)
 			levy := startOutside(b, "levy", bin, levyArgs(b, cfg, st)...)
 			levy.redis = st.serversOrNil()
-			noop := startOutside(b, "noop", os.Args[0], "-test.run=^$")
+			noop := startOutside(b, "noop-plain", os.Args[0], "-test.run=^$")
 			for _, t := range []*target{levy, noop} {
 				t.method, t.check, t.nconns = checkMethod, (*wireResponse).allowed, 2
 				dial(b, t, []request{{msgs: reqs}})
@@ -146,15 +146,17 @@ func (st *store) serversOrNil() redisServers {
 
 // startOutside starts bin with args as a server in a process of its own,
 // on free ports, and returns it as a target once its gRPC port takes
-// calls; the process is stopped when b ends. levy serve gets --grpc-addr
-// and --http-addr; the no-op (this binary) its address in envServeNoop.
+// calls; the process is stopped when b ends (or this process dies).
+// levy serve gets --grpc-addr and --http-addr; the no-op (this binary)
+// its address in envServeNoop.
 func startOutside(b *testing.B, name, bin string, args ...string) *target {
 	b.Helper()
 	grpcAddr := freeAddr(b)
 	cmd := exec.Command(bin, args...)
-	cmd.Env = os.Environ()
+	dieWithParent(cmd)
+	cmd.Env = childEnv()
 	var ready func() error
-	if name == "noop" {
+	if name != "levy" {
 		cmd.Env = append(cmd.Env, envServeNoop+"="+grpcAddr)
 		ready = func() error {
 			c, err := net.Dial("tcp", grpcAddr)
@@ -202,6 +204,20 @@ func startOutside(b *testing.B, name, bin string, args ...string) *target {
 	}
 	pid := cmd.Process.Pid
 	return &target{name: name, addr: grpcAddr, serverCPU: func() (time.Duration, error) { return processCPUOf(pid) }}
+}
+
+// childEnv is this process's environment without levy's and Stripe's
+// variables: levy serve reads LEVY_* and STRIPE_* (a log level, a Redis
+// password or TLS, Stripe keys), which would change what is measured or
+// stop it; the benchmark says what it runs with in flags.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "LEVY_") && !strings.HasPrefix(kv, "STRIPE_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // freeAddr is a loopback address whose port was free a moment ago.
