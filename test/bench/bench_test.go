@@ -382,20 +382,8 @@ ratelimit:
 // st, and a CheckRequest with the key of levy's one consumer.
 func newCheckEnv(tb testing.TB, st *store) *env {
 	tb.Helper()
-	// Every consumer its own key, and so its own bucket, quota and
-	// ledger window: what levy decides in production, where one
-	// consumer's requests rarely share a batch with its own.
-	var consumers strings.Builder
-	var reqs []proto.Message
-	for i := range benchConsumers {
-		key, err := apikey.Generate("levy")
-		if err != nil {
-			tb.Fatal(err)
-		}
-		fmt.Fprintf(&consumers, "  - id: bench%d\n    plan: bench\n    keys:\n      - id: bench%d-key\n        key: %s\n", i, i, key)
-		reqs = append(reqs, checkRequest(tb, key))
-	}
-	cfg, lim, commits := levyConfig(tb, st, benchConfig+consumers.String())
+	consumers, reqs := benchCheckConsumers(tb)
+	cfg, lim, commits := levyConfig(tb, st, benchConfig+consumers)
 	snap, err := snapshot(cfg)
 	if err != nil {
 		tb.Fatal(err)
@@ -410,6 +398,26 @@ func newCheckEnv(tb testing.TB, st *store) *env {
 			register: func(s grpc.ServiceRegistrar) { authv3.RegisterAuthorizationServer(s, NewNoop()) }},
 		&target{name: "levy", register: func(s grpc.ServiceRegistrar) { authz.Register(s, levy) },
 			redis: st.servers, scripts: true, commits: commits})
+}
+
+// benchCheckConsumers is the consumers list of benchConfig: benchConsumers
+// consumers, each with its own key, and so its own bucket, quota and
+// ledger window (what levy decides in production, where one consumer's
+// requests rarely share a batch with its own); and a CheckRequest for
+// each key.
+func benchCheckConsumers(tb testing.TB) (string, []proto.Message) {
+	tb.Helper()
+	var consumers strings.Builder
+	var reqs []proto.Message
+	for i := range benchConsumers {
+		key, err := apikey.Generate("levy")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		fmt.Fprintf(&consumers, "  - id: bench%d\n    plan: bench\n    keys:\n      - id: bench%d-key\n        key: %s\n", i, i, key)
+		reqs = append(reqs, checkRequest(tb, key))
+	}
+	return consumers.String(), reqs
 }
 
 // newRateLimitEnv is the no-op and levy RLS servers, levy deciding on st,

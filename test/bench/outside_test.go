@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/levyhq/levy/pkg/apikey"
 	"github.com/levyhq/levy/pkg/await"
 )
 
@@ -103,23 +102,17 @@ func levyBinary(b *testing.B) string {
 	return builtLevy
 }
 
-// outsideConfig writes a config of benchConsumers consumers, each with
-// its own key, on the bench plan, and returns its path and a CheckRequest
-// for each key.
+// outsideConfig writes benchConfig's plan and consumers (without its
+// store, which levy serve is told in flags) and returns its path and a
+// CheckRequest for each consumer's key.
 func outsideConfig(b *testing.B) (string, []proto.Message) {
-	var text strings.Builder
-	text.WriteString(strings.Replace(benchConfig, "store:\n  type: local\n  data_dir: %s\n", "", 1))
-	var reqs []proto.Message
-	for i := range benchConsumers {
-		key, err := apikey.Generate("levy")
-		if err != nil {
-			b.Fatal(err)
-		}
-		fmt.Fprintf(&text, "  - id: bench%d\n    plan: bench\n    keys:\n      - id: bench%d-key\n        key: %s\n", i, i, key)
-		reqs = append(reqs, checkRequest(b, key))
+	consumers, reqs := benchCheckConsumers(b)
+	text := strings.Replace(benchConfig, "store:\n  type: local\n  data_dir: %s\n", "", 1) + consumers
+	if strings.Contains(text, "%s") {
+		b.Fatal("benchConfig's store section changed: outsideConfig must cut it out")
 	}
 	path := filepath.Join(b.TempDir(), "levy.yaml")
-	if err := os.WriteFile(path, []byte(text.String()), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		b.Fatal(err)
 	}
 	return path, reqs
