@@ -58,9 +58,21 @@ func TestLateDecisionsAreGivenBackOrCounted(t *testing.T) {
 			l := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Timeout: 50 * time.Millisecond, ReplyWait: tt.replyWait,
 				Registerer: reg, Log: zaptest.NewLogger(t)})
 			quota := limiter.Limit{Kind: limiter.Quota, Name: "quota", Key: "{c:late}:quota", Cost: 1, Max: 100, Unit: plan.Month}
-			if d, err := l.Decide(context.Background(), []limiter.Limit{quota}); err != nil || !d.OK { // loads the script
-				t.Fatal(d.OK, err)
+			// Before the subject: the script loaded, by a limiter with time
+			// to spare, and a connection open, by a first decision on
+			// another key (tried again when a busy machine makes it outlast
+			// the 50 ms; their late outcomes are counted before the subject).
+			loader := limitertest.NewRedis(t, limiter.RedisConfig{Client: client, Timeout: 10 * time.Second})
+			warm := quota
+			warm.Key = "{c:warm}:quota"
+			if _, err := loader.Decide(context.Background(), []limiter.Limit{warm}); err != nil {
+				t.Fatal(err)
 			}
+			await.NoError(t, 30*time.Second, func() error {
+				_, err := l.Decide(context.Background(), []limiter.Limit{warm})
+				return err
+			}, "a first decision")
+			before := lateCounts(t, reg)[tt.want]
 			srv.Pause()
 			_, err := l.Decide(context.Background(), []limiter.Limit{quota})
 			time.Sleep(tt.stall) // the subject: Redis stalls this long
@@ -68,17 +80,20 @@ func TestLateDecisionsAreGivenBackOrCounted(t *testing.T) {
 			if !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("Decide with Redis stalled: %v, want a timeout", err)
 			}
-			waitUntil(t, 5*time.Second, func() bool { return lateCounts(t, reg)[tt.want] == 1 })
+			waitUntil(t, 5*time.Second, func() bool { return lateCounts(t, reg)[tt.want] >= before+1 })
 			peek := quota
 			peek.Cost = 0
-			d, err := l.Decide(context.Background(), []limiter.Limit{peek})
-			if err != nil {
-				t.Fatal(err)
+			used := func() int64 {
+				d, err := loader.Decide(context.Background(), []limiter.Limit{peek})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return d.Statuses[0].Used
 			}
-			if used := d.Statuses[0].Used - 1; tt.wantUsed >= 0 && used != tt.wantUsed {
-				t.Fatalf("%d units charged for the request whose caller saw a timeout", used)
+			if tt.wantUsed >= 0 {
+				waitUntil(t, 5*time.Second, func() bool { return used() == tt.wantUsed })
 			}
-			t.Logf("late decisions: %v; units charged: %d", lateCounts(t, reg), d.Statuses[0].Used-1)
+			t.Logf("late decisions: %v; units charged: %d", lateCounts(t, reg), used())
 		})
 	}
 }
