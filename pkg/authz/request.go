@@ -67,13 +67,12 @@ func (r *Request) Header(name string) string {
 	}
 	var v strings.Builder
 	v.Grow(size + n - 1)
+	sep := ""
 	for i := 0; i < len(r.raw); i += 2 {
 		if r.raw[i] == name {
-			if v.Len() > 0 || n == 0 {
-				v.WriteByte(',')
-			}
+			v.WriteString(sep)
 			v.WriteString(r.raw[i+1])
-			n = 0 // from the second on, after a comma (the first may be "")
+			sep = ","
 		}
 	}
 	return v.String()
@@ -119,7 +118,10 @@ const (
 )
 
 // Decode is levy's gRPC codec's reader of a Request (Unmarshal), from
-// the message's bytes as gRPC received them.
+// the message's bytes as gRPC received them: gRPC's proto codec reads one
+// through protobuf's wrapper of a legacy message, which took an
+// allocation and about 0.5 µs more (1.9 µs against 1.4 µs for Envoy's
+// request, on the 2-core VM).
 var Decode = wire.Decoder(func(b []byte, r *Request) bool { return r.Unmarshal(b) == nil })
 
 // Reset, String and ProtoMessage make a Request a (legacy) protobuf
@@ -262,34 +264,39 @@ func each(b []byte, f wire.Field, fn func(wire.Field) bool) bool {
 var requests = sync.Pool{New: func() any { return &Request{headers: make([]string, 0, 64)} }}
 
 // Register registers s as the Authorization service of g, reading each
-// CheckRequest as a Request (see Decode) rather than as an
-// authv3.CheckRequest: what levy serve runs. Its codec must be one that
-// takes Decode (server.GRPCOptions's); authv3.RegisterAuthorizationServer
-// also serves s, on any codec, reading the whole message.
-func Register(g grpc.ServiceRegistrar, s *Server) {
+// CheckRequest as a Request rather than as an authv3.CheckRequest: what
+// levy serve runs. Any gRPC proto codec reads a Request; levy's
+// (server.GRPCOptions's) takes Decode's quicker way.
+// authv3.RegisterAuthorizationServer also serves s, reading the whole
+// message.
+func Register(g grpc.ServiceRegistrar, s *Server) { RegisterFunc(g, s.serve) }
+
+// RegisterFunc registers check as the Authorization service's Check,
+// each request read as Register reads it: for a server that is not levy
+// but should read requests as levy does (the benchmarks' no-op).
+func RegisterFunc(g grpc.ServiceRegistrar, check func(context.Context, *Request) (*authv3.CheckResponse, error)) {
+	handler := func(_ any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+		r := requests.Get().(*Request)
+		defer func() {
+			if cap(r.headers) <= 1024 && cap(r.raw) <= 1024 { // a request of very many headers leaves its arrays to the collector
+				r.Reset()
+				requests.Put(r)
+			}
+		}()
+		if err := dec(r); err != nil {
+			return nil, err
+		}
+		if interceptor == nil {
+			return check(ctx, r)
+		}
+		return interceptor(ctx, r, &grpc.UnaryServerInfo{FullMethod: checkFullMethod},
+			func(ctx context.Context, req any) (any, error) { return check(ctx, req.(*Request)) })
+	}
 	desc := authv3.Authorization_ServiceDesc
-	desc.Methods = []grpc.MethodDesc{{MethodName: "Check", Handler: checkHandler}}
-	g.RegisterService(&desc, s)
+	desc.HandlerType = (*any)(nil) // nothing to implement: the handler calls check
+	desc.Methods = []grpc.MethodDesc{{MethodName: "Check", Handler: handler}}
+	g.RegisterService(&desc, nil)
 }
 
 // checkFullMethod is Check's gRPC method name, for interceptors.
 const checkFullMethod = "/envoy.service.auth.v3.Authorization/Check"
-
-func checkHandler(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
-	r := requests.Get().(*Request)
-	defer func() {
-		if cap(r.headers) <= 1024 && cap(r.raw) <= 1024 { // a request of very many headers leaves its arrays to the collector
-			r.Reset()
-			requests.Put(r)
-		}
-	}()
-	if err := dec(r); err != nil {
-		return nil, err
-	}
-	s := srv.(*Server)
-	if interceptor == nil {
-		return s.serve(ctx, r)
-	}
-	return interceptor(ctx, r, &grpc.UnaryServerInfo{Server: srv, FullMethod: checkFullMethod},
-		func(ctx context.Context, req any) (any, error) { return s.serve(ctx, req.(*Request)) })
-}

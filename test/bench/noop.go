@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"sync"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
@@ -35,26 +34,14 @@ func (n *Noop) Check(context.Context, *authv3.CheckRequest) (*authv3.CheckRespon
 	return n.resp, nil
 }
 
-// registerLean registers n as levy serve registers levy (authz.Register):
-// each request read, with levy's codec, into an authz.Request (its
-// headers and path), the rest skipped. It is the strict no-op baseline,
-// reading what levy reads as levy reads it; one registered with
-// authv3.RegisterAuthorizationServer has protobuf read every field.
+// registerLean registers n as levy serve registers levy
+// (authz.RegisterFunc): each request read, with levy's codec, into an
+// authz.Request (its headers and path), the rest skipped. It is the strict
+// no-op baseline, reading what levy reads as levy reads it; one registered
+// with authv3.RegisterAuthorizationServer has protobuf read every field.
 func registerLean(g grpc.ServiceRegistrar, n *Noop) {
-	desc := authv3.Authorization_ServiceDesc
-	desc.Methods = []grpc.MethodDesc{{MethodName: "Check",
-		Handler: func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-			r := leanRequests.Get().(*authz.Request)
-			defer leanRequests.Put(r)
-			if err := dec(r); err != nil {
-				return nil, err
-			}
-			return n.resp, nil
-		}}}
-	g.RegisterService(&desc, n)
+	authz.RegisterFunc(g, func(context.Context, *authz.Request) (*authv3.CheckResponse, error) { return n.resp, nil })
 }
-
-var leanRequests = sync.Pool{New: func() any { return new(authz.Request) }}
 
 // NoopRateLimit is a RateLimitService server that allows every request
 // without looking at its descriptors: the baseline levy's RLS is measured
