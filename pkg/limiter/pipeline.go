@@ -102,20 +102,29 @@ func (r *Redis) byMaster(ctx context.Context, slots []slotCalls) [][]slotCalls {
 		}
 		return groups
 	}
-	var groups [][]slotCalls
-	at := map[*redis.Client]int{}
-	for _, s := range slots {
+	return groupBy(slots, func(s slotCalls) *redis.Client {
 		var master *redis.Client // nil: a batch without keys, or no map of the cluster
 		if key, ok := firstKey(s.limits); ok {
 			master, _ = r.masters.MasterForKey(ctx, key)
 		}
-		g, ok := at[master]
+		return master
+	})
+}
+
+// groupBy groups items by their key: a group per key, in the order each
+// key first comes, each group's items in their order.
+func groupBy[T any, K comparable](items []T, key func(T) K) [][]T {
+	var groups [][]T
+	at := map[K]int{}
+	for _, it := range items {
+		k := key(it)
+		g, ok := at[k]
 		if !ok {
 			g = len(groups)
-			at[master] = g
+			at[k] = g
 			groups = append(groups, nil)
 		}
-		groups[g] = append(groups[g], s)
+		groups[g] = append(groups[g], it)
 	}
 	return groups
 }

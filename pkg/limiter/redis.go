@@ -381,26 +381,14 @@ func (r *Redis) giveBack(ctx context.Context, limits []Limit) ([]Status, error) 
 }
 
 func (r *Redis) groups(limits []Limit) [][]int {
+	all := make([]int, len(limits))
+	for i := range all {
+		all[i] = i
+	}
 	if !r.cluster || len(limits) == 1 {
-		all := make([]int, len(limits))
-		for i := range all {
-			all[i] = i
-		}
 		return [][]int{all}
 	}
-	var groups [][]int
-	slots := map[uint16]int{}
-	for i := range limits {
-		s := Slot(limits[i].Key)
-		g, ok := slots[s]
-		if !ok {
-			g = len(groups)
-			slots[s] = g
-			groups = append(groups, nil)
-		}
-		groups[g] = append(groups[g], i)
-	}
-	return groups
+	return groupBy(all, func(i int) uint16 { return Slot(limits[i].Key) })
 }
 
 func pick(limits []Limit, idx []int) []Limit {
