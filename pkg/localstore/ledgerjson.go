@@ -48,7 +48,3 @@ func appendLedgerJSON(dst []byte, e limiter.LedgerEntry) ([]byte, error) {
 	}
 	return append(dst, '}'), nil
 }
-
-// ledgerJSONFields is LedgerEntry's fields in the order appendLedgerJSON
-// writes them.
-var ledgerJSONFields = []string{"Units", "Size", "Exported", "Refunded", "Reported", "Accounted", "Billed", "Events", "LastValue", "LastSent", "Pending", "Rejected"}

@@ -62,3 +62,7 @@ func FuzzLedgerJSON(f *testing.F) {
 			Pending: pending, Rejected: rejected})
 	})
 }
+
+// ledgerJSONFields is LedgerEntry's fields in the order appendLedgerJSON
+// writes them.
+var ledgerJSONFields = []string{"Units", "Size", "Exported", "Refunded", "Reported", "Accounted", "Billed", "Events", "LastValue", "LastSent", "Pending", "Rejected"}

@@ -125,8 +125,7 @@ type svgWriter struct{ b []byte }
 func (w *svgWriter) s(markup string) { w.b = append(w.b, markup...) }
 
 // text appends s escaped, as text or an attribute's value, as
-// html/template escapes it (FuzzEscapeAsHTMLTemplate); a string with
-// nothing to escape is appended as it is.
+// html/template escapes it.
 func (w *svgWriter) text(s string) { w.b = append(w.b, template.HTMLEscapeString(s)...) }
 
 // hline appends a horizontal line's coordinates, from x1 to x2 at y.

@@ -35,7 +35,7 @@ return 1
 // takeAlerts returns up to ARGV[3] ids and records due at ARGV[1] and
 // makes them due at ARGV[2].
 var takeAlerts = redis.NewScript(`
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', '0', ARGV[3])
 local out = {}
 for _, id in ipairs(ids) do
   local rec = redis.call('HGET', KEYS[2], id)

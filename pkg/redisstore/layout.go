@@ -117,25 +117,21 @@ func migrateLayout(ctx context.Context, client redis.UniversalClient, keep func(
 	return pass, nil
 }
 
-// moveKeys runs layout.lua for each old key in one pipeline; a call that
-// failed (NOSCRIPT on a node that restarted) is tried once more alone. A
-// key the script cannot merge, or that Redis refuses to move (an error
-// reply), is skipped; a connection error ends the batch.
+// moveKeys runs layout.lua for each old key in one pipeline (runScript:
+// the calls a node without the script refused, again in a second). A key
+// the script cannot merge, or that Redis refuses to move (an error reply),
+// is skipped; a connection error ends the batch, which the next pass
+// takes again (the script is safe to run twice: a moved key is gone).
 func moveKeys(ctx context.Context, client redis.UniversalClient, old []string) (LayoutPass, error) {
-	pipe := client.Pipeline()
-	cmds := make([]*redis.Cmd, len(old))
+	calls := make([]scriptCall, len(old))
 	for i, k := range old {
 		nk, _ := keyspace.Upgrade(k)
-		cmds[i] = layoutScript.EvalSha(ctx, pipe, []string{k, nk}, keyspace.State)
+		calls[i] = scriptCall{keys: []string{k, nk}, args: []any{keyspace.State}}
 	}
-	pipe.Exec(ctx) // errors are the commands'
+	cmds, _ := runScript(ctx, client, layoutScript, calls, nil) // nothing more: no error of its own
 	var pass LayoutPass
 	for i, c := range cmds {
 		n, err := c.Int()
-		if err != nil {
-			nk, _ := keyspace.Upgrade(old[i])
-			n, err = layoutScript.Run(ctx, client, []string{old[i], nk}, keyspace.State).Int()
-		}
 		var reply redis.Error
 		switch {
 		case err != nil && !errors.As(err, &reply):

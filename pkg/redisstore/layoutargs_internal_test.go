@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +24,13 @@ func TestLayoutScriptPassesRedisOnlyStrings(t *testing.T) {
 		name  string
 		write func(key string) error
 	}{
-		{"string", func(k string) error { return client.Set(ctx, k, "5", ttl).Err() }},
+		{"string", func(k string) error { // values apart, so that the merge writes the new key
+			v := "5"
+			if strings.HasSuffix(k, ":old") {
+				v = "7"
+			}
+			return client.Set(ctx, k, v, ttl).Err()
+		}},
 		{"quota", func(k string) error { return client.HSet(ctx, k, "s", "1764547200", "v", "3").Err() }},
 		{"ledger", func(k string) error { return client.HSet(ctx, k, "u", "4", "t", "1764547200", "l", "4").Err() }},
 		{"zset", func(k string) error { return client.ZAdd(ctx, k, redis.Z{Score: 1764547200, Member: "w"}).Err() }},
