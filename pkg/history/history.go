@@ -19,6 +19,7 @@ package history
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -167,7 +168,10 @@ type Store interface {
 	// SetUsage sets the billed and refunded units of buckets, creating
 	// them: idempotent, so replicas may roll up the same hour at once.
 	SetUsage(ctx context.Context, us []Usage) error
-	// AddCounts adds decision counts to their hours' and days' buckets.
+	// AddCounts adds decision counts to their hours' and days' buckets,
+	// and their activity to its records. An error that is a
+	// *PartialError names the counts it did not add (to try again); any
+	// other says it may have added none or all.
 	AddCounts(ctx context.Context, cs []Counts) error
 	// Buckets reads consumer's buckets of step that start in [from, to),
 	// oldest first; buckets never written are left out.
@@ -176,6 +180,21 @@ type Store interface {
 	// trips however many there are; consumers never seen are left out.
 	Activity(ctx context.Context, consumers []string) (map[string]Activity, error)
 }
+
+// PartialError reports counts a Store did not add, to be tried again; it
+// added the others. Counts are not idempotent, so a store names only
+// counts of which it wrote nothing: a count half written (some of its
+// buckets or its activity) is not tried again, and Err says what it lost.
+type PartialError struct {
+	Failed []Counts
+	Err    error
+}
+
+func (e *PartialError) Error() string {
+	return fmt.Sprintf("%d counts not added: %v", len(e.Failed), e.Err)
+}
+
+func (e *PartialError) Unwrap() error { return e.Err }
 
 // Pruner is a Store that forgets what is past its retention when asked:
 // buckets (the local store; Redis expires them) and the activity records

@@ -207,6 +207,12 @@ func (k *Keeper) Flush(ctx context.Context) error {
 		return nil
 	}
 	if err := k.cfg.Store.AddCounts(ctx, cs); err != nil {
+		// Tried again: all of them, unless the store says which it did
+		// not add (the rest added again would be counted twice).
+		var partial *PartialError
+		if errors.As(err, &partial) {
+			cs = partial.Failed
+		}
 		k.mu.Lock()
 		if len(k.pending)+len(cs) <= maxPending {
 			k.pending = append(k.pending, cs...)

@@ -74,7 +74,7 @@ func (a Alerts) Add(ctx context.Context, claims []alert.Claim) ([]bool, error) {
 		calls[i] = scriptCall{[]string{keyspace.AlertClaim(c.ID), keyspace.AlertOutbox, keyspace.AlertRecords},
 			[]any{c.Keep.Milliseconds(), c.ID, c.Rec, c.Due.UnixMilli()}}
 	}
-	cmds, _ := runScript(ctx, a.Client, addAlert, calls, nil)
+	cmds := runScript(ctx, a.Client, addAlert, calls)
 	for i, cmd := range cmds {
 		n, err := cmd.Int()
 		if err != nil {

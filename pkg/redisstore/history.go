@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -72,10 +73,10 @@ func (h *History) ttl(step history.Step, start time.Time) time.Duration {
 	return h.ret.ExpireAt(step, start).Sub(now()).Truncate(time.Second)
 }
 
-// mergeActivity merges flushes' activity into the records of
+// mergeActivityScript merges flushes' activity into the records of
 // keyspace.Activity (KEYS[1]): ARGV holds, per consumer, its id, seen,
 // period start and denials, merged as history.Activity.Merge does.
-var mergeActivity = redis.NewScript(`
+var mergeActivityScript = redis.NewScript(`
 for i = 1, #ARGV, 4 do
   local ns, np, nd = tonumber(ARGV[i+1]), tonumber(ARGV[i+2]), tonumber(ARGV[i+3])
   local s, p, d = 0, nil, 0
@@ -99,13 +100,77 @@ return 1
 // fraction of a millisecond of Redis).
 const activityBatch = 200
 
-// AddCounts implements history.Store: one pipeline (and a second for the
-// activity merges a Redis that had not loaded the script refused: a
-// refused script ran nothing, so running it again counts nothing twice).
+// AddCounts implements history.Store: the counts in one pipeline, then
+// the activity of those it added in another (and, for merges a Redis that
+// had not loaded the script refused, a third: a refused script ran
+// nothing, so running it again counts nothing twice). Counts of which
+// Redis took nothing (their master down) are handed back in a
+// *history.PartialError, to be added again; the others are not, and
+// neither is an activity merge that failed: added again, they would
+// count twice (a lost reply, the one case Redis cannot tell, still does).
 func (h *History) AddCounts(ctx context.Context, cs []history.Counts) error {
 	if len(cs) == 0 {
 		return nil
 	}
+	pipe := h.client.Pipeline()
+	cmds := make([][]redis.Cmder, len(cs)) // each count's commands
+	for i, c := range cs {
+		incr := func(key, field string, n int64) {
+			if n != 0 {
+				cmds[i] = append(cmds[i], pipe.HIncrBy(ctx, key, field, n))
+			}
+		}
+		for _, step := range []history.Step{history.Hour, history.Day} {
+			start := step.Floor(c.Hour)
+			key := keyspace.History(c.Consumer, string(step), start.Unix())
+			ttl := h.ttl(step, start)
+			if ttl <= 0 {
+				continue
+			}
+			incr(key, "dr", c.Denied.Rate)
+			incr(key, "dq", c.Denied.Quota)
+			incr(key, "dc", c.Denied.Cap)
+			incr(key, "a:"+c.Key, c.Allowed)
+			incr(key, "d:"+c.Key, c.Denied.Total())
+			cmds[i] = append(cmds[i], pipe.Expire(ctx, key, ttl))
+		}
+	}
+	_, _ = pipe.Exec(ctx) // each command holds its own error
+	var added, failed []history.Counts
+	var refused, lost error // the first error of a count not added; of one added in part, or of the activity
+	for i, c := range cs {
+		took, err := false, error(nil)
+		for _, cmd := range cmds[i] {
+			if e := cmd.Err(); e == nil {
+				took = true
+			} else if err == nil {
+				err = e
+			}
+		}
+		switch {
+		case err == nil:
+			added = append(added, c)
+		case took:
+			added, lost = append(added, c), err
+		default:
+			failed, refused = append(failed, c), err
+		}
+	}
+	if err := h.mergeActivity(ctx, added); err != nil {
+		lost = err
+	}
+	if len(failed) > 0 {
+		return &history.PartialError{Failed: failed, Err: fmt.Errorf("redis history: %w", errors.Join(refused, lost))}
+	}
+	if lost != nil {
+		return fmt.Errorf("redis history, not tried again: %w", lost)
+	}
+	return nil
+}
+
+// mergeActivity merges the activity of cs into its records, a batch of
+// consumers a script call.
+func (h *History) mergeActivity(ctx context.Context, cs []history.Counts) error {
 	var merges []scriptCall
 	var args []any
 	activity := []string{keyspace.Activity}
@@ -120,36 +185,10 @@ func (h *History) AddCounts(ctx context.Context, cs []history.Counts) error {
 	if len(args) > 0 {
 		merges = append(merges, scriptCall{activity, args})
 	}
-	counts := func(pipe redis.Pipeliner) {
-		incr := func(key, field string, n int64) {
-			if n != 0 {
-				pipe.HIncrBy(ctx, key, field, n)
-			}
-		}
-		for _, c := range cs {
-			for _, step := range []history.Step{history.Hour, history.Day} {
-				start := step.Floor(c.Hour)
-				key := keyspace.History(c.Consumer, string(step), start.Unix())
-				ttl := h.ttl(step, start)
-				if ttl <= 0 {
-					continue
-				}
-				incr(key, "dr", c.Denied.Rate)
-				incr(key, "dq", c.Denied.Quota)
-				incr(key, "dc", c.Denied.Cap)
-				incr(key, "a:"+c.Key, c.Allowed)
-				incr(key, "d:"+c.Key, c.Denied.Total())
-				pipe.Expire(ctx, key, ttl)
-			}
-		}
-	}
-	cmds, err := runScript(ctx, h.client, mergeActivity, merges, counts)
-	if err != nil {
-		return fmt.Errorf("redis history: %w", err)
-	}
+	cmds := runScript(ctx, h.client, mergeActivityScript, merges)
 	for _, cmd := range cmds {
 		if err := cmd.Err(); err != nil {
-			return fmt.Errorf("redis history activity: %w", err)
+			return fmt.Errorf("activity: %w", err)
 		}
 	}
 	return nil

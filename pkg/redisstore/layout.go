@@ -128,7 +128,7 @@ func moveKeys(ctx context.Context, client redis.UniversalClient, old []string) (
 		nk, _ := keyspace.Upgrade(k)
 		calls[i] = scriptCall{keys: []string{k, nk}, args: []any{keyspace.State}}
 	}
-	cmds, _ := runScript(ctx, client, layoutScript, calls, nil) // nothing more: no error of its own
+	cmds := runScript(ctx, client, layoutScript, calls)
 	var pass LayoutPass
 	for i, c := range cmds {
 		n, err := c.Int()

@@ -42,7 +42,9 @@ type Options struct {
 // (limiter's sentOnce); the ledger's settlements apply each request once
 // by its fingerprint (or a one-off one its call carries, limiter's
 // oneOff) and an add once by its token, so a call sent again applies
-// nothing twice there.
+// nothing twice there. The usage history's counts (HINCRBY, the activity
+// merge) are not guarded so: one sent again counts twice, in charts, never
+// in what is billed.
 func NewClient(o Options) (redis.UniversalClient, bool) {
 	if o.Timeout <= 0 {
 		o.Timeout = 100 * time.Millisecond

@@ -12,27 +12,20 @@ type scriptCall struct {
 	args []any
 }
 
-// runScript sends calls of s as EVALSHA in one pipeline, with whatever
-// more queues, and the calls a Redis that had not loaded s refused
-// (NOSCRIPT) again as EVAL, in a second: a refused script ran nothing, so
-// nothing runs twice. It returns each call's command, in order, for its
-// reply or error, and the first error of more's commands (the refused
-// calls are then not sent again).
-func runScript(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls []scriptCall, more func(redis.Pipeliner)) ([]*redis.Cmd, error) {
+// runScript sends calls of s as EVALSHA in one pipeline, and the calls a
+// Redis that had not loaded s refused (NOSCRIPT) again as EVAL, in a
+// second: a refused script ran nothing, so nothing runs twice. It returns
+// each call's command, in order, for its reply or error.
+func runScript(ctx context.Context, c redis.UniversalClient, s *redis.Script, calls []scriptCall) []*redis.Cmd {
+	if len(calls) == 0 {
+		return nil
+	}
 	pipe := c.Pipeline()
 	cmds := make([]*redis.Cmd, len(calls))
 	for i, call := range calls {
 		cmds[i] = s.EvalSha(ctx, pipe, call.keys, call.args...)
 	}
-	if more != nil {
-		more(pipe)
-	}
-	all, _ := pipe.Exec(ctx) // each command holds its own error
-	for _, cmd := range all[min(len(calls), len(all)):] {
-		if err := cmd.Err(); err != nil {
-			return cmds, err
-		}
-	}
+	_, _ = pipe.Exec(ctx) // each command holds its own error
 	var again []int
 	for i, cmd := range cmds {
 		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
@@ -46,5 +39,5 @@ func runScript(ctx context.Context, c redis.UniversalClient, s *redis.Script, ca
 		}
 		_, _ = pipe.Exec(ctx)
 	}
-	return cmds, nil
+	return cmds
 }
