@@ -70,7 +70,7 @@ func replyOf(cmd *redis.StringCmd) reply {
 // following MOVED and ASK. Another Scripter (a test's wrapper of a
 // client) sends them one at a time.
 func (r *Redis) pipeline(ctx context.Context, cmds []*redis.StringCmd) {
-	if r.masters == nil {
+	if r.masters == nil || len(cmds) == 1 { // one call: no pipeline's cost
 		for _, cmd := range cmds {
 			_ = r.client.Process(ctx, sentOnce{cmd})
 		}

@@ -724,19 +724,10 @@ func (c *periodCache) at(now time.Time, l *Limit) plan.Period {
 // packed by the script as one MessagePack array (Redis turns each value
 // of a Lua table into its own reply, which costs the script more than
 // packing them). A Redis that does not know the script (it restarted, or
-// SCRIPT FLUSH) gets it with EVAL.
+// SCRIPT FLUSH) gets it with EVAL (evalEach).
 func (r *Redis) eval(ctx context.Context, script script, args []any) ([]int64, error) {
-	cmd := newScriptCmd(ctx, args)
-	err := r.client.Process(ctx, sentOnce{cmd})
-	if redis.HasErrorPrefix(err, "NOSCRIPT") {
-		args[0], args[1] = "eval", script.src
-		cmd = newScriptCmd(ctx, args)
-		err = r.client.Process(ctx, sentOnce{cmd})
-	}
-	if err != nil {
-		return nil, err
-	}
-	return unpackInts(cmd.Val())
+	rep := r.evalEach(ctx, script, [][]any{args})[0]
+	return rep.v, rep.err
 }
 
 // sentOnce is a script call go-redis must not send again. A decision
