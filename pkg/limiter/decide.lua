@@ -53,18 +53,16 @@
 -- that takes nothing.
 -- Returns, packed as one MessagePack array (cheaper for Redis than a reply
 -- of as many integers): now_s, now_us, then per request: denied_index
--- (0 = none), then one value per limit, which is within (ok) when it is
--- not negative and over when it is (-1 - the value then):
---   bucket: how far ahead of now its state is, in microseconds (its
---           reset): the state it leaves when it takes (a debit's, over
---           or not), else the state it has
---   quota:  its count (used): what it leaves when it takes, else what it
---           has (a debit that does not fit is counted, and over)
---   ledger: its window's units (it always allows, and bounds nothing)
--- Each value costs the MessagePack encoding about as much as a table
--- write, so the rest of a limit's answer (remaining, retry after,
--- overage, the period) is worked out in Go (redis.go's answer), from the
--- limit, the cost the answer was evaluated with, and now.
+-- (0 = none), then one value per limit: the state it was last evaluated
+-- against, from which Go evaluates it again, as Local does (redis.go's
+-- answer: evalBucket, evalQuota), for its whole status:
+--   bucket: how far ahead of now its state was, in microseconds
+--           (-1 - that when the bucket was in debt)
+--   quota:  its count (used) before it took
+--   ledger: its window's units after (it always allows, bounds nothing)
+-- A limit is last evaluated at its cost, but at 0 in a give-back and,
+-- when its request is denied, a limit that was within and no debit (to
+-- report what it has left): Go tells which from the same facts.
 
 local floor, tonumber, call, KEYS = math.floor, tonumber, redis.call, KEYS
 local now
@@ -259,16 +257,17 @@ local function eval(i, c, cur)
     -- beyond the tolerance without debt: a lowered limit's state
     if not debt and tat > now + tolerance then tat = now + tolerance end
     local ahead = tat - now
+    ans = ahead
+    if debt then ans = -1 - ahead end
     if need * interval <= tolerance - ahead then
-      nxt = tat + c * interval
-      ok, ans = 1, nxt - now
+      ok, nxt = 1, tat + c * interval
     elseif s.debit == 0 or c == 0 then
-      ok, nxt, ans = 0, cur, -1 - ahead
+      ok, nxt = 0, cur
     else
       -- a debit: into debt
       nxt = now + max_ahead
       if c * interval <= max_ahead - ahead then nxt = tat + c * interval end
-      ok, ans = 0, -1 - (nxt - now)
+      ok = 0
       if nxt - now > tolerance then nxt = -nxt end
     end
   elseif kind == 2 then
@@ -278,12 +277,12 @@ local function eval(i, c, cur)
     local had, bound = cur or 0, s.bound
     nxt = had + c
     if nxt > max_count then nxt = max_count end
-    ok, ans = 1, nxt
+    ok, ans = 1, had
     if bound < 0 or had + need <= bound then
     elseif s.debit == 1 and c > 0 then
-      ok, ans = 0, -1 - nxt
+      ok = 0
     else
-      ok, ans, nxt = 0, -1 - had, had
+      ok, nxt = 0, had
     end
   end
   oks[i], nexts[i] = ok, nxt

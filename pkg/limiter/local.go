@@ -1071,13 +1071,7 @@ func us(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
 // returns the limit's status and the count it leaves when it takes.
 func evalQuota(l *Limit, cost, used int64, now time.Time, p *plan.Period) (Status, int64) {
 	st := Status{Limit: displayLimit(l), Reset: p.End.Sub(now), PeriodStart: p.Start}
-	bound := int64(-1) // none: a soft quota without a cap
-	switch {
-	case !l.Soft:
-		bound = l.Max
-	case l.Cap > 0:
-		bound = l.Cap
-	}
+	bound := quotaBound(l)
 	after := min(used+cost, maxCount)
 	switch {
 	case bound < 0 || used+max(cost, 1) <= bound: // a check that takes nothing needs a unit left

@@ -620,7 +620,7 @@ func parseBatch(v []int64, want int, batch [][]Limit, givenBack bool) ([]request
 			if givenBack {
 				cost = 0
 			}
-			answer(&d.statuses[j], l, cost, v[p], now, &periods)
+			d.statuses[j] = answer(l, cost, d.denied >= 0, v[p], now, v[0]*1e6+v[1], &periods)
 			p++
 		}
 		out[b] = d
@@ -628,54 +628,36 @@ func parseBatch(v []int64, want int, batch [][]Limit, givenBack bool) ([]request
 	return out, now, nil
 }
 
-// answer is limit l's status from x, decide.lua's answer for it evaluated
-// with cost at now (the store's clock): not negative when it is within,
-// -1-x when it is over; a bucket's reset, a quota's or a ledger's used.
-// The rest of the status is worked out as Local's evalBucket and
-// evalQuota work it out, from the values they would have had.
-func answer(st *Status, l *Limit, cost, x int64, now time.Time, periods *periodCache) {
-	ok := x >= 0
-	if !ok {
-		x = -1 - x
-	}
+// answer is limit l's status from x, decide.lua's answer for it: the
+// state it was last evaluated against, at now (the store's clock; nowUS
+// in microseconds). It is evaluated again as Local evaluates it
+// (evalBucket, evalQuota), at the cost the script last used: cost, or 0
+// for a limit that was within and no debit in a request that was denied,
+// which the script evaluates again to report what it has left.
+func answer(l *Limit, cost int64, denied bool, x int64, now time.Time, nowUS int64, periods *periodCache) Status {
+	again := denied && !l.Debit && cost != 0
 	switch l.Kind {
 	case Bucket:
-		interval := bucketInterval(l)
-		tolerance := interval * l.Capacity()
-		*st = Status{OK: ok, Limit: l.Requests, Reset: us(x)}
-		switch {
-		case ok: // x: the time to fill from the state it leaves
-			st.Remaining = (tolerance - x) / interval
-		case !l.Debit || cost == 0: // x: how far ahead its state is
-			retry := tolerance // more than the bucket ever holds: never passes
-			if need := max(cost, 1); need <= l.Capacity() {
-				retry = x + need*interval - tolerance
-			}
-			st.Remaining, st.RetryAfter = max(tolerance-x, 0)/interval, us(retry)
-		default: // a debit, into debt
-			st.RetryAfter = us(max(x+interval-tolerance, 0))
+		state := nowUS + x // x: how far ahead of now its state was
+		if x < 0 {
+			state = -(nowUS - 1 - x) // in debt
 		}
-	case Ledger: // it allows, and bounds nothing
+		st, _ := evalBucket(l, cost, nowUS, state)
+		if again && st.OK {
+			st, _ = evalBucket(l, 0, nowUS, state)
+		}
+		return st
+	case Ledger: // x: its window's units; it allows, and bounds nothing
 		size := int64(l.WindowSize / time.Second)
 		s := now.Unix()
-		*st = Status{OK: true, Limit: displayLimit(l), Remaining: -1, Used: x, PeriodStart: time.Unix(s-s%size, 0).UTC()}
-	default:
+		return Status{OK: true, Limit: displayLimit(l), Remaining: -1, Used: x, PeriodStart: time.Unix(s-s%size, 0).UTC()}
+	default: // x: its count before
 		p := periods.at(now, l)
-		*st = Status{OK: ok, Limit: displayLimit(l), Used: x, Reset: p.End.Sub(now), PeriodStart: p.Start}
-		bound := quotaBound(l)
-		switch {
-		case ok && bound < 0:
-			st.Remaining = -1
-		case ok:
-			st.Remaining = bound - x
-		case l.Debit && cost > 0: // counted all the same, past its bound
-			st.RetryAfter = st.Reset
-		default:
-			st.Remaining, st.RetryAfter = max(bound-x, 0), st.Reset
+		st, _ := evalQuota(l, cost, x, now, &p)
+		if again && st.OK {
+			st, _ = evalQuota(l, 0, x, now, &p)
 		}
-		if l.Soft {
-			st.Overage = max(x-l.Max, 0)
-		}
+		return st
 	}
 }
 
