@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"strings"
@@ -52,6 +53,10 @@ type Directory struct {
 	avail   func(key string) bool
 	failed  func(key string, err error)
 	group   singleflight.Group
+	// self names this directory's invalidations, which come back to it
+	// through the channel it follows: it dropped those entries when it
+	// sent them, and may have cached fresh ones since.
+	self string
 
 	mu        sync.Mutex
 	keys      map[string]cachedKey
@@ -77,7 +82,7 @@ var _ apikey.Store = (*Directory)(nil)
 // NewDirectory returns a directory.
 func NewDirectory(cfg DirectoryConfig) *Directory {
 	d := &Directory{client: cfg.Client, ttl: cfg.TTL, max: cfg.MaxEntries, timeout: cfg.Timeout, log: cfg.Log, clock: cfg.Clock, avail: cfg.Available, failed: cfg.Failed,
-		keys: map[string]cachedKey{}, consumers: map[string]cachedConsumer{}}
+		keys: map[string]cachedKey{}, consumers: map[string]cachedConsumer{}, self: "r" + rand.Text()}
 	if d.ttl <= 0 {
 		d.ttl = 500 * time.Millisecond
 	}

@@ -191,6 +191,44 @@ func dropsAtOnce(t *testing.T, opts redisstore.Options) {
 	})
 }
 
+// A replica's own invalidations come back to it through the channel it
+// follows, after it may have cached fresh lookups: those stay, so that a
+// key it looked up just before Redis went away still answers (on_store_error:
+// allow serves from that cache). Its first subscription drops nothing either.
+func TestOwnInvalidationsKeepWhatWasCachedSince(t *testing.T) {
+	srv := redistest.Start(t)
+	newDir := func() *redisstore.Directory {
+		c, _ := redisstore.NewClient(redisstore.Options{Addr: srv.Addr, Timeout: time.Second})
+		t.Cleanup(func() { c.Close() })
+		return redisstore.NewDirectory(redisstore.DirectoryConfig{Client: c, TTL: time.Hour, Log: zaptest.NewLogger(t)})
+	}
+	a, b := newDir(), newDir()
+	ctx := context.Background()
+	b.PutConsumer(ctx, &apikey.Consumer{ID: "acme", Plan: "free"})
+	b.PutKey(ctx, &apikey.Key{ID: "k0", Hash: "h0", ConsumerID: "acme"})
+	if _, _, err := a.Lookup(ctx, "h0"); err != nil { // cached for an hour
+		t.Fatal(err)
+	}
+	stop := a.Follow()
+	defer stop()
+	// a follows once it hears b revoke k0
+	waitUntil(t, func() bool {
+		b.RevokeKey(ctx, "k0")
+		k, _, err := a.Lookup(ctx, "h0")
+		return err == nil && k.Revoked
+	})
+	a.PutKey(ctx, &apikey.Key{ID: "k1", Hash: "h1", ConsumerID: "acme"}) // a's own invalidation of h1
+	if _, _, err := a.Lookup(ctx, "h1"); err != nil {                    // cached after it
+		t.Fatal(err)
+	}
+	b.PutKey(ctx, &apikey.Key{ID: "k0", Hash: "h0", ConsumerID: "acme"}) // after a's, on the channel
+	waitUntil(t, func() bool { k, _, err := a.Lookup(ctx, "h0"); return err == nil && !k.Revoked })
+	srv.Kill()
+	if k, _, err := a.Lookup(ctx, "h1"); err != nil || k.ID != "k1" {
+		t.Fatalf("a key looked up after its own invalidation, with Redis gone: %v, %v", k, err)
+	}
+}
+
 // Consumers and keys an older levy stored, before the indexes, are listed
 // after Backfill, and deleting such a consumer deletes its keys, so that
 // a consumer created again with its id does not get them back.
